@@ -1,0 +1,258 @@
+//! `ShareIndex`: the files a peer shares, with stable short IDs, sizes and BLAKE3 hashes.
+//!
+//! Every regular file under the share folder counts (recursively). Symbolic links are never
+//! followed, so nothing outside the folder can be shared by accident. IDs are given in sorted
+//! order of relative path at the first scan; files that appear later get the next free IDs,
+//! and a path keeps its ID while the peer runs. Hashes are recomputed only when a file's size or
+//! modification time changes.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::wire::{ContentHash, FileId, IndexEntry, MAX_PATH_LEN};
+
+/// Temporary download files end with this suffix; the index skips them.
+pub const PARTIAL_SUFFIX: &str = ".p2p-part";
+/// Resume state files end with this suffix; the index skips them.
+pub const STATE_SUFFIX: &str = ".p2p-state";
+/// Deepest folder nesting scanned.
+const MAX_DEPTH: usize = 32;
+/// Most files indexed.
+const MAX_FILES: usize = 100_000;
+
+#[derive(Clone, Debug)]
+struct Indexed {
+    entry: IndexEntry,
+    modified: Option<SystemTime>,
+}
+
+/// The share folder's index.
+#[derive(Debug)]
+pub struct ShareIndex {
+    root: PathBuf,
+    by_path: BTreeMap<String, Indexed>,
+    next_id: u32,
+}
+
+impl ShareIndex {
+    /// An empty index of `root`; call [`ShareIndex::refresh`] to fill it.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ShareIndex {
+            root: root.into(),
+            by_path: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The share folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Rescans the folder: new files get new IDs, changed files are re-hashed, removed files
+    /// leave the index. Fails only when the folder itself cannot be read.
+    pub fn refresh(&mut self) -> io::Result<()> {
+        let mut found = Vec::new();
+        walk(&self.root, &self.root, 0, &mut found)?;
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut next = BTreeMap::new();
+        for (rel, size, modified) in found {
+            let known = self.by_path.remove(&rel);
+            let entry = match known {
+                Some(old) if old.entry.size == size && old.modified == modified => old,
+                other => {
+                    let Ok(hash) = hash_file(&self.root.join(&rel)) else {
+                        continue;
+                    };
+                    let id = match other {
+                        Some(old) => old.entry.id,
+                        None => {
+                            let id = FileId(self.next_id);
+                            self.next_id += 1;
+                            id
+                        }
+                    };
+                    Indexed {
+                        entry: IndexEntry {
+                            id,
+                            path: rel.clone(),
+                            size,
+                            hash,
+                        },
+                        modified,
+                    }
+                }
+            };
+            next.insert(rel, entry);
+        }
+        self.by_path = next;
+        Ok(())
+    }
+
+    /// All entries, in ID order.
+    pub fn entries(&self) -> Vec<IndexEntry> {
+        let mut v: Vec<IndexEntry> = self.by_path.values().map(|i| i.entry.clone()).collect();
+        v.sort_by_key(|e| e.id);
+        v
+    }
+
+    /// The entry with `id` and its absolute path, if shared.
+    pub fn get(&self, id: FileId) -> Option<(IndexEntry, PathBuf)> {
+        self.by_path
+            .values()
+            .find(|i| i.entry.id == id)
+            .map(|i| (i.entry.clone(), self.root.join(&i.entry.path)))
+    }
+
+    /// The recorded modification time of `id`, to detect a file changing while it is sent.
+    pub fn modified(&self, id: FileId) -> Option<SystemTime> {
+        self.by_path
+            .values()
+            .find(|i| i.entry.id == id)
+            .and_then(|i| i.modified)
+    }
+}
+
+/// BLAKE3 of a file's content, read in 64 KiB blocks.
+pub fn hash_file(path: &Path) -> io::Result<ContentHash> {
+    let mut f = File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<(String, u64, Option<SystemTime>)>,
+) -> io::Result<()> {
+    if depth > MAX_DEPTH {
+        return Ok(());
+    }
+    let mut names: Vec<_> = fs::read_dir(dir)?.filter_map(Result::ok).collect();
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        if out.len() >= MAX_FILES {
+            return Ok(());
+        }
+        let path = entry.path();
+        // symlink_metadata: a link is never followed, in or out of the share.
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let _ = walk(root, &path, depth + 1, out);
+        } else if meta.is_file() {
+            let Some(rel) = relative_name(root, &path) else {
+                continue;
+            };
+            if rel.ends_with(PARTIAL_SUFFIX) || rel.ends_with(STATE_SUFFIX) {
+                continue;
+            }
+            out.push((rel, meta.len(), meta.modified().ok()));
+        }
+    }
+    Ok(())
+}
+
+/// `path` relative to `root` as a `/`-separated UTF-8 string, or `None` when it is not valid
+/// UTF-8, too long, or not plainly under `root`.
+fn relative_name(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?),
+            _ => return None,
+        }
+    }
+    let s = parts.join("/");
+    (!s.is_empty() && s.len() <= MAX_PATH_LEN).then_some(s)
+}
+
+/// The file name a download of `path` (as a peer announced it) may be saved under: its last
+/// component, refused when it is empty, `.`/`..`, hidden-temporary, or holds a separator or NUL.
+pub fn safe_file_name(path: &str) -> Option<String> {
+    let name = path.rsplit(['/', '\\']).next()?;
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('\0')
+        || name.chars().any(|c| c.is_control())
+        || name.ends_with(PARTIAL_SUFFIX)
+        || name.ends_with(STATE_SUFFIX);
+    (!bad).then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_sorted_paths_and_stay_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("b.txt"), b"b").unwrap();
+        fs::write(dir.path().join("a.txt"), b"a").unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/c.txt"), b"c").unwrap();
+        let mut idx = ShareIndex::new(dir.path());
+        idx.refresh().unwrap();
+        let names: Vec<_> = idx
+            .entries()
+            .iter()
+            .map(|e| (e.id.to_string(), e.path.clone()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("001".into(), "a.txt".into()),
+                ("002".into(), "b.txt".into()),
+                ("003".into(), "sub/c.txt".into())
+            ]
+        );
+        // A new file that sorts first still gets the next ID; old IDs do not move.
+        fs::write(dir.path().join("0.txt"), b"zero").unwrap();
+        idx.refresh().unwrap();
+        let e = idx.entries();
+        assert_eq!(e[0].path, "a.txt");
+        assert_eq!(e[3].path, "0.txt");
+        assert_eq!(e[3].id, FileId(4));
+        assert_eq!(e[3].hash, ContentHash::of(b"zero"));
+    }
+
+    #[test]
+    fn skips_symlinks_and_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link"))
+            .unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("linkdir")).unwrap();
+        fs::write(dir.path().join(format!("x{PARTIAL_SUFFIX}")), b"p").unwrap();
+        fs::write(dir.path().join("real"), b"r").unwrap();
+        let mut idx = ShareIndex::new(dir.path());
+        idx.refresh().unwrap();
+        let paths: Vec<_> = idx.entries().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["real".to_string()]);
+    }
+
+    #[test]
+    fn safe_names_never_escape() {
+        assert_eq!(safe_file_name("dir/file1.txt").as_deref(), Some("file1.txt"));
+        for bad in ["..", "a/..", "", "x/", "a\0b", "/", "a\\..", "x.p2p-part"] {
+            assert_eq!(safe_file_name(bad), None, "{bad:?}");
+        }
+        assert_eq!(safe_file_name("/etc/passwd").as_deref(), Some("passwd"));
+    }
+}

@@ -1,0 +1,313 @@
+//! `Registry`: the tracker's table of live peers, a plain state machine with `now` passed in.
+//!
+//! Each entry holds a `valid_until`; heartbeats push it forward, [`Registry::expire`] drops the
+//! entries whose time has passed. The peer's IP always comes from the source address the
+//! transport reports; only the port comes from the message.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::wire::{PeerInfo, TransportKind, MAX_NAME_LEN};
+
+/// Limits and timings of a [`Registry`].
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// How long an entry lives without a heartbeat.
+    pub ttl: Duration,
+    /// Heartbeat period suggested to peers.
+    pub heartbeat: Duration,
+    /// Most live entries; registrations beyond it are refused.
+    pub max_peers: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            ttl: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            max_peers: 10_000,
+        }
+    }
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum RegisterError {
+    /// Another live peer holds the name.
+    #[error("name `{name}` is already used by a live peer at {holder}; pick another name or wait until that peer leaves")]
+    NameTaken {
+        /// The wanted name.
+        name: String,
+        /// Where its holder listens.
+        holder: SocketAddr,
+    },
+    /// The name is empty, too long or has spaces or control characters.
+    #[error("invalid name: {0}")]
+    BadName(String),
+    /// Port 0 cannot be reached.
+    #[error("port 0 is not a listening port")]
+    BadPort,
+    /// The table is full.
+    #[error("tracker is full ({0} peers); try again later")]
+    Full(usize),
+}
+
+/// Checks that `name` can be registered and typed in the menu.
+pub fn validate_name(name: &str) -> Result<(), RegisterError> {
+    if name.is_empty() {
+        return Err(RegisterError::BadName("the name is empty".into()));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(RegisterError::BadName(format!(
+            "the name is longer than {MAX_NAME_LEN} bytes"
+        )));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RegisterError::BadName(
+            "the name may not contain spaces or control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    addr: SocketAddr,
+    transport: TransportKind,
+    valid_until: Instant,
+}
+
+/// The tracker's table of live peers.
+#[derive(Debug)]
+pub struct Registry {
+    config: RegistryConfig,
+    peers: BTreeMap<String, Entry>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(config: RegistryConfig) -> Self {
+        Registry {
+            config,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// Registers or refreshes `name` for the peer whose message came from `source`, listening
+    /// on `port` over `transport`. Returns `true` when the entry is new.
+    pub fn register(
+        &mut self,
+        now: Instant,
+        name: &str,
+        source: SocketAddr,
+        port: u16,
+        transport: TransportKind,
+    ) -> Result<bool, RegisterError> {
+        validate_name(name)?;
+        if port == 0 {
+            return Err(RegisterError::BadPort);
+        }
+        let addr = SocketAddr::new(source.ip(), port);
+        let valid_until = now + self.config.ttl;
+        if let Some(entry) = self.peers.get_mut(name) {
+            if entry.valid_until > now && (entry.addr != addr || entry.transport != transport) {
+                return Err(RegisterError::NameTaken {
+                    name: name.to_string(),
+                    holder: entry.addr,
+                });
+            }
+            *entry = Entry {
+                addr,
+                transport,
+                valid_until,
+            };
+            return Ok(false);
+        }
+        if self.peers.len() >= self.config.max_peers {
+            self.expire(now);
+            if self.peers.len() >= self.config.max_peers {
+                return Err(RegisterError::Full(self.config.max_peers));
+            }
+        }
+        self.peers.insert(
+            name.to_string(),
+            Entry {
+                addr,
+                transport,
+                valid_until,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Removes `name` if the request comes from the IP that registered it. Returns whether an
+    /// entry was removed.
+    pub fn unregister(&mut self, name: &str, source_ip: IpAddr) -> bool {
+        match self.peers.get(name) {
+            Some(entry) if entry.addr.ip() == source_ip => {
+                self.peers.remove(name);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops every entry whose time has passed and returns their names.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.peers.retain(|name, e| {
+            let live = e.valid_until > now;
+            if !live {
+                gone.push(name.clone());
+            }
+            live
+        });
+        gone
+    }
+
+    /// Live peers, sorted by name.
+    pub fn list(&self, now: Instant) -> Vec<PeerInfo> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| e.valid_until > now)
+            .map(|(name, e)| PeerInfo {
+                name: name.clone(),
+                addr: e.addr,
+                transport: e.transport,
+            })
+            .collect()
+    }
+
+    /// Number of entries held (live or not yet expired by [`Registry::expire`]).
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// True when no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// When the next entry expires, if any.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.peers.values().map(|e| e.valid_until).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn registry() -> Registry {
+        Registry::new(RegistryConfig {
+            ttl: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            max_peers: 2,
+        })
+    }
+
+    #[test]
+    fn takes_ip_from_source_and_port_from_message() {
+        let mut r = registry();
+        let now = Instant::now();
+        r.register(now, "a", addr("10.0.0.1:5555"), 10001, TransportKind::Udp)
+            .unwrap();
+        assert_eq!(r.list(now)[0].addr, addr("10.0.0.1:10001"));
+    }
+
+    #[test]
+    fn refuses_live_name_from_another_address() {
+        let mut r = registry();
+        let now = Instant::now();
+        r.register(now, "a", addr("10.0.0.1:1"), 10001, TransportKind::Udp)
+            .unwrap();
+        let err = r
+            .register(now, "a", addr("10.0.0.2:1"), 10001, TransportKind::Udp)
+            .unwrap_err();
+        assert!(matches!(err, RegisterError::NameTaken { .. }));
+        // Same address: a refresh, not a conflict.
+        assert_eq!(
+            r.register(now, "a", addr("10.0.0.1:9"), 10001, TransportKind::Udp),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn expired_peer_not_listed_and_name_freed() {
+        let mut r = registry();
+        let now = Instant::now();
+        r.register(now, "a", addr("10.0.0.1:1"), 10001, TransportKind::Udp)
+            .unwrap();
+        let later = now + Duration::from_secs(30);
+        assert!(r.list(later).is_empty());
+        assert_eq!(r.expire(later), vec!["a".to_string()]);
+        assert_eq!(
+            r.register(later, "a", addr("10.0.0.2:1"), 10001, TransportKind::Udp),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn heartbeat_extends_life() {
+        let mut r = registry();
+        let now = Instant::now();
+        r.register(now, "a", addr("10.0.0.1:1"), 1, TransportKind::Tcp)
+            .unwrap();
+        r.register(
+            now + Duration::from_secs(20),
+            "a",
+            addr("10.0.0.1:2"),
+            1,
+            TransportKind::Tcp,
+        )
+        .unwrap();
+        assert_eq!(r.list(now + Duration::from_secs(40)).len(), 1);
+    }
+
+    #[test]
+    fn unregister_only_from_owner_ip() {
+        let mut r = registry();
+        let now = Instant::now();
+        r.register(now, "a", addr("10.0.0.1:1"), 1, TransportKind::Udp)
+            .unwrap();
+        assert!(!r.unregister("a", addr("10.0.0.9:1").ip()));
+        assert!(r.unregister("a", addr("10.0.0.1:7").ip()));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut r = registry();
+        let now = Instant::now();
+        r.register(now, "a", addr("10.0.0.1:1"), 1, TransportKind::Udp)
+            .unwrap();
+        r.register(now, "b", addr("10.0.0.1:1"), 2, TransportKind::Udp)
+            .unwrap();
+        assert_eq!(
+            r.register(now, "c", addr("10.0.0.1:1"), 3, TransportKind::Udp),
+            Err(RegisterError::Full(2))
+        );
+    }
+
+    #[test]
+    fn bad_names_refused() {
+        let mut r = registry();
+        let now = Instant::now();
+        for bad in ["", "a b", "x\n", &"n".repeat(65)] {
+            assert!(matches!(
+                r.register(now, bad, addr("10.0.0.1:1"), 1, TransportKind::Udp),
+                Err(RegisterError::BadName(_))
+            ));
+        }
+    }
+}

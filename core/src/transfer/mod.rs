@@ -1,0 +1,63 @@
+//! The reliable chunk/ACK/FIN transfer protocol, as two sans-IO state machines.
+//!
+//! ```text
+//! receiver                         sender
+//!   Request(file, start) ───────▶
+//!                      ◀─────── Accept(size, chunk_size, hash)
+//!                      ◀─────── Data(seq) × window
+//!   Ack(cumulative, sack, window) ─▶      (RTO / fast retransmit repair losses)
+//!                      ◀─────── Fin(size, hash)      once every chunk is acknowledged
+//!   FinAck ─────────────────────▶
+//! ```
+//!
+//! Both machines follow the same polling discipline (see quinn-proto's `Connection`): feed
+//! inputs with `handle_message`/`handle_timeout`, then drain `poll_transmit` and `poll_event`
+//! until `None`, then sleep until `poll_timeout`. They never read a clock, a socket or a file:
+//! the sender asks its driver for chunk bytes by offset, the receiver hands in-order bytes to
+//! its driver to append.
+
+pub mod congestion;
+mod receiver;
+pub mod rtt;
+mod sender;
+
+use std::time::Duration;
+
+pub use receiver::{ChunkReceiver, ReceiverConfig, ReceiverEvent};
+pub use sender::{ChunkSender, SenderConfig, SenderEvent, SenderStats, SenderTransmit};
+
+use crate::wire::AbortReason;
+
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TransferError {
+    /// The other side stopped answering.
+    #[error("{0}")]
+    Timeout(String),
+    /// The other side aborted.
+    #[error("aborted by the other side: {0}")]
+    Aborted(AbortReason),
+    /// The received bytes do not match the announced hash.
+    #[error("content hash mismatch: the received file is not the one announced")]
+    HashMismatch,
+    /// The sender announced something other than what was expected (e.g. the index hash).
+    #[error("the file changed on the peer since it was listed ({0})")]
+    Changed(String),
+    /// The other side broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// We gave up locally (shutdown or cancel).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+}
+
+/// Default idle timeout: a transfer whose peer says nothing this long fails.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Chunks in `size` bytes at `chunk_size` bytes per chunk.
+pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
+    size.div_ceil(u64::from(chunk_size.max(1)))
+}
+
+#[cfg(test)]
+mod tests;

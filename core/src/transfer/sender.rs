@@ -1,0 +1,474 @@
+//! `ChunkSender`: the sending side of one transfer.
+//!
+//! Keeps per-chunk state only for the window `[cumulative ack, next new chunk)`, so memory is
+//! O(window). Loss is detected two ways: a chunk is lost when a chunk *transmitted* at least
+//! `dup_thresh` transmissions after it was acknowledged (selective ACK evidence, like QUIC's
+//! packet threshold; counting transmissions rather than sequence numbers keeps a retransmitted
+//! chunk from being declared lost by ACKs of older sends), and when the RFC 6298 timer fires.
+//! RTT samples follow Karn's rule: never from a retransmitted chunk.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::congestion::{CongestionController, FixedWindow, NewReno};
+use super::rtt::RttEstimator;
+use super::{chunk_count, TransferError, DEFAULT_IDLE_TIMEOUT};
+use crate::wire::{AbortReason, ContentHash, Message, TransferId};
+
+/// Tunables of a [`ChunkSender`].
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    /// Payload bytes per chunk.
+    pub chunk_size: u32,
+    /// Most chunks in flight, whatever the congestion window says.
+    pub max_window: u64,
+    /// Initial congestion window, in chunks.
+    pub initial_window: u64,
+    /// RTO before the first RTT sample.
+    pub initial_rto: Duration,
+    /// Smallest RTO.
+    pub min_rto: Duration,
+    /// Largest RTO (backoff included).
+    pub max_rto: Duration,
+    /// Give up when the receiver says nothing this long.
+    pub idle_timeout: Duration,
+    /// Transmissions after which an unacknowledged chunk counts as lost.
+    pub dup_thresh: u64,
+    /// The transport is reliable: no congestion control, a fixed window.
+    pub reliable: bool,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            chunk_size: 1024,
+            max_window: 1024,
+            initial_window: 16,
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(200),
+            max_rto: Duration::from_secs(10),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            dup_thresh: 3,
+            reliable: false,
+        }
+    }
+}
+
+/// What the sender wants sent next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SenderTransmit {
+    /// A control message, ready to encode.
+    Control(Message),
+    /// Chunk `seq`: the driver reads `len` bytes at `offset` and sends them as `Data`.
+    Chunk {
+        /// Chunk number.
+        seq: u64,
+        /// Byte offset in the file.
+        offset: u64,
+        /// Bytes to read.
+        len: u32,
+    },
+}
+
+/// What happened, for the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// The receiver confirmed the whole file.
+    Finished,
+    /// The transfer ended without confirmation.
+    Failed(TransferError),
+}
+
+/// Counters for tests, logs and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Chunks sent for the first time.
+    pub chunks_sent: u64,
+    /// Chunks sent again.
+    pub chunks_retransmitted: u64,
+    /// Payload bytes sent, retransmissions included.
+    pub bytes_sent: u64,
+    /// Times the retransmission timer fired.
+    pub timeouts: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Sent {
+    tx: u64,
+    at: Instant,
+    retransmitted: bool,
+    acked: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Sending,
+    Done,
+}
+
+/// The sending side of one transfer.
+#[derive(Debug)]
+pub struct ChunkSender {
+    transfer: TransferId,
+    size: u64,
+    hash: ContentHash,
+    config: SenderConfig,
+    total: u64,
+    /// Every chunk below this is acknowledged.
+    cumulative: u64,
+    /// Next chunk never sent.
+    next_new: u64,
+    /// State of chunks `cumulative..next_new`.
+    window: VecDeque<Sent>,
+    /// Chunks declared lost, waiting to be sent again.
+    lost: BTreeSet<u64>,
+    /// Chunks in flight, by transmission number → chunk number.
+    in_flight: BTreeMap<u64, u64>,
+    next_tx: u64,
+    largest_acked_tx: Option<u64>,
+    peer_window: u64,
+    rtt: RttEstimator,
+    cc: Box<dyn CongestionController>,
+    rto_at: Option<Instant>,
+    last_heard: Instant,
+    send_accept: bool,
+    send_fin: bool,
+    fin_at: Option<Instant>,
+    fin_tries: u32,
+    abort: Option<AbortReason>,
+    state: State,
+    events: VecDeque<SenderEvent>,
+    stats: SenderStats,
+}
+
+impl ChunkSender {
+    /// Starts serving `transfer`: a file of `size` bytes with content `hash`, from chunk
+    /// `start_chunk` on. The first transmit is the `Accept`.
+    pub fn new(
+        now: Instant,
+        transfer: TransferId,
+        size: u64,
+        hash: ContentHash,
+        start_chunk: u64,
+        config: SenderConfig,
+    ) -> Self {
+        let total = chunk_count(size, config.chunk_size);
+        let start = start_chunk.min(total);
+        let cc: Box<dyn CongestionController> = if config.reliable {
+            Box::new(FixedWindow(config.max_window))
+        } else {
+            Box::new(NewReno::new(config.initial_window, config.max_window))
+        };
+        ChunkSender {
+            transfer,
+            size,
+            hash,
+            total,
+            cumulative: start,
+            next_new: start,
+            window: VecDeque::new(),
+            lost: BTreeSet::new(),
+            in_flight: BTreeMap::new(),
+            next_tx: 0,
+            largest_acked_tx: None,
+            peer_window: config.initial_window.max(1),
+            rtt: RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto),
+            cc,
+            rto_at: None,
+            last_heard: now,
+            send_accept: true,
+            send_fin: false,
+            fin_at: None,
+            fin_tries: 0,
+            abort: None,
+            state: State::Sending,
+            events: VecDeque::new(),
+            stats: SenderStats::default(),
+            config,
+        }
+    }
+
+    /// The transfer's id.
+    pub fn transfer(&self) -> TransferId {
+        self.transfer
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    /// True once finished or failed; the driver may drop it after draining transmits.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Chunks acknowledged in order so far.
+    pub fn acked_chunks(&self) -> u64 {
+        self.cumulative
+    }
+
+    /// Congestion window in chunks (for tests and logs).
+    pub fn congestion_window(&self) -> u64 {
+        self.cc.window()
+    }
+
+    /// Feeds a message from the receiver.
+    pub fn handle_message(&mut self, now: Instant, msg: &Message) {
+        if self.state == State::Done {
+            return;
+        }
+        match msg {
+            Message::Request { .. } => {
+                // The Accept was lost: send it again.
+                self.last_heard = now;
+                self.send_accept = true;
+            }
+            Message::Ack {
+                cumulative,
+                sack,
+                window,
+                ..
+            } => self.on_ack(now, *cumulative, &sack.0, u64::from(*window)),
+            Message::FinAck { .. } => {
+                if self.cumulative == self.total {
+                    self.finish(SenderEvent::Finished);
+                }
+            }
+            Message::Abort { reason, .. } => {
+                self.finish(SenderEvent::Failed(TransferError::Aborted(reason.clone())));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, cumulative: u64, sack: &[(u64, u64)], window: u64) {
+        // Acknowledgements for chunks never sent are bogus: ignore the whole ACK.
+        if cumulative > self.next_new || sack.iter().any(|&(_, e)| e > self.next_new) {
+            return;
+        }
+        self.last_heard = now;
+        self.peer_window = window;
+        let base = self.cumulative;
+        let mut newly_acked = 0u64;
+        let mut largest: Option<u64> = None;
+        let mut sample: Option<(u64, Instant)> = None;
+        let ranges = std::iter::once((base, cumulative.max(base)))
+            .chain(sack.iter().map(|&(s, e)| (s.max(base), e)));
+        for (start, end) in ranges {
+            for seq in start..end {
+                let s = &mut self.window[(seq - base) as usize];
+                if s.acked {
+                    continue;
+                }
+                s.acked = true;
+                newly_acked += 1;
+                self.in_flight.remove(&s.tx);
+                self.lost.remove(&seq);
+                if largest.is_none_or(|l| s.tx > l) {
+                    largest = Some(s.tx);
+                }
+                // Karn: a retransmitted chunk's ACK may answer either send.
+                if !s.retransmitted && sample.is_none_or(|(tx, _)| s.tx > tx) {
+                    sample = Some((s.tx, s.at));
+                }
+            }
+        }
+        if let Some(l) = largest {
+            self.largest_acked_tx = Some(self.largest_acked_tx.map_or(l, |o| o.max(l)));
+        }
+        if let Some((_, at)) = sample {
+            self.rtt.on_sample(now.saturating_duration_since(at));
+        }
+        if cumulative > base {
+            self.window.drain(..(cumulative - base) as usize);
+            self.cumulative = cumulative;
+        }
+        if newly_acked > 0 {
+            self.rtt.reset_backoff();
+            self.cc.on_ack(newly_acked);
+        }
+        self.detect_losses();
+        if !self.in_flight.is_empty() || !self.lost.is_empty() {
+            if newly_acked > 0 || self.rto_at.is_none() {
+                self.rto_at = Some(now + self.rtt.rto());
+            }
+        } else {
+            self.rto_at = None;
+        }
+        if self.cumulative == self.total && self.fin_at.is_none() {
+            self.send_fin = true;
+        }
+    }
+
+    fn detect_losses(&mut self) {
+        let Some(largest) = self.largest_acked_tx else {
+            return;
+        };
+        while let Some((&tx, &seq)) = self.in_flight.first_key_value() {
+            if tx + self.config.dup_thresh > largest {
+                break;
+            }
+            self.in_flight.pop_first();
+            self.lost.insert(seq);
+            self.cc.on_loss(tx, self.next_tx);
+        }
+    }
+
+    /// Call when `poll_timeout` has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Done {
+            return;
+        }
+        if now >= self.last_heard + self.config.idle_timeout {
+            self.abort = Some(AbortReason::Timeout);
+            self.finish(SenderEvent::Failed(TransferError::Timeout(format!(
+                "receiver silent for {:?}",
+                self.config.idle_timeout
+            ))));
+            return;
+        }
+        if self.rto_at.is_some_and(|t| now >= t) {
+            self.stats.timeouts += 1;
+            self.rtt.on_timeout();
+            self.cc.on_timeout();
+            let in_flight = std::mem::take(&mut self.in_flight);
+            self.lost.extend(in_flight.into_values());
+            self.rto_at = Some(now + self.rtt.rto());
+        }
+        if self.fin_at.is_some_and(|t| now >= t) {
+            self.fin_tries += 1;
+            self.rtt.on_timeout();
+            self.send_fin = true;
+            self.fin_at = None;
+        }
+    }
+
+    /// The next moment `handle_timeout` must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Done {
+            return None;
+        }
+        [
+            self.rto_at,
+            self.fin_at,
+            Some(self.last_heard + self.config.idle_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next thing to send, if the windows allow.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<SenderTransmit> {
+        if let Some(reason) = self.abort.take() {
+            return Some(self.control(Message::Abort {
+                transfer: self.transfer,
+                reason,
+            }));
+        }
+        if self.state == State::Done {
+            return None;
+        }
+        if self.send_accept {
+            self.send_accept = false;
+            return Some(self.control(Message::Accept {
+                transfer: self.transfer,
+                size: self.size,
+                chunk_size: self.config.chunk_size,
+                hash: self.hash,
+            }));
+        }
+        if self.send_fin {
+            self.send_fin = false;
+            self.fin_at = Some(now + self.rtt.rto());
+            return Some(self.control(Message::Fin {
+                transfer: self.transfer,
+                size: self.size,
+                hash: self.hash,
+            }));
+        }
+        let cwnd = self.cc.window().min(self.config.max_window);
+        if self.in_flight.len() as u64 >= cwnd {
+            return None;
+        }
+        if let Some(seq) = self.lost.pop_first() {
+            let tx = self.take_tx();
+            let s = &mut self.window[(seq - self.cumulative) as usize];
+            s.tx = tx;
+            s.at = now;
+            s.retransmitted = true;
+            self.in_flight.insert(tx, seq);
+            self.stats.chunks_retransmitted += 1;
+            return Some(self.chunk(now, seq));
+        }
+        let limit = self.cumulative + self.peer_window.min(self.config.max_window);
+        if self.next_new < self.total && self.next_new < limit {
+            let seq = self.next_new;
+            self.next_new += 1;
+            let tx = self.take_tx();
+            self.window.push_back(Sent {
+                tx,
+                at: now,
+                retransmitted: false,
+                acked: false,
+            });
+            self.in_flight.insert(tx, seq);
+            self.stats.chunks_sent += 1;
+            return Some(self.chunk(now, seq));
+        }
+        if self.total == self.cumulative && self.fin_at.is_none() && self.total == self.next_new {
+            // Nothing to send at all (empty file, or resumed at the end): go straight to FIN.
+            self.send_fin = true;
+            return self.poll_transmit(now);
+        }
+        None
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+
+    /// Ends the transfer locally (shutdown): an `Abort` goes out with the next transmit.
+    pub fn abort(&mut self, reason: AbortReason) {
+        if self.state != State::Done {
+            self.abort = Some(reason.clone());
+            self.finish(SenderEvent::Failed(TransferError::Cancelled(
+                reason.to_string(),
+            )));
+        }
+    }
+
+    fn take_tx(&mut self) -> u64 {
+        let tx = self.next_tx;
+        self.next_tx += 1;
+        tx
+    }
+
+    fn chunk(&mut self, now: Instant, seq: u64) -> SenderTransmit {
+        let offset = seq * u64::from(self.config.chunk_size);
+        let len = (self.size - offset).min(u64::from(self.config.chunk_size)) as u32;
+        self.stats.bytes_sent += u64::from(len);
+        if self.rto_at.is_none() {
+            self.rto_at = Some(now + self.rtt.rto());
+        }
+        SenderTransmit::Chunk { seq, offset, len }
+    }
+
+    fn control(&self, msg: Message) -> SenderTransmit {
+        SenderTransmit::Control(msg)
+    }
+
+    fn finish(&mut self, event: SenderEvent) {
+        self.state = State::Done;
+        self.rto_at = None;
+        self.fin_at = None;
+        self.events.push_back(event);
+    }
+
+    /// Gives up on FIN after this many retries: the receiver may have finished and forgotten.
+    pub fn fin_tries(&self) -> u32 {
+        self.fin_tries
+    }
+}

@@ -1,0 +1,424 @@
+//! Behaviour of the sender and receiver together, on an in-memory network with a fake clock
+//! (the quinn-proto `Pair` pattern): every message goes through the real wire encoding, and a
+//! test-supplied `Fault` decides what happens to each one.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::wire::{decode, ContentHash, FileId, Message, TransferId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    ToReceiver,
+    ToSender,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fate {
+    Deliver,
+    Drop,
+    Duplicate,
+    Delay(Duration),
+}
+
+type Fault = Box<dyn FnMut(Dir, u64, &Message) -> Fate>;
+
+pub(crate) struct Pair {
+    pub now: Instant,
+    pub file: Vec<u8>,
+    pub sender: Option<ChunkSender>,
+    pub receiver: ChunkReceiver,
+    pub sender_config: SenderConfig,
+    /// (deliver at, order, bytes) per direction.
+    queue: Vec<(Instant, u64, Dir, Vec<u8>)>,
+    order: u64,
+    latency: Duration,
+    fault: Fault,
+    pub received: Vec<u8>,
+    pub receiver_events: Vec<ReceiverEvent>,
+    pub sender_events: Vec<SenderEvent>,
+    pub delivered: u64,
+}
+
+impl Pair {
+    pub fn new(file: Vec<u8>, chunk_size: u32) -> Self {
+        let now = Instant::now();
+        let hash = ContentHash::of(&file);
+        let size = file.len() as u64;
+        let receiver = ChunkReceiver::new(
+            now,
+            TransferId(1),
+            FileId(1),
+            Some((size, hash)),
+            ReceiverConfig {
+                window: 64,
+                ..ReceiverConfig::default()
+            },
+        );
+        Pair {
+            now,
+            file,
+            sender: None,
+            receiver,
+            sender_config: SenderConfig {
+                chunk_size,
+                max_window: 64,
+                ..SenderConfig::default()
+            },
+            queue: Vec::new(),
+            order: 0,
+            latency: Duration::from_millis(10),
+            fault: Box::new(|_, _, _| Fate::Deliver),
+            received: Vec::new(),
+            receiver_events: Vec::new(),
+            sender_events: Vec::new(),
+            delivered: 0,
+        }
+    }
+
+    pub fn with_fault(mut self, f: impl FnMut(Dir, u64, &Message) -> Fate + 'static) -> Self {
+        self.fault = Box::new(f);
+        self
+    }
+
+    fn push(&mut self, dir: Dir, msg: Message) {
+        self.order += 1;
+        let fate = (self.fault)(dir, self.order, &msg);
+        let at = self.now + self.latency;
+        let bytes = msg.encode();
+        match fate {
+            Fate::Deliver => self.queue.push((at, self.order, dir, bytes)),
+            Fate::Drop => {}
+            Fate::Duplicate => {
+                self.queue.push((at, self.order, dir, bytes.clone()));
+                self.queue.push((at, self.order, dir, bytes));
+            }
+            Fate::Delay(d) => self.queue.push((at + d, self.order, dir, bytes)),
+        }
+    }
+
+    /// Sends everything both sides want to send now.
+    fn flush(&mut self) {
+        while let Some(m) = self.receiver.poll_transmit() {
+            self.push(Dir::ToSender, m);
+        }
+        while let Some(e) = self.receiver.poll_event() {
+            match e {
+                ReceiverEvent::Write(bytes) => self.received.extend_from_slice(&bytes),
+                other => self.receiver_events.push(other),
+            }
+        }
+        let Some(sender) = self.sender.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(t) = sender.poll_transmit(self.now) {
+            out.push(match t {
+                SenderTransmit::Control(m) => m,
+                SenderTransmit::Chunk { seq, offset, len } => Message::Data {
+                    transfer: sender.transfer(),
+                    seq,
+                    payload: self.file[offset as usize..][..len as usize].to_vec(),
+                },
+            });
+        }
+        while let Some(e) = sender.poll_event() {
+            self.sender_events.push(e);
+        }
+        for m in out {
+            self.push(Dir::ToReceiver, m);
+        }
+    }
+
+    /// One step: deliver everything due, or fire timers, or advance the clock. Returns false
+    /// when there is nothing left to do.
+    pub fn step(&mut self) -> bool {
+        self.flush();
+        self.queue.sort_by_key(|(at, order, _, _)| (*at, *order));
+        let next_msg = self.queue.first().map(|q| q.0);
+        let next_timer = [
+            self.receiver.poll_timeout(),
+            self.sender.as_ref().and_then(|s| s.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let next = match (next_msg, next_timer) {
+            (None, None) => return false,
+            (a, b) => a.into_iter().chain(b).min().unwrap(),
+        };
+        self.now = self.now.max(next);
+        if next_msg == Some(next) {
+            let (_, _, dir, bytes) = self.queue.remove(0);
+            let msg = decode(&bytes).expect("in-memory network does not corrupt");
+            self.delivered += 1;
+            match dir {
+                Dir::ToReceiver => self.receiver.handle_message(self.now, msg),
+                Dir::ToSender => {
+                    if self.sender.is_none() {
+                        if let Message::Request {
+                            transfer,
+                            start_chunk,
+                            ..
+                        } = msg
+                        {
+                            self.sender = Some(ChunkSender::new(
+                                self.now,
+                                transfer,
+                                self.file.len() as u64,
+                                ContentHash::of(&self.file),
+                                start_chunk,
+                                self.sender_config.clone(),
+                            ));
+                        }
+                    } else if let Some(s) = self.sender.as_mut() {
+                        s.handle_message(self.now, &msg);
+                    }
+                }
+            }
+        } else {
+            self.receiver.handle_timeout(self.now);
+            if let Some(s) = self.sender.as_mut() {
+                s.handle_timeout(self.now);
+            }
+        }
+        true
+    }
+
+    /// Runs until both sides are idle, or `max_steps`.
+    pub fn drive(&mut self, max_steps: usize) {
+        for _ in 0..max_steps {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("pair did not settle within {max_steps} steps");
+    }
+
+    pub fn finished(&self) -> bool {
+        self.receiver_events
+            .iter()
+            .any(|e| matches!(e, ReceiverEvent::Finished { .. }))
+    }
+
+    pub fn stats(&self) -> SenderStats {
+        self.sender.as_ref().map(|s| s.stats().clone()).unwrap_or_default()
+    }
+}
+
+fn sample(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[test]
+fn delivers_small_files_of_every_edge_size() {
+    for len in [0, 1, 99, 100, 101, 1000, 6400] {
+        let mut pair = Pair::new(sample(len), 100);
+        pair.drive(100_000);
+        assert!(pair.finished(), "len {len}: {:?}", pair.receiver_events);
+        assert_eq!(pair.received, pair.file, "len {len}");
+        assert_eq!(pair.sender_events, vec![SenderEvent::Finished], "len {len}");
+        assert!(pair.receiver.is_done());
+    }
+}
+
+#[test]
+fn no_retransmission_on_a_clean_link() {
+    let mut pair = Pair::new(sample(50_000), 100);
+    pair.drive(100_000);
+    assert!(pair.finished());
+    assert_eq!(pair.stats().chunks_retransmitted, 0);
+    assert_eq!(pair.stats().timeouts, 0);
+}
+
+#[test]
+fn retransmits_lost_chunk_by_fast_retransmit() {
+    let mut dropped = false;
+    let mut pair = Pair::new(sample(5000), 100).with_fault(move |dir, _, m| match m {
+        Message::Data { seq: 3, .. } if dir == Dir::ToReceiver && !dropped => {
+            dropped = true;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    pair.drive(100_000);
+    assert!(pair.finished());
+    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.stats().chunks_retransmitted, 1);
+    assert_eq!(pair.stats().timeouts, 0, "SACK evidence, not the timer");
+}
+
+#[test]
+fn retransmits_last_chunk_on_timeout() {
+    let mut dropped = false;
+    let mut pair = Pair::new(sample(1000), 100).with_fault(move |dir, _, m| match m {
+        Message::Data { seq: 9, .. } if dir == Dir::ToReceiver && !dropped => {
+            dropped = true;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    pair.drive(100_000);
+    assert!(pair.finished());
+    assert_eq!(pair.received, pair.file);
+    assert!(pair.stats().timeouts >= 1);
+}
+
+#[test]
+fn lost_request_accept_fin_and_finack_are_repaired() {
+    let mut seen = std::collections::HashSet::new();
+    let mut pair = Pair::new(sample(300), 100).with_fault(move |_, _, m| {
+        let kind = std::mem::discriminant(m);
+        let control = matches!(
+            m,
+            Message::Request { .. }
+                | Message::Accept { .. }
+                | Message::Fin { .. }
+                | Message::FinAck { .. }
+        );
+        if control && seen.insert(kind) {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    pair.drive(100_000);
+    assert!(pair.finished());
+    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.sender_events, vec![SenderEvent::Finished]);
+}
+
+#[test]
+fn duplicates_and_reordering_do_not_corrupt() {
+    let mut pair = Pair::new(sample(20_000), 100).with_fault(|_, n, _| match n % 7 {
+        0 => Fate::Duplicate,
+        3 => Fate::Delay(Duration::from_millis(25)),
+        _ => Fate::Deliver,
+    });
+    pair.drive(200_000);
+    assert!(pair.finished());
+    assert_eq!(pair.received, pair.file);
+}
+
+#[test]
+fn dead_link_ends_both_sides_with_timeout() {
+    let mut pair = Pair::new(sample(5000), 100).with_fault(|dir, n, _| {
+        if n > 20 && dir == Dir::ToReceiver {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    pair.drive(100_000);
+    assert!(matches!(
+        pair.receiver_events.last(),
+        Some(ReceiverEvent::Failed(TransferError::Timeout(_)))
+    ));
+    assert!(matches!(
+        pair.sender_events.last(),
+        Some(SenderEvent::Failed(_))
+    ));
+    assert!(pair.received.len() < pair.file.len());
+}
+
+#[test]
+fn changed_file_is_refused_before_any_byte() {
+    let mut pair = Pair::new(sample(500), 100);
+    pair.file[0] ^= 1; // the sender now has other content than the index said
+    pair.drive(100_000);
+    assert!(matches!(
+        pair.receiver_events.last(),
+        Some(ReceiverEvent::Failed(TransferError::Changed(_)))
+    ));
+    assert!(pair.received.is_empty());
+}
+
+#[test]
+fn ack_for_unsent_chunks_is_ignored() {
+    let now = Instant::now();
+    let mut s = ChunkSender::new(
+        now,
+        TransferId(1),
+        100_000,
+        ContentHash::of(b""),
+        0,
+        SenderConfig {
+            chunk_size: 100,
+            ..SenderConfig::default()
+        },
+    );
+    while s.poll_transmit(now).is_some() {}
+    s.handle_message(
+        now,
+        &Message::Ack {
+            transfer: TransferId(1),
+            cumulative: 20, // only 16 (the initial window) were sent
+            sack: crate::wire::BoundedVec(vec![]),
+            window: 64,
+        },
+    );
+    assert_eq!(s.acked_chunks(), 0);
+    assert!(!s.is_done());
+}
+
+#[test]
+fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
+    let now = Instant::now();
+    let mut r = ChunkReceiver::new(now, TransferId(1), FileId(1), None, ReceiverConfig {
+        window: 4,
+        ..ReceiverConfig::default()
+    });
+    r.handle_message(now, Message::Accept {
+        transfer: TransferId(1),
+        size: 1000,
+        chunk_size: 100,
+        hash: ContentHash::of(b"x"),
+    });
+    r.handle_message(now, Message::Data {
+        transfer: TransferId(1),
+        seq: 9,
+        payload: vec![0; 100],
+    });
+    r.handle_message(now, Message::Data {
+        transfer: TransferId(1),
+        seq: 1,
+        payload: vec![0; 7],
+    });
+    r.handle_message(now, Message::Data {
+        transfer: TransferId(1),
+        seq: 50,
+        payload: vec![0; 100],
+    });
+    assert_eq!(r.buffered_chunks(), 0);
+    assert_eq!(r.received(), 0);
+}
+
+#[test]
+fn wrong_hash_at_fin_fails_without_finish() {
+    let now = Instant::now();
+    let mut r = ChunkReceiver::new(now, TransferId(1), FileId(1), None, ReceiverConfig::default());
+    r.handle_message(now, Message::Accept {
+        transfer: TransferId(1),
+        size: 3,
+        chunk_size: 100,
+        hash: ContentHash::of(b"abd"),
+    });
+    r.handle_message(now, Message::Data {
+        transfer: TransferId(1),
+        seq: 0,
+        payload: b"abc".to_vec(),
+    });
+    r.handle_message(now, Message::Fin {
+        transfer: TransferId(1),
+        size: 3,
+        hash: ContentHash::of(b"abd"),
+    });
+    let events: Vec<_> = std::iter::from_fn(|| r.poll_event()).collect();
+    assert!(matches!(
+        events.last(),
+        Some(ReceiverEvent::Failed(TransferError::HashMismatch))
+    ));
+    assert!(std::iter::from_fn(|| r.poll_transmit())
+        .any(|m| matches!(m, Message::Abort { reason: AbortReason::HashMismatch, .. })));
+}

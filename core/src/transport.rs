@@ -1,0 +1,48 @@
+//! The `Transport` trait: a message-oriented channel that every service runs on.
+//!
+//! Implementations: UDP and TCP in `p2p-transports`, turmoil's simulated network and the
+//! fault-injecting wrapper in `p2p-sim-tests`. The core never opens a socket itself.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+/// A message-oriented transport: whole messages in, whole messages out.
+///
+/// `recv_from` must be cancel-safe (services call it inside `tokio::select!`).
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Sends one whole message to `to`. Messages larger than [`Transport::max_message_size`]
+    /// are refused with `InvalidInput`.
+    async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()>;
+
+    /// Waits for the next whole message and the address it came from.
+    async fn recv_from(&self) -> io::Result<(SocketAddr, Vec<u8>)>;
+
+    /// Returns a message that is already waiting, without blocking; `None` when there is none
+    /// (or the transport cannot tell). Lets a service drain a burst before it answers.
+    fn try_recv_from(&self) -> Option<(SocketAddr, Vec<u8>)> {
+        None
+    }
+
+    /// The address this transport listens on.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Largest message this transport carries whole.
+    fn max_message_size(&self) -> usize;
+
+    /// True when the transport itself delivers messages reliably and in order (TCP); the
+    /// sender may then skip congestion control and retransmission timers, while ACK/FIN still
+    /// confirm delivery end to end.
+    fn is_reliable(&self) -> bool {
+        false
+    }
+
+    /// Closes every connection to `to` that this transport caches (no-op for datagrams).
+    fn forget(&self, _to: SocketAddr) {}
+}
+
+/// A shared, type-erased transport.
+pub type SharedTransport = Arc<dyn Transport>;

@@ -1,0 +1,660 @@
+//! Wire format, protocol v1: every message travels in a small envelope (magic `P2P`, protocol
+//! version byte, CRC-32 of the body) followed by the message body encoded with `rmp-serde`
+//! (MessagePack). The checksum turns corruption in flight into a loss, which the transfer
+//! protocol repairs, instead of wrong bytes.
+//!
+//! Decoding is total: [`decode`] turns any byte string into a [`Message`] or a typed
+//! [`DecodeError`], never panics, and never allocates more than a small multiple of the input:
+//! the frame size is checked first, every list is read through [`BoundedVec`] (capacity capped
+//! by the protocol limit, never by a length the sender claims), and every string is checked
+//! against its limit by [`Message::validate`].
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use serde::de::{SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// First bytes of every message.
+pub const MAGIC: [u8; 3] = *b"P2P";
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Bytes of envelope before the message body: magic, version, CRC-32 (little endian).
+pub const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
+/// Largest encoded message any transport may carry (TCP frames are checked against it before
+/// anything is allocated).
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// Budget for control messages (index pages, peer lists) so that they fit one datagram on any
+/// path (IPv6 minimum MTU minus headers).
+pub const CONTROL_BUDGET: usize = 1200;
+/// Longest peer name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest relative path in an index entry.
+pub const MAX_PATH_LEN: usize = 1000;
+/// Longest free-text reason.
+pub const MAX_REASON_LEN: usize = 256;
+/// Most items in one list (peers or index entries per page).
+pub const MAX_LIST_ITEMS: usize = 256;
+/// Most selective-ACK ranges in one ACK.
+pub const MAX_SACK_RANGES: usize = 32;
+/// Largest data payload any sender may put in one chunk.
+pub const MAX_CHUNK: usize = 128 * 1024;
+/// Bytes a `Data` message adds around its payload, at most (envelope, tag, ids, length).
+pub const DATA_OVERHEAD: usize = 48;
+
+/// Short ID of a shared file, shown as `001`, `002`, …
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId(pub u32);
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:03}", self.0)
+    }
+}
+
+impl FromStr for FileId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().trim_start_matches('-');
+        t.parse::<u32>()
+            .map(FileId)
+            .map_err(|_| format!("`{s}` is not a file id (expected a number such as 001)"))
+    }
+}
+
+/// Identifies one transfer between a receiver and a sender; chosen by the receiver.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransferId(pub u64);
+
+/// Matches a reply to its request.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// Which transport a peer listens on.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// One message per datagram.
+    Udp,
+    /// Length-prefixed frames on a stream.
+    Tcp,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Udp => "udp",
+            TransportKind::Tcp => "tcp",
+        })
+    }
+}
+
+impl FromStr for TransportKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "udp" => Ok(TransportKind::Udp),
+            "tcp" => Ok(TransportKind::Tcp),
+            _ => Err(format!("unknown transport `{s}` (expected udp or tcp)")),
+        }
+    }
+}
+
+/// A BLAKE3 content hash.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentHash(pub [u8; 32]);
+
+impl ContentHash {
+    /// Hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        ContentHash(*blake3::hash(bytes).as_bytes())
+    }
+    /// Lower-case hex form.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl From<blake3::Hash> for ContentHash {
+    fn from(h: blake3::Hash) -> Self {
+        ContentHash(*h.as_bytes())
+    }
+}
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for ContentHash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ContentHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ContentHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("32 bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ContentHash, E> {
+                <[u8; 32]>::try_from(v)
+                    .map(ContentHash)
+                    .map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// A list whose decoded length is capped at `N` items; decoding never reserves room for more
+/// than the items actually present.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct BoundedVec<T, const N: usize>(pub Vec<T>);
+
+impl<T: Serialize, const N: usize> Serialize for BoundedVec<T, N> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for BoundedVec<T, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T, const N: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for V<T, N> {
+            type Value = BoundedVec<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a list of at most {N} items")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                if let Some(n) = seq.size_hint() {
+                    if n > N {
+                        return Err(serde::de::Error::invalid_length(n, &self));
+                    }
+                }
+                // Grow as items really arrive: a claimed length costs nothing.
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    if items.len() == N {
+                        return Err(serde::de::Error::invalid_length(N + 1, &self));
+                    }
+                    items.push(item);
+                }
+                Ok(BoundedVec(items))
+            }
+        }
+        d.deserialize_seq(V::<T, N>(PhantomData))
+    }
+}
+
+/// A live peer as the tracker lists it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's unique name.
+    pub name: String,
+    /// Where it listens (IP seen by the tracker, port the peer announced).
+    pub addr: SocketAddr,
+    /// The transport it listens on.
+    pub transport: TransportKind,
+}
+
+/// One shared file in a peer's index.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Short ID, stable for the path while the peer runs.
+    pub id: FileId,
+    /// Path relative to the share folder, `/`-separated.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 of the content.
+    pub hash: ContentHash,
+}
+
+/// Why the tracker refused a registration or a request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// Registered (or refreshed); heartbeat before `ttl_ms` passes.
+    Accepted {
+        /// Entry lifetime without heartbeat.
+        ttl_ms: u64,
+        /// Suggested heartbeat period.
+        heartbeat_ms: u64,
+    },
+    /// Not registered, with a reason meant for the user.
+    Refused {
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// Why a transfer was aborted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    /// The requested file id is not in the sender's index.
+    NoSuchFile,
+    /// The sender has too many transfers running.
+    Busy,
+    /// The request or a message made no sense.
+    BadRequest,
+    /// The file changed on the sender while it was sent.
+    FileChanged,
+    /// The other side stopped answering.
+    Timeout,
+    /// The received content does not match the announced hash.
+    HashMismatch,
+    /// The other side is shutting down.
+    Shutdown,
+    /// Anything else, described.
+    Other(String),
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::NoSuchFile => f.write_str("no such file"),
+            AbortReason::Busy => f.write_str("sender busy"),
+            AbortReason::BadRequest => f.write_str("bad request"),
+            AbortReason::FileChanged => f.write_str("file changed on the sender"),
+            AbortReason::Timeout => f.write_str("timed out"),
+            AbortReason::HashMismatch => f.write_str("content hash mismatch"),
+            AbortReason::Shutdown => f.write_str("peer shutting down"),
+            AbortReason::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Every message of protocol v1.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Peer → tracker: add me as `name`, listening on `port` of my source IP.
+    Register {
+        /// Reply correlation.
+        request: RequestId,
+        /// Wanted name.
+        name: String,
+        /// Listening port.
+        port: u16,
+        /// Listening transport.
+        transport: TransportKind,
+    },
+    /// Peer → tracker: I am alive (re-registers if the tracker forgot me).
+    Heartbeat {
+        /// Reply correlation.
+        request: RequestId,
+        /// Registered name.
+        name: String,
+        /// Listening port.
+        port: u16,
+        /// Listening transport.
+        transport: TransportKind,
+    },
+    /// Tracker → peer: answer to `Register` or `Heartbeat`.
+    RegisterReply {
+        /// Correlation.
+        request: RequestId,
+        /// Result.
+        outcome: RegisterOutcome,
+    },
+    /// Peer → tracker: remove me.
+    Unregister {
+        /// Reply correlation.
+        request: RequestId,
+        /// Registered name.
+        name: String,
+    },
+    /// Tracker → peer: unregistered (or was not registered).
+    UnregisterReply {
+        /// Correlation.
+        request: RequestId,
+    },
+    /// Anyone → tracker: list live peers, page `page`.
+    ListPeers {
+        /// Reply correlation.
+        request: RequestId,
+        /// Zero-based page.
+        page: u32,
+    },
+    /// Tracker → anyone: one page of the live peers.
+    PeerList {
+        /// Correlation.
+        request: RequestId,
+        /// This page.
+        page: u32,
+        /// Number of pages.
+        pages: u32,
+        /// The peers of this page.
+        peers: BoundedVec<PeerInfo, MAX_LIST_ITEMS>,
+    },
+    /// Anyone → peer: list your files, page `page`.
+    IndexRequest {
+        /// Reply correlation.
+        request: RequestId,
+        /// Zero-based page.
+        page: u32,
+    },
+    /// Peer → anyone: one page of the index.
+    IndexPage {
+        /// Correlation.
+        request: RequestId,
+        /// This page.
+        page: u32,
+        /// Number of pages.
+        pages: u32,
+        /// Entries of this page.
+        entries: BoundedVec<IndexEntry, MAX_LIST_ITEMS>,
+    },
+    /// Answer to a request that cannot be served.
+    Error {
+        /// Correlation.
+        request: RequestId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Receiver → sender: send me file `file` from chunk `start_chunk` on.
+    Request {
+        /// Chosen by the receiver.
+        transfer: TransferId,
+        /// Which file.
+        file: FileId,
+        /// First chunk wanted (0 for the whole file).
+        start_chunk: u64,
+    },
+    /// Sender → receiver: request accepted; this is what will come.
+    Accept {
+        /// Transfer.
+        transfer: TransferId,
+        /// File size in bytes.
+        size: u64,
+        /// Payload bytes per chunk (the last may be shorter).
+        chunk_size: u32,
+        /// BLAKE3 of the whole file.
+        hash: ContentHash,
+    },
+    /// Sender → receiver: chunk `seq` (bytes `seq * chunk_size ..`).
+    Data {
+        /// Transfer.
+        transfer: TransferId,
+        /// Chunk number.
+        seq: u64,
+        /// Chunk bytes.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// Receiver → sender: all chunks below `cumulative` arrived, plus the `sack` ranges
+    /// (half-open); `window` more chunks may be sent beyond `cumulative`.
+    Ack {
+        /// Transfer.
+        transfer: TransferId,
+        /// Next chunk expected in order.
+        cumulative: u64,
+        /// Received ranges above `cumulative`, `[start, end)`.
+        sack: BoundedVec<(u64, u64), MAX_SACK_RANGES>,
+        /// Receive window, in chunks beyond `cumulative`.
+        window: u32,
+    },
+    /// Sender → receiver: every chunk was acknowledged; totals to verify.
+    Fin {
+        /// Transfer.
+        transfer: TransferId,
+        /// Total bytes.
+        size: u64,
+        /// BLAKE3 of the whole file.
+        hash: ContentHash,
+    },
+    /// Receiver → sender: file verified and stored.
+    FinAck {
+        /// Transfer.
+        transfer: TransferId,
+    },
+    /// Either side: the transfer ends now, for `reason`.
+    Abort {
+        /// Transfer.
+        transfer: TransferId,
+        /// Why.
+        reason: AbortReason,
+    },
+}
+
+/// Why a byte string is not a valid message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum DecodeError {
+    /// Shorter than the envelope.
+    #[error("message of {0} bytes is shorter than the envelope")]
+    TooShort(usize),
+    /// Longer than [`MAX_MESSAGE`].
+    #[error("message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    /// Wrong magic bytes: not our protocol.
+    #[error("bad magic: not a p2p message")]
+    BadMagic,
+    /// A protocol version this build does not speak.
+    #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u8),
+    /// The body is not a valid message.
+    #[error("malformed message body: {0}")]
+    Malformed(String),
+    /// The body does not match its checksum: corrupted in flight.
+    #[error("checksum mismatch: message corrupted in flight")]
+    BadChecksum,
+    /// A field breaks a protocol limit.
+    #[error("field `{field}` breaks its limit")]
+    Limit {
+        /// Which field.
+        field: &'static str,
+    },
+}
+
+impl Message {
+    /// Encodes into a fresh buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the encoded message (envelope included) to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&MAGIC);
+        out.push(PROTOCOL_VERSION);
+        out.extend_from_slice(&[0; 4]);
+        // Writing to a Vec cannot fail, and every type here is serializable.
+        rmp_serde::encode::write(out, self).expect("encoding to a Vec never fails");
+        let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+        out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Checks the limits that decoding alone does not enforce (string lengths, ranges).
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        fn check(ok: bool, field: &'static str) -> Result<(), DecodeError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(DecodeError::Limit { field })
+            }
+        }
+        match self {
+            Message::Register { name, .. }
+            | Message::Heartbeat { name, .. }
+            | Message::Unregister { name, .. } => check(name.len() <= MAX_NAME_LEN, "name"),
+            Message::RegisterReply {
+                outcome: RegisterOutcome::Refused { reason },
+                ..
+            }
+            | Message::Error { reason, .. }
+            | Message::Abort {
+                reason: AbortReason::Other(reason),
+                ..
+            } => check(reason.len() <= MAX_REASON_LEN, "reason"),
+            Message::PeerList { page, pages, peers, .. } => {
+                check(page < pages || *pages == 0, "page")?;
+                check(
+                    peers.0.iter().all(|p| p.name.len() <= MAX_NAME_LEN),
+                    "peers.name",
+                )
+            }
+            Message::IndexPage {
+                page,
+                pages,
+                entries,
+                ..
+            } => {
+                check(page < pages || *pages == 0, "page")?;
+                check(
+                    entries.0.iter().all(|e| e.path.len() <= MAX_PATH_LEN),
+                    "entries.path",
+                )
+            }
+            Message::Accept { chunk_size, .. } => check(
+                *chunk_size > 0 && *chunk_size as usize <= MAX_CHUNK,
+                "chunk_size",
+            ),
+            Message::Data { payload, .. } => check(payload.len() <= MAX_CHUNK, "payload"),
+            Message::Ack {
+                cumulative, sack, ..
+            } => check(
+                sack.0.iter().all(|&(s, e)| s > *cumulative && s < e),
+                "sack",
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Decodes one message: envelope, body, limits. Never panics.
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    if bytes[..MAGIC.len()] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = bytes[MAGIC.len()];
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if crc32fast::hash(&bytes[HEADER_LEN..]) != crc {
+        return Err(DecodeError::BadChecksum);
+    }
+    let msg: Message = rmp_serde::from_slice(&bytes[HEADER_LEN..])
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    msg.validate()?;
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_a_data_message() {
+        let m = Message::Data {
+            transfer: TransferId(7),
+            seq: 42,
+            payload: vec![1, 2, 3],
+        };
+        assert_eq!(decode(&m.encode()), Ok(m));
+    }
+
+    #[test]
+    fn data_overhead_is_an_upper_bound() {
+        let m = Message::Data {
+            transfer: TransferId(u64::MAX),
+            seq: u64::MAX,
+            payload: vec![0; MAX_CHUNK],
+        };
+        assert!(m.encode().len() <= MAX_CHUNK + DATA_OVERHEAD);
+    }
+
+    #[test]
+    fn rejects_wrong_magic_and_version() {
+        let mut bytes = Message::FinAck {
+            transfer: TransferId(1),
+        }
+        .encode();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadChecksum));
+        bytes[3] = 9;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(9)));
+        bytes[0] = b'X';
+        assert_eq!(decode(&bytes), Err(DecodeError::BadMagic));
+        assert_eq!(decode(&bytes[..2]), Err(DecodeError::TooShort(2)));
+    }
+
+    #[test]
+    fn rejects_a_list_longer_than_its_limit() {
+        let m = Message::Ack {
+            transfer: TransferId(1),
+            cumulative: 0,
+            sack: BoundedVec((0..40).map(|i| (2 * i + 1, 2 * i + 2)).collect()),
+            window: 4,
+        };
+        assert!(matches!(decode(&m.encode()), Err(DecodeError::Malformed(_))));
+    }
+
+    /// Re-encodes a message after the body was replaced, so that the checksum is right.
+    fn seal(body: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.push(PROTOCOL_VERSION);
+        out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn claimed_huge_list_is_refused_without_allocating() {
+        // An IndexPage whose entry list claims 2^32-1 items (array32 marker) but holds none.
+        let mut body = Message::IndexPage {
+            request: RequestId(1),
+            page: 0,
+            pages: 1,
+            entries: BoundedVec(vec![]),
+        }
+        .encode()[HEADER_LEN..]
+            .to_vec();
+        let last = body.len() - 1;
+        assert_eq!(body[last], 0x90); // fixarray of 0
+        body.truncate(last);
+        body.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(decode(&seal(&body)), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn rejects_a_long_name() {
+        let m = Message::Register {
+            request: RequestId(1),
+            name: "x".repeat(MAX_NAME_LEN + 1),
+            port: 1,
+            transport: TransportKind::Udp,
+        };
+        assert_eq!(
+            decode(&m.encode()),
+            Err(DecodeError::Limit { field: "name" })
+        );
+    }
+
+    #[test]
+    fn file_ids_print_with_three_digits_and_parse_back() {
+        assert_eq!(FileId(1).to_string(), "001");
+        assert_eq!("001".parse::<FileId>(), Ok(FileId(1)));
+        assert_eq!("-002".parse::<FileId>(), Ok(FileId(2)));
+        assert!("abc".parse::<FileId>().is_err());
+    }
+}
