@@ -1,1 +1,14 @@
-//! Services.
+//! Thin tokio drivers that run the state machines on a [`Transport`](crate::transport::Transport):
+//! the [`tracker`] service and the peer [`endpoint`] (serves files and index pages, downloads,
+//! talks to the tracker). They use only `tokio::time` for time and `std::fs` for files, so the
+//! same code runs on real sockets and, deterministically, inside a turmoil simulation.
+
+pub mod endpoint;
+mod paging;
+pub mod tracker;
+
+pub use endpoint::{
+    spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress, ServiceError,
+};
+pub use paging::paginate;
+pub use tracker::{run_tracker, TrackerEvent};

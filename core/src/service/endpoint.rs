@@ -1,0 +1,973 @@
+//! The peer endpoint: one tokio task that owns a transport and every state machine on it.
+//!
+//! It serves the share folder (index pages, file transfers as [`ChunkSender`]s), runs
+//! downloads ([`ChunkReceiver`]s writing to a temporary file that is renamed only once the
+//! BLAKE3 hash matches), sends requests to the tracker and other peers with retries, and keeps
+//! its tracker registration alive with heartbeats. The application talks to it through a
+//! cloneable [`EndpointHandle`].
+//!
+//! The loop is: drain every machine's transmits, then wait for the first of a command, an
+//! incoming message or the earliest machine deadline.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::paging::paginate;
+use crate::index::{ShareIndex, PARTIAL_SUFFIX};
+use crate::transfer::{
+    ChunkReceiver, ChunkSender, ReceiverConfig, ReceiverEvent, SenderConfig, SenderEvent,
+    SenderTransmit, TransferError,
+};
+use crate::transport::SharedTransport;
+use crate::wire::{
+    decode, AbortReason, BoundedVec, ContentHash, IndexEntry, Message, PeerInfo,
+    RegisterOutcome, RequestId, TransferId, TransportKind, DATA_OVERHEAD, MAX_CHUNK,
+};
+
+/// Settings of an endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Folder to share; `None` serves nothing (one-shot clients).
+    pub share: Option<PathBuf>,
+    /// Sender tunables (the chunk size is fitted to the transport).
+    pub sender: SenderConfig,
+    /// Receiver tunables.
+    pub receiver: ReceiverConfig,
+    /// Most transfers served at once.
+    pub max_uploads: usize,
+    /// First wait before a request is sent again.
+    pub rpc_retry: Duration,
+    /// Sends of a request before it fails.
+    pub rpc_attempts: u32,
+    /// Seed of transfer and request ids, so that a restarted endpoint does not reuse the ids
+    /// of its previous life (pass something random; simulations pass their seed).
+    pub id_seed: u64,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            share: None,
+            sender: SenderConfig::default(),
+            receiver: ReceiverConfig::default(),
+            max_uploads: 32,
+            rpc_retry: Duration::from_millis(250),
+            rpc_attempts: 5,
+            id_seed: 0,
+        }
+    }
+}
+
+/// Why an endpoint operation failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ServiceError {
+    /// No answer after every retry.
+    #[error("no answer from {0} (is it running and reachable?)")]
+    NoAnswer(SocketAddr),
+    /// The other side refused.
+    #[error("{0}")]
+    Refused(String),
+    /// The transfer failed.
+    #[error("transfer failed: {0}")]
+    Transfer(#[from] TransferError),
+    /// A local file problem.
+    #[error("{0}")]
+    Io(String),
+    /// The other side answered nonsense.
+    #[error("unexpected answer from {0}")]
+    Protocol(SocketAddr),
+    /// The endpoint has stopped.
+    #[error("the endpoint has stopped")]
+    Closed,
+}
+
+/// Progress of a download.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes received so far.
+    pub received: u64,
+    /// Total bytes, once the sender accepted.
+    pub total: Option<u64>,
+}
+
+/// A completed, verified download.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownloadReport {
+    /// Where the file now is.
+    pub path: PathBuf,
+    /// File size.
+    pub size: u64,
+    /// Bytes received over the network for it.
+    pub received: u64,
+    /// Its verified BLAKE3.
+    pub hash: ContentHash,
+    /// Time from request to verified file.
+    pub elapsed: Duration,
+}
+
+enum Command {
+    Rpc {
+        to: SocketAddr,
+        msg: Message,
+        reply: oneshot::Sender<Result<Message, ServiceError>>,
+    },
+    KeepRegistered {
+        tracker: SocketAddr,
+        name: String,
+        port: u16,
+        transport: TransportKind,
+        every: Duration,
+    },
+    Download {
+        peer: SocketAddr,
+        entry: IndexEntry,
+        dest: PathBuf,
+        progress: watch::Sender<Progress>,
+        reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A cloneable handle to a running endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointHandle {
+    tx: mpsc::Sender<Command>,
+    local: SocketAddr,
+    kind: TransportKind,
+}
+
+/// Starts an endpoint on `transport` and returns its handle. The endpoint stops when
+/// [`EndpointHandle::shutdown`] is called or every handle is dropped.
+pub fn spawn_endpoint(
+    transport: SharedTransport,
+    kind: TransportKind,
+    config: EndpointConfig,
+) -> io::Result<(EndpointHandle, tokio::task::JoinHandle<()>)> {
+    let local = transport.local_addr()?;
+    let mut index = config.share.as_ref().map(ShareIndex::new);
+    if let Some(idx) = index.as_mut() {
+        idx.refresh()?;
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let chunk_size = (transport.max_message_size().saturating_sub(DATA_OVERHEAD))
+        .clamp(64, MAX_CHUNK) as u32;
+    let mut sender = config.sender.clone();
+    sender.chunk_size = chunk_size;
+    if transport.is_reliable() {
+        sender.reliable = true;
+        sender.min_rto = sender.min_rto.max(Duration::from_secs(1));
+    }
+    let driver = Driver {
+        transport,
+        sender_config: sender,
+        rx,
+        index,
+        next_id: config.id_seed,
+        rpcs: HashMap::new(),
+        uploads: HashMap::new(),
+        downloads: HashMap::new(),
+        dests: HashSet::new(),
+        registration: None,
+        index_pages: Vec::new(),
+        config,
+    };
+    let task = tokio::spawn(driver.run());
+    Ok((EndpointHandle { tx, local, kind }, task))
+}
+
+impl EndpointHandle {
+    /// The address the endpoint listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The transport kind it runs on.
+    pub fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), ServiceError> {
+        self.tx.send(cmd).await.map_err(|_| ServiceError::Closed)
+    }
+
+    /// Sends `msg` (its request id is replaced) to `to` and waits for the matching reply,
+    /// retrying on silence.
+    pub async fn rpc(&self, to: SocketAddr, msg: Message) -> Result<Message, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Rpc { to, msg, reply }).await?;
+        rx.await.map_err(|_| ServiceError::Closed)?
+    }
+
+    /// Registers with the tracker as `name`, listening on `port` over `transport`, and keeps
+    /// the registration alive with heartbeats (which also re-register after a tracker
+    /// restart). Returns the tracker's refusal reason as [`ServiceError::Refused`].
+    pub async fn register(
+        &self,
+        tracker: SocketAddr,
+        name: &str,
+        port: u16,
+        transport: TransportKind,
+        heartbeat: Option<Duration>,
+    ) -> Result<(), ServiceError> {
+        let reply = self
+            .rpc(
+                tracker,
+                Message::Register {
+                    request: RequestId(0),
+                    name: name.to_string(),
+                    port,
+                    transport,
+                },
+            )
+            .await?;
+        match reply {
+            Message::RegisterReply {
+                outcome:
+                    RegisterOutcome::Accepted {
+                        heartbeat_ms,
+                        ttl_ms,
+                    },
+                ..
+            } => {
+                let suggested = Duration::from_millis(heartbeat_ms.clamp(50, ttl_ms.max(50)));
+                let every = heartbeat.unwrap_or(suggested);
+                self.send(Command::KeepRegistered {
+                    tracker,
+                    name: name.to_string(),
+                    port,
+                    transport,
+                    every,
+                })
+                .await
+            }
+            Message::RegisterReply {
+                outcome: RegisterOutcome::Refused { reason },
+                ..
+            } => Err(ServiceError::Refused(reason)),
+            _ => Err(ServiceError::Protocol(tracker)),
+        }
+    }
+
+    /// Removes `name` from the tracker.
+    pub async fn unregister(&self, tracker: SocketAddr, name: &str) -> Result<(), ServiceError> {
+        let msg = Message::Unregister {
+            request: RequestId(0),
+            name: name.to_string(),
+        };
+        match self.rpc(tracker, msg).await? {
+            Message::UnregisterReply { .. } => Ok(()),
+            _ => Err(ServiceError::Protocol(tracker)),
+        }
+    }
+
+    /// Every live peer the tracker knows, all pages.
+    pub async fn list_peers(&self, tracker: SocketAddr) -> Result<Vec<PeerInfo>, ServiceError> {
+        let mut all = Vec::new();
+        let mut page = 0;
+        loop {
+            let msg = Message::ListPeers {
+                request: RequestId(0),
+                page,
+            };
+            match self.rpc(tracker, msg).await? {
+                Message::PeerList {
+                    peers, pages, ..
+                } => {
+                    all.extend(peers.0);
+                    page += 1;
+                    if page >= pages {
+                        return Ok(all);
+                    }
+                }
+                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
+                _ => return Err(ServiceError::Protocol(tracker)),
+            }
+        }
+    }
+
+    /// A peer's whole index, all pages.
+    pub async fn index(&self, peer: SocketAddr) -> Result<Vec<IndexEntry>, ServiceError> {
+        let mut all = Vec::new();
+        let mut page = 0;
+        loop {
+            let msg = Message::IndexRequest {
+                request: RequestId(0),
+                page,
+            };
+            match self.rpc(peer, msg).await? {
+                Message::IndexPage {
+                    entries, pages, ..
+                } => {
+                    all.extend(entries.0);
+                    page += 1;
+                    if page >= pages {
+                        return Ok(all);
+                    }
+                }
+                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
+                _ => return Err(ServiceError::Protocol(peer)),
+            }
+        }
+    }
+
+    /// Downloads `entry` from `peer` to `dest` (through `dest`'s temporary sibling, renamed
+    /// once verified). Progress is published on the returned receiver while the future runs.
+    pub async fn download(
+        &self,
+        peer: SocketAddr,
+        entry: IndexEntry,
+        dest: PathBuf,
+        progress: Option<watch::Sender<Progress>>,
+    ) -> Result<DownloadReport, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        let progress = progress.unwrap_or_else(|| watch::channel(Progress::default()).0);
+        self.send(Command::Download {
+            peer,
+            entry,
+            dest,
+            progress,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ServiceError::Closed)?
+    }
+
+    /// Aborts every transfer (the other sides are told) and stops the endpoint.
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The temporary file a download of `dest` is written to.
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
+}
+
+struct PendingRpc {
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    attempts: u32,
+    wait: Duration,
+    next_at: Instant,
+    reply: oneshot::Sender<Result<Message, ServiceError>>,
+}
+
+struct Upload {
+    machine: ChunkSender,
+    file: File,
+}
+
+struct Download {
+    peer: SocketAddr,
+    machine: ChunkReceiver,
+    dest: PathBuf,
+    partial: PathBuf,
+    writer: Option<BufWriter<File>>,
+    size: u64,
+    started: Instant,
+    progress: watch::Sender<Progress>,
+    reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
+}
+
+struct Registration {
+    tracker: SocketAddr,
+    name: String,
+    port: u16,
+    transport: TransportKind,
+    every: Duration,
+    next_at: Instant,
+}
+
+struct Driver {
+    transport: SharedTransport,
+    config: EndpointConfig,
+    sender_config: SenderConfig,
+    rx: mpsc::Receiver<Command>,
+    index: Option<ShareIndex>,
+    index_pages: Vec<Vec<IndexEntry>>,
+    next_id: u64,
+    rpcs: HashMap<RequestId, PendingRpc>,
+    uploads: HashMap<(SocketAddr, TransferId), Upload>,
+    downloads: HashMap<TransferId, Download>,
+    dests: HashSet<PathBuf>,
+    registration: Option<Registration>,
+}
+
+/// Most messages handled from one burst before the endpoint answers.
+const BURST: usize = 64;
+
+impl Driver {
+    async fn run(mut self) {
+        let transport = self.transport.clone();
+        loop {
+            self.flush().await;
+            let deadline = self.next_deadline();
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    None => break,
+                    Some(Command::Shutdown { done }) => {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(cmd) => self.on_command(cmd).await,
+                },
+                r = transport.recv_from() => {
+                    let Ok((from, bytes)) = r else {
+                        // A transport error (e.g. an ICMP unreachable surfacing on UDP) is
+                        // not fatal: the protocol's timers cover lost messages.
+                        continue;
+                    };
+                    self.on_message(from, &bytes);
+                    for _ in 0..BURST {
+                        match transport.try_recv_from() {
+                            Some((from, bytes)) => self.on_message(from, &bytes),
+                            None => break,
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => self.on_timeout(),
+            }
+        }
+        self.shutdown().await;
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let rpcs = self.rpcs.values().map(|r| r.next_at);
+        let up = self
+            .uploads
+            .values()
+            .filter_map(|u| u.machine.poll_timeout().map(Instant::from_std));
+        let down = self
+            .downloads
+            .values()
+            .filter_map(|d| d.machine.poll_timeout().map(Instant::from_std));
+        let reg = self.registration.as_ref().map(|r| r.next_at);
+        rpcs.chain(up).chain(down).chain(reg).min()
+    }
+
+    fn take_id(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Rpc { to, msg, reply } => self.start_rpc(to, msg, Some(reply)).await,
+            Command::KeepRegistered {
+                tracker,
+                name,
+                port,
+                transport,
+                every,
+            } => {
+                self.registration = Some(Registration {
+                    tracker,
+                    name,
+                    port,
+                    transport,
+                    every,
+                    next_at: Instant::now() + every,
+                });
+            }
+            Command::Download {
+                peer,
+                entry,
+                dest,
+                progress,
+                reply,
+            } => self.start_download(peer, entry, dest, progress, reply),
+            Command::Shutdown { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    async fn start_rpc(
+        &mut self,
+        to: SocketAddr,
+        mut msg: Message,
+        reply: Option<oneshot::Sender<Result<Message, ServiceError>>>,
+    ) {
+        let id = RequestId(self.take_id());
+        set_request_id(&mut msg, id);
+        let bytes = msg.encode();
+        let sent = self.transport.send_to(to, &bytes).await;
+        let Some(reply) = reply else {
+            return; // fire and forget (heartbeats)
+        };
+        if let Err(e) = sent {
+            if e.kind() == io::ErrorKind::ConnectionRefused {
+                let _ = reply.send(Err(ServiceError::NoAnswer(to)));
+                return;
+            }
+        }
+        let wait = self.config.rpc_retry;
+        self.rpcs.insert(
+            id,
+            PendingRpc {
+                to,
+                bytes,
+                attempts: 1,
+                wait,
+                next_at: Instant::now() + wait,
+                reply,
+            },
+        );
+    }
+
+    fn start_download(
+        &mut self,
+        peer: SocketAddr,
+        entry: IndexEntry,
+        dest: PathBuf,
+        progress: watch::Sender<Progress>,
+        reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
+    ) {
+        if !self.dests.insert(dest.clone()) {
+            let _ = reply.send(Err(ServiceError::Io(format!(
+                "{} is already being downloaded",
+                dest.display()
+            ))));
+            return;
+        }
+        let partial = partial_path(&dest);
+        let writer = match File::create(&partial) {
+            Ok(f) => BufWriter::with_capacity(256 * 1024, f),
+            Err(e) => {
+                self.dests.remove(&dest);
+                let _ = reply.send(Err(ServiceError::Io(format!(
+                    "cannot create {}: {e}",
+                    partial.display()
+                ))));
+                return;
+            }
+        };
+        let transfer = TransferId(self.take_id());
+        let now = Instant::now();
+        let machine = ChunkReceiver::new(
+            now.into_std(),
+            transfer,
+            entry.id,
+            Some((entry.size, entry.hash)),
+            self.config.receiver.clone(),
+        );
+        self.downloads.insert(
+            transfer,
+            Download {
+                peer,
+                machine,
+                dest,
+                partial,
+                writer: Some(writer),
+                size: entry.size,
+                started: now,
+                progress,
+                reply: Some(reply),
+            },
+        );
+    }
+
+    fn on_message(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let Ok(msg) = decode(bytes) else {
+            return; // corrupt or foreign: dropped like a lost datagram
+        };
+        let now = Instant::now().into_std();
+        match msg {
+            Message::RegisterReply { request, .. }
+            | Message::UnregisterReply { request }
+            | Message::PeerList { request, .. }
+            | Message::IndexPage { request, .. }
+            | Message::Error { request, .. } => {
+                if self.rpcs.get(&request).is_some_and(|r| r.to == from) {
+                    let rpc = self.rpcs.remove(&request).expect("checked");
+                    let _ = rpc.reply.send(Ok(msg));
+                } else if let (Some(reg), Message::RegisterReply { outcome, .. }) =
+                    (&self.registration, &msg)
+                {
+                    if let RegisterOutcome::Refused { reason } = outcome {
+                        tracing::warn!(tracker = %reg.tracker, "heartbeat refused: {reason}");
+                    }
+                }
+            }
+            Message::IndexRequest { request, page } => self.serve_index(from, request, page),
+            Message::Request {
+                transfer,
+                file,
+                start_chunk,
+            } => self.serve_request(now, from, transfer, file, start_chunk),
+            Message::Ack { transfer, .. } | Message::FinAck { transfer } => {
+                if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
+                    up.machine.handle_message(now, &msg);
+                }
+            }
+            Message::Accept { transfer, .. }
+            | Message::Data { transfer, .. }
+            | Message::Fin { transfer, .. } => match self.downloads.get_mut(&transfer) {
+                Some(d) if d.peer == from => {
+                    d.machine.handle_message(now, msg);
+                    self.pump_download(transfer);
+                }
+                Some(_) => {}
+                None => {
+                    if matches!(msg, Message::Fin { .. }) {
+                        // Our FIN-ACK was lost after we finished: answer statelessly.
+                        self.queue_stateless(from, Message::FinAck { transfer });
+                    }
+                }
+            },
+            Message::Abort { transfer, .. } => {
+                if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
+                    up.machine.handle_message(now, &msg);
+                } else if let Some(d) = self.downloads.get_mut(&transfer) {
+                    if d.peer == from {
+                        d.machine.handle_message(now, msg);
+                        self.pump_download(transfer);
+                    }
+                }
+            }
+            // Tracker requests are not ours to answer.
+            Message::Register { .. }
+            | Message::Heartbeat { .. }
+            | Message::Unregister { .. }
+            | Message::ListPeers { .. } => {}
+        }
+    }
+
+    fn queue_stateless(&mut self, to: SocketAddr, msg: Message) {
+        let transport = self.transport.clone();
+        let bytes = msg.encode();
+        tokio::spawn(async move {
+            let _ = transport.send_to(to, &bytes).await;
+        });
+    }
+
+    fn serve_index(&mut self, from: SocketAddr, request: RequestId, page: u32) {
+        let Some(index) = self.index.as_mut() else {
+            return self.queue_stateless(
+                from,
+                Message::Error {
+                    request,
+                    reason: "this endpoint shares nothing".into(),
+                },
+            );
+        };
+        if page == 0 || self.index_pages.is_empty() {
+            if let Err(e) = index.refresh() {
+                tracing::warn!("cannot rescan the share folder: {e}");
+            }
+            self.index_pages = paginate(index.entries());
+        }
+        let pages = self.index_pages.len() as u32;
+        let reply = match self.index_pages.get(page as usize) {
+            Some(entries) => Message::IndexPage {
+                request,
+                page,
+                pages,
+                entries: BoundedVec(entries.clone()),
+            },
+            None => Message::Error {
+                request,
+                reason: format!("no index page {page} (there are {pages})"),
+            },
+        };
+        self.queue_stateless(from, reply);
+    }
+
+    fn serve_request(
+        &mut self,
+        now: std::time::Instant,
+        from: SocketAddr,
+        transfer: TransferId,
+        file: crate::wire::FileId,
+        start_chunk: u64,
+    ) {
+        if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
+            up.machine.handle_message(
+                now,
+                &Message::Request {
+                    transfer,
+                    file,
+                    start_chunk,
+                },
+            );
+            return;
+        }
+        let refuse = |reason| Message::Abort { transfer, reason };
+        if self.uploads.len() >= self.config.max_uploads {
+            return self.queue_stateless(from, refuse(AbortReason::Busy));
+        }
+        let Some(index) = self.index.as_ref() else {
+            return self.queue_stateless(from, refuse(AbortReason::NoSuchFile));
+        };
+        let Some((entry, path)) = index.get(file) else {
+            return self.queue_stateless(from, refuse(AbortReason::NoSuchFile));
+        };
+        let file = match File::open(&path) {
+            Ok(f) if f.metadata().map(|m| m.len()).ok() == Some(entry.size) => f,
+            Ok(_) => return self.queue_stateless(from, refuse(AbortReason::FileChanged)),
+            Err(_) => return self.queue_stateless(from, refuse(AbortReason::NoSuchFile)),
+        };
+        let machine = ChunkSender::new(
+            now,
+            transfer,
+            entry.size,
+            entry.hash,
+            start_chunk,
+            self.sender_config.clone(),
+        );
+        tracing::debug!(%from, ?transfer, path = %entry.path, "serving");
+        self.uploads.insert((from, transfer), Upload { machine, file });
+    }
+
+    /// Applies a download's events: write bytes, publish progress, finish or fail.
+    fn pump_download(&mut self, transfer: TransferId) {
+        let Some(d) = self.downloads.get_mut(&transfer) else {
+            return;
+        };
+        let mut outcome: Option<Result<DownloadReport, ServiceError>> = None;
+        while let Some(event) = d.machine.poll_event() {
+            match event {
+                ReceiverEvent::Accepted { size, .. } => {
+                    d.size = size;
+                    d.progress.send_modify(|p| p.total = Some(size));
+                }
+                ReceiverEvent::Write(bytes) => {
+                    let res = d.writer.as_mut().map(|w| w.write_all(&bytes));
+                    if let Some(Err(e)) = res {
+                        d.machine.abort(AbortReason::Other("receiver cannot write".into()));
+                        outcome = Some(Err(ServiceError::Io(format!(
+                            "cannot write {}: {e}",
+                            d.partial.display()
+                        ))));
+                    }
+                    let received = d.machine.received();
+                    d.progress.send_modify(|p| p.received = received);
+                }
+                ReceiverEvent::Finished { received, hash } => {
+                    outcome = Some(finish_file(d, received, hash));
+                }
+                ReceiverEvent::Failed(e) => {
+                    outcome.get_or_insert(Err(ServiceError::Transfer(e)));
+                }
+            }
+        }
+        if let Some(result) = outcome {
+            if result.is_err() {
+                d.writer = None;
+                let _ = fs::remove_file(&d.partial);
+            }
+            if let Some(reply) = d.reply.take() {
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        let now = Instant::now();
+        // Requests: resend or give up.
+        let due: Vec<RequestId> = self
+            .rpcs
+            .iter()
+            .filter(|(_, r)| r.next_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let rpc = self.rpcs.get_mut(&id).expect("listed");
+            if rpc.attempts >= self.config.rpc_attempts {
+                let rpc = self.rpcs.remove(&id).expect("listed");
+                let _ = rpc.reply.send(Err(ServiceError::NoAnswer(rpc.to)));
+                continue;
+            }
+            rpc.attempts += 1;
+            rpc.wait = (rpc.wait * 2).min(Duration::from_secs(1));
+            rpc.next_at = now + rpc.wait;
+            let (to, bytes) = (rpc.to, rpc.bytes.clone());
+            let transport = self.transport.clone();
+            tokio::spawn(async move {
+                let _ = transport.send_to(to, &bytes).await;
+            });
+        }
+        if let Some(reg) = self.registration.as_mut() {
+            if reg.next_at <= now {
+                reg.next_at = now + reg.every;
+                let msg = Message::Heartbeat {
+                    request: RequestId(0),
+                    name: reg.name.clone(),
+                    port: reg.port,
+                    transport: reg.transport,
+                };
+                let (tracker, mut msg) = (reg.tracker, msg);
+                set_request_id(&mut msg, RequestId(self.take_id()));
+                self.queue_stateless(tracker, msg);
+            }
+        }
+        let std_now = now.into_std();
+        for up in self.uploads.values_mut() {
+            if up.machine.poll_timeout().is_some_and(|t| t <= std_now) {
+                up.machine.handle_timeout(std_now);
+            }
+        }
+        let due: Vec<TransferId> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| d.machine.poll_timeout().is_some_and(|t| t <= std_now))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in due {
+            if let Some(d) = self.downloads.get_mut(&t) {
+                d.machine.handle_timeout(std_now);
+            }
+            self.pump_download(t);
+        }
+    }
+
+    /// Sends everything every machine wants to send, and drops finished machines.
+    async fn flush(&mut self) {
+        let now = Instant::now().into_std();
+        let transport = self.transport.clone();
+        let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
+        for (&(to, transfer), up) in self.uploads.iter_mut() {
+            while let Some(t) = up.machine.poll_transmit(now) {
+                buf.clear();
+                match t {
+                    SenderTransmit::Control(m) => m.encode_into(&mut buf),
+                    SenderTransmit::Chunk { seq, offset, len } => {
+                        let mut payload = vec![0; len as usize];
+                        if up.file.read_exact_at(&mut payload, offset).is_err() {
+                            up.machine.abort(AbortReason::FileChanged);
+                            continue;
+                        }
+                        Message::Data {
+                            transfer,
+                            seq,
+                            payload,
+                        }
+                        .encode_into(&mut buf);
+                    }
+                }
+                let _ = transport.send_to(to, &buf).await;
+            }
+            while let Some(e) = up.machine.poll_event() {
+                match e {
+                    SenderEvent::Finished => {
+                        tracing::debug!(%to, ?transfer, stats = ?up.machine.stats(), "sent")
+                    }
+                    SenderEvent::Failed(err) => {
+                        tracing::debug!(%to, ?transfer, "upload failed: {err}")
+                    }
+                }
+            }
+        }
+        self.uploads.retain(|_, u| !u.machine.is_done());
+        for d in self.downloads.values_mut() {
+            while let Some(m) = d.machine.poll_transmit() {
+                buf.clear();
+                m.encode_into(&mut buf);
+                let _ = transport.send_to(d.peer, &buf).await;
+            }
+        }
+        let dests = &mut self.dests;
+        self.downloads.retain(|_, d| {
+            let keep = !d.machine.is_done() || d.reply.is_some();
+            if !keep {
+                dests.remove(&d.dest);
+            }
+            keep
+        });
+    }
+
+    async fn shutdown(&mut self) {
+        for up in self.uploads.values_mut() {
+            up.machine.abort(AbortReason::Shutdown);
+        }
+        let ids: Vec<TransferId> = self.downloads.keys().copied().collect();
+        for t in ids {
+            if let Some(d) = self.downloads.get_mut(&t) {
+                d.machine.abort(AbortReason::Shutdown);
+            }
+            self.pump_download(t);
+        }
+        self.flush().await;
+        for (_, rpc) in self.rpcs.drain() {
+            let _ = rpc.reply.send(Err(ServiceError::Closed));
+        }
+    }
+}
+
+fn finish_file(
+    d: &mut Download,
+    received: u64,
+    hash: ContentHash,
+) -> Result<DownloadReport, ServiceError> {
+    let io_err = |what: &str, e: io::Error| ServiceError::Io(format!("{what}: {e}"));
+    let writer = d
+        .writer
+        .take()
+        .ok_or_else(|| ServiceError::Io("download already closed".into()))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| io_err("cannot write the downloaded file", e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| io_err("cannot flush the downloaded file", e))?;
+    drop(file);
+    // Never replace an existing file silently: link (fails if the name exists), then unlink.
+    match fs::hard_link(&d.partial, &d.dest) {
+        Ok(()) => {
+            let _ = fs::remove_file(&d.partial);
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let existing = crate::index::hash_file(&d.dest).ok();
+            let _ = fs::remove_file(&d.partial);
+            if existing != Some(hash) {
+                return Err(ServiceError::Io(format!(
+                    "{} already exists with other content; move it away or choose another --out",
+                    d.dest.display()
+                )));
+            }
+        }
+        Err(_) => fs::rename(&d.partial, &d.dest).map_err(|e| {
+            io_err(&format!("cannot move the file into {}", d.dest.display()), e)
+        })?,
+    }
+    Ok(DownloadReport {
+        path: d.dest.clone(),
+        size: d.size,
+        received,
+        hash,
+        elapsed: d.started.elapsed(),
+    })
+}
+
+fn set_request_id(msg: &mut Message, id: RequestId) {
+    match msg {
+        Message::Register { request, .. }
+        | Message::Heartbeat { request, .. }
+        | Message::Unregister { request, .. }
+        | Message::ListPeers { request, .. }
+        | Message::IndexRequest { request, .. } => *request = id,
+        _ => {}
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,78 @@
+//! UDP: one message per datagram.
+
+use std::io;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use p2p_core::transport::Transport;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+
+/// Largest message sent by default: fits a 1500-byte Ethernet MTU with IPv6 and UDP headers
+/// (1500 − 40 − 8), so nothing is fragmented on a real network.
+pub const DEFAULT_UDP_MESSAGE: usize = 1452;
+/// Kernel socket buffer asked for (the kernel may grant less).
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// A UDP socket as a [`Transport`].
+#[derive(Debug)]
+pub struct UdpTransport {
+    socket: UdpSocket,
+    max_message: usize,
+    buf: Mutex<Vec<u8>>,
+}
+
+impl UdpTransport {
+    /// Binds `addr` (port 0 picks a free port) with large socket buffers.
+    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind_with(addr, DEFAULT_UDP_MESSAGE)
+    }
+
+    /// Binds `addr`, sending messages of at most `max_message` bytes.
+    pub fn bind_with(addr: SocketAddr, max_message: usize) -> io::Result<Self> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(UdpTransport {
+            socket: UdpSocket::from_std(socket.into())?,
+            max_message: max_message.min(65_507),
+            buf: Mutex::new(vec![0; 65_536]),
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for UdpTransport {
+    async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
+        if msg.len() > self.max_message.max(p2p_core::wire::CONTROL_BUDGET) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("message of {} bytes exceeds the datagram limit", msg.len()),
+            ));
+        }
+        self.socket.send_to(msg, to).await.map(|_| ())
+    }
+
+    async fn recv_from(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+        let mut buf = self.buf.lock().await;
+        let (n, from) = self.socket.recv_from(&mut buf).await?;
+        Ok((from, buf[..n].to_vec()))
+    }
+
+    fn try_recv_from(&self) -> Option<(SocketAddr, Vec<u8>)> {
+        let mut buf = self.buf.try_lock().ok()?;
+        let (n, from) = self.socket.try_recv_from(&mut buf).ok()?;
+        Some((from, buf[..n].to_vec()))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.max_message
+    }
+}
