@@ -352,6 +352,8 @@ pub enum Message {
         page: u32,
         /// Number of pages.
         pages: u32,
+        /// Name of the shared folder (for display: `shared/file1.txt`).
+        share: String,
         /// Entries of this page.
         entries: BoundedVec<IndexEntry, MAX_LIST_ITEMS>,
     },
@@ -508,10 +510,12 @@ impl Message {
             Message::IndexPage {
                 page,
                 pages,
+                share,
                 entries,
                 ..
             } => {
                 check(page < pages || *pages == 0, "page")?;
+                check(share.len() <= MAX_NAME_LEN * 4, "share")?;
                 check(
                     entries.0.iter().all(|e| e.path.len() <= MAX_PATH_LEN),
                     "entries.path",
@@ -625,6 +629,7 @@ mod tests {
             request: RequestId(1),
             page: 0,
             pages: 1,
+            share: String::new(),
             entries: BoundedVec(vec![]),
         }
         .encode()[HEADER_LEN..]

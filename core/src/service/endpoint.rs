@@ -295,8 +295,11 @@ impl EndpointHandle {
         }
     }
 
-    /// A peer's whole index, all pages.
-    pub async fn index(&self, peer: SocketAddr) -> Result<Vec<IndexEntry>, ServiceError> {
+    /// A peer's whole index, all pages, and the name of its share folder.
+    pub async fn index(
+        &self,
+        peer: SocketAddr,
+    ) -> Result<(String, Vec<IndexEntry>), ServiceError> {
         let mut all = Vec::new();
         let mut page = 0;
         loop {
@@ -306,12 +309,15 @@ impl EndpointHandle {
             };
             match self.rpc(peer, msg).await? {
                 Message::IndexPage {
-                    entries, pages, ..
+                    entries,
+                    pages,
+                    share,
+                    ..
                 } => {
                     all.extend(entries.0);
                     page += 1;
                     if page >= pages {
-                        return Ok(all);
+                        return Ok((share, all));
                     }
                 }
                 Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
@@ -679,6 +685,7 @@ impl Driver {
                 request,
                 page,
                 pages,
+                share: share_name(index.root()),
                 entries: BoundedVec(entries.clone()),
             },
             None => Message::Error {
@@ -952,6 +959,20 @@ fn finish_file(
         hash,
         elapsed: d.started.elapsed(),
     })
+}
+
+/// The last component of the share folder, as shown to other peers (at most 255 bytes).
+fn share_name(root: &Path) -> String {
+    let name = root
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "share".into());
+    let mut end = name.len().min(255);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
 }
 
 fn set_request_id(msg: &mut Message, id: RequestId) {

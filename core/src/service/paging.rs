@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::wire::{CONTROL_BUDGET, MAX_LIST_ITEMS};
 
 /// Bytes of a page message around its items (envelope, tag, ids, counters), at most.
-const PAGE_OVERHEAD: usize = 64;
+const PAGE_OVERHEAD: usize = 64 + 256;
 
 /// Splits `items` into pages whose encoded size stays within [`CONTROL_BUDGET`] and whose
 /// length stays within [`MAX_LIST_ITEMS`]. Always returns at least one (possibly empty) page.
@@ -54,6 +54,7 @@ mod tests {
                 request: RequestId(u64::MAX),
                 page: i as u32,
                 pages: n,
+                share: "x".repeat(255),
                 entries: BoundedVec(p.clone()),
             };
             assert!(msg.encode().len() <= CONTROL_BUDGET);

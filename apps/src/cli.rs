@@ -1,0 +1,143 @@
+//! Command-line definitions. Names and flags are a contract with users and scripts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use p2p_core::wire::TransportKind;
+
+/// Peer-to-peer file sharing over UDP or TCP, with a tracker of live peers.
+#[derive(Parser, Debug)]
+#[command(name = "p2p", version, about)]
+pub(crate) struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Run a tracker (serves UDP and TCP on the same port).
+    Tracker(TrackerArgs),
+    /// Run a peer: share a folder, register with the tracker, interactive menu.
+    Peer(PeerArgs),
+    /// List the live peers.
+    Peers(PeersArgs),
+    /// List the files a peer shares.
+    Ls(LsArgs),
+    /// Download a file from a peer.
+    Get(GetArgs),
+    /// Start a tracker and two peers on 127.0.0.1 and transfer shared/ over UDP and TCP.
+    Demo(DemoArgs),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 30s or 500ms: {e}"))
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TrackerArgs {
+    /// Address to listen on (UDP and TCP).
+    #[arg(long, default_value = "0.0.0.0:9000")]
+    pub listen: SocketAddr,
+    /// How long a peer stays listed without a heartbeat.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub peer_ttl: Duration,
+    /// Heartbeat period suggested to peers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Most peers listed at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_peers: usize,
+}
+
+/// Options shared by the commands that talk to the tracker.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TrackerOpts {
+    /// Tracker address.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub tracker: SocketAddr,
+    /// Transport used to reach the tracker (a peer is reached over the one it registered).
+    #[arg(long, default_value = "udp")]
+    pub transport: TransportKind,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PeerArgs {
+    /// Name to register (asked for when missing).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address to listen on.
+    #[arg(long, conflicts_with = "port")]
+    pub listen: Option<SocketAddr>,
+    /// Port to listen on, all interfaces (asked for when missing).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Tracker address.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub tracker: SocketAddr,
+    /// Folder to share.
+    #[arg(long, default_value = "./shared")]
+    pub share: PathBuf,
+    /// Folder for downloads made from the menu.
+    #[arg(long, default_value = "./downloads")]
+    pub downloads: PathBuf,
+    /// Transport to listen on and to reach the tracker with.
+    #[arg(long, default_value = "udp")]
+    pub transport: TransportKind,
+    /// No interactive menu: serve until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub no_menu: bool,
+    /// Heartbeat period (default: what the tracker suggests).
+    #[arg(long, value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// Most uploads served at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_uploads: usize,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PeersArgs {
+    #[command(flatten)]
+    pub tracker: TrackerOpts,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct LsArgs {
+    /// Name of the peer.
+    pub peer: String,
+    #[command(flatten)]
+    pub tracker: TrackerOpts,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GetArgs {
+    /// Name of the peer.
+    pub peer: String,
+    /// File ID as `p2p ls` shows it (e.g. 001).
+    pub id: String,
+    #[command(flatten)]
+    pub tracker: TrackerOpts,
+    /// Folder to save into.
+    #[arg(long, default_value = "./downloads")]
+    pub out: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DemoArgs {
+    /// Folder the seeding peer shares.
+    #[arg(long, default_value = "./shared")]
+    pub share: PathBuf,
+}

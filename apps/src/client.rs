@@ -1,0 +1,153 @@
+//! One-shot commands: `p2p peers`, `p2p ls`, `p2p get`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use p2p_core::index::hash_file;
+use p2p_core::service::Progress;
+use p2p_core::wire::FileId;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::cli::{GetArgs, LsArgs, PeersArgs};
+use crate::common::{client, find_peer, human_bytes, mib_per_s};
+use crate::peer::dest_for;
+
+pub(crate) async fn peers(args: PeersArgs) -> Result<()> {
+    let t = &args.tracker;
+    let via = client(t.transport, t.tracker).await?;
+    let peers = via.list_peers(t.tracker).await.with_context(|| {
+        format!(
+            "cannot reach the tracker at {} over {} (start one with `p2p tracker`, or pass --tracker ADDR)",
+            t.tracker, t.transport
+        )
+    })?;
+    if args.json {
+        let list: Vec<_> = peers
+            .iter()
+            .map(|p| json!({"name": p.name, "addr": p.addr.to_string(), "transport": p.transport.to_string()}))
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else if peers.is_empty() {
+        println!("No peers online.");
+    } else {
+        println!("Current Peers:");
+        for p in peers {
+            println!("  - {} ({} {})", p.name, p.addr, p.transport);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn ls(args: LsArgs) -> Result<()> {
+    let t = &args.tracker;
+    let via = client(t.transport, t.tracker).await?;
+    let info = find_peer(&via, t.tracker, &args.peer).await?;
+    let to_peer = if info.transport == t.transport {
+        via
+    } else {
+        client(info.transport, info.addr).await?
+    };
+    let (share, entries) = to_peer.index(info.addr).await.with_context(|| {
+        format!("peer `{}` at {} does not answer; it may have just left", info.name, info.addr)
+    })?;
+    if args.json {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|e| json!({"id": e.id.to_string(), "path": e.path, "size": e.size, "hash": e.hash.to_hex()}))
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else if entries.is_empty() {
+        println!("{} shares no files.", info.name);
+    } else {
+        for e in entries {
+            println!("ID: {} -> {share}/{} ({})", e.id, e.path, human_bytes(e.size));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn get(args: GetArgs) -> Result<()> {
+    let id: FileId = args.id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let t = &args.tracker;
+    let via = client(t.transport, t.tracker).await?;
+    let info = find_peer(&via, t.tracker, &args.peer).await?;
+    let to_peer = if info.transport == t.transport {
+        via
+    } else {
+        client(info.transport, info.addr).await?
+    };
+    let (_, entries) = to_peer.index(info.addr).await.with_context(|| {
+        format!("peer `{}` at {} does not answer; it may have just left", info.name, info.addr)
+    })?;
+    let Some(entry) = entries.into_iter().find(|e| e.id == id) else {
+        bail!("peer `{}` has no file {id}: run `p2p ls {}` to see its files", info.name, info.name);
+    };
+    let dest = dest_for(&args.out, &entry.path)?;
+    if dest.exists() {
+        let existing = hash_file(&dest).ok();
+        if existing == Some(entry.hash) {
+            report(&args, &dest, entry.size, 0, Duration::ZERO, true);
+            return Ok(());
+        }
+        bail!(
+            "{} already exists with other content; move it away or pass another --out",
+            dest.display()
+        );
+    }
+    let (tx, rx) = watch::channel(Progress::default());
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| progress_bar(entry.size, rx));
+    let result = to_peer.download(info.addr, entry.clone(), dest.clone(), Some(tx)).await;
+    if let Some(bar) = bar {
+        bar.abort();
+        eprint!("\r\x1b[2K");
+    }
+    let r = result.with_context(|| format!("download of {} from {} failed", entry.path, info.name))?;
+    report(&args, &r.path, r.size, r.received, r.elapsed, false);
+    Ok(())
+}
+
+fn report(args: &GetArgs, path: &std::path::Path, size: u64, received: u64, elapsed: Duration, already: bool) {
+    let secs = elapsed.as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "path": path.display().to_string(),
+                "size": size,
+                "received": received,
+                "elapsed_ms": elapsed.as_millis() as u64,
+                "mib_per_s": mib_per_s(received, secs),
+                "already_present": already,
+                "verified": true,
+            })
+        );
+    } else if already {
+        println!("{} (already present, same content)", path.display());
+    } else {
+        eprintln!(
+            "saved {} ({}) in {:.2} s, {:.1} MiB/s, BLAKE3 verified",
+            path.display(),
+            human_bytes(size),
+            secs,
+            mib_per_s(received, secs)
+        );
+        println!("{}", path.display());
+    }
+}
+
+fn progress_bar(total: u64, mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template"),
+        );
+        while rx.changed().await.is_ok() {
+            bar.set_position(rx.borrow().received);
+        }
+    })
+}

@@ -1,0 +1,37 @@
+//! `p2p`: share files between peers through a tracker, over UDP or TCP.
+
+mod cli;
+mod client;
+mod common;
+mod demo;
+mod peer;
+mod tracker;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    common::init_logging(cli.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Tracker(args) => tracker::run(args).await,
+            Command::Peer(args) => peer::run(args).await,
+            Command::Peers(args) => client::peers(args).await,
+            Command::Ls(args) => client::ls(args).await,
+            Command::Get(args) => client::get(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    // Background tasks (connections, endpoints) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+}

@@ -1,0 +1,276 @@
+//! `p2p peer`: share a folder, register with the tracker, and offer the interactive menu
+//! (`i`, `c`, `r`, `q`) of the original program.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use p2p_core::index::safe_file_name;
+use p2p_core::service::{EndpointHandle, ServiceError};
+use p2p_core::tracker::validate_name;
+use p2p_core::wire::FileId;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+
+use crate::cli::PeerArgs;
+use crate::common::{endpoint, find_peer, human_bytes};
+
+type StdinLines = Lines<BufReader<Stdin>>;
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("cannot install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("cannot install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn prompt(text: &str) {
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+}
+
+async fn ask(lines: &mut StdinLines, question: &str) -> Result<String> {
+    prompt(question);
+    match lines.next_line().await? {
+        Some(l) => Ok(l.trim().to_string()),
+        None => bail!("no answer on standard input"),
+    }
+}
+
+pub(crate) async fn run(args: PeerArgs) -> Result<()> {
+    let interactive = std::io::stdin().is_terminal();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let bind = match (args.listen, args.port) {
+        (Some(addr), _) => addr,
+        (None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
+        (None, None) if args.no_menu => SocketAddr::from(([0, 0, 0, 0], 0)),
+        (None, None) => loop {
+            let answer = ask(&mut lines, "Enter port number (e.g., 10001): ")
+                .await
+                .context("no port given: pass --port PORT")?;
+            match answer.parse::<u16>() {
+                Ok(p) => break SocketAddr::from(([0, 0, 0, 0], p)),
+                Err(_) if interactive => println!("`{answer}` is not a port number (0-65535)."),
+                Err(_) => bail!("`{answer}` is not a port number (0-65535)"),
+            }
+        },
+    };
+    let name = match args.name.clone() {
+        Some(n) => n,
+        None if args.no_menu => bail!("--no-menu needs --name NAME"),
+        None => ask(&mut lines, "Enter peer name: ")
+            .await
+            .context("no name given: pass --name NAME")?,
+    };
+    validate_name(&name).map_err(|e| anyhow::anyhow!("{e}: choose another --name"))?;
+    if !args.share.is_dir() {
+        bail!(
+            "the share folder {} does not exist: create it or pass --share DIR",
+            args.share.display()
+        );
+    }
+    let kind = args.transport;
+    let handle = endpoint(kind, bind, Some(args.share.clone()), |c| {
+        c.max_uploads = args.max_uploads;
+    })
+    .await?;
+    let local = handle.local_addr();
+    match handle
+        .register(args.tracker, &name, local.port(), kind, args.heartbeat)
+        .await
+    {
+        Ok(()) => {}
+        Err(ServiceError::Refused(reason)) => bail!("the tracker refused `{name}`: {reason}"),
+        Err(ServiceError::NoAnswer(addr)) => bail!(
+            "no answer from the tracker at {addr} over {kind}: start one with `p2p tracker` or pass --tracker ADDR"
+        ),
+        Err(e) => bail!("cannot register with the tracker: {e}"),
+    }
+    let menu = Menu {
+        handle: handle.clone(),
+        tracker: args.tracker,
+        downloads: args.downloads.clone(),
+        me: name.clone(),
+    };
+    if args.no_menu {
+        println!(
+            "peer {name} listening on {local} ({kind}), sharing {}, registered with {}",
+            args.share.display(),
+            args.tracker
+        );
+        shutdown_signal().await;
+    } else {
+        println!("Hello, {name} (listening on port {})", local.port());
+        menu.print_peers().await;
+        print_commands();
+        prompt("Choose: ");
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                line = lines.next_line(), if reading => match line {
+                    Ok(Some(line)) => {
+                        if !menu.handle_line(&line).await {
+                            leave(&handle, args.tracker, &name).await;
+                            println!("Leaving system. Goodbye!");
+                            return Ok(());
+                        }
+                        prompt("Choose: ");
+                    }
+                    // End of input: a terminal means the user left; a pipe or file just
+                    // ran out of commands, so keep serving until a signal.
+                    _ if interactive => break,
+                    _ => reading = false,
+                },
+                _ = shutdown_signal() => break,
+            }
+        }
+        println!();
+    }
+    leave(&handle, args.tracker, &name).await;
+    println!("Leaving system. Goodbye!");
+    Ok(())
+}
+
+async fn leave(handle: &EndpointHandle, tracker: SocketAddr, name: &str) {
+    if let Err(e) = handle.unregister(tracker, name).await {
+        eprintln!("warning: could not unregister from the tracker: {e} (it will expire)");
+    }
+    handle.shutdown().await;
+}
+
+fn print_commands() {
+    println!("Available commands:");
+    println!("  i -peer_name       : show the files a peer shares");
+    println!("  c -peer_name -id   : download file <id> from that peer");
+    println!("  r                  : refresh the list of peers");
+    println!("  q                  : quit");
+}
+
+struct Menu {
+    handle: EndpointHandle,
+    tracker: SocketAddr,
+    downloads: PathBuf,
+    me: String,
+}
+
+impl Menu {
+    async fn print_peers(&self) {
+        match self.handle.list_peers(self.tracker).await {
+            Ok(peers) => {
+                println!("Current Peers:");
+                for p in peers {
+                    println!("  - {}", p.name);
+                }
+            }
+            Err(e) => println!("Cannot reach the tracker at {}: {e}", self.tracker),
+        }
+    }
+
+    /// Runs one menu line; returns false on `q`.
+    async fn handle_line(&self, line: &str) -> bool {
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .map(|w| w.strip_prefix('-').unwrap_or(w))
+            .collect();
+        match words.as_slice() {
+            [] => {}
+            ["q"] | ["quit"] => return false,
+            ["r"] => self.print_peers().await,
+            ["i", peer] => self.show_index(peer).await,
+            ["c", peer, id] => match id.parse::<FileId>() {
+                Ok(id) => self.start_download(peer, id).await,
+                Err(e) => println!("{e}"),
+            },
+            _ => println!(
+                "Unknown command `{}`. Use: i NAME (list files), c NAME ID (download), r (refresh), q (quit).",
+                line.trim()
+            ),
+        }
+        true
+    }
+
+    async fn reach(&self, peer: &str) -> Result<(EndpointHandle, SocketAddr)> {
+        let info = find_peer(&self.handle, self.tracker, peer).await?;
+        let via = if info.transport == self.handle.kind() {
+            self.handle.clone()
+        } else {
+            crate::common::client(info.transport, info.addr).await?
+        };
+        Ok((via, info.addr))
+    }
+
+    async fn show_index(&self, peer: &str) {
+        let result = async {
+            let (via, addr) = self.reach(peer).await?;
+            let (share, entries) = via
+                .index(addr)
+                .await
+                .with_context(|| format!("peer `{peer}` does not answer"))?;
+            Ok::<_, anyhow::Error>((share, entries))
+        }
+        .await;
+        match result {
+            Ok((_, entries)) if entries.is_empty() => println!("{peer} shares no files."),
+            Ok((share, entries)) => {
+                for e in entries {
+                    println!("ID: {} -> {share}/{} ({})", e.id, e.path, human_bytes(e.size));
+                }
+            }
+            Err(e) => println!("{e:#}"),
+        }
+    }
+
+    async fn start_download(&self, peer: &str, id: FileId) {
+        let prepared = async {
+            let (via, addr) = self.reach(peer).await?;
+            let (_, entries) = via
+                .index(addr)
+                .await
+                .with_context(|| format!("peer `{peer}` does not answer"))?;
+            let entry = entries
+                .into_iter()
+                .find(|e| e.id == id)
+                .with_context(|| format!("{peer} has no file {id}: type `i {peer}` to list its files"))?;
+            let dest = dest_for(&self.downloads, &entry.path)?;
+            Ok::<_, anyhow::Error>((via, addr, entry, dest))
+        }
+        .await;
+        let (via, addr, entry, dest) = match prepared {
+            Ok(p) => p,
+            Err(e) => return println!("{e:#}"),
+        };
+        println!(
+            "Downloading {} ({}) from {peer} in the background...",
+            entry.path,
+            human_bytes(entry.size)
+        );
+        let peer = peer.to_string();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            match via.download(addr, entry, dest, None).await {
+                Ok(r) => println!(
+                    "\n[{me}] Saved {} ({}, BLAKE3 verified) from {peer} in {:.2} s",
+                    r.path.display(),
+                    human_bytes(r.size),
+                    r.elapsed.as_secs_f64()
+                ),
+                Err(e) => println!("\n[{me}] Download from {peer} failed: {e}"),
+            }
+            prompt("Choose: ");
+        });
+    }
+}
+
+/// Where a download of `path` goes in `dir`; creates `dir`.
+pub(crate) fn dest_for(dir: &Path, path: &str) -> Result<PathBuf> {
+    let name = safe_file_name(path)
+        .with_context(|| format!("the peer announced an unsafe file name `{path}`; refusing"))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+    Ok(dir.join(name))
+}
+

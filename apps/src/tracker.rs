@@ -1,0 +1,71 @@
+//! `p2p tracker`: the registry of live peers, on UDP and TCP at the same port.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use p2p_core::service::{run_tracker, TrackerEvent};
+use p2p_core::tracker::RegistryConfig;
+use p2p_core::transport::{SharedTransport, Transport};
+use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
+use tokio::sync::mpsc;
+
+use crate::cli::TrackerArgs;
+
+pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
+    let (udp, tcp) = bind_both(args.listen).await?;
+    let addr = udp.local_addr()?;
+    let config = RegistryConfig {
+        ttl: args.peer_ttl,
+        heartbeat: args.heartbeat.min(args.peer_ttl),
+        max_peers: args.max_peers,
+    };
+    println!(
+        "tracker listening on {addr} (udp+tcp), peer ttl {}, heartbeat {}",
+        humantime::format_duration(config.ttl),
+        humantime::format_duration(config.heartbeat)
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            match e {
+                TrackerEvent::Registered {
+                    name,
+                    addr,
+                    transport,
+                } => println!("registered {name} at {addr} ({transport})"),
+                TrackerEvent::Refused { name, from, reason } => {
+                    println!("refused {name} from {from}: {reason}")
+                }
+                TrackerEvent::Unregistered { name } => println!("unregistered {name}"),
+                TrackerEvent::Expired { name } => println!("expired {name}"),
+            }
+        }
+    });
+    tokio::select! {
+        r = run_tracker(vec![udp, tcp], config, Some(tx)) => r.context("tracker stopped")?,
+        _ = crate::peer::shutdown_signal() => println!("tracker stopping"),
+    }
+    printer.abort();
+    Ok(())
+}
+
+/// Binds UDP and TCP on the same port (when the port is 0, retries until one fits both).
+pub(crate) async fn bind_both(
+    listen: std::net::SocketAddr,
+) -> Result<(SharedTransport, SharedTransport)> {
+    let mut last_err = None;
+    for _ in 0..20 {
+        let udp = UdpTransport::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}/udp (is another tracker running? try --listen)"))?;
+        let addr = udp.local_addr()?;
+        match TcpTransport::bind(addr, TcpConfig::default()).await {
+            Ok(tcp) => return Ok((Arc::new(udp), Arc::new(tcp))),
+            Err(e) if listen.port() == 0 => last_err = Some(e),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot listen on {addr}/tcp (is another tracker running? try --listen)"))
+            }
+        }
+    }
+    Err(last_err.expect("tried")).context("no free port for both UDP and TCP")
+}
