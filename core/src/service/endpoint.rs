@@ -9,7 +9,7 @@
 //! The loop is: drain every machine's transmits, then wait for the first of a command, an
 //! incoming message or the earliest machine deadline.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
@@ -173,10 +173,10 @@ pub fn spawn_endpoint(
         rx,
         index,
         next_id: config.id_seed,
-        rpcs: HashMap::new(),
-        uploads: HashMap::new(),
-        downloads: HashMap::new(),
-        dests: HashSet::new(),
+        rpcs: BTreeMap::new(),
+        uploads: BTreeMap::new(),
+        downloads: BTreeMap::new(),
+        dests: BTreeSet::new(),
         registration: None,
         index_pages: Vec::new(),
         config,
@@ -409,10 +409,10 @@ struct Driver {
     index: Option<ShareIndex>,
     index_pages: Vec<Vec<IndexEntry>>,
     next_id: u64,
-    rpcs: HashMap<RequestId, PendingRpc>,
-    uploads: HashMap<(SocketAddr, TransferId), Upload>,
-    downloads: HashMap<TransferId, Download>,
-    dests: HashSet<PathBuf>,
+    rpcs: BTreeMap<RequestId, PendingRpc>,
+    uploads: BTreeMap<(SocketAddr, TransferId), Upload>,
+    downloads: BTreeMap<TransferId, Download>,
+    dests: BTreeSet<PathBuf>,
     registration: Option<Registration>,
 }
 
