@@ -911,7 +911,7 @@ impl Driver {
             self.pump_download(t);
         }
         self.flush().await;
-        for (_, rpc) in self.rpcs.drain() {
+        for (_, rpc) in std::mem::take(&mut self.rpcs) {
             let _ = rpc.reply.send(Err(ServiceError::Closed));
         }
     }
