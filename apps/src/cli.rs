@@ -35,7 +35,8 @@ pub(crate) enum Command {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 30s or 500ms: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 30s or 500ms: {e}"))
 }
 
 #[derive(Args, Debug)]

@@ -50,7 +50,10 @@ pub(crate) async fn ls(args: LsArgs) -> Result<()> {
         client(info.transport, info.addr).await?
     };
     let (share, entries) = to_peer.index(info.addr).await.with_context(|| {
-        format!("peer `{}` at {} does not answer; it may have just left", info.name, info.addr)
+        format!(
+            "peer `{}` at {} does not answer; it may have just left",
+            info.name, info.addr
+        )
     })?;
     if args.json {
         let list: Vec<_> = entries
@@ -62,7 +65,12 @@ pub(crate) async fn ls(args: LsArgs) -> Result<()> {
         println!("{} shares no files.", info.name);
     } else {
         for e in entries {
-            println!("ID: {} -> {share}/{} ({})", e.id, e.path, human_bytes(e.size));
+            println!(
+                "ID: {} -> {share}/{} ({})",
+                e.id,
+                e.path,
+                human_bytes(e.size)
+            );
         }
     }
     Ok(())
@@ -79,10 +87,17 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
         client(info.transport, info.addr).await?
     };
     let (_, entries) = to_peer.index(info.addr).await.with_context(|| {
-        format!("peer `{}` at {} does not answer; it may have just left", info.name, info.addr)
+        format!(
+            "peer `{}` at {} does not answer; it may have just left",
+            info.name, info.addr
+        )
     })?;
     let Some(entry) = entries.into_iter().find(|e| e.id == id) else {
-        bail!("peer `{}` has no file {id}: run `p2p ls {}` to see its files", info.name, info.name);
+        bail!(
+            "peer `{}` has no file {id}: run `p2p ls {}` to see its files",
+            info.name,
+            info.name
+        );
     };
     let dest = dest_for(&args.out, &entry.path)?;
     if dest.exists() {
@@ -98,17 +113,27 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     }
     let (tx, rx) = watch::channel(Progress::default());
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| progress_bar(entry.size, rx));
-    let result = to_peer.download(info.addr, entry.clone(), dest.clone(), Some(tx)).await;
+    let result = to_peer
+        .download(info.addr, entry.clone(), dest.clone(), Some(tx))
+        .await;
     if let Some(bar) = bar {
         bar.abort();
         eprint!("\r\x1b[2K");
     }
-    let r = result.with_context(|| format!("download of {} from {} failed", entry.path, info.name))?;
+    let r =
+        result.with_context(|| format!("download of {} from {} failed", entry.path, info.name))?;
     report(&args, &r.path, r.size, r.received, r.elapsed, false);
     Ok(())
 }
 
-fn report(args: &GetArgs, path: &std::path::Path, size: u64, received: u64, elapsed: Duration, already: bool) {
+fn report(
+    args: &GetArgs,
+    path: &std::path::Path,
+    size: u64,
+    received: u64,
+    elapsed: Duration,
+    already: bool,
+) {
     let secs = elapsed.as_secs_f64();
     if args.json {
         println!(

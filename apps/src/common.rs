@@ -43,8 +43,8 @@ pub(crate) async fn endpoint(
         ..EndpointConfig::default()
     };
     tune(&mut config);
-    let (handle, _task) = spawn_endpoint(transport, kind, config)
-        .context("cannot read the share folder")?;
+    let (handle, _task) =
+        spawn_endpoint(transport, kind, config).context("cannot read the share folder")?;
     Ok(handle)
 }
 

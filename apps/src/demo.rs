@@ -32,12 +32,28 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         let leecher = endpoint(kind, loopback, None, |_| {}).await?;
         let seeder_name = format!("seeder-{kind}");
         seeder
-            .register(tracker, &seeder_name, seeder.local_addr().port(), kind, None)
+            .register(
+                tracker,
+                &seeder_name,
+                seeder.local_addr().port(),
+                kind,
+                None,
+            )
             .await?;
         leecher
-            .register(tracker, &format!("leecher-{kind}"), leecher.local_addr().port(), kind, None)
+            .register(
+                tracker,
+                &format!("leecher-{kind}"),
+                leecher.local_addr().port(),
+                kind,
+                None,
+            )
             .await?;
-        println!("{seeder_name} on {} and leecher-{kind} on {}", seeder.local_addr(), leecher.local_addr());
+        println!(
+            "{seeder_name} on {} and leecher-{kind} on {}",
+            seeder.local_addr(),
+            leecher.local_addr()
+        );
         let info = find_peer(&leecher, tracker, &seeder_name).await?;
         let (_, entries) = leecher.index(info.addr).await?;
         let dir = out.path().join(kind.to_string());
@@ -45,7 +61,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         for entry in entries {
             let dest = crate::peer::dest_for(&dir, &entry.path)?;
             let source = args.share.join(&entry.path);
-            let result = leecher.download(info.addr, entry.clone(), dest.clone(), None).await;
+            let result = leecher
+                .download(info.addr, entry.clone(), dest.clone(), None)
+                .await;
             let (ok, secs) = match result {
                 Ok(r) => (same_bytes(&source, &r.path)?, r.elapsed.as_secs_f64()),
                 Err(e) => {
@@ -62,7 +80,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         seeder.shutdown().await;
     }
     println!();
-    println!("{:<28} {:>10} {:>9} {:>9} {:>9}  result", "file", "bytes", "transport", "time", "MiB/s");
+    println!(
+        "{:<28} {:>10} {:>9} {:>9} {:>9}  result",
+        "file", "bytes", "transport", "time", "MiB/s"
+    );
     for (path, size, kind, secs, ok) in &rows {
         println!(
             "{:<28} {:>10} {:>9} {:>8.3}s {:>9.1}  {}",

@@ -217,7 +217,12 @@ impl Menu {
             Ok((_, entries)) if entries.is_empty() => println!("{peer} shares no files."),
             Ok((share, entries)) => {
                 for e in entries {
-                    println!("ID: {} -> {share}/{} ({})", e.id, e.path, human_bytes(e.size));
+                    println!(
+                        "ID: {} -> {share}/{} ({})",
+                        e.id,
+                        e.path,
+                        human_bytes(e.size)
+                    );
                 }
             }
             Err(e) => println!("{e:#}"),
@@ -231,10 +236,9 @@ impl Menu {
                 .index(addr)
                 .await
                 .with_context(|| format!("peer `{peer}` does not answer"))?;
-            let entry = entries
-                .into_iter()
-                .find(|e| e.id == id)
-                .with_context(|| format!("{peer} has no file {id}: type `i {peer}` to list its files"))?;
+            let entry = entries.into_iter().find(|e| e.id == id).with_context(|| {
+                format!("{peer} has no file {id}: type `i {peer}` to list its files")
+            })?;
             let dest = dest_for(&self.downloads, &entry.path)?;
             Ok::<_, anyhow::Error>((via, addr, entry, dest))
         }
@@ -273,4 +277,3 @@ pub(crate) fn dest_for(dir: &Path, path: &str) -> Result<PathBuf> {
         .with_context(|| format!("cannot create the folder {}", dir.display()))?;
     Ok(dir.join(name))
 }
-

@@ -55,15 +55,19 @@ pub(crate) async fn bind_both(
 ) -> Result<(SharedTransport, SharedTransport)> {
     let mut last_err = None;
     for _ in 0..20 {
-        let udp = UdpTransport::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}/udp (is another tracker running? try --listen)"))?;
+        let udp = UdpTransport::bind(listen).await.with_context(|| {
+            format!("cannot listen on {listen}/udp (is another tracker running? try --listen)")
+        })?;
         let addr = udp.local_addr()?;
         match TcpTransport::bind(addr, TcpConfig::default()).await {
             Ok(tcp) => return Ok((Arc::new(udp), Arc::new(tcp))),
             Err(e) if listen.port() == 0 => last_err = Some(e),
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot listen on {addr}/tcp (is another tracker running? try --listen)"))
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot listen on {addr}/tcp (is another tracker running? try --listen)"
+                    )
+                })
             }
         }
     }
