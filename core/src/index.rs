@@ -236,8 +236,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("secret"), b"s").unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link"))
-            .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("linkdir")).unwrap();
         fs::write(dir.path().join(format!("x{PARTIAL_SUFFIX}")), b"p").unwrap();
         fs::write(dir.path().join("real"), b"r").unwrap();
@@ -249,7 +248,10 @@ mod tests {
 
     #[test]
     fn safe_names_never_escape() {
-        assert_eq!(safe_file_name("dir/file1.txt").as_deref(), Some("file1.txt"));
+        assert_eq!(
+            safe_file_name("dir/file1.txt").as_deref(),
+            Some("file1.txt")
+        );
         for bad in ["..", "a/..", "", "x/", "a\0b", "/", "a\\..", "x.p2p-part"] {
             assert_eq!(safe_file_name(bad), None, "{bad:?}");
         }

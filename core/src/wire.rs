@@ -500,7 +500,9 @@ impl Message {
                 reason: AbortReason::Other(reason),
                 ..
             } => check(reason.len() <= MAX_REASON_LEN, "reason"),
-            Message::PeerList { page, pages, peers, .. } => {
+            Message::PeerList {
+                page, pages, peers, ..
+            } => {
                 check(page < pages || *pages == 0, "page")?;
                 check(
                     peers.0.iter().all(|p| p.name.len() <= MAX_NAME_LEN),
@@ -610,7 +612,10 @@ mod tests {
             sack: BoundedVec((0..40).map(|i| (2 * i + 1, 2 * i + 2)).collect()),
             window: 4,
         };
-        assert!(matches!(decode(&m.encode()), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode(&m.encode()),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     /// Re-encodes a message after the body was replaced, so that the checksum is right.
@@ -638,7 +643,10 @@ mod tests {
         assert_eq!(body[last], 0x90); // fixarray of 0
         body.truncate(last);
         body.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(decode(&seal(&body)), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode(&seal(&body)),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]

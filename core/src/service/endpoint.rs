@@ -28,8 +28,8 @@ use crate::transfer::{
 };
 use crate::transport::SharedTransport;
 use crate::wire::{
-    decode, AbortReason, BoundedVec, ContentHash, IndexEntry, Message, PeerInfo,
-    RegisterOutcome, RequestId, TransferId, TransportKind, DATA_OVERHEAD, MAX_CHUNK,
+    decode, AbortReason, BoundedVec, ContentHash, IndexEntry, Message, PeerInfo, RegisterOutcome,
+    RequestId, TransferId, TransportKind, DATA_OVERHEAD, MAX_CHUNK,
 };
 
 /// Settings of an endpoint.
@@ -159,8 +159,8 @@ pub fn spawn_endpoint(
         idx.refresh()?;
     }
     let (tx, rx) = mpsc::channel(64);
-    let chunk_size = (transport.max_message_size().saturating_sub(DATA_OVERHEAD))
-        .clamp(64, MAX_CHUNK) as u32;
+    let chunk_size =
+        (transport.max_message_size().saturating_sub(DATA_OVERHEAD)).clamp(64, MAX_CHUNK) as u32;
     let mut sender = config.sender.clone();
     sender.chunk_size = chunk_size;
     if transport.is_reliable() {
@@ -280,9 +280,7 @@ impl EndpointHandle {
                 page,
             };
             match self.rpc(tracker, msg).await? {
-                Message::PeerList {
-                    peers, pages, ..
-                } => {
+                Message::PeerList { peers, pages, .. } => {
                     all.extend(peers.0);
                     page += 1;
                     if page >= pages {
@@ -296,10 +294,7 @@ impl EndpointHandle {
     }
 
     /// A peer's whole index, all pages, and the name of its share folder.
-    pub async fn index(
-        &self,
-        peer: SocketAddr,
-    ) -> Result<(String, Vec<IndexEntry>), ServiceError> {
+    pub async fn index(&self, peer: SocketAddr) -> Result<(String, Vec<IndexEntry>), ServiceError> {
         let mut all = Vec::new();
         let mut page = 0;
         loop {
@@ -739,7 +734,8 @@ impl Driver {
             self.sender_config.clone(),
         );
         tracing::debug!(%from, ?transfer, path = %entry.path, "serving");
-        self.uploads.insert((from, transfer), Upload { machine, file });
+        self.uploads
+            .insert((from, transfer), Upload { machine, file });
     }
 
     /// Applies a download's events: write bytes, publish progress, finish or fail.
@@ -757,7 +753,8 @@ impl Driver {
                 ReceiverEvent::Write(bytes) => {
                     let res = d.writer.as_mut().map(|w| w.write_all(&bytes));
                     if let Some(Err(e)) = res {
-                        d.machine.abort(AbortReason::Other("receiver cannot write".into()));
+                        d.machine
+                            .abort(AbortReason::Other("receiver cannot write".into()));
                         outcome = Some(Err(ServiceError::Io(format!(
                             "cannot write {}: {e}",
                             d.partial.display()
@@ -949,7 +946,10 @@ fn finish_file(
             }
         }
         Err(_) => fs::rename(&d.partial, &d.dest).map_err(|e| {
-            io_err(&format!("cannot move the file into {}", d.dest.display()), e)
+            io_err(
+                &format!("cannot move the file into {}", d.dest.display()),
+                e,
+            )
         })?,
     }
     Ok(DownloadReport {

@@ -15,7 +15,9 @@ pub fn paginate<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
     let mut pages = vec![Vec::new()];
     let mut used = 0;
     for item in items {
-        let size = rmp_serde::to_vec(&item).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = rmp_serde::to_vec(&item)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > budget {
             continue;
         }

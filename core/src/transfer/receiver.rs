@@ -371,10 +371,7 @@ impl ChunkReceiver {
                     "the peer stopped sending"
                 };
                 self.fail(
-                    TransferError::Timeout(format!(
-                        "{what} for {:?}",
-                        self.config.idle_timeout
-                    )),
+                    TransferError::Timeout(format!("{what} for {:?}", self.config.idle_timeout)),
                     Some(AbortReason::Timeout),
                 );
             }

@@ -203,7 +203,10 @@ impl Pair {
     }
 
     pub fn stats(&self) -> SenderStats {
-        self.sender.as_ref().map(|s| s.stats().clone()).unwrap_or_default()
+        self.sender
+            .as_ref()
+            .map(|s| s.stats().clone())
+            .unwrap_or_default()
     }
 }
 
@@ -365,31 +368,49 @@ fn ack_for_unsent_chunks_is_ignored() {
 #[test]
 fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
     let now = Instant::now();
-    let mut r = ChunkReceiver::new(now, TransferId(1), FileId(1), None, ReceiverConfig {
-        window: 4,
-        ..ReceiverConfig::default()
-    });
-    r.handle_message(now, Message::Accept {
-        transfer: TransferId(1),
-        size: 1000,
-        chunk_size: 100,
-        hash: ContentHash::of(b"x"),
-    });
-    r.handle_message(now, Message::Data {
-        transfer: TransferId(1),
-        seq: 9,
-        payload: vec![0; 100],
-    });
-    r.handle_message(now, Message::Data {
-        transfer: TransferId(1),
-        seq: 1,
-        payload: vec![0; 7],
-    });
-    r.handle_message(now, Message::Data {
-        transfer: TransferId(1),
-        seq: 50,
-        payload: vec![0; 100],
-    });
+    let mut r = ChunkReceiver::new(
+        now,
+        TransferId(1),
+        FileId(1),
+        None,
+        ReceiverConfig {
+            window: 4,
+            ..ReceiverConfig::default()
+        },
+    );
+    r.handle_message(
+        now,
+        Message::Accept {
+            transfer: TransferId(1),
+            size: 1000,
+            chunk_size: 100,
+            hash: ContentHash::of(b"x"),
+        },
+    );
+    r.handle_message(
+        now,
+        Message::Data {
+            transfer: TransferId(1),
+            seq: 9,
+            payload: vec![0; 100],
+        },
+    );
+    r.handle_message(
+        now,
+        Message::Data {
+            transfer: TransferId(1),
+            seq: 1,
+            payload: vec![0; 7],
+        },
+    );
+    r.handle_message(
+        now,
+        Message::Data {
+            transfer: TransferId(1),
+            seq: 50,
+            payload: vec![0; 100],
+        },
+    );
     assert_eq!(r.buffered_chunks(), 0);
     assert_eq!(r.received(), 0);
 }
@@ -397,28 +418,48 @@ fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
 #[test]
 fn wrong_hash_at_fin_fails_without_finish() {
     let now = Instant::now();
-    let mut r = ChunkReceiver::new(now, TransferId(1), FileId(1), None, ReceiverConfig::default());
-    r.handle_message(now, Message::Accept {
-        transfer: TransferId(1),
-        size: 3,
-        chunk_size: 100,
-        hash: ContentHash::of(b"abd"),
-    });
-    r.handle_message(now, Message::Data {
-        transfer: TransferId(1),
-        seq: 0,
-        payload: b"abc".to_vec(),
-    });
-    r.handle_message(now, Message::Fin {
-        transfer: TransferId(1),
-        size: 3,
-        hash: ContentHash::of(b"abd"),
-    });
+    let mut r = ChunkReceiver::new(
+        now,
+        TransferId(1),
+        FileId(1),
+        None,
+        ReceiverConfig::default(),
+    );
+    r.handle_message(
+        now,
+        Message::Accept {
+            transfer: TransferId(1),
+            size: 3,
+            chunk_size: 100,
+            hash: ContentHash::of(b"abd"),
+        },
+    );
+    r.handle_message(
+        now,
+        Message::Data {
+            transfer: TransferId(1),
+            seq: 0,
+            payload: b"abc".to_vec(),
+        },
+    );
+    r.handle_message(
+        now,
+        Message::Fin {
+            transfer: TransferId(1),
+            size: 3,
+            hash: ContentHash::of(b"abd"),
+        },
+    );
     let events: Vec<_> = std::iter::from_fn(|| r.poll_event()).collect();
     assert!(matches!(
         events.last(),
         Some(ReceiverEvent::Failed(TransferError::HashMismatch))
     ));
-    assert!(std::iter::from_fn(|| r.poll_transmit())
-        .any(|m| matches!(m, Message::Abort { reason: AbortReason::HashMismatch, .. })));
+    assert!(std::iter::from_fn(|| r.poll_transmit()).any(|m| matches!(
+        m,
+        Message::Abort {
+            reason: AbortReason::HashMismatch,
+            ..
+        }
+    )));
 }
