@@ -598,12 +598,15 @@ impl Driver {
                 if self.rpcs.get(&request).is_some_and(|r| r.to == from) {
                     let rpc = self.rpcs.remove(&request).expect("checked");
                     let _ = rpc.reply.send(Ok(msg));
-                } else if let (Some(reg), Message::RegisterReply { outcome, .. }) =
-                    (&self.registration, &msg)
+                } else if let (
+                    Some(reg),
+                    Message::RegisterReply {
+                        outcome: RegisterOutcome::Refused { reason },
+                        ..
+                    },
+                ) = (&self.registration, &msg)
                 {
-                    if let RegisterOutcome::Refused { reason } = outcome {
-                        tracing::warn!(tracker = %reg.tracker, "heartbeat refused: {reason}");
-                    }
+                    tracing::warn!(tracker = %reg.tracker, "heartbeat refused: {reason}");
                 }
             }
             Message::IndexRequest { request, page } => self.serve_index(from, request, page),

@@ -230,10 +230,8 @@ impl ChunkSender {
                 window,
                 ..
             } => self.on_ack(now, *cumulative, &sack.0, u64::from(*window)),
-            Message::FinAck { .. } => {
-                if self.cumulative == self.total {
-                    self.finish(SenderEvent::Finished);
-                }
+            Message::FinAck { .. } if self.cumulative == self.total => {
+                self.finish(SenderEvent::Finished);
             }
             Message::Abort { reason, .. } => {
                 self.finish(SenderEvent::Failed(TransferError::Aborted(reason.clone())));

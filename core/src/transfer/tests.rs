@@ -2,20 +2,19 @@
 //! (the quinn-proto `Pair` pattern): every message goes through the real wire encoding, and a
 //! test-supplied `Fault` decides what happens to each one.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::*;
 use crate::wire::{decode, ContentHash, FileId, Message, TransferId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dir {
+pub(super) enum Dir {
     ToReceiver,
     ToSender,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Fate {
+pub(super) enum Fate {
     Deliver,
     Drop,
     Duplicate,
@@ -24,25 +23,25 @@ pub(crate) enum Fate {
 
 type Fault = Box<dyn FnMut(Dir, u64, &Message) -> Fate>;
 
-pub(crate) struct Pair {
-    pub now: Instant,
-    pub file: Vec<u8>,
-    pub sender: Option<ChunkSender>,
-    pub receiver: ChunkReceiver,
-    pub sender_config: SenderConfig,
+pub(super) struct Pair {
+    pub(super) now: Instant,
+    pub(super) file: Vec<u8>,
+    pub(super) sender: Option<ChunkSender>,
+    pub(super) receiver: ChunkReceiver,
+    pub(super) sender_config: SenderConfig,
     /// (deliver at, order, bytes) per direction.
     queue: Vec<(Instant, u64, Dir, Vec<u8>)>,
     order: u64,
     latency: Duration,
     fault: Fault,
-    pub received: Vec<u8>,
-    pub receiver_events: Vec<ReceiverEvent>,
-    pub sender_events: Vec<SenderEvent>,
-    pub delivered: u64,
+    pub(super) received: Vec<u8>,
+    pub(super) receiver_events: Vec<ReceiverEvent>,
+    pub(super) sender_events: Vec<SenderEvent>,
+    pub(super) delivered: u64,
 }
 
 impl Pair {
-    pub fn new(file: Vec<u8>, chunk_size: u32) -> Self {
+    pub(super) fn new(file: Vec<u8>, chunk_size: u32) -> Self {
         let now = Instant::now();
         let hash = ContentHash::of(&file);
         let size = file.len() as u64;
@@ -77,7 +76,7 @@ impl Pair {
         }
     }
 
-    pub fn with_fault(mut self, f: impl FnMut(Dir, u64, &Message) -> Fate + 'static) -> Self {
+    pub(super) fn with_fault(mut self, f: impl FnMut(Dir, u64, &Message) -> Fate + 'static) -> Self {
         self.fault = Box::new(f);
         self
     }
@@ -133,7 +132,7 @@ impl Pair {
 
     /// One step: deliver everything due, or fire timers, or advance the clock. Returns false
     /// when there is nothing left to do.
-    pub fn step(&mut self) -> bool {
+    pub(super) fn step(&mut self) -> bool {
         self.flush();
         self.queue.sort_by_key(|(at, order, _, _)| (*at, *order));
         let next_msg = self.queue.first().map(|q| q.0);
@@ -187,7 +186,7 @@ impl Pair {
     }
 
     /// Runs until both sides are idle, or `max_steps`.
-    pub fn drive(&mut self, max_steps: usize) {
+    pub(super) fn drive(&mut self, max_steps: usize) {
         for _ in 0..max_steps {
             if !self.step() {
                 return;
@@ -196,13 +195,13 @@ impl Pair {
         panic!("pair did not settle within {max_steps} steps");
     }
 
-    pub fn finished(&self) -> bool {
+    pub(super) fn finished(&self) -> bool {
         self.receiver_events
             .iter()
             .any(|e| matches!(e, ReceiverEvent::Finished { .. }))
     }
 
-    pub fn stats(&self) -> SenderStats {
+    pub(super) fn stats(&self) -> SenderStats {
         self.sender
             .as_ref()
             .map(|s| s.stats().clone())
