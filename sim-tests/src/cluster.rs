@@ -1,0 +1,487 @@
+//! [`Cluster`]: builds a simulation of one tracker and named peers, each a turmoil host
+//! with its own share folder of generated files (content from the seed), and gives test
+//! clients what they need to drive it: endpoint handles, addresses, counters and a trace.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use p2p_core::service::{
+    run_tracker, spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, ServiceError,
+    TrackerEvent,
+};
+use p2p_core::tracker::RegistryConfig;
+use p2p_core::transfer::{ReceiverConfig, SenderConfig};
+use p2p_core::transport::SharedTransport;
+use p2p_core::wire::{IndexEntry, TransportKind, DATA_OVERHEAD};
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+
+use crate::faulty::{FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats};
+use crate::tcp::{SimTcp, SimTcpConfig};
+use crate::trace::Trace;
+use crate::udp::{SimUdp, SIM_UDP_MESSAGE};
+
+/// Port the tracker listens on.
+pub const TRACKER_PORT: u16 = 9000;
+/// Port every peer listens on (each peer is its own host).
+pub const PEER_PORT: u16 = 7000;
+/// Host name of the tracker.
+pub const TRACKER: &str = "tracker";
+
+/// Which simulated transport a cluster runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Net {
+    /// [`SimUdp`], one message per datagram.
+    Udp,
+    /// [`SimTcp`], framed messages on cached connections.
+    Tcp,
+}
+
+impl Net {
+    /// The kind peers register with.
+    pub fn kind(self) -> TransportKind {
+        match self {
+            Net::Udp => TransportKind::Udp,
+            Net::Tcp => TransportKind::Tcp,
+        }
+    }
+
+    /// Largest message of this transport with its default settings.
+    pub fn max_message(self) -> usize {
+        match self {
+            Net::Udp => SIM_UDP_MESSAGE,
+            Net::Tcp => SimTcpConfig::default().max_message,
+        }
+    }
+
+    /// Payload bytes per chunk the endpoint uses on this transport (see `spawn_endpoint`).
+    pub fn chunk_size(self) -> usize {
+        self.max_message()
+            .saturating_sub(DATA_OVERHEAD)
+            .clamp(64, p2p_core::wire::MAX_CHUNK)
+    }
+
+    /// Binds this transport on `port` of the current host, wrapped in a [`FaultyTransport`]
+    /// when `faults` is given (counting into `stats`).
+    pub async fn bind(
+        self,
+        port: u16,
+        faults: Option<FaultConfig>,
+        stats: SharedStats,
+    ) -> io::Result<SharedTransport> {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        Ok(match (self, faults) {
+            (Net::Udp, None) => Arc::new(SimUdp::bind(addr).await?),
+            (Net::Udp, Some(f)) => Arc::new(FaultyTransport::with_stats(
+                SimUdp::bind(addr).await?,
+                f,
+                stats,
+            )),
+            (Net::Tcp, None) => Arc::new(SimTcp::bind(addr, SimTcpConfig::default()).await?),
+            (Net::Tcp, Some(f)) => Arc::new(FaultyTransport::with_stats(
+                SimTcp::bind(addr, SimTcpConfig::default()).await?,
+                f,
+                stats,
+            )),
+        })
+    }
+}
+
+/// Tracker timings shortened for simulation: TTL 3 s, heartbeat every 1 s.
+pub fn fast_registry() -> RegistryConfig {
+    RegistryConfig {
+        ttl: Duration::from_secs(3),
+        heartbeat: Duration::from_secs(1),
+        max_peers: 1000,
+    }
+}
+
+/// Endpoint timings shortened for simulation: idle timeouts of 5 s, RTO at most 2 s,
+/// 8 attempts per request.
+pub fn fast_endpoint(share: Option<PathBuf>, id_seed: u64) -> EndpointConfig {
+    EndpointConfig {
+        share,
+        sender: SenderConfig {
+            idle_timeout: Duration::from_secs(5),
+            max_rto: Duration::from_secs(2),
+            ..SenderConfig::default()
+        },
+        receiver: ReceiverConfig {
+            idle_timeout: Duration::from_secs(5),
+            ..ReceiverConfig::default()
+        },
+        max_uploads: 32,
+        rpc_retry: Duration::from_millis(250),
+        rpc_attempts: 8,
+        id_seed,
+    }
+}
+
+/// A generated file in a peer's share folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedFile {
+    /// Path relative to the share folder.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 of the content.
+    pub hash: blake3::Hash,
+}
+
+/// Writes `size` bytes of content determined by `seed` and `path` under `dir/path`.
+pub fn generate_file(dir: &Path, path: &str, size: usize, seed: u64) -> io::Result<SharedFile> {
+    let mut rng = SmallRng::seed_from_u64(mix(seed, path));
+    let mut bytes = vec![0u8; size];
+    rng.fill_bytes(&mut bytes);
+    let full = dir.join(path);
+    if let Some(parent) = full.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&full, &bytes)?;
+    Ok(SharedFile {
+        path: path.to_string(),
+        size: size as u64,
+        hash: blake3::hash(&bytes),
+    })
+}
+
+/// A 64-bit mix of a seed and a label (stable across runs and platforms).
+pub fn mix(seed: u64, label: &str) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(label.as_bytes());
+    let out = h.finalize();
+    u64::from_le_bytes(out.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// The endpoint handles of the running peers, published by each peer host when it (re)starts.
+#[derive(Clone, Debug, Default)]
+pub struct Handles {
+    inner: Arc<Mutex<BTreeMap<String, (u64, EndpointHandle)>>>,
+}
+
+impl Handles {
+    fn publish(&self, name: &str, boot: u64, h: EndpointHandle) {
+        self.inner
+            .lock()
+            .expect("handles lock")
+            .insert(name.to_string(), (boot, h));
+    }
+
+    /// The handle of `name`'s latest life, if it has started.
+    pub fn try_get(&self, name: &str) -> Option<(u64, EndpointHandle)> {
+        self.inner.lock().expect("handles lock").get(name).cloned()
+    }
+
+    /// Waits (in simulated time) until `name` has started at least `min_boot` times, and
+    /// returns the handle of its latest life.
+    pub async fn get_boot(&self, name: &str, min_boot: u64) -> EndpointHandle {
+        loop {
+            if let Some((boot, h)) = self.try_get(name) {
+                if boot >= min_boot {
+                    return h;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `name` has started, and returns its handle.
+    pub async fn get(&self, name: &str) -> EndpointHandle {
+        self.get_boot(name, 1).await
+    }
+
+    /// How many times `name` has started.
+    pub fn boots(&self, name: &str) -> u64 {
+        self.try_get(name).map_or(0, |(b, _)| b)
+    }
+}
+
+/// How one peer is set up.
+#[derive(Clone)]
+pub struct PeerOpts {
+    /// Files to generate in its share folder: (relative path, size).
+    pub files: Vec<(String, usize)>,
+    /// Faults of its transport, if any (the seed is derived from the scenario's).
+    pub faults: Option<(FaultRates, FaultRates)>,
+    /// Register with the tracker on start (retrying until it answers).
+    pub register: bool,
+    /// Adjusts the endpoint settings.
+    pub tune: Option<Arc<dyn Fn(&mut EndpointConfig) + Send + Sync>>,
+}
+
+impl Default for PeerOpts {
+    fn default() -> Self {
+        PeerOpts {
+            files: Vec::new(),
+            faults: None,
+            register: true,
+            tune: None,
+        }
+    }
+}
+
+impl PeerOpts {
+    /// Shares `files` (path, size) and registers on start.
+    pub fn sharing(files: &[(&str, usize)]) -> Self {
+        PeerOpts {
+            files: files.iter().map(|(p, s)| (p.to_string(), *s)).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// With these faults on the send and receive sides.
+    pub fn faults(mut self, send: FaultRates, recv: FaultRates) -> Self {
+        self.faults = Some((send, recv));
+        self
+    }
+
+    /// Without registering with the tracker.
+    pub fn unregistered(mut self) -> Self {
+        self.register = false;
+        self
+    }
+
+    /// With endpoint settings adjusted by `f`.
+    pub fn tune(mut self, f: impl Fn(&mut EndpointConfig) + Send + Sync + 'static) -> Self {
+        self.tune = Some(Arc::new(f));
+        self
+    }
+}
+
+/// One tracker and named peers in a turmoil simulation, with their folders, counters and
+/// trace. Create it, add hosts to a `turmoil::Sim` with [`Cluster::add_tracker`] and
+/// [`Cluster::add_peer`], then drive the peers from a client through [`Cluster::handles`].
+pub struct Cluster {
+    /// The scenario's seed.
+    pub seed: u64,
+    /// The transport every host uses.
+    pub net: Net,
+    /// Event log of this run.
+    pub trace: Trace,
+    /// Endpoint handles of the running peers.
+    pub handles: Handles,
+    dir: tempfile::TempDir,
+    stats: BTreeMap<String, SharedStats>,
+    files: BTreeMap<String, Vec<SharedFile>>,
+}
+
+impl Cluster {
+    /// A new cluster for `seed` on `net`, with a fresh temporary folder.
+    pub fn new(seed: u64, net: Net) -> Self {
+        Cluster {
+            seed,
+            net,
+            trace: Trace::new(),
+            handles: Handles::default(),
+            dir: tempfile::tempdir().expect("temporary folder"),
+            stats: BTreeMap::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// A turmoil builder seeded with the scenario's seed, running at most `duration` of
+    /// simulated time, with room for bursts in UDP queues.
+    pub fn builder(&self, duration: Duration) -> turmoil::Builder {
+        let mut b = turmoil::Builder::new();
+        b.rng_seed(self.seed)
+            .simulation_duration(duration)
+            .udp_capacity(1024)
+            .tcp_capacity(1024);
+        b
+    }
+
+    /// The share folder of `peer`.
+    pub fn share_dir(&self, peer: &str) -> PathBuf {
+        self.dir.path().join(peer).join("share")
+    }
+
+    /// A folder for `peer`'s downloads (created).
+    pub fn download_dir(&self, peer: &str) -> PathBuf {
+        let d = self.dir.path().join(peer).join("downloads");
+        std::fs::create_dir_all(&d).expect("download folder");
+        d
+    }
+
+    /// The files generated for `peer`.
+    pub fn files(&self, peer: &str) -> &[SharedFile] {
+        self.files.get(peer).map_or(&[], |v| v.as_slice())
+    }
+
+    /// The file `path` shared by `peer`.
+    ///
+    /// # Panics
+    ///
+    /// When there is no such file.
+    pub fn file(&self, peer: &str, path: &str) -> SharedFile {
+        self.files(peer)
+            .iter()
+            .find(|f| f.path == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("{peer} shares no {path}"))
+    }
+
+    /// The fault counters of `host` (zero when it has no faulty transport).
+    pub fn stats(&self, host: &str) -> FaultStats {
+        self.stats
+            .get(host)
+            .map(|s| s.lock().expect("stats lock").clone())
+            .unwrap_or_default()
+    }
+
+    fn fault_config(&self, host: &str, faults: Option<(FaultRates, FaultRates)>) -> Option<FaultConfig> {
+        faults.map(|(send, recv)| FaultConfig {
+            send,
+            recv,
+            ..FaultConfig::send_side(mix(self.seed, host), FaultRates::NONE)
+        })
+    }
+
+    /// Adds the tracker host (named [`TRACKER`]); its events go to the trace. `faults` are
+    /// (send, receive) rates of its transport.
+    pub fn add_tracker(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        registry: RegistryConfig,
+        faults: Option<(FaultRates, FaultRates)>,
+    ) {
+        let stats = SharedStats::default();
+        self.stats.insert(TRACKER.into(), stats.clone());
+        let faults = self.fault_config(TRACKER, faults);
+        let (net, trace) = (self.net, self.trace.clone());
+        let boots = Arc::new(AtomicU64::new(0));
+        sim.host(TRACKER, move || {
+            let (faults, stats, trace, registry) =
+                (faults.clone(), stats.clone(), trace.clone(), registry.clone());
+            let boot = boots.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                trace.record(TRACKER, format_args!("boot {boot}"));
+                let t = net.bind(TRACKER_PORT, faults, stats).await?;
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let log = trace.clone();
+                tokio::spawn(async move {
+                    while let Some(e) = rx.recv().await {
+                        log.record(TRACKER, describe(&e));
+                    }
+                });
+                run_tracker(vec![t], registry, Some(tx)).await?;
+                Ok(())
+            }
+        });
+    }
+
+    /// Adds a peer host `name` that shares the generated `opts.files`, publishes its
+    /// endpoint handle in [`Cluster::handles`] and, if asked, registers with the tracker as
+    /// `name` (retrying until the tracker answers). Restarted by `sim.bounce`, it starts a
+    /// new life with fresh request and transfer ids.
+    pub fn add_peer(&mut self, sim: &mut turmoil::Sim<'_>, name: &str, opts: PeerOpts) {
+        let share = self.share_dir(name);
+        std::fs::create_dir_all(&share).expect("share folder");
+        let files = opts
+            .files
+            .iter()
+            .map(|(p, s)| generate_file(&share, p, *s, mix(self.seed, name)).expect("generate"))
+            .collect();
+        self.files.insert(name.to_string(), files);
+        let stats = SharedStats::default();
+        self.stats.insert(name.to_string(), stats.clone());
+        let faults = self.fault_config(name, opts.faults);
+        let (net, trace, handles, seed) = (self.net, self.trace.clone(), self.handles.clone(), self.seed);
+        let name = name.to_string();
+        let boots = Arc::new(AtomicU64::new(0));
+        sim.host(name.clone(), move || {
+            let boot = boots.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut config = fast_endpoint(Some(share.clone()), mix(seed, &format!("{name}#{boot}")));
+            if let Some(tune) = &opts.tune {
+                tune(&mut config);
+            }
+            let (faults, stats, trace, handles, name, register) = (
+                faults.clone(),
+                stats.clone(),
+                trace.clone(),
+                handles.clone(),
+                name.clone(),
+                opts.register,
+            );
+            async move {
+                trace.record(&name, format_args!("boot {boot}"));
+                let t = net.bind(PEER_PORT, faults, stats).await?;
+                let (h, task) = spawn_endpoint(t, net.kind(), config)?;
+                handles.publish(&name, boot, h.clone());
+                if register {
+                    let tracker = tracker_addr();
+                    loop {
+                        match h.register(tracker, &name, PEER_PORT, net.kind(), None).await {
+                            Ok(()) => {
+                                trace.record(&name, "registered");
+                                break;
+                            }
+                            Err(ServiceError::Refused(r)) => {
+                                trace.record(&name, format_args!("register refused: {r}"));
+                                break;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                        }
+                    }
+                }
+                let _ = task.await;
+                Ok(())
+            }
+        });
+    }
+}
+
+fn describe(e: &TrackerEvent) -> String {
+    match e {
+        TrackerEvent::Registered { name, .. } => format!("registered {name}"),
+        TrackerEvent::Refused { name, reason, .. } => format!("refused {name}: {reason}"),
+        TrackerEvent::Unregistered { name } => format!("unregistered {name}"),
+        TrackerEvent::Expired { name } => format!("expired {name}"),
+    }
+}
+
+/// The tracker's address (call inside the simulation).
+pub fn tracker_addr() -> SocketAddr {
+    SocketAddr::new(turmoil::lookup(TRACKER), TRACKER_PORT)
+}
+
+/// Where peer `host` listens (call inside the simulation).
+pub fn peer_addr(host: &str) -> SocketAddr {
+    SocketAddr::new(turmoil::lookup(host), PEER_PORT)
+}
+
+/// The IP of `host` (call inside the simulation).
+pub fn host_ip(host: &str) -> IpAddr {
+    turmoil::lookup(host)
+}
+
+/// Looks `path` up in `from`'s index (through `via`'s endpoint) and downloads it into
+/// `dest`.
+pub async fn fetch(
+    via: &EndpointHandle,
+    from: &str,
+    path: &str,
+    dest: &Path,
+) -> Result<DownloadReport, ServiceError> {
+    let peer = peer_addr(from);
+    let entry = find_entry(via, peer, path).await?;
+    via.download(peer, entry, dest.to_path_buf(), None).await
+}
+
+/// `path`'s entry in the index of the peer at `peer`.
+pub async fn find_entry(
+    via: &EndpointHandle,
+    peer: SocketAddr,
+    path: &str,
+) -> Result<IndexEntry, ServiceError> {
+    let (_, entries) = via.index(peer).await?;
+    entries
+        .into_iter()
+        .find(|e| e.path == path)
+        .ok_or_else(|| ServiceError::Refused(format!("{peer} does not share {path}")))
+}

@@ -1,0 +1,112 @@
+//! Running a scenario: the replay line, stepping a simulation until a condition holds or a
+//! simulated deadline passes, and the download invariant every scenario asserts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use p2p_core::service::endpoint::partial_path;
+use p2p_core::service::{DownloadReport, ServiceError};
+
+/// Runs `body` for `seed`, after printing the line that replays exactly this run:
+/// `replay: SIM_SEEDS=<seed> cargo test -p p2p-sim-tests --test <file> <test>`.
+///
+/// `file` is the test file (pass `file!()`), `test` the test function's name. A failure
+/// (an `Err` from `body`, or a panic inside it) panics with the replay line again.
+pub fn run_scenario(file: &str, test: &str, seed: u64, body: impl FnOnce(u64) -> turmoil::Result) {
+    let stem = Path::new(file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let replay = format!("SIM_SEEDS={seed} cargo test -p p2p-sim-tests --test {stem} {test}");
+    eprintln!("replay: {replay}");
+    let started = std::time::Instant::now();
+    match body(seed) {
+        Ok(()) => eprintln!("   ok: {test} seed {seed} in {:.2?}", started.elapsed()),
+        Err(e) => panic!("{test} failed for seed {seed}: {e}\nreplay: {replay}"),
+    }
+}
+
+/// Steps `sim` until `done()` holds (returns `Ok(true)`), the clients have all finished
+/// (`Ok(false)`), or `limit` of simulated time has passed since the call (an error).
+pub fn run_until(
+    sim: &mut turmoil::Sim<'_>,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> turmoil::Result<bool> {
+    let end = sim.elapsed() + limit;
+    loop {
+        if done() {
+            return Ok(true);
+        }
+        if sim.elapsed() >= end {
+            return Err(format!("condition not reached within {limit:?} of simulated time").into());
+        }
+        if sim.step()? {
+            return Ok(false);
+        }
+    }
+}
+
+/// Steps `sim` for `span` of simulated time (or until every client has finished: `Ok(false)`).
+pub fn run_for(sim: &mut turmoil::Sim<'_>, span: Duration) -> turmoil::Result<bool> {
+    let end = sim.elapsed() + span;
+    while sim.elapsed() < end {
+        if sim.step()? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// How a download ended, once checked against the invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// The destination holds exactly the source bytes.
+    Complete,
+    /// A clear error, and nothing under the final name nor a partial file.
+    Failed(ServiceError),
+}
+
+/// The invariant of every scenario: a download ends with exactly the source bytes under
+/// `dest` (BLAKE3 `expected`) and no partial file, or with an error and neither a file under
+/// the final name nor a leftover partial file. Returns which, or what broke the invariant.
+pub fn check_download(
+    result: &Result<DownloadReport, ServiceError>,
+    dest: &Path,
+    expected: blake3::Hash,
+) -> Result<Checked, String> {
+    let partial = partial_path(dest);
+    if partial.exists() {
+        return Err(format!(
+            "partial file {} left behind (result: {result:?})",
+            partial.display()
+        ));
+    }
+    match result {
+        Ok(report) => {
+            let bytes = std::fs::read(dest)
+                .map_err(|e| format!("download reported done but {} is unreadable: {e}", dest.display()))?;
+            let got = blake3::hash(&bytes);
+            if got != expected {
+                return Err(format!(
+                    "WRONG FILE: {} has hash {got} ({} bytes), expected {expected}",
+                    dest.display(),
+                    bytes.len()
+                ));
+            }
+            if report.hash.0 != *expected.as_bytes() || report.size != bytes.len() as u64 {
+                return Err(format!("report {report:?} does not describe the file"));
+            }
+            Ok(Checked::Complete)
+        }
+        Err(e) => {
+            if dest.exists() {
+                return Err(format!(
+                    "download failed ({e}) but {} exists under the final name",
+                    dest.display()
+                ));
+            }
+            Ok(Checked::Failed(e.clone()))
+        }
+    }
+}
