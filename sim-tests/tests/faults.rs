@@ -1,0 +1,117 @@
+//! Per-message faults from [`FaultyTransport`] on every host, over UDP: duplication,
+//! reordering, delay, corruption (bit flips and truncation), and all of them together with
+//! loss. Three leechers download from one seeder at once; every download ends with the exact
+//! bytes, and the counters show the faults really happened.
+
+use std::time::Duration;
+
+use p2p_sim_tests::{
+    check_download, fast_registry, fetch, run_scenario, seeds_from_env, Checked, Cluster,
+    FaultRates, FaultStats, Net, PeerOpts,
+};
+
+const LEECHERS: [&str; 3] = ["leech1", "leech2", "leech3"];
+
+/// Runs the scenario with `send`/`recv` faults on every host; returns every host's counters.
+fn faults_scenario(seed: u64, send: FaultRates, recv: FaultRates) -> turmoil::Result<Vec<FaultStats>> {
+    let mut cl = Cluster::new(seed, Net::Udp);
+    let mut sim = cl.builder(Duration::from_secs(200)).build();
+    let tune = |c: &mut p2p_core::service::EndpointConfig| {
+        c.rpc_attempts = 20;
+        c.sender.idle_timeout = Duration::from_secs(10);
+        c.receiver.idle_timeout = Duration::from_secs(10);
+    };
+    cl.add_tracker(&mut sim, fast_registry(), Some((send, recv)));
+    cl.add_peer(
+        &mut sim,
+        "seeder",
+        PeerOpts::sharing(&[("a.bin", 180_000), ("b.bin", 1), ("c/d.bin", 50_000)])
+            .faults(send, recv)
+            .tune(tune),
+    );
+    for l in LEECHERS {
+        cl.add_peer(&mut sim, l, PeerOpts::default().faults(send, recv).tune(tune));
+    }
+    for (l, path) in LEECHERS.iter().zip(["a.bin", "b.bin", "c/d.bin"]) {
+        let f = cl.file("seeder", path);
+        let dest = cl.download_dir(l).join("out.bin");
+        let (handles, trace) = (cl.handles.clone(), cl.trace.clone());
+        let l = l.to_string();
+        sim.client(format!("ctl-{l}"), async move {
+            let h = handles.get(&l).await;
+            let res = fetch(&h, "seeder", path, &dest).await;
+            trace.record(&l, format_args!("{path}: {:?}", res.as_ref().map(|r| r.size)));
+            match check_download(&res, &dest, f.hash)? {
+                Checked::Complete => Ok(()),
+                Checked::Failed(e) => Err(format!("{l}: {path} failed: {e}").into()),
+            }
+        });
+    }
+    sim.run()?;
+    Ok(["tracker", "seeder", "leech1", "leech2", "leech3"]
+        .iter()
+        .map(|h| cl.stats(h))
+        .collect())
+}
+
+fn total(stats: &[FaultStats], f: impl Fn(&FaultStats) -> u64) -> u64 {
+    stats.iter().map(f).sum()
+}
+
+fn run(test: &str, send: FaultRates, recv: FaultRates, check: impl Fn(&[FaultStats]) -> bool) {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), test, seed, |seed| {
+            let stats = faults_scenario(seed, send, recv)?;
+            if !check(&stats) {
+                return Err(format!("the faults did not happen: {stats:?}").into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn duplication() {
+    let r = FaultRates::duplication(0.2);
+    run("duplication", r, r, |s| {
+        total(s, |x| x.send.duplicated) > 10 && total(s, |x| x.recv.duplicated) > 10
+    });
+}
+
+#[test]
+fn reordering() {
+    let r = FaultRates::reordering(0.2);
+    run("reordering", r, r, |s| {
+        total(s, |x| x.send.reordered) > 10 && total(s, |x| x.recv.reordered) > 10
+    });
+}
+
+#[test]
+fn delay() {
+    let r = FaultRates::delaying(0.2);
+    run("delay", r, r, |s| total(s, |x| x.send.delayed + x.recv.delayed) > 20);
+}
+
+#[test]
+fn corruption() {
+    let r = FaultRates::corruption(0.1);
+    run("corruption", r, r, |s| {
+        total(s, |x| x.send.corrupted + x.recv.corrupted) > 5
+            && total(s, |x| x.send.truncated + x.recv.truncated) > 5
+    });
+}
+
+#[test]
+fn all_faults_together() {
+    let r = FaultRates {
+        drop: 0.05,
+        duplicate: 0.05,
+        reorder: 0.05,
+        delay: 0.05,
+        corrupt: 0.05,
+    };
+    run("all_faults_together", r, r, |s| {
+        total(s, |x| x.send.dropped + x.recv.dropped) > 0
+            && total(s, |x| x.send.corrupted + x.recv.corrupted + x.send.truncated) > 0
+    });
+}

@@ -1,0 +1,129 @@
+//! Per-message loss of 0, 1, 5, 10, 30 and 50 % on every host's send side (tracker
+//! included), over UDP: a seeder serves two leechers at once; every download ends with the
+//! exact bytes (up to 30 %: always; at 50 %: exact bytes or a clear timeout) and, at 10 %,
+//! the data sent stays within a stated factor of the file size.
+
+use std::time::Duration;
+
+use p2p_core::service::ServiceError;
+use p2p_core::transfer::TransferError;
+use p2p_sim_tests::{
+    check_download, fast_registry, fetch, run_scenario, seeds_from_env, Checked, Cluster,
+    FaultRates, Net, PeerOpts,
+};
+
+const FILE: usize = 200 * 1024;
+const LEECHERS: [&str; 2] = ["leech1", "leech2"];
+
+/// Runs the loss scenario at `percent` % loss; returns (completed downloads, data payload
+/// bytes the seeder sent).
+fn loss_scenario(seed: u64, percent: u32) -> turmoil::Result<(usize, u64)> {
+    let p = f64::from(percent) / 100.0;
+    let rates = FaultRates::loss(p);
+    let mut cl = Cluster::new(seed, Net::Udp);
+    // A fixed latency: turmoil's random latency reorders datagrams, and the sender's
+    // reaction to reordering would blur the cost of loss measured here.
+    let mut sim = cl
+        .builder(Duration::from_secs(300))
+        .min_message_latency(Duration::from_millis(10))
+        .max_message_latency(Duration::from_millis(10))
+        .build();
+    // Requests must survive the loss of request and reply: more attempts, longer idle
+    // timeouts as the loss grows.
+    let tune = move |c: &mut p2p_core::service::EndpointConfig| {
+        c.rpc_attempts = 40;
+        let idle = Duration::from_secs(if percent >= 30 { 30 } else { 10 });
+        c.sender.idle_timeout = idle;
+        c.receiver.idle_timeout = idle;
+    };
+    cl.add_tracker(&mut sim, fast_registry(), Some((rates, FaultRates::NONE)));
+    cl.add_peer(
+        &mut sim,
+        "seeder",
+        PeerOpts::sharing(&[("a.bin", FILE), ("b.bin", FILE / 2 + 7)])
+            .faults(rates, FaultRates::NONE)
+            .tune(tune),
+    );
+    for l in LEECHERS {
+        cl.add_peer(
+            &mut sim,
+            l,
+            PeerOpts::default().faults(rates, FaultRates::NONE).tune(tune),
+        );
+    }
+    let done = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    for (i, l) in LEECHERS.iter().enumerate() {
+        let f = cl.file("seeder", if i == 0 { "a.bin" } else { "b.bin" });
+        let dest = cl.download_dir(l).join(&f.path);
+        let (handles, trace, done) = (cl.handles.clone(), cl.trace.clone(), done.clone());
+        let l = l.to_string();
+        sim.client(format!("ctl-{l}"), async move {
+            let h = handles.get(&l).await;
+            let res = fetch(&h, "seeder", &f.path, &dest).await;
+            trace.record(&l, format_args!("{}: {:?}", f.path, res.as_ref().map(|r| r.size)));
+            match check_download(&res, &dest, f.hash)? {
+                Checked::Complete => done.set(done.get() + 1),
+                Checked::Failed(e) => {
+                    let clear = matches!(
+                        e,
+                        ServiceError::Transfer(TransferError::Timeout(_)) | ServiceError::NoAnswer(_)
+                    );
+                    eprintln!("   {l}: {} failed at {percent}% loss: {e}", f.path);
+                    if percent < 50 || !clear {
+                        return Err(format!("{l}: {} failed at {percent}% loss: {e}", f.path).into());
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+    sim.run()?;
+    Ok((done.get(), cl.stats("seeder").data_payload_bytes))
+}
+
+fn run_loss(test: &str, percent: u32) {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), test, seed, |seed| {
+            let (done, sent) = loss_scenario(seed, percent)?;
+            let file_bytes = (FILE + FILE / 2 + 7) as f64;
+            eprintln!(
+                "   {percent}% loss: {done}/2 complete, seeder sent {:.2}x the file bytes",
+                sent as f64 / file_bytes
+            );
+            if percent == 10 && sent as f64 > 1.5 * file_bytes {
+                return Err(format!("at 10% loss the seeder sent {sent} bytes, over 1.5x {file_bytes}").into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn loss_0_percent() {
+    run_loss("loss_0_percent", 0);
+}
+
+#[test]
+fn loss_1_percent() {
+    run_loss("loss_1_percent", 1);
+}
+
+#[test]
+fn loss_5_percent() {
+    run_loss("loss_5_percent", 5);
+}
+
+#[test]
+fn loss_10_percent() {
+    run_loss("loss_10_percent", 10);
+}
+
+#[test]
+fn loss_30_percent() {
+    run_loss("loss_30_percent", 30);
+}
+
+#[test]
+fn loss_50_percent() {
+    run_loss("loss_50_percent", 50);
+}
