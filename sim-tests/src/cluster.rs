@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_core::service::{
-    run_tracker, spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, ServiceError,
-    TrackerEvent,
+    run_tracker, spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress,
+    ServiceError, TrackerEvent,
 };
 use p2p_core::tracker::RegistryConfig;
 use p2p_core::transfer::{ReceiverConfig, SenderConfig};
@@ -20,6 +20,7 @@ use p2p_core::transport::SharedTransport;
 use p2p_core::wire::{IndexEntry, TransportKind, DATA_OVERHEAD};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
+use tokio::sync::watch;
 
 use crate::faulty::{FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats};
 use crate::tcp::{SimTcp, SimTcpConfig};
@@ -471,6 +472,41 @@ pub async fn fetch(
     let peer = peer_addr(from);
     let entry = find_entry(via, peer, path).await?;
     via.download(peer, entry, dest.to_path_buf(), None).await
+}
+
+/// Like [`fetch`], but runs the download in a task of the calling client and returns at
+/// once with the task and the download's progress.
+pub async fn spawn_fetch(
+    via: &EndpointHandle,
+    from: &str,
+    path: &str,
+    dest: &Path,
+) -> Result<(FetchTask, watch::Receiver<Progress>), ServiceError> {
+    let peer = peer_addr(from);
+    let entry = find_entry(via, peer, path).await?;
+    let (tx, rx) = watch::channel(Progress::default());
+    let (via, dest) = (via.clone(), dest.to_path_buf());
+    let task = tokio::spawn(async move { via.download(peer, entry, dest, Some(tx)).await });
+    Ok((task, rx))
+}
+
+/// A download running in a client task.
+pub type FetchTask = tokio::task::JoinHandle<Result<DownloadReport, ServiceError>>;
+
+/// Waits (in simulated time) until `progress` shows at least `bytes` received; false when the
+/// download ended first (its sender side was dropped) or `limit` passed.
+pub async fn wait_progress(progress: &mut watch::Receiver<Progress>, bytes: u64, limit: Duration) -> bool {
+    let wait = async {
+        loop {
+            if progress.borrow_and_update().received >= bytes {
+                return true;
+            }
+            if progress.changed().await.is_err() {
+                return false;
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
 
 /// `path`'s entry in the index of the peer at `peer`.

@@ -28,7 +28,7 @@ pub mod udp;
 
 pub use cluster::{
     fast_endpoint, fast_registry, fetch, find_entry, generate_file, host_ip, mix, peer_addr,
-    tracker_addr, Cluster, Handles, Net, PeerOpts, SharedFile, PEER_PORT, TRACKER, TRACKER_PORT,
+    spawn_fetch, tracker_addr, wait_progress, FetchTask, Cluster, Handles, Net, PeerOpts, SharedFile, PEER_PORT, TRACKER, TRACKER_PORT,
 };
 pub use faulty::{DirectionStats, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats};
 pub use harness::{check_download, run_for, run_scenario, run_until, Checked};

@@ -1,0 +1,186 @@
+//! Partitions mid-transfer: one that heals (the transfer completes), one that never heals
+//! (both sides give up with a timeout and free their state: no file under the final name, no
+//! partial file, and the seeder's only upload slot is free again), and link flapping.
+//!
+//! turmoil's TCP never re-sends, so a partition that drops TCP segments breaks the stream for
+//! good; a transient outage of TCP is modelled with `hold`/`release` instead (segments wait on
+//! the link and are delivered late, as real TCP's retransmissions would).
+
+use std::time::Duration;
+
+use p2p_core::service::ServiceError;
+use p2p_core::transfer::TransferError;
+use p2p_sim_tests::{
+    check_download, fast_registry, fetch, run_scenario, seeds_from_env, spawn_fetch,
+    wait_progress, Checked, Cluster, Net, PeerOpts,
+};
+
+const FILE: usize = 1 << 20;
+/// Idle timeout of both sides. An outage that heals must end sooner than this less the
+/// largest RTO (2 s): the first retransmission after the repair must come in time.
+const IDLE: Duration = Duration::from_secs(8);
+/// How long the healing outages last.
+const OUTAGE: Duration = Duration::from_secs(3);
+
+fn idle(c: &mut p2p_core::service::EndpointConfig) {
+    c.sender.idle_timeout = IDLE;
+    c.receiver.idle_timeout = IDLE;
+}
+
+/// How the link between seeder and leecher fails mid-transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outage {
+    /// `partition`, then `repair` after the given time.
+    Partition(Duration),
+    /// `hold`, then `release` after the given time.
+    Hold(Duration),
+    /// `partition` for good.
+    Forever,
+}
+
+fn outage_scenario(seed: u64, net: Net, outage: Outage) -> turmoil::Result {
+    let mut cl = Cluster::new(seed, net);
+    let mut sim = cl.builder(Duration::from_secs(120)).build();
+    cl.add_tracker(&mut sim, fast_registry(), None);
+    // One upload slot: a probe download succeeds only once a dead upload was freed.
+    cl.add_peer(
+        &mut sim,
+        "seeder",
+        PeerOpts::sharing(&[("big.bin", FILE), ("small.bin", 5000)]).tune(|c| {
+            c.max_uploads = 1;
+            idle(c);
+        }),
+    );
+    cl.add_peer(&mut sim, "leecher", PeerOpts::default().tune(idle));
+    cl.add_peer(&mut sim, "probe", PeerOpts::default());
+    let big = cl.file("seeder", "big.bin");
+    let small = cl.file("seeder", "small.bin");
+    let dest = cl.download_dir("leecher").join("big.bin");
+    let probe_dest = cl.download_dir("probe").join("small.bin");
+    let (handles, trace) = (cl.handles.clone(), cl.trace.clone());
+    sim.client("ctl", async move {
+        let h = handles.get("leecher").await;
+        let (task, mut progress) = spawn_fetch(&h, "seeder", "big.bin", &dest).await?;
+        // Cut the link once a little has arrived (TCP sends everything at once: any byte).
+        let first = if net == Net::Udp { FILE as u64 / 8 } else { 1 };
+        if !wait_progress(&mut progress, first, Duration::from_secs(30)).await {
+            return Err("the transfer made no progress before the outage".into());
+        }
+        trace.record("ctl", format_args!("outage {outage:?} at {:?}", progress.borrow().received));
+        match outage {
+            Outage::Partition(d) => {
+                turmoil::partition("seeder", "leecher");
+                tokio::time::sleep(d).await;
+                turmoil::repair("seeder", "leecher");
+            }
+            Outage::Hold(d) => {
+                turmoil::hold("seeder", "leecher");
+                tokio::time::sleep(d).await;
+                turmoil::release("seeder", "leecher");
+            }
+            Outage::Forever => turmoil::partition("seeder", "leecher"),
+        }
+        let res = task.await?;
+        trace.record("ctl", format_args!("download: {:?}", res.as_ref().map(|r| r.size)));
+        let checked = check_download(&res, &dest, big.hash)?;
+        match (outage, checked) {
+            (Outage::Forever, Checked::Failed(ServiceError::Transfer(TransferError::Timeout(_)))) => {
+            }
+            (Outage::Forever, other) => {
+                return Err(format!("expected a timeout after a permanent partition, got {other:?}").into())
+            }
+            (_, Checked::Complete) => {}
+            (_, Checked::Failed(e)) => {
+                return Err(format!("the transfer did not survive {outage:?}: {e}").into())
+            }
+        }
+        if outage == Outage::Forever {
+            // The seeder gives up too (after its idle timeout): its only upload slot is free.
+            tokio::time::sleep(IDLE).await;
+            let p = handles.get("probe").await;
+            let res = fetch(&p, "seeder", "small.bin", &probe_dest).await;
+            if check_download(&res, &probe_dest, small.hash)? != Checked::Complete {
+                return Err(format!("the seeder did not free the dead upload: {res:?}").into());
+            }
+        }
+        Ok(())
+    });
+    sim.run()
+}
+
+fn run(test: &str, net: Net, outage: Outage) {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), test, seed, |seed| outage_scenario(seed, net, outage));
+    }
+}
+
+#[test]
+fn partition_heals_udp() {
+    run("partition_heals_udp", Net::Udp, Outage::Partition(OUTAGE));
+}
+
+#[test]
+fn outage_heals_tcp() {
+    run("outage_heals_tcp", Net::Tcp, Outage::Hold(OUTAGE));
+}
+
+#[test]
+fn partition_never_heals_udp() {
+    run("partition_never_heals_udp", Net::Udp, Outage::Forever);
+}
+
+#[test]
+fn partition_never_heals_tcp() {
+    run("partition_never_heals_tcp", Net::Tcp, Outage::Forever);
+}
+
+/// turmoil's `fail_rate`/`repair_rate` flap every link; over UDP that is bursty loss, which
+/// the transfer repairs.
+fn flapping(seed: u64, net: Net) -> turmoil::Result {
+    let mut cl = Cluster::new(seed, net);
+    let mut sim = cl
+        .builder(Duration::from_secs(200))
+        .fail_rate(0.02)
+        .repair_rate(0.3)
+        .build();
+    let tune = |c: &mut p2p_core::service::EndpointConfig| {
+        c.rpc_attempts = 30;
+        c.sender.idle_timeout = Duration::from_secs(15);
+        c.receiver.idle_timeout = Duration::from_secs(15);
+    };
+    cl.add_tracker(&mut sim, fast_registry(), None);
+    cl.add_peer(&mut sim, "seeder", PeerOpts::sharing(&[("a.bin", 300_000)]).tune(tune));
+    cl.add_peer(&mut sim, "leecher", PeerOpts::default().tune(tune));
+    let f = cl.file("seeder", "a.bin");
+    let dest = cl.download_dir("leecher").join("a.bin");
+    let handles = cl.handles.clone();
+    sim.client("ctl", async move {
+        let h = handles.get("leecher").await;
+        let res = fetch(&h, "seeder", "a.bin", &dest).await;
+        match check_download(&res, &dest, f.hash)? {
+            Checked::Complete => Ok(()),
+            // Over TCP a flap breaks the connection for good: a clear error is the best
+            // possible outcome.
+            Checked::Failed(e) if net == Net::Tcp => {
+                eprintln!("   tcp under flapping: {e}");
+                Ok(())
+            }
+            Checked::Failed(e) => Err(format!("failed under link flapping: {e}").into()),
+        }
+    });
+    sim.run()
+}
+
+#[test]
+fn link_flapping_udp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "link_flapping_udp", seed, |seed| flapping(seed, Net::Udp));
+    }
+}
+
+#[test]
+fn link_flapping_tcp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "link_flapping_tcp", seed, |seed| flapping(seed, Net::Tcp));
+    }
+}
