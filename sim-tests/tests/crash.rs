@@ -1,0 +1,277 @@
+//! Crashes mid-transfer (`sim.crash`, then `sim.bounce`): of the sender, of the receiver and
+//! of the tracker. The survivor of a crashed transfer ends with a clear error and no file; a
+//! retry after the restart gets the exact bytes; the sender frees a dead receiver's upload;
+//! peers re-register after the tracker returns; a crashed peer expires from the tracker.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use p2p_core::service::ServiceError;
+use p2p_core::transfer::TransferError;
+use p2p_core::wire::AbortReason;
+use p2p_sim_tests::{
+    check_download, fast_registry, fetch, run_for, run_scenario, run_until, seeds_from_env,
+    spawn_fetch, tracker_addr, wait_progress, Checked, Cluster, Net, PeerOpts,
+};
+
+const FILE: usize = 1 << 20;
+
+/// Raised by a client when the test should act (crash a host).
+type Flag = Rc<Cell<bool>>;
+
+/// Waits until `flag` is down again (the test lowers it once it has acted).
+async fn acted(flag: &Flag) {
+    while flag.get() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Freezes the seeder–leecher link once some bytes arrived, asks the test to crash `victim`,
+/// and releases the link (what was in flight arrives late, as on a real network).
+async fn crash_mid_transfer(progress: &mut tokio::sync::watch::Receiver<p2p_core::service::Progress>, flag: &Flag) -> turmoil::Result {
+    if !wait_progress(progress, 1, Duration::from_secs(30)).await {
+        return Err("no progress before the crash".into());
+    }
+    turmoil::hold("seeder", "leecher");
+    flag.set(true);
+    acted(flag).await;
+    turmoil::release("seeder", "leecher");
+    Ok(())
+}
+
+/// A transfer whose other side died: a clear error (timeout, or an abort), nothing on disk.
+fn clear_failure(e: &ServiceError) -> bool {
+    matches!(
+        e,
+        ServiceError::Transfer(TransferError::Timeout(_) | TransferError::Aborted(_))
+    )
+}
+
+fn crash_sender(seed: u64, net: Net) -> turmoil::Result {
+    let mut cl = Cluster::new(seed, net);
+    let mut sim = cl.builder(Duration::from_secs(120)).build();
+    cl.add_tracker(&mut sim, fast_registry(), None);
+    cl.add_peer(&mut sim, "seeder", PeerOpts::sharing(&[("big.bin", FILE)]));
+    cl.add_peer(&mut sim, "leecher", PeerOpts::default());
+    let f = cl.file("seeder", "big.bin");
+    let dest = cl.download_dir("leecher").join("big.bin");
+    let flag = Flag::default();
+    let (handles, client_flag) = (cl.handles.clone(), flag.clone());
+    sim.client("ctl", async move {
+        let h = handles.get("leecher").await;
+        let (task, mut progress) = spawn_fetch(&h, "seeder", "big.bin", &dest).await?;
+        crash_mid_transfer(&mut progress, &client_flag).await?;
+        let res = task.await?;
+        match check_download(&res, &dest, f.hash)? {
+            Checked::Failed(e) if clear_failure(&e) => {}
+            other => return Err(format!("expected a clear failure, got {other:?}").into()),
+        }
+        // The seeder is back: a new download gets the exact bytes.
+        let res = fetch(&h, "seeder", "big.bin", &dest).await;
+        match check_download(&res, &dest, f.hash)? {
+            Checked::Complete => Ok(()),
+            Checked::Failed(e) => Err(format!("retry after the restart failed: {e}").into()),
+        }
+    });
+    run_until(&mut sim, Duration::from_secs(60), || flag.get())?;
+    sim.crash("seeder");
+    flag.set(false);
+    run_for(&mut sim, Duration::from_secs(2))?;
+    sim.bounce("seeder");
+    sim.run()
+}
+
+#[test]
+fn crash_sender_udp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "crash_sender_udp", seed, |s| crash_sender(s, Net::Udp));
+    }
+}
+
+#[test]
+fn crash_sender_tcp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "crash_sender_tcp", seed, |s| crash_sender(s, Net::Tcp));
+    }
+}
+
+fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
+    let mut cl = Cluster::new(seed, net);
+    let mut sim = cl.builder(Duration::from_secs(120)).build();
+    cl.add_tracker(&mut sim, fast_registry(), None);
+    // One upload slot: the new download can start only once the dead one was freed.
+    cl.add_peer(
+        &mut sim,
+        "seeder",
+        PeerOpts::sharing(&[("big.bin", FILE)]).tune(|c| c.max_uploads = 1),
+    );
+    cl.add_peer(&mut sim, "leecher", PeerOpts::default());
+    let f = cl.file("seeder", "big.bin");
+    let dest = cl.download_dir("leecher").join("big.bin");
+    let flag = Flag::default();
+    let (handles, client_flag, trace) = (cl.handles.clone(), flag.clone(), cl.trace.clone());
+    sim.client("ctl", async move {
+        let h = handles.get("leecher").await;
+        let (task, mut progress) = spawn_fetch(&h, "seeder", "big.bin", &dest).await?;
+        crash_mid_transfer(&mut progress, &client_flag).await?;
+        // The leecher died with its endpoint: the download future sees a closed endpoint.
+        match task.await? {
+            Err(ServiceError::Closed) => {}
+            other => return Err(format!("expected Closed from a crashed endpoint, got {other:?}").into()),
+        }
+        // Its next life downloads again, to the same place (over the stale partial file).
+        let h = handles.get_boot("leecher", 2).await;
+        for attempt in 1.. {
+            let res = fetch(&h, "seeder", "big.bin", &dest).await;
+            match check_download(&res, &dest, f.hash)? {
+                Checked::Complete => {
+                    trace.record("ctl", format_args!("complete at attempt {attempt}"));
+                    return Ok(());
+                }
+                // The seeder still serves the dead transfer until its idle timeout.
+                Checked::Failed(ServiceError::Transfer(TransferError::Aborted(AbortReason::Busy)))
+                    if attempt < 20 =>
+                {
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                }
+                Checked::Failed(e) => return Err(format!("attempt {attempt} failed: {e}").into()),
+            }
+        }
+        unreachable!()
+    });
+    run_until(&mut sim, Duration::from_secs(60), || flag.get())?;
+    sim.crash("leecher");
+    flag.set(false);
+    run_for(&mut sim, Duration::from_secs(1))?;
+    sim.bounce("leecher");
+    sim.run()
+}
+
+#[test]
+fn crash_receiver_udp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "crash_receiver_udp", seed, |s| crash_receiver(s, Net::Udp));
+    }
+}
+
+#[test]
+fn crash_receiver_tcp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "crash_receiver_tcp", seed, |s| crash_receiver(s, Net::Tcp));
+    }
+}
+
+/// Every name `via`'s tracker lists, or `None` when it does not answer.
+async fn listed(h: &p2p_core::service::EndpointHandle) -> Option<Vec<String>> {
+    let peers = h.list_peers(tracker_addr()).await.ok()?;
+    Some(peers.into_iter().map(|p| p.name).collect())
+}
+
+/// Polls the tracker (through `h`) until it lists exactly `want`, for at most `limit`.
+async fn until_listed(h: &p2p_core::service::EndpointHandle, want: &[&str], limit: Duration) -> turmoil::Result {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let got = listed(h).await;
+        if got.as_deref().is_some_and(|g| g.iter().map(String::as_str).eq(want.iter().copied())) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= end {
+            return Err(format!("the tracker lists {got:?}, not {want:?}, after {limit:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn crash_tracker(seed: u64, net: Net) -> turmoil::Result {
+    let mut cl = Cluster::new(seed, net);
+    let mut sim = cl.builder(Duration::from_secs(120)).build();
+    cl.add_tracker(&mut sim, fast_registry(), None);
+    cl.add_peer(&mut sim, "seeder", PeerOpts::sharing(&[("big.bin", FILE)]));
+    cl.add_peer(&mut sim, "leecher", PeerOpts::default());
+    cl.add_peer(&mut sim, "other", PeerOpts::default());
+    let f = cl.file("seeder", "big.bin");
+    let dest = cl.download_dir("leecher").join("big.bin");
+    let flag = Flag::default();
+    let (handles, client_flag) = (cl.handles.clone(), flag.clone());
+    let all = ["leecher", "other", "seeder"];
+    sim.client("ctl", async move {
+        let h = handles.get("leecher").await;
+        until_listed(&h, &all, Duration::from_secs(10)).await?;
+        let (task, mut progress) = spawn_fetch(&h, "seeder", "big.bin", &dest).await?;
+        if !wait_progress(&mut progress, 1, Duration::from_secs(30)).await {
+            return Err("no progress before the crash".into());
+        }
+        client_flag.set(true);
+        acted(&client_flag).await;
+        // Peers talk directly: the transfer does not need the tracker.
+        let res = task.await?;
+        if check_download(&res, &dest, f.hash)? != Checked::Complete {
+            return Err(format!("the transfer failed while the tracker was down: {res:?}").into());
+        }
+        // Heartbeats re-register everyone with the restarted tracker.
+        until_listed(&h, &all, Duration::from_secs(10)).await
+    });
+    run_until(&mut sim, Duration::from_secs(60), || flag.get())?;
+    sim.crash("tracker");
+    flag.set(false);
+    run_for(&mut sim, Duration::from_secs(2))?;
+    sim.bounce("tracker");
+    sim.run()
+}
+
+#[test]
+fn crash_tracker_udp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "crash_tracker_udp", seed, |s| crash_tracker(s, Net::Udp));
+    }
+}
+
+#[test]
+fn crash_tracker_tcp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "crash_tracker_tcp", seed, |s| crash_tracker(s, Net::Tcp));
+    }
+}
+
+fn crashed_peer_expires(seed: u64, net: Net) -> turmoil::Result {
+    let mut cl = Cluster::new(seed, net);
+    let mut sim = cl.builder(Duration::from_secs(60)).build();
+    cl.add_tracker(&mut sim, fast_registry(), None);
+    cl.add_peer(&mut sim, "alice", PeerOpts::default());
+    cl.add_peer(&mut sim, "bob", PeerOpts::default());
+    let flag = Flag::default();
+    let (handles, client_flag) = (cl.handles.clone(), flag.clone());
+    sim.client("ctl", async move {
+        let h = handles.get("alice").await;
+        until_listed(&h, &["alice", "bob"], Duration::from_secs(10)).await?;
+        client_flag.set(true);
+        acted(&client_flag).await;
+        // TTL 3 s: bob is gone soon after, alice stays.
+        until_listed(&h, &["alice"], Duration::from_secs(6)).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        until_listed(&h, &["alice"], Duration::ZERO).await
+    });
+    run_until(&mut sim, Duration::from_secs(30), || flag.get())?;
+    sim.crash("bob");
+    flag.set(false);
+    sim.run()?;
+    if !cl.trace.events().iter().any(|e| e.host == "tracker" && e.what == "expired bob") {
+        return Err(format!("the tracker never expired bob:\n{}", cl.trace.dump()).into());
+    }
+    Ok(())
+}
+
+#[test]
+fn crashed_peer_expires_udp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "crashed_peer_expires_udp", seed, |s| crashed_peer_expires(s, Net::Udp));
+    }
+}
+
+#[test]
+fn crashed_peer_expires_tcp() {
+    for seed in seeds_from_env() {
+        run_scenario(file!(), "crashed_peer_expires_tcp", seed, |s| crashed_peer_expires(s, Net::Tcp));
+    }
+}
