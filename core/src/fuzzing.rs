@@ -203,6 +203,10 @@ impl ReceiverCheck {
                         "finished with wrong bytes"
                     );
                 }
+                ReceiverEvent::PieceVerified { verified } => {
+                    let have = (self.prefix.len() + self.written.len()) as u64;
+                    assert!(verified <= have, "verified {verified} of {have} bytes written");
+                }
                 ReceiverEvent::Failed(_) => {
                     self.terminal = true;
                     self.summary.failed = true;
@@ -269,9 +273,10 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
     } else {
         0
     };
-    let prefix = content(seed, 0, (start_chunk * u64::from(chunk_size)).min(size));
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&prefix);
+    // Pieces of one chunk each, so that every chunk boundary is a valid resume point.
+    let start_offset = start_chunk * u64::from(chunk_size);
+    let prefix = content(seed, 0, start_offset.min(size));
+    let table = crate::transfer::PieceTable::of(&content(seed, 0, size), chunk_size);
     let config = ReceiverConfig {
         window,
         max_chunk_size: 2048,
@@ -282,15 +287,19 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
     };
     let transfer = TransferId(7);
     let mut now = Instant::now();
-    let mut r = ChunkReceiver::resume(
-        now,
-        transfer,
-        FileId(1),
-        expected,
-        start_chunk,
-        hasher,
-        config,
-    );
+    let mut r = if start_offset == 0 && flags & 8 == 0 {
+        ChunkReceiver::new(now, transfer, FileId(1), expected, config)
+    } else {
+        ChunkReceiver::resume(
+            now,
+            transfer,
+            FileId(1),
+            expected,
+            start_offset,
+            table,
+            config,
+        )
+    };
     let mut check = ReceiverCheck {
         window,
         prefix,
@@ -303,7 +312,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
 
     let data_msg = |check: &ReceiverCheck, seq: u64| -> Message {
         let (asize, acs, _) = check.accepted.unwrap_or((size, chunk_size, hash));
-        let offset = seq.saturating_mul(u64::from(acs));
+        let offset = start_offset.saturating_add(seq.saturating_mul(u64::from(acs)));
         let len = if offset < asize {
             (asize - offset).min(u64::from(acs))
         } else {
@@ -318,7 +327,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
     // The next chunk the receiver expects, as far as the harness can tell.
     let next_seq = |check: &ReceiverCheck| -> u64 {
         let acs = check.accepted.map_or(chunk_size, |a| a.1);
-        start_chunk + (check.written.len() as u64).div_ceil(u64::from(acs.max(1)))
+        (check.written.len() as u64).div_ceil(u64::from(acs.max(1)))
     };
 
     let mut steps = 0;
@@ -409,7 +418,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
                 0 => Message::Request {
                     transfer,
                     file: FileId(1),
-                    start_chunk: 0,
+                    offset: 0,
                 },
                 1 => Message::FinAck { transfer },
                 2 => Message::Ack {
@@ -472,6 +481,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
 
 /// What the sender harness knows of the transfer and of what was seen so far.
 struct SenderCheck {
+    start_offset: u64,
     size: u64,
     hash: ContentHash,
     config: SenderConfig,
@@ -502,7 +512,7 @@ impl SenderCheck {
                     );
                     let cs = u64::from(self.config.chunk_size);
                     assert!(seq < self.total, "chunk {seq} beyond the file");
-                    assert_eq!(offset, seq * cs, "offset of chunk {seq}");
+                    assert_eq!(offset, self.start_offset + seq * cs, "offset of chunk {seq}");
                     assert!(u64::from(len) <= cs, "chunk longer than chunk_size");
                     assert!(offset + u64::from(len) <= self.size, "chunk past the end");
                     assert_eq!(u64::from(len), (self.size - offset).min(cs), "short chunk");
@@ -616,14 +626,16 @@ pub fn sender_run(data: &[u8]) -> RunSummary {
     let hash = ContentHash([flags; 32]);
     let transfer = TransferId(9);
     let mut now = Instant::now();
-    let total = chunk_count(size, config.chunk_size);
-    let mut s = ChunkSender::new(now, transfer, size, hash, start_chunk, config.clone());
+    let start_offset = (start_chunk * u64::from(config.chunk_size)).min(size);
+    let total = chunk_count(size - start_offset, config.chunk_size);
+    let mut s = ChunkSender::new(now, transfer, size, hash, start_offset, config.clone());
     let mut check = SenderCheck {
         size,
         hash,
         total,
-        sent_end: start_chunk.min(total),
-        acked: start_chunk.min(total),
+        start_offset,
+        sent_end: 0,
+        acked: 0,
         chunk_transmits: 0,
         bytes: 0,
         terminal: false,
@@ -693,7 +705,7 @@ pub fn sender_run(data: &[u8]) -> RunSummary {
                 msg = Some(Message::Request {
                     transfer,
                     file: FileId(1),
-                    start_chunk: u64::from(input.u8()),
+                    offset: u64::from(input.u8()),
                 })
             }
             6 => {
@@ -997,7 +1009,7 @@ pub fn sample_messages() -> Vec<Message> {
         Message::Request {
             transfer,
             file: FileId(1),
-            start_chunk: 0,
+            offset: 0,
         },
         Message::Accept {
             transfer,

@@ -12,7 +12,9 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::wire::{ContentHash, FileId, IndexEntry, MAX_PATH_LEN};
+use std::sync::Arc;
+
+use crate::wire::{ContentHash, FileId, IndexEntry, MAX_PATH_LEN, PIECE_SIZE};
 
 /// Temporary download files end with this suffix; the index skips them.
 pub const PARTIAL_SUFFIX: &str = ".p2p-part";
@@ -27,6 +29,20 @@ const MAX_FILES: usize = 100_000;
 struct Indexed {
     entry: IndexEntry,
     modified: Option<SystemTime>,
+    pieces: Arc<Vec<ContentHash>>,
+}
+
+/// What the index knows of one shared file.
+#[derive(Clone, Debug)]
+pub struct SharedFile {
+    /// The entry as listed.
+    pub entry: IndexEntry,
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Modification time when hashed (a change means the content may differ).
+    pub modified: Option<SystemTime>,
+    /// BLAKE3 of each [`PIECE_SIZE`] piece.
+    pub pieces: Arc<Vec<ContentHash>>,
 }
 
 /// The share folder's index.
@@ -64,7 +80,8 @@ impl ShareIndex {
             let entry = match known {
                 Some(old) if old.entry.size == size && old.modified == modified => old,
                 other => {
-                    let Ok(hash) = hash_file(&self.root.join(&rel)) else {
+                    let Ok((hash, pieces)) = hash_pieces(&self.root.join(&rel), PIECE_SIZE)
+                    else {
                         continue;
                     };
                     let id = match other {
@@ -83,6 +100,7 @@ impl ShareIndex {
                             hash,
                         },
                         modified,
+                        pieces: Arc::new(pieces),
                     }
                 }
             };
@@ -99,36 +117,51 @@ impl ShareIndex {
         v
     }
 
-    /// The entry with `id` and its absolute path, if shared.
-    pub fn get(&self, id: FileId) -> Option<(IndexEntry, PathBuf)> {
+    /// The file with `id`, if shared.
+    pub fn get(&self, id: FileId) -> Option<SharedFile> {
         self.by_path
             .values()
             .find(|i| i.entry.id == id)
-            .map(|i| (i.entry.clone(), self.root.join(&i.entry.path)))
-    }
-
-    /// The recorded modification time of `id`, to detect a file changing while it is sent.
-    pub fn modified(&self, id: FileId) -> Option<SystemTime> {
-        self.by_path
-            .values()
-            .find(|i| i.entry.id == id)
-            .and_then(|i| i.modified)
+            .map(|i| SharedFile {
+                entry: i.entry.clone(),
+                path: self.root.join(&i.entry.path),
+                modified: i.modified,
+                pieces: i.pieces.clone(),
+            })
     }
 }
 
 /// BLAKE3 of a file's content, read in 64 KiB blocks.
 pub fn hash_file(path: &Path) -> io::Result<ContentHash> {
+    hash_pieces(path, PIECE_SIZE).map(|(h, _)| h)
+}
+
+/// BLAKE3 of a file's content and of each `piece_size` piece, in one read.
+pub fn hash_pieces(path: &Path, piece_size: u32) -> io::Result<(ContentHash, Vec<ContentHash>)> {
     let mut f = File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut whole = blake3::Hasher::new();
+    let mut pieces = Vec::new();
+    let mut buf = vec![0u8; piece_size as usize];
     loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
+        // Fill one piece (reads may be short).
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = f.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        whole.update(&buf[..filled]);
+        pieces.push(ContentHash::of(&buf[..filled]));
+        if filled < buf.len() {
+            break;
+        }
     }
-    Ok(hasher.finalize().into())
+    Ok((whole.finalize().into(), pieces))
 }
 
 fn walk(
@@ -244,6 +277,22 @@ mod tests {
         idx.refresh().unwrap();
         let paths: Vec<_> = idx.entries().into_iter().map(|e| e.path).collect();
         assert_eq!(paths, vec!["real".to_string()]);
+    }
+
+    #[test]
+    fn piece_hashes_cover_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join("f");
+        fs::write(&path, &bytes).unwrap();
+        let (whole, pieces) = hash_pieces(&path, 1000).unwrap();
+        assert_eq!(whole, ContentHash::of(&bytes));
+        assert_eq!(
+            pieces,
+            bytes.chunks(1000).map(ContentHash::of).collect::<Vec<_>>()
+        );
+        fs::write(&path, b"").unwrap();
+        assert_eq!(hash_pieces(&path, 1000).unwrap().1, vec![]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! - [`wire`]: protocol v1 messages and their total, bounded decoder;
 //! - [`tracker`]: the registry of live peers (names, addresses, expiry);
-//! - [`index`]: the share folder's index (stable IDs, sizes, BLAKE3 hashes);
+//! - [`index`]: the share folder's index (stable IDs, sizes, BLAKE3 hashes of files and pieces);
+//! - [`limits`]: per-source rate limiting;
 //! - [`transfer`]: the chunk/ACK/FIN sender and receiver state machines (sans-IO);
 //! - [`transport`]: the message-oriented [`Transport`](transport::Transport) trait;
 //! - [`service`]: thin tokio drivers that run the state machines on a transport: the tracker
@@ -19,6 +20,7 @@
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod index;
+pub mod limits;
 pub mod service;
 pub mod tracker;
 pub mod transfer;

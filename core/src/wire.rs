@@ -41,6 +41,11 @@ pub const MAX_LIST_ITEMS: usize = 256;
 pub const MAX_SACK_RANGES: usize = 32;
 /// Largest data payload any sender may put in one chunk.
 pub const MAX_CHUNK: usize = 128 * 1024;
+/// Bytes per verified piece: the receiver checks each piece's BLAKE3 as it completes, and a
+/// resumed download continues at a piece boundary.
+pub const PIECE_SIZE: u32 = 256 * 1024;
+/// Most piece hashes in one `PieceHashes` message (fits [`CONTROL_BUDGET`]).
+pub const MAX_PIECE_HASHES: usize = 32;
 /// Bytes a `Data` message adds around its payload, at most (envelope, tag, ids, length).
 pub const DATA_OVERHEAD: usize = 48;
 
@@ -364,14 +369,39 @@ pub enum Message {
         /// What went wrong.
         reason: String,
     },
-    /// Receiver → sender: send me file `file` from chunk `start_chunk` on.
+    /// Anyone → peer: the piece hashes of file `file` (whose content hash must be `hash`),
+    /// from piece `first` on.
+    PieceRequest {
+        /// Reply correlation.
+        request: RequestId,
+        /// Which file.
+        file: FileId,
+        /// Its content hash, as listed (refused if the file changed).
+        hash: ContentHash,
+        /// First piece wanted.
+        first: u32,
+    },
+    /// Peer → anyone: piece hashes `first..first + hashes.len()` of `pieces`.
+    PieceHashes {
+        /// Correlation.
+        request: RequestId,
+        /// Bytes per piece.
+        piece_size: u32,
+        /// Number of pieces of the file.
+        pieces: u32,
+        /// Index of the first hash here.
+        first: u32,
+        /// BLAKE3 of each piece.
+        hashes: BoundedVec<ContentHash, MAX_PIECE_HASHES>,
+    },
+    /// Receiver → sender: send me file `file` from byte `offset` on.
     Request {
         /// Chosen by the receiver.
         transfer: TransferId,
         /// Which file.
         file: FileId,
-        /// First chunk wanted (0 for the whole file).
-        start_chunk: u64,
+        /// First byte wanted (0 for the whole file; a resume starts at a piece boundary).
+        offset: u64,
     },
     /// Sender → receiver: request accepted; this is what will come.
     Accept {
@@ -384,7 +414,7 @@ pub enum Message {
         /// BLAKE3 of the whole file.
         hash: ContentHash,
     },
-    /// Sender → receiver: chunk `seq` (bytes `seq * chunk_size ..`).
+    /// Sender → receiver: chunk `seq` (bytes `offset + seq * chunk_size ..`).
     Data {
         /// Transfer.
         transfer: TransferId,
@@ -526,6 +556,17 @@ impl Message {
             Message::Accept { chunk_size, .. } => check(
                 *chunk_size > 0 && *chunk_size as usize <= MAX_CHUNK,
                 "chunk_size",
+            ),
+            Message::PieceHashes {
+                piece_size,
+                pieces,
+                first,
+                hashes,
+                ..
+            } => check(
+                *piece_size > 0
+                    && u64::from(*first) + hashes.0.len() as u64 <= u64::from(*pieces),
+                "piece hashes",
             ),
             Message::Data { payload, .. } => check(payload.len() <= MAX_CHUNK, "payload"),
             Message::Ack {

@@ -15,21 +15,25 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::paging::paginate;
-use crate::index::{ShareIndex, PARTIAL_SUFFIX};
+pub use super::resume::partial_path;
+use super::resume::{self, plan_resume, save_state, DownloadState, ResumePlan};
+use crate::index::ShareIndex;
+use crate::limits::{RateConfig, RateLimiter};
 use crate::transfer::{
-    ChunkReceiver, ChunkSender, ReceiverConfig, ReceiverEvent, SenderConfig, SenderEvent,
-    SenderTransmit, TransferError,
+    ChunkReceiver, ChunkSender, PieceTable, ReceiverConfig, ReceiverEvent, SenderConfig,
+    SenderEvent, SenderTransmit, TransferError,
 };
 use crate::transport::SharedTransport;
 use crate::wire::{
-    decode, AbortReason, BoundedVec, ContentHash, IndexEntry, Message, PeerInfo, RegisterOutcome,
-    RequestId, TransferId, TransportKind, DATA_OVERHEAD, MAX_CHUNK,
+    decode, AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, PeerInfo,
+    RegisterOutcome, RequestId, TransferId, TransportKind, DATA_OVERHEAD, MAX_CHUNK,
+    MAX_PIECE_HASHES, PIECE_SIZE,
 };
 
 /// Settings of an endpoint.
@@ -43,6 +47,13 @@ pub struct EndpointConfig {
     pub receiver: ReceiverConfig,
     /// Most transfers served at once.
     pub max_uploads: usize,
+    /// Most transfers served at once to one IP address.
+    pub max_uploads_per_peer: usize,
+    /// Rate limit of requests (index, piece hashes, new transfers) per source IP.
+    pub rate: RateConfig,
+    /// A download records its verified prefix (flush, sync, state file) at least every this
+    /// many bytes.
+    pub save_every: u64,
     /// First wait before a request is sent again.
     pub rpc_retry: Duration,
     /// Sends of a request before it fails.
@@ -59,6 +70,9 @@ impl Default for EndpointConfig {
             sender: SenderConfig::default(),
             receiver: ReceiverConfig::default(),
             max_uploads: 32,
+            max_uploads_per_peer: 8,
+            rate: RateConfig::default(),
+            save_every: 8 * 1024 * 1024,
             rpc_retry: Duration::from_millis(250),
             rpc_attempts: 5,
             id_seed: 0,
@@ -81,6 +95,16 @@ pub enum ServiceError {
     /// A local file problem.
     #[error("{0}")]
     Io(String),
+    /// The download stopped; its verified prefix is kept for a resume.
+    #[error("{reason}; {kept} verified bytes kept in {}: run the same download again to resume", partial.display())]
+    Incomplete {
+        /// Why it stopped.
+        reason: String,
+        /// Verified bytes kept.
+        kept: u64,
+        /// The partial file.
+        partial: PathBuf,
+    },
     /// The other side answered nonsense.
     #[error("unexpected answer from {0}")]
     Protocol(SocketAddr),
@@ -111,6 +135,10 @@ pub struct DownloadReport {
     pub hash: ContentHash,
     /// Time from request to verified file.
     pub elapsed: Duration,
+    /// Byte the transfer started at (non-zero: resumed from a partial download).
+    pub resumed_from: u64,
+    /// A stale partial download found and discarded, and why.
+    pub discarded: Option<String>,
 }
 
 enum Command {
@@ -130,6 +158,8 @@ enum Command {
         peer: SocketAddr,
         entry: IndexEntry,
         dest: PathBuf,
+        table: PieceTable,
+        plan: ResumePlan,
         progress: watch::Sender<Progress>,
         reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
     },
@@ -179,6 +209,7 @@ pub fn spawn_endpoint(
         dests: BTreeSet::new(),
         registration: None,
         index_pages: Vec::new(),
+        limiter: RateLimiter::new(config.rate),
         config,
     };
     let task = tokio::spawn(driver.run());
@@ -321,8 +352,49 @@ impl EndpointHandle {
         }
     }
 
-    /// Downloads `entry` from `peer` to `dest` (through `dest`'s temporary sibling, renamed
-    /// once verified). Progress is published on the returned receiver while the future runs.
+    /// The piece hashes of `entry` on `peer`, all pages.
+    pub async fn piece_table(
+        &self,
+        peer: SocketAddr,
+        entry: &IndexEntry,
+    ) -> Result<PieceTable, ServiceError> {
+        let mut hashes = Vec::new();
+        loop {
+            let msg = Message::PieceRequest {
+                request: RequestId(0),
+                file: entry.id,
+                hash: entry.hash,
+                first: hashes.len() as u32,
+            };
+            match self.rpc(peer, msg).await? {
+                Message::PieceHashes {
+                    piece_size,
+                    pieces,
+                    first,
+                    hashes: page,
+                    ..
+                } => {
+                    let expected = entry.size.div_ceil(u64::from(piece_size));
+                    if first as usize != hashes.len()
+                        || u64::from(pieces) != expected
+                        || (page.0.is_empty() && hashes.len() < pieces as usize)
+                    {
+                        return Err(ServiceError::Protocol(peer));
+                    }
+                    hashes.extend(page.0);
+                    if hashes.len() >= pieces as usize {
+                        return Ok(PieceTable { piece_size, hashes });
+                    }
+                }
+                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
+                _ => return Err(ServiceError::Protocol(peer)),
+            }
+        }
+    }
+
+    /// Downloads `entry` from `peer` to `dest`: into `dest`'s partial sibling, resuming a
+    /// matching partial download if there is one, every piece verified as it arrives, renamed
+    /// to `dest` once complete. Progress is published on `progress` while the future runs.
     pub async fn download(
         &self,
         peer: SocketAddr,
@@ -330,12 +402,16 @@ impl EndpointHandle {
         dest: PathBuf,
         progress: Option<watch::Sender<Progress>>,
     ) -> Result<DownloadReport, ServiceError> {
+        let table = self.piece_table(peer, &entry).await?;
+        let plan = plan_resume(&dest, entry.size, entry.hash, table.piece_size);
         let (reply, rx) = oneshot::channel();
         let progress = progress.unwrap_or_else(|| watch::channel(Progress::default()).0);
         self.send(Command::Download {
             peer,
             entry,
             dest,
+            table,
+            plan,
             progress,
             reply,
         })
@@ -352,15 +428,6 @@ impl EndpointHandle {
     }
 }
 
-/// The temporary file a download of `dest` is written to.
-pub fn partial_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dest.with_file_name(format!(".{name}{PARTIAL_SUFFIX}"))
-}
-
 struct PendingRpc {
     to: SocketAddr,
     bytes: Vec<u8>,
@@ -373,7 +440,14 @@ struct PendingRpc {
 struct Upload {
     machine: ChunkSender,
     file: File,
+    path: PathBuf,
+    size: u64,
+    modified: Option<SystemTime>,
+    next_check: Instant,
 }
+
+/// How often a file being sent is checked for changes.
+const CHANGE_CHECK: Duration = Duration::from_millis(500);
 
 struct Download {
     peer: SocketAddr,
@@ -382,6 +456,14 @@ struct Download {
     partial: PathBuf,
     writer: Option<BufWriter<File>>,
     size: u64,
+    hash: ContentHash,
+    piece_size: u32,
+    offset: u64,
+    /// End of the verified prefix (absolute).
+    verified: u64,
+    /// End of the prefix recorded in the state file.
+    saved: u64,
+    discarded: Option<String>,
     started: Instant,
     progress: watch::Sender<Progress>,
     reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
@@ -409,6 +491,7 @@ struct Driver {
     downloads: BTreeMap<TransferId, Download>,
     dests: BTreeSet<PathBuf>,
     registration: Option<Registration>,
+    limiter: RateLimiter,
 }
 
 /// Most messages handled from one burst before the endpoint answers.
@@ -492,9 +575,11 @@ impl Driver {
                 peer,
                 entry,
                 dest,
+                table,
+                plan,
                 progress,
                 reply,
-            } => self.start_download(peer, entry, dest, progress, reply),
+            } => self.start_download(peer, entry, dest, table, plan, progress, reply),
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -532,11 +617,14 @@ impl Driver {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_download(
         &mut self,
         peer: SocketAddr,
         entry: IndexEntry,
         dest: PathBuf,
+        table: PieceTable,
+        plan: ResumePlan,
         progress: watch::Sender<Progress>,
         reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
     ) {
@@ -548,12 +636,27 @@ impl Driver {
             return;
         }
         let partial = partial_path(&dest);
-        let writer = match File::create(&partial) {
+        let opened = if plan.offset > 0 {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(&partial)
+                .and_then(|f| f.metadata().map(|m| (f, m.len())))
+                .and_then(|(f, len)| {
+                    if len == plan.offset {
+                        Ok(f)
+                    } else {
+                        Err(io::Error::other("partial file changed under us"))
+                    }
+                })
+        } else {
+            File::create(&partial)
+        };
+        let writer = match opened {
             Ok(f) => BufWriter::with_capacity(256 * 1024, f),
             Err(e) => {
                 self.dests.remove(&dest);
                 let _ = reply.send(Err(ServiceError::Io(format!(
-                    "cannot create {}: {e}",
+                    "cannot write {}: {e}",
                     partial.display()
                 ))));
                 return;
@@ -561,13 +664,20 @@ impl Driver {
         };
         let transfer = TransferId(self.take_id());
         let now = Instant::now();
-        let machine = ChunkReceiver::new(
+        let piece_size = table.piece_size;
+        let machine = ChunkReceiver::resume(
             now.into_std(),
             transfer,
             entry.id,
             Some((entry.size, entry.hash)),
+            plan.offset,
+            table,
             self.config.receiver.clone(),
         );
+        progress.send_modify(|p| {
+            p.total = Some(entry.size);
+            p.received = plan.offset;
+        });
         self.downloads.insert(
             transfer,
             Download {
@@ -577,11 +687,18 @@ impl Driver {
                 partial,
                 writer: Some(writer),
                 size: entry.size,
+                hash: entry.hash,
+                piece_size,
+                offset: plan.offset,
+                verified: plan.offset,
+                saved: plan.offset,
+                discarded: plan.discarded,
                 started: now,
                 progress,
                 reply: Some(reply),
             },
         );
+        self.pump_download(transfer);
     }
 
     fn on_message(&mut self, from: SocketAddr, bytes: &[u8]) {
@@ -594,6 +711,7 @@ impl Driver {
             | Message::UnregisterReply { request }
             | Message::PeerList { request, .. }
             | Message::IndexPage { request, .. }
+            | Message::PieceHashes { request, .. }
             | Message::Error { request, .. } => {
                 if self.rpcs.get(&request).is_some_and(|r| r.to == from) {
                     let rpc = self.rpcs.remove(&request).expect("checked");
@@ -609,12 +727,26 @@ impl Driver {
                     tracing::warn!(tracker = %reg.tracker, "heartbeat refused: {reason}");
                 }
             }
-            Message::IndexRequest { request, page } => self.serve_index(from, request, page),
+            Message::IndexRequest { request, page } => {
+                if self.limiter.allow(now, from.ip()) {
+                    self.serve_index(from, request, page);
+                }
+            }
+            Message::PieceRequest {
+                request,
+                file,
+                hash,
+                first,
+            } => {
+                if self.limiter.allow(now, from.ip()) {
+                    self.serve_pieces(from, request, file, hash, first);
+                }
+            }
             Message::Request {
                 transfer,
                 file,
-                start_chunk,
-            } => self.serve_request(now, from, transfer, file, start_chunk),
+                offset,
+            } => self.serve_request(now, from, transfer, file, offset),
             Message::Ack { transfer, .. } | Message::FinAck { transfer } => {
                 if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
                     up.machine.handle_message(now, &msg);
@@ -694,13 +826,46 @@ impl Driver {
         self.queue_stateless(from, reply);
     }
 
+    fn serve_pieces(
+        &mut self,
+        from: SocketAddr,
+        request: RequestId,
+        file: FileId,
+        hash: ContentHash,
+        first: u32,
+    ) {
+        let shared = self.index.as_ref().and_then(|i| i.get(file));
+        let reply = match shared {
+            None => Message::Error {
+                request,
+                reason: format!("no file {file}"),
+            },
+            Some(f) if f.entry.hash != hash => Message::Error {
+                request,
+                reason: format!("file {file} changed since it was listed"),
+            },
+            Some(f) => {
+                let start = (first as usize).min(f.pieces.len());
+                let end = (start + MAX_PIECE_HASHES).min(f.pieces.len());
+                Message::PieceHashes {
+                    request,
+                    piece_size: PIECE_SIZE,
+                    pieces: f.pieces.len() as u32,
+                    first: start as u32,
+                    hashes: BoundedVec(f.pieces[start..end].to_vec()),
+                }
+            }
+        };
+        self.queue_stateless(from, reply);
+    }
+
     fn serve_request(
         &mut self,
         now: std::time::Instant,
         from: SocketAddr,
         transfer: TransferId,
-        file: crate::wire::FileId,
-        start_chunk: u64,
+        file: FileId,
+        offset: u64,
     ) {
         if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
             up.machine.handle_message(
@@ -708,63 +873,97 @@ impl Driver {
                 &Message::Request {
                     transfer,
                     file,
-                    start_chunk,
+                    offset,
                 },
             );
             return;
         }
         let refuse = |reason| Message::Abort { transfer, reason };
-        if self.uploads.len() >= self.config.max_uploads {
+        if !self.limiter.allow(now, from.ip()) {
+            return; // flooding: dropped like a lost datagram
+        }
+        let from_peer = self
+            .uploads
+            .keys()
+            .filter(|(a, _)| a.ip() == from.ip())
+            .count();
+        if self.uploads.len() >= self.config.max_uploads
+            || from_peer >= self.config.max_uploads_per_peer
+        {
             return self.queue_stateless(from, refuse(AbortReason::Busy));
         }
-        let Some(index) = self.index.as_ref() else {
+        let Some(shared) = self.index.as_ref().and_then(|i| i.get(file)) else {
             return self.queue_stateless(from, refuse(AbortReason::NoSuchFile));
         };
-        let Some((entry, path)) = index.get(file) else {
-            return self.queue_stateless(from, refuse(AbortReason::NoSuchFile));
-        };
-        let file = match File::open(&path) {
-            Ok(f) if f.metadata().map(|m| m.len()).ok() == Some(entry.size) => f,
+        if offset > shared.entry.size {
+            return self.queue_stateless(from, refuse(AbortReason::BadRequest));
+        }
+        let opened = File::open(&shared.path).and_then(|f| f.metadata().map(|m| (f, m)));
+        let file = match opened {
+            Ok((f, m)) if m.len() == shared.entry.size && m.modified().ok() == shared.modified => f,
             Ok(_) => return self.queue_stateless(from, refuse(AbortReason::FileChanged)),
             Err(_) => return self.queue_stateless(from, refuse(AbortReason::NoSuchFile)),
         };
         let machine = ChunkSender::new(
             now,
             transfer,
-            entry.size,
-            entry.hash,
-            start_chunk,
+            shared.entry.size,
+            shared.entry.hash,
+            offset,
             self.sender_config.clone(),
         );
-        tracing::debug!(%from, ?transfer, path = %entry.path, "serving");
-        self.uploads
-            .insert((from, transfer), Upload { machine, file });
+        tracing::debug!(%from, ?transfer, path = %shared.entry.path, offset, "serving");
+        self.uploads.insert(
+            (from, transfer),
+            Upload {
+                machine,
+                file,
+                path: shared.path,
+                size: shared.entry.size,
+                modified: shared.modified,
+                next_check: Instant::now() + CHANGE_CHECK,
+            },
+        );
     }
 
-    /// Applies a download's events: write bytes, publish progress, finish or fail.
+    /// Applies a download's events: write bytes, record verified pieces, publish progress,
+    /// finish or fail (keeping the verified prefix for a resume).
     fn pump_download(&mut self, transfer: TransferId) {
+        let save_every = self.config.save_every;
         let Some(d) = self.downloads.get_mut(&transfer) else {
             return;
         };
         let mut outcome: Option<Result<DownloadReport, ServiceError>> = None;
         while let Some(event) = d.machine.poll_event() {
             match event {
-                ReceiverEvent::Accepted { size, .. } => {
-                    d.size = size;
-                    d.progress.send_modify(|p| p.total = Some(size));
-                }
+                ReceiverEvent::Accepted { .. } => {}
                 ReceiverEvent::Write(bytes) => {
                     let res = d.writer.as_mut().map(|w| w.write_all(&bytes));
                     if let Some(Err(e)) = res {
+                        d.writer = None; // never write after a failed write
                         d.machine
                             .abort(AbortReason::Other("receiver cannot write".into()));
-                        outcome = Some(Err(ServiceError::Io(format!(
+                        outcome.get_or_insert(Err(ServiceError::Io(format!(
                             "cannot write {}: {e}",
                             d.partial.display()
                         ))));
                     }
-                    let received = d.machine.received();
+                    let received = d.offset + d.machine.received();
                     d.progress.send_modify(|p| p.received = received);
+                }
+                ReceiverEvent::PieceVerified { verified } => {
+                    d.verified = verified;
+                    if d.writer.is_some() && verified - d.saved >= save_every {
+                        if let Err(e) = d.save() {
+                            d.writer = None;
+                            d.machine
+                                .abort(AbortReason::Other("receiver cannot write".into()));
+                            outcome.get_or_insert(Err(ServiceError::Io(format!(
+                                "cannot record progress beside {}: {e}",
+                                d.partial.display()
+                            ))));
+                        }
+                    }
                 }
                 ReceiverEvent::Finished { received, hash } => {
                     outcome = Some(finish_file(d, received, hash));
@@ -775,10 +974,10 @@ impl Driver {
             }
         }
         if let Some(result) = outcome {
-            if result.is_err() {
-                d.writer = None;
-                let _ = fs::remove_file(&d.partial);
-            }
+            let result = match result {
+                Ok(r) => Ok(r),
+                Err(e) => Err(d.keep_partial(e)),
+            };
             if let Some(reply) = d.reply.take() {
                 let _ = reply.send(result);
             }
@@ -849,7 +1048,18 @@ impl Driver {
         let now = Instant::now().into_std();
         let transport = self.transport.clone();
         let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
+        let tokio_now = Instant::now();
         for (&(to, transfer), up) in self.uploads.iter_mut() {
+            if tokio_now >= up.next_check {
+                up.next_check = tokio_now + CHANGE_CHECK;
+                let meta = fs::metadata(&up.path).ok();
+                let same = meta
+                    .is_some_and(|m| m.len() == up.size && m.modified().ok() == up.modified);
+                if !same {
+                    tracing::info!(%to, path = %up.path.display(), "file changed while sent");
+                    up.machine.abort(AbortReason::FileChanged);
+                }
+            }
             while let Some(t) = up.machine.poll_transmit(now) {
                 buf.clear();
                 match t {
@@ -917,6 +1127,54 @@ impl Driver {
     }
 }
 
+impl Download {
+    fn state(&self, verified: u64) -> DownloadState {
+        DownloadState {
+            version: 1,
+            size: self.size,
+            hash: self.hash,
+            piece_size: self.piece_size,
+            verified,
+        }
+    }
+
+    /// Flushes and syncs the partial file, then records its verified prefix.
+    fn save(&mut self) -> io::Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.flush()?;
+            w.get_ref().sync_data()?;
+        }
+        save_state(&self.dest, &self.state(self.verified))?;
+        self.saved = self.verified;
+        Ok(())
+    }
+
+    /// After a failure: keep the verified prefix (flushed and recorded) for a resume, or
+    /// remove everything when nothing was verified. Returns the error to report.
+    fn keep_partial(&mut self, err: ServiceError) -> ServiceError {
+        // After a write error the bytes past `saved` are uncertain (the writer is gone):
+        // trust only the prefix recorded before.
+        if let Some(mut w) = self.writer.take() {
+            let synced = w.flush().and_then(|_| w.get_ref().sync_data());
+            if synced.is_ok()
+                && self.verified > self.saved
+                && save_state(&self.dest, &self.state(self.verified)).is_ok()
+            {
+                self.saved = self.verified;
+            }
+        }
+        if self.saved == 0 {
+            resume::discard(&self.dest);
+            return err;
+        }
+        ServiceError::Incomplete {
+            reason: err.to_string(),
+            kept: self.saved,
+            partial: self.partial.clone(),
+        }
+    }
+}
+
 fn finish_file(
     d: &mut Download,
     received: u64,
@@ -955,12 +1213,15 @@ fn finish_file(
             )
         })?,
     }
+    resume::discard(&d.dest);
     Ok(DownloadReport {
         path: d.dest.clone(),
         size: d.size,
         received,
         hash,
         elapsed: d.started.elapsed(),
+        resumed_from: d.offset,
+        discarded: d.discarded.take(),
     })
 }
 
@@ -984,7 +1245,8 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
         | Message::Heartbeat { request, .. }
         | Message::Unregister { request, .. }
         | Message::ListPeers { request, .. }
-        | Message::IndexRequest { request, .. } => *request = id,
+        | Message::IndexRequest { request, .. }
+        | Message::PieceRequest { request, .. } => *request = id,
         _ => {}
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! receiver                         sender
-//!   Request(file, start) ───────▶
+//!   Request(file, offset) ──────▶
 //!                      ◀─────── Accept(size, chunk_size, hash)
 //!                      ◀─────── Data(seq) × window
 //!   Ack(cumulative, sack, window) ─▶      (RTO / fast retransmit repair losses)
@@ -23,7 +23,7 @@ mod sender;
 
 use std::time::Duration;
 
-pub use receiver::{ChunkReceiver, ReceiverConfig, ReceiverEvent};
+pub use receiver::{ChunkReceiver, PieceTable, ReceiverConfig, ReceiverEvent};
 pub use sender::{ChunkSender, SenderConfig, SenderEvent, SenderStats, SenderTransmit};
 
 use crate::wire::AbortReason;
@@ -43,6 +43,12 @@ pub enum TransferError {
     /// The sender announced something other than what was expected (e.g. the index hash).
     #[error("the file changed on the peer since it was listed ({0})")]
     Changed(String),
+    /// A piece failed its hash: everything before it is verified and kept.
+    #[error("piece {piece} failed verification (corrupted in transit or changed on the sender)")]
+    PieceMismatch {
+        /// Index of the bad piece.
+        piece: u64,
+    },
     /// The other side broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),

@@ -1,8 +1,12 @@
 //! `ChunkReceiver`: the receiving side of one transfer.
 //!
 //! Chunks that arrive in order are handed straight to the driver (`ReceiverEvent::Write`) and
-//! fed to an incremental BLAKE3 hasher; chunks that arrive early wait in a buffer bounded by the
+//! fed to incremental BLAKE3 hashers; chunks that arrive early wait in a buffer bounded by the
 //! advertised window. So memory is O(window) and the file is written sequentially.
+//!
+//! With a [`PieceTable`], every piece is checked as soon as its last byte arrives
+//! (`ReceiverEvent::PieceVerified`), so corruption is caught at the piece and a resumed download
+//! trusts exactly the pieces verified before; without one, only the whole-file hash at `Fin`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -56,6 +60,12 @@ pub enum ReceiverEvent {
     },
     /// The next bytes of the file, in order: append them.
     Write(Vec<u8>),
+    /// Every byte before `verified` (absolute file offset) is written and matches its piece
+    /// hashes: a resume may start there.
+    PieceVerified {
+        /// End of the verified prefix.
+        verified: u64,
+    },
     /// Every byte arrived and the hash matches.
     Finished {
         /// Total bytes received in this transfer (a resumed transfer counts only its part).
@@ -65,6 +75,28 @@ pub enum ReceiverEvent {
     },
     /// The transfer failed; nothing more will come.
     Failed(TransferError),
+}
+
+/// The BLAKE3 of every piece of a file, as the sender's index has them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PieceTable {
+    /// Bytes per piece (the last piece may be shorter).
+    pub piece_size: u32,
+    /// One hash per piece.
+    pub hashes: Vec<ContentHash>,
+}
+
+impl PieceTable {
+    /// Computes the table of `bytes` (for tests and tools; peers get it from the index).
+    pub fn of(bytes: &[u8], piece_size: u32) -> Self {
+        PieceTable {
+            piece_size,
+            hashes: bytes
+                .chunks(piece_size.max(1) as usize)
+                .map(ContentHash::of)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +111,9 @@ enum State {
 pub struct ChunkReceiver {
     transfer: TransferId,
     file: FileId,
-    start_chunk: u64,
+    /// First byte of the file this transfer covers.
+    offset: u64,
+    pieces: Option<PieceTable>,
     expected: Option<(u64, ContentHash)>,
     config: ReceiverConfig,
     state: State,
@@ -89,7 +123,10 @@ pub struct ChunkReceiver {
     total: u64,
     next_seq: u64,
     early: BTreeMap<u64, Vec<u8>>,
-    hasher: blake3::Hasher,
+    /// Whole-file hasher, when the transfer starts at byte 0.
+    hasher: Option<blake3::Hasher>,
+    piece_hasher: blake3::Hasher,
+    /// Bytes received in order in this transfer.
     received: u64,
     unacked: u32,
     ack_now: bool,
@@ -100,9 +137,9 @@ pub struct ChunkReceiver {
 }
 
 impl ChunkReceiver {
-    /// Starts a download of `file` as `transfer`. `expected` (size, hash), when known from the
-    /// index, must match what the sender announces. `resume` continues from `start_chunk` with
-    /// a hasher already fed the bytes before it. The first transmit is the `Request`.
+    /// Starts a download of the whole of `file` as `transfer`, checked against the whole-file
+    /// hash at `Fin`. `expected` (size, hash), when known from the index, must match what the
+    /// sender announces. The first transmit is the `Request`.
     pub fn new(
         now: Instant,
         transfer: TransferId,
@@ -110,32 +147,38 @@ impl ChunkReceiver {
         expected: Option<(u64, ContentHash)>,
         config: ReceiverConfig,
     ) -> Self {
-        Self::resume(
-            now,
-            transfer,
-            file,
-            expected,
-            0,
-            blake3::Hasher::new(),
-            config,
-        )
+        Self::build(now, transfer, file, expected, 0, None, config)
     }
 
-    /// Like [`ChunkReceiver::new`], continuing at `start_chunk`; `hasher` has been fed the
-    /// file's first `start_chunk` chunks.
+    /// Starts a download of `file` from byte `offset` (a piece boundary; 0 for the whole file),
+    /// verifying every piece against `pieces` as it completes. Bytes before `offset` are the
+    /// caller's, already verified.
     pub fn resume(
         now: Instant,
         transfer: TransferId,
         file: FileId,
         expected: Option<(u64, ContentHash)>,
-        start_chunk: u64,
-        hasher: blake3::Hasher,
+        offset: u64,
+        pieces: PieceTable,
+        config: ReceiverConfig,
+    ) -> Self {
+        Self::build(now, transfer, file, expected, offset, Some(pieces), config)
+    }
+
+    fn build(
+        now: Instant,
+        transfer: TransferId,
+        file: FileId,
+        expected: Option<(u64, ContentHash)>,
+        offset: u64,
+        pieces: Option<PieceTable>,
         config: ReceiverConfig,
     ) -> Self {
         let mut r = ChunkReceiver {
             transfer,
             file,
-            start_chunk,
+            offset,
+            pieces,
             expected,
             state: State::Requesting {
                 next_retry: now + config.request_retry,
@@ -146,9 +189,10 @@ impl ChunkReceiver {
             chunk_size: 0,
             hash: ContentHash([0; 32]),
             total: 0,
-            next_seq: start_chunk,
+            next_seq: 0,
             early: BTreeMap::new(),
-            hasher,
+            hasher: (offset == 0).then(blake3::Hasher::new),
+            piece_hasher: blake3::Hasher::new(),
             received: 0,
             unacked: 0,
             ack_now: false,
@@ -157,7 +201,18 @@ impl ChunkReceiver {
             out: VecDeque::new(),
             events: VecDeque::new(),
         };
-        r.out.push_back(r.request());
+        let misaligned = r
+            .pieces
+            .as_ref()
+            .is_some_and(|p| p.piece_size == 0 || offset % u64::from(p.piece_size) != 0);
+        if (offset > 0 && r.pieces.is_none()) || misaligned {
+            r.fail(
+                TransferError::Protocol("a resume must start at a verified piece boundary".into()),
+                None,
+            );
+        } else {
+            r.out.push_back(r.request());
+        }
         r
     }
 
@@ -171,7 +226,7 @@ impl ChunkReceiver {
         self.state == State::Done
     }
 
-    /// Bytes received in order in this transfer so far.
+    /// Bytes received in order in this transfer so far (after the start offset).
     pub fn received(&self) -> u64 {
         self.received
     }
@@ -185,7 +240,7 @@ impl ChunkReceiver {
         Message::Request {
             transfer: self.transfer,
             file: self.file,
-            start_chunk: self.start_chunk,
+            offset: self.offset,
         }
     }
 
@@ -225,16 +280,24 @@ impl ChunkReceiver {
                         );
                     }
                 }
-                self.size = size;
-                self.chunk_size = chunk_size;
-                self.hash = hash;
-                self.total = chunk_count(size, chunk_size);
-                if self.start_chunk > self.total {
+                if self.offset > size {
                     return self.fail(
                         TransferError::Protocol("resume point beyond the end of the file".into()),
                         Some(AbortReason::BadRequest),
                     );
                 }
+                if let Some(p) = &self.pieces {
+                    if p.hashes.len() as u64 != size.div_ceil(u64::from(p.piece_size)) {
+                        return self.fail(
+                            TransferError::Changed("piece table does not fit the size".into()),
+                            Some(AbortReason::Other("file changed since listed".into())),
+                        );
+                    }
+                }
+                self.size = size;
+                self.chunk_size = chunk_size;
+                self.hash = hash;
+                self.total = chunk_count(size - self.offset, chunk_size);
                 self.state = State::Receiving;
                 self.events.push_back(ReceiverEvent::Accepted {
                     size,
@@ -251,10 +314,16 @@ impl ChunkReceiver {
                 if self.next_seq < self.total {
                     return; // cannot be: FIN follows the ACK of every chunk; ignore
                 }
-                let got: ContentHash = self.hasher.finalize().into();
-                if size != self.size || hash != self.hash || got != self.hash {
+                // From byte 0 the whole-file hash is checked; a resumed transfer relies on its
+                // pieces, every one of which was verified on the way.
+                let whole_ok = self
+                    .hasher
+                    .as_ref()
+                    .is_none_or(|h| ContentHash::from(h.finalize()) == self.hash);
+                if size != self.size || hash != self.hash || !whole_ok {
                     return self.fail(TransferError::HashMismatch, Some(AbortReason::HashMismatch));
                 }
+                let got = self.hash;
                 self.state = State::Done;
                 self.ack_at = None;
                 self.out.push_back(Message::FinAck {
@@ -303,14 +372,62 @@ impl ChunkReceiver {
     }
 
     fn deliver(&mut self, payload: Vec<u8>) {
-        self.hasher.update(&payload);
+        if self.state == State::Done {
+            return; // a piece failed earlier in this burst
+        }
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&payload);
+        }
+        let start = self.offset + self.received;
         self.received += payload.len() as u64;
         self.next_seq += 1;
+        let verdicts = self.check_pieces(start, &payload);
         self.events.push_back(ReceiverEvent::Write(payload));
+        for v in verdicts {
+            match v {
+                Ok(verified) => self.events.push_back(ReceiverEvent::PieceVerified { verified }),
+                Err(piece) => {
+                    return self.fail(
+                        TransferError::PieceMismatch { piece },
+                        Some(AbortReason::HashMismatch),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Feeds `bytes` (starting at absolute offset `start`) to the piece hasher; returns, for
+    /// each piece completed, the end of the verified prefix or the failing piece.
+    fn check_pieces(&mut self, start: u64, mut bytes: &[u8]) -> Vec<Result<u64, u64>> {
+        let Some(table) = &self.pieces else {
+            return Vec::new();
+        };
+        let piece = u64::from(table.piece_size);
+        let mut pos = start;
+        let mut verdicts = Vec::new();
+        while !bytes.is_empty() {
+            let piece_end = ((pos / piece + 1) * piece).min(self.size);
+            let take = ((piece_end - pos) as usize).min(bytes.len());
+            self.piece_hasher.update(&bytes[..take]);
+            bytes = &bytes[take..];
+            pos += take as u64;
+            if pos == piece_end {
+                let index = (pos - 1) / piece;
+                let got = ContentHash::from(self.piece_hasher.finalize());
+                self.piece_hasher = blake3::Hasher::new();
+                if table.hashes.get(index as usize) == Some(&got) {
+                    verdicts.push(Ok(pos));
+                } else {
+                    verdicts.push(Err(index));
+                    break;
+                }
+            }
+        }
+        verdicts
     }
 
     fn chunk_len(&self, seq: u64) -> u64 {
-        let offset = seq * u64::from(self.chunk_size);
+        let offset = self.offset + seq * u64::from(self.chunk_size);
         (self.size - offset).min(u64::from(self.chunk_size))
     }
 

@@ -113,6 +113,9 @@ pub struct ChunkSender {
     size: u64,
     hash: ContentHash,
     config: SenderConfig,
+    /// First byte served.
+    offset: u64,
+    /// Chunks to send.
     total: u64,
     /// Every chunk below this is acknowledged.
     cumulative: u64,
@@ -142,18 +145,19 @@ pub struct ChunkSender {
 }
 
 impl ChunkSender {
-    /// Starts serving `transfer`: a file of `size` bytes with content `hash`, from chunk
-    /// `start_chunk` on. The first transmit is the `Accept`.
+    /// Starts serving `transfer`: a file of `size` bytes with content `hash`, from byte
+    /// `offset` on (clamped to `size`); chunk `seq` covers bytes `offset + seq * chunk_size..`.
+    /// The first transmit is the `Accept`.
     pub fn new(
         now: Instant,
         transfer: TransferId,
         size: u64,
         hash: ContentHash,
-        start_chunk: u64,
+        offset: u64,
         config: SenderConfig,
     ) -> Self {
-        let total = chunk_count(size, config.chunk_size);
-        let start = start_chunk.min(total);
+        let offset = offset.min(size);
+        let total = chunk_count(size - offset, config.chunk_size);
         let cc: Box<dyn CongestionController> = if config.reliable {
             Box::new(FixedWindow(config.max_window))
         } else {
@@ -163,9 +167,10 @@ impl ChunkSender {
             transfer,
             size,
             hash,
+            offset,
             total,
-            cumulative: start,
-            next_new: start,
+            cumulative: 0,
+            next_new: 0,
             window: VecDeque::new(),
             lost: BTreeSet::new(),
             in_flight: BTreeMap::new(),
@@ -203,7 +208,7 @@ impl ChunkSender {
         self.state == State::Done
     }
 
-    /// Chunks acknowledged in order so far.
+    /// Chunks acknowledged in order so far (counted from the start offset).
     pub fn acked_chunks(&self) -> u64 {
         self.cumulative
     }
@@ -445,7 +450,7 @@ impl ChunkSender {
     }
 
     fn chunk(&mut self, now: Instant, seq: u64) -> SenderTransmit {
-        let offset = seq * u64::from(self.config.chunk_size);
+        let offset = self.offset + seq * u64::from(self.config.chunk_size);
         let len = (self.size - offset).min(u64::from(self.config.chunk_size)) as u32;
         self.stats.bytes_sent += u64::from(len);
         if self.rto_at.is_none() {

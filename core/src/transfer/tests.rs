@@ -157,9 +157,7 @@ impl Pair {
                 Dir::ToSender => {
                     if self.sender.is_none() {
                         if let Message::Request {
-                            transfer,
-                            start_chunk,
-                            ..
+                            transfer, offset, ..
                         } = msg
                         {
                             self.sender = Some(ChunkSender::new(
@@ -167,7 +165,7 @@ impl Pair {
                                 transfer,
                                 self.file.len() as u64,
                                 ContentHash::of(&self.file),
-                                start_chunk,
+                                offset,
                                 self.sender_config.clone(),
                             ));
                         }
