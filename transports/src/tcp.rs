@@ -2,14 +2,17 @@
 //! connections opened on demand and cached per remote address. An accepted connection is
 //! cached under the remote's address too, so replies go back on it.
 //!
-//! A frame length is checked against the limit before anything is allocated; connections
-//! beyond the cap are refused; a connection silent for `idle_timeout` is closed.
+//! A frame length is checked against the limit before anything is allocated; a frame must
+//! arrive whole within `frame_timeout` (no one-byte-a-second stalls); a connection silent for
+//! `idle_timeout` is closed; at the connection cap, the connection idle longest is closed to
+//! make room, so idle or stalled connections can never lock real peers out.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use p2p_core::transport::Transport;
@@ -28,6 +31,8 @@ pub struct TcpConfig {
     pub max_connections: usize,
     /// A connection that receives nothing this long is closed.
     pub idle_timeout: Duration,
+    /// A frame whose first byte arrived must be complete within this long.
+    pub frame_timeout: Duration,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
 }
@@ -38,6 +43,7 @@ impl Default for TcpConfig {
             max_message: 64 * 1024 + DATA_OVERHEAD,
             max_connections: 256,
             idle_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
         }
     }
@@ -45,10 +51,39 @@ impl Default for TcpConfig {
 
 type Outbox = mpsc::Sender<Vec<u8>>;
 
+struct Conn {
+    outbox: Outbox,
+    /// Milliseconds since the transport started, at the last complete frame (or connect).
+    last_active: Arc<AtomicU64>,
+    reader: tokio::task::AbortHandle,
+}
+
 struct Shared {
     config: TcpConfig,
-    conns: StdMutex<HashMap<SocketAddr, Outbox>>,
+    started: Instant,
+    conns: StdMutex<HashMap<SocketAddr, Conn>>,
     inbox: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Closes the connection that has been idle longest.
+    fn evict_idlest(&self) {
+        let mut conns = self.conns.lock().expect("conns lock");
+        let idlest = conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_active.load(Ordering::Relaxed))
+            .map(|(a, _)| *a);
+        if let Some(addr) = idlest {
+            if let Some(c) = conns.remove(&addr) {
+                c.reader.abort();
+                tracing::debug!(%addr, "closed the idlest connection to make room");
+            }
+        }
+    }
 }
 
 /// A TCP listener plus a connection cache, as a [`Transport`].
@@ -70,7 +105,9 @@ impl std::fmt::Debug for TcpTransport {
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.accept_task.abort();
-        self.shared.conns.lock().expect("conns lock").clear();
+        for (_, c) in self.shared.conns.lock().expect("conns lock").drain() {
+            c.reader.abort();
+        }
     }
 }
 
@@ -82,6 +119,7 @@ impl TcpTransport {
         let (tx, rx) = mpsc::channel(4096);
         let shared = Arc::new(Shared {
             config,
+            started: Instant::now(),
             conns: StdMutex::new(HashMap::new()),
             inbox: tx,
         });
@@ -94,9 +132,7 @@ impl TcpTransport {
                 let full = accept_shared.conns.lock().expect("conns lock").len()
                     >= accept_shared.config.max_connections;
                 if full {
-                    tracing::debug!(%remote, "connection refused: cap reached");
-                    drop(stream);
-                    continue;
+                    accept_shared.evict_idlest();
                 }
                 start_connection(&accept_shared, stream, remote);
             }
@@ -110,10 +146,15 @@ impl TcpTransport {
     }
 
     async fn outbox(&self, to: SocketAddr) -> io::Result<Outbox> {
-        if let Some(o) = self.shared.conns.lock().expect("conns lock").get(&to) {
-            if !o.is_closed() {
-                return Ok(o.clone());
+        if let Some(c) = self.shared.conns.lock().expect("conns lock").get(&to) {
+            if !c.outbox.is_closed() {
+                return Ok(c.outbox.clone());
             }
+        }
+        let full = self.shared.conns.lock().expect("conns lock").len()
+            >= self.shared.config.max_connections;
+        if full {
+            self.shared.evict_idlest();
         }
         let stream =
             tokio::time::timeout(self.shared.config.connect_timeout, TcpStream::connect(to))
@@ -132,34 +173,54 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr)
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(256);
-    shared
-        .conns
-        .lock()
-        .expect("conns lock")
-        .insert(remote, tx.clone());
+    let last_active = Arc::new(AtomicU64::new(shared.now_ms()));
     let reader_shared = shared.clone();
     let reader_tx = tx.clone();
-    tokio::spawn(async move {
-        let _ = read_frames(&reader_shared, read, remote).await;
+    let reader_active = last_active.clone();
+    // Hold the lock while the reader starts, so that it cannot finish before it is listed.
+    let mut conns = shared.conns.lock().expect("conns lock");
+    let reader = tokio::spawn(async move {
+        let _ = read_frames(&reader_shared, read, remote, &reader_active).await;
         let mut conns = reader_shared.conns.lock().expect("conns lock");
         if conns
             .get(&remote)
-            .is_some_and(|o| o.same_channel(&reader_tx))
+            .is_some_and(|c| c.outbox.same_channel(&reader_tx))
         {
             conns.remove(&remote);
         }
     });
+    if let Some(old) = conns.insert(
+        remote,
+        Conn {
+            outbox: tx.clone(),
+            last_active,
+            reader: reader.abort_handle(),
+        },
+    ) {
+        old.reader.abort();
+    }
+    drop(conns);
     tokio::spawn(write_frames(write, rx));
     tx
 }
 
-async fn read_frames(shared: &Shared, mut read: OwnedReadHalf, from: SocketAddr) -> io::Result<()> {
+async fn read_frames(
+    shared: &Shared,
+    mut read: OwnedReadHalf,
+    from: SocketAddr,
+    last_active: &AtomicU64,
+) -> io::Result<()> {
     let limit = shared.config.max_message.min(MAX_MESSAGE);
     loop {
         let mut len = [0u8; 4];
-        tokio::time::timeout(shared.config.idle_timeout, read.read_exact(&mut len))
+        // Wait for the first byte of a frame up to the idle timeout, then for the rest of
+        // the frame up to the frame timeout.
+        tokio::time::timeout(shared.config.idle_timeout, read.read_exact(&mut len[..1]))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle connection"))??;
+        tokio::time::timeout(shared.config.frame_timeout, read.read_exact(&mut len[1..]))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled frame"))??;
         let len = u32::from_le_bytes(len) as usize;
         if len == 0 || len > limit {
             // A frame we will never accept: the stream cannot be resynchronised.
@@ -169,9 +230,10 @@ async fn read_frames(shared: &Shared, mut read: OwnedReadHalf, from: SocketAddr)
             ));
         }
         let mut msg = vec![0; len];
-        tokio::time::timeout(shared.config.idle_timeout, read.read_exact(&mut msg))
+        tokio::time::timeout(shared.config.frame_timeout, read.read_exact(&mut msg))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled frame"))??;
+        last_active.store(shared.now_ms(), Ordering::Relaxed);
         if shared.inbox.send((from, msg)).await.is_err() {
             return Ok(()); // transport dropped
         }
@@ -239,7 +301,9 @@ impl Transport for TcpTransport {
     }
 
     fn forget(&self, to: SocketAddr) {
-        self.shared.conns.lock().expect("conns lock").remove(&to);
+        if let Some(c) = self.shared.conns.lock().expect("conns lock").remove(&to) {
+            c.reader.abort();
+        }
     }
 }
 
@@ -262,6 +326,31 @@ mod tests {
         let (from_b, msg) = a.recv_from().await.unwrap();
         assert_eq!(msg, b"back");
         assert_eq!(from_b, b.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn idle_connections_at_the_cap_make_room_for_real_ones() {
+        let config = TcpConfig {
+            max_connections: 4,
+            ..TcpConfig::default()
+        };
+        let server = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..10 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let client = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
+            .await
+            .unwrap();
+        client.send_to(addr, b"real").await.unwrap();
+        let (from, msg) = server.recv_from().await.unwrap();
+        assert_eq!(msg, b"real");
+        server.send_to(from, b"answer").await.unwrap();
+        assert_eq!(client.recv_from().await.unwrap().1, b"answer");
+        assert!(server.shared.conns.lock().unwrap().len() <= 4);
     }
 
     #[tokio::test]
