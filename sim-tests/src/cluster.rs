@@ -203,6 +203,9 @@ impl Handles {
     }
 }
 
+/// Adjusts a peer's endpoint settings before it starts.
+pub type Tune = Arc<dyn Fn(&mut EndpointConfig) + Send + Sync>;
+
 /// How one peer is set up.
 #[derive(Clone)]
 pub struct PeerOpts {
@@ -213,7 +216,7 @@ pub struct PeerOpts {
     /// Register with the tracker on start (retrying until it answers).
     pub register: bool,
     /// Adjusts the endpoint settings.
-    pub tune: Option<Arc<dyn Fn(&mut EndpointConfig) + Send + Sync>>,
+    pub tune: Option<Tune>,
 }
 
 impl Default for PeerOpts {
@@ -335,7 +338,11 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    fn fault_config(&self, host: &str, faults: Option<(FaultRates, FaultRates)>) -> Option<FaultConfig> {
+    fn fault_config(
+        &self,
+        host: &str,
+        faults: Option<(FaultRates, FaultRates)>,
+    ) -> Option<FaultConfig> {
         faults.map(|(send, recv)| FaultConfig {
             send,
             recv,
@@ -357,8 +364,12 @@ impl Cluster {
         let (net, trace) = (self.net, self.trace.clone());
         let boots = Arc::new(AtomicU64::new(0));
         sim.host(TRACKER, move || {
-            let (faults, stats, trace, registry) =
-                (faults.clone(), stats.clone(), trace.clone(), registry.clone());
+            let (faults, stats, trace, registry) = (
+                faults.clone(),
+                stats.clone(),
+                trace.clone(),
+                registry.clone(),
+            );
             let boot = boots.fetch_add(1, Ordering::SeqCst) + 1;
             async move {
                 trace.record(TRACKER, format_args!("boot {boot}"));
@@ -392,12 +403,18 @@ impl Cluster {
         let stats = SharedStats::default();
         self.stats.insert(name.to_string(), stats.clone());
         let faults = self.fault_config(name, opts.faults);
-        let (net, trace, handles, seed) = (self.net, self.trace.clone(), self.handles.clone(), self.seed);
+        let (net, trace, handles, seed) = (
+            self.net,
+            self.trace.clone(),
+            self.handles.clone(),
+            self.seed,
+        );
         let name = name.to_string();
         let boots = Arc::new(AtomicU64::new(0));
         sim.host(name.clone(), move || {
             let boot = boots.fetch_add(1, Ordering::SeqCst) + 1;
-            let mut config = fast_endpoint(Some(share.clone()), mix(seed, &format!("{name}#{boot}")));
+            let mut config =
+                fast_endpoint(Some(share.clone()), mix(seed, &format!("{name}#{boot}")));
             if let Some(tune) = &opts.tune {
                 tune(&mut config);
             }
@@ -417,7 +434,10 @@ impl Cluster {
                 if register {
                     let tracker = tracker_addr();
                     loop {
-                        match h.register(tracker, &name, PEER_PORT, net.kind(), None).await {
+                        match h
+                            .register(tracker, &name, PEER_PORT, net.kind(), None)
+                            .await
+                        {
                             Ok(()) => {
                                 trace.record(&name, "registered");
                                 break;
@@ -495,7 +515,11 @@ pub type FetchTask = tokio::task::JoinHandle<Result<DownloadReport, ServiceError
 
 /// Waits (in simulated time) until `progress` shows at least `bytes` received; false when the
 /// download ended first (its sender side was dropped) or `limit` passed.
-pub async fn wait_progress(progress: &mut watch::Receiver<Progress>, bytes: u64, limit: Duration) -> bool {
+pub async fn wait_progress(
+    progress: &mut watch::Receiver<Progress>,
+    bytes: u64,
+    limit: Duration,
+) -> bool {
     let wait = async {
         loop {
             if progress.borrow_and_update().received >= bytes {

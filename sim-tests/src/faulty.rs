@@ -49,7 +49,10 @@ impl FaultRates {
 
     /// Only loss, at rate `p`.
     pub fn loss(p: f64) -> Self {
-        FaultRates { drop: p, ..Self::NONE }
+        FaultRates {
+            drop: p,
+            ..Self::NONE
+        }
     }
 
     /// Only duplication, at rate `p`.
@@ -70,7 +73,10 @@ impl FaultRates {
 
     /// Only delay, at rate `p`.
     pub fn delaying(p: f64) -> Self {
-        FaultRates { delay: p, ..Self::NONE }
+        FaultRates {
+            delay: p,
+            ..Self::NONE
+        }
     }
 
     /// Only corruption (bit flips or truncation), at rate `p`.
@@ -276,7 +282,13 @@ impl<T: Transport> FaultyTransport<T> {
     }
 
     /// Rolls the faults of `rates` for a message of `len` bytes and counts them in `dir`.
-    fn plan(&self, st: &mut State, rates: &FaultRates, len: usize, dir: &mut DirectionStats) -> Plan {
+    fn plan(
+        &self,
+        st: &mut State,
+        rates: &FaultRates,
+        len: usize,
+        dir: &mut DirectionStats,
+    ) -> Plan {
         let mut plan = Plan::default();
         dir.messages += 1;
         if rates.is_none() {
@@ -433,8 +445,11 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             let copies = if plan.duplicate { 2 } else { 1 };
             if let Some(id) = hold_id {
                 self.lock().send_held = Some((id, (to, bytes.clone())));
-                let (state, inner, wait) =
-                    (self.state.clone(), self.inner.clone(), self.config.reorder_hold);
+                let (state, inner, wait) = (
+                    self.state.clone(),
+                    self.inner.clone(),
+                    self.config.reorder_hold,
+                );
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
                     let held = {

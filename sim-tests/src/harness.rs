@@ -84,8 +84,12 @@ pub fn check_download(
     }
     match result {
         Ok(report) => {
-            let bytes = std::fs::read(dest)
-                .map_err(|e| format!("download reported done but {} is unreadable: {e}", dest.display()))?;
+            let bytes = std::fs::read(dest).map_err(|e| {
+                format!(
+                    "download reported done but {} is unreadable: {e}",
+                    dest.display()
+                )
+            })?;
             let got = blake3::hash(&bytes);
             if got != expected {
                 return Err(format!(

@@ -28,9 +28,12 @@ pub mod udp;
 
 pub use cluster::{
     fast_endpoint, fast_registry, fetch, find_entry, generate_file, host_ip, mix, peer_addr,
-    spawn_fetch, tracker_addr, wait_progress, FetchTask, Cluster, Handles, Net, PeerOpts, SharedFile, PEER_PORT, TRACKER, TRACKER_PORT,
+    spawn_fetch, tracker_addr, wait_progress, Cluster, FetchTask, Handles, Net, PeerOpts,
+    SharedFile, Tune, PEER_PORT, TRACKER, TRACKER_PORT,
 };
-pub use faulty::{DirectionStats, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats};
+pub use faulty::{
+    DirectionStats, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats,
+};
 pub use harness::{check_download, run_for, run_scenario, run_until, Checked};
 pub use seeds::{parse_seeds, seeds_from_env, DEFAULT_SEEDS};
 pub use tcp::{SimTcp, SimTcpConfig};

@@ -71,7 +71,9 @@ pub struct SimTcp {
 
 impl std::fmt::Debug for SimTcp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimTcp").field("local", &self.local).finish()
+        f.debug_struct("SimTcp")
+            .field("local", &self.local)
+            .finish()
     }
 }
 
@@ -124,11 +126,15 @@ impl SimTcp {
                 return Ok(o.clone());
             }
         }
-        let stream = tokio::time::timeout(self.shared.config.connect_timeout, TcpStream::connect(to))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {to} timed out"))
-            })??;
+        let stream =
+            tokio::time::timeout(self.shared.config.connect_timeout, TcpStream::connect(to))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connecting to {to} timed out"),
+                    )
+                })??;
         Ok(start_connection(&self.shared, stream, to))
     }
 }
@@ -147,7 +153,10 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr)
     tokio::spawn(async move {
         let _ = read_frames(&reader_shared, read, remote).await;
         let mut conns = reader_shared.conns.lock().expect("conns lock");
-        if conns.get(&remote).is_some_and(|o| o.same_channel(&reader_tx)) {
+        if conns
+            .get(&remote)
+            .is_some_and(|o| o.same_channel(&reader_tx))
+        {
             conns.remove(&remote);
         }
         drop(conns);
@@ -167,7 +176,10 @@ async fn read_frames(shared: &Shared, mut read: OwnedReadHalf, from: SocketAddr)
         let len = u32::from_le_bytes(len) as usize;
         if len == 0 || len > limit {
             // A frame we will never accept: the stream cannot be resynchronised.
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad frame length"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad frame length",
+            ));
         }
         let mut msg = vec![0; len];
         tokio::time::timeout(shared.config.idle_timeout, read.read_exact(&mut msg))
@@ -217,7 +229,10 @@ impl Transport for SimTcp {
                     // The stream stopped draining (a dead turmoil connection): drop it so
                     // the next send opens a fresh one.
                     self.forget(to);
-                    Err(io::Error::new(io::ErrorKind::TimedOut, "connection stalled"))
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection stalled",
+                    ))
                 }
             },
         }

@@ -75,9 +75,6 @@ impl Trace {
 
     /// The whole log, one event a line.
     pub fn dump(&self) -> String {
-        self.events()
-            .iter()
-            .map(|e| format!("{e}\n"))
-            .collect()
+        self.events().iter().map(|e| format!("{e}\n")).collect()
     }
 }

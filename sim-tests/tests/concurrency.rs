@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use p2p_core::service::ServiceError;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, find_entry, peer_addr, run_scenario, seeds_from_env, spawn_fetch, Checked,
-    Cluster, FaultRates, Net, PeerOpts,
+    check_download, fast_registry, fetch, find_entry, peer_addr, run_scenario, seeds_from_env,
+    spawn_fetch, Checked, Cluster, FaultRates, Net, PeerOpts,
 };
 
 fn loss(net: Net) -> Option<(FaultRates, FaultRates)> {
@@ -87,14 +87,18 @@ fn fan_out(seed: u64, net: Net) -> turmoil::Result {
 #[test]
 fn many_downloads_from_one_peer_udp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "many_downloads_from_one_peer_udp", seed, |s| fan_out(s, Net::Udp));
+        run_scenario(file!(), "many_downloads_from_one_peer_udp", seed, |s| {
+            fan_out(s, Net::Udp)
+        });
     }
 }
 
 #[test]
 fn many_downloads_from_one_peer_tcp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "many_downloads_from_one_peer_tcp", seed, |s| fan_out(s, Net::Tcp));
+        run_scenario(file!(), "many_downloads_from_one_peer_tcp", seed, |s| {
+            fan_out(s, Net::Tcp)
+        });
     }
 }
 
@@ -102,9 +106,20 @@ fn both_directions(seed: u64, net: Net) -> turmoil::Result {
     let mut cl = Cluster::new(seed, net);
     let mut sim = cl.builder(Duration::from_secs(120)).build();
     cl.add_tracker(&mut sim, fast_registry(), None);
-    cl.add_peer(&mut sim, "alice", opts(net, &[("a1.bin", 400_000), ("a2.bin", 3000)]));
-    cl.add_peer(&mut sim, "bob", opts(net, &[("b1.bin", 350_001), ("b2.bin", 0)]));
-    for (me, other, paths) in [("alice", "bob", ["b1.bin", "b2.bin"]), ("bob", "alice", ["a1.bin", "a2.bin"])] {
+    cl.add_peer(
+        &mut sim,
+        "alice",
+        opts(net, &[("a1.bin", 400_000), ("a2.bin", 3000)]),
+    );
+    cl.add_peer(
+        &mut sim,
+        "bob",
+        opts(net, &[("b1.bin", 350_001), ("b2.bin", 0)]),
+    );
+    for (me, other, paths) in [
+        ("alice", "bob", ["b1.bin", "b2.bin"]),
+        ("bob", "alice", ["a1.bin", "a2.bin"]),
+    ] {
         let want: Vec<_> = paths.iter().map(|p| cl.file(other, p)).collect();
         let dir = cl.download_dir(me);
         let handles = cl.handles.clone();
@@ -113,7 +128,11 @@ fn both_directions(seed: u64, net: Net) -> turmoil::Result {
             let mut tasks = Vec::new();
             for f in &want {
                 let dest = dir.join(&f.path);
-                tasks.push((f.clone(), dest.clone(), spawn_fetch(&h, other, &f.path, &dest).await?.0));
+                tasks.push((
+                    f.clone(),
+                    dest.clone(),
+                    spawn_fetch(&h, other, &f.path, &dest).await?.0,
+                ));
             }
             for (f, dest, task) in tasks {
                 let res = task.await?;
@@ -130,13 +149,17 @@ fn both_directions(seed: u64, net: Net) -> turmoil::Result {
 #[test]
 fn both_directions_udp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "both_directions_udp", seed, |s| both_directions(s, Net::Udp));
+        run_scenario(file!(), "both_directions_udp", seed, |s| {
+            both_directions(s, Net::Udp)
+        });
     }
 }
 
 #[test]
 fn both_directions_tcp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "both_directions_tcp", seed, |s| both_directions(s, Net::Tcp));
+        run_scenario(file!(), "both_directions_tcp", seed, |s| {
+            both_directions(s, Net::Tcp)
+        });
     }
 }

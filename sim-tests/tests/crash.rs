@@ -29,7 +29,10 @@ async fn acted(flag: &Flag) {
 
 /// Freezes the seeder–leecher link once some bytes arrived, asks the test to crash `victim`,
 /// and releases the link (what was in flight arrives late, as on a real network).
-async fn crash_mid_transfer(progress: &mut tokio::sync::watch::Receiver<p2p_core::service::Progress>, flag: &Flag) -> turmoil::Result {
+async fn crash_mid_transfer(
+    progress: &mut tokio::sync::watch::Receiver<p2p_core::service::Progress>,
+    flag: &Flag,
+) -> turmoil::Result {
     if !wait_progress(progress, 1, Duration::from_secs(30)).await {
         return Err("no progress before the crash".into());
     }
@@ -85,14 +88,18 @@ fn crash_sender(seed: u64, net: Net) -> turmoil::Result {
 #[test]
 fn crash_sender_udp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_sender_udp", seed, |s| crash_sender(s, Net::Udp));
+        run_scenario(file!(), "crash_sender_udp", seed, |s| {
+            crash_sender(s, Net::Udp)
+        });
     }
 }
 
 #[test]
 fn crash_sender_tcp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_sender_tcp", seed, |s| crash_sender(s, Net::Tcp));
+        run_scenario(file!(), "crash_sender_tcp", seed, |s| {
+            crash_sender(s, Net::Tcp)
+        });
     }
 }
 
@@ -118,7 +125,11 @@ fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
         // The leecher died with its endpoint: the download future sees a closed endpoint.
         match task.await? {
             Err(ServiceError::Closed) => {}
-            other => return Err(format!("expected Closed from a crashed endpoint, got {other:?}").into()),
+            other => {
+                return Err(
+                    format!("expected Closed from a crashed endpoint, got {other:?}").into(),
+                )
+            }
         }
         // Its next life downloads again, to the same place (over the stale partial file).
         let h = handles.get_boot("leecher", 2).await;
@@ -130,11 +141,9 @@ fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
                     return Ok(());
                 }
                 // The seeder still serves the dead transfer until its idle timeout.
-                Checked::Failed(ServiceError::Transfer(TransferError::Aborted(AbortReason::Busy)))
-                    if attempt < 20 =>
-                {
-                    tokio::time::sleep(Duration::from_secs(1)).await
-                }
+                Checked::Failed(ServiceError::Transfer(TransferError::Aborted(
+                    AbortReason::Busy,
+                ))) if attempt < 20 => tokio::time::sleep(Duration::from_secs(1)).await,
                 Checked::Failed(e) => return Err(format!("attempt {attempt} failed: {e}").into()),
             }
         }
@@ -151,14 +160,18 @@ fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
 #[test]
 fn crash_receiver_udp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_receiver_udp", seed, |s| crash_receiver(s, Net::Udp));
+        run_scenario(file!(), "crash_receiver_udp", seed, |s| {
+            crash_receiver(s, Net::Udp)
+        });
     }
 }
 
 #[test]
 fn crash_receiver_tcp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_receiver_tcp", seed, |s| crash_receiver(s, Net::Tcp));
+        run_scenario(file!(), "crash_receiver_tcp", seed, |s| {
+            crash_receiver(s, Net::Tcp)
+        });
     }
 }
 
@@ -169,11 +182,18 @@ async fn listed(h: &p2p_core::service::EndpointHandle) -> Option<Vec<String>> {
 }
 
 /// Polls the tracker (through `h`) until it lists exactly `want`, for at most `limit`.
-async fn until_listed(h: &p2p_core::service::EndpointHandle, want: &[&str], limit: Duration) -> turmoil::Result {
+async fn until_listed(
+    h: &p2p_core::service::EndpointHandle,
+    want: &[&str],
+    limit: Duration,
+) -> turmoil::Result {
     let end = tokio::time::Instant::now() + limit;
     loop {
         let got = listed(h).await;
-        if got.as_deref().is_some_and(|g| g.iter().map(String::as_str).eq(want.iter().copied())) {
+        if got
+            .as_deref()
+            .is_some_and(|g| g.iter().map(String::as_str).eq(want.iter().copied()))
+        {
             return Ok(());
         }
         if tokio::time::Instant::now() >= end {
@@ -223,14 +243,18 @@ fn crash_tracker(seed: u64, net: Net) -> turmoil::Result {
 #[test]
 fn crash_tracker_udp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_tracker_udp", seed, |s| crash_tracker(s, Net::Udp));
+        run_scenario(file!(), "crash_tracker_udp", seed, |s| {
+            crash_tracker(s, Net::Udp)
+        });
     }
 }
 
 #[test]
 fn crash_tracker_tcp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_tracker_tcp", seed, |s| crash_tracker(s, Net::Tcp));
+        run_scenario(file!(), "crash_tracker_tcp", seed, |s| {
+            crash_tracker(s, Net::Tcp)
+        });
     }
 }
 
@@ -256,7 +280,12 @@ fn crashed_peer_expires(seed: u64, net: Net) -> turmoil::Result {
     sim.crash("bob");
     flag.set(false);
     sim.run()?;
-    if !cl.trace.events().iter().any(|e| e.host == "tracker" && e.what == "expired bob") {
+    if !cl
+        .trace
+        .events()
+        .iter()
+        .any(|e| e.host == "tracker" && e.what == "expired bob")
+    {
         return Err(format!("the tracker never expired bob:\n{}", cl.trace.dump()).into());
     }
     Ok(())
@@ -265,13 +294,17 @@ fn crashed_peer_expires(seed: u64, net: Net) -> turmoil::Result {
 #[test]
 fn crashed_peer_expires_udp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "crashed_peer_expires_udp", seed, |s| crashed_peer_expires(s, Net::Udp));
+        run_scenario(file!(), "crashed_peer_expires_udp", seed, |s| {
+            crashed_peer_expires(s, Net::Udp)
+        });
     }
 }
 
 #[test]
 fn crashed_peer_expires_tcp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "crashed_peer_expires_tcp", seed, |s| crashed_peer_expires(s, Net::Tcp));
+        run_scenario(file!(), "crashed_peer_expires_tcp", seed, |s| {
+            crashed_peer_expires(s, Net::Tcp)
+        });
     }
 }

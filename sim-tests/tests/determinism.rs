@@ -30,7 +30,11 @@ fn busy_run(seed: u64, net: Net) -> turmoil::Result<(String, String)> {
         PeerOpts::sharing(&[("a.bin", 150_000), ("b.bin", 70_001)]).faults(faults, faults),
     );
     for l in ["leech1", "leech2"] {
-        cl.add_peer(&mut sim, l, PeerOpts::default().faults(faults, FaultRates::NONE));
+        cl.add_peer(
+            &mut sim,
+            l,
+            PeerOpts::default().faults(faults, FaultRates::NONE),
+        );
     }
     for (l, path) in [("leech1", "a.bin"), ("leech2", "b.bin")] {
         let f = cl.file("seeder", path);
@@ -50,7 +54,8 @@ fn busy_run(seed: u64, net: Net) -> turmoil::Result<(String, String)> {
     }
     sim.run()?;
     for h in ["tracker", "seeder", "leech1", "leech2"] {
-        cl.trace.record("end", format_args!("{h} {:?}", cl.stats(h)));
+        cl.trace
+            .record("end", format_args!("{h} {:?}", cl.stats(h)));
     }
     Ok((cl.trace.digest(), cl.trace.dump()))
 }
@@ -66,7 +71,13 @@ fn same_digest(test: &str, net: Net) {
                     .zip(t2.lines())
                     .position(|(a, b)| a != b)
                     .unwrap_or(0);
-                let show = |t: &str| t.lines().skip(first.saturating_sub(3)).take(8).collect::<Vec<_>>().join("\n");
+                let show = |t: &str| {
+                    t.lines()
+                        .skip(first.saturating_sub(3))
+                        .take(8)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
                 return Err(format!(
                     "seed {seed} replayed differently (line {first}):\n--- run 1\n{}\n--- run 2\n{}",
                     show(&t1),

@@ -13,7 +13,11 @@ use p2p_sim_tests::{
 const LEECHERS: [&str; 3] = ["leech1", "leech2", "leech3"];
 
 /// Runs the scenario with `send`/`recv` faults on every host; returns every host's counters.
-fn faults_scenario(seed: u64, send: FaultRates, recv: FaultRates) -> turmoil::Result<Vec<FaultStats>> {
+fn faults_scenario(
+    seed: u64,
+    send: FaultRates,
+    recv: FaultRates,
+) -> turmoil::Result<Vec<FaultStats>> {
     let mut cl = Cluster::new(seed, Net::Udp);
     let mut sim = cl.builder(Duration::from_secs(200)).build();
     let tune = |c: &mut p2p_core::service::EndpointConfig| {
@@ -30,7 +34,11 @@ fn faults_scenario(seed: u64, send: FaultRates, recv: FaultRates) -> turmoil::Re
             .tune(tune),
     );
     for l in LEECHERS {
-        cl.add_peer(&mut sim, l, PeerOpts::default().faults(send, recv).tune(tune));
+        cl.add_peer(
+            &mut sim,
+            l,
+            PeerOpts::default().faults(send, recv).tune(tune),
+        );
     }
     for (l, path) in LEECHERS.iter().zip(["a.bin", "b.bin", "c/d.bin"]) {
         let f = cl.file("seeder", path);
@@ -40,7 +48,10 @@ fn faults_scenario(seed: u64, send: FaultRates, recv: FaultRates) -> turmoil::Re
         sim.client(format!("ctl-{l}"), async move {
             let h = handles.get(&l).await;
             let res = fetch(&h, "seeder", path, &dest).await;
-            trace.record(&l, format_args!("{path}: {:?}", res.as_ref().map(|r| r.size)));
+            trace.record(
+                &l,
+                format_args!("{path}: {:?}", res.as_ref().map(|r| r.size)),
+            );
             match check_download(&res, &dest, f.hash)? {
                 Checked::Complete => Ok(()),
                 Checked::Failed(e) => Err(format!("{l}: {path} failed: {e}").into()),
@@ -89,7 +100,9 @@ fn reordering() {
 #[test]
 fn delay() {
     let r = FaultRates::delaying(0.2);
-    run("delay", r, r, |s| total(s, |x| x.send.delayed + x.recv.delayed) > 20);
+    run("delay", r, r, |s| {
+        total(s, |x| x.send.delayed + x.recv.delayed) > 20
+    });
 }
 
 #[test]
@@ -112,6 +125,8 @@ fn all_faults_together() {
     };
     run("all_faults_together", r, r, |s| {
         total(s, |x| x.send.dropped + x.recv.dropped) > 0
-            && total(s, |x| x.send.corrupted + x.recv.corrupted + x.send.truncated) > 0
+            && total(s, |x| {
+                x.send.corrupted + x.recv.corrupted + x.send.truncated
+            }) > 0
     });
 }

@@ -48,7 +48,9 @@ fn loss_scenario(seed: u64, percent: u32) -> turmoil::Result<(usize, u64)> {
         cl.add_peer(
             &mut sim,
             l,
-            PeerOpts::default().faults(rates, FaultRates::NONE).tune(tune),
+            PeerOpts::default()
+                .faults(rates, FaultRates::NONE)
+                .tune(tune),
         );
     }
     let done = std::rc::Rc::new(std::cell::Cell::new(0usize));
@@ -60,17 +62,23 @@ fn loss_scenario(seed: u64, percent: u32) -> turmoil::Result<(usize, u64)> {
         sim.client(format!("ctl-{l}"), async move {
             let h = handles.get(&l).await;
             let res = fetch(&h, "seeder", &f.path, &dest).await;
-            trace.record(&l, format_args!("{}: {:?}", f.path, res.as_ref().map(|r| r.size)));
+            trace.record(
+                &l,
+                format_args!("{}: {:?}", f.path, res.as_ref().map(|r| r.size)),
+            );
             match check_download(&res, &dest, f.hash)? {
                 Checked::Complete => done.set(done.get() + 1),
                 Checked::Failed(e) => {
                     let clear = matches!(
                         e,
-                        ServiceError::Transfer(TransferError::Timeout(_)) | ServiceError::NoAnswer(_)
+                        ServiceError::Transfer(TransferError::Timeout(_))
+                            | ServiceError::NoAnswer(_)
                     );
                     eprintln!("   {l}: {} failed at {percent}% loss: {e}", f.path);
                     if percent < 50 || !clear {
-                        return Err(format!("{l}: {} failed at {percent}% loss: {e}", f.path).into());
+                        return Err(
+                            format!("{l}: {} failed at {percent}% loss: {e}", f.path).into()
+                        );
                     }
                 }
             }
@@ -91,7 +99,10 @@ fn run_loss(test: &str, percent: u32) {
                 sent as f64 / file_bytes
             );
             if percent == 10 && sent as f64 > 1.5 * file_bytes {
-                return Err(format!("at 10% loss the seeder sent {sent} bytes, over 1.5x {file_bytes}").into());
+                return Err(format!(
+                    "at 10% loss the seeder sent {sent} bytes, over 1.5x {file_bytes}"
+                )
+                .into());
             }
             Ok(())
         });

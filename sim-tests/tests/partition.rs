@@ -11,8 +11,8 @@ use std::time::Duration;
 use p2p_core::service::ServiceError;
 use p2p_core::transfer::TransferError;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_scenario, seeds_from_env, spawn_fetch,
-    wait_progress, Checked, Cluster, Net, PeerOpts,
+    check_download, fast_registry, fetch, run_scenario, seeds_from_env, spawn_fetch, wait_progress,
+    Checked, Cluster, Net, PeerOpts,
 };
 
 const FILE: usize = 1 << 20;
@@ -66,7 +66,10 @@ fn outage_scenario(seed: u64, net: Net, outage: Outage) -> turmoil::Result {
         if !wait_progress(&mut progress, first, Duration::from_secs(30)).await {
             return Err("the transfer made no progress before the outage".into());
         }
-        trace.record("ctl", format_args!("outage {outage:?} at {:?}", progress.borrow().received));
+        trace.record(
+            "ctl",
+            format_args!("outage {outage:?} at {:?}", progress.borrow().received),
+        );
         match outage {
             Outage::Partition(d) => {
                 turmoil::partition("seeder", "leecher");
@@ -81,13 +84,21 @@ fn outage_scenario(seed: u64, net: Net, outage: Outage) -> turmoil::Result {
             Outage::Forever => turmoil::partition("seeder", "leecher"),
         }
         let res = task.await?;
-        trace.record("ctl", format_args!("download: {:?}", res.as_ref().map(|r| r.size)));
+        trace.record(
+            "ctl",
+            format_args!("download: {:?}", res.as_ref().map(|r| r.size)),
+        );
         let checked = check_download(&res, &dest, big.hash)?;
         match (outage, checked) {
-            (Outage::Forever, Checked::Failed(ServiceError::Transfer(TransferError::Timeout(_)))) => {
-            }
+            (
+                Outage::Forever,
+                Checked::Failed(ServiceError::Transfer(TransferError::Timeout(_))),
+            ) => {}
             (Outage::Forever, other) => {
-                return Err(format!("expected a timeout after a permanent partition, got {other:?}").into())
+                return Err(format!(
+                    "expected a timeout after a permanent partition, got {other:?}"
+                )
+                .into())
             }
             (_, Checked::Complete) => {}
             (_, Checked::Failed(e)) => {
@@ -110,7 +121,9 @@ fn outage_scenario(seed: u64, net: Net, outage: Outage) -> turmoil::Result {
 
 fn run(test: &str, net: Net, outage: Outage) {
     for seed in seeds_from_env() {
-        run_scenario(file!(), test, seed, |seed| outage_scenario(seed, net, outage));
+        run_scenario(file!(), test, seed, |seed| {
+            outage_scenario(seed, net, outage)
+        });
     }
 }
 
@@ -149,7 +162,11 @@ fn flapping(seed: u64, net: Net) -> turmoil::Result {
         c.receiver.idle_timeout = Duration::from_secs(15);
     };
     cl.add_tracker(&mut sim, fast_registry(), None);
-    cl.add_peer(&mut sim, "seeder", PeerOpts::sharing(&[("a.bin", 300_000)]).tune(tune));
+    cl.add_peer(
+        &mut sim,
+        "seeder",
+        PeerOpts::sharing(&[("a.bin", 300_000)]).tune(tune),
+    );
     cl.add_peer(&mut sim, "leecher", PeerOpts::default().tune(tune));
     let f = cl.file("seeder", "a.bin");
     let dest = cl.download_dir("leecher").join("a.bin");
@@ -174,13 +191,17 @@ fn flapping(seed: u64, net: Net) -> turmoil::Result {
 #[test]
 fn link_flapping_udp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "link_flapping_udp", seed, |seed| flapping(seed, Net::Udp));
+        run_scenario(file!(), "link_flapping_udp", seed, |seed| {
+            flapping(seed, Net::Udp)
+        });
     }
 }
 
 #[test]
 fn link_flapping_tcp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "link_flapping_tcp", seed, |seed| flapping(seed, Net::Tcp));
+        run_scenario(file!(), "link_flapping_tcp", seed, |seed| {
+            flapping(seed, Net::Tcp)
+        });
     }
 }

@@ -13,11 +13,16 @@ use p2p_sim_tests::{
 };
 
 async fn register(h: &EndpointHandle, name: &str) -> Result<(), ServiceError> {
-    h.register(tracker_addr(), name, PEER_PORT, h.kind(), None).await
+    h.register(tracker_addr(), name, PEER_PORT, h.kind(), None)
+        .await
 }
 
 async fn names(h: &EndpointHandle) -> turmoil::Result<Vec<String>> {
-    Ok(h.list_peers(tracker_addr()).await?.into_iter().map(|p| p.name).collect())
+    Ok(h.list_peers(tracker_addr())
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .collect())
 }
 
 fn conflicts(seed: u64, net: Net) -> turmoil::Result {
@@ -31,7 +36,11 @@ fn conflicts(seed: u64, net: Net) -> turmoil::Result {
     sim.client("ctl", async move {
         let m = handles.get("mallory").await;
         // Wait until alice holds her name.
-        while !names(&m).await.unwrap_or_default().contains(&"alice".to_string()) {
+        while !names(&m)
+            .await
+            .unwrap_or_default()
+            .contains(&"alice".to_string())
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         match register(&m, "alice").await {
@@ -63,7 +72,10 @@ fn conflicts(seed: u64, net: Net) -> turmoil::Result {
         register(&m, "alice").await?;
         let listed = m.list_peers(tracker_addr()).await?;
         let ip = turmoil::lookup("mallory");
-        if !listed.iter().any(|p| p.name == "alice" && p.addr.ip() == ip) {
+        if !listed
+            .iter()
+            .any(|p| p.name == "alice" && p.addr.ip() == ip)
+        {
             return Err(format!("alice should now be mallory: {listed:?}").into());
         }
         Ok(())
@@ -81,14 +93,24 @@ fn conflicts(seed: u64, net: Net) -> turmoil::Result {
 #[test]
 fn name_conflicts_and_reregistration_udp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "name_conflicts_and_reregistration_udp", seed, |s| conflicts(s, Net::Udp));
+        run_scenario(
+            file!(),
+            "name_conflicts_and_reregistration_udp",
+            seed,
+            |s| conflicts(s, Net::Udp),
+        );
     }
 }
 
 #[test]
 fn name_conflicts_and_reregistration_tcp() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "name_conflicts_and_reregistration_tcp", seed, |s| conflicts(s, Net::Tcp));
+        run_scenario(
+            file!(),
+            "name_conflicts_and_reregistration_tcp",
+            seed,
+            |s| conflicts(s, Net::Tcp),
+        );
     }
 }
 
@@ -122,6 +144,11 @@ fn unregister_sticks(seed: u64) -> turmoil::Result {
             heartbeat registers the peer again (fails for seed 1)"]
 fn unregistered_peer_stays_gone() {
     for seed in seeds_from_env() {
-        run_scenario(file!(), "unregistered_peer_stays_gone", seed, unregister_sticks);
+        run_scenario(
+            file!(),
+            "unregistered_peer_stays_gone",
+            seed,
+            unregister_sticks,
+        );
     }
 }

@@ -28,7 +28,10 @@ fn sizes_scenario(test: &str, net: Net, sizes: &[usize]) {
                 for f in want {
                     let out = dest.join(&f.path);
                     let res = fetch(&h, "seeder", &f.path, &out).await;
-                    trace.record("ctl", format_args!("{}: {:?}", f.path, res.as_ref().map(|r| r.size)));
+                    trace.record(
+                        "ctl",
+                        format_args!("{}: {:?}", f.path, res.as_ref().map(|r| r.size)),
+                    );
                     match check_download(&res, &out, f.hash)? {
                         Checked::Complete => {}
                         Checked::Failed(e) => return Err(format!("{} failed: {e}", f.path).into()),
