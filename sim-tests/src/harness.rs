@@ -114,3 +114,24 @@ pub fn check_download(
         }
     }
 }
+
+/// Runs `body` through [`run_scenario`] for every seed of
+/// [`seeds_from_env`](crate::seeds_from_env), going on after a failure, then fails with the
+/// list of every failing seed.
+pub fn run_seeds(file: &str, test: &str, body: impl Fn(u64) -> turmoil::Result) {
+    let mut failed = Vec::new();
+    for seed in crate::seeds_from_env() {
+        let run = std::panic::AssertUnwindSafe(|| run_scenario(file, test, seed, &body));
+        if std::panic::catch_unwind(run).is_err() {
+            failed.push(seed);
+        }
+    }
+    if !failed.is_empty() {
+        let list = failed
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        panic!("{test} failed for seeds {list} (replay: SIM_SEEDS={list} and the line above)");
+    }
+}

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use p2p_core::service::ServiceError;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, find_entry, peer_addr, run_scenario, seeds_from_env,
-    spawn_fetch, Checked, Cluster, FaultRates, Net, PeerOpts,
+    check_download, fast_registry, fetch, find_entry, peer_addr, run_seeds, spawn_fetch, Checked,
+    Cluster, FaultRates, Net, PeerOpts,
 };
 
 fn loss(net: Net) -> Option<(FaultRates, FaultRates)> {
@@ -86,20 +86,16 @@ fn fan_out(seed: u64, net: Net) -> turmoil::Result {
 
 #[test]
 fn many_downloads_from_one_peer_udp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "many_downloads_from_one_peer_udp", seed, |s| {
-            fan_out(s, Net::Udp)
-        });
-    }
+    run_seeds(file!(), "many_downloads_from_one_peer_udp", |s| {
+        fan_out(s, Net::Udp)
+    });
 }
 
 #[test]
 fn many_downloads_from_one_peer_tcp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "many_downloads_from_one_peer_tcp", seed, |s| {
-            fan_out(s, Net::Tcp)
-        });
-    }
+    run_seeds(file!(), "many_downloads_from_one_peer_tcp", |s| {
+        fan_out(s, Net::Tcp)
+    });
 }
 
 fn both_directions(seed: u64, net: Net) -> turmoil::Result {
@@ -148,18 +144,14 @@ fn both_directions(seed: u64, net: Net) -> turmoil::Result {
 
 #[test]
 fn both_directions_udp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "both_directions_udp", seed, |s| {
-            both_directions(s, Net::Udp)
-        });
-    }
+    run_seeds(file!(), "both_directions_udp", |s| {
+        both_directions(s, Net::Udp)
+    });
 }
 
 #[test]
 fn both_directions_tcp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "both_directions_tcp", seed, |s| {
-            both_directions(s, Net::Tcp)
-        });
-    }
+    run_seeds(file!(), "both_directions_tcp", |s| {
+        both_directions(s, Net::Tcp)
+    });
 }

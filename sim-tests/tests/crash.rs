@@ -11,8 +11,8 @@ use p2p_core::service::ServiceError;
 use p2p_core::transfer::TransferError;
 use p2p_core::wire::AbortReason;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_for, run_scenario, run_until, seeds_from_env,
-    spawn_fetch, tracker_addr, wait_progress, Checked, Cluster, Net, PeerOpts,
+    check_download, fast_registry, fetch, run_for, run_seeds, run_until, spawn_fetch, tracker_addr,
+    wait_progress, Checked, Cluster, Net, PeerOpts,
 };
 
 const FILE: usize = 1 << 20;
@@ -87,20 +87,12 @@ fn crash_sender(seed: u64, net: Net) -> turmoil::Result {
 
 #[test]
 fn crash_sender_udp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_sender_udp", seed, |s| {
-            crash_sender(s, Net::Udp)
-        });
-    }
+    run_seeds(file!(), "crash_sender_udp", |s| crash_sender(s, Net::Udp));
 }
 
 #[test]
 fn crash_sender_tcp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_sender_tcp", seed, |s| {
-            crash_sender(s, Net::Tcp)
-        });
-    }
+    run_seeds(file!(), "crash_sender_tcp", |s| crash_sender(s, Net::Tcp));
 }
 
 fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
@@ -159,20 +151,16 @@ fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
 
 #[test]
 fn crash_receiver_udp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_receiver_udp", seed, |s| {
-            crash_receiver(s, Net::Udp)
-        });
-    }
+    run_seeds(file!(), "crash_receiver_udp", |s| {
+        crash_receiver(s, Net::Udp)
+    });
 }
 
 #[test]
 fn crash_receiver_tcp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_receiver_tcp", seed, |s| {
-            crash_receiver(s, Net::Tcp)
-        });
-    }
+    run_seeds(file!(), "crash_receiver_tcp", |s| {
+        crash_receiver(s, Net::Tcp)
+    });
 }
 
 /// Every name `via`'s tracker lists, or `None` when it does not answer.
@@ -242,20 +230,12 @@ fn crash_tracker(seed: u64, net: Net) -> turmoil::Result {
 
 #[test]
 fn crash_tracker_udp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_tracker_udp", seed, |s| {
-            crash_tracker(s, Net::Udp)
-        });
-    }
+    run_seeds(file!(), "crash_tracker_udp", |s| crash_tracker(s, Net::Udp));
 }
 
 #[test]
 fn crash_tracker_tcp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "crash_tracker_tcp", seed, |s| {
-            crash_tracker(s, Net::Tcp)
-        });
-    }
+    run_seeds(file!(), "crash_tracker_tcp", |s| crash_tracker(s, Net::Tcp));
 }
 
 fn crashed_peer_expires(seed: u64, net: Net) -> turmoil::Result {
@@ -293,18 +273,14 @@ fn crashed_peer_expires(seed: u64, net: Net) -> turmoil::Result {
 
 #[test]
 fn crashed_peer_expires_udp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "crashed_peer_expires_udp", seed, |s| {
-            crashed_peer_expires(s, Net::Udp)
-        });
-    }
+    run_seeds(file!(), "crashed_peer_expires_udp", |s| {
+        crashed_peer_expires(s, Net::Udp)
+    });
 }
 
 #[test]
 fn crashed_peer_expires_tcp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "crashed_peer_expires_tcp", seed, |s| {
-            crashed_peer_expires(s, Net::Tcp)
-        });
-    }
+    run_seeds(file!(), "crashed_peer_expires_tcp", |s| {
+        crashed_peer_expires(s, Net::Tcp)
+    });
 }

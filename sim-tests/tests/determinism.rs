@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_scenario, seeds_from_env, Cluster, FaultRates, Net,
-    PeerOpts,
+    check_download, fast_registry, fetch, run_seeds, Cluster, FaultRates, Net, PeerOpts,
 };
 
 /// A busy scenario (loss, duplication, reordering, delay on every host, two concurrent
@@ -61,34 +60,32 @@ fn busy_run(seed: u64, net: Net) -> turmoil::Result<(String, String)> {
 }
 
 fn same_digest(test: &str, net: Net) {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), test, seed, |seed| {
-            let (d1, t1) = busy_run(seed, net)?;
-            let (d2, t2) = busy_run(seed, net)?;
-            if d1 != d2 {
-                let first = t1
-                    .lines()
-                    .zip(t2.lines())
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
-                let show = |t: &str| {
-                    t.lines()
-                        .skip(first.saturating_sub(3))
-                        .take(8)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                };
-                return Err(format!(
-                    "seed {seed} replayed differently (line {first}):\n--- run 1\n{}\n--- run 2\n{}",
-                    show(&t1),
-                    show(&t2)
-                )
-                .into());
-            }
-            eprintln!("   digest {}", &d1[..16]);
-            Ok(())
-        });
-    }
+    run_seeds(file!(), test, |seed| {
+        let (d1, t1) = busy_run(seed, net)?;
+        let (d2, t2) = busy_run(seed, net)?;
+        if d1 != d2 {
+            let first = t1
+                .lines()
+                .zip(t2.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            let show = |t: &str| {
+                t.lines()
+                    .skip(first.saturating_sub(3))
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            return Err(format!(
+                "seed {seed} replayed differently (line {first}):\n--- run 1\n{}\n--- run 2\n{}",
+                show(&t1),
+                show(&t2)
+            )
+            .into());
+        }
+        eprintln!("   digest {}", &d1[..16]);
+        Ok(())
+    });
 }
 
 #[test]

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_scenario, seeds_from_env, Checked, Cluster,
-    FaultRates, FaultStats, Net, PeerOpts,
+    check_download, fast_registry, fetch, run_seeds, Checked, Cluster, FaultRates, FaultStats, Net,
+    PeerOpts,
 };
 
 const LEECHERS: [&str; 3] = ["leech1", "leech2", "leech3"];
@@ -70,15 +70,13 @@ fn total(stats: &[FaultStats], f: impl Fn(&FaultStats) -> u64) -> u64 {
 }
 
 fn run(test: &str, send: FaultRates, recv: FaultRates, check: impl Fn(&[FaultStats]) -> bool) {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), test, seed, |seed| {
-            let stats = faults_scenario(seed, send, recv)?;
-            if !check(&stats) {
-                return Err(format!("the faults did not happen: {stats:?}").into());
-            }
-            Ok(())
-        });
-    }
+    run_seeds(file!(), test, |seed| {
+        let stats = faults_scenario(seed, send, recv)?;
+        if !check(&stats) {
+            return Err(format!("the faults did not happen: {stats:?}").into());
+        }
+        Ok(())
+    });
 }
 
 #[test]

@@ -8,8 +8,7 @@ use std::time::Duration;
 use p2p_core::service::ServiceError;
 use p2p_core::transfer::TransferError;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_scenario, seeds_from_env, Checked, Cluster,
-    FaultRates, Net, PeerOpts,
+    check_download, fast_registry, fetch, run_seeds, Checked, Cluster, FaultRates, Net, PeerOpts,
 };
 
 const FILE: usize = 200 * 1024;
@@ -90,23 +89,21 @@ fn loss_scenario(seed: u64, percent: u32) -> turmoil::Result<(usize, u64)> {
 }
 
 fn run_loss(test: &str, percent: u32) {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), test, seed, |seed| {
-            let (done, sent) = loss_scenario(seed, percent)?;
-            let file_bytes = (FILE + FILE / 2 + 7) as f64;
-            eprintln!(
-                "   {percent}% loss: {done}/2 complete, seeder sent {:.2}x the file bytes",
-                sent as f64 / file_bytes
-            );
-            if percent == 10 && sent as f64 > 1.5 * file_bytes {
-                return Err(format!(
-                    "at 10% loss the seeder sent {sent} bytes, over 1.5x {file_bytes}"
-                )
-                .into());
-            }
-            Ok(())
-        });
-    }
+    run_seeds(file!(), test, |seed| {
+        let (done, sent) = loss_scenario(seed, percent)?;
+        let file_bytes = (FILE + FILE / 2 + 7) as f64;
+        eprintln!(
+            "   {percent}% loss: {done}/2 complete, seeder sent {:.2}x the file bytes",
+            sent as f64 / file_bytes
+        );
+        if percent == 10 && sent as f64 > 1.5 * file_bytes {
+            return Err(format!(
+                "at 10% loss the seeder sent {sent} bytes, over 1.5x {file_bytes}"
+            )
+            .into());
+        }
+        Ok(())
+    });
 }
 
 #[test]

@@ -11,8 +11,8 @@ use std::time::Duration;
 use p2p_core::service::ServiceError;
 use p2p_core::transfer::TransferError;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_scenario, seeds_from_env, spawn_fetch, wait_progress,
-    Checked, Cluster, Net, PeerOpts,
+    check_download, fast_registry, fetch, run_seeds, spawn_fetch, wait_progress, Checked, Cluster,
+    Net, PeerOpts,
 };
 
 const FILE: usize = 1 << 20;
@@ -120,11 +120,7 @@ fn outage_scenario(seed: u64, net: Net, outage: Outage) -> turmoil::Result {
 }
 
 fn run(test: &str, net: Net, outage: Outage) {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), test, seed, |seed| {
-            outage_scenario(seed, net, outage)
-        });
-    }
+    run_seeds(file!(), test, |seed| outage_scenario(seed, net, outage));
 }
 
 #[test]
@@ -190,18 +186,14 @@ fn flapping(seed: u64, net: Net) -> turmoil::Result {
 
 #[test]
 fn link_flapping_udp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "link_flapping_udp", seed, |seed| {
-            flapping(seed, Net::Udp)
-        });
-    }
+    run_seeds(file!(), "link_flapping_udp", |seed| {
+        flapping(seed, Net::Udp)
+    });
 }
 
 #[test]
 fn link_flapping_tcp() {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), "link_flapping_tcp", seed, |seed| {
-            flapping(seed, Net::Tcp)
-        });
-    }
+    run_seeds(file!(), "link_flapping_tcp", |seed| {
+        flapping(seed, Net::Tcp)
+    });
 }

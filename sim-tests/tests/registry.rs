@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use p2p_core::service::{EndpointHandle, ServiceError};
 use p2p_sim_tests::{
-    fast_registry, run_for, run_scenario, run_until, seeds_from_env, tracker_addr, Cluster, Net,
-    PeerOpts, PEER_PORT,
+    fast_registry, run_for, run_seeds, run_until, tracker_addr, Cluster, Net, PeerOpts, PEER_PORT,
 };
 
 async fn register(h: &EndpointHandle, name: &str) -> Result<(), ServiceError> {
@@ -92,26 +91,16 @@ fn conflicts(seed: u64, net: Net) -> turmoil::Result {
 
 #[test]
 fn name_conflicts_and_reregistration_udp() {
-    for seed in seeds_from_env() {
-        run_scenario(
-            file!(),
-            "name_conflicts_and_reregistration_udp",
-            seed,
-            |s| conflicts(s, Net::Udp),
-        );
-    }
+    run_seeds(file!(), "name_conflicts_and_reregistration_udp", |s| {
+        conflicts(s, Net::Udp)
+    });
 }
 
 #[test]
 fn name_conflicts_and_reregistration_tcp() {
-    for seed in seeds_from_env() {
-        run_scenario(
-            file!(),
-            "name_conflicts_and_reregistration_tcp",
-            seed,
-            |s| conflicts(s, Net::Tcp),
-        );
-    }
+    run_seeds(file!(), "name_conflicts_and_reregistration_tcp", |s| {
+        conflicts(s, Net::Tcp)
+    });
 }
 
 fn unregister_sticks(seed: u64) -> turmoil::Result {
@@ -143,12 +132,5 @@ fn unregister_sticks(seed: u64) -> turmoil::Result {
 #[ignore = "core bug: EndpointHandle::unregister leaves the heartbeat running, and the next \
             heartbeat registers the peer again (fails for seed 1)"]
 fn unregistered_peer_stays_gone() {
-    for seed in seeds_from_env() {
-        run_scenario(
-            file!(),
-            "unregistered_peer_stays_gone",
-            seed,
-            unregister_sticks,
-        );
-    }
+    run_seeds(file!(), "unregistered_peer_stays_gone", unregister_sticks);
 }

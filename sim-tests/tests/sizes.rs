@@ -4,44 +4,40 @@
 use std::time::Duration;
 
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_scenario, seeds_from_env, Checked, Cluster, Net,
-    PeerOpts,
+    check_download, fast_registry, fetch, run_seeds, Checked, Cluster, Net, PeerOpts,
 };
 
 fn sizes_scenario(test: &str, net: Net, sizes: &[usize]) {
-    for seed in seeds_from_env() {
-        run_scenario(file!(), test, seed, |seed| {
-            let mut cl = Cluster::new(seed, net);
-            let mut sim = cl.builder(Duration::from_secs(120)).build();
-            let files: Vec<(String, usize)> =
-                sizes.iter().map(|s| (format!("f{s}.bin"), *s)).collect();
-            let refs: Vec<(&str, usize)> = files.iter().map(|(p, s)| (p.as_str(), *s)).collect();
-            cl.add_tracker(&mut sim, fast_registry(), None);
-            cl.add_peer(&mut sim, "seeder", PeerOpts::sharing(&refs));
-            cl.add_peer(&mut sim, "leecher", PeerOpts::default());
-            let dest = cl.download_dir("leecher");
-            let want: Vec<_> = files.iter().map(|(p, _)| cl.file("seeder", p)).collect();
-            let handles = cl.handles.clone();
-            let trace = cl.trace.clone();
-            sim.client("ctl", async move {
-                let h = handles.get("leecher").await;
-                for f in want {
-                    let out = dest.join(&f.path);
-                    let res = fetch(&h, "seeder", &f.path, &out).await;
-                    trace.record(
-                        "ctl",
-                        format_args!("{}: {:?}", f.path, res.as_ref().map(|r| r.size)),
-                    );
-                    match check_download(&res, &out, f.hash)? {
-                        Checked::Complete => {}
-                        Checked::Failed(e) => return Err(format!("{} failed: {e}", f.path).into()),
-                    }
+    run_seeds(file!(), test, |seed| {
+        let mut cl = Cluster::new(seed, net);
+        let mut sim = cl.builder(Duration::from_secs(120)).build();
+        let files: Vec<(String, usize)> = sizes.iter().map(|s| (format!("f{s}.bin"), *s)).collect();
+        let refs: Vec<(&str, usize)> = files.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+        cl.add_tracker(&mut sim, fast_registry(), None);
+        cl.add_peer(&mut sim, "seeder", PeerOpts::sharing(&refs));
+        cl.add_peer(&mut sim, "leecher", PeerOpts::default());
+        let dest = cl.download_dir("leecher");
+        let want: Vec<_> = files.iter().map(|(p, _)| cl.file("seeder", p)).collect();
+        let handles = cl.handles.clone();
+        let trace = cl.trace.clone();
+        sim.client("ctl", async move {
+            let h = handles.get("leecher").await;
+            for f in want {
+                let out = dest.join(&f.path);
+                let res = fetch(&h, "seeder", &f.path, &out).await;
+                trace.record(
+                    "ctl",
+                    format_args!("{}: {:?}", f.path, res.as_ref().map(|r| r.size)),
+                );
+                match check_download(&res, &out, f.hash)? {
+                    Checked::Complete => {}
+                    Checked::Failed(e) => return Err(format!("{} failed: {e}", f.path).into()),
                 }
-                Ok(())
-            });
-            sim.run()
+            }
+            Ok(())
         });
-    }
+        sim.run()
+    });
 }
 
 fn boundary_sizes(net: Net) -> Vec<usize> {
