@@ -34,6 +34,28 @@ pub(crate) enum Command {
     Demo(DemoArgs),
 }
 
+/// Parses `20MiB`, `1.5G`, `512k` or a plain number of bytes (binary units).
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 20MiB or 512k"))?;
+    let mult: f64 = match unit.to_ascii_lowercase().trim_end_matches("/s") {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("`{s}`: unknown unit (use k, M or G)")),
+    };
+    if n < 0.0 || !n.is_finite() {
+        return Err(format!("`{s}` must be positive"));
+    }
+    Ok((n * mult) as u64)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 30s or 500ms: {e}"))
@@ -53,6 +75,37 @@ pub(crate) struct TrackerArgs {
     /// Most peers listed at once.
     #[arg(long, default_value_t = 10_000)]
     pub max_peers: usize,
+    #[command(flatten)]
+    pub limits: ServiceLimits,
+}
+
+/// Limits shared by the tracker and peers.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ServiceLimits {
+    /// Requests per second accepted from one IP address (twice that as a burst); more are
+    /// dropped.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate_limit: f64,
+    /// Most TCP connections open at once (at the cap the idlest one is closed).
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+}
+
+impl ServiceLimits {
+    pub(crate) fn rate(&self) -> p2p_core::limits::RateConfig {
+        p2p_core::limits::RateConfig {
+            per_second: self.rate_limit,
+            burst: self.rate_limit * 2.0,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn tcp(&self) -> p2p_transports::TcpConfig {
+        p2p_transports::TcpConfig {
+            max_connections: self.max_connections,
+            ..Default::default()
+        }
+    }
 }
 
 /// Options shared by the commands that talk to the tracker.
@@ -98,6 +151,17 @@ pub(crate) struct PeerArgs {
     /// Most uploads served at once.
     #[arg(long, default_value_t = 32)]
     pub max_uploads: usize,
+    /// Most uploads served at once to one IP address.
+    #[arg(long, default_value_t = 8)]
+    pub max_uploads_per_peer: usize,
+    /// Cap on upload bandwidth, all uploads together (e.g. 20MiB); default: none.
+    #[arg(long, value_parser = parse_bytes)]
+    pub max_upload_rate: Option<u64>,
+    /// A transfer whose other side is silent this long fails.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    #[command(flatten)]
+    pub limits: ServiceLimits,
 }
 
 #[derive(Args, Debug)]
@@ -131,9 +195,12 @@ pub(crate) struct GetArgs {
     /// Folder to save into.
     #[arg(long, default_value = "./downloads")]
     pub out: PathBuf,
-    /// Machine-readable output.
+    /// Machine-readable output (and, on stderr, one JSON line per recorded checkpoint).
     #[arg(long)]
     pub json: bool,
+    /// Fail (keeping the verified part for a resume) when the peer is silent this long.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Args, Debug)]

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::cli::{GetArgs, LsArgs, PeersArgs};
-use crate::common::{client, find_peer, human_bytes, mib_per_s};
+use crate::common::{client, client_with, find_peer, human_bytes, mib_per_s};
 use crate::peer::dest_for;
 
 pub(crate) async fn peers(args: PeersArgs) -> Result<()> {
@@ -81,11 +81,11 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     let t = &args.tracker;
     let via = client(t.transport, t.tracker).await?;
     let info = find_peer(&via, t.tracker, &args.peer).await?;
-    let to_peer = if info.transport == t.transport {
-        via
-    } else {
-        client(info.transport, info.addr).await?
-    };
+    let idle = args.idle_timeout;
+    let to_peer = client_with(info.transport, info.addr, |c| {
+        c.receiver.idle_timeout = idle
+    })
+    .await?;
     let (_, entries) = to_peer.index(info.addr).await.with_context(|| {
         format!(
             "peer `{}` at {} does not answer; it may have just left",
@@ -103,7 +103,7 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     if dest.exists() {
         let existing = hash_file(&dest).ok();
         if existing == Some(entry.hash) {
-            report(&args, &dest, entry.size, 0, Duration::ZERO, true);
+            report(&args, &dest, entry.size, 0, Duration::ZERO, 0, true);
             return Ok(());
         }
         bail!(
@@ -112,17 +112,49 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
         );
     }
     let (tx, rx) = watch::channel(Progress::default());
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| progress_bar(entry.size, rx));
-    let result = to_peer
-        .download(info.addr, entry.clone(), dest.clone(), Some(tx))
-        .await;
-    if let Some(bar) = bar {
-        bar.abort();
+    let watcher = if args.json {
+        checkpoints(rx)
+    } else if std::io::stderr().is_terminal() {
+        progress_bar(entry.size, rx)
+    } else {
+        tokio::spawn(async {})
+    };
+    let download = to_peer.download(info.addr, entry.clone(), dest.clone(), Some(tx));
+    tokio::pin!(download);
+    let result = tokio::select! {
+        r = &mut download => r,
+        _ = crate::peer::shutdown_signal() => {
+            // Stop cleanly: the endpoint aborts the transfer, records the verified prefix and
+            // answers the pending download with what was kept.
+            to_peer.shutdown().await;
+            download.await
+        }
+    };
+    watcher.abort();
+    if !args.json && std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
     }
     let r =
         result.with_context(|| format!("download of {} from {} failed", entry.path, info.name))?;
-    report(&args, &r.path, r.size, r.received, r.elapsed, false);
+    if let Some(why) = &r.discarded {
+        eprintln!("note: {why}");
+    }
+    if r.resumed_from > 0 && !args.json {
+        eprintln!(
+            "resumed at {} of {} (the verified part was kept)",
+            human_bytes(r.resumed_from),
+            human_bytes(r.size)
+        );
+    }
+    report(
+        &args,
+        &r.path,
+        r.size,
+        r.received,
+        r.elapsed,
+        r.resumed_from,
+        false,
+    );
     Ok(())
 }
 
@@ -132,6 +164,7 @@ fn report(
     size: u64,
     received: u64,
     elapsed: Duration,
+    resumed_from: u64,
     already: bool,
 ) {
     let secs = elapsed.as_secs_f64();
@@ -142,6 +175,7 @@ fn report(
                 "path": path.display().to_string(),
                 "size": size,
                 "received": received,
+                "resumed_from": resumed_from,
                 "elapsed_ms": elapsed.as_millis() as u64,
                 "mib_per_s": mib_per_s(received, secs),
                 "already_present": already,
@@ -160,6 +194,23 @@ fn report(
         );
         println!("{}", path.display());
     }
+}
+
+/// In `--json` mode: one line on stderr per checkpoint recorded (what a resume would keep).
+fn checkpoints(mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        while rx.changed().await.is_ok() {
+            let p = *rx.borrow();
+            if p.saved > last {
+                last = p.saved;
+                eprintln!(
+                    "{}",
+                    json!({"checkpoint": p.saved, "received": p.received, "total": p.total})
+                );
+            }
+        }
+    })
 }
 
 fn progress_bar(total: u64, mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()> {

@@ -32,9 +32,10 @@ pub(crate) async fn endpoint(
     kind: TransportKind,
     bind: SocketAddr,
     share: Option<PathBuf>,
+    tcp: p2p_transports::TcpConfig,
     tune: impl FnOnce(&mut EndpointConfig),
 ) -> Result<EndpointHandle> {
-    let transport = p2p_transports::bind(kind, bind)
+    let transport = p2p_transports::bind_with(kind, bind, tcp)
         .await
         .with_context(|| format!("cannot listen on {bind} ({kind})"))?;
     let mut config = EndpointConfig {
@@ -50,12 +51,21 @@ pub(crate) async fn endpoint(
 
 /// An ephemeral client endpoint of `kind` on the loopback or any interface, as fits `to`.
 pub(crate) async fn client(kind: TransportKind, to: SocketAddr) -> Result<EndpointHandle> {
+    client_with(kind, to, |_| {}).await
+}
+
+/// [`client`], with its configuration adjusted by `tune`.
+pub(crate) async fn client_with(
+    kind: TransportKind,
+    to: SocketAddr,
+    tune: impl FnOnce(&mut EndpointConfig),
+) -> Result<EndpointHandle> {
     let bind: SocketAddr = if to.ip().is_loopback() {
         "127.0.0.1:0".parse().expect("valid")
     } else {
         "0.0.0.0:0".parse().expect("valid")
     };
-    endpoint(kind, bind, None, |_| {}).await
+    endpoint(kind, bind, None, Default::default(), tune).await
 }
 
 /// Looks `name` up in the tracker's list.

@@ -19,7 +19,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             args.share.display()
         );
     }
-    let (udp, tcp) = crate::tracker::bind_both("127.0.0.1:0".parse()?).await?;
+    let (udp, tcp) = crate::tracker::bind_both("127.0.0.1:0".parse()?, Default::default()).await?;
     let tracker = udp.local_addr()?;
     tokio::spawn(run_tracker(vec![udp, tcp], RegistryConfig::default(), None));
     println!("tracker on {tracker} (udp+tcp)");
@@ -28,8 +28,15 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let mut failures = 0;
     for kind in [TransportKind::Udp, TransportKind::Tcp] {
         let loopback = "127.0.0.1:0".parse()?;
-        let seeder = endpoint(kind, loopback, Some(args.share.clone()), |_| {}).await?;
-        let leecher = endpoint(kind, loopback, None, |_| {}).await?;
+        let seeder = endpoint(
+            kind,
+            loopback,
+            Some(args.share.clone()),
+            Default::default(),
+            |_| {},
+        )
+        .await?;
+        let leecher = endpoint(kind, loopback, None, Default::default(), |_| {}).await?;
         let seeder_name = format!("seeder-{kind}");
         seeder
             .register(

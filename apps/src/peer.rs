@@ -74,9 +74,20 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
         );
     }
     let kind = args.transport;
-    let handle = endpoint(kind, bind, Some(args.share.clone()), |c| {
-        c.max_uploads = args.max_uploads;
-    })
+    let handle = endpoint(
+        kind,
+        bind,
+        Some(args.share.clone()),
+        args.limits.tcp(),
+        |c| {
+            c.max_uploads = args.max_uploads;
+            c.max_uploads_per_peer = args.max_uploads_per_peer;
+            c.max_upload_rate = args.max_upload_rate;
+            c.rate = args.limits.rate();
+            c.sender.idle_timeout = args.idle_timeout;
+            c.receiver.idle_timeout = args.idle_timeout;
+        },
+    )
     .await?;
     let local = handle.local_addr();
     match handle

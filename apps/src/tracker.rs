@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use p2p_core::service::{run_tracker, TrackerEvent};
+use p2p_core::service::{run_tracker_limited, TrackerEvent};
 use p2p_core::tracker::RegistryConfig;
 use p2p_core::transport::{SharedTransport, Transport};
 use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::cli::TrackerArgs;
 
 pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
-    let (udp, tcp) = bind_both(args.listen).await?;
+    let (udp, tcp) = bind_both(args.listen, args.limits.tcp()).await?;
     let addr = udp.local_addr()?;
     let config = RegistryConfig {
         ttl: args.peer_ttl,
@@ -42,7 +42,9 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
         }
     });
     tokio::select! {
-        r = run_tracker(vec![udp, tcp], config, Some(tx)) => r.context("tracker stopped")?,
+        r = run_tracker_limited(vec![udp, tcp], config, args.limits.rate(), Some(tx)) => {
+            r.context("tracker stopped")?
+        }
         _ = crate::peer::shutdown_signal() => println!("tracker stopping"),
     }
     printer.abort();
@@ -52,6 +54,7 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
 /// Binds UDP and TCP on the same port (when the port is 0, retries until one fits both).
 pub(crate) async fn bind_both(
     listen: std::net::SocketAddr,
+    tcp_config: TcpConfig,
 ) -> Result<(SharedTransport, SharedTransport)> {
     let mut last_err = None;
     for _ in 0..20 {
@@ -59,7 +62,7 @@ pub(crate) async fn bind_both(
             format!("cannot listen on {listen}/udp (is another tracker running? try --listen)")
         })?;
         let addr = udp.local_addr()?;
-        match TcpTransport::bind(addr, TcpConfig::default()).await {
+        match TcpTransport::bind(addr, tcp_config.clone()).await {
             Ok(tcp) => return Ok((Arc::new(udp), Arc::new(tcp))),
             Err(e) if listen.port() == 0 => last_err = Some(e),
             Err(e) => {

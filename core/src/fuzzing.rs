@@ -205,7 +205,10 @@ impl ReceiverCheck {
                 }
                 ReceiverEvent::PieceVerified { verified } => {
                     let have = (self.prefix.len() + self.written.len()) as u64;
-                    assert!(verified <= have, "verified {verified} of {have} bytes written");
+                    assert!(
+                        verified <= have,
+                        "verified {verified} of {have} bytes written"
+                    );
                 }
                 ReceiverEvent::Failed(_) => {
                     self.terminal = true;
@@ -512,7 +515,11 @@ impl SenderCheck {
                     );
                     let cs = u64::from(self.config.chunk_size);
                     assert!(seq < self.total, "chunk {seq} beyond the file");
-                    assert_eq!(offset, self.start_offset + seq * cs, "offset of chunk {seq}");
+                    assert_eq!(
+                        offset,
+                        self.start_offset + seq * cs,
+                        "offset of chunk {seq}"
+                    );
                     assert!(u64::from(len) <= cs, "chunk longer than chunk_size");
                     assert!(offset + u64::from(len) <= self.size, "chunk past the end");
                     assert_eq!(u64::from(len), (self.size - offset).min(cs), "short chunk");

@@ -85,7 +85,12 @@ impl RateLimiter {
     }
 
     fn evict(&mut self) {
-        if let Some(oldest) = self.buckets.iter().min_by_key(|(_, b)| b.at).map(|(ip, _)| *ip) {
+        if let Some(oldest) = self
+            .buckets
+            .iter()
+            .min_by_key(|(_, b)| b.at)
+            .map(|(ip, _)| *ip)
+        {
             self.buckets.remove(&oldest);
         }
     }

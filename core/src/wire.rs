@@ -564,8 +564,7 @@ impl Message {
                 hashes,
                 ..
             } => check(
-                *piece_size > 0
-                    && u64::from(*first) + hashes.0.len() as u64 <= u64::from(*pieces),
+                *piece_size > 0 && u64::from(*first) + hashes.0.len() as u64 <= u64::from(*pieces),
                 "piece hashes",
             ),
             Message::Data { payload, .. } => check(payload.len() <= MAX_CHUNK, "payload"),

@@ -19,8 +19,17 @@ pub use udp::{UdpTransport, DEFAULT_UDP_MESSAGE};
 
 /// Binds a transport of `kind` on `addr` with default settings.
 pub async fn bind(kind: TransportKind, addr: SocketAddr) -> io::Result<SharedTransport> {
+    bind_with(kind, addr, TcpConfig::default()).await
+}
+
+/// Binds a transport of `kind` on `addr`; `tcp` configures a TCP transport.
+pub async fn bind_with(
+    kind: TransportKind,
+    addr: SocketAddr,
+    tcp: TcpConfig,
+) -> io::Result<SharedTransport> {
     Ok(match kind {
         TransportKind::Udp => Arc::new(UdpTransport::bind(addr).await?),
-        TransportKind::Tcp => Arc::new(TcpTransport::bind(addr, TcpConfig::default()).await?),
+        TransportKind::Tcp => Arc::new(TcpTransport::bind(addr, tcp).await?),
     })
 }

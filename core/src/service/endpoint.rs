@@ -51,9 +51,11 @@ pub struct EndpointConfig {
     pub max_uploads_per_peer: usize,
     /// Rate limit of requests (index, piece hashes, new transfers) per source IP.
     pub rate: RateConfig,
-    /// A download records its verified prefix (flush, sync, state file) at least every this
-    /// many bytes.
+    /// A download records its verified prefix (flush, sync, state file) every this many bytes
+    /// or every [`SAVE_INTERVAL`], whichever comes first.
     pub save_every: u64,
+    /// Cap on the bytes per second sent by all uploads together (`None`: no cap).
+    pub max_upload_rate: Option<u64>,
     /// First wait before a request is sent again.
     pub rpc_retry: Duration,
     /// Sends of a request before it fails.
@@ -72,7 +74,8 @@ impl Default for EndpointConfig {
             max_uploads: 32,
             max_uploads_per_peer: 8,
             rate: RateConfig::default(),
-            save_every: 8 * 1024 * 1024,
+            save_every: 4 * 1024 * 1024,
+            max_upload_rate: None,
             rpc_retry: Duration::from_millis(250),
             rpc_attempts: 5,
             id_seed: 0,
@@ -113,11 +116,16 @@ pub enum ServiceError {
     Closed,
 }
 
+/// A download records its verified prefix at least this often.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Progress of a download.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Bytes received so far.
+    /// Bytes of the file present so far (a resumed download starts above 0).
     pub received: u64,
+    /// Bytes recorded as verified in the state file (what a resume would keep).
+    pub saved: u64,
     /// Total bytes, once the sender accepted.
     pub total: Option<u64>,
 }
@@ -210,6 +218,9 @@ pub fn spawn_endpoint(
         registration: None,
         index_pages: Vec::new(),
         limiter: RateLimiter::new(config.rate),
+        upload_tokens: 0.0,
+        tokens_at: Instant::now(),
+        throttled_until: None,
         config,
     };
     let task = tokio::spawn(driver.run());
@@ -463,6 +474,7 @@ struct Download {
     verified: u64,
     /// End of the prefix recorded in the state file.
     saved: u64,
+    saved_at: Instant,
     discarded: Option<String>,
     started: Instant,
     progress: watch::Sender<Progress>,
@@ -492,6 +504,11 @@ struct Driver {
     dests: BTreeSet<PathBuf>,
     registration: Option<Registration>,
     limiter: RateLimiter,
+    /// Upload rate cap: bytes that may be sent now, and when they were last topped up.
+    upload_tokens: f64,
+    tokens_at: Instant,
+    /// Uploads wait until then for tokens.
+    throttled_until: Option<Instant>,
 }
 
 /// Most messages handled from one burst before the endpoint answers.
@@ -544,7 +561,12 @@ impl Driver {
             .values()
             .filter_map(|d| d.machine.poll_timeout().map(Instant::from_std));
         let reg = self.registration.as_ref().map(|r| r.next_at);
-        rpcs.chain(up).chain(down).chain(reg).min()
+        // While throttled, uploads' own deadlines still count (RTO, idle), plus the refill.
+        rpcs.chain(up)
+            .chain(down)
+            .chain(reg)
+            .chain(self.throttled_until)
+            .min()
     }
 
     fn take_id(&mut self) -> u64 {
@@ -692,6 +714,7 @@ impl Driver {
                 offset: plan.offset,
                 verified: plan.offset,
                 saved: plan.offset,
+                saved_at: now,
                 discarded: plan.discarded,
                 started: now,
                 progress,
@@ -953,7 +976,9 @@ impl Driver {
                 }
                 ReceiverEvent::PieceVerified { verified } => {
                     d.verified = verified;
-                    if d.writer.is_some() && verified - d.saved >= save_every {
+                    let due =
+                        verified - d.saved >= save_every || d.saved_at.elapsed() >= SAVE_INTERVAL;
+                    if d.writer.is_some() && due {
                         if let Err(e) = d.save() {
                             d.writer = None;
                             d.machine
@@ -1049,22 +1074,42 @@ impl Driver {
         let transport = self.transport.clone();
         let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
         let tokio_now = Instant::now();
+        if let Some(rate) = self.config.max_upload_rate {
+            let rate = rate as f64;
+            let elapsed = tokio_now.duration_since(self.tokens_at).as_secs_f64();
+            // At most a tenth of a second's worth in hand: no big bursts after a pause.
+            self.upload_tokens = (self.upload_tokens + elapsed * rate).min(rate / 10.0);
+            self.tokens_at = tokio_now;
+            self.throttled_until = None;
+        }
         for (&(to, transfer), up) in self.uploads.iter_mut() {
             if tokio_now >= up.next_check {
                 up.next_check = tokio_now + CHANGE_CHECK;
                 let meta = fs::metadata(&up.path).ok();
-                let same = meta
-                    .is_some_and(|m| m.len() == up.size && m.modified().ok() == up.modified);
+                let same =
+                    meta.is_some_and(|m| m.len() == up.size && m.modified().ok() == up.modified);
                 if !same {
                     tracing::info!(%to, path = %up.path.display(), "file changed while sent");
                     up.machine.abort(AbortReason::FileChanged);
                 }
             }
-            while let Some(t) = up.machine.poll_transmit(now) {
+            loop {
+                if let Some(rate) = self.config.max_upload_rate {
+                    if self.upload_tokens < 0.0 {
+                        let wait = -self.upload_tokens / rate as f64;
+                        self.throttled_until =
+                            Some(tokio_now + Duration::from_secs_f64(wait.max(0.001)));
+                        break;
+                    }
+                }
+                let Some(t) = up.machine.poll_transmit(now) else {
+                    break;
+                };
                 buf.clear();
                 match t {
                     SenderTransmit::Control(m) => m.encode_into(&mut buf),
                     SenderTransmit::Chunk { seq, offset, len } => {
+                        self.upload_tokens -= f64::from(len);
                         let mut payload = vec![0; len as usize];
                         if up.file.read_exact_at(&mut payload, offset).is_err() {
                             up.machine.abort(AbortReason::FileChanged);
@@ -1146,6 +1191,9 @@ impl Download {
         }
         save_state(&self.dest, &self.state(self.verified))?;
         self.saved = self.verified;
+        self.saved_at = Instant::now();
+        let saved = self.saved;
+        self.progress.send_modify(|p| p.saved = saved);
         Ok(())
     }
 

@@ -4,12 +4,12 @@
 //! same code runs on real sockets and, deterministically, inside a turmoil simulation.
 
 pub mod endpoint;
-pub mod resume;
 mod paging;
+pub mod resume;
 pub mod tracker;
 
 pub use endpoint::{
     spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress, ServiceError,
 };
 pub use paging::paginate;
-pub use tracker::{run_tracker, TrackerEvent};
+pub use tracker::{run_tracker, run_tracker_limited, TrackerEvent};

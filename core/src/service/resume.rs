@@ -63,7 +63,11 @@ pub fn save_state(dest: &Path, state: &DownloadState) -> io::Result<()> {
     fs::rename(&tmp, &path)?;
     if let Some(dir) = path.parent() {
         // Make the rename itself durable; not every filesystem allows opening a folder.
-        if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+        if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
             let _ = d.sync_all();
         }
     }
@@ -117,7 +121,8 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
             } else if st.hash != hash {
                 Some("the source content changed (different BLAKE3)".to_string())
             } else if st.piece_size != piece_size
-                || (st.verified % u64::from(piece_size.max(1)) != 0 && st.verified != size)
+                || (!st.verified.is_multiple_of(u64::from(piece_size.max(1)))
+                    && st.verified != size)
             {
                 Some("different piece size".to_string())
             } else if len < st.verified {
@@ -185,7 +190,13 @@ mod tests {
         fs::write(partial_path(&dest), vec![7u8; 450]).unwrap();
         save_state(&dest, &state(300)).unwrap();
         let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
-        assert_eq!(plan, ResumePlan { offset: 300, discarded: None });
+        assert_eq!(
+            plan,
+            ResumePlan {
+                offset: 300,
+                discarded: None
+            }
+        );
         assert_eq!(fs::metadata(partial_path(&dest)).unwrap().len(), 300);
     }
 

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::paging::paginate;
+use crate::limits::{RateConfig, RateLimiter};
 use crate::tracker::{Registry, RegistryConfig};
 use crate::transport::SharedTransport;
 use crate::wire::{decode, BoundedVec, Message, RegisterOutcome, TransportKind};
@@ -47,13 +48,34 @@ pub enum TrackerEvent {
 
 type Events = Option<mpsc::UnboundedSender<TrackerEvent>>;
 
-/// Runs the tracker on `transports` until one of them fails. Events go to `events`, if given.
+/// Runs the tracker on `transports` until one of them fails, with the default per-source
+/// rate limit. Events go to `events`, if given.
 pub async fn run_tracker(
     transports: Vec<SharedTransport>,
     config: RegistryConfig,
     events: Option<mpsc::UnboundedSender<TrackerEvent>>,
 ) -> std::io::Result<()> {
-    let registry = Arc::new(Mutex::new(Registry::new(config)));
+    run_tracker_limited(transports, config, RateConfig::default(), events).await
+}
+
+/// The registry and the per-source request limiter, under one lock.
+#[derive(Debug)]
+struct State {
+    registry: Registry,
+    limiter: RateLimiter,
+}
+
+/// [`run_tracker`] with a given per-source rate limit: requests beyond it are dropped.
+pub async fn run_tracker_limited(
+    transports: Vec<SharedTransport>,
+    config: RegistryConfig,
+    rate: RateConfig,
+    events: Option<mpsc::UnboundedSender<TrackerEvent>>,
+) -> std::io::Result<()> {
+    let registry = Arc::new(Mutex::new(State {
+        registry: Registry::new(config),
+        limiter: RateLimiter::new(rate),
+    }));
     let mut tasks = tokio::task::JoinSet::new();
     for t in transports {
         let registry = registry.clone();
@@ -74,6 +96,7 @@ pub async fn run_tracker(
             let next = expiry_registry
                 .lock()
                 .expect("registry lock")
+                .registry
                 .next_expiry()
                 .map(Instant::from_std);
             match next {
@@ -83,6 +106,7 @@ pub async fn run_tracker(
             let gone = expiry_registry
                 .lock()
                 .expect("registry lock")
+                .registry
                 .expire(Instant::now().into_std());
             for name in gone {
                 emit(&events, TrackerEvent::Expired { name });
@@ -110,7 +134,7 @@ fn emit(events: &Events, e: TrackerEvent) {
 }
 
 fn handle(
-    registry: &Mutex<Registry>,
+    state: &Mutex<State>,
     events: &Events,
     from: SocketAddr,
     bytes: &[u8],
@@ -118,7 +142,11 @@ fn handle(
     // Undecodable input is dropped silently: answering would let strangers make us talk.
     let msg = decode(bytes).ok()?;
     let now = Instant::now().into_std();
-    let mut reg = registry.lock().expect("registry lock");
+    let mut state = state.lock().expect("registry lock");
+    if !state.limiter.allow(now, from.ip()) {
+        return None; // flooding: dropped like a lost datagram
+    }
+    let reg = &mut state.registry;
     match msg {
         Message::Register {
             request,

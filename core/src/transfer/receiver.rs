@@ -204,7 +204,7 @@ impl ChunkReceiver {
         let misaligned = r
             .pieces
             .as_ref()
-            .is_some_and(|p| p.piece_size == 0 || offset % u64::from(p.piece_size) != 0);
+            .is_some_and(|p| p.piece_size == 0 || !offset.is_multiple_of(u64::from(p.piece_size)));
         if (offset > 0 && r.pieces.is_none()) || misaligned {
             r.fail(
                 TransferError::Protocol("a resume must start at a verified piece boundary".into()),
@@ -385,7 +385,9 @@ impl ChunkReceiver {
         self.events.push_back(ReceiverEvent::Write(payload));
         for v in verdicts {
             match v {
-                Ok(verified) => self.events.push_back(ReceiverEvent::PieceVerified { verified }),
+                Ok(verified) => self
+                    .events
+                    .push_back(ReceiverEvent::PieceVerified { verified }),
                 Err(piece) => {
                     return self.fail(
                         TransferError::PieceMismatch { piece },

@@ -76,7 +76,10 @@ impl Pair {
         }
     }
 
-    pub(super) fn with_fault(mut self, f: impl FnMut(Dir, u64, &Message) -> Fate + 'static) -> Self {
+    pub(super) fn with_fault(
+        mut self,
+        f: impl FnMut(Dir, u64, &Message) -> Fate + 'static,
+    ) -> Self {
         self.fault = Box::new(f);
         self
     }
