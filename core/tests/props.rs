@@ -1,0 +1,1274 @@
+//! Property tests of the protocol core, through its public API only:
+//!
+//! - every `Message` variant round-trips through `encode`/`decode`, and over-limit fields are
+//!   refused;
+//! - `decode` is total on arbitrary bytes (raw, sealed with a valid checksum, mutated valid
+//!   messages) and never allocates far past the input size (a counting global allocator
+//!   measures the peak of the decoding thread);
+//! - a `ChunkSender`/`ChunkReceiver` pair on an in-memory network with a fake clock delivers
+//!   exactly the file under any schedule of bounded loss, corruption, duplication and
+//!   reordering, and under permanent loss ends with a clear timeout, never a wrong `Finished`;
+//! - the tracker `Registry` keeps its invariants (expiry, name ownership, bounded size) under
+//!   arbitrary operation sequences.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::time::{Duration, Instant};
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use p2p_core::fuzzing::{check_registry_ops, seal, RegistryOp};
+use p2p_core::tracker::RegistryConfig;
+use p2p_core::transfer::{
+    ChunkReceiver, ChunkSender, PieceTable, ReceiverConfig, ReceiverEvent, SenderConfig,
+    SenderEvent, SenderTransmit, TransferError,
+};
+use p2p_core::wire::{
+    decode, AbortReason, BoundedVec, ContentHash, DecodeError, FileId, IndexEntry, Message,
+    PeerInfo, RegisterOutcome, RequestId, TransferId, TransportKind, HEADER_LEN, MAX_CHUNK,
+    MAX_LIST_ITEMS, MAX_NAME_LEN, MAX_PATH_LEN, MAX_PIECE_HASHES, MAX_REASON_LEN, MAX_SACK_RANGES,
+};
+
+// ---------------------------------------------------------------------------------------------
+// A global allocator that measures the peak bytes one thread holds during a call.
+// ---------------------------------------------------------------------------------------------
+
+struct Counting;
+
+thread_local! {
+    static TRACKING: Cell<bool> = const { Cell::new(false) };
+    static CURRENT: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn note(delta: isize) {
+    let _ = TRACKING.try_with(|t| {
+        if t.get() {
+            let now = CURRENT.get() + delta;
+            CURRENT.set(now);
+            if now > PEAK.get() {
+                PEAK.set(now);
+            }
+        }
+    });
+}
+
+// SAFETY: every call forwards to `System` unchanged; the bookkeeping only touches const-
+// initialised thread-locals without destructors, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size() as isize);
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size() as isize);
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note(-(layout.size() as isize));
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // Old and new blocks coexist while the contents move: count both at the peak.
+        note(new_size as isize);
+        let p = System.realloc(ptr, layout, new_size);
+        note(-(layout.size() as isize));
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` and returns its result and the peak bytes this thread allocated during it (not
+/// counting what it held before).
+fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    CURRENT.set(0);
+    PEAK.set(0);
+    TRACKING.set(true);
+    let r = f();
+    TRACKING.set(false);
+    (r, PEAK.get().max(0) as usize)
+}
+
+/// Decoding may hold this much beyond the input (constant part of the bound).
+const ALLOC_SLACK: usize = 4096;
+/// Decoding may hold this many bytes per input byte (proportional part of the bound).
+const ALLOC_FACTOR: usize = 4;
+
+/// `cases` per property, or `PROPTEST_CASES` when set (for longer soak runs); no regression
+/// files (failures found are kept as named tests instead).
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases),
+        max_shrink_iters: 4096,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Message strategies
+// ---------------------------------------------------------------------------------------------
+
+/// A string of at most `max_bytes` UTF-8 bytes, mixing short arbitrary text and ASCII text of
+/// exactly the limit.
+fn text(max_bytes: usize) -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => "(?s).{0,12}".prop_filter("within limit", move |s| s.len() <= max_bytes),
+        1 => Just("n".repeat(max_bytes)),
+        1 => Just(String::new()),
+    ]
+}
+
+fn hash() -> impl Strategy<Value = ContentHash> {
+    any::<[u8; 32]>().prop_map(ContentHash)
+}
+
+fn transport() -> impl Strategy<Value = TransportKind> {
+    prop_oneof![Just(TransportKind::Udp), Just(TransportKind::Tcp)]
+}
+
+/// Socket addresses as the wire carries them: serde encodes an IPv6 socket address as (ip,
+/// port), so flow info and scope id are not part of the format.
+fn socket_addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        any::<std::net::SocketAddrV4>().prop_map(SocketAddr::V4),
+        (any::<std::net::Ipv6Addr>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))),
+    ]
+}
+
+/// (page, pages) with `page < pages`, or `pages == 0` and any page.
+fn paging() -> impl Strategy<Value = (u32, u32)> {
+    prop_oneof![
+        (1..=u32::MAX).prop_flat_map(|pages| (0..pages, Just(pages))),
+        any::<u32>().prop_map(|page| (page, 0)),
+    ]
+}
+
+fn abort_reason() -> impl Strategy<Value = AbortReason> {
+    prop_oneof![
+        Just(AbortReason::NoSuchFile),
+        Just(AbortReason::Busy),
+        Just(AbortReason::BadRequest),
+        Just(AbortReason::FileChanged),
+        Just(AbortReason::Timeout),
+        Just(AbortReason::HashMismatch),
+        Just(AbortReason::Shutdown),
+        text(MAX_REASON_LEN).prop_map(AbortReason::Other),
+    ]
+}
+
+/// Valid SACK ranges: every `start > cumulative` and `start < end`.
+fn ack() -> impl Strategy<Value = Message> {
+    (any::<u64>(), 0..u64::MAX - 1, any::<u32>()).prop_flat_map(|(t, cumulative, window)| {
+        let range = (cumulative + 1..u64::MAX).prop_flat_map(|s| (Just(s), s + 1..=u64::MAX));
+        vec(range, 0..=MAX_SACK_RANGES).prop_map(move |sack| Message::Ack {
+            transfer: TransferId(t),
+            cumulative,
+            sack: BoundedVec(sack),
+            window,
+        })
+    })
+}
+
+/// (piece_size, pieces, first, hashes) with `piece_size > 0` and `first + len <= pieces`.
+fn piece_hashes() -> impl Strategy<Value = (u32, u32, u32, Vec<ContentHash>)> {
+    (1..=u32::MAX, vec(hash(), 0..=MAX_PIECE_HASHES)).prop_flat_map(|(piece_size, hashes)| {
+        let len = hashes.len() as u32;
+        (0..=u32::MAX - len).prop_flat_map(move |first| {
+            let hashes = hashes.clone();
+            (first + len..=u32::MAX)
+                .prop_map(move |pieces| (piece_size, pieces, first, hashes.clone()))
+        })
+    })
+}
+
+/// Every `Message` variant, with fields anywhere within the protocol limits.
+fn message() -> impl Strategy<Value = Message> {
+    let req = any::<u64>().prop_map(RequestId);
+    let tid = any::<u64>().prop_map(TransferId);
+    let peer =
+        (text(MAX_NAME_LEN), socket_addr(), transport()).prop_map(|(name, addr, transport)| {
+            PeerInfo {
+                name,
+                addr,
+                transport,
+            }
+        });
+    let entry = (any::<u32>(), text(MAX_PATH_LEN), any::<u64>(), hash()).prop_map(
+        |(id, path, size, hash)| IndexEntry {
+            id: FileId(id),
+            path,
+            size,
+            hash,
+        },
+    );
+    prop_oneof![
+        (req.clone(), text(MAX_NAME_LEN), any::<u16>(), transport()).prop_map(
+            |(request, name, port, transport)| Message::Register {
+                request,
+                name,
+                port,
+                transport
+            }
+        ),
+        (req.clone(), text(MAX_NAME_LEN), any::<u16>(), transport()).prop_map(
+            |(request, name, port, transport)| Message::Heartbeat {
+                request,
+                name,
+                port,
+                transport
+            }
+        ),
+        (req.clone(), any::<u64>(), any::<u64>()).prop_map(|(request, ttl_ms, heartbeat_ms)| {
+            Message::RegisterReply {
+                request,
+                outcome: RegisterOutcome::Accepted {
+                    ttl_ms,
+                    heartbeat_ms,
+                },
+            }
+        }),
+        (req.clone(), text(MAX_REASON_LEN)).prop_map(|(request, reason)| {
+            Message::RegisterReply {
+                request,
+                outcome: RegisterOutcome::Refused { reason },
+            }
+        }),
+        (req.clone(), text(MAX_NAME_LEN))
+            .prop_map(|(request, name)| Message::Unregister { request, name }),
+        req.clone()
+            .prop_map(|request| Message::UnregisterReply { request }),
+        (req.clone(), any::<u32>())
+            .prop_map(|(request, page)| Message::ListPeers { request, page }),
+        (req.clone(), paging(), vec(peer, 0..6)).prop_map(|(request, (page, pages), peers)| {
+            Message::PeerList {
+                request,
+                page,
+                pages,
+                peers: BoundedVec(peers),
+            }
+        }),
+        (req.clone(), any::<u32>())
+            .prop_map(|(request, page)| Message::IndexRequest { request, page }),
+        (
+            req.clone(),
+            paging(),
+            text(MAX_NAME_LEN * 4),
+            vec(entry, 0..6)
+        )
+            .prop_map(
+                |(request, (page, pages), share, entries)| Message::IndexPage {
+                    request,
+                    page,
+                    pages,
+                    share,
+                    entries: BoundedVec(entries),
+                }
+            ),
+        (req.clone(), text(MAX_REASON_LEN))
+            .prop_map(|(request, reason)| Message::Error { request, reason }),
+        (req.clone(), any::<u32>(), hash(), any::<u32>()).prop_map(
+            |(request, file, hash, first)| Message::PieceRequest {
+                request,
+                file: FileId(file),
+                hash,
+                first,
+            }
+        ),
+        (req.clone(), piece_hashes()).prop_map(|(request, (piece_size, pieces, first, hashes))| {
+            Message::PieceHashes {
+                request,
+                piece_size,
+                pieces,
+                first,
+                hashes: BoundedVec(hashes),
+            }
+        }),
+        (tid.clone(), any::<u32>(), any::<u64>()).prop_map(|(transfer, file, offset)| {
+            Message::Request {
+                transfer,
+                file: FileId(file),
+                offset,
+            }
+        }),
+        (tid.clone(), any::<u64>(), 1..=MAX_CHUNK as u32, hash()).prop_map(
+            |(transfer, size, chunk_size, hash)| Message::Accept {
+                transfer,
+                size,
+                chunk_size,
+                hash
+            }
+        ),
+        (
+            tid.clone(),
+            any::<u64>(),
+            prop_oneof![
+                8 => vec(any::<u8>(), 0..300),
+                1 => Just(vec![0xa5; MAX_CHUNK]),
+            ]
+        )
+            .prop_map(|(transfer, seq, payload)| Message::Data {
+                transfer,
+                seq,
+                payload
+            }),
+        ack(),
+        (tid.clone(), any::<u64>(), hash()).prop_map(|(transfer, size, hash)| Message::Fin {
+            transfer,
+            size,
+            hash
+        }),
+        tid.clone()
+            .prop_map(|transfer| Message::FinAck { transfer }),
+        (tid, abort_reason()).prop_map(|(transfer, reason)| Message::Abort { transfer, reason }),
+    ]
+}
+
+/// A message with one field just past its protocol limit, and the field `decode` must name.
+fn over_limit_message() -> impl Strategy<Value = (Message, &'static str)> {
+    let long = |limit: usize| (limit + 1..limit + 40).prop_map(|n| "x".repeat(n));
+    prop_oneof![
+        (long(MAX_NAME_LEN), any::<u16>()).prop_map(|(name, port)| (
+            Message::Register {
+                request: RequestId(1),
+                name,
+                port,
+                transport: TransportKind::Udp,
+            },
+            "name"
+        )),
+        long(MAX_REASON_LEN).prop_map(|reason| (
+            Message::Error {
+                request: RequestId(1),
+                reason
+            },
+            "reason"
+        )),
+        long(MAX_PATH_LEN).prop_map(|path| (
+            Message::IndexPage {
+                request: RequestId(1),
+                page: 0,
+                pages: 1,
+                share: String::new(),
+                entries: BoundedVec(vec![IndexEntry {
+                    id: FileId(1),
+                    path,
+                    size: 0,
+                    hash: ContentHash([0; 32]),
+                }]),
+            },
+            "entries.path"
+        )),
+        (1..u32::MAX).prop_map(|pages| (
+            Message::PeerList {
+                request: RequestId(1),
+                page: pages,
+                pages,
+                peers: BoundedVec(vec![]),
+            },
+            "page"
+        )),
+        prop_oneof![Just(0u32), (MAX_CHUNK as u32 + 1..=u32::MAX)].prop_map(|chunk_size| (
+            Message::Accept {
+                transfer: TransferId(1),
+                size: 1,
+                chunk_size,
+                hash: ContentHash([0; 32]),
+            },
+            "chunk_size"
+        )),
+        (0..1000u64, 0..1000u64, 0..1000u64).prop_map(|(c, s, len)| (
+            Message::Ack {
+                transfer: TransferId(1),
+                cumulative: c + s.min(c), // a start at or below cumulative...
+                sack: BoundedVec(vec![(c.min(s), c.min(s) + len + 1)]),
+                window: 1,
+            },
+            "sack"
+        )),
+        (0..MAX_PIECE_HASHES as u32, 0..1000u32, any::<bool>()).prop_map(|(n, first, zero)| (
+            Message::PieceHashes {
+                request: RequestId(1),
+                // Either no piece size, or more hashes than pieces after `first`.
+                piece_size: if zero { 0 } else { 1 },
+                pieces: first + n,
+                first: if zero { first } else { first + 1 },
+                hashes: BoundedVec(vec![
+                    ContentHash([0; 32]);
+                    n as usize + 1 - usize::from(zero)
+                ]),
+            },
+            "piece hashes"
+        )),
+        (1u64..1000).prop_map(|s| (
+            Message::Ack {
+                transfer: TransferId(1),
+                cumulative: 0,
+                sack: BoundedVec(vec![(s, s)]), // ...or an empty range
+                window: 1,
+            },
+            "sack"
+        )),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs for the decoder: raw, sealed, and mutated valid messages
+// ---------------------------------------------------------------------------------------------
+
+/// MessagePack markers that claim a length, each followed by a huge claimed length.
+const HUGE_CLAIMS: [&[u8]; 10] = [
+    &[0xdc, 0xff, 0xff],             // array16
+    &[0xdd, 0xff, 0xff, 0xff, 0xff], // array32
+    &[0xde, 0xff, 0xff],             // map16
+    &[0xdf, 0xff, 0xff, 0xff, 0xff], // map32
+    &[0xda, 0xff, 0xff],             // str16
+    &[0xdb, 0xff, 0xff, 0xff, 0xff], // str32
+    &[0xc5, 0xff, 0xff],             // bin16
+    &[0xc6, 0xff, 0xff, 0xff, 0xff], // bin32
+    &[0xc9, 0xff, 0xff, 0xff, 0xff], // ext32
+    &[0xdd, 0x00, 0x01, 0x00, 0x00], // array32 of 65536
+];
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip {
+        at: usize,
+        xor: u8,
+    },
+    Truncate {
+        at: usize,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Claim {
+        at: usize,
+        which: usize,
+        replace: bool,
+    },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), 1..=255u8).prop_map(|(at, xor)| Mutation::Flip { at, xor }),
+        any::<usize>().prop_map(|at| Mutation::Truncate { at }),
+        (any::<usize>(), vec(any::<u8>(), 1..8))
+            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        (any::<usize>(), 0..HUGE_CLAIMS.len(), any::<bool>())
+            .prop_map(|(at, which, replace)| { Mutation::Claim { at, which, replace } }),
+    ]
+}
+
+fn mutate(body: &mut Vec<u8>, m: &Mutation) {
+    let pick = |at: usize, len: usize| if len == 0 { 0 } else { at % len };
+    match m {
+        Mutation::Flip { at, xor } => {
+            if !body.is_empty() {
+                let i = pick(*at, body.len());
+                body[i] ^= xor;
+            }
+        }
+        Mutation::Truncate { at } => body.truncate(pick(*at, body.len() + 1)),
+        Mutation::Insert { at, bytes } => {
+            let i = pick(*at, body.len() + 1);
+            body.splice(i..i, bytes.iter().copied());
+        }
+        Mutation::Claim { at, which, replace } => {
+            let i = pick(*at, body.len() + 1);
+            let claim = HUGE_CLAIMS[*which];
+            let end = if *replace {
+                (i + claim.len()).min(body.len())
+            } else {
+                i
+            };
+            body.splice(i..end, claim.iter().copied());
+        }
+    }
+}
+
+/// Byte strings for the decoder: arbitrary bytes, arbitrary bodies with a valid envelope, and
+/// valid messages whose body was mutated (including huge length claims) and then resealed.
+fn decoder_input() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        vec(any::<u8>(), 0..600),
+        vec(any::<u8>(), 0..600).prop_map(|b| seal(&b)),
+        (message(), vec(mutation(), 1..4)).prop_map(|(m, muts)| {
+            let mut body = m.encode()[HEADER_LEN..].to_vec();
+            for mu in &muts {
+                mutate(&mut body, mu);
+            }
+            seal(&body)
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// Every message of every variant decodes back to itself.
+    #[test]
+    fn every_message_round_trips(m in message()) {
+        let bytes = m.encode();
+        prop_assert_eq!(decode(&bytes), Ok(m.clone()));
+        let mut appended = vec![0xee; 3];
+        m.encode_into(&mut appended);
+        prop_assert_eq!(&appended[3..], &bytes[..]);
+    }
+
+    /// A field just past its limit is refused with a `Limit` error naming it.
+    #[test]
+    fn over_limit_fields_are_refused((m, field) in over_limit_message()) {
+        prop_assert_eq!(decode(&m.encode()), Err(DecodeError::Limit { field }));
+    }
+
+    /// Any byte string decodes to a message or a typed error, and what decodes re-encodes to
+    /// the same message.
+    #[test]
+    fn decode_is_total(bytes in decoder_input()) {
+        if let Ok(m) = decode(&bytes) {
+            prop_assert_eq!(m.validate(), Ok(()));
+            prop_assert_eq!(decode(&m.encode()), Ok(m));
+        }
+    }
+
+    /// Decoding never holds more than a small multiple of the input, whatever lengths the
+    /// input claims.
+    #[test]
+    fn decode_allocation_is_bounded_by_input(bytes in decoder_input()) {
+        let (result, peak) = peak_during(|| decode(&bytes));
+        drop(result);
+        let bound = ALLOC_FACTOR * bytes.len() + ALLOC_SLACK;
+        prop_assert!(peak <= bound, "decode of {} bytes peaked at {} bytes (bound {})",
+            bytes.len(), peak, bound);
+    }
+
+    /// A single corrupted byte anywhere in a message is always caught (as a decode error,
+    /// never as another message).
+    #[test]
+    fn corrupted_byte_is_detected(m in message(), at in any::<usize>(), xor in 1..=255u8) {
+        let mut bytes = m.encode();
+        let i = at % bytes.len();
+        bytes[i] ^= xor;
+        prop_assert!(decode(&bytes).is_err());
+    }
+}
+
+fn largest_peer_list() -> Message {
+    Message::PeerList {
+        request: RequestId(0),
+        page: 0,
+        pages: 1,
+        peers: BoundedVec(
+            (0..MAX_LIST_ITEMS)
+                .map(|i| PeerInfo {
+                    name: String::new(),
+                    addr: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), i as u16),
+                    transport: TransportKind::Udp,
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn largest_index_page() -> Message {
+    Message::IndexPage {
+        request: RequestId(0),
+        page: 0,
+        pages: 1,
+        share: String::new(),
+        entries: BoundedVec(
+            (0..MAX_LIST_ITEMS)
+                .map(|i| IndexEntry {
+                    id: FileId(i as u32),
+                    path: String::new(),
+                    size: 0,
+                    hash: ContentHash([0; 32]),
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Decodes `m`'s encoding and returns (encoded length, peak bytes allocated while decoding).
+fn decode_peak(m: &Message) -> (usize, usize) {
+    let bytes = m.encode();
+    let (result, peak) = peak_during(|| decode(&bytes));
+    assert_eq!(result.as_ref(), Ok(m));
+    (bytes.len(), peak)
+}
+
+/// The largest legal index page decodes within the allocation bound.
+#[test]
+fn largest_index_page_decodes_within_the_allocation_bound() {
+    let (len, peak) = decode_peak(&largest_index_page());
+    let bound = ALLOC_FACTOR * len + ALLOC_SLACK;
+    assert!(
+        peak <= bound,
+        "{len} bytes peaked at {peak} (bound {bound})"
+    );
+}
+
+/// Every list is capped at `MAX_LIST_ITEMS`, so whatever the items, decoding holds at most a
+/// fixed amount beyond the proportional bound (the in-memory items plus `Vec` growth).
+#[test]
+fn largest_lists_decode_within_a_fixed_allowance() {
+    for m in [largest_peer_list(), largest_index_page()] {
+        let (len, peak) = decode_peak(&m);
+        let bound = ALLOC_FACTOR * len + 32 * 1024;
+        assert!(
+            peak <= bound,
+            "{len} bytes peaked at {peak} (bound {bound})"
+        );
+    }
+}
+
+/// A full page of peers with empty names encodes to ~4.5 KB, but decoding holds 256 × 64-byte
+/// `PeerInfo`s plus the half-size buffer `Vec` growth copies from: ~24 KB, 5.4× the frame,
+/// above the `4 × len + 4096` bound that every other input meets (and above the design's
+/// "never an allocation beyond the frame size").
+#[test]
+#[ignore = "core bug: a maximal PeerList decodes with a 24 KiB peak from a 4.5 KB frame (> 4x + 4 KiB)"]
+fn largest_peer_list_decodes_within_the_allocation_bound() {
+    let (len, peak) = decode_peak(&largest_peer_list());
+    let bound = ALLOC_FACTOR * len + ALLOC_SLACK;
+    assert!(
+        peak <= bound,
+        "{len} bytes peaked at {peak} (bound {bound})"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// An in-memory sender/receiver pair with a fake clock
+// ---------------------------------------------------------------------------------------------
+
+/// What the network does to one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Deliver,
+    Drop,
+    /// One byte changed in flight: the decoder must reject it, so it acts as a loss.
+    Corrupt {
+        at: u16,
+        xor: u8,
+    },
+    Duplicate,
+    /// Delivered this many milliseconds late (reordering).
+    Delay(u16),
+}
+
+impl Fate {
+    fn is_loss(self) -> bool {
+        matches!(self, Fate::Drop | Fate::Corrupt { .. })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    ToReceiver,
+    ToSender,
+}
+
+/// How the network treats the messages, by their order of sending.
+#[derive(Clone, Debug)]
+enum Schedule {
+    /// Message `n` (0-based) gets `fates[n]`; past the end, everything is delivered. Losses
+    /// (drops and corruptions) happen only in the first `losses_for` of the transfer, and a
+    /// loss never follows a loss in the same direction, so at most half the messages are lost;
+    /// duplication and delays go on for all of `fates`.
+    Bounded {
+        fates: Vec<Fate>,
+        losses_for: Duration,
+    },
+    /// Like `Bounded` without the time limit, then from message `after` on, every message in
+    /// `dir` (or both directions) is lost.
+    Dies {
+        fates: Vec<Fate>,
+        after: u64,
+        dir: Option<Dir>,
+    },
+}
+
+struct Harness {
+    now: Instant,
+    file: Vec<u8>,
+    /// First byte the receiver asks for.
+    offset: u64,
+    sender: Option<ChunkSender>,
+    sender_config: SenderConfig,
+    receiver: ChunkReceiver,
+    /// (deliver at, order, direction, bytes).
+    queue: VecDeque<(Instant, u64, Dir, Vec<u8>)>,
+    sent: u64,
+    last_loss: [bool; 2],
+    schedule: Schedule,
+    latency: Duration,
+    written: Vec<u8>,
+    /// End of the prefix the receiver reported verified.
+    verified: u64,
+    receiver_end: Option<ReceiverEvent>,
+    sender_end: Option<SenderEvent>,
+    /// Print every message and its fate (set `PROPS_TRACE=1` to debug a failing case).
+    trace: bool,
+    start: Instant,
+}
+
+/// A file and the transfer's tunables.
+#[derive(Clone, Debug)]
+struct Setup {
+    /// The file is `file_len` bytes derived from `seed`.
+    file_len: usize,
+    seed: u8,
+    chunk_size: u32,
+    receiver_window: u32,
+    max_window: u64,
+    reliable: bool,
+    /// Verify pieces of this size, resuming at piece `.1` (the bytes before it are kept);
+    /// without, only the whole-file hash is checked.
+    pieces: Option<(u32, u64)>,
+    /// The receiver knows the size and hash from the index.
+    expected: bool,
+    /// The sender's largest RTO (`SenderConfig::max_rto`).
+    max_rto: Duration,
+}
+
+impl Harness {
+    fn new(setup: Setup, schedule: Schedule) -> Self {
+        let Setup {
+            file_len,
+            seed,
+            chunk_size,
+            receiver_window,
+            max_window,
+            reliable,
+            pieces,
+            expected,
+            max_rto,
+        } = setup;
+        let file: Vec<u8> = (0..file_len)
+            .map(|i| {
+                (i as u64)
+                    .wrapping_add(u64::from(seed))
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15) as u8
+            })
+            .collect();
+        let now = Instant::now();
+        let hash = ContentHash::of(&file);
+        let expected = expected.then_some((file.len() as u64, hash));
+        let config = ReceiverConfig {
+            window: receiver_window,
+            ..ReceiverConfig::default()
+        };
+        let (receiver, offset) = match pieces {
+            None => (
+                ChunkReceiver::new(now, TransferId(5), FileId(1), expected, config),
+                0,
+            ),
+            Some((piece_size, piece)) => {
+                let offset = piece * u64::from(piece_size);
+                assert!(offset <= file.len() as u64, "resume inside the file");
+                let table = PieceTable::of(&file, piece_size);
+                let r = ChunkReceiver::resume(
+                    now,
+                    TransferId(5),
+                    FileId(1),
+                    expected,
+                    offset,
+                    table,
+                    config,
+                );
+                (r, offset)
+            }
+        };
+        Harness {
+            now,
+            offset,
+            sender: None,
+            sender_config: SenderConfig {
+                chunk_size,
+                max_window,
+                reliable,
+                max_rto,
+                ..SenderConfig::default()
+            },
+            receiver,
+            queue: VecDeque::new(),
+            sent: 0,
+            last_loss: [false; 2],
+            schedule,
+            latency: Duration::from_millis(10),
+            written: file[..offset as usize].to_vec(),
+            verified: offset,
+            file,
+            receiver_end: None,
+            sender_end: None,
+            trace: std::env::var_os("PROPS_TRACE").is_some(),
+            start: now,
+        }
+    }
+
+    fn fate(&mut self, dir: Dir) -> Fate {
+        let n = self.sent;
+        self.sent += 1;
+        let elapsed = self.now - self.start;
+        let (fates, dead) = match &self.schedule {
+            Schedule::Bounded { fates, losses_for } => {
+                if elapsed >= *losses_for {
+                    let fate = fates.get(n as usize).copied().unwrap_or(Fate::Deliver);
+                    return if fate.is_loss() { Fate::Deliver } else { fate };
+                }
+                (fates, false)
+            }
+            Schedule::Dies {
+                fates,
+                after,
+                dir: d,
+            } => (fates, n >= *after && d.is_none_or(|d| d == dir)),
+        };
+        if dead {
+            return Fate::Drop;
+        }
+        let mut fate = fates.get(n as usize).copied().unwrap_or(Fate::Deliver);
+        let last = &mut self.last_loss[dir as usize];
+        if fate.is_loss() && *last {
+            fate = Fate::Deliver;
+        }
+        *last = fate.is_loss();
+        fate
+    }
+
+    fn send(&mut self, dir: Dir, msg: &Message) {
+        let mut bytes = msg.encode();
+        let at = self.now + self.latency;
+        let order = self.sent;
+        let fate = self.fate(dir);
+        if self.trace {
+            let t = self.now - self.start;
+            let what = match msg {
+                Message::Data { seq, payload, .. } => format!("Data {seq} ({} B)", payload.len()),
+                other => format!("{other:?}"),
+            };
+            eprintln!("{t:>12?} #{order:<4} {dir:?} {what} -> {fate:?}");
+        }
+        match fate {
+            Fate::Deliver => self.queue.push_back((at, order, dir, bytes)),
+            Fate::Drop => {}
+            Fate::Corrupt { at: pos, xor } => {
+                let i = usize::from(pos) % bytes.len();
+                bytes[i] ^= xor.max(1);
+                assert!(
+                    decode(&bytes).is_err(),
+                    "corruption of {msg:?} not detected"
+                );
+            }
+            Fate::Duplicate => {
+                self.queue.push_back((at, order, dir, bytes.clone()));
+                self.queue.push_back((at, order, dir, bytes));
+            }
+            Fate::Delay(ms) => {
+                let late = at + Duration::from_millis(u64::from(ms));
+                self.queue.push_back((late, order, dir, bytes));
+            }
+        }
+    }
+
+    /// Sends what both sides want to send, and collects their events.
+    fn flush(&mut self) {
+        while let Some(m) = self.receiver.poll_transmit() {
+            self.send(Dir::ToSender, &m);
+        }
+        while let Some(e) = self.receiver.poll_event() {
+            assert!(
+                self.receiver_end.is_none(),
+                "receiver event {e:?} after its end"
+            );
+            match e {
+                ReceiverEvent::Write(bytes) => {
+                    let at = self.written.len();
+                    assert_eq!(
+                        &self.file[at..at + bytes.len()],
+                        &bytes[..],
+                        "receiver wrote wrong bytes at offset {at}"
+                    );
+                    self.written.extend_from_slice(&bytes);
+                }
+                ReceiverEvent::Accepted { .. } => {}
+                ReceiverEvent::PieceVerified { verified } => {
+                    assert!(verified > self.verified, "verified prefix did not grow");
+                    assert!(
+                        verified <= self.written.len() as u64,
+                        "verified unwritten bytes"
+                    );
+                    self.verified = verified;
+                }
+                end => self.receiver_end = Some(end),
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(s) = self.sender.as_mut() {
+            while let Some(t) = s.poll_transmit(self.now) {
+                out.push(match t {
+                    SenderTransmit::Control(m) => m,
+                    SenderTransmit::Chunk { seq, offset, len } => Message::Data {
+                        transfer: s.transfer(),
+                        seq,
+                        payload: self.file[offset as usize..][..len as usize].to_vec(),
+                    },
+                });
+            }
+            while let Some(e) = s.poll_event() {
+                assert!(
+                    self.sender_end.is_none(),
+                    "sender event {e:?} after its end"
+                );
+                self.sender_end = Some(e);
+            }
+        }
+        for m in out {
+            self.send(Dir::ToReceiver, &m);
+        }
+    }
+
+    /// Delivers the next due message or fires the next timer; false once both sides are idle.
+    fn step(&mut self) -> bool {
+        self.flush();
+        let next_msg = self.queue.iter().map(|q| (q.0, q.1)).min();
+        let next_timer = [
+            self.receiver.poll_timeout(),
+            self.sender.as_ref().and_then(|s| s.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match (next_msg, next_timer) {
+            (None, None) => false,
+            (Some((at, order)), timer) if timer.is_none_or(|t| at <= t) => {
+                let i = self
+                    .queue
+                    .iter()
+                    .position(|q| (q.0, q.1) == (at, order))
+                    .expect("queued");
+                let (_, _, dir, bytes) = self.queue.remove(i).expect("queued");
+                self.now = self.now.max(at);
+                let msg = decode(&bytes).expect("only corrupted messages fail to decode");
+                match dir {
+                    Dir::ToReceiver => self.receiver.handle_message(self.now, msg),
+                    Dir::ToSender => match self.sender.as_mut() {
+                        Some(s) => s.handle_message(self.now, &msg),
+                        None => {
+                            if let Message::Request {
+                                transfer, offset, ..
+                            } = msg
+                            {
+                                assert_eq!(offset, self.offset);
+                                self.sender = Some(ChunkSender::new(
+                                    self.now,
+                                    transfer,
+                                    self.file.len() as u64,
+                                    ContentHash::of(&self.file),
+                                    offset,
+                                    self.sender_config.clone(),
+                                ));
+                            }
+                        }
+                    },
+                }
+                true
+            }
+            (_, Some(t)) => {
+                self.now = self.now.max(t);
+                self.receiver.handle_timeout(self.now);
+                if let Some(s) = self.sender.as_mut() {
+                    s.handle_timeout(self.now);
+                }
+                true
+            }
+            (_, None) => unreachable!("a message is due when no timer is"),
+        }
+    }
+
+    /// Runs until both sides are idle; panics past `max_steps`.
+    fn drive(&mut self, max_steps: usize) {
+        for _ in 0..max_steps {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!(
+            "no end within {max_steps} steps: receiver {:?}, sender {:?}, {} of {} bytes",
+            self.receiver_end,
+            self.sender_end,
+            self.written.len(),
+            self.file.len()
+        );
+    }
+}
+
+fn fate() -> impl Strategy<Value = Fate> {
+    prop_oneof![
+        6 => Just(Fate::Deliver),
+        3 => Just(Fate::Drop),
+        1 => (any::<u16>(), any::<u8>()).prop_map(|(at, xor)| Fate::Corrupt { at, xor }),
+        1 => Just(Fate::Duplicate),
+        2 => (1..300u16).prop_map(Fate::Delay),
+    ]
+}
+
+/// Transfers of up to 6000 bytes in chunks of 1 byte to `MAX_CHUNK`, windows of 1 to 48
+/// chunks, sometimes with verified pieces (then sometimes resumed), with a largest RTO of
+/// `max_rto`.
+fn setup(max_rto: Duration) -> impl Strategy<Value = Setup> {
+    (
+        0..6000usize,
+        any::<u8>(),
+        prop_oneof![Just(1u32), 16..=600u32, Just(MAX_CHUNK as u32)],
+        1..=48u32,
+        1..=48u64,
+        any::<bool>(),
+        prop_oneof![
+            1 => Just(None),
+            1 => (1..=2000u32, prop_oneof![Just(0u64), 0..8u64]).prop_map(Some),
+        ],
+        any::<bool>(),
+    )
+        .prop_map(
+            move |(
+                len,
+                seed,
+                chunk_size,
+                receiver_window,
+                max_window,
+                reliable,
+                pieces,
+                expected,
+            )| {
+                // Chunks of one byte only for small files, to keep the step count low.
+                let file_len = if chunk_size == 1 { len.min(200) } else { len };
+                Setup {
+                    file_len,
+                    seed,
+                    chunk_size,
+                    receiver_window,
+                    max_window,
+                    reliable,
+                    // Resume only at a piece boundary inside the file.
+                    pieces: pieces
+                        .map(|(size, piece)| (size, piece.min(file_len as u64 / u64::from(size)))),
+                    expected,
+                    max_rto,
+                }
+            },
+        )
+}
+
+/// How long the lossy part of a bounded schedule lasts: well inside the 15 s idle timeout,
+/// so that the schedule lets messages through before either side may give up.
+const LOSSY_PERIOD: Duration = Duration::from_secs(5);
+
+/// A largest RTO such that three fit in the default 15 s idle timeout (the rule of RFC 9000
+/// §10.1), so one lost reply to a backed-off retransmission cannot end the transfer.
+const LIVE_MAX_RTO: Duration = Duration::from_secs(4);
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Under any schedule of bounded loss (at most every other message of a direction, lost
+    /// or corrupted, during the first `LOSSY_PERIOD`), duplication and reordering, both sides
+    /// finish and the receiver has written exactly the file.
+    #[test]
+    fn transfer_delivers_exact_file_despite_loss_dup_reorder(
+        s in setup(SenderConfig::default().max_rto),
+        fates in vec(fate(), 0..400),
+    ) {
+        let losses_for = LOSSY_PERIOD;
+        let mut h = Harness::new(s, Schedule::Bounded { fates, losses_for });
+        h.drive(500_000);
+        prop_assert!(
+            matches!(h.receiver_end, Some(ReceiverEvent::Finished { .. })),
+            "receiver ended with {:?}", h.receiver_end
+        );
+        prop_assert_eq!(&h.written, &h.file);
+        prop_assert_eq!(&h.sender_end, &Some(SenderEvent::Finished));
+        prop_assert!(h.receiver.is_done());
+        prop_assert!(h.sender.as_ref().is_some_and(|s| s.is_done()));
+    }
+
+    /// When the link dies (everything lost after some message, in one or both directions),
+    /// the receiver ends with a timeout or, if every byte was already through, a correct
+    /// `Finished`; the sender never claims success the receiver did not confirm.
+    #[test]
+    fn dead_link_ends_in_timeout_never_wrong_finish(
+        s in setup(SenderConfig::default().max_rto),
+        fates in vec(fate(), 0..100),
+        after in 0..200u64,
+        dir in prop_oneof![
+            Just(None),
+            Just(Some(Dir::ToReceiver)),
+            Just(Some(Dir::ToSender)),
+        ],
+    ) {
+        let mut h = Harness::new(s, Schedule::Dies { fates, after, dir });
+        h.drive(500_000);
+        match &h.receiver_end {
+            Some(ReceiverEvent::Finished { .. }) => prop_assert_eq!(&h.written, &h.file),
+            // Its own idle timer, or the sender's timeout reported in an Abort.
+            Some(ReceiverEvent::Failed(
+                TransferError::Timeout(_) | TransferError::Aborted(AbortReason::Timeout),
+            )) => {
+                prop_assert!(h.file.starts_with(&h.written));
+            }
+            other => prop_assert!(false, "receiver ended with {:?}", other),
+        }
+        if h.sender_end == Some(SenderEvent::Finished) {
+            let receiver_finished = matches!(h.receiver_end, Some(ReceiverEvent::Finished { .. }));
+            prop_assert!(receiver_finished, "sender finished, receiver ended with {:?}",
+                h.receiver_end);
+        }
+        if let Some(s) = &h.sender {
+            prop_assert!(s.is_done(), "sender still running when everything is idle");
+        }
+    }
+}
+
+/// The schedule, found by `transfer_delivers_exact_file_despite_loss_dup_reorder` with the
+/// default `max_rto`, where one lost ACK ends a live transfer: the Accept is lost three
+/// times, so the chunks sent with it are ignored and the RTO backs off to 10 s; at 25.3 s
+/// the retransmission gets through but its ACK is lost, and the sender, silent-for-15-s
+/// since 15.3 s, gives up at 30.3 s, before its next retransmission at 35.3 s.
+fn one_lost_ack_schedule() -> Vec<Fate> {
+    use Fate::*;
+    vec![
+        Delay(289),
+        Drop,
+        Deliver,
+        Deliver,
+        Deliver,
+        Deliver,
+        Delay(262),
+        Corrupt { at: 58469, xor: 45 },
+        Delay(206),
+        Delay(3),
+        Deliver,
+        Drop,
+        Corrupt {
+            at: 46939,
+            xor: 177,
+        },
+        Duplicate,
+        Corrupt { at: 23602, xor: 82 },
+        Deliver,
+        Delay(43),
+        Delay(150),
+        Deliver,
+        Drop,
+        Delay(14),
+        Deliver,
+        Deliver,
+        Drop,
+        Drop,
+    ]
+}
+
+fn one_lost_ack_setup(max_rto: Duration) -> Setup {
+    Setup {
+        file_len: 1584,
+        seed: 0,
+        chunk_size: 407,
+        receiver_window: 1,
+        max_window: 8,
+        reliable: false,
+        pieces: None,
+        expected: true,
+        max_rto,
+    }
+}
+
+/// With the RTO capped so that three fit in the idle timeout, the same schedule delivers.
+#[test]
+fn one_lost_ack_is_survived_when_idle_timeout_covers_three_rtos() {
+    let mut h = Harness::new(
+        one_lost_ack_setup(LIVE_MAX_RTO),
+        Schedule::Bounded {
+            fates: one_lost_ack_schedule(),
+            losses_for: Duration::MAX,
+        },
+    );
+    h.drive(100_000);
+    assert!(
+        matches!(h.receiver_end, Some(ReceiverEvent::Finished { .. })),
+        "receiver ended with {:?}",
+        h.receiver_end
+    );
+    assert_eq!(h.written, h.file);
+}
+
+/// With the default configuration (idle timeout 15 s, max RTO 10 s), the sender gives up after
+/// one lost ACK once its RTO has backed off: RFC 9000 §10.1 asks for an idle timeout of at
+/// least three current RTOs for this reason.
+#[test]
+#[ignore = "core bug: idle timeout (15 s) < 3 x max RTO (10 s): one lost ACK after a backed-off retransmission ends the transfer"]
+fn one_lost_ack_at_max_backoff_does_not_end_the_transfer() {
+    let default_rto = SenderConfig::default().max_rto;
+    let mut h = Harness::new(
+        one_lost_ack_setup(default_rto),
+        Schedule::Bounded {
+            fates: one_lost_ack_schedule(),
+            losses_for: Duration::MAX,
+        },
+    );
+    h.drive(100_000);
+    assert!(
+        matches!(h.receiver_end, Some(ReceiverEvent::Finished { .. })),
+        "receiver ended with {:?}, sender with {:?}",
+        h.receiver_end,
+        h.sender_end
+    );
+    assert_eq!(h.written, h.file);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry
+// ---------------------------------------------------------------------------------------------
+
+fn registry_op() -> impl Strategy<Value = RegistryOp> {
+    prop_oneof![
+        4 => (0..8u8, 0..4u8, 0..4u16, any::<bool>())
+            .prop_map(|(name, ip, port, tcp)| RegistryOp::Register { name, ip, port, tcp }),
+        1 => (0..8u8, 0..4u8).prop_map(|(name, ip)| RegistryOp::Unregister { name, ip }),
+        1 => Just(RegistryOp::Expire),
+        1 => Just(RegistryOp::List),
+        2 => (0..3000u32).prop_map(RegistryOp::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// Under any sequence of register/heartbeat, unregister, expire and list with a clock that
+    /// moves forward: the table never exceeds `max_peers`; the list is unique, sorted and
+    /// holds only live peers at their registered address; a live name is never taken over
+    /// from another address or transport; expiry frees names and slots.
+    #[test]
+    fn registry_keeps_its_invariants(
+        ttl_ms in 1..5000u64,
+        max_peers in 1..6usize,
+        ops in vec(registry_op(), 0..120),
+    ) {
+        let config = RegistryConfig {
+            ttl: Duration::from_millis(ttl_ms),
+            heartbeat: Duration::from_millis(ttl_ms / 3),
+            max_peers,
+        };
+        check_registry_ops(config, &ops);
+    }
+}
