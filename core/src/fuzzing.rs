@@ -1013,10 +1013,28 @@ pub fn sample_messages() -> Vec<Message> {
             request,
             reason: "no such page".into(),
         },
+        Message::PieceRequest {
+            request,
+            file: FileId(1),
+            hash,
+            first: 0,
+        },
+        Message::PieceHashes {
+            request,
+            piece_size: crate::wire::PIECE_SIZE,
+            pieces: 3,
+            first: 1,
+            hashes: BoundedVec(vec![hash, ContentHash([7; 32])]),
+        },
         Message::Request {
             transfer,
             file: FileId(1),
             offset: 0,
+        },
+        Message::Request {
+            transfer,
+            file: FileId(1),
+            offset: u64::from(crate::wire::PIECE_SIZE),
         },
         Message::Accept {
             transfer,
