@@ -1095,7 +1095,8 @@ impl Driver {
             }
             loop {
                 if let Some(rate) = self.config.max_upload_rate {
-                    if self.upload_tokens < 0.0 {
+                    // A finished machine only has its last word (an Abort) left: never hold it.
+                    if self.upload_tokens < 0.0 && !up.machine.is_done() {
                         let wait = -self.upload_tokens / rate as f64;
                         self.throttled_until =
                             Some(tokio_now + Duration::from_secs_f64(wait.max(0.001)));

@@ -1,0 +1,325 @@
+//! Nothing lost: interrupted downloads resume from their verified prefix, on real sockets with
+//! the real binary. The seeding peer's `--max-upload-rate` keeps a transfer in flight long
+//! enough to interrupt it, and `get --json` reports each recorded checkpoint on stderr, so the
+//! tests act on what the processes report, never on timing guesses.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+
+/// Waits until `get --json` reports a checkpoint of at least `at_least` bytes; returns it.
+fn wait_checkpoint(p: &mut Proc, at_least: u64) -> u64 {
+    loop {
+        let line = p.wait_for("\"checkpoint\"");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let c = v["checkpoint"].as_u64().unwrap();
+        if c >= at_least {
+            return c;
+        }
+    }
+}
+
+fn get_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let o = run(dir, args);
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn hidden(out: &Path, name: &str, suffix: &str) -> std::path::PathBuf {
+    out.join(format!(".{name}{suffix}"))
+}
+
+#[test]
+fn killed_receiver_resumes_without_fetching_the_whole_file_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    fs::create_dir(&share).unwrap();
+    let size = 60 * MIB + 123;
+    let content = random_bytes(size, 1);
+    write_file(&share, "big.bin", &content);
+    let (_t, tr) = tracker(dir.path(), &[]);
+    let _seed = peer(
+        dir.path(),
+        "seed",
+        &tr,
+        &share,
+        "udp",
+        &["--max-upload-rate", "40MiB"],
+    );
+
+    let mut first = Proc::spawn(
+        dir.path(),
+        &[
+            "get",
+            "seed",
+            "1",
+            "--tracker",
+            &tr,
+            "--out",
+            "out",
+            "--json",
+        ],
+    );
+    let kept = wait_checkpoint(&mut first, (size / 2) as u64);
+    first.kill(); // SIGKILL: no chance to clean up
+    let out = dir.path().join("out");
+    assert!(hidden(&out, "big.bin", ".p2p-part").exists());
+    assert!(hidden(&out, "big.bin", ".p2p-state").exists());
+    assert!(
+        !out.join("big.bin").exists(),
+        "nothing under the final name before it is verified"
+    );
+
+    let report = get_json(
+        dir.path(),
+        &[
+            "get",
+            "seed",
+            "1",
+            "--tracker",
+            &tr,
+            "--out",
+            "out",
+            "--json",
+        ],
+    );
+    let resumed = report["resumed_from"].as_u64().unwrap();
+    let received = report["received"].as_u64().unwrap();
+    assert!(
+        resumed >= kept,
+        "resumed at {resumed}, a checkpoint of {kept} was recorded"
+    );
+    assert_eq!(resumed + received, size as u64);
+    assert!(
+        received < size as u64 / 2,
+        "fetched {received} of {size} again"
+    );
+    assert!(fs::read(out.join("big.bin")).unwrap() == content);
+    assert!(!hidden(&out, "big.bin", ".p2p-part").exists());
+    assert!(!hidden(&out, "big.bin", ".p2p-state").exists());
+}
+
+#[test]
+fn killed_sender_leaves_a_partial_that_a_second_seeder_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 24 * MIB + 5;
+    let content = random_bytes(size, 2);
+    let (share_a, share_b) = (dir.path().join("a"), dir.path().join("b"));
+    for s in [&share_a, &share_b] {
+        fs::create_dir(s).unwrap();
+        write_file(s, "movie.bin", &content);
+    }
+    let (_t, tr) = tracker(dir.path(), &[]);
+    let mut seed_a = peer(
+        dir.path(),
+        "a",
+        &tr,
+        &share_a,
+        "udp",
+        &["--max-upload-rate", "16MiB"],
+    );
+    let mut getter = Proc::spawn(
+        dir.path(),
+        &[
+            "get",
+            "a",
+            "1",
+            "--tracker",
+            &tr,
+            "--out",
+            "out",
+            "--json",
+            "--idle-timeout",
+            "2s",
+        ],
+    );
+    let kept = wait_checkpoint(&mut getter, (size / 3) as u64);
+    seed_a.kill();
+    getter.wait_for("run the same download again to resume");
+    assert!(!getter.wait_exit().success());
+    let out = dir.path().join("out");
+    assert!(!out.join("movie.bin").exists());
+
+    let _seed_b = peer(dir.path(), "b", &tr, &share_b, "tcp", &[]);
+    let report = get_json(
+        dir.path(),
+        &["get", "b", "1", "--tracker", &tr, "--out", "out", "--json"],
+    );
+    assert!(report["resumed_from"].as_u64().unwrap() >= kept);
+    assert!(report["received"].as_u64().unwrap() < (size as u64) * 2 / 3);
+    assert!(fs::read(out.join("movie.bin")).unwrap() == content);
+}
+
+#[test]
+fn changed_source_discards_the_stale_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    fs::create_dir(&share).unwrap();
+    let size = 16 * MIB;
+    write_file(&share, "doc.bin", &random_bytes(size, 3));
+    let (_t, tr) = tracker(dir.path(), &[]);
+    let _seed = peer(
+        dir.path(),
+        "seed",
+        &tr,
+        &share,
+        "udp",
+        &["--max-upload-rate", "12MiB"],
+    );
+    let mut first = Proc::spawn(
+        dir.path(),
+        &[
+            "get",
+            "seed",
+            "1",
+            "--tracker",
+            &tr,
+            "--out",
+            "out",
+            "--json",
+        ],
+    );
+    wait_checkpoint(&mut first, 1);
+    first.kill();
+    // The source changes: the next listing has a new size and hash.
+    let new_content = random_bytes(size + 1000, 4);
+    write_file(&share, "doc.bin", &new_content);
+    let o = run(
+        dir.path(),
+        &["get", "seed", "1", "--tracker", &tr, "--out", "out"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stale partial download discarded"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(fs::read(dir.path().join("out/doc.bin")).unwrap() == new_content);
+}
+
+#[test]
+fn file_changing_on_the_sender_aborts_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    fs::create_dir(&share).unwrap();
+    let size = 16 * MIB;
+    write_file(&share, "live.log", &random_bytes(size, 5));
+    let (_t, tr) = tracker(dir.path(), &[]);
+    let _seed = peer(
+        dir.path(),
+        "seed",
+        &tr,
+        &share,
+        "tcp",
+        &["--max-upload-rate", "8MiB"],
+    );
+    let mut getter = Proc::spawn(
+        dir.path(),
+        &[
+            "get",
+            "seed",
+            "1",
+            "--tracker",
+            &tr,
+            "--out",
+            "out",
+            "--json",
+        ],
+    );
+    wait_checkpoint(&mut getter, 1);
+    // Rewrite the file in place while it is being sent.
+    write_file(&share, "live.log", &random_bytes(size, 6));
+    getter.wait_for("file changed on the sender");
+    assert!(!getter.wait_exit().success());
+    assert!(
+        !dir.path().join("out/live.log").exists(),
+        "never a mixed file under the final name"
+    );
+}
+
+/// A small tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs(path.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("small"), "6m") else {
+        eprintln!("SKIPPED full_disk test: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)");
+        return;
+    };
+    let share = dir.path().join("share");
+    fs::create_dir(&share).unwrap();
+    let size = 10 * MIB;
+    let content = random_bytes(size, 7);
+    write_file(&share, "fat.bin", &content);
+    let (_t, tr) = tracker(dir.path(), &[]);
+    let _seed = peer(dir.path(), "seed", &tr, &share, "udp", &[]);
+    let out = disk.0.to_str().unwrap().to_string();
+    let o = run(
+        dir.path(),
+        &["get", "seed", "1", "--tracker", &tr, "--out", &out],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("verified bytes kept"), "{err}");
+    assert!(!disk.0.join("fat.bin").exists());
+
+    disk.resize("32m");
+    let o = run(
+        dir.path(),
+        &[
+            "get",
+            "seed",
+            "1",
+            "--tracker",
+            &tr,
+            "--out",
+            &out,
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report["resumed_from"].as_u64().unwrap() > 0, "{report}");
+    assert!(fs::read(disk.0.join("fat.bin")).unwrap() == content);
+}
