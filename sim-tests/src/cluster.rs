@@ -116,10 +116,10 @@ pub fn fast_endpoint(share: Option<PathBuf>, id_seed: u64) -> EndpointConfig {
             idle_timeout: Duration::from_secs(5),
             ..ReceiverConfig::default()
         },
-        max_uploads: 32,
         rpc_retry: Duration::from_millis(250),
         rpc_attempts: 8,
         id_seed,
+        ..EndpointConfig::default()
     }
 }
 
@@ -132,6 +132,8 @@ pub struct SharedFile {
     pub size: u64,
     /// BLAKE3 of the content.
     pub hash: blake3::Hash,
+    /// Where the content is on disk (in the sharing peer's folder).
+    pub source: PathBuf,
 }
 
 /// Writes `size` bytes of content determined by `seed` and `path` under `dir/path`.
@@ -148,6 +150,7 @@ pub fn generate_file(dir: &Path, path: &str, size: usize, seed: u64) -> io::Resu
         path: path.to_string(),
         size: size as u64,
         hash: blake3::hash(&bytes),
+        source: full,
     })
 }
 

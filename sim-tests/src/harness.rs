@@ -4,8 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use p2p_core::service::endpoint::partial_path;
+use p2p_core::service::resume::{load_state, partial_path, state_path};
 use p2p_core::service::{DownloadReport, ServiceError};
+use p2p_core::transfer::TransferError;
+
+use crate::cluster::SharedFile;
 
 /// Runs `body` for `seed`, after printing the line that replays exactly this run:
 /// `replay: SIM_SEEDS=<seed> cargo test -p p2p-sim-tests --test <file> <test>`.
@@ -61,29 +64,46 @@ pub fn run_for(sim: &mut turmoil::Sim<'_>, span: Duration) -> turmoil::Result<bo
 /// How a download ended, once checked against the invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Checked {
-    /// The destination holds exactly the source bytes.
+    /// The destination holds exactly the source bytes; no partial or state file is left.
     Complete,
-    /// A clear error, and nothing under the final name nor a partial file.
+    /// An error, and no file under the final name. Either nothing is left on disk, or (for
+    /// [`ServiceError::Incomplete`]) the partial file holds exactly the source's first `kept`
+    /// bytes and its state file records them, ready for a resume.
     Failed(ServiceError),
 }
 
+/// True when `e` says the other side went silent: a transfer timeout, or an incomplete
+/// download kept for a resume because of one.
+pub fn timed_out(e: &ServiceError) -> bool {
+    match e {
+        ServiceError::Transfer(TransferError::Timeout(_)) => true,
+        ServiceError::Incomplete { reason, .. } => {
+            reason.contains("stopped sending") || reason.contains("no answer from the peer")
+        }
+        _ => false,
+    }
+}
+
 /// The invariant of every scenario: a download ends with exactly the source bytes under
-/// `dest` (BLAKE3 `expected`) and no partial file, or with an error and neither a file under
-/// the final name nor a leftover partial file. Returns which, or what broke the invariant.
+/// `dest` and no partial or state file, or with an error, no file under the final name and
+/// either nothing left or a verified, recorded prefix of the source (see [`Checked`]).
+/// Returns which, or what broke the invariant.
 pub fn check_download(
     result: &Result<DownloadReport, ServiceError>,
     dest: &Path,
-    expected: blake3::Hash,
+    source: &SharedFile,
 ) -> Result<Checked, String> {
     let partial = partial_path(dest);
-    if partial.exists() {
-        return Err(format!(
-            "partial file {} left behind (result: {result:?})",
-            partial.display()
-        ));
-    }
+    let state = state_path(dest);
     match result {
         Ok(report) => {
+            if partial.exists() || state.exists() {
+                return Err(format!(
+                    "download done but {} or {} is left behind",
+                    partial.display(),
+                    state.display()
+                ));
+            }
             let bytes = std::fs::read(dest).map_err(|e| {
                 format!(
                     "download reported done but {} is unreadable: {e}",
@@ -91,14 +111,16 @@ pub fn check_download(
                 )
             })?;
             let got = blake3::hash(&bytes);
-            if got != expected {
+            if got != source.hash {
                 return Err(format!(
-                    "WRONG FILE: {} has hash {got} ({} bytes), expected {expected}",
+                    "WRONG FILE: {} has hash {got} ({} bytes), expected {} ({} bytes)",
                     dest.display(),
-                    bytes.len()
+                    bytes.len(),
+                    source.hash,
+                    source.size
                 ));
             }
-            if report.hash.0 != *expected.as_bytes() || report.size != bytes.len() as u64 {
+            if report.hash.0 != *source.hash.as_bytes() || report.size != bytes.len() as u64 {
                 return Err(format!("report {report:?} does not describe the file"));
             }
             Ok(Checked::Complete)
@@ -109,6 +131,45 @@ pub fn check_download(
                     "download failed ({e}) but {} exists under the final name",
                     dest.display()
                 ));
+            }
+            match e {
+                ServiceError::Incomplete { kept, .. } => {
+                    let recorded = load_state(dest).map(|s| s.verified);
+                    if recorded != Some(*kept) {
+                        return Err(format!("{e}: but the state file records {recorded:?}"));
+                    }
+                    let bytes = std::fs::read(&partial)
+                        .map_err(|err| format!("{e}: but the partial file is unreadable: {err}"))?;
+                    let want = std::fs::read(&source.source)
+                        .map_err(|err| format!("cannot read the source: {err}"))?;
+                    let k = *kept as usize;
+                    if k == 0 || bytes.len() < k || want.len() < k || bytes[..k] != want[..k] {
+                        return Err(format!(
+                            "WRONG PREFIX: {e}: the partial file ({} bytes) does not start \
+                             with the source's first {k} bytes",
+                            bytes.len()
+                        ));
+                    }
+                }
+                _ => {
+                    // A download that failed before it started (e.g. no answer to the
+                    // piece-table request) leaves an earlier verified prefix alone; anything
+                    // else on disk is garbage.
+                    if partial.exists() || state.exists() {
+                        let recorded = load_state(dest).map(|s| s.verified).unwrap_or(0);
+                        let bytes = std::fs::read(&partial).unwrap_or_default();
+                        let want = std::fs::read(&source.source).unwrap_or_default();
+                        let k = recorded as usize;
+                        if k == 0 || bytes.len() < k || want.len() < k || bytes[..k] != want[..k] {
+                            return Err(format!(
+                                "download failed ({e}) and left {} / {} that are no verified \
+                                 prefix of the source",
+                                partial.display(),
+                                state.display()
+                            ));
+                        }
+                    }
+                }
             }
             Ok(Checked::Failed(e.clone()))
         }

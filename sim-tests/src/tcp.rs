@@ -32,7 +32,9 @@ pub struct SimTcpConfig {
     pub max_message: usize,
     /// Most open connections (accepted + opened).
     pub max_connections: usize,
-    /// A connection that receives nothing this long is closed.
+    /// A connection that receives nothing this long is closed. Shorter than the real
+    /// transport's 60 s: a turmoil stream that lost a segment stays silent for good, and this
+    /// is how the transport notices and reconnects.
     pub idle_timeout: Duration,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
@@ -46,7 +48,7 @@ impl Default for SimTcpConfig {
         SimTcpConfig {
             max_message: 64 * 1024 + DATA_OVERHEAD,
             max_connections: 256,
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             send_timeout: Some(Duration::from_secs(1)),
         }

@@ -11,8 +11,8 @@ use p2p_core::service::ServiceError;
 use p2p_core::transfer::TransferError;
 use p2p_core::wire::AbortReason;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_for, run_seeds, run_until, spawn_fetch, tracker_addr,
-    wait_progress, Checked, Cluster, Net, PeerOpts,
+    check_download, fast_registry, fetch, run_for, run_seeds, run_until, spawn_fetch, timed_out,
+    tracker_addr, wait_progress, Checked, Cluster, Net, PeerOpts,
 };
 
 const FILE: usize = 1 << 20;
@@ -45,10 +45,7 @@ async fn crash_mid_transfer(
 
 /// A transfer whose other side died: a clear error (timeout, or an abort), nothing on disk.
 fn clear_failure(e: &ServiceError) -> bool {
-    matches!(
-        e,
-        ServiceError::Transfer(TransferError::Timeout(_) | TransferError::Aborted(_))
-    )
+    timed_out(e) || matches!(e, ServiceError::Transfer(TransferError::Aborted(_)))
 }
 
 fn crash_sender(seed: u64, net: Net) -> turmoil::Result {
@@ -66,13 +63,13 @@ fn crash_sender(seed: u64, net: Net) -> turmoil::Result {
         let (task, mut progress) = spawn_fetch(&h, "seeder", "big.bin", &dest).await?;
         crash_mid_transfer(&mut progress, &client_flag).await?;
         let res = task.await?;
-        match check_download(&res, &dest, f.hash)? {
+        match check_download(&res, &dest, &f)? {
             Checked::Failed(e) if clear_failure(&e) => {}
             other => return Err(format!("expected a clear failure, got {other:?}").into()),
         }
         // The seeder is back: a new download gets the exact bytes.
         let res = fetch(&h, "seeder", "big.bin", &dest).await;
-        match check_download(&res, &dest, f.hash)? {
+        match check_download(&res, &dest, &f)? {
             Checked::Complete => Ok(()),
             Checked::Failed(e) => Err(format!("retry after the restart failed: {e}").into()),
         }
@@ -127,7 +124,7 @@ fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
         let h = handles.get_boot("leecher", 2).await;
         for attempt in 1.. {
             let res = fetch(&h, "seeder", "big.bin", &dest).await;
-            match check_download(&res, &dest, f.hash)? {
+            match check_download(&res, &dest, &f)? {
                 Checked::Complete => {
                     trace.record("ctl", format_args!("complete at attempt {attempt}"));
                     return Ok(());
@@ -214,7 +211,7 @@ fn crash_tracker(seed: u64, net: Net) -> turmoil::Result {
         acted(&client_flag).await;
         // Peers talk directly: the transfer does not need the tracker.
         let res = task.await?;
-        if check_download(&res, &dest, f.hash)? != Checked::Complete {
+        if check_download(&res, &dest, &f)? != Checked::Complete {
             return Err(format!("the transfer failed while the tracker was down: {res:?}").into());
         }
         // Heartbeats re-register everyone with the restarted tracker.

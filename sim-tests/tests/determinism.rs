@@ -42,7 +42,7 @@ fn busy_run(seed: u64, net: Net) -> turmoil::Result<(String, String)> {
         sim.client(format!("ctl-{l}"), async move {
             let h = handles.get(l).await;
             let res = fetch(&h, "seeder", path, &dest).await;
-            let checked = check_download(&res, &dest, f.hash)?;
+            let checked = check_download(&res, &dest, &f)?;
             trace.record(l, format_args!("{path}: {checked:?}"));
             let peers = h.list_peers(p2p_sim_tests::tracker_addr()).await;
             let names: Option<Vec<String>> =

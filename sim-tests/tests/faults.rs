@@ -52,7 +52,7 @@ fn faults_scenario(
                 &l,
                 format_args!("{path}: {:?}", res.as_ref().map(|r| r.size)),
             );
-            match check_download(&res, &dest, f.hash)? {
+            match check_download(&res, &dest, &f)? {
                 Checked::Complete => Ok(()),
                 Checked::Failed(e) => Err(format!("{l}: {path} failed: {e}").into()),
             }

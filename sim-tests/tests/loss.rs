@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use p2p_core::service::ServiceError;
-use p2p_core::transfer::TransferError;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_seeds, Checked, Cluster, FaultRates, Net, PeerOpts,
+    check_download, fast_registry, fetch, run_seeds, timed_out, Checked, Cluster, FaultRates, Net,
+    PeerOpts,
 };
 
 const FILE: usize = 200 * 1024;
@@ -65,14 +65,10 @@ fn loss_scenario(seed: u64, percent: u32) -> turmoil::Result<(usize, u64)> {
                 &l,
                 format_args!("{}: {:?}", f.path, res.as_ref().map(|r| r.size)),
             );
-            match check_download(&res, &dest, f.hash)? {
+            match check_download(&res, &dest, &f)? {
                 Checked::Complete => done.set(done.get() + 1),
                 Checked::Failed(e) => {
-                    let clear = matches!(
-                        e,
-                        ServiceError::Transfer(TransferError::Timeout(_))
-                            | ServiceError::NoAnswer(_)
-                    );
+                    let clear = timed_out(&e) || matches!(e, ServiceError::NoAnswer(_));
                     eprintln!("   {l}: {} failed at {percent}% loss: {e}", f.path);
                     if percent < 50 || !clear {
                         return Err(

@@ -1,6 +1,8 @@
 //! Partitions mid-transfer: one that heals (the transfer completes), one that never heals
-//! (both sides give up with a timeout and free their state: no file under the final name, no
-//! partial file, and the seeder's only upload slot is free again), and link flapping.
+//! (both sides give up with a timeout and free their state: no file under the final name,
+//! either no partial file or a verified prefix kept for a resume, the seeder's only upload
+//! slot free again; after a repair the same download resumes from the kept prefix), and link
+//! flapping.
 //!
 //! turmoil's TCP never re-sends, so a partition that drops TCP segments breaks the stream for
 //! good; a transient outage of TCP is modelled with `hold`/`release` instead (segments wait on
@@ -9,10 +11,9 @@
 use std::time::Duration;
 
 use p2p_core::service::ServiceError;
-use p2p_core::transfer::TransferError;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_seeds, spawn_fetch, wait_progress, Checked, Cluster,
-    Net, PeerOpts,
+    check_download, fast_registry, fetch, run_seeds, spawn_fetch, timed_out, wait_progress,
+    Checked, Cluster, Net, PeerOpts,
 };
 
 const FILE: usize = 1 << 20;
@@ -88,31 +89,44 @@ fn outage_scenario(seed: u64, net: Net, outage: Outage) -> turmoil::Result {
             "ctl",
             format_args!("download: {:?}", res.as_ref().map(|r| r.size)),
         );
-        let checked = check_download(&res, &dest, big.hash)?;
-        match (outage, checked) {
-            (
-                Outage::Forever,
-                Checked::Failed(ServiceError::Transfer(TransferError::Timeout(_))),
-            ) => {}
+        let checked = check_download(&res, &dest, &big)?;
+        let kept = match (outage, checked) {
+            // A timeout; the verified prefix may be kept for a resume (checked above).
+            (Outage::Forever, Checked::Failed(e)) if timed_out(&e) => match e {
+                ServiceError::Incomplete { kept, .. } => kept,
+                _ => 0,
+            },
             (Outage::Forever, other) => {
                 return Err(format!(
                     "expected a timeout after a permanent partition, got {other:?}"
                 )
                 .into())
             }
-            (_, Checked::Complete) => {}
+            (_, Checked::Complete) => return Ok(()),
             (_, Checked::Failed(e)) => {
                 return Err(format!("the transfer did not survive {outage:?}: {e}").into())
             }
+        };
+        // The seeder gives up too (after its idle timeout): its only upload slot is free.
+        tokio::time::sleep(IDLE).await;
+        let p = handles.get("probe").await;
+        let res = fetch(&p, "seeder", "small.bin", &probe_dest).await;
+        if check_download(&res, &probe_dest, &small)? != Checked::Complete {
+            return Err(format!("the seeder did not free the dead upload: {res:?}").into());
         }
-        if outage == Outage::Forever {
-            // The seeder gives up too (after its idle timeout): its only upload slot is free.
-            tokio::time::sleep(IDLE).await;
-            let p = handles.get("probe").await;
-            let res = fetch(&p, "seeder", "small.bin", &probe_dest).await;
-            if check_download(&res, &probe_dest, small.hash)? != Checked::Complete {
-                return Err(format!("the seeder did not free the dead upload: {res:?}").into());
-            }
+        // Once the network is back, the same download resumes from the kept prefix.
+        turmoil::repair("seeder", "leecher");
+        let res = fetch(&h, "seeder", "big.bin", &dest).await;
+        trace.record(
+            "ctl",
+            format_args!("again: {:?}", res.as_ref().map(|r| r.resumed_from)),
+        );
+        if check_download(&res, &dest, &big)? != Checked::Complete {
+            return Err(format!("the download failed after the repair: {res:?}").into());
+        }
+        let from = res.map(|r| r.resumed_from).unwrap_or_default();
+        if from != kept {
+            return Err(format!("resumed from {from}, but {kept} bytes were kept").into());
         }
         Ok(())
     });
@@ -170,7 +184,7 @@ fn flapping(seed: u64, net: Net) -> turmoil::Result {
     sim.client("ctl", async move {
         let h = handles.get("leecher").await;
         let res = fetch(&h, "seeder", "a.bin", &dest).await;
-        match check_download(&res, &dest, f.hash)? {
+        match check_download(&res, &dest, &f)? {
             Checked::Complete => Ok(()),
             // Over TCP a flap breaks the connection for good: a clear error is the best
             // possible outcome.

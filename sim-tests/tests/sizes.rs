@@ -29,7 +29,7 @@ fn sizes_scenario(test: &str, net: Net, sizes: &[usize]) {
                     "ctl",
                     format_args!("{}: {:?}", f.path, res.as_ref().map(|r| r.size)),
                 );
-                match check_download(&res, &out, f.hash)? {
+                match check_download(&res, &out, &f)? {
                     Checked::Complete => {}
                     Checked::Failed(e) => return Err(format!("{} failed: {e}", f.path).into()),
                 }
