@@ -237,9 +237,12 @@ fn file_changing_on_the_sender_aborts_with_a_reason() {
         ],
     );
     wait_checkpoint(&mut getter, 1);
-    // Rewrite the file in place while it is being sent.
+    // Rewrite the file in place while it is being sent. The sender notices (it checks the
+    // file's size and mtime every 100 ms) and aborts with "file changed on the sender"; if
+    // changed bytes were read before that, the receiver's piece check catches them first
+    // ("... changed on the sender"). Either way: a reason, and no file.
     write_file(&share, "live.log", &random_bytes(size, 6));
-    getter.wait_for("file changed on the sender");
+    getter.wait_for("changed on the sender");
     assert!(!getter.wait_exit().success());
     assert!(
         !dir.path().join("out/live.log").exists(),

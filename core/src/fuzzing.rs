@@ -291,6 +291,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
         idle_timeout: Duration::from_secs(5),
         ack_every,
         ack_delay: Duration::from_millis(5),
+        window_bytes: u64::MAX,
     };
     let transfer = TransferId(7);
     let mut now = Instant::now();
@@ -640,6 +641,11 @@ pub fn sender_run(data: &[u8]) -> RunSummary {
         idle_timeout: Duration::from_secs(5),
         dup_thresh: 1 + u64::from(input.u8() % 4),
         reliable: flags & 1 != 0,
+        congestion: if flags & 16 != 0 {
+            crate::transfer::congestion::CongestionKind::NewReno
+        } else {
+            crate::transfer::congestion::CongestionKind::Bbr
+        },
     };
     let start_chunk = u64::from(input.u8());
     let hash = ContentHash([flags; 32]);

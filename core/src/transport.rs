@@ -33,6 +33,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Largest message this transport carries whole.
     fn max_message_size(&self) -> usize;
 
+    /// Largest message worth sending to `to`: a transport may allow more on paths it knows
+    /// to be wide (UDP to a loopback address carries 64 KiB datagrams unfragmented).
+    fn max_message_size_to(&self, _to: SocketAddr) -> usize {
+        self.max_message_size()
+    }
+
     /// True when the transport itself delivers messages reliably and in order (TCP); the
     /// sender may then skip congestion control and retransmission timers, while ACK/FIN still
     /// confirm delivery end to end.

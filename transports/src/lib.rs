@@ -15,7 +15,7 @@ use p2p_core::transport::SharedTransport;
 use p2p_core::wire::TransportKind;
 
 pub use tcp::{TcpConfig, TcpTransport};
-pub use udp::{UdpTransport, DEFAULT_UDP_MESSAGE};
+pub use udp::{UdpTransport, DEFAULT_UDP_MESSAGE, LOOPBACK_UDP_MESSAGE};
 
 /// Binds a transport of `kind` on `addr` with default settings.
 pub async fn bind(kind: TransportKind, addr: SocketAddr) -> io::Result<SharedTransport> {

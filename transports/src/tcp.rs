@@ -116,7 +116,7 @@ impl TcpTransport {
     pub async fn bind(addr: SocketAddr, config: TcpConfig) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
             config,
             started: Instant::now(),
@@ -172,7 +172,7 @@ impl TcpTransport {
 fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) -> Outbox {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, rx) = mpsc::channel(64);
     let last_active = Arc::new(AtomicU64::new(shared.now_ms()));
     let reader_shared = shared.clone();
     let reader_tx = tx.clone();

@@ -12,7 +12,11 @@ use tokio::sync::Mutex;
 /// Largest message sent by default: fits a 1500-byte Ethernet MTU with IPv6 and UDP headers
 /// (1500 − 40 − 8), so nothing is fragmented on a real network.
 pub const DEFAULT_UDP_MESSAGE: usize = 1452;
-/// Kernel socket buffer asked for (the kernel may grant less).
+/// Largest message sent to a loopback address: 60 KiB of payload per datagram, no
+/// fragmentation on the loopback interface (MTU 64 KiB).
+pub const LOOPBACK_UDP_MESSAGE: usize = 60 * 1024 + p2p_core::wire::DATA_OVERHEAD;
+/// Kernel socket buffer asked for. Without privileges the kernel caps it at
+/// `net.core.rmem_max`/`wmem_max`; with CAP_NET_ADMIN the forced variants lift the cap.
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
 /// A UDP socket as a [`Transport`].
@@ -34,6 +38,7 @@ impl UdpTransport {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        force_buffers(&socket);
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         Ok(UdpTransport {
@@ -44,10 +49,18 @@ impl UdpTransport {
     }
 }
 
+/// Raises the socket buffers past the unprivileged cap where allowed (root); silently keeps
+/// the granted size elsewhere.
+fn force_buffers(socket: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER);
+    let _ = setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER);
+}
+
 #[async_trait]
 impl Transport for UdpTransport {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
-        if msg.len() > self.max_message.max(p2p_core::wire::CONTROL_BUDGET) {
+        if msg.len() > self.max_message_size_to(to).max(p2p_core::wire::CONTROL_BUDGET) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("message of {} bytes exceeds the datagram limit", msg.len()),
@@ -74,5 +87,13 @@ impl Transport for UdpTransport {
 
     fn max_message_size(&self) -> usize {
         self.max_message
+    }
+
+    fn max_message_size_to(&self, to: SocketAddr) -> usize {
+        if to.ip().is_loopback() {
+            self.max_message.max(LOOPBACK_UDP_MESSAGE)
+        } else {
+            self.max_message
+        }
     }
 }

@@ -197,10 +197,8 @@ pub fn spawn_endpoint(
         idx.refresh()?;
     }
     let (tx, rx) = mpsc::channel(64);
-    let chunk_size =
-        (transport.max_message_size().saturating_sub(DATA_OVERHEAD)).clamp(64, MAX_CHUNK) as u32;
     let mut sender = config.sender.clone();
-    sender.chunk_size = chunk_size;
+    sender.chunk_size = chunk_size_for(transport.max_message_size());
     if transport.is_reliable() {
         sender.reliable = true;
         sender.min_rto = sender.min_rto.max(Duration::from_secs(1));
@@ -458,7 +456,7 @@ struct Upload {
 }
 
 /// How often a file being sent is checked for changes.
-const CHANGE_CHECK: Duration = Duration::from_millis(500);
+const CHANGE_CHECK: Duration = Duration::from_millis(100);
 
 struct Download {
     peer: SocketAddr,
@@ -927,13 +925,15 @@ impl Driver {
             Ok(_) => return self.queue_stateless(from, refuse(AbortReason::FileChanged)),
             Err(_) => return self.queue_stateless(from, refuse(AbortReason::NoSuchFile)),
         };
+        let mut config = self.sender_config.clone();
+        config.chunk_size = chunk_size_for(self.transport.max_message_size_to(from));
         let machine = ChunkSender::new(
             now,
             transfer,
             shared.entry.size,
             shared.entry.hash,
             offset,
-            self.sender_config.clone(),
+            config,
         );
         tracing::debug!(%from, ?transfer, path = %shared.entry.path, offset, "serving");
         self.uploads.insert(
@@ -1286,6 +1286,11 @@ fn share_name(root: &Path) -> String {
         end -= 1;
     }
     name[..end].to_string()
+}
+
+/// Payload bytes per chunk for messages of at most `max_message` bytes.
+fn chunk_size_for(max_message: usize) -> u32 {
+    max_message.saturating_sub(DATA_OVERHEAD).clamp(64, MAX_CHUNK) as u32
 }
 
 fn set_request_id(msg: &mut Message, id: RequestId) {

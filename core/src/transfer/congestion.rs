@@ -1,19 +1,58 @@
 //! Congestion control: how many chunks may be in flight.
 //!
-//! [`NewReno`] is slow start plus AIMD with one window reduction per loss episode (recovery
-//! ends once every chunk sent before the loss was acknowledged). Windows count chunks.
+//! - [`Bbr`] (the default): a delivery-rate controller in the spirit of BBR. It measures the
+//!   bottleneck bandwidth (the highest delivery rate over the last ten round trips) and the
+//!   minimum RTT, and keeps about twice their product in flight. Random loss does not shrink
+//!   the window, so throughput does not collapse on a lossy link the way it does with
+//!   loss-based AIMD; real congestion shows up as a lower delivery rate and the window follows.
+//! - [`NewReno`]: slow start plus AIMD with one halving per loss episode.
+//! - [`FixedWindow`]: no control, for transports that do their own (TCP).
+//!
+//! Windows count chunks. Every controller stays within `[min, max]`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// What an acknowledgement tells the controller.
+#[derive(Clone, Copy, Debug)]
+pub struct AckSample {
+    /// When the ACK arrived.
+    pub now: Instant,
+    /// Chunks newly acknowledged by it.
+    pub acked: u64,
+    /// RTT measured from it (Karn's rule applied), if any.
+    pub rtt: Option<Duration>,
+}
+
+/// Which controller a sender uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CongestionKind {
+    /// Delivery-rate based, loss tolerant.
+    #[default]
+    Bbr,
+    /// Loss-based AIMD.
+    NewReno,
+}
 
 /// A congestion controller fed by the sender.
 pub trait CongestionController: std::fmt::Debug + Send {
     /// Chunks allowed in flight.
     fn window(&self) -> u64;
-    /// `acked` chunks were newly acknowledged.
-    fn on_ack(&mut self, acked: u64);
+    /// An ACK acknowledged `sample.acked` new chunks.
+    fn on_ack(&mut self, sample: AckSample);
     /// A chunk sent as transmission number `tx` was declared lost; `next_tx` is the number the
     /// next transmission will get (so losses of chunks sent before it belong to this episode).
     fn on_loss(&mut self, tx: u64, next_tx: u64);
     /// The retransmission timer fired.
     fn on_timeout(&mut self);
+}
+
+/// Creates the controller of `kind`, starting at `initial` chunks, capped at `max`.
+pub fn controller(kind: CongestionKind, initial: u64, max: u64) -> Box<dyn CongestionController> {
+    match kind {
+        CongestionKind::Bbr => Box::new(Bbr::new(initial, max)),
+        CongestionKind::NewReno => Box::new(NewReno::new(initial, max)),
+    }
 }
 
 /// NewReno-style AIMD in chunks.
@@ -46,7 +85,8 @@ impl CongestionController for NewReno {
         self.cwnd
     }
 
-    fn on_ack(&mut self, acked: u64) {
+    fn on_ack(&mut self, sample: AckSample) {
+        let acked = sample.acked;
         if self.cwnd < self.ssthresh {
             self.cwnd = (self.cwnd + acked).min(self.max);
         } else {
@@ -75,6 +115,149 @@ impl CongestionController for NewReno {
     }
 }
 
+/// Rounds of delivery-rate samples the bandwidth filter remembers.
+const BW_ROUNDS: usize = 10;
+/// A minimum RTT older than this is replaced by newer samples.
+const MIN_RTT_LIFETIME: Duration = Duration::from_secs(10);
+/// In-flight target as a multiple of the bandwidth-delay product.
+const CWND_GAIN: f64 = 2.0;
+/// Every this many rounds, one round probes for more bandwidth.
+const PROBE_EVERY: u64 = 8;
+/// Extra gain of a probing round.
+const PROBE_GAIN: f64 = 1.25;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Exponential growth until the delivery rate stops growing.
+    Startup,
+    /// Window follows the measured bandwidth-delay product.
+    Steady,
+}
+
+/// Delivery-rate based congestion control (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Bbr {
+    cwnd: u64,
+    min: u64,
+    max: u64,
+    mode: Mode,
+    min_rtt: Option<(Duration, Instant)>,
+    /// Chunks delivered in the current round, and when it started.
+    round_delivered: u64,
+    round_start: Option<Instant>,
+    rounds: u64,
+    /// Delivery rate (chunks per second) of recent rounds.
+    bw: VecDeque<f64>,
+    full_bw: f64,
+    full_bw_rounds: u32,
+}
+
+impl Bbr {
+    /// Starts at `initial` chunks, never below 4 (or `max`) nor above `max`.
+    pub fn new(initial: u64, max: u64) -> Self {
+        let max = max.max(2);
+        let min = 4.min(max);
+        Bbr {
+            cwnd: initial.clamp(min, max),
+            min,
+            max,
+            mode: Mode::Startup,
+            min_rtt: None,
+            round_delivered: 0,
+            round_start: None,
+            rounds: 0,
+            bw: VecDeque::with_capacity(BW_ROUNDS),
+            full_bw: 0.0,
+            full_bw_rounds: 0,
+        }
+    }
+
+    fn max_bw(&self) -> f64 {
+        self.bw.iter().copied().fold(0.0, f64::max)
+    }
+
+    fn end_round(&mut self, now: Instant, start: Instant) {
+        let secs = now.duration_since(start).as_secs_f64();
+        if secs > 0.0 {
+            if self.bw.len() == BW_ROUNDS {
+                self.bw.pop_front();
+            }
+            self.bw.push_back(self.round_delivered as f64 / secs);
+        }
+        self.rounds += 1;
+        self.round_delivered = 0;
+        self.round_start = Some(now);
+        if self.mode == Mode::Startup {
+            let bw = self.max_bw();
+            if bw > self.full_bw * 1.25 {
+                self.full_bw = bw;
+                self.full_bw_rounds = 0;
+            } else {
+                self.full_bw_rounds += 1;
+                if self.full_bw_rounds >= 3 {
+                    self.mode = Mode::Steady;
+                }
+            }
+        }
+    }
+}
+
+impl CongestionController for Bbr {
+    fn window(&self) -> u64 {
+        self.cwnd
+    }
+
+    fn on_ack(&mut self, s: AckSample) {
+        if let Some(rtt) = s.rtt {
+            let stale = self
+                .min_rtt
+                .is_none_or(|(m, at)| rtt <= m || s.now.duration_since(at) > MIN_RTT_LIFETIME);
+            if stale {
+                self.min_rtt = Some((rtt, s.now));
+            }
+        }
+        self.round_delivered += s.acked;
+        let start = *self.round_start.get_or_insert(s.now);
+        // A round lasts one minimum RTT (at least a millisecond, so that loopback rounds
+        // still average over many ACKs).
+        let round_len = self
+            .min_rtt
+            .map_or(Duration::from_millis(1), |(m, _)| m)
+            .max(Duration::from_millis(1));
+        if s.now.duration_since(start) >= round_len {
+            self.end_round(s.now, start);
+        }
+        match self.mode {
+            Mode::Startup => self.cwnd = (self.cwnd + s.acked).min(self.max),
+            Mode::Steady => {
+                let Some((min_rtt, _)) = self.min_rtt else {
+                    return;
+                };
+                let gain = if self.rounds % PROBE_EVERY == 0 {
+                    CWND_GAIN * PROBE_GAIN
+                } else {
+                    CWND_GAIN
+                };
+                let bdp = self.max_bw() * min_rtt.as_secs_f64();
+                let target = (bdp * gain).ceil() as u64;
+                self.cwnd = target.clamp(self.min, self.max);
+            }
+        }
+    }
+
+    fn on_loss(&mut self, _tx: u64, _next_tx: u64) {
+        // Random loss says nothing about the bottleneck: the delivery rate will.
+    }
+
+    fn on_timeout(&mut self) {
+        // Nothing came back for a whole RTO: start over gently, keep what was learned.
+        self.cwnd = self.min;
+        self.mode = Mode::Startup;
+        self.full_bw = 0.0;
+        self.full_bw_rounds = 0;
+    }
+}
+
 /// No congestion control: a fixed window, for transports that do their own (TCP).
 #[derive(Clone, Debug)]
 pub struct FixedWindow(pub u64);
@@ -83,7 +266,7 @@ impl CongestionController for FixedWindow {
     fn window(&self) -> u64 {
         self.0
     }
-    fn on_ack(&mut self, _: u64) {}
+    fn on_ack(&mut self, _: AckSample) {}
     fn on_loss(&mut self, _: u64, _: u64) {}
     fn on_timeout(&mut self) {}
 }
@@ -92,16 +275,25 @@ impl CongestionController for FixedWindow {
 mod tests {
     use super::*;
 
+    fn ack(now: Instant, acked: u64, rtt_ms: u64) -> AckSample {
+        AckSample {
+            now,
+            acked,
+            rtt: Some(Duration::from_millis(rtt_ms)),
+        }
+    }
+
     #[test]
-    fn slow_start_then_one_halving_per_episode() {
+    fn newreno_slow_start_then_one_halving_per_episode() {
+        let t = Instant::now();
         let mut cc = NewReno::new(10, 1000);
-        cc.on_ack(10);
+        cc.on_ack(ack(t, 10, 10));
         assert_eq!(cc.window(), 20);
         cc.on_loss(5, 30);
         assert_eq!(cc.window(), 10);
         cc.on_loss(6, 31); // same episode: sent before the first loss was seen
         assert_eq!(cc.window(), 10);
-        cc.on_ack(10); // congestion avoidance: +1 per window
+        cc.on_ack(ack(t, 10, 10)); // congestion avoidance: +1 per window
         assert_eq!(cc.window(), 11);
         cc.on_loss(40, 50);
         assert_eq!(cc.window(), 5);
@@ -110,11 +302,46 @@ mod tests {
     }
 
     #[test]
-    fn window_is_bounded() {
-        let mut cc = NewReno::new(10, 64);
-        for _ in 0..100 {
-            cc.on_ack(64);
+    fn windows_are_bounded() {
+        let t = Instant::now();
+        let mut reno = NewReno::new(10, 64);
+        let mut bbr = Bbr::new(10, 64);
+        for i in 0..1000 {
+            let now = t + Duration::from_millis(i);
+            reno.on_ack(ack(now, 64, 1));
+            bbr.on_ack(ack(now, 64, 1));
         }
-        assert_eq!(cc.window(), 64);
+        assert_eq!(reno.window(), 64);
+        assert!(bbr.window() <= 64);
+    }
+
+    /// A path of `bw` chunks per ms with a 10 ms RTT: the window settles near twice the BDP
+    /// (100 chunks) whatever the random loss, and never collapses.
+    #[test]
+    fn bbr_window_follows_the_bandwidth_delay_product_despite_loss() {
+        let t = Instant::now();
+        let mut bbr = Bbr::new(10, 10_000);
+        let bw_per_ms = 10; // chunks
+        for ms in 0..2_000u64 {
+            let now = t + Duration::from_millis(ms);
+            // The path delivers at most bw per ms, whatever the window.
+            let delivered = bw_per_ms.min(bbr.window());
+            bbr.on_ack(ack(now, delivered, 10));
+            if ms % 7 == 0 {
+                bbr.on_loss(ms, ms + 1); // ~14 % of milliseconds see a loss
+            }
+        }
+        let w = bbr.window();
+        assert!((150..=300).contains(&w), "window {w}, BDP 100");
+    }
+
+    #[test]
+    fn bbr_timeout_restarts_small_but_does_not_stall() {
+        let t = Instant::now();
+        let mut bbr = Bbr::new(10, 1000);
+        bbr.on_timeout();
+        assert_eq!(bbr.window(), 4);
+        bbr.on_ack(ack(t, 4, 5));
+        assert!(bbr.window() > 4, "grows again after a timeout");
     }
 }

@@ -21,6 +21,9 @@ use crate::wire::{
 pub struct ReceiverConfig {
     /// Chunks accepted beyond the next expected one (the advertised window).
     pub window: u32,
+    /// Bytes the out-of-order buffer may hold: the window shrinks for large chunks so that
+    /// memory stays bounded by bytes, not by chunk count (never below 16 chunks).
+    pub window_bytes: u64,
     /// Largest chunk size accepted from a sender.
     pub max_chunk_size: u32,
     /// First wait before the request is sent again (doubles each time).
@@ -37,6 +40,7 @@ impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
             window: 1024,
+            window_bytes: 8 * 1024 * 1024,
             max_chunk_size: crate::wire::MAX_CHUNK as u32,
             request_retry: Duration::from_millis(500),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -294,6 +298,8 @@ impl ChunkReceiver {
                         );
                     }
                 }
+                let by_bytes = (self.config.window_bytes / u64::from(chunk_size)).max(16);
+                self.config.window = self.config.window.min(by_bytes.min(u64::from(u32::MAX)) as u32);
                 self.size = size;
                 self.chunk_size = chunk_size;
                 self.hash = hash;

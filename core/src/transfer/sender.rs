@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::congestion::{CongestionController, FixedWindow, NewReno};
+use super::congestion::{controller, AckSample, CongestionController, CongestionKind, FixedWindow};
 use super::rtt::RttEstimator;
 use super::{chunk_count, TransferError, DEFAULT_IDLE_TIMEOUT};
 use crate::wire::{AbortReason, ContentHash, Message, TransferId};
@@ -36,6 +36,8 @@ pub struct SenderConfig {
     pub dup_thresh: u64,
     /// The transport is reliable: no congestion control, a fixed window.
     pub reliable: bool,
+    /// Congestion controller on unreliable transports.
+    pub congestion: CongestionKind,
 }
 
 impl Default for SenderConfig {
@@ -50,6 +52,7 @@ impl Default for SenderConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             dup_thresh: 3,
             reliable: false,
+            congestion: CongestionKind::default(),
         }
     }
 }
@@ -161,7 +164,7 @@ impl ChunkSender {
         let cc: Box<dyn CongestionController> = if config.reliable {
             Box::new(FixedWindow(config.max_window))
         } else {
-            Box::new(NewReno::new(config.initial_window, config.max_window))
+            controller(config.congestion, config.initial_window, config.max_window)
         };
         ChunkSender {
             transfer,
@@ -280,8 +283,9 @@ impl ChunkSender {
         if let Some(l) = largest {
             self.largest_acked_tx = Some(self.largest_acked_tx.map_or(l, |o| o.max(l)));
         }
-        if let Some((_, at)) = sample {
-            self.rtt.on_sample(now.saturating_duration_since(at));
+        let rtt = sample.map(|(_, at)| now.saturating_duration_since(at));
+        if let Some(rtt) = rtt {
+            self.rtt.on_sample(rtt);
         }
         if cumulative > base {
             self.window.drain(..(cumulative - base) as usize);
@@ -289,7 +293,11 @@ impl ChunkSender {
         }
         if newly_acked > 0 {
             self.rtt.reset_backoff();
-            self.cc.on_ack(newly_acked);
+            self.cc.on_ack(AckSample {
+                now,
+                acked: newly_acked,
+                rtt,
+            });
         }
         self.detect_losses();
         if !self.in_flight.is_empty() || !self.lost.is_empty() {
