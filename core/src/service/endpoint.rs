@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::paging::paginate;
 pub use super::resume::partial_path;
-use super::resume::{self, plan_resume, save_state, DownloadState, ResumePlan};
+use super::resume::{self, plan_resume, save_state, DownloadState, PartialWriter, ResumePlan};
 use crate::index::ShareIndex;
 use crate::limits::{RateConfig, RateLimiter};
 use crate::transfer::{
@@ -74,7 +74,7 @@ impl Default for EndpointConfig {
             max_uploads: 32,
             max_uploads_per_peer: 8,
             rate: RateConfig::default(),
-            save_every: 4 * 1024 * 1024,
+            save_every: 64 * 1024 * 1024,
             max_upload_rate: None,
             rpc_retry: Duration::from_millis(250),
             rpc_attempts: 5,
@@ -463,7 +463,7 @@ struct Download {
     machine: ChunkReceiver,
     dest: PathBuf,
     partial: PathBuf,
-    writer: Option<BufWriter<File>>,
+    writer: Option<PartialWriter>,
     size: u64,
     hash: ContentHash,
     piece_size: u32,
@@ -672,7 +672,7 @@ impl Driver {
             File::create(&partial)
         };
         let writer = match opened {
-            Ok(f) => BufWriter::with_capacity(256 * 1024, f),
+            Ok(f) => PartialWriter::new(f, plan.offset),
             Err(e) => {
                 self.dests.remove(&dest);
                 let _ = reply.send(Err(ServiceError::Io(format!(
@@ -961,9 +961,8 @@ impl Driver {
             match event {
                 ReceiverEvent::Accepted { .. } => {}
                 ReceiverEvent::Write(bytes) => {
-                    let res = d.writer.as_mut().map(|w| w.write_all(&bytes));
+                    let res = d.writer.as_mut().map(|w| w.write(&bytes));
                     if let Some(Err(e)) = res {
-                        d.writer = None; // never write after a failed write
                         d.machine
                             .abort(AbortReason::Other("receiver cannot write".into()));
                         outcome.get_or_insert(Err(ServiceError::Io(format!(
@@ -980,7 +979,6 @@ impl Driver {
                         verified - d.saved >= save_every || d.saved_at.elapsed() >= SAVE_INTERVAL;
                     if d.writer.is_some() && due {
                         if let Err(e) = d.save() {
-                            d.writer = None;
                             d.machine
                                 .abort(AbortReason::Other("receiver cannot write".into()));
                             outcome.get_or_insert(Err(ServiceError::Io(format!(
@@ -1187,8 +1185,7 @@ impl Download {
     /// Flushes and syncs the partial file, then records its verified prefix.
     fn save(&mut self) -> io::Result<()> {
         if let Some(w) = self.writer.as_mut() {
-            w.flush()?;
-            w.get_ref().sync_data()?;
+            w.sync()?;
         }
         save_state(&self.dest, &self.state(self.verified))?;
         self.saved = self.verified;
@@ -1201,15 +1198,21 @@ impl Download {
     /// After a failure: keep the verified prefix (flushed and recorded) for a resume, or
     /// remove everything when nothing was verified. Returns the error to report.
     fn keep_partial(&mut self, err: ServiceError) -> ServiceError {
-        // After a write error the bytes past `saved` are uncertain (the writer is gone):
-        // trust only the prefix recorded before.
+        // Keep what is both verified and known to be on disk (after a failed write, e.g. a
+        // full disk, the file holds exactly `written()` good bytes), down to a piece boundary.
         if let Some(mut w) = self.writer.take() {
-            let synced = w.flush().and_then(|_| w.get_ref().sync_data());
-            if synced.is_ok()
-                && self.verified > self.saved
-                && save_state(&self.dest, &self.state(self.verified)).is_ok()
-            {
-                self.saved = self.verified;
+            let _ = w.sync();
+            let piece = u64::from(self.piece_size.max(1));
+            let on_disk = w.written().min(self.verified);
+            let keep = if on_disk == self.size {
+                on_disk
+            } else {
+                on_disk / piece * piece
+            };
+            // Drop the unverified tail first: on a full disk that frees room for the state.
+            let _ = w.truncate(keep.max(self.saved));
+            if keep > self.saved && save_state(&self.dest, &self.state(keep)).is_ok() {
+                self.saved = keep;
             }
         }
         if self.saved == 0 {
@@ -1234,12 +1237,9 @@ fn finish_file(
         .writer
         .take()
         .ok_or_else(|| ServiceError::Io("download already closed".into()))?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| io_err("cannot write the downloaded file", e.into_error()))?;
-    file.sync_all()
-        .map_err(|e| io_err("cannot flush the downloaded file", e))?;
-    drop(file);
+    writer
+        .finish()
+        .map_err(|e| io_err("cannot write the downloaded file", e))?;
     // Never replace an existing file silently: link (fails if the name exists), then unlink.
     match fs::hard_link(&d.partial, &d.dest) {
         Ok(()) => {
@@ -1290,7 +1290,9 @@ fn share_name(root: &Path) -> String {
 
 /// Payload bytes per chunk for messages of at most `max_message` bytes.
 fn chunk_size_for(max_message: usize) -> u32 {
-    max_message.saturating_sub(DATA_OVERHEAD).clamp(64, MAX_CHUNK) as u32
+    max_message
+        .saturating_sub(DATA_OVERHEAD)
+        .clamp(64, MAX_CHUNK) as u32
 }
 
 fn set_request_id(msg: &mut Message, id: RequestId) {

@@ -50,6 +50,84 @@ fn sibling(dest: &Path, suffix: &str) -> PathBuf {
     dest.with_file_name(format!(".{name}{suffix}"))
 }
 
+/// Appends to a partial file through a buffer, and knows exactly how far the file holds what
+/// was written: after a failed write (a full disk) the bytes before [`PartialWriter::written`]
+/// are intact and may still be kept.
+#[derive(Debug)]
+pub struct PartialWriter {
+    file: File,
+    buf: Vec<u8>,
+    written: u64,
+    failed: bool,
+}
+
+/// Bytes buffered before a write to the file.
+const WRITE_BLOCK: usize = 1024 * 1024;
+
+impl PartialWriter {
+    /// Appends to `file`, which holds `len` bytes already.
+    pub fn new(file: File, len: u64) -> Self {
+        PartialWriter {
+            file,
+            buf: Vec::with_capacity(WRITE_BLOCK),
+            written: len,
+            failed: false,
+        }
+    }
+
+    /// Appends `bytes` (buffered). After a failure every call fails.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier write failed"));
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= WRITE_BLOCK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer to the file.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier write failed"));
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            self.failed = true;
+            return Err(e);
+        }
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Flushes (if nothing failed) and syncs the file to disk.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if !self.failed {
+            self.flush()?;
+        }
+        self.file.sync_data()
+    }
+
+    /// File length known to hold exactly what was written.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Cuts the file to `len` bytes (frees the space of a torn tail, e.g. on a full disk).
+    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.written = self.written.min(len);
+        Ok(())
+    }
+
+    /// Flushes, syncs and closes.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.flush()?;
+        self.file.sync_all()
+    }
+}
+
 /// Writes `state` for `dest` atomically.
 pub fn save_state(dest: &Path, state: &DownloadState) -> io::Result<()> {
     let path = state_path(dest);

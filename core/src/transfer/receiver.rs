@@ -299,7 +299,10 @@ impl ChunkReceiver {
                     }
                 }
                 let by_bytes = (self.config.window_bytes / u64::from(chunk_size)).max(16);
-                self.config.window = self.config.window.min(by_bytes.min(u64::from(u32::MAX)) as u32);
+                self.config.window = self
+                    .config
+                    .window
+                    .min(by_bytes.min(u64::from(u32::MAX)) as u32);
                 self.size = size;
                 self.chunk_size = chunk_size;
                 self.hash = hash;
