@@ -20,7 +20,10 @@
 #              (by default cubic is added to it for the run, and restored on exit, because a
 #              non-init namespace may only pick an "allowed" algorithm as its default, and our
 #              TCP transport uses the namespace default)
+#   CASES=RE   impaired mode: run only the cases whose label matches this bash regex
+#              (labels: "d0 l0% (ceiling)", "d1ms l0%", "d1ms l1%", "d1ms l5%", "d1ms reorder25%/50%")
 #   KEEP=1     keep the temporary directory (logs) on exit
+#   VERBOSE=1  pass -v to the seeding peers and to p2p get (debug logs in the kept logs)
 #
 # Rates are MiB (2^20 bytes) per second. "xfer" rates come from the `elapsed_ms` that
 # `p2p get --json` reports for the transfer itself (request to verified file); "cmd" rates
@@ -61,6 +64,8 @@ RUNS=${RUNS:-1}
 BIN=${BIN:-$REPO/target/release/p2p}
 LINKEM_C=${LINKEM_C:-$REPO/../shared/tools/baseline/linkem.c}
 CC_TWEAK=${CC_TWEAK:-1}
+VFLAG=()
+if [ "${VERBOSE:-0}" = 1 ]; then VFLAG=(-v); fi
 SOCAT_BUF=131072
 NS_A=p2pbenchA # tracker + seeders + raw TCP sender   10.99.7.1
 NS_B=p2pbenchB # getter + raw TCP receiver            10.99.7.2
@@ -197,12 +202,13 @@ free_port() { # a TCP port nobody listens on here
     done
 }
 maxrss_kib() { # /usr/bin/time -v output file
-    awk -F': ' '/Maximum resident set size/ { print $2 }' "$1" 2>/dev/null | tail -1
+    { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1" 2>/dev/null || true; } | tail -1
 }
+vmrss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
 json_field() { # file key  (flat JSON printed by p2p get --json)
-    grep -o "\"$2\":[^,}]*" "$1" 2>/dev/null | head -1 | cut -d: -f2 | tr -d ' "'
+    { grep -o "\"$2\":[^,}]*" "$1" 2>/dev/null || true; } | head -1 | cut -d: -f2 | tr -d ' "'
 }
 verify() { # copy source -> ok | missing | corrupt
     if [ ! -f "$1" ]; then
@@ -274,10 +280,11 @@ p2p_get() {
     for ((run = 1; run <= RUNS; run++)); do
         rm -rf "$outdir" "$W/get.time" "$W/get.json"
         reset_hwm "$spid"
+        echo "=== $case / $path / run $run" >>"$W/get.log"
         local s e rc=0 st xfer
         s=$(now)
         "${rxp[@]}" timeout -k 5 "$CAP" /usr/bin/time -v -o "$W/get.time" \
-            "$BIN" get "$seed" 001 --tracker "$tracker" --transport "$transport" \
+            "$BIN" "${VFLAG[@]}" get "$seed" 001 --tracker "$tracker" --transport "$transport" \
             --out "$outdir" --json >"$W/get.json" 2>>"$W/get.log" || rc=$?
         e=$(now)
         st=$(status_of_rc "$rc")
@@ -289,6 +296,7 @@ p2p_get() {
             tail -n 3 "$W/get.log" | sed 's/^/  | /' >&2
         fi
         record "$case" "$path" "$run" "$st" "$xfer" "$(secs "$s" "$e")" "$(vmhwm_kib "$spid")" "$(maxrss_kib "$W/get.time")"
+        echo "      seeding peer RSS after the transfer: $(kib_to_mib "$(vmrss_kib "$spid")") MiB" >&2
         rm -rf "$outdir"
     done
 }
@@ -311,7 +319,7 @@ start_seed() {
     [ -n "$ns" ] && pre=(ip netns exec "$ns")
     LOGN=$((LOGN + 1))
     log=$W/$name.$LOGN.log
-    "${pre[@]}" "$BIN" peer --name "$name" --listen "$listen" --transport "$transport" \
+    "${pre[@]}" "$BIN" "${VFLAG[@]}" peer --name "$name" --listen "$listen" --transport "$transport" \
         --tracker "$tracker" --share "$SHARE" --downloads "$W/seed-downloads" --no-menu >"$log" 2>&1 &
     SEED_PID=$!
     PIDS+=("$SEED_PID")
@@ -445,6 +453,7 @@ CC_NOTES=()
 impaired_case() { # LABEL DELAY_MS LOSS_PCT [REORDER_PCT CORR_PCT]
     local label=$1
     shift
+    if [ -n "${CASES:-}" ] && ! [[ "$label" =~ $CASES ]]; then return 0; fi
     echo "-- $label" >&2
     link_up "$@"
     ip netns exec "$NS_B" ping -c 3 -i 0.2 -q "$ADDR_A" 2>&1 | tail -1 | sed 's/^/  ping: /' >&2 || true
@@ -542,6 +551,7 @@ impaired() {
     printf '%-21s %9s %9s %9s %10s %10s %8s %8s %8s %8s\n' "case (goodput MiB/s)" "raw bbr" "raw cubic" "p2p UDP" "TCP(bbr)" "TCP(cubic)" "UDP/bbr" "UDP/cub" "TCP/bbr" "TCP/cub"
     local c rb rc u tb tc
     for c in "${cases[@]}"; do
+        if [ -n "${CASES:-}" ] && ! [[ "$c" =~ $CASES ]]; then continue; fi
         rb=$(cell "$c" "raw TCP bbr" 7)
         rc=$(cell "$c" "raw TCP cubic" 7)
         u=$(cell "$c" "p2p UDP" 7)
