@@ -233,7 +233,7 @@ impl CongestionController for Bbr {
                 let Some((min_rtt, _)) = self.min_rtt else {
                     return;
                 };
-                let gain = if self.rounds % PROBE_EVERY == 0 {
+                let gain = if self.rounds.is_multiple_of(PROBE_EVERY) {
                     CWND_GAIN * PROBE_GAIN
                 } else {
                     CWND_GAIN
