@@ -6,7 +6,9 @@
 //!
 //! With a [`PieceTable`], every piece is checked as soon as its last byte arrives
 //! (`ReceiverEvent::PieceVerified`), so corruption is caught at the piece and a resumed download
-//! trusts exactly the pieces verified before; without one, only the whole-file hash at `Fin`.
+//! trusts exactly the pieces verified before. A transfer from byte 0 is also checked against
+//! the whole-file hash at `Fin`; a resumed one is verified by its pieces only (the table is
+//! what the sender's index computed in the same pass as the file hash).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -178,6 +180,10 @@ impl ChunkReceiver {
         pieces: Option<PieceTable>,
         config: ReceiverConfig,
     ) -> Self {
+        // From byte 0 the whole file is hashed too, so a fresh download is checked against
+        // the listed BLAKE3 itself; a resumed one relies on its verified pieces (re-reading
+        // the kept prefix to hash it is exactly what a resume must not do).
+        let whole_file_hasher = (offset == 0).then(blake3::Hasher::new);
         let mut r = ChunkReceiver {
             transfer,
             file,
@@ -195,7 +201,7 @@ impl ChunkReceiver {
             total: 0,
             next_seq: 0,
             early: BTreeMap::new(),
-            hasher: (offset == 0).then(blake3::Hasher::new),
+            hasher: whole_file_hasher,
             piece_hasher: blake3::Hasher::new(),
             received: 0,
             unacked: 0,
@@ -323,8 +329,8 @@ impl ChunkReceiver {
                 if self.next_seq < self.total {
                     return; // cannot be: FIN follows the ACK of every chunk; ignore
                 }
-                // From byte 0 the whole-file hash is checked; a resumed transfer relies on its
-                // pieces, every one of which was verified on the way.
+                // From byte 0 the whole-file hash is checked here; a resumed transfer relies
+                // on its pieces, every one of which was verified on the way.
                 let whole_ok = self
                     .hasher
                     .as_ref()
