@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::cli::{GetArgs, LsArgs, PeersArgs};
-use crate::common::{client, client_with, find_peer, human_bytes, mib_per_s};
+use crate::common::{clean, client, client_with, find_peer, human_bytes, mib_per_s};
 use crate::peer::dest_for;
 
 pub(crate) async fn peers(args: PeersArgs) -> Result<()> {
@@ -34,7 +34,7 @@ pub(crate) async fn peers(args: PeersArgs) -> Result<()> {
     } else {
         println!("Current Peers:");
         for p in peers {
-            println!("  - {} ({} {})", p.name, p.addr, p.transport);
+            println!("  - {} ({} {})", clean(&p.name), p.addr, p.transport);
         }
     }
     Ok(())

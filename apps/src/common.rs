@@ -107,3 +107,33 @@ pub(crate) fn mib_per_s(bytes: u64, secs: f64) -> f64 {
     }
     bytes as f64 / (1024.0 * 1024.0) / secs
 }
+
+/// `s` made safe to print on a terminal: control characters and invisible or
+/// direction-changing formatting characters (which a remote party could use to forge lines or
+/// send escape sequences) are shown escaped, like `\u{1b}`.
+pub(crate) fn clean(s: &str) -> String {
+    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+    s.chars()
+        .map(|c| {
+            if c.is_control() || invisible(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean;
+
+    #[test]
+    fn clean_escapes_what_could_forge_terminal_output() {
+        assert_eq!(clean("file1.txt"), "file1.txt");
+        assert_eq!(clean("a\nb"), "a\\u{a}b");
+        assert_eq!(clean("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(clean("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(clean("héllo"), "héllo");
+    }
+}

@@ -13,7 +13,7 @@ use p2p_core::wire::FileId;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
 use crate::cli::PeerArgs;
-use crate::common::{endpoint, find_peer, human_bytes};
+use crate::common::{clean, endpoint, find_peer, human_bytes};
 
 type StdinLines = Lines<BufReader<Stdin>>;
 
@@ -174,7 +174,7 @@ impl Menu {
             Ok(peers) => {
                 println!("Current Peers:");
                 for p in peers {
-                    println!("  - {}", p.name);
+                    println!("  - {}", clean(&p.name));
                 }
             }
             Err(e) => println!("Cannot reach the tracker at {}: {e}", self.tracker),
@@ -260,7 +260,7 @@ impl Menu {
         };
         println!(
             "Downloading {} ({}) from {peer} in the background...",
-            entry.path,
+            clean(&entry.path),
             human_bytes(entry.size)
         );
         let peer = peer.to_string();
@@ -282,8 +282,12 @@ impl Menu {
 
 /// Where a download of `path` goes in `dir`; creates `dir`.
 pub(crate) fn dest_for(dir: &Path, path: &str) -> Result<PathBuf> {
-    let name = safe_file_name(path)
-        .with_context(|| format!("the peer announced an unsafe file name `{path}`; refusing"))?;
+    let name = safe_file_name(path).with_context(|| {
+        format!(
+            "the peer announced an unsafe file name `{}`; refusing",
+            clean(path)
+        )
+    })?;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the folder {}", dir.display()))?;
     Ok(dir.join(name))

@@ -10,6 +10,7 @@ use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
 use tokio::sync::mpsc;
 
 use crate::cli::TrackerArgs;
+use crate::common::clean;
 
 pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
     let (udp, tcp) = bind_both(args.listen, args.limits.tcp()).await?;
@@ -32,12 +33,12 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
                     name,
                     addr,
                     transport,
-                } => println!("registered {name} at {addr} ({transport})"),
+                } => println!("registered {} at {addr} ({transport})", clean(&name)),
                 TrackerEvent::Refused { name, from, reason } => {
-                    println!("refused {name} from {from}: {reason}")
+                    println!("refused {} from {from}: {}", clean(&name), clean(&reason))
                 }
-                TrackerEvent::Unregistered { name } => println!("unregistered {name}"),
-                TrackerEvent::Expired { name } => println!("expired {name}"),
+                TrackerEvent::Unregistered { name } => println!("unregistered {}", clean(&name)),
+                TrackerEvent::Expired { name } => println!("expired {}", clean(&name)),
             }
         }
     });

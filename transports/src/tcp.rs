@@ -213,14 +213,16 @@ async fn read_frames(
     let limit = shared.config.max_message.min(MAX_MESSAGE);
     loop {
         let mut len = [0u8; 4];
-        // Wait for the first byte of a frame up to the idle timeout, then for the rest of
-        // the frame up to the frame timeout.
+        // Wait for the first byte of a frame up to the idle timeout; from then on the whole
+        // frame (rest of the length, then the body) must arrive before one deadline.
         tokio::time::timeout(shared.config.idle_timeout, read.read_exact(&mut len[..1]))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle connection"))??;
-        tokio::time::timeout(shared.config.frame_timeout, read.read_exact(&mut len[1..]))
+        let deadline = tokio::time::Instant::now() + shared.config.frame_timeout;
+        let stalled = || io::Error::new(io::ErrorKind::TimedOut, "stalled frame");
+        tokio::time::timeout_at(deadline, read.read_exact(&mut len[1..]))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled frame"))??;
+            .map_err(|_| stalled())??;
         let len = u32::from_le_bytes(len) as usize;
         if len == 0 || len > limit {
             // A frame we will never accept: the stream cannot be resynchronised.
@@ -230,9 +232,9 @@ async fn read_frames(
             ));
         }
         let mut msg = vec![0; len];
-        tokio::time::timeout(shared.config.frame_timeout, read.read_exact(&mut msg))
+        tokio::time::timeout_at(deadline, read.read_exact(&mut msg))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled frame"))??;
+            .map_err(|_| stalled())??;
         last_active.store(shared.now_ms(), Ordering::Relaxed);
         if shared.inbox.send((from, msg)).await.is_err() {
             return Ok(()); // transport dropped

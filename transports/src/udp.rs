@@ -60,7 +60,11 @@ fn force_buffers(socket: &Socket) {
 #[async_trait]
 impl Transport for UdpTransport {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
-        if msg.len() > self.max_message_size_to(to).max(p2p_core::wire::CONTROL_BUDGET) {
+        if msg.len()
+            > self
+                .max_message_size_to(to)
+                .max(p2p_core::wire::CONTROL_BUDGET)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("message of {} bytes exceeds the datagram limit", msg.len()),

@@ -167,7 +167,6 @@ enum Command {
         entry: IndexEntry,
         dest: PathBuf,
         table: PieceTable,
-        plan: ResumePlan,
         progress: watch::Sender<Progress>,
         reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
     },
@@ -412,7 +411,6 @@ impl EndpointHandle {
         progress: Option<watch::Sender<Progress>>,
     ) -> Result<DownloadReport, ServiceError> {
         let table = self.piece_table(peer, &entry).await?;
-        let plan = plan_resume(&dest, entry.size, entry.hash, table.piece_size);
         let (reply, rx) = oneshot::channel();
         let progress = progress.unwrap_or_else(|| watch::channel(Progress::default()).0);
         self.send(Command::Download {
@@ -420,7 +418,6 @@ impl EndpointHandle {
             entry,
             dest,
             table,
-            plan,
             progress,
             reply,
         })
@@ -518,7 +515,11 @@ impl Driver {
         loop {
             self.flush().await;
             let deadline = self.next_deadline();
+            // `biased`: branches are polled in this order, not at random, so that a simulation
+            // replays exactly from its seed. Timers come before the network so that a flood of
+            // messages cannot starve retransmissions and timeouts.
             tokio::select! {
+                biased;
                 cmd = self.rx.recv() => match cmd {
                     None => break,
                     Some(Command::Shutdown { done }) => {
@@ -528,6 +529,7 @@ impl Driver {
                     }
                     Some(cmd) => self.on_command(cmd).await,
                 },
+                _ = sleep_until(deadline) => self.on_timeout(),
                 r = transport.recv_from() => {
                     let Ok((from, bytes)) = r else {
                         // A transport error (e.g. an ICMP unreachable surfacing on UDP) is
@@ -542,7 +544,6 @@ impl Driver {
                         }
                     }
                 }
-                _ = sleep_until(deadline) => self.on_timeout(),
             }
         }
         self.shutdown().await;
@@ -596,10 +597,9 @@ impl Driver {
                 entry,
                 dest,
                 table,
-                plan,
                 progress,
                 reply,
-            } => self.start_download(peer, entry, dest, table, plan, progress, reply),
+            } => self.start_download(peer, entry, dest, table, progress, reply),
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -610,6 +610,12 @@ impl Driver {
         mut msg: Message,
         reply: Option<oneshot::Sender<Result<Message, ServiceError>>>,
     ) {
+        if let Message::Unregister { name, .. } = &msg {
+            // Leaving: the heartbeat must not register us again.
+            if self.registration.as_ref().is_some_and(|r| &r.name == name) {
+                self.registration = None;
+            }
+        }
         let id = RequestId(self.take_id());
         set_request_id(&mut msg, id);
         let bytes = msg.encode();
@@ -637,14 +643,12 @@ impl Driver {
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn start_download(
         &mut self,
         peer: SocketAddr,
         entry: IndexEntry,
         dest: PathBuf,
         table: PieceTable,
-        plan: ResumePlan,
         progress: watch::Sender<Progress>,
         reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
     ) {
@@ -655,6 +659,8 @@ impl Driver {
             ))));
             return;
         }
+        // Only once the destination is ours: look at (and maybe discard) its partial file.
+        let plan: ResumePlan = plan_resume(&dest, entry.size, entry.hash, table.piece_size);
         let partial = partial_path(&dest);
         let opened = if plan.offset > 0 {
             fs::OpenOptions::new()

@@ -63,9 +63,15 @@ pub fn validate_name(name: &str) -> Result<(), RegisterError> {
             "the name is longer than {MAX_NAME_LEN} bytes"
         )));
     }
-    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !name.chars().all(allowed) {
         return Err(RegisterError::BadName(
-            "the name may not contain spaces or control characters".into(),
+            "use only letters, digits, `-`, `_` and `.`".into(),
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(RegisterError::BadName(
+            "the name may not start with `.`".into(),
         ));
     }
     Ok(())
@@ -303,7 +309,17 @@ mod tests {
     fn bad_names_refused() {
         let mut r = registry();
         let now = Instant::now();
-        for bad in ["", "a b", "x\n", &"n".repeat(65)] {
+        for bad in [
+            "",
+            "a b",
+            "x\n",
+            &"n".repeat(65),
+            "..",
+            "a/b",
+            ".hidden",
+            "a\u{202e}b",
+            "é",
+        ] {
             assert!(matches!(
                 r.register(now, bad, addr("10.0.0.1:1"), 1, TransportKind::Udp),
                 Err(RegisterError::BadName(_))

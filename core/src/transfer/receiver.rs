@@ -220,6 +220,12 @@ impl ChunkReceiver {
                 TransferError::Protocol("a resume must start at a verified piece boundary".into()),
                 None,
             );
+        } else if offset > 0 && r.expected.is_none() {
+            // The kept prefix is not re-hashed, so only a known (size, hash) can be claimed.
+            r.fail(
+                TransferError::Protocol("a resume needs the expected size and hash".into()),
+                None,
+            );
         } else {
             r.out.push_back(r.request());
         }

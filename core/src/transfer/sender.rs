@@ -48,7 +48,9 @@ impl Default for SenderConfig {
             initial_window: 16,
             initial_rto: Duration::from_secs(1),
             min_rto: Duration::from_millis(200),
-            max_rto: Duration::from_secs(10),
+            // Well under a third of the idle timeout: a backed-off retransmission and its ACK
+            // both fit before the receiver's silence counts as death.
+            max_rto: Duration::from_secs(3),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             dup_thresh: 3,
             reliable: false,
