@@ -782,6 +782,13 @@ impl Harness {
             Some((piece_size, piece)) => {
                 let offset = piece * u64::from(piece_size);
                 assert!(offset <= file.len() as u64, "resume inside the file");
+                // A resume past byte 0 trusts its pieces, bound to the index's hash: it needs
+                // `expected`, as the endpoint always passes it.
+                let expected = if offset > 0 {
+                    Some((file.len() as u64, hash))
+                } else {
+                    expected
+                };
                 let table = PieceTable::of(&file, piece_size);
                 let r = ChunkReceiver::resume(
                     now,
