@@ -295,11 +295,11 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
     };
     let transfer = TransferId(7);
     let mut now = Instant::now();
-    // A resumed receiver does not hash the whole file, so without `expected` it would report
-    // whatever hash the sender announced (see `resume_without_expected_reports_unverified_hash`
-    // in core/tests/transfer_findings.rs): resume the way the endpoint does, with it.
+    // A resume past byte 0 trusts its pieces, not a whole-file hash, so it needs `expected`
+    // (see `resume_without_expected_never_reports_an_unverified_hash` in
+    // core/tests/transfer_findings.rs): mostly resume the way the endpoint does, with it.
     let expected = match expected {
-        None if start_offset > 0 => Some((size, hash)),
+        None if start_offset > 0 && flags & 0x10 == 0 => Some((size, hash)),
         other => other,
     };
     let mut r = if start_offset == 0 && flags & 8 == 0 {
