@@ -62,13 +62,14 @@ pub(crate) async fn ls(args: LsArgs) -> Result<()> {
             .collect();
         println!("{}", serde_json::Value::Array(list));
     } else if entries.is_empty() {
-        println!("{} shares no files.", info.name);
+        println!("{} shares no files.", clean(&info.name));
     } else {
+        let share = clean(&share);
         for e in entries {
             println!(
                 "ID: {} -> {share}/{} ({})",
                 e.id,
-                e.path,
+                clean(&e.path),
                 human_bytes(e.size)
             );
         }

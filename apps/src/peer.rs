@@ -227,11 +227,12 @@ impl Menu {
         match result {
             Ok((_, entries)) if entries.is_empty() => println!("{peer} shares no files."),
             Ok((share, entries)) => {
+                let share = clean(&share);
                 for e in entries {
                     println!(
                         "ID: {} -> {share}/{} ({})",
                         e.id,
-                        e.path,
+                        clean(&e.path),
                         human_bytes(e.size)
                     );
                 }

@@ -1953,9 +1953,6 @@ fn a_started_frame_is_dropped_after_the_frame_timeout() {
 }
 
 #[test]
-#[ignore = "bug: `p2p ls` (client.rs) and the menu's `i` (peer.rs) print a peer's announced \
-            paths and share name raw: a peer announcing `a\\nID: 099 -> share/forged.txt` \
-            forges a listing row, and ESC/BEL sequences reach the user's terminal"]
 fn announced_paths_are_not_printed_raw_by_ls_or_the_menu() {
     let dir = tempfile::tempdir().unwrap();
     let (_t, tr) = common::tracker(dir.path(), &[]);
