@@ -163,8 +163,16 @@ impl<'de> Deserialize<'de> for ContentHash {
     }
 }
 
-/// A list whose decoded length is capped at `N` items; decoding never reserves room for more
-/// than the items actually present.
+std::thread_local! {
+    /// Size of the message being decoded on this thread, so that a list may reserve room for
+    /// its claimed length only when the input could hold that much (see [`BoundedVec`]).
+    static DECODE_INPUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A list whose decoded length is capped at `N` items. Decoding reserves room for the claimed
+/// length only up to what four times the input's size could hold, so a short message claiming
+/// a long list costs nothing, and a genuinely long list is allocated once, without the copies
+/// of repeated growth.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct BoundedVec<T, const N: usize>(pub Vec<T>);
 
@@ -188,8 +196,9 @@ impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for BoundedVec<T
                         return Err(serde::de::Error::invalid_length(n, &self));
                     }
                 }
-                // Grow as items really arrive: a claimed length costs nothing.
-                let mut items = Vec::new();
+                let budget = DECODE_INPUT.with(|c| c.get()) * 4 / std::mem::size_of::<T>().max(1);
+                let claimed = seq.size_hint().unwrap_or(0);
+                let mut items = Vec::with_capacity(claimed.min(N).min(budget));
                 while let Some(item) = seq.next_element()? {
                     if items.len() == N {
                         return Err(serde::de::Error::invalid_length(N + 1, &self));
@@ -598,8 +607,10 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     if crc32fast::hash(&bytes[HEADER_LEN..]) != crc {
         return Err(DecodeError::BadChecksum);
     }
-    let msg: Message = rmp_serde::from_slice(&bytes[HEADER_LEN..])
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    DECODE_INPUT.with(|c| c.set(bytes.len()));
+    let decoded = rmp_serde::from_slice::<Message>(&bytes[HEADER_LEN..]);
+    DECODE_INPUT.with(|c| c.set(0));
+    let msg = decoded.map_err(|e| DecodeError::Malformed(e.to_string()))?;
     msg.validate()?;
     Ok(msg)
 }
