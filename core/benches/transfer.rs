@@ -10,7 +10,9 @@
 //! Chunk sizes and settings follow the endpoint: 1404-byte chunks with congestion control
 //! (UDP), 64 KiB chunks with a fixed window (TCP, `reliable`).
 //!
-//! `cargo bench -p p2p-core --bench transfer` (add `-- --quick` for a short run).
+//! `cargo bench -p p2p-core --bench transfer` (add `-- --quick` for a short run; with `--quick`,
+//! select the criterion targets: `cargo bench -p p2p-core --bench '*' -- --quick`, because the
+//! lib's libtest bench harness rejects `--quick`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
