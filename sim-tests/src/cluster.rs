@@ -69,26 +69,43 @@ impl Net {
 
     /// Binds this transport on `port` of the current host, wrapped in a [`FaultyTransport`]
     /// when `faults` is given (counting into `stats`).
+    ///
+    /// With `log`, every message is recorded in that trace under that host name (the
+    /// transport is then always wrapped, with no faults when `faults` is `None`).
     pub async fn bind(
         self,
         port: u16,
         faults: Option<FaultConfig>,
         stats: SharedStats,
+        log: Option<(Trace, String)>,
     ) -> io::Result<SharedTransport> {
         let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        let faults = match (faults, &log) {
+            (None, Some(_)) => Some(FaultConfig::send_side(0, FaultRates::NONE)),
+            (f, _) => f,
+        };
+        fn wrap<T: p2p_core::transport::Transport>(
+            t: T,
+            f: FaultConfig,
+            stats: SharedStats,
+            log: Option<(Trace, String)>,
+        ) -> SharedTransport {
+            let t = FaultyTransport::with_stats(t, f, stats);
+            match log {
+                Some((trace, host)) => Arc::new(t.with_log(trace, &host)),
+                None => Arc::new(t),
+            }
+        }
         Ok(match (self, faults) {
             (Net::Udp, None) => Arc::new(SimUdp::bind(addr).await?),
-            (Net::Udp, Some(f)) => Arc::new(FaultyTransport::with_stats(
-                SimUdp::bind(addr).await?,
-                f,
-                stats,
-            )),
+            (Net::Udp, Some(f)) => wrap(SimUdp::bind(addr).await?, f, stats, log),
             (Net::Tcp, None) => Arc::new(SimTcp::bind(addr, SimTcpConfig::default()).await?),
-            (Net::Tcp, Some(f)) => Arc::new(FaultyTransport::with_stats(
+            (Net::Tcp, Some(f)) => wrap(
                 SimTcp::bind(addr, SimTcpConfig::default()).await?,
                 f,
                 stats,
-            )),
+                log,
+            ),
         })
     }
 }
@@ -102,18 +119,18 @@ pub fn fast_registry() -> RegistryConfig {
     }
 }
 
-/// Endpoint timings shortened for simulation: idle timeouts of 5 s, RTO at most 2 s,
-/// 8 attempts per request.
+/// Endpoint timings shortened for simulation: idle timeouts of 10 s (five retransmissions at
+/// the largest RTO), RTO at most 2 s, 8 attempts per request.
 pub fn fast_endpoint(share: Option<PathBuf>, id_seed: u64) -> EndpointConfig {
     EndpointConfig {
         share,
         sender: SenderConfig {
-            idle_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
             max_rto: Duration::from_secs(2),
             ..SenderConfig::default()
         },
         receiver: ReceiverConfig {
-            idle_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
             ..ReceiverConfig::default()
         },
         rpc_retry: Duration::from_millis(250),
@@ -273,6 +290,9 @@ pub struct Cluster {
     pub trace: Trace,
     /// Endpoint handles of the running peers.
     pub handles: Handles,
+    /// Record every message of every host in the trace (see [`FaultyTransport::with_log`]);
+    /// set before adding hosts. Also switched on by the environment variable `SIM_LOG=1`.
+    pub log_messages: bool,
     dir: tempfile::TempDir,
     stats: BTreeMap<String, SharedStats>,
     files: BTreeMap<String, Vec<SharedFile>>,
@@ -286,6 +306,7 @@ impl Cluster {
             net,
             trace: Trace::new(),
             handles: Handles::default(),
+            log_messages: std::env::var("SIM_LOG").is_ok_and(|v| v == "1"),
             dir: tempfile::tempdir().expect("temporary folder"),
             stats: BTreeMap::new(),
             files: BTreeMap::new(),
@@ -365,8 +386,12 @@ impl Cluster {
         self.stats.insert(TRACKER.into(), stats.clone());
         let faults = self.fault_config(TRACKER, faults);
         let (net, trace) = (self.net, self.trace.clone());
+        let log = self
+            .log_messages
+            .then(|| (trace.clone(), TRACKER.to_string()));
         let boots = Arc::new(AtomicU64::new(0));
         sim.host(TRACKER, move || {
+            let log = log.clone();
             let (faults, stats, trace, registry) = (
                 faults.clone(),
                 stats.clone(),
@@ -376,7 +401,7 @@ impl Cluster {
             let boot = boots.fetch_add(1, Ordering::SeqCst) + 1;
             async move {
                 trace.record(TRACKER, format_args!("boot {boot}"));
-                let t = net.bind(TRACKER_PORT, faults, stats).await?;
+                let t = net.bind(TRACKER_PORT, faults, stats, log).await?;
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let log = trace.clone();
                 tokio::spawn(async move {
@@ -413,8 +438,12 @@ impl Cluster {
             self.seed,
         );
         let name = name.to_string();
+        let log = self
+            .log_messages
+            .then(|| (self.trace.clone(), name.clone()));
         let boots = Arc::new(AtomicU64::new(0));
         sim.host(name.clone(), move || {
+            let log = log.clone();
             let boot = boots.fetch_add(1, Ordering::SeqCst) + 1;
             let mut config =
                 fast_endpoint(Some(share.clone()), mix(seed, &format!("{name}#{boot}")));
@@ -431,7 +460,7 @@ impl Cluster {
             );
             async move {
                 trace.record(&name, format_args!("boot {boot}"));
-                let t = net.bind(PEER_PORT, faults, stats).await?;
+                let t = net.bind(PEER_PORT, faults, stats, log).await?;
                 let (h, task) = spawn_endpoint(t, net.kind(), config)?;
                 handles.publish(&name, boot, h.clone());
                 if register {
@@ -457,6 +486,20 @@ impl Cluster {
                 Ok(())
             }
         });
+    }
+}
+
+impl Drop for Cluster {
+    /// With message logging on, writes the trace to `<temp dir>/p2p-sim-<seed>-<n>.log`.
+    fn drop(&mut self) {
+        if self.log_messages {
+            static RUNS: AtomicU64 = AtomicU64::new(0);
+            let n = RUNS.fetch_add(1, Ordering::SeqCst);
+            let path = std::env::temp_dir().join(format!("p2p-sim-{}-{n}.log", self.seed));
+            if std::fs::write(&path, self.trace.dump()).is_ok() {
+                eprintln!("   trace: {}", path.display());
+            }
+        }
     }
 }
 

@@ -20,6 +20,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
+use crate::trace::Trace;
+
 /// Probabilities (each in `0.0..=1.0`) of the faults applied to each message in one
 /// direction; each fault is rolled independently.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -217,6 +219,7 @@ pub struct FaultyTransport<T: Transport> {
     config: FaultConfig,
     state: Arc<Mutex<State>>,
     stats: SharedStats,
+    log: Option<(Trace, String)>,
 }
 
 impl<T: Transport> std::fmt::Debug for FaultyTransport<T> {
@@ -248,6 +251,34 @@ impl<T: Transport> FaultyTransport<T> {
             })),
             config,
             stats,
+            log: None,
+        }
+    }
+
+    /// Also records every message and the faults applied to it in `trace`, as `host`: a
+    /// message-level log for debugging one seed (costly; off by default).
+    pub fn with_log(mut self, trace: Trace, host: &str) -> Self {
+        self.log = Some((trace, host.to_string()));
+        self
+    }
+
+    fn note(&self, dir: &str, peer: SocketAddr, msg: &[u8], plan: &Plan) {
+        if let Some((trace, host)) = &self.log {
+            let what = match decode(msg) {
+                Ok(Message::Data { transfer, seq, .. }) => format!("Data {} #{seq}", transfer.0),
+                Ok(Message::Ack {
+                    transfer,
+                    cumulative,
+                    sack,
+                    ..
+                }) => format!("Ack {} cum {cumulative} sack {:?}", transfer.0, sack.0),
+                Ok(m) => {
+                    let s = format!("{m:?}");
+                    s.chars().take(120).collect()
+                }
+                Err(e) => format!("undecodable ({e})"),
+            };
+            trace.record(host, format_args!("{dir} {peer} {what} {plan:?}"));
         }
     }
 
@@ -351,6 +382,7 @@ impl<T: Transport> FaultyTransport<T> {
             let rates = self.config.recv;
             self.plan(&mut st, &rates, msg.len(), &mut stats.recv)
         };
+        self.note("recv", from, &msg, &plan);
         if plan.drop {
             return;
         }
@@ -438,6 +470,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             });
             (plan, release, hold_id)
         };
+        self.note("send", to, msg, &plan);
         let result = if plan.drop {
             Ok(())
         } else {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use p2p_core::service::resume::{load_state, partial_path, state_path};
 use p2p_core::service::{DownloadReport, ServiceError};
 use p2p_core::transfer::TransferError;
+use p2p_core::wire::AbortReason;
 
 use crate::cluster::SharedFile;
 
@@ -72,14 +73,28 @@ pub enum Checked {
     Failed(ServiceError),
 }
 
-/// True when `e` says the other side went silent: a transfer timeout, or an incomplete
-/// download kept for a resume because of one.
+/// True when `e` says one side went silent: a transfer timeout, the other side's abort
+/// for a timeout, or an incomplete download kept for a resume because of either.
 pub fn timed_out(e: &ServiceError) -> bool {
     match e {
-        ServiceError::Transfer(TransferError::Timeout(_)) => true,
+        ServiceError::Transfer(
+            TransferError::Timeout(_) | TransferError::Aborted(AbortReason::Timeout),
+        ) => true,
         ServiceError::Incomplete { reason, .. } => {
-            reason.contains("stopped sending") || reason.contains("no answer from the peer")
+            reason.contains("stopped sending")
+                || reason.contains("no answer from the peer")
+                || reason.contains("aborted by the other side: timed out")
         }
+        _ => false,
+    }
+}
+
+/// True when `e` is the sender's refusal for lack of upload slots ("busy"), also when it ends
+/// an incomplete download kept for a resume.
+pub fn busy(e: &ServiceError) -> bool {
+    match e {
+        ServiceError::Transfer(TransferError::Aborted(AbortReason::Busy)) => true,
+        ServiceError::Incomplete { reason, .. } => reason.contains("sender busy"),
         _ => false,
     }
 }

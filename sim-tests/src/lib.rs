@@ -35,7 +35,7 @@ pub use faulty::{
     DirectionStats, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats,
 };
 pub use harness::{
-    check_download, run_for, run_scenario, run_seeds, run_until, timed_out, Checked,
+    busy, check_download, run_for, run_scenario, run_seeds, run_until, timed_out, Checked,
 };
 pub use seeds::{parse_seeds, seeds_from_env, DEFAULT_SEEDS};
 pub use tcp::{SimTcp, SimTcpConfig};

@@ -1,6 +1,7 @@
 //! Crashes mid-transfer (`sim.crash`, then `sim.bounce`): of the sender, of the receiver and
 //! of the tracker. The survivor of a crashed transfer ends with a clear error and no file; a
-//! retry after the restart gets the exact bytes; the sender frees a dead receiver's upload;
+//! retry after the restart gets the exact bytes (a restarted receiver resumes from the prefix
+//! it recorded); the sender frees a dead receiver's upload;
 //! peers re-register after the tracker returns; a crashed peer expires from the tracker.
 
 use std::cell::Cell;
@@ -9,10 +10,10 @@ use std::time::Duration;
 
 use p2p_core::service::ServiceError;
 use p2p_core::transfer::TransferError;
-use p2p_core::wire::AbortReason;
+use p2p_core::wire::PIECE_SIZE;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_for, run_seeds, run_until, spawn_fetch, timed_out,
-    tracker_addr, wait_progress, Checked, Cluster, Net, PeerOpts,
+    busy, check_download, fast_registry, fetch, run_for, run_seeds, run_until, spawn_fetch,
+    timed_out, tracker_addr, wait_progress, Checked, Cluster, Net, PeerOpts,
 };
 
 const FILE: usize = 1 << 20;
@@ -32,8 +33,9 @@ async fn acted(flag: &Flag) {
 async fn crash_mid_transfer(
     progress: &mut tokio::sync::watch::Receiver<p2p_core::service::Progress>,
     flag: &Flag,
+    at: u64,
 ) -> turmoil::Result {
-    if !wait_progress(progress, 1, Duration::from_secs(30)).await {
+    if !wait_progress(progress, at, Duration::from_secs(30)).await {
         return Err("no progress before the crash".into());
     }
     turmoil::hold("seeder", "leecher");
@@ -49,6 +51,7 @@ fn clear_failure(e: &ServiceError) -> bool {
 }
 
 fn crash_sender(seed: u64, net: Net) -> turmoil::Result {
+    let first = 1;
     let mut cl = Cluster::new(seed, net);
     let mut sim = cl.builder(Duration::from_secs(120)).build();
     cl.add_tracker(&mut sim, fast_registry(), None);
@@ -61,7 +64,7 @@ fn crash_sender(seed: u64, net: Net) -> turmoil::Result {
     sim.client("ctl", async move {
         let h = handles.get("leecher").await;
         let (task, mut progress) = spawn_fetch(&h, "seeder", "big.bin", &dest).await?;
-        crash_mid_transfer(&mut progress, &client_flag).await?;
+        crash_mid_transfer(&mut progress, &client_flag, first).await?;
         let res = task.await?;
         match check_download(&res, &dest, &f)? {
             Checked::Failed(e) if clear_failure(&e) => {}
@@ -92,7 +95,15 @@ fn crash_sender_tcp() {
     run_seeds(file!(), "crash_sender_tcp", |s| crash_sender(s, Net::Tcp));
 }
 
-fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
+/// Crashes the leecher mid-transfer and restarts it; its next life downloads again. With
+/// `resume`, the leecher records its verified prefix every piece and is crashed past the
+/// first MiB of a 4 MiB file: the new download must resume from the recorded prefix.
+fn crash_receiver(seed: u64, net: Net, resume: bool) -> turmoil::Result {
+    let (size, first) = if resume {
+        (4 * FILE, FILE as u64)
+    } else {
+        (FILE, 1)
+    };
     let mut cl = Cluster::new(seed, net);
     let mut sim = cl.builder(Duration::from_secs(120)).build();
     cl.add_tracker(&mut sim, fast_registry(), None);
@@ -100,9 +111,14 @@ fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
     cl.add_peer(
         &mut sim,
         "seeder",
-        PeerOpts::sharing(&[("big.bin", FILE)]).tune(|c| c.max_uploads = 1),
+        PeerOpts::sharing(&[("big.bin", size)]).tune(|c| c.max_uploads = 1),
     );
-    cl.add_peer(&mut sim, "leecher", PeerOpts::default());
+    let leecher = if resume {
+        PeerOpts::default().tune(|c| c.save_every = u64::from(PIECE_SIZE))
+    } else {
+        PeerOpts::default()
+    };
+    cl.add_peer(&mut sim, "leecher", leecher);
     let f = cl.file("seeder", "big.bin");
     let dest = cl.download_dir("leecher").join("big.bin");
     let flag = Flag::default();
@@ -110,7 +126,7 @@ fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
     sim.client("ctl", async move {
         let h = handles.get("leecher").await;
         let (task, mut progress) = spawn_fetch(&h, "seeder", "big.bin", &dest).await?;
-        crash_mid_transfer(&mut progress, &client_flag).await?;
+        crash_mid_transfer(&mut progress, &client_flag, first).await?;
         // The leecher died with its endpoint: the download future sees a closed endpoint.
         match task.await? {
             Err(ServiceError::Closed) => {}
@@ -126,13 +142,22 @@ fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
             let res = fetch(&h, "seeder", "big.bin", &dest).await;
             match check_download(&res, &dest, &f)? {
                 Checked::Complete => {
-                    trace.record("ctl", format_args!("complete at attempt {attempt}"));
+                    let from = res.map(|r| r.resumed_from).unwrap_or_default();
+                    trace.record(
+                        "ctl",
+                        format_args!("complete at attempt {attempt} from {from}"),
+                    );
+                    if resume && (from == 0 || from % u64::from(PIECE_SIZE) != 0) {
+                        return Err(
+                            format!("did not resume from a recorded prefix ({from})").into()
+                        );
+                    }
                     return Ok(());
                 }
                 // The seeder still serves the dead transfer until its idle timeout.
-                Checked::Failed(ServiceError::Transfer(TransferError::Aborted(
-                    AbortReason::Busy,
-                ))) if attempt < 20 => tokio::time::sleep(Duration::from_secs(1)).await,
+                Checked::Failed(e) if busy(&e) && attempt < 30 => {
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                }
                 Checked::Failed(e) => return Err(format!("attempt {attempt} failed: {e}").into()),
             }
         }
@@ -149,14 +174,21 @@ fn crash_receiver(seed: u64, net: Net) -> turmoil::Result {
 #[test]
 fn crash_receiver_udp() {
     run_seeds(file!(), "crash_receiver_udp", |s| {
-        crash_receiver(s, Net::Udp)
+        crash_receiver(s, Net::Udp, false)
+    });
+}
+
+#[test]
+fn crash_receiver_resumes_udp() {
+    run_seeds(file!(), "crash_receiver_resumes_udp", |s| {
+        crash_receiver(s, Net::Udp, true)
     });
 }
 
 #[test]
 fn crash_receiver_tcp() {
     run_seeds(file!(), "crash_receiver_tcp", |s| {
-        crash_receiver(s, Net::Tcp)
+        crash_receiver(s, Net::Tcp, false)
     });
 }
 

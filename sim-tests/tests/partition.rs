@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use p2p_core::service::ServiceError;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, run_seeds, spawn_fetch, timed_out, wait_progress,
+    busy, check_download, fast_registry, fetch, run_seeds, spawn_fetch, timed_out, wait_progress,
     Checked, Cluster, Net, PeerOpts,
 };
 
@@ -116,7 +116,16 @@ fn outage_scenario(seed: u64, net: Net, outage: Outage) -> turmoil::Result {
         }
         // Once the network is back, the same download resumes from the kept prefix.
         turmoil::repair("seeder", "leecher");
-        let res = fetch(&h, "seeder", "big.bin", &dest).await;
+        let mut res = fetch(&h, "seeder", "big.bin", &dest).await;
+        // The probe's upload holds the only slot until its FIN-ACK arrives, which may be
+        // after this request: "busy" then, so try again.
+        for _ in 0..10 {
+            if !res.as_ref().is_err_and(busy) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            res = fetch(&h, "seeder", "big.bin", &dest).await;
+        }
         trace.record(
             "ctl",
             format_args!("again: {:?}", res.as_ref().map(|r| r.resumed_from)),
