@@ -218,6 +218,7 @@ pub fn spawn_endpoint(
         upload_tokens: 0.0,
         tokens_at: Instant::now(),
         throttled_until: None,
+        more_to_send: false,
         config,
     };
     let task = tokio::spawn(driver.run());
@@ -504,10 +505,14 @@ struct Driver {
     tokens_at: Instant,
     /// Uploads wait until then for tokens.
     throttled_until: Option<Instant>,
+    /// A flush stopped at its burst limit: flush again once incoming messages are read.
+    more_to_send: bool,
 }
 
 /// Most messages handled from one burst before the endpoint answers.
 const BURST: usize = 64;
+/// Most messages one upload sends per flush before incoming messages are read again.
+const UPLOAD_BURST: usize = 32;
 
 impl Driver {
     async fn run(mut self) {
@@ -515,6 +520,7 @@ impl Driver {
         loop {
             self.flush().await;
             let deadline = self.next_deadline();
+            let more = self.more_to_send;
             // `biased`: branches are polled in this order, not at random, so that a simulation
             // replays exactly from its seed. Timers come before the network so that a flood of
             // messages cannot starve retransmissions and timeouts.
@@ -544,6 +550,8 @@ impl Driver {
                         }
                     }
                 }
+                // Nothing arrived and uploads have more to send: go round again.
+                _ = std::future::ready(()), if more => {}
             }
         }
         self.shutdown().await;
@@ -1074,6 +1082,7 @@ impl Driver {
 
     /// Sends everything every machine wants to send, and drops finished machines.
     async fn flush(&mut self) {
+        self.more_to_send = false;
         let now = Instant::now().into_std();
         let transport = self.transport.clone();
         let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
@@ -1097,7 +1106,15 @@ impl Driver {
                     up.machine.abort(AbortReason::FileChanged);
                 }
             }
+            let mut sent = 0;
             loop {
+                if sent == UPLOAD_BURST && !up.machine.is_done() {
+                    // Let ACKs in before sending more: on a slow link a long flush would
+                    // leave them unread until the idle timeout.
+                    self.more_to_send = true;
+                    break;
+                }
+                sent += 1;
                 if let Some(rate) = self.config.max_upload_rate {
                     // A finished machine only has its last word (an Abort) left: never hold it.
                     if self.upload_tokens < 0.0 && !up.machine.is_done() {

@@ -138,6 +138,8 @@ pub struct ChunkSender {
     rtt: RttEstimator,
     cc: Box<dyn CongestionController>,
     rto_at: Option<Instant>,
+    /// When chunks that SACK evidence marks as probably lost become old enough to declare.
+    loss_at: Option<Instant>,
     last_heard: Instant,
     send_accept: bool,
     send_fin: bool,
@@ -185,6 +187,7 @@ impl ChunkSender {
             rtt: RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto),
             cc,
             rto_at: None,
+            loss_at: None,
             last_heard: now,
             send_accept: true,
             send_fin: false,
@@ -301,7 +304,7 @@ impl ChunkSender {
                 rtt,
             });
         }
-        self.detect_losses();
+        self.detect_losses(now);
         if !self.in_flight.is_empty() || !self.lost.is_empty() {
             if newly_acked > 0 || self.rto_at.is_none() {
                 self.rto_at = Some(now + self.rtt.rto());
@@ -314,12 +317,30 @@ impl ChunkSender {
         }
     }
 
-    fn detect_losses(&mut self) {
+    /// How long after its send a chunk with later chunks acknowledged may still arrive:
+    /// reordering, not loss (RACK's reordering window: a quarter RTT, at least 2 ms).
+    fn reorder_window(&self) -> Duration {
+        (self.rtt.srtt().unwrap_or(self.config.initial_rto) / 4).max(Duration::from_millis(2))
+    }
+
+    /// Declares lost the chunks sent at least `dup_thresh` transmissions before the latest
+    /// acknowledged one, once they are also older than one RTT plus the reordering window;
+    /// arms a timer for those not old enough yet.
+    fn detect_losses(&mut self, now: Instant) {
+        self.loss_at = None;
         let Some(largest) = self.largest_acked_tx else {
             return;
         };
+        // RACK: a chunk is late once one RTT plus the reordering window passed since its send.
+        let srtt = self.rtt.srtt().unwrap_or(self.config.initial_rto);
+        let wait = srtt + self.reorder_window();
         while let Some((&tx, &seq)) = self.in_flight.first_key_value() {
             if tx + self.config.dup_thresh > largest {
+                break;
+            }
+            let sent_at = self.window[(seq - self.cumulative) as usize].at;
+            if now < sent_at + wait {
+                self.loss_at = Some(sent_at + wait);
                 break;
             }
             self.in_flight.pop_first();
@@ -340,6 +361,9 @@ impl ChunkSender {
                 self.config.idle_timeout
             ))));
             return;
+        }
+        if self.loss_at.is_some_and(|t| now >= t) {
+            self.detect_losses(now);
         }
         if self.rto_at.is_some_and(|t| now >= t) {
             self.stats.timeouts += 1;
@@ -364,6 +388,7 @@ impl ChunkSender {
         }
         [
             self.rto_at,
+            self.loss_at,
             self.fin_at,
             Some(self.last_heard + self.config.idle_timeout),
         ]
@@ -476,6 +501,7 @@ impl ChunkSender {
     fn finish(&mut self, event: SenderEvent) {
         self.state = State::Done;
         self.rto_at = None;
+        self.loss_at = None;
         self.fin_at = None;
         self.events.push_back(event);
     }

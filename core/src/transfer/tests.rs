@@ -463,3 +463,19 @@ fn wrong_hash_at_fin_fails_without_finish() {
         }
     )));
 }
+
+#[test]
+fn reordering_within_the_window_causes_no_retransmission() {
+    // Every 5th data chunk arrives 3 ms late (a quarter RTT is 5 ms): the later chunks are
+    // SACKed first, but nothing is declared lost.
+    let mut pair = Pair::new(sample(20_000), 100).with_fault(|dir, _, m| match m {
+        Message::Data { seq, .. } if dir == Dir::ToReceiver && seq % 5 == 0 => {
+            Fate::Delay(Duration::from_millis(3))
+        }
+        _ => Fate::Deliver,
+    });
+    pair.drive(200_000);
+    assert!(pair.finished());
+    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.stats().chunks_retransmitted, 0, "{:?}", pair.stats());
+}
