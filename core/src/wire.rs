@@ -176,16 +176,39 @@ std::thread_local! {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct BoundedVec<T, const N: usize>(pub Vec<T>);
 
+/// An item of a [`BoundedVec`]: the fewest bytes one can take on the wire, so that a list
+/// never believes more items than its input could hold.
+pub trait ListItem {
+    /// Smallest encoded size of one item.
+    const MIN_ENCODED: usize;
+}
+
+impl ListItem for PeerInfo {
+    const MIN_ENCODED: usize = 12;
+}
+
+impl ListItem for IndexEntry {
+    const MIN_ENCODED: usize = 38;
+}
+
+impl ListItem for (u64, u64) {
+    const MIN_ENCODED: usize = 3;
+}
+
+impl ListItem for ContentHash {
+    const MIN_ENCODED: usize = 34;
+}
+
 impl<T: Serialize, const N: usize> Serialize for BoundedVec<T, N> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
     }
 }
 
-impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for BoundedVec<T, N> {
+impl<'de, T: Deserialize<'de> + ListItem, const N: usize> Deserialize<'de> for BoundedVec<T, N> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<T, const N: usize>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for V<T, N> {
+        impl<'de, T: Deserialize<'de> + ListItem, const N: usize> Visitor<'de> for V<T, N> {
             type Value = BoundedVec<T, N>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "a list of at most {N} items")
@@ -196,7 +219,9 @@ impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for BoundedVec<T
                         return Err(serde::de::Error::invalid_length(n, &self));
                     }
                 }
-                let budget = DECODE_INPUT.with(|c| c.get()) * 4 / std::mem::size_of::<T>().max(1);
+                let input = DECODE_INPUT.with(|c| c.get());
+                let budget =
+                    (input * 4 / std::mem::size_of::<T>().max(1)).min(input / T::MIN_ENCODED);
                 let claimed = seq.size_hint().unwrap_or(0);
                 let mut items = Vec::with_capacity(claimed.min(N).min(budget));
                 while let Some(item) = seq.next_element()? {

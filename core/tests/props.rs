@@ -693,7 +693,6 @@ fn index_page_claiming_more_entries(n: usize, path_len: usize) -> Vec<u8> {
 /// over `4 × len + 4096` (~22.0 KB). The excess is bounded (the claim is capped at 256
 /// items) but the decoder's bound does not hold.
 #[test]
-#[ignore = "core bug: a list claim reserves up to 4x the input and its items' strings come on top (peak > 4x + 4 KiB)"]
 fn claimed_list_with_long_strings_stays_within_the_allocation_bound() {
     for (n, path_len) in [(5, 800), (4, 1000), (5, 780), (3, 1000)] {
         let bytes = index_page_claiming_more_entries(n, path_len);
