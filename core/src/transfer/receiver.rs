@@ -138,6 +138,8 @@ pub struct ChunkReceiver {
     ack_now: bool,
     ack_at: Option<Instant>,
     last_heard: Instant,
+    /// When the last `Request` went out.
+    last_request: Instant,
     out: VecDeque<Message>,
     events: VecDeque<ReceiverEvent>,
 }
@@ -208,6 +210,7 @@ impl ChunkReceiver {
             ack_now: false,
             ack_at: None,
             last_heard: now,
+            last_request: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -325,6 +328,22 @@ impl ChunkReceiver {
                     hash,
                     chunk_size,
                 });
+            }
+            (
+                State::Requesting { next_retry, wait },
+                Message::Data { .. } | Message::Fin { .. },
+            ) => {
+                // The sender accepted, but its Accept was lost: it is alive, and a new
+                // Request makes it send the Accept again (at most every 100 ms).
+                self.last_heard = now;
+                if now >= self.last_request + Duration::from_millis(100) {
+                    self.last_request = now;
+                    self.out.push_back(self.request());
+                    self.state = State::Requesting {
+                        next_retry: next_retry.max(now + wait),
+                        wait,
+                    };
+                }
             }
             (State::Receiving, Message::Data { seq, payload, .. }) => {
                 self.last_heard = now;
@@ -521,6 +540,7 @@ impl ChunkReceiver {
                     next_retry: now + wait,
                     wait,
                 };
+                self.last_request = now;
                 self.out.push_back(self.request());
             }
             State::Receiving if self.ack_at.is_some_and(|t| now >= t) => {
