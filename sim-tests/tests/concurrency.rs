@@ -94,11 +94,10 @@ fn many_downloads_from_one_peer_udp() {
 }
 
 /// The second download to a destination being downloaded is refused, and the first one
-/// completes.
+/// completes. Regression: the resume plan used to run before the driver checked that the
+/// destination was free, so the second download deleted the first one's partial file (UDP,
+/// seeds 1,2,3); fixed in 3f5316d.
 #[test]
-#[ignore = "core bug: EndpointHandle::download plans the resume (plan_resume) before the driver \
-            checks that the destination is free, so the second download deletes the first one's \
-            partial file and the first fails with Io(cannot move the file ...) (UDP, seeds 1,2,3)"]
 fn same_destination_twice_udp() {
     run_seeds(file!(), "same_destination_twice_udp", |s| {
         fan_out(s, Net::Udp, true)

@@ -128,9 +128,9 @@ fn unregister_sticks(seed: u64) -> turmoil::Result {
     sim.run()
 }
 
+/// Regression: `unregister` used to leave the heartbeat running, and the next heartbeat
+/// registered the peer again (seeds 1,2,3); fixed in 3f5316d.
 #[test]
-#[ignore = "core bug: EndpointHandle::unregister leaves the heartbeat running, and the next \
-            heartbeat registers the peer again (fails for seed 1)"]
 fn unregistered_peer_stays_gone() {
     run_seeds(file!(), "unregistered_peer_stays_gone", unregister_sticks);
 }
