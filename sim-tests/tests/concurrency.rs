@@ -78,7 +78,9 @@ fn fan_out(seed: u64, net: Net, twice: bool) -> turmoil::Result {
                 }
             }
         }
-        if refused != usize::from(twice) {
+        // With `twice`, the second is refused unless the first had already finished (then
+        // both hold the exact bytes, checked above).
+        if refused > usize::from(twice) {
             return Err(format!("{refused} downloads to one place refused, not 1").into());
         }
         Ok(())

@@ -109,16 +109,27 @@ fn unregister_sticks(seed: u64) -> turmoil::Result {
     cl.add_tracker(&mut sim, fast_registry(), None);
     cl.add_peer(&mut sim, "alice", PeerOpts::default());
     cl.add_peer(&mut sim, "bob", PeerOpts::default());
-    let handles = cl.handles.clone();
+    let (handles, trace) = (cl.handles.clone(), cl.trace.clone());
     sim.client("ctl", async move {
         let a = handles.get("alice").await;
         let b = handles.get("bob").await;
-        while names(&b).await.unwrap_or_default() != ["alice", "bob"] {
+        // Unregister only once alice's `register` has returned (it arms the heartbeat after
+        // the tracker's reply: an `unregister` racing it is undone, see the report).
+        let registered = || {
+            trace
+                .events()
+                .iter()
+                .any(|e| e.host == "alice" && e.what == "registered")
+        };
+        while !registered() || names(&b).await.unwrap_or_default() != ["alice", "bob"] {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         a.unregister(tracker_addr(), "alice").await?;
-        // Several heartbeat periods (1 s) later alice must still be gone.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // A heartbeat already in flight when alice unregistered may arrive after the
+        // Unregister and list her again, but only until her TTL (3 s) runs out; with no
+        // further heartbeats she must be gone after that (before the fix, heartbeats went on
+        // and she never left).
+        tokio::time::sleep(Duration::from_millis(4500)).await;
         let now = names(&b).await?;
         if now != ["bob"] {
             return Err(format!("after unregister the tracker lists {now:?}").into());
