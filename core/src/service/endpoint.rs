@@ -219,6 +219,7 @@ pub fn spawn_endpoint(
         tokens_at: Instant::now(),
         throttled_until: None,
         more_to_send: false,
+        left: BTreeSet::new(),
         config,
     };
     let task = tokio::spawn(driver.run());
@@ -507,6 +508,8 @@ struct Driver {
     throttled_until: Option<Instant>,
     /// A flush stopped at its burst limit: flush again once incoming messages are read.
     more_to_send: bool,
+    /// Names unregistered since their last `Register`: a late heartbeat arming is ignored.
+    left: BTreeSet<String>,
 }
 
 /// Most messages handled from one burst before the endpoint answers.
@@ -591,6 +594,9 @@ impl Driver {
                 transport,
                 every,
             } => {
+                if self.left.contains(&name) {
+                    return; // unregistered while the registration was being confirmed
+                }
                 self.registration = Some(Registration {
                     tracker,
                     name,
@@ -618,11 +624,19 @@ impl Driver {
         mut msg: Message,
         reply: Option<oneshot::Sender<Result<Message, ServiceError>>>,
     ) {
-        if let Message::Unregister { name, .. } = &msg {
-            // Leaving: the heartbeat must not register us again.
-            if self.registration.as_ref().is_some_and(|r| &r.name == name) {
-                self.registration = None;
+        match &msg {
+            Message::Unregister { name, .. } => {
+                // Leaving: the heartbeat must not register us again, not even one armed by a
+                // `register` whose reply is still on its way.
+                if self.registration.as_ref().is_some_and(|r| &r.name == name) {
+                    self.registration = None;
+                }
+                self.left.insert(name.clone());
             }
+            Message::Register { name, .. } => {
+                self.left.remove(name);
+            }
+            _ => {}
         }
         let id = RequestId(self.take_id());
         set_request_id(&mut msg, id);
