@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Limits of a [`RateLimiter`].
 #[derive(Clone, Copy, Debug)]
@@ -96,14 +96,10 @@ impl RateLimiter {
     }
 }
 
-/// How long until a bucket that was just emptied allows one request again.
-pub fn refill_time(config: &RateConfig) -> Duration {
-    Duration::from_secs_f64(1.0 / config.per_second.max(f64::MIN_POSITIVE))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, n])

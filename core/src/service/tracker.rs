@@ -101,7 +101,7 @@ pub async fn run_tracker_limited(
                 .map(Instant::from_std);
             match next {
                 Some(at) => tokio::time::sleep_until(at).await,
-                None => tokio::time::sleep(expiry_registry_idle()).await,
+                None => tokio::time::sleep(EMPTY_TABLE_RECHECK).await,
             }
             let gone = expiry_registry
                 .lock()
@@ -123,9 +123,7 @@ pub async fn run_tracker_limited(
 
 /// How long the expiry task waits when the table is empty (a registration wakes nothing, so
 /// it re-checks at this pace).
-fn expiry_registry_idle() -> std::time::Duration {
-    std::time::Duration::from_millis(250)
-}
+const EMPTY_TABLE_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn emit(events: &Events, e: TrackerEvent) {
     if let Some(tx) = events {

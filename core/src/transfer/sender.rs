@@ -144,7 +144,6 @@ pub struct ChunkSender {
     send_accept: bool,
     send_fin: bool,
     fin_at: Option<Instant>,
-    fin_tries: u32,
     abort: Option<AbortReason>,
     state: State,
     events: VecDeque<SenderEvent>,
@@ -192,7 +191,6 @@ impl ChunkSender {
             send_accept: true,
             send_fin: false,
             fin_at: None,
-            fin_tries: 0,
             abort: None,
             state: State::Sending,
             events: VecDeque::new(),
@@ -374,7 +372,6 @@ impl ChunkSender {
             self.rto_at = Some(now + self.rtt.rto());
         }
         if self.fin_at.is_some_and(|t| now >= t) {
-            self.fin_tries += 1;
             self.rtt.on_timeout();
             self.send_fin = true;
             self.fin_at = None;
@@ -504,10 +501,5 @@ impl ChunkSender {
         self.loss_at = None;
         self.fin_at = None;
         self.events.push_back(event);
-    }
-
-    /// Gives up on FIN after this many retries: the receiver may have finished and forgotten.
-    pub fn fin_tries(&self) -> u32 {
-        self.fin_tries
     }
 }
