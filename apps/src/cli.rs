@@ -201,6 +201,11 @@ pub(crate) struct GetArgs {
     /// Fail (keeping the verified part for a resume) when the peer is silent this long.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Never fsync: faster when the disk is slower than the network, and as safe as `cp`
+    /// (a crash of p2p loses nothing; a power cut may lose the file, and a partial file left
+    /// unsynced is discarded, not resumed, after a restart of the system).
+    #[arg(long)]
+    pub no_fsync: bool,
 }
 
 #[derive(Args, Debug)]

@@ -83,7 +83,9 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     let via = client(t.transport, t.tracker).await?;
     let info = find_peer(&via, t.tracker, &args.peer).await?;
     let idle = args.idle_timeout;
+    let fsync = !args.no_fsync;
     let to_peer = client_with(info.transport, info.addr, |c| {
+        c.fsync = fsync;
         c.receiver.idle_timeout = idle
     })
     .await?;

@@ -22,7 +22,9 @@ use tokio::time::Instant;
 
 use super::paging::paginate;
 pub use super::resume::partial_path;
-use super::resume::{self, plan_resume, save_state, DownloadState, PartialWriter, ResumePlan};
+use super::resume::{
+    self, plan_resume, save_state, Checkpointer, DownloadState, PartialWriter, ResumePlan,
+};
 use crate::index::ShareIndex;
 use crate::limits::{RateConfig, RateLimiter};
 use crate::transfer::{
@@ -52,8 +54,15 @@ pub struct EndpointConfig {
     /// Rate limit of requests (index, piece hashes, new transfers) per source IP.
     pub rate: RateConfig,
     /// A download records its verified prefix (flush, sync, state file) every this many bytes
-    /// or every [`SAVE_INTERVAL`], whichever comes first.
+    /// or every [`SAVE_INTERVAL`], whichever comes first. Recording runs on a blocking thread,
+    /// never in the way of the network.
     pub save_every: u64,
+    /// Downloads sync to disk (`fsync`): each checkpoint before it is recorded, and the
+    /// finished file before it takes its final name, so that not even a power cut leaves a
+    /// torn file under that name. Off, files are as durable as the page cache (like `cp`): a
+    /// crashed process loses nothing, a power cut may lose the file (never to a corrupt
+    /// resume: unsynced checkpoints are dropped after a restart).
+    pub fsync: bool,
     /// Cap on the bytes per second sent by all uploads together (`None`: no cap).
     pub max_upload_rate: Option<u64>,
     /// First wait before a request is sent again.
@@ -75,6 +84,7 @@ impl Default for EndpointConfig {
             max_uploads_per_peer: 8,
             rate: RateConfig::default(),
             save_every: 64 * 1024 * 1024,
+            fsync: true,
             max_upload_rate: None,
             rpc_retry: Duration::from_millis(250),
             rpc_attempts: 5,
@@ -463,6 +473,7 @@ struct Download {
     dest: PathBuf,
     partial: PathBuf,
     writer: Option<PartialWriter>,
+    checkpoints: Checkpointer,
     size: u64,
     hash: ContentHash,
     piece_size: u32,
@@ -471,6 +482,7 @@ struct Download {
     verified: u64,
     /// End of the prefix recorded in the state file.
     saved: u64,
+    /// When the last checkpoint started.
     saved_at: Instant,
     discarded: Option<String>,
     started: Instant,
@@ -699,8 +711,15 @@ impl Driver {
         } else {
             File::create(&partial)
         };
-        let writer = match opened {
-            Ok(f) => PartialWriter::new(f, plan.offset),
+        let opened = opened.and_then(|f| {
+            let second = f.try_clone()?;
+            Ok((
+                PartialWriter::new(f, plan.offset),
+                Checkpointer::new(second, dest.clone(), self.config.fsync),
+            ))
+        });
+        let (writer, checkpoints) = match opened {
+            Ok(pair) => pair,
             Err(e) => {
                 self.dests.remove(&dest);
                 let _ = reply.send(Err(ServiceError::Io(format!(
@@ -734,6 +753,7 @@ impl Driver {
                 dest,
                 partial,
                 writer: Some(writer),
+                checkpoints,
                 size: entry.size,
                 hash: entry.hash,
                 piece_size,
@@ -985,6 +1005,11 @@ impl Driver {
             return;
         };
         let mut outcome: Option<Result<DownloadReport, ServiceError>> = None;
+        if let Err(e) = d.checkpoint_done() {
+            d.machine
+                .abort(AbortReason::Other("receiver cannot write".into()));
+            outcome = Some(Err(e));
+        }
         while let Some(event) = d.machine.poll_event() {
             match event {
                 ReceiverEvent::Accepted { .. } => {}
@@ -1005,19 +1030,19 @@ impl Driver {
                     d.verified = verified;
                     let due =
                         verified - d.saved >= save_every || d.saved_at.elapsed() >= SAVE_INTERVAL;
-                    if d.writer.is_some() && due {
-                        if let Err(e) = d.save() {
+                    if d.writer.is_some() && due && !d.checkpoints.busy() {
+                        if let Err(e) = d.start_checkpoint() {
                             d.machine
                                 .abort(AbortReason::Other("receiver cannot write".into()));
                             outcome.get_or_insert(Err(ServiceError::Io(format!(
-                                "cannot record progress beside {}: {e}",
+                                "cannot write {}: {e}",
                                 d.partial.display()
                             ))));
                         }
                     }
                 }
                 ReceiverEvent::Finished { received, hash } => {
-                    outcome = Some(finish_file(d, received, hash));
+                    outcome = Some(finish_file(d, received, hash, self.config.fsync));
                 }
                 ReceiverEvent::Failed(e) => {
                     outcome.get_or_insert(Err(ServiceError::Transfer(e)));
@@ -1216,20 +1241,46 @@ impl Download {
             hash: self.hash,
             piece_size: self.piece_size,
             verified,
+            unsynced_boot: None,
         }
     }
 
-    /// Flushes and syncs the partial file, then records its verified prefix.
-    fn save(&mut self) -> io::Result<()> {
-        if let Some(w) = self.writer.as_mut() {
-            w.sync()?;
+    /// Writes out what is buffered and starts recording the verified prefix (in the
+    /// background: see [`Checkpointer`]).
+    fn start_checkpoint(&mut self) -> io::Result<()> {
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        w.flush()?;
+        let verified = self.verified.min(w.written());
+        if verified > self.saved {
+            self.checkpoints.start(self.state(verified));
         }
-        save_state(&self.dest, &self.state(self.verified))?;
-        self.saved = self.verified;
         self.saved_at = Instant::now();
-        let saved = self.saved;
-        self.progress.send_modify(|p| p.saved = saved);
         Ok(())
+    }
+
+    /// Takes in a recorded checkpoint, if one finished.
+    fn checkpoint_done(&mut self) -> Result<(), ServiceError> {
+        match self.checkpoints.poll() {
+            Some(res) => self.recorded(res),
+            None => Ok(()),
+        }
+    }
+
+    fn recorded(&mut self, res: io::Result<u64>) -> Result<(), ServiceError> {
+        match res {
+            Ok(saved) => {
+                self.saved = self.saved.max(saved);
+                let saved = self.saved;
+                self.progress.send_modify(|p| p.saved = saved);
+                Ok(())
+            }
+            Err(e) => Err(ServiceError::Io(format!(
+                "cannot record progress beside {}: {e}",
+                self.partial.display()
+            ))),
+        }
     }
 
     /// After a failure: keep the verified prefix (flushed and recorded) for a resume, or
@@ -1237,6 +1288,9 @@ impl Download {
     fn keep_partial(&mut self, err: ServiceError) -> ServiceError {
         // Keep what is both verified and known to be on disk (after a failed write, e.g. a
         // full disk, the file holds exactly `written()` good bytes), down to a piece boundary.
+        if let Some(res) = self.checkpoints.wait() {
+            let _ = self.recorded(res);
+        }
         if let Some(mut w) = self.writer.take() {
             let _ = w.sync();
             let piece = u64::from(self.piece_size.max(1));
@@ -1248,7 +1302,7 @@ impl Download {
             };
             // Drop the unverified tail first: on a full disk that frees room for the state.
             let _ = w.truncate(keep.max(self.saved));
-            if keep > self.saved && save_state(&self.dest, &self.state(keep)).is_ok() {
+            if keep > self.saved && save_state(&self.dest, &self.state(keep), true).is_ok() {
                 self.saved = keep;
             }
         }
@@ -1268,14 +1322,19 @@ fn finish_file(
     d: &mut Download,
     received: u64,
     hash: ContentHash,
+    sync: bool,
 ) -> Result<DownloadReport, ServiceError> {
     let io_err = |what: &str, e: io::Error| ServiceError::Io(format!("{what}: {e}"));
+    // A checkpoint still being recorded would write the state file after it is removed.
+    if let Some(res) = d.checkpoints.wait() {
+        let _ = d.recorded(res);
+    }
     let writer = d
         .writer
         .take()
         .ok_or_else(|| ServiceError::Io("download already closed".into()))?;
     writer
-        .finish()
+        .finish(sync)
         .map_err(|e| io_err("cannot write the downloaded file", e))?;
     // Never replace an existing file silently: link (fails if the name exists), then unlink.
     match fs::hard_link(&d.partial, &d.dest) {

@@ -4,10 +4,19 @@
 //! folder) and only after the bytes it vouches for were flushed and synced, so after a crash it
 //! never claims more than the disk holds. A resume trusts exactly that prefix: nothing is
 //! re-read or re-hashed.
+//!
+//! Syncing runs at the disk's pace, which may be far below the network's, so a
+//! [`Checkpointer`] does it on a blocking thread: the I/O task only writes into the page cache
+//! and starts a checkpoint; the network path never waits for the disk. A download may also
+//! skip syncing altogether (`p2p get --no-fsync`): its state then names the boot it was
+//! written in, and a resume after a restart of the system discards it instead of trusting
+//! bytes that may never have reached the disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +39,18 @@ pub struct DownloadState {
     pub piece_size: u32,
     /// Bytes `0..verified` of the partial file are written, synced and verified.
     pub verified: u64,
+    /// Set when those bytes were *not* synced (a download without fsync): the boot they were
+    /// written in. They are as good as synced while the system stays up (the page cache
+    /// holds them), and worthless after a restart.
+    #[serde(default)]
+    pub unsynced_boot: Option<String>,
+}
+
+/// This boot of the system (Linux's random boot id), if known.
+pub fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 /// The temporary file a download of `dest` is written to.
@@ -75,10 +96,19 @@ impl PartialWriter {
         }
     }
 
-    /// Appends `bytes` (buffered). After a failure every call fails.
+    /// Appends `bytes` (buffered; a large write with nothing buffered goes straight to the
+    /// file, saving a copy). After a failure every call fails.
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.failed {
             return Err(io::Error::other("an earlier write failed"));
+        }
+        if self.buf.is_empty() && bytes.len() >= WRITE_BLOCK / 32 {
+            if let Err(e) = self.file.write_all(bytes) {
+                self.failed = true;
+                return Err(e);
+            }
+            self.written += bytes.len() as u64;
+            return Ok(());
         }
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= WRITE_BLOCK {
@@ -121,24 +151,110 @@ impl PartialWriter {
         Ok(())
     }
 
-    /// Flushes, syncs and closes.
-    pub fn finish(mut self) -> io::Result<()> {
+    /// Flushes and closes; with `sync`, first makes the file durable (`fsync`).
+    pub fn finish(mut self, sync: bool) -> io::Result<()> {
         self.flush()?;
-        self.file.sync_all()
+        if sync {
+            self.file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// A second handle on the file (for a [`Checkpointer`]).
+    pub fn try_clone_file(&self) -> io::Result<File> {
+        self.file.try_clone()
     }
 }
 
-/// Writes `state` for `dest` atomically.
-pub fn save_state(dest: &Path, state: &DownloadState) -> io::Result<()> {
+/// Records checkpoints of one download off the I/O task: each one syncs the partial file,
+/// then writes the state file (so the state never names bytes that are not on disk), on a
+/// blocking thread. At most one is in flight.
+#[derive(Debug)]
+pub struct Checkpointer {
+    file: Arc<File>,
+    dest: PathBuf,
+    /// `None`: sync the bytes before recording them; `Some(boot)`: record them unsynced.
+    unsynced_boot: Option<String>,
+    in_flight: Option<mpsc::Receiver<io::Result<u64>>>,
+}
+
+impl Checkpointer {
+    /// Checkpoints of the download of `dest`, whose partial file `file` is (a handle on).
+    /// Without `sync`, checkpoints are recorded unsynced for this boot (synced anyway when
+    /// the boot is unknown).
+    pub fn new(file: File, dest: PathBuf, sync: bool) -> Self {
+        Checkpointer {
+            file: Arc::new(file),
+            dest,
+            unsynced_boot: if sync { None } else { boot_id() },
+            in_flight: None,
+        }
+    }
+
+    /// Whether a checkpoint is being recorded.
+    pub fn busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Starts recording `state` (whose bytes must already be written to the file). Must be
+    /// called in a tokio runtime, and only when not [`busy`](Self::busy).
+    pub fn start(&mut self, mut state: DownloadState) {
+        debug_assert!(!self.busy());
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (file, dest) = (self.file.clone(), self.dest.clone());
+        state.unsynced_boot = self.unsynced_boot.clone();
+        tokio::task::spawn_blocking(move || {
+            let durable = state.unsynced_boot.is_none();
+            let synced = if durable { file.sync_data() } else { Ok(()) };
+            let res = synced
+                .and_then(|()| save_state(&dest, &state, durable))
+                .map(|()| state.verified);
+            let _ = tx.send(res);
+        });
+        self.in_flight = Some(rx);
+    }
+
+    /// The outcome of the checkpoint in flight, once it is recorded (the verified prefix now
+    /// on record, or why it could not be).
+    pub fn poll(&mut self) -> Option<io::Result<u64>> {
+        let rx = self.in_flight.as_ref()?;
+        let res = match rx.try_recv() {
+            Ok(res) => res,
+            Err(mpsc::TryRecvError::Empty) => return None,
+            Err(mpsc::TryRecvError::Disconnected) => Err(io::Error::other("checkpoint lost")),
+        };
+        self.in_flight = None;
+        Some(res)
+    }
+
+    /// Waits for the checkpoint in flight, if any (before the state file is replaced or
+    /// removed by the caller).
+    pub fn wait(&mut self) -> Option<io::Result<u64>> {
+        let rx = self.in_flight.take()?;
+        Some(
+            rx.recv()
+                .unwrap_or_else(|_| Err(io::Error::other("checkpoint lost"))),
+        )
+    }
+}
+
+/// Writes `state` for `dest` atomically; `durable`: synced too (write, fsync, rename, fsync
+/// of the folder).
+pub fn save_state(dest: &Path, state: &DownloadState, durable: bool) -> io::Result<()> {
     let path = state_path(dest);
     let tmp = path.with_extension("tmp");
     let bytes = rmp_serde::to_vec(state).map_err(io::Error::other)?;
     {
         let mut f = File::create(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
     }
     fs::rename(&tmp, &path)?;
+    if !durable {
+        return Ok(());
+    }
     if let Some(dir) = path.parent() {
         // Make the rename itself durable; not every filesystem allows opening a folder.
         if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
@@ -205,6 +321,8 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
                 Some("different piece size".to_string())
             } else if len < st.verified {
                 Some("the partial file is shorter than its state says".to_string())
+            } else if st.unsynced_boot.is_some() && st.unsynced_boot != boot_id() {
+                Some("it was written without fsync before the system restarted".to_string())
             } else {
                 None
             };
@@ -258,7 +376,61 @@ mod tests {
             hash: ContentHash::of(b"x"),
             piece_size: 100,
             verified,
+            unsynced_boot: None,
         }
+    }
+
+    #[test]
+    fn unsynced_state_is_trusted_in_its_own_boot_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f.bin");
+        let Some(boot) = boot_id() else {
+            return; // no boot id here: unsynced checkpoints are never written (see new)
+        };
+        fs::write(partial_path(&dest), vec![7u8; 300]).unwrap();
+        let same_boot = DownloadState {
+            unsynced_boot: Some(boot),
+            ..state(300)
+        };
+        save_state(&dest, &same_boot, false).unwrap();
+        assert_eq!(
+            plan_resume(&dest, 1000, ContentHash::of(b"x"), 100).offset,
+            300
+        );
+
+        let other_boot = DownloadState {
+            unsynced_boot: Some("an earlier boot".into()),
+            ..state(300)
+        };
+        save_state(&dest, &other_boot, false).unwrap();
+        let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
+        assert_eq!(plan.offset, 0);
+        assert!(plan.discarded.unwrap().contains("restarted"));
+        assert!(!partial_path(&dest).exists() && !state_path(&dest).exists());
+    }
+
+    #[test]
+    fn a_state_file_without_the_boot_field_still_reads() {
+        // Written before `unsynced_boot` existed: five fields, synced.
+        #[derive(Serialize)]
+        struct Old {
+            version: u8,
+            size: u64,
+            hash: ContentHash,
+            piece_size: u32,
+            verified: u64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f.bin");
+        let old = Old {
+            version: 1,
+            size: 1000,
+            hash: ContentHash::of(b"x"),
+            piece_size: 100,
+            verified: 200,
+        };
+        fs::write(state_path(&dest), rmp_serde::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(load_state(&dest), Some(state(200)));
     }
 
     #[test]
@@ -266,7 +438,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f.bin");
         fs::write(partial_path(&dest), vec![7u8; 450]).unwrap();
-        save_state(&dest, &state(300)).unwrap();
+        save_state(&dest, &state(300), true).unwrap();
         let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
         assert_eq!(
             plan,
@@ -283,7 +455,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f.bin");
         fs::write(partial_path(&dest), vec![7u8; 300]).unwrap();
-        save_state(&dest, &state(300)).unwrap();
+        save_state(&dest, &state(300), true).unwrap();
         let plan = plan_resume(&dest, 1000, ContentHash::of(b"y"), 100);
         assert_eq!(plan.offset, 0);
         assert!(plan.discarded.unwrap().contains("changed"));
