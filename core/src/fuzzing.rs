@@ -275,15 +275,17 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
         2 => Some((size, hash)),
         _ => Some((size + 1, hash)),
     };
-    let start_chunk = if flags & 4 != 0 {
-        u64::from(start_byte) % (total + 2)
+    // Pieces of the smallest valid size; a resume starts at one of their boundaries (or
+    // one piece past the end, which must be refused).
+    let piece = crate::transfer::MIN_PIECE_SIZE;
+    let start_piece = if flags & 4 != 0 {
+        u64::from(start_byte) % (size.div_ceil(u64::from(piece)) + 2)
     } else {
         0
     };
-    // Pieces of one chunk each, so that every chunk boundary is a valid resume point.
-    let start_offset = start_chunk * u64::from(chunk_size);
+    let start_offset = start_piece * u64::from(piece);
     let prefix = content(seed, 0, start_offset.min(size));
-    let table = crate::transfer::PieceTable::of(&content(seed, 0, size), chunk_size);
+    let table = crate::transfer::PieceTable::of(&content(seed, 0, size), piece);
     let config = ReceiverConfig {
         window,
         max_chunk_size: 2048,

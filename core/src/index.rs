@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use std::sync::Arc;
 
+use crate::transfer::{PieceHasher, PieceTable};
 use crate::wire::{ContentHash, FileId, IndexEntry, MAX_PATH_LEN, PIECE_SIZE};
 
 /// Temporary download files end with this suffix; the index skips them.
@@ -135,12 +136,17 @@ pub fn hash_file(path: &Path) -> io::Result<ContentHash> {
     hash_pieces(path, PIECE_SIZE).map(|(h, _)| h)
 }
 
-/// BLAKE3 of a file's content and of each `piece_size` piece, in one read.
+/// BLAKE3 of a file's content and its [`PieceTable`] hashes for `piece_size` pieces (a valid
+/// piece size), in one read and one pass of hashing: the file's hash is made of the pieces'.
 pub fn hash_pieces(path: &Path, piece_size: u32) -> io::Result<(ContentHash, Vec<ContentHash>)> {
+    if !PieceTable::valid_piece_size(piece_size) {
+        return Err(io::Error::other(format!("invalid piece size {piece_size}")));
+    }
     let mut f = File::open(path)?;
-    let mut whole = blake3::Hasher::new();
+    let size = f.metadata()?.len();
     let mut pieces = Vec::new();
     let mut buf = vec![0u8; piece_size as usize];
+    let mut read = 0u64;
     loop {
         // Fill one piece (reads may be short).
         let mut filled = 0;
@@ -154,13 +160,26 @@ pub fn hash_pieces(path: &Path, piece_size: u32) -> io::Result<(ContentHash, Vec
         if filled == 0 {
             break;
         }
-        whole.update(&buf[..filled]);
-        pieces.push(ContentHash::of(&buf[..filled]));
+        let start = read;
+        read += filled as u64;
+        if read > size {
+            break; // grew while read: refused below
+        }
+        let mut hasher = PieceHasher::new(start, piece_size, size);
+        hasher.update(&buf[..filled]);
+        pieces.push(hasher.finish());
         if filled < buf.len() {
             break;
         }
     }
-    Ok((whole.finalize().into(), pieces))
+    let table = PieceTable {
+        piece_size,
+        hashes: pieces,
+    };
+    match table.root(size) {
+        Some(hash) if read == size => Ok((hash, table.hashes)),
+        _ => Err(io::Error::other("the file changed while it was hashed")),
+    }
 }
 
 fn walk(
@@ -281,17 +300,18 @@ mod tests {
     #[test]
     fn piece_hashes_cover_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
         let path = dir.path().join("f");
-        fs::write(&path, &bytes).unwrap();
-        let (whole, pieces) = hash_pieces(&path, 1000).unwrap();
-        assert_eq!(whole, ContentHash::of(&bytes));
-        assert_eq!(
-            pieces,
-            bytes.chunks(1000).map(ContentHash::of).collect::<Vec<_>>()
-        );
-        fs::write(&path, b"").unwrap();
-        assert_eq!(hash_pieces(&path, 1000).unwrap().1, vec![]);
+        // none, one partial, one exact, several with a short last one, a power of two
+        for len in [0u32, 1000, 1024, 2500, 4096, 5 * 1024 + 3] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            fs::write(&path, &bytes).unwrap();
+            let (whole, pieces) = hash_pieces(&path, 1024).unwrap();
+            assert_eq!(whole, ContentHash::of(&bytes), "{len}");
+            assert_eq!(pieces, PieceTable::of(&bytes, 1024).hashes, "{len}");
+            assert_eq!(pieces.len(), bytes.len().div_ceil(1024), "{len}");
+        }
+        let err = hash_pieces(&path, 1000).unwrap_err();
+        assert!(err.to_string().contains("piece size"), "{err}");
     }
 
     #[test]

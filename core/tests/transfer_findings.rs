@@ -20,15 +20,15 @@ fn events(r: &mut ChunkReceiver) -> Vec<ReceiverEvent> {
 #[test]
 fn resume_without_expected_never_reports_an_unverified_hash() {
     let now = Instant::now();
-    let file: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    let file: Vec<u8> = (0..10240u32).map(|i| (i * 7) as u8).collect();
     let transfer = TransferId(1);
     let mut r = ChunkReceiver::resume(
         now,
         transfer,
         FileId(1),
         None,
-        500,
-        PieceTable::of(&file, 100),
+        5120,
+        PieceTable::of(&file, 1024),
         ReceiverConfig::default(),
     );
     let announced = ContentHash([1; 32]); // not the file's hash
@@ -36,19 +36,19 @@ fn resume_without_expected_never_reports_an_unverified_hash() {
         now,
         Message::Accept {
             transfer,
-            size: 1000,
-            chunk_size: 100,
+            size: 10240,
+            chunk_size: 1024,
             hash: announced,
         },
     );
     for seq in 0..5u64 {
-        let at = 500 + seq as usize * 100;
+        let at = 5120 + seq as usize * 1024;
         r.handle_message(
             now,
             Message::Data {
                 transfer,
                 seq,
-                payload: file[at..at + 100].to_vec(),
+                payload: file[at..at + 1024].to_vec(),
             },
         );
     }
@@ -56,7 +56,7 @@ fn resume_without_expected_never_reports_an_unverified_hash() {
         now,
         Message::Fin {
             transfer,
-            size: 1000,
+            size: 10240,
             hash: announced,
         },
     );
@@ -76,23 +76,23 @@ fn resume_without_expected_never_reports_an_unverified_hash() {
 #[test]
 fn resume_with_expected_refuses_a_wrong_announced_hash() {
     let now = Instant::now();
-    let file: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    let file: Vec<u8> = (0..10240u32).map(|i| (i * 7) as u8).collect();
     let transfer = TransferId(1);
     let mut r = ChunkReceiver::resume(
         now,
         transfer,
         FileId(1),
-        Some((1000, ContentHash::of(&file))),
-        500,
-        PieceTable::of(&file, 100),
+        Some((10240, ContentHash::of(&file))),
+        5120,
+        PieceTable::of(&file, 1024),
         ReceiverConfig::default(),
     );
     r.handle_message(
         now,
         Message::Accept {
             transfer,
-            size: 1000,
-            chunk_size: 100,
+            size: 10240,
+            chunk_size: 1024,
             hash: ContentHash([1; 32]),
         },
     );

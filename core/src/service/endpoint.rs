@@ -394,6 +394,9 @@ impl EndpointHandle {
                     hashes: page,
                     ..
                 } => {
+                    if !PieceTable::valid_piece_size(piece_size) {
+                        return Err(ServiceError::Protocol(peer));
+                    }
                     let expected = entry.size.div_ceil(u64::from(piece_size));
                     if first as usize != hashes.len()
                         || u64::from(pieces) != expected

@@ -23,7 +23,9 @@ mod sender;
 
 use std::time::Duration;
 
-pub use receiver::{ChunkReceiver, PieceTable, ReceiverConfig, ReceiverEvent};
+pub use receiver::{
+    ChunkReceiver, PieceHasher, PieceTable, ReceiverConfig, ReceiverEvent, MIN_PIECE_SIZE,
+};
 pub use sender::{ChunkSender, SenderConfig, SenderEvent, SenderStats, SenderTransmit};
 
 use crate::wire::AbortReason;

@@ -83,24 +83,121 @@ pub enum ReceiverEvent {
     Failed(TransferError),
 }
 
-/// The BLAKE3 of every piece of a file, as the sender's index has them.
+/// The hashes of every piece of a file, as the sender's index has them.
+///
+/// A piece's hash is its node in the file's BLAKE3 tree (its chaining value at its offset, as
+/// in bao), so the pieces combine into the file's BLAKE3 itself: a table is checked against
+/// the listed hash before it is used ([`PieceTable::root`]), and then every piece against the
+/// table as it arrives. No byte is hashed twice. A file of one piece has its BLAKE3 as its
+/// only piece hash; an empty file has no pieces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PieceTable {
-    /// Bytes per piece (the last piece may be shorter).
+    /// Bytes per piece (the last piece may be shorter): a power of two, at least
+    /// [`MIN_PIECE_SIZE`], so that a piece is a whole subtree of the BLAKE3 tree.
     pub piece_size: u32,
     /// One hash per piece.
     pub hashes: Vec<ContentHash>,
 }
 
+/// Smallest piece: one BLAKE3 chunk.
+pub const MIN_PIECE_SIZE: u32 = 1024;
+
 impl PieceTable {
+    /// Whether `piece_size` makes pieces whole subtrees of the BLAKE3 tree.
+    pub fn valid_piece_size(piece_size: u32) -> bool {
+        piece_size >= MIN_PIECE_SIZE && piece_size.is_power_of_two()
+    }
+
     /// Computes the table of `bytes` (for tests and tools; peers get it from the index).
+    /// `piece_size` must be [valid](Self::valid_piece_size).
     pub fn of(bytes: &[u8], piece_size: u32) -> Self {
+        let size = bytes.len() as u64;
         PieceTable {
             piece_size,
             hashes: bytes
                 .chunks(piece_size.max(1) as usize)
-                .map(ContentHash::of)
+                .enumerate()
+                .map(|(i, piece)| {
+                    let mut h =
+                        PieceHasher::new(i as u64 * u64::from(piece_size), piece_size, size);
+                    h.update(piece);
+                    h.finish()
+                })
                 .collect(),
+        }
+    }
+
+    /// The BLAKE3 of the `size`-byte file these pieces make, or `None` when the table cannot
+    /// be one of such a file (bad piece size, wrong number of pieces).
+    pub fn root(&self, size: u64) -> Option<ContentHash> {
+        if !Self::valid_piece_size(self.piece_size)
+            || self.hashes.len() as u64 != size.div_ceil(u64::from(self.piece_size))
+        {
+            return None;
+        }
+        match self.hashes.as_slice() {
+            [] => Some(ContentHash::of(b"")),
+            [only] => Some(*only),
+            all => Some(ContentHash(*merge(all, true).as_bytes())),
+        }
+    }
+}
+
+/// Merges the chaining values of consecutive whole subtrees as BLAKE3's tree does: the left
+/// part is the largest power of two of pieces that leaves the right part non-empty.
+fn merge(cvs: &[ContentHash], root: bool) -> blake3::Hash {
+    use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, Mode};
+    debug_assert!(cvs.len() >= 2);
+    let split = 1 << (usize::BITS - 1 - (cvs.len() - 1).leading_zeros());
+    let side = |part: &[ContentHash]| match part {
+        [one] => one.0,
+        more => *merge(more, false).as_bytes(),
+    };
+    let (left, right) = (side(&cvs[..split]), side(&cvs[split..]));
+    if root {
+        merge_subtrees_root(&left, &right, Mode::Hash)
+    } else {
+        blake3::Hash::from_bytes(merge_subtrees_non_root(&left, &right, Mode::Hash))
+    }
+}
+
+/// Hashes one piece of a file into its [`PieceTable`] entry.
+#[derive(Clone, Debug)]
+pub struct PieceHasher {
+    hasher: blake3::Hasher,
+    /// The piece is the whole file: its hash is the file's BLAKE3.
+    whole: bool,
+}
+
+impl PieceHasher {
+    /// The piece starting at `start` (a multiple of `piece_size`, which must be
+    /// [valid](PieceTable::valid_piece_size)) of a `size`-byte file.
+    pub fn new(start: u64, piece_size: u32, size: u64) -> Self {
+        use blake3::hazmat::HasherExt;
+        let mut hasher = blake3::Hasher::new();
+        // (A start off the chunk grid is a caller's bug; it gives a hash that matches
+        // nothing rather than a panic.)
+        if start > 0 && start.is_multiple_of(u64::from(MIN_PIECE_SIZE)) {
+            hasher.set_input_offset(start);
+        }
+        PieceHasher {
+            hasher,
+            whole: start == 0 && size <= u64::from(piece_size),
+        }
+    }
+
+    /// Feeds the piece's next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    /// The piece's hash.
+    pub fn finish(&self) -> ContentHash {
+        use blake3::hazmat::HasherExt;
+        if self.whole {
+            self.hasher.finalize().into()
+        } else {
+            ContentHash(self.hasher.finalize_non_root())
         }
     }
 }
@@ -129,9 +226,10 @@ pub struct ChunkReceiver {
     total: u64,
     next_seq: u64,
     early: BTreeMap<u64, Vec<u8>>,
-    /// Whole-file hasher, when the transfer starts at byte 0.
+    /// Whole-file hasher, for a transfer without a piece table.
     hasher: Option<blake3::Hasher>,
-    piece_hasher: blake3::Hasher,
+    /// Hasher of the piece being received (with a piece table, once accepted).
+    piece_hasher: Option<PieceHasher>,
     /// Bytes received in order in this transfer.
     received: u64,
     unacked: u32,
@@ -182,10 +280,10 @@ impl ChunkReceiver {
         pieces: Option<PieceTable>,
         config: ReceiverConfig,
     ) -> Self {
-        // From byte 0 the whole file is hashed too, so a fresh download is checked against
-        // the listed BLAKE3 itself; a resumed one relies on its verified pieces (re-reading
-        // the kept prefix to hash it is exactly what a resume must not do).
-        let whole_file_hasher = (offset == 0).then(blake3::Hasher::new);
+        // Without a piece table the whole file is hashed as it comes; with one, the table is
+        // checked against the file's hash at Accept and each piece against the table, which
+        // adds up to the same check (a resumed download never re-reads its kept prefix).
+        let whole_file_hasher = (offset == 0 && pieces.is_none()).then(blake3::Hasher::new);
         let mut r = ChunkReceiver {
             transfer,
             file,
@@ -204,7 +302,7 @@ impl ChunkReceiver {
             next_seq: 0,
             early: BTreeMap::new(),
             hasher: whole_file_hasher,
-            piece_hasher: blake3::Hasher::new(),
+            piece_hasher: None,
             received: 0,
             unacked: 0,
             ack_now: false,
@@ -214,10 +312,10 @@ impl ChunkReceiver {
             out: VecDeque::new(),
             events: VecDeque::new(),
         };
-        let misaligned = r
-            .pieces
-            .as_ref()
-            .is_some_and(|p| p.piece_size == 0 || !offset.is_multiple_of(u64::from(p.piece_size)));
+        let misaligned = r.pieces.as_ref().is_some_and(|p| {
+            !PieceTable::valid_piece_size(p.piece_size)
+                || !offset.is_multiple_of(u64::from(p.piece_size))
+        });
         if (offset > 0 && r.pieces.is_none()) || misaligned {
             r.fail(
                 TransferError::Protocol("a resume must start at a verified piece boundary".into()),
@@ -306,12 +404,15 @@ impl ChunkReceiver {
                     );
                 }
                 if let Some(p) = &self.pieces {
-                    if p.hashes.len() as u64 != size.div_ceil(u64::from(p.piece_size)) {
+                    if p.root(size) != Some(hash) {
                         return self.fail(
-                            TransferError::Changed("piece table does not fit the size".into()),
+                            TransferError::Changed(
+                                "the piece table does not add up to the file's hash".into(),
+                            ),
                             Some(AbortReason::Other("file changed since listed".into())),
                         );
                     }
+                    self.piece_hasher = Some(PieceHasher::new(self.offset, p.piece_size, size));
                 }
                 let by_bytes = (self.config.window_bytes / u64::from(chunk_size)).max(16);
                 self.config.window = self
@@ -450,13 +551,18 @@ impl ChunkReceiver {
         while !bytes.is_empty() {
             let piece_end = ((pos / piece + 1) * piece).min(self.size);
             let take = ((piece_end - pos) as usize).min(bytes.len());
-            self.piece_hasher.update(&bytes[..take]);
+            let Some(hasher) = self.piece_hasher.as_mut() else {
+                break; // not accepted yet: cannot be
+            };
+            hasher.update(&bytes[..take]);
             bytes = &bytes[take..];
             pos += take as u64;
             if pos == piece_end {
                 let index = (pos - 1) / piece;
-                let got = ContentHash::from(self.piece_hasher.finalize());
-                self.piece_hasher = blake3::Hasher::new();
+                let got = hasher.finish();
+                if pos < self.size {
+                    *hasher = PieceHasher::new(pos, table.piece_size, self.size);
+                }
                 if table.hashes.get(index as usize) == Some(&got) {
                     verdicts.push(Ok(pos));
                 } else {
