@@ -638,7 +638,7 @@ fn sample_messages(s: &Services) -> Vec<Message> {
         Message::Data {
             transfer: TransferId(80),
             seq: 1,
-            payload: vec![7; 100],
+            payload: vec![7; 100].into(),
         },
         Message::Abort {
             transfer: TransferId(81),
@@ -1308,7 +1308,7 @@ fn fake_peer(
                         replies.push(Message::Data {
                             transfer,
                             seq: 0,
-                            payload: content.clone(),
+                            payload: content.clone().into(),
                         });
                         replies.push(fin(transfer, content));
                     }
@@ -1575,7 +1575,7 @@ fn stray_transfer_messages(s: &Services, log: &mut Log) {
         stray.push(Message::Data {
             transfer: TransferId(rng.gen()),
             seq: rng.gen(),
-            payload: vec![0xAA; rng.gen_range(0..1300)],
+            payload: vec![0xAA; rng.gen_range(0..1300)].into(),
         });
         stray.push(Message::Abort {
             transfer: TransferId(rng.gen()),

@@ -91,7 +91,7 @@ fn run(file: &[u8], hash: ContentHash, config: &SenderConfig, wire: bool) -> u64
                     Message::Data {
                         transfer: id,
                         seq,
-                        payload: file[start..start + len as usize].to_vec(),
+                        payload: file[start..start + len as usize].to_vec().into(),
                     }
                 }
             };

@@ -37,7 +37,7 @@ fn data(len: usize) -> Message {
     Message::Data {
         transfer: TransferId(0x0123_4567_89AB_CDEF),
         seq: 1_234_567,
-        payload: payload(len),
+        payload: payload(len).into(),
     }
 }
 
@@ -81,7 +81,7 @@ fn bench_data(c: &mut Criterion, name: &str, len: usize) {
             let m = Message::Data {
                 transfer: TransferId(1),
                 seq: 7,
-                payload: black_box(&file_bytes).clone(),
+                payload: black_box(&file_bytes).clone().into(),
             };
             m.encode_into(&mut buf);
             black_box(buf.len())

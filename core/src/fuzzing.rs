@@ -339,7 +339,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
         Message::Data {
             transfer,
             seq,
-            payload: content(seed, offset.min(1 << 40), len),
+            payload: content(seed, offset.min(1 << 40), len).into(),
         }
     };
     // The next chunk the receiver expects, as far as the harness can tell.
@@ -391,7 +391,9 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
                 if let Message::Data { payload, .. } = &mut m {
                     if !payload.is_empty() {
                         let i = pos % payload.len();
-                        payload[i] ^= 0x55;
+                        let mut p = payload.to_vec();
+                        p[i] ^= 0x55;
+                        *payload = p.into();
                     }
                 }
                 msgs.push(m);
@@ -401,11 +403,13 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
                 let delta = input.u8();
                 let mut m = data_msg(&check, seq);
                 if let Message::Data { payload, .. } = &mut m {
+                    let mut p = payload.to_vec();
                     if delta & 0x80 != 0 {
-                        payload.truncate(payload.len().saturating_sub(usize::from(delta & 0x7f)));
+                        p.truncate(p.len().saturating_sub(usize::from(delta & 0x7f)));
                     } else {
-                        payload.extend(std::iter::repeat_n(0, usize::from(delta) + 1));
+                        p.extend(std::iter::repeat_n(0, usize::from(delta) + 1));
                     }
+                    *payload = p.into();
                 }
                 msgs.push(m);
             }
@@ -762,7 +766,7 @@ pub fn sender_run(data: &[u8]) -> RunSummary {
                     1 => Message::Data {
                         transfer,
                         seq: 0,
-                        payload: vec![1],
+                        payload: vec![1].into(),
                     },
                     _ => Message::Accept {
                         transfer,
@@ -1065,7 +1069,7 @@ pub fn sample_messages() -> Vec<Message> {
         Message::Data {
             transfer,
             seq: 0,
-            payload: b"hello".to_vec(),
+            payload: bytes::Bytes::from_static(b"hello"),
         },
         Message::Ack {
             transfer,

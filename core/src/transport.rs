@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 /// A message-oriented transport: whole messages in, whole messages out.
 ///
@@ -19,11 +20,11 @@ pub trait Transport: Send + Sync + 'static {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()>;
 
     /// Waits for the next whole message and the address it came from.
-    async fn recv_from(&self) -> io::Result<(SocketAddr, Vec<u8>)>;
+    async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)>;
 
     /// Returns a message that is already waiting, without blocking; `None` when there is none
     /// (or the transport cannot tell). Lets a service drain a burst before it answers.
-    fn try_recv_from(&self) -> Option<(SocketAddr, Vec<u8>)> {
+    fn try_recv_from(&self) -> Option<(SocketAddr, Bytes)> {
         None
     }
 

@@ -8,12 +8,18 @@
 //! the frame size is checked first, every list is read through [`BoundedVec`] (capacity capped
 //! by the protocol limit, never by a length the sender claims), and every string is checked
 //! against its limit by [`Message::validate`].
+//!
+//! The hot path copies no chunk bytes in user space beyond what it must: [`decode_bytes`]
+//! gives a `Data` payload as a slice of the received buffer, and
+//! [`Message::encode_data_into`] lets the sender read a chunk from the file straight into the
+//! outgoing datagram.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use bytes::Bytes;
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -167,6 +173,46 @@ std::thread_local! {
     /// Size of the message being decoded on this thread, so that a list may reserve room for
     /// its claimed length only when the input could hold that much (see [`BoundedVec`]).
     static DECODE_INPUT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The buffer being decoded, when owned: a payload borrowed from it becomes a slice of it.
+    static DECODE_OWNER: std::cell::RefCell<Option<Bytes>> = const { std::cell::RefCell::new(None) };
+}
+
+/// (De)serializes a chunk payload as MessagePack `bin`; decoding borrows from the buffer being
+/// decoded when [`decode_bytes`] owns it, and copies otherwise.
+mod payload {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(bytes: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        struct PayloadVisitor;
+        impl<'de> Visitor<'de> for PayloadVisitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("chunk bytes")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+                let within = |b: &Bytes| {
+                    let (lo, hi) = (b.as_ptr() as usize, b.as_ptr() as usize + b.len());
+                    let (s, e) = (v.as_ptr() as usize, v.as_ptr() as usize + v.len());
+                    lo <= s && e <= hi
+                };
+                Ok(DECODE_OWNER.with(|o| match o.borrow().as_ref() {
+                    Some(b) if !v.is_empty() && within(b) => b.slice_ref(v),
+                    _ => Bytes::copy_from_slice(v),
+                }))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes::copy_from_slice(v))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes::from(v))
+            }
+        }
+        d.deserialize_bytes(PayloadVisitor)
+    }
 }
 
 /// A list whose decoded length is capped at `N` items. Decoding reserves room for the claimed
@@ -454,9 +500,9 @@ pub enum Message {
         transfer: TransferId,
         /// Chunk number.
         seq: u64,
-        /// Chunk bytes.
-        #[serde(with = "serde_bytes")]
-        payload: Vec<u8>,
+        /// Chunk bytes (a slice of the received buffer when decoded by [`decode_bytes`]).
+        #[serde(with = "payload")]
+        payload: Bytes,
     },
     /// Receiver → sender: all chunks below `cumulative` arrived, plus the `sack` ranges
     /// (half-open); `window` more chunks may be sent beyond `cumulative`.
@@ -542,6 +588,46 @@ impl Message {
         out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     }
 
+    /// Appends a `Data` message whose `len` payload bytes `fill` writes in place (e.g. read
+    /// from the file straight into the datagram), so the chunk is never copied in between.
+    /// Encodes exactly what [`encode_into`](Self::encode_into) encodes for the same message.
+    pub fn encode_data_into<E>(
+        out: &mut Vec<u8>,
+        transfer: TransferId,
+        seq: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = out.len();
+        Message::Data {
+            transfer,
+            seq,
+            payload: Bytes::new(),
+        }
+        .encode_into(out);
+        // The payload is the last field: its encoding is the empty `bin 8` marker, at the end.
+        debug_assert_eq!(out[out.len() - 2..], [0xc4, 0x00]);
+        out.truncate(out.len() - 2);
+        // MessagePack `bin 8 / 16 / 32` header of `len` bytes.
+        match len {
+            0..=0xff => out.extend_from_slice(&[0xc4, len as u8]),
+            0x100..=0xffff => {
+                out.push(0xc5);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0xc6);
+                out.extend_from_slice(&(len as u32).to_be_bytes());
+            }
+        }
+        let at = out.len();
+        out.resize(at + len, 0);
+        fill(&mut out[at..])?;
+        let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+        out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        Ok(())
+    }
+
     /// Checks the limits that decoding alone does not enforce (string lengths, ranges).
     pub fn validate(&self) -> Result<(), DecodeError> {
         fn check(ok: bool, field: &'static str) -> Result<(), DecodeError> {
@@ -615,6 +701,15 @@ impl Message {
 
 /// Decodes one message: envelope, body, limits. Never panics.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    decode_inner(bytes, None)
+}
+
+/// [`decode`] of an owned buffer: a `Data` payload is a slice of `bytes`, not a copy.
+pub fn decode_bytes(bytes: &Bytes) -> Result<Message, DecodeError> {
+    decode_inner(bytes, Some(bytes))
+}
+
+fn decode_inner(bytes: &[u8], owner: Option<&Bytes>) -> Result<Message, DecodeError> {
     if bytes.len() > MAX_MESSAGE {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
@@ -633,8 +728,10 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         return Err(DecodeError::BadChecksum);
     }
     DECODE_INPUT.with(|c| c.set(bytes.len()));
+    DECODE_OWNER.with(|o| *o.borrow_mut() = owner.cloned());
     let decoded = rmp_serde::from_slice::<Message>(&bytes[HEADER_LEN..]);
     DECODE_INPUT.with(|c| c.set(0));
+    DECODE_OWNER.with(|o| *o.borrow_mut() = None);
     let msg = decoded.map_err(|e| DecodeError::Malformed(e.to_string()))?;
     msg.validate()?;
     Ok(msg)
@@ -645,11 +742,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn data_encoded_in_place_is_the_same_message_and_decodes_without_a_copy() {
+        for len in [0usize, 1, 255, 256, 65_535, 65_536, MAX_CHUNK] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let m = Message::Data {
+                transfer: TransferId(9),
+                seq: 1 << 40,
+                payload: payload.clone().into(),
+            };
+            let mut out = vec![0xab]; // appends, like encode_into
+            Message::encode_data_into(&mut out, TransferId(9), 1 << 40, len, |into| {
+                into.copy_from_slice(&payload);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            assert_eq!(out[1..], m.encode()[..], "len {len}");
+
+            let frame = Bytes::from(m.encode());
+            let Ok(Message::Data { payload: got, .. }) = decode_bytes(&frame) else {
+                panic!("len {len}: not decoded");
+            };
+            assert_eq!(got[..], payload[..]);
+            if len > 0 {
+                let (lo, hi) = (
+                    frame.as_ptr() as usize,
+                    frame.as_ptr() as usize + frame.len(),
+                );
+                let at = got.as_ptr() as usize;
+                assert!(
+                    lo <= at && at + got.len() <= hi,
+                    "len {len}: payload was copied"
+                );
+            }
+        }
+        // A failing fill is reported.
+        let mut out = Vec::new();
+        let r = Message::encode_data_into(&mut out, TransferId(1), 0, 10, |_| Err("eof"));
+        assert_eq!(r, Err("eof"));
+    }
+
+    #[test]
     fn round_trips_a_data_message() {
         let m = Message::Data {
             transfer: TransferId(7),
             seq: 42,
-            payload: vec![1, 2, 3],
+            payload: vec![1, 2, 3].into(),
         };
         assert_eq!(decode(&m.encode()), Ok(m));
     }
@@ -659,7 +796,7 @@ mod tests {
         let m = Message::Data {
             transfer: TransferId(u64::MAX),
             seq: u64::MAX,
-            payload: vec![0; MAX_CHUNK],
+            payload: vec![0; MAX_CHUNK].into(),
         };
         assert!(m.encode().len() <= MAX_CHUNK + DATA_OVERHEAD);
     }

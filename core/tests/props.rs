@@ -319,7 +319,7 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(transfer, seq, payload)| Message::Data {
                 transfer,
                 seq,
-                payload
+                payload: payload.into()
             }),
         ack(),
         (tid.clone(), any::<u64>(), hash()).prop_map(|(transfer, size, hash)| Message::Fin {
@@ -1015,7 +1015,7 @@ impl Harness {
                     SenderTransmit::Chunk { seq, offset, len } => Message::Data {
                         transfer: s.transfer(),
                         seq,
-                        payload: self.file[offset as usize..][..len as usize].to_vec(),
+                        payload: self.file[offset as usize..][..len as usize].to_vec().into(),
                     },
                 });
             }

@@ -48,7 +48,7 @@ fn resume_without_expected_never_reports_an_unverified_hash() {
             Message::Data {
                 transfer,
                 seq,
-                payload: file[at..at + 1024].to_vec(),
+                payload: file[at..at + 1024].to_vec().into(),
             },
         );
     }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use p2p_core::transport::Transport;
 use p2p_core::wire::{decode, Message, CONTROL_BUDGET};
 use rand::rngs::SmallRng;
@@ -521,13 +522,13 @@ impl<T: Transport> Transport for FaultyTransport<T> {
 
     /// Cancel-safe: every message taken from the inner transport is stored in the wrapper's
     /// queues before the next await.
-    async fn recv_from(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+    async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
         loop {
             let next_due = {
                 let mut st = self.lock();
                 let due = Self::release_due(&mut st, Instant::now());
                 if let Some(m) = st.ready.pop_front() {
-                    return Ok(m);
+                    return Ok((m.0, m.1.into()));
                 }
                 due
             };
@@ -537,25 +538,25 @@ impl<T: Transport> Transport for FaultyTransport<T> {
                 biased;
                 r = self.inner.recv_from() => {
                     let (from, msg) = r?;
-                    self.on_incoming(from, msg);
+                    self.on_incoming(from, msg.to_vec());
                 }
                 _ = sleep_until(next_due) => {}
             }
         }
     }
 
-    fn try_recv_from(&self) -> Option<(SocketAddr, Vec<u8>)> {
+    fn try_recv_from(&self) -> Option<(SocketAddr, Bytes)> {
         {
             let mut st = self.lock();
             Self::release_due(&mut st, Instant::now());
             if let Some(m) = st.ready.pop_front() {
-                return Some(m);
+                return Some((m.0, m.1.into()));
             }
         }
         while let Some((from, msg)) = self.inner.try_recv_from() {
-            self.on_incoming(from, msg);
+            self.on_incoming(from, msg.to_vec());
             if let Some(m) = self.lock().ready.pop_front() {
-                return Some(m);
+                return Some((m.0, m.1.into()));
             }
         }
         None

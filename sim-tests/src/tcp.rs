@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use p2p_core::transport::Transport;
 use p2p_core::wire::{DATA_OVERHEAD, MAX_MESSAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -241,17 +242,19 @@ impl Transport for SimTcp {
     }
 
     /// Cancel-safe: `mpsc::Receiver::recv` is.
-    async fn recv_from(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+    async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
         self.inbox
             .lock()
             .await
             .recv()
             .await
+            .map(|(from, msg)| (from, Bytes::from(msg)))
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "transport closed"))
     }
 
-    fn try_recv_from(&self) -> Option<(SocketAddr, Vec<u8>)> {
-        self.inbox.try_lock().ok()?.try_recv().ok()
+    fn try_recv_from(&self) -> Option<(SocketAddr, Bytes)> {
+        let (from, msg) = self.inbox.try_lock().ok()?.try_recv().ok()?;
+        Some((from, Bytes::from(msg)))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

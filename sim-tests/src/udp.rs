@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use p2p_core::transport::Transport;
 use p2p_core::wire::CONTROL_BUDGET;
 use tokio::sync::Mutex;
@@ -52,16 +53,16 @@ impl Transport for SimUdp {
 
     /// Cancel-safe: turmoil's `recv_from` keeps a datagram it has taken off the queue in the
     /// socket until a call completes, and the copy out of `buf` happens without an await.
-    async fn recv_from(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+    async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
         let mut buf = self.buf.lock().await;
         let (n, from) = self.socket.recv_from(&mut buf).await?;
-        Ok((from, buf[..n].to_vec()))
+        Ok((from, Bytes::copy_from_slice(&buf[..n])))
     }
 
-    fn try_recv_from(&self) -> Option<(SocketAddr, Vec<u8>)> {
+    fn try_recv_from(&self) -> Option<(SocketAddr, Bytes)> {
         let mut buf = self.buf.try_lock().ok()?;
         let (n, from) = self.socket.try_recv_from(&mut buf).ok()?;
-        Some((from, buf[..n].to_vec()))
+        Some((from, Bytes::copy_from_slice(&buf[..n])))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -144,7 +144,7 @@ fn faulty_run(
             let m = Message::Data {
                 transfer: TransferId(1),
                 seq: u64::from(seq),
-                payload: vec![seq as u8; 100],
+                payload: vec![seq as u8; 100].into(),
             };
             t.send_to(to("rx", 4), &m.encode()).await?;
             tokio::time::sleep(Duration::from_millis(1)).await;

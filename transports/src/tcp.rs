@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use p2p_core::transport::Transport;
 use p2p_core::wire::{DATA_OVERHEAD, MAX_MESSAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -277,17 +278,19 @@ impl Transport for TcpTransport {
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
     }
 
-    async fn recv_from(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+    async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
         self.inbox
             .lock()
             .await
             .recv()
             .await
+            .map(|(from, frame)| (from, Bytes::from(frame)))
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "transport closed"))
     }
 
-    fn try_recv_from(&self) -> Option<(SocketAddr, Vec<u8>)> {
-        self.inbox.try_lock().ok()?.try_recv().ok()
+    fn try_recv_from(&self) -> Option<(SocketAddr, Bytes)> {
+        let (from, frame) = self.inbox.try_lock().ok()?.try_recv().ok()?;
+        Some((from, Bytes::from(frame)))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -323,10 +326,10 @@ mod tests {
             .unwrap();
         a.send_to(b.local_addr().unwrap(), b"hello").await.unwrap();
         let (from, msg) = b.recv_from().await.unwrap();
-        assert_eq!(msg, b"hello");
+        assert_eq!(msg, &b"hello"[..]);
         b.send_to(from, b"back").await.unwrap();
         let (from_b, msg) = a.recv_from().await.unwrap();
-        assert_eq!(msg, b"back");
+        assert_eq!(msg, &b"back"[..]);
         assert_eq!(from_b, b.local_addr().unwrap());
     }
 
@@ -349,9 +352,9 @@ mod tests {
             .unwrap();
         client.send_to(addr, b"real").await.unwrap();
         let (from, msg) = server.recv_from().await.unwrap();
-        assert_eq!(msg, b"real");
+        assert_eq!(msg, &b"real"[..]);
         server.send_to(from, b"answer").await.unwrap();
-        assert_eq!(client.recv_from().await.unwrap().1, b"answer");
+        assert_eq!(client.recv_from().await.unwrap().1, &b"answer"[..]);
         assert!(server.shared.conns.lock().unwrap().len() <= 4);
     }
 

@@ -4,6 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use p2p_core::transport::Transport;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -24,7 +25,26 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 pub struct UdpTransport {
     socket: UdpSocket,
     max_message: usize,
-    buf: Mutex<Vec<u8>>,
+    /// Where the next datagram lands (see [`take`]).
+    buf: Mutex<BytesMut>,
+}
+
+/// Room for any datagram.
+const RECV_BLOCK: usize = 65_536;
+
+/// Takes the datagram just received out of `buf`. A large one keeps its block (no copy); a
+/// small one is copied out and the block reused, so that a buffered message never pins more
+/// than twice its size.
+fn take(buf: &mut BytesMut) -> Bytes {
+    let msg = if buf.len() >= RECV_BLOCK / 2 {
+        buf.split().freeze()
+    } else {
+        let small = Bytes::copy_from_slice(buf);
+        buf.clear();
+        small
+    };
+    buf.reserve(RECV_BLOCK);
+    msg
 }
 
 impl UdpTransport {
@@ -44,7 +64,7 @@ impl UdpTransport {
         Ok(UdpTransport {
             socket: UdpSocket::from_std(socket.into())?,
             max_message: max_message.min(65_507),
-            buf: Mutex::new(vec![0; 65_536]),
+            buf: Mutex::new(BytesMut::with_capacity(RECV_BLOCK)),
         })
     }
 }
@@ -73,16 +93,18 @@ impl Transport for UdpTransport {
         self.socket.send_to(msg, to).await.map(|_| ())
     }
 
-    async fn recv_from(&self) -> io::Result<(SocketAddr, Vec<u8>)> {
+    async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
         let mut buf = self.buf.lock().await;
-        let (n, from) = self.socket.recv_from(&mut buf).await?;
-        Ok((from, buf[..n].to_vec()))
+        let (n, from) = self.socket.recv_buf_from(&mut *buf).await?;
+        debug_assert_eq!(buf.len(), n);
+        Ok((from, take(&mut buf)))
     }
 
-    fn try_recv_from(&self) -> Option<(SocketAddr, Vec<u8>)> {
+    fn try_recv_from(&self) -> Option<(SocketAddr, Bytes)> {
         let mut buf = self.buf.try_lock().ok()?;
-        let (n, from) = self.socket.try_recv_from(&mut buf).ok()?;
-        Some((from, buf[..n].to_vec()))
+        let (n, from) = self.socket.try_recv_buf_from(&mut *buf).ok()?;
+        debug_assert_eq!(buf.len(), n);
+        Some((from, take(&mut buf)))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

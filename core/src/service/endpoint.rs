@@ -17,6 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -33,7 +34,7 @@ use crate::transfer::{
 };
 use crate::transport::SharedTransport;
 use crate::wire::{
-    decode, AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, PeerInfo,
+    decode_bytes, AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, PeerInfo,
     RegisterOutcome, RequestId, TransferId, TransportKind, DATA_OVERHEAD, MAX_CHUNK,
     MAX_PIECE_HASHES, PIECE_SIZE,
 };
@@ -773,8 +774,8 @@ impl Driver {
         self.pump_download(transfer);
     }
 
-    fn on_message(&mut self, from: SocketAddr, bytes: &[u8]) {
-        let Ok(msg) = decode(bytes) else {
+    fn on_message(&mut self, from: SocketAddr, bytes: &Bytes) {
+        let Ok(msg) = decode_bytes(bytes) else {
             return; // corrupt or foreign: dropped like a lost datagram
         };
         let now = Instant::now().into_std();
@@ -1174,17 +1175,19 @@ impl Driver {
                     SenderTransmit::Control(m) => m.encode_into(&mut buf),
                     SenderTransmit::Chunk { seq, offset, len } => {
                         self.upload_tokens -= f64::from(len);
-                        let mut payload = vec![0; len as usize];
-                        if up.file.read_exact_at(&mut payload, offset).is_err() {
+                        // Read from the file straight into the datagram.
+                        let file = &up.file;
+                        let read = Message::encode_data_into(
+                            &mut buf,
+                            transfer,
+                            seq,
+                            len as usize,
+                            |into| file.read_exact_at(into, offset),
+                        );
+                        if read.is_err() {
                             up.machine.abort(AbortReason::FileChanged);
                             continue;
                         }
-                        Message::Data {
-                            transfer,
-                            seq,
-                            payload,
-                        }
-                        .encode_into(&mut buf);
                     }
                 }
                 let _ = transport.send_to(to, &buf).await;

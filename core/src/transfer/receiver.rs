@@ -13,6 +13,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::{chunk_count, TransferError, DEFAULT_IDLE_TIMEOUT};
 use crate::wire::{
     AbortReason, BoundedVec, ContentHash, FileId, Message, TransferId, MAX_SACK_RANGES,
@@ -65,7 +67,7 @@ pub enum ReceiverEvent {
         chunk_size: u32,
     },
     /// The next bytes of the file, in order: append them.
-    Write(Vec<u8>),
+    Write(Bytes),
     /// Every byte before `verified` (absolute file offset) is written and matches its piece
     /// hashes: a resume may start there.
     PieceVerified {
@@ -225,7 +227,7 @@ pub struct ChunkReceiver {
     hash: ContentHash,
     total: u64,
     next_seq: u64,
-    early: BTreeMap<u64, Vec<u8>>,
+    early: BTreeMap<u64, Bytes>,
     /// Whole-file hasher, for a transfer without a piece table.
     hasher: Option<blake3::Hasher>,
     /// Hasher of the piece being received (with a piece table, once accepted).
@@ -482,7 +484,7 @@ impl ChunkReceiver {
         }
     }
 
-    fn on_data(&mut self, now: Instant, seq: u64, payload: Vec<u8>) {
+    fn on_data(&mut self, now: Instant, seq: u64, payload: Bytes) {
         if seq >= self.total || payload.len() as u64 != self.chunk_len(seq) {
             return; // not a chunk of this file: drop it like a corrupt datagram
         }
@@ -512,7 +514,7 @@ impl ChunkReceiver {
         }
     }
 
-    fn deliver(&mut self, payload: Vec<u8>) {
+    fn deliver(&mut self, payload: Bytes) {
         if self.state == State::Done {
             return; // a piece failed earlier in this burst
         }

@@ -121,7 +121,7 @@ impl Pair {
                 SenderTransmit::Chunk { seq, offset, len } => Message::Data {
                     transfer: sender.transfer(),
                     seq,
-                    payload: self.file[offset as usize..][..len as usize].to_vec(),
+                    payload: self.file[offset as usize..][..len as usize].to_vec().into(),
                 },
             });
         }
@@ -392,7 +392,7 @@ fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
         Message::Data {
             transfer: TransferId(1),
             seq: 9,
-            payload: vec![0; 100],
+            payload: vec![0; 100].into(),
         },
     );
     r.handle_message(
@@ -400,7 +400,7 @@ fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
         Message::Data {
             transfer: TransferId(1),
             seq: 1,
-            payload: vec![0; 7],
+            payload: vec![0; 7].into(),
         },
     );
     r.handle_message(
@@ -408,7 +408,7 @@ fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
         Message::Data {
             transfer: TransferId(1),
             seq: 50,
-            payload: vec![0; 100],
+            payload: vec![0; 100].into(),
         },
     );
     assert_eq!(r.buffered_chunks(), 0);
@@ -439,7 +439,7 @@ fn wrong_hash_at_fin_fails_without_finish() {
         Message::Data {
             transfer: TransferId(1),
             seq: 0,
-            payload: b"abc".to_vec(),
+            payload: b"abc".to_vec().into(),
         },
     );
     r.handle_message(
