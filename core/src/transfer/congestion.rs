@@ -5,6 +5,10 @@
 //!   minimum RTT, and keeps about twice their product in flight. Random loss does not shrink
 //!   the window, so throughput does not collapse on a lossy link the way it does with
 //!   loss-based AIMD; real congestion shows up as a lower delivery rate and the window follows.
+//!   The window never drops below the measured bandwidth times the smoothed RTT either: on a
+//!   reordering path some chunks (and ACKs) overtake the rest, so the minimum RTT seen is far
+//!   below what most chunks take, and a window sized by it alone would throttle the flow to a
+//!   fraction of what the path delivers.
 //! - [`NewReno`]: slow start plus AIMD with one halving per loss episode.
 //! - [`FixedWindow`]: no control, for transports that do their own (TCP).
 //!
@@ -142,6 +146,8 @@ pub struct Bbr {
     max: u64,
     mode: Mode,
     min_rtt: Option<(Duration, Instant)>,
+    /// Smoothed RTT (RFC 6298 weights) of the samples.
+    srtt: Option<Duration>,
     /// Chunks delivered in the current round, and when it started.
     round_delivered: u64,
     round_start: Option<Instant>,
@@ -163,6 +169,7 @@ impl Bbr {
             max,
             mode: Mode::Startup,
             min_rtt: None,
+            srtt: None,
             round_delivered: 0,
             round_start: None,
             rounds: 0,
@@ -215,14 +222,17 @@ impl CongestionController for Bbr {
             if stale {
                 self.min_rtt = Some((rtt, s.now));
             }
+            self.srtt = Some(self.srtt.map_or(rtt, |srtt| (srtt * 7 + rtt) / 8));
         }
         self.round_delivered += s.acked;
         let start = *self.round_start.get_or_insert(s.now);
-        // A round lasts one minimum RTT (at least a millisecond, so that loopback rounds
-        // still average over many ACKs).
+        // A round lasts one smoothed RTT (at least a millisecond, so that loopback rounds
+        // still average over many ACKs): the time a chunk sent now takes to be acknowledged,
+        // which the minimum RTT understates when chunks overtake each other.
         let round_len = self
-            .min_rtt
-            .map_or(Duration::from_millis(1), |(m, _)| m)
+            .srtt
+            .or(self.min_rtt.map(|(m, _)| m))
+            .unwrap_or(Duration::from_millis(1))
             .max(Duration::from_millis(1));
         if s.now.duration_since(start) >= round_len {
             self.end_round(s.now, start);
@@ -233,13 +243,17 @@ impl CongestionController for Bbr {
                 let Some((min_rtt, _)) = self.min_rtt else {
                     return;
                 };
-                let gain = if self.rounds.is_multiple_of(PROBE_EVERY) {
-                    CWND_GAIN * PROBE_GAIN
+                let probe = if self.rounds.is_multiple_of(PROBE_EVERY) {
+                    PROBE_GAIN
                 } else {
-                    CWND_GAIN
+                    1.0
                 };
-                let bdp = self.max_bw() * min_rtt.as_secs_f64();
-                let target = (bdp * gain).ceil() as u64;
+                let bw = self.max_bw();
+                let bdp = bw * min_rtt.as_secs_f64();
+                // What keeps the best measured rate going at the mean RTT (Little's law;
+                // gain 1, so a standing queue neither grows nor is needed).
+                let sustain = bw * self.srtt.unwrap_or(min_rtt).as_secs_f64();
+                let target = ((bdp * CWND_GAIN).max(sustain) * probe).ceil() as u64;
                 self.cwnd = target.clamp(self.min, self.max);
             }
         }
@@ -333,6 +347,37 @@ mod tests {
         }
         let w = bbr.window();
         assert!((150..=300).contains(&w), "window {w}, BDP 100");
+    }
+
+    /// A reordering path: one ACK in four answers a chunk that overtook the rest (RTT 0.1 ms),
+    /// the others see the real 10 ms. The window must still carry the path's bandwidth at the
+    /// mean RTT, not at the 0.1 ms minimum.
+    #[test]
+    fn bbr_window_is_not_throttled_by_overtaking_chunks() {
+        let t = Instant::now();
+        let mut bbr = Bbr::new(10, 10_000);
+        let bw_per_ms = 10; // chunks the path delivers per ms at most
+        for ms in 0..3_000u64 {
+            let now = t + Duration::from_millis(ms);
+            // Little's law: a window of w chunks delivers w per mean RTT (7.5 ms), up to the
+            // path's bandwidth.
+            let delivered = bw_per_ms.min(bbr.window() * 4 / 30).max(1);
+            let rtt = if ms % 4 == 0 {
+                Duration::from_micros(100)
+            } else {
+                Duration::from_millis(10)
+            };
+            bbr.on_ack(AckSample {
+                now,
+                acked: delivered,
+                rtt: Some(rtt),
+            });
+        }
+        let w = bbr.window();
+        assert!(
+            (75..=400).contains(&w),
+            "window {w}, 75 carry the path's bandwidth"
+        );
     }
 
     #[derive(Clone, Debug)]
