@@ -25,6 +25,10 @@
 #   KEEP=1     keep the temporary directory (logs) on exit
 #   VERBOSE=1  pass -v to the seeding peers and to p2p get (debug logs in the kept logs)
 #
+# Our `p2p get` runs with --no-fsync, so that it writes to the page cache as socat does; the
+# loopback mode also times get's default (fsync of checkpoints and of the finished file),
+# which the disk bounds, as "p2p UDP fsync".
+#
 # Rates are MiB (2^20 bytes) per second. "xfer" rates come from the `elapsed_ms` that
 # `p2p get --json` reports for the transfer itself (request to verified file); "cmd" rates
 # time the whole `p2p get` command (process start, tracker lookup, index, transfer, exit).
@@ -272,9 +276,10 @@ raw_tcp() {
     done
 }
 
-# p2p_get CASE PATH RX_NS TRANSPORT SEED_NAME SEED_PID TRACKER
+# p2p_get CASE PATH RX_NS TRANSPORT SEED_NAME SEED_PID TRACKER [GET FLAGS...]
 p2p_get() {
     local case=$1 path=$2 rxns=$3 transport=$4 seed=$5 spid=$6 tracker=$7 run rxp=()
+    local flags=("${@:8}")
     [ -n "$rxns" ] && rxp=(ip netns exec "$rxns")
     local outdir=$W/out.$transport
     for ((run = 1; run <= RUNS; run++)); do
@@ -285,7 +290,7 @@ p2p_get() {
         s=$(now)
         "${rxp[@]}" timeout -k 5 "$CAP" /usr/bin/time -v -o "$W/get.time" \
             "$BIN" "${VFLAG[@]}" get "$seed" 001 --tracker "$tracker" --transport "$transport" \
-            --out "$outdir" --json >"$W/get.json" 2>>"$W/get.log" || rc=$?
+            --out "$outdir" --json "${flags[@]}" >"$W/get.json" 2>>"$W/get.log" || rc=$?
         e=$(now)
         st=$(status_of_rc "$rc")
         [ -n "$st" ] || st=$(verify "$outdir/$FILE_NAME" "$SRC")
@@ -389,8 +394,11 @@ loopback() {
     tcp_idx_hwm=$(vmhwm_kib "$tcp_pid")
 
     raw_tcp lo "raw TCP (socat)" "" "" 127.0.0.1 "$(free_port)"
-    p2p_get lo "p2p UDP" "" udp seed-udp "$udp_pid" "$tracker"
-    p2p_get lo "p2p TCP" "" tcp seed-tcp "$tcp_pid" "$tracker"
+    # Like socat, into the page cache (--no-fsync); then once more with get's default fsync
+    # (checkpoints and the finished file synced), which the disk's write speed bounds.
+    p2p_get lo "p2p UDP" "" udp seed-udp "$udp_pid" "$tracker" --no-fsync
+    p2p_get lo "p2p TCP" "" tcp seed-tcp "$tcp_pid" "$tracker" --no-fsync
+    p2p_get lo "p2p UDP fsync" "" udp seed-udp "$udp_pid" "$tracker"
 
     local raw_x raw_c
     raw_x=$(cell lo "raw TCP (socat)" 7)
@@ -401,7 +409,7 @@ loopback() {
     echo
     printf '%-16s %5s %10s %10s %7s %7s %12s %14s\n' path ok/n "MiB/s" "MiB/s cmd" ratio "r cmd" "sender MiB" "receiver MiB"
     local p x c
-    for p in "raw TCP (socat)" "p2p UDP" "p2p TCP"; do
+    for p in "raw TCP (socat)" "p2p UDP" "p2p TCP" "p2p UDP fsync"; do
         x=$(cell lo "$p" 7)
         c=$(cell lo "$p" 8)
         printf '%-16s %5s %10s %10s %7s %7s %12s %14s\n' "$p" "$(okn lo "$p")" "$x" "$c" \
@@ -409,6 +417,7 @@ loopback() {
     done
     echo
     echo "MiB/s: file size / transfer time (p2p: get --json elapsed_ms; raw TCP: sender start to receiver exit)."
+    echo "p2p UDP, p2p TCP: get --no-fsync (written to the page cache, as socat does); p2p UDP fsync: get's default."
     echo "MiB/s cmd: file size / wall time of the whole receiving command; ratio, r cmd: against raw TCP."
     echo "sender / receiver MiB: peak RSS (seeding peer: VmHWM reset before the transfer; receiver: /usr/bin/time -v)."
 }
@@ -473,12 +482,12 @@ impaired_case() { # LABEL DELAY_MS LOSS_PCT [REORDER_PCT CORR_PCT]
         local tracker=$TRACKER_ADDR tpid=$TRACKER_PID
         start_seed "$NS_A" seed-tcp "$ADDR_A:0" tcp "$tracker"
         local tcp_pid=$SEED_PID
-        p2p_get "$label" "p2p TCP ($eff)" "$NS_B" tcp seed-tcp "$tcp_pid" "$tracker"
+        p2p_get "$label" "p2p TCP ($eff)" "$NS_B" tcp seed-tcp "$tcp_pid" "$tracker" --no-fsync
         stop_pid "$tcp_pid"
         if [ "$first" = 1 ] || [ "$HAVE_BBR" != 1 ]; then
             start_seed "$NS_A" seed-udp "$ADDR_A:0" udp "$tracker"
             local udp_pid=$SEED_PID
-            p2p_get "$label" "p2p UDP" "$NS_B" udp seed-udp "$udp_pid" "$tracker"
+            p2p_get "$label" "p2p UDP" "$NS_B" udp seed-udp "$udp_pid" "$tracker" --no-fsync
             stop_pid "$udp_pid"
         fi
         stop_pid "$tpid"
