@@ -376,6 +376,8 @@ mkdir -p "$SHARE"
 FILE_NAME=bench.bin
 SRC=$SHARE/$FILE_NAME
 head -c "$BYTES" /dev/urandom >"$SRC"
+# Write the new file out now, or its writeback would slow down whichever case runs first.
+sync
 
 # ------------------------------------------------------------------ mode: loopback
 loopback() {
