@@ -19,6 +19,12 @@ pub trait Transport: Send + Sync + 'static {
     /// are refused with `InvalidInput`.
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()>;
 
+    /// [`send_to`](Self::send_to) of a message the caller gives away, which a transport that
+    /// queues messages (TCP) keeps instead of copying.
+    async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
+        self.send_to(to, &msg).await
+    }
+
     /// Waits for the next whole message and the address it came from.
     async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)>;
 

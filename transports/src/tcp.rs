@@ -50,7 +50,7 @@ impl Default for TcpConfig {
     }
 }
 
-/// Whole frames (length prefix included) queued for one connection.
+/// Messages queued for one connection.
 type Outbox = mpsc::Sender<Vec<u8>>;
 
 struct Conn {
@@ -280,12 +280,14 @@ async fn write_frames(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
     while let Some(msg) = rx.recv().await {
         let mut batch = Some(msg);
         while let Some(m) = batch.take() {
-            // `m` is a whole frame (length included).
+            let header = (m.len() as u32).to_le_bytes();
             let written = if m.len() >= LARGE_FRAME {
-                // A large frame goes straight to the socket, not through the buffer's copy.
-                w.flush().await.is_ok() && w.get_mut().write_all(&m).await.is_ok()
+                // A large frame goes straight to the socket (one vectored write of length and
+                // message), not through the buffer's copy.
+                let mut frame = Buf::chain(&header[..], &m[..]);
+                w.flush().await.is_ok() && w.get_mut().write_all_buf(&mut frame).await.is_ok()
             } else {
-                w.write_all(&m).await.is_ok()
+                w.write_all(&header).await.is_ok() && w.write_all(&m).await.is_ok()
             };
             if !written {
                 return;
@@ -308,13 +310,20 @@ impl Transport for TcpTransport {
                 format!("message of {} bytes exceeds the frame limit", msg.len()),
             ));
         }
+        self.send_owned(to, msg.to_vec()).await
+    }
+
+    /// Queues `msg` itself, without a copy.
+    async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
+        if msg.len() > self.shared.config.max_message {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("message of {} bytes exceeds the frame limit", msg.len()),
+            ));
+        }
         let outbox = self.outbox(to).await?;
-        // The frame as it goes on the wire: length (u32 LE), then the message.
-        let mut frame = Vec::with_capacity(4 + msg.len());
-        frame.extend_from_slice(&(msg.len() as u32).to_le_bytes());
-        frame.extend_from_slice(msg);
         outbox
-            .send(frame)
+            .send(msg)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
     }

@@ -1129,6 +1129,7 @@ impl Driver {
         let now = Instant::now().into_std();
         let transport = self.transport.clone();
         let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
+        let queued = transport.is_reliable();
         let tokio_now = Instant::now();
         if let Some(rate) = self.config.max_upload_rate {
             let rate = rate as f64;
@@ -1175,17 +1176,27 @@ impl Driver {
                     SenderTransmit::Control(m) => m.encode_into(&mut buf),
                     SenderTransmit::Chunk { seq, offset, len } => {
                         self.upload_tokens -= f64::from(len);
-                        // Read from the file straight into the datagram.
+                        // Read from the file straight into the message: the reused buffer
+                        // for a datagram, or a message of its own that a queueing transport
+                        // (TCP) keeps without a copy.
                         let file = &up.file;
-                        let read = Message::encode_data_into(
-                            &mut buf,
-                            transfer,
-                            seq,
-                            len as usize,
-                            |into| file.read_exact_at(into, offset),
-                        );
+                        let mut owned = Vec::new();
+                        let out = if queued {
+                            owned.reserve_exact(len as usize + DATA_OVERHEAD);
+                            &mut owned
+                        } else {
+                            &mut buf
+                        };
+                        let read =
+                            Message::encode_data_into(out, transfer, seq, len as usize, |into| {
+                                file.read_exact_at(into, offset)
+                            });
                         if read.is_err() {
                             up.machine.abort(AbortReason::FileChanged);
+                            continue;
+                        }
+                        if queued {
+                            let _ = transport.send_owned(to, owned).await;
                             continue;
                         }
                     }
