@@ -25,6 +25,22 @@ pub trait Transport: Send + Sync + 'static {
         self.send_to(to, &msg).await
     }
 
+    /// Most messages of `len` bytes one [`send_batch`](Self::send_batch) takes (1: the
+    /// transport does not batch).
+    fn max_batch(&self, _to: SocketAddr, _len: usize) -> usize {
+        1
+    }
+
+    /// Sends `msgs`, consecutive messages of `segment` bytes each (the last may be shorter),
+    /// to `to`: in one system call where the transport can (UDP segmentation offload), one by
+    /// one otherwise.
+    async fn send_batch(&self, to: SocketAddr, msgs: &[u8], segment: usize) -> io::Result<()> {
+        for msg in msgs.chunks(segment.max(1)) {
+            self.send_to(to, msg).await?;
+        }
+        Ok(())
+    }
+
     /// Waits for the next whole message and the address it came from.
     async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)>;
 

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use p2p_core::transport::Transport;
+use quinn_udp::{Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
 
@@ -24,6 +26,8 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 #[derive(Debug)]
 pub struct UdpTransport {
     socket: UdpSocket,
+    /// quinn-udp's view of the socket: segmentation offload (GSO) for batches.
+    state: UdpSocketState,
     max_message: usize,
     /// Where the next datagram lands (see [`take`]).
     buf: Mutex<BytesMut>,
@@ -61,13 +65,31 @@ impl UdpTransport {
         force_buffers(&socket);
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
+        let state = UdpSocketState::new((&socket).into())?;
+        // quinn-udp turns on receive offload (GRO); this transport receives one datagram per
+        // message, so it is turned off again (sends still use segmentation offload).
+        disable_gro(&socket);
         Ok(UdpTransport {
             socket: UdpSocket::from_std(socket.into())?,
+            state,
             max_message: max_message.min(65_507),
             buf: Mutex::new(BytesMut::with_capacity(RECV_BLOCK)),
         })
     }
 }
+
+fn disable_gro(socket: &Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let _ = setsockopt(socket, sockopt::UdpGroSegment, &false);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
+
+/// Most bytes one segmented send carries (the IP length field's limit, less headers).
+const MAX_BATCH_BYTES: usize = 65_000;
 
 /// Raises the socket buffers past the unprivileged cap where allowed (root); silently keeps
 /// the granted size elsewhere.
@@ -91,6 +113,34 @@ impl Transport for UdpTransport {
             ));
         }
         self.socket.send_to(msg, to).await.map(|_| ())
+    }
+
+    fn max_batch(&self, _to: SocketAddr, len: usize) -> usize {
+        self.state
+            .max_gso_segments()
+            .min(MAX_BATCH_BYTES / len.max(1))
+            .max(1)
+    }
+
+    async fn send_batch(&self, to: SocketAddr, msgs: &[u8], segment: usize) -> io::Result<()> {
+        if msgs.len() <= segment || self.max_batch(to, segment) <= 1 {
+            for msg in msgs.chunks(segment.max(1)) {
+                self.send_to(to, msg).await?;
+            }
+            return Ok(());
+        }
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents: msgs,
+            segment_size: Some(segment),
+            src_ip: None,
+        };
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.socket).into(), &transmit)
+            })
+            .await
     }
 
     async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
@@ -121,5 +171,34 @@ impl Transport for UdpTransport {
         } else {
             self.max_message
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch leaves as separate datagrams, whole and in order, with segmentation offload
+    /// where the kernel has it and one by one where not; the last may be shorter.
+    #[tokio::test]
+    async fn a_batch_arrives_as_separate_datagrams() {
+        let a = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap();
+        let b = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap();
+        let to = b.local_addr().unwrap();
+        let segment = 1000;
+        assert!(a.max_batch(to, segment) >= 1);
+        let mut msgs = Vec::new();
+        for i in 0..20u8 {
+            let len = if i == 19 { 321 } else { segment };
+            msgs.extend(std::iter::repeat_n(i, len));
+        }
+        a.send_batch(to, &msgs, segment).await.unwrap();
+        for i in 0..20u8 {
+            let (from, msg) = b.recv_from().await.unwrap();
+            assert_eq!(from, a.local_addr().unwrap());
+            let len = if i == 19 { 321 } else { segment };
+            assert_eq!(&msg[..], &vec![i; len][..], "datagram {i}");
+        }
+        assert!(b.try_recv_from().is_none());
     }
 }

@@ -528,6 +528,49 @@ struct Driver {
     left: BTreeSet<String>,
 }
 
+/// Datagrams of one size gathered for one segmented send (UDP GSO): each new one is encoded
+/// at the end of `bytes`.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Size of each datagram (the first one's).
+    segment: usize,
+    count: usize,
+    /// Most datagrams the transport takes in one send.
+    max: usize,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.count > 0 && self.count >= self.max
+    }
+
+    /// Takes in the datagram just encoded at `bytes[start..]`; one of another size is sent
+    /// on its own (segments must be equal but for the last).
+    async fn added(&mut self, transport: &SharedTransport, to: SocketAddr, start: usize) {
+        let len = self.bytes.len() - start;
+        if self.count == 0 {
+            self.segment = len;
+            self.max = transport.max_batch(to, len).max(1);
+        } else if len != self.segment {
+            let odd = self.bytes.split_off(start);
+            self.send(transport, to).await;
+            let _ = transport.send_to(to, &odd).await;
+            return;
+        }
+        self.count += 1;
+    }
+
+    /// Sends what is gathered.
+    async fn send(&mut self, transport: &SharedTransport, to: SocketAddr) {
+        if self.count > 0 {
+            let _ = transport.send_batch(to, &self.bytes, self.segment).await;
+        }
+        self.bytes.clear();
+        self.count = 0;
+    }
+}
+
 /// Most messages handled from one burst before the endpoint answers.
 const BURST: usize = 64;
 /// Most messages one upload sends per flush before incoming messages are read again.
@@ -1151,6 +1194,7 @@ impl Driver {
                 }
             }
             let mut sent = 0;
+            let mut batch = Batch::default();
             loop {
                 if sent == UPLOAD_BURST && !up.machine.is_done() {
                     // Let ACKs in before sending more: on a slow link a long flush would
@@ -1171,38 +1215,54 @@ impl Driver {
                 let Some(t) = up.machine.poll_transmit(now) else {
                     break;
                 };
-                buf.clear();
                 match t {
-                    SenderTransmit::Control(m) => m.encode_into(&mut buf),
+                    SenderTransmit::Control(m) => {
+                        batch.send(&transport, to).await;
+                        buf.clear();
+                        m.encode_into(&mut buf);
+                        let _ = transport.send_to(to, &buf).await;
+                    }
+                    SenderTransmit::Chunk { seq, offset, len } if queued => {
+                        self.upload_tokens -= f64::from(len);
+                        // Read from the file straight into a message of its own, which a
+                        // queueing transport (TCP) keeps without a copy.
+                        let mut owned = Vec::with_capacity(len as usize + DATA_OVERHEAD);
+                        let read = Message::encode_data_into(
+                            &mut owned,
+                            transfer,
+                            seq,
+                            len as usize,
+                            |into| up.file.read_exact_at(into, offset),
+                        );
+                        match read {
+                            Ok(()) => drop(transport.send_owned(to, owned).await),
+                            Err(_) => up.machine.abort(AbortReason::FileChanged),
+                        }
+                    }
                     SenderTransmit::Chunk { seq, offset, len } => {
                         self.upload_tokens -= f64::from(len);
-                        // Read from the file straight into the message: the reused buffer
-                        // for a datagram, or a message of its own that a queueing transport
-                        // (TCP) keeps without a copy.
-                        let file = &up.file;
-                        let mut owned = Vec::new();
-                        let out = if queued {
-                            owned.reserve_exact(len as usize + DATA_OVERHEAD);
-                            &mut owned
-                        } else {
-                            &mut buf
-                        };
-                        let read =
-                            Message::encode_data_into(out, transfer, seq, len as usize, |into| {
-                                file.read_exact_at(into, offset)
-                            });
+                        // Read from the file straight into the batch of datagrams.
+                        if batch.full() {
+                            batch.send(&transport, to).await;
+                        }
+                        let start = batch.bytes.len();
+                        let read = Message::encode_data_into(
+                            &mut batch.bytes,
+                            transfer,
+                            seq,
+                            len as usize,
+                            |into| up.file.read_exact_at(into, offset),
+                        );
                         if read.is_err() {
+                            batch.bytes.truncate(start);
                             up.machine.abort(AbortReason::FileChanged);
                             continue;
                         }
-                        if queued {
-                            let _ = transport.send_owned(to, owned).await;
-                            continue;
-                        }
+                        batch.added(&transport, to, start).await;
                     }
                 }
-                let _ = transport.send_to(to, &buf).await;
             }
+            batch.send(&transport, to).await;
             while let Some(e) = up.machine.poll_event() {
                 match e {
                     SenderEvent::Finished => {

@@ -40,6 +40,9 @@ pub struct SenderConfig {
     pub congestion: CongestionKind,
 }
 
+/// ACK delay a tail probe allows for (the receiver's default `ack_delay`).
+const PROBE_ACK_DELAY: Duration = Duration::from_millis(5);
+
 impl Default for SenderConfig {
     fn default() -> Self {
         SenderConfig {
@@ -140,6 +143,13 @@ pub struct ChunkSender {
     rto_at: Option<Instant>,
     /// When chunks that SACK evidence marks as probably lost become old enough to declare.
     loss_at: Option<Instant>,
+    /// Tail loss probe: when the last chunks are all sent and unacknowledged this long, the
+    /// newest is sent again, so that its ACK exposes losses before it (RACK-TLP, RFC 8985)
+    /// long before the RTO would.
+    probe_at: Option<Instant>,
+    /// A probe went out and nothing new was acknowledged since: no second one (the RTO
+    /// takes over).
+    probed: bool,
     last_heard: Instant,
     send_accept: bool,
     send_fin: bool,
@@ -187,6 +197,8 @@ impl ChunkSender {
             cc,
             rto_at: None,
             loss_at: None,
+            probe_at: None,
+            probed: false,
             last_heard: now,
             send_accept: true,
             send_fin: false,
@@ -295,6 +307,7 @@ impl ChunkSender {
             self.cumulative = cumulative;
         }
         if newly_acked > 0 {
+            self.probed = false;
             self.rtt.reset_backoff();
             self.cc.on_ack(AckSample {
                 now,
@@ -310,6 +323,7 @@ impl ChunkSender {
         } else {
             self.rto_at = None;
         }
+        self.arm_probe(now);
         if self.cumulative == self.total && self.fin_at.is_none() {
             self.send_fin = true;
         }
@@ -347,6 +361,17 @@ impl ChunkSender {
         }
     }
 
+    /// Arms the tail loss probe two smoothed RTTs plus the receiver's largest ACK delay from
+    /// `now` when every chunk is sent and some are in flight with nothing known lost, unless a
+    /// probe went unanswered; disarms it otherwise.
+    fn arm_probe(&mut self, now: Instant) {
+        let tail = self.next_new == self.total && self.lost.is_empty() && !self.probed;
+        self.probe_at = (tail && !self.in_flight.is_empty()).then(|| {
+            let srtt = self.rtt.srtt().unwrap_or(self.config.initial_rto);
+            now + srtt * 2 + PROBE_ACK_DELAY
+        });
+    }
+
     /// Call when `poll_timeout` has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::Done {
@@ -362,6 +387,16 @@ impl ChunkSender {
         }
         if self.loss_at.is_some_and(|t| now >= t) {
             self.detect_losses(now);
+        }
+        if self.probe_at.is_some_and(|t| now >= t) {
+            // One probe per quiet spell: the next ACK (or transmission) re-arms it. The
+            // window is not touched: the probe's chunk is not known to be lost.
+            self.probe_at = None;
+            self.probed = true;
+            if let Some((tx, seq)) = self.in_flight.pop_last() {
+                debug_assert!(tx < self.next_tx);
+                self.lost.insert(seq);
+            }
         }
         if self.rto_at.is_some_and(|t| now >= t) {
             self.stats.timeouts += 1;
@@ -386,6 +421,7 @@ impl ChunkSender {
         [
             self.rto_at,
             self.loss_at,
+            self.probe_at,
             self.fin_at,
             Some(self.last_heard + self.config.idle_timeout),
         ]
@@ -435,6 +471,7 @@ impl ChunkSender {
             s.retransmitted = true;
             self.in_flight.insert(tx, seq);
             self.stats.chunks_retransmitted += 1;
+            self.arm_probe(now);
             return Some(self.chunk(now, seq));
         }
         let limit = self.cumulative + self.peer_window.min(self.config.max_window);
@@ -450,6 +487,7 @@ impl ChunkSender {
             });
             self.in_flight.insert(tx, seq);
             self.stats.chunks_sent += 1;
+            self.arm_probe(now);
             return Some(self.chunk(now, seq));
         }
         if self.total == self.cumulative && self.fin_at.is_none() && self.total == self.next_new {
@@ -499,6 +537,7 @@ impl ChunkSender {
         self.state = State::Done;
         self.rto_at = None;
         self.loss_at = None;
+        self.probe_at = None;
         self.fin_at = None;
         self.events.push_back(event);
     }

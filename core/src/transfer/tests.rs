@@ -252,12 +252,32 @@ fn retransmits_lost_chunk_by_fast_retransmit() {
     assert_eq!(pair.stats().timeouts, 0, "SACK evidence, not the timer");
 }
 
+/// A lost last chunk has no later chunk whose ACK would expose it: the tail loss probe
+/// sends it again after two RTTs, long before the retransmission timer.
 #[test]
-fn retransmits_last_chunk_on_timeout() {
+fn lost_last_chunk_is_repaired_by_the_tail_probe() {
     let mut dropped = false;
     let mut pair = Pair::new(sample(1000), 100).with_fault(move |dir, _, m| match m {
         Message::Data { seq: 9, .. } if dir == Dir::ToReceiver && !dropped => {
             dropped = true;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    pair.drive(100_000);
+    assert!(pair.finished());
+    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.stats().chunks_retransmitted, 1);
+    assert_eq!(pair.stats().timeouts, 0, "the probe, not the timer");
+}
+
+/// When the probe is lost too, the retransmission timer still repairs the tail.
+#[test]
+fn lost_last_chunk_and_lost_probe_are_repaired_on_timeout() {
+    let mut dropped = 0;
+    let mut pair = Pair::new(sample(1000), 100).with_fault(move |dir, _, m| match m {
+        Message::Data { seq: 9, .. } if dir == Dir::ToReceiver && dropped < 2 => {
+            dropped += 1;
             Fate::Drop
         }
         _ => Fate::Deliver,
