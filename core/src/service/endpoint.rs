@@ -571,6 +571,9 @@ impl Batch {
     }
 }
 
+/// In-order chunks per ACK on a reliable transport (a sixteenth of the default window).
+const RELIABLE_ACK_EVERY: u32 = 8;
+
 /// Most messages handled from one burst before the endpoint answers.
 const BURST: usize = 64;
 /// Most messages one upload sends per flush before incoming messages are read again.
@@ -779,6 +782,12 @@ impl Driver {
         let transfer = TransferId(self.take_id());
         let now = Instant::now();
         let piece_size = table.piece_size;
+        let mut receiver_config = self.config.receiver.clone();
+        if self.transport.is_reliable() {
+            // Nothing is lost on a reliable stream: ACKs only pace the window, and fewer of
+            // them spare both sides a message each.
+            receiver_config.ack_every = receiver_config.ack_every.max(RELIABLE_ACK_EVERY);
+        }
         let machine = ChunkReceiver::resume(
             now.into_std(),
             transfer,
@@ -786,7 +795,7 @@ impl Driver {
             Some((entry.size, entry.hash)),
             plan.offset,
             table,
-            self.config.receiver.clone(),
+            receiver_config,
         );
         progress.send_modify(|p| {
             p.total = Some(entry.size);
