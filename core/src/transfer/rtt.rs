@@ -16,14 +16,15 @@ pub struct RttEstimator {
 }
 
 impl RttEstimator {
-    /// A fresh estimator: RTO is `initial` until the first sample.
+    /// A fresh estimator: RTO is `initial` until the first sample. A `max_rto` below
+    /// `min_rto` is raised to it (a bad setting must not panic the clamp).
     pub fn new(initial: Duration, min_rto: Duration, max_rto: Duration) -> Self {
         RttEstimator {
             srtt: None,
             rttvar: Duration::ZERO,
             initial,
             min_rto,
-            max_rto,
+            max_rto: max_rto.max(min_rto),
             backoff: 0,
         }
     }
@@ -90,6 +91,19 @@ mod tests {
         assert_eq!(e.srtt(), Some(Duration::from_millis(100)));
         // 100 + 4 * 50 = 300 ms.
         assert_eq!(e.rto(), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn inverted_bounds_do_not_panic() {
+        let mut e = RttEstimator::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+        );
+        assert_eq!(e.rto(), Duration::from_secs(5));
+        e.on_sample(Duration::from_millis(10));
+        e.on_timeout();
+        assert_eq!(e.rto(), Duration::from_secs(5));
     }
 
     #[test]
