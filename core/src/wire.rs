@@ -588,8 +588,9 @@ impl Message {
         out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Appends a `Data` message whose `len` payload bytes `fill` writes in place (e.g. read
-    /// from the file straight into the datagram), so the chunk is never copied in between.
+    /// Appends a `Data` message whose `len` payload bytes (at most [`MAX_CHUNK`]) `fill`
+    /// writes in place (e.g. read from the file straight into the datagram), so the chunk is
+    /// never copied in between. If `fill` fails, `out` is left as it was.
     /// Encodes exactly what [`encode_into`](Self::encode_into) encodes for the same message.
     pub fn encode_data_into<E>(
         out: &mut Vec<u8>,
@@ -598,6 +599,7 @@ impl Message {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<(), E> {
+        debug_assert!(len <= MAX_CHUNK);
         let start = out.len();
         Message::Data {
             transfer,
@@ -622,7 +624,10 @@ impl Message {
         }
         let at = out.len();
         out.resize(at + len, 0);
-        fill(&mut out[at..])?;
+        if let Err(e) = fill(&mut out[at..]) {
+            out.truncate(start); // nothing half-written is left behind
+            return Err(e);
+        }
         let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
         out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         Ok(())
@@ -775,10 +780,11 @@ mod tests {
                 );
             }
         }
-        // A failing fill is reported.
-        let mut out = Vec::new();
+        // A failing fill is reported, and leaves nothing half-written.
+        let mut out = vec![1, 2, 3];
         let r = Message::encode_data_into(&mut out, TransferId(1), 0, 10, |_| Err("eof"));
         assert_eq!(r, Err("eof"));
+        assert_eq!(out, [1, 2, 3]);
     }
 
     #[test]

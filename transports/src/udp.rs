@@ -65,10 +65,13 @@ impl UdpTransport {
         force_buffers(&socket);
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        let state = UdpSocketState::new((&socket).into())?;
-        // quinn-udp turns on receive offload (GRO); this transport receives one datagram per
-        // message, so it is turned off again (sends still use segmentation offload).
-        disable_gro(&socket);
+        // quinn-udp learns what the kernel offers (segmentation offload) on a socket of its
+        // own: its set-up also sets options this socket must not have (receive offload, and
+        // path-MTU probing, which would stop the kernel fragmenting on a path with an MTU
+        // below 1,500 bytes).
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        let state = UdpSocketState::new((&probe).into())?;
+        drop(probe);
         Ok(UdpTransport {
             socket: UdpSocket::from_std(socket.into())?,
             state,
@@ -76,16 +79,6 @@ impl UdpTransport {
             buf: Mutex::new(BytesMut::with_capacity(RECV_BLOCK)),
         })
     }
-}
-
-fn disable_gro(socket: &Socket) {
-    #[cfg(target_os = "linux")]
-    {
-        use nix::sys::socket::{setsockopt, sockopt};
-        let _ = setsockopt(socket, sockopt::UdpGroSegment, &false);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = socket;
 }
 
 /// Most bytes one segmented send carries (the IP length field's limit, less headers).

@@ -1378,7 +1378,8 @@ impl Download {
             let _ = self.recorded(res);
         }
         if let Some(mut w) = self.writer.take() {
-            let _ = w.sync();
+            // Only synced bytes may be recorded as durable.
+            let synced = w.sync().is_ok();
             let piece = u64::from(self.piece_size.max(1));
             let on_disk = w.written().min(self.verified);
             let keep = if on_disk == self.size {
@@ -1388,7 +1389,10 @@ impl Download {
             };
             // Drop the unverified tail first: on a full disk that frees room for the state.
             let _ = w.truncate(keep.max(self.saved));
-            if keep > self.saved && save_state(&self.dest, &self.state(keep), true).is_ok() {
+            if synced
+                && keep > self.saved
+                && save_state(&self.dest, &self.state(keep), true).is_ok()
+            {
                 self.saved = keep;
             }
         }
@@ -1431,6 +1435,9 @@ fn finish_file(
             let existing = crate::index::hash_file(&d.dest).ok();
             let _ = fs::remove_file(&d.partial);
             if existing != Some(hash) {
+                // Nothing is left to resume: no state file pointing at a removed partial.
+                resume::discard(&d.dest);
+                d.saved = 0;
                 return Err(ServiceError::Io(format!(
                     "{} already exists with other content; move it away or choose another --out",
                     d.dest.display()

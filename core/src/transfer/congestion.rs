@@ -5,10 +5,10 @@
 //!   minimum RTT, and keeps about twice their product in flight. Random loss does not shrink
 //!   the window, so throughput does not collapse on a lossy link the way it does with
 //!   loss-based AIMD; real congestion shows up as a lower delivery rate and the window follows.
-//!   The window never drops below the measured bandwidth times the smoothed RTT either: on a
-//!   reordering path some chunks (and ACKs) overtake the rest, so the minimum RTT seen is far
-//!   below what most chunks take, and a window sized by it alone would throttle the flow to a
-//!   fraction of what the path delivers.
+//!   On a path seen to reorder, the window never drops below the measured bandwidth times
+//!   the smoothed RTT either: there some chunks (and ACKs) overtake the rest, so the minimum
+//!   RTT seen is far below what most chunks take, and a window sized by it alone would
+//!   throttle the flow to a fraction of what the path delivers.
 //! - [`NewReno`]: slow start plus AIMD with one halving per loss episode.
 //! - [`FixedWindow`]: no control, for transports that do their own (TCP).
 //!
@@ -26,6 +26,9 @@ pub struct AckSample {
     pub acked: u64,
     /// RTT measured from it (Karn's rule applied), if any.
     pub rtt: Option<Duration>,
+    /// A chunk it acknowledged was sent before one acknowledged earlier, and not resent:
+    /// the path reorders.
+    pub reordered: bool,
 }
 
 /// Which controller a sender uses.
@@ -129,6 +132,8 @@ const CWND_GAIN: f64 = 2.0;
 const PROBE_EVERY: u64 = 8;
 /// Extra gain of a probing round.
 const PROBE_GAIN: f64 = 1.25;
+/// Gain of the round after a probe, which drains what the probe queued.
+const DRAIN_GAIN: f64 = 0.75;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -148,6 +153,9 @@ pub struct Bbr {
     min_rtt: Option<(Duration, Instant)>,
     /// Smoothed RTT (RFC 6298 weights) of the samples.
     srtt: Option<Duration>,
+    /// The path was seen to reorder: the minimum RTT may come from chunks that overtook the
+    /// rest, so the window also keeps bandwidth × smoothed RTT.
+    reordering: bool,
     /// Chunks delivered in the current round, and when it started.
     round_delivered: u64,
     round_start: Option<Instant>,
@@ -170,6 +178,7 @@ impl Bbr {
             mode: Mode::Startup,
             min_rtt: None,
             srtt: None,
+            reordering: false,
             round_delivered: 0,
             round_start: None,
             rounds: 0,
@@ -224,6 +233,7 @@ impl CongestionController for Bbr {
             }
             self.srtt = Some(self.srtt.map_or(rtt, |srtt| (srtt * 7 + rtt) / 8));
         }
+        self.reordering |= s.reordered;
         self.round_delivered += s.acked;
         let start = *self.round_start.get_or_insert(s.now);
         // A round lasts one smoothed RTT (at least a millisecond, so that loopback rounds
@@ -243,17 +253,24 @@ impl CongestionController for Bbr {
                 let Some((min_rtt, _)) = self.min_rtt else {
                     return;
                 };
-                let probe = if self.rounds.is_multiple_of(PROBE_EVERY) {
-                    PROBE_GAIN
-                } else {
-                    1.0
+                // BBR's gain cycle: one round probes for more bandwidth, the next drains
+                // the queue that probe may have left, the others cruise.
+                let gain = match self.rounds % PROBE_EVERY {
+                    0 => PROBE_GAIN,
+                    1 => DRAIN_GAIN,
+                    _ => 1.0,
                 };
                 let bw = self.max_bw();
                 let bdp = bw * min_rtt.as_secs_f64();
-                // What keeps the best measured rate going at the mean RTT (Little's law;
-                // gain 1, so a standing queue neither grows nor is needed).
-                let sustain = bw * self.srtt.unwrap_or(min_rtt).as_secs_f64();
-                let target = ((bdp * CWND_GAIN).max(sustain) * probe).ceil() as u64;
+                // On a reordering path, what keeps the best measured rate going at the mean
+                // RTT (Little's law). Only there: elsewhere the smoothed RTT includes the
+                // queue the window itself builds, and a floor on it would feed on itself.
+                let sustain = if self.reordering {
+                    bw * self.srtt.unwrap_or(min_rtt).as_secs_f64()
+                } else {
+                    0.0
+                };
+                let target = ((bdp * CWND_GAIN).max(sustain) * gain).ceil() as u64;
                 self.cwnd = target.clamp(self.min, self.max);
             }
         }
@@ -294,6 +311,7 @@ mod tests {
             now,
             acked,
             rtt: Some(Duration::from_millis(rtt_ms)),
+            reordered: false,
         }
     }
 
@@ -362,7 +380,8 @@ mod tests {
             // Little's law: a window of w chunks delivers w per mean RTT (7.5 ms), up to the
             // path's bandwidth.
             let delivered = bw_per_ms.min(bbr.window() * 4 / 30).max(1);
-            let rtt = if ms % 4 == 0 {
+            let overtook = ms % 4 == 0;
+            let rtt = if overtook {
                 Duration::from_micros(100)
             } else {
                 Duration::from_millis(10)
@@ -371,6 +390,8 @@ mod tests {
                 now,
                 acked: delivered,
                 rtt: Some(rtt),
+                // The chunks acknowledged after an overtaking one were sent before it.
+                reordered: ms % 4 == 1,
             });
         }
         let w = bbr.window();
@@ -378,6 +399,36 @@ mod tests {
             (75..=400).contains(&w),
             "window {w}, 75 carry the path's bandwidth"
         );
+    }
+
+    /// A path with a queue: 10 chunks per ms, 20 ms base RTT (BDP 200 chunks); chunks in
+    /// flight beyond the BDP wait in the queue and lengthen the RTT. The window must stay
+    /// near BBR's twice the BDP, not grow on the RTT its own queue adds. (Run for 9 s, within
+    /// the minimum RTT's 10 s lifetime: a refresh while a queue stands is a known limit, as
+    /// there is no ProbeRTT phase.)
+    #[test]
+    fn bbr_window_does_not_feed_on_its_own_queue() {
+        let t = Instant::now();
+        let mut bbr = Bbr::new(10, 1024);
+        let (bw, base_ms) = (10.0f64, 20.0f64);
+        let bdp = bw * base_ms;
+        let mut carry = 0.0;
+        for ms in 0..9_000u64 {
+            let now = t + Duration::from_millis(ms);
+            let w = bbr.window() as f64;
+            let rtt_ms = base_ms + (w - bdp).max(0.0) / bw;
+            carry += (w / rtt_ms).min(bw);
+            let delivered = carry.floor();
+            carry -= delivered;
+            bbr.on_ack(AckSample {
+                now,
+                acked: delivered as u64,
+                rtt: Some(Duration::from_secs_f64(rtt_ms / 1000.0)),
+                reordered: false,
+            });
+        }
+        let w = bbr.window();
+        assert!((200..=600).contains(&w), "window {w}, BDP 200");
     }
 
     #[derive(Clone, Debug)]
@@ -424,7 +475,12 @@ mod tests {
                         Event::Ack { after_us, acked, rtt_us } => {
                             now += Duration::from_micros(after_us);
                             let rtt = Some(Duration::from_micros(rtt_us));
-                            cc.on_ack(AckSample { now, acked, rtt });
+                            cc.on_ack(AckSample {
+                                now,
+                                acked,
+                                rtt,
+                                reordered: false,
+                            });
                         }
                         Event::Loss => {
                             cc.on_loss(tx, tx + 1);
@@ -441,7 +497,12 @@ mod tests {
                         now += Duration::from_millis(2);
                         let w = cc.window();
                         let rtt = Some(Duration::from_millis(1));
-                        cc.on_ack(AckSample { now, acked: w, rtt });
+                        cc.on_ack(AckSample {
+                            now,
+                            acked: w,
+                            rtt,
+                            reordered: false,
+                        });
                     }
                     proptest::prop_assert!(cc.window() > low || low == max, "stalled: {:?}", cc);
                 }

@@ -274,6 +274,8 @@ impl ChunkSender {
         let mut newly_acked = 0u64;
         let mut largest: Option<u64> = None;
         let mut sample: Option<(u64, Instant)> = None;
+        let mut reordered = false;
+        let largest_before = self.largest_acked_tx;
         let ranges = std::iter::once((base, cumulative.max(base)))
             .chain(sack.iter().map(|&(s, e)| (s.max(base), e)));
         for (start, end) in ranges {
@@ -284,6 +286,7 @@ impl ChunkSender {
                 }
                 s.acked = true;
                 newly_acked += 1;
+                reordered |= !s.retransmitted && largest_before.is_some_and(|l| s.tx < l);
                 self.in_flight.remove(&s.tx);
                 self.lost.remove(&seq);
                 if largest.is_none_or(|l| s.tx > l) {
@@ -313,6 +316,7 @@ impl ChunkSender {
                 now,
                 acked: newly_acked,
                 rtt,
+                reordered,
             });
         }
         self.detect_losses(now);
@@ -365,7 +369,11 @@ impl ChunkSender {
     /// `now` when every chunk is sent and some are in flight with nothing known lost, unless a
     /// probe went unanswered; disarms it otherwise.
     fn arm_probe(&mut self, now: Instant) {
-        let tail = self.next_new == self.total && self.lost.is_empty() && !self.probed;
+        // (A reliable transport loses nothing: no probes there.)
+        let tail = self.next_new == self.total
+            && self.lost.is_empty()
+            && !self.probed
+            && !self.config.reliable;
         self.probe_at = (tail && !self.in_flight.is_empty()).then(|| {
             let srtt = self.rtt.srtt().unwrap_or(self.config.initial_rto);
             now + srtt * 2 + PROBE_ACK_DELAY
