@@ -376,18 +376,18 @@ impl<T: Transport> FaultyTransport<T> {
 
     /// Handles a message that just arrived from the inner transport: every outcome lands in
     /// the state's queues, without an await, so `recv_from` stays cancel-safe.
-    fn on_incoming(&self, from: SocketAddr, msg: Vec<u8>) {
+    fn on_incoming(&self, from: SocketAddr, msg: &[u8]) {
         let mut st = self.lock();
         let plan = {
             let mut stats = self.stats.lock().expect("stats lock");
             let rates = self.config.recv;
             self.plan(&mut st, &rates, msg.len(), &mut stats.recv)
         };
-        self.note("recv", from, &msg, &plan);
+        self.note("recv", from, msg, &plan);
         if plan.drop {
             return;
         }
-        let bytes = Self::apply(&plan.corrupt, &msg);
+        let bytes = Self::apply(&plan.corrupt, msg);
         let now = Instant::now();
         let copies = if plan.duplicate { 2 } else { 1 };
         for _ in 0..copies {
@@ -538,7 +538,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
                 biased;
                 r = self.inner.recv_from() => {
                     let (from, msg) = r?;
-                    self.on_incoming(from, msg.to_vec());
+                    self.on_incoming(from, &msg);
                 }
                 _ = sleep_until(next_due) => {}
             }
@@ -554,7 +554,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             }
         }
         while let Some((from, msg)) = self.inner.try_recv_from() {
-            self.on_incoming(from, msg.to_vec());
+            self.on_incoming(from, &msg);
             if let Some(m) = self.lock().ready.pop_front() {
                 return Some((m.0, m.1.into()));
             }

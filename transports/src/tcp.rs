@@ -304,12 +304,6 @@ async fn write_frames(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
 #[async_trait]
 impl Transport for TcpTransport {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
-        if msg.len() > self.shared.config.max_message {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("message of {} bytes exceeds the frame limit", msg.len()),
-            ));
-        }
         self.send_owned(to, msg.to_vec()).await
     }
 

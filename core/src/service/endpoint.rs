@@ -1182,6 +1182,8 @@ impl Driver {
         let transport = self.transport.clone();
         let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
         let queued = transport.is_reliable();
+        // Emptied after each upload, so one buffer serves them all.
+        let mut batch = Batch::default();
         let tokio_now = Instant::now();
         if let Some(rate) = self.config.max_upload_rate {
             let rate = rate as f64;
@@ -1203,7 +1205,6 @@ impl Driver {
                 }
             }
             let mut sent = 0;
-            let mut batch = Batch::default();
             loop {
                 if sent == UPLOAD_BURST && !up.machine.is_done() {
                     // Let ACKs in before sending more: on a slow link a long flush would
@@ -1231,43 +1232,33 @@ impl Driver {
                         m.encode_into(&mut buf);
                         let _ = transport.send_to(to, &buf).await;
                     }
-                    SenderTransmit::Chunk { seq, offset, len } if queued => {
-                        self.upload_tokens -= f64::from(len);
-                        // Read from the file straight into a message of its own, which a
-                        // queueing transport (TCP) keeps without a copy.
-                        let mut owned = Vec::with_capacity(len as usize + DATA_OVERHEAD);
-                        let read = Message::encode_data_into(
-                            &mut owned,
-                            transfer,
-                            seq,
-                            len as usize,
-                            |into| up.file.read_exact_at(into, offset),
-                        );
-                        match read {
-                            Ok(()) => drop(transport.send_owned(to, owned).await),
-                            Err(_) => up.machine.abort(AbortReason::FileChanged),
-                        }
-                    }
                     SenderTransmit::Chunk { seq, offset, len } => {
                         self.upload_tokens -= f64::from(len);
-                        // Read from the file straight into the batch of datagrams.
-                        if batch.full() {
+                        // Read from the file straight into the outgoing message: one of its
+                        // own, which a queueing transport (TCP) keeps without a copy, or the
+                        // end of the batch of datagrams.
+                        if !queued && batch.full() {
                             batch.send(&transport, to).await;
                         }
-                        let start = batch.bytes.len();
-                        let read = Message::encode_data_into(
-                            &mut batch.bytes,
-                            transfer,
-                            seq,
-                            len as usize,
-                            |into| up.file.read_exact_at(into, offset),
-                        );
+                        let mut owned = Vec::new();
+                        let out = if queued {
+                            owned.reserve_exact(len as usize + DATA_OVERHEAD);
+                            &mut owned
+                        } else {
+                            &mut batch.bytes
+                        };
+                        let start = out.len();
+                        let read =
+                            Message::encode_data_into(out, transfer, seq, len as usize, |into| {
+                                up.file.read_exact_at(into, offset)
+                            });
                         if read.is_err() {
-                            batch.bytes.truncate(start);
                             up.machine.abort(AbortReason::FileChanged);
-                            continue;
+                        } else if queued {
+                            let _ = transport.send_owned(to, owned).await;
+                        } else {
+                            batch.added(&transport, to, start).await;
                         }
-                        batch.added(&transport, to, start).await;
                     }
                 }
             }

@@ -159,11 +159,6 @@ impl PartialWriter {
         }
         Ok(())
     }
-
-    /// A second handle on the file (for a [`Checkpointer`]).
-    pub fn try_clone_file(&self) -> io::Result<File> {
-        self.file.try_clone()
-    }
 }
 
 /// Records checkpoints of one download off the I/O task: each one syncs the partial file,

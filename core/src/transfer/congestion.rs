@@ -17,6 +17,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::rtt::RttEstimator;
+
 /// What an acknowledgement tells the controller.
 #[derive(Clone, Copy, Debug)]
 pub struct AckSample {
@@ -151,8 +153,8 @@ pub struct Bbr {
     max: u64,
     mode: Mode,
     min_rtt: Option<(Duration, Instant)>,
-    /// Smoothed RTT (RFC 6298 weights) of the samples.
-    srtt: Option<Duration>,
+    /// Smoothed RTT of the samples (the sender's estimator, RFC 6298).
+    rtt: RttEstimator,
     /// The path was seen to reorder: the minimum RTT may come from chunks that overtook the
     /// rest, so the window also keeps bandwidth × smoothed RTT.
     reordering: bool,
@@ -177,7 +179,8 @@ impl Bbr {
             max,
             mode: Mode::Startup,
             min_rtt: None,
-            srtt: None,
+            // Only its smoothed RTT is used, not its timeout bounds.
+            rtt: RttEstimator::new(Duration::ZERO, Duration::ZERO, Duration::MAX),
             reordering: false,
             round_delivered: 0,
             round_start: None,
@@ -231,7 +234,7 @@ impl CongestionController for Bbr {
             if stale {
                 self.min_rtt = Some((rtt, s.now));
             }
-            self.srtt = Some(self.srtt.map_or(rtt, |srtt| (srtt * 7 + rtt) / 8));
+            self.rtt.on_sample(rtt);
         }
         self.reordering |= s.reordered;
         self.round_delivered += s.acked;
@@ -240,7 +243,8 @@ impl CongestionController for Bbr {
         // still average over many ACKs): the time a chunk sent now takes to be acknowledged,
         // which the minimum RTT understates when chunks overtake each other.
         let round_len = self
-            .srtt
+            .rtt
+            .srtt()
             .or(self.min_rtt.map(|(m, _)| m))
             .unwrap_or(Duration::from_millis(1))
             .max(Duration::from_millis(1));
@@ -266,7 +270,7 @@ impl CongestionController for Bbr {
                 // RTT (Little's law). Only there: elsewhere the smoothed RTT includes the
                 // queue the window itself builds, and a floor on it would feed on itself.
                 let sustain = if self.reordering {
-                    bw * self.srtt.unwrap_or(min_rtt).as_secs_f64()
+                    bw * self.rtt.srtt().unwrap_or(min_rtt).as_secs_f64()
                 } else {
                     0.0
                 };

@@ -6,9 +6,10 @@
 //!
 //! With a [`PieceTable`], every piece is checked as soon as its last byte arrives
 //! (`ReceiverEvent::PieceVerified`), so corruption is caught at the piece and a resumed download
-//! trusts exactly the pieces verified before. A transfer from byte 0 is also checked against
-//! the whole-file hash at `Fin`; a resumed one is verified by its pieces only (the table is
-//! what the sender's index computed in the same pass as the file hash).
+//! trusts exactly the pieces verified before. The table itself is checked at `Accept`: its
+//! hashes must add up to the file's BLAKE3 ([`PieceTable::root`]), so verified pieces make a
+//! verified file, fresh or resumed, and no byte is hashed twice. Without a table (tests,
+//! tools) the whole file is hashed as it arrives and checked at `Fin`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};

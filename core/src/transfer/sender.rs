@@ -336,7 +336,12 @@ impl ChunkSender {
     /// How long after its send a chunk with later chunks acknowledged may still arrive:
     /// reordering, not loss (RACK's reordering window: a quarter RTT, at least 2 ms).
     fn reorder_window(&self) -> Duration {
-        (self.rtt.srtt().unwrap_or(self.config.initial_rto) / 4).max(Duration::from_millis(2))
+        (self.srtt() / 4).max(Duration::from_millis(2))
+    }
+
+    /// The smoothed RTT, or the initial RTO before the first sample.
+    fn srtt(&self) -> Duration {
+        self.rtt.srtt().unwrap_or(self.config.initial_rto)
     }
 
     /// Declares lost the chunks sent at least `dup_thresh` transmissions before the latest
@@ -348,8 +353,7 @@ impl ChunkSender {
             return;
         };
         // RACK: a chunk is late once one RTT plus the reordering window passed since its send.
-        let srtt = self.rtt.srtt().unwrap_or(self.config.initial_rto);
-        let wait = srtt + self.reorder_window();
+        let wait = self.srtt() + self.reorder_window();
         while let Some((&tx, &seq)) = self.in_flight.first_key_value() {
             if tx + self.config.dup_thresh > largest {
                 break;
@@ -374,10 +378,8 @@ impl ChunkSender {
             && self.lost.is_empty()
             && !self.probed
             && !self.config.reliable;
-        self.probe_at = (tail && !self.in_flight.is_empty()).then(|| {
-            let srtt = self.rtt.srtt().unwrap_or(self.config.initial_rto);
-            now + srtt * 2 + PROBE_ACK_DELAY
-        });
+        self.probe_at =
+            (tail && !self.in_flight.is_empty()).then(|| now + self.srtt() * 2 + PROBE_ACK_DELAY);
     }
 
     /// Call when `poll_timeout` has passed.
