@@ -3,8 +3,10 @@
 //! Implementations: UDP and TCP in `p2p-transports`, turmoil's simulated network and the
 //! fault-injecting wrapper in `p2p-sim-tests`. The core never opens a socket itself.
 
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,6 +25,26 @@ pub trait Transport: Send + Sync + 'static {
     /// queues messages (TCP) keeps instead of copying.
     async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
         self.send_to(to, &msg).await
+    }
+
+    /// True when [`send_file`](Self::send_file) sends file bytes without reading them into
+    /// user space (TCP: `sendfile`). Only a reliable transport may say so: the endpoint then
+    /// sends chunks as [`Message::encode_data_head`](crate::wire::Message::encode_data_head)
+    /// plus file bytes, whose payload the envelope's checksum leaves to the piece hashes.
+    fn sends_files(&self) -> bool {
+        false
+    }
+
+    /// Sends `head` followed by the bytes of `body` as one message to `to`. If the file has
+    /// become shorter than the range, the missing bytes go as zeros (the head may already be
+    /// on its way), which the receiver's piece check rejects: a file that changes while it is
+    /// sent never passes for the listed one.
+    async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
+        let mut msg = head;
+        let at = msg.len();
+        msg.resize(at + body.len, 0);
+        body.read_into(&mut msg[at..])?;
+        self.send_owned(to, msg).await
     }
 
     /// Most messages of `len` bytes one [`send_batch`](Self::send_batch) takes (1: the
@@ -71,6 +93,37 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Closes every connection to `to` that this transport caches (no-op for datagrams).
     fn forget(&self, _to: SocketAddr) {}
+}
+
+/// A byte range of an open file: the payload of a chunk, for [`Transport::send_file`].
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    /// The file, shared with the upload that reads it.
+    pub file: Arc<File>,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes.
+    pub len: usize,
+}
+
+impl FileRange {
+    /// Reads the range into `into` (`len` bytes); past the end of the file, `into` keeps its
+    /// zeros.
+    pub fn read_into(&self, into: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < into.len() {
+            match self
+                .file
+                .read_at(&mut into[done..], self.offset + done as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A shared, type-erased transport.

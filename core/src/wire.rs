@@ -3,6 +3,14 @@
 //! (MessagePack). The checksum turns corruption in flight into a loss, which the transfer
 //! protocol repairs, instead of wrong bytes.
 //!
+//! One exception, for reliable transports only: a `Data` message whose version byte carries
+//! [`UNCHECKED_PAYLOAD`] has a checksum over its body *without* the payload bytes (see
+//! [`Message::encode_data_head`]). TCP already checksums what it carries, and the receiver's
+//! piece hashes check every payload byte anyway; leaving the payload out lets a TCP sender
+//! hand it to the kernel straight from the page cache (`sendfile`) instead of reading and
+//! summing it. A datagram transport never sends such a message: there a corrupted payload
+//! must be a loss, not a failed piece.
+//!
 //! Decoding is total: [`decode`] turns any byte string into a [`Message`] or a typed
 //! [`DecodeError`], never panics, and never allocates more than a small multiple of the input:
 //! the frame size is checked first, every list is read through [`BoundedVec`] (capacity capped
@@ -27,6 +35,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const MAGIC: [u8; 3] = *b"P2P";
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u8 = 1;
+/// Flag in the version byte: the checksum leaves out the payload of this `Data` message.
+pub const UNCHECKED_PAYLOAD: u8 = 0x80;
 /// Bytes of envelope before the message body: magic, version, CRC-32 (little endian).
 pub const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 /// Largest encoded message any transport may carry (TCP frames are checked against it before
@@ -601,6 +611,34 @@ impl Message {
     ) -> Result<(), E> {
         debug_assert!(len <= MAX_CHUNK);
         let start = out.len();
+        Self::data_head(out, transfer, seq, len);
+        let at = out.len();
+        out.resize(at + len, 0);
+        if let Err(e) = fill(&mut out[at..]) {
+            out.truncate(start); // nothing half-written is left behind
+            return Err(e);
+        }
+        let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+        out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        Ok(())
+    }
+
+    /// Appends the head of a `Data` message of `len` payload bytes (at most [`MAX_CHUNK`]):
+    /// everything but the payload, which the caller sends right after it from elsewhere (a
+    /// file). Its envelope carries [`UNCHECKED_PAYLOAD`]: the checksum covers the head only, so
+    /// it is for reliable transports (see the module docs). Head and payload together decode
+    /// to the same message as [`encode_into`](Self::encode_into)'s.
+    pub fn encode_data_head(out: &mut Vec<u8>, transfer: TransferId, seq: u64, len: usize) {
+        debug_assert!(len <= MAX_CHUNK);
+        let start = out.len();
+        Self::data_head(out, transfer, seq, len);
+        out[start + MAGIC.len()] |= UNCHECKED_PAYLOAD;
+        let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+        out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Envelope (checksum not yet set) and body of a `Data` message up to its payload bytes.
+    fn data_head(out: &mut Vec<u8>, transfer: TransferId, seq: u64, len: usize) {
         Message::Data {
             transfer,
             seq,
@@ -622,15 +660,6 @@ impl Message {
                 out.extend_from_slice(&(len as u32).to_be_bytes());
             }
         }
-        let at = out.len();
-        out.resize(at + len, 0);
-        if let Err(e) = fill(&mut out[at..]) {
-            out.truncate(start); // nothing half-written is left behind
-            return Err(e);
-        }
-        let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
-        out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
-        Ok(())
     }
 
     /// Checks the limits that decoding alone does not enforce (string lengths, ranges).
@@ -724,12 +753,14 @@ fn decode_inner(bytes: &[u8], owner: Option<&Bytes>) -> Result<Message, DecodeEr
     if bytes[..MAGIC.len()] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    let version = bytes[MAGIC.len()];
+    let version = bytes[MAGIC.len()] & !UNCHECKED_PAYLOAD;
     if version != PROTOCOL_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
+    let unchecked_payload = bytes[MAGIC.len()] & UNCHECKED_PAYLOAD != 0;
     let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if crc32fast::hash(&bytes[HEADER_LEN..]) != crc {
+    let body = &bytes[HEADER_LEN..];
+    if !unchecked_payload && crc32fast::hash(body) != crc {
         return Err(DecodeError::BadChecksum);
     }
     DECODE_INPUT.with(|c| c.set(bytes.len()));
@@ -738,6 +769,20 @@ fn decode_inner(bytes: &[u8], owner: Option<&Bytes>) -> Result<Message, DecodeEr
     DECODE_INPUT.with(|c| c.set(0));
     DECODE_OWNER.with(|o| *o.borrow_mut() = None);
     let msg = decoded.map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if unchecked_payload {
+        // Only a `Data` payload may be left out, and only as the body's last bytes.
+        let Message::Data { payload, .. } = &msg else {
+            return Err(DecodeError::BadChecksum);
+        };
+        let at_end = |h: usize| {
+            // A zero-copy payload is the slice itself; a copied one must equal the tail.
+            std::ptr::eq(body[h..].as_ptr(), payload.as_ptr()) || body[h..] == payload[..]
+        };
+        let head = body.len().checked_sub(payload.len());
+        if head.is_none_or(|h| !at_end(h) || crc32fast::hash(&body[..h]) != crc) {
+            return Err(DecodeError::BadChecksum);
+        }
+    }
     msg.validate()?;
     Ok(msg)
 }
@@ -785,6 +830,55 @@ mod tests {
         let r = Message::encode_data_into(&mut out, TransferId(1), 0, 10, |_| Err("eof"));
         assert_eq!(r, Err("eof"));
         assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn data_head_and_payload_decode_to_the_message_and_the_head_is_checked() {
+        for len in [0usize, 1, 255, 256, 65_535, 65_536, MAX_CHUNK] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+            let m = Message::Data {
+                transfer: TransferId(3),
+                seq: 77,
+                payload: payload.clone().into(),
+            };
+            let mut frame = vec![];
+            Message::encode_data_head(&mut frame, TransferId(3), 77, len);
+            assert_eq!(frame[MAGIC.len()], PROTOCOL_VERSION | UNCHECKED_PAYLOAD);
+            let head = frame.len();
+            frame.extend_from_slice(&payload);
+            assert_eq!(decode(&frame), Ok(m.clone()), "len {len}");
+            let owned = Bytes::from(frame.clone());
+            assert_eq!(decode_bytes(&owned), Ok(m.clone()), "len {len}");
+            // Any flipped bit of the head is caught; one in the payload is left to the piece
+            // hashes.
+            for i in (HEADER_LEN..head).chain([4]) {
+                let mut bad = frame.clone();
+                bad[i] ^= 0x10;
+                assert!(decode(&bad).is_err(), "len {len}: head byte {i} flipped");
+            }
+            if len > 0 {
+                let mut changed = frame.clone();
+                changed[head] ^= 1;
+                assert!(decode(&changed).is_ok(), "len {len}");
+            }
+            // The payload must be the body's last bytes.
+            let mut longer = frame.clone();
+            longer.push(0);
+            assert!(decode(&longer).is_err(), "len {len}: trailing byte");
+        }
+    }
+
+    #[test]
+    fn only_data_may_leave_its_payload_unchecked() {
+        let m = Message::Ack {
+            transfer: TransferId(1),
+            cumulative: 5,
+            sack: BoundedVec(vec![]),
+            window: 64,
+        };
+        let mut frame = m.encode();
+        frame[MAGIC.len()] |= UNCHECKED_PAYLOAD;
+        assert_eq!(decode(&frame), Err(DecodeError::BadChecksum));
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! connections opened on demand and cached per remote address. An accepted connection is
 //! cached under the remote's address too, so replies go back on it.
 //!
+//! A chunk's payload goes from the page cache to the socket with `sendfile`: the sender never
+//! reads it into user space (see [`Transport::send_file`]).
+//!
 //! A frame length is checked against the limit before anything is allocated; a frame must
 //! arrive whole within `frame_timeout` (no one-byte-a-second stalls); a connection silent for
 //! `idle_timeout` is closed; at the connection cap, the connection idle longest is closed to
@@ -10,15 +13,18 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
-use p2p_core::transport::Transport;
+use nix::sys::sendfile::sendfile64;
+use nix::sys::socket::{send, MsgFlags};
+use p2p_core::transport::{FileRange, Transport};
 use p2p_core::wire::{DATA_OVERHEAD, MAX_MESSAGE};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
@@ -50,8 +56,17 @@ impl Default for TcpConfig {
     }
 }
 
-/// Messages queued for one connection.
-type Outbox = mpsc::Sender<Vec<u8>>;
+/// One frame queued for a connection.
+#[derive(Debug)]
+enum Frame {
+    /// A whole message.
+    Message(Vec<u8>),
+    /// A message head, then bytes of a file, sent from the page cache.
+    File { head: Vec<u8>, body: FileRange },
+}
+
+/// Frames queued for one connection.
+type Outbox = mpsc::Sender<Frame>;
 
 struct Conn {
     outbox: Outbox,
@@ -145,6 +160,24 @@ impl TcpTransport {
             inbox: Mutex::new(rx),
             accept_task,
         })
+    }
+
+    fn check_size(&self, len: usize) -> io::Result<()> {
+        if len > self.shared.config.max_message {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("message of {len} bytes exceeds the frame limit"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn queue(&self, to: SocketAddr, frame: Frame) -> io::Result<()> {
+        let outbox = self.outbox(to).await?;
+        outbox
+            .send(frame)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
     }
 
     async fn outbox(&self, to: SocketAddr) -> io::Result<Outbox> {
@@ -275,28 +308,101 @@ async fn fill(
 /// Frames this large skip the write buffer.
 const LARGE_FRAME: usize = 32 * 1024;
 
-async fn write_frames(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_frames(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
     let mut w = BufWriter::with_capacity(256 * 1024, write);
-    while let Some(msg) = rx.recv().await {
-        let mut batch = Some(msg);
-        while let Some(m) = batch.take() {
-            let header = (m.len() as u32).to_le_bytes();
-            let written = if m.len() >= LARGE_FRAME {
-                // A large frame goes straight to the socket (one vectored write of length and
-                // message), not through the buffer's copy.
-                let mut frame = Buf::chain(&header[..], &m[..]);
-                w.flush().await.is_ok() && w.get_mut().write_all_buf(&mut frame).await.is_ok()
-            } else {
-                w.write_all(&header).await.is_ok() && w.write_all(&m).await.is_ok()
+    while let Some(frame) = rx.recv().await {
+        let mut next = Some(frame);
+        while let Some(frame) = next.take() {
+            let written = match frame {
+                Frame::Message(m) => write_message(&mut w, &m).await,
+                Frame::File { head, body } => match w.flush().await {
+                    Ok(()) => write_file_frame(w.get_ref().as_ref(), &head, &body).await,
+                    Err(e) => Err(e),
+                },
             };
-            if !written {
+            if written.is_err() {
                 return;
             }
-            batch = rx.try_recv().ok();
+            next = rx.try_recv().ok();
         }
         // Flush only when nothing else is queued: large writes, no per-message flush.
         if w.flush().await.is_err() {
             return;
+        }
+    }
+}
+
+async fn write_message(w: &mut BufWriter<OwnedWriteHalf>, m: &[u8]) -> io::Result<()> {
+    let header = (m.len() as u32).to_le_bytes();
+    if m.len() >= LARGE_FRAME {
+        // A large frame goes straight to the socket (one vectored write of length and
+        // message), not through the buffer's copy.
+        let mut frame = Buf::chain(&header[..], m);
+        w.flush().await?;
+        w.get_mut().write_all_buf(&mut frame).await
+    } else {
+        w.write_all(&header).await?;
+        w.write_all(m).await
+    }
+}
+
+/// Writes a frame of `head` and then `body`'s bytes, which `sendfile` hands from the page
+/// cache to the socket without a copy through user space. The head goes with `MSG_MORE`, so
+/// that it leaves in one segment with the payload.
+async fn write_file_frame(stream: &TcpStream, head: &[u8], body: &FileRange) -> io::Result<()> {
+    let mut prefix = Vec::with_capacity(4 + head.len());
+    prefix.extend_from_slice(&((head.len() + body.len) as u32).to_le_bytes());
+    prefix.extend_from_slice(head);
+    // nix names no MSG_MORE; the kernel's value.
+    let more = MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
+    send_all(stream, &prefix, more).await?;
+    let mut offset = body.offset as nix::libc::off64_t;
+    let mut left = body.len;
+    while left > 0 {
+        let sent = when_writable(stream, || {
+            sendfile64(stream, &*body.file, Some(&mut offset), left)
+        })
+        .await?;
+        if sent == 0 {
+            // The file became shorter: zeros keep the frame whole, and the receiver's piece
+            // check rejects them (see `Transport::send_file`).
+            return send_all(stream, &vec![0; left], MsgFlags::empty()).await;
+        }
+        left -= sent;
+    }
+    Ok(())
+}
+
+/// Sends all of `bytes` with `flags`.
+async fn send_all(stream: &TcpStream, bytes: &[u8], flags: MsgFlags) -> io::Result<()> {
+    let mut done = 0;
+    while done < bytes.len() {
+        done += when_writable(stream, || {
+            send(
+                stream.as_raw_fd(),
+                &bytes[done..],
+                flags | MsgFlags::MSG_NOSIGNAL,
+            )
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs the non-blocking `op` on `stream` once the socket can take more.
+async fn when_writable<T>(
+    stream: &TcpStream,
+    mut op: impl FnMut() -> nix::Result<T>,
+) -> io::Result<T> {
+    loop {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || op().map_err(io::Error::from)) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            r => return r,
         }
     }
 }
@@ -309,17 +415,19 @@ impl Transport for TcpTransport {
 
     /// Queues `msg` itself, without a copy.
     async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
-        if msg.len() > self.shared.config.max_message {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("message of {} bytes exceeds the frame limit", msg.len()),
-            ));
-        }
-        let outbox = self.outbox(to).await?;
-        outbox
-            .send(msg)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
+        self.check_size(msg.len())?;
+        self.queue(to, Frame::Message(msg)).await
+    }
+
+    fn sends_files(&self) -> bool {
+        true
+    }
+
+    /// Queues `head` and the file range; the connection's writer sends the range with
+    /// `sendfile`.
+    async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
+        self.check_size(head.len() + body.len)?;
+        self.queue(to, Frame::File { head, body }).await
     }
 
     async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
@@ -373,6 +481,49 @@ mod tests {
         let (from_b, msg) = a.recv_from().await.unwrap();
         assert_eq!(msg, &b"back"[..]);
         assert_eq!(from_b, b.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn file_frames_carry_the_file_bytes_in_order_with_other_messages() {
+        let a = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
+            .await
+            .unwrap();
+        let b = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
+            .await
+            .unwrap();
+        let to = b.local_addr().unwrap();
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), &content).unwrap();
+        let file = Arc::new(std::fs::File::open(dir.path().join("f")).unwrap());
+        let range = |offset: u64, len: usize| FileRange {
+            file: file.clone(),
+            offset,
+            len,
+        };
+        assert!(a.sends_files());
+        a.send_to(to, b"before").await.unwrap();
+        a.send_file(to, b"head".to_vec(), range(1000, 60_000))
+            .await
+            .unwrap();
+        a.send_to(to, b"after").await.unwrap();
+        // Past the end of the file (it shrank): the frame is completed with zeros.
+        a.send_file(to, b"tail".to_vec(), range(199_900, 1000))
+            .await
+            .unwrap();
+        // Too large for a frame: refused before anything is queued.
+        let err = a.send_file(to, vec![], range(0, 70_000)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+
+        let mut expect: Vec<Vec<u8>> = vec![b"before".to_vec()];
+        expect.push([&b"head"[..], &content[1000..61_000]].concat());
+        expect.push(b"after".to_vec());
+        expect.push([&b"tail"[..], &content[199_900..], &[0; 900][..]].concat());
+        for want in expect {
+            let (_, got) = b.recv_from().await.unwrap();
+            assert_eq!(got.len(), want.len());
+            assert!(got[..] == want[..], "frame of {} bytes differs", want.len());
+        }
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -32,7 +33,7 @@ use crate::transfer::{
     ChunkReceiver, ChunkSender, PieceTable, ReceiverConfig, ReceiverEvent, SenderConfig,
     SenderEvent, SenderTransmit, TransferError,
 };
-use crate::transport::SharedTransport;
+use crate::transport::{FileRange, SharedTransport};
 use crate::wire::{
     decode_bytes, AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, PeerInfo,
     RegisterOutcome, RequestId, TransferId, TransportKind, DATA_OVERHEAD, MAX_CHUNK,
@@ -461,7 +462,8 @@ struct PendingRpc {
 
 struct Upload {
     machine: ChunkSender,
-    file: File,
+    /// Shared with chunks a transport still has queued ([`FileRange`]).
+    file: Arc<File>,
     path: PathBuf,
     size: u64,
     modified: Option<SystemTime>,
@@ -1044,7 +1046,7 @@ impl Driver {
             (from, transfer),
             Upload {
                 machine,
-                file,
+                file: Arc::new(file),
                 path: shared.path,
                 size: shared.entry.size,
                 modified: shared.modified,
@@ -1182,6 +1184,7 @@ impl Driver {
         let transport = self.transport.clone();
         let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
         let queued = transport.is_reliable();
+        let sends_files = transport.sends_files();
         // Emptied after each upload, so one buffer serves them all.
         let mut batch = Batch::default();
         let tokio_now = Instant::now();
@@ -1234,6 +1237,18 @@ impl Driver {
                     }
                     SenderTransmit::Chunk { seq, offset, len } => {
                         self.upload_tokens -= f64::from(len);
+                        if sends_files {
+                            // The transport takes the payload from the file itself.
+                            let mut head = Vec::with_capacity(DATA_OVERHEAD);
+                            Message::encode_data_head(&mut head, transfer, seq, len as usize);
+                            let body = FileRange {
+                                file: up.file.clone(),
+                                offset,
+                                len: len as usize,
+                            };
+                            let _ = transport.send_file(to, head, body).await;
+                            continue;
+                        }
                         // Read from the file straight into the outgoing message: one of its
                         // own, which a queueing transport (TCP) keeps without a copy, or the
                         // end of the batch of datagrams.
