@@ -652,6 +652,7 @@ pub fn sender_run(data: &[u8]) -> RunSummary {
         } else {
             crate::transfer::congestion::CongestionKind::Bbr
         },
+        pacing: flags & 32 == 0,
     };
     let start_chunk = u64::from(input.u8());
     let hash = ContentHash([flags; 32]);

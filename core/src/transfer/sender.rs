@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::congestion::{controller, AckSample, CongestionController, CongestionKind, FixedWindow};
+use super::pacing::Pacer;
 use super::rtt::RttEstimator;
 use super::{chunk_count, TransferError, DEFAULT_IDLE_TIMEOUT};
 use crate::wire::{AbortReason, ContentHash, Message, TransferId};
@@ -38,6 +39,8 @@ pub struct SenderConfig {
     pub reliable: bool,
     /// Congestion controller on unreliable transports.
     pub congestion: CongestionKind,
+    /// Spread chunks over the RTT ([`Pacer`]) on unreliable transports.
+    pub pacing: bool,
 }
 
 /// ACK delay a tail probe allows for (the receiver's default `ack_delay`).
@@ -58,6 +61,7 @@ impl Default for SenderConfig {
             dup_thresh: 3,
             reliable: false,
             congestion: CongestionKind::default(),
+            pacing: true,
         }
     }
 }
@@ -150,6 +154,10 @@ pub struct ChunkSender {
     /// A probe went out and nothing new was acknowledged since: no second one (the RTO
     /// takes over).
     probed: bool,
+    /// Spreads chunks over the RTT (datagram transports only).
+    pacer: Pacer,
+    /// The pacer holds the next chunk until then.
+    pace_at: Option<Instant>,
     last_heard: Instant,
     send_accept: bool,
     send_fin: bool,
@@ -199,6 +207,8 @@ impl ChunkSender {
             loss_at: None,
             probe_at: None,
             probed: false,
+            pacer: Pacer::new(now),
+            pace_at: None,
             last_heard: now,
             send_accept: true,
             send_fin: false,
@@ -433,6 +443,7 @@ impl ChunkSender {
             self.loss_at,
             self.probe_at,
             self.fin_at,
+            self.pace_at,
             Some(self.last_heard + self.config.idle_timeout),
         ]
         .into_iter()
@@ -469,9 +480,19 @@ impl ChunkSender {
                 hash: self.hash,
             }));
         }
+        self.pace_at = None;
         let cwnd = self.cc.window().min(self.config.max_window);
         if self.in_flight.len() as u64 >= cwnd {
             return None;
+        }
+        let limit = self.cumulative + self.peer_window.min(self.config.max_window);
+        let has_chunk =
+            !self.lost.is_empty() || (self.next_new < self.total && self.next_new < limit);
+        if has_chunk {
+            if let Some(at) = self.pace(now, cwnd) {
+                self.pace_at = Some(at);
+                return None;
+            }
         }
         if let Some(seq) = self.lost.pop_first() {
             let tx = self.take_tx();
@@ -484,7 +505,6 @@ impl ChunkSender {
             self.arm_probe(now);
             return Some(self.chunk(now, seq));
         }
-        let limit = self.cumulative + self.peer_window.min(self.config.max_window);
         if self.next_new < self.total && self.next_new < limit {
             let seq = self.next_new;
             self.next_new += 1;
@@ -523,6 +543,16 @@ impl ChunkSender {
         }
     }
 
+    /// When the pacer holds the next chunk back: never on a reliable transport (the kernel
+    /// paces TCP), nor before the first RTT sample.
+    fn pace(&mut self, now: Instant, cwnd: u64) -> Option<Instant> {
+        if self.config.reliable || !self.config.pacing {
+            return None;
+        }
+        let srtt = self.rtt.srtt()?;
+        self.pacer.delay(srtt, cwnd, now)
+    }
+
     fn take_tx(&mut self) -> u64 {
         let tx = self.next_tx;
         self.next_tx += 1;
@@ -533,6 +563,7 @@ impl ChunkSender {
         let offset = self.offset + seq * u64::from(self.config.chunk_size);
         let len = (self.size - offset).min(u64::from(self.config.chunk_size)) as u32;
         self.stats.bytes_sent += u64::from(len);
+        self.pacer.on_transmit();
         if self.rto_at.is_none() {
             self.rto_at = Some(now + self.rtt.rto());
         }

@@ -38,6 +38,8 @@ pub(super) struct Pair {
     pub(super) receiver_events: Vec<ReceiverEvent>,
     pub(super) sender_events: Vec<SenderEvent>,
     pub(super) delivered: u64,
+    /// When each `Data` message left the sender.
+    pub(super) data_sent_at: Vec<Instant>,
 }
 
 impl Pair {
@@ -73,6 +75,7 @@ impl Pair {
             receiver_events: Vec::new(),
             sender_events: Vec::new(),
             delivered: 0,
+            data_sent_at: Vec::new(),
         }
     }
 
@@ -88,6 +91,9 @@ impl Pair {
         self.order += 1;
         let fate = (self.fault)(dir, self.order, &msg);
         let at = self.now + self.latency;
+        if matches!(msg, Message::Data { .. }) {
+            self.data_sent_at.push(self.now);
+        }
         let bytes = msg.encode();
         match fate {
             Fate::Deliver => self.queue.push((at, self.order, dir, bytes)),
@@ -233,6 +239,53 @@ fn no_retransmission_on_a_clean_link() {
     assert!(pair.finished());
     assert_eq!(pair.stats().chunks_retransmitted, 0);
     assert_eq!(pair.stats().timeouts, 0);
+}
+
+/// On a long path with a large window, pacing sends the window in bursts of a couple of
+/// milliseconds' worth instead of all at once, and still finishes in about the same number
+/// of round trips.
+#[test]
+fn pacing_spreads_the_window_over_the_rtt() {
+    let run = |pacing: bool| {
+        let mut pair = Pair::new(sample(400_000), 100);
+        pair.latency = Duration::from_millis(50);
+        pair.sender_config.max_window = 1000;
+        pair.sender_config.pacing = pacing;
+        pair.receiver = ChunkReceiver::new(
+            pair.now,
+            TransferId(1),
+            FileId(1),
+            Some((pair.file.len() as u64, ContentHash::of(&pair.file))),
+            ReceiverConfig {
+                window: 1000,
+                ..ReceiverConfig::default()
+            },
+        );
+        let start = pair.now;
+        pair.drive(1_000_000);
+        assert!(pair.finished(), "pacing {pacing}");
+        assert_eq!(pair.received, pair.file, "pacing {pacing}");
+        let mut burst = 0;
+        for same in pair.data_sent_at.chunk_by(|a, b| a == b) {
+            burst = burst.max(same.len());
+        }
+        (burst, pair.now - start, pair.stats().chunks_retransmitted)
+    };
+    let (paced_burst, paced_time, paced_rtx) = run(true);
+    let (burst, time, _) = run(false);
+    // At most 2 ms of a 1,000-chunk window per 100 ms RTT (20 chunks), or the first
+    // window, sent before any RTT was measured.
+    let first_window = SenderConfig::default().initial_window as usize;
+    assert!(
+        paced_burst <= 20.max(first_window),
+        "paced burst of {paced_burst}"
+    );
+    assert!(burst > 100, "unpaced burst of {burst}");
+    assert_eq!(paced_rtx, 0);
+    assert!(
+        paced_time < time * 3 / 2,
+        "paced {paced_time:?}, unpaced {time:?}"
+    );
 }
 
 #[test]
