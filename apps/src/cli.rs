@@ -160,6 +160,11 @@ pub(crate) struct PeerArgs {
     /// A transfer whose other side is silent this long fails.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Largest UDP datagram to send, to every address (default: 1452 bytes, which fits a
+    /// 1500-byte MTU, and 60 KiB to loopback addresses). E.g. 8952 on a network of
+    /// 9000-byte jumbo frames.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1200..=65507))]
+    pub max_datagram: Option<u16>,
     #[command(flatten)]
     pub limits: ServiceLimits,
 }

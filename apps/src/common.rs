@@ -32,10 +32,10 @@ pub(crate) async fn endpoint(
     kind: TransportKind,
     bind: SocketAddr,
     share: Option<PathBuf>,
-    tcp: p2p_transports::TcpConfig,
+    net: p2p_transports::NetConfig,
     tune: impl FnOnce(&mut EndpointConfig),
 ) -> Result<EndpointHandle> {
-    let transport = p2p_transports::bind_with(kind, bind, tcp)
+    let transport = p2p_transports::bind_with(kind, bind, net)
         .await
         .with_context(|| format!("cannot listen on {bind} ({kind})"))?;
     let mut config = EndpointConfig {

@@ -78,7 +78,16 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
         kind,
         bind,
         Some(args.share.clone()),
-        args.limits.tcp(),
+        p2p_transports::NetConfig {
+            tcp: args.limits.tcp(),
+            udp: match args.max_datagram {
+                Some(size) => p2p_transports::UdpConfig {
+                    max_message: size.into(),
+                    loopback_message: size.into(),
+                },
+                None => Default::default(),
+            },
+        },
         |c| {
             c.max_uploads = args.max_uploads;
             c.max_uploads_per_peer = args.max_uploads_per_peer;

@@ -15,21 +15,30 @@ use p2p_core::transport::SharedTransport;
 use p2p_core::wire::TransportKind;
 
 pub use tcp::{TcpConfig, TcpTransport};
-pub use udp::{UdpTransport, DEFAULT_UDP_MESSAGE, LOOPBACK_UDP_MESSAGE};
+pub use udp::{UdpConfig, UdpTransport, DEFAULT_UDP_MESSAGE, LOOPBACK_UDP_MESSAGE};
+
+/// Settings of either transport.
+#[derive(Clone, Debug, Default)]
+pub struct NetConfig {
+    /// For a TCP transport.
+    pub tcp: TcpConfig,
+    /// For a UDP transport.
+    pub udp: UdpConfig,
+}
 
 /// Binds a transport of `kind` on `addr` with default settings.
 pub async fn bind(kind: TransportKind, addr: SocketAddr) -> io::Result<SharedTransport> {
-    bind_with(kind, addr, TcpConfig::default()).await
+    bind_with(kind, addr, NetConfig::default()).await
 }
 
-/// Binds a transport of `kind` on `addr`; `tcp` configures a TCP transport.
+/// Binds a transport of `kind` on `addr`, configured by `config`.
 pub async fn bind_with(
     kind: TransportKind,
     addr: SocketAddr,
-    tcp: TcpConfig,
+    config: NetConfig,
 ) -> io::Result<SharedTransport> {
     Ok(match kind {
-        TransportKind::Udp => Arc::new(UdpTransport::bind(addr).await?),
-        TransportKind::Tcp => Arc::new(TcpTransport::bind(addr, tcp).await?),
+        TransportKind::Udp => Arc::new(UdpTransport::bind_config(addr, config.udp)?),
+        TransportKind::Tcp => Arc::new(TcpTransport::bind(addr, config.tcp).await?),
     })
 }

@@ -1,12 +1,23 @@
 //! UDP: one message per datagram.
+//!
+//! Sending: a batch of equal-size chunks leaves in one system call with segmentation offload
+//! (GSO, through `quinn-udp`). Receiving: receive offload (GRO) on, so that the kernel may
+//! hand over a run of datagrams from one sender in one read, and `recvmmsg` (also through
+//! `quinn-udp`) fills up to four blocks per call. Datagrams land in a small pool of
+//! 64 KiB blocks and are handed on as slices of them; a block is reused once no message
+//! points into it any more, so the hot path neither allocates nor zeroes memory.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use nix::sys::socket::sockopt;
 use p2p_core::transport::Transport;
-use quinn_udp::{Transmit, UdpSocketState};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -22,6 +33,27 @@ pub const LOOPBACK_UDP_MESSAGE: usize = 60 * 1024 + p2p_core::wire::DATA_OVERHEA
 /// `net.core.rmem_max`/`wmem_max`; with CAP_NET_ADMIN the forced variants lift the cap.
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
+/// Settings of a [`UdpTransport`].
+#[derive(Clone, Debug)]
+pub struct UdpConfig {
+    /// Largest datagram sent (at most 65,507 bytes).
+    pub max_message: usize,
+    /// Largest datagram sent to a loopback address.
+    pub loopback_message: usize,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            max_message: DEFAULT_UDP_MESSAGE,
+            loopback_message: LOOPBACK_UDP_MESSAGE,
+        }
+    }
+}
+
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_507;
+
 /// A UDP socket as a [`Transport`].
 #[derive(Debug)]
 pub struct UdpTransport {
@@ -29,26 +61,97 @@ pub struct UdpTransport {
     /// quinn-udp's view of the socket: segmentation offload (GSO) for batches.
     state: UdpSocketState,
     max_message: usize,
-    /// Where the next datagram lands (see [`take`]).
-    buf: Mutex<BytesMut>,
+    loopback_message: usize,
+    /// Receive offload is on for this socket.
+    gro: bool,
+    /// Datagrams read but not yet handed out, and the blocks they were read into.
+    inbox: Mutex<Inbox>,
+    /// Receive system calls that returned data (for tests).
+    reads: AtomicU64,
 }
 
-/// Room for any datagram.
+/// Room for any datagram, and for the longest run receive offload merges (64 KiB).
 const RECV_BLOCK: usize = 65_536;
+/// Blocks one read may fill (datagrams or offload runs from several senders).
+const READ_BATCH: usize = 4;
+/// Blocks kept for reuse: 4 MiB at most. Past this, a read takes a fresh block and the pool
+/// drops its oldest one (freed once the messages in it are).
+const POOL_BLOCKS: usize = 64;
 
-/// Takes the datagram just received out of `buf`. A large one keeps its block (no copy); a
-/// small one is copied out and the block reused, so that a buffered message never pins more
-/// than twice its size.
-fn take(buf: &mut BytesMut) -> Bytes {
-    let msg = if buf.len() >= RECV_BLOCK / 2 {
-        buf.split().freeze()
-    } else {
-        let small = Bytes::copy_from_slice(buf);
-        buf.clear();
-        small
-    };
-    buf.reserve(RECV_BLOCK);
-    msg
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("ready", &self.ready.len())
+            .field("blocks", &self.blocks.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Inbox {
+    ready: VecDeque<(SocketAddr, Bytes)>,
+    blocks: Vec<Arc<Vec<u8>>>,
+    /// Next pool slot to replace when every block is still in use.
+    evict: usize,
+}
+
+/// A receive block shared by the messages sliced out of it.
+struct Block(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Block {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Inbox {
+    /// Indices of up to `n` blocks no message points into, adding blocks as needed.
+    fn free_blocks(&mut self, n: usize) -> Vec<usize> {
+        let mut free: Vec<usize> = (0..self.blocks.len())
+            .filter(|&i| Arc::get_mut(&mut self.blocks[i]).is_some())
+            .take(n)
+            .collect();
+        while free.len() < n {
+            let block = Arc::new(vec![0; RECV_BLOCK]);
+            if self.blocks.len() < POOL_BLOCKS {
+                self.blocks.push(block);
+                free.push(self.blocks.len() - 1);
+            } else {
+                // Every block is pinned by messages still queued somewhere: replace one.
+                let i = (0..POOL_BLOCKS)
+                    .map(|k| (self.evict + k) % POOL_BLOCKS)
+                    .find(|i| !free.contains(i))
+                    .expect("n <= READ_BATCH < POOL_BLOCKS");
+                self.evict = (i + 1) % POOL_BLOCKS;
+                self.blocks[i] = block;
+                free.push(i);
+            }
+        }
+        free
+    }
+
+    /// Queues the datagrams block `i` received: a run of `meta.len` bytes, one datagram per
+    /// `meta.stride`. A large run stays in its block (no copy); a small one is copied out, so
+    /// that the block is free again at once and a queued ACK never pins 64 KiB.
+    fn take(&mut self, i: usize, meta: &RecvMeta) {
+        let len = meta.len.min(RECV_BLOCK);
+        let stride = if meta.stride == 0 { len } else { meta.stride };
+        if len == 0 {
+            self.ready.push_back((meta.addr, Bytes::new()));
+            return;
+        }
+        if len < RECV_BLOCK / 2 {
+            for d in self.blocks[i][..len].chunks(stride) {
+                self.ready.push_back((meta.addr, Bytes::copy_from_slice(d)));
+            }
+        } else {
+            let whole = Bytes::from_owner(Block(self.blocks[i].clone()));
+            for start in (0..len).step_by(stride) {
+                let msg = whole.slice(start..(start + stride).min(len));
+                self.ready.push_back((meta.addr, msg));
+            }
+        }
+    }
 }
 
 impl UdpTransport {
@@ -57,8 +160,20 @@ impl UdpTransport {
         Self::bind_with(addr, DEFAULT_UDP_MESSAGE)
     }
 
-    /// Binds `addr`, sending messages of at most `max_message` bytes.
+    /// Binds `addr`, sending messages of at most `max_message` bytes (and, to a loopback
+    /// address, of at most the larger of that and [`LOOPBACK_UDP_MESSAGE`]).
     pub fn bind_with(addr: SocketAddr, max_message: usize) -> io::Result<Self> {
+        Self::bind_config(
+            addr,
+            UdpConfig {
+                max_message,
+                loopback_message: max_message.max(LOOPBACK_UDP_MESSAGE),
+            },
+        )
+    }
+
+    /// Binds `addr` with `config`.
+    pub fn bind_config(addr: SocketAddr, config: UdpConfig) -> io::Result<Self> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
@@ -72,12 +187,52 @@ impl UdpTransport {
         let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         let state = UdpSocketState::new((&probe).into())?;
         drop(probe);
+        let gro = nix::sys::socket::setsockopt(&socket, sockopt::UdpGroSegment, &true).is_ok();
         Ok(UdpTransport {
             socket: UdpSocket::from_std(socket.into())?,
             state,
-            max_message: max_message.min(65_507),
-            buf: Mutex::new(BytesMut::with_capacity(RECV_BLOCK)),
+            max_message: config.max_message.min(MAX_DATAGRAM),
+            loopback_message: config.loopback_message.min(MAX_DATAGRAM),
+            gro,
+            inbox: Mutex::new(Inbox::default()),
+            reads: AtomicU64::new(0),
         })
+    }
+
+    /// True when the kernel may merge datagrams for this socket (receive offload).
+    pub fn receive_offload(&self) -> bool {
+        self.gro
+    }
+
+    /// Receive system calls that returned data so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// One non-blocking read of up to `READ_BATCH` datagrams (or offload runs) into free
+    /// blocks; what arrived goes to `inbox.ready`.
+    fn read(&self, inbox: &mut Inbox) -> io::Result<()> {
+        let free = inbox.free_blocks(READ_BATCH);
+        let mut meta = [RecvMeta::default(); READ_BATCH];
+        let n = {
+            let mut bufs: Vec<IoSliceMut<'_>> = inbox
+                .blocks
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| free.contains(i))
+                .map(|(_, b)| IoSliceMut::new(Arc::get_mut(b).expect("a free block")))
+                .collect();
+            self.state
+                .recv((&self.socket).into(), &mut bufs, &mut meta)?
+        };
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        // `bufs` was built in index order: datagram k landed in the k-th smallest free index.
+        let mut order = free;
+        order.sort_unstable();
+        for (m, &i) in meta[..n].iter().zip(&order) {
+            inbox.take(i, m);
+        }
+        Ok(())
     }
 }
 
@@ -87,7 +242,7 @@ const MAX_BATCH_BYTES: usize = 65_000;
 /// Raises the socket buffers past the unprivileged cap where allowed (root); silently keeps
 /// the granted size elsewhere.
 fn force_buffers(socket: &Socket) {
-    use nix::sys::socket::{setsockopt, sockopt};
+    use nix::sys::socket::setsockopt;
     let _ = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER);
     let _ = setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER);
 }
@@ -137,17 +292,27 @@ impl Transport for UdpTransport {
     }
 
     async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
-        let mut buf = self.buf.lock().await;
-        let (n, from) = self.socket.recv_buf_from(&mut *buf).await?;
-        debug_assert_eq!(buf.len(), n);
-        Ok((from, take(&mut buf)))
+        let mut inbox = self.inbox.lock().await;
+        loop {
+            if let Some(m) = inbox.ready.pop_front() {
+                return Ok(m);
+            }
+            // Cancel-safe: a read either completes (its datagrams are queued in the inbox)
+            // or never happened.
+            self.socket
+                .async_io(Interest::READABLE, || self.read(&mut inbox))
+                .await?;
+        }
     }
 
     fn try_recv_from(&self) -> Option<(SocketAddr, Bytes)> {
-        let mut buf = self.buf.try_lock().ok()?;
-        let (n, from) = self.socket.try_recv_buf_from(&mut *buf).ok()?;
-        debug_assert_eq!(buf.len(), n);
-        Some((from, take(&mut buf)))
+        let mut inbox = self.inbox.try_lock().ok()?;
+        if inbox.ready.is_empty() {
+            self.socket
+                .try_io(Interest::READABLE, || self.read(&mut inbox))
+                .ok()?;
+        }
+        inbox.ready.pop_front()
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -160,7 +325,7 @@ impl Transport for UdpTransport {
 
     fn max_message_size_to(&self, to: SocketAddr) -> usize {
         if to.ip().is_loopback() {
-            self.max_message.max(LOOPBACK_UDP_MESSAGE)
+            self.loopback_message
         } else {
             self.max_message
         }
@@ -193,5 +358,37 @@ mod tests {
             assert_eq!(&msg[..], &vec![i; len][..], "datagram {i}");
         }
         assert!(b.try_recv_from().is_none());
+        // With segmentation and receive offload, the kernel hands the batch over in fewer
+        // reads than datagrams (on loopback, in one).
+        if b.receive_offload() && a.max_batch(to, segment) > 1 {
+            assert!(b.reads() < 20, "{} reads for 20 datagrams", b.reads());
+        }
+    }
+
+    /// Blocks come back to the pool once the messages in them are dropped, and messages
+    /// still held keep their bytes while later datagrams arrive.
+    #[tokio::test]
+    async fn large_datagrams_are_slices_of_reused_blocks() {
+        let a = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap();
+        let b = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap();
+        let to = b.local_addr().unwrap();
+        let len = 50_000;
+        let mut held = Vec::new();
+        for round in 0..3u8 {
+            for i in 0..10u8 {
+                a.send_to(to, &vec![round * 10 + i; len]).await.unwrap();
+                let (_, msg) = b.recv_from().await.unwrap();
+                assert!(msg.iter().all(|&x| x == round * 10 + i));
+                if round == 0 {
+                    held.push(msg); // pins its block
+                }
+            }
+        }
+        // Round 0's blocks stay pinned (and intact); rounds 1 and 2 reuse the same blocks.
+        for (i, m) in held.iter().enumerate() {
+            assert!(m.iter().all(|&x| x == i as u8), "held message {i} changed");
+        }
+        let blocks = b.inbox.lock().await.blocks.len();
+        assert!(blocks <= 10 + 2 * READ_BATCH, "{blocks} blocks");
     }
 }

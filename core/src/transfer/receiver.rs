@@ -164,10 +164,60 @@ fn merge(cvs: &[ContentHash], root: bool) -> blake3::Hash {
     }
 }
 
+/// Bytes a [`Staged`] hasher collects before it hashes them.
+const STAGE: usize = 16 * 1024;
+
+/// A BLAKE3 hasher fed in runs of at least [`STAGE`] bytes. BLAKE3 hashes many 1 KiB chunks
+/// at once (SIMD) only when one update holds them; datagram payloads are smaller (1,404 bytes
+/// on a 1,500-byte MTU), and fed one by one they were hashed a block at a time, at a quarter
+/// of the speed. Large updates go straight through.
+#[derive(Clone, Debug)]
+struct Staged {
+    hasher: blake3::Hasher,
+    stage: Vec<u8>,
+}
+
+impl Staged {
+    fn new(hasher: blake3::Hasher) -> Self {
+        Staged {
+            hasher,
+            stage: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        if self.stage.is_empty() && bytes.len() >= STAGE {
+            self.hasher.update(bytes);
+            return;
+        }
+        while !bytes.is_empty() {
+            if self.stage.capacity() == 0 {
+                self.stage.reserve_exact(STAGE);
+            }
+            let take = (STAGE - self.stage.len()).min(bytes.len());
+            self.stage.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.stage.len() == STAGE {
+                self.hasher.update(&self.stage);
+                self.stage.clear();
+            }
+        }
+    }
+
+    /// The hasher, with every byte fed so far.
+    fn hasher(&mut self) -> &blake3::Hasher {
+        if !self.stage.is_empty() {
+            self.hasher.update(&self.stage);
+            self.stage.clear();
+        }
+        &self.hasher
+    }
+}
+
 /// Hashes one piece of a file into its [`PieceTable`] entry.
 #[derive(Clone, Debug)]
 pub struct PieceHasher {
-    hasher: blake3::Hasher,
+    hasher: Staged,
     /// The piece is the whole file: its hash is the file's BLAKE3.
     whole: bool,
 }
@@ -184,7 +234,7 @@ impl PieceHasher {
             hasher.set_input_offset(start);
         }
         PieceHasher {
-            hasher,
+            hasher: Staged::new(hasher),
             whole: start == 0 && size <= u64::from(piece_size),
         }
     }
@@ -195,12 +245,14 @@ impl PieceHasher {
     }
 
     /// The piece's hash.
-    pub fn finish(&self) -> ContentHash {
+    pub fn finish(&mut self) -> ContentHash {
         use blake3::hazmat::HasherExt;
-        if self.whole {
-            self.hasher.finalize().into()
+        let whole = self.whole;
+        let hasher = self.hasher.hasher();
+        if whole {
+            hasher.finalize().into()
         } else {
-            ContentHash(self.hasher.finalize_non_root())
+            ContentHash(hasher.finalize_non_root())
         }
     }
 }
@@ -230,7 +282,7 @@ pub struct ChunkReceiver {
     next_seq: u64,
     early: BTreeMap<u64, Bytes>,
     /// Whole-file hasher, for a transfer without a piece table.
-    hasher: Option<blake3::Hasher>,
+    hasher: Option<Staged>,
     /// Hasher of the piece being received (with a piece table, once accepted).
     piece_hasher: Option<PieceHasher>,
     /// Bytes received in order in this transfer.
@@ -286,7 +338,8 @@ impl ChunkReceiver {
         // Without a piece table the whole file is hashed as it comes; with one, the table is
         // checked against the file's hash at Accept and each piece against the table, which
         // adds up to the same check (a resumed download never re-reads its kept prefix).
-        let whole_file_hasher = (offset == 0 && pieces.is_none()).then(blake3::Hasher::new);
+        let whole_file_hasher =
+            (offset == 0 && pieces.is_none()).then(|| Staged::new(blake3::Hasher::new()));
         let mut r = ChunkReceiver {
             transfer,
             file,
@@ -462,8 +515,8 @@ impl ChunkReceiver {
                 // on its pieces, every one of which was verified on the way.
                 let whole_ok = self
                     .hasher
-                    .as_ref()
-                    .is_none_or(|h| ContentHash::from(h.finalize()) == self.hash);
+                    .as_mut()
+                    .is_none_or(|h| ContentHash::from(h.hasher().finalize()) == self.hash);
                 if size != self.size || hash != self.hash || !whole_ok {
                     return self.fail(TransferError::HashMismatch, Some(AbortReason::HashMismatch));
                 }
@@ -684,4 +737,43 @@ impl ChunkReceiver {
     pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
         self.events.pop_front()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Staging changes how bytes reach BLAKE3, never the hash: any split of the input gives
+    /// the hash of the whole, for a file and for a piece.
+    #[test]
+    fn staged_hashing_gives_the_hash_of_the_whole_input_for_any_split() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let splits: [&[usize]; 4] = [
+            &[1404],
+            &[1, STAGE - 1, STAGE, STAGE + 1, 3],
+            &[STAGE * 3, 5, 70_000],
+            &[65_536],
+        ];
+        for len in [0, 1, 1404, STAGE - 1, STAGE, STAGE + 1, 100_000, 300_000] {
+            let input = &data[..len];
+            for split in splits {
+                let mut staged = Staged::new(blake3::Hasher::new());
+                let mut piece = PieceHasher::new(0, PIECE, len as u64);
+                let (mut at, mut k) = (0, 0);
+                while at < len {
+                    let n = split[k % split.len()].min(len - at);
+                    staged.update(&input[at..at + n]);
+                    piece.update(&input[at..at + n]);
+                    at += n;
+                    k += 1;
+                }
+                assert_eq!(staged.hasher().finalize(), blake3::hash(input), "len {len}");
+                let mut whole = PieceHasher::new(0, PIECE, len as u64);
+                whole.update(input);
+                assert_eq!(piece.finish(), whole.finish(), "len {len} {split:?}");
+            }
+        }
+    }
+
+    const PIECE: u32 = 256 * 1024;
 }
