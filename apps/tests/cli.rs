@@ -6,8 +6,9 @@ use std::fs;
 
 use common::*;
 
-/// UDP payload per chunk: 1452-byte datagrams minus the Data message overhead.
-const UDP_CHUNK: usize = 1452 - p2p_core::wire::DATA_OVERHEAD;
+/// Chunk of a UDP seeder on loopback (60 KiB datagrams), and with 1,452-byte datagrams.
+const UDP_CHUNK: usize = p2p_transports::LOOPBACK_UDP_MESSAGE - p2p_core::wire::DATA_OVERHEAD;
+const MTU_CHUNK: usize = 1452 - p2p_core::wire::DATA_OVERHEAD;
 /// TCP payload per chunk.
 const TCP_CHUNK: usize = 64 * 1024;
 
@@ -21,7 +22,7 @@ fn json(o: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
 }
 
-fn transfers_every_edge_size(transport: &str, chunk: usize) {
+fn transfers_every_edge_size(transport: &str, chunk: usize, seeder_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let share = dir.path().join("share");
     fs::create_dir(&share).unwrap();
@@ -34,7 +35,7 @@ fn transfers_every_edge_size(transport: &str, chunk: usize) {
         );
     }
     let (_t, tr) = tracker(dir.path(), &[]);
-    let _seeder = peer(dir.path(), "seeder", &tr, &share, transport, &[]);
+    let _seeder = peer(dir.path(), "seeder", &tr, &share, transport, seeder_args);
     let empty = dir.path().join("empty");
     fs::create_dir(&empty).unwrap();
     let _other = peer(dir.path(), "other", &tr, &empty, transport, &[]);
@@ -129,12 +130,19 @@ fn transfers_every_edge_size(transport: &str, chunk: usize) {
 
 #[test]
 fn udp_end_to_end_every_edge_size() {
-    transfers_every_edge_size("udp", UDP_CHUNK);
+    transfers_every_edge_size("udp", UDP_CHUNK, &[]);
+}
+
+/// Datagrams of a real network's size (1,500-byte MTU) on loopback: many small chunks through
+/// segmentation and receive offload, read-ahead and staged hashing.
+#[test]
+fn udp_end_to_end_with_mtu_sized_datagrams() {
+    transfers_every_edge_size("udp", MTU_CHUNK, &["--max-datagram", "1452"]);
 }
 
 #[test]
 fn tcp_end_to_end_every_edge_size() {
-    transfers_every_edge_size("tcp", TCP_CHUNK);
+    transfers_every_edge_size("tcp", TCP_CHUNK, &[]);
 }
 
 #[test]
