@@ -27,7 +27,9 @@
 #
 # Our `p2p get` runs with --no-fsync, so that it writes to the page cache as socat does; the
 # loopback mode also times get's default (fsync of checkpoints and of the finished file),
-# which the disk bounds, as "p2p UDP fsync".
+# which the disk bounds, as "p2p UDP fsync", and UDP with the datagrams of a real network
+# (a seeder with --max-datagram 1452; loopback otherwise carries 60 KiB datagrams) as
+# "p2p UDP 1452 B". Loopback cases take turns run after run (RUNS rounds).
 #
 # Rates are MiB (2^20 bytes) per second. "xfer" rates come from the `elapsed_ms` that
 # `p2p get --json` reports for the transfer itself (request to verified file); "cmd" rates
@@ -318,14 +320,15 @@ start_tracker() {
     wait_line "$log" '^tracker listening on ' "$TRACKER_PID" 30 || die "tracker did not start"
     TRACKER_ADDR=$(sed -n 's/^tracker listening on \([^ ]*\) .*/\1/p' "$log" | head -1)
 }
-# start_seed NS NAME LISTEN TRANSPORT TRACKER -> SEED_PID
+# start_seed NS NAME LISTEN TRANSPORT TRACKER [PEER ARGS...] -> SEED_PID
 start_seed() {
     local ns=$1 name=$2 listen=$3 transport=$4 tracker=$5 pre=() log
+    shift 5
     [ -n "$ns" ] && pre=(ip netns exec "$ns")
     LOGN=$((LOGN + 1))
     log=$W/$name.$LOGN.log
     "${pre[@]}" "$BIN" "${VFLAG[@]}" peer --name "$name" --listen "$listen" --transport "$transport" \
-        --tracker "$tracker" --share "$SHARE" --downloads "$W/seed-downloads" --no-menu >"$log" 2>&1 &
+        --tracker "$tracker" --share "$SHARE" --downloads "$W/seed-downloads" --no-menu "$@" >"$log" 2>&1 &
     SEED_PID=$!
     PIDS+=("$SEED_PID")
     wait_line "$log" 'registered with' "$SEED_PID" 120 || die "seed $name did not register"
@@ -394,13 +397,24 @@ loopback() {
     local tcp_pid=$SEED_PID
     local tcp_idx_hwm
     tcp_idx_hwm=$(vmhwm_kib "$tcp_pid")
+    start_seed "" seed-mtu 127.0.0.1:0 udp "$tracker" --max-datagram 1452
+    local mtu_pid=$SEED_PID
 
-    raw_tcp lo "raw TCP (socat)" "" "" 127.0.0.1 "$(free_port)"
-    # Like socat, into the page cache (--no-fsync); then once more with get's default fsync
-    # (checkpoints and the finished file synced), which the disk's write speed bounds.
-    p2p_get lo "p2p UDP" "" udp seed-udp "$udp_pid" "$tracker" --no-fsync
-    p2p_get lo "p2p TCP" "" tcp seed-tcp "$tcp_pid" "$tracker" --no-fsync
-    p2p_get lo "p2p UDP fsync" "" udp seed-udp "$udp_pid" "$tracker"
+    # The cases take turns, run after run, so that a slow spell of the machine does not
+    # land on one case only.
+    local round rounds=$RUNS
+    for ((round = 1; round <= rounds; round++)); do
+        echo "  round $round of $rounds" >&2
+        RUNS=1 raw_tcp lo "raw TCP (socat)" "" "" 127.0.0.1 "$(free_port)"
+        # Like socat, into the page cache (--no-fsync); then once more with get's default
+        # fsync (checkpoints and the finished file synced), which the disk's speed bounds.
+        RUNS=1 p2p_get lo "p2p UDP" "" udp seed-udp "$udp_pid" "$tracker" --no-fsync
+        RUNS=1 p2p_get lo "p2p TCP" "" tcp seed-tcp "$tcp_pid" "$tracker" --no-fsync
+        # Datagrams of a real network's size (1,500-byte MTU) instead of loopback's 60 KiB.
+        RUNS=1 p2p_get lo "p2p UDP 1452 B" "" udp seed-mtu "$mtu_pid" "$tracker" --no-fsync
+        RUNS=1 p2p_get lo "p2p UDP fsync" "" udp seed-udp "$udp_pid" "$tracker"
+    done
+    RUNS=$rounds
 
     local raw_x raw_c
     raw_x=$(cell lo "raw TCP (socat)" 7)
@@ -411,7 +425,7 @@ loopback() {
     echo
     printf '%-16s %5s %10s %10s %7s %7s %12s %14s\n' path ok/n "MiB/s" "MiB/s cmd" ratio "r cmd" "sender MiB" "receiver MiB"
     local p x c
-    for p in "raw TCP (socat)" "p2p UDP" "p2p TCP" "p2p UDP fsync"; do
+    for p in "raw TCP (socat)" "p2p UDP" "p2p TCP" "p2p UDP 1452 B" "p2p UDP fsync"; do
         x=$(cell lo "$p" 7)
         c=$(cell lo "$p" 8)
         printf '%-16s %5s %10s %10s %7s %7s %12s %14s\n' "$p" "$(okn lo "$p")" "$x" "$c" \
@@ -420,6 +434,7 @@ loopback() {
     echo
     echo "MiB/s: file size / transfer time (p2p: get --json elapsed_ms; raw TCP: sender start to receiver exit)."
     echo "p2p UDP, p2p TCP: get --no-fsync (written to the page cache, as socat does); p2p UDP fsync: get's default."
+    echo "p2p UDP 1452 B: a seeder with --max-datagram 1452 (a 1,500-byte MTU's datagrams, as on a real network), get --no-fsync."
     echo "MiB/s cmd: file size / wall time of the whole receiving command; ratio, r cmd: against raw TCP."
     echo "sender / receiver MiB: peak RSS (seeding peer: VmHWM reset before the transfer; receiver: /usr/bin/time -v)."
 }
