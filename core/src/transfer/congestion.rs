@@ -8,7 +8,11 @@
 //!   On a path seen to reorder, the window never drops below the measured bandwidth times
 //!   the smoothed RTT either: there some chunks (and ACKs) overtake the rest, so the minimum
 //!   RTT seen is far below what most chunks take, and a window sized by it alone would
-//!   throttle the flow to a fraction of what the path delivers.
+//!   throttle the flow to a fraction of what the path delivers. And like Linux's BBR, the
+//!   window also covers ACK aggregation: when ACKs arrive in bursts (a receiver that
+//!   acknowledges a batch at a time, offloads that merge packets), the chunks acknowledged
+//!   beyond what the bandwidth explains are added, or the sender would sit idle between
+//!   bursts.
 //! - [`NewReno`]: slow start plus AIMD with one halving per loss episode.
 //! - [`FixedWindow`]: no control, for transports that do their own (TCP).
 //!
@@ -164,6 +168,11 @@ pub struct Bbr {
     rounds: u64,
     /// Delivery rate (chunks per second) of recent rounds.
     bw: VecDeque<f64>,
+    /// The current ACK aggregation epoch: when it started and chunks acknowledged since.
+    ack_epoch: Option<(Instant, u64)>,
+    /// Largest excess of acknowledged chunks over what the bandwidth explains, per round,
+    /// for the last [`BW_ROUNDS`] rounds.
+    extra_acked: VecDeque<u64>,
     full_bw: f64,
     full_bw_rounds: u32,
 }
@@ -186,6 +195,8 @@ impl Bbr {
             round_start: None,
             rounds: 0,
             bw: VecDeque::with_capacity(BW_ROUNDS),
+            ack_epoch: None,
+            extra_acked: VecDeque::with_capacity(BW_ROUNDS),
             full_bw: 0.0,
             full_bw_rounds: 0,
         }
@@ -193,6 +204,26 @@ impl Bbr {
 
     fn max_bw(&self) -> f64 {
         self.bw.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// Measures ACK aggregation (Linux BBR's `bbr_update_ack_aggregation`): within an epoch,
+    /// the chunks acknowledged beyond `max_bw × elapsed` arrived in a burst the window must
+    /// cover. An epoch ends when the ACKs fall back to the rate.
+    fn update_aggregation(&mut self, now: Instant, acked: u64) {
+        let bw = self.max_bw();
+        let (start, epoch_acked) = self.ack_epoch.get_or_insert((now, 0));
+        let expected = |start: Instant| bw * now.duration_since(start).as_secs_f64();
+        if bw <= 0.0 || *epoch_acked as f64 <= expected(*start) {
+            *start = now;
+            *epoch_acked = 0;
+        }
+        *epoch_acked += acked;
+        let extra = (*epoch_acked as f64 - expected(*start)).max(0.0) as u64;
+        let extra = extra.min(self.cwnd);
+        match self.extra_acked.back_mut() {
+            Some(last) => *last = (*last).max(extra),
+            None => self.extra_acked.push_back(extra),
+        }
     }
 
     fn end_round(&mut self, now: Instant, start: Instant) {
@@ -203,6 +234,10 @@ impl Bbr {
             }
             self.bw.push_back(self.round_delivered as f64 / secs);
         }
+        if self.extra_acked.len() == BW_ROUNDS {
+            self.extra_acked.pop_front();
+        }
+        self.extra_acked.push_back(0);
         self.rounds += 1;
         self.round_delivered = 0;
         self.round_start = Some(now);
@@ -237,6 +272,7 @@ impl CongestionController for Bbr {
             self.rtt.on_sample(rtt);
         }
         self.reordering |= s.reordered;
+        self.update_aggregation(s.now, s.acked);
         self.round_delivered += s.acked;
         let start = *self.round_start.get_or_insert(s.now);
         // A round lasts one smoothed RTT (at least a millisecond, so that loopback rounds
@@ -274,7 +310,8 @@ impl CongestionController for Bbr {
                 } else {
                     0.0
                 };
-                let target = ((bdp * CWND_GAIN).max(sustain) * gain).ceil() as u64;
+                let extra = self.extra_acked.iter().copied().max().unwrap_or(0);
+                let target = ((bdp * CWND_GAIN).max(sustain) * gain).ceil() as u64 + extra;
                 self.cwnd = target.clamp(self.min, self.max);
             }
         }
@@ -433,6 +470,39 @@ mod tests {
         }
         let w = bbr.window();
         assert!((200..=600).contains(&w), "window {w}, BDP 200");
+    }
+
+    /// ACKs that come in bursts (every 5 ms, for all chunks delivered since): the window
+    /// must cover the chunks delivered between bursts on top of twice the BDP, or the sender
+    /// would sit idle waiting for each burst.
+    #[test]
+    fn bbr_window_covers_ack_aggregation() {
+        let run = |every_ms: u64| {
+            let t = Instant::now();
+            let mut bbr = Bbr::new(10, 10_000);
+            let (bw, rtt_ms) = (10.0f64, 10.0f64); // BDP 100 chunks
+            let (mut carry, mut pending) = (0.0, 0u64);
+            for ms in 0..3_000u64 {
+                carry += (bbr.window() as f64 / rtt_ms).min(bw);
+                let delivered = carry.floor();
+                carry -= delivered;
+                pending += delivered as u64;
+                if ms % every_ms == 0 {
+                    bbr.on_ack(ack(t + Duration::from_millis(ms), pending, rtt_ms as u64));
+                    pending = 0;
+                }
+            }
+            bbr.window()
+        };
+        let (smooth, bursty) = (run(1), run(5));
+        assert!(
+            (150..=300).contains(&smooth),
+            "smooth ACKs: window {smooth}"
+        );
+        assert!(
+            bursty >= smooth + 40,
+            "bursts of 50 chunks: window {bursty}, smooth {smooth}"
+        );
     }
 
     #[derive(Clone, Debug)]
