@@ -138,11 +138,30 @@ struct ReceiverCheck {
     verified: u64,
     terminal: bool,
     summary: RunSummary,
+    /// Offloaded hashing: pieces handed out and not yet reported back.
+    jobs: Vec<crate::transfer::PieceJob>,
+    /// Report them newest first (out of order).
+    reverse: bool,
 }
 
 impl ReceiverCheck {
-    /// Drains transmits and events of `r` and checks every invariant.
+    /// Drains transmits and events of `r` and checks every invariant; hands back the hashes
+    /// of pieces it was given to hash, then drains again.
     fn drain(&mut self, r: &mut ChunkReceiver) {
+        self.drain_once(r);
+        while !self.jobs.is_empty() {
+            let mut jobs = std::mem::take(&mut self.jobs);
+            if self.reverse {
+                jobs.reverse();
+            }
+            for job in jobs {
+                r.piece_hashed(job.index(), job.hash());
+            }
+            self.drain_once(r);
+        }
+    }
+
+    fn drain_once(&mut self, r: &mut ChunkReceiver) {
         while let Some(m) = r.poll_transmit() {
             assert_sendable(&m);
             if self.terminal {
@@ -190,7 +209,12 @@ impl ReceiverCheck {
                     assert!(!bytes.is_empty(), "empty write");
                     self.written.extend_from_slice(&bytes);
                 }
+                ReceiverEvent::HashPiece(job) => {
+                    assert!(self.accepted.is_some(), "piece to hash before accept");
+                    self.jobs.push(job);
+                }
                 ReceiverEvent::Finished { received, hash } => {
+                    assert_eq!(r.hash_backlog(), 0, "finished with pieces unhashed");
                     self.terminal = true;
                     self.summary.finished = true;
                     let (size, _, announced) = self.accepted.expect("finished before accept");
@@ -294,6 +318,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
         ack_every,
         ack_delay: Duration::from_millis(5),
         window_bytes: u64::MAX,
+        offload_hashing: flags & 0x20 != 0,
     };
     let transfer = TransferId(7);
     let mut now = Instant::now();
@@ -325,6 +350,8 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
         verified: 0,
         terminal: false,
         summary: RunSummary::default(),
+        jobs: Vec::new(),
+        reverse: flags & 0x40 != 0,
     };
     check.drain(&mut r);
 

@@ -249,6 +249,10 @@ async fn read_frames(
     // Frames are read in large blocks and handed on as slices of them: no copy, no zeroing,
     // few syscalls. A frame still queued pins at most its block.
     let mut buf = BytesMut::with_capacity(READ_BLOCK);
+    // Blocks given up while frames in them were still held (to be written, or hashed on
+    // another thread): reused once those are gone, instead of going back to the allocator,
+    // which returned them to the kernel and had them faulted in again.
+    let mut spare: Vec<BytesMut> = Vec::new();
     loop {
         // Wait for the first byte of a frame up to the idle timeout; from then on the whole
         // frame (rest of the length, then the body) must arrive before one deadline.
@@ -274,7 +278,7 @@ async fn read_frames(
         buf.advance(4);
         let msg = buf.split_to(len).freeze();
         if buf.capacity() < READ_BLOCK / 4 {
-            buf.reserve(READ_BLOCK);
+            next_block(&mut buf, &mut spare);
         }
         last_active.store(shared.now_ms(), Ordering::Relaxed);
         if shared.inbox.send((from, msg)).await.is_err() {
@@ -285,6 +289,23 @@ async fn read_frames(
 
 /// Bytes read per block.
 const READ_BLOCK: usize = 256 * 1024;
+/// Blocks a connection keeps for reuse (4 MiB).
+const SPARE_BLOCKS: usize = 16;
+
+/// Moves `buf` (its unread bytes) to a fresh block: a spare one no frame points into any more,
+/// or a new one. The old block becomes a spare.
+fn next_block(buf: &mut BytesMut, spare: &mut Vec<BytesMut>) {
+    let mut next = match spare.iter_mut().position(|b| b.try_reclaim(READ_BLOCK)) {
+        Some(i) => spare.swap_remove(i),
+        None => BytesMut::with_capacity(READ_BLOCK),
+    };
+    next.extend_from_slice(buf);
+    let mut old = std::mem::replace(buf, next);
+    old.clear();
+    if spare.len() < SPARE_BLOCKS {
+        spare.push(old);
+    }
+}
 
 /// Reads until `buf` holds at least `want` bytes, by `deadline`.
 async fn fill(

@@ -30,7 +30,7 @@ use super::resume::{
 use crate::index::ShareIndex;
 use crate::limits::{RateConfig, RateLimiter};
 use crate::transfer::{
-    ChunkReceiver, ChunkSender, PieceTable, ReceiverConfig, ReceiverEvent, SenderConfig,
+    ChunkReceiver, ChunkSender, PieceJob, PieceTable, ReceiverConfig, ReceiverEvent, SenderConfig,
     SenderEvent, SenderTransmit, TransferError,
 };
 use crate::transport::{FileRange, SharedTransport};
@@ -74,6 +74,10 @@ pub struct EndpointConfig {
     /// Seed of transfer and request ids, so that a restarted endpoint does not reuse the ids
     /// of its previous life (pass something random; simulations pass their seed).
     pub id_seed: u64,
+    /// Downloads hash their pieces on a thread of the endpoint's own, so that the I/O task
+    /// (receive, write) and the hashing run on two cores. Off, pieces are hashed on the I/O
+    /// task; simulations turn it off, as a thread's timing is not the simulated clock's.
+    pub hash_thread: bool,
 }
 
 impl Default for EndpointConfig {
@@ -91,6 +95,7 @@ impl Default for EndpointConfig {
             rpc_retry: Duration::from_millis(250),
             rpc_attempts: 5,
             id_seed: 0,
+            hash_thread: true,
         }
     }
 }
@@ -208,6 +213,11 @@ pub fn spawn_endpoint(
         idx.refresh()?;
     }
     let (tx, rx) = mpsc::channel(64);
+    let hasher = if config.hash_thread {
+        Some(HashWorker::spawn()?)
+    } else {
+        None
+    };
     let mut sender = config.sender.clone();
     sender.chunk_size = chunk_size_for(transport.max_message_size());
     if transport.is_reliable() {
@@ -232,6 +242,7 @@ pub fn spawn_endpoint(
         throttled_until: None,
         more_to_send: false,
         left: BTreeSet::new(),
+        hasher,
         config,
     };
     let task = tokio::spawn(driver.run());
@@ -575,6 +586,44 @@ struct Driver {
     more_to_send: bool,
     /// Names unregistered since their last `Register`: a late heartbeat arming is ignored.
     left: BTreeSet<String>,
+    /// Hashes the pieces of downloads (`EndpointConfig::hash_thread`).
+    hasher: Option<HashWorker>,
+}
+
+/// A thread that hashes the pieces of every download of an endpoint, in the order given; it
+/// ends when the endpoint drops the worker.
+struct HashWorker {
+    jobs: std::sync::mpsc::Sender<(TransferId, PieceJob)>,
+    results: mpsc::UnboundedReceiver<(TransferId, u64, ContentHash)>,
+}
+
+/// Pieces a download may have waiting for the hashing thread (4 MiB of 256 KiB pieces); past
+/// that the I/O task hashes them itself, so memory stays bounded if hashing falls behind.
+const MAX_HASH_BACKLOG: u64 = 16;
+
+impl HashWorker {
+    fn spawn() -> io::Result<Self> {
+        let (jobs, queued) = std::sync::mpsc::channel::<(TransferId, PieceJob)>();
+        let (done, results) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("p2p-hash".into())
+            .spawn(move || {
+                for (transfer, job) in queued {
+                    if done.send((transfer, job.index(), job.hash())).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(HashWorker { jobs, results })
+    }
+}
+
+/// The next hash the worker reports (never, without a worker).
+async fn next_hash(worker: &mut Option<HashWorker>) -> Option<(TransferId, u64, ContentHash)> {
+    match worker {
+        Some(w) => w.results.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Datagrams of one size gathered for one segmented send (UDP GSO): each new one is encoded
@@ -650,6 +699,12 @@ impl Driver {
                     Some(cmd) => self.on_command(cmd).await,
                 },
                 _ = sleep_until(deadline) => self.on_timeout(),
+                Some((transfer, index, hash)) = next_hash(&mut self.hasher) => {
+                    if let Some(d) = self.downloads.get_mut(&transfer) {
+                        d.machine.piece_hashed(index, hash);
+                    }
+                    self.pump_download(transfer);
+                }
                 r = transport.recv_from() => {
                     let Ok((from, bytes)) = r else {
                         // A transport error (e.g. an ICMP unreachable surfacing on UDP) is
@@ -832,6 +887,9 @@ impl Driver {
         let now = Instant::now();
         let piece_size = table.piece_size;
         let mut receiver_config = self.config.receiver.clone();
+        // Pieces go to the driver to hash: the hashing thread's, or, without one, hashed right
+        // here in `pump_download` (the same path, so simulations cover it).
+        receiver_config.offload_hashing = true;
         if self.transport.is_reliable() {
             // Nothing is lost on a reliable stream: ACKs only pace the window, and fewer of
             // them spare both sides a message each.
@@ -1119,6 +1177,18 @@ impl Driver {
         while let Some(event) = d.machine.poll_event() {
             match event {
                 ReceiverEvent::Accepted { .. } => {}
+                ReceiverEvent::HashPiece(job) => {
+                    // To the hashing thread, unless it is too far behind (or gone).
+                    let job = match &self.hasher {
+                        Some(w) if d.machine.hash_backlog() <= MAX_HASH_BACKLOG => {
+                            w.jobs.send((transfer, job)).err().map(|e| e.0 .1)
+                        }
+                        _ => Some(job),
+                    };
+                    if let Some(job) = job {
+                        d.machine.piece_hashed(job.index(), job.hash());
+                    }
+                }
                 ReceiverEvent::Write(bytes) => {
                     let res = d.writer.as_mut().map(|w| w.write(&bytes));
                     if let Some(Err(e)) = res {

@@ -11,7 +11,7 @@
 //! verified file, fresh or resumed, and no byte is hashed twice. Without a table (tests,
 //! tools) the whole file is hashed as it arrives and checked at `Fin`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +39,10 @@ pub struct ReceiverConfig {
     pub ack_every: u32,
     /// Longest an in-order chunk waits for its ACK.
     pub ack_delay: Duration,
+    /// With a piece table, hand each completed piece to the driver to hash
+    /// ([`ReceiverEvent::HashPiece`]) instead of hashing it here; the driver reports each hash
+    /// with [`ChunkReceiver::piece_hashed`], in any order. Lets a driver hash on another core.
+    pub offload_hashing: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -51,6 +55,7 @@ impl Default for ReceiverConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             ack_every: 2,
             ack_delay: Duration::from_millis(5),
+            offload_hashing: false,
         }
     }
 }
@@ -69,6 +74,9 @@ pub enum ReceiverEvent {
     },
     /// The next bytes of the file, in order: append them.
     Write(Bytes),
+    /// A piece is complete: hash it and report with [`ChunkReceiver::piece_hashed`] (only with
+    /// [`ReceiverConfig::offload_hashing`]).
+    HashPiece(PieceJob),
     /// Every byte before `verified` (absolute file offset) is written and matches its piece
     /// hashes: a resume may start there.
     PieceVerified {
@@ -214,6 +222,33 @@ impl Staged {
     }
 }
 
+/// A completed piece whose hash the driver computes ([`ReceiverEvent::HashPiece`]): its bytes
+/// are slices of the received messages, not copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PieceJob {
+    index: u64,
+    piece_size: u32,
+    file_size: u64,
+    parts: Vec<Bytes>,
+}
+
+impl PieceJob {
+    /// Which piece.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The piece's hash, as its [`PieceTable`] entry would be (callable on any thread).
+    pub fn hash(&self) -> ContentHash {
+        let start = self.index * u64::from(self.piece_size);
+        let mut h = PieceHasher::new(start, self.piece_size, self.file_size);
+        for part in &self.parts {
+            h.update(part);
+        }
+        h.finish()
+    }
+}
+
 /// Hashes one piece of a file into its [`PieceTable`] entry.
 #[derive(Clone, Debug)]
 pub struct PieceHasher {
@@ -285,6 +320,16 @@ pub struct ChunkReceiver {
     hasher: Option<Staged>,
     /// Hasher of the piece being received (with a piece table, once accepted).
     piece_hasher: Option<PieceHasher>,
+    /// Offloaded hashing: the piece being received, as slices of its messages.
+    piece_parts: Vec<Bytes>,
+    /// Offloaded hashing: pieces handed out and not yet reported.
+    hashing: u64,
+    /// Offloaded hashing: pieces reported good beyond the verified prefix.
+    hashed: BTreeSet<u64>,
+    /// Offloaded hashing: the piece that extends the verified prefix next.
+    next_verified: u64,
+    /// A `Fin` that came while pieces were still being hashed: (size, hash).
+    pending_fin: Option<(u64, ContentHash)>,
     /// Bytes received in order in this transfer.
     received: u64,
     unacked: u32,
@@ -359,6 +404,11 @@ impl ChunkReceiver {
             early: BTreeMap::new(),
             hasher: whole_file_hasher,
             piece_hasher: None,
+            piece_parts: Vec::new(),
+            hashing: 0,
+            hashed: BTreeSet::new(),
+            next_verified: 0,
+            pending_fin: None,
             received: 0,
             unacked: 0,
             ack_now: false,
@@ -468,7 +518,11 @@ impl ChunkReceiver {
                             Some(AbortReason::Other("file changed since listed".into())),
                         );
                     }
-                    self.piece_hasher = Some(PieceHasher::new(self.offset, p.piece_size, size));
+                    if self.config.offload_hashing {
+                        self.next_verified = self.offset / u64::from(p.piece_size);
+                    } else {
+                        self.piece_hasher = Some(PieceHasher::new(self.offset, p.piece_size, size));
+                    }
                 }
                 let by_bytes = (self.config.window_bytes / u64::from(chunk_size)).max(16);
                 self.config.window = self
@@ -511,25 +565,13 @@ impl ChunkReceiver {
                 if self.next_seq < self.total {
                     return; // cannot be: FIN follows the ACK of every chunk; ignore
                 }
-                // From byte 0 the whole-file hash is checked here; a resumed transfer relies
-                // on its pieces, every one of which was verified on the way.
-                let whole_ok = self
-                    .hasher
-                    .as_mut()
-                    .is_none_or(|h| ContentHash::from(h.hasher().finalize()) == self.hash);
-                if size != self.size || hash != self.hash || !whole_ok {
-                    return self.fail(TransferError::HashMismatch, Some(AbortReason::HashMismatch));
+                if self.hashing > 0 {
+                    // Answered once the last pieces are hashed (the sender repeats its FIN
+                    // meanwhile, if need be).
+                    self.pending_fin = Some((size, hash));
+                    return;
                 }
-                let got = self.hash;
-                self.state = State::Done;
-                self.ack_at = None;
-                self.out.push_back(Message::FinAck {
-                    transfer: self.transfer,
-                });
-                self.events.push_back(ReceiverEvent::Finished {
-                    received: self.received,
-                    hash: got,
-                });
+                self.finish(size, hash);
             }
             (_, Message::Abort { reason, .. }) => {
                 self.fail(TransferError::Aborted(reason), None);
@@ -568,6 +610,70 @@ impl ChunkReceiver {
         }
     }
 
+    /// Ends the transfer on the sender's `Fin` of `size` bytes with `hash`, every chunk
+    /// delivered and every piece verified.
+    fn finish(&mut self, size: u64, hash: ContentHash) {
+        // From byte 0 the whole-file hash is checked here; a resumed transfer relies
+        // on its pieces, every one of which was verified on the way.
+        let whole_ok = self
+            .hasher
+            .as_mut()
+            .is_none_or(|h| ContentHash::from(h.hasher().finalize()) == self.hash);
+        if size != self.size || hash != self.hash || !whole_ok {
+            return self.fail(TransferError::HashMismatch, Some(AbortReason::HashMismatch));
+        }
+        let got = self.hash;
+        self.state = State::Done;
+        self.ack_at = None;
+        self.out.push_back(Message::FinAck {
+            transfer: self.transfer,
+        });
+        self.events.push_back(ReceiverEvent::Finished {
+            received: self.received,
+            hash: got,
+        });
+    }
+
+    /// The driver's report for a [`ReceiverEvent::HashPiece`]: piece `index` hashes to
+    /// `hash`. A mismatch fails the transfer; a match extends the verified prefix once every
+    /// piece before it matched too.
+    pub fn piece_hashed(&mut self, index: u64, hash: ContentHash) {
+        if self.state == State::Done || self.hashing == 0 || index < self.next_verified {
+            return;
+        }
+        let Some(table) = &self.pieces else {
+            return;
+        };
+        self.hashing -= 1;
+        if table.hashes.get(index as usize) != Some(&hash) {
+            return self.fail(
+                TransferError::PieceMismatch { piece: index },
+                Some(AbortReason::HashMismatch),
+            );
+        }
+        let piece = u64::from(table.piece_size);
+        self.hashed.insert(index);
+        let before = self.next_verified;
+        while self.hashed.remove(&self.next_verified) {
+            self.next_verified += 1;
+        }
+        if self.next_verified > before {
+            let verified = (self.next_verified * piece).min(self.size);
+            self.events
+                .push_back(ReceiverEvent::PieceVerified { verified });
+        }
+        if self.hashing == 0 {
+            if let Some((size, hash)) = self.pending_fin.take() {
+                self.finish(size, hash);
+            }
+        }
+    }
+
+    /// Pieces handed to the driver to hash and not yet reported.
+    pub fn hash_backlog(&self) -> u64 {
+        self.hashing
+    }
+
     fn deliver(&mut self, payload: Bytes) {
         if self.state == State::Done {
             return; // a piece failed earlier in this burst
@@ -578,8 +684,11 @@ impl ChunkReceiver {
         let start = self.offset + self.received;
         self.received += payload.len() as u64;
         self.next_seq += 1;
+        self.events.push_back(ReceiverEvent::Write(payload.clone()));
+        if self.config.offload_hashing {
+            return self.hand_out_pieces(start, payload);
+        }
         let verdicts = self.check_pieces(start, &payload);
-        self.events.push_back(ReceiverEvent::Write(payload));
         for v in verdicts {
             match v {
                 Ok(verified) => self
@@ -591,6 +700,31 @@ impl ChunkReceiver {
                         Some(AbortReason::HashMismatch),
                     )
                 }
+            }
+        }
+    }
+
+    /// Offloaded hashing: adds `bytes` (starting at absolute offset `start`) to the piece being
+    /// received, and hands out each piece it completes.
+    fn hand_out_pieces(&mut self, start: u64, mut bytes: Bytes) {
+        let Some(table) = &self.pieces else {
+            return;
+        };
+        let (piece_size, piece) = (table.piece_size, u64::from(table.piece_size));
+        let mut pos = start;
+        while !bytes.is_empty() {
+            let piece_end = ((pos / piece + 1) * piece).min(self.size);
+            let take = ((piece_end - pos) as usize).min(bytes.len());
+            self.piece_parts.push(bytes.split_to(take));
+            pos += take as u64;
+            if pos == piece_end {
+                self.hashing += 1;
+                self.events.push_back(ReceiverEvent::HashPiece(PieceJob {
+                    index: (pos - 1) / piece,
+                    piece_size,
+                    file_size: self.size,
+                    parts: std::mem::take(&mut self.piece_parts),
+                }));
             }
         }
     }
@@ -666,6 +800,8 @@ impl ChunkReceiver {
         self.state = State::Done;
         self.ack_at = None;
         self.early.clear();
+        self.piece_parts.clear();
+        self.pending_fin = None;
         if let Some(reason) = tell {
             self.out.push_back(Message::Abort {
                 transfer: self.transfer,
@@ -776,4 +912,124 @@ mod tests {
     }
 
     const PIECE: u32 = 256 * 1024;
+
+    /// Offloaded hashing: each completed piece is handed out once, reports may come in any
+    /// order, the verified prefix grows only over reported pieces, and the `Fin` is answered
+    /// only once every piece is reported good.
+    #[test]
+    fn offloaded_pieces_are_verified_in_order_and_hold_the_fin() {
+        let piece = 1024u32;
+        let data: Vec<u8> = (0..3500u32).map(|i| (i * 13 % 251) as u8).collect();
+        let table = PieceTable::of(&data, piece);
+        let hash = ContentHash::of(&data);
+        let now = Instant::now();
+        let config = ReceiverConfig {
+            offload_hashing: true,
+            ..ReceiverConfig::default()
+        };
+        let t = TransferId(5);
+        let start = |table: PieceTable| {
+            let mut r = ChunkReceiver::resume(
+                now,
+                t,
+                FileId(1),
+                Some((3500, hash)),
+                0,
+                table,
+                config.clone(),
+            );
+            let accept = Message::Accept {
+                transfer: t,
+                size: 3500,
+                chunk_size: 700,
+                hash,
+            };
+            r.handle_message(now, accept);
+            for seq in 0..5u64 {
+                let payload = Bytes::copy_from_slice(&data[seq as usize * 700..][..700]);
+                r.handle_message(
+                    now,
+                    Message::Data {
+                        transfer: t,
+                        seq,
+                        payload,
+                    },
+                );
+            }
+            r
+        };
+        let events =
+            |r: &mut ChunkReceiver| std::iter::from_fn(|| r.poll_event()).collect::<Vec<_>>();
+        let finacks = |r: &mut ChunkReceiver| {
+            std::iter::from_fn(|| r.poll_transmit())
+                .filter(|m| matches!(m, Message::FinAck { .. }))
+                .count()
+        };
+        let fin = Message::Fin {
+            transfer: t,
+            size: 3500,
+            hash,
+        };
+
+        let mut r = start(table.clone());
+        let mut jobs = Vec::new();
+        let mut written = Vec::new();
+        for e in events(&mut r) {
+            match e {
+                ReceiverEvent::HashPiece(job) => jobs.push(job),
+                ReceiverEvent::Write(b) => written.extend_from_slice(&b),
+                ReceiverEvent::Accepted { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(written, data);
+        assert_eq!(
+            jobs.iter().map(PieceJob::index).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(r.hash_backlog(), 4);
+        r.handle_message(now, fin.clone());
+        assert_eq!(finacks(&mut r), 0, "FinAck before the pieces are hashed");
+        // Pieces 3 and 1 first: nothing verified until piece 0 is.
+        for i in [3, 1] {
+            r.piece_hashed(i, jobs[i as usize].hash());
+        }
+        assert!(events(&mut r).is_empty());
+        r.piece_hashed(0, jobs[0].hash());
+        assert_eq!(
+            events(&mut r),
+            [ReceiverEvent::PieceVerified { verified: 2048 }]
+        );
+        r.piece_hashed(2, jobs[2].hash());
+        assert_eq!(
+            events(&mut r),
+            [
+                ReceiverEvent::PieceVerified { verified: 3500 },
+                ReceiverEvent::Finished {
+                    received: 3500,
+                    hash
+                }
+            ]
+        );
+        assert_eq!(finacks(&mut r), 1);
+
+        // A piece that hashes wrong fails the transfer, whatever else was reported.
+        let mut r = start(table);
+        let jobs: Vec<PieceJob> = events(&mut r)
+            .into_iter()
+            .filter_map(|e| match e {
+                ReceiverEvent::HashPiece(job) => Some(job),
+                _ => None,
+            })
+            .collect();
+        r.piece_hashed(0, jobs[0].hash());
+        r.piece_hashed(1, jobs[2].hash());
+        assert!(matches!(
+            events(&mut r).last(),
+            Some(ReceiverEvent::Failed(TransferError::PieceMismatch {
+                piece: 1
+            }))
+        ));
+        assert!(r.is_done());
+    }
 }
