@@ -57,10 +57,7 @@ pub trait Transport: Send + Sync + 'static {
     /// to `to`: in one system call where the transport can (UDP segmentation offload), one by
     /// one otherwise.
     async fn send_batch(&self, to: SocketAddr, msgs: &[u8], segment: usize) -> io::Result<()> {
-        for msg in msgs.chunks(segment.max(1)) {
-            self.send_to(to, msg).await?;
-        }
-        Ok(())
+        send_each(self, to, msgs, segment).await
     }
 
     /// Waits for the next whole message and the address it came from.
@@ -93,6 +90,20 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Closes every connection to `to` that this transport caches (no-op for datagrams).
     fn forget(&self, _to: SocketAddr) {}
+}
+
+/// Sends `msgs`, consecutive messages of `segment` bytes each (the last may be shorter), one
+/// by one: [`Transport::send_batch`] without segmentation offload.
+pub async fn send_each<T: Transport + ?Sized>(
+    transport: &T,
+    to: SocketAddr,
+    msgs: &[u8],
+    segment: usize,
+) -> io::Result<()> {
+    for msg in msgs.chunks(segment.max(1)) {
+        transport.send_to(to, msg).await?;
+    }
+    Ok(())
 }
 
 /// A byte range of an open file: the payload of a chunk, for [`Transport::send_file`].

@@ -272,10 +272,7 @@ impl Transport for UdpTransport {
 
     async fn send_batch(&self, to: SocketAddr, msgs: &[u8], segment: usize) -> io::Result<()> {
         if msgs.len() <= segment || self.max_batch(to, segment) <= 1 {
-            for msg in msgs.chunks(segment.max(1)) {
-                self.send_to(to, msg).await?;
-            }
-            return Ok(());
+            return p2p_core::transport::send_each(self, to, msgs, segment).await;
         }
         let transmit = Transmit {
             destination: to,
