@@ -755,7 +755,7 @@ fn decode_inner(bytes: &[u8], owner: Option<&Bytes>) -> Result<Message, DecodeEr
     }
     let version = bytes[MAGIC.len()] & !UNCHECKED_PAYLOAD;
     if version != PROTOCOL_VERSION {
-        return Err(DecodeError::UnsupportedVersion(version));
+        return Err(DecodeError::UnsupportedVersion(bytes[MAGIC.len()]));
     }
     let unchecked_payload = bytes[MAGIC.len()] & UNCHECKED_PAYLOAD != 0;
     let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);

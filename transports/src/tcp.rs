@@ -80,6 +80,11 @@ struct Shared {
     started: Instant,
     conns: StdMutex<HashMap<SocketAddr, Conn>>,
     inbox: mpsc::Sender<(SocketAddr, Bytes)>,
+    /// Read blocks given up while frames in them were still held (queued, being written or
+    /// hashed), shared by every connection: reused once those frames are gone, instead of
+    /// going back to the allocator (which returned them to the kernel, to be faulted in
+    /// again). At most [`SPARE_BLOCKS`], whatever the number of connections.
+    spare: StdMutex<Vec<BytesMut>>,
 }
 
 impl Shared {
@@ -138,6 +143,7 @@ impl TcpTransport {
             config,
             started: Instant::now(),
             conns: StdMutex::new(HashMap::new()),
+            spare: StdMutex::new(Vec::new()),
             inbox: tx,
         });
         let accept_shared = shared.clone();
@@ -249,10 +255,6 @@ async fn read_frames(
     // Frames are read in large blocks and handed on as slices of them: no copy, no zeroing,
     // few syscalls. A frame still queued pins at most its block.
     let mut buf = BytesMut::with_capacity(READ_BLOCK);
-    // Blocks given up while frames in them were still held (to be written, or hashed on
-    // another thread): reused once those are gone, instead of going back to the allocator,
-    // which returned them to the kernel and had them faulted in again.
-    let mut spare: Vec<BytesMut> = Vec::new();
     loop {
         // Wait for the first byte of a frame up to the idle timeout; from then on the whole
         // frame (rest of the length, then the body) must arrive before one deadline.
@@ -278,7 +280,7 @@ async fn read_frames(
         buf.advance(4);
         let msg = buf.split_to(len).freeze();
         if buf.capacity() < READ_BLOCK / 4 {
-            next_block(&mut buf, &mut spare);
+            next_block(&mut buf, &shared.spare);
         }
         last_active.store(shared.now_ms(), Ordering::Relaxed);
         if shared.inbox.send((from, msg)).await.is_err() {
@@ -289,12 +291,14 @@ async fn read_frames(
 
 /// Bytes read per block.
 const READ_BLOCK: usize = 256 * 1024;
-/// Blocks a connection keeps for reuse (4 MiB).
+/// Read blocks kept for reuse by all connections together (4 MiB).
 const SPARE_BLOCKS: usize = 16;
 
 /// Moves `buf` (its unread bytes) to a fresh block: a spare one no frame points into any more,
-/// or a new one. The old block becomes a spare.
-fn next_block(buf: &mut BytesMut, spare: &mut Vec<BytesMut>) {
+/// or a new one. The old block becomes a spare (or is freed once its frames are, when there
+/// are spares enough).
+fn next_block(buf: &mut BytesMut, spare: &StdMutex<Vec<BytesMut>>) {
+    let mut spare = spare.lock().expect("spare lock");
     let mut next = match spare.iter_mut().position(|b| b.try_reclaim(READ_BLOCK)) {
         Some(i) => spare.swap_remove(i),
         None => BytesMut::with_capacity(READ_BLOCK),
@@ -380,10 +384,28 @@ async fn write_file_frame(stream: &TcpStream, head: &[u8], body: &FileRange) -> 
     let mut offset = body.offset as nix::libc::off64_t;
     let mut left = body.len;
     while left > 0 {
-        let sent = when_writable(stream, || {
+        let sent = match when_writable(stream, || {
             sendfile64(stream, &*body.file, Some(&mut offset), left)
         })
-        .await?;
+        .await
+        {
+            Ok(n) => n,
+            Err(e)
+                if e.raw_os_error()
+                    .is_some_and(|c| SENDFILE_UNSUPPORTED.contains(&c)) =>
+            {
+                // A file sendfile cannot take (some FUSE or special files): read it.
+                let rest = FileRange {
+                    file: body.file.clone(),
+                    offset: offset as u64,
+                    len: left,
+                };
+                let mut bytes = vec![0; left];
+                rest.read_into(&mut bytes)?;
+                return send_all(stream, &bytes, MsgFlags::empty()).await;
+            }
+            Err(e) => return Err(e),
+        };
         if sent == 0 {
             // The file became shorter: zeros keep the frame whole, and the receiver's piece
             // check rejects them (see `Transport::send_file`).
@@ -393,6 +415,10 @@ async fn write_file_frame(stream: &TcpStream, head: &[u8], body: &FileRange) -> 
     }
     Ok(())
 }
+
+/// `sendfile` errors that mean "not for this file": the bytes are read and sent instead.
+const SENDFILE_UNSUPPORTED: [i32; 3] =
+    [nix::libc::EINVAL, nix::libc::ENOSYS, nix::libc::EOPNOTSUPP];
 
 /// Sends all of `bytes` with `flags`.
 async fn send_all(stream: &TcpStream, bytes: &[u8], flags: MsgFlags) -> io::Result<()> {

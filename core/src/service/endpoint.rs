@@ -597,9 +597,9 @@ struct HashWorker {
     results: mpsc::UnboundedReceiver<(TransferId, u64, ContentHash)>,
 }
 
-/// Pieces a download may have waiting for the hashing thread (4 MiB of 256 KiB pieces); past
-/// that the I/O task hashes them itself, so memory stays bounded if hashing falls behind.
-const MAX_HASH_BACKLOG: u64 = 16;
+/// Bytes a download may have waiting for the hashing thread; past that the I/O task hashes
+/// pieces itself, so memory stays bounded if hashing falls behind.
+const MAX_HASH_BACKLOG: u64 = 4 * 1024 * 1024;
 
 impl HashWorker {
     fn spawn() -> io::Result<Self> {
@@ -1302,7 +1302,8 @@ impl Driver {
         let transport = self.transport.clone();
         let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
         let queued = transport.is_reliable();
-        let sends_files = transport.sends_files();
+        // (Only a reliable transport may leave payloads out of the checksum.)
+        let sends_files = transport.sends_files() && transport.is_reliable();
         // Emptied after each upload, so one buffer serves them all.
         let mut batch = Batch::default();
         let tokio_now = Instant::now();

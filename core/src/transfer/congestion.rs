@@ -134,6 +134,8 @@ const BW_ROUNDS: usize = 10;
 const MIN_RTT_LIFETIME: Duration = Duration::from_secs(10);
 /// In-flight target as a multiple of the bandwidth-delay product.
 const CWND_GAIN: f64 = 2.0;
+/// ACK aggregation counts for at most this much of the bandwidth.
+const MAX_AGGREGATION: Duration = Duration::from_millis(100);
 /// Every this many rounds, one round probes for more bandwidth.
 const PROBE_EVERY: u64 = 8;
 /// Extra gain of a probing round.
@@ -218,8 +220,10 @@ impl Bbr {
             *epoch_acked = 0;
         }
         *epoch_acked += acked;
-        let extra = (*epoch_acked as f64 - expected(*start)).max(0.0) as u64;
-        let extra = extra.min(self.cwnd);
+        let extra = (*epoch_acked as f64 - expected(*start)).max(0.0);
+        // As in Linux: at most a window, and at most 100 ms of the bandwidth, so that one
+        // late cumulative ACK after a stall does not double the window for ten rounds.
+        let extra = (extra.min(bw * MAX_AGGREGATION.as_secs_f64()) as u64).min(self.cwnd);
         match self.extra_acked.back_mut() {
             Some(last) => *last = (*last).max(extra),
             None => self.extra_acked.push_back(extra),

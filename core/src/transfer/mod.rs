@@ -25,7 +25,8 @@ mod sender;
 use std::time::Duration;
 
 pub use receiver::{
-    ChunkReceiver, PieceHasher, PieceJob, PieceTable, ReceiverConfig, ReceiverEvent, MIN_PIECE_SIZE,
+    ChunkReceiver, PieceHasher, PieceJob, PieceTable, ReceiverConfig, ReceiverEvent,
+    MAX_OFFLOADED_PIECE, MIN_PIECE_SIZE,
 };
 pub use sender::{ChunkSender, SenderConfig, SenderEvent, SenderStats, SenderTransmit};
 

@@ -39,9 +39,10 @@ pub struct ReceiverConfig {
     pub ack_every: u32,
     /// Longest an in-order chunk waits for its ACK.
     pub ack_delay: Duration,
-    /// With a piece table, hand each completed piece to the driver to hash
-    /// ([`ReceiverEvent::HashPiece`]) instead of hashing it here; the driver reports each hash
-    /// with [`ChunkReceiver::piece_hashed`], in any order. Lets a driver hash on another core.
+    /// With a piece table of pieces up to [`MAX_OFFLOADED_PIECE`], hand each completed piece
+    /// to the driver to hash ([`ReceiverEvent::HashPiece`]) instead of hashing it here; the
+    /// driver reports each hash with [`ChunkReceiver::piece_hashed`], in any order. Lets a
+    /// driver hash on another core.
     pub offload_hashing: bool,
 }
 
@@ -171,6 +172,14 @@ fn merge(cvs: &[ContentHash], root: bool) -> blake3::Hash {
         blake3::Hash::from_bytes(merge_subtrees_non_root(&left, &right, Mode::Hash))
     }
 }
+
+/// Largest piece handed to the driver to hash ([`ReceiverConfig::offload_hashing`]): a piece
+/// is held in memory until it is complete, and the piece size comes from the sender. Larger
+/// pieces are hashed here as they stream in.
+pub const MAX_OFFLOADED_PIECE: u32 = 1024 * 1024;
+/// A chunk waiting out of order that is smaller than this is copied out of its receive
+/// buffer, which may be a whole block of merged datagrams.
+const COPY_EARLY_BELOW: usize = 8 * 1024;
 
 /// Bytes a [`Staged`] hasher collects before it hashes them.
 const STAGE: usize = 16 * 1024;
@@ -518,6 +527,9 @@ impl ChunkReceiver {
                             Some(AbortReason::Other("file changed since listed".into())),
                         );
                     }
+                    if self.config.offload_hashing && p.piece_size > MAX_OFFLOADED_PIECE {
+                        self.config.offload_hashing = false; // streamed, never held whole
+                    }
                     if self.config.offload_hashing {
                         self.next_verified = self.offset / u64::from(p.piece_size);
                     } else {
@@ -593,6 +605,12 @@ impl ChunkReceiver {
             return;
         }
         if seq != self.next_seq {
+            let payload = if payload.len() < COPY_EARLY_BELOW {
+                // It may wait a while: never let it pin a large receive block.
+                Bytes::copy_from_slice(&payload)
+            } else {
+                payload
+            };
             self.early.insert(seq, payload);
             self.ack_now = true; // a gap: tell the sender at once
             return;
@@ -669,9 +687,11 @@ impl ChunkReceiver {
         }
     }
 
-    /// Pieces handed to the driver to hash and not yet reported.
+    /// Bytes handed to the driver to hash and not yet reported (whole pieces; at most
+    /// [`MAX_OFFLOADED_PIECE`] each).
     pub fn hash_backlog(&self) -> u64 {
-        self.hashing
+        let piece = self.pieces.as_ref().map_or(0, |t| u64::from(t.piece_size));
+        self.hashing * piece
     }
 
     fn deliver(&mut self, payload: Bytes) {
@@ -913,6 +933,64 @@ mod tests {
 
     const PIECE: u32 = 256 * 1024;
 
+    /// The sender picks the piece size: pieces larger than `MAX_OFFLOADED_PIECE` are hashed
+    /// as they stream in, never held whole for the driver.
+    #[test]
+    fn large_pieces_are_hashed_in_place_even_when_offloading() {
+        let piece = MAX_OFFLOADED_PIECE * 2;
+        let size = piece as usize + 5000;
+        let data: Vec<u8> = (0..size as u32).map(|i| (i % 249) as u8).collect();
+        let table = PieceTable::of(&data, piece);
+        let hash = ContentHash::of(&data);
+        let now = Instant::now();
+        let t = TransferId(9);
+        let config = ReceiverConfig {
+            offload_hashing: true,
+            ..ReceiverConfig::default()
+        };
+        let expected = Some((size as u64, hash));
+        let mut r = ChunkReceiver::resume(now, t, FileId(1), expected, 0, table, config);
+        let chunk = 64 * 1024;
+        let accept = Message::Accept {
+            transfer: t,
+            size: size as u64,
+            chunk_size: chunk as u32,
+            hash,
+        };
+        r.handle_message(now, accept);
+        for (seq, part) in data.chunks(chunk).enumerate() {
+            let payload = Bytes::copy_from_slice(part);
+            let seq = seq as u64;
+            r.handle_message(
+                now,
+                Message::Data {
+                    transfer: t,
+                    seq,
+                    payload,
+                },
+            );
+        }
+        let size = size as u64;
+        r.handle_message(
+            now,
+            Message::Fin {
+                transfer: t,
+                size,
+                hash,
+            },
+        );
+        let events: Vec<_> = std::iter::from_fn(|| r.poll_event()).collect();
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ReceiverEvent::HashPiece(_))));
+        let verified = u64::from(piece);
+        assert!(events.contains(&ReceiverEvent::PieceVerified { verified }));
+        assert!(matches!(
+            events.last(),
+            Some(ReceiverEvent::Finished { .. })
+        ));
+    }
+
     /// Offloaded hashing: each completed piece is handed out once, reports may come in any
     /// order, the verified prefix grows only over reported pieces, and the `Fin` is answered
     /// only once every piece is reported good.
@@ -958,6 +1036,25 @@ mod tests {
             }
             r
         };
+        let start_fresh = |table: PieceTable| {
+            let mut r = ChunkReceiver::resume(
+                now,
+                t,
+                FileId(1),
+                Some((3500, hash)),
+                0,
+                table,
+                config.clone(),
+            );
+            let accept = Message::Accept {
+                transfer: t,
+                size: 3500,
+                chunk_size: 700,
+                hash,
+            };
+            r.handle_message(now, accept);
+            r
+        };
         let events =
             |r: &mut ChunkReceiver| std::iter::from_fn(|| r.poll_event()).collect::<Vec<_>>();
         let finacks = |r: &mut ChunkReceiver| {
@@ -987,7 +1084,7 @@ mod tests {
             jobs.iter().map(PieceJob::index).collect::<Vec<_>>(),
             [0, 1, 2, 3]
         );
-        assert_eq!(r.hash_backlog(), 4);
+        assert_eq!(r.hash_backlog(), 4 * 1024, "four pieces of 1 KiB");
         r.handle_message(now, fin.clone());
         assert_eq!(finacks(&mut r), 0, "FinAck before the pieces are hashed");
         // Pieces 3 and 1 first: nothing verified until piece 0 is.
@@ -1012,6 +1109,25 @@ mod tests {
             ]
         );
         assert_eq!(finacks(&mut r), 1);
+
+        // A chunk that waits out of order is copied if small, so that it never pins the
+        // (possibly much larger) buffer it arrived in.
+        let mut r = start_fresh(table.clone());
+        let block = Bytes::from(vec![7u8; 4096]);
+        let payload = block.slice(..700);
+        r.handle_message(
+            now,
+            Message::Data {
+                transfer: t,
+                seq: 2,
+                payload,
+            },
+        );
+        let kept = r.early.get(&2).expect("buffered out of order");
+        assert!(
+            !std::ptr::eq(kept.as_ptr(), block.as_ptr()),
+            "early chunk still in its block"
+        );
 
         // A piece that hashes wrong fails the transfer, whatever else was reported.
         let mut r = start(table);

@@ -397,6 +397,12 @@ impl ChunkSender {
         if self.state == State::Done {
             return;
         }
+        if self.pace_at.is_some_and(|t| now >= t) {
+            // The pacer's wait is over; the next `poll_transmit` asks it again. (Cleared here
+            // too: a driver that does not poll, e.g. while rate-limited, must not be woken by
+            // a deadline in the past again and again.)
+            self.pace_at = None;
+        }
         if now >= self.last_heard + self.config.idle_timeout {
             self.abort = Some(AbortReason::Timeout);
             self.finish(SenderEvent::Failed(TransferError::Timeout(format!(

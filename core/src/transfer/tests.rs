@@ -288,6 +288,48 @@ fn pacing_spreads_the_window_over_the_rtt() {
     );
 }
 
+/// A pacing wait that has passed is dropped by `handle_timeout`, so a driver that does not
+/// poll for transmits meanwhile (rate-limited) is never woken for it again.
+#[test]
+fn a_passed_pacing_wait_is_not_reported_again() {
+    let mut pair = Pair::new(sample(400_000), 100);
+    pair.latency = Duration::from_millis(50);
+    pair.sender_config.max_window = 1000;
+    pair.receiver = ChunkReceiver::new(
+        pair.now,
+        TransferId(1),
+        FileId(1),
+        Some((pair.file.len() as u64, ContentHash::of(&pair.file))),
+        ReceiverConfig {
+            window: 1000,
+            ..ReceiverConfig::default()
+        },
+    );
+    // Run until the pacer holds a chunk back: nothing to send now, a wait of under 5 ms.
+    let mut held = None;
+    for _ in 0..100_000 {
+        pair.step();
+        let now = pair.now;
+        let Some(s) = pair.sender.as_mut() else {
+            continue;
+        };
+        let soon = s
+            .poll_timeout()
+            .filter(|&t| t < now + Duration::from_millis(5));
+        if soon.is_some() && s.poll_transmit(now).is_none() {
+            held = s.poll_timeout();
+            break;
+        }
+    }
+    let at = held.expect("the pacer held a chunk back");
+    let s = pair.sender.as_mut().unwrap();
+    s.handle_timeout(at);
+    assert!(
+        s.poll_timeout().is_some_and(|t| t > at),
+        "a passed deadline reported again"
+    );
+}
+
 #[test]
 fn retransmits_lost_chunk_by_fast_retransmit() {
     let mut dropped = false;
