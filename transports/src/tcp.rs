@@ -513,14 +513,17 @@ impl Transport for TcpTransport {
 mod tests {
     use super::*;
 
+    /// A transport on a free loopback port, default settings.
+    async fn local() -> TcpTransport {
+        TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn frames_cross_and_replies_use_the_same_connection() {
-        let a = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
-            .await
-            .unwrap();
-        let b = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
-            .await
-            .unwrap();
+        let a = local().await;
+        let b = local().await;
         a.send_to(b.local_addr().unwrap(), b"hello").await.unwrap();
         let (from, msg) = b.recv_from().await.unwrap();
         assert_eq!(msg, &b"hello"[..]);
@@ -532,12 +535,8 @@ mod tests {
 
     #[tokio::test]
     async fn file_frames_carry_the_file_bytes_in_order_with_other_messages() {
-        let a = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
-            .await
-            .unwrap();
-        let b = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
-            .await
-            .unwrap();
+        let a = local().await;
+        let b = local().await;
         let to = b.local_addr().unwrap();
         let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let dir = tempfile::tempdir().unwrap();
@@ -587,9 +586,7 @@ mod tests {
         for _ in 0..10 {
             idle.push(TcpStream::connect(addr).await.unwrap());
         }
-        let client = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
-            .await
-            .unwrap();
+        let client = local().await;
         client.send_to(addr, b"real").await.unwrap();
         let (from, msg) = server.recv_from().await.unwrap();
         assert_eq!(msg, &b"real"[..]);
@@ -600,9 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_frame_header_closes_the_connection_without_allocating() {
-        let a = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
-            .await
-            .unwrap();
+        let a = local().await;
         let mut s = TcpStream::connect(a.local_addr().unwrap()).await.unwrap();
         s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
         let mut buf = [0u8; 1];

@@ -333,12 +333,17 @@ impl Transport for UdpTransport {
 mod tests {
     use super::*;
 
+    /// A transport on a free loopback port, 1452-byte datagrams (60 KiB to loopback).
+    fn local() -> UdpTransport {
+        UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap()
+    }
+
     /// A batch leaves as separate datagrams, whole and in order, with segmentation offload
     /// where the kernel has it and one by one where not; the last may be shorter.
     #[tokio::test]
     async fn a_batch_arrives_as_separate_datagrams() {
-        let a = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap();
-        let b = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap();
+        let a = local();
+        let b = local();
         let to = b.local_addr().unwrap();
         let segment = 1000;
         assert!(a.max_batch(to, segment) >= 1);
@@ -366,8 +371,8 @@ mod tests {
     /// still held keep their bytes while later datagrams arrive.
     #[tokio::test]
     async fn large_datagrams_are_slices_of_reused_blocks() {
-        let a = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap();
-        let b = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap();
+        let a = local();
+        let b = local();
         let to = b.local_addr().unwrap();
         let len = 50_000;
         let mut held = Vec::new();

@@ -1006,36 +1006,7 @@ mod tests {
             ..ReceiverConfig::default()
         };
         let t = TransferId(5);
-        let start = |table: PieceTable| {
-            let mut r = ChunkReceiver::resume(
-                now,
-                t,
-                FileId(1),
-                Some((3500, hash)),
-                0,
-                table,
-                config.clone(),
-            );
-            let accept = Message::Accept {
-                transfer: t,
-                size: 3500,
-                chunk_size: 700,
-                hash,
-            };
-            r.handle_message(now, accept);
-            for seq in 0..5u64 {
-                let payload = Bytes::copy_from_slice(&data[seq as usize * 700..][..700]);
-                r.handle_message(
-                    now,
-                    Message::Data {
-                        transfer: t,
-                        seq,
-                        payload,
-                    },
-                );
-            }
-            r
-        };
+        // Accepted, nothing delivered yet.
         let start_fresh = |table: PieceTable| {
             let mut r = ChunkReceiver::resume(
                 now,
@@ -1053,6 +1024,22 @@ mod tests {
                 hash,
             };
             r.handle_message(now, accept);
+            r
+        };
+        // Accepted, then every chunk delivered.
+        let start = |table: PieceTable| {
+            let mut r = start_fresh(table);
+            for seq in 0..5u64 {
+                let payload = Bytes::copy_from_slice(&data[seq as usize * 700..][..700]);
+                r.handle_message(
+                    now,
+                    Message::Data {
+                        transfer: t,
+                        seq,
+                        payload,
+                    },
+                );
+            }
             r
         };
         let events =

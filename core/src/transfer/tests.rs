@@ -241,26 +241,33 @@ fn no_retransmission_on_a_clean_link() {
     assert_eq!(pair.stats().timeouts, 0);
 }
 
+/// 4,000 chunks of 100 bytes over a 100 ms RTT path, with windows of 1,000 chunks on both
+/// sides.
+fn long_wide_pair() -> Pair {
+    let mut pair = Pair::new(sample(400_000), 100);
+    pair.latency = Duration::from_millis(50);
+    pair.sender_config.max_window = 1000;
+    pair.receiver = ChunkReceiver::new(
+        pair.now,
+        TransferId(1),
+        FileId(1),
+        Some((pair.file.len() as u64, ContentHash::of(&pair.file))),
+        ReceiverConfig {
+            window: 1000,
+            ..ReceiverConfig::default()
+        },
+    );
+    pair
+}
+
 /// On a long path with a large window, pacing sends the window in bursts of a couple of
 /// milliseconds' worth instead of all at once, and still finishes in about the same number
 /// of round trips.
 #[test]
 fn pacing_spreads_the_window_over_the_rtt() {
     let run = |pacing: bool| {
-        let mut pair = Pair::new(sample(400_000), 100);
-        pair.latency = Duration::from_millis(50);
-        pair.sender_config.max_window = 1000;
+        let mut pair = long_wide_pair();
         pair.sender_config.pacing = pacing;
-        pair.receiver = ChunkReceiver::new(
-            pair.now,
-            TransferId(1),
-            FileId(1),
-            Some((pair.file.len() as u64, ContentHash::of(&pair.file))),
-            ReceiverConfig {
-                window: 1000,
-                ..ReceiverConfig::default()
-            },
-        );
         let start = pair.now;
         pair.drive(1_000_000);
         assert!(pair.finished(), "pacing {pacing}");
@@ -292,19 +299,7 @@ fn pacing_spreads_the_window_over_the_rtt() {
 /// poll for transmits meanwhile (rate-limited) is never woken for it again.
 #[test]
 fn a_passed_pacing_wait_is_not_reported_again() {
-    let mut pair = Pair::new(sample(400_000), 100);
-    pair.latency = Duration::from_millis(50);
-    pair.sender_config.max_window = 1000;
-    pair.receiver = ChunkReceiver::new(
-        pair.now,
-        TransferId(1),
-        FileId(1),
-        Some((pair.file.len() as u64, ContentHash::of(&pair.file))),
-        ReceiverConfig {
-            window: 1000,
-            ..ReceiverConfig::default()
-        },
-    );
+    let mut pair = long_wide_pair();
     // Run until the pacer holds a chunk back: nothing to send now, a wait of under 5 ms.
     let mut held = None;
     for _ in 0..100_000 {
