@@ -27,15 +27,11 @@ pub trait Transport: Send + Sync + 'static {
         self.send_to(to, &msg).await
     }
 
-    /// True when [`send_file`](Self::send_file) sends file bytes without reading them into
-    /// user space (TCP: `sendfile`). Only a reliable transport may say so: the endpoint then
-    /// sends chunks as [`Message::encode_data_head`](crate::wire::Message::encode_data_head)
-    /// plus file bytes, whose payload the envelope's checksum leaves to the piece hashes.
-    fn sends_files(&self) -> bool {
-        false
-    }
-
-    /// Sends `head` followed by the bytes of `body` as one message to `to`. If the file has
+    /// Sends `head` followed by the bytes of `body` as one message to `to`: how the endpoint
+    /// sends chunks on a reliable transport, whose heads
+    /// ([`Message::encode_data_head`](crate::wire::Message::encode_data_head)) leave the
+    /// payload out of the envelope's checksum. This default reads the range into the message;
+    /// TCP overrides it to send the range from the page cache (`sendfile`). If the file has
     /// become shorter than the range, the missing bytes go as zeros (the head may already be
     /// on its way), which the receiver's piece check rejects: a file that changes while it is
     /// sent never passes for the listed one.

@@ -269,12 +269,6 @@ impl Transport for SimTcp {
         true
     }
 
-    /// Like the real TCP transport, so that the simulations cover chunks whose payload the
-    /// envelope leaves unchecked (sent by the trait's reading `send_file`).
-    fn sends_files(&self) -> bool {
-        true
-    }
-
     fn forget(&self, to: SocketAddr) {
         self.shared.conns.lock().expect("conns lock").remove(&to);
     }

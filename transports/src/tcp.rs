@@ -466,10 +466,6 @@ impl Transport for TcpTransport {
         self.queue(to, Frame::Message(msg)).await
     }
 
-    fn sends_files(&self) -> bool {
-        true
-    }
-
     /// Queues `head` and the file range; the connection's writer sends the range with
     /// `sendfile`.
     async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
@@ -547,7 +543,6 @@ mod tests {
             offset,
             len,
         };
-        assert!(a.sends_files());
         a.send_to(to, b"before").await.unwrap();
         a.send_file(to, b"head".to_vec(), range(1000, 60_000))
             .await

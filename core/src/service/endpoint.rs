@@ -1301,9 +1301,9 @@ impl Driver {
         let now = Instant::now().into_std();
         let transport = self.transport.clone();
         let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
-        let queued = transport.is_reliable();
-        // (Only a reliable transport may leave payloads out of the checksum.)
-        let sends_files = transport.sends_files() && transport.is_reliable();
+        // A reliable transport takes each chunk as a head plus a file range (whose payload the
+        // checksum may leave out); datagrams are read into batches.
+        let reliable = transport.is_reliable();
         // Emptied after each upload, so one buffer serves them all.
         let mut batch = Batch::default();
         let tokio_now = Instant::now();
@@ -1356,8 +1356,7 @@ impl Driver {
                     }
                     SenderTransmit::Chunk { seq, offset, len } => {
                         self.upload_tokens -= f64::from(len);
-                        if sends_files {
-                            // The transport takes the payload from the file itself.
+                        if reliable {
                             let mut head = Vec::with_capacity(DATA_OVERHEAD);
                             Message::encode_data_head(&mut head, transfer, seq, len as usize);
                             let body = FileRange {
@@ -1368,28 +1367,20 @@ impl Driver {
                             let _ = transport.send_file(to, head, body).await;
                             continue;
                         }
-                        // Read from the file straight into the outgoing message: one of its
-                        // own, which a queueing transport (TCP) keeps without a copy, or the
-                        // end of the batch of datagrams.
-                        if !queued && batch.full() {
+                        // Read from the file straight into the end of the batch of datagrams.
+                        if batch.full() {
                             batch.send(&transport, to).await;
                         }
-                        let mut owned = Vec::new();
-                        let out = if queued {
-                            owned.reserve_exact(len as usize + DATA_OVERHEAD);
-                            &mut owned
-                        } else {
-                            &mut batch.bytes
-                        };
-                        let start = out.len();
-                        let read =
-                            Message::encode_data_into(out, transfer, seq, len as usize, |into| {
-                                up.reader.read(&up.file, into, offset)
-                            });
+                        let start = batch.bytes.len();
+                        let read = Message::encode_data_into(
+                            &mut batch.bytes,
+                            transfer,
+                            seq,
+                            len as usize,
+                            |into| up.reader.read(&up.file, into, offset),
+                        );
                         if read.is_err() {
                             up.machine.abort(AbortReason::FileChanged);
-                        } else if queued {
-                            let _ = transport.send_owned(to, owned).await;
                         } else {
                             batch.added(&transport, to, start).await;
                         }

@@ -21,8 +21,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::rtt::RttEstimator;
-
 /// What an acknowledgement tells the controller.
 #[derive(Clone, Copy, Debug)]
 pub struct AckSample {
@@ -32,6 +30,8 @@ pub struct AckSample {
     pub acked: u64,
     /// RTT measured from it (Karn's rule applied), if any.
     pub rtt: Option<Duration>,
+    /// The sender's smoothed RTT (RFC 6298), this sample included.
+    pub srtt: Option<Duration>,
     /// A chunk it acknowledged was sent before one acknowledged earlier, and not resent:
     /// the path reorders.
     pub reordered: bool,
@@ -159,8 +159,6 @@ pub struct Bbr {
     max: u64,
     mode: Mode,
     min_rtt: Option<(Duration, Instant)>,
-    /// Smoothed RTT of the samples (the sender's estimator, RFC 6298).
-    rtt: RttEstimator,
     /// The path was seen to reorder: the minimum RTT may come from chunks that overtook the
     /// rest, so the window also keeps bandwidth × smoothed RTT.
     reordering: bool,
@@ -190,8 +188,6 @@ impl Bbr {
             max,
             mode: Mode::Startup,
             min_rtt: None,
-            // Only its smoothed RTT is used, not its timeout bounds.
-            rtt: RttEstimator::new(Duration::ZERO, Duration::ZERO, Duration::MAX),
             reordering: false,
             round_delivered: 0,
             round_start: None,
@@ -273,7 +269,6 @@ impl CongestionController for Bbr {
             if stale {
                 self.min_rtt = Some((rtt, s.now));
             }
-            self.rtt.on_sample(rtt);
         }
         self.reordering |= s.reordered;
         self.update_aggregation(s.now, s.acked);
@@ -282,9 +277,8 @@ impl CongestionController for Bbr {
         // A round lasts one smoothed RTT (at least a millisecond, so that loopback rounds
         // still average over many ACKs): the time a chunk sent now takes to be acknowledged,
         // which the minimum RTT understates when chunks overtake each other.
-        let round_len = self
-            .rtt
-            .srtt()
+        let round_len = s
+            .srtt
             .or(self.min_rtt.map(|(m, _)| m))
             .unwrap_or(Duration::from_millis(1))
             .max(Duration::from_millis(1));
@@ -310,7 +304,7 @@ impl CongestionController for Bbr {
                 // RTT (Little's law). Only there: elsewhere the smoothed RTT includes the
                 // queue the window itself builds, and a floor on it would feed on itself.
                 let sustain = if self.reordering {
-                    bw * self.rtt.srtt().unwrap_or(min_rtt).as_secs_f64()
+                    bw * s.srtt.unwrap_or(min_rtt).as_secs_f64()
                 } else {
                     0.0
                 };
@@ -349,14 +343,42 @@ impl CongestionController for FixedWindow {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rtt::RttEstimator;
     use super::*;
 
+    /// A sample on a path of constant RTT (whose smoothed RTT is that RTT).
     fn ack(now: Instant, acked: u64, rtt_ms: u64) -> AckSample {
+        let rtt = Some(Duration::from_millis(rtt_ms));
         AckSample {
             now,
             acked,
-            rtt: Some(Duration::from_millis(rtt_ms)),
+            rtt,
+            srtt: rtt,
             reordered: false,
+        }
+    }
+
+    /// Samples as a sender makes them, with its smoothed RTT.
+    struct Samples(RttEstimator);
+
+    impl Samples {
+        fn new() -> Self {
+            Samples(RttEstimator::new(
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::MAX,
+            ))
+        }
+
+        fn ack(&mut self, now: Instant, acked: u64, rtt: Duration, reordered: bool) -> AckSample {
+            self.0.on_sample(rtt);
+            AckSample {
+                now,
+                acked,
+                rtt: Some(rtt),
+                srtt: self.0.srtt(),
+                reordered,
+            }
         }
     }
 
@@ -419,6 +441,7 @@ mod tests {
     fn bbr_window_is_not_throttled_by_overtaking_chunks() {
         let t = Instant::now();
         let mut bbr = Bbr::new(10, 10_000);
+        let mut samples = Samples::new();
         let bw_per_ms = 10; // chunks the path delivers per ms at most
         for ms in 0..3_000u64 {
             let now = t + Duration::from_millis(ms);
@@ -431,13 +454,8 @@ mod tests {
             } else {
                 Duration::from_millis(10)
             };
-            bbr.on_ack(AckSample {
-                now,
-                acked: delivered,
-                rtt: Some(rtt),
-                // The chunks acknowledged after an overtaking one were sent before it.
-                reordered: ms % 4 == 1,
-            });
+            // The chunks acknowledged after an overtaking one were sent before it.
+            bbr.on_ack(samples.ack(now, delivered, rtt, ms % 4 == 1));
         }
         let w = bbr.window();
         assert!(
@@ -455,6 +473,7 @@ mod tests {
     fn bbr_window_does_not_feed_on_its_own_queue() {
         let t = Instant::now();
         let mut bbr = Bbr::new(10, 1024);
+        let mut samples = Samples::new();
         let (bw, base_ms) = (10.0f64, 20.0f64);
         let bdp = bw * base_ms;
         let mut carry = 0.0;
@@ -465,12 +484,8 @@ mod tests {
             carry += (w / rtt_ms).min(bw);
             let delivered = carry.floor();
             carry -= delivered;
-            bbr.on_ack(AckSample {
-                now,
-                acked: delivered as u64,
-                rtt: Some(Duration::from_secs_f64(rtt_ms / 1000.0)),
-                reordered: false,
-            });
+            let rtt = Duration::from_secs_f64(rtt_ms / 1000.0);
+            bbr.on_ack(samples.ack(now, delivered as u64, rtt, false));
         }
         let w = bbr.window();
         assert!((200..=600).contains(&w), "window {w}, BDP 200");
@@ -546,19 +561,15 @@ mod tests {
                 Box::new(NewReno::new(10, max)),
             ];
             for (i, cc) in ccs.iter_mut().enumerate() {
+                let mut samples = Samples::new();
                 let mut now = t;
                 let mut tx = 0;
                 for e in &events {
                     match *e {
                         Event::Ack { after_us, acked, rtt_us } => {
                             now += Duration::from_micros(after_us);
-                            let rtt = Some(Duration::from_micros(rtt_us));
-                            cc.on_ack(AckSample {
-                                now,
-                                acked,
-                                rtt,
-                                reordered: false,
-                            });
+                            let rtt = Duration::from_micros(rtt_us);
+                            cc.on_ack(samples.ack(now, acked, rtt, false));
                         }
                         Event::Loss => {
                             cc.on_loss(tx, tx + 1);
@@ -574,13 +585,7 @@ mod tests {
                     for _ in 0..50 {
                         now += Duration::from_millis(2);
                         let w = cc.window();
-                        let rtt = Some(Duration::from_millis(1));
-                        cc.on_ack(AckSample {
-                            now,
-                            acked: w,
-                            rtt,
-                            reordered: false,
-                        });
+                        cc.on_ack(samples.ack(now, w, Duration::from_millis(1), false));
                     }
                     proptest::prop_assert!(cc.window() > low || low == max, "stalled: {:?}", cc);
                 }

@@ -326,6 +326,7 @@ impl ChunkSender {
                 now,
                 acked: newly_acked,
                 rtt,
+                srtt: self.rtt.srtt(),
                 reordered,
             });
         }
