@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use nix::sys::sendfile::sendfile64;
 use nix::sys::socket::{send, MsgFlags};
 use p2p_core::transport::{FileRange, Transport};
 use p2p_core::wire::{DATA_OVERHEAD, MAX_MESSAGE};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
@@ -252,23 +252,26 @@ async fn read_frames(
     last_active: &AtomicU64,
 ) -> io::Result<()> {
     let limit = shared.config.max_message.min(MAX_MESSAGE);
-    // Frames are read in large blocks and handed on as slices of them: no copy, no zeroing,
-    // few syscalls. A frame still queued pins at most its block.
-    let mut buf = BytesMut::with_capacity(READ_BLOCK);
+    let mut frames = FrameReader::new(&shared.spare, limit);
     loop {
         // Wait for the first byte of a frame up to the idle timeout; from then on the whole
         // frame (rest of the length, then the body) must arrive before one deadline.
-        if buf.is_empty() {
-            let n = tokio::time::timeout(shared.config.idle_timeout, read.read_buf(&mut buf))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle connection"))??;
-            if n == 0 {
-                return Ok(()); // closed between frames
+        frames.at_boundary();
+        if frames.buf.is_empty() {
+            match tokio::time::timeout(shared.config.idle_timeout, frames.fill(&mut read, 1)).await
+            {
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection")),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()), // closed between frames
+                Ok(r) => r?,
             }
         }
         let deadline = tokio::time::Instant::now() + shared.config.frame_timeout;
-        fill(&mut read, &mut buf, 4, deadline).await?;
-        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let stalled = || io::Error::new(io::ErrorKind::TimedOut, "stalled frame");
+        tokio::time::timeout_at(deadline, frames.fill(&mut read, 4))
+            .await
+            .map_err(|_| stalled())??;
+        let b = &frames.buf;
+        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if len == 0 || len > limit {
             // A frame we will never accept: the stream cannot be resynchronised.
             return Err(io::Error::new(
@@ -276,12 +279,10 @@ async fn read_frames(
                 "bad frame length",
             ));
         }
-        fill(&mut read, &mut buf, 4 + len, deadline).await?;
-        buf.advance(4);
-        let msg = buf.split_to(len).freeze();
-        if buf.capacity() < READ_BLOCK / 4 {
-            next_block(&mut buf, &shared.spare);
-        }
+        tokio::time::timeout_at(deadline, frames.fill(&mut read, 4 + len))
+            .await
+            .map_err(|_| stalled())??;
+        let msg = frames.take(len);
         last_active.store(shared.now_ms(), Ordering::Relaxed);
         if shared.inbox.send((from, msg)).await.is_err() {
             return Ok(()); // transport dropped
@@ -293,41 +294,94 @@ async fn read_frames(
 const READ_BLOCK: usize = 256 * 1024;
 /// Read blocks kept for reuse by all connections together (4 MiB).
 const SPARE_BLOCKS: usize = 16;
+/// Least a read may ask for at the start of a frame before a fresh block is taken.
+const MIN_READ: usize = 16 * 1024;
 
-/// Moves `buf` (its unread bytes) to a fresh block: a spare one no frame points into any more,
-/// or a new one. The old block becomes a spare (or is freed once its frames are, when there
-/// are spares enough).
-fn next_block(buf: &mut BytesMut, spare: &StdMutex<Vec<BytesMut>>) {
-    let mut spare = spare.lock().expect("spare lock");
-    let mut next = match spare.iter_mut().position(|b| b.try_reclaim(READ_BLOCK)) {
-        Some(i) => spare.swap_remove(i),
-        None => BytesMut::with_capacity(READ_BLOCK),
-    };
-    next.extend_from_slice(buf);
-    let mut old = std::mem::replace(buf, next);
-    old.clear();
-    if spare.len() < SPARE_BLOCKS {
-        spare.push(old);
-    }
+/// Cuts a stream into frames read in large blocks and handed on as slices of them: no copy,
+/// no zeroing, few syscalls. A frame still queued pins at most its block.
+///
+/// A read that may run past the current frame stops `tail` bytes short of the block's end,
+/// `tail` being the largest frame (up to half a block): a frame that starts before that point
+/// fits in the block, and the reads that complete it stop at its end. So a frame never
+/// straddles two blocks and no byte is ever moved to a new block (frames larger than half a
+/// block, on a transport configured for them, are the exception).
+struct FrameReader<'a> {
+    /// Unread bytes, at the end of the current block.
+    buf: BytesMut,
+    spare: &'a StdMutex<Vec<BytesMut>>,
+    tail: usize,
+    /// Size of the current block (a pooled one, or larger for an oversized frame).
+    block: usize,
+    /// Bytes moved to a new block (the exception above).
+    moved: usize,
 }
 
-/// Reads until `buf` holds at least `want` bytes, by `deadline`.
-async fn fill(
-    read: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    want: usize,
-    deadline: tokio::time::Instant,
-) -> io::Result<()> {
-    while buf.len() < want {
-        buf.reserve(want - buf.len());
-        let n = tokio::time::timeout_at(deadline, read.read_buf(buf))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled frame"))??;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+impl<'a> FrameReader<'a> {
+    /// `limit`: the largest frame body accepted.
+    fn new(spare: &'a StdMutex<Vec<BytesMut>>, limit: usize) -> Self {
+        let mut reader = FrameReader {
+            buf: BytesMut::new(),
+            spare,
+            tail: (4 + limit).min(READ_BLOCK / 2),
+            block: 0,
+            moved: 0,
+        };
+        reader.next_block(0);
+        reader
+    }
+
+    /// At a frame boundary: takes a fresh block when this one has too little room left for
+    /// a read, which costs nothing when no bytes of the next frame are in it yet.
+    fn at_boundary(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() < self.tail + MIN_READ {
+            self.next_block(0);
         }
     }
-    Ok(())
+
+    /// Reads until `buf` holds at least `want` bytes.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, read: &mut R, want: usize) -> io::Result<()> {
+        if want > self.buf.capacity() {
+            self.next_block(want);
+        }
+        while self.buf.len() < want {
+            let room = self.buf.capacity() - self.buf.len();
+            let need = want - self.buf.len();
+            let n = need.max(room.saturating_sub(self.tail)).min(room);
+            if read.read_buf(&mut (&mut self.buf).limit(n)).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The frame of `len` bytes after its 4-byte length, all of it in `buf`.
+    fn take(&mut self, len: usize) -> Bytes {
+        self.buf.advance(4);
+        self.buf.split_to(len).freeze()
+    }
+
+    /// Moves the unread bytes to a fresh block of at least `at_least` bytes: a spare one no
+    /// frame points into any more, or a new one. The old block becomes a spare (or is freed
+    /// once its frames are, when there are spares enough).
+    fn next_block(&mut self, at_least: usize) {
+        let mut spare = self.spare.lock().expect("spare lock");
+        let size = at_least.max(READ_BLOCK);
+        let pooled = if size == READ_BLOCK {
+            let reusable = spare.iter_mut().position(|b| b.try_reclaim(READ_BLOCK));
+            reusable.map(|i| spare.swap_remove(i))
+        } else {
+            None
+        };
+        let mut next = pooled.unwrap_or_else(|| BytesMut::with_capacity(size));
+        self.moved += self.buf.len();
+        next.extend_from_slice(&self.buf);
+        let mut old = std::mem::replace(&mut self.buf, next);
+        old.clear();
+        if self.block == READ_BLOCK && spare.len() < SPARE_BLOCKS {
+            spare.push(old);
+        }
+        self.block = size;
+    }
 }
 
 /// Frames this large skip the write buffer.
@@ -564,6 +618,109 @@ mod tests {
             let (_, got) = b.recv_from().await.unwrap();
             assert_eq!(got.len(), want.len());
             assert!(got[..] == want[..], "frame of {} bytes differs", want.len());
+        }
+    }
+
+    /// Gives at most the next of `sizes` bytes per read (cycling), like a socket that
+    /// delivers a stream in arbitrary pieces.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let me = &mut *self;
+            let size = me.sizes[me.turn % me.sizes.len()];
+            me.turn += 1;
+            let n = size.min(out.remaining()).min(me.data.len() - me.pos);
+            out.put_slice(&me.data[me.pos..me.pos + n]);
+            me.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Frames of the given body sizes (each body's bytes tell its index and offset).
+    fn framed(sizes: &[usize]) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let bodies: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 7 + j % 253) as u8).collect())
+            .collect();
+        let mut stream = Vec::new();
+        for b in &bodies {
+            stream.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            stream.extend_from_slice(b);
+        }
+        (bodies, stream)
+    }
+
+    /// Cuts `stream` into frames as the connection reader does: the frames, and the bytes
+    /// moved between blocks.
+    async fn cut(stream: Vec<u8>, reads: Vec<usize>, limit: usize) -> (Vec<Bytes>, usize) {
+        let spare = StdMutex::new(Vec::new());
+        let mut frames = FrameReader::new(&spare, limit);
+        let total = stream.len();
+        let mut src = Trickle {
+            data: stream,
+            pos: 0,
+            sizes: reads,
+            turn: 0,
+        };
+        let mut out = Vec::new();
+        loop {
+            frames.at_boundary();
+            if frames.buf.is_empty() && src.pos == total {
+                return (out, frames.moved);
+            }
+            frames.fill(&mut src, 4).await.unwrap();
+            let b = &frames.buf;
+            let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            assert!(len <= limit);
+            frames.fill(&mut src, 4 + len).await.unwrap();
+            out.push(frames.take(len));
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_never_straddle_read_blocks_so_no_byte_is_moved() {
+        let limit = TcpConfig::default().max_message;
+        // Full chunks, ACK-sized messages and odd sizes, over 40 blocks' worth.
+        let pattern = [limit, 20, limit, limit - 1, 7, 1000, limit, 33_333, 1];
+        let sizes: Vec<usize> = pattern.iter().cycle().take(300).copied().collect();
+        let (bodies, stream) = framed(&sizes);
+        // Reads as large as asked, reads of odd sizes, and one byte at a time now and then.
+        for reads in [
+            vec![usize::MAX],
+            vec![70_001, 3, 65_536, 1, 200_000],
+            vec![1, 4096],
+        ] {
+            let (got, moved) = cut(stream.clone(), reads.clone(), limit).await;
+            assert_eq!(got.len(), bodies.len(), "reads {reads:?}");
+            for (i, (g, b)) in got.iter().zip(&bodies).enumerate() {
+                assert!(g[..] == b[..], "frame {i} differs (reads {reads:?})");
+            }
+            assert_eq!(moved, 0, "bytes moved between blocks (reads {reads:?})");
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_larger_than_half_a_block_still_arrive_whole() {
+        let limit = 600_000;
+        let sizes = [200_000, 10, 590_000, 129_000, 600_000, 5];
+        let (bodies, stream) = framed(&sizes);
+        for reads in [vec![usize::MAX], vec![50_000, 1, 77_777]] {
+            let (got, _) = cut(stream.clone(), reads, limit).await;
+            assert_eq!(got.len(), bodies.len());
+            for (g, b) in got.iter().zip(&bodies) {
+                assert!(g[..] == b[..]);
+            }
         }
     }
 
