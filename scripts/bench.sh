@@ -348,6 +348,20 @@ cell() {
             if (m % 2) printf "%.2f\n", v[(m + 1) / 2]; else printf "%.2f\n", (v[m / 2] + v[m / 2 + 1]) / 2
         }' "$TSV"
 }
+paired() { # CASE PATH COL -> "median min-max" of the per-round ratios to raw TCP (loopback:
+    # the cases take turns, so the k-th run of a path and raw TCP's k-th run share a round)
+    awk -F'\t' -v c="$1" -v p="$2" -v k="$3" -v raw="raw TCP (socat)" '
+        $1 == c && $2 == raw { r[++nr] = ($4 == "ok") ? $k : "" }
+        $1 == c && $2 == p { x[++nx] = ($4 == "ok") ? $k : "" }
+        END {
+            for (i = 1; i <= nx && i <= nr; i++)
+                if (x[i] != "" && x[i] != "-" && r[i] != "" && r[i] != "-" && r[i] + 0 > 0) v[++m] = x[i] / r[i]
+            if (m == 0) { print "-"; exit }
+            for (i = 2; i <= m; i++) { y = v[i]; j = i - 1; while (j > 0 && v[j] > y) { v[j + 1] = v[j]; j-- } v[j + 1] = y }
+            med = (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+            printf "%.2f %.2f-%.2f\n", med, v[1], v[m]
+        }' "$TSV"
+}
 okn() {
     awk -F'\t' -v c="$1" -v p="$2" '$1 == c && $2 == p { n++; if ($4 == "ok") o++ } END { printf "%d/%d", o, n }' "$TSV"
 }
@@ -423,19 +437,21 @@ loopback() {
     header
     echo "# raw TCP: socat -u -b $SOCAT_BUF, congestion control $cc; peak RSS of the seeding peers after indexing (before any transfer): udp $(kib_to_mib "$udp_idx_hwm") MiB, tcp $(kib_to_mib "$tcp_idx_hwm") MiB"
     echo
-    printf '%-16s %5s %10s %10s %7s %7s %12s %14s\n' path ok/n "MiB/s" "MiB/s cmd" ratio "r cmd" "sender MiB" "receiver MiB"
-    local p x c
+    printf '%-16s %5s %10s %10s %7s %7s %7s %11s %12s %14s\n' path ok/n "MiB/s" "MiB/s cmd" ratio "r cmd" "r round" "round range" "sender MiB" "receiver MiB"
+    local p x c pr
     for p in "raw TCP (socat)" "p2p UDP" "p2p TCP" "p2p UDP 1452 B" "p2p UDP fsync"; do
         x=$(cell lo "$p" 7)
         c=$(cell lo "$p" 8)
-        printf '%-16s %5s %10s %10s %7s %7s %12s %14s\n' "$p" "$(okn lo "$p")" "$x" "$c" \
-            "$(ratio "$x" "$raw_x")" "$(ratio "$c" "$raw_c")" "$(rss_mib lo "$p" 9)" "$(rss_mib lo "$p" 10)"
+        read -r -a pr <<<"$(paired lo "$p" 7)"
+        printf '%-16s %5s %10s %10s %7s %7s %7s %11s %12s %14s\n' "$p" "$(okn lo "$p")" "$x" "$c" \
+            "$(ratio "$x" "$raw_x")" "$(ratio "$c" "$raw_c")" "${pr[0]:--}" "${pr[1]:--}" "$(rss_mib lo "$p" 9)" "$(rss_mib lo "$p" 10)"
     done
     echo
     echo "MiB/s: file size / transfer time (p2p: get --json elapsed_ms; raw TCP: sender start to receiver exit)."
     echo "p2p UDP, p2p TCP: get --no-fsync (written to the page cache, as socat does); p2p UDP fsync: get's default."
     echo "p2p UDP 1452 B: a seeder with --max-datagram 1452 (a 1,500-byte MTU's datagrams, as on a real network), get --no-fsync."
     echo "MiB/s cmd: file size / wall time of the whole receiving command; ratio, r cmd: against raw TCP."
+    echo "r round, round range: median, lowest and highest of the per-round ratios (xfer) to the raw TCP run of the same round."
     echo "sender / receiver MiB: peak RSS (seeding peer: VmHWM reset before the transfer; receiver: /usr/bin/time -v)."
 }
 

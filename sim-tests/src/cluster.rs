@@ -136,8 +136,10 @@ pub fn fast_endpoint(share: Option<PathBuf>, id_seed: u64) -> EndpointConfig {
         rpc_retry: Duration::from_millis(250),
         rpc_attempts: 8,
         id_seed,
-        // Pieces hashed on the I/O task: a thread would not follow the simulated clock.
+        // Pieces hashed and downloads finished on the I/O task: a thread would not follow
+        // the simulated clock.
         hash_thread: false,
+        finish_thread: false,
         ..EndpointConfig::default()
     }
 }

@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -25,7 +25,8 @@ use tokio::time::Instant;
 use super::paging::paginate;
 pub use super::resume::partial_path;
 use super::resume::{
-    self, plan_resume, save_state, Checkpointer, DownloadState, PartialWriter, ResumePlan,
+    self, plan_resume, save_state, Checkpointer, DownloadState, PartialWriter, PendingCheckpoint,
+    ResumePlan,
 };
 use crate::index::ShareIndex;
 use crate::limits::{RateConfig, RateLimiter};
@@ -78,6 +79,11 @@ pub struct EndpointConfig {
     /// (receive, write) and the hashing run on two cores. Off, pieces are hashed on the I/O
     /// task; simulations turn it off, as a thread's timing is not the simulated clock's.
     pub hash_thread: bool,
+    /// A download whose last piece is verified is finished (flushed, synced with `fsync`,
+    /// given its final name) on a blocking thread, so that the I/O task goes on serving
+    /// other transfers meanwhile: syncing a large file takes seconds. Off, on the I/O task
+    /// (simulations, for the simulated clock).
+    pub finish_thread: bool,
 }
 
 impl Default for EndpointConfig {
@@ -96,6 +102,7 @@ impl Default for EndpointConfig {
             rpc_attempts: 5,
             id_seed: 0,
             hash_thread: true,
+            finish_thread: true,
         }
     }
 }
@@ -233,7 +240,7 @@ pub fn spawn_endpoint(
         rpcs: BTreeMap::new(),
         uploads: BTreeMap::new(),
         downloads: BTreeMap::new(),
-        dests: BTreeSet::new(),
+        dests: Arc::default(),
         registration: None,
         index_pages: Vec::new(),
         limiter: RateLimiter::new(config.rate),
@@ -552,6 +559,8 @@ struct Download {
     started: Instant,
     progress: watch::Sender<Progress>,
     reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
+    /// Handed to a [`Finish`] job, which answers `reply` and frees the destination.
+    finishing: bool,
 }
 
 struct Registration {
@@ -574,7 +583,8 @@ struct Driver {
     rpcs: BTreeMap<RequestId, PendingRpc>,
     uploads: BTreeMap<(SocketAddr, TransferId), Upload>,
     downloads: BTreeMap<TransferId, Download>,
-    dests: BTreeSet<PathBuf>,
+    /// Destinations of the downloads in progress or being finished.
+    dests: Arc<StdMutex<BTreeSet<PathBuf>>>,
     registration: Option<Registration>,
     limiter: RateLimiter,
     /// Upload rate cap: bytes that may be sent now, and when they were last topped up.
@@ -840,7 +850,7 @@ impl Driver {
         progress: watch::Sender<Progress>,
         reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
     ) {
-        if !self.dests.insert(dest.clone()) {
+        if !self.dests.lock().expect("dests lock").insert(dest.clone()) {
             let _ = reply.send(Err(ServiceError::Io(format!(
                 "{} is already being downloaded",
                 dest.display()
@@ -875,7 +885,7 @@ impl Driver {
         let (writer, checkpoints) = match opened {
             Ok(pair) => pair,
             Err(e) => {
-                self.dests.remove(&dest);
+                self.dests.lock().expect("dests lock").remove(&dest);
                 let _ = reply.send(Err(ServiceError::Io(format!(
                     "cannot write {}: {e}",
                     partial.display()
@@ -928,6 +938,7 @@ impl Driver {
                 started: now,
                 progress,
                 reply: Some(reply),
+                finishing: false,
             },
         );
         self.pump_download(transfer);
@@ -1169,6 +1180,7 @@ impl Driver {
             return;
         };
         let mut outcome: Option<Result<DownloadReport, ServiceError>> = None;
+        let mut finished = None;
         if let Err(e) = d.checkpoint_done() {
             d.machine
                 .abort(AbortReason::Other("receiver cannot write".into()));
@@ -1218,7 +1230,7 @@ impl Driver {
                     }
                 }
                 ReceiverEvent::Finished { received, hash } => {
-                    outcome = Some(finish_file(d, received, hash, self.config.fsync));
+                    finished = Some((received, hash));
                 }
                 ReceiverEvent::Failed(e) => {
                     outcome.get_or_insert(Err(ServiceError::Transfer(e)));
@@ -1232,6 +1244,14 @@ impl Driver {
             };
             if let Some(reply) = d.reply.take() {
                 let _ = reply.send(result);
+            }
+        } else if let Some((received, hash)) = finished {
+            if let Some(job) = d.finish(received, hash, self.config.fsync, &self.dests) {
+                if self.config.finish_thread {
+                    tokio::task::spawn_blocking(move || job.run());
+                } else {
+                    job.run();
+                }
             }
         }
     }
@@ -1407,11 +1427,11 @@ impl Driver {
                 let _ = transport.send_to(d.peer, &buf).await;
             }
         }
-        let dests = &mut self.dests;
+        let mut dests = self.dests.lock().expect("dests lock");
         self.downloads.retain(|_, d| {
             let keep = !d.machine.is_done() || d.reply.is_some();
-            if !keep {
-                dests.remove(&d.dest);
+            if !keep && !d.finishing {
+                dests.remove(&d.dest); // a finishing one's job gives it up when done
             }
             keep
         });
@@ -1512,71 +1532,126 @@ impl Download {
                 self.saved = keep;
             }
         }
-        if self.saved == 0 {
-            resume::discard(&self.dest);
-            return err;
-        }
-        ServiceError::Incomplete {
-            reason: err.to_string(),
-            kept: self.saved,
+        incomplete(err, self.saved, &self.dest, &self.partial)
+    }
+
+    /// The work left once the last piece is verified, as a job that owns what it needs
+    /// (`None` when the download was already closed).
+    fn finish(
+        &mut self,
+        received: u64,
+        hash: ContentHash,
+        sync: bool,
+        dests: &Arc<StdMutex<BTreeSet<PathBuf>>>,
+    ) -> Option<Finish> {
+        let writer = self.writer.take()?;
+        self.finishing = true;
+        Some(Finish {
+            writer: Some(writer),
+            checkpoint: self.checkpoints.take(),
+            sync,
+            dest: self.dest.clone(),
             partial: self.partial.clone(),
-        }
+            saved: self.saved,
+            report: DownloadReport {
+                path: self.dest.clone(),
+                size: self.size,
+                received,
+                hash,
+                elapsed: Duration::ZERO,
+                resumed_from: self.offset,
+                discarded: self.discarded.take(),
+            },
+            started: self.started,
+            reply: self.reply.take(),
+            dests: dests.clone(),
+        })
     }
 }
 
-fn finish_file(
-    d: &mut Download,
-    received: u64,
-    hash: ContentHash,
+/// After a failure: the error to report, once the state file is gone if nothing was kept.
+fn incomplete(err: ServiceError, saved: u64, dest: &Path, partial: &Path) -> ServiceError {
+    if saved == 0 {
+        resume::discard(dest);
+        return err;
+    }
+    ServiceError::Incomplete {
+        reason: err.to_string(),
+        kept: saved,
+        partial: partial.to_path_buf(),
+    }
+}
+
+/// What is left to do once a download's last piece is verified: wait for the checkpoint in
+/// flight, flush (and sync) the file, give it its final name, remove the state file, then
+/// answer and free the destination. Owns all it needs, so it can run on a blocking thread
+/// ([`EndpointConfig::finish_thread`]).
+struct Finish {
+    writer: Option<PartialWriter>,
+    checkpoint: PendingCheckpoint,
     sync: bool,
-) -> Result<DownloadReport, ServiceError> {
-    let io_err = |what: &str, e: io::Error| ServiceError::Io(format!("{what}: {e}"));
-    // A checkpoint still being recorded would write the state file after it is removed.
-    if let Some(res) = d.checkpoints.wait() {
-        let _ = d.recorded(res);
-    }
-    let writer = d
-        .writer
-        .take()
-        .ok_or_else(|| ServiceError::Io("download already closed".into()))?;
-    writer
-        .finish(sync)
-        .map_err(|e| io_err("cannot write the downloaded file", e))?;
-    // Never replace an existing file silently: link (fails if the name exists), then unlink.
-    match fs::hard_link(&d.partial, &d.dest) {
-        Ok(()) => {
-            let _ = fs::remove_file(&d.partial);
+    dest: PathBuf,
+    partial: PathBuf,
+    /// End of the prefix recorded in the state file.
+    saved: u64,
+    /// The report, but for the elapsed time.
+    report: DownloadReport,
+    started: Instant,
+    reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
+    dests: Arc<StdMutex<BTreeSet<PathBuf>>>,
+}
+
+impl Finish {
+    fn run(mut self) {
+        // A checkpoint still being recorded would write the state file after it is removed.
+        if let Some(Ok(saved)) = self.checkpoint.wait() {
+            self.saved = self.saved.max(saved);
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let existing = crate::index::hash_file(&d.dest).ok();
-            let _ = fs::remove_file(&d.partial);
-            if existing != Some(hash) {
-                // Nothing is left to resume: no state file pointing at a removed partial.
-                resume::discard(&d.dest);
-                d.saved = 0;
-                return Err(ServiceError::Io(format!(
-                    "{} already exists with other content; move it away or choose another --out",
-                    d.dest.display()
-                )));
+        let result = match self.finish_file() {
+            Ok(()) => Ok(DownloadReport {
+                elapsed: self.started.elapsed(),
+                ..self.report.clone()
+            }),
+            Err(e) => Err(incomplete(e, self.saved, &self.dest, &self.partial)),
+        };
+        // Free the destination before answering: whoever hears the answer may reuse it.
+        self.dests.lock().expect("dests lock").remove(&self.dest);
+        if let Some(reply) = self.reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn finish_file(&mut self) -> Result<(), ServiceError> {
+        let io_err = |what: &str, e: io::Error| ServiceError::Io(format!("{what}: {e}"));
+        let writer = self.writer.take().expect("finished once");
+        writer
+            .finish(self.sync)
+            .map_err(|e| io_err("cannot write the downloaded file", e))?;
+        let (partial, dest) = (&self.partial, &self.dest);
+        // Never replace an existing file silently: link (fails if the name exists), then unlink.
+        match fs::hard_link(partial, dest) {
+            Ok(()) => {
+                let _ = fs::remove_file(partial);
             }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let existing = crate::index::hash_file(dest).ok();
+                let _ = fs::remove_file(partial);
+                if existing != Some(self.report.hash) {
+                    // Nothing is left to resume: no state file pointing at a removed partial.
+                    resume::discard(dest);
+                    self.saved = 0;
+                    return Err(ServiceError::Io(format!(
+                        "{} already exists with other content; move it away or choose another --out",
+                        dest.display()
+                    )));
+                }
+            }
+            Err(_) => fs::rename(partial, dest)
+                .map_err(|e| io_err(&format!("cannot move the file into {}", dest.display()), e))?,
         }
-        Err(_) => fs::rename(&d.partial, &d.dest).map_err(|e| {
-            io_err(
-                &format!("cannot move the file into {}", d.dest.display()),
-                e,
-            )
-        })?,
+        resume::discard(dest);
+        Ok(())
     }
-    resume::discard(&d.dest);
-    Ok(DownloadReport {
-        path: d.dest.clone(),
-        size: d.size,
-        received,
-        hash,
-        elapsed: d.started.elapsed(),
-        resumed_from: d.offset,
-        discarded: d.discarded.take(),
-    })
 }
 
 /// The last component of the share folder, as shown to other peers (at most 255 bytes).

@@ -225,7 +225,25 @@ impl Checkpointer {
     /// Waits for the checkpoint in flight, if any (before the state file is replaced or
     /// removed by the caller).
     pub fn wait(&mut self) -> Option<io::Result<u64>> {
-        let rx = self.in_flight.take()?;
+        self.take().wait()
+    }
+
+    /// The checkpoint in flight, if any, to be waited for elsewhere (on the thread that
+    /// finishes the download); none is in flight here afterwards.
+    pub fn take(&mut self) -> PendingCheckpoint {
+        PendingCheckpoint(self.in_flight.take())
+    }
+}
+
+/// A checkpoint being recorded, taken from its [`Checkpointer`].
+#[derive(Debug)]
+pub struct PendingCheckpoint(Option<mpsc::Receiver<io::Result<u64>>>);
+
+impl PendingCheckpoint {
+    /// Waits for it: the verified prefix now on record, or why it could not be (`None`: there
+    /// was none in flight, or it was waited for already).
+    pub fn wait(&mut self) -> Option<io::Result<u64>> {
+        let rx = self.0.take()?;
         Some(
             rx.recv()
                 .unwrap_or_else(|_| Err(io::Error::other("checkpoint lost"))),
