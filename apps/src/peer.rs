@@ -155,9 +155,20 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
     Ok(())
 }
 
+/// How long leaving waits for the tracker to confirm: quitting stays quick when the tracker
+/// is gone, and the registration expires anyway.
+const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 async fn leave(handle: &EndpointHandle, tracker: SocketAddr, name: &str) {
-    if let Err(e) = handle.unregister(tracker, name).await {
-        eprintln!("warning: could not unregister from the tracker: {e} (it will expire)");
+    match tokio::time::timeout(LEAVE_WAIT, handle.unregister(tracker, name)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("warning: could not unregister from the tracker: {e} (it will expire)")
+        }
+        Err(_) => eprintln!(
+            "warning: the tracker {tracker} did not confirm within {:.1} s that we left (our entry will expire)",
+            LEAVE_WAIT.as_secs_f64()
+        ),
     }
     handle.shutdown().await;
 }

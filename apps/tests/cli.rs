@@ -285,6 +285,20 @@ fn sigterm_unregisters_the_peer() {
 }
 
 #[test]
+fn sigterm_with_the_tracker_gone_leaves_without_waiting_out_the_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, tr) = tracker(dir.path(), &[]);
+    let mut p = peer(dir.path(), "orphan", &tr, dir.path(), "udp", &[]);
+    t.kill();
+    p.terminate();
+    // Leaving gives the tracker a bounded wait (less than the request's own retries, which
+    // would say "no answer" instead), then says why the entry is left to expire.
+    p.wait_for("did not confirm within 1.5 s that we left (our entry will expire)");
+    p.wait_for("Leaving system. Goodbye!");
+    assert!(p.wait_exit().success());
+}
+
+#[test]
 fn clear_errors_for_unknown_peer_id_and_unreachable_tracker() {
     let dir = tempfile::tempdir().unwrap();
     let share = dir.path().join("share");

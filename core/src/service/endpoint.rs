@@ -561,6 +561,8 @@ struct Download {
     reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
     /// Handed to a [`Finish`] job, which answers `reply` and frees the destination.
     finishing: bool,
+    /// Bytes received as last published on `progress`.
+    shown: u64,
 }
 
 struct Registration {
@@ -599,6 +601,9 @@ struct Driver {
     /// Hashes the pieces of downloads (`EndpointConfig::hash_thread`).
     hasher: Option<HashWorker>,
 }
+
+/// Bytes received between two progress updates of a download.
+const PROGRESS_STEP: u64 = 256 * 1024;
 
 /// A thread that hashes the pieces of every download of an endpoint, in the order given; it
 /// ends when the endpoint drops the worker.
@@ -939,6 +944,7 @@ impl Driver {
                 progress,
                 reply: Some(reply),
                 finishing: false,
+                shown: plan.offset,
             },
         );
         self.pump_download(transfer);
@@ -1211,8 +1217,13 @@ impl Driver {
                             d.partial.display()
                         ))));
                     }
+                    // Watchers are woken once per piece's worth of bytes, not per chunk (a
+                    // wake-up cost more than the rest of a small chunk's bookkeeping).
                     let received = d.offset + d.machine.received();
-                    d.progress.send_modify(|p| p.received = received);
+                    if received >= d.shown + PROGRESS_STEP || received == d.size {
+                        d.shown = received;
+                        d.progress.send_modify(|p| p.received = received);
+                    }
                 }
                 ReceiverEvent::PieceVerified { verified } => {
                     d.verified = verified;

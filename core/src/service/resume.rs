@@ -83,7 +83,9 @@ pub struct PartialWriter {
 }
 
 /// Bytes buffered before a write to the file.
-const WRITE_BLOCK: usize = 1024 * 1024;
+const WRITE_BLOCK: usize = 128 * 1024;
+/// A write at least this large with nothing buffered goes straight to the file.
+const DIRECT_WRITE: usize = 32 * 1024;
 
 impl PartialWriter {
     /// Appends to `file`, which holds `len` bytes already.
@@ -102,7 +104,7 @@ impl PartialWriter {
         if self.failed {
             return Err(io::Error::other("an earlier write failed"));
         }
-        if self.buf.is_empty() && bytes.len() >= WRITE_BLOCK / 32 {
+        if self.buf.is_empty() && bytes.len() >= DIRECT_WRITE {
             if let Err(e) = self.file.write_all(bytes) {
                 self.failed = true;
                 return Err(e);
