@@ -12,7 +12,10 @@
 //!   window also covers ACK aggregation: when ACKs arrive in bursts (a receiver that
 //!   acknowledges a batch at a time, offloads that merge packets), the chunks acknowledged
 //!   beyond what the bandwidth explains are added, or the sender would sit idle between
-//!   bursts.
+//!   bursts. When no RTT sample has come down to the minimum for 10 s, a ProbeRTT phase
+//!   holds the window at its floor for 200 ms and a round trip, so that a queue standing all
+//!   that time drains and the minimum RTT is measured afresh, not replaced by the RTT the
+//!   window's own queue adds (which would then grow the window, and the queue, without end).
 //! - [`NewReno`]: slow start plus AIMD with one halving per loss episode.
 //! - [`FixedWindow`]: no control, for transports that do their own (TCP).
 //!
@@ -142,12 +145,24 @@ const PROBE_EVERY: u64 = 8;
 const PROBE_GAIN: f64 = 1.25;
 /// Gain of the round after a probe, which drains what the probe queued.
 const DRAIN_GAIN: f64 = 0.75;
+/// How long ProbeRTT holds the window at its floor, after a round trip for the queue to drain.
+const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     /// Exponential growth until the delivery rate stops growing.
     Startup,
     /// Window follows the measured bandwidth-delay product.
+    Steady,
+    /// Window at its floor until then, to measure the minimum RTT afresh; then back to the
+    /// mode it interrupted.
+    ProbeRtt { until: Instant, then: ProbeFrom },
+}
+
+/// The mode a ProbeRTT phase returns to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeFrom {
+    Startup,
     Steady,
 }
 
@@ -262,6 +277,22 @@ impl CongestionController for Bbr {
     }
 
     fn on_ack(&mut self, s: AckSample) {
+        let expired = self
+            .min_rtt
+            .is_some_and(|(_, at)| s.now.duration_since(at) > MIN_RTT_LIFETIME);
+        if expired && !matches!(self.mode, Mode::ProbeRtt { .. }) {
+            // The chunks in flight drain within a smoothed RTT; then the floor holds long
+            // enough for RTT samples of an empty queue.
+            let drain = s.srtt.unwrap_or(Duration::ZERO);
+            self.mode = Mode::ProbeRtt {
+                until: s.now + drain + PROBE_RTT_TIME,
+                then: if self.mode == Mode::Startup {
+                    ProbeFrom::Startup
+                } else {
+                    ProbeFrom::Steady
+                },
+            };
+        }
         if let Some(rtt) = s.rtt {
             let stale = self
                 .min_rtt
@@ -271,6 +302,21 @@ impl CongestionController for Bbr {
             }
         }
         self.reordering |= s.reordered;
+        if let Mode::ProbeRtt { until, then } = self.mode {
+            // As Linux marks ProbeRTT app-limited: what the floor delivers says nothing of
+            // the bandwidth, so it is not measured, and measuring starts afresh after.
+            self.cwnd = self.min;
+            if s.now >= until {
+                self.mode = match then {
+                    ProbeFrom::Startup => Mode::Startup,
+                    ProbeFrom::Steady => Mode::Steady,
+                };
+                self.round_start = Some(s.now);
+                self.round_delivered = 0;
+                self.ack_epoch = None;
+            }
+            return;
+        }
         self.update_aggregation(s.now, s.acked);
         self.round_delivered += s.acked;
         let start = *self.round_start.get_or_insert(s.now);
@@ -286,6 +332,7 @@ impl CongestionController for Bbr {
             self.end_round(s.now, start);
         }
         match self.mode {
+            Mode::ProbeRtt { .. } => {} // returned above
             Mode::Startup => self.cwnd = (self.cwnd + s.acked).min(self.max),
             Mode::Steady => {
                 let Some((min_rtt, _)) = self.min_rtt else {
@@ -465,10 +512,10 @@ mod tests {
     }
 
     /// A path with a queue: 10 chunks per ms, 20 ms base RTT (BDP 200 chunks); chunks in
-    /// flight beyond the BDP wait in the queue and lengthen the RTT. The window must stay
-    /// near BBR's twice the BDP, not grow on the RTT its own queue adds. (Run for 9 s, within
-    /// the minimum RTT's 10 s lifetime: a refresh while a queue stands is a known limit, as
-    /// there is no ProbeRTT phase.)
+    /// flight beyond the BDP wait in the queue and lengthen the RTT. For a minute (six
+    /// lifetimes of the minimum RTT), the window must stay near BBR's twice the BDP, not grow
+    /// on the RTT its own queue adds when the minimum is measured afresh (ProbeRTT drains the
+    /// queue first), and the probes must cost little of the path's capacity.
     #[test]
     fn bbr_window_does_not_feed_on_its_own_queue() {
         let t = Instant::now();
@@ -476,19 +523,76 @@ mod tests {
         let mut samples = Samples::new();
         let (bw, base_ms) = (10.0f64, 20.0f64);
         let bdp = bw * base_ms;
-        let mut carry = 0.0;
-        for ms in 0..9_000u64 {
+        let (mut carry, mut delivered_after_startup, mut largest) = (0.0, 0.0, 0);
+        for ms in 0..60_000u64 {
             let now = t + Duration::from_millis(ms);
             let w = bbr.window() as f64;
             let rtt_ms = base_ms + (w - bdp).max(0.0) / bw;
             carry += (w / rtt_ms).min(bw);
             let delivered = carry.floor();
             carry -= delivered;
+            if ms >= 2_000 {
+                delivered_after_startup += delivered;
+                largest = largest.max(bbr.window());
+            }
             let rtt = Duration::from_secs_f64(rtt_ms / 1000.0);
             bbr.on_ack(samples.ack(now, delivered as u64, rtt, false));
         }
         let w = bbr.window();
         assert!((200..=600).contains(&w), "window {w}, BDP 200");
+        assert!(largest <= 600, "window grew to {largest}, BDP 200");
+        let share = delivered_after_startup / (bw * 58_000.0);
+        assert!(share >= 0.95, "{share:.3} of the path's capacity used");
+    }
+
+    /// ProbeRTT comes only when the minimum RTT went 10 s without a sample as low, and
+    /// holds the window at its floor for 200 ms and a round trip.
+    #[test]
+    fn bbr_probes_rtt_only_when_the_minimum_is_stale() {
+        let t = Instant::now();
+        let run = |queue_ms: u64| {
+            let mut bbr = Bbr::new(10, 1024);
+            let mut samples = Samples::new();
+            let mut floor_ms = Vec::new();
+            for ms in 0..25_000u64 {
+                // Every 5 s a sample at the base RTT, unless a queue stands all the time.
+                let rtt_ms = if ms % 5_000 == 0 { 20 } else { 20 + queue_ms };
+                let rtt = Duration::from_millis(rtt_ms);
+                bbr.on_ack(samples.ack(t + Duration::from_millis(ms), 10, rtt, false));
+                if ms > 1_000 && bbr.window() == 4 {
+                    floor_ms.push(ms);
+                }
+            }
+            floor_ms
+        };
+        assert_eq!(run(0), Vec::<u64>::new(), "RTT samples at the minimum");
+        // A standing 20 ms queue, and base-RTT samples every 5 s (they refresh the minimum)
+        let refreshed = run(20);
+        assert_eq!(refreshed, Vec::<u64>::new(), "minimum refreshed every 5 s");
+        // Never at the base RTT after the start: probes at about 10 s and 20 s.
+        let mut bbr = Bbr::new(10, 1024);
+        let mut samples = Samples::new();
+        let mut floor_ms = Vec::new();
+        for ms in 0..25_000u64 {
+            let rtt = Duration::from_millis(if ms == 0 { 20 } else { 40 });
+            bbr.on_ack(samples.ack(t + Duration::from_millis(ms), 10, rtt, false));
+            if bbr.window() == 4 {
+                floor_ms.push(ms);
+            }
+        }
+        let first = floor_ms.first().copied().expect("a ProbeRTT phase");
+        assert!(
+            (10_000..10_100).contains(&first),
+            "first probe at {first} ms"
+        );
+        // 200 ms plus a smoothed RTT of 40 ms; then 40 ms is the minimum, which every sample
+        // refreshes: no more probes.
+        assert!(
+            (230..=250).contains(&floor_ms.len()),
+            "{} ms at the floor",
+            floor_ms.len()
+        );
+        assert!(floor_ms.iter().all(|&ms| ms < 10_300), "{floor_ms:?}");
     }
 
     /// ACKs that come in bursts (every 5 ms, for all chunks delivered since): the window
