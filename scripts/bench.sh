@@ -210,6 +210,12 @@ free_port() { # a TCP port nobody listens on here
 maxrss_kib() { # /usr/bin/time -v output file
     { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1" 2>/dev/null || true; } | tail -1
 }
+cpu_s() { # /usr/bin/time -v output file -> user + system seconds
+    awk -F': ' '/User time \(seconds\)/ { u = $2 } /System time \(seconds\)/ { s = $2 }
+        END { if (u == "" && s == "") print "-"; else printf "%.2f", u + s }' "$1" 2>/dev/null || echo -
+}
+TICKS=$(getconf CLK_TCK 2>/dev/null || echo 100)
+proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 vmrss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
@@ -234,14 +240,14 @@ status_of_rc() { # exit code of `timeout ...` -> status word, or "" when 0
 }
 
 # record CASE PATH RUN STATUS XFER_S CMD_S SENDER_KIB RECEIVER_KIB
-record() {
+record() { # CASE PATH RUN STATUS XFER_S CMD_S RSS_TX RSS_RX [CPU_TX CPU_RX]
     local xm cm
     xm=$(mibs "$BYTES" "$5")
     cm=$(mibs "$BYTES" "$6")
     [ "$4" = ok ] || { xm=-; cm=-; }
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$xm" "$cm" "$7" "$8" >>"$TSV"
-    printf '  run %-22s %-18s #%s %-8s xfer %8ss %9s MiB/s  cmd %8ss %9s MiB/s  rss tx %6s rx %6s MiB  load %s\n' \
-        "$1" "$2" "$3" "$4" "$5" "$xm" "$6" "$cm" "$(kib_to_mib "$7")" "$(kib_to_mib "$8")" "$(loadavg)" >&2
+    printf '  run %-22s %-18s #%s %-8s xfer %8ss %9s MiB/s  cmd %8ss %9s MiB/s  rss tx %6s rx %6s MiB  cpu tx %5ss rx %5ss  load %s\n' \
+        "$1" "$2" "$3" "$4" "$5" "$xm" "$6" "$cm" "$(kib_to_mib "$7")" "$(kib_to_mib "$8")" "${9:--}" "${10:--}" "$(loadavg)" >&2
     if [ "$4" = corrupt ]; then CORRUPT=1; fi
 }
 
@@ -273,7 +279,8 @@ raw_tcp() {
         [ -n "$st" ] || st=$(verify "$out" "$SRC")
         local d
         d=$(secs "$s" "$e")
-        record "$case" "$path" "$run" "$st" "$d" "$d" "$(maxrss_kib "$W/tx.time")" "$(maxrss_kib "$W/rx.time")"
+        record "$case" "$path" "$run" "$st" "$d" "$d" "$(maxrss_kib "$W/tx.time")" "$(maxrss_kib "$W/rx.time")" \
+            "$(cpu_s "$W/tx.time")" "$(cpu_s "$W/rx.time")"
         rm -f "$out"
     done
 }
@@ -287,6 +294,8 @@ p2p_get() {
     for ((run = 1; run <= RUNS; run++)); do
         rm -rf "$outdir" "$W/get.time" "$W/get.json"
         reset_hwm "$spid"
+        local t0
+        t0=$(proc_ticks "$spid")
         echo "=== $case / $path / run $run" >>"$W/get.log"
         local s e rc=0 st xfer
         s=$(now)
@@ -302,7 +311,11 @@ p2p_get() {
             echo "bench: $case $path run $run: $st; last lines of get's stderr:" >&2
             tail -n 3 "$W/get.log" | sed 's/^/  | /' >&2
         fi
-        record "$case" "$path" "$run" "$st" "$xfer" "$(secs "$s" "$e")" "$(vmhwm_kib "$spid")" "$(maxrss_kib "$W/get.time")"
+        # The seeding peer's CPU over the whole command (the transfer, plus lookups)
+        local txcpu
+        txcpu=$(awk -v a="$t0" -v b="$(proc_ticks "$spid")" -v hz="$TICKS" 'BEGIN { printf "%.2f", (b - a) / hz }')
+        record "$case" "$path" "$run" "$st" "$xfer" "$(secs "$s" "$e")" "$(vmhwm_kib "$spid")" "$(maxrss_kib "$W/get.time")" \
+            "$txcpu" "$(cpu_s "$W/get.time")"
         echo "      seeding peer RSS after the transfer: $(kib_to_mib "$(vmrss_kib "$spid")") MiB" >&2
         rm -rf "$outdir"
     done

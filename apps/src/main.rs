@@ -14,7 +14,16 @@ use cli::{Cli, Command};
 fn main() {
     let cli = Cli::parse();
     common::init_logging(cli.verbose);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // A one-shot command runs one transfer at a time: on one thread, its socket reads and
+    // its protocol work never wait for each other across cores (pieces are still hashed on a
+    // thread of their own). Peers, trackers and the demo serve many at once.
+    let mut builder = match cli.command {
+        Command::Get(_) | Command::Peers(_) | Command::Ls(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
