@@ -210,9 +210,10 @@ free_port() { # a TCP port nobody listens on here
 maxrss_kib() { # /usr/bin/time -v output file
     { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1" 2>/dev/null || true; } | tail -1
 }
-cpu_s() { # /usr/bin/time -v output file -> user + system seconds
+cpu_s() { # /usr/bin/time -v output file -> user + system seconds, and minor page faults
     awk -F': ' '/User time \(seconds\)/ { u = $2 } /System time \(seconds\)/ { s = $2 }
-        END { if (u == "" && s == "") print "-"; else printf "%.2f", u + s }' "$1" 2>/dev/null || echo -
+        /Minor \(reclaiming a frame\) page faults/ { f = $2 }
+        END { if (u == "" && s == "") print "-"; else printf "%.2f (%s faults)", u + s, f }' "$1" 2>/dev/null || echo -
 }
 TICKS=$(getconf CLK_TCK 2>/dev/null || echo 100)
 proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }

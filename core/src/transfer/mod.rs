@@ -17,6 +17,7 @@
 //! its driver to append.
 
 pub mod congestion;
+mod in_flight;
 pub mod pacing;
 mod receiver;
 pub mod rtt;

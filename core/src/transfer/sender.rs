@@ -7,10 +7,11 @@
 //! chunk from being declared lost by ACKs of older sends), and when the RFC 6298 timer fires.
 //! RTT samples follow Karn's rule: never from a retransmitted chunk.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::congestion::{controller, AckSample, CongestionController, CongestionKind, FixedWindow};
+use super::in_flight::InFlight;
 use super::pacing::Pacer;
 use super::rtt::RttEstimator;
 use super::{chunk_count, TransferError, DEFAULT_IDLE_TIMEOUT};
@@ -138,7 +139,7 @@ pub struct ChunkSender {
     /// Chunks declared lost, waiting to be sent again.
     lost: BTreeSet<u64>,
     /// Chunks in flight, by transmission number → chunk number.
-    in_flight: BTreeMap<u64, u64>,
+    in_flight: InFlight,
     next_tx: u64,
     largest_acked_tx: Option<u64>,
     peer_window: u64,
@@ -197,7 +198,7 @@ impl ChunkSender {
             next_new: 0,
             window: VecDeque::new(),
             lost: BTreeSet::new(),
-            in_flight: BTreeMap::new(),
+            in_flight: InFlight::default(),
             next_tx: 0,
             largest_acked_tx: None,
             peer_window: config.initial_window.max(1),
@@ -297,7 +298,7 @@ impl ChunkSender {
                 s.acked = true;
                 newly_acked += 1;
                 reordered |= !s.retransmitted && largest_before.is_some_and(|l| s.tx < l);
-                self.in_flight.remove(&s.tx);
+                self.in_flight.remove(s.tx);
                 self.lost.remove(&seq);
                 if largest.is_none_or(|l| s.tx > l) {
                     largest = Some(s.tx);
@@ -365,7 +366,7 @@ impl ChunkSender {
         };
         // RACK: a chunk is late once one RTT plus the reordering window passed since its send.
         let wait = self.srtt() + self.reorder_window();
-        while let Some((&tx, &seq)) = self.in_flight.first_key_value() {
+        while let Some((tx, seq)) = self.in_flight.first() {
             if tx + self.config.dup_thresh > largest {
                 break;
             }
@@ -429,8 +430,7 @@ impl ChunkSender {
             self.stats.timeouts += 1;
             self.rtt.on_timeout();
             self.cc.on_timeout();
-            let in_flight = std::mem::take(&mut self.in_flight);
-            self.lost.extend(in_flight.into_values());
+            self.lost.extend(self.in_flight.take_all());
             self.rto_at = Some(now + self.rtt.rto());
         }
         if self.fin_at.is_some_and(|t| now >= t) {
