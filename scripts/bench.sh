@@ -29,7 +29,8 @@
 # loopback mode also times get's default (fsync of checkpoints and of the finished file),
 # which the disk bounds, as "p2p UDP fsync", and UDP with the datagrams of a real network
 # (a seeder with --max-datagram 1452; loopback otherwise carries 60 KiB datagrams) as
-# "p2p UDP 1452 B". Loopback cases take turns run after run (RUNS rounds).
+# "p2p UDP 1452 B". Loopback cases take turns run after run (RUNS rounds), each round starting
+# one case later; "r round" pairs each run with the raw TCP run of its round.
 #
 # Rates are MiB (2^20 bytes) per second. "xfer" rates come from the `elapsed_ms` that
 # `p2p get --json` reports for the transfer itself (request to verified file); "cmd" rates
@@ -429,18 +430,24 @@ loopback() {
     local mtu_pid=$SEED_PID
 
     # The cases take turns, run after run, so that a slow spell of the machine does not
-    # land on one case only.
-    local round rounds=$RUNS
+    # land on one case only; each round starts one case later than the one before, so that
+    # no case always follows the same other one (5 rounds put each case in each place).
+    local round rounds=$RUNS k
     for ((round = 1; round <= rounds; round++)); do
         echo "  round $round of $rounds" >&2
-        RUNS=1 raw_tcp lo "raw TCP (socat)" "" "" 127.0.0.1 "$(free_port)"
-        # Like socat, into the page cache (--no-fsync); then once more with get's default
-        # fsync (checkpoints and the finished file synced), which the disk's speed bounds.
-        RUNS=1 p2p_get lo "p2p UDP" "" udp seed-udp "$udp_pid" "$tracker" --no-fsync
-        RUNS=1 p2p_get lo "p2p TCP" "" tcp seed-tcp "$tcp_pid" "$tracker" --no-fsync
-        # Datagrams of a real network's size (1,500-byte MTU) instead of loopback's 60 KiB.
-        RUNS=1 p2p_get lo "p2p UDP 1452 B" "" udp seed-mtu "$mtu_pid" "$tracker" --no-fsync
-        RUNS=1 p2p_get lo "p2p UDP fsync" "" udp seed-udp "$udp_pid" "$tracker"
+        for ((k = 0; k < 5; k++)); do
+            case $(((round - 1 + k) % 5)) in
+                0) RUNS=1 raw_tcp lo "raw TCP (socat)" "" "" 127.0.0.1 "$(free_port)" ;;
+                # Like socat, into the page cache (--no-fsync); "fsync" below is get's
+                # default (checkpoints and the finished file synced), which the disk bounds.
+                1) RUNS=1 p2p_get lo "p2p UDP" "" udp seed-udp "$udp_pid" "$tracker" --no-fsync ;;
+                2) RUNS=1 p2p_get lo "p2p TCP" "" tcp seed-tcp "$tcp_pid" "$tracker" --no-fsync ;;
+                # Datagrams of a real network's size (1,500-byte MTU) instead of loopback's
+                # 60 KiB.
+                3) RUNS=1 p2p_get lo "p2p UDP 1452 B" "" udp seed-mtu "$mtu_pid" "$tracker" --no-fsync ;;
+                4) RUNS=1 p2p_get lo "p2p UDP fsync" "" udp seed-udp "$udp_pid" "$tracker" ;;
+            esac
+        done
     done
     RUNS=$rounds
 
