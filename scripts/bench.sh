@@ -214,10 +214,10 @@ maxrss_kib() { # /usr/bin/time -v output file
 cpu_s() { # /usr/bin/time -v output file -> user + system seconds, and minor page faults
     awk -F': ' '/User time \(seconds\)/ { u = $2 } /System time \(seconds\)/ { s = $2 }
         /Minor \(reclaiming a frame\) page faults/ { f = $2 }
-        END { if (u == "" && s == "") print "-"; else printf "%.2f (%s faults)", u + s, f }' "$1" 2>/dev/null || echo -
+        END { if (u == "" && s == "") print "-"; else printf "%.2fs (%s faults)", u + s, f }' "$1" 2>/dev/null || echo -
 }
 TICKS=$(getconf CLK_TCK 2>/dev/null || echo 100)
-proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || true; } # "" if gone
 vmrss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 vmhwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
@@ -248,7 +248,7 @@ record() { # CASE PATH RUN STATUS XFER_S CMD_S RSS_TX RSS_RX [CPU_TX CPU_RX]
     cm=$(mibs "$BYTES" "$6")
     [ "$4" = ok ] || { xm=-; cm=-; }
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$xm" "$cm" "$7" "$8" >>"$TSV"
-    printf '  run %-22s %-18s #%s %-8s xfer %8ss %9s MiB/s  cmd %8ss %9s MiB/s  rss tx %6s rx %6s MiB  cpu tx %5ss rx %5ss  load %s\n' \
+    printf '  run %-22s %-18s #%s %-8s xfer %8ss %9s MiB/s  cmd %8ss %9s MiB/s  rss tx %6s rx %6s MiB  cpu tx %6s rx %s  load %s\n' \
         "$1" "$2" "$3" "$4" "$5" "$xm" "$6" "$cm" "$(kib_to_mib "$7")" "$(kib_to_mib "$8")" "${9:--}" "${10:--}" "$(loadavg)" >&2
     if [ "$4" = corrupt ]; then CORRUPT=1; fi
 }
@@ -315,7 +315,8 @@ p2p_get() {
         fi
         # The seeding peer's CPU over the whole command (the transfer, plus lookups)
         local txcpu
-        txcpu=$(awk -v a="$t0" -v b="$(proc_ticks "$spid")" -v hz="$TICKS" 'BEGIN { printf "%.2f", (b - a) / hz }')
+        txcpu=$(awk -v a="$t0" -v b="$(proc_ticks "$spid")" -v hz="$TICKS" \
+            'BEGIN { if (a == "" || b == "" || b < a) print "-"; else printf "%.2fs", (b - a) / hz }')
         record "$case" "$path" "$run" "$st" "$xfer" "$(secs "$s" "$e")" "$(vmhwm_kib "$spid")" "$(maxrss_kib "$W/get.time")" \
             "$txcpu" "$(cpu_s "$W/get.time")"
         echo "      seeding peer RSS after the transfer: $(kib_to_mib "$(vmrss_kib "$spid")") MiB" >&2

@@ -1,14 +1,16 @@
 //! Endpoints over real loopback sockets, for what only real threads show.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use p2p_core::service::endpoint::partial_path;
-use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle};
+use p2p_core::service::{
+    spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, ServiceError,
+};
 use p2p_core::wire::{IndexEntry, TransportKind};
 
-async fn endpoint(share: Option<&Path>) -> EndpointHandle {
+async fn endpoint(share: Option<&Path>) -> (EndpointHandle, tokio::task::JoinHandle<()>) {
     let transport = p2p_transports::bind(TransportKind::Udp, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -17,31 +19,39 @@ async fn endpoint(share: Option<&Path>) -> EndpointHandle {
         fsync: false,
         ..EndpointConfig::default()
     };
-    spawn_endpoint(transport, TransportKind::Udp, config)
-        .unwrap()
-        .0
+    spawn_endpoint(transport, TransportKind::Udp, config).unwrap()
 }
 
 fn entry(entries: &[IndexEntry], path: &str) -> IndexEntry {
     entries.iter().find(|e| e.path == path).unwrap().clone()
 }
 
-/// Finishing a download (sync, rename; a 1 GiB fsync takes seconds) happens off the I/O
-/// task: meanwhile the endpoint goes on with other transfers, and the destination stays
-/// taken until the finish is done.
-///
-/// The destination is a FIFO: the finishing job finds a name in the way and reads it to
-/// compare contents, which blocks until the test writes to it; the test's own open of the
-/// FIFO for writing returns exactly when that job is blocked in it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_download_being_finished_does_not_hold_up_the_endpoint() {
+/// A seeder sharing `a.bin` and `b.bin`, and a leech whose download of `a.bin` is being
+/// finished and blocked there: its destination is a FIFO, so the finishing job finds a name
+/// in the way and reads it to compare contents, which blocks until the test writes to it.
+/// The test's own open of the FIFO for writing returns exactly when that job is blocked in it.
+struct Blocked {
+    _share: tempfile::TempDir,
+    out: tempfile::TempDir,
+    seeder: EndpointHandle,
+    leech: EndpointHandle,
+    leech_task: tokio::task::JoinHandle<()>,
+    entries: Vec<IndexEntry>,
+    a: Vec<u8>,
+    b: Vec<u8>,
+    dest_a: PathBuf,
+    first: tokio::task::JoinHandle<Result<DownloadReport, ServiceError>>,
+    fifo: std::fs::File,
+}
+
+async fn blocked_finish() -> Blocked {
     let share = tempfile::tempdir().unwrap();
     let a: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let b: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
     std::fs::write(share.path().join("a.bin"), &a).unwrap();
     std::fs::write(share.path().join("b.bin"), &b).unwrap();
-    let seeder = endpoint(Some(share.path())).await;
-    let leech = endpoint(None).await;
+    let (seeder, _) = endpoint(Some(share.path())).await;
+    let (leech, leech_task) = endpoint(None).await;
     let from = seeder.local_addr();
     let (_, entries) = leech.index(from).await.unwrap();
 
@@ -63,44 +73,96 @@ async fn a_download_being_finished_does_not_hold_up_the_endpoint() {
             .unwrap()
             .unwrap()
     };
+    Blocked {
+        _share: share,
+        out,
+        seeder,
+        leech,
+        leech_task,
+        entries,
+        a,
+        b,
+        dest_a,
+        first,
+        fifo,
+    }
+}
+
+/// Writes other content into the FIFO: the blocked download then reports the name in the way
+/// and leaves nothing to resume.
+async fn unblock(t: &mut Blocked) -> ServiceError {
+    t.fifo.write_all(b"something else").unwrap();
+    t.fifo.flush().unwrap();
+    let fifo = std::mem::replace(&mut t.fifo, tempfile::tempfile().unwrap());
+    drop(fifo);
+    let err = (&mut t.first).await.unwrap().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("already exists with other content"),
+        "{err}"
+    );
+    assert!(!partial_path(&t.dest_a).exists());
+    err
+}
+
+/// Finishing a download (sync, rename; a 1 GiB fsync takes seconds) happens off the I/O
+/// task: meanwhile the endpoint goes on with other transfers, and the destination stays
+/// taken until the finish is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_being_finished_does_not_hold_up_the_endpoint() {
+    let mut t = blocked_finish().await;
+    let from = t.seeder.local_addr();
 
     // The finishing job is blocked now. Another download goes through all the same...
-    let dest_b = out.path().join("b.bin");
-    let other = leech.download(from, entry(&entries, "b.bin"), dest_b.clone(), None);
+    let dest_b = t.out.path().join("b.bin");
+    let other = t
+        .leech
+        .download(from, entry(&t.entries, "b.bin"), dest_b.clone(), None);
     let report = tokio::time::timeout(Duration::from_secs(20), other)
         .await
         .expect("the endpoint is held up by a download being finished")
         .unwrap();
-    assert_eq!(report.size, b.len() as u64);
-    assert!(std::fs::read(&dest_b).unwrap() == b);
+    assert_eq!(report.size, t.b.len() as u64);
+    assert!(std::fs::read(&dest_b).unwrap() == t.b);
     // ...while the destination being finished is still taken.
-    let again = leech
-        .download(from, entry(&entries, "a.bin"), dest_a.clone(), None)
+    let again = t
+        .leech
+        .download(from, entry(&t.entries, "a.bin"), t.dest_a.clone(), None)
         .await
         .unwrap_err();
     assert!(
         again.to_string().contains("already being downloaded"),
         "{again}"
     );
-    assert!(!first.is_finished());
+    assert!(!t.first.is_finished());
 
-    // Other content in the way: the download says so and leaves nothing to resume.
-    let mut fifo = fifo;
-    fifo.write_all(b"something else").unwrap();
-    drop(fifo);
-    let err = first.await.unwrap().unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("already exists with other content"),
-        "{err}"
-    );
-    assert!(!partial_path(&dest_a).exists());
+    unblock(&mut t).await;
     // Once finished, the destination is free again.
-    std::fs::remove_file(&dest_a).unwrap();
-    let report = leech
-        .download(from, entry(&entries, "a.bin"), dest_a.clone(), None)
+    std::fs::remove_file(&t.dest_a).unwrap();
+    let report = t
+        .leech
+        .download(from, entry(&t.entries, "a.bin"), t.dest_a.clone(), None)
         .await
         .unwrap();
-    assert_eq!(report.size, a.len() as u64);
-    assert!(std::fs::read(&dest_a).unwrap() == a);
+    assert_eq!(report.size, t.a.len() as u64);
+    assert!(std::fs::read(&t.dest_a).unwrap() == t.a);
+}
+
+/// An endpoint that shuts down waits for the download being finished: the process may exit
+/// right after, and the file must be named (or the caller told why not) first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_download_being_finished() {
+    let mut t = blocked_finish().await;
+    let leech = t.leech.clone();
+    let shutdown = tokio::spawn(async move { leech.shutdown().await });
+    // The endpoint's task does not end while the job is blocked (a bound, not a sleep: the
+    // task ending within it fails the test).
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut t.leech_task).await;
+    assert!(
+        early.is_err(),
+        "the endpoint closed with a download being finished"
+    );
+    unblock(&mut t).await;
+    shutdown.await.unwrap();
+    (&mut t.leech_task).await.unwrap();
 }

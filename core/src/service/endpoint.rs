@@ -250,6 +250,7 @@ pub fn spawn_endpoint(
         more_to_send: false,
         left: BTreeSet::new(),
         hasher,
+        finishing: tokio::task::JoinSet::new(),
         config,
     };
     let task = tokio::spawn(driver.run());
@@ -600,6 +601,9 @@ struct Driver {
     left: BTreeSet<String>,
     /// Hashes the pieces of downloads (`EndpointConfig::hash_thread`).
     hasher: Option<HashWorker>,
+    /// Downloads being finished on blocking threads (`EndpointConfig::finish_thread`); a
+    /// shutdown waits for them.
+    finishing: tokio::task::JoinSet<()>,
 }
 
 /// Bytes received between two progress updates of a download.
@@ -1257,11 +1261,16 @@ impl Driver {
                 let _ = reply.send(result);
             }
         } else if let Some((received, hash)) = finished {
-            if let Some(job) = d.finish(received, hash, self.config.fsync, &self.dests) {
-                if self.config.finish_thread {
-                    tokio::task::spawn_blocking(move || job.run());
-                } else {
-                    job.run();
+            match d.finish(received, hash, self.config.fsync, &self.dests) {
+                Some(job) if self.config.finish_thread => {
+                    while self.finishing.try_join_next().is_some() {}
+                    self.finishing.spawn_blocking(move || job.run());
+                }
+                Some(job) => job.run(),
+                None => {
+                    if let Some(reply) = d.reply.take() {
+                        let _ = reply.send(Err(ServiceError::Io("download already closed".into())));
+                    }
                 }
             }
         }
@@ -1463,6 +1472,9 @@ impl Driver {
         for (_, rpc) in std::mem::take(&mut self.rpcs) {
             let _ = rpc.reply.send(Err(ServiceError::Closed));
         }
+        // A download being finished is synced and named, and its caller answered, before the
+        // endpoint says it is closed (the process may exit right after).
+        while self.finishing.join_next().await.is_some() {}
     }
 }
 
@@ -1612,6 +1624,13 @@ struct Finish {
     dests: Arc<StdMutex<BTreeSet<PathBuf>>>,
 }
 
+impl Drop for Finish {
+    /// Even if the job panics, the destination is not claimed forever.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl Finish {
     fn run(mut self) {
         // A checkpoint still being recorded would write the state file after it is removed.
@@ -1626,9 +1645,15 @@ impl Finish {
             Err(e) => Err(incomplete(e, self.saved, &self.dest, &self.partial)),
         };
         // Free the destination before answering: whoever hears the answer may reuse it.
-        self.dests.lock().expect("dests lock").remove(&self.dest);
-        if let Some(reply) = self.reply {
+        self.release();
+        if let Some(reply) = self.reply.take() {
             let _ = reply.send(result);
+        }
+    }
+
+    fn release(&self) {
+        if let Ok(mut dests) = self.dests.lock() {
+            dests.remove(&self.dest);
         }
     }
 

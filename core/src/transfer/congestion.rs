@@ -311,6 +311,11 @@ impl CongestionController for Bbr {
                     ProbeFrom::Startup => Mode::Startup,
                     ProbeFrom::Steady => Mode::Steady,
                 };
+                // The probe measured the minimum, or found nothing lower (as Linux, which
+                // restamps it): a probe without RTT samples must not be followed by another.
+                if let Some((m, _)) = self.min_rtt {
+                    self.min_rtt = Some((m, s.now));
+                }
                 self.round_start = Some(s.now);
                 self.round_delivered = 0;
                 self.ack_epoch = None;
@@ -587,6 +592,41 @@ mod tests {
         );
         // 200 ms plus a smoothed RTT of 40 ms; then 40 ms is the minimum, which every sample
         // refreshes: no more probes.
+        assert!(
+            (230..=250).contains(&floor_ms.len()),
+            "{} ms at the floor",
+            floor_ms.len()
+        );
+        assert!(floor_ms.iter().all(|&ms| ms < 10_300), "{floor_ms:?}");
+    }
+
+    /// A probe during which no ACK carries an RTT sample (Karn's rule: only retransmissions
+    /// acknowledged) is not followed by another at once: the window leaves the floor when it
+    /// is over.
+    #[test]
+    fn bbr_probe_without_rtt_samples_is_not_repeated() {
+        let t = Instant::now();
+        let mut bbr = Bbr::new(10, 1024);
+        let mut floor_ms = Vec::new();
+        for ms in 0..13_000u64 {
+            let now = t + Duration::from_millis(ms);
+            let rtt = match ms {
+                0 => Some(Duration::from_millis(20)),
+                1..10_000 => Some(Duration::from_millis(40)),
+                _ => None,
+            };
+            bbr.on_ack(AckSample {
+                now,
+                acked: 10,
+                rtt,
+                srtt: Some(Duration::from_millis(40)),
+                reordered: false,
+            });
+            if ms > 1_000 && bbr.window() == 4 {
+                floor_ms.push(ms);
+            }
+        }
+        // One probe, from 10 s: 200 ms plus the smoothed RTT of 40 ms.
         assert!(
             (230..=250).contains(&floor_ms.len()),
             "{} ms at the floor",
