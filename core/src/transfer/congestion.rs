@@ -147,6 +147,9 @@ const PROBE_GAIN: f64 = 1.25;
 const DRAIN_GAIN: f64 = 0.75;
 /// How long ProbeRTT holds the window at its floor, after a round trip for the queue to drain.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
+/// Longest wait for the queue to drain before ProbeRTT's floor counts: a smoothed RTT, but no
+/// more than this (after an outage one sample can make the smoothed RTT seconds long).
+const PROBE_RTT_MAX_DRAIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -190,6 +193,9 @@ pub struct Bbr {
     extra_acked: VecDeque<u64>,
     full_bw: f64,
     full_bw_rounds: u32,
+    /// A retransmission timeout emptied the pipe: the next ACK restamps the minimum RTT
+    /// instead of probing for it.
+    restamp: bool,
 }
 
 impl Bbr {
@@ -212,6 +218,7 @@ impl Bbr {
             extra_acked: VecDeque::with_capacity(BW_ROUNDS),
             full_bw: 0.0,
             full_bw_rounds: 0,
+            restamp: false,
         }
     }
 
@@ -277,13 +284,18 @@ impl CongestionController for Bbr {
     }
 
     fn on_ack(&mut self, s: AckSample) {
+        if std::mem::take(&mut self.restamp) {
+            if let Some((m, _)) = self.min_rtt {
+                self.min_rtt = Some((m, s.now));
+            }
+        }
         let expired = self
             .min_rtt
             .is_some_and(|(_, at)| s.now.duration_since(at) > MIN_RTT_LIFETIME);
         if expired && !matches!(self.mode, Mode::ProbeRtt { .. }) {
             // The chunks in flight drain within a smoothed RTT; then the floor holds long
             // enough for RTT samples of an empty queue.
-            let drain = s.srtt.unwrap_or(Duration::ZERO);
+            let drain = s.srtt.unwrap_or(Duration::ZERO).min(PROBE_RTT_MAX_DRAIN);
             self.mode = Mode::ProbeRtt {
                 until: s.now + drain + PROBE_RTT_TIME,
                 then: if self.mode == Mode::Startup {
@@ -377,6 +389,10 @@ impl CongestionController for Bbr {
         self.mode = Mode::Startup;
         self.full_bw = 0.0;
         self.full_bw_rounds = 0;
+        // Nothing is queued after a timeout, as after a ProbeRTT phase (which this also ends):
+        // the minimum RTT counts as measured now, or the first ACK after an outage would
+        // start a probe, at the floor, while the sender recovers from the timeout.
+        self.restamp = true;
     }
 }
 
@@ -633,6 +649,40 @@ mod tests {
             floor_ms.len()
         );
         assert!(floor_ms.iter().all(|&ms| ms < 10_300), "{floor_ms:?}");
+    }
+
+    /// After an outage: the minimum RTT is 10 s old, one late sample made the smoothed RTT
+    /// seconds long, and the retransmission timer fired. The ACKs that follow (of resent
+    /// chunks: no RTT samples) must let the window grow back from the floor, not start a
+    /// ProbeRTT phase that would hold it there (paced by that smoothed RTT: a chunk a second,
+    /// timeouts again, and a new probe after each: the simulation seeds 69, 109, 155 of
+    /// `partition_heals_udp` never finished).
+    #[test]
+    fn bbr_recovers_from_a_timeout_without_probing() {
+        let t = Instant::now();
+        let mut bbr = Bbr::new(10, 1024);
+        let ms = |n: u64| t + Duration::from_millis(n);
+        bbr.on_ack(ack(ms(0), 10, 1));
+        for n in 1..9_000u64 {
+            bbr.on_ack(ack(ms(n), 10, 50));
+        }
+        // Silence from 9 s (the outage), the timer at 12 s, then ACKs again.
+        bbr.on_timeout();
+        assert_eq!(bbr.window(), 4);
+        for n in 12_000..12_100u64 {
+            bbr.on_ack(AckSample {
+                now: ms(n),
+                acked: 4,
+                rtt: None,
+                srtt: Some(Duration::from_millis(5_500)),
+                reordered: false,
+            });
+        }
+        assert!(
+            bbr.window() > 100,
+            "window {} after the timeout",
+            bbr.window()
+        );
     }
 
     /// ACKs that come in bursts (every 5 ms, for all chunks delivered since): the window
