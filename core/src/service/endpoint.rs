@@ -1588,6 +1588,8 @@ impl Download {
             started: self.started,
             reply: self.reply.take(),
             dests: dests.clone(),
+            // The job publishes the checkpoint it waits for; nothing else is published after.
+            progress: std::mem::replace(&mut self.progress, watch::channel(Progress::default()).0),
         })
     }
 }
@@ -1622,6 +1624,7 @@ struct Finish {
     started: Instant,
     reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
     dests: Arc<StdMutex<BTreeSet<PathBuf>>>,
+    progress: watch::Sender<Progress>,
 }
 
 impl Drop for Finish {
@@ -1636,6 +1639,8 @@ impl Finish {
         // A checkpoint still being recorded would write the state file after it is removed.
         if let Some(Ok(saved)) = self.checkpoint.wait() {
             self.saved = self.saved.max(saved);
+            let saved = self.saved;
+            self.progress.send_modify(|p| p.saved = saved);
         }
         let result = match self.finish_file() {
             Ok(()) => Ok(DownloadReport {
