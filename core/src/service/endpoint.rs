@@ -1573,7 +1573,6 @@ impl Download {
             writer: Some(writer),
             checkpoint: self.checkpoints.take(),
             sync,
-            dest: self.dest.clone(),
             partial: self.partial.clone(),
             saved: self.saved,
             report: DownloadReport {
@@ -1615,11 +1614,10 @@ struct Finish {
     writer: Option<PartialWriter>,
     checkpoint: PendingCheckpoint,
     sync: bool,
-    dest: PathBuf,
     partial: PathBuf,
     /// End of the prefix recorded in the state file.
     saved: u64,
-    /// The report, but for the elapsed time.
+    /// The report, but for the elapsed time; its `path` is the destination.
     report: DownloadReport,
     started: Instant,
     reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
@@ -1647,7 +1645,7 @@ impl Finish {
                 elapsed: self.started.elapsed(),
                 ..self.report.clone()
             }),
-            Err(e) => Err(incomplete(e, self.saved, &self.dest, &self.partial)),
+            Err(e) => Err(incomplete(e, self.saved, &self.report.path, &self.partial)),
         };
         // Free the destination before answering: whoever hears the answer may reuse it.
         self.release();
@@ -1658,7 +1656,7 @@ impl Finish {
 
     fn release(&self) {
         if let Ok(mut dests) = self.dests.lock() {
-            dests.remove(&self.dest);
+            dests.remove(&self.report.path);
         }
     }
 
@@ -1668,7 +1666,7 @@ impl Finish {
         writer
             .finish(self.sync)
             .map_err(|e| io_err("cannot write the downloaded file", e))?;
-        let (partial, dest) = (&self.partial, &self.dest);
+        let (partial, dest) = (&self.partial, &self.report.path);
         // Never replace an existing file silently: link (fails if the name exists), then unlink.
         match fs::hard_link(partial, dest) {
             Ok(()) => {

@@ -899,6 +899,15 @@ impl ChunkReceiver {
 mod tests {
     use super::*;
 
+    /// Chunk `seq` of transfer `t`.
+    fn data_msg(t: TransferId, seq: u64, payload: Bytes) -> Message {
+        Message::Data {
+            transfer: t,
+            seq,
+            payload,
+        }
+    }
+
     /// Staging changes how bytes reach BLAKE3, never the hash: any split of the input gives
     /// the hash of the whole, for a file and for a piece.
     #[test]
@@ -961,14 +970,7 @@ mod tests {
         for (seq, part) in data.chunks(chunk).enumerate() {
             let payload = Bytes::copy_from_slice(part);
             let seq = seq as u64;
-            r.handle_message(
-                now,
-                Message::Data {
-                    transfer: t,
-                    seq,
-                    payload,
-                },
-            );
+            r.handle_message(now, data_msg(t, seq, payload));
         }
         let size = size as u64;
         r.handle_message(
@@ -1031,14 +1033,7 @@ mod tests {
             let mut r = start_fresh(table);
             for seq in 0..5u64 {
                 let payload = Bytes::copy_from_slice(&data[seq as usize * 700..][..700]);
-                r.handle_message(
-                    now,
-                    Message::Data {
-                        transfer: t,
-                        seq,
-                        payload,
-                    },
-                );
+                r.handle_message(now, data_msg(t, seq, payload));
             }
             r
         };
@@ -1102,14 +1097,7 @@ mod tests {
         let mut r = start_fresh(table.clone());
         let block = Bytes::from(vec![7u8; 4096]);
         let payload = block.slice(..700);
-        r.handle_message(
-            now,
-            Message::Data {
-                transfer: t,
-                seq: 2,
-                payload,
-            },
-        );
+        r.handle_message(now, data_msg(t, 2, payload));
         let kept = r.early.get(&2).expect("buffered out of order");
         assert!(
             !std::ptr::eq(kept.as_ptr(), block.as_ptr()),
