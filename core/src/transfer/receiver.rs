@@ -345,8 +345,8 @@ pub struct ChunkReceiver {
     ack_now: bool,
     ack_at: Option<Instant>,
     last_heard: Instant,
-    /// When the last `Request` went out.
-    last_request: Instant,
+    /// When `Data` last made us send the `Request` again (the `Accept` was lost).
+    last_rerequest: Option<Instant>,
     out: VecDeque<Message>,
     events: VecDeque<ReceiverEvent>,
 }
@@ -423,7 +423,7 @@ impl ChunkReceiver {
             ack_now: false,
             ack_at: None,
             last_heard: now,
-            last_request: now,
+            last_rerequest: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -557,10 +557,14 @@ impl ChunkReceiver {
                 Message::Data { .. } | Message::Fin { .. },
             ) => {
                 // The sender accepted, but its Accept was lost: it is alive, and a new
-                // Request makes it send the Accept again (at most every 100 ms).
+                // Request makes it send the Accept again, and the chunks we drop meanwhile
+                // (at once the first time, then at most every 100 ms).
                 self.last_heard = now;
-                if now >= self.last_request + Duration::from_millis(100) {
-                    self.last_request = now;
+                if self
+                    .last_rerequest
+                    .is_none_or(|at| now >= at + Duration::from_millis(100))
+                {
+                    self.last_rerequest = Some(now);
                     self.out.push_back(self.request());
                     self.state = State::Requesting {
                         next_retry: next_retry.max(now + wait),
@@ -858,7 +862,6 @@ impl ChunkReceiver {
                     next_retry: now + wait,
                     wait,
                 };
-                self.last_request = now;
                 self.out.push_back(self.request());
             }
             State::Receiving if self.ack_at.is_some_and(|t| now >= t) => {

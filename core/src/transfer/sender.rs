@@ -257,6 +257,13 @@ impl ChunkSender {
                 // The Accept was lost: send it again.
                 self.last_heard = now;
                 self.send_accept = true;
+                if self.largest_acked_tx.is_none() && !self.config.reliable {
+                    // Nothing acknowledged yet: the receiver dropped every chunk sent before
+                    // it had the Accept. Send them again right after it, without waiting for
+                    // the timer (and without a congestion signal: nothing was congested).
+                    self.lost.extend(self.in_flight.take_all());
+                    self.probe_at = None;
+                }
             }
             Message::Ack {
                 cumulative,

@@ -402,6 +402,34 @@ fn lost_request_accept_fin_and_finack_are_repaired() {
     assert_eq!(pair.sender_events, vec![SenderEvent::Finished]);
 }
 
+/// A lost `Accept` costs a round trip: the receiver asks again at the first `Data` it must
+/// drop, and the sender sends those chunks again after the new `Accept`, instead of both
+/// waiting for their timers (the Request retry, then the initial one-second RTO).
+#[test]
+fn lost_accept_costs_a_round_trip_not_a_timeout() {
+    let mut dropped = false;
+    let mut pair = Pair::new(sample(5000), 100).with_fault(move |_, _, m| match m {
+        Message::Accept { .. } if !dropped => {
+            dropped = true;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    let start = pair.now;
+    while !pair.finished() {
+        assert!(pair.step(), "settled without finishing");
+    }
+    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.stats().timeouts, 0);
+    let took = pair.now - start;
+    assert!(
+        took < Duration::from_millis(200),
+        "took {took:?} at a 20 ms RTT"
+    );
+    pair.drive(100_000);
+    assert_eq!(pair.sender_events, vec![SenderEvent::Finished]);
+}
+
 #[test]
 fn duplicates_and_reordering_do_not_corrupt() {
     let mut pair = Pair::new(sample(20_000), 100).with_fault(|_, n, _| match n % 7 {
