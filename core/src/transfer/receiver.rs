@@ -797,10 +797,14 @@ impl ChunkReceiver {
         self.unacked = 0;
         self.ack_now = false;
         self.ack_at = None;
+        // The highest ranges: they tell the sender what was lost (everything sent well before
+        // them and missing) and what is no longer in flight. The lower ones, older, went out
+        // in earlier ACKs; reporting the lowest instead left a sender with more holes than
+        // ranges in flight blind to the newest arrivals, and made it send them again.
         let mut sack: Vec<(u64, u64)> = Vec::new();
-        for &seq in self.early.keys() {
+        for &seq in self.early.keys().rev() {
             match sack.last_mut() {
-                Some((_, end)) if *end == seq => *end += 1,
+                Some((start, _)) if *start == seq + 1 => *start = seq,
                 _ => {
                     if sack.len() == MAX_SACK_RANGES {
                         break;
@@ -809,6 +813,7 @@ impl ChunkReceiver {
                 }
             }
         }
+        sack.reverse();
         Message::Ack {
             transfer: self.transfer,
             cumulative: self.next_seq,

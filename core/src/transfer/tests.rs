@@ -430,6 +430,43 @@ fn lost_accept_costs_a_round_trip_not_a_timeout() {
     assert_eq!(pair.sender_events, vec![SenderEvent::Finished]);
 }
 
+/// More holes than an ACK has SACK ranges: the receiver reports the highest ranges, so the
+/// sender learns of every chunk that arrived above the holes and sends again only the lost
+/// ones. (Reporting the lowest ranges, it took the newest arrivals for losses.)
+#[test]
+fn more_holes_than_sack_ranges_cost_no_needless_retransmission() {
+    let file = sample(40_000);
+    let mut first = std::collections::HashSet::new();
+    let mut pair = Pair::new(file.clone(), 100).with_fault(move |dir, _, m| match m {
+        // The first send of every odd chunk below 300, all in the first flight: 150 holes.
+        Message::Data { seq, .. } if dir == Dir::ToReceiver && seq % 2 == 1 && *seq < 300 => {
+            if first.insert(*seq) {
+                Fate::Drop
+            } else {
+                Fate::Deliver
+            }
+        }
+        _ => Fate::Deliver,
+    });
+    pair.sender_config.max_window = 400;
+    pair.sender_config.initial_window = 400;
+    pair.receiver = ChunkReceiver::new(
+        pair.now,
+        TransferId(1),
+        FileId(1),
+        Some((file.len() as u64, ContentHash::of(&file))),
+        ReceiverConfig {
+            window: 400,
+            ..ReceiverConfig::default()
+        },
+    );
+    pair.drive(100_000);
+    assert!(pair.finished());
+    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.stats().chunks_retransmitted, 150);
+    assert_eq!(pair.stats().timeouts, 0);
+}
+
 #[test]
 fn duplicates_and_reordering_do_not_corrupt() {
     let mut pair = Pair::new(sample(20_000), 100).with_fault(|_, n, _| match n % 7 {
