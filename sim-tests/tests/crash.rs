@@ -18,6 +18,14 @@ use p2p_sim_tests::{
 
 const FILE: usize = 1 << 20;
 
+/// A leecher that keeps little in flight (256 KiB, or 16 chunks, 1 MiB, on TCP): a crash
+/// once some bytes arrived is mid-transfer. (A receiver finishes on its last verified
+/// chunk: with the whole file in flight when the link freezes, a sender's crash would
+/// change nothing, rightly, and a receiver might finish before its crash.)
+fn small_window() -> PeerOpts {
+    PeerOpts::default().tune(|c| c.receiver.window_bytes = 256 * 1024)
+}
+
 /// Raised by a client when the test should act (crash a host).
 type Flag = Rc<Cell<bool>>;
 
@@ -55,8 +63,12 @@ fn crash_sender(seed: u64, net: Net) -> turmoil::Result {
     let mut cl = Cluster::new(seed, net);
     let mut sim = cl.builder(Duration::from_secs(120)).build();
     cl.add_tracker(&mut sim, fast_registry(), None);
-    cl.add_peer(&mut sim, "seeder", PeerOpts::sharing(&[("big.bin", FILE)]));
-    cl.add_peer(&mut sim, "leecher", PeerOpts::default());
+    cl.add_peer(
+        &mut sim,
+        "seeder",
+        PeerOpts::sharing(&[("big.bin", 4 * FILE)]),
+    );
+    cl.add_peer(&mut sim, "leecher", small_window());
     let f = cl.file("seeder", "big.bin");
     let dest = cl.download_dir("leecher").join("big.bin");
     let flag = Flag::default();
@@ -102,7 +114,7 @@ fn crash_receiver(seed: u64, net: Net, resume: bool) -> turmoil::Result {
     let (size, first) = if resume {
         (4 * FILE, FILE as u64)
     } else {
-        (FILE, 1)
+        (4 * FILE, 1)
     };
     let mut cl = Cluster::new(seed, net);
     let mut sim = cl.builder(Duration::from_secs(120)).build();
@@ -114,9 +126,12 @@ fn crash_receiver(seed: u64, net: Net, resume: bool) -> turmoil::Result {
         PeerOpts::sharing(&[("big.bin", size)]).tune(|c| c.max_uploads = 1),
     );
     let leecher = if resume {
-        PeerOpts::default().tune(|c| c.save_every = u64::from(PIECE_SIZE))
+        PeerOpts::default().tune(|c| {
+            c.receiver.window_bytes = 256 * 1024;
+            c.save_every = u64::from(PIECE_SIZE);
+        })
     } else {
-        PeerOpts::default()
+        small_window()
     };
     cl.add_peer(&mut sim, "leecher", leecher);
     let f = cl.file("seeder", "big.bin");

@@ -9,7 +9,7 @@
 //! The loop is: drain every machine's transmits, then wait for the first of a command, an
 //! incoming message or the earliest machine deadline.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::net::SocketAddr;
@@ -251,6 +251,7 @@ pub fn spawn_endpoint(
         left: BTreeSet::new(),
         hasher,
         finishing: tokio::task::JoinSet::new(),
+        lingering: VecDeque::new(),
         config,
     };
     let task = tokio::spawn(driver.run());
@@ -604,7 +605,59 @@ struct Driver {
     /// Downloads being finished on blocking threads (`EndpointConfig::finish_thread`); a
     /// shutdown waits for them.
     finishing: tokio::task::JoinSet<()>,
+    /// Finished downloads whose receivers are gone, oldest first: their senders may not know
+    /// yet (see [`Lingering`]).
+    lingering: VecDeque<Lingering>,
 }
+
+/// A finished download, remembered after its receiver is gone so that its sender still
+/// learns the end: a receiver finishes on its last verified chunk, before the sender's FIN,
+/// so the sender may yet send a chunk again (its copy of the final ACK was lost) and will
+/// send its FIN. (TCP's TIME-WAIT, for the same reason.)
+struct Lingering {
+    transfer: TransferId,
+    peer: SocketAddr,
+    /// The ACK of every chunk ([`ChunkReceiver::final_ack`]).
+    final_ack: Message,
+    until: Instant,
+    /// The sender's FIN came and was answered: it knows.
+    closed: bool,
+}
+
+impl Lingering {
+    /// Remembers the finished download `d` in `queue`, unless its sender knows already.
+    fn remember(queue: &mut VecDeque<Lingering>, transfer: TransferId, d: &Download) {
+        let Some(final_ack) = d.machine.final_ack() else {
+            return; // failed: nothing to answer
+        };
+        if d.machine.fin_answered() {
+            return;
+        }
+        let now = Instant::now();
+        while queue
+            .front()
+            .is_some_and(|l| l.until <= now || queue.len() >= MAX_LINGERING)
+        {
+            queue.pop_front();
+        }
+        queue.push_back(Lingering {
+            transfer,
+            peer: d.peer,
+            final_ack,
+            until: now + LINGER,
+            closed: false,
+        });
+    }
+}
+
+/// How long a finished download answers its sender after its receiver is gone (past the
+/// sender's FIN retries, which back off to its largest RTO), and how many are remembered.
+const LINGER: Duration = Duration::from_secs(20);
+const MAX_LINGERING: usize = 1024;
+/// How long a shutdown waits for the senders of finished downloads to see their FIN
+/// answered (normally one round trip), so that a `get` that exits at once leaves no sender
+/// retrying until its timeout.
+const LINGER_ON_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// Bytes received between two progress updates of a download.
 const PROGRESS_STEP: u64 = 256 * 1024;
@@ -1014,9 +1067,8 @@ impl Driver {
                 }
                 Some(_) => {}
                 None => {
-                    if matches!(msg, Message::Fin { .. }) {
-                        // Our FIN-ACK was lost after we finished: answer statelessly.
-                        self.queue_stateless(from, Message::FinAck { transfer });
+                    if let Some(answer) = self.answer_lingering(from, &msg) {
+                        self.queue_stateless(from, answer);
                     }
                 }
             },
@@ -1036,6 +1088,27 @@ impl Driver {
             | Message::Unregister { .. }
             | Message::ListPeers { .. } => {}
         }
+    }
+
+    /// The answer of a finished download whose receiver is gone to its sender's late `Data`
+    /// (the final ACK again) or `Fin` (FIN-ACK).
+    fn answer_lingering(&mut self, from: SocketAddr, msg: &Message) -> Option<Message> {
+        let transfer = match msg {
+            Message::Data { transfer, .. } | Message::Fin { transfer, .. } => *transfer,
+            _ => return None,
+        };
+        let now = Instant::now();
+        let l = self
+            .lingering
+            .iter_mut()
+            .find(|l| l.transfer == transfer && l.peer == from && l.until > now)?;
+        Some(match msg {
+            Message::Fin { .. } => {
+                l.closed = true;
+                Message::FinAck { transfer }
+            }
+            _ => l.final_ack.clone(),
+        })
     }
 
     fn queue_stateless(&mut self, to: SocketAddr, msg: Message) {
@@ -1448,10 +1521,14 @@ impl Driver {
             }
         }
         let mut dests = self.dests.lock().expect("dests lock");
-        self.downloads.retain(|_, d| {
+        let lingering = &mut self.lingering;
+        self.downloads.retain(|&transfer, d| {
             let keep = !d.machine.is_done() || d.reply.is_some();
-            if !keep && !d.finishing {
-                dests.remove(&d.dest); // a finishing one's job gives it up when done
+            if !keep {
+                if !d.finishing {
+                    dests.remove(&d.dest); // a finishing one's job gives it up when done
+                }
+                Lingering::remember(lingering, transfer, d);
             }
             keep
         });
@@ -1475,6 +1552,29 @@ impl Driver {
         // A download being finished is synced and named, and its caller answered, before the
         // endpoint says it is closed (the process may exit right after).
         while self.finishing.join_next().await.is_some() {}
+        self.flush().await; // the downloads just finished go to `lingering`
+                            // Then their senders see their FINs answered (one round trip, normally), so that a
+                            // process that exits now leaves none of them retrying until its timeout.
+        let deadline = Instant::now() + LINGER_ON_SHUTDOWN;
+        let transport = self.transport.clone();
+        while self
+            .lingering
+            .iter()
+            .any(|l| !l.closed && l.until > deadline)
+        {
+            let Ok(got) = tokio::time::timeout_at(deadline, transport.recv_from()).await else {
+                break;
+            };
+            let Ok((from, bytes)) = got else {
+                continue;
+            };
+            let Ok(msg) = decode_bytes(&bytes) else {
+                continue;
+            };
+            if let Some(answer) = self.answer_lingering(from, &msg) {
+                let _ = transport.send_to(from, &answer.encode()).await;
+            }
+        }
     }
 }
 

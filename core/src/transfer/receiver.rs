@@ -337,8 +337,10 @@ pub struct ChunkReceiver {
     hashed: BTreeSet<u64>,
     /// Offloaded hashing: the piece that extends the verified prefix next.
     next_verified: u64,
-    /// A `Fin` that came while pieces were still being hashed: (size, hash).
-    pending_fin: Option<(u64, ContentHash)>,
+    /// The sender's `Fin` came: answered with `FinAck` once finished.
+    fin_seen: bool,
+    /// Finished with every byte verified (not failed): late `Data` gets the final ACK again.
+    finished: bool,
     /// Bytes received in order in this transfer.
     received: u64,
     unacked: u32,
@@ -417,7 +419,8 @@ impl ChunkReceiver {
             hashing: 0,
             hashed: BTreeSet::new(),
             next_verified: 0,
-            pending_fin: None,
+            fin_seen: false,
+            finished: false,
             received: 0,
             unacked: 0,
             ack_now: false,
@@ -479,11 +482,16 @@ impl ChunkReceiver {
     /// Feeds a message from the sender.
     pub fn handle_message(&mut self, now: Instant, msg: Message) {
         match (self.state, msg) {
-            (State::Done, Message::Fin { .. }) => {
-                // Our FIN-ACK was lost.
+            (State::Done, Message::Fin { .. }) if self.finished => {
+                // The sender learns that the file is verified (or our FIN-ACK was lost).
+                self.fin_seen = true;
                 self.out.push_back(Message::FinAck {
                     transfer: self.transfer,
                 });
+            }
+            (State::Done, Message::Data { .. }) if self.finished => {
+                // Our final ACK was lost: the sender probes with its last chunks.
+                self.ack_now = true;
             }
             (State::Done, _) => {}
             (
@@ -551,6 +559,7 @@ impl ChunkReceiver {
                     hash,
                     chunk_size,
                 });
+                self.try_finish(); // nothing to receive: an empty file, or resumed at its end
             }
             (
                 State::Requesting { next_retry, wait },
@@ -581,13 +590,13 @@ impl ChunkReceiver {
                 if self.next_seq < self.total {
                     return; // cannot be: FIN follows the ACK of every chunk; ignore
                 }
-                if self.hashing > 0 {
-                    // Answered once the last pieces are hashed (the sender repeats its FIN
-                    // meanwhile, if need be).
-                    self.pending_fin = Some((size, hash));
-                    return;
+                if size != self.size || hash != self.hash {
+                    return self.fail(TransferError::HashMismatch, Some(AbortReason::HashMismatch));
                 }
-                self.finish(size, hash);
+                // Every chunk is here, so the last pieces are still being hashed: answered
+                // when they are (the sender repeats its FIN meanwhile, if need be).
+                self.fin_seen = true;
+                self.try_finish();
             }
             (_, Message::Abort { reason, .. }) => {
                 self.fail(TransferError::Aborted(reason), None);
@@ -630,30 +639,56 @@ impl ChunkReceiver {
         } else if self.ack_at.is_none() {
             self.ack_at = Some(now + self.config.ack_delay);
         }
+        self.try_finish();
     }
 
-    /// Ends the transfer on the sender's `Fin` of `size` bytes with `hash`, every chunk
-    /// delivered and every piece verified.
-    fn finish(&mut self, size: u64, hash: ContentHash) {
+    /// Ends the transfer as soon as every chunk is delivered and every piece verified,
+    /// without waiting for the sender's `Fin`: the file is complete, and a lost `Fin` would
+    /// cost a retransmission timeout. The final ACK tells the sender, whose `Fin` is then
+    /// answered here (or, once this receiver is gone, by its driver: see
+    /// [`ChunkReceiver::final_ack`]).
+    fn try_finish(&mut self) {
+        if self.state != State::Receiving || self.next_seq < self.total || self.hashing > 0 {
+            return;
+        }
         // From byte 0 the whole-file hash is checked here; a resumed transfer relies
         // on its pieces, every one of which was verified on the way.
         let whole_ok = self
             .hasher
             .as_mut()
             .is_none_or(|h| ContentHash::from(h.hasher().finalize()) == self.hash);
-        if size != self.size || hash != self.hash || !whole_ok {
+        if !whole_ok {
             return self.fail(TransferError::HashMismatch, Some(AbortReason::HashMismatch));
         }
-        let got = self.hash;
         self.state = State::Done;
+        self.finished = true;
         self.ack_at = None;
-        self.out.push_back(Message::FinAck {
-            transfer: self.transfer,
-        });
+        self.ack_now = true;
+        if self.fin_seen {
+            self.out.push_back(Message::FinAck {
+                transfer: self.transfer,
+            });
+        }
         self.events.push_back(ReceiverEvent::Finished {
             received: self.received,
-            hash: got,
+            hash: self.hash,
         });
+    }
+
+    /// Finished, and the sender's `Fin` answered: the sender knows.
+    pub fn fin_answered(&self) -> bool {
+        self.finished && self.fin_seen
+    }
+
+    /// Once finished: the ACK of every chunk, which a driver that has let this receiver go
+    /// sends when the sender, whose copy of it was lost, sends a chunk again.
+    pub fn final_ack(&self) -> Option<Message> {
+        self.finished.then(|| Message::Ack {
+            transfer: self.transfer,
+            cumulative: self.total,
+            sack: BoundedVec(Vec::new()),
+            window: self.config.window,
+        })
     }
 
     /// The driver's report for a [`ReceiverEvent::HashPiece`]: piece `index` hashes to
@@ -684,11 +719,7 @@ impl ChunkReceiver {
             self.events
                 .push_back(ReceiverEvent::PieceVerified { verified });
         }
-        if self.hashing == 0 {
-            if let Some((size, hash)) = self.pending_fin.take() {
-                self.finish(size, hash);
-            }
-        }
+        self.try_finish();
     }
 
     /// Bytes handed to the driver to hash and not yet reported (whole pieces; at most
@@ -830,7 +861,6 @@ impl ChunkReceiver {
         self.ack_at = None;
         self.early.clear();
         self.piece_parts.clear();
-        self.pending_fin = None;
         if let Some(reason) = tell {
             self.out.push_back(Message::Abort {
                 transfer: self.transfer,
@@ -891,7 +921,7 @@ impl ChunkReceiver {
         if let Some(m) = self.out.pop_front() {
             return Some(m);
         }
-        if self.state == State::Receiving && self.ack_now {
+        if (self.state == State::Receiving || self.finished) && self.ack_now {
             return Some(self.ack());
         }
         None

@@ -467,6 +467,59 @@ fn more_holes_than_sack_ranges_cost_no_needless_retransmission() {
     assert_eq!(pair.stats().timeouts, 0);
 }
 
+/// The receiver finishes on its last verified chunk, not on the sender's FIN: a lost FIN
+/// costs it nothing (it used to cost a retransmission timeout, at least 200 ms).
+#[test]
+fn the_receiver_finishes_without_waiting_for_a_lost_fin() {
+    let mut dropped = false;
+    let mut pair = Pair::new(sample(5000), 100).with_fault(move |_, _, m| match m {
+        Message::Fin { .. } if !dropped => {
+            dropped = true;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    let start = pair.now;
+    while !pair.finished() {
+        assert!(pair.step(), "settled without finishing");
+    }
+    assert_eq!(pair.received, pair.file);
+    let took = pair.now - start;
+    assert!(
+        took < Duration::from_millis(150),
+        "took {took:?} at a 20 ms RTT"
+    );
+    // The sender repeats its FIN and has it answered.
+    pair.drive(100_000);
+    assert_eq!(pair.sender_events, vec![SenderEvent::Finished]);
+    let finished = pair
+        .receiver_events
+        .iter()
+        .filter(|e| matches!(e, ReceiverEvent::Finished { .. }));
+    assert_eq!(finished.count(), 1);
+}
+
+/// A finished receiver's last ACK was lost: the sender's tail probe (its last chunk again)
+/// gets the ACK of every chunk in answer, then the FIN its FIN-ACK.
+#[test]
+fn a_lost_final_ack_is_answered_after_the_receiver_finished() {
+    let mut dropped = 0;
+    let chunks = 50;
+    let mut pair = Pair::new(sample(5000), 100).with_fault(move |_, _, m| match m {
+        Message::Ack { cumulative, .. } if *cumulative == chunks && dropped == 0 => {
+            dropped += 1;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    pair.drive(100_000);
+    assert!(pair.finished());
+    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.sender_events, vec![SenderEvent::Finished]);
+    assert_eq!(pair.stats().timeouts, 0, "the probe, not the timer");
+    assert_eq!(pair.stats().chunks_retransmitted, 1, "one probe");
+}
+
 #[test]
 fn duplicates_and_reordering_do_not_corrupt() {
     let mut pair = Pair::new(sample(20_000), 100).with_fault(|_, n, _| match n % 7 {
