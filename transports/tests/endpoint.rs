@@ -166,3 +166,127 @@ async fn shutdown_waits_for_a_download_being_finished() {
     shutdown.await.unwrap();
     (&mut t.leech_task).await.unwrap();
 }
+
+/// A sender played by hand over a raw socket: the leech's download completes on the last
+/// chunk, before any FIN; and once its receiver is gone, the leech's endpoint still answers
+/// that sender's late chunk with the ACK of every chunk, and its FIN with FIN-ACK, so that a
+/// sender whose final ACK was lost ends cleanly too.
+#[tokio::test]
+async fn a_finished_download_answers_its_sender_after_the_receiver_is_gone() {
+    use p2p_core::wire::{decode, BoundedVec, ContentHash, FileId, Message, PIECE_SIZE};
+    use tokio::net::UdpSocket;
+
+    let file: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+    let hash = ContentHash::of(&file);
+    let entry = IndexEntry {
+        id: FileId(7),
+        path: "f.bin".into(),
+        size: file.len() as u64,
+        hash,
+    };
+    let (chunk, chunks) = (1000usize, 5u64);
+    let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (leech, _task) = endpoint(None).await;
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("f.bin");
+    let download = {
+        let (leech, entry, dest) = (leech.clone(), entry.clone(), dest.clone());
+        let from = sender.local_addr().unwrap();
+        tokio::spawn(async move { leech.download(from, entry, dest, None).await })
+    };
+    let mut buf = vec![0u8; 65536];
+    let mut recv = async || -> (std::net::SocketAddr, Message) {
+        let got = tokio::time::timeout(Duration::from_secs(10), sender.recv_from(&mut buf));
+        let (n, from) = got
+            .await
+            .expect("no answer from the leech in 10 s")
+            .unwrap();
+        (from, decode(&buf[..n]).unwrap())
+    };
+    let piece_hashes = |request| Message::PieceHashes {
+        request,
+        piece_size: PIECE_SIZE,
+        pieces: 1,
+        first: 0,
+        hashes: BoundedVec(vec![hash]),
+    };
+    // The piece table, then the request: accept it and send every chunk, no FIN.
+    let (leech_addr, transfer) = loop {
+        match recv().await {
+            (from, Message::PieceRequest { request, .. }) => {
+                sender
+                    .send_to(&piece_hashes(request).encode(), from)
+                    .await
+                    .unwrap();
+            }
+            (from, Message::Request { transfer, .. }) => break (from, transfer),
+            _ => {}
+        }
+    };
+    let accept = Message::Accept {
+        transfer,
+        size: file.len() as u64,
+        chunk_size: chunk as u32,
+        hash,
+    };
+    sender.send_to(&accept.encode(), leech_addr).await.unwrap();
+    let data = |seq: u64| Message::Data {
+        transfer,
+        seq,
+        payload: file[seq as usize * chunk..][..chunk].to_vec().into(),
+    };
+    for seq in 0..chunks {
+        sender
+            .send_to(&data(seq).encode(), leech_addr)
+            .await
+            .unwrap();
+    }
+    let report = download.await.unwrap().expect("complete without a FIN");
+    assert_eq!(std::fs::read(&dest).unwrap(), file);
+    assert_eq!(report.received, file.len() as u64);
+
+    // One more round trip through the leech's endpoint (a piece-table request, answered
+    // here): the finished download has left its table of transfers since.
+    let asked = {
+        let (leech, entry) = (leech.clone(), entry.clone());
+        let from = sender.local_addr().unwrap();
+        tokio::spawn(async move { leech.piece_table(from, &entry).await })
+    };
+    loop {
+        if let (from, Message::PieceRequest { request, .. }) = recv().await {
+            sender
+                .send_to(&piece_hashes(request).encode(), from)
+                .await
+                .unwrap();
+            break;
+        }
+    }
+    asked.await.unwrap().unwrap();
+
+    // The last chunk again (as a tail probe would): the ACK of every chunk.
+    sender
+        .send_to(&data(chunks - 1).encode(), leech_addr)
+        .await
+        .unwrap();
+    loop {
+        match recv().await {
+            (_, Message::Ack { cumulative, .. }) if cumulative == chunks => break,
+            (_, Message::Ack { cumulative, .. }) if cumulative < chunks => {} // an earlier one
+            (_, other) => panic!("expected the final ACK, got {other:?}"),
+        }
+    }
+    let fin = Message::Fin {
+        transfer,
+        size: file.len() as u64,
+        hash,
+    };
+    sender.send_to(&fin.encode(), leech_addr).await.unwrap();
+    loop {
+        match recv().await {
+            (_, Message::FinAck { transfer: t }) if t == transfer => break,
+            (_, Message::Ack { .. }) => {}
+            (_, other) => panic!("expected FIN-ACK, got {other:?}"),
+        }
+    }
+    leech.shutdown().await;
+}
