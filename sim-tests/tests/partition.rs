@@ -16,7 +16,10 @@ use p2p_sim_tests::{
     Checked, Cluster, Net, PeerOpts,
 };
 
-const FILE: usize = 1 << 20;
+/// Larger than what the leecher keeps in flight ([`leecher`]), so that the outage comes
+/// mid-transfer: a receiver finishes on its last verified chunk, and with the whole file in
+/// flight when the link fails it would finish, rightly, whatever the outage.
+const FILE: usize = 4 << 20;
 /// Idle timeout of both sides. An outage that heals must end sooner than this less the
 /// largest RTO (2 s): the first retransmission after the repair must come in time.
 const IDLE: Duration = Duration::from_secs(8);
@@ -26,6 +29,13 @@ const OUTAGE: Duration = Duration::from_secs(3);
 fn idle(c: &mut p2p_core::service::EndpointConfig) {
     c.sender.idle_timeout = IDLE;
     c.receiver.idle_timeout = IDLE;
+}
+
+/// The leecher: short idle timeouts, and at most 256 KiB in flight (or 16 chunks, 1 MiB, on
+/// TCP).
+fn leecher(c: &mut p2p_core::service::EndpointConfig) {
+    idle(c);
+    c.receiver.window_bytes = 256 * 1024;
 }
 
 /// How the link between seeder and leecher fails mid-transfer.
@@ -52,7 +62,7 @@ fn outage_scenario(seed: u64, net: Net, outage: Outage) -> turmoil::Result {
             idle(c);
         }),
     );
-    cl.add_peer(&mut sim, "leecher", PeerOpts::default().tune(idle));
+    cl.add_peer(&mut sim, "leecher", PeerOpts::default().tune(leecher));
     cl.add_peer(&mut sim, "probe", PeerOpts::default());
     let big = cl.file("seeder", "big.bin");
     let small = cl.file("seeder", "small.bin");
