@@ -158,6 +158,9 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
         r.resumed_from,
         false,
     );
+    // The download finished on its last verified chunk: stay until the sender's FIN is
+    // answered (a round trip; at most 1 s), so that it does not retry until its timeout.
+    to_peer.shutdown().await;
     Ok(())
 }
 
