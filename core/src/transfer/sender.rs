@@ -142,6 +142,11 @@ pub struct ChunkSender {
     in_flight: InFlight,
     next_tx: u64,
     largest_acked_tx: Option<u64>,
+    /// A chunk was acknowledged after one sent later than it: the path reorders, so
+    /// `dup_thresh` later transmissions acknowledged no longer prove a loss on their own.
+    reordering: bool,
+    /// Smallest RTT sample.
+    min_rtt: Option<Duration>,
     peer_window: u64,
     rtt: RttEstimator,
     cc: Box<dyn CongestionController>,
@@ -201,6 +206,8 @@ impl ChunkSender {
             in_flight: InFlight::default(),
             next_tx: 0,
             largest_acked_tx: None,
+            reordering: false,
+            min_rtt: None,
             peer_window: config.initial_window.max(1),
             rtt: RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto),
             cc,
@@ -293,6 +300,7 @@ impl ChunkSender {
         let mut largest: Option<u64> = None;
         let mut sample: Option<(u64, Instant)> = None;
         let mut reordered = false;
+        let mut spurious = false;
         let largest_before = self.largest_acked_tx;
         let ranges = std::iter::once((base, cumulative.max(base)))
             .chain(sack.iter().map(|&(s, e)| (s.max(base), e)));
@@ -305,6 +313,15 @@ impl ChunkSender {
                 s.acked = true;
                 newly_acked += 1;
                 reordered |= !s.retransmitted && largest_before.is_some_and(|l| s.tx < l);
+                // A chunk sent again and acknowledged within half the smallest RTT: the ACK
+                // is the first send's, which was late, not lost. (Else the first chunk a
+                // reordering path holds back is declared lost by the packet threshold, and
+                // its late arrival, counting as the retransmission's, would never show the
+                // reordering.)
+                spurious |= s.retransmitted
+                    && self
+                        .min_rtt
+                        .is_some_and(|m| now.saturating_duration_since(s.at) < m / 2);
                 self.in_flight.remove(s.tx);
                 self.lost.remove(&seq);
                 if largest.is_none_or(|l| s.tx > l) {
@@ -319,9 +336,11 @@ impl ChunkSender {
         if let Some(l) = largest {
             self.largest_acked_tx = Some(self.largest_acked_tx.map_or(l, |o| o.max(l)));
         }
+        self.reordering |= reordered || spurious;
         let rtt = sample.map(|(_, at)| now.saturating_duration_since(at));
         if let Some(rtt) = rtt {
             self.rtt.on_sample(rtt);
+            self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
         }
         if cumulative > base {
             self.window.drain(..(cumulative - base) as usize);
@@ -363,9 +382,11 @@ impl ChunkSender {
         self.rtt.srtt().unwrap_or(self.config.initial_rto)
     }
 
-    /// Declares lost the chunks sent at least `dup_thresh` transmissions before the latest
-    /// acknowledged one, once they are also older than one RTT plus the reordering window;
-    /// arms a timer for those not old enough yet.
+    /// Declares lost the chunks sent before the latest acknowledged one that are either
+    /// `dup_thresh` transmissions older (the packet threshold) or older than one RTT plus
+    /// the reordering window (the time threshold), as QUIC and RACK do; once the path was
+    /// seen to reorder, only those that are both (a chunk overtaken by a few others is not
+    /// lost). Arms a timer for those not old enough yet.
     fn detect_losses(&mut self, now: Instant) {
         self.loss_at = None;
         let Some(largest) = self.largest_acked_tx else {
@@ -374,11 +395,12 @@ impl ChunkSender {
         // RACK: a chunk is late once one RTT plus the reordering window passed since its send.
         let wait = self.srtt() + self.reorder_window();
         while let Some((tx, seq)) = self.in_flight.first() {
-            if tx + self.config.dup_thresh > largest {
+            let by_count = tx + self.config.dup_thresh <= largest;
+            if tx >= largest || (self.reordering && !by_count) {
                 break;
             }
             let sent_at = self.window[(seq - self.cumulative) as usize].at;
-            if now < sent_at + wait {
+            if now < sent_at + wait && (self.reordering || !by_count) {
                 self.loss_at = Some(sent_at + wait);
                 break;
             }

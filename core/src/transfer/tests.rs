@@ -692,10 +692,14 @@ fn wrong_hash_at_fin_fails_without_finish() {
     )));
 }
 
+/// Every 5th data chunk arrives 3 ms late (a quarter RTT is 5 ms): the later chunks are
+/// SACKed first. Until the sender has seen reordering, three later chunks acknowledged make a
+/// loss (the packet threshold): the delayed chunks of the first flight (16 chunks: 0, 5, 10,
+/// 15) are sent again. Their first sends' ACKs, within half an RTT of the second, show the
+/// reordering, and from then on no chunk of the 40 delayed is declared lost before a
+/// round trip plus the reordering window. (Without that detection: 55 chunks sent again.)
 #[test]
-fn reordering_within_the_window_causes_no_retransmission() {
-    // Every 5th data chunk arrives 3 ms late (a quarter RTT is 5 ms): the later chunks are
-    // SACKed first, but nothing is declared lost.
+fn reordering_costs_retransmissions_in_the_first_flight_only() {
     let mut pair = Pair::new(sample(20_000), 100).with_fault(|dir, _, m| match m {
         Message::Data { seq, .. } if dir == Dir::ToReceiver && seq % 5 == 0 => {
             Fate::Delay(Duration::from_millis(3))
@@ -705,5 +709,5 @@ fn reordering_within_the_window_causes_no_retransmission() {
     pair.drive(200_000);
     assert!(pair.finished());
     assert_eq!(pair.received, pair.file);
-    assert_eq!(pair.stats().chunks_retransmitted, 0, "{:?}", pair.stats());
+    assert!(pair.stats().chunks_retransmitted <= 4, "{:?}", pair.stats());
 }
