@@ -20,8 +20,10 @@
 #              (by default cubic is added to it for the run, and restored on exit, because a
 #              non-init namespace may only pick an "allowed" algorithm as its default, and our
 #              TCP transport uses the namespace default)
-#   CASES=RE   impaired mode: run only the cases whose label matches this bash regex
-#              (labels: "d0 l0% (ceiling)", "d1ms l0%", "d1ms l1%", "d1ms l5%", "d1ms reorder25%/50%")
+#   CASES=RE   run only the cases whose label matches this bash regex; impaired mode labels:
+#              "d0 l0% (ceiling)", "d1ms l0%", "d1ms l1%", "d1ms l5%", "d1ms reorder25%/50%";
+#              loopback: "p2p UDP", "p2p TCP", "p2p UDP 1452 B", "p2p UDP fsync" (raw TCP,
+#              the baseline, always runs)
 #   KEEP=1     keep the temporary directory (logs) on exit
 #   VERBOSE=1  pass -v to the seeding peers and to p2p get (debug logs in the kept logs)
 #
@@ -437,7 +439,11 @@ loopback() {
     for ((round = 1; round <= rounds; round++)); do
         echo "  round $round of $rounds" >&2
         for ((k = 0; k < 5; k++)); do
-            case $(((round - 1 + k) % 5)) in
+            local c=$(((round - 1 + k) % 5)) labels=("" "p2p UDP" "p2p TCP" "p2p UDP 1452 B" "p2p UDP fsync")
+            if [ "$c" != 0 ] && [ -n "${CASES:-}" ] && ! [[ "${labels[$c]}" =~ $CASES ]]; then
+                continue
+            fi
+            case $c in
                 0) RUNS=1 raw_tcp lo "raw TCP (socat)" "" "" 127.0.0.1 "$(free_port)" ;;
                 # Like socat, into the page cache (--no-fsync); "fsync" below is get's
                 # default (checkpoints and the finished file synced), which the disk bounds.
