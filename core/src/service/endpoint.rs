@@ -1194,6 +1194,7 @@ impl Driver {
         offset: u64,
     ) {
         if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
+            tracing::debug!(%from, ?transfer, "request again: our accept was lost");
             up.machine.handle_message(
                 now,
                 &Message::Request {
@@ -1389,9 +1390,18 @@ impl Driver {
             }
         }
         let std_now = now.into_std();
-        for up in self.uploads.values_mut() {
+        for (&(to, transfer), up) in self.uploads.iter_mut() {
             if up.machine.poll_timeout().is_some_and(|t| t <= std_now) {
+                let (in_flight, srtt, rto) = up.machine.timers();
+                let timeouts = up.machine.stats().timeouts;
                 up.machine.handle_timeout(std_now);
+                if up.machine.stats().timeouts > timeouts {
+                    tracing::debug!(
+                        %to, ?transfer, in_flight, ?srtt, ?rto,
+                        acked = up.machine.acked_chunks(),
+                        "retransmission timeout"
+                    );
+                }
             }
         }
         let due: Vec<TransferId> = self
@@ -1513,8 +1523,11 @@ impl Driver {
             }
         }
         self.uploads.retain(|_, u| !u.machine.is_done());
-        for d in self.downloads.values_mut() {
+        for (transfer, d) in self.downloads.iter_mut() {
             while let Some(m) = d.machine.poll_transmit() {
+                if matches!(m, Message::Request { .. }) {
+                    tracing::debug!(to = %d.peer, ?transfer, "request");
+                }
                 buf.clear();
                 m.encode_into(&mut buf);
                 let _ = transport.send_to(d.peer, &buf).await;

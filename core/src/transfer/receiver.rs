@@ -181,6 +181,10 @@ pub const MAX_OFFLOADED_PIECE: u32 = 1024 * 1024;
 /// buffer, which may be a whole block of merged datagrams.
 const COPY_EARLY_BELOW: usize = 8 * 1024;
 
+/// Bounds of the wait without `Data` before the last ACK is sent again.
+const MIN_REACK: Duration = Duration::from_millis(10);
+const MAX_REACK: Duration = Duration::from_secs(1);
+
 /// Bytes a [`Staged`] hasher collects before it hashes them.
 const STAGE: usize = 16 * 1024;
 
@@ -349,6 +353,13 @@ pub struct ChunkReceiver {
     last_heard: Instant,
     /// When `Data` last made us send the `Request` again (the `Accept` was lost).
     last_rerequest: Option<Instant>,
+    /// When the last `Request` went out.
+    requested_at: Instant,
+    /// How long without `Data` before the last ACK is sent again: twice the round trip of
+    /// the request that was accepted (10 ms to 1 s), doubled at each repeat.
+    reack_after: Duration,
+    reack_wait: Duration,
+    reack_at: Option<Instant>,
     out: VecDeque<Message>,
     events: VecDeque<ReceiverEvent>,
 }
@@ -427,6 +438,10 @@ impl ChunkReceiver {
             ack_at: None,
             last_heard: now,
             last_rerequest: None,
+            requested_at: now,
+            reack_after: MIN_REACK,
+            reack_wait: MIN_REACK,
+            reack_at: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -553,6 +568,8 @@ impl ChunkReceiver {
                 self.chunk_size = chunk_size;
                 self.hash = hash;
                 self.total = chunk_count(size - self.offset, chunk_size);
+                self.reack_after = (now.saturating_duration_since(self.requested_at) * 2)
+                    .clamp(MIN_REACK, MAX_REACK);
                 self.state = State::Receiving;
                 self.events.push_back(ReceiverEvent::Accepted {
                     size,
@@ -574,6 +591,7 @@ impl ChunkReceiver {
                     .is_none_or(|at| now >= at + Duration::from_millis(100))
                 {
                     self.last_rerequest = Some(now);
+                    self.requested_at = now;
                     self.out.push_back(self.request());
                     self.state = State::Requesting {
                         next_retry: next_retry.max(now + wait),
@@ -609,6 +627,8 @@ impl ChunkReceiver {
         if seq >= self.total || payload.len() as u64 != self.chunk_len(seq) {
             return; // not a chunk of this file: drop it like a corrupt datagram
         }
+        self.reack_wait = self.reack_after;
+        self.reack_at = Some(now + self.reack_after);
         if seq < self.next_seq || self.early.contains_key(&seq) {
             self.ack_now = true; // duplicate: our ACK may have been lost
             return;
@@ -897,10 +917,22 @@ impl ChunkReceiver {
                     next_retry: now + wait,
                     wait,
                 };
+                self.requested_at = now;
                 self.out.push_back(self.request());
             }
-            State::Receiving if self.ack_at.is_some_and(|t| now >= t) => {
-                self.ack_now = true;
+            State::Receiving => {
+                if self.ack_at.is_some_and(|t| now >= t) {
+                    self.ack_now = true;
+                }
+                if self.reack_at.is_some_and(|t| now >= t) {
+                    // Nothing came for a while: our last ACK may have been lost, and with it
+                    // the sender's window (one ACK answers a whole burst). Say it again,
+                    // backing off, rather than leave the sender waiting for its RTO, which
+                    // is a whole second before its first RTT sample.
+                    self.ack_now = true;
+                    self.reack_wait = (self.reack_wait * 2).min(MAX_REACK);
+                    self.reack_at = Some(now + self.reack_wait);
+                }
             }
             _ => {}
         }
@@ -912,7 +944,10 @@ impl ChunkReceiver {
         match self.state {
             State::Done => None,
             State::Requesting { next_retry, .. } => Some(next_retry.min(idle)),
-            State::Receiving => Some(self.ack_at.map_or(idle, |a| a.min(idle))),
+            State::Receiving => [self.ack_at, self.reack_at, Some(idle)]
+                .into_iter()
+                .flatten()
+                .min(),
         }
     }
 

@@ -254,6 +254,11 @@ impl ChunkSender {
         self.cc.window()
     }
 
+    /// Chunks in flight, the smoothed RTT and the current RTO, backoff included (for logs).
+    pub fn timers(&self) -> (usize, Option<Duration>, Duration) {
+        (self.in_flight.len(), self.rtt.srtt(), self.rtt.rto())
+    }
+
     /// Feeds a message from the receiver.
     pub fn handle_message(&mut self, now: Instant, msg: &Message) {
         if self.state == State::Done {
@@ -411,11 +416,14 @@ impl ChunkSender {
     }
 
     /// Arms the tail loss probe two smoothed RTTs plus the receiver's largest ACK delay from
-    /// `now` when every chunk is sent and some are in flight with nothing known lost, unless a
-    /// probe went unanswered; disarms it otherwise.
+    /// `now` when no new chunk may go (every chunk is sent, or the receiver's window is full)
+    /// and some are in flight with nothing known lost, unless a probe went unanswered;
+    /// disarms it otherwise. (With the window full, the chunks in flight may be a hole's
+    /// retransmission alone: lost, nothing sent after it would expose it before the RTO.)
     fn arm_probe(&mut self, now: Instant) {
+        let limit = self.cumulative + self.peer_window.min(self.config.max_window);
         // (A reliable transport loses nothing: no probes there.)
-        let tail = self.next_new == self.total
+        let tail = (self.next_new == self.total || self.next_new >= limit)
             && self.lost.is_empty()
             && !self.probed
             && !self.config.reliable;

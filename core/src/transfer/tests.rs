@@ -520,6 +520,58 @@ fn a_lost_final_ack_is_answered_after_the_receiver_finished() {
     assert_eq!(pair.stats().chunks_retransmitted, 1, "one probe");
 }
 
+/// Every ACK of the first flight is lost (as when one ACK answers a whole burst of
+/// datagrams, and that one is lost): the sender, window full and no RTT measured yet, would
+/// wait for its initial one-second RTO. The receiver, hearing nothing more, sends its ACK
+/// again after twice the request's round trip.
+#[test]
+fn lost_acks_of_the_first_flight_are_repeated_before_the_initial_rto() {
+    let mut dropped = 0;
+    let mut pair = Pair::new(sample(10_000), 100).with_fault(move |_, _, m| match m {
+        Message::Ack { .. } if dropped < 8 => {
+            dropped += 1;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    let start = pair.now;
+    while !pair.finished() {
+        assert!(pair.step(), "settled without finishing");
+    }
+    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.stats().timeouts, 0);
+    let took = pair.now - start;
+    assert!(
+        took < Duration::from_millis(300),
+        "took {took:?} at a 20 ms RTT"
+    );
+}
+
+/// The receiver's window is full (64 chunks, all sent in the first flight) and the first
+/// chunk is lost twice: its retransmission is then all that is in flight, and nothing sent
+/// after it can expose its loss. The probe sends it again after two RTTs, not the RTO.
+#[test]
+fn a_lost_retransmission_with_the_window_full_is_probed_not_timed_out() {
+    let mut dropped = 0;
+    let mut pair = Pair::new(sample(20_000), 100).with_fault(move |dir, _, m| match m {
+        Message::Data { seq: 0, .. } if dir == Dir::ToReceiver && dropped < 2 => {
+            dropped += 1;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    pair.sender_config.initial_window = 64;
+    pair.drive(100_000);
+    assert!(pair.finished());
+    assert_eq!(pair.received, pair.file);
+    assert_eq!(
+        pair.stats().timeouts,
+        0,
+        "the probe, not the timer: {:?}",
+        pair.stats()
+    );
+}
+
 #[test]
 fn duplicates_and_reordering_do_not_corrupt() {
     let mut pair = Pair::new(sample(20_000), 100).with_fault(|_, n, _| match n % 7 {
