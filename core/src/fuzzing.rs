@@ -331,6 +331,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
         ack_delay: Duration::from_millis(5),
         window_bytes: u64::MAX,
         offload_hashing: flags & 0x20 != 0,
+        reack: flags & 0x80 == 0,
     };
     let transfer = TransferId(7);
     let mut now = Instant::now();

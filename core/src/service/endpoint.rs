@@ -966,6 +966,7 @@ impl Driver {
             // Nothing is lost on a reliable stream: ACKs only pace the window, and fewer of
             // them spare both sides a message each.
             receiver_config.ack_every = receiver_config.ack_every.max(RELIABLE_ACK_EVERY);
+            receiver_config.reack = false;
         }
         let machine = ChunkReceiver::resume(
             now.into_std(),

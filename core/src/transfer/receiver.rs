@@ -44,6 +44,10 @@ pub struct ReceiverConfig {
     /// driver reports each hash with [`ChunkReceiver::piece_hashed`], in any order. Lets a
     /// driver hash on another core.
     pub offload_hashing: bool,
+    /// Send the last ACK again after a silence (twice the request's round trip, backing
+    /// off): a lost ACK may hold the sender's whole window. Pointless on a reliable
+    /// transport, which loses nothing.
+    pub reack: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -57,6 +61,7 @@ impl Default for ReceiverConfig {
             ack_every: 2,
             ack_delay: Duration::from_millis(5),
             offload_hashing: false,
+            reack: true,
         }
     }
 }
@@ -627,8 +632,10 @@ impl ChunkReceiver {
         if seq >= self.total || payload.len() as u64 != self.chunk_len(seq) {
             return; // not a chunk of this file: drop it like a corrupt datagram
         }
-        self.reack_wait = self.reack_after;
-        self.reack_at = Some(now + self.reack_after);
+        if self.config.reack {
+            self.reack_wait = self.reack_after;
+            self.reack_at = Some(now + self.reack_after);
+        }
         if seq < self.next_seq || self.early.contains_key(&seq) {
             self.ack_now = true; // duplicate: our ACK may have been lost
             return;
@@ -1014,6 +1021,62 @@ mod tests {
     }
 
     const PIECE: u32 = 256 * 1024;
+
+    /// After a silence of twice the request's round trip the last ACK goes again, backing
+    /// off; never with `reack` off (a reliable transport).
+    #[test]
+    fn the_last_ack_is_repeated_after_a_silence_unless_reack_is_off() {
+        for reack in [true, false] {
+            let start = Instant::now();
+            let t = TransferId(3);
+            let data = vec![7u8; 4000];
+            let config = ReceiverConfig {
+                reack,
+                ..ReceiverConfig::default()
+            };
+            let mut r = ChunkReceiver::new(start, t, FileId(1), None, config);
+            assert!(matches!(r.poll_transmit(), Some(Message::Request { .. })));
+            let now = start + Duration::from_millis(30); // the request's round trip
+            let accept = Message::Accept {
+                transfer: t,
+                size: data.len() as u64,
+                chunk_size: 1000,
+                hash: ContentHash::of(&data),
+            };
+            r.handle_message(now, accept);
+            for seq in 0..2 {
+                r.handle_message(now, data_msg(t, seq, Bytes::from(vec![7u8; 1000])));
+            }
+            assert!(matches!(
+                r.poll_transmit(),
+                Some(Message::Ack { cumulative: 2, .. })
+            ));
+            assert_eq!(r.poll_transmit(), None);
+            let mut acks = Vec::new();
+            let mut at = now;
+            while let Some(next) = r.poll_timeout() {
+                if next > now + Duration::from_millis(500) {
+                    break; // only the idle timeout is left
+                }
+                at = next;
+                r.handle_timeout(at);
+                while let Some(m) = r.poll_transmit() {
+                    assert!(matches!(m, Message::Ack { cumulative: 2, .. }), "{m:?}");
+                    acks.push(at - now);
+                }
+            }
+            let ms = Duration::from_millis;
+            if reack {
+                assert_eq!(
+                    acks,
+                    vec![ms(60), ms(180), ms(420)],
+                    "at 60 ms, then backing off"
+                );
+            } else {
+                assert!(acks.is_empty(), "{acks:?}");
+            }
+        }
+    }
 
     /// The sender picks the piece size: pieces larger than `MAX_OFFLOADED_PIECE` are hashed
     /// as they stream in, never held whole for the driver.
