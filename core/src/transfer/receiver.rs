@@ -1053,12 +1053,10 @@ mod tests {
             ));
             assert_eq!(r.poll_transmit(), None);
             let mut acks = Vec::new();
-            let mut at = now;
-            while let Some(next) = r.poll_timeout() {
-                if next > now + Duration::from_millis(500) {
+            while let Some(at) = r.poll_timeout() {
+                if at > now + Duration::from_millis(500) {
                     break; // only the idle timeout is left
                 }
-                at = next;
                 r.handle_timeout(at);
                 while let Some(m) = r.poll_transmit() {
                     assert!(matches!(m, Message::Ack { cumulative: 2, .. }), "{m:?}");
