@@ -1566,9 +1566,10 @@ impl Driver {
         // A download being finished is synced and named, and its caller answered, before the
         // endpoint says it is closed (the process may exit right after).
         while self.finishing.join_next().await.is_some() {}
-        self.flush().await; // the downloads just finished go to `lingering`
-                            // Then their senders see their FINs answered (one round trip, normally), so that a
-                            // process that exits now leaves none of them retrying until its timeout.
+        // The downloads just finished go to `lingering`; then their senders see their FINs
+        // answered (one round trip, normally), so that a process that exits now leaves none
+        // of them retrying until its timeout.
+        self.flush().await;
         let deadline = Instant::now() + LINGER_ON_SHUTDOWN;
         let transport = self.transport.clone();
         while self
@@ -1580,7 +1581,7 @@ impl Driver {
                 break;
             };
             let Ok((from, bytes)) = got else {
-                continue;
+                break; // e.g. an ICMP unreachable: the sender is gone
             };
             let Ok(msg) = decode_bytes(&bytes) else {
                 continue;
