@@ -710,12 +710,8 @@ impl ChunkReceiver {
     /// Once finished: the ACK of every chunk, which a driver that has let this receiver go
     /// sends when the sender, whose copy of it was lost, sends a chunk again.
     pub fn final_ack(&self) -> Option<Message> {
-        self.finished.then(|| Message::Ack {
-            transfer: self.transfer,
-            cumulative: self.total,
-            sack: BoundedVec(Vec::new()),
-            window: self.config.window,
-        })
+        // (Finished, every chunk is delivered: `next_seq` is `total`, nothing waits early.)
+        self.finished.then(|| self.ack_message())
     }
 
     /// The driver's report for a [`ReceiverEvent::HashPiece`]: piece `index` hashes to
@@ -855,6 +851,11 @@ impl ChunkReceiver {
         self.unacked = 0;
         self.ack_now = false;
         self.ack_at = None;
+        self.ack_message()
+    }
+
+    /// The ACK of what arrived so far.
+    fn ack_message(&self) -> Message {
         // The highest ranges: they tell the sender what was lost (everything sent well before
         // them and missing) and what is no longer in flight. The lower ones, older, went out
         // in earlier ACKs; reporting the lowest instead left a sender with more holes than

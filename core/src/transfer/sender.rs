@@ -142,8 +142,9 @@ pub struct ChunkSender {
     in_flight: InFlight,
     next_tx: u64,
     largest_acked_tx: Option<u64>,
-    /// A chunk was acknowledged after one sent later than it: the path reorders, so
-    /// `dup_thresh` later transmissions acknowledged no longer prove a loss on their own.
+    /// The path reorders (a chunk was acknowledged after one sent later than it, or a chunk
+    /// sent again was acknowledged too soon for its second send): `dup_thresh` later
+    /// transmissions acknowledged no longer prove a loss on their own.
     reordering: bool,
     /// Smallest RTT sample.
     min_rtt: Option<Duration>,

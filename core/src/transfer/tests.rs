@@ -202,6 +202,15 @@ impl Pair {
         panic!("pair did not settle within {max_steps} steps");
     }
 
+    /// Steps until the receiver has finished; returns how long that took on the fake clock.
+    pub(super) fn time_to_finish(&mut self) -> Duration {
+        let start = self.now;
+        while !self.finished() {
+            assert!(self.step(), "settled without finishing");
+        }
+        self.now - start
+    }
+
     pub(super) fn finished(&self) -> bool {
         self.receiver_events
             .iter()
@@ -214,6 +223,27 @@ impl Pair {
             .map(|s| s.stats().clone())
             .unwrap_or_default()
     }
+}
+
+/// A fault that drops the first `n` messages `pick` selects and delivers everything else.
+fn drop_first(
+    n: usize,
+    pick: impl Fn(Dir, &Message) -> bool + 'static,
+) -> impl FnMut(Dir, u64, &Message) -> Fate {
+    let mut dropped = 0;
+    move |dir, _, m| {
+        if dropped < n && pick(dir, m) {
+            dropped += 1;
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    }
+}
+
+/// Chunk `seq` on its way to the receiver.
+fn data_to_receiver(seq: u64) -> impl Fn(Dir, &Message) -> bool {
+    move |dir, m| dir == Dir::ToReceiver && matches!(m, Message::Data { seq: s, .. } if *s == seq)
 }
 
 fn sample(len: usize) -> Vec<u8> {
@@ -327,14 +357,7 @@ fn a_passed_pacing_wait_is_not_reported_again() {
 
 #[test]
 fn retransmits_lost_chunk_by_fast_retransmit() {
-    let mut dropped = false;
-    let mut pair = Pair::new(sample(5000), 100).with_fault(move |dir, _, m| match m {
-        Message::Data { seq: 3, .. } if dir == Dir::ToReceiver && !dropped => {
-            dropped = true;
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
-    });
+    let mut pair = Pair::new(sample(5000), 100).with_fault(drop_first(1, data_to_receiver(3)));
     pair.drive(100_000);
     assert!(pair.finished());
     assert_eq!(pair.received, pair.file);
@@ -346,14 +369,7 @@ fn retransmits_lost_chunk_by_fast_retransmit() {
 /// sends it again after two RTTs, long before the retransmission timer.
 #[test]
 fn lost_last_chunk_is_repaired_by_the_tail_probe() {
-    let mut dropped = false;
-    let mut pair = Pair::new(sample(1000), 100).with_fault(move |dir, _, m| match m {
-        Message::Data { seq: 9, .. } if dir == Dir::ToReceiver && !dropped => {
-            dropped = true;
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
-    });
+    let mut pair = Pair::new(sample(1000), 100).with_fault(drop_first(1, data_to_receiver(9)));
     pair.drive(100_000);
     assert!(pair.finished());
     assert_eq!(pair.received, pair.file);
@@ -364,14 +380,7 @@ fn lost_last_chunk_is_repaired_by_the_tail_probe() {
 /// When the probe is lost too, the retransmission timer still repairs the tail.
 #[test]
 fn lost_last_chunk_and_lost_probe_are_repaired_on_timeout() {
-    let mut dropped = 0;
-    let mut pair = Pair::new(sample(1000), 100).with_fault(move |dir, _, m| match m {
-        Message::Data { seq: 9, .. } if dir == Dir::ToReceiver && dropped < 2 => {
-            dropped += 1;
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
-    });
+    let mut pair = Pair::new(sample(1000), 100).with_fault(drop_first(2, data_to_receiver(9)));
     pair.drive(100_000);
     assert!(pair.finished());
     assert_eq!(pair.received, pair.file);
@@ -407,21 +416,11 @@ fn lost_request_accept_fin_and_finack_are_repaired() {
 /// waiting for their timers (the Request retry, then the initial one-second RTO).
 #[test]
 fn lost_accept_costs_a_round_trip_not_a_timeout() {
-    let mut dropped = false;
-    let mut pair = Pair::new(sample(5000), 100).with_fault(move |_, _, m| match m {
-        Message::Accept { .. } if !dropped => {
-            dropped = true;
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
-    });
-    let start = pair.now;
-    while !pair.finished() {
-        assert!(pair.step(), "settled without finishing");
-    }
+    let accept = |_, m: &Message| matches!(m, Message::Accept { .. });
+    let mut pair = Pair::new(sample(5000), 100).with_fault(drop_first(1, accept));
+    let took = pair.time_to_finish();
     assert_eq!(pair.received, pair.file);
     assert_eq!(pair.stats().timeouts, 0);
-    let took = pair.now - start;
     assert!(
         took < Duration::from_millis(200),
         "took {took:?} at a 20 ms RTT"
@@ -471,20 +470,10 @@ fn more_holes_than_sack_ranges_cost_no_needless_retransmission() {
 /// costs it nothing (it used to cost a retransmission timeout, at least 200 ms).
 #[test]
 fn the_receiver_finishes_without_waiting_for_a_lost_fin() {
-    let mut dropped = false;
-    let mut pair = Pair::new(sample(5000), 100).with_fault(move |_, _, m| match m {
-        Message::Fin { .. } if !dropped => {
-            dropped = true;
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
-    });
-    let start = pair.now;
-    while !pair.finished() {
-        assert!(pair.step(), "settled without finishing");
-    }
+    let fin = |_, m: &Message| matches!(m, Message::Fin { .. });
+    let mut pair = Pair::new(sample(5000), 100).with_fault(drop_first(1, fin));
+    let took = pair.time_to_finish();
     assert_eq!(pair.received, pair.file);
-    let took = pair.now - start;
     assert!(
         took < Duration::from_millis(150),
         "took {took:?} at a 20 ms RTT"
@@ -503,15 +492,10 @@ fn the_receiver_finishes_without_waiting_for_a_lost_fin() {
 /// gets the ACK of every chunk in answer, then the FIN its FIN-ACK.
 #[test]
 fn a_lost_final_ack_is_answered_after_the_receiver_finished() {
-    let mut dropped = 0;
     let chunks = 50;
-    let mut pair = Pair::new(sample(5000), 100).with_fault(move |_, _, m| match m {
-        Message::Ack { cumulative, .. } if *cumulative == chunks && dropped == 0 => {
-            dropped += 1;
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
-    });
+    let last_ack =
+        move |_, m: &Message| matches!(m, Message::Ack { cumulative, .. } if *cumulative == chunks);
+    let mut pair = Pair::new(sample(5000), 100).with_fault(drop_first(1, last_ack));
     pair.drive(100_000);
     assert!(pair.finished());
     assert_eq!(pair.received, pair.file);
@@ -526,21 +510,11 @@ fn a_lost_final_ack_is_answered_after_the_receiver_finished() {
 /// again after twice the request's round trip.
 #[test]
 fn lost_acks_of_the_first_flight_are_repeated_before_the_initial_rto() {
-    let mut dropped = 0;
-    let mut pair = Pair::new(sample(10_000), 100).with_fault(move |_, _, m| match m {
-        Message::Ack { .. } if dropped < 8 => {
-            dropped += 1;
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
-    });
-    let start = pair.now;
-    while !pair.finished() {
-        assert!(pair.step(), "settled without finishing");
-    }
+    let ack = |_, m: &Message| matches!(m, Message::Ack { .. });
+    let mut pair = Pair::new(sample(10_000), 100).with_fault(drop_first(8, ack));
+    let took = pair.time_to_finish();
     assert_eq!(pair.received, pair.file);
     assert_eq!(pair.stats().timeouts, 0);
-    let took = pair.now - start;
     assert!(
         took < Duration::from_millis(300),
         "took {took:?} at a 20 ms RTT"
@@ -552,14 +526,7 @@ fn lost_acks_of_the_first_flight_are_repeated_before_the_initial_rto() {
 /// after it can expose its loss. The probe sends it again after two RTTs, not the RTO.
 #[test]
 fn a_lost_retransmission_with_the_window_full_is_probed_not_timed_out() {
-    let mut dropped = 0;
-    let mut pair = Pair::new(sample(20_000), 100).with_fault(move |dir, _, m| match m {
-        Message::Data { seq: 0, .. } if dir == Dir::ToReceiver && dropped < 2 => {
-            dropped += 1;
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
-    });
+    let mut pair = Pair::new(sample(20_000), 100).with_fault(drop_first(2, data_to_receiver(0)));
     pair.sender_config.initial_window = 64;
     pair.drive(100_000);
     assert!(pair.finished());
