@@ -293,8 +293,10 @@ fn sigterm_with_the_tracker_gone_leaves_without_waiting_out_the_retries() {
     p.terminate();
     // Leaving gives the tracker a bounded wait (less than the request's own retries, which
     // would say "no answer" instead), then says why the entry is left to expire.
-    p.wait_for("did not confirm within 1.5 s that we left (our entry will expire)");
-    p.wait_for("Leaving system. Goodbye!");
+    p.wait_for_each(&[
+        "did not confirm within 1.5 s that we left (our entry will expire)",
+        "Leaving system. Goodbye!",
+    ]);
     assert!(p.wait_exit().success());
 }
 

@@ -73,25 +73,43 @@ impl Proc {
     pub fn wait_for(&mut self, needle: &str) -> String {
         let until = Instant::now() + DEADLINE;
         loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no line with {needle:?} within {DEADLINE:?}; saw: {:#?}",
-                        self.seen
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "process ended before printing {needle:?}; saw: {:#?}",
-                    self.seen
-                ),
+            let line = self.next_line(until, needle);
+            if line.contains(needle) {
+                return line;
             }
+        }
+    }
+
+    /// Waits until each of `needles` is in a line, in any order: stdout and stderr are read
+    /// by threads of their own, so a line of one may come before an earlier line of the other.
+    pub fn wait_for_each(&mut self, needles: &[&str]) {
+        let until = Instant::now() + DEADLINE;
+        let mut left = needles.to_vec();
+        while !left.is_empty() {
+            let line = self.next_line(until, &left.join(" | "));
+            left.retain(|n| !line.contains(n));
+        }
+    }
+
+    /// The next line of output (kept in `seen`); panics at `until` or at the end of output,
+    /// saying what was awaited.
+    fn next_line(&mut self, until: Instant, awaited: &str) -> String {
+        let left = until.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                line
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!(
+                    "no line with {awaited:?} within {DEADLINE:?}; saw: {:#?}",
+                    self.seen
+                )
+            }
+            Err(RecvTimeoutError::Disconnected) => panic!(
+                "process ended before printing {awaited:?}; saw: {:#?}",
+                self.seen
+            ),
         }
     }
 
