@@ -211,6 +211,11 @@ pub(crate) struct GetArgs {
     /// unsynced is discarded, not resumed, after a restart of the system).
     #[arg(long)]
     pub no_fsync: bool,
+    /// Do not reserve the file's disk space up front. By default a download takes the space
+    /// of the whole file when it starts, so that a disk too small fails it at once; without
+    /// the reservation it fails when the disk fills, keeping the verified part for a resume.
+    #[arg(long)]
+    pub no_preallocate: bool,
 }
 
 #[derive(Args, Debug)]

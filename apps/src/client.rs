@@ -84,8 +84,10 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     let info = find_peer(&via, t.tracker, &args.peer).await?;
     let idle = args.idle_timeout;
     let fsync = !args.no_fsync;
+    let preallocate = !args.no_preallocate;
     let to_peer = client_with(info.transport, info.addr, |c| {
         c.fsync = fsync;
+        c.preallocate = preallocate;
         c.receiver.idle_timeout = idle
     })
     .await?;

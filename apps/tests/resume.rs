@@ -299,9 +299,34 @@ fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
     let (_t, tr) = tracker(dir.path(), &[]);
     let _seed = peer(dir.path(), "seed", &tr, &share, "udp", &[]);
     let out = disk.0.to_str().unwrap().to_string();
+    // By default the whole file's space is reserved first: the download fails at once,
+    // naming the room it needs, and leaves nothing behind.
     let o = run(
         dir.path(),
         &["get", "seed", "1", "--tracker", &tr, "--out", &out],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("not enough disk space in") && err.contains("for the 10485760 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("free some space"), "{err}");
+    let left: Vec<_> = fs::read_dir(&disk.0).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Without the reservation, the disk fills during the download: the verified part stays.
+    let o = run(
+        dir.path(),
+        &[
+            "get",
+            "seed",
+            "1",
+            "--tracker",
+            &tr,
+            "--out",
+            &out,
+            "--no-preallocate",
+        ],
     );
     assert!(!o.status.success());
     let err = stderr(&o);

@@ -66,6 +66,10 @@ pub struct EndpointConfig {
     /// crashed process loses nothing, a power cut may lose the file (never to a corrupt
     /// resume: unsynced checkpoints are dropped after a restart).
     pub fsync: bool,
+    /// A download reserves the disk space of the whole file when it starts (see
+    /// [`resume::preallocate`]): a disk too small fails it at once, with nothing left behind,
+    /// instead of after most of the file was fetched. Off, space is taken as bytes arrive.
+    pub preallocate: bool,
     /// Cap on the bytes per second sent by all uploads together (`None`: no cap).
     pub max_upload_rate: Option<u64>,
     /// First wait before a request is sent again.
@@ -97,6 +101,7 @@ impl Default for EndpointConfig {
             rate: RateConfig::default(),
             save_every: 64 * 1024 * 1024,
             fsync: true,
+            preallocate: true,
             max_upload_rate: None,
             rpc_retry: Duration::from_millis(250),
             rpc_attempts: 5,
@@ -937,21 +942,37 @@ impl Driver {
         } else {
             File::create(&partial)
         };
-        let opened = opened.and_then(|f| {
-            let second = f.try_clone()?;
-            Ok((
-                PartialWriter::new(f, plan.offset),
-                Checkpointer::new(second, dest.clone(), self.config.fsync),
-            ))
-        });
+        let opened = opened
+            .map_err(|e| format!("cannot write {}: {e}", partial.display()))
+            .and_then(|f| {
+                if self.config.preallocate {
+                    if let Err(e) = resume::preallocate(&f, plan.offset, entry.size) {
+                        if plan.offset == 0 {
+                            // Nothing of ours is in it yet.
+                            let _ = fs::remove_file(&partial);
+                        }
+                        let folder = partial.parent().unwrap_or(Path::new("."));
+                        return Err(format!(
+                            "not enough disk space in {} for the {} bytes left to fetch ({e}); \
+                             free some space and run the download again",
+                            folder.display(),
+                            entry.size - plan.offset
+                        ));
+                    }
+                }
+                let second = f
+                    .try_clone()
+                    .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+                Ok((
+                    PartialWriter::new(f, plan.offset),
+                    Checkpointer::new(second, dest.clone(), self.config.fsync),
+                ))
+            });
         let (writer, checkpoints) = match opened {
             Ok(pair) => pair,
-            Err(e) => {
+            Err(why) => {
                 self.dests.lock().expect("dests lock").remove(&dest);
-                let _ = reply.send(Err(ServiceError::Io(format!(
-                    "cannot write {}: {e}",
-                    partial.display()
-                ))));
+                let _ = reply.send(Err(ServiceError::Io(why)));
                 return;
             }
         };
