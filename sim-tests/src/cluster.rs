@@ -17,12 +17,12 @@ use p2p_core::service::{
 use p2p_core::tracker::RegistryConfig;
 use p2p_core::transfer::{ReceiverConfig, SenderConfig};
 use p2p_core::transport::SharedTransport;
-use p2p_core::wire::{IndexEntry, TransportKind, DATA_OVERHEAD};
+use p2p_core::wire::{IndexEntry, Message, TransportKind, DATA_OVERHEAD};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::watch;
 
-use crate::faulty::{FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats};
+use crate::faulty::{DropFirst, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats};
 use crate::tcp::{SimTcp, SimTcpConfig};
 use crate::trace::Trace;
 use crate::udp::{SimUdp, SIM_UDP_MESSAGE};
@@ -241,6 +241,8 @@ pub struct PeerOpts {
     pub register: bool,
     /// Adjusts the endpoint settings.
     pub tune: Option<Tune>,
+    /// Loses the first `n` messages it sends that match (see [`FaultConfig::drop_first`]).
+    pub drop_first: Option<DropFirst>,
 }
 
 impl Default for PeerOpts {
@@ -250,6 +252,7 @@ impl Default for PeerOpts {
             faults: None,
             register: true,
             tune: None,
+            drop_first: None,
         }
     }
 }
@@ -266,6 +269,12 @@ impl PeerOpts {
     /// With these faults on the send and receive sides.
     pub fn faults(mut self, send: FaultRates, recv: FaultRates) -> Self {
         self.faults = Some((send, recv));
+        self
+    }
+
+    /// Losing the first `n` messages it sends that match `matches`, on top of any faults.
+    pub fn dropping_first(mut self, matches: fn(&Message) -> bool, n: u32) -> Self {
+        self.drop_first = Some((matches, n));
         self
     }
 
@@ -434,7 +443,13 @@ impl Cluster {
         self.files.insert(name.to_string(), files);
         let stats = SharedStats::default();
         self.stats.insert(name.to_string(), stats.clone());
-        let faults = self.fault_config(name, opts.faults);
+        let mut faults = self.fault_config(name, opts.faults);
+        if let Some(drop_first) = opts.drop_first {
+            let config = faults.get_or_insert_with(|| {
+                FaultConfig::send_side(mix(self.seed, name), FaultRates::NONE)
+            });
+            config.drop_first = Some(drop_first);
+        }
         let (net, trace, handles, seed) = (
             self.net,
             self.trace.clone(),

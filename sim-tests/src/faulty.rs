@@ -96,6 +96,9 @@ impl FaultRates {
     }
 }
 
+/// A targeted fault: which messages (a predicate) and how many of the first of them are lost.
+pub type DropFirst = (fn(&Message) -> bool, u32);
+
 /// Settings of a [`FaultyTransport`].
 #[derive(Clone, Debug)]
 pub struct FaultConfig {
@@ -109,6 +112,9 @@ pub struct FaultConfig {
     pub max_delay: Duration,
     /// Longest a reordered message is held back when no other message follows it.
     pub reorder_hold: Duration,
+    /// A targeted fault: the first `n` messages sent that match the predicate are lost,
+    /// whatever the rates (e.g. a download's first `Request`).
+    pub drop_first: Option<DropFirst>,
 }
 
 impl FaultConfig {
@@ -120,6 +126,7 @@ impl FaultConfig {
             recv: FaultRates::NONE,
             max_delay: Duration::from_millis(200),
             reorder_hold: Duration::from_millis(50),
+            drop_first: None,
         }
     }
 
@@ -196,6 +203,8 @@ struct State {
     recv_held: Option<(Instant, Msg)>,
     /// Chunks sent, by (destination, transfer, seq), to count retransmissions.
     seen: BTreeSet<(SocketAddr, u64, u64)>,
+    /// Messages lost so far to [`FaultConfig::drop_first`].
+    dropped_first: u32,
 }
 
 /// What to do with one message, decided under the lock.
@@ -249,6 +258,7 @@ impl<T: Transport> FaultyTransport<T> {
                 delayed: BTreeMap::new(),
                 recv_held: None,
                 seen: BTreeSet::new(),
+                dropped_first: 0,
             })),
             config,
             stats,
@@ -311,6 +321,18 @@ impl<T: Transport> FaultyTransport<T> {
                 stats.data_resent += 1;
             }
         }
+    }
+
+    /// True when `msg` is one of the first messages [`FaultConfig::drop_first`] loses.
+    fn targeted(&self, st: &mut State, msg: &[u8]) -> bool {
+        let Some((matches, n)) = self.config.drop_first else {
+            return false;
+        };
+        if st.dropped_first >= n || !decode(msg).is_ok_and(|m| matches(&m)) {
+            return false;
+        }
+        st.dropped_first += 1;
+        true
     }
 
     /// Rolls the faults of `rates` for a message of `len` bytes and counts them in `dir`.
@@ -458,8 +480,17 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             self.count_data(&mut st, to, msg);
             let plan = {
                 let mut stats = self.stats.lock().expect("stats lock");
-                let rates = self.config.send;
-                self.plan(&mut st, &rates, msg.len(), &mut stats.send)
+                if self.targeted(&mut st, msg) {
+                    stats.send.messages += 1;
+                    stats.send.dropped += 1;
+                    Plan {
+                        drop: true,
+                        ..Plan::default()
+                    }
+                } else {
+                    let rates = self.config.send;
+                    self.plan(&mut st, &rates, msg.len(), &mut stats.send)
+                }
             };
             let hold = plan.hold && !plan.drop && st.send_held.is_none();
             // A held message is released right after the next one goes out.

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use p2p_core::service::ServiceError;
+use p2p_core::wire::Message;
 use p2p_sim_tests::{
     check_download, fast_registry, fetch, run_seeds, timed_out, Checked, Cluster, FaultRates, Net,
     PeerOpts,
@@ -149,4 +150,52 @@ fn loss_30_percent_lost_accept() {
     p2p_sim_tests::run_scenario(file!(), "loss_30_percent_lost_accept", 36, |seed| {
         loss_scenario(seed, 30).map(|_| ())
     });
+}
+
+/// A leecher's first `Request` is lost. It asks again after a few round trips of the piece
+/// table request just answered (4 × 20 ms here), not after the default half second: the
+/// download takes well under that half second.
+#[test]
+fn a_lost_request_costs_round_trips_not_the_default_wait() {
+    run_seeds(
+        file!(),
+        "a_lost_request_costs_round_trips_not_the_default_wait",
+        |seed| {
+            let mut cl = Cluster::new(seed, Net::Udp);
+            let mut sim = cl
+                .builder(Duration::from_secs(30))
+                .min_message_latency(Duration::from_millis(10))
+                .max_message_latency(Duration::from_millis(10))
+                .build();
+            cl.add_tracker(&mut sim, fast_registry(), None);
+            cl.add_peer(&mut sim, "seeder", PeerOpts::sharing(&[("a.bin", FILE)]));
+            cl.add_peer(
+                &mut sim,
+                "leech",
+                PeerOpts::default().dropping_first(|m| matches!(m, Message::Request { .. }), 1),
+            );
+            let f = cl.file("seeder", "a.bin");
+            let dest = cl.download_dir("leech").join("a.bin");
+            let handles = cl.handles.clone();
+            sim.client("ctl", async move {
+                let h = handles.get("leech").await;
+                let res = fetch(&h, "seeder", "a.bin", &dest).await;
+                if let Checked::Failed(e) = check_download(&res, &dest, &f)? {
+                    return Err(format!("download failed: {e}").into());
+                }
+                let elapsed = res.expect("checked").elapsed;
+                // Asked again at 80 ms: about 150 ms in all; at the default 500 ms, 560 ms.
+                if elapsed >= Duration::from_millis(300) {
+                    return Err(format!("the lost request cost too long: {elapsed:?}").into());
+                }
+                Ok(())
+            });
+            sim.run()?;
+            let lost = cl.stats("leech").send.dropped;
+            if lost != 1 {
+                return Err(format!("{lost} messages lost, not the one request").into());
+            }
+            Ok(())
+        },
+    );
 }

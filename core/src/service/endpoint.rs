@@ -243,6 +243,7 @@ pub fn spawn_endpoint(
         index,
         next_id: config.id_seed,
         rpcs: BTreeMap::new(),
+        round_trips: RoundTrips::default(),
         uploads: BTreeMap::new(),
         downloads: BTreeMap::new(),
         dests: Arc::default(),
@@ -479,6 +480,8 @@ impl EndpointHandle {
 struct PendingRpc {
     to: SocketAddr,
     bytes: Vec<u8>,
+    /// When it was first sent: with a single attempt, its answer is a round-trip sample.
+    sent_at: Instant,
     attempts: u32,
     wait: Duration,
     next_at: Instant,
@@ -590,6 +593,10 @@ struct Driver {
     index_pages: Vec<Vec<IndexEntry>>,
     next_id: u64,
     rpcs: BTreeMap<RequestId, PendingRpc>,
+    /// The last round trip measured to each address (by requests answered at the first
+    /// attempt), and when: a download asks again after a few of them, not after the
+    /// default wait ([`RoundTrips`]).
+    round_trips: RoundTrips,
     uploads: BTreeMap<(SocketAddr, TransferId), Upload>,
     downloads: BTreeMap<TransferId, Download>,
     /// Destinations of the downloads in progress or being finished.
@@ -663,6 +670,54 @@ const MAX_LINGERING: usize = 1024;
 /// answered (normally one round trip), so that a `get` that exits at once leaves no sender
 /// retrying until its timeout.
 const LINGER_ON_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Round trips measured to recent peers, at most [`MAX_ROUND_TRIPS`] of them.
+#[derive(Default)]
+struct RoundTrips(BTreeMap<SocketAddr, (Duration, Instant)>);
+
+/// Peers whose round trip is remembered, and for how long a measure is trusted.
+const MAX_ROUND_TRIPS: usize = 256;
+const ROUND_TRIP_FRESH: Duration = Duration::from_secs(60);
+
+impl RoundTrips {
+    /// Records the answer, now, of a request first sent at `sent_at` to `peer`.
+    fn record(&mut self, peer: SocketAddr, sent_at: Instant) {
+        let now = Instant::now();
+        if self.0.len() >= MAX_ROUND_TRIPS && !self.0.contains_key(&peer) {
+            self.0
+                .retain(|_, (_, at)| now.duration_since(*at) < ROUND_TRIP_FRESH);
+            if self.0.len() >= MAX_ROUND_TRIPS {
+                let oldest = self
+                    .0
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(a, _)| *a);
+                if let Some(oldest) = oldest {
+                    self.0.remove(&oldest);
+                }
+            }
+        }
+        self.0.insert(peer, (now.duration_since(sent_at), now));
+    }
+
+    /// The round trip to `peer`, if measured recently.
+    fn recent(&self, peer: SocketAddr) -> Option<Duration> {
+        self.0
+            .get(&peer)
+            .filter(|(_, at)| at.elapsed() < ROUND_TRIP_FRESH)
+            .map(|(rtt, _)| *rtt)
+    }
+}
+
+/// A download's first wait for the sender's answer to its `Request`, given a round trip to
+/// that sender measured just before: four of them (the answer may also wait for the sender to
+/// open the file), at least [`MIN_REQUEST_RETRY`], at most `default`.
+fn request_retry_after(rtt: Duration, default: Duration) -> Duration {
+    (rtt * 4).max(MIN_REQUEST_RETRY).min(default)
+}
+
+/// Shortest first wait for an answer to a `Request` (see [`request_retry_after`]).
+const MIN_REQUEST_RETRY: Duration = Duration::from_millis(25);
 
 /// Bytes received between two progress updates of a download.
 const PROGRESS_STEP: u64 = 256 * 1024;
@@ -900,6 +955,7 @@ impl Driver {
             PendingRpc {
                 to,
                 bytes,
+                sent_at: Instant::now(),
                 attempts: 1,
                 wait,
                 next_at: Instant::now() + wait,
@@ -980,6 +1036,13 @@ impl Driver {
         let now = Instant::now();
         let piece_size = table.piece_size;
         let mut receiver_config = self.config.receiver.clone();
+        if let Some(rtt) = self.round_trips.recent(peer) {
+            // The piece table just came from this peer: a `Request` unanswered for a few of
+            // its round trips was lost (or its answer was), and waiting the default half
+            // second for it would be most of a small download's time on a lossy path.
+            receiver_config.request_retry =
+                request_retry_after(rtt, self.config.receiver.request_retry);
+        }
         // Pieces go to the driver to hash: the hashing thread's, or, without one, hashed right
         // here in `pump_download` (the same path, so simulations cover it).
         receiver_config.offload_hashing = true;
@@ -1043,6 +1106,10 @@ impl Driver {
             | Message::Error { request, .. } => {
                 if self.rpcs.get(&request).is_some_and(|r| r.to == from) {
                     let rpc = self.rpcs.remove(&request).expect("checked");
+                    if rpc.attempts == 1 {
+                        // Karn: an answer to a request sent again may answer either copy.
+                        self.round_trips.record(from, rpc.sent_at);
+                    }
                     let _ = rpc.reply.send(Ok(msg));
                 } else if let (
                     Some(reg),
@@ -1872,6 +1939,37 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_asked_again_after_four_round_trips_within_bounds() {
+        let default = Duration::from_millis(500);
+        let ms = Duration::from_millis;
+        assert_eq!(request_retry_after(ms(30), default), ms(120));
+        assert_eq!(request_retry_after(ms(1), default), MIN_REQUEST_RETRY);
+        assert_eq!(request_retry_after(ms(400), default), default);
+        // A configured wait shorter than the floor stays as configured.
+        assert_eq!(request_retry_after(ms(1), ms(10)), ms(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_trips_are_remembered_for_a_bounded_set_of_recent_peers() {
+        let mut rtts = RoundTrips::default();
+        let peer = |i: usize| SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 7));
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        rtts.record(peer(0), sent);
+        assert_eq!(rtts.recent(peer(0)), Some(Duration::from_millis(30)));
+        assert_eq!(rtts.recent(peer(1)), None);
+        for i in 1..=MAX_ROUND_TRIPS {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            rtts.record(peer(i), Instant::now());
+        }
+        assert_eq!(rtts.0.len(), MAX_ROUND_TRIPS);
+        assert_eq!(rtts.recent(peer(0)), None, "the oldest made room");
+        assert!(rtts.recent(peer(MAX_ROUND_TRIPS)).is_some());
+        tokio::time::advance(ROUND_TRIP_FRESH).await;
+        assert_eq!(rtts.recent(peer(MAX_ROUND_TRIPS)), None, "stale");
+    }
 
     /// Read-ahead gives exactly the file's bytes for sequential, backward and large reads,
     /// and a clear error past the end.
