@@ -24,15 +24,26 @@
 #              "d0 l0% (ceiling)", "d1ms l0%", "d1ms l1%", "d1ms l5%", "d1ms reorder25%/50%";
 #              loopback: "p2p UDP", "p2p TCP", "p2p UDP 1452 B", "p2p UDP fsync" (raw TCP,
 #              the baseline, always runs)
+#   REPORTING=keep  leave the guest's free page reporting on (see below)
 #   KEEP=1     keep the temporary directory (logs) on exit
 #   VERBOSE=1  pass -v to the seeding peers and to p2p get (debug logs in the kept logs)
+#
+# On a VM whose balloon device reports free pages to the host (virtio-balloon free page
+# reporting: /sys/module/page_reporting), every GiB a run frees is handed back to the host,
+# and whichever later run touches those pages first pays the host's page faults inside its
+# copies: the same 1 GiB copy then costs one to three times the CPU, landing at random on
+# one case or another. So the script turns reporting off for the run (page_reporting_order
+# above the largest order), restored on exit, and first writes and removes a file of twice
+# the test size so that the pages the runs will reuse are backed again. REPORTING=keep skips
+# both.
 #
 # Our `p2p get` runs with --no-fsync, so that it writes to the page cache as socat does; the
 # loopback mode also times get's default (fsync of checkpoints and of the finished file),
 # which the disk bounds, as "p2p UDP fsync", and UDP with the datagrams of a real network
 # (a seeder with --max-datagram 1452; loopback otherwise carries 60 KiB datagrams) as
 # "p2p UDP 1452 B". Loopback cases take turns run after run (RUNS rounds), each round starting
-# one case later; "r round" pairs each run with the raw TCP run of its round.
+# one case later; "r round" pairs each run with the raw TCP run of its round. After each run
+# its output is removed and `sync` waits until the disk has nothing pending from it.
 #
 # Rates are MiB (2^20 bytes) per second. "xfer" rates come from the `elapsed_ms` that
 # `p2p get --json` reports for the transfer itself (request to verified file); "cmd" rates
@@ -88,6 +99,8 @@ PIDS=()
 LOGN=0
 CORRUPT=0
 ALLOWED_CC_SAVED=""
+REPORTING_PARAM=/sys/module/page_reporting/parameters/page_reporting_order
+REPORTING_SAVED=""
 
 # ------------------------------------------------------------------ process and namespace cleanup
 untrack() {
@@ -123,6 +136,9 @@ cleanup() {
     if [ "$MODE" = impaired ]; then
         ns_delete "$NS_A"
         ns_delete "$NS_B"
+    fi
+    if [ -n "$REPORTING_SAVED" ]; then
+        echo "$REPORTING_SAVED" >"$REPORTING_PARAM"
     fi
     if [ -n "$ALLOWED_CC_SAVED" ]; then
         sysctl -qw net.ipv4.tcp_allowed_congestion_control="$ALLOWED_CC_SAVED"
@@ -285,8 +301,16 @@ raw_tcp() {
         d=$(secs "$s" "$e")
         record "$case" "$path" "$run" "$st" "$d" "$d" "$(maxrss_kib "$W/tx.time")" "$(maxrss_kib "$W/rx.time")" \
             "$(cpu_s "$W/tx.time")" "$(cpu_s "$W/rx.time")"
-        rm -f "$out"
+        settle "$out"
     done
+}
+
+# settle PATH: removes a run's output and waits until the disk has nothing pending from it
+# (`sync`: the writeback of an fsync run's last pages, and ext4's discard of the freed
+# blocks at its next journal commit), so that no run pays for the one before it.
+settle() {
+    rm -rf "$1"
+    sync
 }
 
 # p2p_get CASE PATH RX_NS TRANSPORT SEED_NAME SEED_PID TRACKER [GET FLAGS...]
@@ -322,7 +346,7 @@ p2p_get() {
         record "$case" "$path" "$run" "$st" "$xfer" "$(secs "$s" "$e")" "$(vmhwm_kib "$spid")" "$(maxrss_kib "$W/get.time")" \
             "$txcpu" "$(cpu_s "$W/get.time")"
         echo "      seeding peer RSS after the transfer: $(kib_to_mib "$(vmrss_kib "$spid")") MiB" >&2
-        rm -rf "$outdir"
+        settle "$outdir"
     done
 }
 
@@ -402,6 +426,7 @@ header() {
         echo "# binary: $BIN ($(date -u -r "$BIN" '+%F %T') UTC; NO_BUILD=1)"
     fi
     echo "# file: $SIZE_MIB MiB from /dev/urandom; RUNS=$RUNS (median of ok runs), CAP=${CAP}s per transfer"
+    echo "# $REPORTING_NOTE"
 }
 
 LOAD_START=$(loadavg)
@@ -413,6 +438,18 @@ SRC=$SHARE/$FILE_NAME
 head -c "$BYTES" /dev/urandom >"$SRC"
 # Write the new file out now, or its writeback would slow down whichever case runs first.
 sync
+# Free page reporting off, and the pages the runs will take backed by the host (see the top).
+REPORTING_NOTE="free page reporting: not present"
+if [ "${REPORTING:-}" != keep ] && [ -w "$REPORTING_PARAM" ]; then
+    REPORTING_SAVED=$(cat "$REPORTING_PARAM")
+    echo 11 >"$REPORTING_PARAM"
+    head -c "$((2 * BYTES))" /dev/zero >"$W/warm"
+    rm -f "$W/warm"
+    sync
+    REPORTING_NOTE="free page reporting: off for the run (page_reporting_order $REPORTING_SAVED -> 11), $((2 * SIZE_MIB)) MiB written and removed first"
+elif [ -e "$REPORTING_PARAM" ]; then
+    REPORTING_NOTE="free page reporting: left on (order $(cat "$REPORTING_PARAM"))"
+fi
 
 # ------------------------------------------------------------------ mode: loopback
 loopback() {
