@@ -1036,10 +1036,12 @@ impl Driver {
         let now = Instant::now();
         let piece_size = table.piece_size;
         let mut receiver_config = self.config.receiver.clone();
-        if let Some(rtt) = self.round_trips.recent(peer) {
+        let rtt = self.round_trips.recent(peer);
+        if let Some(rtt) = rtt.filter(|_| !self.transport.is_reliable()) {
             // The piece table just came from this peer: a `Request` unanswered for a few of
             // its round trips was lost (or its answer was), and waiting the default half
-            // second for it would be most of a small download's time on a lossy path.
+            // second for it would be most of a small download's time on a lossy path. (A
+            // reliable transport loses nothing: there, asking again would only add noise.)
             receiver_config.request_retry =
                 request_retry_after(rtt, self.config.receiver.request_retry);
         }
