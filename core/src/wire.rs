@@ -20,7 +20,7 @@
 //! The hot path copies no chunk bytes in user space beyond what it must: [`decode_bytes`]
 //! gives a `Data` payload as a slice of the received buffer, and
 //! [`Message::encode_data_into`] lets the sender read a chunk from the file straight into the
-//! outgoing datagram.
+//! outgoing datagram (a [`DatagramBuf`], never zeroed first).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -598,28 +598,34 @@ impl Message {
         out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Appends a `Data` message whose `len` payload bytes (at most [`MAX_CHUNK`]) `fill`
-    /// writes in place (e.g. read from the file straight into the datagram), so the chunk is
-    /// never copied in between. If `fill` fails, `out` is left as it was.
-    /// Encodes exactly what [`encode_into`](Self::encode_into) encodes for the same message.
+    /// Appends to `out` a `Data` message whose `len` payload bytes (at most [`MAX_CHUNK`])
+    /// `fill` writes in place (e.g. read from the file straight into the datagram), so the
+    /// chunk is never copied in between, nor zeroed first where `out` held bytes before. If
+    /// `fill` fails, `out` is left as it was. Encodes exactly what
+    /// [`encode_into`](Self::encode_into) encodes for the same message.
     pub fn encode_data_into<E>(
-        out: &mut Vec<u8>,
+        out: &mut DatagramBuf,
         transfer: TransferId,
         seq: u64,
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         debug_assert!(len <= MAX_CHUNK);
-        let start = out.len();
-        Self::data_head(out, transfer, seq, len);
-        let at = out.len();
-        out.resize(at + len, 0);
-        if let Err(e) = fill(&mut out[at..]) {
-            out.truncate(start); // nothing half-written is left behind
+        let start = out.len;
+        let mut head = std::mem::take(&mut out.head);
+        head.clear();
+        Self::data_head(&mut head, transfer, seq, len);
+        out.extend(&head);
+        out.head = head;
+        let at = out.len;
+        out.grow(len);
+        if let Err(e) = fill(&mut out.bytes[at..at + len]) {
+            out.len = start; // nothing half-written is left behind
             return Err(e);
         }
-        let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
-        out[start + HEADER_LEN - 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        let message = &mut out.bytes[start..at + len];
+        let crc = crc32fast::hash(&message[HEADER_LEN..]);
+        message[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         Ok(())
     }
 
@@ -787,6 +793,62 @@ fn decode_inner(bytes: &[u8], owner: Option<&Bytes>) -> Result<Message, DecodeEr
     Ok(msg)
 }
 
+/// Encoded datagrams, one after the other, in a buffer that keeps the bytes of earlier ones
+/// past its length: [`Message::encode_data_into`] reads each payload over them instead of
+/// zeroing its room first (zeroing was 5 % of a UDP seeding peer's CPU).
+#[derive(Debug, Default)]
+pub struct DatagramBuf {
+    /// Initialised up to its own length, which only grows; the datagrams are `..len`.
+    bytes: Vec<u8>,
+    len: usize,
+    /// Scratch space for a message head.
+    head: Vec<u8>,
+}
+
+impl DatagramBuf {
+    /// The datagrams.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Bytes of datagrams held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no datagram is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every datagram (keeping the room).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Takes out the bytes from `at` on (the last datagrams).
+    pub fn split_off(&mut self, at: usize) -> Vec<u8> {
+        let tail = self.bytes[at..self.len].to_vec();
+        self.len = at.min(self.len);
+        tail
+    }
+
+    fn extend(&mut self, data: &[u8]) {
+        let at = self.len;
+        self.grow(data.len());
+        self.bytes[at..self.len].copy_from_slice(data);
+    }
+
+    /// Makes room for `n` more bytes, zeroing only bytes never written before.
+    fn grow(&mut self, n: usize) {
+        let end = self.len + n;
+        if self.bytes.len() < end {
+            self.bytes.resize(end, 0);
+        }
+        self.len = end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -800,13 +862,17 @@ mod tests {
                 seq: 1 << 40,
                 payload: payload.clone().into(),
             };
-            let mut out = vec![0xab]; // appends, like encode_into
+            // Over the bytes of a longer datagram, as a reused buffer holds them.
+            let mut out = DatagramBuf::default();
+            out.extend(&[0xab]);
+            out.extend(&vec![0x5a; MAX_CHUNK + 64]);
+            out.len = 1; // appends, like encode_into
             Message::encode_data_into(&mut out, TransferId(9), 1 << 40, len, |into| {
                 into.copy_from_slice(&payload);
                 Ok::<(), ()>(())
             })
             .unwrap();
-            assert_eq!(out[1..], m.encode()[..], "len {len}");
+            assert_eq!(out.as_slice()[1..], m.encode()[..], "len {len}");
 
             let frame = Bytes::from(m.encode());
             let Ok(Message::Data { payload: got, .. }) = decode_bytes(&frame) else {
@@ -826,10 +892,26 @@ mod tests {
             }
         }
         // A failing fill is reported, and leaves nothing half-written.
-        let mut out = vec![1, 2, 3];
+        let mut out = DatagramBuf::default();
+        out.extend(&[1, 2, 3]);
         let r = Message::encode_data_into(&mut out, TransferId(1), 0, 10, |_| Err("eof"));
         assert_eq!(r, Err("eof"));
-        assert_eq!(out, [1, 2, 3]);
+        assert_eq!(out.as_slice(), [1, 2, 3]);
+        // Datagrams one after the other, and the last ones taken out.
+        let mut out = DatagramBuf::default();
+        let ok = |_: &mut [u8]| Ok::<(), ()>(());
+        Message::encode_data_into(&mut out, TransferId(1), 0, 100, ok).unwrap();
+        let first = out.len();
+        Message::encode_data_into(&mut out, TransferId(1), 1, 100, ok).unwrap();
+        let second = out.split_off(first);
+        assert_eq!(out.len(), first);
+        assert!(matches!(decode(&second), Ok(Message::Data { seq: 1, .. })));
+        assert!(matches!(
+            decode(out.as_slice()),
+            Ok(Message::Data { seq: 0, .. })
+        ));
+        out.clear();
+        assert!(out.is_empty());
     }
 
     #[test]

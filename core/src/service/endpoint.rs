@@ -36,8 +36,8 @@ use crate::transfer::{
 };
 use crate::transport::{FileRange, SharedTransport};
 use crate::wire::{
-    decode_bytes, AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, PeerInfo,
-    RegisterOutcome, RequestId, TransferId, TransportKind, DATA_OVERHEAD, MAX_CHUNK,
+    decode_bytes, AbortReason, BoundedVec, ContentHash, DatagramBuf, FileId, IndexEntry, Message,
+    PeerInfo, RegisterOutcome, RequestId, TransferId, TransportKind, DATA_OVERHEAD, MAX_CHUNK,
     MAX_PIECE_HASHES, PIECE_SIZE,
 };
 
@@ -256,6 +256,7 @@ pub fn spawn_endpoint(
         more_to_send: false,
         left: BTreeSet::new(),
         hasher,
+        batch: Batch::default(),
         finishing: tokio::task::JoinSet::new(),
         lingering: VecDeque::new(),
         config,
@@ -612,6 +613,9 @@ struct Driver {
     more_to_send: bool,
     /// Names unregistered since their last `Register`: a late heartbeat arming is ignored.
     left: BTreeSet<String>,
+    /// Datagrams of uploads gathered for one send; kept, empty, between flushes (its buffer
+    /// is reused without being zeroed again: see [`DatagramBuf`]).
+    batch: Batch,
     /// Hashes the pieces of downloads (`EndpointConfig::hash_thread`).
     hasher: Option<HashWorker>,
     /// Downloads being finished on blocking threads (`EndpointConfig::finish_thread`); a
@@ -762,7 +766,7 @@ async fn next_hash(worker: &mut Option<HashWorker>) -> Option<(TransferId, u64, 
 /// at the end of `bytes`.
 #[derive(Default)]
 struct Batch {
-    bytes: Vec<u8>,
+    bytes: DatagramBuf,
     /// Size of each datagram (the first one's).
     segment: usize,
     count: usize,
@@ -794,7 +798,9 @@ impl Batch {
     /// Sends what is gathered.
     async fn send(&mut self, transport: &SharedTransport, to: SocketAddr) {
         if self.count > 0 {
-            let _ = transport.send_batch(to, &self.bytes, self.segment).await;
+            let _ = transport
+                .send_batch(to, self.bytes.as_slice(), self.segment)
+                .await;
         }
         self.bytes.clear();
         self.count = 0;
@@ -1518,8 +1524,8 @@ impl Driver {
         // A reliable transport takes each chunk as a head plus a file range (whose payload the
         // checksum may leave out); datagrams are read into batches.
         let reliable = transport.is_reliable();
-        // Emptied after each upload, so one buffer serves them all.
-        let mut batch = Batch::default();
+        // Emptied after each upload, so one buffer serves them all, flush after flush.
+        let mut batch = std::mem::take(&mut self.batch);
         let tokio_now = Instant::now();
         if let Some(rate) = self.config.max_upload_rate {
             let rate = rate as f64;
@@ -1613,6 +1619,7 @@ impl Driver {
                 }
             }
         }
+        self.batch = batch;
         self.uploads.retain(|_, u| !u.machine.is_done());
         for (transfer, d) in self.downloads.iter_mut() {
             while let Some(m) = d.machine.poll_transmit() {
