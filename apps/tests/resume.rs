@@ -299,12 +299,14 @@ fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
     let (_t, tr) = tracker(dir.path(), &[]);
     let _seed = peer(dir.path(), "seed", &tr, &share, "udp", &[]);
     let out = disk.0.to_str().unwrap().to_string();
+    let get = |extra: &[&str]| {
+        let mut args = vec!["get", "seed", "1", "--tracker", &tr, "--out", &out];
+        args.extend_from_slice(extra);
+        run(dir.path(), &args)
+    };
     // By default the whole file's space is reserved first: the download fails at once,
     // naming the room it needs, and leaves nothing behind.
-    let o = run(
-        dir.path(),
-        &["get", "seed", "1", "--tracker", &tr, "--out", &out],
-    );
+    let o = get(&[]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
@@ -315,19 +317,7 @@ fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
     let left: Vec<_> = fs::read_dir(&disk.0).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
     // Without the reservation, the disk fills during the download: the verified part stays.
-    let o = run(
-        dir.path(),
-        &[
-            "get",
-            "seed",
-            "1",
-            "--tracker",
-            &tr,
-            "--out",
-            &out,
-            "--no-preallocate",
-        ],
-    );
+    let o = get(&["--no-preallocate"]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("No space left on device"), "{err}");
@@ -335,19 +325,7 @@ fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
     assert!(!disk.0.join("fat.bin").exists());
 
     disk.resize("32m");
-    let o = run(
-        dir.path(),
-        &[
-            "get",
-            "seed",
-            "1",
-            "--tracker",
-            &tr,
-            "--out",
-            &out,
-            "--json",
-        ],
-    );
+    let o = get(&["--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(report["resumed_from"].as_u64().unwrap() > 0, "{report}");

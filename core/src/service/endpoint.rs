@@ -675,6 +675,24 @@ const MAX_LINGERING: usize = 1024;
 /// retrying until its timeout.
 const LINGER_ON_SHUTDOWN: Duration = Duration::from_secs(1);
 
+/// Reserves the space of bytes `from..size` of the download's `partial` file
+/// ([`resume::preallocate`]); when the disk is too small, removes a partial that holds
+/// nothing yet (`from` 0) and says how much room is missing.
+fn reserve_space(file: &File, partial: &Path, from: u64, size: u64) -> Result<(), String> {
+    resume::preallocate(file, from, size).map_err(|e| {
+        if from == 0 {
+            let _ = fs::remove_file(partial);
+        }
+        let folder = partial.parent().unwrap_or(Path::new("."));
+        format!(
+            "not enough disk space in {} for the {} bytes left to fetch ({e}); \
+             free some space and run the download again",
+            folder.display(),
+            size - from
+        )
+    })
+}
+
 /// Round trips measured to recent peers, at most [`MAX_ROUND_TRIPS`] of them.
 #[derive(Default)]
 struct RoundTrips(BTreeMap<SocketAddr, (Duration, Instant)>);
@@ -688,17 +706,14 @@ impl RoundTrips {
     fn record(&mut self, peer: SocketAddr, sent_at: Instant) {
         let now = Instant::now();
         if self.0.len() >= MAX_ROUND_TRIPS && !self.0.contains_key(&peer) {
-            self.0
-                .retain(|_, (_, at)| now.duration_since(*at) < ROUND_TRIP_FRESH);
-            if self.0.len() >= MAX_ROUND_TRIPS {
-                let oldest = self
-                    .0
-                    .iter()
-                    .min_by_key(|(_, (_, at))| *at)
-                    .map(|(a, _)| *a);
-                if let Some(oldest) = oldest {
-                    self.0.remove(&oldest);
-                }
+            // Make room by forgetting the oldest measure (stale ones are ignored anyway).
+            let oldest = self
+                .0
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(a, _)| *a);
+            if let Some(oldest) = oldest {
+                self.0.remove(&oldest);
             }
         }
         self.0.insert(peer, (now.duration_since(sent_at), now));
@@ -1008,19 +1023,7 @@ impl Driver {
             .map_err(|e| format!("cannot write {}: {e}", partial.display()))
             .and_then(|f| {
                 if self.config.preallocate {
-                    if let Err(e) = resume::preallocate(&f, plan.offset, entry.size) {
-                        if plan.offset == 0 {
-                            // Nothing of ours is in it yet.
-                            let _ = fs::remove_file(&partial);
-                        }
-                        let folder = partial.parent().unwrap_or(Path::new("."));
-                        return Err(format!(
-                            "not enough disk space in {} for the {} bytes left to fetch ({e}); \
-                             free some space and run the download again",
-                            folder.display(),
-                            entry.size - plan.offset
-                        ));
-                    }
+                    reserve_space(&f, &partial, plan.offset, entry.size)?;
                 }
                 let second = f
                     .try_clone()
