@@ -108,7 +108,15 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     if dest.exists() {
         let existing = hash_file(&dest).ok();
         if existing == Some(entry.hash) {
-            report(&args, &dest, entry.size, 0, Duration::ZERO, 0, true);
+            let present = Outcome {
+                size: entry.size,
+                received: 0,
+                elapsed: Duration::ZERO,
+                resumed_from: 0,
+                refetched: 0,
+                already: true,
+            };
+            report(&args, &dest, &present);
             return Ok(());
         }
         bail!(
@@ -144,37 +152,53 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     if let Some(why) = &r.discarded {
         eprintln!("note: {why}");
     }
-    if r.resumed_from > 0 && !args.json {
+    if r.refetched > 0 && !args.json {
+        eprintln!(
+            "note: a piece failed its hash check {} time(s); each time the download went on \
+             from the end of the verified part",
+            r.refetched
+        );
+    } else if r.resumed_from > 0 && !args.json {
         eprintln!(
             "resumed at {} of {} (the verified part was kept)",
             human_bytes(r.resumed_from),
             human_bytes(r.size)
         );
     }
-    report(
-        &args,
-        &r.path,
-        r.size,
-        r.received,
-        r.elapsed,
-        r.resumed_from,
-        false,
-    );
+    let done = Outcome {
+        size: r.size,
+        received: r.received,
+        elapsed: r.elapsed,
+        resumed_from: r.resumed_from,
+        refetched: r.refetched,
+        already: false,
+    };
+    report(&args, &r.path, &done);
     // The download finished on its last verified chunk: stay until the sender's FIN is
     // answered (a round trip; at most 1 s), so that it does not retry until its timeout.
     to_peer.shutdown().await;
     Ok(())
 }
 
-fn report(
-    args: &GetArgs,
-    path: &std::path::Path,
+/// What `get` reports of a file it fetched (or found already present).
+struct Outcome {
     size: u64,
     received: u64,
     elapsed: Duration,
     resumed_from: u64,
+    refetched: u32,
     already: bool,
-) {
+}
+
+fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
+    let &Outcome {
+        size,
+        received,
+        elapsed,
+        resumed_from,
+        refetched,
+        already,
+    } = o;
     let secs = elapsed.as_secs_f64();
     if args.json {
         println!(
@@ -184,6 +208,7 @@ fn report(
                 "size": size,
                 "received": received,
                 "resumed_from": resumed_from,
+                "refetched": refetched,
                 "elapsed_ms": elapsed.as_millis() as u64,
                 "mib_per_s": mib_per_s(received, secs),
                 "already_present": already,

@@ -43,6 +43,16 @@ pub trait Transport: Send + Sync + 'static {
         self.send_owned(to, msg).await
     }
 
+    /// True when a chunk of `len` payload bytes to `to` should go through
+    /// [`send_file`](Self::send_file), its payload left out of the envelope's checksum (the
+    /// receiver's piece hashes check it), rather than be read into a checksummed datagram.
+    /// By default only on reliable transports, which checksum what they carry; UDP also for
+    /// chunks large enough that copying them costs more than the system calls saved by
+    /// batching (which only a loopback path carries).
+    fn sends_file(&self, _to: SocketAddr, _len: usize) -> bool {
+        self.is_reliable()
+    }
+
     /// Most messages of `len` bytes one [`send_batch`](Self::send_batch) takes (1: the
     /// transport does not batch).
     fn max_batch(&self, _to: SocketAddr, _len: usize) -> usize {

@@ -22,7 +22,7 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::watch;
 
-use crate::faulty::{DropFirst, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats};
+use crate::faulty::{FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats, Targeted};
 use crate::tcp::{SimTcp, SimTcpConfig};
 use crate::trace::Trace;
 use crate::udp::{SimUdp, SIM_UDP_MESSAGE};
@@ -241,8 +241,8 @@ pub struct PeerOpts {
     pub register: bool,
     /// Adjusts the endpoint settings.
     pub tune: Option<Tune>,
-    /// Loses the first `n` messages it sends that match (see [`FaultConfig::drop_first`]).
-    pub drop_first: Option<DropFirst>,
+    /// Faults aimed at particular messages it sends (see [`Targeted`]).
+    pub targeted: Targeted,
 }
 
 impl Default for PeerOpts {
@@ -252,7 +252,7 @@ impl Default for PeerOpts {
             faults: None,
             register: true,
             tune: None,
-            drop_first: None,
+            targeted: Targeted::default(),
         }
     }
 }
@@ -274,7 +274,22 @@ impl PeerOpts {
 
     /// Losing the first `n` messages it sends that match `matches`, on top of any faults.
     pub fn dropping_first(mut self, matches: fn(&Message) -> bool, n: u32) -> Self {
-        self.drop_first = Some((matches, n));
+        self.targeted.drop_first = Some((matches, n));
+        self
+    }
+
+    /// Flipping a byte at the end of the first `n` messages it sends that match `matches`
+    /// (see [`Targeted::corrupt_first`]).
+    pub fn corrupting_first(mut self, matches: fn(&Message) -> bool, n: u32) -> Self {
+        self.targeted.corrupt_first = Some((matches, n));
+        self
+    }
+
+    /// Sending chunks of at least `min` payload bytes from the file, their payload outside
+    /// the checksum, as the UDP transport sends large datagrams
+    /// (see [`Targeted::send_file_from`]).
+    pub fn sending_files_from(mut self, min: usize) -> Self {
+        self.targeted.send_file_from = Some(min);
         self
     }
 
@@ -444,11 +459,11 @@ impl Cluster {
         let stats = SharedStats::default();
         self.stats.insert(name.to_string(), stats.clone());
         let mut faults = self.fault_config(name, opts.faults);
-        if let Some(drop_first) = opts.drop_first {
+        if !opts.targeted.is_none() {
             let config = faults.get_or_insert_with(|| {
                 FaultConfig::send_side(mix(self.seed, name), FaultRates::NONE)
             });
-            config.drop_first = Some(drop_first);
+            config.targeted = opts.targeted;
         }
         let (net, trace, handles, seed) = (
             self.net,

@@ -96,8 +96,29 @@ impl FaultRates {
     }
 }
 
-/// A targeted fault: which messages (a predicate) and how many of the first of them are lost.
+/// Which messages a targeted fault hits: a predicate, and how many of the first that match.
 pub type DropFirst = (fn(&Message) -> bool, u32);
+
+/// Faults aimed at particular messages, on top of the random rates.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Targeted {
+    /// The first `n` messages sent that match are lost (e.g. a download's first `Request`).
+    pub drop_first: Option<DropFirst>,
+    /// The first `n` messages sent that match arrive with their last byte flipped: in a
+    /// `Data` message, a payload byte.
+    pub corrupt_first: Option<DropFirst>,
+    /// Chunks of at least this many payload bytes go through `send_file`, their payload
+    /// outside the checksum, as the UDP transport sends large datagrams (the simulated
+    /// network's datagrams are too small for that otherwise).
+    pub send_file_from: Option<usize>,
+}
+
+impl Targeted {
+    /// True when it aims at nothing.
+    pub fn is_none(&self) -> bool {
+        self.drop_first.is_none() && self.corrupt_first.is_none() && self.send_file_from.is_none()
+    }
+}
 
 /// Settings of a [`FaultyTransport`].
 #[derive(Clone, Debug)]
@@ -112,9 +133,8 @@ pub struct FaultConfig {
     pub max_delay: Duration,
     /// Longest a reordered message is held back when no other message follows it.
     pub reorder_hold: Duration,
-    /// A targeted fault: the first `n` messages sent that match the predicate are lost,
-    /// whatever the rates (e.g. a download's first `Request`).
-    pub drop_first: Option<DropFirst>,
+    /// Faults aimed at particular messages, whatever the rates.
+    pub targeted: Targeted,
 }
 
 impl FaultConfig {
@@ -126,7 +146,7 @@ impl FaultConfig {
             recv: FaultRates::NONE,
             max_delay: Duration::from_millis(200),
             reorder_hold: Duration::from_millis(50),
-            drop_first: None,
+            targeted: Targeted::default(),
         }
     }
 
@@ -203,8 +223,10 @@ struct State {
     recv_held: Option<(Instant, Msg)>,
     /// Chunks sent, by (destination, transfer, seq), to count retransmissions.
     seen: BTreeSet<(SocketAddr, u64, u64)>,
-    /// Messages lost so far to [`FaultConfig::drop_first`].
+    /// Messages lost so far to [`Targeted::drop_first`].
     dropped_first: u32,
+    /// Messages corrupted so far by [`Targeted::corrupt_first`].
+    corrupted_first: u32,
 }
 
 /// What to do with one message, decided under the lock.
@@ -259,6 +281,7 @@ impl<T: Transport> FaultyTransport<T> {
                 recv_held: None,
                 seen: BTreeSet::new(),
                 dropped_first: 0,
+                corrupted_first: 0,
             })),
             config,
             stats,
@@ -323,15 +346,15 @@ impl<T: Transport> FaultyTransport<T> {
         }
     }
 
-    /// True when `msg` is one of the first messages [`FaultConfig::drop_first`] loses.
-    fn targeted(&self, st: &mut State, msg: &[u8]) -> bool {
-        let Some((matches, n)) = self.config.drop_first else {
+    /// True when `msg` is one of the first `n` that match `which` (counted in `count`).
+    fn first_matching(which: Option<DropFirst>, count: &mut u32, msg: &[u8]) -> bool {
+        let Some((matches, n)) = which else {
             return false;
         };
-        if st.dropped_first >= n || !decode(msg).is_ok_and(|m| matches(&m)) {
+        if *count >= n || !decode(msg).is_ok_and(|m| matches(&m)) {
             return false;
         }
-        st.dropped_first += 1;
+        *count += 1;
         true
     }
 
@@ -480,11 +503,20 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             self.count_data(&mut st, to, msg);
             let plan = {
                 let mut stats = self.stats.lock().expect("stats lock");
-                if self.targeted(&mut st, msg) {
+                let targeted = self.config.targeted;
+                if Self::first_matching(targeted.drop_first, &mut st.dropped_first, msg) {
                     stats.send.messages += 1;
                     stats.send.dropped += 1;
                     Plan {
                         drop: true,
+                        ..Plan::default()
+                    }
+                } else if Self::first_matching(targeted.corrupt_first, &mut st.corrupted_first, msg)
+                {
+                    stats.send.messages += 1;
+                    stats.send.corrupted += 1;
+                    Plan {
+                        corrupt: Some(Corruption::Flip(vec![msg.len() * 8 - 1])),
                         ..Plan::default()
                     }
                 } else {
@@ -603,6 +635,15 @@ impl<T: Transport> Transport for FaultyTransport<T> {
 
     fn is_reliable(&self) -> bool {
         self.inner.is_reliable()
+    }
+
+    fn sends_file(&self, to: SocketAddr, len: usize) -> bool {
+        self.inner.sends_file(to, len)
+            || self
+                .config
+                .targeted
+                .send_file_from
+                .is_some_and(|min| len >= min)
     }
 
     fn forget(&self, to: SocketAddr) {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use p2p_core::wire::Message;
 use p2p_sim_tests::{
     check_download, fast_registry, fetch, run_scenario, run_seeds, Checked, Cluster, FaultRates,
     FaultStats, Net, PeerOpts,
@@ -145,4 +146,57 @@ fn lost_accept_while_data_flows() {
             faults_scenario(seed, r, r, Duration::from_secs(10)).map(|_| ())
         });
     }
+}
+
+/// A large datagram's payload is checked by the piece hashes only (the UDP transport sends
+/// it from the page cache: `Transport::sends_file`). One damaged past the checksum fails its
+/// piece, and the download fetches the file again from the end of the verified part: the
+/// pieces before it are kept, and the file ends exact.
+#[test]
+fn a_piece_damaged_past_the_checksum_is_fetched_again() {
+    const PIECE: usize = p2p_core::wire::PIECE_SIZE as usize;
+    run_seeds(
+        file!(),
+        "a_piece_damaged_past_the_checksum_is_fetched_again",
+        |seed| {
+            let mut cl = Cluster::new(seed, Net::Udp);
+            let mut sim = cl.builder(Duration::from_secs(60)).build();
+            cl.add_tracker(&mut sim, fast_registry(), None);
+            // Chunk 400 lies in the third piece (about 187 chunks per piece).
+            let chunk_400 = |m: &Message| matches!(m, Message::Data { seq: 400, .. });
+            cl.add_peer(
+                &mut sim,
+                "seeder",
+                PeerOpts::sharing(&[("a.bin", 4 * PIECE + 1000)])
+                    .sending_files_from(1)
+                    .corrupting_first(chunk_400, 1),
+            );
+            cl.add_peer(&mut sim, "leech", PeerOpts::default());
+            let f = cl.file("seeder", "a.bin");
+            let dest = cl.download_dir("leech").join("a.bin");
+            let handles = cl.handles.clone();
+            sim.client("ctl", async move {
+                let h = handles.get("leech").await;
+                let res = fetch(&h, "seeder", "a.bin", &dest).await;
+                if let Checked::Failed(e) = check_download(&res, &dest, &f)? {
+                    return Err(format!("download failed: {e}").into());
+                }
+                let report = res.expect("checked");
+                if report.refetched != 1 || report.resumed_from != 2 * PIECE as u64 {
+                    return Err(format!(
+                        "refetched {} times from byte {}: want once, from the end of piece 1",
+                        report.refetched, report.resumed_from
+                    )
+                    .into());
+                }
+                Ok(())
+            });
+            sim.run()?;
+            let corrupted = cl.stats("seeder").send.corrupted;
+            if corrupted != 1 {
+                return Err(format!("{corrupted} messages corrupted, not the one chunk").into());
+            }
+            Ok(())
+        },
+    );
 }

@@ -15,7 +15,7 @@ use p2p_core::transport::SharedTransport;
 use p2p_core::wire::TransportKind;
 
 pub use tcp::{TcpConfig, TcpTransport};
-pub use udp::{UdpConfig, UdpTransport, DEFAULT_UDP_MESSAGE, LOOPBACK_UDP_MESSAGE};
+pub use udp::{UdpConfig, UdpTransport, DEFAULT_UDP_MESSAGE, LOOPBACK_UDP_MESSAGE, SEND_FILE_MIN};
 
 /// Settings of either transport.
 #[derive(Clone, Debug, Default)]

@@ -10,13 +10,15 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use nix::sys::socket::sockopt;
-use p2p_core::transport::Transport;
+use nix::sys::sendfile::sendfile64;
+use nix::sys::socket::{sendto, sockopt, MsgFlags, SockaddrStorage};
+use p2p_core::transport::{FileRange, Transport};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
@@ -54,6 +56,11 @@ impl Default for UdpConfig {
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_507;
 
+/// Chunks of at least this many bytes leave from the page cache ([`Transport::send_file`]):
+/// a copy of them costs more than the two system calls each takes. Only a loopback path
+/// carries datagrams this large; a real network's chunks are read into batches.
+pub const SEND_FILE_MIN: usize = 16 * 1024;
+
 /// A UDP socket as a [`Transport`].
 #[derive(Debug)]
 pub struct UdpTransport {
@@ -68,6 +75,11 @@ pub struct UdpTransport {
     inbox: Mutex<Inbox>,
     /// Receive system calls that returned data (for tests).
     reads: AtomicU64,
+    /// Held across every send: a datagram sent from a file is built by two system calls
+    /// (the head, corked, then `sendfile`), and nothing else may join it in between.
+    send_lock: StdMutex<()>,
+    /// `sendfile` to this socket works (cleared at its first refusal).
+    sendfile: AtomicBool,
 }
 
 /// Room for any datagram, and for the longest run receive offload merges (64 KiB).
@@ -196,6 +208,8 @@ impl UdpTransport {
             gro,
             inbox: Mutex::new(Inbox::default()),
             reads: AtomicU64::new(0),
+            send_lock: StdMutex::new(()),
+            sendfile: AtomicBool::new(true),
         })
     }
 
@@ -234,7 +248,72 @@ impl UdpTransport {
         }
         Ok(())
     }
+
+    fn send_lock(&self) -> MutexGuard<'_, ()> {
+        // A panic while holding it cannot leave a datagram half built (every path below
+        // finishes or abandons its datagram before returning): the lock is still good.
+        self.send_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One non-blocking attempt to send `head` and `body` as one datagram: the head opens
+    /// a corked datagram (`MSG_MORE`), `sendfile` appends the range from the page cache and
+    /// sends it. `WouldBlock` means nothing was sent: when the kernel cannot queue a part of
+    /// a corked datagram, it discards the parts queued before (`udp_flush_pending_frames`).
+    fn try_send_file(&self, to: SocketAddr, head: &[u8], body: &FileRange) -> io::Result<()> {
+        let _sending = self.send_lock();
+        let addr = SockaddrStorage::from(to);
+        // nix names no MSG_MORE; the kernel's value.
+        let more = MsgFlags::from_bits_retain(nix::libc::MSG_MORE) | MsgFlags::MSG_DONTWAIT;
+        sendto(self.socket.as_raw_fd(), head, &addr, more)?;
+        let mut offset = body.offset as i64;
+        let mut left = body.len;
+        while left > 0 {
+            match sendfile64(&self.socket, &*body.file, Some(&mut offset), left) {
+                Ok(0) => {
+                    // The file became shorter since `send_file` looked. The kernel sends a
+                    // corked datagram as soon as `sendfile` meets the end of the file, so
+                    // this one may have gone short (the receiver drops it as malformed: a
+                    // loss); zeros finish it if not, and go as a stray datagram (dropped
+                    // too) if so. Either way nothing is left corked.
+                    let zeros = vec![0; left];
+                    sendto(
+                        self.socket.as_raw_fd(),
+                        &zeros,
+                        &addr,
+                        MsgFlags::MSG_DONTWAIT,
+                    )?;
+                    return Ok(());
+                }
+                Ok(n) => left -= n,
+                Err(e) if SENDFILE_UNSUPPORTED.contains(&(e as i32)) => {
+                    // A file (or kernel) sendfile cannot take: read the rest and send it
+                    // to finish the datagram, and read from now on.
+                    self.sendfile.store(false, Ordering::Relaxed);
+                    let rest = FileRange {
+                        file: body.file.clone(),
+                        offset: offset as u64,
+                        len: left,
+                    };
+                    let mut bytes = vec![0; left];
+                    rest.read_into(&mut bytes)?;
+                    sendto(
+                        self.socket.as_raw_fd(),
+                        &bytes,
+                        &addr,
+                        MsgFlags::MSG_DONTWAIT,
+                    )?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
 }
+
+/// `sendfile` errors that mean "not for this file": the bytes are read and sent instead.
+const SENDFILE_UNSUPPORTED: [i32; 3] =
+    [nix::libc::EINVAL, nix::libc::ENOSYS, nix::libc::EOPNOTSUPP];
 
 /// Most bytes one segmented send carries (the IP length field's limit, less headers).
 const MAX_BATCH_BYTES: usize = 65_000;
@@ -260,7 +339,48 @@ impl Transport for UdpTransport {
                 format!("message of {} bytes exceeds the datagram limit", msg.len()),
             ));
         }
-        self.socket.send_to(msg, to).await.map(|_| ())
+        let addr = SockaddrStorage::from(to);
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                let _sending = self.send_lock();
+                sendto(self.socket.as_raw_fd(), msg, &addr, MsgFlags::MSG_DONTWAIT)
+                    .map(|_| ())
+                    .map_err(io::Error::from)
+            })
+            .await
+    }
+
+    /// Sends the range from the page cache (see [`UdpTransport::try_send_file`]); where
+    /// `sendfile` does not work, reads it into the datagram.
+    async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
+        // A range past the end of the file (it shrank) is read: its missing bytes go as zeros
+        // in the one datagram, which `sendfile` cannot do (see `try_send_file`).
+        let end = body.offset + body.len as u64;
+        let short = body.file.metadata().map_or(true, |m| m.len() < end);
+        if short || !self.sendfile.load(Ordering::Relaxed) {
+            let mut msg = head;
+            let at = msg.len();
+            msg.resize(at + body.len, 0);
+            body.read_into(&mut msg[at..])?;
+            return self.send_to(to, &msg).await;
+        }
+        if head.len() + body.len > self.max_message_size_to(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "message of {} bytes exceeds the datagram limit",
+                    head.len() + body.len
+                ),
+            ));
+        }
+        self.socket
+            .async_io(Interest::WRITABLE, || self.try_send_file(to, &head, &body))
+            .await
+    }
+
+    /// Chunks of [`SEND_FILE_MIN`] bytes or more, while `sendfile` works.
+    fn sends_file(&self, _to: SocketAddr, len: usize) -> bool {
+        len >= SEND_FILE_MIN && self.sendfile.load(Ordering::Relaxed)
     }
 
     fn max_batch(&self, _to: SocketAddr, len: usize) -> usize {
@@ -283,6 +403,7 @@ impl Transport for UdpTransport {
         };
         self.socket
             .async_io(Interest::WRITABLE, || {
+                let _sending = self.send_lock();
                 self.state.try_send((&self.socket).into(), &transmit)
             })
             .await
@@ -332,6 +453,7 @@ impl Transport for UdpTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A transport on a free loopback port, 1452-byte datagrams (60 KiB to loopback).
     fn local() -> UdpTransport {
@@ -365,6 +487,129 @@ mod tests {
         if b.receive_offload() && a.max_batch(to, segment) > 1 {
             assert!(b.reads() < 20, "{} reads for 20 datagrams", b.reads());
         }
+    }
+
+    /// A file whose bytes are `i % 251`, shared as a [`FileRange`] source.
+    fn pattern_file(dir: &tempfile::TempDir, len: u32) -> (Vec<u8>, Arc<std::fs::File>) {
+        let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &content).unwrap();
+        let file = Arc::new(std::fs::File::open(dir.path().join("f")).unwrap());
+        (content, file)
+    }
+
+    /// `send_file` sends the head and the range as one datagram, between other messages,
+    /// at any offset; a range past the end of the file (it shrank) is completed with zeros;
+    /// one too large for a datagram is refused. Only large chunks are sent this way.
+    #[tokio::test]
+    async fn a_file_range_leaves_as_one_datagram() {
+        let a = local();
+        let b = local();
+        let to = b.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (content, file) = pattern_file(&dir, 300_000);
+        let range = |offset: u64, len: usize| FileRange {
+            file: file.clone(),
+            offset,
+            len,
+        };
+        a.send_to(to, b"before").await.unwrap();
+        a.send_file(to, b"head".to_vec(), range(8192, 61_440))
+            .await
+            .unwrap();
+        a.send_file(to, b"odd".to_vec(), range(12_388, 61_440))
+            .await
+            .unwrap();
+        a.send_to(to, b"after").await.unwrap();
+        a.send_file(to, b"tail".to_vec(), range(299_000, 20_000))
+            .await
+            .unwrap();
+        let err = a
+            .send_file(to, vec![], range(0, LOOPBACK_UDP_MESSAGE + 1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+
+        let expect: Vec<Vec<u8>> = vec![
+            b"before".to_vec(),
+            [&b"head"[..], &content[8192..8192 + 61_440]].concat(),
+            [&b"odd"[..], &content[12_388..12_388 + 61_440]].concat(),
+            b"after".to_vec(),
+            [&b"tail"[..], &content[299_000..], &[0; 19_000][..]].concat(),
+        ];
+        for want in expect {
+            let (from, got) = b.recv_from().await.unwrap();
+            assert_eq!(from, a.local_addr().unwrap());
+            assert_eq!(got.len(), want.len());
+            assert!(
+                got[..] == want[..],
+                "datagram of {} bytes differs",
+                want.len()
+            );
+        }
+        assert!(b.try_recv_from().is_none());
+        assert!(a.sends_file(to, SEND_FILE_MIN));
+        assert!(!a.sends_file(to, SEND_FILE_MIN - 1));
+    }
+
+    /// A datagram built from a file takes two system calls; messages other tasks send at the
+    /// same time never join it (nor split it): every datagram that arrives is exactly one
+    /// of those sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn other_sends_never_join_a_datagram_built_from_a_file() {
+        const FILE_SENDS: usize = 300;
+        const SMALL_SENDS: usize = 2000;
+        let a = Arc::new(local());
+        let b = Arc::new(local());
+        let to = b.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (content, file) = pattern_file(&dir, 64 * 1024);
+        let whole = [&b"head"[..], &content[..32 * 1024]].concat();
+        let small = a.clone();
+        let chatter = tokio::spawn(async move {
+            for i in 0..SMALL_SENDS {
+                small
+                    .send_to(to, format!("small {i}").as_bytes())
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let receiver = b.clone();
+        let received = tokio::spawn(async move {
+            let (mut files, mut smalls) = (0, 0);
+            while files + smalls < FILE_SENDS + SMALL_SENDS {
+                let got = tokio::time::timeout(Duration::from_secs(2), receiver.recv_from()).await;
+                let Ok(Ok((_, msg))) = got else {
+                    break; // the rest was dropped (a full receive buffer)
+                };
+                if msg.starts_with(b"small ") && msg.len() < 16 {
+                    smalls += 1;
+                } else {
+                    assert!(
+                        msg[..] == whole[..],
+                        "a datagram of {} bytes is mixed",
+                        msg.len()
+                    );
+                    files += 1;
+                }
+            }
+            (files, smalls)
+        });
+        for _ in 0..FILE_SENDS {
+            let range = FileRange {
+                file: file.clone(),
+                offset: 0,
+                len: 32 * 1024,
+            };
+            a.send_file(to, b"head".to_vec(), range).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        chatter.await.unwrap();
+        let (files, smalls) = received.await.unwrap();
+        assert!(
+            files > 0 && smalls > 0,
+            "{files} file datagrams, {smalls} small ones"
+        );
     }
 
     /// Blocks come back to the pool once the messages in them are dropped, and messages

@@ -136,6 +136,8 @@ pub enum ServiceError {
         kept: u64,
         /// The partial file.
         partial: PathBuf,
+        /// The piece that failed its hash check, when that is why it stopped.
+        bad_piece: Option<u64>,
     },
     /// The other side answered nonsense.
     #[error("unexpected answer from {0}")]
@@ -176,6 +178,28 @@ pub struct DownloadReport {
     pub resumed_from: u64,
     /// A stale partial download found and discarded, and why.
     pub discarded: Option<String>,
+    /// Times a piece failed its hash check and the download went on from the end of the
+    /// verified part ([`PIECE_REFETCHES`] at most); `resumed_from` is then where the last
+    /// attempt started.
+    pub refetched: u32,
+}
+
+/// A download whose piece fails its hash check fetches the file again from the end of its
+/// verified part, at most this many times, before it fails: a chunk whose payload only the
+/// piece hashes check (a large datagram, see `Transport::sends_file`) and that was damaged
+/// past the UDP checksum costs a piece, not the download. A sender whose file no longer
+/// matches its index fails every time.
+pub const PIECE_REFETCHES: u32 = 3;
+
+impl ServiceError {
+    /// The piece that failed its hash check, when that is why a download stopped.
+    pub fn bad_piece(&self) -> Option<u64> {
+        match self {
+            ServiceError::Transfer(TransferError::PieceMismatch { piece }) => Some(*piece),
+            ServiceError::Incomplete { bad_piece, .. } => *bad_piece,
+            _ => None,
+        }
+    }
 }
 
 enum Command {
@@ -455,18 +479,35 @@ impl EndpointHandle {
         progress: Option<watch::Sender<Progress>>,
     ) -> Result<DownloadReport, ServiceError> {
         let table = self.piece_table(peer, &entry).await?;
-        let (reply, rx) = oneshot::channel();
         let progress = progress.unwrap_or_else(|| watch::channel(Progress::default()).0);
-        self.send(Command::Download {
-            peer,
-            entry,
-            dest,
-            table,
-            progress,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| ServiceError::Closed)?
+        let started = Instant::now();
+        let mut refetched = 0;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.send(Command::Download {
+                peer,
+                entry: entry.clone(),
+                dest: dest.clone(),
+                table: table.clone(),
+                progress: progress.clone(),
+                reply,
+            })
+            .await?;
+            match rx.await.map_err(|_| ServiceError::Closed)? {
+                Err(e) if refetched < PIECE_REFETCHES && e.bad_piece().is_some() => {
+                    refetched += 1;
+                    tracing::info!(%peer, "{e}: fetching again from the end of the verified part");
+                }
+                Ok(mut report) => {
+                    if refetched > 0 {
+                        report.refetched = refetched;
+                        report.elapsed = started.elapsed();
+                    }
+                    return Ok(report);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Aborts every transfer (the other sides are told) and stops the endpoint.
@@ -1524,9 +1565,9 @@ impl Driver {
         let now = Instant::now().into_std();
         let transport = self.transport.clone();
         let mut buf = Vec::with_capacity(transport.max_message_size().min(256 * 1024));
-        // A reliable transport takes each chunk as a head plus a file range (whose payload the
-        // checksum may leave out); datagrams are read into batches.
-        let reliable = transport.is_reliable();
+        // A chunk the transport takes as a head plus a file range (`sends_file`: on TCP, and
+        // large datagrams) leaves its payload out of the checksum; others are read into
+        // batches of checksummed datagrams.
         // Emptied after each upload, so one buffer serves them all, flush after flush.
         let mut batch = std::mem::take(&mut self.batch);
         let tokio_now = Instant::now();
@@ -1579,7 +1620,8 @@ impl Driver {
                     }
                     SenderTransmit::Chunk { seq, offset, len } => {
                         self.upload_tokens -= f64::from(len);
-                        if reliable {
+                        if transport.sends_file(to, len as usize) {
+                            batch.send(&transport, to).await;
                             let mut head = Vec::with_capacity(DATA_OVERHEAD);
                             Message::encode_data_head(&mut head, transfer, seq, len as usize);
                             let body = FileRange {
@@ -1798,6 +1840,7 @@ impl Download {
                 elapsed: Duration::ZERO,
                 resumed_from: self.offset,
                 discarded: self.discarded.take(),
+                refetched: 0,
             },
             started: self.started,
             reply: self.reply.take(),
@@ -1818,6 +1861,7 @@ fn incomplete(err: ServiceError, saved: u64, dest: &Path, partial: &Path) -> Ser
         reason: err.to_string(),
         kept: saved,
         partial: partial.to_path_buf(),
+        bad_piece: err.bad_piece(),
     }
 }
 
