@@ -3,13 +3,14 @@
 //! (MessagePack). The checksum turns corruption in flight into a loss, which the transfer
 //! protocol repairs, instead of wrong bytes.
 //!
-//! One exception, for reliable transports only: a `Data` message whose version byte carries
-//! [`UNCHECKED_PAYLOAD`] has a checksum over its body *without* the payload bytes (see
-//! [`Message::encode_data_head`]). TCP already checksums what it carries, and the receiver's
-//! piece hashes check every payload byte anyway; leaving the payload out lets a TCP sender
-//! hand it to the kernel straight from the page cache (`sendfile`) instead of reading and
-//! summing it. A datagram transport never sends such a message: there a corrupted payload
-//! must be a loss, not a failed piece.
+//! One exception: a `Data` message whose version byte carries [`UNCHECKED_PAYLOAD`] has a
+//! checksum over its body *without* the payload bytes (see [`Message::encode_data_head`]).
+//! The receiver's piece hashes check every payload byte anyway; leaving the payload out lets
+//! a sender hand it to the kernel straight from the page cache (`sendfile`) instead of
+//! reading and summing it. The transport chooses which chunks go that way
+//! (`Transport::sends_file`): all of them on TCP, which checksums what it carries; on UDP
+//! only large ones (loopback's), so that on a real network a corrupted payload stays a loss
+//! and does not fail a piece (which the download would then fetch again).
 //!
 //! Decoding is total: [`decode`] turns any byte string into a [`Message`] or a typed
 //! [`DecodeError`], never panics, and never allocates more than a small multiple of the input:
@@ -631,8 +632,8 @@ impl Message {
 
     /// Appends the head of a `Data` message of `len` payload bytes (at most [`MAX_CHUNK`]):
     /// everything but the payload, which the caller sends right after it from elsewhere (a
-    /// file). Its envelope carries [`UNCHECKED_PAYLOAD`]: the checksum covers the head only, so
-    /// it is for reliable transports (see the module docs). Head and payload together decode
+    /// file). Its envelope carries [`UNCHECKED_PAYLOAD`]: the checksum covers the head only
+    /// (see the module docs). Head and payload together decode
     /// to the same message as [`encode_into`](Self::encode_into)'s.
     pub fn encode_data_head(out: &mut Vec<u8>, transfer: TransferId, seq: u64, len: usize) {
         debug_assert!(len <= MAX_CHUNK);
