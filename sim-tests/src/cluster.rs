@@ -352,6 +352,16 @@ impl Cluster {
         b
     }
 
+    /// A simulation for `duration` whose messages all take 10 ms: turmoil's random latency
+    /// reorders datagrams, which would blur what one fault alone costs (a spurious
+    /// retransmission may overtake the message a targeted fault hit).
+    pub fn fixed_latency(&self, duration: Duration) -> turmoil::Sim<'static> {
+        self.builder(duration)
+            .min_message_latency(Duration::from_millis(10))
+            .max_message_latency(Duration::from_millis(10))
+            .build()
+    }
+
     /// The share folder of `peer`.
     pub fn share_dir(&self, peer: &str) -> PathBuf {
         self.dir.path().join(peer).join("share")

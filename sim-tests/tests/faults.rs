@@ -160,7 +160,7 @@ fn a_piece_damaged_past_the_checksum_is_fetched_again() {
         "a_piece_damaged_past_the_checksum_is_fetched_again",
         |seed| {
             let mut cl = Cluster::new(seed, Net::Udp);
-            let mut sim = cl.builder(Duration::from_secs(60)).build();
+            let mut sim = cl.fixed_latency(Duration::from_secs(60));
             cl.add_tracker(&mut sim, fast_registry(), None);
             // Chunk 400 lies in the third piece (about 187 chunks per piece).
             let chunk_400 = |m: &Message| matches!(m, Message::Data { seq: 400, .. });

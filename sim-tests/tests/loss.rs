@@ -16,15 +16,6 @@ use p2p_sim_tests::{
 const FILE: usize = 200 * 1024;
 const LEECHERS: [&str; 2] = ["leech1", "leech2"];
 
-/// A simulation of `cl` for `duration` whose messages all take 10 ms: turmoil's random
-/// latency reorders datagrams, which would blur what loss alone costs.
-fn fixed_latency(cl: &Cluster, duration: Duration) -> turmoil::Sim<'static> {
-    cl.builder(duration)
-        .min_message_latency(Duration::from_millis(10))
-        .max_message_latency(Duration::from_millis(10))
-        .build()
-}
-
 /// Runs the loss scenario at `percent` % loss; returns (completed downloads, data payload
 /// bytes the seeder sent).
 fn loss_scenario(seed: u64, percent: u32) -> turmoil::Result<(usize, u64, u64)> {
@@ -35,7 +26,7 @@ fn loss_scenario(seed: u64, percent: u32) -> turmoil::Result<(usize, u64, u64)> 
     let rates = FaultRates::loss(p);
     let mut cl = Cluster::new(seed, Net::Udp);
     // A fixed latency: the sender's reaction to reordering would blur the cost of loss.
-    let mut sim = fixed_latency(&cl, Duration::from_secs(300));
+    let mut sim = cl.fixed_latency(Duration::from_secs(300));
     // Requests must survive the loss of request and reply: more attempts, longer idle
     // timeouts as the loss grows.
     let tune = move |c: &mut p2p_core::service::EndpointConfig| {
@@ -166,7 +157,7 @@ fn a_lost_request_costs_round_trips_not_the_default_wait() {
         "a_lost_request_costs_round_trips_not_the_default_wait",
         |seed| {
             let mut cl = Cluster::new(seed, Net::Udp);
-            let mut sim = fixed_latency(&cl, Duration::from_secs(30));
+            let mut sim = cl.fixed_latency(Duration::from_secs(30));
             cl.add_tracker(&mut sim, fast_registry(), None);
             cl.add_peer(&mut sim, "seeder", PeerOpts::sharing(&[("a.bin", FILE)]));
             cl.add_peer(
