@@ -330,28 +330,28 @@ impl<T: Transport> FaultyTransport<T> {
         self.state.lock().expect("fault state lock")
     }
 
-    fn count_data(&self, st: &mut State, to: SocketAddr, msg: &[u8]) {
-        if let Ok(Message::Data {
+    fn count_data(&self, st: &mut State, to: SocketAddr, msg: Option<&Message>) {
+        if let Some(Message::Data {
             transfer,
             seq,
             payload,
-        }) = decode(msg)
+        }) = msg
         {
             let mut stats = self.stats.lock().expect("stats lock");
             stats.data_sent += 1;
             stats.data_payload_bytes += payload.len() as u64;
-            if !st.seen.insert((to, transfer.0, seq)) {
+            if !st.seen.insert((to, transfer.0, *seq)) {
                 stats.data_resent += 1;
             }
         }
     }
 
     /// True when `msg` is one of the first `n` that match `which` (counted in `count`).
-    fn first_matching(which: Option<DropFirst>, count: &mut u32, msg: &[u8]) -> bool {
+    fn first_matching(which: Option<DropFirst>, count: &mut u32, msg: Option<&Message>) -> bool {
         let Some((matches, n)) = which else {
             return false;
         };
-        if *count >= n || !decode(msg).is_ok_and(|m| matches(&m)) {
+        if *count >= n || !msg.is_some_and(matches) {
             return false;
         }
         *count += 1;
@@ -500,19 +500,28 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         }
         let (plan, release, hold_id) = {
             let mut st = self.lock();
-            self.count_data(&mut st, to, msg);
+            // Decoded once, for the counters and the targeted faults.
+            let decoded = decode(msg).ok();
+            self.count_data(&mut st, to, decoded.as_ref());
             let plan = {
                 let mut stats = self.stats.lock().expect("stats lock");
                 let targeted = self.config.targeted;
-                if Self::first_matching(targeted.drop_first, &mut st.dropped_first, msg) {
+                if Self::first_matching(
+                    targeted.drop_first,
+                    &mut st.dropped_first,
+                    decoded.as_ref(),
+                ) {
                     stats.send.messages += 1;
                     stats.send.dropped += 1;
                     Plan {
                         drop: true,
                         ..Plan::default()
                     }
-                } else if Self::first_matching(targeted.corrupt_first, &mut st.corrupted_first, msg)
-                {
+                } else if Self::first_matching(
+                    targeted.corrupt_first,
+                    &mut st.corrupted_first,
+                    decoded.as_ref(),
+                ) {
                     stats.send.messages += 1;
                     stats.send.corrupted += 1;
                     Plan {
