@@ -95,6 +95,8 @@ fn killed_receiver_resumes_without_fetching_the_whole_file_again() {
     );
     let resumed = report["resumed_from"].as_u64().unwrap();
     let received = report["received"].as_u64().unwrap();
+    // A resume is not a refetch: no piece failed its hash check.
+    assert_eq!(report["refetched"].as_u64(), Some(0), "{report}");
     assert!(
         resumed >= kept,
         "resumed at {resumed}, a checkpoint of {kept} was recorded"
