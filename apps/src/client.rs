@@ -155,8 +155,11 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     if r.refetched > 0 && !args.json {
         eprintln!(
             "note: a piece failed its hash check {} time(s); each time the download went on \
-             from the end of the verified part",
-            r.refetched
+             from the end of the verified part (the figures below are the last attempt's, \
+             from {} of {})",
+            r.refetched,
+            human_bytes(r.resumed_from),
+            human_bytes(r.size)
         );
     } else if r.resumed_from > 0 && !args.json {
         eprintln!(

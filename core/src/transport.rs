@@ -28,13 +28,13 @@ pub trait Transport: Send + Sync + 'static {
     }
 
     /// Sends `head` followed by the bytes of `body` as one message to `to`: how the endpoint
-    /// sends chunks on a reliable transport, whose heads
+    /// sends the chunks [`sends_file`](Self::sends_file) picks, whose heads
     /// ([`Message::encode_data_head`](crate::wire::Message::encode_data_head)) leave the
     /// payload out of the envelope's checksum. This default reads the range into the message;
-    /// TCP overrides it to send the range from the page cache (`sendfile`). If the file has
-    /// become shorter than the range, the missing bytes go as zeros (the head may already be
-    /// on its way), which the receiver's piece check rejects: a file that changes while it is
-    /// sent never passes for the listed one.
+    /// TCP and UDP override it to send the range from the page cache (`sendfile`). If the
+    /// file has become shorter than the range, the missing bytes go as zeros (or, on UDP, the
+    /// datagram may go short and be dropped as malformed), which the receiver's piece check
+    /// rejects: a file that changes while it is sent never passes for the listed one.
     async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
         let mut msg = head;
         let at = msg.len();
@@ -47,8 +47,8 @@ pub trait Transport: Send + Sync + 'static {
     /// [`send_file`](Self::send_file), its payload left out of the envelope's checksum (the
     /// receiver's piece hashes check it), rather than be read into a checksummed datagram.
     /// By default only on reliable transports, which checksum what they carry; UDP also for
-    /// chunks large enough that copying them costs more than the system calls saved by
-    /// batching (which only a loopback path carries).
+    /// large chunks to a loopback address, where copying them costs more than the system
+    /// calls saved by batching, and nothing corrupts a datagram.
     fn sends_file(&self, _to: SocketAddr, _len: usize) -> bool {
         self.is_reliable()
     }

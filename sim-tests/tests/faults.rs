@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use p2p_core::service::{DownloadReport, ServiceError};
 use p2p_core::wire::Message;
 use p2p_sim_tests::{
     check_download, fast_registry, fetch, run_scenario, run_seeds, Checked, Cluster, FaultRates,
@@ -148,55 +149,94 @@ fn lost_accept_while_data_flows() {
     }
 }
 
-/// A large datagram's payload is checked by the piece hashes only (the UDP transport sends
-/// it from the page cache: `Transport::sends_file`). One damaged past the checksum fails its
-/// piece, and the download fetches the file again from the end of the verified part: the
-/// pieces before it are kept, and the file ends exact.
+/// Bytes per piece (the index's piece size).
+const PIECE: usize = p2p_core::wire::PIECE_SIZE as usize;
+
+/// A seeder sends its chunks as the UDP transport sends large datagrams (through
+/// `send_file`: the payload is checked by the piece hashes only), and the first `n` chunks it
+/// sends that match `damaged` (of any transfer) have a payload byte flipped past the
+/// checksum. A leecher fetches the file of `pieces` pieces and a bit; `check` judges the
+/// report or the error. Returns how many chunks were damaged.
+fn damaged_payloads(
+    seed: u64,
+    pieces: usize,
+    damaged: fn(&Message) -> bool,
+    n: u32,
+    check: fn(Result<DownloadReport, ServiceError>) -> Result<(), String>,
+) -> turmoil::Result<u64> {
+    let mut cl = Cluster::new(seed, Net::Udp);
+    let mut sim = cl.fixed_latency(Duration::from_secs(60));
+    cl.add_tracker(&mut sim, fast_registry(), None);
+    cl.add_peer(
+        &mut sim,
+        "seeder",
+        PeerOpts::sharing(&[("a.bin", pieces * PIECE + 1000)])
+            .sending_files_from(1)
+            .corrupting_first(damaged, n),
+    );
+    cl.add_peer(&mut sim, "leech", PeerOpts::default());
+    let f = cl.file("seeder", "a.bin");
+    let dest = cl.download_dir("leech").join("a.bin");
+    let handles = cl.handles.clone();
+    sim.client("ctl", async move {
+        let h = handles.get("leech").await;
+        let res = fetch(&h, "seeder", "a.bin", &dest).await;
+        check_download(&res, &dest, &f)?;
+        Ok(check(res)?)
+    });
+    sim.run()?;
+    Ok(cl.stats("seeder").send.corrupted)
+}
+
+/// One damaged payload fails its piece, and the download goes on from the end of the
+/// verified part: the pieces before it are kept, and the file ends exact. (Chunk 400 lies in
+/// the third piece: about 187 chunks per piece.)
 #[test]
 fn a_piece_damaged_past_the_checksum_is_fetched_again() {
-    const PIECE: usize = p2p_core::wire::PIECE_SIZE as usize;
     run_seeds(
         file!(),
         "a_piece_damaged_past_the_checksum_is_fetched_again",
         |seed| {
-            let mut cl = Cluster::new(seed, Net::Udp);
-            let mut sim = cl.fixed_latency(Duration::from_secs(60));
-            cl.add_tracker(&mut sim, fast_registry(), None);
-            // Chunk 400 lies in the third piece (about 187 chunks per piece).
             let chunk_400 = |m: &Message| matches!(m, Message::Data { seq: 400, .. });
-            cl.add_peer(
-                &mut sim,
-                "seeder",
-                PeerOpts::sharing(&[("a.bin", 4 * PIECE + 1000)])
-                    .sending_files_from(1)
-                    .corrupting_first(chunk_400, 1),
-            );
-            cl.add_peer(&mut sim, "leech", PeerOpts::default());
-            let f = cl.file("seeder", "a.bin");
-            let dest = cl.download_dir("leech").join("a.bin");
-            let handles = cl.handles.clone();
-            sim.client("ctl", async move {
-                let h = handles.get("leech").await;
-                let res = fetch(&h, "seeder", "a.bin", &dest).await;
-                if let Checked::Failed(e) = check_download(&res, &dest, &f)? {
-                    return Err(format!("download failed: {e}").into());
-                }
-                let report = res.expect("checked");
+            let damaged = damaged_payloads(seed, 4, chunk_400, 1, |res| {
+                let report = res.map_err(|e| format!("download failed: {e}"))?;
                 if report.refetched != 1 || report.resumed_from != 2 * PIECE as u64 {
                     return Err(format!(
                         "refetched {} times from byte {}: want once, from the end of piece 1",
                         report.refetched, report.resumed_from
-                    )
-                    .into());
+                    ));
                 }
                 Ok(())
-            });
-            sim.run()?;
-            let corrupted = cl.stats("seeder").send.corrupted;
-            if corrupted != 1 {
-                return Err(format!("{corrupted} messages corrupted, not the one chunk").into());
+            })?;
+            if damaged != 1 {
+                return Err(format!("{damaged} messages damaged, not the one chunk").into());
             }
             Ok(())
         },
     );
+}
+
+/// A piece fails in every attempt (chunk 200 of each transfer lies in the piece after the
+/// verified part): after the first attempt and its 3 refetches the download fails, naming
+/// the bad piece and keeping the four verified pieces before it for a resume.
+#[test]
+fn refetches_are_bounded() {
+    run_seeds(file!(), "refetches_are_bounded", |seed| {
+        let chunk_200 = |m: &Message| matches!(m, Message::Data { seq: 200, .. });
+        let damaged = damaged_payloads(seed, 8, chunk_200, 10, |res| match res {
+            Err(e @ ServiceError::Incomplete { kept, .. })
+                if e.bad_piece() == Some(4) && kept == 4 * PIECE as u64 =>
+            {
+                Ok(())
+            }
+            other => Err(format!(
+                "want a failure at piece 4 with 4 pieces kept, got {other:?}"
+            )),
+        })?;
+        let attempts = u64::from(p2p_core::service::PIECE_REFETCHES) + 1;
+        if damaged != attempts {
+            return Err(format!("{damaged} chunks damaged, want one per attempt").into());
+        }
+        Ok(())
+    });
 }

@@ -6,6 +6,11 @@
 //! `quinn-udp`) fills up to four blocks per call. Datagrams land in a small pool of
 //! 64 KiB blocks and are handed on as slices of them; a block is reused once no message
 //! points into it any more, so the hot path neither allocates nor zeroes memory.
+//!
+//! Large chunks to a loopback address ([`SEND_FILE_MIN`] bytes or more) leave from the page
+//! cache: the head corked with `MSG_MORE`, then `sendfile` of the range
+//! ([`Transport::send_file`]), under a lock every send takes, so that no other datagram joins
+//! a corked one.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -56,9 +61,9 @@ impl Default for UdpConfig {
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_507;
 
-/// Chunks of at least this many bytes leave from the page cache ([`Transport::send_file`]):
-/// a copy of them costs more than the two system calls each takes. Only a loopback path
-/// carries datagrams this large; a real network's chunks are read into batches.
+/// Chunks of at least this many bytes to a loopback address leave from the page cache
+/// ([`Transport::send_file`]): a copy of them costs more than the two system calls each
+/// takes. A real network's chunks are read into batches and keep their checksum.
 pub const SEND_FILE_MIN: usize = 16 * 1024;
 
 /// A UDP socket as a [`Transport`].
@@ -250,23 +255,26 @@ impl UdpTransport {
     }
 
     /// The segment size that marks a datagram of `len` bytes to `to` as one segment, where
-    /// that leaves its checksum to the device: on loopback (whose MTU any datagram fits),
-    /// with a kernel that has segmentation offload.
+    /// that leaves its checksum to the device: on loopback, for a datagram that fits its
+    /// MTU with IPv6 headers (the kernel refuses a marked datagram larger than the MTU
+    /// rather than fragmenting it), with a kernel that has segmentation offload.
     fn whole_segment(&self, to: SocketAddr, len: usize) -> Option<u16> {
-        let fits = to.ip().is_loopback() && self.state.max_gso_segments() > 1;
-        fits.then(|| u16::try_from(len).ok()).flatten()
+        let fits = to.ip().is_loopback() && len <= MAX_BATCH_BYTES;
+        (fits && self.state.max_gso_segments() > 1).then_some(len as u16)
     }
 
     fn send_lock(&self) -> MutexGuard<'_, ()> {
-        // A panic while holding it cannot leave a datagram half built (every path below
-        // finishes or abandons its datagram before returning): the lock is still good.
+        // Nothing below panics while a datagram is corked (every path finishes or abandons
+        // its datagram before returning): a poisoned lock is still good.
         self.send_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One non-blocking attempt to send `head` and `body` as one datagram: the head opens
     /// a corked datagram (`MSG_MORE`), `sendfile` appends the range from the page cache and
-    /// sends it. `WouldBlock` means nothing was sent: when the kernel cannot queue a part of
-    /// a corked datagram, it discards the parts queued before (`udp_flush_pending_frames`).
+    /// sends it. On every return nothing is left corked. `WouldBlock` means the datagram did
+    /// not go whole (when the socket cannot queue a part of a corked datagram, the kernel
+    /// discards the parts queued before: `udp_flush_pending_frames`); the caller waits and
+    /// sends it again.
     fn try_send_file(&self, to: SocketAddr, head: &[u8], body: &FileRange) -> io::Result<()> {
         let _sending = self.send_lock();
         let addr = SockaddrStorage::from(to);
@@ -304,26 +312,23 @@ impl UdpTransport {
                     return Ok(());
                 }
                 Ok(n) => left -= n,
-                Err(e) if SENDFILE_UNSUPPORTED.contains(&(e as i32)) => {
-                    // A file (or kernel) sendfile cannot take: read the rest and send it
-                    // to finish the datagram, and read from now on.
-                    self.sendfile.store(false, Ordering::Relaxed);
-                    let rest = FileRange {
-                        file: body.file.clone(),
-                        offset: offset as u64,
-                        len: left,
-                    };
-                    let mut bytes = vec![0; left];
-                    rest.read_into(&mut bytes)?;
-                    sendto(
-                        self.socket.as_raw_fd(),
-                        &bytes,
-                        &addr,
-                        MsgFlags::MSG_DONTWAIT,
-                    )?;
-                    return Ok(());
+                Err(e) => {
+                    // Refused by the socket (full: EAGAIN), the kernel has discarded the
+                    // corked datagram; refused on the file's side (a read error, or a file
+                    // sendfile cannot take), the head is still corked. An empty send without
+                    // MSG_MORE leaves nothing corked either way: it sends what is pending (a
+                    // datagram the receiver drops as malformed), or an empty datagram (which
+                    // it drops too), or fails, which discards what is pending. This datagram
+                    // is lost; `WouldBlock` makes the caller wait and send it again, and the
+                    // sender's retransmission repairs any other loss.
+                    let _ = sendto(self.socket.as_raw_fd(), &[], &addr, MsgFlags::MSG_DONTWAIT);
+                    if SENDFILE_UNSUPPORTED.contains(&(e as i32)) {
+                        // A file (or kernel) sendfile cannot take: read chunks from now on.
+                        tracing::warn!("sendfile refused ({e}): UDP chunks are read instead");
+                        self.sendfile.store(false, Ordering::Relaxed);
+                    }
+                    return Err(e.into());
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -397,9 +402,11 @@ impl Transport for UdpTransport {
             .await
     }
 
-    /// Chunks of [`SEND_FILE_MIN`] bytes or more, while `sendfile` works.
-    fn sends_file(&self, _to: SocketAddr, len: usize) -> bool {
-        len >= SEND_FILE_MIN && self.sendfile.load(Ordering::Relaxed)
+    /// Chunks of [`SEND_FILE_MIN`] bytes or more to a loopback address, while `sendfile`
+    /// works. Elsewhere (a path given large datagrams with `--max-datagram`) payloads keep
+    /// their checksum, so that corruption on a real network stays a loss.
+    fn sends_file(&self, to: SocketAddr, len: usize) -> bool {
+        len >= SEND_FILE_MIN && to.ip().is_loopback() && self.sendfile.load(Ordering::Relaxed)
     }
 
     fn max_batch(&self, _to: SocketAddr, len: usize) -> usize {
@@ -568,6 +575,8 @@ mod tests {
         assert!(b.try_recv_from().is_none());
         assert!(a.sends_file(to, SEND_FILE_MIN));
         assert!(!a.sends_file(to, SEND_FILE_MIN - 1));
+        // Not on a real network, whatever the datagram size allows.
+        assert!(!a.sends_file("192.0.2.1:9".parse().unwrap(), SEND_FILE_MIN));
     }
 
     /// Only a datagram to loopback is marked as one segment (its checksum left to the
@@ -589,10 +598,7 @@ mod tests {
             Some(61_480)
         );
         assert_eq!(a.whole_segment("192.0.2.1:9".parse().unwrap(), len), None);
-        assert_eq!(
-            a.whole_segment("127.0.0.1:9".parse().unwrap(), 70_000),
-            None
-        );
+        assert_eq!(a.whole_segment("[::1]:9".parse().unwrap(), 65_488), None);
     }
 
     /// A datagram built from a file takes two system calls; messages other tasks send at the

@@ -179,8 +179,9 @@ pub struct DownloadReport {
     /// A stale partial download found and discarded, and why.
     pub discarded: Option<String>,
     /// Times a piece failed its hash check and the download went on from the end of the
-    /// verified part ([`PIECE_REFETCHES`] at most); `resumed_from` is then where the last
-    /// attempt started.
+    /// verified part ([`PIECE_REFETCHES`] at most). `resumed_from`, `received` and `elapsed`
+    /// then describe the last attempt, from the end of the verified part to the verified
+    /// file (so that their rate is that attempt's).
     pub refetched: u32,
 }
 
@@ -480,7 +481,6 @@ impl EndpointHandle {
     ) -> Result<DownloadReport, ServiceError> {
         let table = self.piece_table(peer, &entry).await?;
         let progress = progress.unwrap_or_else(|| watch::channel(Progress::default()).0);
-        let started = Instant::now();
         let mut refetched = 0;
         loop {
             let (reply, rx) = oneshot::channel();
@@ -499,10 +499,7 @@ impl EndpointHandle {
                     tracing::info!(%peer, "{e}: fetching again from the end of the verified part");
                 }
                 Ok(mut report) => {
-                    if refetched > 0 {
-                        report.refetched = refetched;
-                        report.elapsed = started.elapsed();
-                    }
+                    report.refetched = refetched;
                     return Ok(report);
                 }
                 Err(e) => return Err(e),

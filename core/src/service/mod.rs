@@ -10,6 +10,7 @@ pub mod tracker;
 
 pub use endpoint::{
     spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress, ServiceError,
+    PIECE_REFETCHES,
 };
 pub use paging::paginate;
 pub use tracker::{run_tracker, run_tracker_limited, TrackerEvent};
