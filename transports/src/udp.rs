@@ -601,6 +601,55 @@ mod tests {
         assert_eq!(a.whole_segment("[::1]:9".parse().unwrap(), 65_488), None);
     }
 
+    /// When `sendfile` fails on the file's side (here: an `O_DIRECT` file read at an
+    /// unaligned offset, which it refuses with `EINVAL`), the corked head is pushed on its own
+    /// (the receiver drops it as malformed), never joined to the next message; and chunks are
+    /// read from then on.
+    #[tokio::test]
+    async fn a_failed_sendfile_leaves_nothing_corked() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let a = local();
+        let b = local();
+        let to = b.local_addr().unwrap();
+        // On the crate's own filesystem: /tmp may be a tmpfs, which has no O_DIRECT.
+        let dir = tempfile::TempDir::new_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        pattern_file(&dir, 200_000);
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(dir.path().join("f"));
+        let Ok(direct) = direct else {
+            eprintln!("skipped: this filesystem has no O_DIRECT");
+            return;
+        };
+        let range = FileRange {
+            file: Arc::new(direct),
+            offset: 100,
+            len: 20_000,
+        };
+        let sent = a.send_file(to, b"head".to_vec(), range).await;
+        if sent.is_ok() {
+            eprintln!("skipped: sendfile took an unaligned O_DIRECT read here");
+            return;
+        }
+        a.send_to(to, b"after").await.unwrap();
+        loop {
+            let (_, msg) = b.recv_from().await.unwrap();
+            if &msg[..] == b"after" {
+                break;
+            }
+            assert!(
+                msg.is_empty() || &msg[..] == b"head",
+                "{:?}",
+                &msg[..msg.len().min(16)]
+            );
+        }
+        assert!(
+            !a.sends_file(to, SEND_FILE_MIN),
+            "sendfile should be off after EINVAL"
+        );
+    }
+
     /// A datagram built from a file takes two system calls; messages other tasks send at the
     /// same time never join it (nor split it): every datagram that arrives is exactly one
     /// of those sent.
