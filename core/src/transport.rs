@@ -36,10 +36,7 @@ pub trait Transport: Send + Sync + 'static {
     /// datagram may go short and be dropped as malformed), which the receiver's piece check
     /// rejects: a file that changes while it is sent never passes for the listed one.
     async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
-        let mut msg = head;
-        let at = msg.len();
-        msg.resize(at + body.len, 0);
-        body.read_into(&mut msg[at..])?;
+        let msg = body.after(head)?;
         self.send_owned(to, msg).await
     }
 
@@ -124,6 +121,16 @@ pub struct FileRange {
 }
 
 impl FileRange {
+    /// `head` followed by the range's bytes (zeros past the end of the file): the message
+    /// [`Transport::send_file`] sends, read into memory.
+    pub fn after(&self, head: Vec<u8>) -> io::Result<Vec<u8>> {
+        let mut msg = head;
+        let at = msg.len();
+        msg.resize(at + self.len, 0);
+        self.read_into(&mut msg[at..])?;
+        Ok(msg)
+    }
+
     /// Reads the range into `into` (`len` bytes); past the end of the file, `into` keeps its
     /// zeros.
     pub fn read_into(&self, into: &mut [u8]) -> io::Result<()> {

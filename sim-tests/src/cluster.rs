@@ -23,6 +23,7 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::watch;
 
 use crate::faulty::{FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats, Targeted};
+use crate::harness::{check_download, Checked};
 use crate::tcp::{SimTcp, SimTcpConfig};
 use crate::trace::Trace;
 use crate::udp::{SimUdp, SIM_UDP_MESSAGE};
@@ -360,6 +361,30 @@ impl Cluster {
             .min_message_latency(Duration::from_millis(10))
             .max_message_latency(Duration::from_millis(10))
             .build()
+    }
+
+    /// Adds a client that has `leech` fetch `path` from `seeder` into its download folder,
+    /// checks the scenario's invariant ([`check_download`]), then hands the outcome and its
+    /// verdict to `judge`.
+    pub fn fetch_checked(
+        &self,
+        sim: &mut turmoil::Sim<'static>,
+        leech: &str,
+        seeder: &str,
+        path: &str,
+        judge: impl FnOnce(Result<DownloadReport, ServiceError>, Checked) -> Result<(), String>
+            + 'static,
+    ) {
+        let f = self.file(seeder, path);
+        let dest = self.download_dir(leech).join(path);
+        let handles = self.handles.clone();
+        let (leech, seeder, path) = (leech.to_string(), seeder.to_string(), path.to_string());
+        sim.client("ctl", async move {
+            let h = handles.get(&leech).await;
+            let res = fetch(&h, &seeder, &path, &dest).await;
+            let checked = check_download(&res, &dest, &f)?;
+            Ok(judge(res, checked)?)
+        });
     }
 
     /// The share folder of `peer`.

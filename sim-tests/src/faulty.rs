@@ -346,6 +346,25 @@ impl<T: Transport> FaultyTransport<T> {
         }
     }
 
+    /// The targeted fault (see [`Targeted`]) that hits the message of `len` bytes being sent,
+    /// if any: lost, or its last byte flipped.
+    fn targeted(&self, st: &mut State, msg: Option<&Message>, len: usize) -> Option<Plan> {
+        let targeted = self.config.targeted;
+        if Self::first_matching(targeted.drop_first, &mut st.dropped_first, msg) {
+            Some(Plan {
+                drop: true,
+                ..Plan::default()
+            })
+        } else if Self::first_matching(targeted.corrupt_first, &mut st.corrupted_first, msg) {
+            Some(Plan {
+                corrupt: Some(Corruption::Flip(vec![len * 8 - 1])),
+                ..Plan::default()
+            })
+        } else {
+            None
+        }
+    }
+
     /// True when `msg` is one of the first `n` that match `which` (counted in `count`).
     fn first_matching(which: Option<DropFirst>, count: &mut u32, msg: Option<&Message>) -> bool {
         let Some((matches, n)) = which else {
@@ -505,32 +524,17 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             self.count_data(&mut st, to, decoded.as_ref());
             let plan = {
                 let mut stats = self.stats.lock().expect("stats lock");
-                let targeted = self.config.targeted;
-                if Self::first_matching(
-                    targeted.drop_first,
-                    &mut st.dropped_first,
-                    decoded.as_ref(),
-                ) {
-                    stats.send.messages += 1;
-                    stats.send.dropped += 1;
-                    Plan {
-                        drop: true,
-                        ..Plan::default()
+                match self.targeted(&mut st, decoded.as_ref(), msg.len()) {
+                    Some(plan) => {
+                        stats.send.messages += 1;
+                        stats.send.dropped += u64::from(plan.drop);
+                        stats.send.corrupted += u64::from(plan.corrupt.is_some());
+                        plan
                     }
-                } else if Self::first_matching(
-                    targeted.corrupt_first,
-                    &mut st.corrupted_first,
-                    decoded.as_ref(),
-                ) {
-                    stats.send.messages += 1;
-                    stats.send.corrupted += 1;
-                    Plan {
-                        corrupt: Some(Corruption::Flip(vec![msg.len() * 8 - 1])),
-                        ..Plan::default()
+                    None => {
+                        let rates = self.config.send;
+                        self.plan(&mut st, &rates, msg.len(), &mut stats.send)
                     }
-                } else {
-                    let rates = self.config.send;
-                    self.plan(&mut st, &rates, msg.len(), &mut stats.send)
                 }
             };
             let hold = plan.hold && !plan.drop && st.send_held.is_none();

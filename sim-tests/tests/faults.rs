@@ -175,14 +175,8 @@ fn damaged_payloads(
             .corrupting_first(damaged, n),
     );
     cl.add_peer(&mut sim, "leech", PeerOpts::default());
-    let f = cl.file("seeder", "a.bin");
-    let dest = cl.download_dir("leech").join("a.bin");
-    let handles = cl.handles.clone();
-    sim.client("ctl", async move {
-        let h = handles.get("leech").await;
-        let res = fetch(&h, "seeder", "a.bin", &dest).await;
-        check_download(&res, &dest, &f)?;
-        Ok(check(res)?)
+    cl.fetch_checked(&mut sim, "leech", "seeder", "a.bin", move |res, _| {
+        check(res)
     });
     sim.run()?;
     Ok(cl.stats("seeder").send.corrupted)

@@ -165,19 +165,14 @@ fn a_lost_request_costs_round_trips_not_the_default_wait() {
                 "leech",
                 PeerOpts::default().dropping_first(|m| matches!(m, Message::Request { .. }), 1),
             );
-            let f = cl.file("seeder", "a.bin");
-            let dest = cl.download_dir("leech").join("a.bin");
-            let handles = cl.handles.clone();
-            sim.client("ctl", async move {
-                let h = handles.get("leech").await;
-                let res = fetch(&h, "seeder", "a.bin", &dest).await;
-                if let Checked::Failed(e) = check_download(&res, &dest, &f)? {
-                    return Err(format!("download failed: {e}").into());
+            cl.fetch_checked(&mut sim, "leech", "seeder", "a.bin", |res, checked| {
+                if let Checked::Failed(e) = checked {
+                    return Err(format!("download failed: {e}"));
                 }
                 let elapsed = res.expect("checked").elapsed;
                 // Asked again at 80 ms: about 150 ms in all; at the default 500 ms, 560 ms.
                 if elapsed >= Duration::from_millis(300) {
-                    return Err(format!("the lost request cost too long: {elapsed:?}").into());
+                    return Err(format!("the lost request cost too long: {elapsed:?}"));
                 }
                 Ok(())
             });

@@ -201,13 +201,8 @@ fn flapping(seed: u64, net: Net) -> turmoil::Result {
         PeerOpts::sharing(&[("a.bin", 300_000)]).tune(tune),
     );
     cl.add_peer(&mut sim, "leecher", PeerOpts::default().tune(tune));
-    let f = cl.file("seeder", "a.bin");
-    let dest = cl.download_dir("leecher").join("a.bin");
-    let handles = cl.handles.clone();
-    sim.client("ctl", async move {
-        let h = handles.get("leecher").await;
-        let res = fetch(&h, "seeder", "a.bin", &dest).await;
-        match check_download(&res, &dest, &f)? {
+    cl.fetch_checked(&mut sim, "leecher", "seeder", "a.bin", move |_, checked| {
+        match checked {
             Checked::Complete => Ok(()),
             // Over TCP a flap breaks the connection for good: a clear error is the best
             // possible outcome.
@@ -215,7 +210,7 @@ fn flapping(seed: u64, net: Net) -> turmoil::Result {
                 eprintln!("   tcp under flapping: {e}");
                 Ok(())
             }
-            Checked::Failed(e) => Err(format!("failed under link flapping: {e}").into()),
+            Checked::Failed(e) => Err(format!("failed under link flapping: {e}")),
         }
     });
     sim.run()

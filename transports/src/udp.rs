@@ -263,6 +263,20 @@ impl UdpTransport {
         (fits && self.state.max_gso_segments() > 1).then_some(len as u16)
     }
 
+    /// Refuses a message of `len` bytes too large for a datagram to `to`.
+    fn check_size(&self, to: SocketAddr, len: usize) -> io::Result<()> {
+        let limit = self
+            .max_message_size_to(to)
+            .max(p2p_core::wire::CONTROL_BUDGET);
+        if len > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("message of {len} bytes exceeds the datagram limit"),
+            ));
+        }
+        Ok(())
+    }
+
     fn send_lock(&self) -> MutexGuard<'_, ()> {
         // Nothing below panics while a datagram is corked (every path finishes or abandons
         // its datagram before returning): a poisoned lock is still good.
@@ -353,16 +367,7 @@ fn force_buffers(socket: &Socket) {
 #[async_trait]
 impl Transport for UdpTransport {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
-        if msg.len()
-            > self
-                .max_message_size_to(to)
-                .max(p2p_core::wire::CONTROL_BUDGET)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("message of {} bytes exceeds the datagram limit", msg.len()),
-            ));
-        }
+        self.check_size(to, msg.len())?;
         let addr = SockaddrStorage::from(to);
         self.socket
             .async_io(Interest::WRITABLE, || {
@@ -374,28 +379,16 @@ impl Transport for UdpTransport {
             .await
     }
 
-    /// Sends the range from the page cache (see [`UdpTransport::try_send_file`]); where
+    /// Sends the range from the page cache (the head corked, then `sendfile`); where
     /// `sendfile` does not work, reads it into the datagram.
     async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
         // A range past the end of the file (it shrank) is read: its missing bytes go as zeros
         // in the one datagram, which `sendfile` cannot do (see `try_send_file`).
+        self.check_size(to, head.len() + body.len)?;
         let end = body.offset + body.len as u64;
         let short = body.file.metadata().map_or(true, |m| m.len() < end);
         if short || !self.sendfile.load(Ordering::Relaxed) {
-            let mut msg = head;
-            let at = msg.len();
-            msg.resize(at + body.len, 0);
-            body.read_into(&mut msg[at..])?;
-            return self.send_to(to, &msg).await;
-        }
-        if head.len() + body.len > self.max_message_size_to(to) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "message of {} bytes exceeds the datagram limit",
-                    head.len() + body.len
-                ),
-            ));
+            return self.send_to(to, &body.after(head)?).await;
         }
         self.socket
             .async_io(Interest::WRITABLE, || self.try_send_file(to, &head, &body))
