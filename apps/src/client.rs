@@ -1,12 +1,13 @@
 //! One-shot commands: `p2p peers`, `p2p ls`, `p2p get`.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use p2p_core::index::hash_file;
-use p2p_core::service::Progress;
-use p2p_core::wire::FileId;
+use p2p_core::service::{Progress, ServiceError};
+use p2p_core::wire::{FileId, IndexEntry};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -105,24 +106,8 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
         );
     };
     let dest = dest_for(&args.out, &entry.path)?;
-    if dest.exists() {
-        let existing = hash_file(&dest).ok();
-        if existing == Some(entry.hash) {
-            let present = Outcome {
-                size: entry.size,
-                received: 0,
-                elapsed: Duration::ZERO,
-                resumed_from: 0,
-                refetched: 0,
-                already: true,
-            };
-            report(&args, &dest, &present);
-            return Ok(());
-        }
-        bail!(
-            "{} already exists with other content; move it away or pass another --out",
-            dest.display()
-        );
+    if already_present(&args, &dest, &entry)? {
+        return Ok(());
     }
     let (tx, rx) = watch::channel(Progress::default());
     let watcher = if args.json {
@@ -147,8 +132,19 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     if !args.json && std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
     }
-    let r =
-        result.with_context(|| format!("download of {} from {} failed", entry.path, info.name))?;
+    if let Err(ServiceError::DestinationExists(_)) = &result {
+        // Another download (another `get`, a menu) finished it while this one looked it up.
+        if already_present(&args, &dest, &entry)? {
+            return Ok(());
+        }
+    }
+    let r = result.with_context(|| {
+        format!(
+            "download of {} from {} failed",
+            clean(&entry.path),
+            clean(&info.name)
+        )
+    })?;
     if let Some(why) = &r.discarded {
         eprintln!("note: {why}");
     }
@@ -181,6 +177,30 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     // answered (a round trip; at most 1 s), so that it does not retry until its timeout.
     to_peer.shutdown().await;
     Ok(())
+}
+
+/// When `dest` exists: reports it and returns `true` if it holds `entry`'s content, fails if
+/// it holds anything else. `false`: nothing is there.
+fn already_present(args: &GetArgs, dest: &Path, entry: &IndexEntry) -> Result<bool> {
+    if std::fs::symlink_metadata(dest).is_err() {
+        return Ok(false);
+    }
+    if hash_file(dest).ok() != Some(entry.hash) {
+        bail!(
+            "{} already exists with other content; move it away or pass another --out",
+            dest.display()
+        );
+    }
+    let present = Outcome {
+        size: entry.size,
+        received: 0,
+        elapsed: Duration::ZERO,
+        resumed_from: 0,
+        refetched: 0,
+        already: true,
+    };
+    report(args, dest, &present);
+    Ok(true)
 }
 
 /// What `get` reports of a file it fetched (or found already present).

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use p2p_core::index::safe_file_name;
+use p2p_core::index::{hash_file, safe_file_name};
 use p2p_core::service::{EndpointHandle, ServiceError};
 use p2p_core::tracker::validate_name;
 use p2p_core::wire::FileId;
@@ -286,6 +286,7 @@ impl Menu {
         );
         let peer = peer.to_string();
         let me = self.me.clone();
+        let hash = entry.hash;
         tokio::spawn(async move {
             match via.download(addr, entry, dest, None).await {
                 Ok(r) => println!(
@@ -294,6 +295,27 @@ impl Menu {
                     human_bytes(r.size),
                     r.elapsed.as_secs_f64()
                 ),
+                Err(ServiceError::DestinationExists(path)) => {
+                    let same = {
+                        let path = path.clone();
+                        tokio::task::spawn_blocking(move || hash_file(&path).ok())
+                            .await
+                            .ok()
+                            .flatten()
+                            == Some(hash)
+                    };
+                    if same {
+                        println!(
+                            "\n[{me}] {} is already present (same content)",
+                            path.display()
+                        );
+                    } else {
+                        println!(
+                            "\n[{me}] {} already exists with other content; move it away to download it",
+                            path.display()
+                        );
+                    }
+                }
                 Err(e) => println!("\n[{me}] Download from {peer} failed: {e}"),
             }
             prompt("Choose: ");

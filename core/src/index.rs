@@ -21,6 +21,17 @@ use crate::wire::{ContentHash, FileId, IndexEntry, MAX_PATH_LEN, PIECE_SIZE};
 pub const PARTIAL_SUFFIX: &str = ".p2p-part";
 /// Resume state files end with this suffix; the index skips them.
 pub const STATE_SUFFIX: &str = ".p2p-state";
+/// A resume state being written ends with this suffix; the index skips it.
+pub const STATE_TMP_SUFFIX: &str = ".p2p-state.tmp";
+/// The lock file of a download in progress ends with this suffix; the index skips it.
+pub const LOCK_SUFFIX: &str = ".p2p-lock";
+
+/// Whether `name` is one of the files a download in progress keeps beside its destination.
+pub fn is_download_file(name: &str) -> bool {
+    [PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TMP_SUFFIX, LOCK_SUFFIX]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
 /// Deepest folder nesting scanned.
 const MAX_DEPTH: usize = 32;
 /// Most files indexed.
@@ -208,7 +219,7 @@ fn walk(
             let Some(rel) = relative_name(root, &path) else {
                 continue;
             };
-            if rel.ends_with(PARTIAL_SUFFIX) || rel.ends_with(STATE_SUFFIX) {
+            if is_download_file(&rel) {
                 continue;
             }
             out.push((rel, meta.len(), meta.modified().ok()));
@@ -241,8 +252,7 @@ pub fn safe_file_name(path: &str) -> Option<String> {
         || name == ".."
         || name.contains('\0')
         || name.chars().any(|c| c.is_control())
-        || name.ends_with(PARTIAL_SUFFIX)
-        || name.ends_with(STATE_SUFFIX);
+        || is_download_file(name);
     (!bad).then(|| name.to_string())
 }
 

@@ -5,18 +5,27 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use p2p_core::service::endpoint::partial_path;
+use p2p_core::service::lock::LockError;
 use p2p_core::service::{
     spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, ServiceError,
 };
 use p2p_core::wire::{IndexEntry, TransportKind};
 
 async fn endpoint(share: Option<&Path>) -> (EndpointHandle, tokio::task::JoinHandle<()>) {
+    endpoint_capped(share, None).await
+}
+
+async fn endpoint_capped(
+    share: Option<&Path>,
+    max_upload_rate: Option<u64>,
+) -> (EndpointHandle, tokio::task::JoinHandle<()>) {
     let transport = p2p_transports::bind(TransportKind::Udp, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let config = EndpointConfig {
         share: share.map(Path::to_path_buf),
         fsync: false,
+        max_upload_rate,
         ..EndpointConfig::default()
     };
     spawn_endpoint(transport, TransportKind::Udp, config).unwrap()
@@ -27,9 +36,11 @@ fn entry(entries: &[IndexEntry], path: &str) -> IndexEntry {
 }
 
 /// A seeder sharing `a.bin` and `b.bin`, and a leech whose download of `a.bin` is being
-/// finished and blocked there: its destination is a FIFO, so the finishing job finds a name
-/// in the way and reads it to compare contents, which blocks until the test writes to it.
-/// The test's own open of the FIFO for writing returns exactly when that job is blocked in it.
+/// finished and blocked there: once the download is under way (its destination claimed; the
+/// seeder's upload rate is capped so that the rest takes a while), a FIFO appears at its
+/// destination, so the finishing job finds a name in the way and reads it to compare
+/// contents, which blocks until the test writes to it. The test's own open of the FIFO for
+/// writing returns exactly when that job is blocked in it.
 struct Blocked {
     _share: tempfile::TempDir,
     out: tempfile::TempDir,
@@ -50,22 +61,27 @@ async fn blocked_finish() -> Blocked {
     let b: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
     std::fs::write(share.path().join("a.bin"), &a).unwrap();
     std::fs::write(share.path().join("b.bin"), &b).unwrap();
-    let (seeder, _) = endpoint(Some(share.path())).await;
+    let (seeder, _) = endpoint_capped(Some(share.path()), Some(200_000)).await;
     let (leech, leech_task) = endpoint(None).await;
     let from = seeder.local_addr();
     let (_, entries) = leech.index(from).await.unwrap();
 
     let out = tempfile::tempdir().unwrap();
     let dest_a = out.path().join("a.bin");
+    let (progress, mut seen) = tokio::sync::watch::channel(Default::default());
+    let first = {
+        let (leech, e, dest) = (leech.clone(), entry(&entries, "a.bin"), dest_a.clone());
+        tokio::spawn(async move { leech.download(from, e, dest, Some(progress)).await })
+    };
+    // Its size published: the destination is claimed, and was free when claimed.
+    seen.wait_for(|p: &p2p_core::service::Progress| p.total.is_some())
+        .await
+        .expect("the download runs");
     let made = std::process::Command::new("mkfifo")
         .arg(&dest_a)
         .status()
         .expect("mkfifo (coreutils) runs");
     assert!(made.success());
-    let first = {
-        let (leech, e, dest) = (leech.clone(), entry(&entries, "a.bin"), dest_a.clone());
-        tokio::spawn(async move { leech.download(from, e, dest, None).await })
-    };
     let fifo = {
         let dest = dest_a.clone();
         tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(dest))
@@ -131,7 +147,7 @@ async fn a_download_being_finished_does_not_hold_up_the_endpoint() {
         .await
         .unwrap_err();
     assert!(
-        again.to_string().contains("already being downloaded"),
+        matches!(&again, ServiceError::Locked(LockError::Held { dest, .. }) if *dest == t.dest_a),
         "{again}"
     );
     assert!(!t.first.is_finished());

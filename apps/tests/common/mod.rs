@@ -130,6 +130,26 @@ impl Proc {
             .status();
     }
 
+    /// Waits for the process to exit and for the end of its output; returns its status and
+    /// every line it printed (stdout and stderr).
+    pub fn wait_output(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.wait_exit();
+        let until = Instant::now() + DEADLINE;
+        loop {
+            match self
+                .lines
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) => self.seen.push(l),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("output did not end; saw {:#?}", self.seen)
+                }
+            }
+        }
+        (status, self.seen.join("\n"))
+    }
+
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let until = Instant::now() + DEADLINE;
         loop {

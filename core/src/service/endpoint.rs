@@ -15,13 +15,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::lock::{self, DestinationLock, LockError};
 use super::paging::paginate;
 pub use super::resume::partial_path;
 use super::resume::{
@@ -139,6 +140,13 @@ pub enum ServiceError {
         /// The piece that failed its hash check, when that is why it stopped.
         bad_piece: Option<u64>,
     },
+    /// Another download (in this process or another) is writing the same destination.
+    #[error(transparent)]
+    Locked(LockError),
+    /// The destination appeared (another download finished it, or something else put a file
+    /// there) before this download claimed it; nothing was transferred.
+    #[error("{} already exists", .0.display())]
+    DestinationExists(PathBuf),
     /// The other side answered nonsense.
     #[error("unexpected answer from {0}")]
     Protocol(SocketAddr),
@@ -271,7 +279,6 @@ pub fn spawn_endpoint(
         round_trips: RoundTrips::default(),
         uploads: BTreeMap::new(),
         downloads: BTreeMap::new(),
-        dests: Arc::default(),
         registration: None,
         index_pages: Vec::new(),
         limiter: RateLimiter::new(config.rate),
@@ -612,6 +619,8 @@ struct Download {
     finishing: bool,
     /// Bytes received as last published on `progress`.
     shown: u64,
+    /// The claim on `dest`; given up before `reply` is answered (a [`Finish`] job takes it).
+    lock: Option<DestinationLock>,
 }
 
 struct Registration {
@@ -638,8 +647,6 @@ struct Driver {
     round_trips: RoundTrips,
     uploads: BTreeMap<(SocketAddr, TransferId), Upload>,
     downloads: BTreeMap<TransferId, Download>,
-    /// Destinations of the downloads in progress or being finished.
-    dests: Arc<StdMutex<BTreeSet<PathBuf>>>,
     registration: Option<Registration>,
     limiter: RateLimiter,
     /// Upload rate cap: bytes that may be sent now, and when they were last topped up.
@@ -1032,20 +1039,27 @@ impl Driver {
         progress: watch::Sender<Progress>,
         reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
     ) {
-        if !self.dests.lock().expect("dests lock").insert(dest.clone()) {
-            let _ = reply.send(Err(ServiceError::Io(format!(
-                "{} is already being downloaded",
-                dest.display()
-            ))));
+        // One writer per destination, across processes: claimed before anything looks at
+        // its partial file, held until the verified file has its name (or the download
+        // failed and kept what it could).
+        let lock = match DestinationLock::acquire(&dest) {
+            Ok(lock) => lock,
+            Err(e) => {
+                let _ = reply.send(Err(ServiceError::Locked(e)));
+                return;
+            }
+        };
+        if fs::symlink_metadata(&dest).is_ok() {
+            // Another download finished it (or something else put it there) meanwhile: the
+            // caller compares it with what it wanted.
+            let _ = reply.send(Err(ServiceError::DestinationExists(dest)));
             return;
         }
         // Only once the destination is ours: look at (and maybe discard) its partial file.
         let plan: ResumePlan = plan_resume(&dest, entry.size, entry.hash, table.piece_size);
         let partial = partial_path(&dest);
         let opened = if plan.offset > 0 {
-            fs::OpenOptions::new()
-                .append(true)
-                .open(&partial)
+            resume::open_nofollow(&partial, true)
                 .and_then(|f| f.metadata().map(|m| (f, m.len())))
                 .and_then(|(f, len)| {
                     if len == plan.offset {
@@ -1055,7 +1069,7 @@ impl Driver {
                     }
                 })
         } else {
-            File::create(&partial)
+            resume::create_partial(&partial)
         };
         let opened = opened
             .map_err(|e| format!("cannot write {}: {e}", partial.display()))
@@ -1074,7 +1088,7 @@ impl Driver {
         let (writer, checkpoints) = match opened {
             Ok(pair) => pair,
             Err(why) => {
-                self.dests.lock().expect("dests lock").remove(&dest);
+                drop(lock);
                 let _ = reply.send(Err(ServiceError::Io(why)));
                 return;
             }
@@ -1136,6 +1150,7 @@ impl Driver {
                 reply: Some(reply),
                 finishing: false,
                 shown: plan.offset,
+                lock: Some(lock),
             },
         );
         self.pump_download(transfer);
@@ -1469,11 +1484,13 @@ impl Driver {
                 Ok(r) => Ok(r),
                 Err(e) => Err(d.keep_partial(e)),
             };
+            // Free the destination before answering: whoever hears the answer may resume.
+            d.lock = None;
             if let Some(reply) = d.reply.take() {
                 let _ = reply.send(result);
             }
         } else if let Some((received, hash)) = finished {
-            match d.finish(received, hash, self.config.fsync, &self.dests) {
+            match d.finish(received, hash, self.config.fsync) {
                 Some(job) if self.config.finish_thread => {
                     while self.finishing.try_join_next().is_some() {}
                     self.finishing.spawn_blocking(move || job.run());
@@ -1673,14 +1690,12 @@ impl Driver {
                 let _ = transport.send_to(d.peer, &buf).await;
             }
         }
-        let mut dests = self.dests.lock().expect("dests lock");
         let lingering = &mut self.lingering;
         self.downloads.retain(|&transfer, d| {
             let keep = !d.machine.is_done() || d.reply.is_some();
             if !keep {
-                if !d.finishing {
-                    dests.remove(&d.dest); // a finishing one's job gives it up when done
-                }
+                // Dropped with it: its claim on the destination (a finishing one's job holds
+                // that claim until the file has its name).
                 Lingering::remember(lingering, transfer, d);
             }
             keep
@@ -1814,13 +1829,7 @@ impl Download {
 
     /// The work left once the last piece is verified, as a job that owns what it needs
     /// (`None` when the download was already closed).
-    fn finish(
-        &mut self,
-        received: u64,
-        hash: ContentHash,
-        sync: bool,
-        dests: &Arc<StdMutex<BTreeSet<PathBuf>>>,
-    ) -> Option<Finish> {
+    fn finish(&mut self, received: u64, hash: ContentHash, sync: bool) -> Option<Finish> {
         let writer = self.writer.take()?;
         self.finishing = true;
         Some(Finish {
@@ -1841,7 +1850,7 @@ impl Download {
             },
             started: self.started,
             reply: self.reply.take(),
-            dests: dests.clone(),
+            lock: self.lock.take(),
             // The job publishes the checkpoint it waits for; nothing else is published after.
             progress: std::mem::replace(&mut self.progress, watch::channel(Progress::default()).0),
         })
@@ -1877,7 +1886,8 @@ struct Finish {
     report: DownloadReport,
     started: Instant,
     reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
-    dests: Arc<StdMutex<BTreeSet<PathBuf>>>,
+    /// The claim on the destination, given up once the file has its name.
+    lock: Option<DestinationLock>,
     progress: watch::Sender<Progress>,
 }
 
@@ -1910,27 +1920,26 @@ impl Finish {
         }
     }
 
-    fn release(&self) {
-        if let Ok(mut dests) = self.dests.lock() {
-            dests.remove(&self.report.path);
-        }
+    fn release(&mut self) {
+        self.lock = None;
     }
 
     fn finish_file(&mut self) -> Result<(), ServiceError> {
         let io_err = |what: &str, e: io::Error| ServiceError::Io(format!("{what}: {e}"));
         let writer = self.writer.take().expect("finished once");
-        writer
+        let file = writer
             .finish(self.sync)
             .map_err(|e| io_err("cannot write the downloaded file", e))?;
         let (partial, dest) = (&self.partial, &self.report.path);
-        // Never replace an existing file silently: link (fails if the name exists), then unlink.
-        match fs::hard_link(partial, dest) {
-            Ok(()) => {
-                let _ = fs::remove_file(partial);
-            }
+        // The very file written and verified takes the name, whatever sits at the partial's
+        // path now; never replacing an existing file silently.
+        match resume::publish(&file, partial, dest) {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let existing = crate::index::hash_file(dest).ok();
-                let _ = fs::remove_file(partial);
+                if lock::same_file(&file, partial) {
+                    let _ = fs::remove_file(partial);
+                }
                 if existing != Some(self.report.hash) {
                     // Nothing is left to resume: no state file pointing at a removed partial.
                     resume::discard(dest);
@@ -1941,10 +1950,14 @@ impl Finish {
                     )));
                 }
             }
-            Err(_) => fs::rename(partial, dest)
-                .map_err(|e| io_err(&format!("cannot move the file into {}", dest.display()), e))?,
+            Err(e) => {
+                return Err(io_err(
+                    &format!("cannot move the file into {}", dest.display()),
+                    e,
+                ))
+            }
         }
-        resume::discard(dest);
+        resume::discard_state(dest);
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! same code runs on real sockets and, deterministically, inside a turmoil simulation.
 
 pub mod endpoint;
+pub mod lock;
 mod paging;
 pub mod resume;
 pub mod tracker;

@@ -13,14 +13,16 @@
 //! bytes that may never have reached the disk.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::index::{PARTIAL_SUFFIX, STATE_SUFFIX};
+use super::lock::{libc_flags, remove_planted};
+use crate::index::{PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TMP_SUFFIX};
 use crate::wire::ContentHash;
 
 /// Largest state file read back (it is a few dozen bytes).
@@ -63,7 +65,8 @@ pub fn state_path(dest: &Path) -> PathBuf {
     sibling(dest, STATE_SUFFIX)
 }
 
-fn sibling(dest: &Path, suffix: &str) -> PathBuf {
+/// `.NAME` + `suffix` beside `dest`.
+pub(crate) fn sibling(dest: &Path, suffix: &str) -> PathBuf {
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -153,13 +156,14 @@ impl PartialWriter {
         Ok(())
     }
 
-    /// Flushes and closes; with `sync`, first makes the file durable (`fsync`).
-    pub fn finish(mut self, sync: bool) -> io::Result<()> {
+    /// Flushes and, with `sync`, makes the file durable (`fsync`); returns the file, so that
+    /// the caller can publish the very file written (see `publish`).
+    pub fn finish(mut self, sync: bool) -> io::Result<File> {
         self.flush()?;
         if sync {
             self.file.sync_all()?;
         }
-        Ok(())
+        Ok(self.file)
     }
 }
 
@@ -284,10 +288,17 @@ impl PendingCheckpoint {
 /// of the folder).
 pub fn save_state(dest: &Path, state: &DownloadState, durable: bool) -> io::Result<()> {
     let path = state_path(dest);
-    let tmp = path.with_extension("tmp");
+    let tmp = sibling(dest, STATE_TMP_SUFFIX);
     let bytes = rmp_serde::to_vec(state).map_err(io::Error::other)?;
     {
-        let mut f = File::create(&tmp)?;
+        // A fresh file: whatever sits at `tmp` (a planted symlink too) is removed, never
+        // written through.
+        remove_planted(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc_flags::NOFOLLOW)
+            .open(&tmp)?;
         f.write_all(&bytes)?;
         if durable {
             f.sync_all()?;
@@ -313,18 +324,103 @@ pub fn save_state(dest: &Path, state: &DownloadState, durable: bool) -> io::Resu
 /// Reads the state of a download of `dest`, if any and readable.
 pub fn load_state(dest: &Path) -> Option<DownloadState> {
     let path = state_path(dest);
-    let meta = fs::metadata(&path).ok()?;
-    if meta.len() > MAX_STATE_FILE {
+    let mut file = open_nofollow(&path, false).ok()?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(MAX_STATE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() as u64 > MAX_STATE_FILE {
         return None;
     }
-    let bytes = fs::read(&path).ok()?;
     rmp_serde::from_slice(&bytes).ok()
 }
 
-/// Removes the partial and state files of `dest` (missing files are fine).
+/// Opens the regular file at `path` (for appending, with `append`; else for reading), never
+/// through a symbolic link (`O_NOFOLLOW`) and never anything but a regular file.
+pub fn open_nofollow(path: &Path, append: bool) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(!append)
+        .append(append)
+        .custom_flags(libc_flags::NOFOLLOW_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Removes the partial and state files of `dest` (missing files are fine; a link is removed,
+/// never its target).
 pub fn discard(dest: &Path) {
     let _ = fs::remove_file(partial_path(dest));
+    discard_state(dest);
+}
+
+/// Removes the state file of `dest` (a missing one is fine).
+pub fn discard_state(dest: &Path) {
     let _ = fs::remove_file(state_path(dest));
+}
+
+/// Creates an empty partial file at `partial`, removing what was there first (a planted
+/// symlink too: it is removed, never written through).
+pub fn create_partial(partial: &Path) -> io::Result<File> {
+    remove_planted(partial)?;
+    OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .custom_flags(libc_flags::NOFOLLOW)
+        .open(partial)
+}
+
+/// Gives the finished download `file` (open on the partial file) the name `dest`, never
+/// replacing anything there (`AlreadyExists` then), and removes the partial's name if it is
+/// still this file's.
+///
+/// What takes the name is the very file written and verified, not whatever the partial's
+/// path names at this moment: it is linked from its descriptor (`/proc/self/fd`). Where that
+/// is not possible (no `/proc`), the partial's path is first checked to name this file, then
+/// linked (or, on a filesystem without hard links, renamed without replacing).
+pub fn publish(file: &File, partial: &Path, dest: &Path) -> io::Result<()> {
+    use rustix::fs::{linkat, renameat_with, AtFlags, RenameFlags, CWD};
+    use std::os::fd::AsRawFd;
+
+    let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match linkat(CWD, by_fd.as_str(), CWD, dest, AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::EXIST => return Err(e.into()),
+        Err(_) => {
+            if !super::lock::same_file(file, partial) {
+                return Err(io::Error::other(format!(
+                    "{} was replaced while the download was being finished",
+                    partial.display()
+                )));
+            }
+            match fs::hard_link(partial, dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
+                Err(_) => {
+                    return match renameat_with(CWD, partial, CWD, dest, RenameFlags::NOREPLACE) {
+                        Err(e) if e == rustix::io::Errno::INVAL => {
+                            // No RENAME_NOREPLACE here: check, then rename.
+                            if fs::symlink_metadata(dest).is_ok() {
+                                return Err(io::ErrorKind::AlreadyExists.into());
+                            }
+                            fs::rename(partial, dest)
+                        }
+                        other => other.map_err(io::Error::from),
+                    };
+                }
+            }
+        }
+    }
+    if super::lock::same_file(file, partial) {
+        let _ = fs::remove_file(partial);
+    }
+    Ok(())
 }
 
 /// Where a download of a file of `size` bytes with `hash`, verified by pieces of `piece_size`,
@@ -341,7 +437,25 @@ pub struct ResumePlan {
 /// prefix) when its state matches the file, removes it otherwise.
 pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -> ResumePlan {
     let partial = partial_path(dest);
-    let partial_len = fs::metadata(&partial).ok().map(|m| m.len());
+    // Never through a link: anything but a regular file there is stale (and removed below).
+    let partial_len =
+        fs::symlink_metadata(&partial)
+            .ok()
+            .map(|m| if m.is_file() { Some(m.len()) } else { None });
+    let partial_len = match partial_len {
+        Some(None) => {
+            discard(dest);
+            return ResumePlan {
+                offset: 0,
+                discarded: Some(format!(
+                    "{} was not a regular file; removed",
+                    partial.display()
+                )),
+            };
+        }
+        Some(Some(len)) => Some(len),
+        None => None,
+    };
     let state = load_state(dest);
     let fresh = ResumePlan {
         offset: 0,
@@ -370,10 +484,8 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
             };
             match reason {
                 None => {
-                    let truncated = OpenOptions::new()
-                        .write(true)
-                        .open(&partial)
-                        .and_then(|f| f.set_len(st.verified));
+                    let truncated =
+                        open_nofollow(&partial, true).and_then(|f| f.set_len(st.verified));
                     match truncated {
                         Ok(()) => ResumePlan {
                             offset: st.verified,
@@ -536,5 +648,85 @@ mod tests {
         let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
         assert_eq!(plan.offset, 0);
         assert!(plan.discarded.is_some());
+    }
+
+    #[test]
+    fn publish_names_the_file_written_not_what_sits_at_the_partial_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f.bin");
+        let partial = partial_path(&dest);
+        let mut w = PartialWriter::new(create_partial(&partial).unwrap(), 0);
+        w.write(b"verified bytes").unwrap();
+        let file = w.finish(false).unwrap();
+        // Another writer moves the partial away and puts its own file there before the finish.
+        fs::rename(&partial, dir.path().join("moved")).unwrap();
+        fs::write(&partial, b"someone else's bytes").unwrap();
+        publish(&file, &partial, &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"verified bytes");
+        assert_eq!(
+            fs::read(&partial).unwrap(),
+            b"someone else's bytes",
+            "a partial that is not ours is left alone"
+        );
+        // Had it removed ours, nothing would take the name (the written file has none left).
+        let dest2 = dir.path().join("g.bin");
+        let partial2 = partial_path(&dest2);
+        let mut w = PartialWriter::new(create_partial(&partial2).unwrap(), 0);
+        w.write(b"verified bytes").unwrap();
+        let file = w.finish(false).unwrap();
+        fs::remove_file(&partial2).unwrap();
+        fs::write(&partial2, b"someone else's bytes").unwrap();
+        assert!(publish(&file, &partial2, &dest2).is_err());
+        assert!(fs::symlink_metadata(&dest2).is_err());
+    }
+
+    #[test]
+    fn publish_never_replaces_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f.bin");
+        let partial = partial_path(&dest);
+        let mut w = PartialWriter::new(create_partial(&partial).unwrap(), 0);
+        w.write(b"new").unwrap();
+        let file = w.finish(false).unwrap();
+        fs::write(&dest, b"old").unwrap();
+        let e = publish(&file, &partial, &dest).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&dest).unwrap(), b"old");
+        assert!(partial.exists(), "kept for the caller to decide");
+    }
+
+    #[test]
+    fn symlinks_planted_at_the_partial_and_state_are_removed_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"precious").unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let dest = out.join("f.bin");
+        // At the partial: a resume plan removes the link, a new partial is a fresh file.
+        std::os::unix::fs::symlink(&outside, partial_path(&dest)).unwrap();
+        save_state(&dest, &state(300), true).unwrap();
+        let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
+        assert_eq!(plan.offset, 0);
+        assert!(plan.discarded.is_some());
+        assert!(fs::symlink_metadata(partial_path(&dest)).is_err());
+        std::os::unix::fs::symlink(&outside, partial_path(&dest)).unwrap();
+        let mut f = create_partial(&partial_path(&dest)).unwrap();
+        f.write_all(b"download").unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(partial_path(&dest)).unwrap().is_file());
+        // At the state file: never read through, and a new state replaces the link itself.
+        fs::write(
+            dir.path().join("fake-state"),
+            rmp_serde::to_vec(&state(300)).unwrap(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("fake-state"), state_path(&dest)).unwrap();
+        assert_eq!(load_state(&dest), None);
+        // At the state's temporary file: removed, never written through.
+        std::os::unix::fs::symlink(&outside, sibling(&dest, STATE_TMP_SUFFIX)).unwrap();
+        save_state(&dest, &state(100), true).unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        assert_eq!(load_state(&dest), Some(state(100)));
     }
 }
