@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use p2p_core::wire::TransportKind;
+use p2p_proto::wire::TransportKind;
 
 /// Peer-to-peer file sharing over UDP or TCP, with a tracker of live peers.
 #[derive(Parser, Debug)]
@@ -92,8 +92,8 @@ pub(crate) struct ServiceLimits {
 }
 
 impl ServiceLimits {
-    pub(crate) fn rate(&self) -> p2p_core::limits::RateConfig {
-        p2p_core::limits::RateConfig {
+    pub(crate) fn rate(&self) -> p2p_proto::limits::RateConfig {
+        p2p_proto::limits::RateConfig {
             per_second: self.rate_limit,
             burst: self.rate_limit * 2.0,
             ..Default::default()

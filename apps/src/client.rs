@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use p2p_core::index::hash_file;
 use p2p_core::service::{Progress, ServiceError};
-use p2p_core::wire::{FileId, IndexEntry};
+use p2p_proto::wire::{FileId, IndexEntry};
 use serde_json::json;
 use tokio::sync::watch;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle};
-use p2p_core::wire::{PeerInfo, TransportKind};
+use p2p_proto::wire::{PeerInfo, TransportKind};
 
 /// Logs go to stderr; `-v` raises the level, `RUST_LOG` overrides.
 pub(crate) fn init_logging(verbose: u8) {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use p2p_core::service::run_tracker;
-use p2p_core::tracker::RegistryConfig;
-use p2p_core::wire::TransportKind;
+use p2p_proto::tracker::RegistryConfig;
+use p2p_proto::wire::TransportKind;
 
 use crate::cli::DemoArgs;
 use crate::common::{endpoint, find_peer, human_bytes, mib_per_s};

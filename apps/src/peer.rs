@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use p2p_core::index::{hash_file, safe_file_name};
 use p2p_core::service::{EndpointHandle, ServiceError};
-use p2p_core::tracker::validate_name;
-use p2p_core::wire::FileId;
+use p2p_proto::tracker::validate_name;
+use p2p_proto::wire::FileId;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
 use crate::cli::PeerArgs;

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use p2p_core::service::{run_tracker_limited, TrackerEvent};
-use p2p_core::tracker::RegistryConfig;
 use p2p_core::transport::{SharedTransport, Transport};
+use p2p_proto::tracker::RegistryConfig;
 use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
 use tokio::sync::mpsc;
 

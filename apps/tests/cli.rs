@@ -7,8 +7,8 @@ use std::fs;
 use common::*;
 
 /// Chunk of a UDP seeder on loopback (60 KiB datagrams), and with 1,452-byte datagrams.
-const UDP_CHUNK: usize = p2p_transports::LOOPBACK_UDP_MESSAGE - p2p_core::wire::DATA_OVERHEAD;
-const MTU_CHUNK: usize = 1452 - p2p_core::wire::DATA_OVERHEAD;
+const UDP_CHUNK: usize = p2p_transports::LOOPBACK_UDP_MESSAGE - p2p_proto::wire::DATA_OVERHEAD;
+const MTU_CHUNK: usize = 1452 - p2p_proto::wire::DATA_OVERHEAD;
 /// TCP payload per chunk.
 const TCP_CHUNK: usize = 64 * 1024;
 

@@ -27,7 +27,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::*;
-use p2p_core::wire::{
+use p2p_proto::wire::{
     decode, AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, RegisterOutcome,
     RequestId, TransferId, TransportKind, DATA_OVERHEAD, HEADER_LEN, MAGIC, MAX_NAME_LEN,
     PIECE_SIZE, PROTOCOL_VERSION,

@@ -1,28 +1,24 @@
 //! # p2p-core
 //!
-//! The transport-agnostic heart of the p2p file sharing system.
+//! The async driver of the p2p protocol: it runs the sans-IO machines of [`p2p_proto`] on a
+//! [`Transport`](transport::Transport), the disk and tokio's clock.
 //!
-//! - [`wire`]: protocol v1 messages and their total, bounded decoder;
-//! - [`tracker`]: the registry of live peers (names, addresses, expiry);
-//! - [`index`]: the share folder's index (stable IDs, sizes, BLAKE3 hashes of files and pieces);
-//! - [`limits`]: per-source rate limiting;
-//! - [`transfer`]: the chunk/ACK/FIN sender and receiver state machines (sans-IO);
-//! - [`transport`]: the message-oriented [`Transport`](transport::Transport) trait;
-//! - [`service`]: thin tokio drivers that run the state machines on a transport: the tracker
-//!   service and the peer endpoint (serve files, download, list).
+//! - [`transport`]: the message-oriented [`Transport`](transport::Transport) trait the UDP and
+//!   TCP adapters (and the simulations' sockets) implement;
+//! - [`index`]: the share folder's index (stable IDs, sizes, BLAKE3 hashes of files and
+//!   pieces), read from disk;
+//! - [`service`]: the tokio services: the tracker, and the peer endpoint (serve files,
+//!   download, list), with partial files, checkpoints and destination locks.
 //!
-//! The state machines never touch a socket, a file or the clock; the drivers use only
-//! `tokio::time`, so the same code runs on real sockets and in turmoil's simulated network.
+//! The drivers use only `tokio::time`, so the same code runs on real sockets and in turmoil's
+//! simulated network.
 
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
-#[doc(hidden)]
-pub mod fuzzing;
+// The protocol modules, under the paths the driver's code uses.
+use p2p_proto::{limits, tracker, transfer, wire};
+
 pub mod index;
-pub mod limits;
 pub mod service;
-pub mod tracker;
-pub mod transfer;
 pub mod transport;
-pub mod wire;

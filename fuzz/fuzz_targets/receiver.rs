@@ -1,7 +1,7 @@
-//! Fuzz target: `p2p_core::fuzzing::receiver_target` (see that function for the invariants).
+//! Fuzz target: `p2p_proto::fuzzing::receiver_target` (see that function for the invariants).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| p2p_core::fuzzing::receiver_target(data));
+fuzz_target!(|data: &[u8]| p2p_proto::fuzzing::receiver_target(data));

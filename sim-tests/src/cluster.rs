@@ -14,10 +14,10 @@ use p2p_core::service::{
     run_tracker, spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress,
     ServiceError, TrackerEvent,
 };
-use p2p_core::tracker::RegistryConfig;
-use p2p_core::transfer::{ReceiverConfig, SenderConfig};
 use p2p_core::transport::SharedTransport;
-use p2p_core::wire::{IndexEntry, Message, TransportKind, DATA_OVERHEAD};
+use p2p_proto::tracker::RegistryConfig;
+use p2p_proto::transfer::{ReceiverConfig, SenderConfig};
+use p2p_proto::wire::{IndexEntry, Message, TransportKind, DATA_OVERHEAD};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::watch;
@@ -65,7 +65,7 @@ impl Net {
     pub fn chunk_size(self) -> usize {
         self.max_message()
             .saturating_sub(DATA_OVERHEAD)
-            .clamp(64, p2p_core::wire::MAX_CHUNK)
+            .clamp(64, p2p_proto::wire::MAX_CHUNK)
     }
 
     /// Binds this transport on `port` of the current host, wrapped in a [`FaultyTransport`]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use p2p_core::transport::Transport;
-use p2p_core::wire::{decode, Message, CONTROL_BUDGET};
+use p2p_proto::wire::{decode, Message, CONTROL_BUDGET};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;

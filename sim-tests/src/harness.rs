@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use p2p_core::service::resume::{load_state, partial_path, state_path};
 use p2p_core::service::{DownloadReport, ServiceError};
-use p2p_core::transfer::TransferError;
-use p2p_core::wire::AbortReason;
+use p2p_proto::transfer::TransferError;
+use p2p_proto::wire::AbortReason;
 
 use crate::cluster::SharedFile;
 

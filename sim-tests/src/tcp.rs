@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use p2p_core::transport::Transport;
-use p2p_core::wire::{DATA_OVERHEAD, MAX_MESSAGE};
+use p2p_proto::wire::{DATA_OVERHEAD, MAX_MESSAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, Mutex};
 use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};

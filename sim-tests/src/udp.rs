@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use bytes::Bytes;
 use p2p_core::transport::Transport;
-use p2p_core::wire::CONTROL_BUDGET;
+use p2p_proto::wire::CONTROL_BUDGET;
 use tokio::sync::Mutex;
 use turmoil::net::UdpSocket;
 

@@ -9,8 +9,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use p2p_core::service::ServiceError;
-use p2p_core::transfer::TransferError;
-use p2p_core::wire::PIECE_SIZE;
+use p2p_proto::transfer::TransferError;
+use p2p_proto::wire::PIECE_SIZE;
 use p2p_sim_tests::{
     busy, check_download, fast_registry, fetch, run_for, run_seeds, run_until, spawn_fetch,
     timed_out, tracker_addr, wait_progress, Checked, Cluster, Net, PeerOpts,

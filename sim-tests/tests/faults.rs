@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use p2p_core::service::{DownloadReport, ServiceError};
-use p2p_core::wire::Message;
+use p2p_proto::wire::Message;
 use p2p_sim_tests::{
     check_download, fast_registry, fetch, run_scenario, run_seeds, Checked, Cluster, FaultRates,
     FaultStats, Net, PeerOpts,
@@ -150,7 +150,7 @@ fn lost_accept_while_data_flows() {
 }
 
 /// Bytes per piece (the index's piece size).
-const PIECE: usize = p2p_core::wire::PIECE_SIZE as usize;
+const PIECE: usize = p2p_proto::wire::PIECE_SIZE as usize;
 
 /// A seeder sends its chunks as the UDP transport sends large datagrams (through
 /// `send_file`: the payload is checked by the piece hashes only), and the first `n` chunks it

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use p2p_core::service::ServiceError;
-use p2p_core::wire::Message;
+use p2p_proto::wire::Message;
 use p2p_sim_tests::{
     check_download, fast_registry, fetch, run_seeds, timed_out, Checked, Cluster, FaultRates, Net,
     PeerOpts,

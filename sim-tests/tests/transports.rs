@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_core::transport::Transport;
-use p2p_core::wire::{Message, TransferId, MAX_MESSAGE};
+use p2p_proto::wire::{Message, TransferId, MAX_MESSAGE};
 use p2p_sim_tests::{
     run_seeds, FaultConfig, FaultRates, FaultStats, FaultyTransport, SimTcp, SimTcpConfig, SimUdp,
     SIM_UDP_MESSAGE,
@@ -127,7 +127,7 @@ fn faulty_run(
                 } else {
                     t.recv_from().await?
                 };
-                if let Ok(Message::Data { seq, .. }) = p2p_core::wire::decode(&next.1) {
+                if let Ok(Message::Data { seq, .. }) = p2p_proto::wire::decode(&next.1) {
                     g.lock().unwrap().push(seq as u32);
                 }
                 st.lock().unwrap().1 = t.snapshot();

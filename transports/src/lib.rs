@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use p2p_core::transport::SharedTransport;
-use p2p_core::wire::TransportKind;
+use p2p_proto::wire::TransportKind;
 
 pub use tcp::{TcpConfig, TcpTransport};
 pub use udp::{UdpConfig, UdpTransport, DEFAULT_UDP_MESSAGE, LOOPBACK_UDP_MESSAGE, SEND_FILE_MIN};

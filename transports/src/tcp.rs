@@ -23,7 +23,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use nix::sys::sendfile::sendfile64;
 use nix::sys::socket::{send, MsgFlags};
 use p2p_core::transport::{FileRange, Transport};
-use p2p_core::wire::{DATA_OVERHEAD, MAX_MESSAGE};
+use p2p_proto::wire::{DATA_OVERHEAD, MAX_MESSAGE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};

@@ -35,7 +35,7 @@ use tokio::sync::Mutex;
 pub const DEFAULT_UDP_MESSAGE: usize = 1452;
 /// Largest message sent to a loopback address: 60 KiB of payload per datagram, no
 /// fragmentation on the loopback interface (MTU 64 KiB).
-pub const LOOPBACK_UDP_MESSAGE: usize = 60 * 1024 + p2p_core::wire::DATA_OVERHEAD;
+pub const LOOPBACK_UDP_MESSAGE: usize = 60 * 1024 + p2p_proto::wire::DATA_OVERHEAD;
 /// Kernel socket buffer asked for. Without privileges the kernel caps it at
 /// `net.core.rmem_max`/`wmem_max`; with CAP_NET_ADMIN the forced variants lift the cap.
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
@@ -267,7 +267,7 @@ impl UdpTransport {
     fn check_size(&self, to: SocketAddr, len: usize) -> io::Result<()> {
         let limit = self
             .max_message_size_to(to)
-            .max(p2p_core::wire::CONTROL_BUDGET);
+            .max(p2p_proto::wire::CONTROL_BUDGET);
         if len > limit {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -9,7 +9,7 @@ use p2p_core::service::lock::LockError;
 use p2p_core::service::{
     spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, ServiceError,
 };
-use p2p_core::wire::{IndexEntry, TransportKind};
+use p2p_proto::wire::{IndexEntry, TransportKind};
 
 async fn endpoint(share: Option<&Path>) -> (EndpointHandle, tokio::task::JoinHandle<()>) {
     endpoint_capped(share, None).await
@@ -189,7 +189,7 @@ async fn shutdown_waits_for_a_download_being_finished() {
 /// sender whose final ACK was lost ends cleanly too.
 #[tokio::test]
 async fn a_finished_download_answers_its_sender_after_the_receiver_is_gone() {
-    use p2p_core::wire::{decode, BoundedVec, ContentHash, FileId, Message, PIECE_SIZE};
+    use p2p_proto::wire::{decode, BoundedVec, ContentHash, FileId, Message, PIECE_SIZE};
     use tokio::net::UdpSocket;
 
     let file: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();

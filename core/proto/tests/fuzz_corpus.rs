@@ -1,5 +1,5 @@
 //! Replays the checked-in cargo-fuzz corpus (`fuzz/corpus/<target>/*`) through the matching
-//! `p2p_core::fuzzing` function, so `cargo test` exercises every seed and every input the
+//! `p2p_proto::fuzzing` function, so `cargo test` exercises every seed and every input the
 //! fuzzer kept, on stable and without libFuzzer.
 //!
 //! The hand-written seeds come from [`seeds`]; regenerate them with
@@ -9,11 +9,11 @@ use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use p2p_core::fuzzing::{
+use p2p_proto::fuzzing::{
     decode_target, receiver_run, receiver_target, registry_target, sample_messages, seal,
     sender_run, sender_target, RunSummary,
 };
-use p2p_core::wire::HEADER_LEN;
+use p2p_proto::wire::HEADER_LEN;
 
 type Target = fn(&[u8]);
 
@@ -26,7 +26,7 @@ const TARGETS: [(&str, Target); 4] = [
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
+        .join("../../fuzz/corpus")
         .join(target)
 }
 
@@ -156,7 +156,7 @@ fn write_seed_corpus() {
     }
 }
 
-/// A small byte-program builder for the op languages of `p2p_core::fuzzing`.
+/// A small byte-program builder for the op languages of `p2p_proto::fuzzing`.
 #[derive(Default)]
 struct Prog(Vec<u8>);
 

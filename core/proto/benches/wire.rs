@@ -13,7 +13,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use p2p_core::wire::{decode, BoundedVec, Message, TransferId, MAX_SACK_RANGES};
+use p2p_proto::wire::{decode, BoundedVec, Message, TransferId, MAX_SACK_RANGES};
 
 /// UDP chunk payload (1452-byte datagrams).
 const UDP_CHUNK: usize = 1404;

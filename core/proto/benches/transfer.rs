@@ -18,10 +18,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use p2p_core::transfer::{
+use p2p_proto::transfer::{
     ChunkReceiver, ChunkSender, ReceiverConfig, ReceiverEvent, SenderConfig, SenderTransmit,
 };
-use p2p_core::wire::{decode, ContentHash, FileId, Message, TransferId};
+use p2p_proto::wire::{decode, ContentHash, FileId, Message, TransferId};
 
 const FILE_SIZE: usize = 8 * 1024 * 1024;
 /// Fake time that passes per round of the loop.

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use p2p_core::fuzzing::{check_registry_ops, seal, RegistryOp};
-use p2p_core::tracker::RegistryConfig;
-use p2p_core::transfer::{
+use p2p_proto::fuzzing::{check_registry_ops, seal, RegistryOp};
+use p2p_proto::tracker::RegistryConfig;
+use p2p_proto::transfer::{
     ChunkReceiver, ChunkSender, PieceTable, ReceiverConfig, ReceiverEvent, SenderConfig,
     SenderEvent, SenderTransmit, TransferError,
 };
-use p2p_core::wire::{
+use p2p_proto::wire::{
     decode, AbortReason, BoundedVec, ContentHash, DecodeError, FileId, IndexEntry, Message,
     PeerInfo, RegisterOutcome, RequestId, TransferId, TransportKind, HEADER_LEN, MAX_CHUNK,
     MAX_LIST_ITEMS, MAX_NAME_LEN, MAX_PATH_LEN, MAX_PIECE_HASHES, MAX_REASON_LEN, MAX_SACK_RANGES,

@@ -1,11 +1,11 @@
-//! Transfer-machine cases found by fuzzing (`fuzz/`, `p2p_core::fuzzing`), kept as plain
+//! Transfer-machine cases found by fuzzing (`fuzz/`, `p2p_proto::fuzzing`), kept as plain
 //! tests through the public API. A case that still shows a core bug is `#[ignore]`d with the
 //! reason, and passes once the bug is fixed.
 
 use std::time::Instant;
 
-use p2p_core::transfer::{ChunkReceiver, PieceTable, ReceiverConfig, ReceiverEvent};
-use p2p_core::wire::{ContentHash, FileId, Message, TransferId};
+use p2p_proto::transfer::{ChunkReceiver, PieceTable, ReceiverConfig, ReceiverEvent};
+use p2p_proto::wire::{ContentHash, FileId, Message, TransferId};
 
 /// The events a receiver has queued.
 fn events(r: &mut ChunkReceiver) -> Vec<ReceiverEvent> {
