@@ -1,0 +1,440 @@
+//! Downloads: claiming the destination, the partial file and its checkpoints, feeding the
+//! receiver machine, and what is kept when a download fails.
+
+use super::driver::Driver;
+use super::finish::Finish;
+use super::hashing::MAX_HASH_BACKLOG;
+use super::rpc::request_retry_after;
+use super::{partial_path, DownloadReport, Progress, ServiceError, SAVE_INTERVAL};
+
+use std::fs::{self, File};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::service::lock::DestinationLock;
+use crate::service::resume::{
+    self, plan_resume, save_state, Checkpointer, DownloadState, PartialWriter, ResumePlan,
+};
+use crate::transfer::{ChunkReceiver, PieceTable, ReceiverEvent};
+use crate::wire::{AbortReason, ContentHash, IndexEntry, TransferId};
+
+pub(super) struct Download {
+    pub(super) peer: SocketAddr,
+    pub(super) machine: ChunkReceiver,
+    pub(super) dest: PathBuf,
+    pub(super) partial: PathBuf,
+    pub(super) writer: Option<PartialWriter>,
+    pub(super) checkpoints: Checkpointer,
+    pub(super) size: u64,
+    pub(super) hash: ContentHash,
+    pub(super) piece_size: u32,
+    pub(super) offset: u64,
+    /// End of the verified prefix (absolute).
+    pub(super) verified: u64,
+    /// End of the prefix recorded in the state file.
+    pub(super) saved: u64,
+    /// When the last checkpoint started.
+    pub(super) saved_at: Instant,
+    pub(super) discarded: Option<String>,
+    pub(super) started: Instant,
+    pub(super) progress: watch::Sender<Progress>,
+    pub(super) reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
+    /// Handed to a [`Finish`] job, which answers `reply` and frees the destination.
+    pub(super) finishing: bool,
+    /// Bytes received as last published on `progress`.
+    pub(super) shown: u64,
+    /// The claim on `dest`; given up before `reply` is answered (a [`Finish`] job takes it).
+    pub(super) lock: Option<DestinationLock>,
+}
+
+/// Reserves the space of bytes `from..size` of the download's `partial` file
+/// ([`resume::preallocate`]); when the disk is too small, removes a partial that holds
+/// nothing yet (`from` 0) and says how much room is missing.
+pub(super) fn reserve_space(
+    file: &File,
+    partial: &Path,
+    from: u64,
+    size: u64,
+) -> Result<(), String> {
+    resume::preallocate(file, from, size).map_err(|e| {
+        if from == 0 {
+            let _ = fs::remove_file(partial);
+        }
+        let folder = partial.parent().unwrap_or(Path::new("."));
+        format!(
+            "not enough disk space in {} for the {} bytes left to fetch ({e}); \
+             free some space and run the download again",
+            folder.display(),
+            size - from
+        )
+    })
+}
+
+/// Bytes received between two progress updates of a download.
+pub(super) const PROGRESS_STEP: u64 = 256 * 1024;
+
+/// In-order chunks per ACK on a reliable transport (a sixteenth of the default window).
+pub(super) const RELIABLE_ACK_EVERY: u32 = 8;
+
+impl Driver {
+    pub(super) fn start_download(
+        &mut self,
+        peer: SocketAddr,
+        entry: IndexEntry,
+        dest: PathBuf,
+        table: PieceTable,
+        progress: watch::Sender<Progress>,
+        reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
+    ) {
+        // One writer per destination, across processes: claimed before anything looks at
+        // its partial file, held until the verified file has its name (or the download
+        // failed and kept what it could).
+        let lock = match DestinationLock::acquire(&dest) {
+            Ok(lock) => lock,
+            Err(e) => {
+                let _ = reply.send(Err(ServiceError::Locked(e)));
+                return;
+            }
+        };
+        if fs::symlink_metadata(&dest).is_ok() {
+            // Another download finished it (or something else put it there) meanwhile: the
+            // caller compares it with what it wanted.
+            let _ = reply.send(Err(ServiceError::DestinationExists(dest)));
+            return;
+        }
+        // Only once the destination is ours: look at (and maybe discard) its partial file.
+        let plan: ResumePlan = plan_resume(&dest, entry.size, entry.hash, table.piece_size);
+        let partial = partial_path(&dest);
+        let opened = if plan.offset > 0 {
+            resume::open_nofollow(&partial, true)
+                .and_then(|f| f.metadata().map(|m| (f, m.len())))
+                .and_then(|(f, len)| {
+                    if len == plan.offset {
+                        Ok(f)
+                    } else {
+                        Err(io::Error::other("partial file changed under us"))
+                    }
+                })
+        } else {
+            resume::create_partial(&partial)
+        };
+        let opened = opened
+            .map_err(|e| format!("cannot write {}: {e}", partial.display()))
+            .and_then(|f| {
+                if self.config.preallocate {
+                    reserve_space(&f, &partial, plan.offset, entry.size)?;
+                }
+                let second = f
+                    .try_clone()
+                    .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+                Ok((
+                    PartialWriter::new(f, plan.offset),
+                    Checkpointer::new(second, dest.clone(), self.config.fsync),
+                ))
+            });
+        let (writer, checkpoints) = match opened {
+            Ok(pair) => pair,
+            Err(why) => {
+                drop(lock);
+                let _ = reply.send(Err(ServiceError::Io(why)));
+                return;
+            }
+        };
+        let transfer = TransferId(self.take_id());
+        let now = Instant::now();
+        let piece_size = table.piece_size;
+        let mut receiver_config = self.config.receiver.clone();
+        let rtt = self.round_trips.recent(peer, now);
+        if let Some(rtt) = rtt.filter(|_| !self.transport.is_reliable()) {
+            // The piece table just came from this peer: a `Request` unanswered for a few of
+            // its round trips was lost (or its answer was), and waiting the default half
+            // second for it would be most of a small download's time on a lossy path. (A
+            // reliable transport loses nothing: there, asking again would only add noise.)
+            receiver_config.request_retry =
+                request_retry_after(rtt, self.config.receiver.request_retry);
+        }
+        // Pieces go to the driver to hash: the hashing thread's, or, without one, hashed right
+        // here in `pump_download` (the same path, so simulations cover it).
+        receiver_config.offload_hashing = true;
+        if self.transport.is_reliable() {
+            // Nothing is lost on a reliable stream: ACKs only pace the window, and fewer of
+            // them spare both sides a message each.
+            receiver_config.ack_every = receiver_config.ack_every.max(RELIABLE_ACK_EVERY);
+            receiver_config.reack = false;
+        }
+        let machine = ChunkReceiver::resume(
+            now.into_std(),
+            transfer,
+            entry.id,
+            Some((entry.size, entry.hash)),
+            plan.offset,
+            table,
+            receiver_config,
+        );
+        progress.send_modify(|p| {
+            p.total = Some(entry.size);
+            p.received = plan.offset;
+        });
+        self.downloads.insert(
+            transfer,
+            Download {
+                peer,
+                machine,
+                dest,
+                partial,
+                writer: Some(writer),
+                checkpoints,
+                size: entry.size,
+                hash: entry.hash,
+                piece_size,
+                offset: plan.offset,
+                verified: plan.offset,
+                saved: plan.offset,
+                saved_at: now,
+                discarded: plan.discarded,
+                started: now,
+                progress,
+                reply: Some(reply),
+                finishing: false,
+                shown: plan.offset,
+                lock: Some(lock),
+            },
+        );
+        self.pump_download(transfer);
+    }
+
+    /// Applies a download's events: write bytes, record verified pieces, publish progress,
+    /// finish or fail (keeping the verified prefix for a resume).
+    pub(super) fn pump_download(&mut self, transfer: TransferId) {
+        let save_every = self.config.save_every;
+        let Some(d) = self.downloads.get_mut(&transfer) else {
+            return;
+        };
+        let mut outcome: Option<Result<DownloadReport, ServiceError>> = None;
+        let mut finished = None;
+        if let Err(e) = d.checkpoint_done() {
+            d.machine
+                .abort(AbortReason::Other("receiver cannot write".into()));
+            outcome = Some(Err(e));
+        }
+        while let Some(event) = d.machine.poll_event() {
+            match event {
+                ReceiverEvent::Accepted { .. } => {}
+                ReceiverEvent::HashPiece(job) => {
+                    // To the hashing thread, unless it is too far behind (or gone).
+                    let job = match &self.hasher {
+                        Some(w) if d.machine.hash_backlog() <= MAX_HASH_BACKLOG => {
+                            w.jobs.send((transfer, job)).err().map(|e| e.0 .1)
+                        }
+                        _ => Some(job),
+                    };
+                    if let Some(job) = job {
+                        d.machine.piece_hashed(job.index(), job.hash());
+                    }
+                }
+                ReceiverEvent::Write(bytes) => {
+                    let res = d.writer.as_mut().map(|w| w.write(&bytes));
+                    if let Some(Err(e)) = res {
+                        d.machine
+                            .abort(AbortReason::Other("receiver cannot write".into()));
+                        outcome.get_or_insert(Err(ServiceError::Io(format!(
+                            "cannot write {}: {e}",
+                            d.partial.display()
+                        ))));
+                    }
+                    // Watchers are woken once per piece's worth of bytes, not per chunk (a
+                    // wake-up cost more than the rest of a small chunk's bookkeeping).
+                    let received = d.offset + d.machine.received();
+                    if received >= d.shown + PROGRESS_STEP || received == d.size {
+                        d.shown = received;
+                        d.progress.send_modify(|p| p.received = received);
+                    }
+                }
+                ReceiverEvent::PieceVerified { verified } => {
+                    d.verified = verified;
+                    let due =
+                        verified - d.saved >= save_every || d.saved_at.elapsed() >= SAVE_INTERVAL;
+                    if d.writer.is_some() && due && !d.checkpoints.busy() {
+                        if let Err(e) = d.start_checkpoint() {
+                            d.machine
+                                .abort(AbortReason::Other("receiver cannot write".into()));
+                            outcome.get_or_insert(Err(ServiceError::Io(format!(
+                                "cannot write {}: {e}",
+                                d.partial.display()
+                            ))));
+                        }
+                    }
+                }
+                ReceiverEvent::Finished { received, hash } => {
+                    finished = Some((received, hash));
+                }
+                ReceiverEvent::Failed(e) => {
+                    outcome.get_or_insert(Err(ServiceError::Transfer(e)));
+                }
+            }
+        }
+        if let Some(result) = outcome {
+            let result = match result {
+                Ok(r) => Ok(r),
+                Err(e) => Err(d.keep_partial(e)),
+            };
+            // Free the destination before answering: whoever hears the answer may resume.
+            d.lock = None;
+            if let Some(reply) = d.reply.take() {
+                let _ = reply.send(result);
+            }
+        } else if let Some((received, hash)) = finished {
+            match d.finish(received, hash, self.config.fsync) {
+                Some(job) if self.config.finish_thread => {
+                    while self.finishing.try_join_next().is_some() {}
+                    self.finishing.spawn_blocking(move || job.run());
+                }
+                Some(job) => job.run(),
+                None => {
+                    if let Some(reply) = d.reply.take() {
+                        let _ = reply.send(Err(ServiceError::Io("download already closed".into())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Download {
+    pub(super) fn state(&self, verified: u64) -> DownloadState {
+        DownloadState {
+            version: 1,
+            size: self.size,
+            hash: self.hash,
+            piece_size: self.piece_size,
+            verified,
+            unsynced_boot: None,
+        }
+    }
+
+    /// Writes out what is buffered and starts recording the verified prefix (in the
+    /// background: see [`Checkpointer`]).
+    pub(super) fn start_checkpoint(&mut self) -> io::Result<()> {
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        w.flush()?;
+        let verified = self.verified.min(w.written());
+        if verified > self.saved {
+            self.checkpoints.start(self.state(verified));
+        }
+        self.saved_at = Instant::now();
+        Ok(())
+    }
+
+    /// Takes in a recorded checkpoint, if one finished.
+    pub(super) fn checkpoint_done(&mut self) -> Result<(), ServiceError> {
+        match self.checkpoints.poll() {
+            Some(res) => self.recorded(res),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn recorded(&mut self, res: io::Result<u64>) -> Result<(), ServiceError> {
+        match res {
+            Ok(saved) => {
+                self.saved = self.saved.max(saved);
+                let saved = self.saved;
+                self.progress.send_modify(|p| p.saved = saved);
+                Ok(())
+            }
+            Err(e) => Err(ServiceError::Io(format!(
+                "cannot record progress beside {}: {e}",
+                self.partial.display()
+            ))),
+        }
+    }
+
+    /// After a failure: keep the verified prefix (flushed and recorded) for a resume, or
+    /// remove everything when nothing was verified. Returns the error to report.
+    pub(super) fn keep_partial(&mut self, err: ServiceError) -> ServiceError {
+        // Keep what is both verified and known to be on disk (after a failed write, e.g. a
+        // full disk, the file holds exactly `written()` good bytes), down to a piece boundary.
+        if let Some(res) = self.checkpoints.wait() {
+            let _ = self.recorded(res);
+        }
+        if let Some(mut w) = self.writer.take() {
+            // Only synced bytes may be recorded as durable.
+            let synced = w.sync().is_ok();
+            let piece = u64::from(self.piece_size.max(1));
+            let on_disk = w.written().min(self.verified);
+            let keep = if on_disk == self.size {
+                on_disk
+            } else {
+                on_disk / piece * piece
+            };
+            // Drop the unverified tail first: on a full disk that frees room for the state.
+            let _ = w.truncate(keep.max(self.saved));
+            if synced
+                && keep > self.saved
+                && save_state(&self.dest, &self.state(keep), true).is_ok()
+            {
+                self.saved = keep;
+            }
+        }
+        incomplete(err, self.saved, &self.dest, &self.partial)
+    }
+
+    /// The work left once the last piece is verified, as a job that owns what it needs
+    /// (`None` when the download was already closed).
+    pub(super) fn finish(
+        &mut self,
+        received: u64,
+        hash: ContentHash,
+        sync: bool,
+    ) -> Option<Finish> {
+        let writer = self.writer.take()?;
+        self.finishing = true;
+        Some(Finish {
+            writer: Some(writer),
+            checkpoint: self.checkpoints.take(),
+            sync,
+            partial: self.partial.clone(),
+            saved: self.saved,
+            report: DownloadReport {
+                path: self.dest.clone(),
+                size: self.size,
+                received,
+                hash,
+                elapsed: Duration::ZERO,
+                resumed_from: self.offset,
+                discarded: self.discarded.take(),
+                refetched: 0,
+            },
+            started: self.started,
+            reply: self.reply.take(),
+            lock: self.lock.take(),
+            // The job publishes the checkpoint it waits for; nothing else is published after.
+            progress: std::mem::replace(&mut self.progress, watch::channel(Progress::default()).0),
+        })
+    }
+}
+
+/// After a failure: the error to report, once the state file is gone if nothing was kept.
+pub(super) fn incomplete(
+    err: ServiceError,
+    saved: u64,
+    dest: &Path,
+    partial: &Path,
+) -> ServiceError {
+    if saved == 0 {
+        resume::discard(dest);
+        return err;
+    }
+    ServiceError::Incomplete {
+        reason: err.to_string(),
+        kept: saved,
+        partial: partial.to_path_buf(),
+        bad_piece: err.bad_piece(),
+    }
+}

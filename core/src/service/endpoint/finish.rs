@@ -1,0 +1,105 @@
+//! Finishing a verified download: sync, publish under the final name, answer the caller.
+
+use super::download::incomplete;
+use super::{DownloadReport, Progress, ServiceError};
+
+use std::fs::{self};
+use std::io;
+use std::path::PathBuf;
+
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::service::lock::{self, DestinationLock};
+use crate::service::resume::{self, PartialWriter, PendingCheckpoint};
+
+/// What is left to do once a download's last piece is verified: wait for the checkpoint in
+/// flight, flush (and sync) the file, give it its final name, remove the state file, then
+/// answer and free the destination. Owns all it needs, so it can run on a blocking thread
+/// ([`EndpointConfig::finish_thread`]).
+pub(super) struct Finish {
+    pub(super) writer: Option<PartialWriter>,
+    pub(super) checkpoint: PendingCheckpoint,
+    pub(super) sync: bool,
+    pub(super) partial: PathBuf,
+    /// End of the prefix recorded in the state file.
+    pub(super) saved: u64,
+    /// The report, but for the elapsed time; its `path` is the destination.
+    pub(super) report: DownloadReport,
+    pub(super) started: Instant,
+    pub(super) reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,
+    /// The claim on the destination, given up once the file has its name.
+    pub(super) lock: Option<DestinationLock>,
+    pub(super) progress: watch::Sender<Progress>,
+}
+
+impl Drop for Finish {
+    /// Even if the job panics, the destination is not claimed forever.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Finish {
+    pub(super) fn run(mut self) {
+        // A checkpoint still being recorded would write the state file after it is removed.
+        if let Some(Ok(saved)) = self.checkpoint.wait() {
+            self.saved = self.saved.max(saved);
+            let saved = self.saved;
+            self.progress.send_modify(|p| p.saved = saved);
+        }
+        let result = match self.finish_file() {
+            Ok(()) => Ok(DownloadReport {
+                elapsed: self.started.elapsed(),
+                ..self.report.clone()
+            }),
+            Err(e) => Err(incomplete(e, self.saved, &self.report.path, &self.partial)),
+        };
+        // Free the destination before answering: whoever hears the answer may reuse it.
+        self.release();
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+
+    pub(super) fn release(&mut self) {
+        self.lock = None;
+    }
+
+    pub(super) fn finish_file(&mut self) -> Result<(), ServiceError> {
+        let io_err = |what: &str, e: io::Error| ServiceError::Io(format!("{what}: {e}"));
+        let writer = self.writer.take().expect("finished once");
+        let file = writer
+            .finish(self.sync)
+            .map_err(|e| io_err("cannot write the downloaded file", e))?;
+        let (partial, dest) = (&self.partial, &self.report.path);
+        // The very file written and verified takes the name, whatever sits at the partial's
+        // path now; never replacing an existing file silently.
+        match resume::publish(&file, partial, dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let existing = crate::index::hash_file(dest).ok();
+                if lock::same_file(&file, partial) {
+                    let _ = fs::remove_file(partial);
+                }
+                if existing != Some(self.report.hash) {
+                    // Nothing is left to resume: no state file pointing at a removed partial.
+                    resume::discard(dest);
+                    self.saved = 0;
+                    return Err(ServiceError::Io(format!(
+                        "{} already exists with other content; move it away or choose another --out",
+                        dest.display()
+                    )));
+                }
+            }
+            Err(e) => {
+                return Err(io_err(
+                    &format!("cannot move the file into {}", dest.display()),
+                    e,
+                ))
+            }
+        }
+        resume::discard_state(dest);
+        Ok(())
+    }
+}

@@ -1,0 +1,530 @@
+//! The peer endpoint: one tokio task that owns a transport and every state machine on it.
+//!
+//! It serves the share folder (index pages, file transfers as [`ChunkSender`]s), runs
+//! downloads ([`ChunkReceiver`]s writing to a temporary file that is renamed only once the
+//! BLAKE3 hash matches), sends requests to the tracker and other peers with retries, and keeps
+//! its tracker registration alive with heartbeats. The application talks to it through a
+//! cloneable [`EndpointHandle`].
+//!
+//! The loop is: drain every machine's transmits, then wait for the first of a command, an
+//! incoming message or the earliest machine deadline.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::lock::LockError;
+pub use super::resume::partial_path;
+use crate::index::ShareIndex;
+use crate::limits::{RateConfig, RateLimiter};
+use crate::transfer::{PieceTable, ReceiverConfig, SenderConfig, TransferError};
+use crate::transport::SharedTransport;
+use crate::wire::{
+    ContentHash, IndexEntry, Message, PeerInfo, RegisterOutcome, RequestId, TransportKind,
+    DATA_OVERHEAD, MAX_CHUNK,
+};
+
+mod download;
+mod driver;
+mod finish;
+mod hashing;
+mod rpc;
+mod upload;
+
+use driver::Driver;
+use hashing::HashWorker;
+use rpc::RoundTrips;
+use upload::Batch;
+
+/// Settings of an endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Folder to share; `None` serves nothing (one-shot clients).
+    pub share: Option<PathBuf>,
+    /// Sender tunables (the chunk size is fitted to the transport).
+    pub sender: SenderConfig,
+    /// Receiver tunables.
+    pub receiver: ReceiverConfig,
+    /// Most transfers served at once.
+    pub max_uploads: usize,
+    /// Most transfers served at once to one IP address.
+    pub max_uploads_per_peer: usize,
+    /// Rate limit of requests (index, piece hashes, new transfers) per source IP.
+    pub rate: RateConfig,
+    /// A download records its verified prefix (flush, sync, state file) every this many bytes
+    /// or every [`SAVE_INTERVAL`], whichever comes first. Recording runs on a blocking thread,
+    /// never in the way of the network.
+    pub save_every: u64,
+    /// Downloads sync to disk (`fsync`): each checkpoint before it is recorded, and the
+    /// finished file before it takes its final name, so that not even a power cut leaves a
+    /// torn file under that name. Off, files are as durable as the page cache (like `cp`): a
+    /// crashed process loses nothing, a power cut may lose the file (never to a corrupt
+    /// resume: unsynced checkpoints are dropped after a restart).
+    pub fsync: bool,
+    /// A download reserves the disk space of the whole file when it starts (see
+    /// [`resume::preallocate`]): a disk too small fails it at once, with nothing left behind,
+    /// instead of after most of the file was fetched. Off, space is taken as bytes arrive.
+    pub preallocate: bool,
+    /// Cap on the bytes per second sent by all uploads together (`None`: no cap).
+    pub max_upload_rate: Option<u64>,
+    /// First wait before a request is sent again.
+    pub rpc_retry: Duration,
+    /// Sends of a request before it fails.
+    pub rpc_attempts: u32,
+    /// Seed of transfer and request ids, so that a restarted endpoint does not reuse the ids
+    /// of its previous life (pass something random; simulations pass their seed).
+    pub id_seed: u64,
+    /// Downloads hash their pieces on a thread of the endpoint's own, so that the I/O task
+    /// (receive, write) and the hashing run on two cores. Off, pieces are hashed on the I/O
+    /// task; simulations turn it off, as a thread's timing is not the simulated clock's.
+    pub hash_thread: bool,
+    /// A download whose last piece is verified is finished (flushed, synced with `fsync`,
+    /// given its final name) on a blocking thread, so that the I/O task goes on serving
+    /// other transfers meanwhile: syncing a large file takes seconds. Off, on the I/O task
+    /// (simulations, for the simulated clock).
+    pub finish_thread: bool,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            share: None,
+            sender: SenderConfig::default(),
+            receiver: ReceiverConfig::default(),
+            max_uploads: 32,
+            max_uploads_per_peer: 8,
+            rate: RateConfig::default(),
+            save_every: 64 * 1024 * 1024,
+            fsync: true,
+            preallocate: true,
+            max_upload_rate: None,
+            rpc_retry: Duration::from_millis(250),
+            rpc_attempts: 5,
+            id_seed: 0,
+            hash_thread: true,
+            finish_thread: true,
+        }
+    }
+}
+
+/// Why an endpoint operation failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ServiceError {
+    /// No answer after every retry.
+    #[error("no answer from {0} (is it running and reachable?)")]
+    NoAnswer(SocketAddr),
+    /// The other side refused.
+    #[error("{0}")]
+    Refused(String),
+    /// The transfer failed.
+    #[error("transfer failed: {0}")]
+    Transfer(#[from] TransferError),
+    /// A local file problem.
+    #[error("{0}")]
+    Io(String),
+    /// The download stopped; its verified prefix is kept for a resume.
+    #[error("{reason}; {kept} verified bytes kept in {}: run the same download again to resume", partial.display())]
+    Incomplete {
+        /// Why it stopped.
+        reason: String,
+        /// Verified bytes kept.
+        kept: u64,
+        /// The partial file.
+        partial: PathBuf,
+        /// The piece that failed its hash check, when that is why it stopped.
+        bad_piece: Option<u64>,
+    },
+    /// Another download (in this process or another) is writing the same destination.
+    #[error(transparent)]
+    Locked(LockError),
+    /// The destination appeared (another download finished it, or something else put a file
+    /// there) before this download claimed it; nothing was transferred.
+    #[error("{} already exists", .0.display())]
+    DestinationExists(PathBuf),
+    /// The other side answered nonsense.
+    #[error("unexpected answer from {0}")]
+    Protocol(SocketAddr),
+    /// The endpoint has stopped.
+    #[error("the endpoint has stopped")]
+    Closed,
+}
+
+/// A download records its verified prefix at least this often.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Progress of a download.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of the file present so far (a resumed download starts above 0).
+    pub received: u64,
+    /// Bytes recorded as verified in the state file (what a resume would keep).
+    pub saved: u64,
+    /// Total bytes, once the sender accepted.
+    pub total: Option<u64>,
+}
+
+/// A completed, verified download.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownloadReport {
+    /// Where the file now is.
+    pub path: PathBuf,
+    /// File size.
+    pub size: u64,
+    /// Bytes received over the network for it.
+    pub received: u64,
+    /// Its verified BLAKE3.
+    pub hash: ContentHash,
+    /// Time from request to verified file.
+    pub elapsed: Duration,
+    /// Byte the transfer started at (non-zero: resumed from a partial download).
+    pub resumed_from: u64,
+    /// A stale partial download found and discarded, and why.
+    pub discarded: Option<String>,
+    /// Times a piece failed its hash check and the download went on from the end of the
+    /// verified part ([`PIECE_REFETCHES`] at most). `resumed_from`, `received` and `elapsed`
+    /// then describe the last attempt, from the end of the verified part to the verified
+    /// file (so that their rate is that attempt's).
+    pub refetched: u32,
+}
+
+/// A download whose piece fails its hash check fetches the file again from the end of its
+/// verified part, at most this many times, before it fails: a chunk whose payload only the
+/// piece hashes check (a large datagram, see `Transport::sends_file`) and that was damaged
+/// past the UDP checksum costs a piece, not the download. A sender whose file no longer
+/// matches its index fails every time.
+pub const PIECE_REFETCHES: u32 = 3;
+
+impl ServiceError {
+    /// The piece that failed its hash check, when that is why a download stopped.
+    pub fn bad_piece(&self) -> Option<u64> {
+        match self {
+            ServiceError::Transfer(TransferError::PieceMismatch { piece }) => Some(*piece),
+            ServiceError::Incomplete { bad_piece, .. } => *bad_piece,
+            _ => None,
+        }
+    }
+}
+
+enum Command {
+    Rpc {
+        to: SocketAddr,
+        msg: Message,
+        reply: oneshot::Sender<Result<Message, ServiceError>>,
+    },
+    KeepRegistered {
+        tracker: SocketAddr,
+        name: String,
+        port: u16,
+        transport: TransportKind,
+        every: Duration,
+    },
+    Download {
+        peer: SocketAddr,
+        entry: IndexEntry,
+        dest: PathBuf,
+        table: PieceTable,
+        progress: watch::Sender<Progress>,
+        reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A cloneable handle to a running endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointHandle {
+    tx: mpsc::Sender<Command>,
+    local: SocketAddr,
+    kind: TransportKind,
+}
+
+/// Starts an endpoint on `transport` and returns its handle. The endpoint stops when
+/// [`EndpointHandle::shutdown`] is called or every handle is dropped.
+pub fn spawn_endpoint(
+    transport: SharedTransport,
+    kind: TransportKind,
+    config: EndpointConfig,
+) -> io::Result<(EndpointHandle, tokio::task::JoinHandle<()>)> {
+    let local = transport.local_addr()?;
+    let mut index = config.share.as_ref().map(ShareIndex::new);
+    if let Some(idx) = index.as_mut() {
+        idx.refresh()?;
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let hasher = if config.hash_thread {
+        Some(HashWorker::spawn()?)
+    } else {
+        None
+    };
+    let mut sender = config.sender.clone();
+    sender.chunk_size = chunk_size_for(transport.max_message_size());
+    if transport.is_reliable() {
+        sender.reliable = true;
+        sender.min_rto = sender.min_rto.max(Duration::from_secs(1));
+    }
+    let driver = Driver {
+        transport,
+        sender_config: sender,
+        rx,
+        index,
+        next_id: config.id_seed,
+        rpcs: BTreeMap::new(),
+        round_trips: RoundTrips::default(),
+        uploads: BTreeMap::new(),
+        downloads: BTreeMap::new(),
+        registration: None,
+        index_pages: Vec::new(),
+        limiter: RateLimiter::new(config.rate),
+        upload_tokens: 0.0,
+        tokens_at: Instant::now(),
+        throttled_until: None,
+        more_to_send: false,
+        left: BTreeSet::new(),
+        hasher,
+        batch: Batch::default(),
+        finishing: tokio::task::JoinSet::new(),
+        lingering: VecDeque::new(),
+        config,
+    };
+    let task = tokio::spawn(driver.run());
+    Ok((EndpointHandle { tx, local, kind }, task))
+}
+
+impl EndpointHandle {
+    /// The address the endpoint listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The transport kind it runs on.
+    pub fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), ServiceError> {
+        self.tx.send(cmd).await.map_err(|_| ServiceError::Closed)
+    }
+
+    /// Sends `msg` (its request id is replaced) to `to` and waits for the matching reply,
+    /// retrying on silence.
+    pub async fn rpc(&self, to: SocketAddr, msg: Message) -> Result<Message, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Rpc { to, msg, reply }).await?;
+        rx.await.map_err(|_| ServiceError::Closed)?
+    }
+
+    /// Registers with the tracker as `name`, listening on `port` over `transport`, and keeps
+    /// the registration alive with heartbeats (which also re-register after a tracker
+    /// restart). Returns the tracker's refusal reason as [`ServiceError::Refused`].
+    pub async fn register(
+        &self,
+        tracker: SocketAddr,
+        name: &str,
+        port: u16,
+        transport: TransportKind,
+        heartbeat: Option<Duration>,
+    ) -> Result<(), ServiceError> {
+        let reply = self
+            .rpc(
+                tracker,
+                Message::Register {
+                    request: RequestId(0),
+                    name: name.to_string(),
+                    port,
+                    transport,
+                },
+            )
+            .await?;
+        match reply {
+            Message::RegisterReply {
+                outcome:
+                    RegisterOutcome::Accepted {
+                        heartbeat_ms,
+                        ttl_ms,
+                    },
+                ..
+            } => {
+                let suggested = Duration::from_millis(heartbeat_ms.clamp(50, ttl_ms.max(50)));
+                let every = heartbeat.unwrap_or(suggested);
+                self.send(Command::KeepRegistered {
+                    tracker,
+                    name: name.to_string(),
+                    port,
+                    transport,
+                    every,
+                })
+                .await
+            }
+            Message::RegisterReply {
+                outcome: RegisterOutcome::Refused { reason },
+                ..
+            } => Err(ServiceError::Refused(reason)),
+            _ => Err(ServiceError::Protocol(tracker)),
+        }
+    }
+
+    /// Removes `name` from the tracker.
+    pub async fn unregister(&self, tracker: SocketAddr, name: &str) -> Result<(), ServiceError> {
+        let msg = Message::Unregister {
+            request: RequestId(0),
+            name: name.to_string(),
+        };
+        match self.rpc(tracker, msg).await? {
+            Message::UnregisterReply { .. } => Ok(()),
+            _ => Err(ServiceError::Protocol(tracker)),
+        }
+    }
+
+    /// Every live peer the tracker knows, all pages.
+    pub async fn list_peers(&self, tracker: SocketAddr) -> Result<Vec<PeerInfo>, ServiceError> {
+        let mut all = Vec::new();
+        let mut page = 0;
+        loop {
+            let msg = Message::ListPeers {
+                request: RequestId(0),
+                page,
+            };
+            match self.rpc(tracker, msg).await? {
+                Message::PeerList { peers, pages, .. } => {
+                    all.extend(peers.0);
+                    page += 1;
+                    if page >= pages {
+                        return Ok(all);
+                    }
+                }
+                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
+                _ => return Err(ServiceError::Protocol(tracker)),
+            }
+        }
+    }
+
+    /// A peer's whole index, all pages, and the name of its share folder.
+    pub async fn index(&self, peer: SocketAddr) -> Result<(String, Vec<IndexEntry>), ServiceError> {
+        let mut all = Vec::new();
+        let mut page = 0;
+        loop {
+            let msg = Message::IndexRequest {
+                request: RequestId(0),
+                page,
+            };
+            match self.rpc(peer, msg).await? {
+                Message::IndexPage {
+                    entries,
+                    pages,
+                    share,
+                    ..
+                } => {
+                    all.extend(entries.0);
+                    page += 1;
+                    if page >= pages {
+                        return Ok((share, all));
+                    }
+                }
+                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
+                _ => return Err(ServiceError::Protocol(peer)),
+            }
+        }
+    }
+
+    /// The piece hashes of `entry` on `peer`, all pages.
+    pub async fn piece_table(
+        &self,
+        peer: SocketAddr,
+        entry: &IndexEntry,
+    ) -> Result<PieceTable, ServiceError> {
+        let mut hashes = Vec::new();
+        loop {
+            let msg = Message::PieceRequest {
+                request: RequestId(0),
+                file: entry.id,
+                hash: entry.hash,
+                first: hashes.len() as u32,
+            };
+            match self.rpc(peer, msg).await? {
+                Message::PieceHashes {
+                    piece_size,
+                    pieces,
+                    first,
+                    hashes: page,
+                    ..
+                } => {
+                    if !PieceTable::valid_piece_size(piece_size) {
+                        return Err(ServiceError::Protocol(peer));
+                    }
+                    let expected = entry.size.div_ceil(u64::from(piece_size));
+                    if first as usize != hashes.len()
+                        || u64::from(pieces) != expected
+                        || (page.0.is_empty() && hashes.len() < pieces as usize)
+                    {
+                        return Err(ServiceError::Protocol(peer));
+                    }
+                    hashes.extend(page.0);
+                    if hashes.len() >= pieces as usize {
+                        return Ok(PieceTable { piece_size, hashes });
+                    }
+                }
+                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
+                _ => return Err(ServiceError::Protocol(peer)),
+            }
+        }
+    }
+
+    /// Downloads `entry` from `peer` to `dest`: into `dest`'s partial sibling, resuming a
+    /// matching partial download if there is one, every piece verified as it arrives, renamed
+    /// to `dest` once complete. Progress is published on `progress` while the future runs.
+    pub async fn download(
+        &self,
+        peer: SocketAddr,
+        entry: IndexEntry,
+        dest: PathBuf,
+        progress: Option<watch::Sender<Progress>>,
+    ) -> Result<DownloadReport, ServiceError> {
+        let table = self.piece_table(peer, &entry).await?;
+        let progress = progress.unwrap_or_else(|| watch::channel(Progress::default()).0);
+        let mut refetched = 0;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.send(Command::Download {
+                peer,
+                entry: entry.clone(),
+                dest: dest.clone(),
+                table: table.clone(),
+                progress: progress.clone(),
+                reply,
+            })
+            .await?;
+            match rx.await.map_err(|_| ServiceError::Closed)? {
+                Err(e) if refetched < PIECE_REFETCHES && e.bad_piece().is_some() => {
+                    refetched += 1;
+                    tracing::info!(%peer, "{e}: fetching again from the end of the verified part");
+                }
+                Ok(mut report) => {
+                    report.refetched = refetched;
+                    return Ok(report);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Aborts every transfer (the other sides are told) and stops the endpoint.
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Payload bytes per chunk for messages of at most `max_message` bytes.
+fn chunk_size_for(max_message: usize) -> u32 {
+    max_message
+        .saturating_sub(DATA_OVERHEAD)
+        .clamp(64, MAX_CHUNK) as u32
+}

@@ -1,0 +1,319 @@
+//! Serving the share: index pages, piece tables, and files as chunk senders read ahead from disk.
+
+use super::chunk_size_for;
+use super::driver::Driver;
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::service::paging::paginate;
+use crate::transfer::ChunkSender;
+use crate::transport::SharedTransport;
+use crate::wire::{
+    AbortReason, BoundedVec, ContentHash, DatagramBuf, FileId, Message, RequestId, TransferId,
+    MAX_PIECE_HASHES, PIECE_SIZE,
+};
+
+pub(super) struct Upload {
+    pub(super) machine: ChunkSender,
+    /// Shared with chunks a transport still has queued ([`FileRange`]).
+    pub(super) file: Arc<File>,
+    pub(super) reader: ReadAhead,
+    pub(super) path: PathBuf,
+    pub(super) size: u64,
+    pub(super) modified: Option<SystemTime>,
+    pub(super) next_check: Instant,
+}
+
+/// Reads small chunks of an upload from a block read ahead: a run of 1,404-byte chunks (a
+/// 1,500-byte MTU) costs one `pread` per 46 chunks instead of one each. Large chunks, and
+/// chunks before the block (retransmissions), are read directly.
+#[derive(Default)]
+pub(super) struct ReadAhead {
+    pub(super) block: Vec<u8>,
+    /// File offset of `block[0]`.
+    pub(super) start: u64,
+}
+
+/// Bytes read ahead per upload.
+pub(super) const READ_AHEAD: usize = 64 * 1024;
+
+impl ReadAhead {
+    /// Fills `into` with the file's bytes from `offset`.
+    pub(super) fn read(&mut self, file: &File, into: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset + into.len() as u64;
+        if into.len() > READ_AHEAD / 8 || offset < self.start {
+            return file.read_exact_at(into, offset);
+        }
+        if end > self.start + self.block.len() as u64 {
+            self.block.resize(READ_AHEAD, 0);
+            let mut got = 0;
+            while got < READ_AHEAD {
+                match file.read_at(&mut self.block[got..], offset + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.block.clear();
+                        return Err(e);
+                    }
+                }
+            }
+            self.block.truncate(got);
+            self.start = offset;
+            if got < into.len() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let at = (offset - self.start) as usize;
+        into.copy_from_slice(&self.block[at..at + into.len()]);
+        Ok(())
+    }
+}
+
+/// How often a file being sent is checked for changes.
+pub(super) const CHANGE_CHECK: Duration = Duration::from_millis(100);
+
+/// Datagrams of one size gathered for one segmented send (UDP GSO): each new one is encoded
+/// at the end of `bytes`.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) bytes: DatagramBuf,
+    /// Size of each datagram (the first one's).
+    pub(super) segment: usize,
+    pub(super) count: usize,
+    /// Most datagrams the transport takes in one send.
+    pub(super) max: usize,
+}
+
+impl Batch {
+    pub(super) fn full(&self) -> bool {
+        self.count > 0 && self.count >= self.max
+    }
+
+    /// Takes in the datagram just encoded at `bytes[start..]`; one of another size is sent
+    /// on its own (segments must be equal but for the last).
+    pub(super) async fn added(
+        &mut self,
+        transport: &SharedTransport,
+        to: SocketAddr,
+        start: usize,
+    ) {
+        let len = self.bytes.len() - start;
+        if self.count == 0 {
+            self.segment = len;
+            self.max = transport.max_batch(to, len).max(1);
+        } else if len != self.segment {
+            let odd = self.bytes.split_off(start);
+            self.send(transport, to).await;
+            let _ = transport.send_to(to, &odd).await;
+            return;
+        }
+        self.count += 1;
+    }
+
+    /// Sends what is gathered.
+    pub(super) async fn send(&mut self, transport: &SharedTransport, to: SocketAddr) {
+        if self.count > 0 {
+            let _ = transport
+                .send_batch(to, self.bytes.as_slice(), self.segment)
+                .await;
+        }
+        self.bytes.clear();
+        self.count = 0;
+    }
+}
+
+/// The last component of the share folder, as shown to other peers (at most 255 bytes).
+pub(super) fn share_name(root: &Path) -> String {
+    let name = root
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "share".into());
+    let mut end = name.len().min(255);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+impl Driver {
+    pub(super) fn serve_index(&mut self, from: SocketAddr, request: RequestId, page: u32) {
+        let Some(index) = self.index.as_mut() else {
+            return self.queue_stateless(
+                from,
+                Message::Error {
+                    request,
+                    reason: "this endpoint shares nothing".into(),
+                },
+            );
+        };
+        if page == 0 || self.index_pages.is_empty() {
+            if let Err(e) = index.refresh() {
+                tracing::warn!("cannot rescan the share folder: {e}");
+            }
+            self.index_pages = paginate(index.entries());
+        }
+        let pages = self.index_pages.len() as u32;
+        let reply = match self.index_pages.get(page as usize) {
+            Some(entries) => Message::IndexPage {
+                request,
+                page,
+                pages,
+                share: share_name(index.root()),
+                entries: BoundedVec(entries.clone()),
+            },
+            None => Message::Error {
+                request,
+                reason: format!("no index page {page} (there are {pages})"),
+            },
+        };
+        self.queue_stateless(from, reply);
+    }
+
+    pub(super) fn serve_pieces(
+        &mut self,
+        from: SocketAddr,
+        request: RequestId,
+        file: FileId,
+        hash: ContentHash,
+        first: u32,
+    ) {
+        let shared = self.index.as_ref().and_then(|i| i.get(file));
+        let reply = match shared {
+            None => Message::Error {
+                request,
+                reason: format!("no file {file}"),
+            },
+            Some(f) if f.entry.hash != hash => Message::Error {
+                request,
+                reason: format!("file {file} changed since it was listed"),
+            },
+            Some(f) => {
+                let start = (first as usize).min(f.pieces.len());
+                let end = (start + MAX_PIECE_HASHES).min(f.pieces.len());
+                Message::PieceHashes {
+                    request,
+                    piece_size: PIECE_SIZE,
+                    pieces: f.pieces.len() as u32,
+                    first: start as u32,
+                    hashes: BoundedVec(f.pieces[start..end].to_vec()),
+                }
+            }
+        };
+        self.queue_stateless(from, reply);
+    }
+
+    pub(super) fn serve_request(
+        &mut self,
+        now: std::time::Instant,
+        from: SocketAddr,
+        transfer: TransferId,
+        file: FileId,
+        offset: u64,
+    ) {
+        if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
+            tracing::debug!(%from, ?transfer, "request again: our accept was lost");
+            up.machine.handle_message(
+                now,
+                &Message::Request {
+                    transfer,
+                    file,
+                    offset,
+                },
+            );
+            return;
+        }
+        let refuse = |reason| Message::Abort { transfer, reason };
+        if !self.limiter.allow(now, from.ip()) {
+            return; // flooding: dropped like a lost datagram
+        }
+        let from_peer = self
+            .uploads
+            .keys()
+            .filter(|(a, _)| a.ip() == from.ip())
+            .count();
+        if self.uploads.len() >= self.config.max_uploads
+            || from_peer >= self.config.max_uploads_per_peer
+        {
+            return self.queue_stateless(from, refuse(AbortReason::Busy));
+        }
+        let Some(shared) = self.index.as_ref().and_then(|i| i.get(file)) else {
+            return self.queue_stateless(from, refuse(AbortReason::NoSuchFile));
+        };
+        if offset > shared.entry.size {
+            return self.queue_stateless(from, refuse(AbortReason::BadRequest));
+        }
+        let opened = File::open(&shared.path).and_then(|f| f.metadata().map(|m| (f, m)));
+        let file = match opened {
+            Ok((f, m)) if m.len() == shared.entry.size && m.modified().ok() == shared.modified => f,
+            Ok(_) => return self.queue_stateless(from, refuse(AbortReason::FileChanged)),
+            Err(_) => return self.queue_stateless(from, refuse(AbortReason::NoSuchFile)),
+        };
+        let mut config = self.sender_config.clone();
+        config.chunk_size = chunk_size_for(self.transport.max_message_size_to(from));
+        let machine = ChunkSender::new(
+            now,
+            transfer,
+            shared.entry.size,
+            shared.entry.hash,
+            offset,
+            config,
+        );
+        tracing::debug!(%from, ?transfer, path = %shared.entry.path, offset, "serving");
+        self.uploads.insert(
+            (from, transfer),
+            Upload {
+                machine,
+                file: Arc::new(file),
+                reader: ReadAhead::default(),
+                path: shared.path,
+                size: shared.entry.size,
+                modified: shared.modified,
+                next_check: Instant::now() + CHANGE_CHECK,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// Read-ahead gives exactly the file's bytes for sequential, backward and large reads,
+    /// and a clear error past the end.
+    #[test]
+    fn read_ahead_returns_the_files_bytes() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut r = ReadAhead::default();
+        let mut check = |offset: u64, len: usize| {
+            let mut into = vec![0; len];
+            r.read(&file, &mut into, offset).unwrap();
+            assert!(into[..] == data[offset as usize..][..len], "{offset}+{len}");
+        };
+        let mut offset = 0;
+        while offset + 1404 <= 200_000 {
+            check(offset, 1404);
+            offset += 1404;
+        }
+        check(1404 * 3, 1404); // a retransmission, behind the block
+        check(100, 60_000); // a large chunk
+        check(199_000, 1000); // the tail
+        let mut into = vec![0; 1404];
+        let err = r.read(&file, &mut into, 199_000).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
