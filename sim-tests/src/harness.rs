@@ -76,27 +76,21 @@ pub enum Checked {
 /// True when `e` says one side went silent: a transfer timeout, the other side's abort
 /// for a timeout, or an incomplete download kept for a resume because of either.
 pub fn timed_out(e: &ServiceError) -> bool {
-    match e {
+    matches!(
+        e.cause(),
         ServiceError::Transfer(
-            TransferError::Timeout(_) | TransferError::Aborted(AbortReason::Timeout),
-        ) => true,
-        ServiceError::Incomplete { reason, .. } => {
-            reason.contains("stopped sending")
-                || reason.contains("no answer from the peer")
-                || reason.contains("aborted by the other side: timed out")
-        }
-        _ => false,
-    }
+            TransferError::Timeout { .. } | TransferError::Aborted(AbortReason::Timeout),
+        )
+    )
 }
 
 /// True when `e` is the sender's refusal for lack of upload slots ("busy"), also when it ends
 /// an incomplete download kept for a resume.
 pub fn busy(e: &ServiceError) -> bool {
-    match e {
-        ServiceError::Transfer(TransferError::Aborted(AbortReason::Busy)) => true,
-        ServiceError::Incomplete { reason, .. } => reason.contains("sender busy"),
-        _ => false,
-    }
+    matches!(
+        e.cause(),
+        ServiceError::Transfer(TransferError::Aborted(AbortReason::Busy))
+    )
 }
 
 /// The invariant of every scenario: a download ends with exactly the source bytes under

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use p2p_core::service::{EndpointHandle, ServiceError};
+use p2p_proto::tracker::RegisterError;
 use p2p_sim_tests::{
     fast_registry, run_for, run_seeds, run_until, tracker_addr, Cluster, Net, PeerOpts, PEER_PORT,
 };
@@ -42,8 +43,21 @@ fn conflicts(seed: u64, net: Net) -> turmoil::Result {
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Refused for the reason the tracker's registry gives (its own words, compared
+        // whole: the wire carries a refusal as text).
+        let holder = m
+            .list_peers(tracker_addr())
+            .await?
+            .into_iter()
+            .find(|p| p.name == "alice")
+            .ok_or("alice is not listed")?
+            .addr;
+        let taken = RegisterError::NameTaken {
+            name: "alice".into(),
+            holder,
+        };
         match register(&m, "alice").await {
-            Err(ServiceError::Refused(r)) if r.contains("already used") => {}
+            Err(ServiceError::Refused(r)) if r == taken.to_string() => {}
             other => return Err(format!("a taken name was not refused: {other:?}").into()),
         }
         // The holder may register again (a refresh).

@@ -1216,7 +1216,7 @@ proptest! {
             Some(ReceiverEvent::Finished { .. }) => prop_assert_eq!(&h.written, &h.file),
             // Its own idle timer, or the sender's timeout reported in an Abort.
             Some(ReceiverEvent::Failed(
-                TransferError::Timeout(_) | TransferError::Aborted(AbortReason::Timeout),
+                TransferError::Timeout { .. } | TransferError::Aborted(AbortReason::Timeout),
             )) => {
                 prop_assert!(h.file.starts_with(&h.written));
             }

@@ -37,8 +37,13 @@ use crate::wire::AbortReason;
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum TransferError {
     /// The other side stopped answering.
-    #[error("{0}")]
-    Timeout(String),
+    #[error("{phase} for {after:?}")]
+    Timeout {
+        /// What was awaited.
+        phase: TimeoutPhase,
+        /// The idle timeout that passed.
+        after: Duration,
+    },
     /// The other side aborted.
     #[error("aborted by the other side: {0}")]
     Aborted(AbortReason),
@@ -47,19 +52,73 @@ pub enum TransferError {
     HashMismatch,
     /// The sender announced something other than what was expected (e.g. the index hash).
     #[error("the file changed on the peer since it was listed ({0})")]
-    Changed(String),
+    Changed(Change),
     /// A piece failed its hash: everything before it is verified and kept.
     #[error("piece {piece} failed verification (corrupted in transit or changed on the sender)")]
     PieceMismatch {
         /// Index of the bad piece.
         piece: u64,
     },
-    /// The other side broke the protocol.
+    /// The other side (or the caller) broke the protocol.
     #[error("protocol violation: {0}")]
-    Protocol(String),
-    /// We gave up locally (shutdown or cancel).
+    Protocol(Violation),
+    /// We gave up locally (shutdown or cancel), telling the other side why.
     #[error("cancelled: {0}")]
-    Cancelled(String),
+    Cancelled(AbortReason),
+}
+
+/// What a transfer waited for when it timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// A receiver's `Request` was never answered.
+    Request,
+    /// A receiver heard nothing more from its sender.
+    Data,
+    /// A sender heard nothing from its receiver (no ACK, no FIN-ACK).
+    Acks,
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Request => "no answer from the peer",
+            TimeoutPhase::Data => "the peer stopped sending",
+            TimeoutPhase::Acks => "receiver silent",
+        })
+    }
+}
+
+/// How what a sender announced differs from what the receiver expected.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Its `Accept` names another size or hash than the listing did.
+    #[error("expected {listed} bytes, sender announces {announced}")]
+    Announced {
+        /// Size in the listing.
+        listed: u64,
+        /// Size in the `Accept`.
+        announced: u64,
+    },
+    /// The piece table fetched before does not add up to the announced hash.
+    #[error("the piece table does not add up to the file's hash")]
+    PieceTable,
+}
+
+/// A broken protocol rule.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// A resume (a receiver started at an offset) not at a piece boundary of a valid table.
+    #[error("a resume must start at a verified piece boundary")]
+    ResumeOffBoundary,
+    /// A resume without the expected size and hash (the kept prefix is not re-hashed).
+    #[error("a resume needs the expected size and hash")]
+    ResumeUnverifiable,
+    /// An `Accept` with a chunk size of 0 or above the receiver's maximum.
+    #[error("chunk size {0} out of range")]
+    ChunkSize(u32),
+    /// An `Accept` for a file shorter than the resume point.
+    #[error("resume point beyond the end of the file")]
+    ResumeBeyondEnd,
 }
 
 /// Default idle timeout: a transfer whose peer says nothing this long fails.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{chunk_count, TransferError, DEFAULT_IDLE_TIMEOUT};
+use super::{chunk_count, Change, TimeoutPhase, TransferError, Violation, DEFAULT_IDLE_TIMEOUT};
 use crate::wire::{
     AbortReason, BoundedVec, ContentHash, FileId, Message, TransferId, MAX_SACK_RANGES,
 };
@@ -455,16 +455,10 @@ impl ChunkReceiver {
                 || !offset.is_multiple_of(u64::from(p.piece_size))
         });
         if (offset > 0 && r.pieces.is_none()) || misaligned {
-            r.fail(
-                TransferError::Protocol("a resume must start at a verified piece boundary".into()),
-                None,
-            );
+            r.fail(TransferError::Protocol(Violation::ResumeOffBoundary), None);
         } else if offset > 0 && r.expected.is_none() {
             // The kept prefix is not re-hashed, so only a known (size, hash) can be claimed.
-            r.fail(
-                TransferError::Protocol("a resume needs the expected size and hash".into()),
-                None,
-            );
+            r.fail(TransferError::Protocol(Violation::ResumeUnverifiable), None);
         } else {
             r.out.push_back(r.request());
         }
@@ -526,33 +520,32 @@ impl ChunkReceiver {
                 self.last_heard = now;
                 if chunk_size == 0 || chunk_size > self.config.max_chunk_size {
                     return self.fail(
-                        TransferError::Protocol(format!("chunk size {chunk_size} out of range")),
+                        TransferError::Protocol(Violation::ChunkSize(chunk_size)),
                         Some(AbortReason::BadRequest),
                     );
                 }
                 if let Some((esize, ehash)) = self.expected {
                     if esize != size || ehash != hash {
                         return self.fail(
-                            TransferError::Changed(format!(
-                                "expected {esize} bytes, sender announces {size}"
-                            )),
-                            Some(AbortReason::Other("file changed since listed".into())),
+                            TransferError::Changed(Change::Announced {
+                                listed: esize,
+                                announced: size,
+                            }),
+                            Some(AbortReason::FileChanged),
                         );
                     }
                 }
                 if self.offset > size {
                     return self.fail(
-                        TransferError::Protocol("resume point beyond the end of the file".into()),
+                        TransferError::Protocol(Violation::ResumeBeyondEnd),
                         Some(AbortReason::BadRequest),
                     );
                 }
                 if let Some(p) = &self.pieces {
                     if p.root(size) != Some(hash) {
                         return self.fail(
-                            TransferError::Changed(
-                                "the piece table does not add up to the file's hash".into(),
-                            ),
-                            Some(AbortReason::Other("file changed since listed".into())),
+                            TransferError::Changed(Change::PieceTable),
+                            Some(AbortReason::FileChanged),
                         );
                     }
                     if self.config.offload_hashing && p.piece_size > MAX_OFFLOADED_PIECE {
@@ -900,7 +893,7 @@ impl ChunkReceiver {
 
     /// Ends the transfer locally; an `Abort` goes to the sender.
     pub fn abort(&mut self, reason: AbortReason) {
-        let err = TransferError::Cancelled(reason.to_string());
+        let err = TransferError::Cancelled(reason.clone());
         self.fail(err, Some(reason));
     }
 
@@ -909,13 +902,16 @@ impl ChunkReceiver {
         match self.state {
             State::Done => {}
             _ if now >= self.last_heard + self.config.idle_timeout => {
-                let what = if matches!(self.state, State::Requesting { .. }) {
-                    "no answer from the peer"
+                let phase = if matches!(self.state, State::Requesting { .. }) {
+                    TimeoutPhase::Request
                 } else {
-                    "the peer stopped sending"
+                    TimeoutPhase::Data
                 };
                 self.fail(
-                    TransferError::Timeout(format!("{what} for {:?}", self.config.idle_timeout)),
+                    TransferError::Timeout {
+                        phase,
+                        after: self.config.idle_timeout,
+                    },
                     Some(AbortReason::Timeout),
                 );
             }

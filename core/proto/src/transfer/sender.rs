@@ -14,7 +14,7 @@ use super::congestion::{controller, AckSample, CongestionController, CongestionK
 use super::in_flight::InFlight;
 use super::pacing::Pacer;
 use super::rtt::RttEstimator;
-use super::{chunk_count, TransferError, DEFAULT_IDLE_TIMEOUT};
+use super::{chunk_count, TimeoutPhase, TransferError, DEFAULT_IDLE_TIMEOUT};
 use crate::wire::{AbortReason, ContentHash, Message, TransferId};
 
 /// Tunables of a [`ChunkSender`].
@@ -445,10 +445,10 @@ impl ChunkSender {
         }
         if now >= self.last_heard + self.config.idle_timeout {
             self.abort = Some(AbortReason::Timeout);
-            self.finish(SenderEvent::Failed(TransferError::Timeout(format!(
-                "receiver silent for {:?}",
-                self.config.idle_timeout
-            ))));
+            self.finish(SenderEvent::Failed(TransferError::Timeout {
+                phase: TimeoutPhase::Acks,
+                after: self.config.idle_timeout,
+            }));
             return;
         }
         if self.loss_at.is_some_and(|t| now >= t) {
@@ -582,9 +582,7 @@ impl ChunkSender {
     pub fn abort(&mut self, reason: AbortReason) {
         if self.state != State::Done {
             self.abort = Some(reason.clone());
-            self.finish(SenderEvent::Failed(TransferError::Cancelled(
-                reason.to_string(),
-            )));
+            self.finish(SenderEvent::Failed(TransferError::Cancelled(reason)));
         }
     }
 

@@ -563,7 +563,7 @@ fn dead_link_ends_both_sides_with_timeout() {
     pair.drive(100_000);
     assert!(matches!(
         pair.receiver_events.last(),
-        Some(ReceiverEvent::Failed(TransferError::Timeout(_)))
+        Some(ReceiverEvent::Failed(TransferError::Timeout { .. }))
     ));
     assert!(matches!(
         pair.sender_events.last(),

@@ -5,7 +5,7 @@ use super::driver::Driver;
 use super::finish::Finish;
 use super::hashing::MAX_HASH_BACKLOG;
 use super::rpc::request_retry_after;
-use super::{partial_path, DownloadReport, Progress, ServiceError, SAVE_INTERVAL};
+use super::{partial_path, DownloadReport, IoFailure, IoOp, Progress, ServiceError, SAVE_INTERVAL};
 
 use std::fs::{self, File};
 use std::io;
@@ -60,18 +60,16 @@ pub(super) fn reserve_space(
     partial: &Path,
     from: u64,
     size: u64,
-) -> Result<(), String> {
+) -> Result<(), ServiceError> {
     resume::preallocate(file, from, size).map_err(|e| {
         if from == 0 {
             let _ = fs::remove_file(partial);
         }
-        let folder = partial.parent().unwrap_or(Path::new("."));
-        format!(
-            "not enough disk space in {} for the {} bytes left to fetch ({e}); \
-             free some space and run the download again",
-            folder.display(),
-            size - from
-        )
+        ServiceError::NoSpace {
+            folder: partial.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            needed: size - from,
+            message: e.to_string(),
+        }
     })
 }
 
@@ -123,25 +121,23 @@ impl Driver {
         } else {
             resume::create_partial(&partial)
         };
-        let opened = opened
-            .map_err(|e| format!("cannot write {}: {e}", partial.display()))
-            .and_then(|f| {
-                if self.config.preallocate {
-                    reserve_space(&f, &partial, plan.offset, entry.size)?;
-                }
-                let second = f
-                    .try_clone()
-                    .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
-                Ok((
-                    PartialWriter::new(f, plan.offset),
-                    Checkpointer::new(second, dest.clone(), self.config.fsync),
-                ))
-            });
+        let write_failed =
+            |e: io::Error| ServiceError::Io(IoFailure::new(IoOp::Write, &partial, &e));
+        let opened = opened.map_err(write_failed).and_then(|f| {
+            if self.config.preallocate {
+                reserve_space(&f, &partial, plan.offset, entry.size)?;
+            }
+            let second = f.try_clone().map_err(write_failed)?;
+            Ok((
+                PartialWriter::new(f, plan.offset),
+                Checkpointer::new(second, dest.clone(), self.config.fsync),
+            ))
+        });
         let (writer, checkpoints) = match opened {
             Ok(pair) => pair,
             Err(why) => {
                 drop(lock);
-                let _ = reply.send(Err(ServiceError::Io(why)));
+                let _ = reply.send(Err(why));
                 return;
             }
         };
@@ -242,9 +238,10 @@ impl Driver {
                     if let Some(Err(e)) = res {
                         d.machine
                             .abort(AbortReason::Other("receiver cannot write".into()));
-                        outcome.get_or_insert(Err(ServiceError::Io(format!(
-                            "cannot write {}: {e}",
-                            d.partial.display()
+                        outcome.get_or_insert(Err(ServiceError::Io(IoFailure::new(
+                            IoOp::Write,
+                            &d.partial,
+                            &e,
                         ))));
                     }
                     // Watchers are woken once per piece's worth of bytes, not per chunk (a
@@ -263,9 +260,10 @@ impl Driver {
                         if let Err(e) = d.start_checkpoint() {
                             d.machine
                                 .abort(AbortReason::Other("receiver cannot write".into()));
-                            outcome.get_or_insert(Err(ServiceError::Io(format!(
-                                "cannot write {}: {e}",
-                                d.partial.display()
+                            outcome.get_or_insert(Err(ServiceError::Io(IoFailure::new(
+                                IoOp::Write,
+                                &d.partial,
+                                &e,
                             ))));
                         }
                     }
@@ -297,7 +295,7 @@ impl Driver {
                 Some(job) => job.run(),
                 None => {
                     if let Some(reply) = d.reply.take() {
-                        let _ = reply.send(Err(ServiceError::Io("download already closed".into())));
+                        let _ = reply.send(Err(ServiceError::Closed));
                     }
                 }
             }
@@ -348,9 +346,10 @@ impl Download {
                 self.progress.send_modify(|p| p.saved = saved);
                 Ok(())
             }
-            Err(e) => Err(ServiceError::Io(format!(
-                "cannot record progress beside {}: {e}",
-                self.partial.display()
+            Err(e) => Err(ServiceError::Io(IoFailure::new(
+                IoOp::RecordProgress,
+                &self.partial,
+                &e,
             ))),
         }
     }
@@ -432,9 +431,8 @@ pub(super) fn incomplete(
         return err;
     }
     ServiceError::Incomplete {
-        reason: err.to_string(),
+        cause: Box::new(err),
         kept: saved,
         partial: partial.to_path_buf(),
-        bad_piece: err.bad_piece(),
     }
 }

@@ -1,7 +1,7 @@
 //! Finishing a verified download: sync, publish under the final name, answer the caller.
 
 use super::download::incomplete;
-use super::{DownloadReport, Progress, ServiceError};
+use super::{DownloadReport, IoFailure, IoOp, Progress, ServiceError};
 
 use std::fs::{self};
 use std::io;
@@ -67,12 +67,11 @@ impl Finish {
     }
 
     pub(super) fn finish_file(&mut self) -> Result<(), ServiceError> {
-        let io_err = |what: &str, e: io::Error| ServiceError::Io(format!("{what}: {e}"));
         let writer = self.writer.take().expect("finished once");
+        let (partial, dest) = (&self.partial, &self.report.path);
         let file = writer
             .finish(self.sync)
-            .map_err(|e| io_err("cannot write the downloaded file", e))?;
-        let (partial, dest) = (&self.partial, &self.report.path);
+            .map_err(|e| ServiceError::Io(IoFailure::new(IoOp::Finish, partial, &e)))?;
         // The very file written and verified takes the name, whatever sits at the partial's
         // path now; never replacing an existing file silently.
         match resume::publish(&file, partial, dest) {
@@ -86,18 +85,10 @@ impl Finish {
                     // Nothing is left to resume: no state file pointing at a removed partial.
                     resume::discard(dest);
                     self.saved = 0;
-                    return Err(ServiceError::Io(format!(
-                        "{} already exists with other content; move it away or choose another --out",
-                        dest.display()
-                    )));
+                    return Err(ServiceError::DestinationDiffers(dest.clone()));
                 }
             }
-            Err(e) => {
-                return Err(io_err(
-                    &format!("cannot move the file into {}", dest.display()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(ServiceError::Io(IoFailure::new(IoOp::Publish, dest, &e))),
         }
         resume::discard_state(dest);
         Ok(())

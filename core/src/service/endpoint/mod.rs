@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -124,20 +124,32 @@ pub enum ServiceError {
     /// The transfer failed.
     #[error("transfer failed: {0}")]
     Transfer(#[from] TransferError),
-    /// A local file problem.
-    #[error("{0}")]
-    Io(String),
+    /// A local file operation failed.
+    #[error(transparent)]
+    Io(IoFailure),
+    /// The disk has no room for the rest of a download (it was refused before any transfer).
+    #[error("not enough disk space in {} for the {needed} bytes left to fetch ({message}); free some space and run the download again", folder.display())]
+    NoSpace {
+        /// The folder of the download.
+        folder: PathBuf,
+        /// Bytes that would have been written.
+        needed: u64,
+        /// What the system said.
+        message: String,
+    },
+    /// A file with other content took the destination's name while the download ran; the
+    /// download was dropped, nothing is left to resume.
+    #[error("{} already exists with other content; move it away or choose another --out", .0.display())]
+    DestinationDiffers(PathBuf),
     /// The download stopped; its verified prefix is kept for a resume.
-    #[error("{reason}; {kept} verified bytes kept in {}: run the same download again to resume", partial.display())]
+    #[error("{cause}; {kept} verified bytes kept in {}: run the same download again to resume", partial.display())]
     Incomplete {
         /// Why it stopped.
-        reason: String,
+        cause: Box<ServiceError>,
         /// Verified bytes kept.
         kept: u64,
         /// The partial file.
         partial: PathBuf,
-        /// The piece that failed its hash check, when that is why it stopped.
-        bad_piece: Option<u64>,
     },
     /// Another download (in this process or another) is writing the same destination.
     #[error(transparent)]
@@ -202,11 +214,68 @@ pub const PIECE_REFETCHES: u32 = 3;
 impl ServiceError {
     /// The piece that failed its hash check, when that is why a download stopped.
     pub fn bad_piece(&self) -> Option<u64> {
-        match self {
+        match self.cause() {
             ServiceError::Transfer(TransferError::PieceMismatch { piece }) => Some(*piece),
-            ServiceError::Incomplete { bad_piece, .. } => *bad_piece,
             _ => None,
         }
+    }
+
+    /// Why it failed, past the verified bytes a download kept ([`ServiceError::Incomplete`]).
+    pub fn cause(&self) -> &ServiceError {
+        match self {
+            ServiceError::Incomplete { cause, .. } => cause.cause(),
+            other => other,
+        }
+    }
+}
+
+/// A local file operation that failed: which, on what, and what the system said.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("cannot {op} {}: {message}", path.display())]
+pub struct IoFailure {
+    /// What was being done.
+    pub op: IoOp,
+    /// The file it was done to.
+    pub path: PathBuf,
+    /// The error's kind.
+    pub kind: io::ErrorKind,
+    /// The error as the system worded it.
+    pub message: String,
+}
+
+impl IoFailure {
+    /// `op` on `path` failed with `err`.
+    pub fn new(op: IoOp, path: &Path, err: &io::Error) -> Self {
+        IoFailure {
+            op,
+            path: path.to_path_buf(),
+            kind: err.kind(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// The file operations of a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Creating, opening or writing the partial file.
+    Write,
+    /// Recording the verified prefix in the state file beside the partial.
+    RecordProgress,
+    /// Flushing (and syncing) the finished file.
+    Finish,
+    /// Giving the verified file its final name.
+    Publish,
+}
+
+impl std::fmt::Display for IoOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoOp::Write => "write",
+            IoOp::RecordProgress => "record progress beside",
+            IoOp::Finish => "write the downloaded file",
+            IoOp::Publish => "move the file into",
+        })
     }
 }
 
