@@ -1,11 +1,13 @@
-//! [`SimTcp`]: the [`Transport`] trait over turmoil's simulated TCP, mirroring the real TCP
-//! transport: messages as length-prefixed frames (`u32` little-endian length, then the
-//! message) on connections opened on demand and cached per remote address; an accepted
-//! connection is cached under the remote's address too, so replies go back on it.
+//! [`SimTcp`]: the [`Transport`] trait over turmoil's simulated TCP, with the real TCP
+//! transport's framing ([`p2p_transports::framing`], the same code on turmoil's streams):
+//! messages as length-prefixed frames on connections opened on demand and cached per remote
+//! address; an accepted connection is cached under the remote's address too, so replies go
+//! back on it. File frames (head, then a range of a file) are read and written through the
+//! stream (turmoil has no `sendfile`).
 //!
-//! A frame length is checked against the limit (and [`MAX_MESSAGE`]) before anything is
+//! A frame length is checked against the limit (and `MAX_MESSAGE`) before anything is
 //! allocated; connections beyond the cap are refused; a connection silent for `idle_timeout`
-//! is closed.
+//! is closed, and a frame must arrive whole within `frame_timeout`.
 //!
 //! turmoil's TCP never re-sends: a segment dropped by a partition or a flapping link leaves
 //! the stream stalled for good. Such a connection is noticed by its idle timeout (and by
@@ -19,11 +21,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use p2p_core::transport::Transport;
-use p2p_proto::wire::{DATA_OVERHEAD, MAX_MESSAGE};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use p2p_core::transport::{FileRange, Transport};
+use p2p_transports::framing::{
+    check_size, write_frames, BlockPool, CopyFile, Frame, FrameReader, DEFAULT_MAX_MESSAGE,
+};
 use tokio::sync::{mpsc, Mutex};
-use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use turmoil::net::tcp::OwnedReadHalf;
 use turmoil::net::{TcpListener, TcpStream};
 
 /// Settings of a [`SimTcp`].
@@ -37,6 +40,8 @@ pub struct SimTcpConfig {
     /// transport's 60 s: a turmoil stream that lost a segment stays silent for good, and this
     /// is how the transport notices and reconnects.
     pub idle_timeout: Duration,
+    /// A frame whose first byte arrived must be complete within this long.
+    pub frame_timeout: Duration,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
     /// Longest a `send_to` waits for room in a connection's queue before it gives up on the
@@ -47,28 +52,31 @@ pub struct SimTcpConfig {
 impl Default for SimTcpConfig {
     fn default() -> Self {
         SimTcpConfig {
-            max_message: 64 * 1024 + DATA_OVERHEAD,
+            max_message: DEFAULT_MAX_MESSAGE,
             max_connections: 256,
             idle_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             send_timeout: Some(Duration::from_secs(1)),
         }
     }
 }
 
-type Outbox = mpsc::Sender<Vec<u8>>;
+type Outbox = mpsc::Sender<Frame>;
 
 struct Shared {
     config: SimTcpConfig,
     conns: StdMutex<HashMap<SocketAddr, Outbox>>,
-    inbox: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    inbox: mpsc::Sender<(SocketAddr, Bytes)>,
+    /// Read blocks, shared by every connection.
+    spare: BlockPool,
 }
 
 /// A turmoil TCP listener plus a connection cache, as a [`Transport`].
 pub struct SimTcp {
     local: SocketAddr,
     shared: Arc<Shared>,
-    inbox: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
+    inbox: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -97,6 +105,7 @@ impl SimTcp {
             config,
             conns: StdMutex::new(HashMap::new()),
             inbox: tx,
+            spare: BlockPool::default(),
         });
         let accept_shared = shared.clone();
         let accept_task = tokio::spawn(async move {
@@ -121,6 +130,28 @@ impl SimTcp {
             inbox: Mutex::new(rx),
             accept_task,
         })
+    }
+
+    /// Queues `frame` for `to`, giving up on a connection that stopped draining (see
+    /// [`SimTcpConfig::send_timeout`]).
+    async fn queue(&self, to: SocketAddr, frame: Frame) -> io::Result<()> {
+        let outbox = self.outbox(to).await?;
+        let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "connection closed");
+        match self.shared.config.send_timeout {
+            None => outbox.send(frame).await.map_err(|_| closed()),
+            Some(limit) => match tokio::time::timeout(limit, outbox.send(frame)).await {
+                Ok(r) => r.map_err(|_| closed()),
+                Err(_) => {
+                    // The stream stopped draining (a dead turmoil connection): drop it so
+                    // the next send opens a fresh one.
+                    self.forget(to);
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection stalled",
+                    ))
+                }
+            },
+        }
     }
 
     async fn outbox(&self, to: SocketAddr) -> io::Result<Outbox> {
@@ -152,7 +183,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr)
         .insert(remote, tx.clone());
     let reader_shared = shared.clone();
     let reader_tx = tx.clone();
-    let writer = tokio::spawn(write_frames(write, rx));
+    let writer = tokio::spawn(write_frames(write, rx, CopyFile));
     tokio::spawn(async move {
         let _ = read_frames(&reader_shared, read, remote).await;
         let mut conns = reader_shared.conns.lock().expect("conns lock");
@@ -170,75 +201,36 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr)
 }
 
 async fn read_frames(shared: &Shared, mut read: OwnedReadHalf, from: SocketAddr) -> io::Result<()> {
-    let limit = shared.config.max_message.min(MAX_MESSAGE);
-    loop {
-        let mut len = [0u8; 4];
-        tokio::time::timeout(shared.config.idle_timeout, read.read_exact(&mut len))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle connection"))??;
-        let len = u32::from_le_bytes(len) as usize;
-        if len == 0 || len > limit {
-            // A frame we will never accept: the stream cannot be resynchronised.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad frame length",
-            ));
-        }
-        let mut msg = vec![0; len];
-        tokio::time::timeout(shared.config.idle_timeout, read.read_exact(&mut msg))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled frame"))??;
+    let config = &shared.config;
+    let mut frames = FrameReader::new(&shared.spare, config.max_message);
+    while let Some(msg) = frames
+        .next(&mut read, config.idle_timeout, config.frame_timeout)
+        .await?
+    {
         if shared.inbox.send((from, msg)).await.is_err() {
             return Ok(()); // transport dropped
         }
     }
-}
-
-async fn write_frames(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut w = BufWriter::with_capacity(256 * 1024, write);
-    while let Some(msg) = rx.recv().await {
-        let mut batch = Some(msg);
-        while let Some(m) = batch.take() {
-            if w.write_all(&(m.len() as u32).to_le_bytes()).await.is_err()
-                || w.write_all(&m).await.is_err()
-            {
-                return;
-            }
-            batch = rx.try_recv().ok();
-        }
-        // Flush only when nothing else is queued.
-        if w.flush().await.is_err() {
-            return;
-        }
-    }
+    Ok(())
 }
 
 #[async_trait]
 impl Transport for SimTcp {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
-        if msg.len() > self.shared.config.max_message {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("message of {} bytes exceeds the frame limit", msg.len()),
-            ));
-        }
-        let outbox = self.outbox(to).await?;
-        let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "connection closed");
-        match self.shared.config.send_timeout {
-            None => outbox.send(msg.to_vec()).await.map_err(|_| closed()),
-            Some(limit) => match tokio::time::timeout(limit, outbox.send(msg.to_vec())).await {
-                Ok(r) => r.map_err(|_| closed()),
-                Err(_) => {
-                    // The stream stopped draining (a dead turmoil connection): drop it so
-                    // the next send opens a fresh one.
-                    self.forget(to);
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connection stalled",
-                    ))
-                }
-            },
-        }
+        self.send_owned(to, msg.to_vec()).await
+    }
+
+    /// Queues `msg` itself, without a copy.
+    async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
+        check_size(msg.len(), self.shared.config.max_message)?;
+        self.queue(to, Frame::Message(msg)).await
+    }
+
+    /// Queues `head` and the file range as one file frame, as the real transport does; the
+    /// connection's writer reads the range.
+    async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
+        check_size(head.len() + body.len, self.shared.config.max_message)?;
+        self.queue(to, Frame::File { head, body }).await
     }
 
     /// Cancel-safe: `mpsc::Receiver::recv` is.
@@ -248,13 +240,11 @@ impl Transport for SimTcp {
             .await
             .recv()
             .await
-            .map(|(from, msg)| (from, Bytes::from(msg)))
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "transport closed"))
     }
 
     fn try_recv_from(&self) -> Option<(SocketAddr, Bytes)> {
-        let (from, msg) = self.inbox.try_lock().ok()?.try_recv().ok()?;
-        Some((from, Bytes::from(msg)))
+        self.inbox.try_lock().ok()?.try_recv().ok()
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

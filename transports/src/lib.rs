@@ -1,9 +1,11 @@
 //! Real network adapters of [`p2p_core::transport::Transport`]: [`UdpTransport`] (one message
-//! per datagram) and [`TcpTransport`] (length-prefixed frames on cached connections).
+//! per datagram) and [`TcpTransport`] (length-prefixed frames on cached connections), whose
+//! [`framing`] runs on any `tokio::io` stream (the simulations run it on turmoil's TCP).
 
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod framing;
 mod tcp;
 mod udp;
 
