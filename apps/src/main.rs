@@ -1,19 +1,19 @@
 //! `p2p`: share files between peers through a tracker, over UDP or TCP.
 
 mod cli;
-mod client;
-mod common;
-mod demo;
-mod peer;
-mod tracker;
+mod commands;
+mod output;
+mod session;
+mod signals;
 
 use clap::Parser;
 
 use cli::{Cli, Command};
+use commands::{demo, get, ls, peer, peers, tracker};
 
 fn main() {
     let cli = Cli::parse();
-    common::init_logging(cli.verbose);
+    output::init_logging(cli.verbose);
     // A one-shot command runs one transfer at a time: on one thread, its socket reads and
     // its protocol work never wait for each other across cores (pieces are still hashed on a
     // thread of their own). Peers, trackers and the demo serve many at once.
@@ -31,9 +31,9 @@ fn main() {
         match cli.command {
             Command::Tracker(args) => tracker::run(args).await,
             Command::Peer(args) => peer::run(args).await,
-            Command::Peers(args) => client::peers(args).await,
-            Command::Ls(args) => client::ls(args).await,
-            Command::Get(args) => client::get(args).await,
+            Command::Peers(args) => peers::run(args).await,
+            Command::Ls(args) => ls::run(args).await,
+            Command::Get(args) => get::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

@@ -3,30 +3,21 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use p2p_core::index::{hash_file, safe_file_name};
+use p2p_core::index::hash_file;
 use p2p_core::service::{EndpointHandle, ServiceError};
 use p2p_proto::tracker::validate_name;
 use p2p_proto::wire::FileId;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
 use crate::cli::PeerArgs;
-use crate::common::{clean, endpoint, find_peer, human_bytes};
+use crate::output::{clean, human_bytes, print_index};
+use crate::session::{dest_for, endpoint, reach, Reached};
+use crate::signals::shutdown_signal;
 
 type StdinLines = Lines<BufReader<Stdin>>;
-
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("cannot install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("cannot install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
 
 fn prompt(text: &str) {
     print!("{text}");
@@ -224,50 +215,27 @@ impl Menu {
         true
     }
 
-    async fn reach(&self, peer: &str) -> Result<(EndpointHandle, SocketAddr)> {
-        let info = find_peer(&self.handle, self.tracker, peer).await?;
-        let via = if info.transport == self.handle.kind() {
-            self.handle.clone()
-        } else {
-            crate::common::client(info.transport, info.addr).await?
-        };
-        Ok((via, info.addr))
+    /// `peer`, reached through the tracker, over its transport.
+    async fn reach(&self, peer: &str) -> Result<Reached> {
+        reach(&self.handle, self.tracker, peer, |_| {}).await
     }
 
     async fn show_index(&self, peer: &str) {
-        let result = async {
-            let (via, addr) = self.reach(peer).await?;
-            let (share, entries) = via
-                .index(addr)
-                .await
-                .with_context(|| format!("peer `{peer}` does not answer"))?;
-            Ok::<_, anyhow::Error>((share, entries))
-        }
-        .await;
-        match result {
-            Ok((_, entries)) if entries.is_empty() => println!("{peer} shares no files."),
-            Ok((share, entries)) => {
-                let share = clean(&share);
-                for e in entries {
-                    println!(
-                        "ID: {} -> {share}/{} ({})",
-                        e.id,
-                        clean(&e.path),
-                        human_bytes(e.size)
-                    );
-                }
-            }
+        let reached = match self.reach(peer).await {
+            Ok(r) => r,
+            Err(e) => return println!("{e:#}"),
+        };
+        match reached.index().await {
+            Ok((share, entries)) => print_index(&reached.info.name, &share, &entries),
             Err(e) => println!("{e:#}"),
         }
     }
 
     async fn start_download(&self, peer: &str, id: FileId) {
         let prepared = async {
-            let (via, addr) = self.reach(peer).await?;
-            let (_, entries) = via
-                .index(addr)
-                .await
-                .with_context(|| format!("peer `{peer}` does not answer"))?;
+            let reached = self.reach(peer).await?;
+            let (_, entries) = reached.index().await?;
+            let (via, addr) = (reached.handle, reached.info.addr);
             let entry = entries.into_iter().find(|e| e.id == id).with_context(|| {
                 format!("{peer} has no file {id}: type `i {peer}` to list its files")
             })?;
@@ -321,17 +289,4 @@ impl Menu {
             prompt("Choose: ");
         });
     }
-}
-
-/// Where a download of `path` goes in `dir`; creates `dir`.
-pub(crate) fn dest_for(dir: &Path, path: &str) -> Result<PathBuf> {
-    let name = safe_file_name(path).with_context(|| {
-        format!(
-            "the peer announced an unsafe file name `{}`; refusing",
-            clean(path)
-        )
-    })?;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the folder {}", dir.display()))?;
-    Ok(dir.join(name))
 }

@@ -10,7 +10,8 @@ use p2p_proto::tracker::RegistryConfig;
 use p2p_proto::wire::TransportKind;
 
 use crate::cli::DemoArgs;
-use crate::common::{endpoint, find_peer, human_bytes, mib_per_s};
+use crate::output::{human_bytes, mib_per_s};
+use crate::session::{bind_both, dest_for, endpoint, find_peer};
 
 pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     if !args.share.is_dir() {
@@ -19,7 +20,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             args.share.display()
         );
     }
-    let (udp, tcp) = crate::tracker::bind_both("127.0.0.1:0".parse()?, Default::default()).await?;
+    let (udp, tcp) = bind_both("127.0.0.1:0".parse()?, Default::default()).await?;
     let tracker = udp.local_addr()?;
     tokio::spawn(run_tracker(vec![udp, tcp], RegistryConfig::default(), None));
     println!("tracker on {tracker} (udp+tcp)");
@@ -66,7 +67,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         let dir = out.path().join(kind.to_string());
         std::fs::create_dir_all(&dir)?;
         for entry in entries {
-            let dest = crate::peer::dest_for(&dir, &entry.path)?;
+            let dest = dest_for(&dir, &entry.path)?;
             let source = args.share.join(&entry.path);
             let result = leecher
                 .download(info.addr, entry.clone(), dest.clone(), None)

@@ -1,4 +1,4 @@
-//! One-shot commands: `p2p peers`, `p2p ls`, `p2p get`.
+//! `p2p get NAME ID`: download one file from a peer, verified, resumable, with progress.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -11,74 +11,12 @@ use p2p_proto::wire::{FileId, IndexEntry};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::cli::{GetArgs, LsArgs, PeersArgs};
-use crate::common::{clean, client, client_with, find_peer, human_bytes, mib_per_s};
-use crate::peer::dest_for;
+use crate::cli::GetArgs;
+use crate::output::{clean, human_bytes, mib_per_s};
+use crate::session::{client, client_with, dest_for, find_peer, Reached};
+use crate::signals::shutdown_signal;
 
-pub(crate) async fn peers(args: PeersArgs) -> Result<()> {
-    let t = &args.tracker;
-    let via = client(t.transport, t.tracker).await?;
-    let peers = via.list_peers(t.tracker).await.with_context(|| {
-        format!(
-            "cannot reach the tracker at {} over {} (start one with `p2p tracker`, or pass --tracker ADDR)",
-            t.tracker, t.transport
-        )
-    })?;
-    if args.json {
-        let list: Vec<_> = peers
-            .iter()
-            .map(|p| json!({"name": p.name, "addr": p.addr.to_string(), "transport": p.transport.to_string()}))
-            .collect();
-        println!("{}", serde_json::Value::Array(list));
-    } else if peers.is_empty() {
-        println!("No peers online.");
-    } else {
-        println!("Current Peers:");
-        for p in peers {
-            println!("  - {} ({} {})", clean(&p.name), p.addr, p.transport);
-        }
-    }
-    Ok(())
-}
-
-pub(crate) async fn ls(args: LsArgs) -> Result<()> {
-    let t = &args.tracker;
-    let via = client(t.transport, t.tracker).await?;
-    let info = find_peer(&via, t.tracker, &args.peer).await?;
-    let to_peer = if info.transport == t.transport {
-        via
-    } else {
-        client(info.transport, info.addr).await?
-    };
-    let (share, entries) = to_peer.index(info.addr).await.with_context(|| {
-        format!(
-            "peer `{}` at {} does not answer; it may have just left",
-            info.name, info.addr
-        )
-    })?;
-    if args.json {
-        let list: Vec<_> = entries
-            .iter()
-            .map(|e| json!({"id": e.id.to_string(), "path": e.path, "size": e.size, "hash": e.hash.to_hex()}))
-            .collect();
-        println!("{}", serde_json::Value::Array(list));
-    } else if entries.is_empty() {
-        println!("{} shares no files.", clean(&info.name));
-    } else {
-        let share = clean(&share);
-        for e in entries {
-            println!(
-                "ID: {} -> {share}/{} ({})",
-                e.id,
-                clean(&e.path),
-                human_bytes(e.size)
-            );
-        }
-    }
-    Ok(())
-}
-
-pub(crate) async fn get(args: GetArgs) -> Result<()> {
+pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let id: FileId = args.id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let t = &args.tracker;
     let via = client(t.transport, t.tracker).await?;
@@ -92,12 +30,11 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
         c.receiver.idle_timeout = idle
     })
     .await?;
-    let (_, entries) = to_peer.index(info.addr).await.with_context(|| {
-        format!(
-            "peer `{}` at {} does not answer; it may have just left",
-            info.name, info.addr
-        )
-    })?;
+    let peer = Reached {
+        handle: to_peer.clone(),
+        info: info.clone(),
+    };
+    let (_, entries) = peer.index().await?;
     let Some(entry) = entries.into_iter().find(|e| e.id == id) else {
         bail!(
             "peer `{}` has no file {id}: run `p2p ls {}` to see its files",
@@ -121,7 +58,7 @@ pub(crate) async fn get(args: GetArgs) -> Result<()> {
     tokio::pin!(download);
     let result = tokio::select! {
         r = &mut download => r,
-        _ = crate::peer::shutdown_signal() => {
+        _ = shutdown_signal() => {
             // Stop cleanly: the endpoint aborts the transfer, records the verified prefix and
             // answers the pending download with what was kept.
             to_peer.shutdown().await;

@@ -1,0 +1,90 @@
+//! What the commands print: sizes, rates, names from the network made safe for a terminal,
+//! listings, and the log.
+
+use p2p_proto::wire::IndexEntry;
+
+/// Logs go to stderr; `-v` raises the level, `RUST_LOG` overrides.
+pub(crate) fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints a peer's index as `ID: 003 -> share/file3.txt (26.9 KiB)` lines.
+pub(crate) fn print_index(peer: &str, share: &str, entries: &[IndexEntry]) {
+    if entries.is_empty() {
+        println!("{} shares no files.", clean(peer));
+        return;
+    }
+    let share = clean(share);
+    for e in entries {
+        println!(
+            "ID: {} -> {share}/{} ({})",
+            e.id,
+            clean(&e.path),
+            human_bytes(e.size)
+        );
+    }
+}
+
+/// `12.3 MiB`-style sizes.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// MiB/s for `bytes` in `secs`.
+pub(crate) fn mib_per_s(bytes: u64, secs: f64) -> f64 {
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    bytes as f64 / (1024.0 * 1024.0) / secs
+}
+
+/// `s` made safe to print on a terminal: control characters and invisible or
+/// direction-changing formatting characters (which a remote party could use to forge lines or
+/// send escape sequences) are shown escaped, like `\u{1b}`.
+pub(crate) fn clean(s: &str) -> String {
+    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+    s.chars()
+        .map(|c| {
+            if c.is_control() || invisible(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean;
+
+    #[test]
+    fn clean_escapes_what_could_forge_terminal_output() {
+        assert_eq!(clean("file1.txt"), "file1.txt");
+        assert_eq!(clean("a\nb"), "a\\u{a}b");
+        assert_eq!(clean("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(clean("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(clean("héllo"), "héllo");
+    }
+}

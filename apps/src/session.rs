@@ -1,0 +1,152 @@
+//! Reaching the network: endpoints for the commands, the tracker's list, a peer over its
+//! own transport, and where downloads go.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use p2p_core::index::safe_file_name;
+use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle};
+use p2p_core::transport::{SharedTransport, Transport};
+use p2p_proto::wire::{IndexEntry, PeerInfo, TransportKind};
+use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
+
+use crate::output::clean;
+
+/// A seed for transfer ids that differs between runs.
+pub(crate) fn random_seed() -> u64 {
+    rand::random::<u64>() >> 1
+}
+
+/// Starts an endpoint of `kind` on `bind`, sharing `share` if given.
+pub(crate) async fn endpoint(
+    kind: TransportKind,
+    bind: SocketAddr,
+    share: Option<PathBuf>,
+    net: p2p_transports::NetConfig,
+    tune: impl FnOnce(&mut EndpointConfig),
+) -> Result<EndpointHandle> {
+    let transport = p2p_transports::bind_with(kind, bind, net)
+        .await
+        .with_context(|| format!("cannot listen on {bind} ({kind})"))?;
+    let mut config = EndpointConfig {
+        share,
+        id_seed: random_seed(),
+        ..EndpointConfig::default()
+    };
+    tune(&mut config);
+    let (handle, _task) =
+        spawn_endpoint(transport, kind, config).context("cannot read the share folder")?;
+    Ok(handle)
+}
+
+/// An ephemeral client endpoint of `kind` on the loopback or any interface, as fits `to`.
+pub(crate) async fn client(kind: TransportKind, to: SocketAddr) -> Result<EndpointHandle> {
+    client_with(kind, to, |_| {}).await
+}
+
+/// [`client`], with its configuration adjusted by `tune`.
+pub(crate) async fn client_with(
+    kind: TransportKind,
+    to: SocketAddr,
+    tune: impl FnOnce(&mut EndpointConfig),
+) -> Result<EndpointHandle> {
+    let bind: SocketAddr = if to.ip().is_loopback() {
+        "127.0.0.1:0".parse().expect("valid")
+    } else {
+        "0.0.0.0:0".parse().expect("valid")
+    };
+    endpoint(kind, bind, None, Default::default(), tune).await
+}
+
+/// Looks `name` up in the tracker's list.
+pub(crate) async fn find_peer(
+    via: &EndpointHandle,
+    tracker: SocketAddr,
+    name: &str,
+) -> Result<PeerInfo> {
+    let peers = via
+        .list_peers(tracker)
+        .await
+        .with_context(|| format!("cannot reach the tracker at {tracker} (start one with `p2p tracker`, or pass --tracker ADDR)"))?;
+    match peers.into_iter().find(|p| p.name == name) {
+        Some(p) => Ok(p),
+        None => bail!("unknown peer `{name}`: run `p2p peers` to see who is online"),
+    }
+}
+
+/// A peer found through the tracker, and an endpoint that speaks its transport.
+pub(crate) struct Reached {
+    pub(crate) handle: EndpointHandle,
+    pub(crate) info: PeerInfo,
+}
+
+/// Looks `name` up through `via` and returns an endpoint for it: `via` itself when it speaks
+/// the peer's transport, else a new client endpoint tuned by `tune`.
+pub(crate) async fn reach(
+    via: &EndpointHandle,
+    tracker: SocketAddr,
+    name: &str,
+    tune: impl FnOnce(&mut EndpointConfig),
+) -> Result<Reached> {
+    let info = find_peer(via, tracker, name).await?;
+    let handle = if info.transport == via.kind() {
+        via.clone()
+    } else {
+        client_with(info.transport, info.addr, tune).await?
+    };
+    Ok(Reached { handle, info })
+}
+
+impl Reached {
+    /// The peer's share name and index.
+    pub(crate) async fn index(&self) -> Result<(String, Vec<IndexEntry>)> {
+        self.handle.index(self.info.addr).await.with_context(|| {
+            format!(
+                "peer `{}` at {} does not answer; it may have just left",
+                clean(&self.info.name),
+                self.info.addr
+            )
+        })
+    }
+}
+
+/// Where a download of `path` goes in `dir`; creates `dir`.
+pub(crate) fn dest_for(dir: &Path, path: &str) -> Result<PathBuf> {
+    let name = safe_file_name(path).with_context(|| {
+        format!(
+            "the peer announced an unsafe file name `{}`; refusing",
+            clean(path)
+        )
+    })?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+    Ok(dir.join(name))
+}
+
+/// Binds UDP and TCP on the same port (when the port is 0, retries until one fits both).
+pub(crate) async fn bind_both(
+    listen: std::net::SocketAddr,
+    tcp_config: TcpConfig,
+) -> Result<(SharedTransport, SharedTransport)> {
+    let mut last_err = None;
+    for _ in 0..20 {
+        let udp = UdpTransport::bind(listen).await.with_context(|| {
+            format!("cannot listen on {listen}/udp (is another tracker running? try --listen)")
+        })?;
+        let addr = udp.local_addr()?;
+        match TcpTransport::bind(addr, tcp_config.clone()).await {
+            Ok(tcp) => return Ok((Arc::new(udp), Arc::new(tcp))),
+            Err(e) if listen.port() == 0 => last_err = Some(e),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot listen on {addr}/tcp (is another tracker running? try --listen)"
+                    )
+                })
+            }
+        }
+    }
+    Err(last_err.expect("tried")).context("no free port for both UDP and TCP")
+}
