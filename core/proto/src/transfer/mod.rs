@@ -19,16 +19,15 @@
 pub mod congestion;
 mod in_flight;
 pub mod pacing;
+mod pieces;
 mod receiver;
 pub mod rtt;
 mod sender;
 
 use std::time::Duration;
 
-pub use receiver::{
-    ChunkReceiver, PieceHasher, PieceJob, PieceTable, ReceiverConfig, ReceiverEvent,
-    MAX_OFFLOADED_PIECE, MIN_PIECE_SIZE,
-};
+pub use pieces::{PieceHasher, PieceJob, PieceTable, MAX_OFFLOADED_PIECE, MIN_PIECE_SIZE};
+pub use receiver::{ChunkReceiver, ReceiverConfig, ReceiverEvent};
 pub use sender::{ChunkSender, SenderConfig, SenderEvent, SenderStats, SenderTransmit};
 
 use crate::wire::AbortReason;

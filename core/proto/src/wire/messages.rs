@@ -1,0 +1,367 @@
+//! The messages of protocol v1 ([`Message`]) and their parts: peers, index entries, the
+//! tracker's answer to a registration, why a transfer was aborted; and the limits a decoded
+//! message must keep ([`Message::validate`]).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::decode::payload;
+use super::{
+    BoundedVec, ContentHash, DecodeError, FileId, RequestId, TransferId, TransportKind, MAX_CHUNK,
+    MAX_LIST_ITEMS, MAX_NAME_LEN, MAX_PATH_LEN, MAX_PIECE_HASHES, MAX_REASON_LEN, MAX_SACK_RANGES,
+};
+
+/// Bytes per verified piece: the receiver checks each piece's BLAKE3 as it completes, and a
+/// resumed download continues at a piece boundary.
+pub const PIECE_SIZE: u32 = 256 * 1024;
+
+/// A live peer as the tracker lists it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's unique name.
+    pub name: String,
+    /// Where it listens (IP seen by the tracker, port the peer announced).
+    pub addr: SocketAddr,
+    /// The transport it listens on.
+    pub transport: TransportKind,
+}
+
+/// One shared file in a peer's index.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Short ID, stable for the path while the peer runs.
+    pub id: FileId,
+    /// Path relative to the share folder, `/`-separated.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 of the content.
+    pub hash: ContentHash,
+}
+
+/// Why the tracker refused a registration or a request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// Registered (or refreshed); heartbeat before `ttl_ms` passes.
+    Accepted {
+        /// Entry lifetime without heartbeat.
+        ttl_ms: u64,
+        /// Suggested heartbeat period.
+        heartbeat_ms: u64,
+    },
+    /// Not registered, with a reason meant for the user.
+    Refused {
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// Why a transfer was aborted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    /// The requested file id is not in the sender's index.
+    NoSuchFile,
+    /// The sender has too many transfers running.
+    Busy,
+    /// The request or a message made no sense.
+    BadRequest,
+    /// The file changed on the sender while it was sent.
+    FileChanged,
+    /// The other side stopped answering.
+    Timeout,
+    /// The received content does not match the announced hash.
+    HashMismatch,
+    /// The other side is shutting down.
+    Shutdown,
+    /// Anything else, described.
+    Other(String),
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::NoSuchFile => f.write_str("no such file"),
+            AbortReason::Busy => f.write_str("sender busy"),
+            AbortReason::BadRequest => f.write_str("bad request"),
+            AbortReason::FileChanged => f.write_str("file changed on the sender"),
+            AbortReason::Timeout => f.write_str("timed out"),
+            AbortReason::HashMismatch => f.write_str("content hash mismatch"),
+            AbortReason::Shutdown => f.write_str("peer shutting down"),
+            AbortReason::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Every message of protocol v1.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Peer → tracker: add me as `name`, listening on `port` of my source IP.
+    Register {
+        /// Reply correlation.
+        request: RequestId,
+        /// Wanted name.
+        name: String,
+        /// Listening port.
+        port: u16,
+        /// Listening transport.
+        transport: TransportKind,
+    },
+    /// Peer → tracker: I am alive (re-registers if the tracker forgot me).
+    Heartbeat {
+        /// Reply correlation.
+        request: RequestId,
+        /// Registered name.
+        name: String,
+        /// Listening port.
+        port: u16,
+        /// Listening transport.
+        transport: TransportKind,
+    },
+    /// Tracker → peer: answer to `Register` or `Heartbeat`.
+    RegisterReply {
+        /// Correlation.
+        request: RequestId,
+        /// Result.
+        outcome: RegisterOutcome,
+    },
+    /// Peer → tracker: remove me.
+    Unregister {
+        /// Reply correlation.
+        request: RequestId,
+        /// Registered name.
+        name: String,
+    },
+    /// Tracker → peer: unregistered (or was not registered).
+    UnregisterReply {
+        /// Correlation.
+        request: RequestId,
+    },
+    /// Anyone → tracker: list live peers, page `page`.
+    ListPeers {
+        /// Reply correlation.
+        request: RequestId,
+        /// Zero-based page.
+        page: u32,
+    },
+    /// Tracker → anyone: one page of the live peers.
+    PeerList {
+        /// Correlation.
+        request: RequestId,
+        /// This page.
+        page: u32,
+        /// Number of pages.
+        pages: u32,
+        /// The peers of this page.
+        peers: BoundedVec<PeerInfo, MAX_LIST_ITEMS>,
+    },
+    /// Anyone → peer: list your files, page `page`.
+    IndexRequest {
+        /// Reply correlation.
+        request: RequestId,
+        /// Zero-based page.
+        page: u32,
+    },
+    /// Peer → anyone: one page of the index.
+    IndexPage {
+        /// Correlation.
+        request: RequestId,
+        /// This page.
+        page: u32,
+        /// Number of pages.
+        pages: u32,
+        /// Name of the shared folder (for display: `shared/file1.txt`).
+        share: String,
+        /// Entries of this page.
+        entries: BoundedVec<IndexEntry, MAX_LIST_ITEMS>,
+    },
+    /// Answer to a request that cannot be served.
+    Error {
+        /// Correlation.
+        request: RequestId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Anyone → peer: the piece hashes of file `file` (whose content hash must be `hash`),
+    /// from piece `first` on.
+    PieceRequest {
+        /// Reply correlation.
+        request: RequestId,
+        /// Which file.
+        file: FileId,
+        /// Its content hash, as listed (refused if the file changed).
+        hash: ContentHash,
+        /// First piece wanted.
+        first: u32,
+    },
+    /// Peer → anyone: piece hashes `first..first + hashes.len()` of `pieces`.
+    PieceHashes {
+        /// Correlation.
+        request: RequestId,
+        /// Bytes per piece.
+        piece_size: u32,
+        /// Number of pieces of the file.
+        pieces: u32,
+        /// Index of the first hash here.
+        first: u32,
+        /// BLAKE3 of each piece.
+        hashes: BoundedVec<ContentHash, MAX_PIECE_HASHES>,
+    },
+    /// Receiver → sender: send me file `file` from byte `offset` on.
+    Request {
+        /// Chosen by the receiver.
+        transfer: TransferId,
+        /// Which file.
+        file: FileId,
+        /// First byte wanted (0 for the whole file; a resume starts at a piece boundary).
+        offset: u64,
+    },
+    /// Sender → receiver: request accepted; this is what will come.
+    Accept {
+        /// Transfer.
+        transfer: TransferId,
+        /// File size in bytes.
+        size: u64,
+        /// Payload bytes per chunk (the last may be shorter).
+        chunk_size: u32,
+        /// BLAKE3 of the whole file.
+        hash: ContentHash,
+    },
+    /// Sender → receiver: chunk `seq` (bytes `offset + seq * chunk_size ..`).
+    Data {
+        /// Transfer.
+        transfer: TransferId,
+        /// Chunk number.
+        seq: u64,
+        /// Chunk bytes (a slice of the received buffer when decoded by [`decode_bytes`](super::decode_bytes)).
+        #[serde(with = "payload")]
+        payload: Bytes,
+    },
+    /// Receiver → sender: all chunks below `cumulative` arrived, plus the `sack` ranges
+    /// (half-open); `window` more chunks may be sent beyond `cumulative`.
+    Ack {
+        /// Transfer.
+        transfer: TransferId,
+        /// Next chunk expected in order.
+        cumulative: u64,
+        /// Received ranges above `cumulative`, `[start, end)`.
+        sack: BoundedVec<(u64, u64), MAX_SACK_RANGES>,
+        /// Receive window, in chunks beyond `cumulative`.
+        window: u32,
+    },
+    /// Sender → receiver: every chunk was acknowledged; totals to verify.
+    Fin {
+        /// Transfer.
+        transfer: TransferId,
+        /// Total bytes.
+        size: u64,
+        /// BLAKE3 of the whole file.
+        hash: ContentHash,
+    },
+    /// Receiver → sender: file verified and stored.
+    FinAck {
+        /// Transfer.
+        transfer: TransferId,
+    },
+    /// Either side: the transfer ends now, for `reason`.
+    Abort {
+        /// Transfer.
+        transfer: TransferId,
+        /// Why.
+        reason: AbortReason,
+    },
+}
+
+impl Message {
+    /// Checks the limits that decoding alone does not enforce (string lengths, ranges).
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        fn check(ok: bool, field: &'static str) -> Result<(), DecodeError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(DecodeError::Limit { field })
+            }
+        }
+        match self {
+            Message::Register { name, .. }
+            | Message::Heartbeat { name, .. }
+            | Message::Unregister { name, .. } => check(name.len() <= MAX_NAME_LEN, "name"),
+            Message::RegisterReply {
+                outcome: RegisterOutcome::Refused { reason },
+                ..
+            }
+            | Message::Error { reason, .. }
+            | Message::Abort {
+                reason: AbortReason::Other(reason),
+                ..
+            } => check(reason.len() <= MAX_REASON_LEN, "reason"),
+            Message::PeerList {
+                page, pages, peers, ..
+            } => {
+                check(page < pages || *pages == 0, "page")?;
+                check(
+                    peers.0.iter().all(|p| p.name.len() <= MAX_NAME_LEN),
+                    "peers.name",
+                )
+            }
+            Message::IndexPage {
+                page,
+                pages,
+                share,
+                entries,
+                ..
+            } => {
+                check(page < pages || *pages == 0, "page")?;
+                check(share.len() <= MAX_NAME_LEN * 4, "share")?;
+                check(
+                    entries.0.iter().all(|e| e.path.len() <= MAX_PATH_LEN),
+                    "entries.path",
+                )
+            }
+            Message::Accept { chunk_size, .. } => check(
+                *chunk_size > 0 && *chunk_size as usize <= MAX_CHUNK,
+                "chunk_size",
+            ),
+            Message::PieceHashes {
+                piece_size,
+                pieces,
+                first,
+                hashes,
+                ..
+            } => check(
+                *piece_size > 0 && u64::from(*first) + hashes.0.len() as u64 <= u64::from(*pieces),
+                "piece hashes",
+            ),
+            Message::Data { payload, .. } => check(payload.len() <= MAX_CHUNK, "payload"),
+            Message::Ack {
+                cumulative, sack, ..
+            } => check(
+                sack.0.iter().all(|&(s, e)| s > *cumulative && s < e),
+                "sack",
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::decode;
+
+    #[test]
+    fn rejects_a_long_name() {
+        let m = Message::Register {
+            request: RequestId(1),
+            name: "x".repeat(MAX_NAME_LEN + 1),
+            port: 1,
+            transport: TransportKind::Udp,
+        };
+        assert_eq!(
+            decode(&m.encode()),
+            Err(DecodeError::Limit { field: "name" })
+        );
+    }
+}
