@@ -20,6 +20,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod endpoint;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod limits;

@@ -4,8 +4,8 @@
 use super::driver::Driver;
 use super::finish::Finish;
 use super::hashing::MAX_HASH_BACKLOG;
-use super::rpc::request_retry_after;
 use super::{partial_path, DownloadReport, IoFailure, IoOp, Progress, ServiceError, SAVE_INTERVAL};
+use p2p_proto::endpoint::request_retry_after;
 
 use std::fs::{self, File};
 use std::io;
@@ -145,7 +145,7 @@ impl Driver {
         let now = Instant::now();
         let piece_size = table.piece_size;
         let mut receiver_config = self.config.receiver.clone();
-        let rtt = self.round_trips.recent(peer, now);
+        let rtt = self.proto.round_trip(peer, now.into_std());
         if let Some(rtt) = rtt.filter(|_| !self.transport.is_reliable()) {
             // The piece table just came from this peer: a `Request` unanswered for a few of
             // its round trips was lost (or its answer was), and waiting the default half
@@ -176,6 +176,7 @@ impl Driver {
             p.total = Some(entry.size);
             p.received = plan.offset;
         });
+        self.proto.download_started(transfer, peer);
         self.downloads.insert(
             transfer,
             Download {

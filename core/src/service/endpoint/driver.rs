@@ -3,13 +3,11 @@
 
 use super::download::Download;
 use super::hashing::{next_hash, HashWorker};
-use super::rpc::{
-    set_request_id, Lingering, PendingRpc, Registration, RoundTrips, LINGER_ON_SHUTDOWN,
-};
+use super::rpc::{Replies, LINGER_ON_SHUTDOWN};
 use super::upload::{Batch, Upload, CHANGE_CHECK};
 use super::{Command, EndpointConfig, ServiceError};
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::{self};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,13 +17,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::index::ShareIndex;
-use crate::limits::RateLimiter;
 use crate::transfer::{SenderConfig, SenderEvent, SenderTransmit};
 use crate::transport::{FileRange, SharedTransport};
-use crate::wire::{
-    decode_bytes, AbortReason, IndexEntry, Message, RegisterOutcome, RequestId, TransferId,
-    DATA_OVERHEAD,
-};
+use crate::wire::{decode_bytes, AbortReason, IndexEntry, Message, TransferId, DATA_OVERHEAD};
+use p2p_proto::endpoint::{Endpoint, Event, Incoming};
 
 pub(super) struct Driver {
     pub(super) transport: SharedTransport,
@@ -34,16 +29,13 @@ pub(super) struct Driver {
     pub(super) rx: mpsc::Receiver<Command>,
     pub(super) index: Option<ShareIndex>,
     pub(super) index_pages: Vec<Vec<IndexEntry>>,
-    pub(super) next_id: u64,
-    pub(super) rpcs: BTreeMap<RequestId, PendingRpc>,
-    /// The last round trip measured to each address (by requests answered at the first
-    /// attempt), and when: a download asks again after a few of them, not after the
-    /// default wait ([`RoundTrips`]).
-    pub(super) round_trips: RoundTrips,
+    /// The protocol logic without I/O: routing, requests and their retries, the heartbeat,
+    /// admission, rate limits, lingering answers, round trips.
+    pub(super) proto: Endpoint,
+    /// Who waits for the answer of each request.
+    pub(super) replies: Replies,
     pub(super) uploads: BTreeMap<(SocketAddr, TransferId), Upload>,
     pub(super) downloads: BTreeMap<TransferId, Download>,
-    pub(super) registration: Option<Registration>,
-    pub(super) limiter: RateLimiter,
     /// Upload rate cap: bytes that may be sent now, and when they were last topped up.
     pub(super) upload_tokens: f64,
     pub(super) tokens_at: Instant,
@@ -51,8 +43,6 @@ pub(super) struct Driver {
     pub(super) throttled_until: Option<Instant>,
     /// A flush stopped at its burst limit: flush again once incoming messages are read.
     pub(super) more_to_send: bool,
-    /// Names unregistered since their last `Register`: a late heartbeat arming is ignored.
-    pub(super) left: BTreeSet<String>,
     /// Datagrams of uploads gathered for one send; kept, empty, between flushes (its buffer
     /// is reused without being zeroed again: see [`DatagramBuf`]).
     pub(super) batch: Batch,
@@ -61,9 +51,6 @@ pub(super) struct Driver {
     /// Downloads being finished on blocking threads (`EndpointConfig::finish_thread`); a
     /// shutdown waits for them.
     pub(super) finishing: tokio::task::JoinSet<()>,
-    /// Finished downloads whose receivers are gone, oldest first: their senders may not know
-    /// yet (see [`Lingering`]).
-    pub(super) lingering: VecDeque<Lingering>,
 }
 
 /// Most messages handled from one burst before the endpoint answers.
@@ -121,7 +108,7 @@ impl Driver {
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        let rpcs = self.rpcs.values().map(|r| r.next_at);
+        let proto = self.proto.poll_timeout().map(Instant::from_std);
         let up = self
             .uploads
             .values()
@@ -130,18 +117,17 @@ impl Driver {
             .downloads
             .values()
             .filter_map(|d| d.machine.poll_timeout().map(Instant::from_std));
-        let reg = self.registration.as_ref().map(|r| r.next_at);
         // While throttled, uploads' own deadlines still count (RTO, idle), plus the refill.
-        rpcs.chain(up)
+        proto
+            .into_iter()
+            .chain(up)
             .chain(down)
-            .chain(reg)
             .chain(self.throttled_until)
             .min()
     }
 
     pub(super) fn take_id(&mut self) -> u64 {
-        self.next_id = self.next_id.wrapping_add(1);
-        self.next_id
+        self.proto.new_id()
     }
 
     pub(super) async fn on_command(&mut self, cmd: Command) {
@@ -154,17 +140,14 @@ impl Driver {
                 transport,
                 every,
             } => {
-                if self.left.contains(&name) {
-                    return; // unregistered while the registration was being confirmed
-                }
-                self.registration = Some(Registration {
+                self.proto.keep_registered(
+                    Instant::now().into_std(),
                     tracker,
                     name,
                     port,
                     transport,
                     every,
-                    next_at: Instant::now() + every,
-                });
+                );
             }
             Command::Download {
                 peer,
@@ -183,86 +166,60 @@ impl Driver {
             return; // corrupt or foreign: dropped like a lost datagram
         };
         let now = Instant::now().into_std();
-        match msg {
-            Message::RegisterReply { request, .. }
-            | Message::UnregisterReply { request }
-            | Message::PeerList { request, .. }
-            | Message::IndexPage { request, .. }
-            | Message::PieceHashes { request, .. }
-            | Message::Error { request, .. } => {
-                if self.rpcs.get(&request).is_some_and(|r| r.to == from) {
-                    let rpc = self.rpcs.remove(&request).expect("checked");
-                    if rpc.attempts == 1 {
-                        // Karn: an answer to a request sent again may answer either copy.
-                        self.round_trips
-                            .record(from, rpc.sent_at, Instant::from_std(now));
-                    }
-                    let _ = rpc.reply.send(Ok(msg));
-                } else if let (
-                    Some(reg),
-                    Message::RegisterReply {
-                        outcome: RegisterOutcome::Refused { reason },
-                        ..
-                    },
-                ) = (&self.registration, &msg)
-                {
-                    tracing::warn!(tracker = %reg.tracker, "heartbeat refused: {reason}");
-                }
-            }
-            Message::IndexRequest { request, page } => {
-                if self.limiter.allow(now, from.ip()) {
-                    self.serve_index(from, request, page);
-                }
-            }
-            Message::PieceRequest {
+        match self.proto.handle(now, from, msg) {
+            None => {}
+            Some(Incoming::Answer { request, answer }) => self.replies.answer(request, answer),
+            Some(Incoming::IndexRequest {
+                from,
+                request,
+                page,
+            }) => self.serve_index(from, request, page),
+            Some(Incoming::PieceRequest {
+                from,
                 request,
                 file,
                 hash,
                 first,
-            } => {
-                if self.limiter.allow(now, from.ip()) {
-                    self.serve_pieces(from, request, file, hash, first);
-                }
-            }
-            Message::Request {
+            }) => self.serve_pieces(from, request, file, hash, first),
+            Some(Incoming::NewUpload {
+                from,
                 transfer,
                 file,
                 offset,
-            } => self.serve_request(now, from, transfer, file, offset),
-            Message::Ack { transfer, .. } | Message::FinAck { transfer } => {
+            }) => self.serve_request(now, from, transfer, file, offset),
+            Some(Incoming::Upload {
+                from,
+                transfer,
+                msg,
+            }) => {
+                if matches!(msg, Message::Request { .. }) {
+                    tracing::debug!(%from, ?transfer, "request again: our accept was lost");
+                }
                 if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
                     up.machine.handle_message(now, &msg);
                 }
             }
-            Message::Accept { transfer, .. }
-            | Message::Data { transfer, .. }
-            | Message::Fin { transfer, .. } => match self.downloads.get_mut(&transfer) {
-                Some(d) if d.peer == from => {
+            Some(Incoming::Download { transfer, msg }) => {
+                if let Some(d) = self.downloads.get_mut(&transfer) {
                     d.machine.handle_message(now, msg);
                     self.pump_download(transfer);
                 }
-                Some(_) => {}
-                None => {
-                    if let Some(answer) = self.answer_lingering(from, &msg) {
-                        self.queue_stateless(from, answer);
-                    }
+            }
+        }
+        self.on_events();
+    }
+
+    /// Hands what became of requests to their callers.
+    pub(super) fn on_events(&mut self) {
+        while let Some(event) = self.proto.poll_event() {
+            match event {
+                Event::NoAnswer { request, to } => {
+                    self.replies.fail(request, ServiceError::NoAnswer(to))
                 }
-            },
-            Message::Abort { transfer, .. } => {
-                if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
-                    up.machine.handle_message(now, &msg);
-                } else if let Some(d) = self.downloads.get_mut(&transfer) {
-                    if d.peer == from {
-                        d.machine.handle_message(now, msg);
-                        self.pump_download(transfer);
-                    }
+                Event::HeartbeatRefused { tracker, reason } => {
+                    tracing::warn!(%tracker, "heartbeat refused: {reason}")
                 }
             }
-            // Tracker requests are not ours to answer.
-            Message::Register { .. }
-            | Message::Heartbeat { .. }
-            | Message::Unregister { .. }
-            | Message::ListPeers { .. } => {}
         }
     }
 
@@ -276,43 +233,9 @@ impl Driver {
 
     pub(super) fn on_timeout(&mut self) {
         let now = Instant::now();
-        // Requests: resend or give up.
-        let due: Vec<RequestId> = self
-            .rpcs
-            .iter()
-            .filter(|(_, r)| r.next_at <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let rpc = self.rpcs.get_mut(&id).expect("listed");
-            if rpc.attempts >= self.config.rpc_attempts {
-                let rpc = self.rpcs.remove(&id).expect("listed");
-                let _ = rpc.reply.send(Err(ServiceError::NoAnswer(rpc.to)));
-                continue;
-            }
-            rpc.attempts += 1;
-            rpc.wait = (rpc.wait * 2).min(Duration::from_secs(1));
-            rpc.next_at = now + rpc.wait;
-            let (to, bytes) = (rpc.to, rpc.bytes.clone());
-            let transport = self.transport.clone();
-            tokio::spawn(async move {
-                let _ = transport.send_to(to, &bytes).await;
-            });
-        }
-        if let Some(reg) = self.registration.as_mut() {
-            if reg.next_at <= now {
-                reg.next_at = now + reg.every;
-                let msg = Message::Heartbeat {
-                    request: RequestId(0),
-                    name: reg.name.clone(),
-                    port: reg.port,
-                    transport: reg.transport,
-                };
-                let (tracker, mut msg) = (reg.tracker, msg);
-                set_request_id(&mut msg, RequestId(self.take_id()));
-                self.queue_stateless(tracker, msg);
-            }
-        }
+        // Requests: resend or give up; the heartbeat.
+        self.proto.handle_timeout(now.into_std());
+        self.on_events();
         let std_now = now.into_std();
         for (&(to, transfer), up) in self.uploads.iter_mut() {
             if up.machine.poll_timeout().is_some_and(|t| t <= std_now) {
@@ -448,7 +371,14 @@ impl Driver {
             }
         }
         self.batch = batch;
-        self.uploads.retain(|_, u| !u.machine.is_done());
+        let proto = &mut self.proto;
+        self.uploads.retain(|&(to, transfer), u| {
+            let keep = !u.machine.is_done();
+            if !keep {
+                proto.upload_ended(to, transfer);
+            }
+            keep
+        });
         for (transfer, d) in self.downloads.iter_mut() {
             while let Some(m) = d.machine.poll_transmit() {
                 if matches!(m, Message::Request { .. }) {
@@ -459,17 +389,20 @@ impl Driver {
                 let _ = transport.send_to(d.peer, &buf).await;
             }
         }
-        let lingering = &mut self.lingering;
-        let now = Instant::now();
+        let proto = &mut self.proto;
+        let now = Instant::now().into_std();
         self.downloads.retain(|&transfer, d| {
             let keep = !d.machine.is_done() || d.reply.is_some();
             if !keep {
                 // Dropped with it: its claim on the destination (a finishing one's job holds
-                // that claim until the file has its name).
-                Lingering::remember(lingering, transfer, d, now);
+                // that claim until the file has its name). Its sender may not know the end
+                // yet: the endpoint answers it for a while.
+                let owed = d.machine.final_ack().filter(|_| !d.machine.fin_answered());
+                proto.download_ended(now, transfer, owed);
             }
             keep
         });
+        self.send_proto_transmits().await;
     }
 
     pub(super) async fn shutdown(&mut self) {
@@ -484,9 +417,8 @@ impl Driver {
             self.pump_download(t);
         }
         self.flush().await;
-        for (_, rpc) in std::mem::take(&mut self.rpcs) {
-            let _ = rpc.reply.send(Err(ServiceError::Closed));
-        }
+        self.proto.cancel_all();
+        self.replies.close();
         // A download being finished is synced and named, and its caller answered, before the
         // endpoint says it is closed (the process may exit right after).
         while self.finishing.join_next().await.is_some() {}
@@ -496,11 +428,7 @@ impl Driver {
         self.flush().await;
         let deadline = Instant::now() + LINGER_ON_SHUTDOWN;
         let transport = self.transport.clone();
-        while self
-            .lingering
-            .iter()
-            .any(|l| !l.closed && l.until > deadline)
-        {
+        while self.proto.owes_fin_ack(deadline.into_std()) {
             let Ok(got) = tokio::time::timeout_at(deadline, transport.recv_from()).await else {
                 break;
             };
@@ -510,9 +438,17 @@ impl Driver {
             let Ok(msg) = decode_bytes(&bytes) else {
                 continue;
             };
-            if let Some(answer) = self.answer_lingering(from, &msg) {
-                let _ = transport.send_to(from, &answer.encode()).await;
-            }
+            // Only the answers owed are sent; anything else is past caring.
+            let _ = self.proto.handle(Instant::now().into_std(), from, msg);
+            self.send_proto_transmits().await;
+        }
+    }
+
+    /// Sends what the protocol logic queued: answers owed, requests again, heartbeats,
+    /// refusals.
+    pub(super) async fn send_proto_transmits(&mut self) {
+        while let Some(t) = self.proto.poll_transmit() {
+            let _ = self.transport.send_to(t.to, &t.payload).await;
         }
     }
 }

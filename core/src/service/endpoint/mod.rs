@@ -9,7 +9,7 @@
 //! The loop is: drain every machine's transmits, then wait for the first of a command, an
 //! incoming message or the earliest machine deadline.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::lock::LockError;
 pub use super::resume::partial_path;
 use crate::index::ShareIndex;
-use crate::limits::{RateConfig, RateLimiter};
+use crate::limits::RateConfig;
 use crate::transfer::{PieceTable, ReceiverConfig, SenderConfig, TransferError};
 use crate::transport::SharedTransport;
 use crate::wire::{
@@ -38,7 +38,8 @@ mod upload;
 
 use driver::Driver;
 use hashing::HashWorker;
-use rpc::RoundTrips;
+use p2p_proto::endpoint::{Endpoint, EndpointConfig as ProtoConfig};
+use rpc::Replies;
 use upload::Batch;
 
 /// Settings of an endpoint.
@@ -342,23 +343,27 @@ pub fn spawn_endpoint(
         sender_config: sender,
         rx,
         index,
-        next_id: config.id_seed,
-        rpcs: BTreeMap::new(),
-        round_trips: RoundTrips::default(),
+        proto: Endpoint::new(
+            ProtoConfig {
+                rpc_retry: config.rpc_retry,
+                rpc_attempts: config.rpc_attempts,
+                rate: config.rate,
+                max_uploads: config.max_uploads,
+                max_uploads_per_peer: config.max_uploads_per_peer,
+            },
+            config.id_seed,
+        ),
+        replies: Replies::default(),
         uploads: BTreeMap::new(),
         downloads: BTreeMap::new(),
-        registration: None,
         index_pages: Vec::new(),
-        limiter: RateLimiter::new(config.rate),
         upload_tokens: 0.0,
         tokens_at: Instant::now(),
         throttled_until: None,
         more_to_send: false,
-        left: BTreeSet::new(),
         hasher,
         batch: Batch::default(),
         finishing: tokio::task::JoinSet::new(),
-        lingering: VecDeque::new(),
         config,
     };
     let task = tokio::spawn(driver.run());

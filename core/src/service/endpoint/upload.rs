@@ -2,6 +2,7 @@
 
 use super::chunk_size_for;
 use super::driver::Driver;
+use p2p_proto::endpoint::Endpoint;
 
 use std::fs::File;
 use std::io;
@@ -220,43 +221,19 @@ impl Driver {
         file: FileId,
         offset: u64,
     ) {
-        if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
-            tracing::debug!(%from, ?transfer, "request again: our accept was lost");
-            up.machine.handle_message(
-                now,
-                &Message::Request {
-                    transfer,
-                    file,
-                    offset,
-                },
-            );
-            return;
-        }
-        let refuse = |reason| Message::Abort { transfer, reason };
-        if !self.limiter.allow(now, from.ip()) {
-            return; // flooding: dropped like a lost datagram
-        }
-        let from_peer = self
-            .uploads
-            .keys()
-            .filter(|(a, _)| a.ip() == from.ip())
-            .count();
-        if self.uploads.len() >= self.config.max_uploads
-            || from_peer >= self.config.max_uploads_per_peer
-        {
-            return self.queue_stateless(from, refuse(AbortReason::Busy));
-        }
+        // Admitted by the protocol logic (rate, upload slots); refusals go back as `Abort`s.
+        let refuse = |proto: &mut Endpoint, reason| proto.refuse(from, transfer, reason);
         let Some(shared) = self.index.as_ref().and_then(|i| i.get(file)) else {
-            return self.queue_stateless(from, refuse(AbortReason::NoSuchFile));
+            return refuse(&mut self.proto, AbortReason::NoSuchFile);
         };
         if offset > shared.entry.size {
-            return self.queue_stateless(from, refuse(AbortReason::BadRequest));
+            return refuse(&mut self.proto, AbortReason::BadRequest);
         }
         let opened = File::open(&shared.path).and_then(|f| f.metadata().map(|m| (f, m)));
         let file = match opened {
             Ok((f, m)) if m.len() == shared.entry.size && m.modified().ok() == shared.modified => f,
-            Ok(_) => return self.queue_stateless(from, refuse(AbortReason::FileChanged)),
-            Err(_) => return self.queue_stateless(from, refuse(AbortReason::NoSuchFile)),
+            Ok(_) => return refuse(&mut self.proto, AbortReason::FileChanged),
+            Err(_) => return refuse(&mut self.proto, AbortReason::NoSuchFile),
         };
         let mut config = self.sender_config.clone();
         config.chunk_size = chunk_size_for(self.transport.max_message_size_to(from));
@@ -269,6 +246,7 @@ impl Driver {
             config,
         );
         tracing::debug!(%from, ?transfer, path = %shared.entry.path, offset, "serving");
+        self.proto.upload_started(from, transfer);
         self.uploads.insert(
             (from, transfer),
             Upload {

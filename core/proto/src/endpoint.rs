@@ -1,0 +1,673 @@
+//! The peer endpoint's protocol logic, without I/O: which machine an incoming message belongs
+//! to, requests with their retries, the registration heartbeat, upload admission and rate
+//! limits, the answers a finished download still owes its sender, and round trips per peer.
+//!
+//! Like quinn-proto's `Endpoint`, it is driven from outside with the time passed in:
+//! [`Endpoint::handle`] takes a decoded message and says where it goes ([`Incoming`]),
+//! [`Endpoint::poll_transmit`] gives what to send, [`Endpoint::poll_timeout`] when to call
+//! [`Endpoint::handle_timeout`], and [`Endpoint::poll_event`] what became of requests. The
+//! transfer machines themselves ([`ChunkSender`](crate::transfer::ChunkSender),
+//! [`ChunkReceiver`](crate::transfer::ChunkReceiver)) and the files stay with the driver,
+//! which tells the endpoint when transfers start and end.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use p2p_proto::endpoint::{Endpoint, EndpointConfig, Event, Incoming};
+//! use p2p_proto::wire::{BoundedVec, Message, RequestId};
+//!
+//! let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+//! let tracker = "127.0.0.1:9000".parse().unwrap();
+//! let now = Instant::now();
+//! let (id, first) = ep.request(now, tracker, Message::ListPeers { request: RequestId(0), page: 0 });
+//! assert_eq!(first.to, tracker); // the driver sends it, and calls handle_timeout when due
+//! let answer = Message::PeerList { request: id, page: 0, pages: 1, peers: BoundedVec(Vec::new()) };
+//! match ep.handle(now + Duration::from_millis(20), tracker, answer) {
+//!     Some(Incoming::Answer { request, .. }) => assert_eq!(request, id),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(ep.round_trip(tracker, now), Some(Duration::from_millis(20)));
+//! assert!(ep.poll_event().is_none() && ep.poll_timeout().is_none());
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::limits::{RateConfig, RateLimiter};
+use crate::wire::{
+    AbortReason, ContentHash, FileId, Message, RegisterOutcome, RequestId, TransferId,
+    TransportKind,
+};
+
+/// Settings of an [`Endpoint`].
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// First wait before a request is sent again (doubled each time, at most [`MAX_RPC_WAIT`]).
+    pub rpc_retry: Duration,
+    /// Sends of a request before it fails.
+    pub rpc_attempts: u32,
+    /// Rate limit of requests (index, piece hashes, new transfers) per source IP.
+    pub rate: RateConfig,
+    /// Most transfers served at once.
+    pub max_uploads: usize,
+    /// Most transfers served at once to one IP address.
+    pub max_uploads_per_peer: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            rpc_retry: Duration::from_millis(250),
+            rpc_attempts: 5,
+            rate: RateConfig::default(),
+            max_uploads: 32,
+            max_uploads_per_peer: 8,
+        }
+    }
+}
+
+/// The endpoint's timers, in one place.
+///
+/// | timer | value | what it bounds |
+/// |---|---|---|
+/// | request retry | `EndpointConfig::rpc_retry`, doubling up to [`MAX_RPC_WAIT`] | a lost request or answer |
+/// | heartbeat | the `every` of [`Endpoint::keep_registered`] | the tracker's entry lifetime |
+/// | [`LINGER`] | 20 s | answers owed by a finished download to its sender |
+/// | [`ROUND_TRIP_FRESH`] | 60 s | how long a measured round trip is trusted |
+/// | [`MIN_REQUEST_RETRY`] | 25 ms | the shortest first wait for an `Accept` |
+pub const MAX_RPC_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a finished download answers its sender after its receiver is gone (past the
+/// sender's FIN retries, which back off to its largest RTO).
+pub const LINGER: Duration = Duration::from_secs(20);
+/// Most finished downloads remembered for their senders.
+pub const MAX_LINGERING: usize = 1024;
+/// Peers whose round trip is remembered.
+pub const MAX_ROUND_TRIPS: usize = 256;
+/// How long a measured round trip is trusted.
+pub const ROUND_TRIP_FRESH: Duration = Duration::from_secs(60);
+/// Shortest first wait for an answer to a `Request` (see [`request_retry_after`]).
+pub const MIN_REQUEST_RETRY: Duration = Duration::from_millis(25);
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub to: SocketAddr,
+    /// The encoded message.
+    pub payload: Vec<u8>,
+}
+
+/// Where an incoming message goes.
+#[derive(Debug)]
+pub enum Incoming {
+    /// The answer to our request `request`.
+    Answer {
+        /// The request it answers.
+        request: RequestId,
+        /// The answer.
+        answer: Message,
+    },
+    /// A page of our index is asked for (within the sender's rate limit).
+    IndexRequest {
+        /// Who asks.
+        from: SocketAddr,
+        /// Its request id, for the answer.
+        request: RequestId,
+        /// The page.
+        page: u32,
+    },
+    /// Piece hashes of one of our files are asked for (within the sender's rate limit).
+    PieceRequest {
+        /// Who asks.
+        from: SocketAddr,
+        /// Its request id, for the answer.
+        request: RequestId,
+        /// The file.
+        file: FileId,
+        /// The content the asker expects.
+        hash: ContentHash,
+        /// First piece wanted.
+        first: u32,
+    },
+    /// A new transfer is asked for and admitted: the driver opens the file, then calls
+    /// [`Endpoint::upload_started`] (or [`Endpoint::refuse`]).
+    NewUpload {
+        /// The receiver.
+        from: SocketAddr,
+        /// Its transfer id.
+        transfer: TransferId,
+        /// The file.
+        file: FileId,
+        /// Where to start.
+        offset: u64,
+    },
+    /// A message for the upload `(from, transfer)` in progress (`Request` again, `Ack`,
+    /// `FinAck`, `Abort`).
+    Upload {
+        /// The receiver.
+        from: SocketAddr,
+        /// The transfer.
+        transfer: TransferId,
+        /// The message.
+        msg: Message,
+    },
+    /// A message for our download `transfer`, from its sender (`Accept`, `Data`, `Fin`,
+    /// `Abort`).
+    Download {
+        /// The transfer.
+        transfer: TransferId,
+        /// The message.
+        msg: Message,
+    },
+}
+
+/// What became of requests and the registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Request `request` to `to` had no answer after every attempt.
+    NoAnswer {
+        /// The request.
+        request: RequestId,
+        /// Where it went.
+        to: SocketAddr,
+    },
+    /// The tracker refused a heartbeat.
+    HeartbeatRefused {
+        /// The tracker.
+        tracker: SocketAddr,
+        /// Its words.
+        reason: String,
+    },
+}
+
+struct Pending {
+    to: SocketAddr,
+    payload: Vec<u8>,
+    /// When it was first sent: answered at the first attempt, a round-trip sample.
+    sent_at: Instant,
+    attempts: u32,
+    wait: Duration,
+    next_at: Instant,
+}
+
+struct Registration {
+    tracker: SocketAddr,
+    name: String,
+    port: u16,
+    transport: TransportKind,
+    every: Duration,
+    next_at: Instant,
+}
+
+/// A finished download, remembered after its receiver is gone so that its sender still
+/// learns the end: a receiver finishes on its last verified chunk, before the sender's FIN,
+/// so the sender may yet send a chunk again (its copy of the final ACK was lost) and will
+/// send its FIN. (TCP's TIME-WAIT, for the same reason.)
+struct Lingering {
+    transfer: TransferId,
+    peer: SocketAddr,
+    /// The ACK of every chunk.
+    final_ack: Message,
+    until: Instant,
+    /// The sender's FIN came and was answered: it knows.
+    closed: bool,
+}
+
+/// See the [module documentation](self).
+pub struct Endpoint {
+    config: EndpointConfig,
+    next_id: u64,
+    requests: BTreeMap<RequestId, Pending>,
+    registration: Option<Registration>,
+    /// Names unregistered since their last `Register`: a late heartbeat arming is ignored.
+    left: BTreeSet<String>,
+    limiter: RateLimiter,
+    uploads: BTreeSet<(SocketAddr, TransferId)>,
+    downloads: BTreeMap<TransferId, SocketAddr>,
+    lingering: VecDeque<Lingering>,
+    /// The last round trip measured to each address, and when.
+    round_trips: BTreeMap<SocketAddr, (Duration, Instant)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Endpoint {
+    /// An endpoint whose ids start after `id_seed` (pass something random, so that a
+    /// restarted endpoint does not reuse the ids of its previous life).
+    pub fn new(config: EndpointConfig, id_seed: u64) -> Self {
+        Endpoint {
+            limiter: RateLimiter::new(config.rate),
+            config,
+            next_id: id_seed,
+            requests: BTreeMap::new(),
+            registration: None,
+            left: BTreeSet::new(),
+            uploads: BTreeSet::new(),
+            downloads: BTreeMap::new(),
+            lingering: VecDeque::new(),
+            round_trips: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A fresh id, for a request or a transfer.
+    pub fn new_id(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
+    }
+
+    /// Sends `msg` (a request: its id is set here) to `to`, again until answered or
+    /// [`EndpointConfig::rpc_attempts`] sends went unanswered ([`Event::NoAnswer`]). Returns
+    /// its id and the first send, which the caller makes at once.
+    pub fn request(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        mut msg: Message,
+    ) -> (RequestId, Transmit) {
+        match &msg {
+            Message::Unregister { name, .. } => {
+                // Leaving: the heartbeat must not register us again, not even one armed by a
+                // `register` whose reply is still on its way.
+                if self.registration.as_ref().is_some_and(|r| &r.name == name) {
+                    self.registration = None;
+                }
+                self.left.insert(name.clone());
+            }
+            Message::Register { name, .. } => {
+                self.left.remove(name);
+            }
+            _ => {}
+        }
+        let id = RequestId(self.new_id());
+        set_request_id(&mut msg, id);
+        let payload = msg.encode();
+        let wait = self.config.rpc_retry;
+        self.requests.insert(
+            id,
+            Pending {
+                to,
+                payload: payload.clone(),
+                sent_at: now,
+                attempts: 1,
+                wait,
+                next_at: now + wait,
+            },
+        );
+        (id, Transmit { to, payload })
+    }
+
+    /// Forgets request `id` (its caller gave up, or its first send failed for good).
+    pub fn cancel(&mut self, id: RequestId) {
+        self.requests.remove(&id);
+    }
+
+    /// Forgets every request (shutting down); returns their ids.
+    pub fn cancel_all(&mut self) -> Vec<RequestId> {
+        std::mem::take(&mut self.requests).into_keys().collect()
+    }
+
+    /// Keeps `name` registered at `tracker` with a heartbeat every `every` (unless `name`
+    /// was unregistered since its `Register` was sent).
+    pub fn keep_registered(
+        &mut self,
+        now: Instant,
+        tracker: SocketAddr,
+        name: String,
+        port: u16,
+        transport: TransportKind,
+        every: Duration,
+    ) {
+        if self.left.contains(&name) {
+            return; // unregistered while the registration was being confirmed
+        }
+        self.registration = Some(Registration {
+            tracker,
+            name,
+            port,
+            transport,
+            every,
+            next_at: now + every,
+        });
+    }
+
+    /// Routes a message from `from`. `None`: answered here (see [`Endpoint::poll_transmit`])
+    /// or dropped (unknown, from the wrong address, over the rate limit).
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, msg: Message) -> Option<Incoming> {
+        match msg {
+            Message::RegisterReply { request, .. }
+            | Message::UnregisterReply { request }
+            | Message::PeerList { request, .. }
+            | Message::IndexPage { request, .. }
+            | Message::PieceHashes { request, .. }
+            | Message::Error { request, .. } => {
+                if self.requests.get(&request).is_some_and(|r| r.to == from) {
+                    let pending = self.requests.remove(&request).expect("checked");
+                    if pending.attempts == 1 {
+                        // Karn: an answer to a request sent again may answer either copy.
+                        self.record_round_trip(from, pending.sent_at, now);
+                    }
+                    return Some(Incoming::Answer {
+                        request,
+                        answer: msg,
+                    });
+                }
+                if let (
+                    Some(reg),
+                    Message::RegisterReply {
+                        outcome: RegisterOutcome::Refused { reason },
+                        ..
+                    },
+                ) = (&self.registration, msg)
+                {
+                    if reg.tracker == from {
+                        self.events.push_back(Event::HeartbeatRefused {
+                            tracker: from,
+                            reason,
+                        });
+                    }
+                }
+                None
+            }
+            Message::IndexRequest { request, page } => self
+                .limiter
+                .allow(now, from.ip())
+                .then_some(Incoming::IndexRequest {
+                    from,
+                    request,
+                    page,
+                }),
+            Message::PieceRequest {
+                request,
+                file,
+                hash,
+                first,
+            } => self
+                .limiter
+                .allow(now, from.ip())
+                .then_some(Incoming::PieceRequest {
+                    from,
+                    request,
+                    file,
+                    hash,
+                    first,
+                }),
+            Message::Request {
+                transfer,
+                file,
+                offset,
+            } => {
+                if self.uploads.contains(&(from, transfer)) {
+                    return Some(Incoming::Upload {
+                        from,
+                        transfer,
+                        msg,
+                    });
+                }
+                if !self.limiter.allow(now, from.ip()) {
+                    return None; // flooding: dropped like a lost datagram
+                }
+                let from_peer = self
+                    .uploads
+                    .iter()
+                    .filter(|(a, _)| a.ip() == from.ip())
+                    .count();
+                if self.uploads.len() >= self.config.max_uploads
+                    || from_peer >= self.config.max_uploads_per_peer
+                {
+                    self.refuse(from, transfer, AbortReason::Busy);
+                    return None;
+                }
+                Some(Incoming::NewUpload {
+                    from,
+                    transfer,
+                    file,
+                    offset,
+                })
+            }
+            Message::Ack { transfer, .. } | Message::FinAck { transfer } => self
+                .uploads
+                .contains(&(from, transfer))
+                .then_some(Incoming::Upload {
+                    from,
+                    transfer,
+                    msg,
+                }),
+            Message::Accept { transfer, .. }
+            | Message::Data { transfer, .. }
+            | Message::Fin { transfer, .. } => match self.downloads.get(&transfer) {
+                Some(&peer) if peer == from => Some(Incoming::Download { transfer, msg }),
+                Some(_) => None,
+                None => {
+                    if let Some(answer) = self.answer_lingering(now, from, &msg) {
+                        self.transmits.push_back(Transmit {
+                            to: from,
+                            payload: answer.encode(),
+                        });
+                    }
+                    None
+                }
+            },
+            Message::Abort { transfer, .. } => {
+                if self.uploads.contains(&(from, transfer)) {
+                    Some(Incoming::Upload {
+                        from,
+                        transfer,
+                        msg,
+                    })
+                } else if self.downloads.get(&transfer) == Some(&from) {
+                    Some(Incoming::Download { transfer, msg })
+                } else {
+                    None
+                }
+            }
+            // Tracker requests are not ours to answer.
+            Message::Register { .. }
+            | Message::Heartbeat { .. }
+            | Message::Unregister { .. }
+            | Message::ListPeers { .. } => None,
+        }
+    }
+
+    /// Refuses transfer `transfer` of `from` with an `Abort` for `reason`.
+    pub fn refuse(&mut self, from: SocketAddr, transfer: TransferId, reason: AbortReason) {
+        self.transmits.push_back(Transmit {
+            to: from,
+            payload: Message::Abort { transfer, reason }.encode(),
+        });
+    }
+
+    /// The driver serves upload `(from, transfer)` from now on.
+    pub fn upload_started(&mut self, from: SocketAddr, transfer: TransferId) {
+        self.uploads.insert((from, transfer));
+    }
+
+    /// Upload `(from, transfer)` is over.
+    pub fn upload_ended(&mut self, from: SocketAddr, transfer: TransferId) {
+        self.uploads.remove(&(from, transfer));
+    }
+
+    /// Our download `transfer` from `peer` runs from now on.
+    pub fn download_started(&mut self, transfer: TransferId, peer: SocketAddr) {
+        self.downloads.insert(transfer, peer);
+    }
+
+    /// Our download `transfer` is over. With `final_ack` (it completed and its sender's FIN
+    /// was not answered yet), its sender's late chunks and FIN are answered for [`LINGER`].
+    pub fn download_ended(
+        &mut self,
+        now: Instant,
+        transfer: TransferId,
+        final_ack: Option<Message>,
+    ) {
+        let Some(peer) = self.downloads.remove(&transfer) else {
+            return;
+        };
+        let Some(final_ack) = final_ack else {
+            return;
+        };
+        while self
+            .lingering
+            .front()
+            .is_some_and(|l| l.until <= now || self.lingering.len() >= MAX_LINGERING)
+        {
+            self.lingering.pop_front();
+        }
+        self.lingering.push_back(Lingering {
+            transfer,
+            peer,
+            final_ack,
+            until: now + LINGER,
+            closed: false,
+        });
+    }
+
+    /// Whether a finished download's sender has not seen its FIN answered yet, and would
+    /// still be answered after `deadline` (a shutdown waits until then for those FINs).
+    pub fn owes_fin_ack(&self, deadline: Instant) -> bool {
+        self.lingering
+            .iter()
+            .any(|l| !l.closed && l.until > deadline)
+    }
+
+    /// The round trip to `peer`, if measured recently (before `now`).
+    pub fn round_trip(&self, peer: SocketAddr, now: Instant) -> Option<Duration> {
+        self.round_trips
+            .get(&peer)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < ROUND_TRIP_FRESH)
+            .map(|(rtt, _)| *rtt)
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// What became of a request or the registration.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let requests = self.requests.values().map(|r| r.next_at);
+        let heartbeat = self.registration.as_ref().map(|r| r.next_at);
+        requests.chain(heartbeat).min()
+    }
+
+    /// Sends requests again or gives up on them, and sends the heartbeat when due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.next_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let r = self.requests.get_mut(&id).expect("listed");
+            if r.attempts >= self.config.rpc_attempts {
+                let r = self.requests.remove(&id).expect("listed");
+                self.events.push_back(Event::NoAnswer {
+                    request: id,
+                    to: r.to,
+                });
+                continue;
+            }
+            r.attempts += 1;
+            r.wait = (r.wait * 2).min(MAX_RPC_WAIT);
+            r.next_at = now + r.wait;
+            self.transmits.push_back(Transmit {
+                to: r.to,
+                payload: r.payload.clone(),
+            });
+        }
+        let heartbeat = match self.registration.as_mut() {
+            Some(reg) if reg.next_at <= now => {
+                reg.next_at = now + reg.every;
+                Some((
+                    reg.tracker,
+                    Message::Heartbeat {
+                        request: RequestId(0),
+                        name: reg.name.clone(),
+                        port: reg.port,
+                        transport: reg.transport,
+                    },
+                ))
+            }
+            _ => None,
+        };
+        if let Some((tracker, mut msg)) = heartbeat {
+            // Fire and forget: the next one comes anyway.
+            set_request_id(&mut msg, RequestId(self.new_id()));
+            self.transmits.push_back(Transmit {
+                to: tracker,
+                payload: msg.encode(),
+            });
+        }
+    }
+
+    fn record_round_trip(&mut self, peer: SocketAddr, sent_at: Instant, now: Instant) {
+        if self.round_trips.len() >= MAX_ROUND_TRIPS && !self.round_trips.contains_key(&peer) {
+            // Make room by forgetting the oldest measure (stale ones are ignored anyway).
+            let oldest = self
+                .round_trips
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(a, _)| *a);
+            if let Some(oldest) = oldest {
+                self.round_trips.remove(&oldest);
+            }
+        }
+        self.round_trips
+            .insert(peer, (now.saturating_duration_since(sent_at), now));
+    }
+
+    /// The answer of a finished download whose receiver is gone to its sender's late `Data`
+    /// (the final ACK again) or `Fin` (FIN-ACK).
+    fn answer_lingering(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: &Message,
+    ) -> Option<Message> {
+        let transfer = match msg {
+            Message::Data { transfer, .. } | Message::Fin { transfer, .. } => *transfer,
+            _ => return None,
+        };
+        let l = self
+            .lingering
+            .iter_mut()
+            .find(|l| l.transfer == transfer && l.peer == from && l.until > now)?;
+        Some(match msg {
+            Message::Fin { .. } => {
+                l.closed = true;
+                Message::FinAck { transfer }
+            }
+            _ => l.final_ack.clone(),
+        })
+    }
+}
+
+/// A download's first wait for the sender's answer to its `Request`, given a round trip to
+/// that sender measured just before: four of them (the answer may also wait for the sender to
+/// open the file), at least [`MIN_REQUEST_RETRY`], at most `default`.
+pub fn request_retry_after(rtt: Duration, default: Duration) -> Duration {
+    (rtt * 4).max(MIN_REQUEST_RETRY).min(default)
+}
+
+fn set_request_id(msg: &mut Message, id: RequestId) {
+    match msg {
+        Message::Register { request, .. }
+        | Message::Heartbeat { request, .. }
+        | Message::Unregister { request, .. }
+        | Message::ListPeers { request, .. }
+        | Message::IndexRequest { request, .. }
+        | Message::PieceRequest { request, .. } => *request = id,
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,364 @@
+//! The endpoint on a clock of its own: every time is an argument.
+
+use super::*;
+use crate::wire::{decode, BoundedVec};
+
+fn addr(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, last], port))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn list_peers() -> Message {
+    Message::ListPeers {
+        request: RequestId(0),
+        page: 0,
+    }
+}
+
+fn peer_list(request: RequestId) -> Message {
+    Message::PeerList {
+        request,
+        page: 0,
+        pages: 1,
+        peers: BoundedVec(Vec::new()),
+    }
+}
+
+fn decoded(t: &Transmit) -> Message {
+    decode(&t.payload).expect("the endpoint sends well-formed messages")
+}
+
+fn data(transfer: TransferId) -> Message {
+    Message::Data {
+        transfer,
+        seq: 3,
+        payload: bytes::Bytes::from_static(b"chunk"),
+    }
+}
+
+fn fin(transfer: TransferId) -> Message {
+    Message::Fin {
+        transfer,
+        size: 5,
+        hash: ContentHash::of(b"chunk"),
+    }
+}
+
+fn final_ack(transfer: TransferId) -> Message {
+    Message::Ack {
+        transfer,
+        cumulative: 4,
+        sack: BoundedVec(Vec::new()),
+        window: 0,
+    }
+}
+
+#[test]
+fn a_request_is_sent_again_with_doubling_waits_then_fails() {
+    let config = EndpointConfig::default();
+    let mut ep = Endpoint::new(config.clone(), 7);
+    let (to, t0) = (addr(1, 9000), Instant::now());
+    let (id, first) = ep.request(t0, to, list_peers());
+    assert_eq!(first.to, to);
+    assert!(matches!(decoded(&first), Message::ListPeers { request, .. } if request == id));
+    let mut now = t0;
+    let mut wait = config.rpc_retry;
+    for attempt in 2..=config.rpc_attempts {
+        assert_eq!(ep.poll_timeout(), Some(now + wait), "attempt {attempt}");
+        now += wait;
+        ep.handle_timeout(now);
+        let again = ep.poll_transmit().expect("sent again");
+        assert_eq!(again, first, "the same request, same id");
+        assert!(ep.poll_transmit().is_none());
+        wait = (wait * 2).min(MAX_RPC_WAIT);
+    }
+    // Just before the last wait ends nothing happens; at its end, the request fails.
+    ep.handle_timeout(now + wait - ms(1));
+    assert!(ep.poll_event().is_none() && ep.poll_transmit().is_none());
+    ep.handle_timeout(now + wait);
+    assert_eq!(ep.poll_event(), Some(Event::NoAnswer { request: id, to }));
+    assert!(ep.poll_transmit().is_none());
+    assert_eq!(ep.poll_timeout(), None);
+    // A late answer is not taken for anything.
+    assert!(ep.handle(now + wait, to, peer_list(id)).is_none());
+}
+
+#[test]
+fn an_answer_counts_only_from_the_address_asked_and_only_first_sends_measure_round_trips() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let (to, t0) = (addr(1, 9000), Instant::now());
+    let (id, _) = ep.request(t0, to, list_peers());
+    // Spoofed from elsewhere: dropped, the request still pending.
+    assert!(ep
+        .handle(t0 + ms(5), addr(66, 9000), peer_list(id))
+        .is_none());
+    assert!(ep.poll_timeout().is_some());
+    match ep.handle(t0 + ms(30), to, peer_list(id)) {
+        Some(Incoming::Answer { request, .. }) => assert_eq!(request, id),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ep.round_trip(to, t0 + ms(30)), Some(ms(30)));
+    // Answered after a resend (Karn): no sample, the old one stays.
+    let (id2, _) = ep.request(t0 + ms(100), to, list_peers());
+    ep.handle_timeout(t0 + ms(100) + EndpointConfig::default().rpc_retry);
+    assert!(ep.poll_transmit().is_some());
+    let late = t0 + ms(900);
+    assert!(matches!(
+        ep.handle(late, to, peer_list(id2)),
+        Some(Incoming::Answer { .. })
+    ));
+    assert_eq!(ep.round_trip(to, late), Some(ms(30)));
+    // And it goes stale.
+    assert_eq!(ep.round_trip(to, t0 + ms(30) + ROUND_TRIP_FRESH), None);
+}
+
+#[test]
+fn round_trips_are_remembered_for_a_bounded_set_of_recent_peers() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let t0 = Instant::now();
+    let mut now = t0;
+    for i in 0..=MAX_ROUND_TRIPS {
+        now += ms(1);
+        let peer = SocketAddr::from(([10, 1, (i / 256) as u8, (i % 256) as u8], 7));
+        ep.record_round_trip(peer, now - ms(2), now);
+    }
+    assert_eq!(ep.round_trips.len(), MAX_ROUND_TRIPS);
+    let first = SocketAddr::from(([10, 1, 0, 0], 7));
+    assert_eq!(ep.round_trip(first, now), None, "the oldest made room");
+}
+
+#[test]
+fn transfer_messages_reach_a_download_only_from_its_sender() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let (sender, now) = (addr(2, 10001), Instant::now());
+    let transfer = TransferId(ep.new_id());
+    ep.download_started(transfer, sender);
+    assert!(matches!(
+        ep.handle(now, sender, data(transfer)),
+        Some(Incoming::Download { transfer: t, msg: Message::Data { .. } }) if t == transfer
+    ));
+    // The same transfer id from another address, or another id: dropped, nothing answered.
+    assert!(ep.handle(now, addr(3, 10001), data(transfer)).is_none());
+    assert!(ep.handle(now, sender, data(TransferId(999))).is_none());
+    let abort = Message::Abort {
+        transfer,
+        reason: AbortReason::Busy,
+    };
+    assert!(ep.handle(now, addr(3, 10001), abort.clone()).is_none());
+    assert!(matches!(
+        ep.handle(now, sender, abort),
+        Some(Incoming::Download { .. })
+    ));
+    assert!(ep.poll_transmit().is_none());
+}
+
+#[test]
+fn a_finished_download_answers_its_senders_late_chunks_and_fin_for_a_while() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let (sender, t0) = (addr(2, 10001), Instant::now());
+    let transfer = TransferId(ep.new_id());
+    ep.download_started(transfer, sender);
+    ep.download_ended(t0, transfer, Some(final_ack(transfer)));
+    assert!(ep.owes_fin_ack(t0));
+    // A chunk again (the final ACK was lost): the final ACK again.
+    assert!(ep.handle(t0 + ms(10), sender, data(transfer)).is_none());
+    let t = ep.poll_transmit().expect("answered");
+    assert_eq!((t.to, decoded(&t)), (sender, final_ack(transfer)));
+    // Not to anyone else.
+    assert!(ep
+        .handle(t0 + ms(10), addr(9, 10001), fin(transfer))
+        .is_none());
+    assert!(ep.poll_transmit().is_none());
+    // Its FIN: FIN-ACK, and nothing is owed any more.
+    assert!(ep.handle(t0 + ms(20), sender, fin(transfer)).is_none());
+    let t = ep.poll_transmit().expect("answered");
+    assert_eq!(decoded(&t), Message::FinAck { transfer });
+    assert!(!ep.owes_fin_ack(t0 + ms(20)));
+    // After LINGER, forgotten.
+    assert!(ep.handle(t0 + LINGER, sender, fin(transfer)).is_none());
+    assert!(ep.poll_transmit().is_none());
+    // A failed download (no final ACK) owes nothing.
+    let failed = TransferId(ep.new_id());
+    ep.download_started(failed, sender);
+    ep.download_ended(t0, failed, None);
+    assert!(ep.handle(t0, sender, fin(failed)).is_none());
+    assert!(ep.poll_transmit().is_none());
+}
+
+#[test]
+fn lingering_downloads_are_bounded() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let (sender, now) = (addr(2, 10001), Instant::now());
+    let first = TransferId(ep.new_id());
+    ep.download_started(first, sender);
+    ep.download_ended(now, first, Some(final_ack(first)));
+    for _ in 0..MAX_LINGERING {
+        let t = TransferId(ep.new_id());
+        ep.download_started(t, sender);
+        ep.download_ended(now, t, Some(final_ack(t)));
+    }
+    assert_eq!(ep.lingering.len(), MAX_LINGERING);
+    assert!(ep.handle(now, sender, fin(first)).is_none());
+    assert!(ep.poll_transmit().is_none(), "the oldest was forgotten");
+}
+
+#[test]
+fn uploads_are_admitted_up_to_the_per_peer_and_total_caps() {
+    let config = EndpointConfig {
+        max_uploads: 3,
+        max_uploads_per_peer: 2,
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let now = Instant::now();
+    let request = |t: u64| Message::Request {
+        transfer: TransferId(t),
+        file: FileId(1),
+        offset: 0,
+    };
+    let a = addr(2, 10001);
+    for t in 1..=2 {
+        match ep.handle(now, a, request(t)) {
+            Some(Incoming::NewUpload { from, transfer, .. }) => {
+                ep.upload_started(from, transfer);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A third from the same IP (another port): refused as busy.
+    assert!(ep.handle(now, addr(2, 10002), request(3)).is_none());
+    let t = ep.poll_transmit().expect("refused");
+    assert_eq!(t.to, addr(2, 10002));
+    assert_eq!(
+        decoded(&t),
+        Message::Abort {
+            transfer: TransferId(3),
+            reason: AbortReason::Busy
+        }
+    );
+    // Another IP gets the last slot; then the total cap refuses everyone.
+    assert!(matches!(
+        ep.handle(now, addr(3, 1), request(4)),
+        Some(Incoming::NewUpload { .. })
+    ));
+    ep.upload_started(addr(3, 1), TransferId(4));
+    assert!(ep.handle(now, addr(4, 1), request(5)).is_none());
+    assert!(ep.poll_transmit().is_some());
+    // A Request again for an upload in progress (its Accept was lost) goes to it, and its
+    // ACKs too; an ACK for nothing is dropped.
+    assert!(matches!(
+        ep.handle(now, a, request(1)),
+        Some(Incoming::Upload { .. })
+    ));
+    assert!(matches!(
+        ep.handle(now, a, final_ack(TransferId(1))),
+        Some(Incoming::Upload { .. })
+    ));
+    assert!(ep
+        .handle(now, addr(9, 1), final_ack(TransferId(1)))
+        .is_none());
+    // Once one ends, there is room again.
+    ep.upload_ended(a, TransferId(1));
+    assert!(matches!(
+        ep.handle(now, addr(2, 10002), request(6)),
+        Some(Incoming::NewUpload { .. })
+    ));
+}
+
+#[test]
+fn requests_for_our_share_are_rate_limited_per_ip() {
+    let config = EndpointConfig {
+        rate: RateConfig {
+            per_second: 10.0,
+            burst: 5.0,
+            max_sources: 16,
+        },
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let now = Instant::now();
+    let index = |page| Message::IndexRequest {
+        request: RequestId(1),
+        page,
+    };
+    let served = (0..50)
+        .filter(|&p| ep.handle(now, addr(5, 1), index(p)).is_some())
+        .count();
+    assert!(
+        (5..=6).contains(&served),
+        "{served} of a burst of 50 served"
+    );
+    // Another IP is not held back by the first one's flood.
+    assert!(ep.handle(now, addr(6, 1), index(0)).is_some());
+    // The first one gets its rate back with time.
+    assert!(ep
+        .handle(now + Duration::from_secs(1), addr(5, 1), index(0))
+        .is_some());
+}
+
+#[test]
+fn the_heartbeat_runs_every_period_until_unregistered() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let (tracker, t0) = (addr(1, 9000), Instant::now());
+    let every = Duration::from_secs(10);
+    ep.keep_registered(
+        t0,
+        tracker,
+        "alice".into(),
+        10001,
+        TransportKind::Udp,
+        every,
+    );
+    assert_eq!(ep.poll_timeout(), Some(t0 + every));
+    ep.handle_timeout(t0 + every);
+    let t = ep.poll_transmit().expect("heartbeat");
+    assert_eq!(t.to, tracker);
+    assert!(matches!(decoded(&t), Message::Heartbeat { name, port: 10001, .. } if name == "alice"));
+    assert_eq!(ep.poll_timeout(), Some(t0 + every * 2));
+    // A refused heartbeat is reported, from the tracker only.
+    let refused = |request| Message::RegisterReply {
+        request,
+        outcome: RegisterOutcome::Refused {
+            reason: "no".into(),
+        },
+    };
+    assert!(ep
+        .handle(t0, addr(7, 9000), refused(RequestId(5)))
+        .is_none());
+    assert!(ep.poll_event().is_none());
+    assert!(ep.handle(t0, tracker, refused(RequestId(5))).is_none());
+    assert!(matches!(
+        ep.poll_event(),
+        Some(Event::HeartbeatRefused { .. })
+    ));
+    // Unregistering stops it, and a registration confirmed late does not restart it.
+    let bye = Message::Unregister {
+        request: RequestId(0),
+        name: "alice".into(),
+    };
+    let (id, _) = ep.request(t0 + every, tracker, bye);
+    ep.cancel(id);
+    assert_eq!(ep.poll_timeout(), None);
+    ep.keep_registered(
+        t0 + every,
+        tracker,
+        "alice".into(),
+        10001,
+        TransportKind::Udp,
+        every,
+    );
+    assert_eq!(ep.poll_timeout(), None);
+}
+
+#[test]
+fn a_requests_first_wait_is_four_round_trips_within_bounds() {
+    let default = ms(500);
+    assert_eq!(request_retry_after(ms(30), default), ms(120));
+    assert_eq!(request_retry_after(ms(1), default), MIN_REQUEST_RETRY);
+    assert_eq!(request_retry_after(ms(400), default), default);
+    // A configured wait shorter than the floor stays as configured.
+    assert_eq!(request_retry_after(ms(1), ms(10)), ms(10));
+}
