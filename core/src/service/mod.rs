@@ -5,7 +5,6 @@
 
 pub mod endpoint;
 pub mod lock;
-mod paging;
 pub mod resume;
 pub mod tracker;
 
@@ -13,5 +12,5 @@ pub use endpoint::{
     spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress, ServiceError,
     PIECE_REFETCHES,
 };
-pub use paging::paginate;
+pub use p2p_proto::wire::paginate;
 pub use tracker::{run_tracker, run_tracker_limited, TrackerEvent};

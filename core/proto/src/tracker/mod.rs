@@ -1,5 +1,8 @@
-//! The tracker's state: which peers are live, under which names, until when.
+//! The tracker: which peers are live, under which names, until when ([`Registry`]), and the
+//! answers to their requests ([`Tracker`]), without I/O.
 
+mod handler;
 mod registry;
 
+pub use handler::{Tracker, TrackerEvent};
 pub use registry::{validate_name, RegisterError, Registry, RegistryConfig};

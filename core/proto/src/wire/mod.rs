@@ -25,12 +25,14 @@
 
 // One file per concern: the ids and hashes messages carry, the messages themselves, the
 // envelope around them (and the encoders that put it on), the bounded decoder with the protocol
-// limits it enforces, and the send buffer the encoders write datagrams into.
+// limits it enforces, the send buffer the encoders write datagrams into, and the splitting
+// of long lists into pages that fit a message.
 mod datagram_buf;
 mod decode;
 mod envelope;
 mod ids;
 mod messages;
+mod paging;
 
 pub use datagram_buf::DatagramBuf;
 pub use decode::{
@@ -41,3 +43,4 @@ pub use decode::{
 pub use envelope::{DATA_OVERHEAD, HEADER_LEN, MAGIC, PROTOCOL_VERSION, UNCHECKED_PAYLOAD};
 pub use ids::{ContentHash, FileId, RequestId, TransferId, TransportKind};
 pub use messages::{AbortReason, IndexEntry, Message, PeerInfo, RegisterOutcome, PIECE_SIZE};
+pub use paging::paginate;

@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::service::paging::paginate;
 use crate::transfer::ChunkSender;
 use crate::transport::SharedTransport;
+use crate::wire::paginate;
 use crate::wire::{
     AbortReason, BoundedVec, ContentHash, DatagramBuf, FileId, Message, RequestId, TransferId,
     MAX_PIECE_HASHES, PIECE_SIZE,

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::wire::{CONTROL_BUDGET, MAX_LIST_ITEMS};
+use super::{CONTROL_BUDGET, MAX_LIST_ITEMS};
 
 /// Bytes of a page message around its items (envelope, tag, ids, counters), at most.
 const PAGE_OVERHEAD: usize = 64 + 256;

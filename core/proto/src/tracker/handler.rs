@@ -1,0 +1,295 @@
+//! The tracker's answers to register, heartbeat, unregister and list requests, as a function
+//! of its state and the time: the async service only receives, calls
+//! [`Tracker::handle`] and sends.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Registry, RegistryConfig};
+use crate::limits::{RateConfig, RateLimiter};
+use crate::wire::{paginate, BoundedVec, Message, RegisterOutcome, TransportKind};
+
+/// Something the tracker did, for its log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrackerEvent {
+    /// A new peer registered.
+    Registered {
+        /// Its name.
+        name: String,
+        /// Where it listens.
+        addr: SocketAddr,
+        /// On which transport.
+        transport: TransportKind,
+    },
+    /// A registration was refused.
+    Refused {
+        /// The wanted name.
+        name: String,
+        /// Who asked.
+        from: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A peer left.
+    Unregistered {
+        /// Its name.
+        name: String,
+    },
+    /// A peer stopped sending heartbeats and was dropped.
+    Expired {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The registry and the per-source request limiter: the whole state of a tracker.
+#[derive(Debug)]
+pub struct Tracker {
+    registry: Registry,
+    limiter: RateLimiter,
+}
+
+impl Tracker {
+    /// An empty tracker; requests beyond `rate` per source IP are dropped.
+    pub fn new(config: RegistryConfig, rate: RateConfig) -> Self {
+        Tracker {
+            registry: Registry::new(config),
+            limiter: RateLimiter::new(rate),
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The answer to `msg` from `from` at `now` (`None`: nothing to answer: not a tracker
+    /// request, or over the sender's rate limit), and what happened, for the log.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: Message,
+    ) -> (Option<Message>, Option<TrackerEvent>) {
+        if !self.limiter.allow(now, from.ip()) {
+            return (None, None); // flooding: dropped like a lost datagram
+        }
+        let reg = &mut self.registry;
+        match msg {
+            Message::Register {
+                request,
+                name,
+                port,
+                transport,
+            }
+            | Message::Heartbeat {
+                request,
+                name,
+                port,
+                transport,
+            } => {
+                let (outcome, event) = match reg.register(now, &name, from, port, transport) {
+                    Ok(new) => (
+                        RegisterOutcome::Accepted {
+                            ttl_ms: reg.config().ttl.as_millis() as u64,
+                            heartbeat_ms: reg.config().heartbeat.as_millis() as u64,
+                        },
+                        new.then(|| TrackerEvent::Registered {
+                            name,
+                            addr: SocketAddr::new(from.ip(), port),
+                            transport,
+                        }),
+                    ),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        let event = TrackerEvent::Refused {
+                            name,
+                            from,
+                            reason: reason.clone(),
+                        };
+                        (RegisterOutcome::Refused { reason }, Some(event))
+                    }
+                };
+                (Some(Message::RegisterReply { request, outcome }), event)
+            }
+            Message::Unregister { request, name } => {
+                let event = reg
+                    .unregister(&name, from.ip())
+                    .then_some(TrackerEvent::Unregistered { name });
+                (Some(Message::UnregisterReply { request }), event)
+            }
+            Message::ListPeers { request, page } => {
+                let pages = paginate(reg.list(now));
+                let n = pages.len() as u32;
+                let reply = match pages.into_iter().nth(page as usize) {
+                    Some(peers) => Message::PeerList {
+                        request,
+                        page,
+                        pages: n,
+                        peers: BoundedVec(peers),
+                    },
+                    None => Message::Error {
+                        request,
+                        reason: format!("no page {page} (there are {n})"),
+                    },
+                };
+                (Some(reply), None)
+            }
+            _ => (None, None),
+        }
+    }
+
+    /// When the next silent peer expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.registry.next_expiry()
+    }
+
+    /// Drops the peers silent for their whole lifetime at `now`; returns their names.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        self.registry.expire(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::RegisterError;
+    use crate::wire::RequestId;
+    use std::time::Duration;
+
+    fn register(name: &str, port: u16) -> Message {
+        Message::Register {
+            request: RequestId(1),
+            name: name.into(),
+            port,
+            transport: TransportKind::Udp,
+        }
+    }
+
+    #[test]
+    fn registers_refuses_a_taken_name_lists_and_expires_on_a_clock_of_its_own() {
+        let config = RegistryConfig::default();
+        let ttl = config.ttl;
+        let mut t = Tracker::new(config, RateConfig::default());
+        let now = Instant::now();
+        let alice: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        let (reply, event) = t.handle(now, alice, register("alice", 10001));
+        assert!(matches!(
+            reply,
+            Some(Message::RegisterReply {
+                outcome: RegisterOutcome::Accepted { .. },
+                ..
+            })
+        ));
+        let holder = SocketAddr::new(alice.ip(), 10001);
+        assert_eq!(
+            event,
+            Some(TrackerEvent::Registered {
+                name: "alice".into(),
+                addr: holder,
+                transport: TransportKind::Udp
+            })
+        );
+        // A refresh is no news.
+        assert_eq!(t.handle(now, alice, register("alice", 10001)).1, None);
+        // Another address wants the name.
+        let mallory: SocketAddr = "10.0.0.66:5555".parse().unwrap();
+        let (reply, event) = t.handle(now, mallory, register("alice", 10002));
+        let reason = RegisterError::NameTaken {
+            name: "alice".into(),
+            holder,
+        }
+        .to_string();
+        assert_eq!(
+            reply,
+            Some(Message::RegisterReply {
+                request: RequestId(1),
+                outcome: RegisterOutcome::Refused {
+                    reason: reason.clone()
+                }
+            })
+        );
+        assert!(matches!(event, Some(TrackerEvent::Refused { from, .. }) if from == mallory));
+        // Listed, one page.
+        let list = Message::ListPeers {
+            request: RequestId(2),
+            page: 0,
+        };
+        match t.handle(now, mallory, list).0 {
+            Some(Message::PeerList {
+                pages: 1, peers, ..
+            }) => {
+                assert_eq!(peers.0.len(), 1);
+                assert_eq!(peers.0[0].addr, holder);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A page past the end is an error, not silence.
+        let past = Message::ListPeers {
+            request: RequestId(3),
+            page: 1,
+        };
+        assert!(matches!(
+            t.handle(now, mallory, past).0,
+            Some(Message::Error { .. })
+        ));
+        // Silent past its lifetime: gone.
+        assert_eq!(t.next_expiry(), Some(now + ttl));
+        assert_eq!(
+            t.expire(now + ttl + Duration::from_millis(1)),
+            vec!["alice".to_string()]
+        );
+        assert!(t.registry().is_empty());
+    }
+
+    #[test]
+    fn only_the_holders_ip_unregisters_a_name_and_messages_for_peers_are_ignored() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default());
+        let now = Instant::now();
+        let alice: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        t.handle(now, alice, register("alice", 10001));
+        let bye = Message::Unregister {
+            request: RequestId(4),
+            name: "alice".into(),
+        };
+        let (reply, event) = t.handle(now, "10.0.0.66:1".parse().unwrap(), bye.clone());
+        assert_eq!(
+            reply,
+            Some(Message::UnregisterReply {
+                request: RequestId(4)
+            })
+        );
+        assert_eq!(event, None, "not alice's address: still registered");
+        let (_, event) = t.handle(now, alice, bye);
+        assert_eq!(
+            event,
+            Some(TrackerEvent::Unregistered {
+                name: "alice".into()
+            })
+        );
+        let fin = Message::FinAck {
+            transfer: crate::wire::TransferId(1),
+        };
+        assert_eq!(t.handle(now, alice, fin), (None, None));
+    }
+
+    #[test]
+    fn requests_beyond_the_rate_limit_are_dropped() {
+        let rate = RateConfig {
+            per_second: 1.0,
+            burst: 3.0,
+            max_sources: 8,
+        };
+        let mut t = Tracker::new(RegistryConfig::default(), rate);
+        let now = Instant::now();
+        let from: SocketAddr = "10.0.0.9:1".parse().unwrap();
+        let list = Message::ListPeers {
+            request: RequestId(1),
+            page: 0,
+        };
+        let answered = (0..20)
+            .filter(|_| t.handle(now, from, list.clone()).0.is_some())
+            .count();
+        assert!((3..=4).contains(&answered), "{answered}");
+    }
+}
