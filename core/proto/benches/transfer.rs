@@ -79,7 +79,7 @@ fn run(file: &[u8], hash: ContentHash, config: &SenderConfig, wire: bool) -> u64
     // Generous bound: a stuck loop must fail the bench, not hang it.
     let max_rounds = 100 * (file.len() / config.chunk_size as usize + 100);
     for _ in 0..max_rounds {
-        while let Some(m) = receiver.poll_transmit() {
+        while let Some(m) = receiver.poll_transmit(now) {
             let m = carry(m, wire);
             sender.handle_message(now, &m);
         }
@@ -95,7 +95,7 @@ fn run(file: &[u8], hash: ContentHash, config: &SenderConfig, wire: bool) -> u64
                     }
                 }
             };
-            receiver.handle_message(now, carry(m, wire));
+            receiver.handle_message(now, &carry(m, wire));
         }
         while let Some(e) = receiver.poll_event() {
             match e {

@@ -977,7 +977,7 @@ impl Harness {
 
     /// Sends what both sides want to send, and collects their events.
     fn flush(&mut self) {
-        while let Some(m) = self.receiver.poll_transmit() {
+        while let Some(m) = self.receiver.poll_transmit(self.now) {
             self.send(Dir::ToSender, &m);
         }
         while let Some(e) = self.receiver.poll_event() {
@@ -1055,7 +1055,7 @@ impl Harness {
                 self.now = self.now.max(at);
                 let msg = decode(&bytes).expect("only corrupted messages fail to decode");
                 match dir {
-                    Dir::ToReceiver => self.receiver.handle_message(self.now, msg),
+                    Dir::ToReceiver => self.receiver.handle_message(self.now, &msg),
                     Dir::ToSender => match self.sender.as_mut() {
                         Some(s) => s.handle_message(self.now, &msg),
                         None => {

@@ -34,7 +34,7 @@ fn resume_without_expected_never_reports_an_unverified_hash() {
     let announced = ContentHash([1; 32]); // not the file's hash
     r.handle_message(
         now,
-        Message::Accept {
+        &Message::Accept {
             transfer,
             size: 10240,
             chunk_size: 1024,
@@ -45,7 +45,7 @@ fn resume_without_expected_never_reports_an_unverified_hash() {
         let at = 5120 + seq as usize * 1024;
         r.handle_message(
             now,
-            Message::Data {
+            &Message::Data {
                 transfer,
                 seq,
                 payload: file[at..at + 1024].to_vec().into(),
@@ -54,7 +54,7 @@ fn resume_without_expected_never_reports_an_unverified_hash() {
     }
     r.handle_message(
         now,
-        Message::Fin {
+        &Message::Fin {
             transfer,
             size: 10240,
             hash: announced,
@@ -89,7 +89,7 @@ fn resume_with_expected_refuses_a_wrong_announced_hash() {
     );
     r.handle_message(
         now,
-        Message::Accept {
+        &Message::Accept {
             transfer,
             size: 10240,
             chunk_size: 1024,

@@ -26,8 +26,8 @@ struct ReceiverCheck {
 impl ReceiverCheck {
     /// Drains transmits and events of `r` and checks every invariant; hands back the hashes
     /// of pieces it was given to hash, then drains again.
-    fn drain(&mut self, r: &mut ChunkReceiver) {
-        self.drain_once(r);
+    fn drain(&mut self, r: &mut ChunkReceiver, now: Instant) {
+        self.drain_once(r, now);
         while !self.jobs.is_empty() {
             let mut jobs = std::mem::take(&mut self.jobs);
             if self.reverse {
@@ -36,12 +36,12 @@ impl ReceiverCheck {
             for job in jobs {
                 r.piece_hashed(job.index(), job.hash());
             }
-            self.drain_once(r);
+            self.drain_once(r, now);
         }
     }
 
-    fn drain_once(&mut self, r: &mut ChunkReceiver) {
-        while let Some(m) = r.poll_transmit() {
+    fn drain_once(&mut self, r: &mut ChunkReceiver, now: Instant) {
+        while let Some(m) = r.poll_transmit(now) {
             assert_sendable(&m);
             if self.terminal {
                 // After a failure, nothing; after success, the answers to a sender that
@@ -236,7 +236,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
         jobs: Vec::new(),
         reverse: flags & 0x40 != 0,
     };
-    check.drain(&mut r);
+    check.drain(&mut r, now);
 
     let data_msg = |check: &ReceiverCheck, seq: u64| -> Message {
         let (asize, acs, _) = check.accepted.unwrap_or((size, chunk_size, hash));
@@ -399,10 +399,10 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
             _ => r.abort(abort_reason(input.u8())),
         }
         for m in msgs {
-            r.handle_message(now, m);
-            check.drain(&mut r);
+            r.handle_message(now, &m);
+            check.drain(&mut r, now);
         }
-        check.drain(&mut r);
+        check.drain(&mut r, now);
     }
     check.summary
 }

@@ -14,7 +14,80 @@
 //! inputs with `handle_message`/`handle_timeout`, then drain `poll_transmit` and `poll_event`
 //! until `None`, then sleep until `poll_timeout`. They never read a clock, a socket or a file:
 //! the sender asks its driver for chunk bytes by offset, the receiver hands in-order bytes to
-//! its driver to append.
+//! its driver to append. Both take `handle_message(now, &Message)`, `handle_timeout(now)`,
+//! `poll_transmit(now)`, `poll_timeout()` and `poll_event()`.
+//!
+//! A pair driven by hand over a perfect link (what a driver does with sockets, a file and a
+//! clock):
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use p2p_proto::transfer::{
+//!     ChunkReceiver, ChunkSender, ReceiverConfig, ReceiverEvent, SenderConfig, SenderTransmit,
+//! };
+//! use p2p_proto::wire::{ContentHash, FileId, Message, TransferId};
+//!
+//! let file: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+//! let (size, hash, id) = (file.len() as u64, ContentHash::of(&file), TransferId(1));
+//! let mut now = Instant::now();
+//! let config = SenderConfig { chunk_size: 1000, ..SenderConfig::default() };
+//! let mut rx = ChunkReceiver::new(now, id, FileId(7), Some((size, hash)), ReceiverConfig::default());
+//! let mut tx = ChunkSender::new(now, id, size, hash, 0, config);
+//! let mut written = Vec::new();
+//! let mut finished = false;
+//! while !(finished && tx.is_done()) {
+//!     while let Some(m) = rx.poll_transmit(now) {
+//!         tx.handle_message(now, &m); // the Request, then ACKs and the FIN-ACK
+//!     }
+//!     while let Some(t) = tx.poll_transmit(now) {
+//!         let m = match t {
+//!             SenderTransmit::Control(m) => m, // Accept, Fin
+//!             // The driver reads the chunk from the file.
+//!             SenderTransmit::Chunk { seq, offset, len } => Message::Data {
+//!                 transfer: id,
+//!                 seq,
+//!                 payload: file[offset as usize..][..len as usize].to_vec().into(),
+//!             },
+//!         };
+//!         rx.handle_message(now, &m);
+//!     }
+//!     while let Some(e) = rx.poll_event() {
+//!         match e {
+//!             ReceiverEvent::Write(bytes) => written.extend_from_slice(&bytes), // to the file
+//!             ReceiverEvent::Finished { .. } => finished = true, // BLAKE3 matched
+//!             ReceiverEvent::Failed(e) => panic!("{e}"),
+//!             _ => {}
+//!         }
+//!     }
+//!     while tx.poll_event().is_some() {}
+//!     // The clock is the driver's: here, a millisecond per round.
+//!     now += Duration::from_millis(1);
+//!     if rx.poll_timeout().is_some_and(|t| t <= now) {
+//!         rx.handle_timeout(now);
+//!     }
+//!     if tx.poll_timeout().is_some_and(|t| t <= now) {
+//!         tx.handle_timeout(now);
+//!     }
+//! }
+//! assert_eq!(written, file);
+//! ```
+//!
+//! # Timers
+//!
+//! | machine | timer | value | on expiry |
+//! |---|---|---|---|
+//! | both | idle (`idle_timeout`) | [`DEFAULT_IDLE_TIMEOUT`], 15 s | fail with [`TransferError::Timeout`], `Abort(Timeout)` |
+//! | sender | retransmission (`initial_rto`, `min_rto`, `max_rto`) | 1 s before a sample, then SRTT + 4 RTTVAR within 200 ms..3 s; doubles on each expiry, up to `max_rto` | what is unacknowledged goes again |
+//! | sender | loss detection | a reordering window: SRTT / 4, at least `MIN_REORDER_WINDOW` (2 ms) | chunks sent that long before an acknowledged one are lost and resent |
+//! | sender | tail probe | 2 SRTT + `PROBE_ACK_DELAY` (5 ms) once nothing new may be sent | send the last chunk again to draw an ACK |
+//! | sender | pacing | bursts every `TARGET_BURST_INTERVAL` (2 ms), at most `MAX_BURST_INTERVAL` (10 ms) | release the next burst |
+//! | receiver | request retry (`request_retry`) | 500 ms (four measured round trips when the driver knows one), doubling up to `MAX_REQUEST_WAIT` (4 s) | send the `Request` again |
+//! | receiver | re-request | at most every `REREQUEST_EVERY` (100 ms) | chunks without an `Accept`: ask again |
+//! | receiver | delayed ACK (`ack_delay`) | 5 ms | send the pending ACK |
+//! | receiver | re-ACK (`reack`) | twice the request's round trip, within `MIN_REACK`..`MAX_REACK` (10 ms..1 s), doubling while nothing comes | send the last ACK again |
+//!
+//! The endpoint's own timers (requests, heartbeat, lingering answers) are listed in
+//! [`crate::endpoint`].
 
 pub mod congestion;
 mod in_flight;

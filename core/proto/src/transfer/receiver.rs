@@ -112,6 +112,13 @@ const COPY_EARLY_BELOW: usize = 8 * 1024;
 const MIN_REACK: Duration = Duration::from_millis(10);
 const MAX_REACK: Duration = Duration::from_secs(1);
 
+/// Longest wait between two sends of an unanswered `Request` (the first is
+/// `ReceiverConfig::request_retry`, doubled each time).
+const MAX_REQUEST_WAIT: Duration = Duration::from_secs(4);
+
+/// Most often a `Request` is sent again while chunks arrive whose `Accept` was lost.
+const REREQUEST_EVERY: Duration = Duration::from_millis(100);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Requesting { next_retry: Instant, wait: Duration },
@@ -296,7 +303,7 @@ impl ChunkReceiver {
     }
 
     /// Feeds a message from the sender.
-    pub fn handle_message(&mut self, now: Instant, msg: Message) {
+    pub fn handle_message(&mut self, now: Instant, msg: &Message) {
         match (self.state, msg) {
             (State::Done, Message::Fin { .. }) if self.finished => {
                 // The sender learns that the file is verified (or our FIN-ACK was lost).
@@ -319,6 +326,7 @@ impl ChunkReceiver {
                     ..
                 },
             ) => {
+                let (size, chunk_size, hash) = (*size, *chunk_size, *hash);
                 self.last_heard = now;
                 if chunk_size == 0 || chunk_size > self.config.max_chunk_size {
                     return self.fail(
@@ -388,7 +396,7 @@ impl ChunkReceiver {
                 self.last_heard = now;
                 if self
                     .last_rerequest
-                    .is_none_or(|at| now >= at + Duration::from_millis(100))
+                    .is_none_or(|at| now >= at + REREQUEST_EVERY)
                 {
                     self.last_rerequest = Some(now);
                     self.requested_at = now;
@@ -401,14 +409,14 @@ impl ChunkReceiver {
             }
             (State::Receiving, Message::Data { seq, payload, .. }) => {
                 self.last_heard = now;
-                self.on_data(now, seq, payload);
+                self.on_data(now, *seq, payload.clone());
             }
             (State::Receiving, Message::Fin { size, hash, .. }) => {
                 self.last_heard = now;
                 if self.next_seq < self.total {
                     return; // cannot be: FIN follows the ACK of every chunk; ignore
                 }
-                if size != self.size || hash != self.hash {
+                if *size != self.size || *hash != self.hash {
                     return self.fail(TransferError::HashMismatch, Some(AbortReason::HashMismatch));
                 }
                 // Every chunk is here, so the last pieces are still being hashed: answered
@@ -417,7 +425,7 @@ impl ChunkReceiver {
                 self.try_finish();
             }
             (_, Message::Abort { reason, .. }) => {
-                self.fail(TransferError::Aborted(reason), None);
+                self.fail(TransferError::Aborted(reason.clone()), None);
             }
             _ => {}
         }
@@ -718,7 +726,7 @@ impl ChunkReceiver {
                 );
             }
             State::Requesting { next_retry, wait } if now >= next_retry => {
-                let wait = (wait * 2).min(Duration::from_secs(4));
+                let wait = (wait * 2).min(MAX_REQUEST_WAIT);
                 self.state = State::Requesting {
                     next_retry: now + wait,
                     wait,
@@ -757,8 +765,9 @@ impl ChunkReceiver {
         }
     }
 
-    /// The next message to send.
-    pub fn poll_transmit(&mut self) -> Option<Message> {
+    /// The next message to send (the time is not needed yet: ACKs are timed by
+    /// [`ChunkReceiver::handle_timeout`]; taken for the same signature as the sender's).
+    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Message> {
         if let Some(m) = self.out.pop_front() {
             return Some(m);
         }
@@ -800,7 +809,10 @@ mod tests {
                 ..ReceiverConfig::default()
             };
             let mut r = ChunkReceiver::new(start, t, FileId(1), None, config);
-            assert!(matches!(r.poll_transmit(), Some(Message::Request { .. })));
+            assert!(matches!(
+                r.poll_transmit(start),
+                Some(Message::Request { .. })
+            ));
             let now = start + Duration::from_millis(30); // the request's round trip
             let accept = Message::Accept {
                 transfer: t,
@@ -808,22 +820,22 @@ mod tests {
                 chunk_size: 1000,
                 hash: ContentHash::of(&data),
             };
-            r.handle_message(now, accept);
+            r.handle_message(now, &accept);
             for seq in 0..2 {
-                r.handle_message(now, data_msg(t, seq, Bytes::from(vec![7u8; 1000])));
+                r.handle_message(now, &data_msg(t, seq, Bytes::from(vec![7u8; 1000])));
             }
             assert!(matches!(
-                r.poll_transmit(),
+                r.poll_transmit(now),
                 Some(Message::Ack { cumulative: 2, .. })
             ));
-            assert_eq!(r.poll_transmit(), None);
+            assert_eq!(r.poll_transmit(now), None);
             let mut acks = Vec::new();
             while let Some(at) = r.poll_timeout() {
                 if at > now + Duration::from_millis(500) {
                     break; // only the idle timeout is left
                 }
                 r.handle_timeout(at);
-                while let Some(m) = r.poll_transmit() {
+                while let Some(m) = r.poll_transmit(now) {
                     assert!(matches!(m, Message::Ack { cumulative: 2, .. }), "{m:?}");
                     acks.push(at - now);
                 }
@@ -865,16 +877,16 @@ mod tests {
             chunk_size: chunk as u32,
             hash,
         };
-        r.handle_message(now, accept);
+        r.handle_message(now, &accept);
         for (seq, part) in data.chunks(chunk).enumerate() {
             let payload = Bytes::copy_from_slice(part);
             let seq = seq as u64;
-            r.handle_message(now, data_msg(t, seq, payload));
+            r.handle_message(now, &data_msg(t, seq, payload));
         }
         let size = size as u64;
         r.handle_message(
             now,
-            Message::Fin {
+            &Message::Fin {
                 transfer: t,
                 size,
                 hash,
@@ -924,7 +936,7 @@ mod tests {
                 chunk_size: 700,
                 hash,
             };
-            r.handle_message(now, accept);
+            r.handle_message(now, &accept);
             r
         };
         // Accepted, then every chunk delivered.
@@ -932,14 +944,14 @@ mod tests {
             let mut r = start_fresh(table);
             for seq in 0..5u64 {
                 let payload = Bytes::copy_from_slice(&data[seq as usize * 700..][..700]);
-                r.handle_message(now, data_msg(t, seq, payload));
+                r.handle_message(now, &data_msg(t, seq, payload));
             }
             r
         };
         let events =
             |r: &mut ChunkReceiver| std::iter::from_fn(|| r.poll_event()).collect::<Vec<_>>();
         let finacks = |r: &mut ChunkReceiver| {
-            std::iter::from_fn(|| r.poll_transmit())
+            std::iter::from_fn(|| r.poll_transmit(now))
                 .filter(|m| matches!(m, Message::FinAck { .. }))
                 .count()
         };
@@ -966,7 +978,7 @@ mod tests {
             [0, 1, 2, 3]
         );
         assert_eq!(r.hash_backlog(), 4 * 1024, "four pieces of 1 KiB");
-        r.handle_message(now, fin.clone());
+        r.handle_message(now, &fin.clone());
         assert_eq!(finacks(&mut r), 0, "FinAck before the pieces are hashed");
         // Pieces 3 and 1 first: nothing verified until piece 0 is.
         for i in [3, 1] {
@@ -996,7 +1008,7 @@ mod tests {
         let mut r = start_fresh(table.clone());
         let block = Bytes::from(vec![7u8; 4096]);
         let payload = block.slice(..700);
-        r.handle_message(now, data_msg(t, 2, payload));
+        r.handle_message(now, &data_msg(t, 2, payload));
         let kept = r.early.get(&2).expect("buffered out of order");
         assert!(
             !std::ptr::eq(kept.as_ptr(), block.as_ptr()),

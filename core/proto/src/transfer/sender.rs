@@ -47,6 +47,9 @@ pub struct SenderConfig {
 /// ACK delay a tail probe allows for (the receiver's default `ack_delay`).
 const PROBE_ACK_DELAY: Duration = Duration::from_millis(5);
 
+/// Shortest reordering window: a chunk sent this long before one acknowledged is not lost yet.
+const MIN_REORDER_WINDOW: Duration = Duration::from_millis(2);
+
 impl Default for SenderConfig {
     fn default() -> Self {
         SenderConfig {
@@ -380,7 +383,7 @@ impl ChunkSender {
     /// How long after its send a chunk with later chunks acknowledged may still arrive:
     /// reordering, not loss (RACK's reordering window: a quarter RTT, at least 2 ms).
     fn reorder_window(&self) -> Duration {
-        (self.srtt() / 4).max(Duration::from_millis(2))
+        (self.srtt() / 4).max(MIN_REORDER_WINDOW)
     }
 
     /// The smoothed RTT, or the initial RTO before the first sample.

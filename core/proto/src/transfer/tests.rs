@@ -108,7 +108,7 @@ impl Pair {
 
     /// Sends everything both sides want to send now.
     fn flush(&mut self) {
-        while let Some(m) = self.receiver.poll_transmit() {
+        while let Some(m) = self.receiver.poll_transmit(self.now) {
             self.push(Dir::ToSender, m);
         }
         while let Some(e) = self.receiver.poll_event() {
@@ -162,7 +162,7 @@ impl Pair {
             let msg = decode(&bytes).expect("in-memory network does not corrupt");
             self.delivered += 1;
             match dir {
-                Dir::ToReceiver => self.receiver.handle_message(self.now, msg),
+                Dir::ToReceiver => self.receiver.handle_message(self.now, &msg),
                 Dir::ToSender => {
                     if self.sender.is_none() {
                         if let Message::Request {
@@ -627,7 +627,7 @@ fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
     );
     r.handle_message(
         now,
-        Message::Accept {
+        &Message::Accept {
             transfer: TransferId(1),
             size: 1000,
             chunk_size: 100,
@@ -636,7 +636,7 @@ fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
     );
     r.handle_message(
         now,
-        Message::Data {
+        &Message::Data {
             transfer: TransferId(1),
             seq: 9,
             payload: vec![0; 100].into(),
@@ -644,7 +644,7 @@ fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
     );
     r.handle_message(
         now,
-        Message::Data {
+        &Message::Data {
             transfer: TransferId(1),
             seq: 1,
             payload: vec![0; 7].into(),
@@ -652,7 +652,7 @@ fn receiver_ignores_data_beyond_window_and_wrong_lengths() {
     );
     r.handle_message(
         now,
-        Message::Data {
+        &Message::Data {
             transfer: TransferId(1),
             seq: 50,
             payload: vec![0; 100].into(),
@@ -674,7 +674,7 @@ fn wrong_hash_at_fin_fails_without_finish() {
     );
     r.handle_message(
         now,
-        Message::Accept {
+        &Message::Accept {
             transfer: TransferId(1),
             size: 3,
             chunk_size: 100,
@@ -683,7 +683,7 @@ fn wrong_hash_at_fin_fails_without_finish() {
     );
     r.handle_message(
         now,
-        Message::Data {
+        &Message::Data {
             transfer: TransferId(1),
             seq: 0,
             payload: b"abc".to_vec().into(),
@@ -691,7 +691,7 @@ fn wrong_hash_at_fin_fails_without_finish() {
     );
     r.handle_message(
         now,
-        Message::Fin {
+        &Message::Fin {
             transfer: TransferId(1),
             size: 3,
             hash: ContentHash::of(b"abd"),
@@ -702,13 +702,15 @@ fn wrong_hash_at_fin_fails_without_finish() {
         events.last(),
         Some(ReceiverEvent::Failed(TransferError::HashMismatch))
     ));
-    assert!(std::iter::from_fn(|| r.poll_transmit()).any(|m| matches!(
-        m,
-        Message::Abort {
-            reason: AbortReason::HashMismatch,
-            ..
-        }
-    )));
+    assert!(
+        std::iter::from_fn(|| r.poll_transmit(now)).any(|m| matches!(
+            m,
+            Message::Abort {
+                reason: AbortReason::HashMismatch,
+                ..
+            }
+        ))
+    );
 }
 
 /// Every 5th data chunk arrives 3 ms late (a quarter RTT is 5 ms): the later chunks are

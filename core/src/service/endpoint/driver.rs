@@ -201,7 +201,7 @@ impl Driver {
             }
             Some(Incoming::Download { transfer, msg }) => {
                 if let Some(d) = self.downloads.get_mut(&transfer) {
-                    d.machine.handle_message(now, msg);
+                    d.machine.handle_message(now, &msg);
                     self.pump_download(transfer);
                 }
             }
@@ -380,7 +380,7 @@ impl Driver {
             keep
         });
         for (transfer, d) in self.downloads.iter_mut() {
-            while let Some(m) = d.machine.poll_transmit() {
+            while let Some(m) = d.machine.poll_transmit(now) {
                 if matches!(m, Message::Request { .. }) {
                     tracing::debug!(to = %d.peer, ?transfer, "request");
                 }
