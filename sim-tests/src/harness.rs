@@ -185,6 +185,29 @@ pub fn check_download(
     }
 }
 
+/// One `#[test]` per line, each running its scenario through [`run_seeds`] under its own
+/// name (so the name printed with a failing seed is the test's):
+///
+/// ```ignore
+/// seeded_tests! {
+///     /// Doc comments and attributes go through.
+///     crash_sender_udp => |seed| crash_sender(seed, Net::Udp);
+///     crash_sender_tcp => |seed| crash_sender(seed, Net::Tcp);
+/// }
+/// ```
+#[macro_export]
+macro_rules! seeded_tests {
+    ($($(#[$meta:meta])* $name:ident => |$seed:ident| $body:expr;)+) => {
+        $(
+            $(#[$meta])*
+            #[test]
+            fn $name() {
+                $crate::run_seeds(file!(), stringify!($name), |$seed| $body);
+            }
+        )+
+    };
+}
+
 /// Runs `body` through [`run_scenario`] for every seed of
 /// [`seeds_from_env`](crate::seeds_from_env), going on after a failure, then fails with the
 /// list of every failing seed.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use p2p_core::service::lock::LockError;
 use p2p_core::service::ServiceError;
 use p2p_sim_tests::{
-    check_download, fast_registry, fetch, find_entry, peer_addr, run_seeds, spawn_fetch, Checked,
-    Cluster, FaultRates, Net, PeerOpts,
+    check_download, fast_registry, fetch, find_entry, peer_addr, seeded_tests, spawn_fetch,
+    Checked, Cluster, FaultRates, Net, PeerOpts,
 };
 
 fn loss(net: Net) -> Option<(FaultRates, FaultRates)> {
@@ -92,29 +92,14 @@ fn fan_out(seed: u64, net: Net, twice: bool) -> turmoil::Result {
     sim.run()
 }
 
-#[test]
-fn many_downloads_from_one_peer_udp() {
-    run_seeds(file!(), "many_downloads_from_one_peer_udp", |s| {
-        fan_out(s, Net::Udp, false)
-    });
-}
-
-/// The second download to a destination being downloaded is refused, and the first one
-/// completes. Regression: the resume plan used to run before the driver checked that the
-/// destination was free, so the second download deleted the first one's partial file (UDP,
-/// seeds 1,2,3); fixed in 3f5316d.
-#[test]
-fn same_destination_twice_udp() {
-    run_seeds(file!(), "same_destination_twice_udp", |s| {
-        fan_out(s, Net::Udp, true)
-    });
-}
-
-#[test]
-fn many_downloads_from_one_peer_tcp() {
-    run_seeds(file!(), "many_downloads_from_one_peer_tcp", |s| {
-        fan_out(s, Net::Tcp, false)
-    });
+seeded_tests! {
+    many_downloads_from_one_peer_udp => |s| fan_out(s, Net::Udp, false);
+    /// The second download to a destination being downloaded is refused, and the first one
+    /// completes. Regression: the resume plan used to run before the driver checked that the
+    /// destination was free, so the second download deleted the first one's partial file (UDP,
+    /// seeds 1,2,3); fixed in 3f5316d.
+    same_destination_twice_udp => |s| fan_out(s, Net::Udp, true);
+    many_downloads_from_one_peer_tcp => |s| fan_out(s, Net::Tcp, false);
 }
 
 fn both_directions(seed: u64, net: Net) -> turmoil::Result {
@@ -161,16 +146,7 @@ fn both_directions(seed: u64, net: Net) -> turmoil::Result {
     sim.run()
 }
 
-#[test]
-fn both_directions_udp() {
-    run_seeds(file!(), "both_directions_udp", |s| {
-        both_directions(s, Net::Udp)
-    });
-}
-
-#[test]
-fn both_directions_tcp() {
-    run_seeds(file!(), "both_directions_tcp", |s| {
-        both_directions(s, Net::Tcp)
-    });
+seeded_tests! {
+    both_directions_udp => |s| both_directions(s, Net::Udp);
+    both_directions_tcp => |s| both_directions(s, Net::Tcp);
 }

@@ -12,7 +12,7 @@ use p2p_core::service::ServiceError;
 use p2p_proto::transfer::TransferError;
 use p2p_proto::wire::PIECE_SIZE;
 use p2p_sim_tests::{
-    busy, check_download, fast_registry, fetch, run_for, run_seeds, run_until, spawn_fetch,
+    busy, check_download, fast_registry, fetch, run_for, run_until, seeded_tests, spawn_fetch,
     timed_out, tracker_addr, wait_progress, Checked, Cluster, Net, PeerOpts,
 };
 
@@ -90,21 +90,27 @@ fn crash_sender(seed: u64, net: Net) -> turmoil::Result {
         }
     });
     run_until(&mut sim, Duration::from_secs(60), || flag.get())?;
-    sim.crash("seeder");
+    crash_then_restart(&mut sim, "seeder", &flag, Duration::from_secs(2))
+}
+
+/// Crashes `host` (its disk survives), lets the others run `down` without it, restarts it,
+/// and runs the scenario to its end; `flag` tells the crashed host's code its life ended.
+fn crash_then_restart(
+    sim: &mut turmoil::Sim<'_>,
+    host: &str,
+    flag: &Cell<bool>,
+    down: Duration,
+) -> turmoil::Result {
+    sim.crash(host);
     flag.set(false);
-    run_for(&mut sim, Duration::from_secs(2))?;
-    sim.bounce("seeder");
+    run_for(sim, down)?;
+    sim.bounce(host);
     sim.run()
 }
 
-#[test]
-fn crash_sender_udp() {
-    run_seeds(file!(), "crash_sender_udp", |s| crash_sender(s, Net::Udp));
-}
-
-#[test]
-fn crash_sender_tcp() {
-    run_seeds(file!(), "crash_sender_tcp", |s| crash_sender(s, Net::Tcp));
+seeded_tests! {
+    crash_sender_udp => |s| crash_sender(s, Net::Udp);
+    crash_sender_tcp => |s| crash_sender(s, Net::Tcp);
 }
 
 /// Crashes the leecher mid-transfer and restarts it; its next life downloads again. With
@@ -179,32 +185,13 @@ fn crash_receiver(seed: u64, net: Net, resume: bool) -> turmoil::Result {
         unreachable!()
     });
     run_until(&mut sim, Duration::from_secs(60), || flag.get())?;
-    sim.crash("leecher");
-    flag.set(false);
-    run_for(&mut sim, Duration::from_secs(1))?;
-    sim.bounce("leecher");
-    sim.run()
+    crash_then_restart(&mut sim, "leecher", &flag, Duration::from_secs(1))
 }
 
-#[test]
-fn crash_receiver_udp() {
-    run_seeds(file!(), "crash_receiver_udp", |s| {
-        crash_receiver(s, Net::Udp, false)
-    });
-}
-
-#[test]
-fn crash_receiver_resumes_udp() {
-    run_seeds(file!(), "crash_receiver_resumes_udp", |s| {
-        crash_receiver(s, Net::Udp, true)
-    });
-}
-
-#[test]
-fn crash_receiver_tcp() {
-    run_seeds(file!(), "crash_receiver_tcp", |s| {
-        crash_receiver(s, Net::Tcp, false)
-    });
+seeded_tests! {
+    crash_receiver_udp => |s| crash_receiver(s, Net::Udp, false);
+    crash_receiver_resumes_udp => |s| crash_receiver(s, Net::Udp, true);
+    crash_receiver_tcp => |s| crash_receiver(s, Net::Tcp, false);
 }
 
 /// Every name `via`'s tracker lists, or `None` when it does not answer.
@@ -265,21 +252,12 @@ fn crash_tracker(seed: u64, net: Net) -> turmoil::Result {
         until_listed(&h, &all, Duration::from_secs(10)).await
     });
     run_until(&mut sim, Duration::from_secs(60), || flag.get())?;
-    sim.crash("tracker");
-    flag.set(false);
-    run_for(&mut sim, Duration::from_secs(2))?;
-    sim.bounce("tracker");
-    sim.run()
+    crash_then_restart(&mut sim, "tracker", &flag, Duration::from_secs(2))
 }
 
-#[test]
-fn crash_tracker_udp() {
-    run_seeds(file!(), "crash_tracker_udp", |s| crash_tracker(s, Net::Udp));
-}
-
-#[test]
-fn crash_tracker_tcp() {
-    run_seeds(file!(), "crash_tracker_tcp", |s| crash_tracker(s, Net::Tcp));
+seeded_tests! {
+    crash_tracker_udp => |s| crash_tracker(s, Net::Udp);
+    crash_tracker_tcp => |s| crash_tracker(s, Net::Tcp);
 }
 
 fn crashed_peer_expires(seed: u64, net: Net) -> turmoil::Result {
@@ -315,16 +293,7 @@ fn crashed_peer_expires(seed: u64, net: Net) -> turmoil::Result {
     Ok(())
 }
 
-#[test]
-fn crashed_peer_expires_udp() {
-    run_seeds(file!(), "crashed_peer_expires_udp", |s| {
-        crashed_peer_expires(s, Net::Udp)
-    });
-}
-
-#[test]
-fn crashed_peer_expires_tcp() {
-    run_seeds(file!(), "crashed_peer_expires_tcp", |s| {
-        crashed_peer_expires(s, Net::Tcp)
-    });
+seeded_tests! {
+    crashed_peer_expires_udp => |s| crashed_peer_expires(s, Net::Udp);
+    crashed_peer_expires_tcp => |s| crashed_peer_expires(s, Net::Tcp);
 }

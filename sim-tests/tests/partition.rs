@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use p2p_core::service::ServiceError;
 use p2p_sim_tests::{
-    busy, check_download, fast_registry, fetch, run_seeds, spawn_fetch, timed_out, wait_progress,
-    Checked, Cluster, Net, PeerOpts,
+    busy, check_download, fast_registry, fetch, run_seeds, seeded_tests, spawn_fetch, timed_out,
+    wait_progress, Checked, Cluster, Net, PeerOpts,
 };
 
 /// Larger than what the leecher keeps in flight ([`leecher`]), so that the outage comes
@@ -216,16 +216,7 @@ fn flapping(seed: u64, net: Net) -> turmoil::Result {
     sim.run()
 }
 
-#[test]
-fn link_flapping_udp() {
-    run_seeds(file!(), "link_flapping_udp", |seed| {
-        flapping(seed, Net::Udp)
-    });
-}
-
-#[test]
-fn link_flapping_tcp() {
-    run_seeds(file!(), "link_flapping_tcp", |seed| {
-        flapping(seed, Net::Tcp)
-    });
+seeded_tests! {
+    link_flapping_udp => |seed| flapping(seed, Net::Udp);
+    link_flapping_tcp => |seed| flapping(seed, Net::Tcp);
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use p2p_core::service::{EndpointHandle, ServiceError};
 use p2p_proto::tracker::RegisterError;
 use p2p_sim_tests::{
-    fast_registry, run_for, run_seeds, run_until, tracker_addr, Cluster, Net, PeerOpts, PEER_PORT,
+    fast_registry, run_for, run_seeds, run_until, seeded_tests, tracker_addr, Cluster, Net,
+    PeerOpts, PEER_PORT,
 };
 
 async fn register(h: &EndpointHandle, name: &str) -> Result<(), ServiceError> {
@@ -103,18 +104,9 @@ fn conflicts(seed: u64, net: Net) -> turmoil::Result {
     sim.run()
 }
 
-#[test]
-fn name_conflicts_and_reregistration_udp() {
-    run_seeds(file!(), "name_conflicts_and_reregistration_udp", |s| {
-        conflicts(s, Net::Udp)
-    });
-}
-
-#[test]
-fn name_conflicts_and_reregistration_tcp() {
-    run_seeds(file!(), "name_conflicts_and_reregistration_tcp", |s| {
-        conflicts(s, Net::Tcp)
-    });
+seeded_tests! {
+    name_conflicts_and_reregistration_udp => |s| conflicts(s, Net::Udp);
+    name_conflicts_and_reregistration_tcp => |s| conflicts(s, Net::Tcp);
 }
 
 fn unregister_sticks(seed: u64) -> turmoil::Result {
