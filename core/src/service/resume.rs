@@ -429,8 +429,45 @@ pub fn publish(file: &File, partial: &Path, dest: &Path) -> io::Result<()> {
 pub struct ResumePlan {
     /// First byte to fetch (0: from scratch).
     pub offset: u64,
-    /// A partial download was found but belonged to other content; it was removed. Says why.
-    pub discarded: Option<String>,
+    /// A partial download was found but could not be resumed; it was removed. Says why.
+    pub discarded: Option<Discarded>,
+}
+
+/// Why a partial download found at the start was removed instead of resumed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Discarded {
+    /// Something other than a regular file stood at the partial's name.
+    #[error("{} was not a regular file; removed", .0.display())]
+    NotAFile(PathBuf),
+    /// The state file is of a format this build does not know.
+    #[error("stale partial download discarded: unknown state format")]
+    UnknownFormat,
+    /// The source has another size now.
+    #[error("stale partial download discarded: the source is now {now} bytes, was {was}")]
+    SizeChanged {
+        /// The size listed now.
+        now: u64,
+        /// The size the partial was for.
+        was: u64,
+    },
+    /// The source has other content now.
+    #[error("stale partial download discarded: the source content changed (different BLAKE3)")]
+    ContentChanged,
+    /// The piece table has another piece size now.
+    #[error("stale partial download discarded: different piece size")]
+    PieceSizeChanged,
+    /// The partial holds fewer bytes than its state records.
+    #[error("stale partial download discarded: the partial file is shorter than its state says")]
+    Truncated,
+    /// Written without fsync, before the system restarted: its bytes may not be on disk.
+    #[error("stale partial download discarded: it was written without fsync before the system restarted")]
+    UnsyncedBeforeRestart,
+    /// The partial could not be opened or truncated to its verified prefix.
+    #[error("cannot reuse the partial file: {0}")]
+    CannotReuse(String),
+    /// A partial without a state file, or a state file without a partial.
+    #[error("partial download without a valid state discarded")]
+    NoValidState,
 }
 
 /// Looks for a resumable partial download of `dest`: keeps it (truncated to its verified
@@ -447,10 +484,7 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
             discard(dest);
             return ResumePlan {
                 offset: 0,
-                discarded: Some(format!(
-                    "{} was not a regular file; removed",
-                    partial.display()
-                )),
+                discarded: Some(Discarded::NotAFile(partial)),
             };
         }
         Some(Some(len)) => Some(len),
@@ -465,20 +499,23 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
         (None, None) => fresh,
         (Some(len), Some(st)) => {
             let reason = if st.version != 1 {
-                Some("unknown state format".to_string())
+                Some(Discarded::UnknownFormat)
             } else if st.size != size {
-                Some(format!("the source is now {size} bytes, was {}", st.size))
+                Some(Discarded::SizeChanged {
+                    now: size,
+                    was: st.size,
+                })
             } else if st.hash != hash {
-                Some("the source content changed (different BLAKE3)".to_string())
+                Some(Discarded::ContentChanged)
             } else if st.piece_size != piece_size
                 || (!st.verified.is_multiple_of(u64::from(piece_size.max(1)))
                     && st.verified != size)
             {
-                Some("different piece size".to_string())
+                Some(Discarded::PieceSizeChanged)
             } else if len < st.verified {
-                Some("the partial file is shorter than its state says".to_string())
+                Some(Discarded::Truncated)
             } else if st.unsynced_boot.is_some() && st.unsynced_boot != boot_id() {
-                Some("it was written without fsync before the system restarted".to_string())
+                Some(Discarded::UnsyncedBeforeRestart)
             } else {
                 None
             };
@@ -495,7 +532,7 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
                             discard(dest);
                             ResumePlan {
                                 offset: 0,
-                                discarded: Some(format!("cannot reuse the partial file: {e}")),
+                                discarded: Some(Discarded::CannotReuse(e.to_string())),
                             }
                         }
                     }
@@ -504,7 +541,7 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
                     discard(dest);
                     ResumePlan {
                         offset: 0,
-                        discarded: Some(format!("stale partial download discarded: {why}")),
+                        discarded: Some(why),
                     }
                 }
             }
@@ -513,7 +550,7 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
             discard(dest);
             ResumePlan {
                 offset: 0,
-                discarded: Some("partial download without a valid state discarded".into()),
+                discarded: Some(Discarded::NoValidState),
             }
         }
     }
@@ -559,7 +596,7 @@ mod tests {
         save_state(&dest, &other_boot, false).unwrap();
         let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
         assert_eq!(plan.offset, 0);
-        assert!(plan.discarded.unwrap().contains("restarted"));
+        assert_eq!(plan.discarded, Some(Discarded::UnsyncedBeforeRestart));
         assert!(!partial_path(&dest).exists() && !state_path(&dest).exists());
     }
 
@@ -612,7 +649,7 @@ mod tests {
         save_state(&dest, &state(300), true).unwrap();
         let plan = plan_resume(&dest, 1000, ContentHash::of(b"y"), 100);
         assert_eq!(plan.offset, 0);
-        assert!(plan.discarded.unwrap().contains("changed"));
+        assert_eq!(plan.discarded, Some(Discarded::ContentChanged));
         assert!(!partial_path(&dest).exists() && !state_path(&dest).exists());
     }
 

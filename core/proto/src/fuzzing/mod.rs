@@ -10,16 +10,18 @@
 //! Not part of the stable API: hidden from the docs, free to change with the fuzz targets.
 
 // One file per target (the decoder, the sender, the receiver, the tracker registry), and the
-// helpers they share: the envelope for mutated bodies, the byte-program reader, the synthetic
-// file content.
+// helpers they share: the byte-program reader, the synthetic file content. The envelope for
+// mutated bodies and the sample messages are `crate::testing`'s, re-exported here for the fuzz
+// targets and other crates' tests.
 mod decode;
 mod receiver;
 mod registry;
 mod sender;
 mod shared;
 
-pub use decode::{decode_target, sample_messages};
+pub use crate::testing::{sample_messages, seal};
+pub use decode::decode_target;
 pub use receiver::{receiver_run, receiver_target};
 pub use registry::{check_registry_ops, registry_target, RegistryOp, REGISTRY_NAMES};
 pub use sender::{sender_run, sender_target};
-pub use shared::{seal, RunSummary};
+pub use shared::RunSummary;

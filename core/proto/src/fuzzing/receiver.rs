@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::shared::{abort_reason, assert_sendable, content, seal, Input, RunSummary};
+use super::shared::{assert_sendable, content, Input, RunSummary};
+use crate::testing::{abort_reason, seal};
 use crate::transfer::{chunk_count, ChunkReceiver, ReceiverConfig, ReceiverEvent};
 use crate::wire::{decode, BoundedVec, ContentHash, FileId, Message, RequestId, TransferId};
 

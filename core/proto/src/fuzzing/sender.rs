@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::shared::{abort_reason, assert_sendable, seal, Input, RunSummary};
+use super::shared::{assert_sendable, Input, RunSummary};
+use crate::testing::{abort_reason, seal};
 use crate::transfer::{chunk_count, ChunkSender, SenderConfig, SenderEvent, SenderTransmit};
 use crate::wire::{decode, BoundedVec, ContentHash, FileId, Message, TransferId};
 

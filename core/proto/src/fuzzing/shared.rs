@@ -1,18 +1,8 @@
-//! What the targets share: [`seal`] for mutated bodies, the reader of byte programs, the
-//! synthetic file content, message checks, and how a run ended.
+//! What the targets share: the reader of byte programs, the synthetic file content, message
+//! checks, and how a run ended. (`seal` and the abort reasons by number are
+//! [`crate::testing`]'s.)
 
-use crate::wire::{decode, AbortReason, Message, HEADER_LEN, MAGIC, PROTOCOL_VERSION};
-
-/// Wraps a message body in a valid envelope (magic, version, CRC-32 of `body`), so that
-/// mutated bodies get past the checksum and reach the body decoder.
-pub fn seal(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(PROTOCOL_VERSION);
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    out.extend_from_slice(body);
-    out
-}
+use crate::wire::{decode, Message};
 
 /// Reads fuzz input as little-endian integers; past the end every read yields zero.
 pub(super) struct Input<'a> {
@@ -59,19 +49,6 @@ fn content_byte(seed: u8, i: u64) -> u8 {
 
 pub(super) fn content(seed: u8, from: u64, len: u64) -> Vec<u8> {
     (from..from + len).map(|i| content_byte(seed, i)).collect()
-}
-
-pub(super) fn abort_reason(b: u8) -> AbortReason {
-    match b % 8 {
-        0 => AbortReason::NoSuchFile,
-        1 => AbortReason::Busy,
-        2 => AbortReason::BadRequest,
-        3 => AbortReason::FileChanged,
-        4 => AbortReason::Timeout,
-        5 => AbortReason::HashMismatch,
-        6 => AbortReason::Shutdown,
-        _ => AbortReason::Other("fuzz".into()),
-    }
 }
 
 /// Checks that `msg` is one the peer would accept: valid limits and an exact round trip.

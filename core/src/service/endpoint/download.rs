@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use crate::service::lock::DestinationLock;
 use crate::service::resume::{
-    self, plan_resume, save_state, Checkpointer, DownloadState, PartialWriter, ResumePlan,
+    self, plan_resume, save_state, Checkpointer, Discarded, DownloadState, PartialWriter,
+    ResumePlan,
 };
 use crate::transfer::{ChunkReceiver, PieceTable, ReceiverEvent};
 use crate::wire::{AbortReason, ContentHash, IndexEntry, TransferId};
@@ -40,7 +41,7 @@ pub(super) struct Download {
     pub(super) saved: u64,
     /// When the last checkpoint started.
     pub(super) saved_at: Instant,
-    pub(super) discarded: Option<String>,
+    pub(super) discarded: Option<Discarded>,
     pub(super) started: Instant,
     pub(super) progress: watch::Sender<Progress>,
     pub(super) reply: Option<oneshot::Sender<Result<DownloadReport, ServiceError>>>,

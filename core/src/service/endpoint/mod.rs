@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::lock::LockError;
-pub use super::resume::partial_path;
+pub use super::resume::{partial_path, Discarded};
 use crate::index::ShareIndex;
 use crate::limits::RateConfig;
 use crate::transfer::{PieceTable, ReceiverConfig, SenderConfig, TransferError};
@@ -197,7 +197,7 @@ pub struct DownloadReport {
     /// Byte the transfer started at (non-zero: resumed from a partial download).
     pub resumed_from: u64,
     /// A stale partial download found and discarded, and why.
-    pub discarded: Option<String>,
+    pub discarded: Option<Discarded>,
     /// Times a piece failed its hash check and the download went on from the end of the
     /// verified part ([`PIECE_REFETCHES`] at most). `resumed_from`, `received` and `elapsed`
     /// then describe the last attempt, from the end of the verified part to the verified

@@ -1,0 +1,160 @@
+//! Messages for tests and seed corpora: [`seal`] puts any body in a valid envelope, and
+//! [`sample_messages`] gives one message of every variant.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::wire::{
+    AbortReason, BoundedVec, ContentHash, FileId, Message, RequestId, TransferId, TransportKind,
+    HEADER_LEN, MAGIC, PROTOCOL_VERSION,
+};
+
+/// Wraps a message body in a valid envelope (magic, version, CRC-32 of `body`), so that
+/// mutated bodies get past the checksum and reach the body decoder.
+pub fn seal(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(PROTOCOL_VERSION);
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// One message of every variant (with every `AbortReason` and `RegisterOutcome`), for seed
+/// corpora and tests.
+pub fn sample_messages() -> Vec<Message> {
+    let transfer = TransferId(3);
+    let request = RequestId(11);
+    let hash = ContentHash::of(b"hello");
+    let peer = crate::wire::PeerInfo {
+        name: "alice".into(),
+        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 9001),
+        transport: TransportKind::Udp,
+    };
+    let peer6 = crate::wire::PeerInfo {
+        name: "bob".into(),
+        addr: "[2001:db8::1]:9002".parse().expect("valid address"),
+        transport: TransportKind::Tcp,
+    };
+    let entry = crate::wire::IndexEntry {
+        id: FileId(1),
+        path: "docs/file1.txt".into(),
+        size: 1234,
+        hash,
+    };
+    let mut out = vec![
+        Message::Register {
+            request,
+            name: "alice".into(),
+            port: 9001,
+            transport: TransportKind::Udp,
+        },
+        Message::Heartbeat {
+            request,
+            name: "alice".into(),
+            port: 9001,
+            transport: TransportKind::Tcp,
+        },
+        Message::RegisterReply {
+            request,
+            outcome: crate::wire::RegisterOutcome::Accepted {
+                ttl_ms: 30_000,
+                heartbeat_ms: 10_000,
+            },
+        },
+        Message::RegisterReply {
+            request,
+            outcome: crate::wire::RegisterOutcome::Refused {
+                reason: "name taken".into(),
+            },
+        },
+        Message::Unregister {
+            request,
+            name: "alice".into(),
+        },
+        Message::UnregisterReply { request },
+        Message::ListPeers { request, page: 0 },
+        Message::PeerList {
+            request,
+            page: 0,
+            pages: 1,
+            peers: BoundedVec(vec![peer, peer6]),
+        },
+        Message::IndexRequest { request, page: 0 },
+        Message::IndexPage {
+            request,
+            page: 0,
+            pages: 2,
+            share: "shared".into(),
+            entries: BoundedVec(vec![entry]),
+        },
+        Message::Error {
+            request,
+            reason: "no such page".into(),
+        },
+        Message::PieceRequest {
+            request,
+            file: FileId(1),
+            hash,
+            first: 0,
+        },
+        Message::PieceHashes {
+            request,
+            piece_size: crate::wire::PIECE_SIZE,
+            pieces: 3,
+            first: 1,
+            hashes: BoundedVec(vec![hash, ContentHash([7; 32])]),
+        },
+        Message::Request {
+            transfer,
+            file: FileId(1),
+            offset: 0,
+        },
+        Message::Request {
+            transfer,
+            file: FileId(1),
+            offset: u64::from(crate::wire::PIECE_SIZE),
+        },
+        Message::Accept {
+            transfer,
+            size: 5,
+            chunk_size: 1024,
+            hash,
+        },
+        Message::Data {
+            transfer,
+            seq: 0,
+            payload: bytes::Bytes::from_static(b"hello"),
+        },
+        Message::Ack {
+            transfer,
+            cumulative: 1,
+            sack: BoundedVec(vec![(3, 5), (7, 8)]),
+            window: 64,
+        },
+        Message::Fin {
+            transfer,
+            size: 5,
+            hash,
+        },
+        Message::FinAck { transfer },
+    ];
+    out.extend((0..8).map(|b| Message::Abort {
+        transfer,
+        reason: abort_reason(b),
+    }));
+    out
+}
+
+/// The abort reason `b` picks: every variant, by `b % 8`.
+pub(crate) fn abort_reason(b: u8) -> AbortReason {
+    match b % 8 {
+        0 => AbortReason::NoSuchFile,
+        1 => AbortReason::Busy,
+        2 => AbortReason::BadRequest,
+        3 => AbortReason::FileChanged,
+        4 => AbortReason::Timeout,
+        5 => AbortReason::HashMismatch,
+        6 => AbortReason::Shutdown,
+        _ => AbortReason::Other("fuzz".into()),
+    }
+}
