@@ -1,7 +1,9 @@
 //! Per-chunk cost of the transfer state machines: a `ChunkSender` and a `ChunkReceiver` move an
-//! in-memory 8 MiB file to each other, with no network, no loss and a fake clock, the way the
-//! endpoint drives them (drain transmits, then events, then timers). Throughput is in file
-//! bytes, so `time / (8 MiB / chunk size)` is the cost of one chunk through both machines.
+//! in-memory 8 MiB file to each other on `p2p_proto::testing::Pair`, with no loss and a fake
+//! clock, the way the endpoint drives them (drain transmits, then events, then timers; every
+//! message due at an instant handled before either side answers). Throughput is in file bytes,
+//! so `time / (8 MiB / chunk size)` is the cost of one chunk through both machines (and the
+//! pair's bookkeeping: a queue insertion and removal per message).
 //!
 //! - `machines`: messages are handed over as values (the state machines alone, plus building
 //!   each `Data` from the file bytes, which a driver has to do anyway);
@@ -10,22 +12,20 @@
 //! Chunk sizes and settings follow the endpoint: 1404-byte chunks with congestion control
 //! (UDP), 64 KiB chunks with a fixed window (TCP, `reliable`).
 //!
-//! `cargo bench -p p2p-core --bench transfer` (add `-- --quick` for a short run; with `--quick`,
-//! select the criterion targets: `cargo bench -p p2p-core --bench '*' -- --quick`, because the
-//! lib's libtest bench harness rejects `--quick`).
+//! `cargo bench -p p2p-proto --bench transfer` (add `-- --quick` for a short run; with
+//! `--quick`, select the criterion targets: `cargo bench -p p2p-proto --bench '*' -- --quick`,
+//! because the lib's libtest bench harness rejects `--quick`).
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use p2p_proto::transfer::{
-    ChunkReceiver, ChunkSender, ReceiverConfig, ReceiverEvent, SenderConfig, SenderTransmit,
-};
-use p2p_proto::wire::{decode, ContentHash, FileId, Message, TransferId};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use p2p_proto::testing::{Carry, Pair, PairConfig};
+use p2p_proto::transfer::{ReceiverConfig, SenderConfig};
+use p2p_proto::wire::TransferId;
 
 const FILE_SIZE: usize = 8 * 1024 * 1024;
-/// Fake time that passes per round of the loop.
-const TICK: Duration = Duration::from_micros(20);
+/// One-way delay: a round trip of 20 µs.
+const LATENCY: Duration = Duration::from_micros(10);
 
 fn file_bytes(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
@@ -52,89 +52,62 @@ fn sender_config(chunk_size: u32, reliable: bool) -> SenderConfig {
     c
 }
 
-/// Through the wire encoding, or as values.
-fn carry(msg: Message, wire: bool) -> Message {
-    if wire {
-        decode(&msg.encode()).expect("our own encoding decodes")
-    } else {
-        msg
+/// A clean link of [`LATENCY`], messages carried as `carry` says, handled in bursts; the
+/// written bytes only counted.
+fn pair_config(sender: SenderConfig, carry: Carry) -> PairConfig {
+    PairConfig {
+        transfer: TransferId(42),
+        sender,
+        receiver: ReceiverConfig::default(),
+        expected: true,
+        pieces: None,
+        latency: LATENCY,
+        carry,
+        burst: usize::MAX,
+        keep_written: false,
     }
 }
 
-/// Moves `file` from a sender to a receiver; returns the bytes the receiver handed out.
-fn run(file: &[u8], hash: ContentHash, config: &SenderConfig, wire: bool) -> u64 {
-    let size = file.len() as u64;
-    let id = TransferId(42);
-    let mut now = Instant::now();
-    let mut sender = ChunkSender::new(now, id, size, hash, 0, config.clone());
-    let mut receiver = ChunkReceiver::new(
-        now,
-        id,
-        FileId(1),
-        Some((size, hash)),
-        ReceiverConfig::default(),
-    );
-    let mut written = 0u64;
-    let mut finished = false;
-    // Generous bound: a stuck loop must fail the bench, not hang it.
-    let max_rounds = 100 * (file.len() / config.chunk_size as usize + 100);
-    for _ in 0..max_rounds {
-        while let Some(m) = receiver.poll_transmit(now) {
-            let m = carry(m, wire);
-            sender.handle_message(now, &m);
-        }
-        while let Some(t) = sender.poll_transmit(now) {
-            let m = match t {
-                SenderTransmit::Control(m) => m,
-                SenderTransmit::Chunk { seq, offset, len } => {
-                    let start = offset as usize;
-                    Message::Data {
-                        transfer: id,
-                        seq,
-                        payload: file[start..start + len as usize].to_vec().into(),
-                    }
-                }
-            };
-            receiver.handle_message(now, &carry(m, wire));
-        }
-        while let Some(e) = receiver.poll_event() {
-            match e {
-                ReceiverEvent::Write(bytes) => written += black_box(bytes).len() as u64,
-                ReceiverEvent::Finished { .. } => finished = true,
-                ReceiverEvent::Failed(err) => panic!("transfer failed: {err}"),
-                _ => {}
-            }
-        }
-        while sender.poll_event().is_some() {}
-        if finished && sender.is_done() {
-            assert_eq!(written, size, "receiver wrote every byte");
-            return written;
-        }
-        now += TICK;
-        if receiver.poll_timeout().is_some_and(|t| t <= now) {
-            receiver.handle_timeout(now);
-        }
-        if sender.poll_timeout().is_some_and(|t| t <= now) {
-            sender.handle_timeout(now);
-        }
-    }
-    panic!("transfer did not finish in {max_rounds} rounds ({written} of {size} bytes written)");
+/// Moves the pair's file from its sender to its receiver; returns the bytes the receiver
+/// handed out.
+fn run(pair: &mut Pair) -> u64 {
+    let size = pair.file().len() as u64;
+    let chunk_size = u64::from(pair.sender_config.chunk_size);
+    // Generous bound: a stuck pair must fail the bench, not hang it.
+    let max_steps = 100 * (size / chunk_size + 100) as usize;
+    let outcome = pair.run(max_steps);
+    assert!(outcome.finished(), "transfer did not finish: {outcome:?}");
+    assert_eq!(outcome.written, size, "receiver wrote every byte");
+    outcome.written
 }
 
 fn transfer(c: &mut Criterion) {
     let file = file_bytes(FILE_SIZE);
-    let hash = ContentHash::of(&file);
     let cases = [
         ("udp_1404B", sender_config(1404, false)),
         ("tcp_64KiB", sender_config(64 * 1024, true)),
     ];
-    for wire in [false, true] {
-        let name = if wire { "machines+wire" } else { "machines" };
+    for carry in [Carry::Values, Carry::Wire] {
+        let name = match carry {
+            Carry::Values => "machines",
+            Carry::Wire => "machines+wire",
+        };
         let mut g = c.benchmark_group(format!("transfer_8MiB/{name}"));
         g.throughput(Throughput::Bytes(FILE_SIZE as u64));
         g.sample_size(10);
         for (label, config) in &cases {
-            g.bench_function(*label, |b| b.iter(|| run(&file, hash, config, wire)));
+            let config = pair_config(config.clone(), carry);
+            g.bench_function(*label, |b| {
+                // Copying and hashing the file is the setup, not measured.
+                b.iter_batched(
+                    || Pair::new(file.clone(), config.clone()),
+                    |mut pair| {
+                        run(&mut pair);
+                        pair
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
         }
         g.finish();
     }

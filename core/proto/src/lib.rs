@@ -9,7 +9,9 @@
 //! - [`tracker`]: the registry of live peers (names, addresses, expiry);
 //! - [`limits`]: per-source rate limiting;
 //! - `fuzzing` (feature `testing`): the programs the fuzz targets, the property tests and the
-//!   corpus tests run against the machines above.
+//!   corpus tests run against the machines above;
+//! - `testing` (feature `testing`): the sender/receiver `Pair` on a simulated link and clock,
+//!   `seal` and sample messages, for tests and benches.
 //!
 //! Time is an argument (`now: Instant`) everywhere; file bytes are ranges the caller reads
 //! (`SenderTransmit::Chunk`) or writes. The dependencies (serde, rmp-serde, bytes, blake3,
@@ -24,6 +26,8 @@ pub mod endpoint;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod limits;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tracker;
 pub mod transfer;
 pub mod wire;

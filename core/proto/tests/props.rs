@@ -5,26 +5,26 @@
 //! - `decode` is total on arbitrary bytes (raw, sealed with a valid checksum, mutated valid
 //!   messages) and never allocates far past the input size (a counting global allocator
 //!   measures the peak of the decoding thread);
-//! - a `ChunkSender`/`ChunkReceiver` pair on an in-memory network with a fake clock delivers
-//!   exactly the file under any schedule of bounded loss, corruption, duplication and
-//!   reordering, and under permanent loss ends with a clear timeout, never a wrong `Finished`;
+//! - a `ChunkSender`/`ChunkReceiver` pair on an in-memory network with a fake clock
+//!   (`p2p_proto::testing::Pair`) delivers exactly the file under any schedule of bounded
+//!   loss, corruption, duplication and reordering, and under permanent loss ends with a clear
+//!   timeout, never a wrong `Finished`;
 //! - the tracker `Registry` keeps its invariants (expiry, name ownership, bounded size) under
 //!   arbitrary operation sequences.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use p2p_proto::fuzzing::{check_registry_ops, seal, RegistryOp};
+use p2p_proto::fuzzing::{check_registry_ops, RegistryOp};
+use p2p_proto::testing::{seal, Dir, Fate, Pair, PairConfig, Pieces, Sent};
 use p2p_proto::tracker::RegistryConfig;
 use p2p_proto::transfer::{
-    ChunkReceiver, ChunkSender, PieceTable, ReceiverConfig, ReceiverEvent, SenderConfig,
-    SenderEvent, SenderTransmit, TransferError,
+    PieceTable, ReceiverConfig, ReceiverEvent, SenderConfig, SenderEvent, TransferError,
 };
 use p2p_proto::wire::{
     decode, AbortReason, BoundedVec, ContentHash, DecodeError, FileId, IndexEntry, Message,
@@ -735,35 +735,8 @@ fn claimed_list_with_long_strings_stays_within_the_allocation_bound() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// An in-memory sender/receiver pair with a fake clock
+// A sender/receiver pair on a lossy link, with a fake clock (`p2p_proto::testing::Pair`)
 // ---------------------------------------------------------------------------------------------
-
-/// What the network does to one message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fate {
-    Deliver,
-    Drop,
-    /// One byte changed in flight: the decoder must reject it, so it acts as a loss.
-    Corrupt {
-        at: u16,
-        xor: u8,
-    },
-    Duplicate,
-    /// Delivered this many milliseconds late (reordering).
-    Delay(u16),
-}
-
-impl Fate {
-    fn is_loss(self) -> bool {
-        matches!(self, Fate::Drop | Fate::Corrupt { .. })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dir {
-    ToReceiver,
-    ToSender,
-}
 
 /// How the network treats the messages, by their order of sending.
 #[derive(Clone, Debug)]
@@ -785,28 +758,41 @@ enum Schedule {
     },
 }
 
-struct Harness {
-    now: Instant,
-    file: Vec<u8>,
-    /// First byte the receiver asks for.
-    offset: u64,
-    sender: Option<ChunkSender>,
-    sender_config: SenderConfig,
-    receiver: ChunkReceiver,
-    /// (deliver at, order, direction, bytes).
-    queue: VecDeque<(Instant, u64, Dir, Vec<u8>)>,
-    sent: u64,
-    last_loss: [bool; 2],
-    schedule: Schedule,
-    latency: Duration,
-    written: Vec<u8>,
-    /// End of the prefix the receiver reported verified.
-    verified: u64,
-    receiver_end: Option<ReceiverEvent>,
-    sender_end: Option<SenderEvent>,
-    /// Print every message and its fate (set `PROPS_TRACE=1` to debug a failing case).
-    trace: bool,
-    start: Instant,
+impl Schedule {
+    /// The pair's link function: each message's fate by the schedule.
+    fn into_link(self) -> impl FnMut(&Sent<'_>) -> Fate {
+        // Whether the last message in each direction (to the receiver, to the sender) was lost.
+        let mut last_loss = [false; 2];
+        move |sent| {
+            let Sent {
+                dir, n, elapsed, ..
+            } = *sent;
+            let (fates, dead) = match &self {
+                Schedule::Bounded { fates, losses_for } => {
+                    if elapsed >= *losses_for {
+                        let fate = fates.get(n as usize).copied().unwrap_or(Fate::Deliver);
+                        return if fate.is_loss() { Fate::Deliver } else { fate };
+                    }
+                    (fates, false)
+                }
+                Schedule::Dies {
+                    fates,
+                    after,
+                    dir: d,
+                } => (fates, n >= *after && d.is_none_or(|d| d == dir)),
+            };
+            if dead {
+                return Fate::Drop;
+            }
+            let mut fate = fates.get(n as usize).copied().unwrap_or(Fate::Deliver);
+            let last = &mut last_loss[usize::from(dir == Dir::ToSender)];
+            if fate.is_loss() && *last {
+                fate = Fate::Deliver;
+            }
+            *last = fate.is_loss();
+            fate
+        }
+    }
 }
 
 /// A file and the transfer's tunables.
@@ -828,283 +814,56 @@ struct Setup {
     max_rto: Duration,
 }
 
-impl Harness {
-    fn new(setup: Setup, schedule: Schedule) -> Self {
-        let Setup {
-            file_len,
-            seed,
+/// The pair `setup` describes, on a link (10 ms each way) that follows `schedule`. Set
+/// `PROPS_TRACE=1` to print every message and its fate (to debug a failing case).
+fn pair(setup: Setup, schedule: Schedule) -> Pair {
+    let Setup {
+        file_len,
+        seed,
+        chunk_size,
+        receiver_window,
+        max_window,
+        reliable,
+        pieces,
+        expected,
+        max_rto,
+    } = setup;
+    let file: Vec<u8> = (0..file_len)
+        .map(|i| {
+            (i as u64)
+                .wrapping_add(u64::from(seed))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15) as u8
+        })
+        .collect();
+    let pieces = pieces.map(|(piece_size, piece)| Pieces {
+        piece_size,
+        offset: piece * u64::from(piece_size),
+    });
+    let offset = pieces.map_or(0, |p| p.offset);
+    assert!(offset <= file.len() as u64, "resume inside the file");
+    let config = PairConfig {
+        transfer: TransferId(5),
+        sender: SenderConfig {
             chunk_size,
-            receiver_window,
             max_window,
             reliable,
-            pieces,
-            expected,
             max_rto,
-        } = setup;
-        let file: Vec<u8> = (0..file_len)
-            .map(|i| {
-                (i as u64)
-                    .wrapping_add(u64::from(seed))
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15) as u8
-            })
-            .collect();
-        let now = Instant::now();
-        let hash = ContentHash::of(&file);
-        let expected = expected.then_some((file.len() as u64, hash));
-        let config = ReceiverConfig {
+            ..SenderConfig::default()
+        },
+        receiver: ReceiverConfig {
             window: receiver_window,
             ..ReceiverConfig::default()
-        };
-        let (receiver, offset) = match pieces {
-            None => (
-                ChunkReceiver::new(now, TransferId(5), FileId(1), expected, config),
-                0,
-            ),
-            Some((piece_size, piece)) => {
-                let offset = piece * u64::from(piece_size);
-                assert!(offset <= file.len() as u64, "resume inside the file");
-                // A resume past byte 0 trusts its pieces, bound to the index's hash: it needs
-                // `expected`, as the endpoint always passes it.
-                let expected = if offset > 0 {
-                    Some((file.len() as u64, hash))
-                } else {
-                    expected
-                };
-                let table = PieceTable::of(&file, piece_size);
-                let r = ChunkReceiver::resume(
-                    now,
-                    TransferId(5),
-                    FileId(1),
-                    expected,
-                    offset,
-                    table,
-                    config,
-                );
-                (r, offset)
-            }
-        };
-        Harness {
-            now,
-            offset,
-            sender: None,
-            sender_config: SenderConfig {
-                chunk_size,
-                max_window,
-                reliable,
-                max_rto,
-                ..SenderConfig::default()
-            },
-            receiver,
-            queue: VecDeque::new(),
-            sent: 0,
-            last_loss: [false; 2],
-            schedule,
-            latency: Duration::from_millis(10),
-            written: file[..offset as usize].to_vec(),
-            verified: offset,
-            file,
-            receiver_end: None,
-            sender_end: None,
-            trace: std::env::var_os("PROPS_TRACE").is_some(),
-            start: now,
-        }
-    }
-
-    fn fate(&mut self, dir: Dir) -> Fate {
-        let n = self.sent;
-        self.sent += 1;
-        let elapsed = self.now - self.start;
-        let (fates, dead) = match &self.schedule {
-            Schedule::Bounded { fates, losses_for } => {
-                if elapsed >= *losses_for {
-                    let fate = fates.get(n as usize).copied().unwrap_or(Fate::Deliver);
-                    return if fate.is_loss() { Fate::Deliver } else { fate };
-                }
-                (fates, false)
-            }
-            Schedule::Dies {
-                fates,
-                after,
-                dir: d,
-            } => (fates, n >= *after && d.is_none_or(|d| d == dir)),
-        };
-        if dead {
-            return Fate::Drop;
-        }
-        let mut fate = fates.get(n as usize).copied().unwrap_or(Fate::Deliver);
-        let last = &mut self.last_loss[dir as usize];
-        if fate.is_loss() && *last {
-            fate = Fate::Deliver;
-        }
-        *last = fate.is_loss();
-        fate
-    }
-
-    fn send(&mut self, dir: Dir, msg: &Message) {
-        let mut bytes = msg.encode();
-        let at = self.now + self.latency;
-        let order = self.sent;
-        let fate = self.fate(dir);
-        if self.trace {
-            let t = self.now - self.start;
-            let what = match msg {
-                Message::Data { seq, payload, .. } => format!("Data {seq} ({} B)", payload.len()),
-                other => format!("{other:?}"),
-            };
-            eprintln!("{t:>12?} #{order:<4} {dir:?} {what} -> {fate:?}");
-        }
-        match fate {
-            Fate::Deliver => self.queue.push_back((at, order, dir, bytes)),
-            Fate::Drop => {}
-            Fate::Corrupt { at: pos, xor } => {
-                let i = usize::from(pos) % bytes.len();
-                bytes[i] ^= xor.max(1);
-                assert!(
-                    decode(&bytes).is_err(),
-                    "corruption of {msg:?} not detected"
-                );
-            }
-            Fate::Duplicate => {
-                self.queue.push_back((at, order, dir, bytes.clone()));
-                self.queue.push_back((at, order, dir, bytes));
-            }
-            Fate::Delay(ms) => {
-                let late = at + Duration::from_millis(u64::from(ms));
-                self.queue.push_back((late, order, dir, bytes));
-            }
-        }
-    }
-
-    /// Sends what both sides want to send, and collects their events.
-    fn flush(&mut self) {
-        while let Some(m) = self.receiver.poll_transmit(self.now) {
-            self.send(Dir::ToSender, &m);
-        }
-        while let Some(e) = self.receiver.poll_event() {
-            assert!(
-                self.receiver_end.is_none(),
-                "receiver event {e:?} after its end"
-            );
-            match e {
-                ReceiverEvent::Write(bytes) => {
-                    let at = self.written.len();
-                    assert_eq!(
-                        &self.file[at..at + bytes.len()],
-                        &bytes[..],
-                        "receiver wrote wrong bytes at offset {at}"
-                    );
-                    self.written.extend_from_slice(&bytes);
-                }
-                ReceiverEvent::Accepted { .. } => {}
-                ReceiverEvent::PieceVerified { verified } => {
-                    assert!(verified > self.verified, "verified prefix did not grow");
-                    assert!(
-                        verified <= self.written.len() as u64,
-                        "verified unwritten bytes"
-                    );
-                    self.verified = verified;
-                }
-                end => self.receiver_end = Some(end),
-            }
-        }
-        let mut out = Vec::new();
-        if let Some(s) = self.sender.as_mut() {
-            while let Some(t) = s.poll_transmit(self.now) {
-                out.push(match t {
-                    SenderTransmit::Control(m) => m,
-                    SenderTransmit::Chunk { seq, offset, len } => Message::Data {
-                        transfer: s.transfer(),
-                        seq,
-                        payload: self.file[offset as usize..][..len as usize].to_vec().into(),
-                    },
-                });
-            }
-            while let Some(e) = s.poll_event() {
-                assert!(
-                    self.sender_end.is_none(),
-                    "sender event {e:?} after its end"
-                );
-                self.sender_end = Some(e);
-            }
-        }
-        for m in out {
-            self.send(Dir::ToReceiver, &m);
-        }
-    }
-
-    /// Delivers the next due message or fires the next timer; false once both sides are idle.
-    fn step(&mut self) -> bool {
-        self.flush();
-        let next_msg = self.queue.iter().map(|q| (q.0, q.1)).min();
-        let next_timer = [
-            self.receiver.poll_timeout(),
-            self.sender.as_ref().and_then(|s| s.poll_timeout()),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        match (next_msg, next_timer) {
-            (None, None) => false,
-            (Some((at, order)), timer) if timer.is_none_or(|t| at <= t) => {
-                let i = self
-                    .queue
-                    .iter()
-                    .position(|q| (q.0, q.1) == (at, order))
-                    .expect("queued");
-                let (_, _, dir, bytes) = self.queue.remove(i).expect("queued");
-                self.now = self.now.max(at);
-                let msg = decode(&bytes).expect("only corrupted messages fail to decode");
-                match dir {
-                    Dir::ToReceiver => self.receiver.handle_message(self.now, &msg),
-                    Dir::ToSender => match self.sender.as_mut() {
-                        Some(s) => s.handle_message(self.now, &msg),
-                        None => {
-                            if let Message::Request {
-                                transfer, offset, ..
-                            } = msg
-                            {
-                                assert_eq!(offset, self.offset);
-                                self.sender = Some(ChunkSender::new(
-                                    self.now,
-                                    transfer,
-                                    self.file.len() as u64,
-                                    ContentHash::of(&self.file),
-                                    offset,
-                                    self.sender_config.clone(),
-                                ));
-                            }
-                        }
-                    },
-                }
-                true
-            }
-            (_, Some(t)) => {
-                self.now = self.now.max(t);
-                self.receiver.handle_timeout(self.now);
-                if let Some(s) = self.sender.as_mut() {
-                    s.handle_timeout(self.now);
-                }
-                true
-            }
-            (_, None) => unreachable!("a message is due when no timer is"),
-        }
-    }
-
-    /// Runs until both sides are idle; panics past `max_steps`.
-    fn drive(&mut self, max_steps: usize) {
-        for _ in 0..max_steps {
-            if !self.step() {
-                return;
-            }
-        }
-        panic!(
-            "no end within {max_steps} steps: receiver {:?}, sender {:?}, {} of {} bytes",
-            self.receiver_end,
-            self.sender_end,
-            self.written.len(),
-            self.file.len()
-        );
-    }
+        },
+        // A resume past byte 0 trusts its pieces, bound to the index's hash: it needs
+        // `expected`, as the endpoint always passes it.
+        expected: expected || offset > 0,
+        pieces,
+        latency: Duration::from_millis(10),
+        ..PairConfig::default()
+    };
+    let mut pair = Pair::new(file, config).with_link(schedule.into_link());
+    pair.trace = std::env::var_os("PROPS_TRACE").is_some();
+    pair
 }
 
 fn fate() -> impl Strategy<Value = Fate> {
@@ -1113,7 +872,7 @@ fn fate() -> impl Strategy<Value = Fate> {
         3 => Just(Fate::Drop),
         1 => (any::<u16>(), any::<u8>()).prop_map(|(at, xor)| Fate::Corrupt { at, xor }),
         1 => Just(Fate::Duplicate),
-        2 => (1..300u16).prop_map(Fate::Delay),
+        2 => (1..300u16).prop_map(|ms| Fate::Delay(Duration::from_millis(ms.into()))),
     ]
 }
 
@@ -1184,14 +943,14 @@ proptest! {
         fates in vec(fate(), 0..400),
     ) {
         let losses_for = LOSSY_PERIOD;
-        let mut h = Harness::new(s, Schedule::Bounded { fates, losses_for });
+        let mut h = pair(s, Schedule::Bounded { fates, losses_for });
         h.drive(500_000);
         prop_assert!(
-            matches!(h.receiver_end, Some(ReceiverEvent::Finished { .. })),
-            "receiver ended with {:?}", h.receiver_end
+            matches!(h.receiver_end(), Some(ReceiverEvent::Finished { .. })),
+            "receiver ended with {:?}", h.receiver_end()
         );
-        prop_assert_eq!(&h.written, &h.file);
-        prop_assert_eq!(&h.sender_end, &Some(SenderEvent::Finished));
+        prop_assert_eq!(&h.written[..], h.file());
+        prop_assert_eq!(h.sender_end(), Some(&SenderEvent::Finished));
         prop_assert!(h.receiver.is_done());
         prop_assert!(h.sender.as_ref().is_some_and(|s| s.is_done()));
     }
@@ -1210,22 +969,23 @@ proptest! {
             Just(Some(Dir::ToSender)),
         ],
     ) {
-        let mut h = Harness::new(s, Schedule::Dies { fates, after, dir });
+        let mut h = pair(s, Schedule::Dies { fates, after, dir });
         h.drive(500_000);
-        match &h.receiver_end {
-            Some(ReceiverEvent::Finished { .. }) => prop_assert_eq!(&h.written, &h.file),
+        match h.receiver_end() {
+            Some(ReceiverEvent::Finished { .. }) => prop_assert_eq!(&h.written[..], h.file()),
             // Its own idle timer, or the sender's timeout reported in an Abort.
             Some(ReceiverEvent::Failed(
                 TransferError::Timeout { .. } | TransferError::Aborted(AbortReason::Timeout),
             )) => {
-                prop_assert!(h.file.starts_with(&h.written));
+                prop_assert!(h.file().starts_with(&h.written));
             }
             other => prop_assert!(false, "receiver ended with {:?}", other),
         }
-        if h.sender_end == Some(SenderEvent::Finished) {
-            let receiver_finished = matches!(h.receiver_end, Some(ReceiverEvent::Finished { .. }));
+        if h.sender_end() == Some(&SenderEvent::Finished) {
+            let receiver_finished =
+                matches!(h.receiver_end(), Some(ReceiverEvent::Finished { .. }));
             prop_assert!(receiver_finished, "sender finished, receiver ended with {:?}",
-                h.receiver_end);
+                h.receiver_end());
         }
         if let Some(s) = &h.sender {
             prop_assert!(s.is_done(), "sender still running when everything is idle");
@@ -1240,17 +1000,18 @@ proptest! {
 /// 15.3 s, gave up at 30.3 s (idle timeout 15 s), before its next retransmission at 35.3 s.
 fn one_lost_ack_schedule() -> Vec<Fate> {
     use Fate::*;
+    let ms = Duration::from_millis;
     vec![
-        Delay(289),
+        Delay(ms(289)),
         Drop,
         Deliver,
         Deliver,
         Deliver,
         Deliver,
-        Delay(262),
+        Delay(ms(262)),
         Corrupt { at: 58469, xor: 45 },
-        Delay(206),
-        Delay(3),
+        Delay(ms(206)),
+        Delay(ms(3)),
         Deliver,
         Drop,
         Corrupt {
@@ -1260,11 +1021,11 @@ fn one_lost_ack_schedule() -> Vec<Fate> {
         Duplicate,
         Corrupt { at: 23602, xor: 82 },
         Deliver,
-        Delay(43),
-        Delay(150),
+        Delay(ms(43)),
+        Delay(ms(150)),
         Deliver,
         Drop,
-        Delay(14),
+        Delay(ms(14)),
         Deliver,
         Deliver,
         Drop,
@@ -1302,7 +1063,7 @@ fn default_idle_timeout_covers_three_max_rtos() {
 #[test]
 fn one_lost_ack_at_max_backoff_does_not_end_the_transfer() {
     let default_rto = SenderConfig::default().max_rto;
-    let mut h = Harness::new(
+    let mut h = pair(
         one_lost_ack_setup(default_rto),
         Schedule::Bounded {
             fates: one_lost_ack_schedule(),
@@ -1311,13 +1072,13 @@ fn one_lost_ack_at_max_backoff_does_not_end_the_transfer() {
     );
     h.drive(100_000);
     assert!(
-        matches!(h.receiver_end, Some(ReceiverEvent::Finished { .. })),
+        matches!(h.receiver_end(), Some(ReceiverEvent::Finished { .. })),
         "receiver ended with {:?}, sender with {:?}",
-        h.receiver_end,
-        h.sender_end
+        h.receiver_end(),
+        h.sender_end()
     );
-    assert_eq!(h.written, h.file);
-    assert_eq!(h.sender_end, Some(SenderEvent::Finished));
+    assert_eq!(h.written, h.file());
+    assert_eq!(h.sender_end(), Some(&SenderEvent::Finished));
 }
 
 // ---------------------------------------------------------------------------------------------

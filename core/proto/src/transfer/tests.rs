@@ -1,238 +1,37 @@
-//! Behaviour of the sender and receiver together, on an in-memory network with a fake clock
-//! (the quinn-proto `Pair` pattern): every message goes through the real wire encoding, and a
-//! test-supplied `Fault` decides what happens to each one.
+//! Behaviour of the sender and receiver together, on the in-memory network with a fake clock
+//! of [`crate::testing::Pair`] (the quinn-proto `Pair` pattern): every message goes through
+//! the real wire encoding, and a test-supplied link function decides what happens to each one.
 
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::wire::{decode, ContentHash, FileId, Message, TransferId};
+use crate::testing::{Dir, Fate, Pair, PairConfig, Sent};
+use crate::wire::{ContentHash, FileId, Message, TransferId};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Dir {
-    ToReceiver,
-    ToSender,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Fate {
-    Deliver,
-    Drop,
-    Duplicate,
-    Delay(Duration),
-}
-
-type Fault = Box<dyn FnMut(Dir, u64, &Message) -> Fate>;
-
-pub(super) struct Pair {
-    pub(super) now: Instant,
-    pub(super) file: Vec<u8>,
-    pub(super) sender: Option<ChunkSender>,
-    pub(super) receiver: ChunkReceiver,
-    pub(super) sender_config: SenderConfig,
-    /// (deliver at, order, bytes) per direction.
-    queue: Vec<(Instant, u64, Dir, Vec<u8>)>,
-    order: u64,
-    latency: Duration,
-    fault: Fault,
-    pub(super) received: Vec<u8>,
-    pub(super) receiver_events: Vec<ReceiverEvent>,
-    pub(super) sender_events: Vec<SenderEvent>,
-    pub(super) delivered: u64,
-    /// When each `Data` message left the sender.
-    pub(super) data_sent_at: Vec<Instant>,
-}
-
-impl Pair {
-    pub(super) fn new(file: Vec<u8>, chunk_size: u32) -> Self {
-        let now = Instant::now();
-        let hash = ContentHash::of(&file);
-        let size = file.len() as u64;
-        let receiver = ChunkReceiver::new(
-            now,
-            TransferId(1),
-            FileId(1),
-            Some((size, hash)),
-            ReceiverConfig {
-                window: 64,
-                ..ReceiverConfig::default()
-            },
-        );
-        Pair {
-            now,
-            file,
-            sender: None,
-            receiver,
-            sender_config: SenderConfig {
-                chunk_size,
-                max_window: 64,
-                ..SenderConfig::default()
-            },
-            queue: Vec::new(),
-            order: 0,
-            latency: Duration::from_millis(10),
-            fault: Box::new(|_, _, _| Fate::Deliver),
-            received: Vec::new(),
-            receiver_events: Vec::new(),
-            sender_events: Vec::new(),
-            delivered: 0,
-            data_sent_at: Vec::new(),
-        }
-    }
-
-    pub(super) fn with_fault(
-        mut self,
-        f: impl FnMut(Dir, u64, &Message) -> Fate + 'static,
-    ) -> Self {
-        self.fault = Box::new(f);
-        self
-    }
-
-    fn push(&mut self, dir: Dir, msg: Message) {
-        self.order += 1;
-        let fate = (self.fault)(dir, self.order, &msg);
-        let at = self.now + self.latency;
-        if matches!(msg, Message::Data { .. }) {
-            self.data_sent_at.push(self.now);
-        }
-        let bytes = msg.encode();
-        match fate {
-            Fate::Deliver => self.queue.push((at, self.order, dir, bytes)),
-            Fate::Drop => {}
-            Fate::Duplicate => {
-                self.queue.push((at, self.order, dir, bytes.clone()));
-                self.queue.push((at, self.order, dir, bytes));
-            }
-            Fate::Delay(d) => self.queue.push((at + d, self.order, dir, bytes)),
-        }
-    }
-
-    /// Sends everything both sides want to send now.
-    fn flush(&mut self) {
-        while let Some(m) = self.receiver.poll_transmit(self.now) {
-            self.push(Dir::ToSender, m);
-        }
-        while let Some(e) = self.receiver.poll_event() {
-            match e {
-                ReceiverEvent::Write(bytes) => self.received.extend_from_slice(&bytes),
-                other => self.receiver_events.push(other),
-            }
-        }
-        let Some(sender) = self.sender.as_mut() else {
-            return;
-        };
-        let mut out = Vec::new();
-        while let Some(t) = sender.poll_transmit(self.now) {
-            out.push(match t {
-                SenderTransmit::Control(m) => m,
-                SenderTransmit::Chunk { seq, offset, len } => Message::Data {
-                    transfer: sender.transfer(),
-                    seq,
-                    payload: self.file[offset as usize..][..len as usize].to_vec().into(),
-                },
-            });
-        }
-        while let Some(e) = sender.poll_event() {
-            self.sender_events.push(e);
-        }
-        for m in out {
-            self.push(Dir::ToReceiver, m);
-        }
-    }
-
-    /// One step: deliver everything due, or fire timers, or advance the clock. Returns false
-    /// when there is nothing left to do.
-    pub(super) fn step(&mut self) -> bool {
-        self.flush();
-        self.queue.sort_by_key(|(at, order, _, _)| (*at, *order));
-        let next_msg = self.queue.first().map(|q| q.0);
-        let next_timer = [
-            self.receiver.poll_timeout(),
-            self.sender.as_ref().and_then(|s| s.poll_timeout()),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let next = match (next_msg, next_timer) {
-            (None, None) => return false,
-            (a, b) => a.into_iter().chain(b).min().unwrap(),
-        };
-        self.now = self.now.max(next);
-        if next_msg == Some(next) {
-            let (_, _, dir, bytes) = self.queue.remove(0);
-            let msg = decode(&bytes).expect("in-memory network does not corrupt");
-            self.delivered += 1;
-            match dir {
-                Dir::ToReceiver => self.receiver.handle_message(self.now, &msg),
-                Dir::ToSender => {
-                    if self.sender.is_none() {
-                        if let Message::Request {
-                            transfer, offset, ..
-                        } = msg
-                        {
-                            self.sender = Some(ChunkSender::new(
-                                self.now,
-                                transfer,
-                                self.file.len() as u64,
-                                ContentHash::of(&self.file),
-                                offset,
-                                self.sender_config.clone(),
-                            ));
-                        }
-                    } else if let Some(s) = self.sender.as_mut() {
-                        s.handle_message(self.now, &msg);
-                    }
-                }
-            }
-        } else {
-            self.receiver.handle_timeout(self.now);
-            if let Some(s) = self.sender.as_mut() {
-                s.handle_timeout(self.now);
-            }
-        }
-        true
-    }
-
-    /// Runs until both sides are idle, or `max_steps`.
-    pub(super) fn drive(&mut self, max_steps: usize) {
-        for _ in 0..max_steps {
-            if !self.step() {
-                return;
-            }
-        }
-        panic!("pair did not settle within {max_steps} steps");
-    }
-
-    /// Steps until the receiver has finished; returns how long that took on the fake clock.
-    pub(super) fn time_to_finish(&mut self) -> Duration {
-        let start = self.now;
-        while !self.finished() {
-            assert!(self.step(), "settled without finishing");
-        }
-        self.now - start
-    }
-
-    pub(super) fn finished(&self) -> bool {
-        self.receiver_events
-            .iter()
-            .any(|e| matches!(e, ReceiverEvent::Finished { .. }))
-    }
-
-    pub(super) fn stats(&self) -> SenderStats {
-        self.sender
-            .as_ref()
-            .map(|s| s.stats().clone())
-            .unwrap_or_default()
+/// Chunks of `chunk_size` bytes, windows of 64 chunks on both sides, 10 ms each way.
+fn config(chunk_size: u32) -> PairConfig {
+    PairConfig {
+        sender: SenderConfig {
+            chunk_size,
+            max_window: 64,
+            ..SenderConfig::default()
+        },
+        receiver: ReceiverConfig {
+            window: 64,
+            ..ReceiverConfig::default()
+        },
+        ..PairConfig::default()
     }
 }
 
-/// A fault that drops the first `n` messages `pick` selects and delivers everything else.
+/// A link that drops the first `n` messages `pick` selects and delivers everything else.
 fn drop_first(
     n: usize,
     pick: impl Fn(Dir, &Message) -> bool + 'static,
-) -> impl FnMut(Dir, u64, &Message) -> Fate {
+) -> impl FnMut(&Sent<'_>) -> Fate {
     let mut dropped = 0;
-    move |dir, _, m| {
-        if dropped < n && pick(dir, m) {
+    move |s| {
+        if dropped < n && pick(s.dir, s.msg) {
             dropped += 1;
             Fate::Drop
         } else {
@@ -253,10 +52,10 @@ fn sample(len: usize) -> Vec<u8> {
 #[test]
 fn delivers_small_files_of_every_edge_size() {
     for len in [0, 1, 99, 100, 101, 1000, 6400] {
-        let mut pair = Pair::new(sample(len), 100);
+        let mut pair = Pair::new(sample(len), config(100));
         pair.drive(100_000);
         assert!(pair.finished(), "len {len}: {:?}", pair.receiver_events);
-        assert_eq!(pair.received, pair.file, "len {len}");
+        assert_eq!(pair.written, pair.file(), "len {len}");
         assert_eq!(pair.sender_events, vec![SenderEvent::Finished], "len {len}");
         assert!(pair.receiver.is_done());
     }
@@ -264,7 +63,7 @@ fn delivers_small_files_of_every_edge_size() {
 
 #[test]
 fn no_retransmission_on_a_clean_link() {
-    let mut pair = Pair::new(sample(50_000), 100);
+    let mut pair = Pair::new(sample(50_000), config(100));
     pair.drive(100_000);
     assert!(pair.finished());
     assert_eq!(pair.stats().chunks_retransmitted, 0);
@@ -274,20 +73,11 @@ fn no_retransmission_on_a_clean_link() {
 /// 4,000 chunks of 100 bytes over a 100 ms RTT path, with windows of 1,000 chunks on both
 /// sides.
 fn long_wide_pair() -> Pair {
-    let mut pair = Pair::new(sample(400_000), 100);
-    pair.latency = Duration::from_millis(50);
-    pair.sender_config.max_window = 1000;
-    pair.receiver = ChunkReceiver::new(
-        pair.now,
-        TransferId(1),
-        FileId(1),
-        Some((pair.file.len() as u64, ContentHash::of(&pair.file))),
-        ReceiverConfig {
-            window: 1000,
-            ..ReceiverConfig::default()
-        },
-    );
-    pair
+    let mut config = config(100);
+    config.latency = Duration::from_millis(50);
+    config.sender.max_window = 1000;
+    config.receiver.window = 1000;
+    Pair::new(sample(400_000), config)
 }
 
 /// On a long path with a large window, pacing sends the window in bursts of a couple of
@@ -301,7 +91,7 @@ fn pacing_spreads_the_window_over_the_rtt() {
         let start = pair.now;
         pair.drive(1_000_000);
         assert!(pair.finished(), "pacing {pacing}");
-        assert_eq!(pair.received, pair.file, "pacing {pacing}");
+        assert_eq!(pair.written, pair.file(), "pacing {pacing}");
         let mut burst = 0;
         for same in pair.data_sent_at.chunk_by(|a, b| a == b) {
             burst = burst.max(same.len());
@@ -357,10 +147,11 @@ fn a_passed_pacing_wait_is_not_reported_again() {
 
 #[test]
 fn retransmits_lost_chunk_by_fast_retransmit() {
-    let mut pair = Pair::new(sample(5000), 100).with_fault(drop_first(1, data_to_receiver(3)));
+    let mut pair =
+        Pair::new(sample(5000), config(100)).with_link(drop_first(1, data_to_receiver(3)));
     pair.drive(100_000);
     assert!(pair.finished());
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert_eq!(pair.stats().chunks_retransmitted, 1);
     assert_eq!(pair.stats().timeouts, 0, "SACK evidence, not the timer");
 }
@@ -369,10 +160,11 @@ fn retransmits_lost_chunk_by_fast_retransmit() {
 /// sends it again after two RTTs, long before the retransmission timer.
 #[test]
 fn lost_last_chunk_is_repaired_by_the_tail_probe() {
-    let mut pair = Pair::new(sample(1000), 100).with_fault(drop_first(1, data_to_receiver(9)));
+    let mut pair =
+        Pair::new(sample(1000), config(100)).with_link(drop_first(1, data_to_receiver(9)));
     pair.drive(100_000);
     assert!(pair.finished());
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert_eq!(pair.stats().chunks_retransmitted, 1);
     assert_eq!(pair.stats().timeouts, 0, "the probe, not the timer");
 }
@@ -380,17 +172,19 @@ fn lost_last_chunk_is_repaired_by_the_tail_probe() {
 /// When the probe is lost too, the retransmission timer still repairs the tail.
 #[test]
 fn lost_last_chunk_and_lost_probe_are_repaired_on_timeout() {
-    let mut pair = Pair::new(sample(1000), 100).with_fault(drop_first(2, data_to_receiver(9)));
+    let mut pair =
+        Pair::new(sample(1000), config(100)).with_link(drop_first(2, data_to_receiver(9)));
     pair.drive(100_000);
     assert!(pair.finished());
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert!(pair.stats().timeouts >= 1);
 }
 
 #[test]
 fn lost_request_accept_fin_and_finack_are_repaired() {
     let mut seen = std::collections::HashSet::new();
-    let mut pair = Pair::new(sample(300), 100).with_fault(move |_, _, m| {
+    let mut pair = Pair::new(sample(300), config(100)).with_link(move |s| {
+        let m = s.msg;
         let kind = std::mem::discriminant(m);
         let control = matches!(
             m,
@@ -407,7 +201,7 @@ fn lost_request_accept_fin_and_finack_are_repaired() {
     });
     pair.drive(100_000);
     assert!(pair.finished());
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert_eq!(pair.sender_events, vec![SenderEvent::Finished]);
 }
 
@@ -417,9 +211,9 @@ fn lost_request_accept_fin_and_finack_are_repaired() {
 #[test]
 fn lost_accept_costs_a_round_trip_not_a_timeout() {
     let accept = |_, m: &Message| matches!(m, Message::Accept { .. });
-    let mut pair = Pair::new(sample(5000), 100).with_fault(drop_first(1, accept));
+    let mut pair = Pair::new(sample(5000), config(100)).with_link(drop_first(1, accept));
     let took = pair.time_to_finish();
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert_eq!(pair.stats().timeouts, 0);
     assert!(
         took < Duration::from_millis(200),
@@ -434,11 +228,14 @@ fn lost_accept_costs_a_round_trip_not_a_timeout() {
 /// ones. (Reporting the lowest ranges, it took the newest arrivals for losses.)
 #[test]
 fn more_holes_than_sack_ranges_cost_no_needless_retransmission() {
-    let file = sample(40_000);
+    let mut config = config(100);
+    config.sender.max_window = 400;
+    config.sender.initial_window = 400;
+    config.receiver.window = 400;
     let mut first = std::collections::HashSet::new();
-    let mut pair = Pair::new(file.clone(), 100).with_fault(move |dir, _, m| match m {
+    let mut pair = Pair::new(sample(40_000), config).with_link(move |s| match s.msg {
         // The first send of every odd chunk below 300, all in the first flight: 150 holes.
-        Message::Data { seq, .. } if dir == Dir::ToReceiver && seq % 2 == 1 && *seq < 300 => {
+        Message::Data { seq, .. } if s.dir == Dir::ToReceiver && seq % 2 == 1 && *seq < 300 => {
             if first.insert(*seq) {
                 Fate::Drop
             } else {
@@ -447,21 +244,9 @@ fn more_holes_than_sack_ranges_cost_no_needless_retransmission() {
         }
         _ => Fate::Deliver,
     });
-    pair.sender_config.max_window = 400;
-    pair.sender_config.initial_window = 400;
-    pair.receiver = ChunkReceiver::new(
-        pair.now,
-        TransferId(1),
-        FileId(1),
-        Some((file.len() as u64, ContentHash::of(&file))),
-        ReceiverConfig {
-            window: 400,
-            ..ReceiverConfig::default()
-        },
-    );
     pair.drive(100_000);
     assert!(pair.finished());
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert_eq!(pair.stats().chunks_retransmitted, 150);
     assert_eq!(pair.stats().timeouts, 0);
 }
@@ -471,9 +256,9 @@ fn more_holes_than_sack_ranges_cost_no_needless_retransmission() {
 #[test]
 fn the_receiver_finishes_without_waiting_for_a_lost_fin() {
     let fin = |_, m: &Message| matches!(m, Message::Fin { .. });
-    let mut pair = Pair::new(sample(5000), 100).with_fault(drop_first(1, fin));
+    let mut pair = Pair::new(sample(5000), config(100)).with_link(drop_first(1, fin));
     let took = pair.time_to_finish();
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert!(
         took < Duration::from_millis(150),
         "took {took:?} at a 20 ms RTT"
@@ -495,10 +280,10 @@ fn a_lost_final_ack_is_answered_after_the_receiver_finished() {
     let chunks = 50;
     let last_ack =
         move |_, m: &Message| matches!(m, Message::Ack { cumulative, .. } if *cumulative == chunks);
-    let mut pair = Pair::new(sample(5000), 100).with_fault(drop_first(1, last_ack));
+    let mut pair = Pair::new(sample(5000), config(100)).with_link(drop_first(1, last_ack));
     pair.drive(100_000);
     assert!(pair.finished());
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert_eq!(pair.sender_events, vec![SenderEvent::Finished]);
     assert_eq!(pair.stats().timeouts, 0, "the probe, not the timer");
     assert_eq!(pair.stats().chunks_retransmitted, 1, "one probe");
@@ -511,9 +296,9 @@ fn a_lost_final_ack_is_answered_after_the_receiver_finished() {
 #[test]
 fn lost_acks_of_the_first_flight_are_repeated_before_the_initial_rto() {
     let ack = |_, m: &Message| matches!(m, Message::Ack { .. });
-    let mut pair = Pair::new(sample(10_000), 100).with_fault(drop_first(8, ack));
+    let mut pair = Pair::new(sample(10_000), config(100)).with_link(drop_first(8, ack));
     let took = pair.time_to_finish();
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert_eq!(pair.stats().timeouts, 0);
     assert!(
         took < Duration::from_millis(300),
@@ -526,11 +311,12 @@ fn lost_acks_of_the_first_flight_are_repeated_before_the_initial_rto() {
 /// after it can expose its loss. The probe sends it again after two RTTs, not the RTO.
 #[test]
 fn a_lost_retransmission_with_the_window_full_is_probed_not_timed_out() {
-    let mut pair = Pair::new(sample(20_000), 100).with_fault(drop_first(2, data_to_receiver(0)));
+    let mut pair =
+        Pair::new(sample(20_000), config(100)).with_link(drop_first(2, data_to_receiver(0)));
     pair.sender_config.initial_window = 64;
     pair.drive(100_000);
     assert!(pair.finished());
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert_eq!(
         pair.stats().timeouts,
         0,
@@ -541,20 +327,22 @@ fn a_lost_retransmission_with_the_window_full_is_probed_not_timed_out() {
 
 #[test]
 fn duplicates_and_reordering_do_not_corrupt() {
-    let mut pair = Pair::new(sample(20_000), 100).with_fault(|_, n, _| match n % 7 {
-        0 => Fate::Duplicate,
-        3 => Fate::Delay(Duration::from_millis(25)),
+    // The 7th, 14th, ... message sent is duplicated; the 3rd, 10th, ... arrives 25 ms late.
+    let mut pair = Pair::new(sample(20_000), config(100)).with_link(|s| match s.n % 7 {
+        6 => Fate::Duplicate,
+        2 => Fate::Delay(Duration::from_millis(25)),
         _ => Fate::Deliver,
     });
     pair.drive(200_000);
     assert!(pair.finished());
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
 }
 
 #[test]
 fn dead_link_ends_both_sides_with_timeout() {
-    let mut pair = Pair::new(sample(5000), 100).with_fault(|dir, n, _| {
-        if n > 20 && dir == Dir::ToReceiver {
+    // Nothing reaches the receiver from the 21st message on.
+    let mut pair = Pair::new(sample(5000), config(100)).with_link(|s| {
+        if s.n >= 20 && s.dir == Dir::ToReceiver {
             Fate::Drop
         } else {
             Fate::Deliver
@@ -569,19 +357,19 @@ fn dead_link_ends_both_sides_with_timeout() {
         pair.sender_events.last(),
         Some(SenderEvent::Failed(_))
     ));
-    assert!(pair.received.len() < pair.file.len());
+    assert!(pair.written.len() < pair.file().len());
 }
 
 #[test]
 fn changed_file_is_refused_before_any_byte() {
-    let mut pair = Pair::new(sample(500), 100);
-    pair.file[0] ^= 1; // the sender now has other content than the index said
+    let mut pair = Pair::new(sample(500), config(100));
+    pair.change_file(|f| f[0] ^= 1); // the sender now has other content than the index said
     pair.drive(100_000);
     assert!(matches!(
         pair.receiver_events.last(),
         Some(ReceiverEvent::Failed(TransferError::Changed(_)))
     ));
-    assert!(pair.received.is_empty());
+    assert!(pair.written.is_empty());
 }
 
 #[test]
@@ -721,14 +509,14 @@ fn wrong_hash_at_fin_fails_without_finish() {
 /// round trip plus the reordering window. (Without that detection: 55 chunks sent again.)
 #[test]
 fn reordering_costs_retransmissions_in_the_first_flight_only() {
-    let mut pair = Pair::new(sample(20_000), 100).with_fault(|dir, _, m| match m {
-        Message::Data { seq, .. } if dir == Dir::ToReceiver && seq % 5 == 0 => {
+    let mut pair = Pair::new(sample(20_000), config(100)).with_link(|s| match s.msg {
+        Message::Data { seq, .. } if s.dir == Dir::ToReceiver && seq % 5 == 0 => {
             Fate::Delay(Duration::from_millis(3))
         }
         _ => Fate::Deliver,
     });
     pair.drive(200_000);
     assert!(pair.finished());
-    assert_eq!(pair.received, pair.file);
+    assert_eq!(pair.written, pair.file());
     assert!(pair.stats().chunks_retransmitted <= 4, "{:?}", pair.stats());
 }
