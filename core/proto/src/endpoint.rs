@@ -89,6 +89,13 @@ pub const ROUND_TRIP_FRESH: Duration = Duration::from_secs(60);
 /// Shortest first wait for an answer to a `Request` (see [`request_retry_after`]).
 pub const MIN_REQUEST_RETRY: Duration = Duration::from_millis(25);
 
+/// What an id is for (a domain of the id generator).
+#[derive(Clone, Copy)]
+enum IdPurpose {
+    Request = 1,
+    Transfer = 2,
+}
+
 /// A datagram to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
@@ -217,7 +224,10 @@ struct Lingering {
 /// See the [module documentation](self).
 pub struct Endpoint {
     config: EndpointConfig,
-    next_id: u64,
+    /// Key of the id generator ([`Endpoint::new_transfer_id`]).
+    id_key: [u8; 32],
+    /// Ids made so far.
+    ids: u64,
     requests: BTreeMap<RequestId, Pending>,
     registration: Option<Registration>,
     /// Names unregistered since their last `Register`: a late heartbeat arming is ignored.
@@ -233,13 +243,15 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint whose ids start after `id_seed` (pass something random, so that a
-    /// restarted endpoint does not reuse the ids of its previous life).
+    /// An endpoint whose ids come from `id_seed` (pass something random: ids are then
+    /// unpredictable to anyone who does not see them, and a restarted endpoint does not reuse
+    /// those of its previous life; simulations pass their seed, and replay).
     pub fn new(config: EndpointConfig, id_seed: u64) -> Self {
         Endpoint {
             limiter: RateLimiter::new(config.rate),
             config,
-            next_id: id_seed,
+            id_key: blake3::derive_key("p2p endpoint ids v1", &id_seed.to_le_bytes()),
+            ids: 0,
             requests: BTreeMap::new(),
             registration: None,
             left: BTreeSet::new(),
@@ -252,10 +264,24 @@ impl Endpoint {
         }
     }
 
-    /// A fresh id, for a request or a transfer.
-    pub fn new_id(&mut self) -> u64 {
-        self.next_id = self.next_id.wrapping_add(1);
-        self.next_id
+    /// A fresh id for a download of ours. Ids are a keyed hash of a counter and their
+    /// purpose: unpredictable (an off-path party cannot aim an `Abort` at a transfer, or an
+    /// answer at a request, by guessing), and a transfer id says nothing of request ids.
+    pub fn new_transfer_id(&mut self) -> TransferId {
+        TransferId(self.new_id(IdPurpose::Transfer))
+    }
+
+    fn new_request_id(&mut self) -> RequestId {
+        RequestId(self.new_id(IdPurpose::Request))
+    }
+
+    fn new_id(&mut self, purpose: IdPurpose) -> u64 {
+        self.ids += 1;
+        let mut h = blake3::Hasher::new_keyed(&self.id_key);
+        h.update(&[purpose as u8]);
+        h.update(&self.ids.to_le_bytes());
+        let bytes: [u8; 8] = h.finalize().as_bytes()[..8].try_into().expect("8 bytes");
+        u64::from_le_bytes(bytes)
     }
 
     /// Sends `msg` (a request: its id is set here) to `to`, again until answered or
@@ -281,7 +307,7 @@ impl Endpoint {
             }
             _ => {}
         }
-        let id = RequestId(self.new_id());
+        let id = self.new_request_id();
         set_request_id(&mut msg, id);
         let payload = msg.encode();
         let wait = self.config.rpc_retry;
@@ -600,7 +626,8 @@ impl Endpoint {
         };
         if let Some((tracker, mut msg)) = heartbeat {
             // Fire and forget: the next one comes anyway.
-            set_request_id(&mut msg, RequestId(self.new_id()));
+            let id = self.new_request_id();
+            set_request_id(&mut msg, id);
             self.transmits.push_back(Transmit {
                 to: tracker,
                 payload: msg.encode(),

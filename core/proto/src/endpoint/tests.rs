@@ -134,7 +134,7 @@ fn round_trips_are_remembered_for_a_bounded_set_of_recent_peers() {
 fn transfer_messages_reach_a_download_only_from_its_sender() {
     let mut ep = Endpoint::new(EndpointConfig::default(), 0);
     let (sender, now) = (addr(2, 10001), Instant::now());
-    let transfer = TransferId(ep.new_id());
+    let transfer = ep.new_transfer_id();
     ep.download_started(transfer, sender);
     assert!(matches!(
         ep.handle(now, sender, data(transfer)),
@@ -159,7 +159,7 @@ fn transfer_messages_reach_a_download_only_from_its_sender() {
 fn a_finished_download_answers_its_senders_late_chunks_and_fin_for_a_while() {
     let mut ep = Endpoint::new(EndpointConfig::default(), 0);
     let (sender, t0) = (addr(2, 10001), Instant::now());
-    let transfer = TransferId(ep.new_id());
+    let transfer = ep.new_transfer_id();
     ep.download_started(transfer, sender);
     ep.download_ended(t0, transfer, Some(final_ack(transfer)));
     assert!(ep.owes_fin_ack(t0));
@@ -181,7 +181,7 @@ fn a_finished_download_answers_its_senders_late_chunks_and_fin_for_a_while() {
     assert!(ep.handle(t0 + LINGER, sender, fin(transfer)).is_none());
     assert!(ep.poll_transmit().is_none());
     // A failed download (no final ACK) owes nothing.
-    let failed = TransferId(ep.new_id());
+    let failed = ep.new_transfer_id();
     ep.download_started(failed, sender);
     ep.download_ended(t0, failed, None);
     assert!(ep.handle(t0, sender, fin(failed)).is_none());
@@ -192,11 +192,11 @@ fn a_finished_download_answers_its_senders_late_chunks_and_fin_for_a_while() {
 fn lingering_downloads_are_bounded() {
     let mut ep = Endpoint::new(EndpointConfig::default(), 0);
     let (sender, now) = (addr(2, 10001), Instant::now());
-    let first = TransferId(ep.new_id());
+    let first = ep.new_transfer_id();
     ep.download_started(first, sender);
     ep.download_ended(now, first, Some(final_ack(first)));
     for _ in 0..MAX_LINGERING {
-        let t = TransferId(ep.new_id());
+        let t = ep.new_transfer_id();
         ep.download_started(t, sender);
         ep.download_ended(now, t, Some(final_ack(t)));
     }
@@ -361,4 +361,31 @@ fn a_requests_first_wait_is_four_round_trips_within_bounds() {
     assert_eq!(request_retry_after(ms(400), default), default);
     // A configured wait shorter than the floor stays as configured.
     assert_eq!(request_retry_after(ms(1), ms(10)), ms(10));
+}
+
+#[test]
+fn ids_are_unpredictable_per_purpose_and_replay_from_their_seed() {
+    let mut a = Endpoint::new(EndpointConfig::default(), 42);
+    let mut b = Endpoint::new(EndpointConfig::default(), 42);
+    let mut c = Endpoint::new(EndpointConfig::default(), 43);
+    let (to, now) = (addr(1, 9000), Instant::now());
+    let ta: Vec<TransferId> = (0..4).map(|_| a.new_transfer_id()).collect();
+    let tb: Vec<TransferId> = (0..4).map(|_| b.new_transfer_id()).collect();
+    let tc: Vec<TransferId> = (0..4).map(|_| c.new_transfer_id()).collect();
+    assert_eq!(ta, tb, "the same seed replays");
+    assert!(
+        ta.iter().all(|t| !tc.contains(t)),
+        "another seed, other ids"
+    );
+    // Not a sequence: no two consecutive ids differ by a small step.
+    assert!(
+        ta.windows(2).all(|w| w[1].0.abs_diff(w[0].0) > 1 << 32),
+        "{ta:?}"
+    );
+    // A request id made next says nothing of the transfer ids.
+    let (r, _) = a.request(now, to, list_peers());
+    assert!(
+        ta.iter().all(|t| t.0.abs_diff(r.0) > 1 << 32),
+        "{r:?} {ta:?}"
+    );
 }

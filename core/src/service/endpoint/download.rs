@@ -142,7 +142,7 @@ impl Driver {
                 return;
             }
         };
-        let transfer = TransferId(self.take_id());
+        let transfer = self.proto.new_transfer_id();
         let now = Instant::now();
         let piece_size = table.piece_size;
         let mut receiver_config = self.config.receiver.clone();

@@ -126,10 +126,6 @@ impl Driver {
             .min()
     }
 
-    pub(super) fn take_id(&mut self) -> u64 {
-        self.proto.new_id()
-    }
-
     pub(super) async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Rpc { to, msg, reply } => self.start_rpc(to, msg, Some(reply)).await,
