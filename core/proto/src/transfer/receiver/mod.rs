@@ -408,14 +408,15 @@ impl ChunkReceiver {
                 }
             }
             (State::Receiving, Message::Data { seq, payload, .. }) => {
-                self.last_heard = now;
+                // The idle timer restarts in `on_data`, on progress only: invalid or repeated
+                // chunks (from a broken sender, or a forger) do not keep a transfer alive.
                 self.on_data(now, *seq, payload.clone());
             }
             (State::Receiving, Message::Fin { size, hash, .. }) => {
-                self.last_heard = now;
                 if self.next_seq < self.total {
                     return; // cannot be: FIN follows the ACK of every chunk; ignore
                 }
+                self.last_heard = now;
                 if *size != self.size || *hash != self.hash {
                     return self.fail(TransferError::HashMismatch, Some(AbortReason::HashMismatch));
                 }
@@ -447,6 +448,7 @@ impl ChunkReceiver {
             self.ack_now = true; // beyond the window we advertised
             return;
         }
+        self.last_heard = now; // a chunk we did not have: progress
         if seq != self.next_seq {
             let payload = if payload.len() < COPY_EARLY_BELOW {
                 // It may wait a while: never let it pin a large receive block.

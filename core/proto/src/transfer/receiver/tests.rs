@@ -248,3 +248,69 @@ fn offloaded_pieces_are_verified_in_order_and_hold_the_fin() {
     ));
     assert!(r.is_done());
 }
+
+/// Chunks that bring nothing (outside the file, of the wrong length, or already here) and a
+/// FIN before the last chunk do not restart the idle timer: a sender that only sends those,
+/// one every 10 s, fails the transfer at the idle timeout, not never (issue 18).
+#[test]
+fn only_new_chunks_keep_a_transfer_alive() {
+    let start = Instant::now();
+    let t = TransferId(9);
+    let data = vec![5u8; 4000];
+    let hash = ContentHash::of(&data);
+    let config = ReceiverConfig::default();
+    let idle = config.idle_timeout;
+    let mut r = ChunkReceiver::new(start, t, FileId(1), Some((4000, hash)), config);
+    let accept = Message::Accept {
+        transfer: t,
+        size: 4000,
+        chunk_size: 1000,
+        hash,
+    };
+    r.handle_message(start, &accept);
+    r.handle_message(start, &data_msg(t, 0, Bytes::from(vec![5u8; 1000])));
+    let useless = [
+        data_msg(t, 99, Bytes::from(vec![5u8; 1000])), // past the end
+        data_msg(t, 1, Bytes::from(vec![5u8; 10])),    // wrong length
+        data_msg(t, 0, Bytes::from(vec![5u8; 1000])),  // a duplicate
+        Message::Fin {
+            transfer: t,
+            size: 4000,
+            hash,
+        },
+    ];
+    let mut now = start;
+    for m in useless.iter().cycle().take(8) {
+        now += Duration::from_secs(10).min(idle / 2);
+        if now >= start + idle {
+            break;
+        }
+        r.handle_message(now, m);
+    }
+    assert_eq!(r.poll_timeout().map(|t| t <= start + idle), Some(true));
+    r.handle_timeout(start + idle);
+    let failed = std::iter::from_fn(|| r.poll_event())
+        .any(|e| matches!(e, ReceiverEvent::Failed(TransferError::Timeout { .. })));
+    assert!(
+        failed,
+        "the transfer outlived its idle timeout on useless messages"
+    );
+    // A new chunk, by contrast, restarts the timer.
+    let mut r = ChunkReceiver::new(
+        start,
+        t,
+        FileId(1),
+        Some((4000, hash)),
+        ReceiverConfig::default(),
+    );
+    r.handle_message(start, &accept);
+    r.handle_message(
+        start + idle / 2,
+        &data_msg(t, 0, Bytes::from(vec![5u8; 1000])),
+    );
+    r.handle_timeout(start + idle);
+    assert!(
+        !std::iter::from_fn(|| r.poll_event()).any(|e| matches!(e, ReceiverEvent::Failed(_))),
+        "a transfer that made progress half an idle timeout ago was failed"
+    );
+}
