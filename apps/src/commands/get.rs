@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use crate::cli::GetArgs;
 use crate::output::{clean, human_bytes, mib_per_s};
 use crate::session::{client, client_with, dest_for, find_peer, Reached};
-use crate::signals::shutdown_signal;
+use crate::signals::Shutdown;
 
 pub(crate) async fn run(args: GetArgs) -> Result<()> {
+    let mut shutdown = Shutdown::install();
     let id: FileId = args.id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let t = &args.tracker;
     let via = client(t.transport, t.tracker).await?;
@@ -58,7 +59,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     tokio::pin!(download);
     let result = tokio::select! {
         r = &mut download => r,
-        _ = shutdown_signal() => {
+        _ = shutdown.wait() => {
             // Stop cleanly: the endpoint aborts the transfer, records the verified prefix and
             // answers the pending download with what was kept.
             to_peer.shutdown().await;

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use crate::cli::PeerArgs;
 use crate::output::{clean, human_bytes, print_index};
 use crate::session::{dest_for, endpoint, reach, Reached};
-use crate::signals::shutdown_signal;
+use crate::signals::Shutdown;
 
 type StdinLines = Lines<BufReader<Stdin>>;
 
@@ -33,6 +33,7 @@ async fn ask(lines: &mut StdinLines, question: &str) -> Result<String> {
 }
 
 pub(crate) async fn run(args: PeerArgs) -> Result<()> {
+    let mut shutdown = Shutdown::install();
     let interactive = std::io::stdin().is_terminal();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let bind = match (args.listen, args.port) {
@@ -113,7 +114,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
             args.share.display(),
             args.tracker
         );
-        shutdown_signal().await;
+        shutdown.wait().await;
     } else {
         println!("Hello, {name} (listening on port {})", local.port());
         menu.print_peers().await;
@@ -136,7 +137,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
                     _ if interactive => break,
                     _ => reading = false,
                 },
-                _ = shutdown_signal() => break,
+                _ = shutdown.wait() => break,
             }
         }
         println!();

@@ -8,9 +8,10 @@ use tokio::sync::mpsc;
 use crate::cli::TrackerArgs;
 use crate::output::clean;
 use crate::session::bind_both;
-use crate::signals::shutdown_signal;
+use crate::signals::Shutdown;
 
 pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
+    let mut shutdown = Shutdown::install();
     let (udp, tcp) = bind_both(args.listen, args.limits.tcp()).await?;
     let addr = udp.local_addr()?;
     let config = RegistryConfig {
@@ -44,7 +45,7 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
         r = run_tracker_limited(vec![udp, tcp], config, args.limits.rate(), Some(tx)) => {
             r.context("tracker stopped")?
         }
-        _ = shutdown_signal() => println!("tracker stopping"),
+        _ = shutdown.wait() => println!("tracker stopping"),
     }
     printer.abort();
     Ok(())
