@@ -12,70 +12,32 @@ const MTU_CHUNK: usize = 1452 - p2p_proto::wire::DATA_OVERHEAD;
 /// TCP payload per chunk.
 const TCP_CHUNK: usize = 64 * 1024;
 
-fn json(o: &std::process::Output) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+/// The names in a `peers --json` listing.
+fn names(peers: &serde_json::Value) -> Vec<&str> {
+    let peers = peers.as_array().unwrap();
+    peers.iter().map(|p| p["name"].as_str().unwrap()).collect()
 }
 
 fn transfers_every_edge_size(transport: &str, chunk: usize, seeder_args: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let share = dir.path().join("share");
-    fs::create_dir(&share).unwrap();
     let sizes = [0, 1, chunk, chunk + 1, 20 * 1024 * 1024 + 7];
+    let file = |i: usize| format!("f{i}-{}.bin", sizes[i]);
+    let mut net = Net::start();
+    let mut seeder = net.seeder("seeder", transport).args(seeder_args);
     for (i, size) in sizes.iter().enumerate() {
-        write_file(
-            &share,
-            &format!("f{i}-{size}.bin"),
-            &random_bytes(*size, i as u64),
-        );
+        seeder = seeder.file(&file(i), &random_bytes(*size, i as u64));
     }
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let _seeder = peer(dir.path(), "seeder", &tr, &share, transport, seeder_args);
-    let empty = dir.path().join("empty");
-    fs::create_dir(&empty).unwrap();
-    let _other = peer(dir.path(), "other", &tr, &empty, transport, &[]);
+    seeder.start();
+    net.seeder("other", transport).share("empty").start();
 
-    let peers = json(&run(
-        dir.path(),
-        &[
-            "peers",
-            "--tracker",
-            &tr,
-            "--transport",
-            transport,
-            "--json",
-        ],
-    ));
-    let names: Vec<&str> = peers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, vec!["other", "seeder"]);
+    let peers = net.peers().transport(transport).run_json();
+    assert_eq!(names(&peers), vec!["other", "seeder"]);
     assert!(peers
         .as_array()
         .unwrap()
         .iter()
         .all(|p| p["transport"] == transport));
 
-    let index = json(&run(
-        dir.path(),
-        &[
-            "ls",
-            "seeder",
-            "--tracker",
-            &tr,
-            "--transport",
-            transport,
-            "--json",
-        ],
-    ));
+    let index = net.ls("seeder").transport(transport).run_json();
     let index = index.as_array().unwrap();
     assert_eq!(index.len(), sizes.len());
     for (i, (entry, size)) in index.iter().zip(sizes).enumerate() {
@@ -83,41 +45,23 @@ fn transfers_every_edge_size(transport: &str, chunk: usize, seeder_args: &[&str]
         assert_eq!(entry["size"], size as u64);
     }
     // The plain listing keeps the original program's format.
-    let plain = stdout(&run(
-        dir.path(),
-        &["ls", "seeder", "--tracker", &tr, "--transport", transport],
-    ));
+    let plain = stdout(&net.ls("seeder").transport(transport).run());
     assert!(plain.contains("ID: 001 -> share/f0-0.bin"), "{plain}");
 
-    let out = dir.path().join("out");
+    let out = net.path("out");
     for (i, size) in sizes.iter().enumerate() {
         let id = format!("{:03}", i + 1);
-        let mut args = vec![
-            "get",
-            "seeder",
-            &id,
-            "--tracker",
-            &tr,
-            "--transport",
-            transport,
-            "--out",
-            out.to_str().unwrap(),
-            "--json",
-        ];
+        let mut get = net.get("seeder", &id).transport(transport).out(&out);
         // Every other file without fsync: the same bytes, the same clean-up.
         if i % 2 == 1 {
-            args.push("--no-fsync");
+            get = get.arg("--no-fsync");
         }
-        let o = run(dir.path(), &args);
-        let report = json(&o);
-        let name = format!("f{i}-{size}.bin");
+        let report = get.run_json();
+        let name = file(i);
         assert_eq!(report["path"], out.join(&name).display().to_string());
         assert_eq!(report["size"], *size as u64);
         let got = fs::read(out.join(&name)).unwrap();
-        assert!(
-            got == fs::read(share.join(&name)).unwrap(),
-            "{name} differs over {transport}"
-        );
+        assert!(got == net.bytes(&name), "{name} differs over {transport}");
     }
     // Nothing temporary is left behind.
     let leftovers: Vec<_> = fs::read_dir(&out)
@@ -147,58 +91,25 @@ fn tcp_end_to_end_every_edge_size() {
 
 #[test]
 fn peer_is_reached_over_its_own_transport() {
-    let dir = tempfile::tempdir().unwrap();
-    let share = dir.path().join("share");
-    fs::create_dir(&share).unwrap();
-    write_file(&share, "x.bin", &random_bytes(100_000, 9));
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let _seeder = peer(dir.path(), "tcp-seeder", &tr, &share, "tcp", &[]);
+    let mut net = Net::start();
+    net.seeder("tcp-seeder", "tcp")
+        .file("x.bin", &random_bytes(100_000, 9))
+        .start();
     // The tracker is asked over UDP; the peer is reached over TCP.
-    let o = run(
-        dir.path(),
-        &[
-            "get",
-            "tcp-seeder",
-            "1",
-            "--tracker",
-            &tr,
-            "--transport",
-            "udp",
-            "--out",
-            "out",
-        ],
-    );
+    let o = net.get("tcp-seeder", "1").transport("udp").out("out").run();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "out/x.bin");
-    assert_eq!(
-        fs::read(dir.path().join("out/x.bin")).unwrap(),
-        fs::read(share.join("x.bin")).unwrap()
-    );
+    assert_eq!(fs::read(net.path("out/x.bin")).unwrap(), net.bytes("x.bin"));
 }
 
 #[test]
 fn interactive_menu_lists_downloads_refreshes_and_quits() {
-    let dir = tempfile::tempdir().unwrap();
-    let share = dir.path().join("share");
-    fs::create_dir(&share).unwrap();
-    write_file(&share, "file1.txt", b"menu test\n");
-    let mine = dir.path().join("mine");
-    fs::create_dir(&mine).unwrap();
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let _seeder = peer(dir.path(), "alice", &tr, &share, "udp", &[]);
+    let mut net = Net::start();
+    net.seeder("alice", "udp")
+        .file("file1.txt", b"menu test\n")
+        .start();
 
-    let mut menu = Proc::spawn(
-        dir.path(),
-        &[
-            "peer",
-            "--tracker",
-            &tr,
-            "--share",
-            mine.to_str().unwrap(),
-            "--downloads",
-            "dl",
-        ],
-    );
+    let mut menu = net.menu().share("mine").downloads("dl").spawn();
     menu.send("0"); // Enter port number (e.g., 10001):
     menu.send("bob"); // Enter peer name:
     menu.wait_for(
@@ -212,10 +123,7 @@ fn interactive_menu_lists_downloads_refreshes_and_quits() {
     menu.wait_for("ID: 001 -> share/file1.txt");
     menu.send("c alice 001");
     menu.wait_for("Saved dl/file1.txt");
-    assert_eq!(
-        fs::read(dir.path().join("dl/file1.txt")).unwrap(),
-        b"menu test\n"
-    );
+    assert_eq!(fs::read(net.path("dl/file1.txt")).unwrap(), b"menu test\n");
     menu.send("what");
     menu.wait_for("Unknown command");
     menu.send("r");
@@ -224,30 +132,15 @@ fn interactive_menu_lists_downloads_refreshes_and_quits() {
     menu.wait_for("Leaving system. Goodbye!");
     assert!(menu.wait_exit().success());
     // bob unregistered on the way out.
-    let peers = json(&run(dir.path(), &["peers", "--tracker", &tr, "--json"]));
+    let peers = net.peers().run_json();
     assert_eq!(peers.as_array().unwrap().len(), 1);
 }
 
 #[test]
 fn live_name_from_another_address_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let _first = peer(dir.path(), "taken", &tr, dir.path(), "udp", &[]);
-    let o = run(
-        dir.path(),
-        &[
-            "peer",
-            "--name",
-            "taken",
-            "--listen",
-            "127.0.0.1:0",
-            "--tracker",
-            &tr,
-            "--share",
-            ".",
-            "--no-menu",
-        ],
-    );
+    let mut net = Net::start();
+    net.seeder("taken", "udp").start();
+    let o = net.seeder("taken", "udp").run();
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
@@ -258,38 +151,30 @@ fn live_name_from_another_address_is_refused() {
 
 #[test]
 fn killed_peer_expires_after_the_ttl() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut t, tr) = tracker(dir.path(), &["--peer-ttl", "1s", "--heartbeat", "200ms"]);
-    let mut victim = peer(dir.path(), "victim", &tr, dir.path(), "udp", &[]);
-    let _stays = peer(dir.path(), "stays", &tr, dir.path(), "tcp", &[]);
-    victim.kill(); // SIGKILL: no goodbye
-    t.wait_for("expired victim");
-    let peers = json(&run(dir.path(), &["peers", "--tracker", &tr, "--json"]));
-    let names: Vec<&str> = peers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, vec!["stays"], "heartbeats keep the live one");
+    let mut net = Net::start_with(&["--peer-ttl", "1s", "--heartbeat", "200ms"]);
+    net.seeder("victim", "udp").start();
+    net.seeder("stays", "tcp").start();
+    net.peer("victim").kill(); // SIGKILL: no goodbye
+    net.tracker().wait_for("expired victim");
+    let peers = net.peers().run_json();
+    assert_eq!(names(&peers), vec!["stays"], "heartbeats keep the live one");
 }
 
 #[test]
 fn sigterm_unregisters_the_peer() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut t, tr) = tracker(dir.path(), &[]);
-    let mut p = peer(dir.path(), "polite", &tr, dir.path(), "udp", &[]);
-    p.terminate();
-    t.wait_for("unregistered polite");
-    assert!(p.wait_exit().success());
+    let mut net = Net::start();
+    net.seeder("polite", "udp").start();
+    net.peer("polite").terminate();
+    net.tracker().wait_for("unregistered polite");
+    assert!(net.peer("polite").wait_exit().success());
 }
 
 #[test]
 fn sigterm_with_the_tracker_gone_leaves_without_waiting_out_the_retries() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut t, tr) = tracker(dir.path(), &[]);
-    let mut p = peer(dir.path(), "orphan", &tr, dir.path(), "udp", &[]);
-    t.kill();
+    let mut net = Net::start();
+    net.seeder("orphan", "udp").start();
+    net.tracker().kill();
+    let p = net.peer("orphan");
     p.terminate();
     // Leaving gives the tracker a bounded wait (less than the request's own retries, which
     // would say "no answer" instead), then says why the entry is left to expire.
@@ -302,14 +187,10 @@ fn sigterm_with_the_tracker_gone_leaves_without_waiting_out_the_retries() {
 
 #[test]
 fn clear_errors_for_unknown_peer_id_and_unreachable_tracker() {
-    let dir = tempfile::tempdir().unwrap();
-    let share = dir.path().join("share");
-    fs::create_dir(&share).unwrap();
-    write_file(&share, "a.txt", b"a");
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let _p = peer(dir.path(), "p", &tr, &share, "udp", &[]);
+    let mut net = Net::start();
+    net.seeder("p", "udp").file("a.txt", b"a").start();
 
-    let o = run(dir.path(), &["get", "nobody", "1", "--tracker", &tr]);
+    let o = net.get("nobody", "1").run();
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("unknown peer `nobody`"),
@@ -317,7 +198,7 @@ fn clear_errors_for_unknown_peer_id_and_unreachable_tracker() {
         stderr(&o)
     );
 
-    let o = run(dir.path(), &["get", "p", "42", "--tracker", &tr]);
+    let o = net.get("p", "42").run();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("has no file 042"), "{}", stderr(&o));
 
@@ -327,10 +208,7 @@ fn clear_errors_for_unknown_peer_id_and_unreachable_tracker() {
     drop(dead);
     for transport in ["udp", "tcp"] {
         let started = std::time::Instant::now();
-        let o = run(
-            dir.path(),
-            &["peers", "--tracker", &dead_addr, "--transport", transport],
-        );
+        let o = net.peers().tracker(&dead_addr).transport(transport).run();
         assert!(!o.status.success());
         assert!(
             stderr(&o).contains("cannot reach the tracker"),
@@ -340,41 +218,31 @@ fn clear_errors_for_unknown_peer_id_and_unreachable_tracker() {
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
-    let o = run(dir.path(), &["get", "p", "abc", "--tracker", &tr]);
+    let o = net.get("p", "abc").run();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not a file id"), "{}", stderr(&o));
 }
 
 #[test]
 fn existing_different_file_is_never_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let share = dir.path().join("share");
-    fs::create_dir(&share).unwrap();
-    write_file(&share, "a.txt", b"from the peer");
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let _p = peer(dir.path(), "p", &tr, &share, "udp", &[]);
-    fs::create_dir(dir.path().join("out")).unwrap();
-    write_file(&dir.path().join("out"), "a.txt", b"mine, precious");
-    let o = run(
-        dir.path(),
-        &["get", "p", "1", "--tracker", &tr, "--out", "out"],
-    );
+    let mut net = Net::start();
+    net.seeder("p", "udp")
+        .file("a.txt", b"from the peer")
+        .start();
+    let out = net.path("out");
+    fs::create_dir(&out).unwrap();
+    write_file(&out, "a.txt", b"mine, precious");
+    let o = net.get("p", "1").out("out").run();
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("already exists with other content"),
         "{}",
         stderr(&o)
     );
-    assert_eq!(
-        fs::read(dir.path().join("out/a.txt")).unwrap(),
-        b"mine, precious"
-    );
+    assert_eq!(fs::read(out.join("a.txt")).unwrap(), b"mine, precious");
     // Same content: nothing to do, success.
-    write_file(&dir.path().join("out"), "a.txt", b"from the peer");
-    let o = run(
-        dir.path(),
-        &["get", "p", "1", "--tracker", &tr, "--out", "out"],
-    );
+    write_file(&out, "a.txt", b"from the peer");
+    let o = net.get("p", "1").out("out").run();
     assert!(o.status.success(), "{}", stderr(&o));
 }
 

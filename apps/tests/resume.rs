@@ -12,67 +12,20 @@ use common::*;
 
 const MIB: usize = 1024 * 1024;
 
-/// Waits until `get --json` reports a checkpoint of at least `at_least` bytes; returns it.
-fn wait_checkpoint(p: &mut Proc, at_least: u64) -> u64 {
-    loop {
-        let line = p.wait_for("\"checkpoint\"");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let c = v["checkpoint"].as_u64().unwrap();
-        if c >= at_least {
-            return c;
-        }
-    }
-}
-
-fn get_json(dir: &Path, args: &[&str]) -> serde_json::Value {
-    let o = run(dir, args);
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(&o),
-        stderr(&o)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn hidden(out: &Path, name: &str, suffix: &str) -> std::path::PathBuf {
-    out.join(format!(".{name}{suffix}"))
-}
-
 #[test]
 fn killed_receiver_resumes_without_fetching_the_whole_file_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let share = dir.path().join("share");
-    fs::create_dir(&share).unwrap();
     let size = 60 * MIB + 123;
-    let content = random_bytes(size, 1);
-    write_file(&share, "big.bin", &content);
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let _seed = peer(
-        dir.path(),
-        "seed",
-        &tr,
-        &share,
-        "udp",
-        &["--max-upload-rate", "20MiB"],
-    );
+    let mut net = Net::start();
+    net.seeder("seed", "udp")
+        .file("big.bin", &random_bytes(size, 1))
+        .args(&["--max-upload-rate", "20MiB"])
+        .start();
+    let get = net.get("seed", "1").out("out").json();
 
-    let mut first = Proc::spawn(
-        dir.path(),
-        &[
-            "get",
-            "seed",
-            "1",
-            "--tracker",
-            &tr,
-            "--out",
-            "out",
-            "--json",
-        ],
-    );
-    let kept = wait_checkpoint(&mut first, (size / 2) as u64);
+    let mut first = get.spawn();
+    let kept = first.wait_checkpoint((size / 2) as u64);
     first.kill(); // SIGKILL: no chance to clean up
-    let out = dir.path().join("out");
+    let out = net.path("out");
     assert!(hidden(&out, "big.bin", ".p2p-part").exists());
     assert!(hidden(&out, "big.bin", ".p2p-state").exists());
     assert!(
@@ -80,19 +33,7 @@ fn killed_receiver_resumes_without_fetching_the_whole_file_again() {
         "nothing under the final name before it is verified"
     );
 
-    let report = get_json(
-        dir.path(),
-        &[
-            "get",
-            "seed",
-            "1",
-            "--tracker",
-            &tr,
-            "--out",
-            "out",
-            "--json",
-        ],
-    );
+    let report = get.run_json();
     let resumed = report["resumed_from"].as_u64().unwrap();
     let received = report["received"].as_u64().unwrap();
     // A resume is not a refetch: no piece failed its hash check.
@@ -106,57 +47,39 @@ fn killed_receiver_resumes_without_fetching_the_whole_file_again() {
         received < size as u64 / 2,
         "fetched {received} of {size} again"
     );
-    assert!(fs::read(out.join("big.bin")).unwrap() == content);
+    assert!(fs::read(out.join("big.bin")).unwrap() == net.bytes("big.bin"));
     assert!(!hidden(&out, "big.bin", ".p2p-part").exists());
     assert!(!hidden(&out, "big.bin", ".p2p-state").exists());
 }
 
 #[test]
 fn killed_sender_leaves_a_partial_that_a_second_seeder_completes() {
-    let dir = tempfile::tempdir().unwrap();
     let size = 24 * MIB + 5;
     let content = random_bytes(size, 2);
-    let (share_a, share_b) = (dir.path().join("a"), dir.path().join("b"));
-    for s in [&share_a, &share_b] {
-        fs::create_dir(s).unwrap();
-        write_file(s, "movie.bin", &content);
-    }
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let mut seed_a = peer(
-        dir.path(),
-        "a",
-        &tr,
-        &share_a,
-        "udp",
-        &["--max-upload-rate", "8MiB"],
-    );
-    let mut getter = Proc::spawn(
-        dir.path(),
-        &[
-            "get",
-            "a",
-            "1",
-            "--tracker",
-            &tr,
-            "--out",
-            "out",
-            "--json",
-            "--idle-timeout",
-            "2s",
-        ],
-    );
-    let kept = wait_checkpoint(&mut getter, (size / 3) as u64);
-    seed_a.kill();
+    let mut net = Net::start();
+    net.seeder("a", "udp")
+        .share("a")
+        .file("movie.bin", &content)
+        .args(&["--max-upload-rate", "8MiB"])
+        .start();
+    let mut getter = net
+        .get("a", "1")
+        .out("out")
+        .json()
+        .args(&["--idle-timeout", "2s"])
+        .spawn();
+    let kept = getter.wait_checkpoint((size / 3) as u64);
+    net.peer("a").kill();
     getter.wait_for("run the same download again to resume");
     assert!(!getter.wait_exit().success());
-    let out = dir.path().join("out");
+    let out = net.path("out");
     assert!(!out.join("movie.bin").exists());
 
-    let _seed_b = peer(dir.path(), "b", &tr, &share_b, "tcp", &[]);
-    let report = get_json(
-        dir.path(),
-        &["get", "b", "1", "--tracker", &tr, "--out", "out", "--json"],
-    );
+    net.seeder("b", "tcp")
+        .share("b")
+        .file("movie.bin", &content)
+        .start();
+    let report = net.get("b", "1").out("out").run_json();
     assert!(report["resumed_from"].as_u64().unwrap() >= kept);
     assert!(report["received"].as_u64().unwrap() < (size as u64) * 2 / 3);
     assert!(fs::read(out.join("movie.bin")).unwrap() == content);
@@ -164,92 +87,48 @@ fn killed_sender_leaves_a_partial_that_a_second_seeder_completes() {
 
 #[test]
 fn changed_source_discards_the_stale_partial() {
-    let dir = tempfile::tempdir().unwrap();
-    let share = dir.path().join("share");
-    fs::create_dir(&share).unwrap();
     let size = 16 * MIB;
-    write_file(&share, "doc.bin", &random_bytes(size, 3));
-    let (_t, tr) = tracker(dir.path(), &[]);
+    let mut net = Net::start();
     // 2.7 s of transfer: the first checkpoint (at 1 s) is recorded well before the end, even
     // when other tests keep the disk busy (at 12 MiB/s, a slow fsync once let it finish first).
-    let _seed = peer(
-        dir.path(),
-        "seed",
-        &tr,
-        &share,
-        "udp",
-        &["--max-upload-rate", "6MiB"],
-    );
-    let mut first = Proc::spawn(
-        dir.path(),
-        &[
-            "get",
-            "seed",
-            "1",
-            "--tracker",
-            &tr,
-            "--out",
-            "out",
-            "--json",
-        ],
-    );
-    wait_checkpoint(&mut first, 1);
+    net.seeder("seed", "udp")
+        .file("doc.bin", &random_bytes(size, 3))
+        .args(&["--max-upload-rate", "6MiB"])
+        .start();
+    let mut first = net.get("seed", "1").out("out").json().spawn();
+    first.wait_checkpoint(1);
     first.kill();
     // The source changes: the next listing has a new size and hash.
-    let new_content = random_bytes(size + 1000, 4);
-    write_file(&share, "doc.bin", &new_content);
-    let o = run(
-        dir.path(),
-        &["get", "seed", "1", "--tracker", &tr, "--out", "out"],
-    );
+    net.rewrite("seed", "doc.bin", &random_bytes(size + 1000, 4));
+    let o = net.get("seed", "1").out("out").run();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("stale partial download discarded"),
         "{}",
         stderr(&o)
     );
-    assert!(fs::read(dir.path().join("out/doc.bin")).unwrap() == new_content);
+    assert!(fs::read(net.path("out/doc.bin")).unwrap() == net.bytes("doc.bin"));
 }
 
 #[test]
 fn file_changing_on_the_sender_aborts_with_a_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let share = dir.path().join("share");
-    fs::create_dir(&share).unwrap();
     let size = 16 * MIB;
-    write_file(&share, "live.log", &random_bytes(size, 5));
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let _seed = peer(
-        dir.path(),
-        "seed",
-        &tr,
-        &share,
-        "tcp",
-        &["--max-upload-rate", "8MiB"],
-    );
-    let mut getter = Proc::spawn(
-        dir.path(),
-        &[
-            "get",
-            "seed",
-            "1",
-            "--tracker",
-            &tr,
-            "--out",
-            "out",
-            "--json",
-        ],
-    );
-    wait_checkpoint(&mut getter, 1);
+    let mut net = Net::start();
+    net.seeder("seed", "tcp")
+        .file("live.log", &random_bytes(size, 5))
+        .args(&["--max-upload-rate", "8MiB"])
+        .start();
+    let mut getter = net.get("seed", "1").out("out").json().spawn();
+    getter.wait_checkpoint(1);
     // Rewrite the file in place while it is being sent. The sender notices (it checks the
     // file's size and mtime every 100 ms) and aborts with "file changed on the sender"; if
     // changed bytes were read before that, the receiver's piece check catches them first
     // ("... changed on the sender"). Either way: a reason, and no file.
-    write_file(&share, "live.log", &random_bytes(size, 6));
+    net.rewrite("seed", "live.log", &random_bytes(size, 6));
     getter.wait_for("changed on the sender");
     assert!(!getter.wait_exit().success());
     assert!(
-        !dir.path().join("out/live.log").exists(),
+        !net.path("out/live.log").exists(),
         "never a mixed file under the final name"
     );
 }
@@ -288,24 +167,16 @@ impl Drop for Tmpfs {
 
 #[test]
 fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&dir.path().join("small"), "6m") else {
+    let mut net = Net::start();
+    let Some(disk) = Tmpfs::mount(&net.path("small"), "6m") else {
         eprintln!("SKIPPED full_disk test: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)");
         return;
     };
-    let share = dir.path().join("share");
-    fs::create_dir(&share).unwrap();
     let size = 10 * MIB;
-    let content = random_bytes(size, 7);
-    write_file(&share, "fat.bin", &content);
-    let (_t, tr) = tracker(dir.path(), &[]);
-    let _seed = peer(dir.path(), "seed", &tr, &share, "udp", &[]);
-    let out = disk.0.to_str().unwrap().to_string();
-    let get = |extra: &[&str]| {
-        let mut args = vec!["get", "seed", "1", "--tracker", &tr, "--out", &out];
-        args.extend_from_slice(extra);
-        run(dir.path(), &args)
-    };
+    net.seeder("seed", "udp")
+        .file("fat.bin", &random_bytes(size, 7))
+        .start();
+    let get = |extra: &[&str]| net.get("seed", "1").out(&disk.0).args(extra).run();
     // By default the whole file's space is reserved first: the download fails at once,
     // naming the room it needs, and leaves nothing behind.
     let o = get(&[]);
@@ -331,5 +202,5 @@ fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(report["resumed_from"].as_u64().unwrap() > 0, "{report}");
-    assert!(fs::read(disk.0.join("fat.bin")).unwrap() == content);
+    assert!(fs::read(disk.0.join("fat.bin")).unwrap() == net.bytes("fat.bin"));
 }

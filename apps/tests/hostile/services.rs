@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use p2p_proto::wire::FileId;
 
-use crate::common::{peer, random_bytes, run, stderr, stdout, write_file, Proc};
+pub use crate::common::json as json_of;
+use crate::common::{random_bytes, write_file, Net, Proc};
 use crate::MEMORY_BOUND_KIB;
 
 pub const SMALL: &str = "small.txt";
@@ -20,15 +21,18 @@ pub const BIG: &str = "big.bin";
 pub const DOTS: &str = "..evil";
 pub const NESTED: &str = "sub/dir/x.txt";
 
+/// The services, as named in messages, and the seeder each is (`None`: the tracker).
+const SERVICES: [(&str, Option<&str>); 3] = [
+    ("tracker", None),
+    ("udp peer", Some("udp-seeder")),
+    ("tcp peer", Some("tcp-seeder")),
+];
+
 pub struct Services {
-    dir: tempfile::TempDir,
+    net: Net,
     pub share: PathBuf,
-    tracker: Proc,
-    tr: String,
     pub tracker_addr: SocketAddr,
-    udp_peer: Proc,
     pub udp_addr: SocketAddr,
-    tcp_peer: Proc,
     pub tcp_addr: SocketAddr,
     /// (id, relative path) of the shared files, as `p2p ls` lists them.
     files: Vec<(String, String)>,
@@ -38,25 +42,6 @@ pub struct Services {
     started: Instant,
 }
 
-fn listen_addr(p: &Proc) -> SocketAddr {
-    let line = p
-        .seen
-        .iter()
-        .find(|l| l.contains(" listening on "))
-        .expect("the peer printed its address");
-    line.split_whitespace().nth(4).unwrap().parse().unwrap()
-}
-
-pub fn json_of(o: &Output) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
-}
-
 impl Services {
     /// Starts the three services with small limits (`--rate-limit 50`, `--max-peers 100`,
     /// `--max-connections 64`, peers' `--idle-timeout 3s`) sharing `small.txt`, `big.bin`
@@ -64,42 +49,34 @@ impl Services {
     /// be listed.
     pub fn start() -> Services {
         let started = Instant::now();
-        let dir = tempfile::tempdir().unwrap();
-        let share = dir.path().join("share");
-        fs::create_dir_all(share.join("sub/dir")).unwrap();
-        write_file(&share, SMALL, b"a small shared file\n");
-        write_file(&share, BIG, &random_bytes(1024 * 1024 + 7, 42));
-        write_file(&share, DOTS, b"a file whose name starts with two dots\n");
-        write_file(&share, NESTED, b"nested three folders deep\n");
+        let limits = ["--rate-limit", "50", "--max-connections", "64"];
+        let mut net = Net::start_with(&[&["--max-peers", "100"][..], &limits].concat());
+        let share = net.path("share");
+        fs::create_dir(&share).unwrap();
         // Links out of the share must never be listed.
-        let outside = dir.path().join("outside");
+        let outside = net.path("outside");
         fs::create_dir(&outside).unwrap();
-        write_file(dir.path(), "secret.txt", b"the secret outside the share\n");
+        write_file(net.dir(), "secret.txt", b"the secret outside the share\n");
         write_file(&outside, "secret2.txt", b"another secret\n");
-        std::os::unix::fs::symlink(dir.path().join("secret.txt"), share.join("leak.txt")).unwrap();
+        std::os::unix::fs::symlink(net.path("secret.txt"), share.join("leak.txt")).unwrap();
         std::os::unix::fs::symlink(&outside, share.join("leakdir")).unwrap();
 
-        let limits = ["--rate-limit", "50", "--max-connections", "64"];
-        let mut t_args = vec!["--max-peers", "100"];
-        t_args.extend_from_slice(&limits);
-        let (tracker, tr) = crate::common::tracker(dir.path(), &t_args);
-        let mut p_args = vec!["--idle-timeout", "3s"];
-        p_args.extend_from_slice(&limits);
-        let udp_peer = peer(dir.path(), "udp-seeder", &tr, &share, "udp", &p_args);
-        let tcp_peer = peer(dir.path(), "tcp-seeder", &tr, &share, "tcp", &p_args);
-        let udp_addr = listen_addr(&udp_peer);
-        let tcp_addr = listen_addr(&tcp_peer);
-        let tracker_addr = tr.parse().unwrap();
+        let p_args = [&["--idle-timeout", "3s"][..], &limits].concat();
+        net.seeder("udp-seeder", "udp")
+            .file(SMALL, b"a small shared file\n")
+            .file(BIG, &random_bytes(1024 * 1024 + 7, 42))
+            .file(DOTS, b"a file whose name starts with two dots\n")
+            .file(NESTED, b"nested three folders deep\n")
+            .args(&p_args)
+            .start();
+        // The same folder.
+        net.seeder("tcp-seeder", "tcp").args(&p_args).start();
         let mut s = Services {
-            dir,
             share,
-            tracker,
-            tr,
-            tracker_addr,
-            udp_peer,
-            udp_addr,
-            tcp_peer,
-            tcp_addr,
+            tracker_addr: net.addr().parse().unwrap(),
+            udp_addr: net.peer_addr("udp-seeder"),
+            tcp_addr: net.peer_addr("tcp-seeder"),
+            net,
             files: Vec::new(),
             log: RefCell::new(Vec::new()),
             started,
@@ -114,20 +91,24 @@ impl Services {
             );
             s.files = listing;
         }
+        let pids = SERVICES.map(|(_, seeder)| s.proc(seeder).child.id());
         eprintln!(
             "services: tracker {} (pid {}), udp peer {} (pid {}), tcp peer {} (pid {})",
-            s.tracker_addr,
-            s.tracker.child.id(),
-            s.udp_addr,
-            s.udp_peer.child.id(),
-            s.tcp_addr,
-            s.tcp_peer.child.id()
+            s.tracker_addr, pids[0], s.udp_addr, pids[1], s.tcp_addr, pids[2]
         );
         s
     }
 
+    /// The process of a service (`None`: the tracker).
+    fn proc(&mut self, seeder: Option<&str>) -> &mut Proc {
+        match seeder {
+            None => self.net.tracker(),
+            Some(name) => self.net.peer(name),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.net.dir()
     }
 
     /// Records a finding of the test.
@@ -138,18 +119,7 @@ impl Services {
     }
 
     fn ls(&self, peer: &str, transport: &str) -> Vec<(String, String)> {
-        let v = json_of(&run(
-            self.dir(),
-            &[
-                "ls",
-                peer,
-                "--tracker",
-                &self.tr,
-                "--transport",
-                transport,
-                "--json",
-            ],
-        ));
+        let v = self.net.ls(peer).transport(transport).run_json();
         v.as_array()
             .unwrap()
             .iter()
@@ -171,41 +141,15 @@ impl Services {
     }
 
     pub fn peers(&self, transport: &str) -> Vec<serde_json::Value> {
-        json_of(&run(
-            self.dir(),
-            &[
-                "peers",
-                "--tracker",
-                &self.tr,
-                "--transport",
-                transport,
-                "--json",
-            ],
-        ))
-        .as_array()
-        .unwrap()
-        .clone()
+        let peers = self.net.peers().transport(transport).run_json();
+        peers.as_array().unwrap().clone()
     }
 
     /// Runs `p2p get` and returns its output and how long it took.
     pub fn get(&self, peer: &str, id: &str, transport: &str, out: &Path) -> (Output, Duration) {
         let started = Instant::now();
-        let o = run(
-            self.dir(),
-            &[
-                "get",
-                peer,
-                id,
-                "--tracker",
-                &self.tr,
-                "--transport",
-                transport,
-                "--out",
-                out.to_str().unwrap(),
-                "--json",
-            ],
-        );
-        (o, started.elapsed())
+        let get = self.net.get(peer, id).transport(transport).out(out).json();
+        (get.run(), started.elapsed())
     }
 
     /// `p2p get` of a shared file must succeed, byte-identical, saved as its last component.
@@ -240,11 +184,8 @@ impl Services {
     }
 
     fn assert_alive(&mut self, when: &str) {
-        for (name, p) in [
-            ("tracker", &mut self.tracker),
-            ("udp peer", &mut self.udp_peer),
-            ("tcp peer", &mut self.tcp_peer),
-        ] {
+        for (name, seeder) in SERVICES {
+            let p = self.proc(seeder);
             let status = p.child.try_wait().unwrap();
             assert!(
                 status.is_none(),
@@ -275,12 +216,8 @@ impl Services {
         }
         self.assert_real_peers_listed("tcp");
         self.assert_alive("after the final downloads");
-        for (name, p) in [
-            ("tracker", &self.tracker),
-            ("udp peer", &self.udp_peer),
-            ("tcp peer", &self.tcp_peer),
-        ] {
-            let kib = vm_hwm_kib(p.child.id());
+        for (name, seeder) in SERVICES {
+            let kib = vm_hwm_kib(self.proc(seeder).child.id());
             self.note(format!(
                 "VmHWM {name}: {kib} kB ({:.1} MiB)",
                 kib as f64 / 1024.0
