@@ -179,6 +179,14 @@ pub enum Event {
         /// Where it went.
         to: SocketAddr,
     },
+    /// Upload `transfer` to `to` lost its slot to a new `Request`: its receiver acknowledged
+    /// nothing within [`UNPROVEN_GRACE`]. The driver ends it (an `Abort(Busy)`).
+    Evicted {
+        /// The receiver.
+        to: SocketAddr,
+        /// The transfer.
+        transfer: TransferId,
+    },
     /// The tracker refused a heartbeat.
     HeartbeatRefused {
         /// The tracker.
@@ -221,6 +229,19 @@ struct Lingering {
     closed: bool,
 }
 
+/// An upload slot: taken when a transfer is admitted, kept while the upload runs.
+struct UploadSlot {
+    started: Instant,
+    /// An ACK came from the receiver's address: it receives there (a forged `Request`'s
+    /// victim never acknowledges anything).
+    proven: bool,
+}
+
+/// How long an upload whose receiver has acknowledged nothing holds its slot against a new
+/// `Request` once every slot is taken (a real receiver acknowledges within a round trip or
+/// two; a forged `Request`'s victim never does).
+pub const UNPROVEN_GRACE: Duration = Duration::from_secs(1);
+
 /// See the [module documentation](self).
 pub struct Endpoint {
     config: EndpointConfig,
@@ -233,7 +254,7 @@ pub struct Endpoint {
     /// Names unregistered since their last `Register`: a late heartbeat arming is ignored.
     left: BTreeSet<String>,
     limiter: RateLimiter,
-    uploads: BTreeSet<(SocketAddr, TransferId)>,
+    uploads: BTreeMap<(SocketAddr, TransferId), UploadSlot>,
     downloads: BTreeMap<TransferId, SocketAddr>,
     lingering: VecDeque<Lingering>,
     /// The last round trip measured to each address, and when.
@@ -255,7 +276,7 @@ impl Endpoint {
             requests: BTreeMap::new(),
             registration: None,
             left: BTreeSet::new(),
-            uploads: BTreeSet::new(),
+            uploads: BTreeMap::new(),
             downloads: BTreeMap::new(),
             lingering: VecDeque::new(),
             round_trips: BTreeMap::new(),
@@ -425,7 +446,7 @@ impl Endpoint {
                 file,
                 offset,
             } => {
-                if self.uploads.contains(&(from, transfer)) {
+                if self.uploads.contains_key(&(from, transfer)) {
                     return Some(Incoming::Upload {
                         from,
                         transfer,
@@ -435,14 +456,7 @@ impl Endpoint {
                 if !self.limiter.allow(now, from.ip()) {
                     return None; // flooding: dropped like a lost datagram
                 }
-                let from_peer = self
-                    .uploads
-                    .iter()
-                    .filter(|(a, _)| a.ip() == from.ip())
-                    .count();
-                if self.uploads.len() >= self.config.max_uploads
-                    || from_peer >= self.config.max_uploads_per_peer
-                {
+                if !self.make_room(now, from) {
                     self.refuse(from, transfer, AbortReason::Busy);
                     return None;
                 }
@@ -453,14 +467,15 @@ impl Endpoint {
                     offset,
                 })
             }
-            Message::Ack { transfer, .. } | Message::FinAck { transfer } => self
-                .uploads
-                .contains(&(from, transfer))
-                .then_some(Incoming::Upload {
+            Message::Ack { transfer, .. } | Message::FinAck { transfer } => {
+                let slot = self.uploads.get_mut(&(from, transfer))?;
+                slot.proven = true;
+                Some(Incoming::Upload {
                     from,
                     transfer,
                     msg,
-                }),
+                })
+            }
             Message::Accept { transfer, .. }
             | Message::Data { transfer, .. }
             | Message::Fin { transfer, .. } => match self.downloads.get(&transfer) {
@@ -477,7 +492,7 @@ impl Endpoint {
                 }
             },
             Message::Abort { transfer, .. } => {
-                if self.uploads.contains(&(from, transfer)) {
+                if self.uploads.contains_key(&(from, transfer)) {
                     Some(Incoming::Upload {
                         from,
                         transfer,
@@ -505,9 +520,46 @@ impl Endpoint {
         });
     }
 
-    /// The driver serves upload `(from, transfer)` from now on.
-    pub fn upload_started(&mut self, from: SocketAddr, transfer: TransferId) {
-        self.uploads.insert((from, transfer));
+    /// The driver serves upload `(from, transfer)` from `now` on.
+    pub fn upload_started(&mut self, now: Instant, from: SocketAddr, transfer: TransferId) {
+        self.uploads.insert(
+            (from, transfer),
+            UploadSlot {
+                started: now,
+                proven: false,
+            },
+        );
+    }
+
+    /// Whether a new upload for `from` fits the caps (total, and per IP), after taking the
+    /// slot of the oldest upload whose receiver acknowledged nothing in [`UNPROVEN_GRACE`]
+    /// if that makes room ([`Event::Evicted`]): forged `Request`s cannot hold every slot.
+    fn make_room(&mut self, now: Instant, from: SocketAddr) -> bool {
+        let same_ip = |a: &SocketAddr| a.ip() == from.ip();
+        let from_peer = self.uploads.keys().filter(|(a, _)| same_ip(a)).count();
+        let per_peer_full = from_peer >= self.config.max_uploads_per_peer;
+        let full = self.uploads.len() >= self.config.max_uploads;
+        if !per_peer_full && !full {
+            return true;
+        }
+        // With the per-IP cap reached, only a slot of that IP makes room.
+        let victim = self
+            .uploads
+            .iter()
+            .filter(|((a, _), u)| {
+                !u.proven && now >= u.started + UNPROVEN_GRACE && (!per_peer_full || same_ip(a))
+            })
+            .min_by_key(|(_, u)| u.started)
+            .map(|(k, _)| *k);
+        let Some((to, transfer)) = victim else {
+            return false;
+        };
+        self.uploads.remove(&(to, transfer));
+        self.events.push_back(Event::Evicted { to, transfer });
+        // Both caps hold now unless the per-IP one was reached by another IP's upload.
+        self.uploads.len() < self.config.max_uploads
+            && self.uploads.keys().filter(|(a, _)| same_ip(a)).count()
+                < self.config.max_uploads_per_peer
     }
 
     /// Upload `(from, transfer)` is over.

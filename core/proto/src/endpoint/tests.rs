@@ -223,7 +223,7 @@ fn uploads_are_admitted_up_to_the_per_peer_and_total_caps() {
     for t in 1..=2 {
         match ep.handle(now, a, request(t)) {
             Some(Incoming::NewUpload { from, transfer, .. }) => {
-                ep.upload_started(from, transfer);
+                ep.upload_started(now, from, transfer);
             }
             other => panic!("{other:?}"),
         }
@@ -244,7 +244,7 @@ fn uploads_are_admitted_up_to_the_per_peer_and_total_caps() {
         ep.handle(now, addr(3, 1), request(4)),
         Some(Incoming::NewUpload { .. })
     ));
-    ep.upload_started(addr(3, 1), TransferId(4));
+    ep.upload_started(now, addr(3, 1), TransferId(4));
     assert!(ep.handle(now, addr(4, 1), request(5)).is_none());
     assert!(ep.poll_transmit().is_some());
     // A Request again for an upload in progress (its Accept was lost) goes to it, and its
@@ -388,4 +388,92 @@ fn ids_are_unpredictable_per_purpose_and_replay_from_their_seed() {
         ta.iter().all(|t| t.0.abs_diff(r.0) > 1 << 32),
         "{r:?} {ta:?}"
     );
+}
+
+fn request(t: u64) -> Message {
+    Message::Request {
+        transfer: TransferId(t),
+        file: FileId(1),
+        offset: 0,
+    }
+}
+
+/// Forged `Request`s (their "receivers" never acknowledge) cannot keep every slot: past
+/// UNPROVEN_GRACE the oldest unproven upload gives its slot to a new request; an upload whose
+/// receiver acknowledged is never evicted.
+#[test]
+fn uploads_that_nobody_acknowledges_give_their_slots_to_new_requests() {
+    let config = EndpointConfig {
+        max_uploads: 2,
+        max_uploads_per_peer: 2,
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let t0 = Instant::now();
+    let (real, forged) = (addr(2, 1), addr(66, 1));
+    for (t, from) in [(1, real), (2, forged)] {
+        assert!(matches!(
+            ep.handle(t0, from, request(t)),
+            Some(Incoming::NewUpload { .. })
+        ));
+        ep.upload_started(t0, from, TransferId(t));
+    }
+    // The real receiver acknowledges; the forged one never does.
+    assert!(matches!(
+        ep.handle(t0 + ms(20), real, final_ack(TransferId(1))),
+        Some(Incoming::Upload { .. })
+    ));
+    // Within the grace, a new request is refused.
+    let newcomer = addr(3, 1);
+    assert!(ep.handle(t0 + ms(500), newcomer, request(3)).is_none());
+    assert!(ep.poll_transmit().is_some(), "refused as busy");
+    assert!(ep.poll_event().is_none());
+    // Past it, the forged upload's slot goes to the newcomer.
+    let later = t0 + UNPROVEN_GRACE;
+    assert!(matches!(
+        ep.handle(later, newcomer, request(4)),
+        Some(Incoming::NewUpload { .. })
+    ));
+    assert_eq!(
+        ep.poll_event(),
+        Some(Event::Evicted {
+            to: forged,
+            transfer: TransferId(2)
+        })
+    );
+    ep.upload_started(later, newcomer, TransferId(4));
+    // Now both slots hold uploads: one proven, one young: the next is refused.
+    assert!(ep.handle(later + ms(10), addr(4, 1), request(5)).is_none());
+    assert!(
+        ep.poll_event().is_none(),
+        "a proven upload is never evicted"
+    );
+}
+
+/// With one IP at its cap, only an unproven upload of that IP makes room for it.
+#[test]
+fn the_per_ip_cap_evicts_only_that_ips_unproven_uploads() {
+    let config = EndpointConfig {
+        max_uploads: 10,
+        max_uploads_per_peer: 1,
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let t0 = Instant::now();
+    let (a, b) = (addr(2, 1), addr(3, 1));
+    ep.upload_started(t0, a, TransferId(1));
+    ep.upload_started(t0, b, TransferId(2));
+    let later = t0 + UNPROVEN_GRACE;
+    assert!(matches!(
+        ep.handle(later, addr(2, 2), request(3)),
+        Some(Incoming::NewUpload { .. })
+    ));
+    assert_eq!(
+        ep.poll_event(),
+        Some(Event::Evicted {
+            to: a,
+            transfer: TransferId(1)
+        })
+    );
+    assert!(ep.poll_event().is_none(), "b's upload kept");
 }

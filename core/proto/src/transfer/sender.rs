@@ -169,6 +169,8 @@ pub struct ChunkSender {
     /// The pacer holds the next chunk until then.
     pace_at: Option<Instant>,
     last_heard: Instant,
+    /// A repeated `Request` had the chunks in flight sent again (done at most once).
+    resent_window: bool,
     send_accept: bool,
     send_fin: bool,
     fin_at: Option<Instant>,
@@ -222,6 +224,7 @@ impl ChunkSender {
             pacer: Pacer::new(now),
             pace_at: None,
             last_heard: now,
+            resent_window: false,
             send_accept: true,
             send_fin: false,
             fin_at: None,
@@ -270,13 +273,15 @@ impl ChunkSender {
         }
         match msg {
             Message::Request { .. } => {
-                // The Accept was lost: send it again.
-                self.last_heard = now;
+                // The Accept was lost: send it again. A Request proves nothing of its sender
+                // (anyone can forge one in a victim's name), so it neither keeps the transfer
+                // alive (only ACKs do) nor makes the window go again more than once.
                 self.send_accept = true;
-                if self.largest_acked_tx.is_none() && !self.config.reliable {
+                if self.largest_acked_tx.is_none() && !self.config.reliable && !self.resent_window {
                     // Nothing acknowledged yet: the receiver dropped every chunk sent before
                     // it had the Accept. Send them again right after it, without waiting for
                     // the timer (and without a congestion signal: nothing was congested).
+                    self.resent_window = true;
                     self.lost.extend(self.in_flight.take_all());
                     self.probe_at = None;
                 }

@@ -520,3 +520,52 @@ fn reordering_costs_retransmissions_in_the_first_flight_only() {
     assert_eq!(pair.written, pair.file());
     assert!(pair.stats().chunks_retransmitted <= 4, "{:?}", pair.stats());
 }
+
+/// A forged `Request` repeated every half second (its "receiver" never acknowledges) gets the
+/// window sent again once, not each time, and does not keep the upload alive: it ends at the
+/// idle timeout (issue 18's amplification).
+#[test]
+fn repeated_requests_neither_resend_the_window_each_time_nor_keep_an_upload_alive() {
+    let t0 = Instant::now();
+    let transfer = TransferId(5);
+    let config = SenderConfig {
+        chunk_size: 1000,
+        ..SenderConfig::default()
+    };
+    let idle = config.idle_timeout;
+    let mut s = ChunkSender::new(t0, transfer, 1_000_000, ContentHash::of(b"x"), 0, config);
+    let request = Message::Request {
+        transfer,
+        file: FileId(1),
+        offset: 0,
+    };
+    let chunks = |s: &mut ChunkSender, now| {
+        std::iter::from_fn(|| s.poll_transmit(now))
+            .filter(|t| matches!(t, SenderTransmit::Chunk { .. }))
+            .count()
+    };
+    s.handle_message(t0, &request);
+    let first = chunks(&mut s, t0);
+    assert!(first > 0);
+    let mut now = t0;
+    let mut again = Vec::new();
+    while now < t0 + idle - Duration::from_millis(500) {
+        now += Duration::from_millis(500);
+        s.handle_message(now, &request);
+        again.push(chunks(&mut s, now));
+        if s.poll_timeout().is_some_and(|t| t <= now) {
+            s.handle_timeout(now);
+        }
+    }
+    let resent: usize = again.iter().sum();
+    assert!(
+        resent <= first * 2,
+        "{resent} chunks sent again for {} repeated Requests (first flight {first})",
+        again.len()
+    );
+    s.handle_timeout(t0 + idle);
+    assert!(
+        s.is_done(),
+        "the upload outlived its idle timeout on Requests alone"
+    );
+}

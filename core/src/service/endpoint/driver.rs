@@ -212,6 +212,12 @@ impl Driver {
                 Event::NoAnswer { request, to } => {
                     self.replies.fail(request, ServiceError::NoAnswer(to))
                 }
+                Event::Evicted { to, transfer } => {
+                    tracing::debug!(%to, ?transfer, "upload evicted: nothing acknowledged");
+                    if let Some(up) = self.uploads.get_mut(&(to, transfer)) {
+                        up.machine.abort(AbortReason::Busy);
+                    }
+                }
                 Event::HeartbeatRefused { tracker, reason } => {
                     tracing::warn!(%tracker, "heartbeat refused: {reason}")
                 }

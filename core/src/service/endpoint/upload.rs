@@ -246,7 +246,7 @@ impl Driver {
             config,
         );
         tracing::debug!(%from, ?transfer, path = %shared.entry.path, offset, "serving");
-        self.proto.upload_started(from, transfer);
+        self.proto.upload_started(now, from, transfer);
         self.uploads.insert(
             (from, transfer),
             Upload {
