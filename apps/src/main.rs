@@ -38,7 +38,9 @@ fn main() {
         }
     });
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // Whatever came from the network (a peer's abort reason, a tracker's refusal) is
+        // escaped: it must not drive the terminal.
+        eprintln!("error: {}", output::clean(&format!("{e:#}")));
         std::process::exit(1);
     }
     // Background tasks (connections, endpoints) must not keep the process alive.

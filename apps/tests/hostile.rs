@@ -1482,3 +1482,42 @@ fn announced_paths_are_not_printed_raw_by_ls_or_the_menu() {
         "p2p ls: {from_ls:?}; menu: {from_menu:?}"
     );
 }
+
+/// A peer's abort reason (free text on the wire) reaches `get`'s stderr escaped: no escape
+/// sequence, bell or bidi override gets to the terminal (issue 18).
+#[test]
+fn abort_reasons_from_a_peer_are_not_printed_raw_by_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_t, tr) = common::tracker(dir.path(), &[]);
+    let tracker: SocketAddr = tr.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let fake = fake_peer(
+        tracker,
+        4,
+        "aborter",
+        vec![(ABORTING_FILE, "x.txt".into(), b"x".to_vec())],
+        stop.clone(),
+    );
+    let out = dir.path().join("out");
+    let got = run(
+        dir.path(),
+        &[
+            "get",
+            "aborter",
+            "666",
+            "--tracker",
+            &tr,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    stop.store(true, Ordering::Relaxed);
+    fake.join().unwrap();
+    let err = String::from_utf8_lossy(&got.stderr).to_string();
+    assert!(!got.status.success(), "{err}");
+    assert!(err.contains("aborted by the other side"), "{err}");
+    assert!(
+        !err.contains(['\x1b', '\x07', '\u{202e}']),
+        "raw control characters on stderr: {err:?}"
+    );
+}

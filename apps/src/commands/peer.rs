@@ -155,7 +155,10 @@ async fn leave(handle: &EndpointHandle, tracker: SocketAddr, name: &str) {
     match tokio::time::timeout(LEAVE_WAIT, handle.unregister(tracker, name)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            eprintln!("warning: could not unregister from the tracker: {e} (it will expire)")
+            eprintln!(
+                "warning: could not unregister from the tracker: {} (it will expire)",
+                clean(&e.to_string())
+            )
         }
         Err(_) => eprintln!(
             "warning: the tracker {tracker} did not confirm within {:.1} s that we left (our entry will expire)",
@@ -189,7 +192,11 @@ impl Menu {
                     println!("  - {}", clean(&p.name));
                 }
             }
-            Err(e) => println!("Cannot reach the tracker at {}: {e}", self.tracker),
+            Err(e) => println!(
+                "Cannot reach the tracker at {}: {}",
+                self.tracker,
+                clean(&e.to_string())
+            ),
         }
     }
 
@@ -224,11 +231,11 @@ impl Menu {
     async fn show_index(&self, peer: &str) {
         let reached = match self.reach(peer).await {
             Ok(r) => r,
-            Err(e) => return println!("{e:#}"),
+            Err(e) => return println!("{}", clean(&format!("{e:#}"))),
         };
         match reached.index().await {
             Ok((share, entries)) => print_index(&reached.info.name, &share, &entries),
-            Err(e) => println!("{e:#}"),
+            Err(e) => println!("{}", clean(&format!("{e:#}"))),
         }
     }
 
@@ -246,7 +253,7 @@ impl Menu {
         .await;
         let (via, addr, entry, dest) = match prepared {
             Ok(p) => p,
-            Err(e) => return println!("{e:#}"),
+            Err(e) => return println!("{}", clean(&format!("{e:#}"))),
         };
         println!(
             "Downloading {} ({}) from {peer} in the background...",
@@ -285,7 +292,11 @@ impl Menu {
                         );
                     }
                 }
-                Err(e) => println!("\n[{me}] Download from {peer} failed: {e}"),
+                Err(e) => println!(
+                    "\n[{me}] Download from {} failed: {}",
+                    clean(&peer),
+                    clean(&e.to_string())
+                ),
             }
             prompt("Choose: ");
         });

@@ -15,8 +15,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use p2p_proto::wire::{
-    decode, BoundedVec, ContentHash, FileId, IndexEntry, Message, RegisterOutcome, RequestId,
-    TransportKind, PIECE_SIZE,
+    decode, AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, RegisterOutcome,
+    RequestId, TransportKind, PIECE_SIZE,
 };
 
 use crate::{FRAME_TIMEOUT, QUIET, REPLY_WAIT, TCP_MAX_FRAME};
@@ -274,9 +274,16 @@ pub fn slow_sender(from: u8, to: SocketAddr, split_header: bool) -> JoinHandle<O
     })
 }
 
+/// The file id for which [`fake_peer`] answers a `Request` with an `Abort` whose reason is
+/// [`EVIL_REASON`] (terminal escapes, a bidi override) instead of the file.
+pub const ABORTING_FILE: u32 = 666;
+/// What [`fake_peer`] gives as its reason to abort [`ABORTING_FILE`].
+pub const EVIL_REASON: &str = "\x1b[2J\x1b]0;owned\x07 \u{202e}txt.exe";
+
 /// A fake peer on 127.0.0.`n`, registered at `tracker` as `name`, that announces the given
 /// (id, path, content) files and serves them honestly, whatever their names: a malicious
-/// sender trying to make `get` write outside `--out`. Runs until `stop` is set.
+/// sender trying to make `get` write outside `--out` (and, for [`ABORTING_FILE`], to drive
+/// the terminal with its abort reason). Runs until `stop` is set.
 pub fn fake_peer(
     tracker: SocketAddr,
     n: u8,
@@ -340,6 +347,12 @@ pub fn fake_peer(
                             hashes: BoundedVec(vec![ContentHash::of(content)]),
                         });
                     }
+                }
+                Message::Request { transfer, file, .. } if file.0 == ABORTING_FILE => {
+                    replies.push(Message::Abort {
+                        transfer,
+                        reason: AbortReason::Other(EVIL_REASON.into()),
+                    });
                 }
                 Message::Request { transfer, file, .. } => {
                     if let Some(content) = find(file) {

@@ -207,6 +207,9 @@ struct Pending {
 }
 
 struct Registration {
+    /// The id of the last heartbeat sent: only its answer is taken (a refusal anyone could
+    /// forge would otherwise be logged at will).
+    last_heartbeat: Option<RequestId>,
     tracker: SocketAddr,
     name: String,
     port: u16,
@@ -371,6 +374,7 @@ impl Endpoint {
             return; // unregistered while the registration was being confirmed
         }
         self.registration = Some(Registration {
+            last_heartbeat: None,
             tracker,
             name,
             port,
@@ -404,12 +408,13 @@ impl Endpoint {
                 if let (
                     Some(reg),
                     Message::RegisterReply {
+                        request,
                         outcome: RegisterOutcome::Refused { reason },
-                        ..
                     },
-                ) = (&self.registration, msg)
+                ) = (&mut self.registration, msg)
                 {
-                    if reg.tracker == from {
+                    if reg.tracker == from && reg.last_heartbeat == Some(request) {
+                        reg.last_heartbeat = None;
                         self.events.push_back(Event::HeartbeatRefused {
                             tracker: from,
                             reason,
@@ -680,6 +685,9 @@ impl Endpoint {
             // Fire and forget: the next one comes anyway.
             let id = self.new_request_id();
             set_request_id(&mut msg, id);
+            if let Some(reg) = self.registration.as_mut() {
+                reg.last_heartbeat = Some(id);
+            }
             self.transmits.push_back(Transmit {
                 to: tracker,
                 payload: msg.encode(),

@@ -318,22 +318,29 @@ fn the_heartbeat_runs_every_period_until_unregistered() {
     assert_eq!(t.to, tracker);
     assert!(matches!(decoded(&t), Message::Heartbeat { name, port: 10001, .. } if name == "alice"));
     assert_eq!(ep.poll_timeout(), Some(t0 + every * 2));
-    // A refused heartbeat is reported, from the tracker only.
+    // A refused heartbeat is reported: the answer to the heartbeat just sent, from the
+    // tracker, once; forged refusals (another address, another id) are ignored silently.
+    let Message::Heartbeat { request: sent, .. } = decoded(&t) else {
+        unreachable!()
+    };
     let refused = |request| Message::RegisterReply {
         request,
         outcome: RegisterOutcome::Refused {
             reason: "no".into(),
         },
     };
+    assert!(ep.handle(t0, addr(7, 9000), refused(sent)).is_none());
     assert!(ep
-        .handle(t0, addr(7, 9000), refused(RequestId(5)))
+        .handle(t0, tracker, refused(RequestId(sent.0 ^ 1)))
         .is_none());
     assert!(ep.poll_event().is_none());
-    assert!(ep.handle(t0, tracker, refused(RequestId(5))).is_none());
+    assert!(ep.handle(t0, tracker, refused(sent)).is_none());
     assert!(matches!(
         ep.poll_event(),
         Some(Event::HeartbeatRefused { .. })
     ));
+    assert!(ep.handle(t0, tracker, refused(sent)).is_none());
+    assert!(ep.poll_event().is_none(), "reported once");
     // Unregistering stops it, and a registration confirmed late does not restart it.
     let bye = Message::Unregister {
         request: RequestId(0),

@@ -219,7 +219,7 @@ impl Driver {
                     }
                 }
                 Event::HeartbeatRefused { tracker, reason } => {
-                    tracing::warn!(%tracker, "heartbeat refused: {reason}")
+                    tracing::warn!(%tracker, ?reason, "heartbeat refused")
                 }
             }
         }

@@ -576,7 +576,7 @@ impl EndpointHandle {
             match rx.await.map_err(|_| ServiceError::Closed)? {
                 Err(e) if refetched < PIECE_REFETCHES && e.bad_piece().is_some() => {
                     refetched += 1;
-                    tracing::info!(%peer, "{e}: fetching again from the end of the verified part");
+                    tracing::info!(%peer, error = ?e, "fetching again from the end of the verified part");
                 }
                 Ok(mut report) => {
                     report.refetched = refetched;
