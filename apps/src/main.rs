@@ -13,7 +13,7 @@ use commands::{demo, get, ls, peer, peers, tracker};
 
 fn main() {
     let cli = Cli::parse();
-    output::init_logging(cli.verbose);
+    let log = output::init_logging(cli.verbose);
     // A one-shot command runs one transfer at a time: on one thread, its socket reads and
     // its protocol work never wait for each other across cores (pieces are still hashed on a
     // thread of their own). Peers, trackers and the demo serve many at once.
@@ -41,8 +41,10 @@ fn main() {
         // Whatever came from the network (a peer's abort reason, a tracker's refusal) is
         // escaped: it must not drive the terminal.
         eprintln!("error: {}", output::clean(&format!("{e:#}")));
+        drop(log); // the log lines still queued go out first (waits at most a second)
         std::process::exit(1);
     }
     // Background tasks (connections, endpoints) must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    drop(log);
 }

@@ -3,8 +3,10 @@
 
 use p2p_proto::wire::IndexEntry;
 
-/// Logs go to stderr; `-v` raises the level, `RUST_LOG` overrides.
-pub(crate) fn init_logging(verbose: u8) {
+/// Logs go to stderr; `-v` raises the level, `RUST_LOG` overrides. They are written by a
+/// thread of their own from a bounded queue, and dropped when it is full: a stderr nobody
+/// reads never stalls a peer or a tracker. Keep the guard until exit (it flushes the queue).
+pub(crate) fn init_logging(verbose: u8) -> tracing_appender::non_blocking::WorkerGuard {
     let default = match verbose {
         0 => "warn",
         1 => "debug",
@@ -12,11 +14,19 @@ pub(crate) fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE)
+        .finish(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .try_init();
+    guard
 }
+
+/// Log lines waiting to be written, at most.
+const LOG_QUEUE: usize = 4096;
 
 /// Prints a peer's index as `ID: 003 -> share/file3.txt (26.9 KiB)` lines.
 pub(crate) fn print_index(peer: &str, share: &str, entries: &[IndexEntry]) {

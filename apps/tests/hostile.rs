@@ -1521,3 +1521,54 @@ fn abort_reasons_from_a_peer_are_not_printed_raw_by_get() {
         "raw control characters on stderr: {err:?}"
     );
 }
+
+/// A tracker whose stdout and stderr nobody reads (a pipe left full) keeps answering: 2,000
+/// refused registrations, each an event line, fill the pipe many times over, and every one is
+/// still answered, as is a listing after them (issue 18: it stopped after 700).
+#[test]
+fn a_tracker_whose_output_nobody_reads_keeps_answering() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::bin())
+        .args([
+            "tracker",
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "100000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the first line (the address), then never again.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let addr: SocketAddr = first
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let holder = udp_from(21);
+    assert!(matches!(
+        try_register(&holder, addr, "alice"),
+        Some(RegisterOutcome::Accepted { .. })
+    ));
+    let thief = udp_from(22);
+    for i in 0..2000 {
+        let outcome = try_register(&thief, addr, "alice");
+        assert!(
+            matches!(outcome, Some(RegisterOutcome::Refused { .. })),
+            "refusal {i}: {outcome:?}"
+        );
+    }
+    let listed = ask_udp(&thief, addr, &list_peers(0));
+    assert!(
+        matches!(listed, Some(Message::PeerList { .. })),
+        "{listed:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(out);
+}

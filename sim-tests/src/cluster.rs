@@ -465,7 +465,7 @@ impl Cluster {
             async move {
                 trace.record(TRACKER, format_args!("boot {boot}"));
                 let t = net.bind(TRACKER_PORT, faults, stats, log).await?;
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
                 let log = trace.clone();
                 tokio::spawn(async move {
                     while let Some(e) = rx.recv().await {

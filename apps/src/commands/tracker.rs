@@ -24,9 +24,11 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
         humantime::format_duration(config.ttl),
         humantime::format_duration(config.heartbeat)
     );
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let printer = tokio::spawn(async move {
-        while let Some(e) = rx.recv().await {
+    // Events are printed on a thread of their own: if nobody reads our stdout, only that
+    // thread waits, its queue fills, and the tracker drops events instead of stalling.
+    let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+    std::thread::spawn(move || {
+        while let Some(e) = rx.blocking_recv() {
             match e {
                 TrackerEvent::Registered {
                     name,
@@ -47,6 +49,8 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
         }
         _ = shutdown.wait() => println!("tracker stopping"),
     }
-    printer.abort();
     Ok(())
 }
+
+/// Events waiting to be printed, at most.
+const EVENT_QUEUE: usize = 1024;

@@ -13,14 +13,15 @@ use crate::tracker::{RegistryConfig, Tracker};
 use crate::transport::SharedTransport;
 use crate::wire::{decode, Message};
 
-type Events = Option<mpsc::UnboundedSender<TrackerEvent>>;
+type Events = Option<mpsc::Sender<TrackerEvent>>;
 
 /// Runs the tracker on `transports` until one of them fails, with the default per-source
-/// rate limit. Events go to `events`, if given.
+/// rate limit. Events go to `events`, if given; when its reader falls behind (a log on a
+/// pipe nobody reads), events are dropped: the tracker never waits on its log.
 pub async fn run_tracker(
     transports: Vec<SharedTransport>,
     config: RegistryConfig,
-    events: Option<mpsc::UnboundedSender<TrackerEvent>>,
+    events: Option<mpsc::Sender<TrackerEvent>>,
 ) -> std::io::Result<()> {
     run_tracker_limited(transports, config, RateConfig::default(), events).await
 }
@@ -30,7 +31,7 @@ pub async fn run_tracker_limited(
     transports: Vec<SharedTransport>,
     config: RegistryConfig,
     rate: RateConfig,
-    events: Option<mpsc::UnboundedSender<TrackerEvent>>,
+    events: Option<mpsc::Sender<TrackerEvent>>,
 ) -> std::io::Result<()> {
     let registry = Arc::new(Mutex::new(Tracker::new(config, rate)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -82,7 +83,7 @@ const EMPTY_TABLE_RECHECK: std::time::Duration = std::time::Duration::from_milli
 
 fn emit(events: &Events, e: TrackerEvent) {
     if let Some(tx) = events {
-        let _ = tx.send(e);
+        let _ = tx.try_send(e); // full: dropped, never waited for
     }
 }
 
