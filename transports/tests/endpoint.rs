@@ -305,3 +305,122 @@ async fn a_finished_download_answers_its_sender_after_the_receiver_is_gone() {
     }
     leech.shutdown().await;
 }
+
+/// A lying seeder played over a raw socket: it answers every request it gets with what
+/// `answer` makes of it (the request, and how many came before), until the test ends; counts
+/// the requests.
+async fn liar(
+    answer: impl Fn(p2p_proto::wire::Message, u32) -> Option<p2p_proto::wire::Message> + Send + 'static,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU32>,
+) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let count = std::sync::Arc::new(AtomicU32::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let Ok(msg) = p2p_proto::wire::decode(&buf[..n]) else {
+                continue;
+            };
+            let k = seen.fetch_add(1, Ordering::SeqCst);
+            if let Some(reply) = answer(msg, k) {
+                let _ = sock.send_to(&reply.encode(), from).await;
+            }
+        }
+    });
+    (addr, count)
+}
+
+fn lying_entry(id: u32) -> p2p_proto::wire::IndexEntry {
+    IndexEntry {
+        id: p2p_proto::wire::FileId(id),
+        path: format!("f{id}"),
+        size: 1,
+        hash: p2p_proto::wire::ContentHash::of(b"x"),
+    }
+}
+
+/// An index claiming 2^32-1 pages is refused at its first page, and one whose page count
+/// changes from page to page is a protocol error: a listing never grows without end (issue 18).
+#[tokio::test]
+async fn a_lying_index_is_refused_before_it_grows() {
+    use p2p_proto::wire::{BoundedVec, Message};
+    use std::sync::atomic::Ordering;
+    let (leech, _task) = endpoint(None).await;
+    let page = |request, pages, id| Message::IndexPage {
+        request,
+        page: 0,
+        pages,
+        share: "lies".into(),
+        entries: BoundedVec(vec![lying_entry(id)]),
+    };
+    let (endless, asked) = liar(move |m, k| match m {
+        Message::IndexRequest { request, .. } => Some(page(request, u32::MAX, k)),
+        _ => None,
+    })
+    .await;
+    let err = leech.index(endless).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ServiceError::TooLarge {
+                what: "index pages",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "one page asked for, not more"
+    );
+    let (shifty, _) = liar(move |m, k| match m {
+        Message::IndexRequest { request, .. } => Some(page(request, 3 + k, k)),
+        _ => None,
+    })
+    .await;
+    let err = leech.index(shifty).await.unwrap_err();
+    assert!(matches!(err, ServiceError::Protocol(_)), "{err}");
+}
+
+/// A listed size of 2^60 bytes is refused from the first page of its piece table (the number
+/// of pieces follows from the size), before a hash more is fetched (issue 18).
+#[tokio::test]
+async fn a_piece_table_too_large_for_its_listed_size_is_refused_at_once() {
+    use p2p_proto::wire::{BoundedVec, ContentHash, Message, PIECE_SIZE};
+    use std::sync::atomic::Ordering;
+    let (leech, _task) = endpoint(None).await;
+    let huge = IndexEntry {
+        size: 1 << 60,
+        ..lying_entry(1)
+    };
+    let pieces = u32::MAX; // as many as it can say (2^42 would be needed)
+    let (seeder, asked) = liar(move |m, _| match m {
+        Message::PieceRequest { request, first, .. } => Some(Message::PieceHashes {
+            request,
+            piece_size: PIECE_SIZE,
+            pieces,
+            first,
+            hashes: BoundedVec(vec![ContentHash::of(b"x"); 32]),
+        }),
+        _ => None,
+    })
+    .await;
+    let err = leech.piece_table(seeder, &huge).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ServiceError::TooLarge {
+                what: "pieces for one file",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}

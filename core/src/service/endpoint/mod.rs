@@ -162,10 +162,28 @@ pub enum ServiceError {
     /// The other side answered nonsense.
     #[error("unexpected answer from {0}")]
     Protocol(SocketAddr),
+    /// The other side announced more than this endpoint takes (a lying or broken peer).
+    #[error("{peer} announces more {what} than the {limit} this peer takes; refused")]
+    TooLarge {
+        /// Who announced it.
+        peer: SocketAddr,
+        /// Of what.
+        what: &'static str,
+        /// The most taken.
+        limit: u64,
+    },
     /// The endpoint has stopped.
     #[error("the endpoint has stopped")]
     Closed,
 }
+
+/// Most pages of one peer's index a listing takes (a share of 100,000 files is a few
+/// thousand pages).
+pub const MAX_INDEX_PAGES: u32 = 100_000;
+/// Most files of one peer's index a listing takes (twice what a share indexes).
+pub const MAX_INDEX_ENTRIES: usize = 200_000;
+/// Most pieces a download takes (32 MiB of hashes: a 256 GiB file at 256 KiB pieces).
+pub const MAX_PIECES: u64 = 1 << 20;
 
 /// A download records its verified prefix at least this often.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -482,6 +500,7 @@ impl EndpointHandle {
     pub async fn index(&self, peer: SocketAddr) -> Result<(String, Vec<IndexEntry>), ServiceError> {
         let mut all = Vec::new();
         let mut page = 0;
+        let mut announced = None;
         loop {
             let msg = Message::IndexRequest {
                 request: RequestId(0),
@@ -494,6 +513,25 @@ impl EndpointHandle {
                     share,
                     ..
                 } => {
+                    // A lying peer's index must not grow without end: the page count may not
+                    // change between pages, and both it and the entries are capped.
+                    if *announced.get_or_insert(pages) != pages {
+                        return Err(ServiceError::Protocol(peer));
+                    }
+                    if pages > MAX_INDEX_PAGES {
+                        return Err(ServiceError::TooLarge {
+                            peer,
+                            what: "index pages",
+                            limit: u64::from(MAX_INDEX_PAGES),
+                        });
+                    }
+                    if all.len() + entries.0.len() > MAX_INDEX_ENTRIES {
+                        return Err(ServiceError::TooLarge {
+                            peer,
+                            what: "files in its index",
+                            limit: MAX_INDEX_ENTRIES as u64,
+                        });
+                    }
                     all.extend(entries.0);
                     page += 1;
                     if page >= pages {
@@ -532,6 +570,14 @@ impl EndpointHandle {
                         return Err(ServiceError::Protocol(peer));
                     }
                     let expected = entry.size.div_ceil(u64::from(piece_size));
+                    if expected > MAX_PIECES {
+                        // Derived from the listed size, before anything is fetched.
+                        return Err(ServiceError::TooLarge {
+                            peer,
+                            what: "pieces for one file",
+                            limit: MAX_PIECES,
+                        });
+                    }
                     if first as usize != hashes.len()
                         || u64::from(pieces) != expected
                         || (page.0.is_empty() && hashes.len() < pieces as usize)
