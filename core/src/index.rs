@@ -58,7 +58,7 @@ pub struct SharedFile {
 }
 
 /// The share folder's index.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ShareIndex {
     root: PathBuf,
     by_path: BTreeMap<String, Indexed>,

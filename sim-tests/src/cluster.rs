@@ -141,6 +141,7 @@ pub fn fast_endpoint(share: Option<PathBuf>, id_seed: u64) -> EndpointConfig {
         // the simulated clock.
         hash_thread: false,
         finish_thread: false,
+        rescan_thread: false,
         ..EndpointConfig::default()
     }
 }

@@ -424,3 +424,42 @@ async fn a_piece_table_too_large_for_its_listed_size_is_refused_at_once() {
     );
     assert_eq!(asked.load(Ordering::SeqCst), 1);
 }
+
+/// Requests for the first index page are answered from a scan of the share begun after they
+/// came (a file added just before shows), on a blocking thread; many at once share scans and
+/// every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_index_pages_come_from_a_fresh_scan_and_all_are_answered() {
+    use p2p_proto::wire::{decode, Message, RequestId};
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("a.txt"), b"a").unwrap();
+    let (seeder, _task) = endpoint(Some(share.path())).await;
+    let to = seeder.local_addr();
+    // Added after the endpoint indexed the share at its start.
+    std::fs::write(share.path().join("b.txt"), b"b").unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let n = 50u64;
+    for i in 0..n {
+        let ask = Message::IndexRequest {
+            request: RequestId(i),
+            page: 0,
+        };
+        sock.send_to(&ask.encode(), to).await.unwrap();
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    let mut buf = vec![0u8; 65536];
+    while answered.len() < n as usize {
+        let got = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf)).await;
+        let (len, _) = got.expect("an index request went unanswered").unwrap();
+        match decode(&buf[..len]).unwrap() {
+            Message::IndexPage {
+                request, entries, ..
+            } => {
+                let names: Vec<&str> = entries.0.iter().map(|e| e.path.as_str()).collect();
+                assert_eq!(names, ["a.txt", "b.txt"], "a stale listing");
+                answered.insert(request.0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -19,7 +19,10 @@ use tokio::time::Instant;
 use crate::index::ShareIndex;
 use crate::transfer::{SenderConfig, SenderEvent, SenderTransmit};
 use crate::transport::{FileRange, SharedTransport};
-use crate::wire::{decode_bytes, AbortReason, IndexEntry, Message, TransferId, DATA_OVERHEAD};
+
+use crate::wire::{
+    decode_bytes, AbortReason, IndexEntry, Message, RequestId, TransferId, DATA_OVERHEAD,
+};
 use p2p_proto::endpoint::{Endpoint, Event, Incoming};
 
 pub(super) struct Driver {
@@ -48,6 +51,13 @@ pub(super) struct Driver {
     pub(super) batch: Batch,
     /// Hashes the pieces of downloads (`EndpointConfig::hash_thread`).
     pub(super) hasher: Option<HashWorker>,
+    /// A rescan of the share folder running on a blocking thread
+    /// (`EndpointConfig::rescan_thread`); its index replaces ours when done.
+    pub(super) rescanning: Option<tokio::task::JoinHandle<ShareIndex>>,
+    /// Requests for the first index page waiting for the next scan, and those the running
+    /// scan will answer.
+    pub(super) index_waiting: Vec<(SocketAddr, RequestId)>,
+    pub(super) index_scanning: Vec<(SocketAddr, RequestId)>,
     /// Downloads being finished on blocking threads (`EndpointConfig::finish_thread`); a
     /// shutdown waits for them.
     pub(super) finishing: tokio::task::JoinSet<()>,
@@ -80,6 +90,7 @@ impl Driver {
                     Some(cmd) => self.on_command(cmd).await,
                 },
                 _ = sleep_until(deadline) => self.on_timeout(),
+                index = rescanned(&mut self.rescanning) => self.rescan_done(index),
                 Some((transfer, index, hash)) = next_hash(&mut self.hasher) => {
                     if let Some(d) = self.downloads.get_mut(&transfer) {
                         d.machine.piece_hashed(index, hash);
@@ -452,6 +463,14 @@ impl Driver {
         while let Some(t) = self.proto.poll_transmit() {
             let _ = self.transport.send_to(t.to, &t.payload).await;
         }
+    }
+}
+
+/// The index a rescan made (`None`: the rescan failed); never, without one running.
+async fn rescanned(rescan: &mut Option<tokio::task::JoinHandle<ShareIndex>>) -> Option<ShareIndex> {
+    match rescan {
+        Some(job) => job.await.ok(),
+        None => std::future::pending().await,
     }
 }
 

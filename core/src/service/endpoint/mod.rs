@@ -89,6 +89,11 @@ pub struct EndpointConfig {
     /// other transfers meanwhile: syncing a large file takes seconds. Off, on the I/O task
     /// (simulations, for the simulated clock).
     pub finish_thread: bool,
+    /// A request for the first page of our index is answered after a rescan of the share
+    /// folder on a blocking thread, so that walking a large share and hashing new files never
+    /// hold up the I/O task; requests that come while a scan runs share the next one. Off, on
+    /// the I/O task (simulations, for the simulated clock).
+    pub rescan_thread: bool,
 }
 
 impl Default for EndpointConfig {
@@ -109,6 +114,7 @@ impl Default for EndpointConfig {
             id_seed: 0,
             hash_thread: true,
             finish_thread: true,
+            rescan_thread: true,
         }
     }
 }
@@ -380,6 +386,9 @@ pub fn spawn_endpoint(
         throttled_until: None,
         more_to_send: false,
         hasher,
+        rescanning: None,
+        index_waiting: Vec::new(),
+        index_scanning: Vec::new(),
         batch: Batch::default(),
         finishing: tokio::task::JoinSet::new(),
         config,

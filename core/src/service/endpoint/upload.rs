@@ -2,6 +2,7 @@
 
 use super::chunk_size_for;
 use super::driver::Driver;
+use crate::index::ShareIndex;
 use p2p_proto::endpoint::Endpoint;
 
 use std::fs::File;
@@ -78,6 +79,10 @@ impl ReadAhead {
         Ok(())
     }
 }
+
+/// Most requests for the first index page waiting for a scan of the share; more are dropped
+/// (their senders ask again).
+const MAX_INDEX_WAITING: usize = 1024;
 
 /// How often a file being sent is checked for changes.
 pub(super) const CHANGE_CHECK: Duration = Duration::from_millis(100);
@@ -157,27 +162,81 @@ impl Driver {
                 },
             );
         };
-        if page == 0 || self.index_pages.is_empty() {
-            if let Err(e) = index.refresh() {
-                tracing::warn!("cannot rescan the share folder: {e}");
+        if page == 0 {
+            // The first page is answered from a scan of the folder begun after the request
+            // came, so that a listing shows the folder as it is.
+            if !self.config.rescan_thread {
+                if let Err(e) = index.refresh() {
+                    tracing::warn!("cannot rescan the share folder: {e}");
+                }
+                self.index_pages = paginate(index.entries());
+            } else {
+                // Off the I/O task: requests wait for the next scan, which begins as soon
+                // as none is running; one scan answers every request that came before it.
+                if self.index_waiting.len() < MAX_INDEX_WAITING {
+                    self.index_waiting.push((from, request));
+                }
+                self.start_rescan();
+                return;
             }
+        }
+        if self.index_pages.is_empty() {
             self.index_pages = paginate(index.entries());
         }
+        let reply = self.index_page(request, page);
+        self.queue_stateless(from, reply);
+    }
+
+    /// Starts a scan of the share folder on a blocking thread for the requests waiting for
+    /// one, unless a scan runs already (its end starts the next).
+    pub(super) fn start_rescan(&mut self) {
+        if self.rescanning.is_some() || self.index_waiting.is_empty() {
+            return;
+        }
+        let Some(index) = self.index.as_ref() else {
+            return;
+        };
+        let mut copy = index.clone();
+        self.rescanning = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = copy.refresh() {
+                tracing::warn!("cannot rescan the share folder: {e}");
+            }
+            copy
+        }));
+        self.index_scanning = std::mem::take(&mut self.index_waiting);
+    }
+
+    /// A scan ended: its index replaces ours, the requests that waited for it get their
+    /// first page, and those that came meanwhile start the next scan.
+    pub(super) fn rescan_done(&mut self, index: Option<ShareIndex>) {
+        self.rescanning = None;
+        if let Some(index) = index {
+            self.index_pages = paginate(index.entries());
+            self.index = Some(index);
+        }
+        for (from, request) in std::mem::take(&mut self.index_scanning) {
+            let reply = self.index_page(request, 0);
+            self.queue_stateless(from, reply);
+        }
+        self.start_rescan();
+    }
+
+    /// Page `page` of the index as last scanned.
+    fn index_page(&self, request: RequestId, page: u32) -> Message {
         let pages = self.index_pages.len() as u32;
-        let reply = match self.index_pages.get(page as usize) {
-            Some(entries) => Message::IndexPage {
+        match (self.index_pages.get(page as usize), self.index.as_ref()) {
+            (Some(entries), Some(index)) => Message::IndexPage {
                 request,
                 page,
                 pages,
                 share: share_name(index.root()),
                 entries: BoundedVec(entries.clone()),
             },
-            None => Message::Error {
+            _ => Message::Error {
                 request,
                 reason: format!("no index page {page} (there are {pages})"),
             },
-        };
-        self.queue_stateless(from, reply);
+        }
     }
 
     pub(super) fn serve_pieces(
