@@ -46,6 +46,9 @@ pub struct TcpConfig {
     pub frame_timeout: Duration,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
+    /// A connection whose queue stays full this long (its peer reads nothing) is closed, and
+    /// the message that waited fails: the sender's event loop never waits longer on one peer.
+    pub write_stall: Duration,
 }
 
 impl Default for TcpConfig {
@@ -56,6 +59,7 @@ impl Default for TcpConfig {
             idle_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
+            write_stall: Duration::from_secs(5),
         }
     }
 }
@@ -68,6 +72,15 @@ struct Conn {
     /// Milliseconds since the transport started, at the last complete frame (or connect).
     last_active: Arc<AtomicU64>,
     reader: tokio::task::AbortHandle,
+    writer: tokio::task::AbortHandle,
+}
+
+impl Conn {
+    /// Closes the whole socket: both halves' tasks end, and with them the stream.
+    fn close(self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
 }
 
 struct Shared {
@@ -93,7 +106,7 @@ impl Shared {
             .map(|(a, _)| *a);
         if let Some(addr) = idlest {
             if let Some(c) = conns.remove(&addr) {
-                c.reader.abort();
+                c.close();
                 tracing::debug!(%addr, "closed the idlest connection to make room");
             }
         }
@@ -161,11 +174,25 @@ impl TcpTransport {
     }
 
     async fn queue(&self, to: SocketAddr, frame: Frame) -> io::Result<()> {
+        let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "connection closed");
         let outbox = self.outbox(to).await?;
-        outbox
-            .send(frame)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))
+        let frame = match outbox.try_send(frame) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        // Full: wait for room, but not for a peer that reads nothing.
+        match tokio::time::timeout(self.shared.config.write_stall, outbox.send(frame)).await {
+            Ok(sent) => sent.map_err(|_| closed()),
+            Err(_) => {
+                self.forget(to);
+                tracing::debug!(%to, "closed a connection whose peer reads nothing");
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{to} reads nothing; connection closed"),
+                ))
+            }
+        }
     }
 
     async fn outbox(&self, to: SocketAddr) -> io::Result<Outbox> {
@@ -212,18 +239,19 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr)
             conns.remove(&remote);
         }
     });
+    let writer = tokio::spawn(write_frames(write, rx, SendFile));
     if let Some(old) = conns.insert(
         remote,
         Conn {
             outbox: tx.clone(),
             last_active,
             reader: reader.abort_handle(),
+            writer: writer.abort_handle(),
         },
     ) {
-        old.reader.abort();
+        old.close();
     }
     drop(conns);
-    tokio::spawn(write_frames(write, rx, SendFile));
     tx
 }
 
@@ -389,7 +417,7 @@ impl Transport for TcpTransport {
 
     fn forget(&self, to: SocketAddr) {
         if let Some(c) = self.shared.conns.lock().expect("conns lock").remove(&to) {
-            c.reader.abort();
+            c.close();
         }
     }
 }
@@ -489,5 +517,66 @@ mod tests {
         // The transport closes the connection: read sees EOF (or a reset).
         let n = s.read(&mut buf).await.unwrap_or(0);
         assert_eq!(n, 0);
+    }
+
+    /// A peer that reads nothing fills its connection's queue; the next send waits at most
+    /// `write_stall`, fails, and closes the whole connection (the peer sees it end), while a
+    /// send to a peer that reads goes through (issue 18: one such client held a peer for 70 s).
+    #[tokio::test]
+    async fn a_peer_that_reads_nothing_is_cut_off_after_the_write_stall() {
+        let config = TcpConfig {
+            write_stall: Duration::from_millis(300),
+            ..TcpConfig::default()
+        };
+        let a = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let deaf = listener.local_addr().unwrap();
+        let accepted = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+        let big = vec![7u8; 60_000];
+        let started = Instant::now();
+        let mut failed = None;
+        for i in 0..10_000 {
+            if let Err(e) = a.send_to(deaf, &big).await {
+                failed = Some((i, e));
+                break;
+            }
+        }
+        let (sent, err) = failed.expect("every send to a peer that reads nothing succeeded");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(
+            sent >= 64,
+            "failed after {sent} sends, before the queue was full"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "sends waited {:?}",
+            started.elapsed()
+        );
+        // The deaf peer's socket is closed: reading what was sent ends in end of stream.
+        let mut deaf_side = accepted.await.unwrap();
+        let mut sink = vec![0u8; 1 << 20];
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match deaf_side.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            drained.is_ok(),
+            "the connection to the deaf peer stayed open"
+        );
+        // Others are still served.
+        let b = local().await;
+        a.send_to(b.local_addr().unwrap(), b"hello").await.unwrap();
+        let (_, got) = tokio::time::timeout(Duration::from_secs(5), b.recv_from())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], b"hello");
     }
 }
