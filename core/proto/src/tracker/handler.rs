@@ -2,10 +2,10 @@
 //! of its state and the time: the async service only receives, calls
 //! [`Tracker::handle`] and sends.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
-use super::{Registry, RegistryConfig};
+use super::{RegisterError, Registry, RegistryConfig};
 use crate::limits::{RateConfig, RateLimiter};
 use crate::wire::{paginate, BoundedVec, Message, RegisterOutcome, TransportKind};
 
@@ -42,11 +42,35 @@ pub enum TrackerEvent {
     },
 }
 
-/// The registry and the per-source request limiter: the whole state of a tracker.
+/// The registry and the per-source request limiters: the whole state of a tracker.
 #[derive(Debug)]
 pub struct Tracker {
     registry: Registry,
     limiter: RateLimiter,
+    /// New names per network (see [`network_of`]): a flood of registrations from many
+    /// addresses of one network cannot fill the table at once.
+    new_names: RateLimiter,
+}
+
+/// New names one network may register: this many per second, and this many at once.
+pub const NEW_NAMES: RateConfig = RateConfig {
+    per_second: 1.0,
+    burst: 64.0,
+    max_sources: 4096,
+};
+
+/// The network an address belongs to, for limits per network: its /24 (IPv4) or /48 (IPv6).
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
+    }
 }
 
 impl Tracker {
@@ -55,6 +79,7 @@ impl Tracker {
         Tracker {
             registry: Registry::new(config),
             limiter: RateLimiter::new(rate),
+            new_names: RateLimiter::new(NEW_NAMES),
         }
     }
 
@@ -88,7 +113,13 @@ impl Tracker {
                 port,
                 transport,
             } => {
-                let (outcome, event) = match reg.register(now, &name, from, port, transport) {
+                let fresh = !reg.holds(&name, now);
+                let result = if fresh && !self.new_names.allow(now, network_of(from.ip())) {
+                    Err(RegisterError::TooManyNew)
+                } else {
+                    reg.register(now, &name, from, port, transport)
+                };
+                let (outcome, event) = match result {
                     Ok(new) => (
                         RegisterOutcome::Accepted {
                             ttl_ms: reg.config().ttl.as_millis() as u64,
@@ -153,7 +184,6 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::RegisterError;
     use crate::wire::RequestId;
     use std::time::Duration;
 
@@ -291,5 +321,53 @@ mod tests {
             .filter(|_| t.handle(now, from, list.clone()).0.is_some())
             .count();
         assert!((3..=4).contains(&answered), "{answered}");
+    }
+
+    /// A flood of new names from many addresses of one network is cut at NEW_NAMES's burst;
+    /// another network still registers, and names already held refresh freely.
+    #[test]
+    fn new_names_are_limited_per_network() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default());
+        let now = Instant::now();
+        let burst = NEW_NAMES.burst as usize;
+        let from = |net: u8, host: u8| SocketAddr::from(([10, 0, net, host], 5555));
+        let accepted = |reply: &Option<Message>| {
+            matches!(
+                reply,
+                Some(Message::RegisterReply {
+                    outcome: RegisterOutcome::Accepted { .. },
+                    ..
+                })
+            )
+        };
+        let mut ok = 0;
+        for i in 0..200u32 {
+            let (reply, _) = t.handle(now, from(1, (i % 250) as u8), register(&format!("n{i}"), 1));
+            if accepted(&reply) {
+                ok += 1;
+            } else {
+                let reason = RegisterError::TooManyNew.to_string();
+                assert!(
+                    matches!(&reply, Some(Message::RegisterReply { outcome: RegisterOutcome::Refused { reason: r }, .. }) if *r == reason),
+                    "{reply:?}"
+                );
+            }
+        }
+        assert_eq!(ok, burst);
+        assert!(accepted(
+            &t.handle(now, from(2, 1), register("other-net", 1)).0
+        ));
+        // Held names refresh (heartbeats) without touching the limit.
+        for _ in 0..100 {
+            assert!(accepted(&t.handle(now, from(1, 0), register("n0", 1)).0));
+        }
+        assert_eq!(
+            network_of("10.0.1.77".parse().unwrap()),
+            "10.0.1.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            network_of("2001:db8:1:2:3::9".parse().unwrap()),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
     }
 }

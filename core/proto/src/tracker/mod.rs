@@ -4,5 +4,5 @@
 mod handler;
 mod registry;
 
-pub use handler::{Tracker, TrackerEvent};
+pub use handler::{network_of, Tracker, TrackerEvent, NEW_NAMES};
 pub use registry::{validate_name, RegisterError, Registry, RegistryConfig};

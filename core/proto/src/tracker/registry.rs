@@ -51,6 +51,9 @@ pub enum RegisterError {
     /// The table is full.
     #[error("tracker is full ({0} peers); try again later")]
     Full(usize),
+    /// Too many new names registered from one network (a /24, or a /48 in IPv6) lately.
+    #[error("too many new names registered from your network lately; try again in a minute")]
+    TooManyNew,
 }
 
 /// Checks that `name` can be registered and typed in the menu.
@@ -150,6 +153,11 @@ impl Registry {
             },
         );
         Ok(true)
+    }
+
+    /// Whether `name` is held by a live peer at `now`.
+    pub fn holds(&self, name: &str, now: Instant) -> bool {
+        self.peers.get(name).is_some_and(|e| e.valid_until > now)
     }
 
     /// Removes `name` if the request comes from the IP that registered it. Returns whether an
