@@ -9,7 +9,7 @@
 //! The loop is: drain every machine's transmits, then wait for the first of a command, an
 //! incoming message or the earliest machine deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -190,6 +190,18 @@ pub const MAX_INDEX_PAGES: u32 = 100_000;
 pub const MAX_INDEX_ENTRIES: usize = 200_000;
 /// Most pieces a download takes (32 MiB of hashes: a 256 GiB file at 256 KiB pieces).
 pub const MAX_PIECES: u64 = 1 << 20;
+
+/// Pages of a piece table asked for at once (within the sender's default rate limit even
+/// at a few milliseconds' round trip).
+pub const PIECE_PAGES_IN_FLIGHT: usize = 16;
+
+/// One page of a piece table, as checked by `EndpointHandle::piece_page`.
+struct PiecePage {
+    piece_size: u32,
+    pieces: u32,
+    first: u32,
+    hashes: Vec<ContentHash>,
+}
 
 /// A download records its verified prefix at least this often.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -553,54 +565,123 @@ impl EndpointHandle {
         }
     }
 
-    /// The piece hashes of `entry` on `peer`, all pages.
+    /// The piece hashes of `entry` on `peer`, all pages: the first page says how many there
+    /// are and how many a page holds, then up to [`PIECE_PAGES_IN_FLIGHT`] pages are asked
+    /// for at once, so that a large file's table costs a few round trips, not one per page.
     pub async fn piece_table(
         &self,
         peer: SocketAddr,
         entry: &IndexEntry,
     ) -> Result<PieceTable, ServiceError> {
-        let mut hashes = Vec::new();
-        loop {
-            let msg = Message::PieceRequest {
-                request: RequestId(0),
-                file: entry.id,
-                hash: entry.hash,
-                first: hashes.len() as u32,
+        let first = self.piece_page(peer, entry, 0).await?;
+        let (piece_size, pieces) = (first.piece_size, first.pieces as usize);
+        let mut hashes = first.hashes;
+        let per_page = hashes.len().max(1);
+        let mut pages = tokio::task::JoinSet::new();
+        // Pages in hand that are not contiguous yet, and the starts asked for and pending.
+        let mut held: BTreeMap<usize, Vec<ContentHash>> = BTreeMap::new();
+        let mut pending: BTreeSet<usize> = BTreeSet::new();
+        let mut next = hashes.len();
+        while hashes.len() < pieces {
+            // A short page leaves a gap no pending page covers: ask from its start.
+            let have = hashes.len();
+            if pending.range(..=have).next().is_none() && !held.contains_key(&have) {
+                next = next.max(have);
+                if next > have {
+                    pending.insert(have);
+                    pages.spawn(self.clone().owned_piece_page(peer, entry.clone(), have));
+                }
+            }
+            while pages.len() < PIECE_PAGES_IN_FLIGHT && next < pieces {
+                pending.insert(next);
+                pages.spawn(self.clone().owned_piece_page(peer, entry.clone(), next));
+                next += per_page;
+            }
+            let Some(joined) = pages.join_next().await else {
+                return Err(ServiceError::Protocol(peer));
             };
-            match self.rpc(peer, msg).await? {
-                Message::PieceHashes {
+            let page = joined.map_err(|_| ServiceError::Closed)??;
+            if page.piece_size != piece_size || page.pieces as usize != pieces {
+                return Err(ServiceError::Protocol(peer));
+            }
+            pending.remove(&(page.first as usize));
+            held.insert(page.first as usize, page.hashes);
+            // Take in order what joins on, past overlaps.
+            loop {
+                let have = hashes.len();
+                held.retain(|&at, h| at + h.len() > have);
+                let Some((&at, _)) = held.range(..=have).next_back() else {
+                    break;
+                };
+                let page = held.remove(&at).expect("listed");
+                hashes.extend_from_slice(&page[have - at..]);
+            }
+        }
+        Ok(PieceTable { piece_size, hashes })
+    }
+
+    /// [`EndpointHandle::piece_page`] on owned arguments, for a task of its own.
+    async fn owned_piece_page(
+        self,
+        peer: SocketAddr,
+        entry: IndexEntry,
+        first: usize,
+    ) -> Result<PiecePage, ServiceError> {
+        self.piece_page(peer, &entry, first as u32).await
+    }
+
+    /// One page of `entry`'s piece hashes on `peer`, from piece `first`, checked against the
+    /// listing: a valid piece size, as many pieces as the listed size needs (within
+    /// [`MAX_PIECES`]), the page asked for, and hashes unless the table is complete.
+    async fn piece_page(
+        &self,
+        peer: SocketAddr,
+        entry: &IndexEntry,
+        first: u32,
+    ) -> Result<PiecePage, ServiceError> {
+        let msg = Message::PieceRequest {
+            request: RequestId(0),
+            file: entry.id,
+            hash: entry.hash,
+            first,
+        };
+        match self.rpc(peer, msg).await? {
+            Message::PieceHashes {
+                piece_size,
+                pieces,
+                first: got,
+                hashes,
+                ..
+            } => {
+                if !PieceTable::valid_piece_size(piece_size) {
+                    return Err(ServiceError::Protocol(peer));
+                }
+                let expected = entry.size.div_ceil(u64::from(piece_size));
+                if expected > MAX_PIECES {
+                    // Derived from the listed size, before anything more is fetched.
+                    return Err(ServiceError::TooLarge {
+                        peer,
+                        what: "pieces for one file",
+                        limit: MAX_PIECES,
+                    });
+                }
+                let end = u64::from(got) + hashes.0.len() as u64;
+                if got != first
+                    || u64::from(pieces) != expected
+                    || end > expected
+                    || (hashes.0.is_empty() && u64::from(first) < expected)
+                {
+                    return Err(ServiceError::Protocol(peer));
+                }
+                Ok(PiecePage {
                     piece_size,
                     pieces,
-                    first,
-                    hashes: page,
-                    ..
-                } => {
-                    if !PieceTable::valid_piece_size(piece_size) {
-                        return Err(ServiceError::Protocol(peer));
-                    }
-                    let expected = entry.size.div_ceil(u64::from(piece_size));
-                    if expected > MAX_PIECES {
-                        // Derived from the listed size, before anything is fetched.
-                        return Err(ServiceError::TooLarge {
-                            peer,
-                            what: "pieces for one file",
-                            limit: MAX_PIECES,
-                        });
-                    }
-                    if first as usize != hashes.len()
-                        || u64::from(pieces) != expected
-                        || (page.0.is_empty() && hashes.len() < pieces as usize)
-                    {
-                        return Err(ServiceError::Protocol(peer));
-                    }
-                    hashes.extend(page.0);
-                    if hashes.len() >= pieces as usize {
-                        return Ok(PieceTable { piece_size, hashes });
-                    }
-                }
-                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
-                _ => return Err(ServiceError::Protocol(peer)),
+                    first: got,
+                    hashes: hashes.0,
+                })
             }
+            Message::Error { reason, .. } => Err(ServiceError::Refused(reason)),
+            _ => Err(ServiceError::Protocol(peer)),
         }
     }
 
