@@ -16,6 +16,9 @@
 #   BIN        p2p binary (default target/release/p2p)
 #   LINKEM_C   linkem source (default ../shared/tools/baseline/linkem.c beside the repo)
 #   CEILING=1  impaired mode: also a case with no delay and no loss (the emulator's ceiling)
+#   DELAY_MS=N impaired mode: delay each way (default 1); with LINKEM_RATE_MBIT and
+#              LINKEM_QUEUE_MS in the environment, linkem adds a bottleneck (see linkem.c),
+#              e.g. DELAY_MS=50 LINKEM_RATE_MBIT=200 LINKEM_QUEUE_MS=100: a 100 ms path
 #   CC_TWEAK=0 impaired mode: never touch the init namespace's tcp_allowed_congestion_control
 #              (by default cubic is added to it for the run, and restored on exit, because a
 #              non-init namespace may only pick an "allowed" algorithm as its default, and our
@@ -639,11 +642,12 @@ impaired() {
         impaired_case "d0 l0% (ceiling)" 0 0
         cases+=("d0 l0% (ceiling)")
     fi
-    impaired_case "d1ms l0%" 1 0
-    impaired_case "d1ms l1%" 1 1
-    impaired_case "d1ms l5%" 1 5
-    impaired_case "d1ms reorder25%/50%" 1 0 25 50
-    cases+=("d1ms l0%" "d1ms l1%" "d1ms l5%" "d1ms reorder25%/50%")
+    local d=${DELAY_MS:-1}
+    impaired_case "d${d}ms l0%" "$d" 0
+    impaired_case "d${d}ms l1%" "$d" 1
+    impaired_case "d${d}ms l5%" "$d" 5
+    impaired_case "d${d}ms reorder25%/50%" "$d" 0 25 50
+    cases+=("d${d}ms l0%" "d${d}ms l1%" "d${d}ms l5%" "d${d}ms reorder25%/50%")
 
     echo
     header
