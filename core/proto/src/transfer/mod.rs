@@ -100,7 +100,9 @@ mod sender;
 use std::time::Duration;
 
 pub use pieces::{PieceHasher, PieceJob, PieceTable, MAX_OFFLOADED_PIECE, MIN_PIECE_SIZE};
-pub use receiver::{ChunkReceiver, ReceiverConfig, ReceiverEvent};
+pub use receiver::{
+    ChunkReceiver, ReceiverConfig, ReceiverEvent, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
+};
 pub use sender::{ChunkSender, SenderConfig, SenderEvent, SenderStats, SenderTransmit};
 
 use crate::wire::AbortReason;

@@ -47,6 +47,10 @@ pub struct SenderConfig {
 /// ACK delay a tail probe allows for (the receiver's default `ack_delay`).
 const PROBE_ACK_DELAY: Duration = Duration::from_millis(5);
 
+/// Chunks in flight on a reliable transport (TCP): the kernel's congestion control sets the
+/// rate; more in flight would only queue in front of the socket.
+pub(crate) const RELIABLE_WINDOW: u64 = 1024;
+
 /// Shortest reordering window: a chunk sent this long before one acknowledged is not lost yet.
 const MIN_REORDER_WINDOW: Duration = Duration::from_millis(2);
 
@@ -54,7 +58,7 @@ impl Default for SenderConfig {
     fn default() -> Self {
         SenderConfig {
             chunk_size: 1024,
-            max_window: 1024,
+            max_window: super::receiver::DEFAULT_WINDOW as u64,
             initial_window: 16,
             initial_rto: Duration::from_secs(1),
             min_rto: Duration::from_millis(200),
@@ -195,7 +199,8 @@ impl ChunkSender {
         let offset = offset.min(size);
         let total = chunk_count(size - offset, config.chunk_size);
         let cc: Box<dyn CongestionController> = if config.reliable {
-            Box::new(FixedWindow(config.max_window))
+            // The stream paces and repairs itself; this only bounds what is queued on it.
+            Box::new(FixedWindow(config.max_window.min(RELIABLE_WINDOW)))
         } else {
             controller(config.congestion, config.initial_window, config.max_window)
         };

@@ -54,11 +54,19 @@ pub struct ReceiverConfig {
     pub reack: bool,
 }
 
+/// Default advertised window, in chunks: with [`DEFAULT_WINDOW_BYTES`] it lets a path of
+/// 1 Gbit/s x 200 ms fill with 1,404-byte chunks; the sender's congestion control decides how
+/// much of it is used.
+pub const DEFAULT_WINDOW: u32 = 32 * 1024;
+/// Default memory budget of a download's out-of-order buffer (the window shrinks for large
+/// chunks to stay within it).
+pub const DEFAULT_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
+
 impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
-            window: 1024,
-            window_bytes: 8 * 1024 * 1024,
+            window: DEFAULT_WINDOW,
+            window_bytes: DEFAULT_WINDOW_BYTES,
             max_chunk_size: crate::wire::MAX_CHUNK as u32,
             request_retry: Duration::from_millis(500),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
