@@ -204,3 +204,32 @@ fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
     assert!(report["resumed_from"].as_u64().unwrap() > 0, "{report}");
     assert!(fs::read(disk.0.join("fat.bin")).unwrap() == net.bytes("fat.bin"));
 }
+
+/// Ctrl-C (SIGINT) stops a get cleanly: exit 1, a message that says it was interrupted,
+/// how much verified data was kept and how to resume (not "peer shutting down"), the kept
+/// part on disk, and the next get resumes from it.
+#[test]
+fn an_interrupted_get_says_so_and_resumes() {
+    let size = 40 * MIB + 7;
+    let mut net = Net::start();
+    net.seeder("seed", "udp")
+        .file("big.bin", &random_bytes(size, 9))
+        .args(&["--max-upload-rate", "10MiB"])
+        .start();
+    let get = net.get("seed", "1").out("out").json();
+    let mut first = get.spawn();
+    first.wait_checkpoint(1);
+    first.interrupt();
+    let (status, output) = first.wait_output();
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains("interrupted:") && output.contains("run the same get again to resume"),
+        "{output}"
+    );
+    assert!(!output.contains("shutting down"), "{output}");
+    let out = net.path("out");
+    assert!(hidden(&out, "big.bin", ".p2p-part").exists());
+    let report = get.run_json();
+    assert!(report["resumed_from"].as_u64().unwrap() > 0, "{report}");
+    assert!(fs::read(out.join("big.bin")).unwrap() == net.bytes("big.bin"));
+}

@@ -51,17 +51,19 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let watcher = if args.json {
         checkpoints(rx)
     } else if std::io::stderr().is_terminal() {
-        progress_bar(entry.size, rx)
+        progress_bar(&entry, rx)
     } else {
         tokio::spawn(async {})
     };
     let download = to_peer.download(info.addr, entry.clone(), dest.clone(), Some(tx));
     tokio::pin!(download);
+    let mut interrupted = false;
     let result = tokio::select! {
         r = &mut download => r,
         _ = shutdown.wait() => {
             // Stop cleanly: the endpoint aborts the transfer, records the verified prefix and
             // answers the pending download with what was kept.
+            interrupted = true;
             to_peer.shutdown().await;
             download.await
         }
@@ -69,6 +71,19 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     watcher.abort();
     if !args.json && std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
+    }
+    if interrupted {
+        // The user stopped it (Ctrl-C, SIGTERM): say so, and what a rerun resumes from.
+        match &result {
+            Err(ServiceError::Incomplete { kept, partial, .. }) => bail!(
+                "interrupted: {} verified of {} kept in {}; run the same get again to resume",
+                human_bytes(*kept),
+                human_bytes(entry.size),
+                partial.display()
+            ),
+            Err(_) => bail!("interrupted before anything was verified; nothing was kept"),
+            Ok(_) => {} // finished just as the signal came
+        }
     }
     if let Err(ServiceError::DestinationExists(_)) = &result {
         // Another download (another `get`, a menu) finished it while this one looked it up.
@@ -207,17 +222,33 @@ fn checkpoints(mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()>
     })
 }
 
-fn progress_bar(total: u64, mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()> {
+/// The progress bar on a terminal: the file's name, percentage, bytes, rate, elapsed time and
+/// what is left, fitted to the terminal's width. A resumed download starts the bar at what
+/// was kept, and its rate and eta count only what arrives now.
+fn progress_bar(
+    entry: &IndexEntry,
+    mut rx: watch::Receiver<Progress>,
+) -> tokio::task::JoinHandle<()> {
+    let name = clean(&entry.path);
+    let total = entry.size;
     tokio::spawn(async move {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                "{msg} {percent:>3}% {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {elapsed} eta {eta}",
             )
             .expect("valid template"),
         );
+        bar.set_message(name);
+        let mut started = false;
         while rx.changed().await.is_ok() {
-            bar.set_position(rx.borrow().received);
+            let received = rx.borrow().received;
+            bar.set_position(received);
+            if !started {
+                // The first figure is where the download starts (a resume's kept part).
+                started = true;
+                bar.reset_eta();
+            }
         }
     })
 }

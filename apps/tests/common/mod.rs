@@ -144,6 +144,13 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGINT, as Ctrl-C in a terminal does.
+    pub fn interrupt(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+    }
+
     pub fn terminate(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
