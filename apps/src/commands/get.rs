@@ -222,6 +222,10 @@ fn checkpoints(mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()>
     })
 }
 
+/// No progress this long shows the bar as stalled (progress comes every 256 KiB: slower than
+/// about 50 KiB/s reads as stalled too).
+const STALLED: Duration = Duration::from_secs(5);
+
 /// The progress bar on a terminal: the file's name, percentage, bytes, rate, elapsed time and
 /// what is left, fitted to the terminal's width. A resumed download starts the bar at what
 /// was kept, and its rate and eta count only what arrives now.
@@ -239,15 +243,35 @@ fn progress_bar(
             )
             .expect("valid template"),
         );
-        bar.set_message(name);
+        bar.set_message(name.clone());
         let mut started = false;
-        while rx.changed().await.is_ok() {
-            let received = rx.borrow().received;
-            bar.set_position(received);
-            if !started {
-                // The first figure is where the download starts (a resume's kept part).
-                started = true;
-                bar.reset_eta();
+        let mut last = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let received = rx.borrow().received;
+                    bar.set_position(received);
+                    if !started {
+                        // The first figure is where the download starts (a resume's kept part).
+                        started = true;
+                        bar.reset_eta();
+                    }
+                    if last.elapsed() >= STALLED {
+                        bar.set_message(name.clone());
+                    }
+                    last = tokio::time::Instant::now();
+                }
+                _ = tick.tick() => {
+                    // Nothing for a while: say so, rather than freeze.
+                    let quiet = last.elapsed();
+                    if started && quiet >= STALLED {
+                        bar.set_message(format!("{name} (stalled {}s)", quiet.as_secs()));
+                    }
+                }
             }
         }
     })
