@@ -60,19 +60,47 @@ pub(crate) async fn client_with(
     endpoint(kind, bind, None, Default::default(), tune).await
 }
 
+/// Where a command runs, for hints that name what the user can type there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A `p2p` command line.
+    Cli,
+    /// The peer's interactive menu.
+    Menu,
+}
+
+impl Mode {
+    /// How to see who is online.
+    fn list_peers(self) -> &'static str {
+        match self {
+            Mode::Cli => "run `p2p peers`",
+            Mode::Menu => "type `r`",
+        }
+    }
+}
+
 /// Looks `name` up in the tracker's list.
 pub(crate) async fn find_peer(
     via: &EndpointHandle,
     tracker: SocketAddr,
     name: &str,
+    mode: Mode,
 ) -> Result<PeerInfo> {
-    let peers = via
-        .list_peers(tracker)
-        .await
-        .with_context(|| format!("cannot reach the tracker at {tracker} (start one with `p2p tracker`, or pass --tracker ADDR)"))?;
+    let peers = via.list_peers(tracker).await.with_context(|| match mode {
+        Mode::Cli => format!(
+            "cannot reach the tracker at {tracker} (start one with `p2p tracker`, or pass --tracker ADDR)"
+        ),
+        Mode::Menu => format!(
+            "cannot reach the tracker at {tracker} (is it still running? this peer was started with --tracker {tracker})"
+        ),
+    })?;
     match peers.into_iter().find(|p| p.name == name) {
         Some(p) => Ok(p),
-        None => bail!("unknown peer `{name}`: run `p2p peers` to see who is online"),
+        None => bail!(
+            "unknown peer `{}`: {} to see who is online",
+            clean(name),
+            mode.list_peers()
+        ),
     }
 }
 
@@ -88,9 +116,10 @@ pub(crate) async fn reach(
     via: &EndpointHandle,
     tracker: SocketAddr,
     name: &str,
+    mode: Mode,
     tune: impl FnOnce(&mut EndpointConfig),
 ) -> Result<Reached> {
-    let info = find_peer(via, tracker, name).await?;
+    let info = find_peer(via, tracker, name, mode).await?;
     let handle = if info.transport == via.kind() {
         via.clone()
     } else {

@@ -126,6 +126,13 @@ fn interactive_menu_lists_downloads_refreshes_and_quits() {
     assert_eq!(fs::read(net.path("dl/file1.txt")).unwrap(), b"menu test\n");
     menu.send("what");
     menu.wait_for("Unknown command");
+    // Help, commands in any case, and hints that name what can be typed here.
+    menu.send("?");
+    menu.wait_for("show these commands");
+    menu.send("I alice");
+    menu.wait_for("ID: 001 -> share/file1.txt");
+    menu.send("i nobody");
+    menu.wait_for("unknown peer `nobody`: type `r` to see who is online");
     menu.send("r");
     menu.wait_for("  - bob");
     menu.send("q");

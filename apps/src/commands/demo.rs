@@ -11,7 +11,7 @@ use p2p_proto::wire::TransportKind;
 
 use crate::cli::DemoArgs;
 use crate::output::{human_bytes, mib_per_s};
-use crate::session::{bind_both, dest_for, endpoint, find_peer};
+use crate::session::{bind_both, dest_for, endpoint, find_peer, Mode};
 
 pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     if !args.share.is_dir() {
@@ -62,7 +62,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             seeder.local_addr(),
             leecher.local_addr()
         );
-        let info = find_peer(&leecher, tracker, &seeder_name).await?;
+        let info = find_peer(&leecher, tracker, &seeder_name, Mode::Cli).await?;
         let (_, entries) = leecher.index(info.addr).await?;
         let dir = out.path().join(kind.to_string());
         std::fs::create_dir_all(&dir)?;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::cli::GetArgs;
 use crate::output::{clean, human_bytes, mib_per_s};
-use crate::session::{client, client_with, dest_for, find_peer, Reached};
+use crate::session::{client, client_with, dest_for, find_peer, Mode, Reached};
 use crate::signals::Shutdown;
 
 pub(crate) async fn run(args: GetArgs) -> Result<()> {
@@ -21,7 +21,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let id: FileId = args.id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let t = &args.tracker;
     let via = client(t.transport, t.tracker).await?;
-    let info = find_peer(&via, t.tracker, &args.peer).await?;
+    let info = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
     let idle = args.idle_timeout;
     let fsync = !args.no_fsync;
     let preallocate = !args.no_preallocate;

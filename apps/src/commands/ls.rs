@@ -5,12 +5,12 @@ use serde_json::json;
 
 use crate::cli::LsArgs;
 use crate::output::print_index;
-use crate::session::{client, reach};
+use crate::session::{client, reach, Mode};
 
 pub(crate) async fn run(args: LsArgs) -> Result<()> {
     let t = &args.tracker;
     let via = client(t.transport, t.tracker).await?;
-    let peer = reach(&via, t.tracker, &args.peer, |_| {}).await?;
+    let peer = reach(&via, t.tracker, &args.peer, Mode::Cli, |_| {}).await?;
     let (share, entries) = peer.index().await?;
     if args.json {
         let list: Vec<_> = entries

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
 use crate::cli::PeerArgs;
 use crate::output::{clean, human_bytes, print_index};
-use crate::session::{dest_for, endpoint, reach, Reached};
+use crate::session::{dest_for, endpoint, reach, Mode, Reached};
 use crate::signals::Shutdown;
 
 type StdinLines = Lines<BufReader<Stdin>>;
@@ -173,6 +173,7 @@ fn print_commands() {
     println!("  i -peer_name       : show the files a peer shares");
     println!("  c -peer_name -id   : download file <id> from that peer");
     println!("  r                  : refresh the list of peers");
+    println!("  ?                  : show these commands");
     println!("  q                  : quit");
 }
 
@@ -206,18 +207,21 @@ impl Menu {
             .split_whitespace()
             .map(|w| w.strip_prefix('-').unwrap_or(w))
             .collect();
-        match words.as_slice() {
-            [] => {}
-            ["q"] | ["quit"] => return false,
-            ["r"] => self.print_peers().await,
-            ["i", peer] => self.show_index(peer).await,
-            ["c", peer, id] => match id.parse::<FileId>() {
+        // The command letter in any case (`I alice`); names and IDs as typed.
+        let command = words.first().map(|w| w.to_lowercase());
+        match (command.as_deref(), &words[words.len().min(1)..]) {
+            (None, _) => {}
+            (Some("q" | "quit" | "exit"), []) => return false,
+            (Some("r" | "refresh"), []) => self.print_peers().await,
+            (Some("h" | "help" | "?"), []) => print_commands(),
+            (Some("i"), [peer]) => self.show_index(peer).await,
+            (Some("c"), [peer, id]) => match id.parse::<FileId>() {
                 Ok(id) => self.start_download(peer, id).await,
                 Err(e) => println!("{e}"),
             },
             _ => println!(
-                "Unknown command `{}`. Use: i NAME (list files), c NAME ID (download), r (refresh), q (quit).",
-                line.trim()
+                "Unknown command `{}`. Use: i NAME (list files), c NAME ID (download), r (refresh), q (quit), ? (help).",
+                clean(line.trim())
             ),
         }
         true
@@ -225,7 +229,7 @@ impl Menu {
 
     /// `peer`, reached through the tracker, over its transport.
     async fn reach(&self, peer: &str) -> Result<Reached> {
-        reach(&self.handle, self.tracker, peer, |_| {}).await
+        reach(&self.handle, self.tracker, peer, Mode::Menu, |_| {}).await
     }
 
     async fn show_index(&self, peer: &str) {
