@@ -216,6 +216,10 @@ pub(crate) struct GetArgs {
     /// the reservation it fails when the disk fills, keeping the verified part for a resume.
     #[arg(long)]
     pub no_preallocate: bool,
+    /// How long to keep asking a sender whose upload slots are all taken ("busy") before
+    /// failing; 0 fails at once.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub busy_wait: Duration,
 }
 
 #[derive(Args, Debug)]

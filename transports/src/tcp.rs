@@ -133,12 +133,29 @@ impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.accept_task.abort();
         for (_, c) in self.shared.conns.lock().expect("conns lock").drain() {
-            c.reader.abort();
+            c.close();
         }
     }
 }
 
 impl TcpTransport {
+    /// Connects to `to` from our listening IP when it is a specific one (a multi-homed host,
+    /// or one of 127/8's addresses): the other side sees the address it can reach us at, and
+    /// the tracker registers that one, not whichever address the route picks.
+    async fn connect(&self, to: SocketAddr) -> io::Result<TcpStream> {
+        let ip = self.local.ip();
+        if ip.is_unspecified() || ip.is_ipv4() != to.is_ipv4() {
+            return TcpStream::connect(to).await;
+        }
+        let socket = if ip.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(ip, 0))?;
+        socket.connect(to).await
+    }
+
     /// Listens on `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr, config: TcpConfig) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
@@ -206,15 +223,14 @@ impl TcpTransport {
         if full {
             self.shared.evict_idlest();
         }
-        let stream =
-            tokio::time::timeout(self.shared.config.connect_timeout, TcpStream::connect(to))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connecting to {to} timed out"),
-                    )
-                })??;
+        let stream = tokio::time::timeout(self.shared.config.connect_timeout, self.connect(to))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {to} timed out"),
+                )
+            })??;
         Ok(start_connection(&self.shared, stream, to))
     }
 }
@@ -578,5 +594,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&got[..], b"hello");
+    }
+
+    /// A transport listening on one address of 127/8 connects from that address: the other
+    /// side (a tracker registering us) sees the IP we listen on, not 127.0.0.1 (issue 20).
+    #[tokio::test]
+    async fn connections_come_from_the_listening_ip() {
+        let a = TcpTransport::bind("127.9.1.2:0".parse().unwrap(), TcpConfig::default())
+            .await
+            .unwrap();
+        let b = local().await;
+        a.send_to(b.local_addr().unwrap(), b"who am i")
+            .await
+            .unwrap();
+        let (from, got) = tokio::time::timeout(Duration::from_secs(5), b.recv_from())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], b"who am i");
+        assert_eq!(from.ip(), "127.9.1.2".parse::<std::net::IpAddr>().unwrap());
     }
 }

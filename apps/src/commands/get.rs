@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use p2p_core::index::hash_file;
 use p2p_core::service::{Progress, ServiceError};
-use p2p_proto::wire::{FileId, IndexEntry};
+use p2p_proto::transfer::TransferError;
+use p2p_proto::wire::{AbortReason, FileId, IndexEntry};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -47,28 +48,59 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     if already_present(&args, &dest, &entry)? {
         return Ok(());
     }
-    let (tx, rx) = watch::channel(Progress::default());
-    let watcher = if args.json {
-        checkpoints(rx)
-    } else if std::io::stderr().is_terminal() {
-        progress_bar(&entry, rx)
-    } else {
-        tokio::spawn(async {})
-    };
-    let download = to_peer.download(info.addr, entry.clone(), dest.clone(), Some(tx));
-    tokio::pin!(download);
     let mut interrupted = false;
-    let result = tokio::select! {
-        r = &mut download => r,
-        _ = shutdown.wait() => {
-            // Stop cleanly: the endpoint aborts the transfer, records the verified prefix and
-            // answers the pending download with what was kept.
-            interrupted = true;
-            to_peer.shutdown().await;
-            download.await
+    let mut wait = FIRST_BUSY_WAIT;
+    let give_up = tokio::time::Instant::now() + args.busy_wait;
+    let result = loop {
+        let (tx, rx) = watch::channel(Progress::default());
+        let watcher = if args.json {
+            checkpoints(rx)
+        } else if std::io::stderr().is_terminal() {
+            progress_bar(&entry, rx)
+        } else {
+            tokio::spawn(async {})
+        };
+        let download = to_peer.download(info.addr, entry.clone(), dest.clone(), Some(tx));
+        tokio::pin!(download);
+        let result = tokio::select! {
+            r = &mut download => r,
+            _ = shutdown.wait() => {
+                // Stop cleanly: the endpoint aborts the transfer, records the verified prefix
+                // and answers the pending download with what was kept.
+                interrupted = true;
+                to_peer.shutdown().await;
+                download.await
+            }
+        };
+        watcher.abort();
+        // A sender with every upload slot taken: wait (doubling) and ask again, within
+        // --busy-wait; the verified part, if any, is kept meanwhile.
+        let busy = matches!(
+            result.as_ref().map_err(ServiceError::cause),
+            Err(ServiceError::Transfer(TransferError::Aborted(
+                AbortReason::Busy
+            )))
+        );
+        if !busy || interrupted || tokio::time::Instant::now() + wait > give_up {
+            break result;
         }
+        if !args.json && std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!(
+            "{} is busy (every upload slot taken); asking again in {} s",
+            clean(&info.name),
+            wait.as_secs_f64()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => {
+                interrupted = true;
+                break result;
+            }
+        }
+        wait = (wait * 2).min(MAX_BUSY_WAIT);
     };
-    watcher.abort();
     if !args.json && std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
     }
@@ -221,6 +253,10 @@ fn checkpoints(mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()>
         }
     })
 }
+
+/// First wait before a busy sender is asked again; it doubles up to [`MAX_BUSY_WAIT`].
+const FIRST_BUSY_WAIT: Duration = Duration::from_millis(500);
+const MAX_BUSY_WAIT: Duration = Duration::from_secs(8);
 
 /// No progress this long shows the bar as stalled (progress comes every 256 KiB: slower than
 /// about 50 KiB/s reads as stalled too).
