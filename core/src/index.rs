@@ -85,6 +85,12 @@ impl ShareIndex {
     pub fn refresh(&mut self) -> io::Result<()> {
         let mut found = Vec::new();
         walk(&self.root, &self.root, 0, &mut found)?;
+        if found.len() >= MAX_FILES {
+            tracing::warn!(
+                root = %self.root.display(),
+                "the share holds more than {MAX_FILES} files; only the first {MAX_FILES} (in path order) are shared"
+            );
+        }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         let mut next = BTreeMap::new();
         for (rel, size, modified) in found {
