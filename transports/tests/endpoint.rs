@@ -345,7 +345,9 @@ fn lying_entry(id: u32) -> p2p_proto::wire::IndexEntry {
 }
 
 /// An index claiming 2^32-1 pages is refused at its first page, and one whose page count
-/// changes from page to page is a protocol error: a listing never grows without end (issue 18).
+/// changes from page to page is a protocol error once the listing started over a few times
+/// (an honest share may change between pages, once): a listing never grows without end
+/// (issue 18).
 #[tokio::test]
 async fn a_lying_index_is_refused_before_it_grows() {
     use p2p_proto::wire::{BoundedVec, Message};

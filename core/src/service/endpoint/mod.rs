@@ -186,6 +186,8 @@ pub enum ServiceError {
 /// Most pages of one peer's index a listing takes (a share of 100,000 files is a few
 /// thousand pages).
 pub const MAX_INDEX_PAGES: u32 = 100_000;
+/// Times a listing starts over when the peer's page count changes under it.
+const INDEX_RESTARTS: u32 = 3;
 /// Most files of one peer's index a listing takes (twice what a share indexes).
 pub const MAX_INDEX_ENTRIES: usize = 200_000;
 /// Most pieces a download takes (32 MiB of hashes: a 256 GiB file at 256 KiB pieces).
@@ -522,6 +524,7 @@ impl EndpointHandle {
         let mut all = Vec::new();
         let mut page = 0;
         let mut announced = None;
+        let mut restarts = 0;
         loop {
             let msg = Message::IndexRequest {
                 request: RequestId(0),
@@ -535,9 +538,16 @@ impl EndpointHandle {
                     ..
                 } => {
                     // A lying peer's index must not grow without end: the page count may not
-                    // change between pages, and both it and the entries are capped.
+                    // change between pages, and both it and the entries are capped. (A share
+                    // rescanned mid-listing, for another client's first page, may change it
+                    // honestly: the listing starts over, a few times at most.)
                     if *announced.get_or_insert(pages) != pages {
-                        return Err(ServiceError::Protocol(peer));
+                        if restarts == INDEX_RESTARTS {
+                            return Err(ServiceError::Protocol(peer));
+                        }
+                        restarts += 1;
+                        (all, page, announced) = (Vec::new(), 0, None);
+                        continue;
                     }
                     if pages > MAX_INDEX_PAGES {
                         return Err(ServiceError::TooLarge {
