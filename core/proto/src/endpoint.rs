@@ -354,9 +354,9 @@ impl Endpoint {
         self.requests.remove(&id);
     }
 
-    /// Forgets every request (shutting down); returns their ids.
-    pub fn cancel_all(&mut self) -> Vec<RequestId> {
-        std::mem::take(&mut self.requests).into_keys().collect()
+    /// Forgets every request (shutting down; the driver tells their callers).
+    pub fn cancel_all(&mut self) {
+        self.requests.clear();
     }
 
     /// Keeps `name` registered at `tracker` with a heartbeat every `every` (unless `name`
