@@ -3,14 +3,15 @@
 //! Implementations: UDP and TCP in `p2p-transports`, turmoil's simulated network and the
 //! fault-injecting wrapper in `p2p-sim-tests`. The core never opens a socket itself.
 
-use std::fs::File;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+use crate::service::storage::FileHandle;
 
 /// A message-oriented transport: whole messages in, whole messages out.
 ///
@@ -34,7 +35,8 @@ pub trait Transport: Send + Sync + 'static {
     /// TCP and UDP override it to send the range from the page cache (`sendfile`). If the
     /// file has become shorter than the range, the missing bytes go as zeros (or, on UDP, the
     /// datagram may go short and be dropped as malformed), which the receiver's piece check
-    /// rejects: a file that changes while it is sent never passes for the listed one.
+    /// rejects: a file that changes while it is sent never passes for the listed one. A
+    /// failed read of the file is an error that [`FileReadError::is`] recognises.
     async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
         let msg = body.after(head)?;
         self.send_owned(to, msg).await
@@ -113,7 +115,7 @@ pub async fn send_each<T: Transport + ?Sized>(
 #[derive(Clone, Debug)]
 pub struct FileRange {
     /// The file, shared with the upload that reads it.
-    pub file: Arc<File>,
+    pub file: FileHandle,
     /// First byte.
     pub offset: u64,
     /// Bytes.
@@ -132,23 +134,39 @@ impl FileRange {
     }
 
     /// Reads the range into `into` (`len` bytes); past the end of the file, `into` keeps its
-    /// zeros.
+    /// zeros. A failure is a [`FileReadError`].
     pub fn read_into(&self, into: &mut [u8]) -> io::Result<()> {
-        let mut done = 0;
-        while done < into.len() {
-            match self
-                .file
-                .read_at(&mut into[done..], self.offset + done as u64)
-            {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.file
+            .read_into(into, self.offset)
+            .map_err(FileReadError::wrap)
     }
 }
+
+/// A [`FileRange`] that could not be read: the disk failed, not the network. The sender
+/// then ends the transfer (the chunk will never go) instead of waiting for the receiver to
+/// time out.
+#[derive(Debug)]
+pub struct FileReadError(pub io::Error);
+
+impl FileReadError {
+    /// `e`, marked as a failed file read (same kind).
+    pub fn wrap(e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), FileReadError(e))
+    }
+
+    /// Whether `e` is a failed file read.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<FileReadError>())
+    }
+}
+
+impl fmt::Display for FileReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot read the file: {}", self.0)
+    }
+}
+
+impl std::error::Error for FileReadError {}
 
 /// A shared, type-erased transport.
 pub type SharedTransport = Arc<dyn Transport>;

@@ -314,13 +314,16 @@ async fn write_file_frame(stream: &TcpStream, head: &[u8], body: &FileRange) -> 
     // nix names no MSG_MORE; the kernel's value.
     let more = MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
     send_all(stream, &prefix, more).await?;
+    let Some(file) = body.file.os_file() else {
+        // Not a file of the operating system's (a simulated disk): read it.
+        let bytes = body.after(Vec::new())?;
+        return send_all(stream, &bytes, MsgFlags::empty()).await;
+    };
     let mut offset = body.offset as nix::libc::off64_t;
     let mut left = body.len;
     while left > 0 {
-        let sent = match when_writable(stream, || {
-            sendfile64(stream, &*body.file, Some(&mut offset), left)
-        })
-        .await
+        let sent = match when_writable(stream, || sendfile64(stream, file, Some(&mut offset), left))
+            .await
         {
             Ok(n) => n,
             Err(e)

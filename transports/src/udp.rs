@@ -309,7 +309,10 @@ impl UdpTransport {
         let mut offset = body.offset as i64;
         let mut left = body.len;
         while left > 0 {
-            match sendfile64(&self.socket, &*body.file, Some(&mut offset), left) {
+            let Some(file) = body.file.os_file() else {
+                return Err(io::Error::other("not a file of the operating system's"));
+            };
+            match sendfile64(&self.socket, file, Some(&mut offset), left) {
                 Ok(0) => {
                     // The file became shorter since `send_file` looked. The kernel sends a
                     // corked datagram as soon as `sendfile` meets the end of the file, so
@@ -386,8 +389,8 @@ impl Transport for UdpTransport {
         // in the one datagram, which `sendfile` cannot do (see `try_send_file`).
         self.check_size(to, head.len() + body.len)?;
         let end = body.offset + body.len as u64;
-        let short = body.file.metadata().map_or(true, |m| m.len() < end);
-        if short || !self.sendfile.load(Ordering::Relaxed) {
+        let short = body.file.len().map_or(true, |len| len < end);
+        if short || body.file.os_file().is_none() || !self.sendfile.load(Ordering::Relaxed) {
             return self.send_to(to, &body.after(head)?).await;
         }
         self.socket

@@ -162,6 +162,7 @@ fn abort_reason() -> impl Strategy<Value = AbortReason> {
         Just(AbortReason::Timeout),
         Just(AbortReason::HashMismatch),
         Just(AbortReason::Shutdown),
+        Just(AbortReason::DiskError),
         text(MAX_REASON_LEN).prop_map(AbortReason::Other),
     ]
 }

@@ -13,9 +13,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::storage::same_os_file as same_file;
 use crate::index::LOCK_SUFFIX;
 
 /// Attempts to lock a path that keeps being replaced under us before giving up.
@@ -169,14 +170,6 @@ pub(crate) mod libc_flags {
         rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32;
     /// `O_NOFOLLOW`.
     pub(crate) const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
-}
-
-/// Whether `path` names (without following links) the very file `file` is open on.
-pub(crate) fn same_file(file: &File, path: &Path) -> bool {
-    match (file.metadata(), fs::symlink_metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
 }
 
 fn read_pid(file: &mut File) -> Option<u32> {

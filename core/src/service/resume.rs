@@ -11,17 +11,19 @@
 //! skip syncing altogether (`p2p get --no-fsync`): its state then names the boot it was
 //! written in, and a resume after a restart of the system discards it instead of trusting
 //! bytes that may never have reached the disk.
+//!
+//! Every file operation goes through a [`Storage`]: the real disk, or a simulated one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
-use super::lock::{libc_flags, remove_planted};
+use super::storage::{Disk, Entry, FileHandle, Storage};
 use crate::index::{PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TMP_SUFFIX};
 use crate::wire::ContentHash;
 
@@ -48,13 +50,6 @@ pub struct DownloadState {
     pub unsynced_boot: Option<String>,
 }
 
-/// This boot of the system (Linux's random boot id), if known.
-pub fn boot_id() -> Option<String> {
-    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let id = id.trim();
-    (!id.is_empty()).then(|| id.to_string())
-}
-
 /// The temporary file a download of `dest` is written to.
 pub fn partial_path(dest: &Path) -> PathBuf {
     sibling(dest, PARTIAL_SUFFIX)
@@ -79,7 +74,7 @@ pub(crate) fn sibling(dest: &Path, suffix: &str) -> PathBuf {
 /// are intact and may still be kept.
 #[derive(Debug)]
 pub struct PartialWriter {
-    file: File,
+    file: FileHandle,
     buf: Vec<u8>,
     written: u64,
     failed: bool,
@@ -92,7 +87,7 @@ const DIRECT_WRITE: usize = 32 * 1024;
 
 impl PartialWriter {
     /// Appends to `file`, which holds `len` bytes already.
-    pub fn new(file: File, len: u64) -> Self {
+    pub fn new(file: FileHandle, len: u64) -> Self {
         PartialWriter {
             file,
             buf: Vec::with_capacity(WRITE_BLOCK),
@@ -108,7 +103,7 @@ impl PartialWriter {
             return Err(io::Error::other("an earlier write failed"));
         }
         if self.buf.is_empty() && bytes.len() >= DIRECT_WRITE {
-            if let Err(e) = self.file.write_all(bytes) {
+            if let Err(e) = self.file.write_all_at(bytes, self.written) {
                 self.failed = true;
                 return Err(e);
             }
@@ -127,7 +122,7 @@ impl PartialWriter {
         if self.failed {
             return Err(io::Error::other("an earlier write failed"));
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
+        if let Err(e) = self.file.write_all_at(&self.buf, self.written) {
             self.failed = true;
             return Err(e);
         }
@@ -157,8 +152,8 @@ impl PartialWriter {
     }
 
     /// Flushes and, with `sync`, makes the file durable (`fsync`); returns the file, so that
-    /// the caller can publish the very file written (see `publish`).
-    pub fn finish(mut self, sync: bool) -> io::Result<File> {
+    /// the caller can publish the very file written (see [`Storage::publish`]).
+    pub fn finish(mut self, sync: bool) -> io::Result<FileHandle> {
         self.flush()?;
         if sync {
             self.file.sync_all()?;
@@ -167,54 +162,73 @@ impl PartialWriter {
     }
 }
 
-/// Reserves the disk space of bytes `from..size` of a partial file, without changing its
-/// length (`fallocate` with `FALLOC_FL_KEEP_SIZE`): a disk too full for the file fails the
-/// download at its start rather than near its end, the file is laid out in few extents, and
-/// each write into the page cache skips the filesystem's delayed-allocation bookkeeping (on
-/// ext4, about a tenth of the receiver's CPU time). A filesystem that cannot preallocate is
-/// written as before. Fails only when the space is not there (`ENOSPC`, `EFBIG`), having
-/// given back any part of it already reserved.
-pub fn preallocate(file: &File, from: u64, size: u64) -> io::Result<()> {
-    if size <= from {
-        return Ok(());
-    }
-    match rustix::fs::fallocate(
-        file,
-        rustix::fs::FallocateFlags::KEEP_SIZE,
-        from,
-        size - from,
-    ) {
-        Err(e) if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::FBIG => {
-            // Give back whatever was reserved before the disk ran out.
-            let _ = file.set_len(from);
-            Err(e.into())
-        }
-        // Not supported here (or not for this file): nothing reserved, nothing lost.
-        _ => Ok(()),
-    }
-}
-
 /// Records checkpoints of one download off the I/O task: each one syncs the partial file,
 /// then writes the state file (so the state never names bytes that are not on disk), on a
-/// blocking thread. At most one is in flight.
+/// blocking thread; or, in a simulation, on the I/O task once the storage's
+/// [`sync_delay`](Storage::sync_delay) has passed in simulated time. At most one is in
+/// flight.
 #[derive(Debug)]
 pub struct Checkpointer {
-    file: Arc<File>,
+    storage: Arc<dyn Storage>,
+    file: FileHandle,
     dest: PathBuf,
     /// `None`: sync the bytes before recording them; `Some(boot)`: record them unsynced.
     unsynced_boot: Option<String>,
-    in_flight: Option<mpsc::Receiver<io::Result<u64>>>,
+    /// Record on a blocking thread (else on the I/O task).
+    thread: bool,
+    in_flight: Option<InFlight>,
+}
+
+/// A checkpoint being recorded.
+enum InFlight {
+    /// On a blocking thread, which answers here.
+    Thread(mpsc::Receiver<io::Result<u64>>),
+    /// Not started: runs when `due` has passed (or when waited for).
+    Deferred {
+        due: Instant,
+        job: Box<dyn FnOnce() -> io::Result<u64> + Send>,
+    },
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InFlight::Thread(_) => f.write_str("Thread"),
+            InFlight::Deferred { due, .. } => f.debug_struct("Deferred").field("due", due).finish(),
+        }
+    }
+}
+
+impl InFlight {
+    fn wait(self) -> io::Result<u64> {
+        match self {
+            InFlight::Thread(rx) => rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("checkpoint lost"))),
+            InFlight::Deferred { job, .. } => job(),
+        }
+    }
 }
 
 impl Checkpointer {
-    /// Checkpoints of the download of `dest`, whose partial file `file` is (a handle on).
-    /// Without `sync`, checkpoints are recorded unsynced for this boot (synced anyway when
-    /// the boot is unknown).
-    pub fn new(file: File, dest: PathBuf, sync: bool) -> Self {
+    /// Checkpoints of the download of `dest`, whose partial file `file` is (a handle on), on
+    /// `storage`. Without `sync`, checkpoints are recorded unsynced for this boot (synced
+    /// anyway when the boot is unknown). With `thread`, each is recorded on a blocking
+    /// thread; else on the I/O task, in [`poll`](Self::poll), once the storage's sync delay
+    /// has passed.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        file: FileHandle,
+        dest: PathBuf,
+        sync: bool,
+        thread: bool,
+    ) -> Self {
         Checkpointer {
-            file: Arc::new(file),
+            unsynced_boot: if sync { None } else { storage.boot_id() },
+            storage,
+            file,
             dest,
-            unsynced_boot: if sync { None } else { boot_id() },
+            thread,
             in_flight: None,
         }
     }
@@ -228,28 +242,40 @@ impl Checkpointer {
     /// called in a tokio runtime, and only when not [`busy`](Self::busy).
     pub fn start(&mut self, mut state: DownloadState) {
         debug_assert!(!self.busy());
-        let (tx, rx) = mpsc::sync_channel(1);
-        let (file, dest) = (self.file.clone(), self.dest.clone());
+        let (storage, file, dest) = (self.storage.clone(), self.file.clone(), self.dest.clone());
         state.unsynced_boot = self.unsynced_boot.clone();
-        tokio::task::spawn_blocking(move || {
+        let job = move || {
             let durable = state.unsynced_boot.is_none();
             let synced = if durable { file.sync_data() } else { Ok(()) };
-            let res = synced
-                .and_then(|()| save_state(&dest, &state, durable))
-                .map(|()| state.verified);
-            let _ = tx.send(res);
+            synced
+                .and_then(|()| save_state(&*storage, &dest, &state, durable))
+                .map(|()| state.verified)
+        };
+        self.in_flight = Some(if self.thread {
+            let (tx, rx) = mpsc::sync_channel(1);
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.send(job());
+            });
+            InFlight::Thread(rx)
+        } else {
+            InFlight::Deferred {
+                due: Instant::now() + self.storage.sync_delay(),
+                job: Box::new(job),
+            }
         });
-        self.in_flight = Some(rx);
     }
 
     /// The outcome of the checkpoint in flight, once it is recorded (the verified prefix now
     /// on record, or why it could not be).
     pub fn poll(&mut self) -> Option<io::Result<u64>> {
-        let rx = self.in_flight.as_ref()?;
-        let res = match rx.try_recv() {
-            Ok(res) => res,
-            Err(mpsc::TryRecvError::Empty) => return None,
-            Err(mpsc::TryRecvError::Disconnected) => Err(io::Error::other("checkpoint lost")),
+        let res = match self.in_flight.as_ref()? {
+            InFlight::Thread(rx) => match rx.try_recv() {
+                Ok(res) => res,
+                Err(mpsc::TryRecvError::Empty) => return None,
+                Err(mpsc::TryRecvError::Disconnected) => Err(io::Error::other("checkpoint lost")),
+            },
+            InFlight::Deferred { due, .. } if Instant::now() < *due => return None,
+            InFlight::Deferred { .. } => self.in_flight.take()?.wait(),
         };
         self.in_flight = None;
         Some(res)
@@ -270,157 +296,54 @@ impl Checkpointer {
 
 /// A checkpoint being recorded, taken from its [`Checkpointer`].
 #[derive(Debug)]
-pub struct PendingCheckpoint(Option<mpsc::Receiver<io::Result<u64>>>);
+pub struct PendingCheckpoint(Option<InFlight>);
 
 impl PendingCheckpoint {
     /// Waits for it: the verified prefix now on record, or why it could not be (`None`: there
     /// was none in flight, or it was waited for already).
     pub fn wait(&mut self) -> Option<io::Result<u64>> {
-        let rx = self.0.take()?;
-        Some(
-            rx.recv()
-                .unwrap_or_else(|_| Err(io::Error::other("checkpoint lost"))),
-        )
+        Some(self.0.take()?.wait())
     }
 }
 
 /// Writes `state` for `dest` atomically; `durable`: synced too (write, fsync, rename, fsync
 /// of the folder).
-pub fn save_state(dest: &Path, state: &DownloadState, durable: bool) -> io::Result<()> {
-    let path = state_path(dest);
-    let tmp = sibling(dest, STATE_TMP_SUFFIX);
+pub fn save_state(
+    storage: &dyn Storage,
+    dest: &Path,
+    state: &DownloadState,
+    durable: bool,
+) -> io::Result<()> {
     let bytes = rmp_serde::to_vec(state).map_err(io::Error::other)?;
-    {
-        // A fresh file: whatever sits at `tmp` (a planted symlink too) is removed, never
-        // written through.
-        remove_planted(&tmp)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc_flags::NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        if durable {
-            f.sync_all()?;
-        }
-    }
-    fs::rename(&tmp, &path)?;
-    if !durable {
-        return Ok(());
-    }
-    if let Some(dir) = path.parent() {
-        // Make the rename itself durable; not every filesystem allows opening a folder.
-        if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        }) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    storage.replace(
+        &state_path(dest),
+        &sibling(dest, STATE_TMP_SUFFIX),
+        &bytes,
+        durable,
+    )
 }
 
-/// Reads the state of a download of `dest`, if any and readable.
-pub fn load_state(dest: &Path) -> Option<DownloadState> {
-    let path = state_path(dest);
-    let mut file = open_nofollow(&path, false).ok()?;
-    let mut bytes = Vec::new();
-    (&mut file)
-        .take(MAX_STATE_FILE + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    if bytes.len() as u64 > MAX_STATE_FILE {
-        return None;
-    }
+/// Reads the state of a download of `dest` from `storage`, if any and readable.
+pub fn read_state(storage: &dyn Storage, dest: &Path) -> Option<DownloadState> {
+    let bytes = storage.read_small(&state_path(dest), MAX_STATE_FILE).ok()?;
     rmp_serde::from_slice(&bytes).ok()
 }
 
-/// Opens the regular file at `path` (for appending, with `append`; else for reading), never
-/// through a symbolic link (`O_NOFOLLOW`) and never anything but a regular file.
-pub fn open_nofollow(path: &Path, append: bool) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(!append)
-        .append(append)
-        .custom_flags(libc_flags::NOFOLLOW_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    Ok(file)
+/// Reads the state of a download of `dest` on the real disk, if any and readable.
+pub fn load_state(dest: &Path) -> Option<DownloadState> {
+    read_state(&Disk, dest)
 }
 
 /// Removes the partial and state files of `dest` (missing files are fine; a link is removed,
 /// never its target).
-pub fn discard(dest: &Path) {
-    let _ = fs::remove_file(partial_path(dest));
-    discard_state(dest);
+pub fn discard(storage: &dyn Storage, dest: &Path) {
+    let _ = storage.remove(&partial_path(dest));
+    discard_state(storage, dest);
 }
 
 /// Removes the state file of `dest` (a missing one is fine).
-pub fn discard_state(dest: &Path) {
-    let _ = fs::remove_file(state_path(dest));
-}
-
-/// Creates an empty partial file at `partial`, removing what was there first (a planted
-/// symlink too: it is removed, never written through).
-pub fn create_partial(partial: &Path) -> io::Result<File> {
-    remove_planted(partial)?;
-    OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .custom_flags(libc_flags::NOFOLLOW)
-        .open(partial)
-}
-
-/// Gives the finished download `file` (open on the partial file) the name `dest`, never
-/// replacing anything there (`AlreadyExists` then), and removes the partial's name if it is
-/// still this file's.
-///
-/// What takes the name is the very file written and verified, not whatever the partial's
-/// path names at this moment: it is linked from its descriptor (`/proc/self/fd`). Where that
-/// is not possible (no `/proc`), the partial's path is first checked to name this file, then
-/// linked (or, on a filesystem without hard links, renamed without replacing).
-pub fn publish(file: &File, partial: &Path, dest: &Path) -> io::Result<()> {
-    use rustix::fs::{linkat, renameat_with, AtFlags, RenameFlags, CWD};
-    use std::os::fd::AsRawFd;
-
-    let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
-    match linkat(CWD, by_fd.as_str(), CWD, dest, AtFlags::SYMLINK_FOLLOW) {
-        Ok(()) => {}
-        Err(e) if e == rustix::io::Errno::EXIST => return Err(e.into()),
-        Err(_) => {
-            if !super::lock::same_file(file, partial) {
-                return Err(io::Error::other(format!(
-                    "{} was replaced while the download was being finished",
-                    partial.display()
-                )));
-            }
-            match fs::hard_link(partial, dest) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
-                Err(_) => {
-                    return match renameat_with(CWD, partial, CWD, dest, RenameFlags::NOREPLACE) {
-                        Err(e) if e == rustix::io::Errno::INVAL => {
-                            // No RENAME_NOREPLACE here: check, then rename.
-                            if fs::symlink_metadata(dest).is_ok() {
-                                return Err(io::ErrorKind::AlreadyExists.into());
-                            }
-                            fs::rename(partial, dest)
-                        }
-                        other => other.map_err(io::Error::from),
-                    };
-                }
-            }
-        }
-    }
-    if super::lock::same_file(file, partial) {
-        let _ = fs::remove_file(partial);
-    }
-    Ok(())
+pub fn discard_state(storage: &dyn Storage, dest: &Path) {
+    let _ = storage.remove(&state_path(dest));
 }
 
 /// Where a download of a file of `size` bytes with `hash`, verified by pieces of `piece_size`,
@@ -472,16 +395,23 @@ pub enum Discarded {
 
 /// Looks for a resumable partial download of `dest`: keeps it (truncated to its verified
 /// prefix) when its state matches the file, removes it otherwise.
-pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -> ResumePlan {
+pub fn plan_resume(
+    storage: &dyn Storage,
+    dest: &Path,
+    size: u64,
+    hash: ContentHash,
+    piece_size: u32,
+) -> ResumePlan {
     let partial = partial_path(dest);
     // Never through a link: anything but a regular file there is stale (and removed below).
-    let partial_len =
-        fs::symlink_metadata(&partial)
-            .ok()
-            .map(|m| if m.is_file() { Some(m.len()) } else { None });
+    let partial_len = match storage.entry(&partial) {
+        Ok(Entry::File { len }) => Some(Some(len)),
+        Ok(Entry::Other) => Some(None),
+        Ok(Entry::Missing) | Err(_) => None,
+    };
     let partial_len = match partial_len {
         Some(None) => {
-            discard(dest);
+            discard(storage, dest);
             return ResumePlan {
                 offset: 0,
                 discarded: Some(Discarded::NotAFile(partial)),
@@ -490,7 +420,7 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
         Some(Some(len)) => Some(len),
         None => None,
     };
-    let state = load_state(dest);
+    let state = read_state(storage, dest);
     let fresh = ResumePlan {
         offset: 0,
         discarded: None,
@@ -514,22 +444,23 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
                 Some(Discarded::PieceSizeChanged)
             } else if len < st.verified {
                 Some(Discarded::Truncated)
-            } else if st.unsynced_boot.is_some() && st.unsynced_boot != boot_id() {
+            } else if st.unsynced_boot.is_some() && st.unsynced_boot != storage.boot_id() {
                 Some(Discarded::UnsyncedBeforeRestart)
             } else {
                 None
             };
             match reason {
                 None => {
-                    let truncated =
-                        open_nofollow(&partial, true).and_then(|f| f.set_len(st.verified));
+                    let truncated = storage
+                        .open_partial(&partial)
+                        .and_then(|f| f.set_len(st.verified));
                     match truncated {
                         Ok(()) => ResumePlan {
                             offset: st.verified,
                             discarded: None,
                         },
                         Err(e) => {
-                            discard(dest);
+                            discard(storage, dest);
                             ResumePlan {
                                 offset: 0,
                                 discarded: Some(Discarded::CannotReuse(e.to_string())),
@@ -538,7 +469,7 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
                     }
                 }
                 Some(why) => {
-                    discard(dest);
+                    discard(storage, dest);
                     ResumePlan {
                         offset: 0,
                         discarded: Some(why),
@@ -547,7 +478,7 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
             }
         }
         _ => {
-            discard(dest);
+            discard(storage, dest);
             ResumePlan {
                 offset: 0,
                 discarded: Some(Discarded::NoValidState),
@@ -559,6 +490,8 @@ pub fn plan_resume(dest: &Path, size: u64, hash: ContentHash, piece_size: u32) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::storage::Disk;
+    use std::fs;
 
     fn state(verified: u64) -> DownloadState {
         DownloadState {
@@ -575,7 +508,7 @@ mod tests {
     fn unsynced_state_is_trusted_in_its_own_boot_only() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f.bin");
-        let Some(boot) = boot_id() else {
+        let Some(boot) = Disk.boot_id() else {
             return; // no boot id here: unsynced checkpoints are never written (see new)
         };
         fs::write(partial_path(&dest), vec![7u8; 300]).unwrap();
@@ -583,9 +516,9 @@ mod tests {
             unsynced_boot: Some(boot),
             ..state(300)
         };
-        save_state(&dest, &same_boot, false).unwrap();
+        save_state(&Disk, &dest, &same_boot, false).unwrap();
         assert_eq!(
-            plan_resume(&dest, 1000, ContentHash::of(b"x"), 100).offset,
+            plan_resume(&Disk, &dest, 1000, ContentHash::of(b"x"), 100).offset,
             300
         );
 
@@ -593,8 +526,8 @@ mod tests {
             unsynced_boot: Some("an earlier boot".into()),
             ..state(300)
         };
-        save_state(&dest, &other_boot, false).unwrap();
-        let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
+        save_state(&Disk, &dest, &other_boot, false).unwrap();
+        let plan = plan_resume(&Disk, &dest, 1000, ContentHash::of(b"x"), 100);
         assert_eq!(plan.offset, 0);
         assert_eq!(plan.discarded, Some(Discarded::UnsyncedBeforeRestart));
         assert!(!partial_path(&dest).exists() && !state_path(&dest).exists());
@@ -629,8 +562,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f.bin");
         fs::write(partial_path(&dest), vec![7u8; 450]).unwrap();
-        save_state(&dest, &state(300), true).unwrap();
-        let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
+        save_state(&Disk, &dest, &state(300), true).unwrap();
+        let plan = plan_resume(&Disk, &dest, 1000, ContentHash::of(b"x"), 100);
         assert_eq!(
             plan,
             ResumePlan {
@@ -646,34 +579,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f.bin");
         fs::write(partial_path(&dest), vec![7u8; 300]).unwrap();
-        save_state(&dest, &state(300), true).unwrap();
-        let plan = plan_resume(&dest, 1000, ContentHash::of(b"y"), 100);
+        save_state(&Disk, &dest, &state(300), true).unwrap();
+        let plan = plan_resume(&Disk, &dest, 1000, ContentHash::of(b"y"), 100);
         assert_eq!(plan.offset, 0);
         assert_eq!(plan.discarded, Some(Discarded::ContentChanged));
         assert!(!partial_path(&dest).exists() && !state_path(&dest).exists());
-    }
-
-    #[test]
-    fn preallocation_reserves_the_space_but_keeps_the_length() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part");
-        fs::write(&path, vec![1u8; 1000]).unwrap();
-        let file = OpenOptions::new().append(true).open(&path).unwrap();
-        preallocate(&file, 1000, 4 << 20).unwrap();
-        let meta = fs::metadata(&path).unwrap();
-        // The length still says what was written: a resume trusts nothing beyond it.
-        assert_eq!(meta.len(), 1000);
-        use std::os::unix::fs::MetadataExt;
-        let supported =
-            rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, 1).is_ok();
-        if supported {
-            assert!(meta.blocks() * 512 >= 4 << 20, "{} blocks", meta.blocks());
-        }
-        // Appending goes on at the end of what was written.
-        (&file).write_all(b"abc").unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().len(), 1003);
-        // Nothing to reserve: a no-op.
-        preallocate(&file, 5000, 10).unwrap();
     }
 
     #[test]
@@ -682,7 +592,7 @@ mod tests {
         let dest = dir.path().join("f.bin");
         fs::write(partial_path(&dest), vec![7u8; 300]).unwrap();
         fs::write(state_path(&dest), b"\xff\x00garbage").unwrap();
-        let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
+        let plan = plan_resume(&Disk, &dest, 1000, ContentHash::of(b"x"), 100);
         assert_eq!(plan.offset, 0);
         assert!(plan.discarded.is_some());
     }
@@ -692,13 +602,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f.bin");
         let partial = partial_path(&dest);
-        let mut w = PartialWriter::new(create_partial(&partial).unwrap(), 0);
+        let mut w = PartialWriter::new(Disk.create_partial(&partial).unwrap(), 0);
         w.write(b"verified bytes").unwrap();
         let file = w.finish(false).unwrap();
         // Another writer moves the partial away and puts its own file there before the finish.
         fs::rename(&partial, dir.path().join("moved")).unwrap();
         fs::write(&partial, b"someone else's bytes").unwrap();
-        publish(&file, &partial, &dest).unwrap();
+        Disk.publish(&file, &partial, &dest).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"verified bytes");
         assert_eq!(
             fs::read(&partial).unwrap(),
@@ -708,12 +618,12 @@ mod tests {
         // Had it removed ours, nothing would take the name (the written file has none left).
         let dest2 = dir.path().join("g.bin");
         let partial2 = partial_path(&dest2);
-        let mut w = PartialWriter::new(create_partial(&partial2).unwrap(), 0);
+        let mut w = PartialWriter::new(Disk.create_partial(&partial2).unwrap(), 0);
         w.write(b"verified bytes").unwrap();
         let file = w.finish(false).unwrap();
         fs::remove_file(&partial2).unwrap();
         fs::write(&partial2, b"someone else's bytes").unwrap();
-        assert!(publish(&file, &partial2, &dest2).is_err());
+        assert!(Disk.publish(&file, &partial2, &dest2).is_err());
         assert!(fs::symlink_metadata(&dest2).is_err());
     }
 
@@ -722,11 +632,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f.bin");
         let partial = partial_path(&dest);
-        let mut w = PartialWriter::new(create_partial(&partial).unwrap(), 0);
+        let mut w = PartialWriter::new(Disk.create_partial(&partial).unwrap(), 0);
         w.write(b"new").unwrap();
         let file = w.finish(false).unwrap();
         fs::write(&dest, b"old").unwrap();
-        let e = publish(&file, &partial, &dest).unwrap_err();
+        let e = Disk.publish(&file, &partial, &dest).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&dest).unwrap(), b"old");
         assert!(partial.exists(), "kept for the caller to decide");
@@ -742,14 +652,14 @@ mod tests {
         let dest = out.join("f.bin");
         // At the partial: a resume plan removes the link, a new partial is a fresh file.
         std::os::unix::fs::symlink(&outside, partial_path(&dest)).unwrap();
-        save_state(&dest, &state(300), true).unwrap();
-        let plan = plan_resume(&dest, 1000, ContentHash::of(b"x"), 100);
+        save_state(&Disk, &dest, &state(300), true).unwrap();
+        let plan = plan_resume(&Disk, &dest, 1000, ContentHash::of(b"x"), 100);
         assert_eq!(plan.offset, 0);
         assert!(plan.discarded.is_some());
         assert!(fs::symlink_metadata(partial_path(&dest)).is_err());
         std::os::unix::fs::symlink(&outside, partial_path(&dest)).unwrap();
-        let mut f = create_partial(&partial_path(&dest)).unwrap();
-        f.write_all(b"download").unwrap();
+        let f = Disk.create_partial(&partial_path(&dest)).unwrap();
+        f.write_all_at(b"download", 0).unwrap();
         assert_eq!(fs::read(&outside).unwrap(), b"precious");
         assert!(fs::symlink_metadata(partial_path(&dest)).unwrap().is_file());
         // At the state file: never read through, and a new state replaces the link itself.
@@ -762,7 +672,7 @@ mod tests {
         assert_eq!(load_state(&dest), None);
         // At the state's temporary file: removed, never written through.
         std::os::unix::fs::symlink(&outside, sibling(&dest, STATE_TMP_SUFFIX)).unwrap();
-        save_state(&dest, &state(100), true).unwrap();
+        save_state(&Disk, &dest, &state(100), true).unwrap();
         assert_eq!(fs::read(&outside).unwrap(), b"precious");
         assert_eq!(load_state(&dest), Some(state(100)));
     }

@@ -145,9 +145,9 @@ pub fn sample_messages() -> Vec<Message> {
     out
 }
 
-/// The abort reason `b` picks: every variant, by `b % 8`.
+/// The abort reason `b` picks: every variant, by `b % 9`.
 pub(crate) fn abort_reason(b: u8) -> AbortReason {
-    match b % 8 {
+    match b % 9 {
         0 => AbortReason::NoSuchFile,
         1 => AbortReason::Busy,
         2 => AbortReason::BadRequest,
@@ -155,6 +155,7 @@ pub(crate) fn abort_reason(b: u8) -> AbortReason {
         4 => AbortReason::Timeout,
         5 => AbortReason::HashMismatch,
         6 => AbortReason::Shutdown,
+        7 => AbortReason::DiskError,
         _ => AbortReason::Other("fuzz".into()),
     }
 }

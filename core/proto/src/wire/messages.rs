@@ -78,6 +78,8 @@ pub enum AbortReason {
     Shutdown,
     /// Anything else, described.
     Other(String),
+    /// The sender cannot read the file (a disk error), or the receiver cannot write it.
+    DiskError,
 }
 
 impl fmt::Display for AbortReason {
@@ -91,6 +93,7 @@ impl fmt::Display for AbortReason {
             AbortReason::HashMismatch => f.write_str("content hash mismatch"),
             AbortReason::Shutdown => f.write_str("peer shutting down"),
             AbortReason::Other(s) => f.write_str(s),
+            AbortReason::DiskError => f.write_str("disk error on the other side"),
         }
     }
 }

@@ -7,7 +7,6 @@ use super::hashing::MAX_HASH_BACKLOG;
 use super::{partial_path, DownloadReport, IoFailure, IoOp, Progress, ServiceError, SAVE_INTERVAL};
 use p2p_proto::endpoint::request_retry_after;
 
-use std::fs::{self, File};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use crate::service::resume::{
     self, plan_resume, save_state, Checkpointer, Discarded, DownloadState, PartialWriter,
     ResumePlan,
 };
+use crate::service::storage::{Entry, FileHandle, SharedStorage, Storage};
 use crate::transfer::{ChunkReceiver, PieceTable, ReceiverEvent};
 use crate::wire::{AbortReason, ContentHash, IndexEntry, TransferId};
 
@@ -51,20 +51,24 @@ pub(super) struct Download {
     pub(super) shown: u64,
     /// The claim on `dest`; given up before `reply` is answered (a [`Finish`] job takes it).
     pub(super) lock: Option<DestinationLock>,
+    /// Where the partial, state and final files are.
+    pub(super) storage: SharedStorage,
 }
 
 /// Reserves the space of bytes `from..size` of the download's `partial` file
-/// ([`resume::preallocate`]); when the disk is too small, removes a partial that holds
-/// nothing yet (`from` 0) and says how much room is missing.
+/// ([`StoredFile::allocate`](crate::service::storage::StoredFile::allocate)); when the disk
+/// is too small, removes a partial that holds nothing yet (`from` 0) and says how much room
+/// is missing.
 pub(super) fn reserve_space(
-    file: &File,
+    storage: &dyn Storage,
+    file: &FileHandle,
     partial: &Path,
     from: u64,
     size: u64,
 ) -> Result<(), ServiceError> {
-    resume::preallocate(file, from, size).map_err(|e| {
+    file.allocate(from, size).map_err(|e| {
         if from == 0 {
-            let _ = fs::remove_file(partial);
+            let _ = storage.remove(partial);
         }
         ServiceError::NoSpace {
             folder: partial.parent().unwrap_or(Path::new(".")).to_path_buf(),
@@ -93,25 +97,28 @@ impl Driver {
         // One writer per destination, across processes: claimed before anything looks at
         // its partial file, held until the verified file has its name (or the download
         // failed and kept what it could).
-        let lock = match DestinationLock::acquire(&dest) {
+        let storage = self.config.storage.clone();
+        let lock = match storage.lock(&dest) {
             Ok(lock) => lock,
             Err(e) => {
                 let _ = reply.send(Err(ServiceError::Locked(e)));
                 return;
             }
         };
-        if fs::symlink_metadata(&dest).is_ok() {
+        if !matches!(storage.entry(&dest), Ok(Entry::Missing)) {
             // Another download finished it (or something else put it there) meanwhile: the
             // caller compares it with what it wanted.
             let _ = reply.send(Err(ServiceError::DestinationExists(dest)));
             return;
         }
         // Only once the destination is ours: look at (and maybe discard) its partial file.
-        let plan: ResumePlan = plan_resume(&dest, entry.size, entry.hash, table.piece_size);
+        let plan: ResumePlan =
+            plan_resume(&*storage, &dest, entry.size, entry.hash, table.piece_size);
         let partial = partial_path(&dest);
         let opened = if plan.offset > 0 {
-            resume::open_nofollow(&partial, true)
-                .and_then(|f| f.metadata().map(|m| (f, m.len())))
+            storage
+                .open_partial(&partial)
+                .and_then(|f| f.len().map(|len| (f, len)))
                 .and_then(|(f, len)| {
                     if len == plan.offset {
                         Ok(f)
@@ -120,18 +127,23 @@ impl Driver {
                     }
                 })
         } else {
-            resume::create_partial(&partial)
+            storage.create_partial(&partial)
         };
         let write_failed =
             |e: io::Error| ServiceError::Io(IoFailure::new(IoOp::Write, &partial, &e));
         let opened = opened.map_err(write_failed).and_then(|f| {
             if self.config.preallocate {
-                reserve_space(&f, &partial, plan.offset, entry.size)?;
+                reserve_space(&*storage, &f, &partial, plan.offset, entry.size)?;
             }
-            let second = f.try_clone().map_err(write_failed)?;
             Ok((
-                PartialWriter::new(f, plan.offset),
-                Checkpointer::new(second, dest.clone(), self.config.fsync),
+                PartialWriter::new(f.clone(), plan.offset),
+                Checkpointer::new(
+                    storage.clone(),
+                    f,
+                    dest.clone(),
+                    self.config.fsync,
+                    self.config.checkpoint_thread,
+                ),
             ))
         });
         let (writer, checkpoints) = match opened {
@@ -201,6 +213,7 @@ impl Driver {
                 finishing: false,
                 shown: plan.offset,
                 lock: Some(lock),
+                storage,
             },
         );
         self.pump_download(transfer);
@@ -216,8 +229,7 @@ impl Driver {
         let mut outcome: Option<Result<DownloadReport, ServiceError>> = None;
         let mut finished = None;
         if let Err(e) = d.checkpoint_done() {
-            d.machine
-                .abort(AbortReason::Other("receiver cannot write".into()));
+            d.machine.abort(AbortReason::DiskError);
             outcome = Some(Err(e));
         }
         while let Some(event) = d.machine.poll_event() {
@@ -238,8 +250,7 @@ impl Driver {
                 ReceiverEvent::Write(bytes) => {
                     let res = d.writer.as_mut().map(|w| w.write(&bytes));
                     if let Some(Err(e)) = res {
-                        d.machine
-                            .abort(AbortReason::Other("receiver cannot write".into()));
+                        d.machine.abort(AbortReason::DiskError);
                         outcome.get_or_insert(Err(ServiceError::Io(IoFailure::new(
                             IoOp::Write,
                             &d.partial,
@@ -260,8 +271,7 @@ impl Driver {
                         verified - d.saved >= save_every || d.saved_at.elapsed() >= SAVE_INTERVAL;
                     if d.writer.is_some() && due && !d.checkpoints.busy() {
                         if let Err(e) = d.start_checkpoint() {
-                            d.machine
-                                .abort(AbortReason::Other("receiver cannot write".into()));
+                            d.machine.abort(AbortReason::DiskError);
                             outcome.get_or_insert(Err(ServiceError::Io(IoFailure::new(
                                 IoOp::Write,
                                 &d.partial,
@@ -378,12 +388,12 @@ impl Download {
             let _ = w.truncate(keep.max(self.saved));
             if synced
                 && keep > self.saved
-                && save_state(&self.dest, &self.state(keep), true).is_ok()
+                && save_state(&*self.storage, &self.dest, &self.state(keep), true).is_ok()
             {
                 self.saved = keep;
             }
         }
-        incomplete(err, self.saved, &self.dest, &self.partial)
+        incomplete(&*self.storage, err, self.saved, &self.dest, &self.partial)
     }
 
     /// The work left once the last piece is verified, as a job that owns what it needs
@@ -415,6 +425,7 @@ impl Download {
             started: self.started,
             reply: self.reply.take(),
             lock: self.lock.take(),
+            storage: self.storage.clone(),
             // The job publishes the checkpoint it waits for; nothing else is published after.
             progress: std::mem::replace(&mut self.progress, watch::channel(Progress::default()).0),
         })
@@ -423,13 +434,14 @@ impl Download {
 
 /// After a failure: the error to report, once the state file is gone if nothing was kept.
 pub(super) fn incomplete(
+    storage: &dyn Storage,
     err: ServiceError,
     saved: u64,
     dest: &Path,
     partial: &Path,
 ) -> ServiceError {
     if saved == 0 {
-        resume::discard(dest);
+        resume::discard(storage, dest);
         return err;
     }
     ServiceError::Incomplete {

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::index::ShareIndex;
 use crate::transfer::{SenderConfig, SenderEvent, SenderTransmit};
-use crate::transport::{FileRange, SharedTransport};
+use crate::transport::{FileRange, FileReadError, SharedTransport};
 
 use crate::wire::{
     decode_bytes, AbortReason, IndexEntry, Message, RequestId, TransferId, DATA_OVERHEAD,
@@ -348,7 +348,12 @@ impl Driver {
                                 offset,
                                 len: len as usize,
                             };
-                            let _ = transport.send_file(to, head, body).await;
+                            if let Err(e) = transport.send_file(to, head, body).await {
+                                if FileReadError::is(&e) {
+                                    tracing::warn!(path = %up.path.display(), error = %e, "upload stopped");
+                                    up.machine.abort(AbortReason::DiskError);
+                                }
+                            }
                             continue;
                         }
                         // Read from the file straight into the end of the batch of datagrams.
@@ -361,10 +366,17 @@ impl Driver {
                             transfer,
                             seq,
                             len as usize,
-                            |into| up.reader.read(&up.file, into, offset),
+                            |into| up.reader.read(&*up.file, into, offset),
                         );
-                        if read.is_err() {
-                            up.machine.abort(AbortReason::FileChanged);
+                        if let Err(e) = read {
+                            // Shorter than listed: changed; anything else: the disk failed.
+                            let reason = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                                AbortReason::FileChanged
+                            } else {
+                                tracing::warn!(path = %up.path.display(), error = %e, "upload stopped");
+                                AbortReason::DiskError
+                            };
+                            up.machine.abort(reason);
                         } else {
                             batch.added(&transport, to, start).await;
                         }

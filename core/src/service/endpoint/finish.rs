@@ -3,15 +3,15 @@
 use super::download::incomplete;
 use super::{DownloadReport, IoFailure, IoOp, Progress, ServiceError};
 
-use std::fs::{self};
 use std::io;
 use std::path::PathBuf;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::service::lock::{self, DestinationLock};
+use crate::service::lock::DestinationLock;
 use crate::service::resume::{self, PartialWriter, PendingCheckpoint};
+use crate::service::storage::SharedStorage;
 
 /// What is left to do once a download's last piece is verified: wait for the checkpoint in
 /// flight, flush (and sync) the file, give it its final name, remove the state file, then
@@ -31,6 +31,7 @@ pub(super) struct Finish {
     /// The claim on the destination, given up once the file has its name.
     pub(super) lock: Option<DestinationLock>,
     pub(super) progress: watch::Sender<Progress>,
+    pub(super) storage: SharedStorage,
 }
 
 impl Drop for Finish {
@@ -53,7 +54,13 @@ impl Finish {
                 elapsed: self.started.elapsed(),
                 ..self.report.clone()
             }),
-            Err(e) => Err(incomplete(e, self.saved, &self.report.path, &self.partial)),
+            Err(e) => Err(incomplete(
+                &*self.storage,
+                e,
+                self.saved,
+                &self.report.path,
+                &self.partial,
+            )),
         };
         // Free the destination before answering: whoever hears the answer may reuse it.
         self.release();
@@ -74,23 +81,24 @@ impl Finish {
             .map_err(|e| ServiceError::Io(IoFailure::new(IoOp::Finish, partial, &e)))?;
         // The very file written and verified takes the name, whatever sits at the partial's
         // path now; never replacing an existing file silently.
-        match resume::publish(&file, partial, dest) {
+        let storage = &*self.storage;
+        match storage.publish(&file, partial, dest) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let existing = crate::index::hash_file(dest).ok();
-                if lock::same_file(&file, partial) {
-                    let _ = fs::remove_file(partial);
+                let existing = storage.hash_file(dest).ok();
+                if storage.same_file(&file, partial) {
+                    let _ = storage.remove(partial);
                 }
                 if existing != Some(self.report.hash) {
                     // Nothing is left to resume: no state file pointing at a removed partial.
-                    resume::discard(dest);
+                    resume::discard(storage, dest);
                     self.saved = 0;
                     return Err(ServiceError::DestinationDiffers(dest.clone()));
                 }
             }
             Err(e) => return Err(ServiceError::Io(IoFailure::new(IoOp::Publish, dest, &e))),
         }
-        resume::discard_state(dest);
+        resume::discard_state(storage, dest);
         Ok(())
     }
 }

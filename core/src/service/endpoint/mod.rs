@@ -36,6 +36,7 @@ mod hashing;
 mod rpc;
 mod upload;
 
+use super::storage::{Disk, SharedStorage};
 use driver::Driver;
 use hashing::HashWorker;
 use p2p_proto::endpoint::{Endpoint, EndpointConfig as ProtoConfig};
@@ -68,7 +69,7 @@ pub struct EndpointConfig {
     /// resume: unsynced checkpoints are dropped after a restart).
     pub fsync: bool,
     /// A download reserves the disk space of the whole file when it starts (see
-    /// [`resume::preallocate`]): a disk too small fails it at once, with nothing left behind,
+    /// [`StoredFile::allocate`](crate::service::storage::StoredFile::allocate)): a disk too small fails it at once, with nothing left behind,
     /// instead of after most of the file was fetched. Off, space is taken as bytes arrive.
     pub preallocate: bool,
     /// Cap on the bytes per second sent by all uploads together (`None`: no cap).
@@ -94,6 +95,12 @@ pub struct EndpointConfig {
     /// hold up the I/O task; requests that come while a scan runs share the next one. Off, on
     /// the I/O task (simulations, for the simulated clock).
     pub rescan_thread: bool,
+    /// Checkpoints (sync the partial file, write the state file) are recorded on a blocking
+    /// thread. Off, on the I/O task once [`Storage::sync_delay`](super::storage::Storage::sync_delay) has passed (simulations, for
+    /// the simulated clock).
+    pub checkpoint_thread: bool,
+    /// Where downloads and uploads read and write files: the real disk, or a simulated one.
+    pub storage: SharedStorage,
 }
 
 impl Default for EndpointConfig {
@@ -115,6 +122,8 @@ impl Default for EndpointConfig {
             hash_thread: true,
             finish_thread: true,
             rescan_thread: true,
+            checkpoint_thread: true,
+            storage: Disk::shared(),
         }
     }
 }

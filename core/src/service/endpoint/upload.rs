@@ -5,16 +5,14 @@ use super::driver::Driver;
 use crate::index::ShareIndex;
 use p2p_proto::endpoint::Endpoint;
 
-use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use crate::service::storage::{FileHandle, StoredFile};
 use crate::transfer::ChunkSender;
 use crate::transport::SharedTransport;
 use crate::wire::paginate;
@@ -26,7 +24,7 @@ use crate::wire::{
 pub(super) struct Upload {
     pub(super) machine: ChunkSender,
     /// Shared with chunks a transport still has queued ([`FileRange`]).
-    pub(super) file: Arc<File>,
+    pub(super) file: FileHandle,
     pub(super) reader: ReadAhead,
     pub(super) path: PathBuf,
     pub(super) size: u64,
@@ -49,7 +47,12 @@ pub(super) const READ_AHEAD: usize = 64 * 1024;
 
 impl ReadAhead {
     /// Fills `into` with the file's bytes from `offset`.
-    pub(super) fn read(&mut self, file: &File, into: &mut [u8], offset: u64) -> io::Result<()> {
+    pub(super) fn read(
+        &mut self,
+        file: &dyn StoredFile,
+        into: &mut [u8],
+        offset: u64,
+    ) -> io::Result<()> {
         let end = offset + into.len() as u64;
         if into.len() > READ_AHEAD / 8 || offset < self.start {
             return file.read_exact_at(into, offset);
@@ -288,11 +291,16 @@ impl Driver {
         if offset > shared.entry.size {
             return refuse(&mut self.proto, AbortReason::BadRequest);
         }
-        let opened = File::open(&shared.path).and_then(|f| f.metadata().map(|m| (f, m)));
-        let file = match opened {
-            Ok((f, m)) if m.len() == shared.entry.size && m.modified().ok() == shared.modified => f,
+        let file = match self.config.storage.open_read(&shared.path) {
+            Ok(o) if o.len == shared.entry.size && o.modified == shared.modified => o.file,
             Ok(_) => return refuse(&mut self.proto, AbortReason::FileChanged),
-            Err(_) => return refuse(&mut self.proto, AbortReason::NoSuchFile),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return refuse(&mut self.proto, AbortReason::NoSuchFile)
+            }
+            Err(e) => {
+                tracing::warn!(path = %shared.path.display(), error = %e, "cannot open a shared file");
+                return refuse(&mut self.proto, AbortReason::DiskError);
+            }
         };
         let mut config = self.sender_config.clone();
         config.chunk_size = chunk_size_for(self.transport.max_message_size_to(from));
@@ -310,7 +318,7 @@ impl Driver {
             (from, transfer),
             Upload {
                 machine,
-                file: Arc::new(file),
+                file,
                 reader: ReadAhead::default(),
                 path: shared.path,
                 size: shared.entry.size,
@@ -334,7 +342,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         fs::write(&path, &data).unwrap();
-        let file = File::open(&path).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
         let mut r = ReadAhead::default();
         let mut check = |offset: u64, len: usize| {
             let mut into = vec![0; len];
