@@ -22,6 +22,7 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::watch;
 
+use crate::disk::SimDisk;
 use crate::faulty::{FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats, Targeted};
 use crate::harness::{check_download, Checked};
 use crate::tcp::{SimTcp, SimTcpConfig};
@@ -142,6 +143,7 @@ pub fn fast_endpoint(share: Option<PathBuf>, id_seed: u64) -> EndpointConfig {
         hash_thread: false,
         finish_thread: false,
         rescan_thread: false,
+        checkpoint_thread: false,
         ..EndpointConfig::default()
     }
 }
@@ -245,6 +247,8 @@ pub struct PeerOpts {
     pub tune: Option<Tune>,
     /// Faults aimed at particular messages it sends (see [`Targeted`]).
     pub targeted: Targeted,
+    /// Its disk, when simulated (see [`SimDisk`]); the real one otherwise.
+    pub disk: Option<SimDisk>,
 }
 
 impl Default for PeerOpts {
@@ -255,6 +259,7 @@ impl Default for PeerOpts {
             register: true,
             tune: None,
             targeted: Targeted::default(),
+            disk: None,
         }
     }
 }
@@ -292,6 +297,12 @@ impl PeerOpts {
     /// (see [`Targeted::send_file_from`]).
     pub fn sending_files_from(mut self, min: usize) -> Self {
         self.targeted.send_file_from = Some(min);
+        self
+    }
+
+    /// On `disk` (shared by all its lives: what a crash left is there after a restart).
+    pub fn on_disk(mut self, disk: &SimDisk) -> Self {
+        self.disk = Some(disk.clone());
         self
     }
 
@@ -517,6 +528,9 @@ impl Cluster {
             let boot = boots.fetch_add(1, Ordering::SeqCst) + 1;
             let mut config =
                 fast_endpoint(Some(share.clone()), mix(seed, &format!("{name}#{boot}")));
+            if let Some(disk) = &opts.disk {
+                config.storage = Arc::new(disk.clone());
+            }
             if let Some(tune) = &opts.tune {
                 tune(&mut config);
             }

@@ -7,6 +7,8 @@
 //!
 //! - [`SimUdp`] and [`SimTcp`]: the `Transport` trait over turmoil's UDP and TCP;
 //! - [`FaultyTransport`]: seeded per-message faults on either side, with counters;
+//! - [`SimDisk`]: a disk with seeded faults (`EIO`, `ENOSPC`, failed syncs, slow syncs) and
+//!   crashes that lose or tear what was not synced;
 //! - [`seeds_from_env`]: the seeds to run (`SIM_SEEDS=1000..1100` or `7,42`);
 //! - [`run_scenario`] and [`check_download`]: the replay line and the invariant;
 //! - [`Cluster`]: tracker and peer hosts with generated share folders, handles and a
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod disk;
 pub mod faulty;
 pub mod harness;
 pub mod seeds;
@@ -31,6 +34,7 @@ pub use cluster::{
     spawn_fetch, tracker_addr, wait_progress, Cluster, FetchTask, Handles, Net, PeerOpts,
     SharedFile, Tune, PEER_PORT, TRACKER, TRACKER_PORT,
 };
+pub use disk::{DiskFault, SimDisk};
 pub use faulty::{
     DirectionStats, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats,
 };
