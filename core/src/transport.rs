@@ -111,8 +111,11 @@ pub async fn send_each<T: Transport + ?Sized>(
     Ok(())
 }
 
+/// Called when a [`FileRange`] cannot be read.
+pub type OnReadError = Arc<dyn Fn() + Send + Sync>;
+
 /// A byte range of an open file: the payload of a chunk, for [`Transport::send_file`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FileRange {
     /// The file, shared with the upload that reads it.
     pub file: FileHandle,
@@ -120,11 +123,27 @@ pub struct FileRange {
     pub offset: u64,
     /// Bytes.
     pub len: usize,
+    /// Called when the range cannot be read (see [`FileRange::read_failed`]), so that the
+    /// upload hears of a failure inside a transport that sends the range later (TCP queues
+    /// it for its connection's writer).
+    pub on_read_error: Option<OnReadError>,
+}
+
+impl fmt::Debug for FileRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileRange")
+            .field("file", &self.file)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FileRange {
     /// `head` followed by the range's bytes (zeros past the end of the file): the message
-    /// [`Transport::send_file`] sends, read into memory.
+    /// [`Transport::send_file`] sends, read into memory. On a failed read (reported to
+    /// [`on_read_error`](Self::on_read_error)), a transport that queued the range skips the
+    /// message: the stream stays whole for the `Abort` the upload sends next.
     pub fn after(&self, head: Vec<u8>) -> io::Result<Vec<u8>> {
         let mut msg = head;
         let at = msg.len();
@@ -136,9 +155,18 @@ impl FileRange {
     /// Reads the range into `into` (`len` bytes); past the end of the file, `into` keeps its
     /// zeros. A failure is a [`FileReadError`].
     pub fn read_into(&self, into: &mut [u8]) -> io::Result<()> {
-        self.file
-            .read_into(into, self.offset)
-            .map_err(FileReadError::wrap)
+        self.file.read_into(into, self.offset).map_err(|e| {
+            self.read_failed();
+            FileReadError::wrap(e)
+        })
+    }
+
+    /// Records that the range could not be read (a transport that reads it by other means,
+    /// `sendfile`, calls this on a disk error).
+    pub fn read_failed(&self) {
+        if let Some(call) = &self.on_read_error {
+            call();
+        }
     }
 }
 

@@ -312,9 +312,15 @@ impl PeerOpts {
         self
     }
 
-    /// With endpoint settings adjusted by `f`.
+    /// With endpoint settings adjusted by `f` (after any adjustment given before).
     pub fn tune(mut self, f: impl Fn(&mut EndpointConfig) + Send + Sync + 'static) -> Self {
-        self.tune = Some(Arc::new(f));
+        self.tune = Some(match self.tune.take() {
+            None => Arc::new(f),
+            Some(before) => Arc::new(move |c: &mut EndpointConfig| {
+                before(c);
+                f(c);
+            }),
+        });
         self
     }
 }

@@ -236,8 +236,11 @@ impl<W: AsyncWrite + Unpin + Send> FileSender<W> for CopyFile {
         head: &[u8],
         body: &FileRange,
     ) -> io::Result<()> {
-        let frame = body.after(file_frame_prefix(head, body))?;
-        write_framed(w, &frame).await
+        // A failed read is the upload's to handle (it aborts): the frame is skipped.
+        match body.after(file_frame_prefix(head, body)) {
+            Ok(frame) => write_framed(w, &frame).await,
+            Err(_) => Ok(()),
+        }
     }
 }
 
@@ -455,6 +458,7 @@ mod tests {
             file: file.clone(),
             offset,
             len,
+            on_read_error: None,
         };
         let (queue, rx) = mpsc::channel(64);
         let (a, mut b) = tokio::io::duplex(64 * 1024);

@@ -311,14 +311,17 @@ impl FileSender<OwnedWriteHalf> for SendFile {
 /// that it leaves in one segment with the payload.
 async fn write_file_frame(stream: &TcpStream, head: &[u8], body: &FileRange) -> io::Result<()> {
     let prefix = file_frame_prefix(head, body);
+    let Some(file) = body.file.os_file() else {
+        // Not a file of the operating system's (a simulated disk): read it. A failed read
+        // is the upload's to handle (it aborts): the frame is skipped.
+        return match body.after(prefix) {
+            Ok(frame) => send_all(stream, &frame, MsgFlags::empty()).await,
+            Err(_) => Ok(()),
+        };
+    };
     // nix names no MSG_MORE; the kernel's value.
     let more = MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
     send_all(stream, &prefix, more).await?;
-    let Some(file) = body.file.os_file() else {
-        // Not a file of the operating system's (a simulated disk): read it.
-        let bytes = body.after(Vec::new())?;
-        return send_all(stream, &bytes, MsgFlags::empty()).await;
-    };
     let mut offset = body.offset as nix::libc::off64_t;
     let mut left = body.len;
     while left > 0 {
@@ -335,10 +338,21 @@ async fn write_file_frame(stream: &TcpStream, head: &[u8], body: &FileRange) -> 
                     file: body.file.clone(),
                     offset: offset as u64,
                     len: left,
+                    on_read_error: body.on_read_error.clone(),
                 };
+                // The frame is begun: a failed read leaves zeros, which the receiver's piece
+                // check rejects (and the upload aborts).
                 let mut bytes = vec![0; left];
-                rest.read_into(&mut bytes)?;
+                if rest.read_into(&mut bytes).is_err() {
+                    bytes.fill(0);
+                }
                 return send_all(stream, &bytes, MsgFlags::empty()).await;
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
+                // The disk, not the socket: the upload stops (`FileRange::on_read_error`);
+                // zeros keep the frame whole for the `Abort` that follows.
+                body.read_failed();
+                return send_all(stream, &vec![0; left], MsgFlags::empty()).await;
             }
             Err(e) => return Err(e),
         };
@@ -479,6 +493,7 @@ mod tests {
             file: file.clone(),
             offset,
             len,
+            on_read_error: None,
         };
         a.send_to(to, b"before").await.unwrap();
         a.send_file(to, b"head".to_vec(), range(1000, 60_000))

@@ -533,6 +533,7 @@ mod tests {
             file: file.clone(),
             offset,
             len,
+            on_read_error: None,
         };
         a.send_to(to, b"before").await.unwrap();
         a.send_file(to, b"head".to_vec(), range(8192, 61_440))
@@ -622,6 +623,7 @@ mod tests {
             file: Arc::new(direct),
             offset: 100,
             len: 20_000,
+            on_read_error: None,
         };
         let sent = a.send_file(to, b"head".to_vec(), range).await;
         if sent.is_ok() {
@@ -695,6 +697,7 @@ mod tests {
                 file: file.clone(),
                 offset: 0,
                 len: 32 * 1024,
+                on_read_error: None,
             };
             a.send_file(to, b"head".to_vec(), range).await.unwrap();
             tokio::task::yield_now().await;

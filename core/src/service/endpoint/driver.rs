@@ -10,10 +10,12 @@ use super::{Command, EndpointConfig, ServiceError};
 use std::collections::BTreeMap;
 use std::fs::{self};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::index::ShareIndex;
@@ -61,6 +63,9 @@ pub(super) struct Driver {
     /// Downloads being finished on blocking threads (`EndpointConfig::finish_thread`); a
     /// shutdown waits for them.
     pub(super) finishing: tokio::task::JoinSet<()>,
+    /// Woken when a transport could not read a file an upload sends (see
+    /// [`FileRange::on_read_error`]).
+    pub(super) disk_alarm: Arc<Notify>,
 }
 
 /// Most messages handled from one burst before the endpoint answers.
@@ -90,6 +95,8 @@ impl Driver {
                     Some(cmd) => self.on_command(cmd).await,
                 },
                 _ = sleep_until(deadline) => self.on_timeout(),
+                // An upload's file could not be read: `flush` stops it.
+                _ = self.disk_alarm.notified() => {}
                 index = rescanned(&mut self.rescanning) => self.rescan_done(index),
                 Some((transfer, index, hash)) = next_hash(&mut self.hasher) => {
                     if let Some(d) = self.downloads.get_mut(&transfer) {
@@ -309,6 +316,10 @@ impl Driver {
                     up.machine.abort(AbortReason::FileChanged);
                 }
             }
+            if up.read_failed.load(Ordering::Relaxed) && !up.machine.is_done() {
+                tracing::warn!(%to, path = %up.path.display(), "upload stopped: the file cannot be read");
+                up.machine.abort(AbortReason::DiskError);
+            }
             let mut sent = 0;
             loop {
                 if sent == UPLOAD_BURST && !up.machine.is_done() {
@@ -347,6 +358,7 @@ impl Driver {
                                 file: up.file.clone(),
                                 offset,
                                 len: len as usize,
+                                on_read_error: Some(up.on_read_error.clone()),
                             };
                             if let Err(e) = transport.send_file(to, head, body).await {
                                 if FileReadError::is(&e) {

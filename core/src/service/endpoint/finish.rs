@@ -44,12 +44,23 @@ impl Drop for Finish {
 impl Finish {
     pub(super) fn run(mut self) {
         // A checkpoint still being recorded would write the state file after it is removed.
-        if let Some(Ok(saved)) = self.checkpoint.wait() {
-            self.saved = self.saved.max(saved);
-            let saved = self.saved;
-            self.progress.send_modify(|p| p.saved = saved);
-        }
-        let result = match self.finish_file() {
+        // One that failed fails the download: after a failed sync the kernel may have
+        // dropped the file's unwritten pages, and a later sync would not say so.
+        let checkpoint = match self.checkpoint.wait() {
+            Some(Ok(saved)) => {
+                self.saved = self.saved.max(saved);
+                let saved = self.saved;
+                self.progress.send_modify(|p| p.saved = saved);
+                Ok(())
+            }
+            Some(Err(e)) => Err(ServiceError::Io(IoFailure::new(
+                IoOp::RecordProgress,
+                &self.partial,
+                &e,
+            ))),
+            None => Ok(()),
+        };
+        let result = match checkpoint.and_then(|()| self.finish_file()) {
             Ok(()) => Ok(DownloadReport {
                 elapsed: self.started.elapsed(),
                 ..self.report.clone()

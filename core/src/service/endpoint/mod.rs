@@ -414,6 +414,7 @@ pub fn spawn_endpoint(
         index_scanning: Vec::new(),
         batch: Batch::default(),
         finishing: tokio::task::JoinSet::new(),
+        disk_alarm: Default::default(),
         config,
     };
     let task = tokio::spawn(driver.run());

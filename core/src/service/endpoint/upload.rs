@@ -8,13 +8,15 @@ use p2p_proto::endpoint::Endpoint;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::service::storage::{FileHandle, StoredFile};
 use crate::transfer::ChunkSender;
-use crate::transport::SharedTransport;
+use crate::transport::{OnReadError, SharedTransport};
 use crate::wire::paginate;
 use crate::wire::{
     AbortReason, BoundedVec, ContentHash, DatagramBuf, FileId, Message, RequestId, TransferId,
@@ -30,6 +32,10 @@ pub(super) struct Upload {
     pub(super) size: u64,
     pub(super) modified: Option<SystemTime>,
     pub(super) next_check: Instant,
+    /// Raised by a transport that could not read a chunk of the file ([`FileRange`]).
+    pub(super) read_failed: Arc<AtomicBool>,
+    /// What a transport calls then: raises `read_failed`, wakes the driver.
+    pub(super) on_read_error: OnReadError,
 }
 
 /// Reads small chunks of an upload from a block read ahead: a run of 1,404-byte chunks (a
@@ -313,6 +319,14 @@ impl Driver {
             config,
         );
         tracing::debug!(%from, ?transfer, path = %shared.entry.path, offset, "serving");
+        let read_failed = Arc::new(AtomicBool::new(false));
+        let on_read_error: OnReadError = {
+            let (flag, alarm) = (read_failed.clone(), self.disk_alarm.clone());
+            Arc::new(move || {
+                flag.store(true, Ordering::Relaxed);
+                alarm.notify_one();
+            })
+        };
         self.proto.upload_started(now, from, transfer);
         self.uploads.insert(
             (from, transfer),
@@ -324,6 +338,8 @@ impl Driver {
                 size: shared.entry.size,
                 modified: shared.modified,
                 next_check: Instant::now() + CHANGE_CHECK,
+                read_failed,
+                on_read_error,
             },
         );
     }
