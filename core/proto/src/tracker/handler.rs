@@ -2,12 +2,14 @@
 //! of its state and the time: the async service only receives, calls
 //! [`Tracker::handle`] and sends.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{RegisterError, Registry, RegistryConfig};
 use crate::limits::{RateConfig, RateLimiter};
-use crate::wire::{paginate, BoundedVec, Message, RegisterOutcome, TransportKind};
+use crate::wire::{paginate, BoundedVec, Message, PeerInfo, RegisterOutcome, TransportKind};
 
 /// Something the tracker did, for its log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +52,91 @@ pub struct Tracker {
     /// New names per network (see [`network_of`]): a flood of registrations from many
     /// addresses of one network cannot fill the table at once.
     new_names: RateLimiter,
+    /// What listings page through (see [`Listings`]).
+    listings: Listings,
+}
+
+/// The live peers cut into pages at one moment: a listing pages through one snapshot, so a
+/// listing taken while peers join or leave has each peer at most once, and a page costs a
+/// copy of itself, not a walk of the table.
+#[derive(Debug)]
+struct Snapshot {
+    generation: u64,
+    pages: Vec<Vec<PeerInfo>>,
+}
+
+/// Snapshots of the registry for listings: a new one is cut (at most every
+/// [`SNAPSHOT_EVERY`]) when a listing starts after the table changed; a lister's later pages
+/// come from the snapshot its page 0 came from, while that is among the last
+/// [`KEPT_SNAPSHOTS`] (else from the newest).
+#[derive(Debug, Default)]
+struct Listings {
+    /// Newest last.
+    kept: VecDeque<Arc<Snapshot>>,
+    /// When the newest was cut.
+    cut_at: Option<Instant>,
+    /// The table changed since the newest was cut.
+    dirty: bool,
+    generation: u64,
+    /// The snapshot each lister started from, in two generations of [`LISTERS`] / 2 (as in
+    /// the rate limiter): bounded, O(1).
+    listers: HashMap<SocketAddr, u64>,
+    listers_before: HashMap<SocketAddr, u64>,
+}
+
+/// Least time between two snapshots: a busy table is listed at most this stale.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
+/// Snapshots kept for listings in progress.
+pub const KEPT_SNAPSHOTS: usize = 4;
+/// Listers whose snapshot is remembered.
+pub const LISTERS: usize = 4096;
+
+impl Listings {
+    /// The snapshot page `page` of a listing by `from` comes from.
+    fn snapshot(
+        &mut self,
+        now: Instant,
+        reg: &Registry,
+        from: SocketAddr,
+        page: u32,
+    ) -> Arc<Snapshot> {
+        if page > 0 {
+            let mine = self
+                .listers
+                .get(&from)
+                .or_else(|| self.listers_before.get(&from))
+                .copied();
+            if let Some(s) = mine.and_then(|g| self.kept.iter().find(|s| s.generation == g)) {
+                return s.clone();
+            }
+        }
+        let stale = self.dirty
+            && self
+                .cut_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= SNAPSHOT_EVERY);
+        if stale || self.kept.is_empty() {
+            self.generation += 1;
+            let snapshot = Arc::new(Snapshot {
+                generation: self.generation,
+                pages: paginate(reg.list(now)),
+            });
+            if self.kept.len() == KEPT_SNAPSHOTS {
+                self.kept.pop_front();
+            }
+            self.kept.push_back(snapshot);
+            self.cut_at = Some(now);
+            self.dirty = false;
+        }
+        let newest = self.kept.back().expect("cut above").clone();
+        if page == 0 {
+            if !self.listers.contains_key(&from) && self.listers.len() >= LISTERS / 2 {
+                self.listers_before = std::mem::take(&mut self.listers);
+            }
+            self.listers_before.remove(&from);
+            self.listers.insert(from, newest.generation);
+        }
+        newest
+    }
 }
 
 /// New names one network may register: this many per second, and this many at once.
@@ -80,6 +167,7 @@ impl Tracker {
             registry: Registry::new(config),
             limiter: RateLimiter::new(rate),
             new_names: RateLimiter::new(NEW_NAMES),
+            listings: Listings::default(),
         }
     }
 
@@ -119,6 +207,9 @@ impl Tracker {
                 } else {
                     reg.register(now, &name, from, port, transport)
                 };
+                if fresh || result == Ok(true) {
+                    self.listings.dirty = true;
+                }
                 let (outcome, event) = match result {
                     Ok(new) => (
                         RegisterOutcome::Accepted {
@@ -147,17 +238,18 @@ impl Tracker {
                 let event = reg
                     .unregister(&name, from.ip())
                     .then_some(TrackerEvent::Unregistered { name });
+                self.listings.dirty |= event.is_some();
                 (Some(Message::UnregisterReply { request }), event)
             }
             Message::ListPeers { request, page } => {
-                let pages = paginate(reg.list(now));
-                let n = pages.len() as u32;
-                let reply = match pages.into_iter().nth(page as usize) {
+                let snapshot = self.listings.snapshot(now, reg, from, page);
+                let n = snapshot.pages.len() as u32;
+                let reply = match snapshot.pages.get(page as usize) {
                     Some(peers) => Message::PeerList {
                         request,
                         page,
                         pages: n,
-                        peers: BoundedVec(peers),
+                        peers: BoundedVec(peers.clone()),
                     },
                     None => Message::Error {
                         request,
@@ -177,7 +269,9 @@ impl Tracker {
 
     /// Drops the peers silent for their whole lifetime at `now`; returns their names.
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
-        self.registry.expire(now)
+        let gone = self.registry.expire(now);
+        self.listings.dirty |= !gone.is_empty();
+        gone
     }
 }
 
@@ -368,6 +462,101 @@ mod tests {
         assert_eq!(
             network_of("2001:db8:1:2:3::9".parse().unwrap()),
             "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    /// Registers `names`, each from its own address (a /24 of its own, past NEW_NAMES).
+    fn register_all(t: &mut Tracker, now: Instant, names: impl Iterator<Item = String>) {
+        for (i, name) in names.enumerate() {
+            let from = SocketAddr::from(([10, (i / 250) as u8, (i % 250) as u8, 1], 5555));
+            t.handle(now, from, register(&name, 10001));
+        }
+    }
+
+    /// Every page of a listing by `from`, as names.
+    fn list_all(t: &mut Tracker, now: Instant, from: SocketAddr) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut page = 0;
+        loop {
+            let list = Message::ListPeers {
+                request: RequestId(9),
+                page,
+            };
+            match t.handle(now, from, list).0 {
+                Some(Message::PeerList { pages, peers, .. }) => {
+                    names.extend(peers.0.into_iter().map(|p| p.name));
+                    page += 1;
+                    if page >= pages {
+                        return names;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// A listing taken while peers join pages through the table as it was at its first page:
+    /// each peer once, none of the newcomers; the next listing sees them all.
+    #[test]
+    fn a_listing_pages_through_one_snapshot() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default());
+        let now = Instant::now();
+        register_all(&mut t, now, (0..300).map(|i| format!("peer{i:03}")));
+        let lister: SocketAddr = "10.99.0.1:4000".parse().unwrap();
+        let first = Message::ListPeers {
+            request: RequestId(1),
+            page: 0,
+        };
+        let Some(Message::PeerList { pages, peers, .. }) = t.handle(now, lister, first).0 else {
+            panic!("no first page");
+        };
+        assert!(pages > 3, "{pages} pages");
+        let mut names: Vec<String> = peers.0.into_iter().map(|p| p.name).collect();
+        // Newcomers that sort first would shift every later page of a fresh cut.
+        let later = now + SNAPSHOT_EVERY;
+        register_all(&mut t, later, (0..100).map(|i| format!("a-new{i:03}")));
+        for page in 1..pages {
+            let list = Message::ListPeers {
+                request: RequestId(2),
+                page,
+            };
+            match t.handle(later, lister, list).0 {
+                Some(Message::PeerList {
+                    peers, pages: n, ..
+                }) => {
+                    assert_eq!(n, pages, "the page count of the listing's snapshot");
+                    names.extend(peers.0.into_iter().map(|p| p.name));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let want: Vec<String> = (0..300).map(|i| format!("peer{i:03}")).collect();
+        assert_eq!(names, want, "each peer of the snapshot once, in order");
+        // A new listing sees the newcomers.
+        let again = list_all(&mut t, later, lister);
+        assert_eq!(again.len(), 400);
+    }
+
+    /// A change is listed within SNAPSHOT_EVERY, and a departure too.
+    #[test]
+    fn snapshots_follow_changes() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default());
+        let now = Instant::now();
+        let lister: SocketAddr = "10.99.0.1:4000".parse().unwrap();
+        register_all(&mut t, now, (0..3).map(|i| format!("p{i}")));
+        assert_eq!(list_all(&mut t, now, lister).len(), 3);
+        register_all(&mut t, now, (3..5).map(|i| format!("p{i}")));
+        let soon = now + SNAPSHOT_EVERY;
+        assert_eq!(list_all(&mut t, soon, lister).len(), 5);
+        let bye = Message::Unregister {
+            request: RequestId(4),
+            name: "p0".into(),
+        };
+        t.handle(soon, SocketAddr::from(([10, 0, 0, 1], 5555)), bye);
+        let later = soon + SNAPSHOT_EVERY;
+        assert_eq!(
+            list_all(&mut t, later, lister),
+            vec!["p1", "p2", "p3", "p4"]
         );
     }
 }

@@ -520,6 +520,11 @@ impl EndpointHandle {
                     all.extend(peers.0);
                     page += 1;
                     if page >= pages {
+                        // Sorted by name, each once, whatever the tracker's pages were cut
+                        // from (ours list one snapshot; an older one may shift entries
+                        // between pages while peers join).
+                        all.sort_by(|a, b| a.name.cmp(&b.name));
+                        all.dedup_by(|a, b| a.name == b.name);
                         return Ok(all);
                     }
                 }
