@@ -4,12 +4,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use p2p_proto::wire::TransportKind;
 
 /// Peer-to-peer file sharing over UDP or TCP, with a tracker of live peers.
 #[derive(Parser, Debug)]
-#[command(name = "p2p", version, about)]
+#[command(
+    name = "p2p",
+    version,
+    about,
+    propagate_version = true,
+    after_help = MAIN_EXAMPLES
+)]
 pub(crate) struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -32,6 +39,82 @@ pub(crate) enum Command {
     Get(GetArgs),
     /// Start a tracker and two peers on 127.0.0.1 and transfer shared/ over UDP and TCP.
     Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), of p2p or of one of its commands.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man(ManArgs),
+}
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  p2p tracker                                  # terminal 1: the tracker, on port 9000
+  p2p peer --name alice --port 10001           # terminal 2: share ./shared, with a menu
+  p2p peers                                    # who is online
+  p2p ls alice                                 # alice's files and their IDs
+  p2p get alice 003 --out ~/Downloads          # download file 003, verified
+
+`p2p COMMAND --help` for each command.";
+
+const TRACKER_EXAMPLES: &str = "\
+Examples:
+  p2p tracker                                  # 0.0.0.0:9000, UDP and TCP
+  p2p tracker --listen 127.0.0.1:9100          # another address or port
+  p2p tracker --peer-ttl 1m --heartbeat 20s    # slower expiry";
+
+const PEER_EXAMPLES: &str = "\
+Examples:
+  p2p peer                                     # asks for a port and a name, then the menu
+  p2p peer --name bob --port 10002 --share ~/Music --downloads ~/Downloads
+  p2p peer --name seeder --port 10003 --no-menu &   # serve until SIGINT/SIGTERM
+  p2p peer --name t --port 10004 --transport tcp --tracker 192.0.2.7:9000
+
+Menu commands: i NAME (files), c NAME ID (download), r (peers), ? (help), q (quit).";
+
+const PEERS_EXAMPLES: &str = "\
+Examples:
+  p2p peers                                    # `  - alice (127.0.0.1:10001 udp)`
+  p2p peers --tracker 192.0.2.7:9000 --json    # a JSON array of name, addr, transport";
+
+const LS_EXAMPLES: &str = "\
+Examples:
+  p2p ls alice                                 # `ID: 003 -> shared/file3.txt (26.9 KiB)`
+  p2p ls alice --json                          # a JSON array of id, path, size, hash";
+
+const GET_EXAMPLES: &str = "\
+Examples:
+  p2p get alice 003                            # into ./downloads; prints the saved path
+  p2p get alice 3 --out ~/Downloads            # IDs may drop their leading zeros
+  p2p get alice 003 --json                     # one JSON object: path, size, received, ...
+  p2p get alice 003 --busy-wait 0              # fail at once if alice is busy
+
+Interrupted (Ctrl-C, peer gone), the verified part is kept: run the same get again to resume.";
+
+const DEMO_EXAMPLES: &str = "\
+Examples:
+  p2p demo                                     # from the repository root (shares ./shared)
+  p2p demo --share ~/Music";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  p2p completions bash > ~/.local/share/bash-completion/completions/p2p
+  p2p completions zsh > ~/.zfunc/_p2p          # with fpath+=(~/.zfunc) in ~/.zshrc
+  p2p completions fish > ~/.config/fish/completions/p2p.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  p2p man | man -l -                           # read it now
+  p2p man get | man -l -                       # the page of `p2p get`
+  p2p man > ~/.local/share/man/man1/p2p.1      # install it for `man p2p`";
+
+/// `--transport`'s values, listed in `--help` and in errors.
+fn transport_values() -> impl TypedValueParser<Value = TransportKind> {
+    PossibleValuesParser::new([
+        PossibleValue::new("udp").help("UDP datagrams (the default)"),
+        PossibleValue::new("tcp").help("TCP connections"),
+    ])
+    .map(|s| s.parse::<TransportKind>().expect("a listed transport"))
 }
 
 /// Parses `20MiB`, `1.5G`, `512k` or a plain number of bytes (binary units).
@@ -62,6 +145,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = TRACKER_EXAMPLES)]
 pub(crate) struct TrackerArgs {
     /// Address to listen on (UDP and TCP).
     #[arg(long, default_value = "0.0.0.0:9000")]
@@ -115,11 +199,12 @@ pub(crate) struct TrackerOpts {
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub tracker: SocketAddr,
     /// Transport used to reach the tracker (a peer is reached over the one it registered).
-    #[arg(long, default_value = "udp")]
+    #[arg(long, default_value = "udp", value_parser = transport_values())]
     pub transport: TransportKind,
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = PEER_EXAMPLES)]
 pub(crate) struct PeerArgs {
     /// Name to register (asked for when missing).
     #[arg(long)]
@@ -140,7 +225,7 @@ pub(crate) struct PeerArgs {
     #[arg(long, default_value = "./downloads")]
     pub downloads: PathBuf,
     /// Transport to listen on and to reach the tracker with.
-    #[arg(long, default_value = "udp")]
+    #[arg(long, default_value = "udp", value_parser = transport_values())]
     pub transport: TransportKind,
     /// No interactive menu: serve until SIGINT/SIGTERM.
     #[arg(long)]
@@ -170,6 +255,7 @@ pub(crate) struct PeerArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = PEERS_EXAMPLES)]
 pub(crate) struct PeersArgs {
     #[command(flatten)]
     pub tracker: TrackerOpts,
@@ -179,6 +265,7 @@ pub(crate) struct PeersArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = LS_EXAMPLES)]
 pub(crate) struct LsArgs {
     /// Name of the peer.
     pub peer: String,
@@ -190,6 +277,7 @@ pub(crate) struct LsArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = GET_EXAMPLES)]
 pub(crate) struct GetArgs {
     /// Name of the peer.
     pub peer: String,
@@ -223,8 +311,23 @@ pub(crate) struct GetArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = DEMO_EXAMPLES)]
 pub(crate) struct DemoArgs {
     /// Folder the seeding peer shares.
     #[arg(long, default_value = "./shared")]
     pub share: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ManArgs {
+    /// A command whose page to print (default: the page of p2p itself).
+    #[arg(value_parser = ["tracker", "peer", "peers", "ls", "get", "demo", "completions", "man"])]
+    pub command: Option<String>,
 }

@@ -9,15 +9,31 @@ mod signals;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use commands::{demo, get, ls, peer, peers, tracker};
+use commands::{completions, demo, get, ls, man, peer, peers, tracker};
 
 fn main() {
     let cli = Cli::parse();
-    let log = output::init_logging(cli.verbose);
+    // Text generated from the definitions: no runtime, no logs.
+    let generated = match cli.command {
+        Command::Completions(args) => Some(completions::run(args)),
+        Command::Man(args) => Some(man::run(args)),
+        command => {
+            run(command, cli.verbose);
+            None
+        }
+    };
+    if let Some(Err(e)) = generated {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command, verbose: u8) {
+    let log = output::init_logging(verbose);
     // A one-shot command runs one transfer at a time: on one thread, its socket reads and
     // its protocol work never wait for each other across cores (pieces are still hashed on a
     // thread of their own). Peers, trackers and the demo serve many at once.
-    let mut builder = match cli.command {
+    let mut builder = match command {
         Command::Get(_) | Command::Peers(_) | Command::Ls(_) => {
             tokio::runtime::Builder::new_current_thread()
         }
@@ -28,13 +44,14 @@ fn main() {
         .build()
         .expect("cannot start the tokio runtime");
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Tracker(args) => tracker::run(args).await,
             Command::Peer(args) => peer::run(args).await,
             Command::Peers(args) => peers::run(args).await,
             Command::Ls(args) => ls::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Completions(_) | Command::Man(_) => unreachable!("run without a runtime"),
         }
     });
     if let Err(e) = result {

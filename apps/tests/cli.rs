@@ -292,3 +292,122 @@ fn gets_refused_as_busy_ask_again_until_served() {
         "no get was ever refused as busy: the test tests nothing"
     );
 }
+
+/// Every command: `--help` with examples, `--version`.
+const COMMANDS: [&str; 8] = [
+    "tracker",
+    "peer",
+    "peers",
+    "ls",
+    "get",
+    "demo",
+    "completions",
+    "man",
+];
+
+#[test]
+fn every_command_has_help_with_examples_and_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    for command in COMMANDS {
+        let o = run(dir.path(), &[command, "--help"]);
+        assert!(o.status.success(), "{command} --help: {}", stderr(&o));
+        let help = stdout(&o);
+        assert!(
+            help.contains("Examples:") && help.contains(&format!("\n  p2p {command}")),
+            "{command} --help has no example of itself: {help}"
+        );
+        let o = run(dir.path(), &[command, "--version"]);
+        assert!(o.status.success(), "{command} --version: {}", stderr(&o));
+        assert!(stdout(&o).contains(version), "{}", stdout(&o));
+    }
+    let o = run(dir.path(), &["--help"]);
+    assert!(stdout(&o).contains("Examples:"), "{}", stdout(&o));
+}
+
+#[test]
+fn transport_values_are_listed_in_help_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in ["peer", "peers", "ls", "get"] {
+        let help = stdout(&run(dir.path(), &[command, "--help"]));
+        let at = help.find("--transport").expect("a --transport flag");
+        let after = &help[at..];
+        assert!(
+            after.contains("Possible values") && after.contains("- udp") && after.contains("- tcp"),
+            "{command}: {help}"
+        );
+        let short = stdout(&run(dir.path(), &[command, "-h"]));
+        assert!(short.contains("[possible values: udp, tcp]"), "{short}");
+    }
+    let o = run(dir.path(), &["peers", "--transport", "quic"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(
+        stderr(&o).contains("[possible values: udp, tcp]"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let expect = [
+        ("bash", "complete -F _p2p"),
+        ("zsh", "#compdef p2p"),
+        ("fish", "complete -c p2p"),
+        ("elvish", "p2p"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ];
+    for (shell, marker) in expect {
+        let o = run(dir.path(), &["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(script.contains(marker), "{shell}: {script}");
+        // Generated from the parser's definitions: the newest flags are there.
+        assert!(script.contains("busy-wait"), "{shell}: {script}");
+    }
+    let o = run(dir.path(), &["completions", "cmd.exe"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("possible values"), "{}", stderr(&o));
+}
+
+#[test]
+fn man_pages_are_generated_from_the_same_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &["man"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.contains(".TH p2p 1"), "{page}");
+    for command in COMMANDS {
+        assert!(
+            page.contains(&format!("p2p\\-{command}(1)")),
+            "{command}: {page}"
+        );
+    }
+    let o = run(dir.path(), &["man", "get"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.contains(".TH p2p-get 1"), "{page}");
+    assert!(page.contains("\\-\\-busy\\-wait"), "{page}");
+    assert!(page.contains("Examples:"), "{page}");
+    // A page man(1) can lay out, when man is installed here.
+    if let Ok(m) = std::process::Command::new("man")
+        .args(["-l", "-"])
+        .env("MANPAGER", "cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        use std::io::Write;
+        let mut m = m;
+        m.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+        let out = m.wait_with_output().unwrap();
+        if out.status.success() {
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("busy"),
+                "man laid the page out without its flags"
+            );
+        }
+    }
+}

@@ -1,8 +1,10 @@
 //! One module per subcommand of `p2p`.
 
+pub(crate) mod completions;
 pub(crate) mod demo;
 pub(crate) mod get;
 pub(crate) mod ls;
+pub(crate) mod man;
 pub(crate) mod peer;
 pub(crate) mod peers;
 pub(crate) mod tracker;
