@@ -1,0 +1,256 @@
+//! Load generator for the tracker: a tracker on its own thread (one core, UDP on loopback,
+//! per-address rate limit raised as in aquatic's load tests) and peers on another, sending from
+//! as many 127.x.y.z addresses as there are peers, each keeping a few requests in flight.
+//!
+//! ```text
+//! cargo run --release -p p2p-transports --example tracker-load -- [PEERS] [SECONDS]
+//! ```
+//!
+//! Registers PEERS names (default 10,000; 50 per /24, under the tracker's per-network limit
+//! of new names), then measures for SECONDS (default 5) each: Heartbeat, and ListPeers (every
+//! page of the listing in turn). Prints replies/s and p50/p99 latency per kind.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use p2p_core::service::run_tracker_limited;
+use p2p_core::transport::SharedTransport;
+use p2p_proto::limits::RateConfig;
+use p2p_proto::tracker::RegistryConfig;
+use p2p_proto::wire::{decode, Message, RequestId, TransportKind};
+use p2p_transports::UdpTransport;
+use tokio::net::UdpSocket;
+
+/// Requests each peer keeps in flight.
+const DEPTH: usize = 4;
+/// Peers sending at once (each from its own address); with fewer peers, each sends more.
+const SENDERS: usize = 256;
+
+fn peer_ip(i: usize) -> IpAddr {
+    // 50 names per /24: 127.(10 + i / 12,500).((i / 50) % 250).(1 + i % 50)
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        10 + (i / 12_500) as u8,
+        ((i / 50) % 250) as u8,
+        1 + (i % 50) as u8,
+    ))
+}
+
+fn name(i: usize) -> String {
+    format!("load{i:05}")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Heartbeat,
+    ListPeers,
+}
+
+fn request(kind: Kind, i: usize, id: u64, pages: u32) -> Vec<u8> {
+    let request = RequestId(id);
+    match kind {
+        Kind::Heartbeat => Message::Heartbeat {
+            request,
+            name: name(i),
+            port: 7000,
+            transport: TransportKind::Udp,
+        },
+        Kind::ListPeers => Message::ListPeers {
+            request,
+            page: (id % u64::from(pages.max(1))) as u32,
+        },
+    }
+    .encode()
+}
+
+/// One sender: peer `i`'s address, DEPTH requests in flight, latencies collected.
+async fn sender(
+    tracker: SocketAddr,
+    kind: Kind,
+    i: usize,
+    pages: u32,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<Vec<Duration>> {
+    let socket = UdpSocket::bind(SocketAddr::new(peer_ip(i), 0)).await?;
+    let mut sent_at = [Instant::now(); DEPTH];
+    let mut lat = Vec::new();
+    let mut next = 0u64;
+    for slot in 0..DEPTH {
+        sent_at[slot] = Instant::now();
+        socket
+            .send_to(
+                &request(kind, i, next * DEPTH as u64 + slot as u64, pages),
+                tracker,
+            )
+            .await?;
+    }
+    next += 1;
+    let mut buf = vec![0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) => {
+                let id = match decode(&buf[..n]) {
+                    Ok(Message::RegisterReply { request, .. })
+                    | Ok(Message::PeerList { request, .. }) => request.0,
+                    _ => continue,
+                };
+                let slot = (id % DEPTH as u64) as usize;
+                lat.push(sent_at[slot].elapsed());
+                sent_at[slot] = Instant::now();
+                let id = next * DEPTH as u64 + slot as u64;
+                next += 1;
+                socket
+                    .send_to(&request(kind, i, id, pages), tracker)
+                    .await?;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                // Lost (or dropped by a full queue): send every slot again.
+                for slot in 0..DEPTH {
+                    sent_at[slot] = Instant::now();
+                    let id = next * DEPTH as u64 + slot as u64;
+                    socket
+                        .send_to(&request(kind, i, id, pages), tracker)
+                        .await?;
+                }
+                next += 1;
+            }
+        }
+    }
+    Ok(lat)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+async fn measure(tracker: SocketAddr, kind: Kind, peers: usize, pages: u32, secs: u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders = peers.min(SENDERS);
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        // With many peers, senders take turns over their addresses' names.
+        let i = s * (peers / senders).max(1);
+        tasks.push(tokio::spawn(sender(tracker, kind, i, pages, stop.clone())));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let mut lat = Vec::new();
+    for t in tasks {
+        if let Ok(Ok(l)) = t.await {
+            lat.extend(l);
+        }
+    }
+    lat.sort();
+    println!(
+        "{:<10} {:>6} peers  {:>9.0} replies/s  p50 {:>7.1?}  p99 {:>7.1?}",
+        format!("{kind:?}"),
+        peers,
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+    );
+}
+
+/// Registers `peers` names, each from its own address; returns the listing's page count.
+async fn register_all(tracker: SocketAddr, peers: usize) -> std::io::Result<u32> {
+    let mut pending: Vec<usize> = (0..peers).collect();
+    for _round in 0..20 {
+        let mut failed = Vec::new();
+        for chunk in pending.chunks(500) {
+            let mut socks = Vec::new();
+            for &i in chunk {
+                let s = UdpSocket::bind(SocketAddr::new(peer_ip(i), 0)).await?;
+                let msg = Message::Register {
+                    request: RequestId(i as u64),
+                    name: name(i),
+                    port: 7000,
+                    transport: TransportKind::Udp,
+                }
+                .encode();
+                s.send_to(&msg, tracker).await?;
+                socks.push((i, s));
+            }
+            let mut buf = vec![0u8; 2048];
+            for (i, s) in socks {
+                let ok = matches!(
+                    tokio::time::timeout(Duration::from_secs(1), s.recv_from(&mut buf)).await,
+                    Ok(Ok(_))
+                );
+                if !ok {
+                    failed.push(i);
+                }
+            }
+        }
+        if failed.is_empty() {
+            break;
+        }
+        pending = failed;
+    }
+    let s = UdpSocket::bind(SocketAddr::new(peer_ip(0), 0)).await?;
+    let list = Message::ListPeers {
+        request: RequestId(1),
+        page: 0,
+    }
+    .encode();
+    s.send_to(&list, tracker).await?;
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = s.recv_from(&mut buf).await?;
+    match decode(&buf[..n]) {
+        Ok(Message::PeerList { pages, .. }) => Ok(pages),
+        other => Err(std::io::Error::other(format!("no listing: {other:?}"))),
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let peers: usize = args.next().map_or(10_000, |s| s.parse().expect("PEERS"));
+    let secs: u64 = args.next().map_or(5, |s| s.parse().expect("SECONDS"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let t = UdpTransport::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .expect("bind");
+            tx.send(p2p_core::transport::Transport::local_addr(&t).expect("addr"))
+                .expect("send");
+            let t: SharedTransport = Arc::new(t);
+            let config = RegistryConfig {
+                max_peers: peers.max(10_000),
+                ..RegistryConfig::default()
+            };
+            let rate = RateConfig {
+                per_second: 1e9,
+                burst: 1e9,
+                ..RateConfig::default()
+            };
+            let _ = run_tracker_limited(vec![t], config, rate, None).await;
+        });
+    });
+    let tracker = rx.recv().expect("tracker address");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let started = Instant::now();
+        let pages = register_all(tracker, peers).await?;
+        println!(
+            "registered {peers} peers in {:.2?} ({pages} listing pages); tracker on one thread, load on another",
+            started.elapsed()
+        );
+        measure(tracker, Kind::Heartbeat, peers, pages, secs).await;
+        measure(tracker, Kind::ListPeers, peers, pages, secs).await;
+        Ok(())
+    })
+}
