@@ -77,8 +77,8 @@ async fn sender(
     let mut sent_at = [Instant::now(); DEPTH];
     let mut lat = Vec::new();
     let mut next = 0u64;
-    for slot in 0..DEPTH {
-        sent_at[slot] = Instant::now();
+    for (slot, at) in sent_at.iter_mut().enumerate() {
+        *at = Instant::now();
         socket
             .send_to(
                 &request(kind, i, next * DEPTH as u64 + slot as u64, pages),
@@ -108,8 +108,8 @@ async fn sender(
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 // Lost (or dropped by a full queue): send every slot again.
-                for slot in 0..DEPTH {
-                    sent_at[slot] = Instant::now();
+                for (slot, at) in sent_at.iter_mut().enumerate() {
+                    *at = Instant::now();
                     let id = next * DEPTH as u64 + slot as u64;
                     socket
                         .send_to(&request(kind, i, id, pages), tracker)
