@@ -274,6 +274,14 @@ impl SimDisk {
     }
 }
 
+/// A descriptor of its own on the operating system's file behind `handle` (one of [`Disk`]).
+fn os_file(handle: &FileHandle) -> io::Result<File> {
+    handle
+        .os_file()
+        .ok_or_else(|| io::Error::other("not a file of the disk"))?
+        .try_clone()
+}
+
 /// A file open on a [`SimDisk`].
 #[derive(Debug)]
 struct SimFile {
@@ -419,12 +427,10 @@ impl Storage for SimDisk {
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Opened> {
-        let file = File::open(path)?;
-        let meta = file.metadata()?;
+        let opened = Disk.open_read(path)?;
         Ok(Opened {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            file: self.wrap(file, false)?,
+            file: self.wrap(os_file(&opened.file)?, false)?,
+            ..opened
         })
     }
 
@@ -435,12 +441,7 @@ impl Storage for SimDisk {
 
     fn create_partial(&self, path: &Path) -> io::Result<FileHandle> {
         let handle = Disk.create_partial(path)?;
-        let file = handle
-            .os_file()
-            .ok_or_else(|| io::Error::other("no file"))?
-            .try_clone()?;
-        drop(handle);
-        self.wrap(file, true)
+        self.wrap(os_file(&handle)?, true)
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {

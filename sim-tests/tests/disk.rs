@@ -85,38 +85,62 @@ fn completes_from(
     Ok(())
 }
 
-/// Downloads `big.bin` with `fault` on `side`'s disk (drawn from the seed by `draw`),
-/// checks the invariant and that the error is the one `expect` wants, then repairs the disk
-/// and downloads again: the retry completes from what the failure kept.
-fn fault_then_resume(
-    seed: u64,
-    net: Net,
+/// One disk fault scenario: where the fault is, what it is (drawn from the seed), what
+/// error the download must end with, and the circumstances.
+#[derive(Clone, Copy)]
+struct Case {
     side: Side,
-    draw: impl Fn(&mut SmallRng) -> DiskFault,
-    tune: impl Fn(&mut p2p_core::service::EndpointConfig) + Send + Sync + 'static,
-    slow: Option<Duration>,
+    draw: fn(&mut SmallRng) -> DiskFault,
     expect: fn(&ServiceError) -> bool,
-) -> turmoil::Result {
+    /// The leecher reserves the file's space first (the default).
+    preallocate: bool,
+    /// Each sync takes this long, in simulated time.
+    slow: Option<Duration>,
+}
+
+impl Case {
+    /// A fault on the leecher's disk.
+    fn leecher(draw: fn(&mut SmallRng) -> DiskFault, expect: fn(&ServiceError) -> bool) -> Self {
+        Case {
+            side: Side::Leecher,
+            draw,
+            expect,
+            preallocate: true,
+            slow: None,
+        }
+    }
+}
+
+/// Downloads `big.bin` with the case's fault on its side's disk, checks the invariant and
+/// that the error is the expected one, then repairs the disk and downloads again: the retry
+/// completes from what the failure kept.
+fn fault_then_resume(seed: u64, net: Net, case: Case) -> turmoil::Result {
     let mut rng = SmallRng::seed_from_u64(mix(seed, "disk fault"));
-    let fault = draw(&mut rng);
+    let fault = (case.draw)(&mut rng);
     let disk = SimDisk::new(mix(seed, "disk"));
     disk.fail(fault);
-    if let Some(delay) = slow {
+    if let Some(delay) = case.slow {
         disk.slow_syncs(delay);
     }
     let mut cl = Cluster::new(seed, net);
     let mut sim = cl.builder(Duration::from_secs(300)).build();
     cl.add_tracker(&mut sim, fast_registry(), None);
     let seeder = PeerOpts::sharing(&[("big.bin", SIZE)]);
-    let (seeder, leech) = match side {
-        Side::Leecher => (seeder, leecher(&disk).tune(tune)),
-        Side::Seeder => (seeder.on_disk(&disk), leecher(&SimDisk::new(0)).tune(tune)),
+    let preallocate = case.preallocate;
+    let (seeder, leech) = match case.side {
+        Side::Leecher => (seeder, leecher(&disk)),
+        Side::Seeder => (seeder.on_disk(&disk), leecher(&SimDisk::new(0))),
     };
     cl.add_peer(&mut sim, "seeder", seeder);
-    cl.add_peer(&mut sim, "leecher", leech);
+    cl.add_peer(
+        &mut sim,
+        "leecher",
+        leech.tune(move |c| c.preallocate = preallocate),
+    );
     let f = cl.file("seeder", "big.bin");
     let dest = cl.download_dir("leecher").join("big.bin");
     let handles = cl.handles.clone();
+    let expect = case.expect;
     sim.client("ctl", async move {
         let h = handles.get("leecher").await;
         let res = fetch(&h, "seeder", "big.bin", &dest).await;
@@ -191,28 +215,23 @@ fn inside(rng: &mut SmallRng) -> u64 {
 
 fn write_error(seed: u64, net: Net) -> turmoil::Result {
     let draw = |r: &mut SmallRng| DiskFault::WriteError { after: inside(r) };
-    fault_then_resume(seed, net, Side::Leecher, draw, |_| {}, None, write_failed)
+    fault_then_resume(seed, net, Case::leecher(draw, write_failed))
 }
 
 /// Without preallocation the disk fills up mid-download.
 fn disk_full_mid_download(seed: u64, net: Net) -> turmoil::Result {
     let draw = |r: &mut SmallRng| DiskFault::NoSpace { after: inside(r) };
-    let tune = |c: &mut p2p_core::service::EndpointConfig| c.preallocate = false;
-    fault_then_resume(seed, net, Side::Leecher, draw, tune, None, disk_full)
+    let case = Case {
+        preallocate: false,
+        ..Case::leecher(draw, disk_full)
+    };
+    fault_then_resume(seed, net, case)
 }
 
 /// With preallocation a disk too small fails the download at once, leaving nothing.
 fn disk_full_at_start(seed: u64, net: Net) -> turmoil::Result {
     let draw = |r: &mut SmallRng| DiskFault::NoSpace { after: inside(r) };
-    fault_then_resume(
-        seed,
-        net,
-        Side::Leecher,
-        draw,
-        |_| {},
-        None,
-        no_room_at_start,
-    )
+    fault_then_resume(seed, net, Case::leecher(draw, no_room_at_start))
 }
 
 /// The n-th checkpoint's sync fails (and every later one).
@@ -220,73 +239,49 @@ fn checkpoint_sync_error(seed: u64, net: Net) -> turmoil::Result {
     let draw = |r: &mut SmallRng| DiskFault::CheckpointSyncError {
         nth: r.gen_range(1..=4),
     };
-    fault_then_resume(
-        seed,
-        net,
-        Side::Leecher,
-        draw,
-        |_| {},
-        None,
-        progress_not_recorded,
-    )
+    fault_then_resume(seed, net, Case::leecher(draw, progress_not_recorded))
 }
 
-/// The n-th state file cannot be written (and no later one).
+/// The n-th state file cannot be written (and every later one).
 fn state_write_error(seed: u64, net: Net) -> turmoil::Result {
     let draw = |r: &mut SmallRng| DiskFault::StateWriteError {
         nth: r.gen_range(1..=4),
     };
-    fault_then_resume(
-        seed,
-        net,
-        Side::Leecher,
-        draw,
-        |_| {},
-        None,
-        progress_not_recorded,
-    )
+    fault_then_resume(seed, net, Case::leecher(draw, progress_not_recorded))
 }
 
 /// The finished file's `fsync` fails: nothing under the final name, the recorded prefix kept.
 fn finish_sync_error(seed: u64, net: Net) -> turmoil::Result {
     let draw = |_: &mut SmallRng| DiskFault::FinishSyncError;
-    fault_then_resume(seed, net, Side::Leecher, draw, |_| {}, None, finish_failed)
+    fault_then_resume(seed, net, Case::leecher(draw, finish_failed))
 }
 
 /// Giving the verified file its name fails.
 fn publish_error(seed: u64, net: Net) -> turmoil::Result {
     let draw = |_: &mut SmallRng| DiskFault::PublishError;
-    fault_then_resume(seed, net, Side::Leecher, draw, |_| {}, None, publish_failed)
+    fault_then_resume(seed, net, Case::leecher(draw, publish_failed))
 }
 
 /// The seeder's disk fails reading the file mid-transfer: the leecher hears why at once
 /// and keeps what it verified.
 fn sender_read_error(seed: u64, net: Net) -> turmoil::Result {
     let draw = |r: &mut SmallRng| DiskFault::ReadError { after: inside(r) };
-    fault_then_resume(
-        seed,
-        net,
-        Side::Seeder,
-        draw,
-        |_| {},
-        None,
-        sender_disk_failed,
-    )
+    let case = Case {
+        side: Side::Seeder,
+        ..Case::leecher(draw, sender_disk_failed)
+    };
+    fault_then_resume(seed, net, case)
 }
 
 /// A slow disk (each sync 300 ms of simulated time): checkpoints lag behind the network,
 /// and a write fault strikes while one may be in flight.
 fn slow_disk_write_error(seed: u64, net: Net) -> turmoil::Result {
     let draw = |r: &mut SmallRng| DiskFault::WriteError { after: inside(r) };
-    fault_then_resume(
-        seed,
-        net,
-        Side::Leecher,
-        draw,
-        |_| {},
-        Some(Duration::from_millis(300)),
-        write_failed,
-    )
+    let case = Case {
+        slow: Some(Duration::from_millis(300)),
+        ..Case::leecher(draw, write_failed)
+    };
+    fault_then_resume(seed, net, case)
 }
 
 seeded_tests! {
