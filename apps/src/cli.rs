@@ -55,6 +55,10 @@ Examples:
   p2p ls alice                                 # alice's files and their IDs
   p2p get alice 003 --out ~/Downloads          # download file 003, verified
 
+Exit codes: 0 ok, 1 failed, 2 usage (bad flags, values or folders), 3 interrupted or stopped
+with the verified part kept (run it again to resume), 4 peer or file not found, 5 tracker or
+peer unreachable, 6 conflict (name refused, file exists, download running elsewhere, port in
+use). With --json, errors are {\"error\":{\"kind\":...,\"message\":...}} on stdout.
 `p2p COMMAND --help` for each command.";
 
 const TRACKER_EXAMPLES: &str = "\

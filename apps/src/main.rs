@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod failure;
 mod output;
 mod session;
 mod signals;
@@ -10,26 +11,66 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 use commands::{completions, demo, get, ls, man, peer, peers, tracker};
+use failure::Kind;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     // Text generated from the definitions: no runtime, no logs.
     let generated = match cli.command {
-        Command::Completions(args) => Some(completions::run(args)),
-        Command::Man(args) => Some(man::run(args)),
-        command => {
-            run(command, cli.verbose);
-            None
-        }
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
+        command => run(command, cli.verbose),
     };
-    if let Some(Err(e)) = generated {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    if let Err(e) = generated {
+        exit_with(&e, false);
     }
 }
 
-fn run(command: Command, verbose: u8) {
+/// Exits on a command line clap refused (code 2), as JSON too when `--json` was asked for;
+/// `--help` and `--version` print and exit 0.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let asked_json = std::env::args_os().any(|a| a == "--json");
+    if asked_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let message = e.render().to_string();
+        let first = message.lines().next().unwrap_or_default();
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        print_json_error(Kind::Usage, first);
+    }
+    e.exit()
+}
+
+fn print_json_error(kind: Kind, message: &str) {
+    println!(
+        "{}",
+        serde_json::json!({"error": {"kind": kind.name(), "message": message}})
+    );
+}
+
+/// Prints `e` (on stderr; also as JSON on stdout when `json`) and exits with its kind's code.
+fn exit_with(e: &anyhow::Error, json: bool) -> ! {
+    let kind = failure::kind_of(e);
+    // Whatever came from the network (a peer's abort reason, a tracker's refusal) is
+    // escaped: it must not drive the terminal.
+    let message = failure::describe(e);
+    if json {
+        print_json_error(kind, &message);
+    }
+    eprintln!("error: {message}");
+    std::process::exit(kind.exit_code())
+}
+
+fn run(command: Command, verbose: u8) -> anyhow::Result<()> {
     let log = output::init_logging(verbose);
+    let json = match &command {
+        Command::Get(a) => a.json,
+        Command::Peers(a) => a.json,
+        Command::Ls(a) => a.json,
+        _ => false,
+    };
     // A one-shot command runs one transfer at a time: on one thread, its socket reads and
     // its protocol work never wait for each other across cores (pieces are still hashed on a
     // thread of their own). Peers, trackers and the demo serve many at once.
@@ -55,13 +96,11 @@ fn run(command: Command, verbose: u8) {
         }
     });
     if let Err(e) = result {
-        // Whatever came from the network (a peer's abort reason, a tracker's refusal) is
-        // escaped: it must not drive the terminal.
-        eprintln!("error: {}", output::clean(&format!("{e:#}")));
         drop(log); // the log lines still queued go out first (waits at most a second)
-        std::process::exit(1);
+        exit_with(&e, json);
     }
     // Background tasks (connections, endpoints) must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     drop(log);
+    Ok(())
 }

@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use p2p_core::index::safe_file_name;
 use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle};
 use p2p_core::transport::{SharedTransport, Transport};
 use p2p_proto::wire::{IndexEntry, PeerInfo, TransportKind};
 use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
 
+use crate::failure::{fail, failure, Kind, WithKind};
 use crate::output::clean;
 
 /// A seed for transfer ids that differs between runs.
@@ -86,7 +87,7 @@ pub(crate) async fn find_peer(
     name: &str,
     mode: Mode,
 ) -> Result<PeerInfo> {
-    let peers = via.list_peers(tracker).await.with_context(|| match mode {
+    let peers = via.list_peers(tracker).await.with_kind(Kind::TrackerUnreachable, || match mode {
         Mode::Cli => format!(
             "cannot reach the tracker at {tracker} (start one with `p2p tracker`, or pass --tracker ADDR)"
         ),
@@ -96,7 +97,8 @@ pub(crate) async fn find_peer(
     })?;
     match peers.into_iter().find(|p| p.name == name) {
         Some(p) => Ok(p),
-        None => bail!(
+        None => fail!(
+            Kind::UnknownPeer,
             "unknown peer `{}`: {} to see who is online",
             clean(name),
             mode.list_peers()
@@ -131,13 +133,16 @@ pub(crate) async fn reach(
 impl Reached {
     /// The peer's share name and index.
     pub(crate) async fn index(&self) -> Result<(String, Vec<IndexEntry>)> {
-        self.handle.index(self.info.addr).await.with_context(|| {
-            format!(
-                "peer `{}` at {} does not answer; it may have just left",
-                clean(&self.info.name),
-                self.info.addr
-            )
-        })
+        self.handle
+            .index(self.info.addr)
+            .await
+            .with_kind(Kind::PeerUnreachable, || {
+                format!(
+                    "peer `{}` at {} does not answer; it may have just left",
+                    clean(&self.info.name),
+                    self.info.addr
+                )
+            })
     }
 }
 
@@ -149,9 +154,80 @@ pub(crate) fn dest_for(dir: &Path, path: &str) -> Result<PathBuf> {
             clean(path)
         )
     })?;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+    create_folder(dir, "the download folder")?;
     Ok(dir.join(name))
+}
+
+/// Fails (of kind [`Kind::NotAFolder`]) when `dir`, or a folder above it, is a file: `what`
+/// (e.g. `--out`) says which option named it. A missing `dir` is fine: it is created later.
+pub(crate) fn check_folder(dir: &Path, what: &str) -> Result<()> {
+    for above in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        match std::fs::metadata(above) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) if above == dir => fail!(
+                Kind::NotAFolder,
+                "{what} {} is a file, not a folder: pass a folder (it is created if missing)",
+                dir.display()
+            ),
+            Ok(_) => fail!(
+                Kind::NotAFolder,
+                "{what} {}: {} is a file, not a folder: pass a folder (it is created if missing)",
+                dir.display(),
+                above.display()
+            ),
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and the folders above it), saying which path is a file when one is.
+pub(crate) fn create_folder(dir: &Path, what: &str) -> Result<()> {
+    check_folder(dir, what)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {what} {}", dir.display()))
+}
+
+/// Fails (of kind [`Kind::NotAFolder`]) unless `dir` is an existing folder, for a folder to
+/// share given by `flag` (`--share`).
+pub(crate) fn check_share(dir: &Path, flag: &str) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(failure(
+            Kind::NotAFolder,
+            format!(
+                "the share folder {} is a file, not a folder: pass a folder with {flag} DIR",
+                dir.display()
+            ),
+        )),
+        Err(_) => Err(failure(
+            Kind::NotAFolder,
+            format!(
+                "the share folder {} does not exist: create it (mkdir -p {}) or pass {flag} DIR",
+                dir.display(),
+                dir.display()
+            ),
+        )),
+    }
+}
+
+/// An error binding `addr` for `flag` (`--port`, `--listen`): a port in use says so and what
+/// to do, anything else is left as it is.
+pub(crate) fn bind_error(e: anyhow::Error, addr: SocketAddr, flag: &str) -> anyhow::Error {
+    let in_use = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    });
+    if in_use {
+        failure(
+            Kind::PortInUse,
+            format!(
+                "another program listens on {}: pick another {flag}",
+                addr.port()
+            ),
+        )
+    } else {
+        e
+    }
 }
 
 /// Binds UDP and TCP on the same port (when the port is 0, retries until one fits both).
@@ -161,19 +237,21 @@ pub(crate) async fn bind_both(
 ) -> Result<(SharedTransport, SharedTransport)> {
     let mut last_err = None;
     for _ in 0..20 {
-        let udp = UdpTransport::bind(listen).await.with_context(|| {
-            format!("cannot listen on {listen}/udp (is another tracker running? try --listen)")
-        })?;
+        let udp = UdpTransport::bind(listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {listen}/udp (is another tracker running? try --listen)")
+            })
+            .map_err(|e| bind_error(e, listen, "--listen"))?;
         let addr = udp.local_addr()?;
         match TcpTransport::bind(addr, tcp_config.clone()).await {
             Ok(tcp) => return Ok((Arc::new(udp), Arc::new(tcp))),
             Err(e) if listen.port() == 0 => last_err = Some(e),
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot listen on {addr}/tcp (is another tracker running? try --listen)"
-                    )
-                })
+                let e = anyhow::Error::new(e).context(format!(
+                    "cannot listen on {addr}/tcp (is another tracker running? try --listen)"
+                ));
+                return Err(bind_error(e, addr, "--listen"));
             }
         }
     }

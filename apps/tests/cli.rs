@@ -411,3 +411,149 @@ fn man_pages_are_generated_from_the_same_definitions() {
         }
     }
 }
+
+/// A free port of 127.0.0.1 (nothing listens on it once this returns).
+fn dead_tracker() -> String {
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    dead.local_addr().unwrap().to_string()
+}
+
+/// Under `--json`, a failure is one JSON object on stdout with a stable `kind`, and every
+/// failure exits with its kind's documented code (README: "Exit codes").
+#[test]
+fn json_errors_carry_a_stable_kind_and_exit_codes_follow_it() {
+    let mut net = Net::start();
+    net.seeder("p", "udp").file("a.txt", b"a").start();
+    let dead = dead_tracker();
+    let cases = [
+        (net.get("nobody", "1"), "unknown_peer", 4),
+        (net.ls("nobody"), "unknown_peer", 4),
+        (net.get("p", "42"), "unknown_file", 4),
+        (net.get("p", "abc"), "usage", 2),
+        (net.peers().tracker(&dead), "tracker_unreachable", 5),
+        (net.peers().transport("quic"), "usage", 2),
+        (net.get("p", "1").arg("--no-such-flag"), "usage", 2),
+    ];
+    for (cmd, kind, code) in cases {
+        let o = cmd.clone().json().run();
+        assert_eq!(o.status.code(), Some(code), "{kind}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{kind}: not JSON ({e}): {}", stdout(&o)));
+        assert_eq!(v["error"]["kind"], kind, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(!message.is_empty() && !message.starts_with("error:"), "{v}");
+        // People still read it on stderr.
+        assert!(stderr(&o).contains("error: "), "{}", stderr(&o));
+        // Without --json: the same code, and nothing on stdout.
+        let o = cmd.run();
+        assert_eq!(o.status.code(), Some(code), "{kind}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    }
+    // Success is still exit 0 with the listing.
+    assert_eq!(net.ls("p").run().status.code(), Some(0));
+}
+
+#[test]
+fn a_share_that_is_a_file_or_missing_says_which() {
+    let net = Net::start();
+    write_file(net.dir(), "notes.txt", b"not a folder");
+    let peer = |share: &str| {
+        net.cmd(&[
+            "peer",
+            "--name",
+            "x",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-menu",
+        ])
+        .args(&["--share", share])
+        .run()
+    };
+    let o = peer("notes.txt");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "the share folder notes.txt is a file, not a folder: pass a folder with --share DIR"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let o = peer("Music");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the share folder Music does not exist: create it (mkdir -p Music)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_out_or_downloads_folder_that_is_a_file_says_so() {
+    let mut net = Net::start();
+    net.seeder("p", "udp").file("a.txt", b"a").start();
+    write_file(net.dir(), "notes.txt", b"mine");
+    let o = net.get("p", "1").out("notes.txt").run();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--out notes.txt is a file, not a folder"),
+        "{}",
+        stderr(&o)
+    );
+    let o = net.get("p", "1").out("notes.txt/sub").json().run();
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "not_a_folder");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("notes.txt is a file, not a folder"),
+        "{v}"
+    );
+    assert_eq!(fs::read(net.path("notes.txt")).unwrap(), b"mine");
+    // The menu's --downloads, checked before it registers.
+    let o = net
+        .menu()
+        .name("m")
+        .share("mine")
+        .downloads("notes.txt")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--downloads notes.txt is a file, not a folder"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_port_in_use_says_so_and_what_to_do() {
+    let mut net = Net::start();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cases = [
+        ("udp", udp.local_addr().unwrap()),
+        ("tcp", tcp.local_addr().unwrap()),
+    ];
+    for (transport, taken) in cases {
+        let o = net
+            .cmd(&["peer", "--name", "x", "--no-menu"])
+            .share("mine")
+            .args(&["--listen", &taken.to_string()])
+            .transport(transport)
+            .run();
+        assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+        let want = format!(
+            "another program listens on {}: pick another --listen",
+            taken.port()
+        );
+        assert!(stderr(&o).contains(&want), "{transport}: {}", stderr(&o));
+        // The tracker: UDP and TCP on one port, either one taken.
+        let o = run(net.dir(), &["tracker", "--listen", &taken.to_string()]);
+        assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&want), "tracker: {}", stderr(&o));
+    }
+    // Nothing registered on the way.
+    assert_eq!(names(&net.peers().run_json()), Vec::<&str>::new());
+    net.tracker().kill();
+}

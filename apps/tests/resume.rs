@@ -70,8 +70,12 @@ fn killed_sender_leaves_a_partial_that_a_second_seeder_completes() {
         .spawn();
     let kept = getter.wait_checkpoint((size / 3) as u64);
     net.peer("a").kill();
-    getter.wait_for("run the same download again to resume");
-    assert!(!getter.wait_exit().success());
+    // Byte counts read in human units; a stop with a part kept is exit 3, kind `incomplete`.
+    let line = getter.wait_for("run the same download again to resume");
+    assert!(line.contains(" MiB verified kept in "), "{line}");
+    let (status, output) = getter.wait_output();
+    assert_eq!(status.code(), Some(3), "{output}");
+    assert!(output.contains(r#""kind":"incomplete""#), "{output}");
     let out = net.path("out");
     assert!(!out.join("movie.bin").exists());
 
@@ -183,7 +187,7 @@ fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
-        err.contains("not enough disk space in") && err.contains("for the 10485760 bytes"),
+        err.contains("not enough disk space in") && err.contains("for the 10.0 MiB left"),
         "{err}"
     );
     assert!(err.contains("free some space"), "{err}");
@@ -194,7 +198,7 @@ fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("No space left on device"), "{err}");
-    assert!(err.contains("verified bytes kept"), "{err}");
+    assert!(err.contains("MiB verified kept"), "{err}");
     assert!(!disk.0.join("fat.bin").exists());
 
     disk.resize("32m");
@@ -205,7 +209,7 @@ fn full_disk_gives_a_clear_error_and_keeps_the_verified_part() {
     assert!(fs::read(disk.0.join("fat.bin")).unwrap() == net.bytes("fat.bin"));
 }
 
-/// Ctrl-C (SIGINT) stops a get cleanly: exit 1, a message that says it was interrupted,
+/// Ctrl-C (SIGINT) stops a get cleanly: exit 3, a message that says it was interrupted,
 /// how much verified data was kept and how to resume (not "peer shutting down"), the kept
 /// part on disk, and the next get resumes from it.
 #[test]
@@ -221,7 +225,8 @@ fn an_interrupted_get_says_so_and_resumes() {
     first.wait_checkpoint(1);
     first.interrupt();
     let (status, output) = first.wait_output();
-    assert_eq!(status.code(), Some(1), "{output}");
+    assert_eq!(status.code(), Some(3), "{output}");
+    assert!(output.contains(r#""kind":"interrupted""#), "{output}");
     assert!(
         output.contains("interrupted:") && output.contains("run the same get again to resume"),
         "{output}"

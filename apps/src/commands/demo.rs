@@ -11,15 +11,16 @@ use p2p_proto::wire::TransportKind;
 
 use crate::cli::DemoArgs;
 use crate::output::{human_bytes, mib_per_s};
-use crate::session::{bind_both, dest_for, endpoint, find_peer, Mode};
+use crate::session::{bind_both, check_share, dest_for, endpoint, find_peer, Mode};
 
 pub(crate) async fn run(args: DemoArgs) -> Result<()> {
-    if !args.share.is_dir() {
+    if !args.share.exists() {
         bail!(
             "the share folder {} does not exist: run the demo from the repository root or pass --share DIR",
             args.share.display()
         );
     }
+    check_share(&args.share, "--share")?;
     let (udp, tcp) = bind_both("127.0.0.1:0".parse()?, Default::default()).await?;
     let tracker = udp.local_addr()?;
     tokio::spawn(run_tracker(vec![udp, tcp], RegistryConfig::default(), None));

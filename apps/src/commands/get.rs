@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use p2p_core::index::hash_file;
 use p2p_core::service::{Progress, ServiceError};
 use p2p_proto::transfer::TransferError;
@@ -13,13 +13,18 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::cli::GetArgs;
+use crate::failure::{fail, failure, Kind};
 use crate::output::{clean, human_bytes, mib_per_s};
-use crate::session::{client, client_with, dest_for, find_peer, Mode, Reached};
+use crate::session::{check_folder, client, client_with, dest_for, find_peer, Mode, Reached};
 use crate::signals::Shutdown;
 
 pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let mut shutdown = Shutdown::install();
-    let id: FileId = args.id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let id: FileId = args
+        .id
+        .parse()
+        .map_err(|e: String| failure(Kind::Usage, e))?;
+    check_folder(&args.out, "--out")?;
     let t = &args.tracker;
     let via = client(t.transport, t.tracker).await?;
     let info = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
@@ -38,7 +43,8 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     };
     let (_, entries) = peer.index().await?;
     let Some(entry) = entries.into_iter().find(|e| e.id == id) else {
-        bail!(
+        fail!(
+            Kind::UnknownFile,
             "peer `{}` has no file {id}: run `p2p ls {}` to see its files",
             info.name,
             info.name
@@ -107,13 +113,17 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     if interrupted {
         // The user stopped it (Ctrl-C, SIGTERM): say so, and what a rerun resumes from.
         match &result {
-            Err(ServiceError::Incomplete { kept, partial, .. }) => bail!(
+            Err(ServiceError::Incomplete { kept, partial, .. }) => fail!(
+                Kind::Interrupted,
                 "interrupted: {} verified of {} kept in {}; run the same get again to resume",
                 human_bytes(*kept),
                 human_bytes(entry.size),
                 partial.display()
             ),
-            Err(_) => bail!("interrupted before anything was verified; nothing was kept"),
+            Err(_) => fail!(
+                Kind::Interrupted,
+                "interrupted before anything was verified; nothing was kept"
+            ),
             Ok(_) => {} // finished just as the signal came
         }
     }
@@ -171,7 +181,8 @@ fn already_present(args: &GetArgs, dest: &Path, entry: &IndexEntry) -> Result<bo
         return Ok(false);
     }
     if hash_file(dest).ok() != Some(entry.hash) {
-        bail!(
+        fail!(
+            Kind::DestinationExists,
             "{} already exists with other content; move it away or pass another --out",
             dest.display()
         );

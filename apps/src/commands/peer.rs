@@ -13,8 +13,11 @@ use p2p_proto::wire::FileId;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
 use crate::cli::PeerArgs;
+use crate::failure::{describe, describe_service, fail, failure, Kind};
 use crate::output::{clean, human_bytes, print_index};
-use crate::session::{dest_for, endpoint, reach, Mode, Reached};
+use crate::session::{
+    bind_error, check_folder, check_share, dest_for, endpoint, reach, Mode, Reached,
+};
 use crate::signals::Shutdown;
 
 type StdinLines = Lines<BufReader<Stdin>>;
@@ -47,24 +50,21 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
             match answer.parse::<u16>() {
                 Ok(p) => break SocketAddr::from(([0, 0, 0, 0], p)),
                 Err(_) if interactive => println!("`{answer}` is not a port number (0-65535)."),
-                Err(_) => bail!("`{answer}` is not a port number (0-65535)"),
+                Err(_) => fail!(Kind::Usage, "`{answer}` is not a port number (0-65535)"),
             }
         },
     };
     let name = match args.name.clone() {
         Some(n) => n,
-        None if args.no_menu => bail!("--no-menu needs --name NAME"),
+        None if args.no_menu => fail!(Kind::Usage, "--no-menu needs --name NAME"),
         None => ask(&mut lines, "Enter peer name: ")
             .await
             .context("no name given: pass --name NAME")?,
     };
-    validate_name(&name).map_err(|e| anyhow::anyhow!("{e}: choose another --name"))?;
-    if !args.share.is_dir() {
-        bail!(
-            "the share folder {} does not exist: create it or pass --share DIR",
-            args.share.display()
-        );
-    }
+    validate_name(&name)
+        .map_err(|e| failure(Kind::InvalidName, format!("{e}: choose another --name")))?;
+    check_share(&args.share, "--share")?;
+    check_folder(&args.downloads, "--downloads")?;
     let kind = args.transport;
     let handle = endpoint(
         kind,
@@ -89,15 +89,26 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
             c.receiver.idle_timeout = args.idle_timeout;
         },
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        let flag = if args.listen.is_some() {
+            "--listen"
+        } else {
+            "--port"
+        };
+        bind_error(e, bind, flag)
+    })?;
     let local = handle.local_addr();
     match handle
         .register(args.tracker, &name, local.port(), kind, args.heartbeat)
         .await
     {
         Ok(()) => {}
-        Err(ServiceError::Refused(reason)) => bail!("the tracker refused `{name}`: {reason}"),
-        Err(ServiceError::NoAnswer(addr)) => bail!(
+        Err(ServiceError::Refused(reason)) => {
+            fail!(Kind::NameRefused, "the tracker refused `{name}`: {reason}")
+        }
+        Err(ServiceError::NoAnswer(addr)) => fail!(
+            Kind::TrackerUnreachable,
             "no answer from the tracker at {addr} over {kind}: start one with `p2p tracker` or pass --tracker ADDR"
         ),
         Err(e) => bail!("cannot register with the tracker: {e}"),
@@ -235,11 +246,11 @@ impl Menu {
     async fn show_index(&self, peer: &str) {
         let reached = match self.reach(peer).await {
             Ok(r) => r,
-            Err(e) => return println!("{}", clean(&format!("{e:#}"))),
+            Err(e) => return println!("{}", describe(&e)),
         };
         match reached.index().await {
             Ok((share, entries)) => print_index(&reached.info.name, &share, &entries),
-            Err(e) => println!("{}", clean(&format!("{e:#}"))),
+            Err(e) => println!("{}", describe(&e)),
         }
     }
 
@@ -257,7 +268,7 @@ impl Menu {
         .await;
         let (via, addr, entry, dest) = match prepared {
             Ok(p) => p,
-            Err(e) => return println!("{}", clean(&format!("{e:#}"))),
+            Err(e) => return println!("{}", describe(&e)),
         };
         println!(
             "Downloading {} ({}) from {peer} in the background...",
@@ -299,7 +310,7 @@ impl Menu {
                 Err(e) => println!(
                     "\n[{me}] Download from {} failed: {}",
                     clean(&peer),
-                    clean(&e.to_string())
+                    clean(&describe_service(&e))
                 ),
             }
             prompt("Choose: ");
