@@ -21,8 +21,38 @@ pub(crate) struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Colour in the logs on stderr: auto (when stderr is a terminal and NO_COLOR is unset),
+    /// always or never.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    pub color: Color,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// When the logs on stderr are coloured.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Color {
+    /// When stderr is a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always (e.g. through `less -R`).
+    Always,
+    /// Never.
+    Never,
+}
+
+impl Color {
+    /// Whether what goes to stderr gets colour.
+    pub(crate) fn on_stderr(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            Color::Auto => {
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+            Color::Always => true,
+            Color::Never => false,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

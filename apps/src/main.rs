@@ -22,7 +22,7 @@ fn main() {
     let generated = match cli.command {
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),
-        command => run(command, cli.verbose),
+        command => run(command, cli.verbose, cli.color),
     };
     if let Err(e) = generated {
         exit_with(&e, false);
@@ -63,8 +63,12 @@ fn exit_with(e: &anyhow::Error, json: bool) -> ! {
     std::process::exit(kind.exit_code())
 }
 
-fn run(command: Command, verbose: u8) -> anyhow::Result<()> {
-    let log = output::init_logging(verbose);
+fn run(command: Command, verbose: u8, color: cli::Color) -> anyhow::Result<()> {
+    let log = output::init_logging(verbose, color);
+    tracing::debug!(
+        version = env!("CARGO_PKG_VERSION"),
+        "starting {command:?}"
+    );
     let json = match &command {
         Command::Get(a) => a.json,
         Command::Peers(a) => a.json,

@@ -6,7 +6,10 @@ use p2p_proto::wire::IndexEntry;
 /// Logs go to stderr; `-v` raises the level, `RUST_LOG` overrides. They are written by a
 /// thread of their own from a bounded queue, and dropped when it is full: a stderr nobody
 /// reads never stalls a peer or a tracker. Keep the guard until exit (it flushes the queue).
-pub(crate) fn init_logging(verbose: u8) -> tracing_appender::non_blocking::WorkerGuard {
+pub(crate) fn init_logging(
+    verbose: u8,
+    color: crate::cli::Color,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let default = match verbose {
         0 => "warn",
         1 => "debug",
@@ -19,6 +22,7 @@ pub(crate) fn init_logging(verbose: u8) -> tracing_appender::non_blocking::Worke
         .buffered_lines_limit(LOG_QUEUE)
         .finish(std::io::stderr());
     let _ = tracing_subscriber::fmt()
+        .with_ansi(color.on_stderr())
         .with_env_filter(filter)
         .with_writer(writer)
         .try_init();
@@ -28,21 +32,31 @@ pub(crate) fn init_logging(verbose: u8) -> tracing_appender::non_blocking::Worke
 /// Log lines waiting to be written, at most.
 const LOG_QUEUE: usize = 4096;
 
-/// Prints a peer's index as `ID: 003 -> share/file3.txt (26.9 KiB)` lines.
+/// Prints a peer's index as `ID: 003 -> share/file3.txt (26.9 KiB)` lines, in ID order,
+/// the IDs as wide as the largest (at least 3 digits), so that the columns line up.
 pub(crate) fn print_index(peer: &str, share: &str, entries: &[IndexEntry]) {
     if entries.is_empty() {
         println!("{} shares no files.", clean(peer));
         return;
     }
     let share = clean(share);
-    for e in entries {
+    let mut sorted: Vec<&IndexEntry> = entries.iter().collect();
+    sorted.sort_by_key(|e| e.id);
+    let width = id_width(entries);
+    for e in sorted {
         println!(
-            "ID: {} -> {share}/{} ({})",
-            e.id,
+            "ID: {:0width$} -> {share}/{} ({})",
+            e.id.0,
             clean(&e.path),
             human_bytes(e.size)
         );
     }
+}
+
+/// Digits of the largest ID in `entries`, at least 3 (`001`).
+pub(crate) fn id_width(entries: &[IndexEntry]) -> usize {
+    let largest = entries.iter().map(|e| e.id.0).max().unwrap_or(0);
+    largest.to_string().len().max(3)
 }
 
 /// `12.3 MiB`-style sizes.
@@ -87,7 +101,21 @@ pub(crate) fn clean(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::clean;
+    use super::{clean, id_width};
+
+    #[test]
+    fn id_width_follows_the_largest_id() {
+        let entry = |id| p2p_proto::wire::IndexEntry {
+            id: p2p_proto::wire::FileId(id),
+            path: String::new(),
+            size: 0,
+            hash: p2p_proto::wire::ContentHash([0; 32]),
+        };
+        assert_eq!(id_width(&[]), 3);
+        assert_eq!(id_width(&[entry(1), entry(999)]), 3);
+        assert_eq!(id_width(&[entry(1000), entry(2)]), 4);
+        assert_eq!(id_width(&[entry(123_456)]), 6);
+    }
 
     #[test]
     fn clean_escapes_what_could_forge_terminal_output() {

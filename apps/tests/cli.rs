@@ -557,3 +557,60 @@ fn a_port_in_use_says_so_and_what_to_do() {
     assert_eq!(names(&net.peers().run_json()), Vec::<&str>::new());
     net.tracker().kill();
 }
+
+/// `ls` lines up its columns: IDs as wide as the largest (at least 3 digits), in ID order
+/// even when a file added later sorts first by name.
+#[test]
+fn ls_pads_ids_to_the_largest_and_lists_them_in_id_order() {
+    let mut net = Net::start();
+    let mut seeder = net.seeder("many", "udp");
+    for i in 0..1000 {
+        seeder = seeder.file(&format!("f{i:04}.txt"), b"x");
+    }
+    seeder.start();
+    let lines = |net: &Net| -> Vec<String> {
+        let o = net.ls("many").run();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).lines().map(str::to_string).collect()
+    };
+    let listed = lines(&net);
+    assert_eq!(listed.len(), 1000);
+    assert_eq!(listed[0], "ID: 0001 -> share/f0000.txt (1 B)");
+    assert_eq!(listed[999], "ID: 1000 -> share/f0999.txt (1 B)");
+    // Added while the peer runs: the next ID, listed last although its name sorts first.
+    write_file(&net.path("share"), "a-new.txt", b"new");
+    let listed = lines(&net);
+    assert_eq!(listed.len(), 1001, "the listing rescans the share");
+    assert_eq!(listed[1000], "ID: 1001 -> share/a-new.txt (3 B)");
+    let ids: Vec<&str> = listed.iter().map(|l| &l[4..8]).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "not in ID order");
+    // IDs as printed are accepted back.
+    let o = net.get("many", "0001").out("out").run();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Logs carry no colour codes into a file or a pipe, unless asked; `--color` is checked.
+#[test]
+fn logs_have_colour_only_on_a_terminal_or_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dead_tracker();
+    let logs = |extra: &[&str]| {
+        let mut args = vec!["-v", "peers", "--tracker", &dead];
+        args.extend_from_slice(extra);
+        let o = run(dir.path(), &args);
+        assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let plain = logs(&[]);
+    assert!(plain.contains("DEBUG"), "-v logs nothing to test: {plain}");
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+    assert!(!logs(&["--color", "never"]).contains('\x1b'));
+    assert!(logs(&["--color", "always"]).contains("\x1b["));
+    let o = run(dir.path(), &["peers", "--color", "sometimes"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("[possible values: auto, always, never]"),
+        "{}",
+        stderr(&o)
+    );
+}
