@@ -614,3 +614,76 @@ fn logs_have_colour_only_on_a_terminal_or_when_asked() {
         stderr(&o)
     );
 }
+
+/// `d` lists the downloads running; `q` with one running says what it stops and asks first.
+#[test]
+fn menu_lists_running_downloads_and_asks_before_quitting_them() {
+    let mut net = Net::start();
+    let size = 32 * 1024 * 1024;
+    net.seeder("alice", "udp")
+        .file("big.bin", &random_bytes(size, 21))
+        .args(&["--max-upload-rate", "2MiB"])
+        .start();
+    let mut menu = net.menu().name("bob").share("mine").downloads("dl").spawn();
+    menu.wait_for("d                  : list the downloads running");
+    menu.send("d");
+    menu.wait_for("No downloads running.");
+    menu.send("c alice 001");
+    menu.wait_for("Downloading big.bin (32.0 MiB) from alice in the background");
+    menu.send("D");
+    let line = menu.wait_for("big.bin from alice: ");
+    assert!(line.contains(" of 32.0 MiB ("), "{line}");
+    menu.send("q");
+    menu.wait_for("1 download(s) running: big.bin from alice. Quitting stops them");
+    menu.send("n");
+    menu.wait_for("Not quitting: the downloads go on.");
+    menu.send("d");
+    menu.wait_for("big.bin from alice: ");
+    menu.send("q");
+    menu.wait_for("1 download(s) running");
+    menu.send("y");
+    menu.wait_for("Leaving system. Goodbye!");
+    assert!(menu.wait_exit().success());
+    assert!(
+        !net.path("dl/big.bin").exists(),
+        "the download was stopped, not finished"
+    );
+}
+
+/// The prompts check each answer at once and ask again: the port by listening on it, the
+/// tracker before the name is asked, the name by registering it.
+#[test]
+fn menu_prompts_check_each_answer_and_ask_again() {
+    let mut net = Net::start();
+    net.seeder("taken", "udp").start();
+    let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let mut menu = net.menu().share("mine").spawn();
+    menu.send("abc");
+    menu.wait_for("`abc` is not a port number (0-65535).");
+    menu.send(&port.to_string());
+    menu.wait_for(&format!(
+        "Another program listens on {port}: pick another port."
+    ));
+    menu.send("0");
+    menu.send("no spaces");
+    menu.wait_for(": choose another name.");
+    menu.send("taken");
+    menu.wait_for("the tracker refused `taken`");
+    menu.send("fresh");
+    menu.wait_for("Hello, fresh (listening on port");
+    menu.send("q");
+    menu.wait_for("Leaving system. Goodbye!");
+    assert!(menu.wait_exit().success());
+    let asked = menu.seen.join("\n");
+    assert_eq!(asked.matches("Enter peer name: ").count(), 3, "{asked}");
+
+    // No tracker: said before the name is asked.
+    let o = net.menu().share("mine").tracker(&dead_tracker()).spawn();
+    let mut o = o;
+    o.send("0");
+    let (status, output) = o.wait_output();
+    assert_eq!(status.code(), Some(5), "{output}");
+    assert!(output.contains("cannot reach the tracker"), "{output}");
+    assert!(!output.contains("Enter peer name"), "{output}");
+}
