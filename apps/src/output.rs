@@ -59,6 +59,13 @@ pub(crate) fn id_width(entries: &[IndexEntry]) -> usize {
     largest.to_string().len().max(3)
 }
 
+/// A name as the tracker keeps it: in Unicode NFC form, so that `héllo` typed as `e` plus a
+/// combining accent is the same name as with a precomposed `é`.
+pub(crate) fn nfc(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    name.nfc().collect()
+}
+
 /// `12.3 MiB`-style sizes.
 pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -13,7 +13,7 @@ use p2p_proto::wire::{IndexEntry, PeerInfo, TransportKind};
 use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
 
 use crate::failure::{fail, failure, Kind, WithKind};
-use crate::output::clean;
+use crate::output::{clean, nfc};
 
 /// A seed for transfer ids that differs between runs.
 pub(crate) fn random_seed() -> u64 {
@@ -95,7 +95,8 @@ pub(crate) async fn find_peer(
             "cannot reach the tracker at {tracker} (is it still running? this peer was started with --tracker {tracker})"
         ),
     })?;
-    match peers.into_iter().find(|p| p.name == name) {
+    let wanted = nfc(name);
+    match peers.into_iter().find(|p| p.name == wanted) {
         Some(p) => Ok(p),
         None => fail!(
             Kind::UnknownPeer,

@@ -687,3 +687,32 @@ fn menu_prompts_check_each_answer_and_ask_again() {
     assert!(output.contains("cannot reach the tracker"), "{output}");
     assert!(!output.contains("Enter peer name"), "{output}");
 }
+
+/// Names in any script, one spelling each (NFC); names that could deceive are refused.
+#[test]
+fn unicode_names_are_accepted_normalised_and_deceptive_ones_refused() {
+    let mut net = Net::start();
+    // Registered as typed with a combining accent (NFD): kept as NFC.
+    net.seeder("he\u{301}llo", "udp")
+        .file("a.txt", b"bonjour")
+        .start();
+    assert_eq!(names(&net.peers().run_json()), vec!["h\u{e9}llo"]);
+    for spelling in ["h\u{e9}llo", "he\u{301}llo"] {
+        let o = net.ls(spelling).run();
+        assert!(o.status.success(), "{spelling:?}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains("ID: 001 -> share/a.txt"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    for bad in ["p\u{430}ypal", "evil\u{202e}txt", "two words"] {
+        let o = net.seeder(bad, "udp").run();
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("choose another --name"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::cli::PeerArgs;
 use crate::failure::{describe, describe_service, fail, failure, kind_of, Kind, WithKind};
-use crate::output::{clean, human_bytes, print_index};
+use crate::output::{clean, human_bytes, nfc, print_index};
 use crate::session::{
     bind_error, check_folder, check_share, dest_for, endpoint, reach, Mode, Reached,
 };
@@ -46,7 +46,8 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
     // What flags name is checked before any question: a mistake there never costs answers.
     check_share(&args.share, "--share")?;
     check_folder(&args.downloads, "--downloads")?;
-    if let Some(name) = &args.name {
+    let given_name = args.name.as_deref().map(nfc);
+    if let Some(name) = &given_name {
         validate_name(name)
             .map_err(|e| failure(Kind::InvalidName, format!("{e}: choose another --name")))?;
     }
@@ -79,7 +80,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
         },
     };
     let local = handle.local_addr();
-    let name = match args.name.clone() {
+    let name = match given_name {
         Some(name) => {
             register(&handle, &args, &name).await?;
             name
@@ -99,6 +100,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
                 let name = ask(&mut lines, "Enter peer name: ")
                     .await
                     .context("no name given: pass --name NAME")?;
+                let name = nfc(&name);
                 if let Err(e) = validate_name(&name) {
                     println!("{e}: choose another name.");
                     continue;

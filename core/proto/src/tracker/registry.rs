@@ -56,8 +56,17 @@ pub enum RegisterError {
     TooManyNew,
 }
 
-/// Checks that `name` can be registered and typed in the menu.
+/// Checks that `name` can be registered and typed in the menu: 1 to [`MAX_NAME_LEN`] bytes
+/// of Unicode letters, digits and combining marks (`héllo`, `ανθή`, `名前`, `नमस्ते`) and `-`,
+/// `_`, `.`, not starting with `.` or a mark. Refused: control, format (bidi overrides, zero-width) and space characters,
+/// names not in NFC form (normalise what a user typed with
+/// [`unicode_normalization::UnicodeNormalization::nfc`] first, so that one name has one
+/// spelling), and letters of several scripts mixed (`pаypal` with a Cyrillic `а`), which
+/// could pass for another peer's name.
 pub fn validate_name(name: &str) -> Result<(), RegisterError> {
+    use unicode_normalization::is_nfc;
+    use unicode_security::MixedScript;
+
     if name.is_empty() {
         return Err(RegisterError::BadName("the name is empty".into()));
     }
@@ -66,8 +75,14 @@ pub fn validate_name(name: &str) -> Result<(), RegisterError> {
             "the name is longer than {MAX_NAME_LEN} bytes"
         )));
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if !name.chars().all(allowed) {
+    // Combining marks (a Devanagari virama, a vowel sign) after the first character, as the
+    // scripts that need them write names.
+    let allowed = |(i, c): (usize, char)| {
+        c.is_alphanumeric()
+            || matches!(c, '-' | '_' | '.')
+            || (i > 0 && unicode_normalization::char::is_combining_mark(c))
+    };
+    if !name.chars().enumerate().all(allowed) {
         return Err(RegisterError::BadName(
             "use only letters, digits, `-`, `_` and `.`".into(),
         ));
@@ -75,6 +90,16 @@ pub fn validate_name(name: &str) -> Result<(), RegisterError> {
     if name.starts_with('.') {
         return Err(RegisterError::BadName(
             "the name may not start with `.`".into(),
+        ));
+    }
+    if !is_nfc(name) {
+        return Err(RegisterError::BadName(
+            "the name is not in Unicode normal form C (NFC)".into(),
+        ));
+    }
+    if !name.is_single_script() {
+        return Err(RegisterError::BadName(
+            "the name mixes letters of several scripts, which could pass for another name".into(),
         ));
     }
     Ok(())
@@ -218,6 +243,67 @@ impl Registry {
 mod tests {
     use super::*;
 
+    #[test]
+    fn names_in_any_script_are_accepted() {
+        for name in [
+            "alice",
+            "bob-2",
+            "a_b.c",
+            "héllo",
+            "Zoë",
+            "ανθή",
+            "Иван",
+            "名前",
+            "ひらがな漢字",
+            "مرحبا",
+            "नमस्ते",
+        ] {
+            assert_eq!(validate_name(name), Ok(()), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_that_could_deceive_or_break_a_terminal_are_refused() {
+        let refused = [
+            "",
+            ".hidden",
+            "two words",
+            "tab\there",
+            "nul\0",
+            "esc\u{1b}[31m",
+            "bidi\u{202e}evil",
+            "zero\u{200b}width",
+            "isolate\u{2066}x",
+            "bom\u{feff}",
+            "nbsp\u{a0}x",
+            "e\u{301}",     // `é` decomposed (NFD): not NFC
+            "p\u{430}ypal", // a Cyrillic `а` among Latin letters
+            "alice!",
+            "\u{301}e", // a name that starts with a combining mark
+        ];
+        for name in refused {
+            assert!(
+                matches!(validate_name(name), Err(RegisterError::BadName(_))),
+                "{name:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn the_limit_is_in_bytes_not_characters() {
+        let at_limit = "é".repeat(MAX_NAME_LEN / 2);
+        assert_eq!(at_limit.len(), MAX_NAME_LEN);
+        assert_eq!(validate_name(&at_limit), Ok(()));
+        let over = format!("{at_limit}e");
+        assert!(validate_name(&over).is_err());
+        let chars = "é".repeat(MAX_NAME_LEN / 2 + 1);
+        assert!(
+            chars.chars().count() <= MAX_NAME_LEN,
+            "fewer chars than bytes"
+        );
+        assert!(validate_name(&chars).is_err());
+    }
+
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
@@ -326,7 +412,7 @@ mod tests {
             "a/b",
             ".hidden",
             "a\u{202e}b",
-            "é",
+            "e\u{301}",
         ] {
             assert!(matches!(
                 r.register(now, bad, addr("10.0.0.1:1"), 1, TransportKind::Udp),
