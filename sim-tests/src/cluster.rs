@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_core::service::{
-    run_tracker, spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress,
+    run_tracker_seeded, spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress,
     ServiceError, TrackerEvent,
 };
 use p2p_core::transport::SharedTransport;
+use p2p_proto::limits::RateConfig;
 use p2p_proto::tracker::RegistryConfig;
 use p2p_proto::transfer::{ReceiverConfig, SenderConfig};
 use p2p_proto::wire::{IndexEntry, Message, TransportKind, DATA_OVERHEAD};
@@ -466,7 +467,7 @@ impl Cluster {
         let stats = SharedStats::default();
         self.stats.insert(TRACKER.into(), stats.clone());
         let faults = self.fault_config(TRACKER, faults);
-        let (net, trace) = (self.net, self.trace.clone());
+        let (net, trace, seed) = (self.net, self.trace.clone(), self.seed);
         let log = self
             .log_messages
             .then(|| (trace.clone(), TRACKER.to_string()));
@@ -490,7 +491,8 @@ impl Cluster {
                         log.record(TRACKER, describe(&e));
                     }
                 });
-                run_tracker(vec![t], registry, Some(tx)).await?;
+                let (rate, key) = (RateConfig::default(), mix(seed, "tracker tokens"));
+                run_tracker_seeded(vec![t], registry, rate, key, Some(tx)).await?;
                 Ok(())
             }
         });

@@ -519,8 +519,12 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         }
         let (plan, release, hold_id) = {
             let mut st = self.lock();
-            // Decoded once, for the counters and the targeted faults.
-            let decoded = decode(msg).ok();
+            // Decoded once, for the counters and the targeted faults; a request sent with a
+            // token (`Message::Validated`) counts as the request it carries.
+            let decoded = decode(msg).ok().map(|m| match m {
+                Message::Validated { ref body, .. } => Message::open_validated(body).unwrap_or(m),
+                m => m,
+            });
             self.count_data(&mut st, to, decoded.as_ref());
             let plan = {
                 let mut stats = self.stats.lock().expect("stats lock");

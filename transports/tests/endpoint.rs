@@ -440,16 +440,32 @@ async fn first_index_pages_come_from_a_fresh_scan_and_all_are_answered() {
     // Added after the endpoint indexed the share at its start.
     std::fs::write(share.path().join("b.txt"), b"b").unwrap();
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    // A stranger is asked to prove its address first: a small Retry with a token.
+    let first = Message::IndexRequest {
+        request: RequestId(999),
+        page: 0,
+    };
+    sock.send_to(&first.encode(), to).await.unwrap();
+    let (len, _) = sock.recv_from(&mut buf).await.unwrap();
+    let token = match decode(&buf[..len]).unwrap() {
+        Message::Retry {
+            request: RequestId(999),
+            token,
+        } => token,
+        other => panic!("expected a Retry, got {other:?}"),
+    };
     let n = 50u64;
     for i in 0..n {
         let ask = Message::IndexRequest {
             request: RequestId(i),
             page: 0,
         };
-        sock.send_to(&ask.encode(), to).await.unwrap();
+        sock.send_to(&ask.with_token(Some(token)).encode(), to)
+            .await
+            .unwrap();
     }
     let mut answered = std::collections::BTreeSet::new();
-    let mut buf = vec![0u8; 65536];
     while answered.len() < n as usize {
         let got = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf)).await;
         let (len, _) = got.expect("an index request went unanswered").unwrap();

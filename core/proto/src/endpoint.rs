@@ -34,10 +34,18 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::limits::{RateConfig, RateLimiter};
+use crate::validation::{AddressValidator, TokenCache};
 use crate::wire::{
     AbortReason, ContentHash, FileId, Message, RegisterOutcome, RequestId, TransferId,
     TransportKind,
 };
+
+/// What the next page of a listing (index or piece hashes) costs a proven requester, in
+/// requests of its rate limit: a whole listing counts about as one request.
+pub const NEXT_PAGE_COST: f64 = 1.0 / 16.0;
+
+/// `Retry`s one request follows before it waits for its next attempt instead.
+pub const MAX_RETRIES: u32 = 3;
 
 /// Settings of an [`Endpoint`].
 #[derive(Clone, Debug)]
@@ -198,7 +206,10 @@ pub enum Event {
 
 struct Pending {
     to: SocketAddr,
-    payload: Vec<u8>,
+    /// The request, sent with the token for `to` when there is one.
+    msg: Message,
+    /// `Retry`s followed.
+    retries: u32,
     /// When it was first sent: answered at the first attempt, a round-trip sample.
     sent_at: Instant,
     attempts: u32,
@@ -257,6 +268,10 @@ pub struct Endpoint {
     /// Names unregistered since their last `Register`: a late heartbeat arming is ignored.
     left: BTreeSet<String>,
     limiter: RateLimiter,
+    /// Checks that requesters receive at their address (see [`crate::validation`]).
+    validator: AddressValidator,
+    /// Tokens others gave us.
+    tokens: TokenCache,
     uploads: BTreeMap<(SocketAddr, TransferId), UploadSlot>,
     downloads: BTreeMap<TransferId, SocketAddr>,
     lingering: VecDeque<Lingering>,
@@ -273,6 +288,8 @@ impl Endpoint {
     pub fn new(config: EndpointConfig, id_seed: u64) -> Self {
         Endpoint {
             limiter: RateLimiter::new(config.rate),
+            validator: AddressValidator::new(id_seed),
+            tokens: TokenCache::default(),
             config,
             id_key: blake3::derive_key("p2p endpoint ids v1", &id_seed.to_le_bytes()),
             ids: 0,
@@ -333,13 +350,14 @@ impl Endpoint {
         }
         let id = self.new_request_id();
         set_request_id(&mut msg, id);
-        let payload = msg.encode();
+        let payload = self.tokens.wrap(to.ip(), &msg).encode();
         let wait = self.config.rpc_retry;
         self.requests.insert(
             id,
             Pending {
                 to,
-                payload: payload.clone(),
+                msg,
+                retries: 0,
                 sent_at: now,
                 attempts: 1,
                 wait,
@@ -387,7 +405,62 @@ impl Endpoint {
     /// Routes a message from `from`. `None`: answered here (see [`Endpoint::poll_transmit`])
     /// or dropped (unknown, from the wrong address, over the rate limit).
     pub fn handle(&mut self, now: Instant, from: SocketAddr, msg: Message) -> Option<Incoming> {
+        // A request proves its sender's address with a token, or is answered with a `Retry`.
+        let (msg, proven) = self.validator.open(now, from.ip(), msg)?;
         match msg {
+            Message::IndexRequest { request, .. } | Message::PieceRequest { request, .. }
+                if !proven =>
+            {
+                self.retry(now, from, |token| Message::Retry { request, token });
+                return None;
+            }
+            Message::Request { transfer, .. }
+                if !proven && !self.uploads.contains_key(&(from, transfer)) =>
+            {
+                self.retry(now, from, |token| Message::RetryTransfer {
+                    transfer,
+                    token,
+                });
+                return None;
+            }
+            _ => {}
+        }
+        match msg {
+            Message::Retry { request, token } => {
+                if let Some(r) = self
+                    .requests
+                    .get_mut(&request)
+                    .filter(|r| r.to == from && r.retries < MAX_RETRIES)
+                {
+                    // Asked for proof: again, at once, with it.
+                    self.tokens.insert(from.ip(), token);
+                    r.retries += 1;
+                    r.sent_at = now;
+                    r.next_at = now + r.wait;
+                    self.transmits.push_back(Transmit {
+                        to: from,
+                        payload: self.tokens.wrap(from.ip(), &r.msg).encode(),
+                    });
+                } else if let Some(reg) = self
+                    .registration
+                    .as_mut()
+                    .filter(|reg| reg.tracker == from && reg.last_heartbeat == Some(request))
+                {
+                    // A heartbeat without a (valid) token: the next one goes at once, with it.
+                    self.tokens.insert(from.ip(), token);
+                    reg.last_heartbeat = None;
+                    reg.next_at = now;
+                }
+                None
+            }
+            Message::RetryTransfer { transfer, token } => {
+                if self.downloads.get(&transfer) != Some(&from) {
+                    return None;
+                }
+                self.tokens.insert(from.ip(), token);
+                Some(Incoming::Download { transfer, msg })
+            }
+            Message::Validated { .. } => None, // opened above: never nested
             Message::RegisterReply { request, .. }
             | Message::UnregisterReply { request }
             | Message::PeerList { request, .. }
@@ -423,29 +496,33 @@ impl Endpoint {
                 }
                 None
             }
-            Message::IndexRequest { request, page } => self
-                .limiter
-                .allow(now, from.ip())
-                .then_some(Incoming::IndexRequest {
-                    from,
-                    request,
-                    page,
-                }),
+            Message::IndexRequest { request, page } => {
+                let cost = if page == 0 { 1.0 } else { NEXT_PAGE_COST };
+                self.limiter
+                    .allow_cost(now, from.ip(), cost)
+                    .then_some(Incoming::IndexRequest {
+                        from,
+                        request,
+                        page,
+                    })
+            }
             Message::PieceRequest {
                 request,
                 file,
                 hash,
                 first,
-            } => self
-                .limiter
-                .allow(now, from.ip())
-                .then_some(Incoming::PieceRequest {
-                    from,
-                    request,
-                    file,
-                    hash,
-                    first,
-                }),
+            } => {
+                let cost = if first == 0 { 1.0 } else { NEXT_PAGE_COST };
+                self.limiter
+                    .allow_cost(now, from.ip(), cost)
+                    .then_some(Incoming::PieceRequest {
+                        from,
+                        request,
+                        file,
+                        hash,
+                        first,
+                    })
+            }
             Message::Request {
                 transfer,
                 file,
@@ -663,7 +740,7 @@ impl Endpoint {
             r.next_at = now + r.wait;
             self.transmits.push_back(Transmit {
                 to: r.to,
-                payload: r.payload.clone(),
+                payload: self.tokens.wrap(r.to.ip(), &r.msg).encode(),
             });
         }
         let heartbeat = match self.registration.as_mut() {
@@ -690,7 +767,30 @@ impl Endpoint {
             }
             self.transmits.push_back(Transmit {
                 to: tracker,
-                payload: msg.encode(),
+                payload: self.tokens.wrap(tracker.ip(), &msg).encode(),
+            });
+        }
+    }
+
+    /// `msg` as it goes to `to`: with the token `to` gave us, if it needs one (the driver
+    /// sends a download's `Request` through this).
+    pub fn wrap(&self, to: SocketAddr, msg: &Message) -> Message {
+        self.tokens.wrap(to.ip(), msg)
+    }
+
+    /// Sends `msg` to `from` if the rate limit allows: the answer to a request whose sender
+    /// has not proven its address, no larger than the request.
+    fn retry(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: impl FnOnce(crate::wire::Token) -> Message,
+    ) {
+        if self.limiter.allow(now, from.ip()) {
+            let token = self.validator.issue(now, from.ip());
+            self.transmits.push_back(Transmit {
+                to: from,
+                payload: msg(token).encode(),
             });
         }
     }

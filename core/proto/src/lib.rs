@@ -8,6 +8,8 @@
 //!   control, pacing and round-trip estimate;
 //! - [`tracker`]: the registry of live peers (names, addresses, expiry);
 //! - [`limits`]: per-source rate limiting;
+//! - [`validation`]: address validation (tokens, `Retry`) before anything larger than a
+//!   request goes to an address;
 //! - `fuzzing` (feature `testing`): the programs the fuzz targets, the property tests and the
 //!   corpus tests run against the machines above;
 //! - `testing` (feature `testing`): the sender/receiver `Pair` on a simulated link and clock,
@@ -30,4 +32,5 @@ pub mod limits;
 pub mod testing;
 pub mod tracker;
 pub mod transfer;
+pub mod validation;
 pub mod wire;

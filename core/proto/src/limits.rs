@@ -65,6 +65,12 @@ impl RateLimiter {
 
     /// Takes one token for `ip`; false when its bucket is empty (drop the request).
     pub fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
+        self.allow_cost(now, ip, 1.0)
+    }
+
+    /// Takes `cost` tokens for `ip` (a fraction for a cheap request, such as the next page of
+    /// a listing); false when its bucket holds less than that (drop the request).
+    pub fn allow_cost(&mut self, now: Instant, ip: IpAddr, cost: f64) -> bool {
         let cfg = self.config;
         if !self.current.contains_key(&ip) {
             let carried = self.previous.remove(&ip);
@@ -82,8 +88,8 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * cfg.per_second).min(cfg.burst);
         b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens >= cost {
+            b.tokens -= cost;
             true
         } else {
             self.refused += 1;

@@ -14,4 +14,6 @@ pub use endpoint::{
     PIECE_REFETCHES,
 };
 pub use p2p_proto::wire::paginate;
-pub use tracker::{run_tracker, run_tracker_limited, TrackerEvent};
+pub use tracker::{
+    random_seed, run_tracker, run_tracker_limited, run_tracker_seeded, TrackerEvent,
+};

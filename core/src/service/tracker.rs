@@ -33,7 +33,28 @@ pub async fn run_tracker_limited(
     rate: RateConfig,
     events: Option<mpsc::Sender<TrackerEvent>>,
 ) -> std::io::Result<()> {
-    let registry = Arc::new(Mutex::new(Tracker::new(config, rate)));
+    run_tracker_seeded(transports, config, rate, random_seed(), events).await
+}
+
+/// A seed nobody else can guess (the standard library's per-process random hash keys).
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}
+
+/// [`run_tracker_limited`] with address tokens keyed from `key_seed` (simulations pass
+/// theirs, to replay exactly).
+pub async fn run_tracker_seeded(
+    transports: Vec<SharedTransport>,
+    config: RegistryConfig,
+    rate: RateConfig,
+    key_seed: u64,
+    events: Option<mpsc::Sender<TrackerEvent>>,
+) -> std::io::Result<()> {
+    let tracker = Tracker::new(config, rate).with_key_seed(key_seed);
+    let registry = Arc::new(Mutex::new(tracker));
     let mut tasks = tokio::task::JoinSet::new();
     for t in transports {
         let registry = registry.clone();

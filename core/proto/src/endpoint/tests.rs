@@ -27,6 +27,14 @@ fn peer_list(request: RequestId) -> Message {
     }
 }
 
+impl Endpoint {
+    /// [`Endpoint::handle`] of `msg` sent with a valid token for `from`.
+    fn handle_proven(&mut self, now: Instant, from: SocketAddr, msg: Message) -> Option<Incoming> {
+        let token = self.validator.issue(now, from.ip());
+        self.handle(now, from, msg.with_token(Some(token)))
+    }
+}
+
 fn decoded(t: &Transmit) -> Message {
     decode(&t.payload).expect("the endpoint sends well-formed messages")
 }
@@ -221,7 +229,7 @@ fn uploads_are_admitted_up_to_the_per_peer_and_total_caps() {
     };
     let a = addr(2, 10001);
     for t in 1..=2 {
-        match ep.handle(now, a, request(t)) {
+        match ep.handle_proven(now, a, request(t)) {
             Some(Incoming::NewUpload { from, transfer, .. }) => {
                 ep.upload_started(now, from, transfer);
             }
@@ -229,7 +237,7 @@ fn uploads_are_admitted_up_to_the_per_peer_and_total_caps() {
         }
     }
     // A third from the same IP (another port): refused as busy.
-    assert!(ep.handle(now, addr(2, 10002), request(3)).is_none());
+    assert!(ep.handle_proven(now, addr(2, 10002), request(3)).is_none());
     let t = ep.poll_transmit().expect("refused");
     assert_eq!(t.to, addr(2, 10002));
     assert_eq!(
@@ -241,29 +249,29 @@ fn uploads_are_admitted_up_to_the_per_peer_and_total_caps() {
     );
     // Another IP gets the last slot; then the total cap refuses everyone.
     assert!(matches!(
-        ep.handle(now, addr(3, 1), request(4)),
+        ep.handle_proven(now, addr(3, 1), request(4)),
         Some(Incoming::NewUpload { .. })
     ));
     ep.upload_started(now, addr(3, 1), TransferId(4));
-    assert!(ep.handle(now, addr(4, 1), request(5)).is_none());
+    assert!(ep.handle_proven(now, addr(4, 1), request(5)).is_none());
     assert!(ep.poll_transmit().is_some());
     // A Request again for an upload in progress (its Accept was lost) goes to it, and its
     // ACKs too; an ACK for nothing is dropped.
     assert!(matches!(
-        ep.handle(now, a, request(1)),
+        ep.handle_proven(now, a, request(1)),
         Some(Incoming::Upload { .. })
     ));
     assert!(matches!(
-        ep.handle(now, a, final_ack(TransferId(1))),
+        ep.handle_proven(now, a, final_ack(TransferId(1))),
         Some(Incoming::Upload { .. })
     ));
     assert!(ep
-        .handle(now, addr(9, 1), final_ack(TransferId(1)))
+        .handle_proven(now, addr(9, 1), final_ack(TransferId(1)))
         .is_none());
     // Once one ends, there is room again.
     ep.upload_ended(a, TransferId(1));
     assert!(matches!(
-        ep.handle(now, addr(2, 10002), request(6)),
+        ep.handle_proven(now, addr(2, 10002), request(6)),
         Some(Incoming::NewUpload { .. })
     ));
 }
@@ -285,18 +293,128 @@ fn requests_for_our_share_are_rate_limited_per_ip() {
         page,
     };
     let served = (0..50)
-        .filter(|&p| ep.handle(now, addr(5, 1), index(p)).is_some())
+        .filter(|_| ep.handle_proven(now, addr(5, 1), index(0)).is_some())
         .count();
     assert!(
         (5..=6).contains(&served),
         "{served} of a burst of 50 served"
     );
     // Another IP is not held back by the first one's flood.
-    assert!(ep.handle(now, addr(6, 1), index(0)).is_some());
+    assert!(ep.handle_proven(now, addr(6, 1), index(0)).is_some());
     // The first one gets its rate back with time.
     assert!(ep
-        .handle(now + Duration::from_secs(1), addr(5, 1), index(0))
+        .handle_proven(now + Duration::from_secs(1), addr(5, 1), index(0))
         .is_some());
+}
+
+/// A listing costs about one request of the rate limit: its next pages cost a sixteenth.
+#[test]
+fn a_whole_listing_costs_about_one_request() {
+    let config = EndpointConfig {
+        rate: RateConfig {
+            per_second: 1.0,
+            burst: 2.0,
+            max_sources: 16,
+        },
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let now = Instant::now();
+    let from = addr(5, 1);
+    let page = |page| Message::IndexRequest {
+        request: RequestId(1),
+        page,
+    };
+    assert!(ep.handle_proven(now, from, page(0)).is_some());
+    let next = (1..=16)
+        .filter(|&p| ep.handle_proven(now, from, page(p)).is_some())
+        .count();
+    assert_eq!(next, 16, "sixteen more pages for the price of one");
+}
+
+/// A request without proof of its address gets a `Retry` at most 3 times its size, and takes
+/// no slot; sent again with the token, it is served. A token for another IP proves nothing.
+#[test]
+fn requests_without_a_token_get_a_small_retry_and_nothing_else() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let now = Instant::now();
+    let from = addr(7, 1);
+    let asks = [
+        Message::IndexRequest {
+            request: RequestId(1),
+            page: 0,
+        },
+        Message::PieceRequest {
+            request: RequestId(2),
+            file: FileId(1),
+            hash: ContentHash::of(b"x"),
+            first: 0,
+        },
+        request(3),
+    ];
+    for ask in asks {
+        assert!(ep.handle(now, from, ask.clone()).is_none(), "{ask:?}");
+        let retry = ep.poll_transmit().expect("a retry");
+        let (got, sent) = (retry.payload.len(), ask.encode().len());
+        assert!(got <= 3 * sent, "{ask:?}: {got} bytes for {sent}");
+        let token = match decoded(&retry) {
+            Message::Retry { token, .. } | Message::RetryTransfer { token, .. } => token,
+            other => panic!("{other:?}"),
+        };
+        assert!(ep.uploads.is_empty(), "no slot taken");
+        assert!(ep
+            .handle(now, addr(8, 1), ask.with_token(Some(token)))
+            .is_none());
+        assert!(matches!(
+            decoded(&ep.poll_transmit().expect("a retry")),
+            Message::Retry { .. } | Message::RetryTransfer { .. }
+        ));
+        assert!(
+            ep.handle(now, from, ask.with_token(Some(token))).is_some(),
+            "{ask:?}"
+        );
+    }
+}
+
+/// Our own requests follow a `Retry`: sent again at once with the token, which later
+/// requests to that IP carry from the start; a `Retry` from anyone else is ignored.
+#[test]
+fn a_retry_is_followed_with_the_token() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let now = Instant::now();
+    let tracker = addr(1, 9000);
+    let (id, first) = ep.request(now, tracker, list_peers());
+    assert!(matches!(decoded(&first), Message::ListPeers { .. }));
+    let token = crate::wire::Token(42);
+    let retry = Message::Retry { request: id, token };
+    assert!(ep.handle(now, addr(66, 9000), retry.clone()).is_none());
+    assert!(
+        ep.poll_transmit().is_none(),
+        "not from the tracker: ignored"
+    );
+    assert!(ep.handle(now, tracker, retry).is_none());
+    let again = ep.poll_transmit().expect("sent again");
+    match decoded(&again) {
+        Message::Validated { token: t, body } => {
+            assert_eq!(t, token);
+            assert!(matches!(
+                Message::open_validated(&body),
+                Ok(Message::ListPeers { .. })
+            ));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, next) = ep.request(now, tracker, list_peers());
+    assert!(matches!(decoded(&next), Message::Validated { .. }));
+    // At most MAX_RETRIES per request.
+    for _ in 0..MAX_RETRIES + 2 {
+        ep.handle(now, tracker, Message::Retry { request: id, token });
+    }
+    let mut resent = 0;
+    while ep.poll_transmit().is_some() {
+        resent += 1;
+    }
+    assert_eq!(resent as u32, MAX_RETRIES - 1);
 }
 
 #[test]
@@ -420,25 +538,27 @@ fn uploads_that_nobody_acknowledges_give_their_slots_to_new_requests() {
     let (real, forged) = (addr(2, 1), addr(66, 1));
     for (t, from) in [(1, real), (2, forged)] {
         assert!(matches!(
-            ep.handle(t0, from, request(t)),
+            ep.handle_proven(t0, from, request(t)),
             Some(Incoming::NewUpload { .. })
         ));
         ep.upload_started(t0, from, TransferId(t));
     }
     // The real receiver acknowledges; the forged one never does.
     assert!(matches!(
-        ep.handle(t0 + ms(20), real, final_ack(TransferId(1))),
+        ep.handle_proven(t0 + ms(20), real, final_ack(TransferId(1))),
         Some(Incoming::Upload { .. })
     ));
     // Within the grace, a new request is refused.
     let newcomer = addr(3, 1);
-    assert!(ep.handle(t0 + ms(500), newcomer, request(3)).is_none());
+    assert!(ep
+        .handle_proven(t0 + ms(500), newcomer, request(3))
+        .is_none());
     assert!(ep.poll_transmit().is_some(), "refused as busy");
     assert!(ep.poll_event().is_none());
     // Past it, the forged upload's slot goes to the newcomer.
     let later = t0 + UNPROVEN_GRACE;
     assert!(matches!(
-        ep.handle(later, newcomer, request(4)),
+        ep.handle_proven(later, newcomer, request(4)),
         Some(Incoming::NewUpload { .. })
     ));
     assert_eq!(
@@ -450,7 +570,9 @@ fn uploads_that_nobody_acknowledges_give_their_slots_to_new_requests() {
     );
     ep.upload_started(later, newcomer, TransferId(4));
     // Now both slots hold uploads: one proven, one young: the next is refused.
-    assert!(ep.handle(later + ms(10), addr(4, 1), request(5)).is_none());
+    assert!(ep
+        .handle_proven(later + ms(10), addr(4, 1), request(5))
+        .is_none());
     assert!(
         ep.poll_event().is_none(),
         "a proven upload is never evicted"
@@ -472,7 +594,7 @@ fn the_per_ip_cap_evicts_only_that_ips_unproven_uploads() {
     ep.upload_started(t0, b, TransferId(2));
     let later = t0 + UNPROVEN_GRACE;
     assert!(matches!(
-        ep.handle(later, addr(2, 2), request(3)),
+        ep.handle_proven(later, addr(2, 2), request(3)),
         Some(Incoming::NewUpload { .. })
     ));
     assert_eq!(

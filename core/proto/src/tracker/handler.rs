@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{RegisterError, Registry, RegistryConfig};
 use crate::limits::{RateConfig, RateLimiter};
+use crate::validation::AddressValidator;
 use crate::wire::{paginate, BoundedVec, Message, PeerInfo, RegisterOutcome, TransportKind};
 
 /// Something the tracker did, for its log.
@@ -54,6 +55,9 @@ pub struct Tracker {
     new_names: RateLimiter,
     /// What listings page through (see [`Listings`]).
     listings: Listings,
+    /// Requests prove their source address first (see [`crate::validation`]): a forged
+    /// address can neither register, refresh nor remove a name, nor be sent a listing.
+    validator: AddressValidator,
 }
 
 /// The live peers cut into pages at one moment: a listing pages through one snapshot, so a
@@ -168,7 +172,15 @@ impl Tracker {
             limiter: RateLimiter::new(rate),
             new_names: RateLimiter::new(NEW_NAMES),
             listings: Listings::default(),
+            validator: AddressValidator::new(0),
         }
+    }
+
+    /// With address tokens keyed from `seed` (pass something random: whoever knows it can
+    /// forge tokens; simulations pass their seed).
+    pub fn with_key_seed(mut self, seed: u64) -> Self {
+        self.validator = AddressValidator::new(seed);
+        self
     }
 
     /// The registry.
@@ -186,6 +198,20 @@ impl Tracker {
     ) -> (Option<Message>, Option<TrackerEvent>) {
         if !self.limiter.allow(now, from.ip()) {
             return (None, None); // flooding: dropped like a lost datagram
+        }
+        let Some((msg, proven)) = self.validator.open(now, from.ip(), msg) else {
+            return (None, None);
+        };
+        if !proven {
+            let request = match &msg {
+                Message::Register { request, .. }
+                | Message::Heartbeat { request, .. }
+                | Message::Unregister { request, .. }
+                | Message::ListPeers { request, .. } => *request,
+                _ => return (None, None),
+            };
+            let token = self.validator.issue(now, from.ip());
+            return (Some(Message::Retry { request, token }), None);
         }
         let reg = &mut self.registry;
         match msg {
@@ -281,6 +307,62 @@ mod tests {
     use crate::wire::RequestId;
     use std::time::Duration;
 
+    impl Tracker {
+        /// [`Tracker::handle`] of `msg` sent with a valid token for `from`.
+        fn handle_proven(
+            &mut self,
+            now: Instant,
+            from: SocketAddr,
+            msg: Message,
+        ) -> (Option<Message>, Option<TrackerEvent>) {
+            let token = self.validator.issue(now, from.ip());
+            self.handle(now, from, msg.with_token(Some(token)))
+        }
+    }
+
+    /// A request from a forged address (it never sees its token) gets a `Retry` and changes
+    /// nothing: no name registered, refreshed or removed, no listing sent.
+    #[test]
+    fn requests_without_proof_change_nothing_and_get_a_small_retry() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
+        let now = Instant::now();
+        let alice: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        t.handle_proven(now, alice, register("alice", 10001));
+        assert_eq!(t.registry().len(), 1);
+        let forged = [
+            Message::Unregister {
+                request: RequestId(2),
+                name: "alice".into(),
+            },
+            register("mallory", 10001),
+            Message::Heartbeat {
+                request: RequestId(3),
+                name: "alice".into(),
+                port: 6666,
+                transport: TransportKind::Udp,
+            },
+            Message::ListPeers {
+                request: RequestId(4),
+                page: 0,
+            },
+        ];
+        for msg in forged {
+            let (reply, event) = t.handle(now, alice, msg.clone());
+            assert_eq!(event, None, "{msg:?}");
+            let reply = reply.expect("a retry").encode();
+            assert!(reply.len() <= 3 * msg.encode().len(), "{msg:?}: amplified");
+            // A made-up token is no better.
+            let fake = msg.with_token(Some(crate::wire::Token(7)));
+            assert!(matches!(
+                t.handle(now, alice, fake).0,
+                Some(Message::Retry { .. })
+            ));
+        }
+        let listed = t.registry().list(now);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].addr.port(), 10001, "alice untouched");
+    }
+
     fn register(name: &str, port: u16) -> Message {
         Message::Register {
             request: RequestId(1),
@@ -297,7 +379,7 @@ mod tests {
         let mut t = Tracker::new(config, RateConfig::default());
         let now = Instant::now();
         let alice: SocketAddr = "10.0.0.1:5555".parse().unwrap();
-        let (reply, event) = t.handle(now, alice, register("alice", 10001));
+        let (reply, event) = t.handle_proven(now, alice, register("alice", 10001));
         assert!(matches!(
             reply,
             Some(Message::RegisterReply {
@@ -315,10 +397,13 @@ mod tests {
             })
         );
         // A refresh is no news.
-        assert_eq!(t.handle(now, alice, register("alice", 10001)).1, None);
+        assert_eq!(
+            t.handle_proven(now, alice, register("alice", 10001)).1,
+            None
+        );
         // Another address wants the name.
         let mallory: SocketAddr = "10.0.0.66:5555".parse().unwrap();
-        let (reply, event) = t.handle(now, mallory, register("alice", 10002));
+        let (reply, event) = t.handle_proven(now, mallory, register("alice", 10002));
         let reason = RegisterError::NameTaken {
             name: "alice".into(),
             holder,
@@ -339,7 +424,7 @@ mod tests {
             request: RequestId(2),
             page: 0,
         };
-        match t.handle(now, mallory, list).0 {
+        match t.handle_proven(now, mallory, list).0 {
             Some(Message::PeerList {
                 pages: 1, peers, ..
             }) => {
@@ -354,7 +439,7 @@ mod tests {
             page: 1,
         };
         assert!(matches!(
-            t.handle(now, mallory, past).0,
+            t.handle_proven(now, mallory, past).0,
             Some(Message::Error { .. })
         ));
         // Silent past its lifetime: gone.
@@ -371,12 +456,12 @@ mod tests {
         let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default());
         let now = Instant::now();
         let alice: SocketAddr = "10.0.0.1:5555".parse().unwrap();
-        t.handle(now, alice, register("alice", 10001));
+        t.handle_proven(now, alice, register("alice", 10001));
         let bye = Message::Unregister {
             request: RequestId(4),
             name: "alice".into(),
         };
-        let (reply, event) = t.handle(now, "10.0.0.66:1".parse().unwrap(), bye.clone());
+        let (reply, event) = t.handle_proven(now, "10.0.0.66:1".parse().unwrap(), bye.clone());
         assert_eq!(
             reply,
             Some(Message::UnregisterReply {
@@ -384,7 +469,7 @@ mod tests {
             })
         );
         assert_eq!(event, None, "not alice's address: still registered");
-        let (_, event) = t.handle(now, alice, bye);
+        let (_, event) = t.handle_proven(now, alice, bye);
         assert_eq!(
             event,
             Some(TrackerEvent::Unregistered {
@@ -394,7 +479,7 @@ mod tests {
         let fin = Message::FinAck {
             transfer: crate::wire::TransferId(1),
         };
-        assert_eq!(t.handle(now, alice, fin), (None, None));
+        assert_eq!(t.handle_proven(now, alice, fin), (None, None));
     }
 
     #[test]
@@ -412,7 +497,7 @@ mod tests {
             page: 0,
         };
         let answered = (0..20)
-            .filter(|_| t.handle(now, from, list.clone()).0.is_some())
+            .filter(|_| t.handle_proven(now, from, list.clone()).0.is_some())
             .count();
         assert!((3..=4).contains(&answered), "{answered}");
     }
@@ -436,7 +521,8 @@ mod tests {
         };
         let mut ok = 0;
         for i in 0..200u32 {
-            let (reply, _) = t.handle(now, from(1, (i % 250) as u8), register(&format!("n{i}"), 1));
+            let (reply, _) =
+                t.handle_proven(now, from(1, (i % 250) as u8), register(&format!("n{i}"), 1));
             if accepted(&reply) {
                 ok += 1;
             } else {
@@ -449,11 +535,13 @@ mod tests {
         }
         assert_eq!(ok, burst);
         assert!(accepted(
-            &t.handle(now, from(2, 1), register("other-net", 1)).0
+            &t.handle_proven(now, from(2, 1), register("other-net", 1)).0
         ));
         // Held names refresh (heartbeats) without touching the limit.
         for _ in 0..100 {
-            assert!(accepted(&t.handle(now, from(1, 0), register("n0", 1)).0));
+            assert!(accepted(
+                &t.handle_proven(now, from(1, 0), register("n0", 1)).0
+            ));
         }
         assert_eq!(
             network_of("10.0.1.77".parse().unwrap()),
@@ -469,7 +557,7 @@ mod tests {
     fn register_all(t: &mut Tracker, now: Instant, names: impl Iterator<Item = String>) {
         for (i, name) in names.enumerate() {
             let from = SocketAddr::from(([10, (i / 250) as u8, (i % 250) as u8, 1], 5555));
-            t.handle(now, from, register(&name, 10001));
+            t.handle_proven(now, from, register(&name, 10001));
         }
     }
 
@@ -482,7 +570,7 @@ mod tests {
                 request: RequestId(9),
                 page,
             };
-            match t.handle(now, from, list).0 {
+            match t.handle_proven(now, from, list).0 {
                 Some(Message::PeerList { pages, peers, .. }) => {
                     names.extend(peers.0.into_iter().map(|p| p.name));
                     page += 1;
@@ -507,7 +595,8 @@ mod tests {
             request: RequestId(1),
             page: 0,
         };
-        let Some(Message::PeerList { pages, peers, .. }) = t.handle(now, lister, first).0 else {
+        let Some(Message::PeerList { pages, peers, .. }) = t.handle_proven(now, lister, first).0
+        else {
             panic!("no first page");
         };
         assert!(pages > 3, "{pages} pages");
@@ -520,7 +609,7 @@ mod tests {
                 request: RequestId(2),
                 page,
             };
-            match t.handle(later, lister, list).0 {
+            match t.handle_proven(later, lister, list).0 {
                 Some(Message::PeerList {
                     peers, pages: n, ..
                 }) => {
@@ -552,7 +641,7 @@ mod tests {
             request: RequestId(4),
             name: "p0".into(),
         };
-        t.handle(soon, SocketAddr::from(([10, 0, 0, 1], 5555)), bye);
+        t.handle_proven(soon, SocketAddr::from(([10, 0, 0, 1], 5555)), bye);
         let later = soon + SNAPSHOT_EVERY;
         assert_eq!(
             list_all(&mut t, later, lister),

@@ -102,6 +102,7 @@ use std::time::Duration;
 pub use pieces::{PieceHasher, PieceJob, PieceTable, MAX_OFFLOADED_PIECE, MIN_PIECE_SIZE};
 pub use receiver::{
     ChunkReceiver, ReceiverConfig, ReceiverEvent, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
+    MAX_RETRIES_FOLLOWED,
 };
 pub use sender::{ChunkSender, SenderConfig, SenderEvent, SenderStats, SenderTransmit};
 

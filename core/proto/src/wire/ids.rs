@@ -35,6 +35,12 @@ pub struct TransferId(pub u64);
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
 
+/// Proof that the sender of a request receives at its address: issued (in a
+/// [`Message::Retry`](crate::wire::Message::Retry)) to that address, valid for a few minutes,
+/// and checked without any state kept per address (see [`crate::validation`]).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Token(pub u64);
+
 /// Which transport a peer listens on.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TransportKind {

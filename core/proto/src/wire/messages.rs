@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::decode::payload;
+use super::ids::Token;
 use super::{
     BoundedVec, ContentHash, DecodeError, FileId, RequestId, TransferId, TransportKind, MAX_CHUNK,
     MAX_LIST_ITEMS, MAX_NAME_LEN, MAX_PATH_LEN, MAX_PIECE_HASHES, MAX_REASON_LEN, MAX_SACK_RANGES,
@@ -275,9 +276,77 @@ pub enum Message {
         /// Why.
         reason: AbortReason,
     },
+    /// A request with the proof that its sender receives at its address: `body` is the
+    /// request (one of the kinds [`Message::needs_proof`] names), encoded without envelope.
+    Validated {
+        /// From an earlier [`Message::Retry`] or [`Message::RetryTransfer`].
+        token: Token,
+        /// The request.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// Answer to a request without a valid token: send it again, [`Message::Validated`] with
+    /// `token`. Small: an address that has not proven itself gets nothing larger than it sent.
+    Retry {
+        /// The request.
+        request: RequestId,
+        /// Proof for the requester's address.
+        token: Token,
+    },
+    /// [`Message::Retry`] for a transfer's `Request`.
+    RetryTransfer {
+        /// The transfer.
+        transfer: TransferId,
+        /// Proof for the requester's address.
+        token: Token,
+    },
 }
 
+/// Largest request a [`Message::Validated`] carries.
+pub const MAX_VALIDATED_BODY: usize = 1024;
+
 impl Message {
+    /// Whether a sender must prove its address before this request is served: requests
+    /// whose answer is larger than themselves, or that take a slot or a name.
+    pub fn needs_proof(&self) -> bool {
+        matches!(
+            self,
+            Message::Register { .. }
+                | Message::Heartbeat { .. }
+                | Message::Unregister { .. }
+                | Message::ListPeers { .. }
+                | Message::IndexRequest { .. }
+                | Message::PieceRequest { .. }
+                | Message::Request { .. }
+        )
+    }
+
+    /// This request, [`Message::Validated`] with `token` (as is without one).
+    pub fn with_token(&self, token: Option<Token>) -> Message {
+        match token {
+            Some(token) if self.needs_proof() => Message::Validated {
+                token,
+                body: rmp_serde::to_vec(self).expect("encoding to a Vec never fails"),
+            },
+            _ => self.clone(),
+        }
+    }
+
+    /// The request a [`Message::Validated`] carries: one that [`needs_proof`](Self::needs_proof),
+    /// within the limits.
+    pub fn open_validated(body: &[u8]) -> Result<Message, DecodeError> {
+        if body.len() > MAX_VALIDATED_BODY {
+            return Err(DecodeError::Limit { field: "body" });
+        }
+        let msg: Message =
+            rmp_serde::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if !msg.needs_proof() {
+            return Err(DecodeError::Limit { field: "body" });
+        }
+        msg.validate()?;
+        Ok(msg)
+    }
+
     /// Checks the limits that decoding alone does not enforce (string lengths, ranges).
     pub fn validate(&self) -> Result<(), DecodeError> {
         fn check(ok: bool, field: &'static str) -> Result<(), DecodeError> {
@@ -338,6 +407,7 @@ impl Message {
                 "piece hashes",
             ),
             Message::Data { payload, .. } => check(payload.len() <= MAX_CHUNK, "payload"),
+            Message::Validated { body, .. } => check(body.len() <= MAX_VALIDATED_BODY, "body"),
             Message::Ack {
                 cumulative, sack, ..
             } => check(

@@ -41,6 +41,8 @@ pub use decode::{
     MAX_SACK_RANGES,
 };
 pub use envelope::{DATA_OVERHEAD, HEADER_LEN, MAGIC, PROTOCOL_VERSION, UNCHECKED_PAYLOAD};
-pub use ids::{ContentHash, FileId, RequestId, TransferId, TransportKind};
-pub use messages::{AbortReason, IndexEntry, Message, PeerInfo, RegisterOutcome, PIECE_SIZE};
+pub use ids::{ContentHash, FileId, RequestId, Token, TransferId, TransportKind};
+pub use messages::{
+    AbortReason, IndexEntry, Message, PeerInfo, RegisterOutcome, MAX_VALIDATED_BODY, PIECE_SIZE,
+};
 pub use paging::paginate;

@@ -418,11 +418,14 @@ impl Driver {
         });
         for (transfer, d) in self.downloads.iter_mut() {
             while let Some(m) = d.machine.poll_transmit(now) {
+                buf.clear();
                 if matches!(m, Message::Request { .. }) {
                     tracing::debug!(to = %d.peer, ?transfer, "request");
+                    // With the token the sender gave us, if any (see `p2p_proto::validation`).
+                    self.proto.wrap(d.peer, &m).encode_into(&mut buf);
+                } else {
+                    m.encode_into(&mut buf);
                 }
-                buf.clear();
-                m.encode_into(&mut buf);
                 let _ = transport.send_to(d.peer, &buf).await;
             }
         }

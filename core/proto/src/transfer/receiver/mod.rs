@@ -135,6 +135,9 @@ enum State {
     Done,
 }
 
+/// `RetryTransfer`s a receiver follows before it waits for its next attempt instead.
+pub const MAX_RETRIES_FOLLOWED: u32 = 3;
+
 /// The receiving side of one transfer.
 #[derive(Debug)]
 pub struct ChunkReceiver {
@@ -178,6 +181,8 @@ pub struct ChunkReceiver {
     last_rerequest: Option<Instant>,
     /// When the last `Request` went out.
     requested_at: Instant,
+    /// `RetryTransfer`s followed (at most [`MAX_RETRIES_FOLLOWED`]).
+    retries_followed: u32,
     /// How long without `Data` before the last ACK is sent again: twice the round trip of
     /// the request that was accepted (10 ms to 1 s), doubled at each repeat.
     reack_after: Duration,
@@ -262,6 +267,7 @@ impl ChunkReceiver {
             last_heard: now,
             last_rerequest: None,
             requested_at: now,
+            retries_followed: 0,
             reack_after: MIN_REACK,
             reack_wait: MIN_REACK,
             reack_at: None,
@@ -326,6 +332,19 @@ impl ChunkReceiver {
                 self.ack_now = true;
             }
             (State::Done, _) => {}
+            (State::Requesting { next_retry, wait }, Message::RetryTransfer { .. })
+                if self.retries_followed < MAX_RETRIES_FOLLOWED =>
+            {
+                // The sender wants proof of our address first: the driver sends our
+                // `Request` again with the token it gave (see `crate::validation`), now.
+                self.retries_followed += 1;
+                self.requested_at = now;
+                self.state = State::Requesting {
+                    next_retry: next_retry.max(now + wait),
+                    wait,
+                };
+                self.out.push_back(self.request());
+            }
             (
                 State::Requesting { .. },
                 Message::Accept {
