@@ -60,6 +60,9 @@ pub struct EndpointConfig {
     pub max_uploads: usize,
     /// Most transfers served at once to one IP address.
     pub max_uploads_per_peer: usize,
+    /// The transport proves source addresses itself (TCP's handshake): requests need no
+    /// token (see [`crate::validation`]).
+    pub addresses_proven: bool,
 }
 
 impl Default for EndpointConfig {
@@ -70,6 +73,7 @@ impl Default for EndpointConfig {
             rate: RateConfig::default(),
             max_uploads: 32,
             max_uploads_per_peer: 8,
+            addresses_proven: false,
         }
     }
 }
@@ -407,6 +411,7 @@ impl Endpoint {
     pub fn handle(&mut self, now: Instant, from: SocketAddr, msg: Message) -> Option<Incoming> {
         // A request proves its sender's address with a token, or is answered with a `Retry`.
         let (msg, proven) = self.validator.open(now, from.ip(), msg)?;
+        let proven = proven || self.config.addresses_proven;
         match msg {
             Message::IndexRequest { request, .. } | Message::PieceRequest { request, .. }
                 if !proven =>

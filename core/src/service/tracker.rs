@@ -62,7 +62,8 @@ pub async fn run_tracker_seeded(
         tasks.spawn(async move {
             loop {
                 let (from, bytes) = t.recv_from().await?;
-                if let Some(reply) = handle(&registry, &events, from, &bytes) {
+                let proven = t.is_reliable();
+                if let Some(reply) = handle(&registry, &events, from, &bytes, proven) {
                     // A failed reply is the client's problem (it retries); keep serving.
                     let _ = t.send_to(from, &reply.encode()).await;
                 }
@@ -113,14 +114,16 @@ fn handle(
     events: &Events,
     from: SocketAddr,
     bytes: &[u8],
+    addresses_proven: bool,
 ) -> Option<Message> {
     // Undecodable input is dropped silently: answering would let strangers make us talk.
     let msg = decode(bytes).ok()?;
     let now = Instant::now().into_std();
-    let (reply, event) = tracker
-        .lock()
-        .expect("registry lock")
-        .handle(now, from, msg);
+    let (reply, event) =
+        tracker
+            .lock()
+            .expect("registry lock")
+            .handle_on(now, from, msg, addresses_proven);
     if let Some(e) = event {
         emit(events, e);
     }

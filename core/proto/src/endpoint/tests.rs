@@ -606,3 +606,21 @@ fn the_per_ip_cap_evicts_only_that_ips_unproven_uploads() {
     );
     assert!(ep.poll_event().is_none(), "b's upload kept");
 }
+
+/// On a transport that proves addresses itself (TCP), requests need no token.
+#[test]
+fn a_stream_transport_needs_no_token() {
+    let config = EndpointConfig {
+        addresses_proven: true,
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let ask = Message::IndexRequest {
+        request: RequestId(1),
+        page: 0,
+    };
+    assert!(matches!(
+        ep.handle(Instant::now(), addr(7, 1), ask),
+        Some(Incoming::IndexRequest { .. })
+    ));
+}

@@ -196,13 +196,25 @@ impl Tracker {
         from: SocketAddr,
         msg: Message,
     ) -> (Option<Message>, Option<TrackerEvent>) {
+        self.handle_on(now, from, msg, false)
+    }
+
+    /// [`Tracker::handle`] of a message that came on a transport which proves source
+    /// addresses itself when `addresses_proven` (TCP's handshake): it needs no token.
+    pub fn handle_on(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: Message,
+        addresses_proven: bool,
+    ) -> (Option<Message>, Option<TrackerEvent>) {
         if !self.limiter.allow(now, from.ip()) {
             return (None, None); // flooding: dropped like a lost datagram
         }
         let Some((msg, proven)) = self.validator.open(now, from.ip(), msg) else {
             return (None, None);
         };
-        if !proven {
+        if !proven && !addresses_proven {
             let request = match &msg {
                 Message::Register { request, .. }
                 | Message::Heartbeat { request, .. }
@@ -647,5 +659,16 @@ mod tests {
             list_all(&mut t, later, lister),
             vec!["p1", "p2", "p3", "p4"]
         );
+    }
+
+    /// On a transport that proves addresses itself (TCP), requests need no token.
+    #[test]
+    fn a_stream_transport_needs_no_token() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default());
+        let now = Instant::now();
+        let from: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        let (reply, event) = t.handle_on(now, from, register("alice", 10001), true);
+        assert!(matches!(reply, Some(Message::RegisterReply { .. })));
+        assert!(matches!(event, Some(TrackerEvent::Registered { .. })));
     }
 }

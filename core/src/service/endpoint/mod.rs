@@ -381,7 +381,8 @@ pub fn spawn_endpoint(
     };
     let mut sender = config.sender.clone();
     sender.chunk_size = chunk_size_for(transport.max_message_size());
-    if transport.is_reliable() {
+    let reliable = transport.is_reliable();
+    if reliable {
         sender.reliable = true;
         sender.min_rto = sender.min_rto.max(Duration::from_secs(1));
     }
@@ -397,6 +398,8 @@ pub fn spawn_endpoint(
                 rate: config.rate,
                 max_uploads: config.max_uploads,
                 max_uploads_per_peer: config.max_uploads_per_peer,
+                // A stream's source address is proven by its handshake.
+                addresses_proven: reliable,
             },
             config.id_seed,
         ),
