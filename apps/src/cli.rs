@@ -104,7 +104,7 @@ Examples:
   p2p peer --name seeder --port 10003 --no-menu &   # serve until SIGINT/SIGTERM
   p2p peer --name t --port 10004 --transport tcp --tracker 192.0.2.7:9000
 
-Menu commands: i NAME (files), c NAME ID (download), r (peers), ? (help), q (quit).";
+Menu commands: i NAME (files), c NAME ID (download), d (downloads), r (peers), ? (help), q (quit).";
 
 const PEERS_EXAMPLES: &str = "\
 Examples:
