@@ -65,10 +65,7 @@ fn exit_with(e: &anyhow::Error, json: bool) -> ! {
 
 fn run(command: Command, verbose: u8, color: cli::Color) -> anyhow::Result<()> {
     let log = output::init_logging(verbose, color);
-    tracing::debug!(
-        version = env!("CARGO_PKG_VERSION"),
-        "starting {command:?}"
-    );
+    tracing::debug!(version = env!("CARGO_PKG_VERSION"), "starting {command:?}");
     let json = match &command {
         Command::Get(a) => a.json,
         Command::Peers(a) => a.json,
