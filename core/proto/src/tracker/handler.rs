@@ -88,8 +88,12 @@ struct Listings {
     listers_before: HashMap<SocketAddr, u64>,
 }
 
-/// Least time between two snapshots: a busy table is listed at most this stale.
+/// Least time between two snapshots of a table of more than [`ALWAYS_FRESH`] peers: such a
+/// table, when busy, is listed at most this stale.
 pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
+/// Tables of at most this many peers are cut afresh for every listing after a change (cheap
+/// at this size; a peer that just registered is listed at once).
+pub const ALWAYS_FRESH: usize = 1024;
 /// Snapshots kept for listings in progress.
 pub const KEPT_SNAPSHOTS: usize = 4;
 /// Listers whose snapshot is remembered.
@@ -115,9 +119,10 @@ impl Listings {
             }
         }
         let stale = self.dirty
-            && self
-                .cut_at
-                .is_none_or(|at| now.saturating_duration_since(at) >= SNAPSHOT_EVERY);
+            && (reg.len() <= ALWAYS_FRESH
+                || self
+                    .cut_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= SNAPSHOT_EVERY));
         if stale || self.kept.is_empty() {
             self.generation += 1;
             let snapshot = Arc::new(Snapshot {
@@ -638,7 +643,8 @@ mod tests {
         assert_eq!(again.len(), 400);
     }
 
-    /// A change is listed within SNAPSHOT_EVERY, and a departure too.
+    /// A small table is listed as it is (a peer that just registered, or left, at once); a
+    /// large one at most SNAPSHOT_EVERY stale.
     #[test]
     fn snapshots_follow_changes() {
         let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default());
@@ -647,18 +653,27 @@ mod tests {
         register_all(&mut t, now, (0..3).map(|i| format!("p{i}")));
         assert_eq!(list_all(&mut t, now, lister).len(), 3);
         register_all(&mut t, now, (3..5).map(|i| format!("p{i}")));
-        let soon = now + SNAPSHOT_EVERY;
-        assert_eq!(list_all(&mut t, soon, lister).len(), 5);
+        assert_eq!(list_all(&mut t, now, lister).len(), 5);
         let bye = Message::Unregister {
             request: RequestId(4),
             name: "p0".into(),
         };
-        t.handle_proven(soon, SocketAddr::from(([10, 0, 0, 1], 5555)), bye);
-        let later = soon + SNAPSHOT_EVERY;
+        t.handle_proven(now, SocketAddr::from(([10, 0, 0, 1], 5555)), bye);
+        assert_eq!(list_all(&mut t, now, lister), vec!["p1", "p2", "p3", "p4"]);
+        // A large table: cut at most every SNAPSHOT_EVERY.
+        let big = ALWAYS_FRESH + 100;
+        register_all(&mut t, now, (0..big).map(|i| format!("q{i:05}")));
+        let fresh = now + SNAPSHOT_EVERY;
+        let listed = list_all(&mut t, fresh, lister).len();
+        assert_eq!(listed, big + 4);
+        register_all(&mut t, fresh, std::iter::once("r".to_string()));
         assert_eq!(
-            list_all(&mut t, later, lister),
-            vec!["p1", "p2", "p3", "p4"]
+            list_all(&mut t, fresh, lister).len(),
+            listed,
+            "within SNAPSHOT_EVERY"
         );
+        let later = fresh + SNAPSHOT_EVERY;
+        assert_eq!(list_all(&mut t, later, lister).len(), listed + 1);
     }
 
     /// On a transport that proves addresses itself (TCP), requests need no token.
