@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use common::{run, stdout, Proc};
 use p2p_proto::fuzzing::seal;
 use p2p_proto::wire::{
-    AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, RegisterOutcome, TransferId,
-    TransportKind, DATA_OVERHEAD, HEADER_LEN, MAGIC, MAX_NAME_LEN, PROTOCOL_VERSION,
+    AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, RegisterOutcome, Token,
+    TransferId, TransportKind, DATA_OVERHEAD, HEADER_LEN, MAGIC, MAX_NAME_LEN, PROTOCOL_VERSION,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -1086,10 +1086,16 @@ fn list_peers_flood_at_the_tracker_is_rate_limited() {
 fn register_flood_is_capped_at_max_peers_and_real_peers_stay_listed() {
     let s = Services::start();
     let socks: Vec<UdpSocket> = (100..120).map(udp_from).collect();
+    // Each address proves itself first (a flood from forged addresses would stop there).
+    let probe = register("flood-probe", 999, TransportKind::Udp);
+    let tokens: Vec<Token> = socks
+        .iter()
+        .map(|sock| prove(sock, s.tracker_addr, &probe))
+        .collect();
     for i in 0..5000usize {
-        let sock = &socks[i % socks.len()];
+        let (sock, token) = (&socks[i % socks.len()], tokens[i % socks.len()]);
         let msg = register(&format!("flood-{i}"), 1000 + i as u16, TransportKind::Udp);
-        let _ = sock.send_to(&msg.encode(), s.tracker_addr);
+        let _ = sock.send_to(&msg.with_token(Some(token)).encode(), s.tracker_addr);
     }
     let (mut accepted, mut full, mut too_many, mut other) = (0, 0, 0, 0);
     let too_many_reason = p2p_proto::tracker::RegisterError::TooManyNew.to_string();
@@ -1244,16 +1250,14 @@ fn bogus_acks_do_not_advance_a_real_transfer_and_the_sender_times_out() {
     let (peer, file) = (s.udp_addr, s.file_id(BIG));
     let sock = udp_from(41);
     let transfer = TransferId(0xB0_6005);
-    sock.send_to(
-        &Message::Request {
-            transfer,
-            file,
-            offset: 0,
-        }
-        .encode(),
-        peer,
-    )
-    .unwrap();
+    let request = Message::Request {
+        transfer,
+        file,
+        offset: 0,
+    };
+    let token = prove(&sock, peer, &request);
+    sock.send_to(&request.with_token(Some(token)).encode(), peer)
+        .unwrap();
     let accept = await_udp(&sock, |m| matches!(m, Message::Accept { .. }));
     assert!(accept.is_some(), "the peer accepts the request");
     let started = Instant::now();
@@ -1331,12 +1335,34 @@ fn uploads_to_one_ip_are_capped_and_the_rest_refused_as_busy() {
     let s = Services::start();
     let sock = udp_from(42);
     let file = s.file_id(SMALL);
+    let request = |t: u64| Message::Request {
+        transfer: TransferId(0x5107_0000 + t),
+        file,
+        offset: 0,
+    };
+    // Without proof of the address (what a forged source gets): a Retry each, no larger than
+    // 3x the Request, no Accept, no chunk, no slot.
+    let mut sent = 0;
     for t in 0..20u64 {
-        let m = Message::Request {
-            transfer: TransferId(0x5107_0000 + t),
-            file,
-            offset: 0,
-        };
+        let bytes = request(t).encode();
+        sent += bytes.len();
+        sock.send_to(&bytes, s.udp_addr).unwrap();
+    }
+    let unproven = drain_udp(&sock, QUIET, Duration::from_secs(3));
+    let token = match unproven.first() {
+        Some(Message::RetryTransfer { token, .. }) => *token,
+        other => panic!("expected RetryTransfer, got {other:?}"),
+    };
+    let got: usize = unproven.iter().map(|m| m.encode().len()).sum();
+    assert!(
+        unproven
+            .iter()
+            .all(|m| matches!(m, Message::RetryTransfer { .. }))
+            && got <= 3 * sent,
+        "{got} bytes for {sent}: {unproven:?}"
+    );
+    for t in 0..20u64 {
+        let m = request(t).with_token(Some(token));
         sock.send_to(&m.encode(), s.udp_addr).unwrap();
     }
     let replies = drain_udp(&sock, QUIET, Duration::from_secs(3));
@@ -1362,8 +1388,9 @@ fn uploads_to_one_ip_are_capped_and_the_rest_refused_as_busy() {
     assert!(accepted.len() <= 8, "{} uploads to one IP", accepted.len());
     assert_eq!(accepted.len() + busy, 20, "{replies:?}");
     s.note(format!(
-        "7 upload slots: 20 Requests from one IP -> {} accepted (per-IP cap 8), {busy} \
-         refused with Abort(Busy)",
+        "7 upload slots: 20 Requests from one IP without a token -> 20 RetryTransfer ({got} \
+         bytes for {sent}), nothing else; with the token -> {} accepted (per-IP cap 8), \
+         {busy} refused with Abort(Busy)",
         accepted.len()
     ));
     s.assert_unharmed();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use p2p_proto::wire::{
     decode, AbortReason, BoundedVec, ContentHash, FileId, IndexEntry, Message, RegisterOutcome,
-    RequestId, TransportKind, PIECE_SIZE,
+    RequestId, Token, TransportKind, PIECE_SIZE,
 };
 
 use crate::{FRAME_TIMEOUT, QUIET, REPLY_WAIT, TCP_MAX_FRAME};
@@ -137,13 +137,38 @@ pub fn await_udp_within(
 
 /// Sends `msg` and returns the first reply; like the real clients, sends again after a
 /// second of silence (a datagram can be lost even on loopback when a buffer is full), three
-/// sends in all.
+/// sends in all, and proves its address when asked (a `Retry`: the request again, with the
+/// token; see `p2p_proto::validation`).
 pub fn ask_udp(sock: &UdpSocket, to: SocketAddr, msg: &Message) -> Option<Message> {
-    let bytes = msg.encode();
-    (0..3).find_map(|_| {
+    let mut bytes = msg.encode();
+    let mut sends = 0;
+    let mut retries = 0;
+    while sends < 3 {
         sock.send_to(&bytes, to).unwrap();
-        await_udp_within(sock, Duration::from_secs(1), |_| true)
-    })
+        match await_udp_within(sock, Duration::from_secs(1), |_| true) {
+            Some(Message::Retry { token, .. } | Message::RetryTransfer { token, .. })
+                if retries < 3 =>
+            {
+                retries += 1;
+                bytes = msg.with_token(Some(token)).encode();
+            }
+            Some(reply) => return Some(reply),
+            None => sends += 1,
+        }
+    }
+    None
+}
+
+/// A token proving `sock`'s address to `to`, got by sending `probe` (a request `to` answers
+/// with a `Retry`).
+pub fn prove(sock: &UdpSocket, to: SocketAddr, probe: &Message) -> Token {
+    sock.send_to(&probe.encode(), to).unwrap();
+    match await_udp(sock, |m| {
+        matches!(m, Message::Retry { .. } | Message::RetryTransfer { .. })
+    }) {
+        Some(Message::Retry { token, .. } | Message::RetryTransfer { token, .. }) => token,
+        other => panic!("{to} asked no proof for {probe:?}: {other:?}"),
+    }
 }
 
 /// Whether the service closed `s` within `within` (end of stream or reset); bytes it sends
