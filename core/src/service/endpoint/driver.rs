@@ -66,6 +66,8 @@ pub(super) struct Driver {
     /// Woken when a transport could not read a file an upload sends (see
     /// [`FileRange::on_read_error`]).
     pub(super) disk_alarm: Arc<Notify>,
+    /// Which upload a flush serves first (see `flush`).
+    pub(super) upload_turn: usize,
 }
 
 /// Most messages handled from one burst before the endpoint answers.
@@ -305,7 +307,16 @@ impl Driver {
             self.tokens_at = tokio_now;
             self.throttled_until = None;
         }
-        for (&(to, transfer), up) in self.uploads.iter_mut() {
+        // Round robin: a flush starts with the upload after the last one that sent a chunk,
+        // so that under a rate cap, where the first served takes what is left, each gets
+        // its turn.
+        let order: Vec<(SocketAddr, TransferId)> = self.uploads.keys().copied().collect();
+        let first = self.upload_turn % order.len().max(1);
+        let turns = order[first..].iter().chain(&order[..first]);
+        for (turn, &(to, transfer)) in turns.enumerate() {
+            let Some(up) = self.uploads.get_mut(&(to, transfer)) else {
+                continue;
+            };
             if tokio_now >= up.next_check {
                 up.next_check = tokio_now + CHANGE_CHECK;
                 let meta = fs::metadata(&up.path).ok();
@@ -350,6 +361,7 @@ impl Driver {
                     }
                     SenderTransmit::Chunk { seq, offset, len } => {
                         self.upload_tokens -= f64::from(len);
+                        self.upload_turn = first + turn + 1;
                         if transport.sends_file(to, len as usize) {
                             batch.send(&transport, to).await;
                             let mut head = Vec::with_capacity(DATA_OVERHEAD);

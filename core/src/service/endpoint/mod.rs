@@ -418,6 +418,7 @@ pub fn spawn_endpoint(
         batch: Batch::default(),
         finishing: tokio::task::JoinSet::new(),
         disk_alarm: Default::default(),
+        upload_turn: 0,
         config,
     };
     let task = tokio::spawn(driver.run());
