@@ -716,3 +716,19 @@ fn unicode_names_are_accepted_normalised_and_deceptive_ones_refused() {
         );
     }
 }
+
+/// A `--no-menu` seeder prints a line per upload: who fetches which file, and how it ended.
+#[test]
+fn a_seeder_prints_a_line_per_upload() {
+    let mut net = Net::start();
+    net.seeder("seeder", "udp")
+        .file("song.ogg", &random_bytes(300_000, 5))
+        .start();
+    let out = net.path("out");
+    let report = net.get("seeder", "001").out(&out).run_json();
+    assert_eq!(report["size"], 300_000);
+    let seeder = net.peer("seeder");
+    let started = seeder.wait_for("upload: sending song.ogg (293.0 KiB) to 127.0.0.1:");
+    let done = seeder.wait_for("upload: sent song.ogg to 127.0.0.1:");
+    assert!(done.contains("293.0 KiB in "), "{started}\n{done}");
+}

@@ -554,3 +554,50 @@ async fn piece_table_pages_are_fetched_many_at_once_and_gaps_asked_again() {
         "at most {most} page requests were in flight at once"
     );
 }
+
+/// The sharer hears of each upload: who, which file, from where, and how it ended.
+#[tokio::test]
+async fn the_sharer_is_told_of_each_upload() {
+    use p2p_core::service::UploadNotice;
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("a.bin"), vec![7u8; 300_000]).unwrap();
+    let (tx, mut notices) = tokio::sync::mpsc::channel(16);
+    let transport = p2p_transports::bind(TransportKind::Udp, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let config = EndpointConfig {
+        share: Some(share.path().to_path_buf()),
+        upload_notices: Some(tx),
+        ..EndpointConfig::default()
+    };
+    let (seeder, _task) = spawn_endpoint(transport, TransportKind::Udp, config).unwrap();
+    let (leech, _ltask) = endpoint(None).await;
+    let (_, entries) = leech.index(seeder.local_addr()).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let e = entry(&entries, "a.bin");
+    leech
+        .download(seeder.local_addr(), e, out.path().join("a.bin"), None)
+        .await
+        .unwrap();
+    let me = leech.local_addr();
+    match notices.recv().await {
+        Some(UploadNotice::Started {
+            peer,
+            path,
+            size,
+            offset,
+        }) => {
+            assert_eq!(
+                (peer, path.as_str(), size, offset),
+                (me, "a.bin", 300_000, 0)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match notices.recv().await {
+        Some(UploadNotice::Finished {
+            peer, path, bytes, ..
+        }) => assert_eq!((peer, path.as_str(), bytes), (me, "a.bin", 300_000)),
+        other => panic!("{other:?}"),
+    }
+}

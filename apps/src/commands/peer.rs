@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use p2p_core::index::hash_file;
-use p2p_core::service::{EndpointHandle, Progress, ServiceError};
+use p2p_core::service::{EndpointHandle, Progress, ServiceError, UploadNotice};
 use p2p_proto::tracker::validate_name;
 use p2p_proto::wire::FileId;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::cli::PeerArgs;
 use crate::failure::{describe, describe_service, fail, failure, kind_of, Kind, WithKind};
@@ -25,6 +25,69 @@ use crate::session::{
 use crate::signals::Shutdown;
 
 type StdinLines = Lines<BufReader<Stdin>>;
+
+/// Upload notices waiting to be printed (more are dropped: the terminal never holds up
+/// uploads).
+const UPLOAD_NOTICES: usize = 256;
+
+/// One line for an upload notice, for the sharer's terminal.
+fn upload_line(n: &UploadNotice) -> String {
+    match n {
+        UploadNotice::Started {
+            peer,
+            path,
+            size,
+            offset: 0,
+        } => format!(
+            "upload: sending {} ({}) to {peer}",
+            clean(path),
+            human_bytes(*size)
+        ),
+        UploadNotice::Started {
+            peer,
+            path,
+            size,
+            offset,
+        } => format!(
+            "upload: sending {} to {peer}, resuming at {} of {}",
+            clean(path),
+            human_bytes(*offset),
+            human_bytes(*size)
+        ),
+        UploadNotice::Finished {
+            peer,
+            path,
+            bytes,
+            elapsed,
+        } => {
+            let secs = elapsed.as_secs_f64().max(1e-3);
+            format!(
+                "upload: sent {} to {peer}: {} in {secs:.1} s ({}/s)",
+                clean(path),
+                human_bytes(*bytes),
+                human_bytes((*bytes as f64 / secs) as u64)
+            )
+        }
+        UploadNotice::Failed { peer, path, reason } => format!(
+            "upload: {} to {peer} stopped: {}",
+            clean(path),
+            clean(reason)
+        ),
+    }
+}
+
+/// Prints a line per upload notice; in the menu, above a fresh prompt.
+async fn print_uploads(mut rx: mpsc::Receiver<UploadNotice>, in_menu: bool) {
+    while let Some(n) = rx.recv().await {
+        if in_menu {
+            // Over the prompt line (its text is typed anew only when it was empty).
+            println!("\r{}", upload_line(&n));
+            prompt("Choose: ");
+        } else {
+            println!("{}", upload_line(&n));
+        }
+    }
+}
 
 fn prompt(text: &str) {
     print!("{text}");
@@ -52,15 +115,29 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
             .map_err(|e| failure(Kind::InvalidName, format!("{e}: choose another --name")))?;
     }
     let kind = args.transport;
+    // Uploads are told on the terminal, a line each (see `print_uploads`).
+    let (notices, notices_rx) = mpsc::channel(UPLOAD_NOTICES);
     // Each answer is checked as soon as it is given, and asked again when it does not do:
     // the port by listening on it, then the tracker, then the name by registering it.
     let handle = match (args.listen, args.port) {
-        (Some(addr), _) => listen(&args, addr, "--listen").await?,
+        (Some(addr), _) => listen(&args, &notices, addr, "--listen").await?,
         (None, Some(port)) => {
-            listen(&args, SocketAddr::from(([0, 0, 0, 0], port)), "--port").await?
+            listen(
+                &args,
+                &notices,
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                "--port",
+            )
+            .await?
         }
         (None, None) if args.no_menu => {
-            listen(&args, SocketAddr::from(([0, 0, 0, 0], 0)), "--port").await?
+            listen(
+                &args,
+                &notices,
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                "--port",
+            )
+            .await?
         }
         (None, None) => loop {
             let answer = ask(&mut lines, "Enter port number (e.g., 10001): ")
@@ -70,7 +147,14 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
                 println!("`{}` is not a port number (0-65535).", clean(&answer));
                 continue;
             };
-            match listen(&args, SocketAddr::from(([0, 0, 0, 0], port)), "--port").await {
+            match listen(
+                &args,
+                &notices,
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                "--port",
+            )
+            .await
+            {
                 Ok(handle) => break handle,
                 Err(e) if kind_of(&e) == Kind::PortInUse => {
                     println!("Another program listens on {port}: pick another port.")
@@ -124,6 +208,8 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
         next_download: 0,
         confirming_quit: false,
     };
+    let in_menu = !args.no_menu;
+    tokio::spawn(print_uploads(notices_rx, in_menu));
     if args.no_menu {
         println!(
             "peer {name} listening on {local} ({kind}), sharing {}, registered with {}",
@@ -165,7 +251,12 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
 }
 
 /// Starts the endpoint on `bind` (named by `flag`, for the message when the port is taken).
-async fn listen(args: &PeerArgs, bind: SocketAddr, flag: &str) -> Result<EndpointHandle> {
+async fn listen(
+    args: &PeerArgs,
+    notices: &mpsc::Sender<UploadNotice>,
+    bind: SocketAddr,
+    flag: &str,
+) -> Result<EndpointHandle> {
     endpoint(
         args.transport,
         bind,
@@ -187,6 +278,7 @@ async fn listen(args: &PeerArgs, bind: SocketAddr, flag: &str) -> Result<Endpoin
             c.rate = args.limits.rate();
             c.sender.idle_timeout = args.idle_timeout;
             c.receiver.idle_timeout = args.idle_timeout;
+            c.upload_notices = Some(notices.clone());
         },
     )
     .await

@@ -11,7 +11,7 @@ pub mod tracker;
 
 pub use endpoint::{
     spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress, ServiceError,
-    PIECE_REFETCHES,
+    UploadNotice, PIECE_REFETCHES,
 };
 pub use p2p_proto::wire::paginate;
 pub use tracker::{

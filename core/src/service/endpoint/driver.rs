@@ -5,7 +5,7 @@ use super::download::Download;
 use super::hashing::{next_hash, HashWorker};
 use super::rpc::{Replies, LINGER_ON_SHUTDOWN};
 use super::upload::{Batch, Upload, CHANGE_CHECK};
-use super::{Command, EndpointConfig, ServiceError};
+use super::{Command, EndpointConfig, ServiceError, UploadNotice};
 
 use std::collections::BTreeMap;
 use std::fs::{self};
@@ -409,13 +409,27 @@ impl Driver {
             }
             batch.send(&transport, to).await;
             while let Some(e) = up.machine.poll_event() {
-                match e {
+                let notice = match e {
                     SenderEvent::Finished => {
-                        tracing::debug!(%to, ?transfer, stats = ?up.machine.stats(), "sent")
+                        tracing::debug!(%to, ?transfer, stats = ?up.machine.stats(), "sent");
+                        UploadNotice::Finished {
+                            peer: to,
+                            path: up.listed.clone(),
+                            bytes: up.size - up.offset,
+                            elapsed: up.started.elapsed(),
+                        }
                     }
                     SenderEvent::Failed(err) => {
-                        tracing::debug!(%to, ?transfer, "upload failed: {err}")
+                        tracing::debug!(%to, ?transfer, "upload failed: {err}");
+                        UploadNotice::Failed {
+                            peer: to,
+                            path: up.listed.clone(),
+                            reason: err.to_string(),
+                        }
                     }
+                };
+                if let Some(tx) = &self.config.upload_notices {
+                    let _ = tx.try_send(notice);
                 }
             }
         }

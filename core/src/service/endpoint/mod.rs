@@ -101,6 +101,45 @@ pub struct EndpointConfig {
     pub checkpoint_thread: bool,
     /// Where downloads and uploads read and write files: the real disk, or a simulated one.
     pub storage: SharedStorage,
+    /// Where to tell of uploads starting and ending (for the sharer's terminal); notices are
+    /// dropped when the reader falls behind, never waited for.
+    pub upload_notices: Option<tokio::sync::mpsc::Sender<UploadNotice>>,
+}
+
+/// What became of an upload (see [`EndpointConfig::upload_notices`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadNotice {
+    /// A peer started downloading one of our files.
+    Started {
+        /// Who.
+        peer: SocketAddr,
+        /// The file, as listed (relative to the share folder; from our own index).
+        path: String,
+        /// Its size.
+        size: u64,
+        /// Where the download starts (greater than 0: a resume).
+        offset: u64,
+    },
+    /// It has the whole file, verified.
+    Finished {
+        /// Who.
+        peer: SocketAddr,
+        /// The file.
+        path: String,
+        /// Bytes sent in this upload (from its offset on).
+        bytes: u64,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// It ended before that.
+    Failed {
+        /// Who.
+        peer: SocketAddr,
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Default for EndpointConfig {
@@ -124,6 +163,7 @@ impl Default for EndpointConfig {
             rescan_thread: true,
             checkpoint_thread: true,
             storage: Disk::shared(),
+            upload_notices: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Serving the share: index pages, piece tables, and files as chunk senders read ahead from disk.
 
-use super::chunk_size_for;
 use super::driver::Driver;
+use super::{chunk_size_for, UploadNotice};
 use crate::index::ShareIndex;
 use p2p_proto::endpoint::Endpoint;
 
@@ -36,6 +36,11 @@ pub(super) struct Upload {
     pub(super) read_failed: Arc<AtomicBool>,
     /// What a transport calls then: raises `read_failed`, wakes the driver.
     pub(super) on_read_error: OnReadError,
+    /// The file as listed, for notices.
+    pub(super) listed: String,
+    /// First byte sent.
+    pub(super) offset: u64,
+    pub(super) started: Instant,
 }
 
 /// Reads small chunks of an upload from a block read ahead: a run of 1,404-byte chunks (a
@@ -340,8 +345,24 @@ impl Driver {
                 next_check: Instant::now() + CHANGE_CHECK,
                 read_failed,
                 on_read_error,
+                listed: shared.entry.path.clone(),
+                offset,
+                started: Instant::now(),
             },
         );
+        self.notify_upload(UploadNotice::Started {
+            peer: from,
+            path: shared.entry.path,
+            size: shared.entry.size,
+            offset,
+        });
+    }
+
+    /// Tells the sharer of an upload (lossy: never waits on the reader).
+    pub(super) fn notify_upload(&self, notice: UploadNotice) {
+        if let Some(tx) = &self.config.upload_notices {
+            let _ = tx.try_send(notice);
+        }
     }
 }
 
