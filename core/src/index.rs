@@ -85,7 +85,9 @@ impl ShareIndex {
     pub fn refresh(&mut self) -> io::Result<()> {
         let mut found = Vec::new();
         walk(&self.root, &self.root, 0, &mut found)?;
-        if found.len() >= MAX_FILES {
+        // The walk stops one file past the cap: that one only says that there are more.
+        if found.len() > MAX_FILES {
+            found.truncate(MAX_FILES);
             tracing::warn!(
                 root = %self.root.display(),
                 "the share holds more than {MAX_FILES} files; only the first {MAX_FILES} (in path order) are shared"
@@ -214,7 +216,7 @@ fn walk(
     let mut names: Vec<_> = fs::read_dir(dir)?.filter_map(Result::ok).collect();
     names.sort_by_key(|e| e.file_name());
     for entry in names {
-        if out.len() >= MAX_FILES {
+        if out.len() > MAX_FILES {
             return Ok(());
         }
         let path = entry.path();
