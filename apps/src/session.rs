@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use p2p_core::index::safe_file_name;
-use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle};
+use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle, ServiceError};
 use p2p_core::transport::{SharedTransport, Transport};
-use p2p_proto::wire::{IndexEntry, PeerInfo, TransportKind};
+use p2p_proto::wire::{FileId, IndexEntry, PeerInfo, TransportKind};
 use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
 
 use crate::failure::{fail, failure, Kind, WithKind};
@@ -132,6 +132,28 @@ pub(crate) async fn reach(
 }
 
 impl Reached {
+    /// The peer's entry for file `id`: asked for alone (one round trip, whatever the size of
+    /// the share), then, if it is not in the peer's index as it stands, looked for in a full
+    /// listing (which has the peer rescan its folder first).
+    pub(crate) async fn entry(&self, id: FileId) -> Result<Option<IndexEntry>> {
+        match self.handle.entry(self.info.addr, id).await {
+            Ok(Some(entry)) if entry.id == id => return Ok(Some(entry)),
+            // No answer: the listing would get none either.
+            Err(e @ ServiceError::NoAnswer(_)) => {
+                return Err(e).with_kind(Kind::PeerUnreachable, || {
+                    format!(
+                        "peer `{}` at {} does not answer; it may have just left",
+                        clean(&self.info.name),
+                        self.info.addr
+                    )
+                })
+            }
+            _ => {}
+        }
+        let (_, entries) = self.index().await?;
+        Ok(entries.into_iter().find(|e| e.id == id))
+    }
+
     /// The peer's share name and index.
     pub(crate) async fn index(&self) -> Result<(String, Vec<IndexEntry>)> {
         self.handle

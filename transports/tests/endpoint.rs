@@ -601,3 +601,25 @@ async fn the_sharer_is_told_of_each_upload() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `entry` asks for one file's entry alone; a file the index does not hold is `None`.
+#[tokio::test]
+async fn one_entry_is_asked_for_alone() {
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("a.txt"), b"a").unwrap();
+    std::fs::write(share.path().join("b.txt"), b"bb").unwrap();
+    let (seeder, _task) = endpoint(Some(share.path())).await;
+    let (leech, _ltask) = endpoint(None).await;
+    let to = seeder.local_addr();
+    let b = leech.entry(to, p2p_proto::wire::FileId(2)).await.unwrap();
+    let b = b.expect("file 2");
+    assert_eq!((b.path.as_str(), b.size), ("b.txt", 2));
+    let (_, all) = leech.index(to).await.unwrap();
+    assert_eq!(
+        all.iter().find(|e| e.id == b.id),
+        Some(&b),
+        "as the listing says"
+    );
+    let none = leech.entry(to, p2p_proto::wire::FileId(99)).await.unwrap();
+    assert_eq!(none, None);
+}

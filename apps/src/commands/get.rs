@@ -41,8 +41,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         handle: to_peer.clone(),
         info: info.clone(),
     };
-    let (_, entries) = peer.index().await?;
-    let Some(entry) = entries.into_iter().find(|e| e.id == id) else {
+    let Some(entry) = peer.entry(id).await? else {
         fail!(
             Kind::UnknownFile,
             "peer `{}` has no file {id}: run `p2p ls {}` to see its files",

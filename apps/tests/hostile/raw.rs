@@ -362,6 +362,17 @@ pub fn fake_peer(
                             .collect(),
                     ),
                 }),
+                Message::EntryRequest { request, file } => replies.push(Message::EntryReply {
+                    request,
+                    entry: files.iter().find(|(id, ..)| *id == file.0).map(
+                        |(id, path, content)| IndexEntry {
+                            id: FileId(*id),
+                            path: path.clone(),
+                            size: content.len() as u64,
+                            hash: ContentHash::of(content),
+                        },
+                    ),
+                }),
                 Message::PieceRequest { request, file, .. } => {
                     if let Some(content) = find(file) {
                         replies.push(Message::PieceHashes {

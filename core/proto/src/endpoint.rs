@@ -127,6 +127,15 @@ pub enum Incoming {
         /// The answer.
         answer: Message,
     },
+    /// The index entry of one of our files is asked for (within the sender's rate limit).
+    EntryRequest {
+        /// Who asks.
+        from: SocketAddr,
+        /// Its request id, for the answer.
+        request: RequestId,
+        /// The file.
+        file: FileId,
+    },
     /// A page of our index is asked for (within the sender's rate limit).
     IndexRequest {
         /// Who asks.
@@ -413,7 +422,9 @@ impl Endpoint {
         let (msg, proven) = self.validator.open(now, from.ip(), msg)?;
         let proven = proven || self.config.addresses_proven;
         match msg {
-            Message::IndexRequest { request, .. } | Message::PieceRequest { request, .. }
+            Message::IndexRequest { request, .. }
+            | Message::PieceRequest { request, .. }
+            | Message::EntryRequest { request, .. }
                 if !proven =>
             {
                 self.retry(now, from, |token| Message::Retry { request, token });
@@ -470,6 +481,7 @@ impl Endpoint {
             | Message::UnregisterReply { request }
             | Message::PeerList { request, .. }
             | Message::IndexPage { request, .. }
+            | Message::EntryReply { request, .. }
             | Message::PieceHashes { request, .. }
             | Message::Error { request, .. } => {
                 if self.requests.get(&request).is_some_and(|r| r.to == from) {
@@ -501,6 +513,14 @@ impl Endpoint {
                 }
                 None
             }
+            Message::EntryRequest { request, file } => self
+                .limiter
+                .allow(now, from.ip())
+                .then_some(Incoming::EntryRequest {
+                    from,
+                    request,
+                    file,
+                }),
             Message::IndexRequest { request, page } => {
                 let cost = if page == 0 { 1.0 } else { NEXT_PAGE_COST };
                 self.limiter
@@ -856,6 +876,7 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
         | Message::Unregister { request, .. }
         | Message::ListPeers { request, .. }
         | Message::IndexRequest { request, .. }
+        | Message::EntryRequest { request, .. }
         | Message::PieceRequest { request, .. } => *request = id,
         _ => {}
     }

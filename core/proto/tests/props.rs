@@ -28,7 +28,7 @@ use p2p_proto::transfer::{
 };
 use p2p_proto::wire::{
     decode, AbortReason, BoundedVec, ContentHash, DecodeError, FileId, IndexEntry, Message,
-    PeerInfo, RegisterOutcome, RequestId, TransferId, TransportKind, HEADER_LEN, MAX_CHUNK,
+    PeerInfo, RegisterOutcome, RequestId, Token, TransferId, TransportKind, HEADER_LEN, MAX_CHUNK,
     MAX_LIST_ITEMS, MAX_NAME_LEN, MAX_PATH_LEN, MAX_PIECE_HASHES, MAX_REASON_LEN, MAX_SACK_RANGES,
 };
 
@@ -204,14 +204,16 @@ fn message() -> impl Strategy<Value = Message> {
                 transport,
             }
         });
-    let entry = (any::<u32>(), text(MAX_PATH_LEN), any::<u64>(), hash()).prop_map(
-        |(id, path, size, hash)| IndexEntry {
-            id: FileId(id),
-            path,
-            size,
-            hash,
-        },
-    );
+    let entry = || {
+        (any::<u32>(), text(MAX_PATH_LEN), any::<u64>(), hash()).prop_map(
+            |(id, path, size, hash)| IndexEntry {
+                id: FileId(id),
+                path,
+                size,
+                hash,
+            },
+        )
+    };
     prop_oneof![
         (req.clone(), text(MAX_NAME_LEN), any::<u16>(), transport()).prop_map(
             |(request, name, port, transport)| Message::Register {
@@ -264,7 +266,7 @@ fn message() -> impl Strategy<Value = Message> {
             req.clone(),
             paging(),
             text(MAX_NAME_LEN * 4),
-            vec(entry, 0..6)
+            vec(entry(), 0..6)
         )
             .prop_map(
                 |(request, (page, pages), share, entries)| Message::IndexPage {
@@ -330,7 +332,34 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         tid.clone()
             .prop_map(|transfer| Message::FinAck { transfer }),
-        (tid, abort_reason()).prop_map(|(transfer, reason)| Message::Abort { transfer, reason }),
+        (tid.clone(), abort_reason())
+            .prop_map(|(transfer, reason)| Message::Abort { transfer, reason }),
+        (any::<u64>(), any::<u64>()).prop_map(|(request, token)| Message::Retry {
+            request: RequestId(request),
+            token: Token(token),
+        }),
+        (tid.clone(), any::<u64>()).prop_map(|(transfer, token)| Message::RetryTransfer {
+            transfer,
+            token: Token(token),
+        }),
+        (tid, any::<u64>(), any::<u32>()).prop_map(|(transfer, token, file)| {
+            Message::Request {
+                transfer,
+                file: FileId(file),
+                offset: 0,
+            }
+            .with_token(Some(Token(token)))
+        }),
+        (any::<u64>(), any::<u32>()).prop_map(|(request, file)| Message::EntryRequest {
+            request: RequestId(request),
+            file: FileId(file),
+        }),
+        (any::<u64>(), proptest::option::of(entry())).prop_map(|(request, entry)| {
+            Message::EntryReply {
+                request: RequestId(request),
+                entry,
+            }
+        }),
     ]
 }
 

@@ -624,3 +624,45 @@ fn a_stream_transport_needs_no_token() {
         Some(Incoming::IndexRequest { .. })
     ));
 }
+
+/// An entry request is served once its sender proved its address, and its answer goes to the
+/// request that asked.
+#[test]
+fn entry_requests_are_validated_and_routed() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let now = Instant::now();
+    let from = addr(7, 1);
+    let ask = Message::EntryRequest {
+        request: RequestId(5),
+        file: FileId(3),
+    };
+    assert!(ep.handle(now, from, ask.clone()).is_none());
+    assert!(matches!(
+        decoded(&ep.poll_transmit().unwrap()),
+        Message::Retry { .. }
+    ));
+    assert!(matches!(
+        ep.handle_proven(now, from, ask),
+        Some(Incoming::EntryRequest {
+            file: FileId(3),
+            ..
+        })
+    ));
+    let peer = addr(8, 1);
+    let (id, _) = ep.request(
+        now,
+        peer,
+        Message::EntryRequest {
+            request: RequestId(0),
+            file: FileId(1),
+        },
+    );
+    let reply = Message::EntryReply {
+        request: id,
+        entry: None,
+    };
+    assert!(matches!(
+        ep.handle(now, peer, reply),
+        Some(Incoming::Answer { request, .. }) if request == id
+    ));
+}

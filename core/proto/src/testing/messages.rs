@@ -137,6 +137,28 @@ pub fn sample_messages() -> Vec<Message> {
             hash,
         },
         Message::FinAck { transfer },
+        Message::Retry {
+            request,
+            token: crate::wire::Token(7),
+        },
+        Message::RetryTransfer {
+            transfer,
+            token: crate::wire::Token(7),
+        },
+        Message::EntryRequest {
+            request,
+            file: FileId(1),
+        },
+        Message::EntryReply {
+            request,
+            entry: None,
+        },
+        Message::Request {
+            transfer,
+            file: FileId(1),
+            offset: 0,
+        }
+        .with_token(Some(crate::wire::Token(7))),
     ];
     out.extend((0..8).map(|b| Message::Abort {
         transfer,

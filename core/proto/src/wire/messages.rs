@@ -300,6 +300,20 @@ pub enum Message {
         /// Proof for the requester's address.
         token: Token,
     },
+    /// Anyone → peer: the index entry of file `file` (all a download needs: no listing).
+    EntryRequest {
+        /// Reply correlation.
+        request: RequestId,
+        /// Which file.
+        file: FileId,
+    },
+    /// Peer → anyone: that entry (`None`: no such file in the index now).
+    EntryReply {
+        /// Correlation.
+        request: RequestId,
+        /// The entry.
+        entry: Option<IndexEntry>,
+    },
 }
 
 /// Largest request a [`Message::Validated`] carries.
@@ -317,6 +331,7 @@ impl Message {
                 | Message::ListPeers { .. }
                 | Message::IndexRequest { .. }
                 | Message::PieceRequest { .. }
+                | Message::EntryRequest { .. }
                 | Message::Request { .. }
         )
     }
@@ -408,6 +423,9 @@ impl Message {
             ),
             Message::Data { payload, .. } => check(payload.len() <= MAX_CHUNK, "payload"),
             Message::Validated { body, .. } => check(body.len() <= MAX_VALIDATED_BODY, "body"),
+            Message::EntryReply {
+                entry: Some(entry), ..
+            } => check(entry.path.len() <= MAX_PATH_LEN, "entry.path"),
             Message::Ack {
                 cumulative, sack, ..
             } => check(

@@ -190,6 +190,26 @@ impl Driver {
                 request,
                 page,
             }) => self.serve_index(from, request, page),
+            Some(Incoming::EntryRequest {
+                from,
+                request,
+                file,
+            }) => {
+                // From the index as it is, if the file is still as indexed (size, mtime);
+                // else `None`, and the client takes a full listing, which rescans (as it
+                // finds files added since).
+                let entry = self
+                    .index
+                    .as_ref()
+                    .and_then(|i| i.get(file))
+                    .filter(|s| {
+                        fs::metadata(&s.path).is_ok_and(|m| {
+                            m.len() == s.entry.size && m.modified().ok() == s.modified
+                        })
+                    })
+                    .map(|s| s.entry);
+                self.queue_stateless(from, Message::EntryReply { request, entry });
+            }
             Some(Incoming::PieceRequest {
                 from,
                 request,

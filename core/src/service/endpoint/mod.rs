@@ -25,7 +25,7 @@ use crate::limits::RateConfig;
 use crate::transfer::{PieceTable, ReceiverConfig, SenderConfig, TransferError};
 use crate::transport::SharedTransport;
 use crate::wire::{
-    ContentHash, IndexEntry, Message, PeerInfo, RegisterOutcome, RequestId, TransportKind,
+    ContentHash, FileId, IndexEntry, Message, PeerInfo, RegisterOutcome, RequestId, TransportKind,
     DATA_OVERHEAD, MAX_CHUNK,
 };
 
@@ -575,6 +575,24 @@ impl EndpointHandle {
                 Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
                 _ => return Err(ServiceError::Protocol(tracker)),
             }
+        }
+    }
+
+    /// The index entry of file `id` of a peer (`None`: it has no such file now): what a
+    /// download needs, without the whole listing.
+    pub async fn entry(
+        &self,
+        peer: SocketAddr,
+        id: FileId,
+    ) -> Result<Option<IndexEntry>, ServiceError> {
+        let msg = Message::EntryRequest {
+            request: RequestId(0),
+            file: id,
+        };
+        match self.rpc(peer, msg).await? {
+            Message::EntryReply { entry, .. } => Ok(entry),
+            Message::Error { reason, .. } => Err(ServiceError::Refused(reason)),
+            _ => Err(ServiceError::Protocol(peer)),
         }
     }
 
