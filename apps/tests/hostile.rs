@@ -1611,3 +1611,91 @@ fn a_tracker_whose_output_nobody_reads_keeps_answering() {
     let _ = child.wait();
     drop(out);
 }
+
+/// Forged source addresses, sent from a raw socket (as an off-path attacker can): a forged
+/// `Request` and `IndexRequest` draw only a small `Retry` at the victim (never the window of
+/// chunks or a listing: at most 3x what was sent); a forged `Unregister` of a live peer,
+/// `Register` of a new name at the victim's address and `Heartbeat` for it change nothing at
+/// the tracker.
+#[test]
+fn forged_source_addresses_get_nothing_but_a_small_retry() {
+    let Some(raw) = spoofer() else {
+        eprintln!("SKIPPED: opening a raw socket needs CAP_NET_RAW (run as root)");
+        return;
+    };
+    let s = Services::start();
+    // The victim: an address that asked for nothing (a socket only to count what it gets).
+    let victim = udp_from(66);
+    let victim_addr = victim.local_addr().unwrap();
+    let file = s.file_id(BIG);
+    let forged = [
+        (
+            s.udp_addr,
+            Message::Request {
+                transfer: TransferId(0xF0_0001),
+                file,
+                offset: 0,
+            },
+        ),
+        (s.udp_addr, index_request(0)),
+        (s.tracker_addr, list_peers(0)),
+        (
+            s.tracker_addr,
+            register("victim-name", victim_addr.port(), TransportKind::Udp),
+        ),
+    ];
+    let mut sent = 0;
+    for _ in 0..10 {
+        for (to, msg) in &forged {
+            let bytes = msg.encode();
+            sent += bytes.len();
+            send_spoofed(&raw, victim_addr, *to, &bytes);
+        }
+    }
+    let got = drain_udp(&victim, QUIET, Duration::from_secs(3));
+    let got_bytes: usize = got.iter().map(|m| m.encode().len()).sum();
+    // The forged datagrams did arrive: each answered with a Retry, sent to the victim.
+    assert!(
+        got.len() >= 10,
+        "only {} answers reached the victim",
+        got.len()
+    );
+    assert!(
+        got.iter()
+            .all(|m| matches!(m, Message::Retry { .. } | Message::RetryTransfer { .. })),
+        "the victim got more than Retry: {got:?}"
+    );
+    assert!(
+        got_bytes <= 3 * sent,
+        "amplified: {got_bytes} bytes at the victim for {sent} forged"
+    );
+    // The real peer's name, forged from its own address: not removed, not moved.
+    let seeder_ip = SocketAddr::new(s.udp_addr.ip(), 40_000);
+    let bye = Message::Unregister {
+        request: rid(77),
+        name: "udp-seeder".into(),
+    };
+    let moved = Message::Heartbeat {
+        request: rid(78),
+        name: "udp-seeder".into(),
+        port: victim_addr.port(),
+        transport: TransportKind::Udp,
+    };
+    for msg in [&bye, &moved] {
+        send_spoofed(&raw, seeder_ip, s.tracker_addr, &msg.encode());
+    }
+    let peers = s.peers("udp");
+    assert!(
+        !peers.iter().any(|p| p["name"] == "victim-name"),
+        "a forged Register took a name: {peers:?}"
+    );
+    s.assert_real_peers_listed("udp");
+    s.note(format!(
+        "8 forged sources (raw socket): 40 Request/IndexRequest/ListPeers/Register from the \
+         victim's address ({sent} bytes) -> {} Retry at the victim ({got_bytes} bytes), no \
+         chunk, no listing, no name; a forged Unregister and Heartbeat of udp-seeder changed \
+         nothing",
+        got.len()
+    ));
+    s.assert_unharmed();
+}

@@ -421,3 +421,36 @@ pub fn fake_peer(
         }
     })
 }
+
+/// A raw IPv4 socket that sends UDP datagrams with any source address (`IP_HDRINCL`), as an
+/// off-path attacker does; `None` without the privilege (CAP_NET_RAW) to open one.
+pub fn spoofer() -> Option<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).ok()?;
+    s.set_header_included_v4(true).ok()?;
+    Some(s)
+}
+
+/// Sends `payload` to `to` in a UDP datagram whose IP source is `from` (forged).
+pub fn send_spoofed(raw: &socket2::Socket, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+    let (SocketAddr::V4(from), SocketAddr::V4(to)) = (from, to) else {
+        panic!("IPv4 only");
+    };
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut p = Vec::with_capacity(total);
+    // IPv4 header; the kernel fills in the checksum and the id (raw(7)).
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
+    p.extend_from_slice(&from.ip().octets());
+    p.extend_from_slice(&to.ip().octets());
+    // UDP header; checksum 0: none (allowed over IPv4).
+    p.extend_from_slice(&from.port().to_be_bytes());
+    p.extend_from_slice(&to.port().to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    raw.send_to(&p, &socket2::SockAddr::from(SocketAddr::V4(to)))
+        .expect("send a spoofed datagram");
+}
