@@ -60,6 +60,8 @@ fn transfers_every_edge_size(transport: &str, chunk: usize, seeder_args: &[&str]
         let name = file(i);
         assert_eq!(report["path"], out.join(&name).display().to_string());
         assert_eq!(report["size"], *size as u64);
+        // An empty file has no first byte.
+        assert_eq!(report["first_byte_ms"].is_null(), *size == 0, "{report}");
         let got = fs::read(out.join(&name)).unwrap();
         assert!(got == net.bytes(&name), "{name} differs over {transport}");
     }
@@ -727,6 +729,8 @@ fn a_seeder_prints_a_line_per_upload() {
     let out = net.path("out");
     let report = net.get("seeder", "001").out(&out).run_json();
     assert_eq!(report["size"], 300_000);
+    // Time to the first byte, from the command's start (tracker, entry, piece table).
+    assert!(report["first_byte_ms"].is_u64(), "{report}");
     let seeder = net.peer("seeder");
     let started = seeder.wait_for("upload: sending song.ogg (293.0 KiB) to 127.0.0.1:");
     let done = seeder.wait_for("upload: sent song.ogg to 127.0.0.1:");

@@ -19,6 +19,7 @@ use crate::session::{check_folder, client, client_with, dest_for, find_peer, Mod
 use crate::signals::Shutdown;
 
 pub(crate) async fn run(args: GetArgs) -> Result<()> {
+    let command_start = std::time::Instant::now();
     let mut shutdown = Shutdown::install();
     let id: FileId = args
         .id
@@ -56,7 +57,9 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let mut interrupted = false;
     let mut wait = FIRST_BUSY_WAIT;
     let give_up = tokio::time::Instant::now() + args.busy_wait;
+    let mut attempt_start;
     let result = loop {
+        attempt_start = std::time::Instant::now();
         let (tx, rx) = watch::channel(Progress::default());
         let watcher = if args.json {
             checkpoints(rx)
@@ -162,6 +165,10 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         size: r.size,
         received: r.received,
         elapsed: r.elapsed,
+        // From the command's start: the tracker, the entry and piece table, then the data.
+        first_byte: r
+            .first_byte
+            .map(|fb| attempt_start.duration_since(command_start) + fb),
         resumed_from: r.resumed_from,
         refetched: r.refetched,
         already: false,
@@ -190,6 +197,7 @@ fn already_present(args: &GetArgs, dest: &Path, entry: &IndexEntry) -> Result<bo
         size: entry.size,
         received: 0,
         elapsed: Duration::ZERO,
+        first_byte: None,
         resumed_from: 0,
         refetched: 0,
         already: true,
@@ -203,6 +211,8 @@ struct Outcome {
     size: u64,
     received: u64,
     elapsed: Duration,
+    /// Time from the command's start to the first byte of the file.
+    first_byte: Option<Duration>,
     resumed_from: u64,
     refetched: u32,
     already: bool,
@@ -213,6 +223,7 @@ fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
         size,
         received,
         elapsed,
+        first_byte,
         resumed_from,
         refetched,
         already,
@@ -228,6 +239,7 @@ fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
                 "resumed_from": resumed_from,
                 "refetched": refetched,
                 "elapsed_ms": elapsed.as_millis() as u64,
+                "first_byte_ms": first_byte.map(|d| d.as_millis() as u64),
                 "mib_per_s": mib_per_s(received, secs),
                 "already_present": already,
                 "verified": true,

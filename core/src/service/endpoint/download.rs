@@ -53,6 +53,8 @@ pub(super) struct Download {
     pub(super) lock: Option<DestinationLock>,
     /// Where the partial, state and final files are.
     pub(super) storage: SharedStorage,
+    /// When the first byte came.
+    pub(super) first_byte: Option<Instant>,
 }
 
 /// Reserves the space of bytes `from..size` of the download's `partial` file
@@ -214,6 +216,7 @@ impl Driver {
                 shown: plan.offset,
                 lock: Some(lock),
                 storage,
+                first_byte: None,
             },
         );
         self.pump_download(transfer);
@@ -248,6 +251,7 @@ impl Driver {
                     }
                 }
                 ReceiverEvent::Write(bytes) => {
+                    d.first_byte.get_or_insert_with(Instant::now);
                     let res = d.writer.as_mut().map(|w| w.write(&bytes));
                     if let Some(Err(e)) = res {
                         d.machine.abort(AbortReason::DiskError);
@@ -418,6 +422,7 @@ impl Download {
                 received,
                 hash,
                 elapsed: Duration::ZERO,
+                first_byte: self.first_byte.map(|t| t.duration_since(self.started)),
                 resumed_from: self.offset,
                 discarded: self.discarded.take(),
                 refetched: 0,

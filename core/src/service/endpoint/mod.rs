@@ -281,6 +281,8 @@ pub struct DownloadReport {
     pub hash: ContentHash,
     /// Time from request to verified file.
     pub elapsed: Duration,
+    /// Time from request to the first byte received (`None`: nothing was left to fetch).
+    pub first_byte: Option<Duration>,
     /// Byte the transfer started at (non-zero: resumed from a partial download).
     pub resumed_from: u64,
     /// A stale partial download found and discarded, and why.
