@@ -348,7 +348,7 @@ p2p_get() {
             'BEGIN { if (a == "" || b == "" || b < a) print "-"; else printf "%.2fs", (b - a) / hz }')
         record "$case" "$path" "$run" "$st" "$xfer" "$(secs "$s" "$e")" "$(vmhwm_kib "$spid")" "$(maxrss_kib "$W/get.time")" \
             "$txcpu" "$(cpu_s "$W/get.time")"
-        echo "      seeding peer RSS after the transfer: $(kib_to_mib "$(vmrss_kib "$spid")") MiB" >&2
+        echo "      seeding peer RSS after the transfer: $(kib_to_mib "$(vmrss_kib "$spid")") MiB; first byte $(json_field "$W/get.json" first_byte_ms) ms after the command's start" >&2
         settle "$outdir"
     done
 }
