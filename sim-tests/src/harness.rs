@@ -1,8 +1,14 @@
 //! Running a scenario: the replay line, stepping a simulation until a condition holds or a
 //! simulated deadline passes, and the download invariant every scenario asserts.
+//!
+//! Each run reports its real time and the simulated time it stepped. The simulated time is
+//! counted by the stepping functions here ([`run_sim`], [`run_until`], [`run_for`]), so a
+//! scenario drives its `Sim` through them rather than through `Sim::run` or `Sim::step`.
 
+use std::cell::Cell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use p2p_core::service::resume::{load_state, partial_path, state_path};
 use p2p_core::service::{DownloadReport, ServiceError};
@@ -11,11 +17,41 @@ use p2p_proto::wire::AbortReason;
 
 use crate::cluster::SharedFile;
 
+thread_local! {
+    /// Simulated time stepped on this thread by [`run_sim`], [`run_until`] and [`run_for`]
+    /// since the current [`run_scenario`] began (a sim runs on the thread that steps it).
+    static SIMULATED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Adds the simulated time `sim` went through since `from` to this thread's count.
+fn count_simulated(sim: &turmoil::Sim<'_>, from: Duration) {
+    let stepped = sim.elapsed().saturating_sub(from);
+    SIMULATED.with(|s| s.set(s.get() + stepped));
+}
+
+/// Real and simulated time of one run, as `run_scenario` prints them:
+/// `in 0.4120s, simulated 37.120s (90x)`.
+fn times(real: Duration, simulated: Duration) -> String {
+    let real_s = real.as_secs_f64();
+    if simulated.is_zero() {
+        // Stepped through `Sim::run` or `Sim::step` directly, or no sim at all.
+        return format!("in {real_s:.4}s, simulated ?");
+    }
+    let sim_s = simulated.as_secs_f64();
+    format!(
+        "in {real_s:.4}s, simulated {sim_s:.3}s ({:.0}x)",
+        sim_s / real_s.max(1e-9)
+    )
+}
+
 /// Runs `body` for `seed`, after printing the line that replays exactly this run:
 /// `replay: SIM_SEEDS=<seed> cargo test -p p2p-sim-tests --test <file> <test>`.
 ///
-/// `file` is the test file (pass `file!()`), `test` the test function's name. A failure
-/// (an `Err` from `body`, or a panic inside it) panics with the replay line again.
+/// `file` is the test file (pass `file!()`), `test` the test function's name. Afterwards it
+/// prints `   ok: <test> seed <seed> in <real>s, simulated <sim>s (<ratio>x)`, or on a
+/// failure (an `Err` from `body`, or a panic inside it) `FAILED: <test> seed <seed> in ...`,
+/// then panics with the replay line again. The simulated time is what [`run_sim`],
+/// [`run_until`] and [`run_for`] stepped during the run (`simulated ?` when none did).
 pub fn run_scenario(file: &str, test: &str, seed: u64, body: impl FnOnce(u64) -> turmoil::Result) {
     let stem = Path::new(file)
         .file_stem()
@@ -23,11 +59,30 @@ pub fn run_scenario(file: &str, test: &str, seed: u64, body: impl FnOnce(u64) ->
         .unwrap_or_default();
     let replay = format!("SIM_SEEDS={seed} cargo test -p p2p-sim-tests --test {stem} {test}");
     eprintln!("replay: {replay}");
-    let started = std::time::Instant::now();
-    match body(seed) {
-        Ok(()) => eprintln!("   ok: {test} seed {seed} in {:.2?}", started.elapsed()),
-        Err(e) => panic!("{test} failed for seed {seed}: {e}\nreplay: {replay}"),
+    SIMULATED.with(|s| s.set(Duration::ZERO));
+    let started = Instant::now();
+    let outcome = catch_unwind(AssertUnwindSafe(|| body(seed)));
+    let took = times(started.elapsed(), SIMULATED.with(Cell::get));
+    match outcome {
+        Ok(Ok(())) => eprintln!("   ok: {test} seed {seed} {took}"),
+        Ok(Err(e)) => {
+            eprintln!("FAILED: {test} seed {seed} {took}");
+            panic!("{test} failed for seed {seed}: {e}\nreplay: {replay}")
+        }
+        Err(panic) => {
+            eprintln!("FAILED: {test} seed {seed} {took}\nreplay: {replay}");
+            resume_unwind(panic)
+        }
     }
+}
+
+/// Runs `sim` until every client has finished, as `Sim::run` does, and counts the
+/// simulated time for the run's report (see [`run_scenario`]).
+pub fn run_sim(sim: &mut turmoil::Sim<'_>) -> turmoil::Result {
+    let from = sim.elapsed();
+    let result = sim.run();
+    count_simulated(sim, from);
+    result
 }
 
 /// Steps `sim` until `done()` holds (returns `Ok(true)`), the clients have all finished
@@ -37,29 +92,45 @@ pub fn run_until(
     limit: Duration,
     mut done: impl FnMut() -> bool,
 ) -> turmoil::Result<bool> {
-    let end = sim.elapsed() + limit;
-    loop {
+    let from = sim.elapsed();
+    let end = from + limit;
+    let result: turmoil::Result<bool> = loop {
         if done() {
-            return Ok(true);
+            break Ok(true);
         }
         if sim.elapsed() >= end {
-            return Err(format!("condition not reached within {limit:?} of simulated time").into());
+            break Err(format!("condition not reached within {limit:?} of simulated time").into());
         }
-        if sim.step()? {
-            return Ok(false);
+        match sim.step() {
+            Ok(false) => {}
+            Ok(true) => break Ok(false),
+            Err(e) => break Err(e),
         }
-    }
+    };
+    count_simulated(sim, from);
+    result
 }
 
 /// Steps `sim` for `span` of simulated time (or until every client has finished: `Ok(false)`).
 pub fn run_for(sim: &mut turmoil::Sim<'_>, span: Duration) -> turmoil::Result<bool> {
-    let end = sim.elapsed() + span;
+    let from = sim.elapsed();
+    let end = from + span;
+    let mut result: turmoil::Result<bool> = Ok(true);
     while sim.elapsed() < end {
-        if sim.step()? {
-            return Ok(false);
+        match sim.step() {
+            Ok(false) => {}
+            Ok(true) => {
+                result = Ok(false);
+                break;
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         }
     }
-    Ok(true)
+    count_simulated(sim, from);
+    result
 }
 
 /// How a download ended, once checked against the invariant.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use p2p_core::service::lock::LockError;
 use p2p_core::service::ServiceError;
+use p2p_sim_tests::harness::run_sim;
 use p2p_sim_tests::{
     check_download, fast_registry, fetch, find_entry, peer_addr, seeded_tests, spawn_fetch,
     Checked, Cluster, FaultRates, Net, PeerOpts,
@@ -89,7 +90,7 @@ fn fan_out(seed: u64, net: Net, twice: bool) -> turmoil::Result {
         }
         Ok(())
     });
-    sim.run()
+    run_sim(&mut sim)
 }
 
 seeded_tests! {
@@ -143,7 +144,7 @@ fn both_directions(seed: u64, net: Net) -> turmoil::Result {
             Ok(())
         });
     }
-    sim.run()
+    run_sim(&mut sim)
 }
 
 seeded_tests! {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use p2p_core::service::ServiceError;
 use p2p_proto::transfer::TransferError;
 use p2p_proto::wire::PIECE_SIZE;
+use p2p_sim_tests::harness::run_sim;
 use p2p_sim_tests::{
     busy, check_download, fast_registry, fetch, run_for, run_until, seeded_tests, spawn_fetch,
     timed_out, tracker_addr, wait_progress, Checked, Cluster, Net, PeerOpts,
@@ -105,7 +106,7 @@ fn crash_then_restart(
     flag.set(false);
     run_for(sim, down)?;
     sim.bounce(host);
-    sim.run()
+    run_sim(sim)
 }
 
 seeded_tests! {
@@ -281,7 +282,7 @@ fn crashed_peer_expires(seed: u64, net: Net) -> turmoil::Result {
     run_until(&mut sim, Duration::from_secs(30), || flag.get())?;
     sim.crash("bob");
     flag.set(false);
-    sim.run()?;
+    run_sim(&mut sim)?;
     if !cl
         .trace
         .events()

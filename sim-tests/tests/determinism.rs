@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use p2p_sim_tests::harness::run_sim;
 use p2p_sim_tests::{
     check_download, fast_registry, fetch, run_seeds, Cluster, FaultRates, Net, PeerOpts,
 };
@@ -51,7 +52,7 @@ fn busy_run(seed: u64, net: Net) -> turmoil::Result<(String, String)> {
             Ok(())
         });
     }
-    sim.run()?;
+    run_sim(&mut sim)?;
     for h in ["tracker", "seeder", "leech1", "leech2"] {
         cl.trace
             .record("end", format_args!("{h} {:?}", cl.stats(h)));

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use p2p_core::service::ServiceError;
+use p2p_sim_tests::harness::run_sim;
 use p2p_sim_tests::{
     busy, check_download, fast_registry, fetch, run_seeds, seeded_tests, spawn_fetch, timed_out,
     wait_progress, Checked, Cluster, Net, PeerOpts,
@@ -149,7 +150,7 @@ fn outage_scenario(seed: u64, net: Net, outage: Outage) -> turmoil::Result {
         }
         Ok(())
     });
-    sim.run()
+    run_sim(&mut sim)
 }
 
 fn run(test: &str, net: Net, outage: Outage) {
@@ -213,7 +214,7 @@ fn flapping(seed: u64, net: Net) -> turmoil::Result {
             Checked::Failed(e) => Err(format!("failed under link flapping: {e}")),
         }
     });
-    sim.run()
+    run_sim(&mut sim)
 }
 
 seeded_tests! {

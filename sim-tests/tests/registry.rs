@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use p2p_core::service::{EndpointHandle, ServiceError};
 use p2p_proto::tracker::RegisterError;
+use p2p_sim_tests::harness::run_sim;
 use p2p_sim_tests::{
     fast_registry, run_for, run_seeds, run_until, seeded_tests, tracker_addr, Cluster, Net,
     PeerOpts, PEER_PORT,
@@ -101,7 +102,7 @@ fn conflicts(seed: u64, net: Net) -> turmoil::Result {
     sim.crash("alice");
     crash.set(false);
     run_for(&mut sim, Duration::from_millis(1))?;
-    sim.run()
+    run_sim(&mut sim)
 }
 
 seeded_tests! {
@@ -142,7 +143,7 @@ fn unregister_sticks(seed: u64) -> turmoil::Result {
         }
         Ok(())
     });
-    sim.run()
+    run_sim(&mut sim)
 }
 
 /// Regression: `unregister` used to leave the heartbeat running, and the next heartbeat

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use p2p_sim_tests::harness::run_sim;
 use p2p_sim_tests::{
     check_download, fast_registry, fetch, run_seeds, Checked, Cluster, Net, PeerOpts,
 };
@@ -36,7 +37,7 @@ fn sizes_scenario(test: &str, net: Net, sizes: &[usize]) {
             }
             Ok(())
         });
-        sim.run()
+        run_sim(&mut sim)
     });
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use p2p_core::transport::Transport;
 use p2p_proto::wire::{Message, TransferId, MAX_MESSAGE};
+use p2p_sim_tests::harness::run_sim;
 use p2p_sim_tests::{
     run_seeds, FaultConfig, FaultRates, FaultStats, FaultyTransport, SimTcp, SimTcpConfig, SimUdp,
     SIM_UDP_MESSAGE,
@@ -25,74 +26,92 @@ fn to(host: &str, port: u16) -> SocketAddr {
 
 #[test]
 fn sim_udp_carries_messages_and_refuses_oversized_ones() {
-    let mut sim = turmoil::Builder::new().build();
-    sim.host("b", || async {
-        let t = SimUdp::bind(any(1)).await?;
-        loop {
-            let (from, msg) = t.recv_from().await?;
-            t.send_to(from, &msg).await?;
-        }
-    });
-    sim.client("a", async {
-        let t = SimUdp::bind(any(1)).await?;
-        let big = vec![7u8; SIM_UDP_MESSAGE];
-        t.send_to(to("b", 1), &big).await?;
-        let (_, back) = t.recv_from().await?;
-        assert_eq!(back, big);
-        let err = t.send_to(to("b", 1), &vec![0; SIM_UDP_MESSAGE + 1]).await;
-        assert_eq!(err.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
-        Ok(())
-    });
-    sim.run().unwrap();
+    run_seeds(
+        file!(),
+        "sim_udp_carries_messages_and_refuses_oversized_ones",
+        |seed| {
+            let mut sim = turmoil::Builder::new().rng_seed(seed).build();
+            sim.host("b", || async {
+                let t = SimUdp::bind(any(1)).await?;
+                loop {
+                    let (from, msg) = t.recv_from().await?;
+                    t.send_to(from, &msg).await?;
+                }
+            });
+            sim.client("a", async {
+                let t = SimUdp::bind(any(1)).await?;
+                let big = vec![7u8; SIM_UDP_MESSAGE];
+                t.send_to(to("b", 1), &big).await?;
+                let (_, back) = t.recv_from().await?;
+                assert_eq!(back, big);
+                let err = t.send_to(to("b", 1), &vec![0; SIM_UDP_MESSAGE + 1]).await;
+                assert_eq!(err.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+                Ok(())
+            });
+            run_sim(&mut sim)
+        },
+    );
 }
 
 #[test]
 fn sim_tcp_replies_on_the_accepted_connection() {
-    let mut sim = turmoil::Builder::new().build();
-    sim.host("b", || async {
-        let t = SimTcp::bind(any(2), SimTcpConfig::default()).await?;
-        loop {
-            let (from, msg) = t.recv_from().await?;
-            // `from` is the caller's ephemeral port: only the cached connection reaches it.
-            t.send_to(from, &msg).await?;
-        }
-    });
-    sim.client("a", async {
-        let t = SimTcp::bind(any(2), SimTcpConfig::default()).await?;
-        for n in [1usize, 1000, 64 * 1024] {
-            let msg = vec![n as u8; n];
-            t.send_to(to("b", 2), &msg).await?;
-            let (from, back) = t.recv_from().await?;
-            assert_eq!(from, to("b", 2));
-            assert_eq!(back, msg);
-        }
-        Ok(())
-    });
-    sim.run().unwrap();
+    run_seeds(
+        file!(),
+        "sim_tcp_replies_on_the_accepted_connection",
+        |seed| {
+            let mut sim = turmoil::Builder::new().rng_seed(seed).build();
+            sim.host("b", || async {
+                let t = SimTcp::bind(any(2), SimTcpConfig::default()).await?;
+                loop {
+                    let (from, msg) = t.recv_from().await?;
+                    // `from` is the caller's ephemeral port: only the cached connection reaches it.
+                    t.send_to(from, &msg).await?;
+                }
+            });
+            sim.client("a", async {
+                let t = SimTcp::bind(any(2), SimTcpConfig::default()).await?;
+                for n in [1usize, 1000, 64 * 1024] {
+                    let msg = vec![n as u8; n];
+                    t.send_to(to("b", 2), &msg).await?;
+                    let (from, back) = t.recv_from().await?;
+                    assert_eq!(from, to("b", 2));
+                    assert_eq!(back, msg);
+                }
+                Ok(())
+            });
+            run_sim(&mut sim)
+        },
+    );
 }
 
 #[test]
 fn sim_tcp_drops_a_connection_announcing_a_huge_frame() {
-    let mut sim = turmoil::Builder::new().build();
-    sim.host("b", || async {
-        let t = SimTcp::bind(any(3), SimTcpConfig::default()).await?;
-        loop {
-            t.recv_from().await?;
-        }
-    });
-    sim.client("a", async {
-        let mut s = turmoil::net::TcpStream::connect(to("b", 3)).await?;
-        s.write_all(&((MAX_MESSAGE as u32) + 1).to_le_bytes())
-            .await?;
-        let mut buf = [0u8; 1];
-        // The transport closes the connection: EOF or a reset, never a hang.
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await?
-            .unwrap_or(0);
-        assert_eq!(n, 0);
-        Ok(())
-    });
-    sim.run().unwrap();
+    run_seeds(
+        file!(),
+        "sim_tcp_drops_a_connection_announcing_a_huge_frame",
+        |seed| {
+            let mut sim = turmoil::Builder::new().rng_seed(seed).build();
+            sim.host("b", || async {
+                let t = SimTcp::bind(any(3), SimTcpConfig::default()).await?;
+                loop {
+                    t.recv_from().await?;
+                }
+            });
+            sim.client("a", async {
+                let mut s = turmoil::net::TcpStream::connect(to("b", 3)).await?;
+                s.write_all(&((MAX_MESSAGE as u32) + 1).to_le_bytes())
+                    .await?;
+                let mut buf = [0u8; 1];
+                // The transport closes the connection: EOF or a reset, never a hang.
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                    .await?
+                    .unwrap_or(0);
+                assert_eq!(n, 0);
+                Ok(())
+            });
+            run_sim(&mut sim)
+        },
+    );
 }
 
 /// Sends `n` numbered messages through faulty transports and returns what arrived (in
@@ -153,7 +172,7 @@ fn faulty_run(
         st.lock().unwrap().0 = t.snapshot();
         Ok(())
     });
-    sim.run().unwrap();
+    run_sim(&mut sim).expect("the faulty run");
     let got = got.lock().unwrap().clone();
     let (s, r) = stats.lock().unwrap().clone();
     (got, s, r)
