@@ -32,14 +32,14 @@ pub mod udp;
 pub use cluster::{
     fast_endpoint, fast_registry, fetch, find_entry, generate_file, host_ip, mix, peer_addr,
     spawn_fetch, tracker_addr, wait_progress, Cluster, FetchTask, Handles, Net, PeerOpts,
-    SharedFile, Tune, PEER_PORT, TRACKER, TRACKER_PORT,
+    SharedFile, Tune, PEER_PORT, TICK, TRACKER, TRACKER_PORT,
 };
 pub use disk::{DiskFault, SimDisk};
 pub use faulty::{
     DirectionStats, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats,
 };
 pub use harness::{
-    busy, check_download, run_for, run_scenario, run_seeds, run_until, timed_out, Checked,
+    busy, check_download, run_for, run_scenario, run_seeds, run_sim, run_until, timed_out, Checked,
 };
 pub use seeds::{parse_seeds, seeds_from_env, DEFAULT_SEEDS};
 pub use tcp::{SimTcp, SimTcpConfig};

@@ -20,8 +20,8 @@ use p2p_core::service::{DownloadReport, EndpointHandle};
 use p2p_proto::transfer::TransferError;
 use p2p_proto::wire::{AbortReason, PIECE_SIZE};
 use p2p_sim_tests::{
-    busy, check_download, fast_registry, fetch, mix, run_for, run_until, seeded_tests, spawn_fetch,
-    wait_progress, Checked, Cluster, DiskFault, Net, PeerOpts, SharedFile, SimDisk,
+    busy, check_download, fast_registry, fetch, mix, run_for, run_sim, run_until, seeded_tests,
+    spawn_fetch, wait_progress, Checked, Cluster, DiskFault, Net, PeerOpts, SharedFile, SimDisk,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -166,7 +166,7 @@ fn fault_then_resume(seed: u64, net: Net, case: Case) -> turmoil::Result {
         let res = fetch_retrying_busy(&h, &dest).await;
         Ok(completes_from(&res, &dest, &f, kept)?)
     });
-    sim.run()
+    run_sim(&mut sim)
 }
 
 /// A failed disk operation `op` of the download (maybe ending an incomplete one).
@@ -387,7 +387,7 @@ fn power_loss_then_resume(seed: u64, net: Net, fsync: bool) -> turmoil::Result {
     flag.set(false);
     run_for(&mut sim, Duration::from_secs(1))?;
     sim.bounce("leecher");
-    sim.run()
+    run_sim(&mut sim)
 }
 
 seeded_tests! {
@@ -430,7 +430,7 @@ fn race_for_one_destination(seed: u64, net: Net) -> turmoil::Result {
         }
         Ok(())
     });
-    sim.run()
+    run_sim(&mut sim)
 }
 
 seeded_tests! {

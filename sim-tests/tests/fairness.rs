@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use p2p_sim_tests::{
-    check_download, fast_registry, seeded_tests, spawn_fetch, Checked, Cluster, Net, PeerOpts,
+    check_download, fast_registry, run_sim, seeded_tests, spawn_fetch, Checked, Cluster, Net,
+    PeerOpts,
 };
 
 const SIZE: usize = 2 << 20;
@@ -63,7 +64,7 @@ fn two_capped_uploads(seed: u64, net: Net) -> turmoil::Result {
         }
         Ok(())
     });
-    sim.run()
+    run_sim(&mut sim)
 }
 
 seeded_tests! {
