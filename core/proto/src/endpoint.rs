@@ -35,10 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::limits::{RateConfig, RateLimiter};
 use crate::validation::{AddressValidator, TokenCache};
-use crate::wire::{
-    AbortReason, ContentHash, FileId, Message, RegisterOutcome, RequestId, TransferId,
-    TransportKind,
-};
+use crate::wire::{AbortReason, Message, RegisterOutcome, RequestId, TransferId, TransportKind};
 
 /// What the next page of a listing (index or piece hashes) costs a proven requester, in
 /// requests of its rate limit: a whole listing counts about as one request.
@@ -106,115 +103,6 @@ pub const MIN_REQUEST_RETRY: Duration = Duration::from_millis(25);
 enum IdPurpose {
     Request = 1,
     Transfer = 2,
-}
-
-/// A datagram to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    /// Where to.
-    pub to: SocketAddr,
-    /// The encoded message.
-    pub payload: Vec<u8>,
-}
-
-/// Where an incoming message goes.
-#[derive(Debug)]
-pub enum Incoming {
-    /// The answer to our request `request`.
-    Answer {
-        /// The request it answers.
-        request: RequestId,
-        /// The answer.
-        answer: Message,
-    },
-    /// The index entry of one of our files is asked for (within the sender's rate limit).
-    EntryRequest {
-        /// Who asks.
-        from: SocketAddr,
-        /// Its request id, for the answer.
-        request: RequestId,
-        /// The file.
-        file: FileId,
-    },
-    /// A page of our index is asked for (within the sender's rate limit).
-    IndexRequest {
-        /// Who asks.
-        from: SocketAddr,
-        /// Its request id, for the answer.
-        request: RequestId,
-        /// The page.
-        page: u32,
-    },
-    /// Piece hashes of one of our files are asked for (within the sender's rate limit).
-    PieceRequest {
-        /// Who asks.
-        from: SocketAddr,
-        /// Its request id, for the answer.
-        request: RequestId,
-        /// The file.
-        file: FileId,
-        /// The content the asker expects.
-        hash: ContentHash,
-        /// First piece wanted.
-        first: u32,
-    },
-    /// A new transfer is asked for and admitted: the driver opens the file, then calls
-    /// [`Endpoint::upload_started`] (or [`Endpoint::refuse`]).
-    NewUpload {
-        /// The receiver.
-        from: SocketAddr,
-        /// Its transfer id.
-        transfer: TransferId,
-        /// The file.
-        file: FileId,
-        /// Where to start.
-        offset: u64,
-    },
-    /// A message for the upload `(from, transfer)` in progress (`Request` again, `Ack`,
-    /// `FinAck`, `Abort`).
-    Upload {
-        /// The receiver.
-        from: SocketAddr,
-        /// The transfer.
-        transfer: TransferId,
-        /// The message.
-        msg: Message,
-    },
-    /// A message for our download `transfer`, from its sender (`Accept`, `Data`, `Fin`,
-    /// `Abort`).
-    Download {
-        /// The transfer.
-        transfer: TransferId,
-        /// The message.
-        msg: Message,
-    },
-}
-
-/// What became of requests and the registration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// Request `request` to `to` had no answer after every attempt.
-    NoAnswer {
-        /// The request.
-        request: RequestId,
-        /// Where it went.
-        to: SocketAddr,
-    },
-    /// Upload `transfer` to `to` lost its slot to a new `Request`: its receiver acknowledged
-    /// nothing within [`UNPROVEN_GRACE`]. The driver ends it (an `Abort(Busy)`).
-    Evicted {
-        /// The receiver.
-        to: SocketAddr,
-        /// The transfer.
-        transfer: TransferId,
-    },
-    /// The tracker refused a heartbeat.
-    HeartbeatRefused {
-        /// The tracker.
-        tracker: SocketAddr,
-        /// Its words.
-        reason: String,
-    },
 }
 
 struct Pending {
@@ -619,104 +507,6 @@ impl Endpoint {
         }
     }
 
-    /// Refuses transfer `transfer` of `from` with an `Abort` for `reason`.
-    pub fn refuse(&mut self, from: SocketAddr, transfer: TransferId, reason: AbortReason) {
-        self.transmits.push_back(Transmit {
-            to: from,
-            payload: Message::Abort { transfer, reason }.encode(),
-        });
-    }
-
-    /// The driver serves upload `(from, transfer)` from `now` on.
-    pub fn upload_started(&mut self, now: Instant, from: SocketAddr, transfer: TransferId) {
-        self.uploads.insert(
-            (from, transfer),
-            UploadSlot {
-                started: now,
-                proven: false,
-            },
-        );
-    }
-
-    /// Whether a new upload for `from` fits the caps (total, and per IP), after taking the
-    /// slot of the oldest upload whose receiver acknowledged nothing in [`UNPROVEN_GRACE`]
-    /// if that makes room ([`Event::Evicted`]): forged `Request`s cannot hold every slot.
-    fn make_room(&mut self, now: Instant, from: SocketAddr) -> bool {
-        let same_ip = |a: &SocketAddr| a.ip() == from.ip();
-        let from_peer = self.uploads.keys().filter(|(a, _)| same_ip(a)).count();
-        let per_peer_full = from_peer >= self.config.max_uploads_per_peer;
-        let full = self.uploads.len() >= self.config.max_uploads;
-        if !per_peer_full && !full {
-            return true;
-        }
-        // With the per-IP cap reached, only a slot of that IP makes room.
-        let victim = self
-            .uploads
-            .iter()
-            .filter(|((a, _), u)| {
-                !u.proven && now >= u.started + UNPROVEN_GRACE && (!per_peer_full || same_ip(a))
-            })
-            .min_by_key(|(_, u)| u.started)
-            .map(|(k, _)| *k);
-        let Some((to, transfer)) = victim else {
-            return false;
-        };
-        self.uploads.remove(&(to, transfer));
-        self.events.push_back(Event::Evicted { to, transfer });
-        // Both caps hold now unless the per-IP one was reached by another IP's upload.
-        self.uploads.len() < self.config.max_uploads
-            && self.uploads.keys().filter(|(a, _)| same_ip(a)).count()
-                < self.config.max_uploads_per_peer
-    }
-
-    /// Upload `(from, transfer)` is over.
-    pub fn upload_ended(&mut self, from: SocketAddr, transfer: TransferId) {
-        self.uploads.remove(&(from, transfer));
-    }
-
-    /// Our download `transfer` from `peer` runs from now on.
-    pub fn download_started(&mut self, transfer: TransferId, peer: SocketAddr) {
-        self.downloads.insert(transfer, peer);
-    }
-
-    /// Our download `transfer` is over. With `final_ack` (it completed and its sender's FIN
-    /// was not answered yet), its sender's late chunks and FIN are answered for [`LINGER`].
-    pub fn download_ended(
-        &mut self,
-        now: Instant,
-        transfer: TransferId,
-        final_ack: Option<Message>,
-    ) {
-        let Some(peer) = self.downloads.remove(&transfer) else {
-            return;
-        };
-        let Some(final_ack) = final_ack else {
-            return;
-        };
-        while self
-            .lingering
-            .front()
-            .is_some_and(|l| l.until <= now || self.lingering.len() >= MAX_LINGERING)
-        {
-            self.lingering.pop_front();
-        }
-        self.lingering.push_back(Lingering {
-            transfer,
-            peer,
-            final_ack,
-            until: now + LINGER,
-            closed: false,
-        });
-    }
-
-    /// Whether a finished download's sender has not seen its FIN answered yet, and would
-    /// still be answered after `deadline` (a shutdown waits until then for those FINs).
-    pub fn owes_fin_ack(&self, deadline: Instant) -> bool {
-        self.lingering
-            .iter()
-            .any(|l| !l.closed && l.until > deadline)
-    }
-
     /// The round trip to `peer`, if measured recently (before `now`).
     pub fn round_trip(&self, peer: SocketAddr, now: Instant) -> Option<Duration> {
         self.round_trips
@@ -835,31 +625,6 @@ impl Endpoint {
         self.round_trips
             .insert(peer, (now.saturating_duration_since(sent_at), now));
     }
-
-    /// The answer of a finished download whose receiver is gone to its sender's late `Data`
-    /// (the final ACK again) or `Fin` (FIN-ACK).
-    fn answer_lingering(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        msg: &Message,
-    ) -> Option<Message> {
-        let transfer = match msg {
-            Message::Data { transfer, .. } | Message::Fin { transfer, .. } => *transfer,
-            _ => return None,
-        };
-        let l = self
-            .lingering
-            .iter_mut()
-            .find(|l| l.transfer == transfer && l.peer == from && l.until > now)?;
-        Some(match msg {
-            Message::Fin { .. } => {
-                l.closed = true;
-                Message::FinAck { transfer }
-            }
-            _ => l.final_ack.clone(),
-        })
-    }
 }
 
 /// A download's first wait for the sender's answer to its `Request`, given a round trip to
@@ -881,6 +646,11 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
         _ => {}
     }
 }
+
+mod events;
+mod transfers;
+
+pub use events::{Event, Incoming, Transmit};
 
 #[cfg(test)]
 mod tests;

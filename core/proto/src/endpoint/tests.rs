@@ -1,7 +1,7 @@
 //! The endpoint on a clock of its own: every time is an argument.
 
 use super::*;
-use crate::wire::{decode, BoundedVec};
+use crate::wire::{decode, BoundedVec, ContentHash, FileId};
 
 fn addr(last: u8, port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, last], port))

@@ -9,7 +9,7 @@
 //! The loop is: drain every machine's transmits, then wait for the first of a command, an
 //! incoming message or the earliest machine deadline.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,14 +25,15 @@ use crate::limits::RateConfig;
 use crate::transfer::{PieceTable, ReceiverConfig, SenderConfig, TransferError};
 use crate::transport::SharedTransport;
 use crate::wire::{
-    ContentHash, FileId, IndexEntry, Message, PeerInfo, RegisterOutcome, RequestId, TransportKind,
-    DATA_OVERHEAD, MAX_CHUNK,
+    ContentHash, IndexEntry, Message, RegisterOutcome, RequestId, TransportKind, DATA_OVERHEAD,
+    MAX_CHUNK,
 };
 
 mod download;
 mod driver;
 mod finish;
 mod hashing;
+mod listing;
 mod rpc;
 mod upload;
 
@@ -549,228 +550,6 @@ impl EndpointHandle {
         match self.rpc(tracker, msg).await? {
             Message::UnregisterReply { .. } => Ok(()),
             _ => Err(ServiceError::Protocol(tracker)),
-        }
-    }
-
-    /// Every live peer the tracker knows, all pages.
-    pub async fn list_peers(&self, tracker: SocketAddr) -> Result<Vec<PeerInfo>, ServiceError> {
-        let mut all = Vec::new();
-        let mut page = 0;
-        loop {
-            let msg = Message::ListPeers {
-                request: RequestId(0),
-                page,
-            };
-            match self.rpc(tracker, msg).await? {
-                Message::PeerList { peers, pages, .. } => {
-                    all.extend(peers.0);
-                    page += 1;
-                    if page >= pages {
-                        // Sorted by name, each once, whatever the tracker's pages were cut
-                        // from (ours list one snapshot; an older one may shift entries
-                        // between pages while peers join).
-                        all.sort_by(|a, b| a.name.cmp(&b.name));
-                        all.dedup_by(|a, b| a.name == b.name);
-                        return Ok(all);
-                    }
-                }
-                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
-                _ => return Err(ServiceError::Protocol(tracker)),
-            }
-        }
-    }
-
-    /// The index entry of file `id` of a peer (`None`: it has no such file now): what a
-    /// download needs, without the whole listing.
-    pub async fn entry(
-        &self,
-        peer: SocketAddr,
-        id: FileId,
-    ) -> Result<Option<IndexEntry>, ServiceError> {
-        let msg = Message::EntryRequest {
-            request: RequestId(0),
-            file: id,
-        };
-        match self.rpc(peer, msg).await? {
-            Message::EntryReply { entry, .. } => Ok(entry),
-            Message::Error { reason, .. } => Err(ServiceError::Refused(reason)),
-            _ => Err(ServiceError::Protocol(peer)),
-        }
-    }
-
-    /// A peer's whole index, all pages, and the name of its share folder.
-    pub async fn index(&self, peer: SocketAddr) -> Result<(String, Vec<IndexEntry>), ServiceError> {
-        let mut all = Vec::new();
-        let mut page = 0;
-        let mut announced = None;
-        let mut restarts = 0;
-        loop {
-            let msg = Message::IndexRequest {
-                request: RequestId(0),
-                page,
-            };
-            match self.rpc(peer, msg).await? {
-                Message::IndexPage {
-                    entries,
-                    pages,
-                    share,
-                    ..
-                } => {
-                    // A lying peer's index must not grow without end: the page count may not
-                    // change between pages, and both it and the entries are capped. (A share
-                    // rescanned mid-listing, for another client's first page, may change it
-                    // honestly: the listing starts over, a few times at most.)
-                    if *announced.get_or_insert(pages) != pages {
-                        if restarts == INDEX_RESTARTS {
-                            return Err(ServiceError::Protocol(peer));
-                        }
-                        restarts += 1;
-                        (all, page, announced) = (Vec::new(), 0, None);
-                        continue;
-                    }
-                    if pages > MAX_INDEX_PAGES {
-                        return Err(ServiceError::TooLarge {
-                            peer,
-                            what: "index pages",
-                            limit: u64::from(MAX_INDEX_PAGES),
-                        });
-                    }
-                    if all.len() + entries.0.len() > MAX_INDEX_ENTRIES {
-                        return Err(ServiceError::TooLarge {
-                            peer,
-                            what: "files in its index",
-                            limit: MAX_INDEX_ENTRIES as u64,
-                        });
-                    }
-                    all.extend(entries.0);
-                    page += 1;
-                    if page >= pages {
-                        return Ok((share, all));
-                    }
-                }
-                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
-                _ => return Err(ServiceError::Protocol(peer)),
-            }
-        }
-    }
-
-    /// The piece hashes of `entry` on `peer`, all pages: the first page says how many there
-    /// are and how many a page holds, then up to [`PIECE_PAGES_IN_FLIGHT`] pages are asked
-    /// for at once, so that a large file's table costs a few round trips, not one per page.
-    pub async fn piece_table(
-        &self,
-        peer: SocketAddr,
-        entry: &IndexEntry,
-    ) -> Result<PieceTable, ServiceError> {
-        let first = self.piece_page(peer, entry, 0).await?;
-        let (piece_size, pieces) = (first.piece_size, first.pieces as usize);
-        let mut hashes = first.hashes;
-        let per_page = hashes.len().max(1);
-        let mut pages = tokio::task::JoinSet::new();
-        // Pages in hand that are not contiguous yet, and the starts asked for and pending.
-        let mut held: BTreeMap<usize, Vec<ContentHash>> = BTreeMap::new();
-        let mut pending: BTreeSet<usize> = BTreeSet::new();
-        let mut next = hashes.len();
-        while hashes.len() < pieces {
-            // A short page leaves a gap no pending page covers: ask from its start.
-            let have = hashes.len();
-            if pending.range(..=have).next().is_none() && !held.contains_key(&have) {
-                next = next.max(have);
-                if next > have {
-                    pending.insert(have);
-                    pages.spawn(self.clone().owned_piece_page(peer, entry.clone(), have));
-                }
-            }
-            while pages.len() < PIECE_PAGES_IN_FLIGHT && next < pieces {
-                pending.insert(next);
-                pages.spawn(self.clone().owned_piece_page(peer, entry.clone(), next));
-                next += per_page;
-            }
-            let Some(joined) = pages.join_next().await else {
-                return Err(ServiceError::Protocol(peer));
-            };
-            let page = joined.map_err(|_| ServiceError::Closed)??;
-            if page.piece_size != piece_size || page.pieces as usize != pieces {
-                return Err(ServiceError::Protocol(peer));
-            }
-            pending.remove(&(page.first as usize));
-            held.insert(page.first as usize, page.hashes);
-            // Take in order what joins on, past overlaps.
-            loop {
-                let have = hashes.len();
-                held.retain(|&at, h| at + h.len() > have);
-                let Some((&at, _)) = held.range(..=have).next_back() else {
-                    break;
-                };
-                let page = held.remove(&at).expect("listed");
-                hashes.extend_from_slice(&page[have - at..]);
-            }
-        }
-        Ok(PieceTable { piece_size, hashes })
-    }
-
-    /// [`EndpointHandle::piece_page`] on owned arguments, for a task of its own.
-    async fn owned_piece_page(
-        self,
-        peer: SocketAddr,
-        entry: IndexEntry,
-        first: usize,
-    ) -> Result<PiecePage, ServiceError> {
-        self.piece_page(peer, &entry, first as u32).await
-    }
-
-    /// One page of `entry`'s piece hashes on `peer`, from piece `first`, checked against the
-    /// listing: a valid piece size, as many pieces as the listed size needs (within
-    /// [`MAX_PIECES`]), the page asked for, and hashes unless the table is complete.
-    async fn piece_page(
-        &self,
-        peer: SocketAddr,
-        entry: &IndexEntry,
-        first: u32,
-    ) -> Result<PiecePage, ServiceError> {
-        let msg = Message::PieceRequest {
-            request: RequestId(0),
-            file: entry.id,
-            hash: entry.hash,
-            first,
-        };
-        match self.rpc(peer, msg).await? {
-            Message::PieceHashes {
-                piece_size,
-                pieces,
-                first: got,
-                hashes,
-                ..
-            } => {
-                if !PieceTable::valid_piece_size(piece_size) {
-                    return Err(ServiceError::Protocol(peer));
-                }
-                let expected = entry.size.div_ceil(u64::from(piece_size));
-                if expected > MAX_PIECES {
-                    // Derived from the listed size, before anything more is fetched.
-                    return Err(ServiceError::TooLarge {
-                        peer,
-                        what: "pieces for one file",
-                        limit: MAX_PIECES,
-                    });
-                }
-                let end = u64::from(got) + hashes.0.len() as u64;
-                if got != first
-                    || u64::from(pieces) != expected
-                    || end > expected
-                    || (hashes.0.is_empty() && u64::from(first) < expected)
-                {
-                    return Err(ServiceError::Protocol(peer));
-                }
-                Ok(PiecePage {
-                    piece_size,
-                    pieces,
-                    first: got,
-                    hashes: hashes.0,
-                })
-            }
-            Message::Error { reason, .. } => Err(ServiceError::Refused(reason)),
-            _ => Err(ServiceError::Protocol(peer)),
         }
     }
 

@@ -1,0 +1,115 @@
+//! What the [`Endpoint`](super::Endpoint) hands its driver: datagrams to send, where an
+//! incoming message goes, and what became of requests.
+
+use std::net::SocketAddr;
+
+use crate::wire::{ContentHash, FileId, Message, RequestId, TransferId};
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub to: SocketAddr,
+    /// The encoded message.
+    pub payload: Vec<u8>,
+}
+
+/// Where an incoming message goes.
+#[derive(Debug)]
+pub enum Incoming {
+    /// The answer to our request `request`.
+    Answer {
+        /// The request it answers.
+        request: RequestId,
+        /// The answer.
+        answer: Message,
+    },
+    /// The index entry of one of our files is asked for (within the sender's rate limit).
+    EntryRequest {
+        /// Who asks.
+        from: SocketAddr,
+        /// Its request id, for the answer.
+        request: RequestId,
+        /// The file.
+        file: FileId,
+    },
+    /// A page of our index is asked for (within the sender's rate limit).
+    IndexRequest {
+        /// Who asks.
+        from: SocketAddr,
+        /// Its request id, for the answer.
+        request: RequestId,
+        /// The page.
+        page: u32,
+    },
+    /// Piece hashes of one of our files are asked for (within the sender's rate limit).
+    PieceRequest {
+        /// Who asks.
+        from: SocketAddr,
+        /// Its request id, for the answer.
+        request: RequestId,
+        /// The file.
+        file: FileId,
+        /// The content the asker expects.
+        hash: ContentHash,
+        /// First piece wanted.
+        first: u32,
+    },
+    /// A new transfer is asked for and admitted: the driver opens the file, then calls
+    /// [`Endpoint::upload_started`] (or [`Endpoint::refuse`]).
+    NewUpload {
+        /// The receiver.
+        from: SocketAddr,
+        /// Its transfer id.
+        transfer: TransferId,
+        /// The file.
+        file: FileId,
+        /// Where to start.
+        offset: u64,
+    },
+    /// A message for the upload `(from, transfer)` in progress (`Request` again, `Ack`,
+    /// `FinAck`, `Abort`).
+    Upload {
+        /// The receiver.
+        from: SocketAddr,
+        /// The transfer.
+        transfer: TransferId,
+        /// The message.
+        msg: Message,
+    },
+    /// A message for our download `transfer`, from its sender (`Accept`, `Data`, `Fin`,
+    /// `Abort`).
+    Download {
+        /// The transfer.
+        transfer: TransferId,
+        /// The message.
+        msg: Message,
+    },
+}
+
+/// What became of requests and the registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Request `request` to `to` had no answer after every attempt.
+    NoAnswer {
+        /// The request.
+        request: RequestId,
+        /// Where it went.
+        to: SocketAddr,
+    },
+    /// Upload `transfer` to `to` lost its slot to a new `Request`: its receiver acknowledged
+    /// nothing within [`UNPROVEN_GRACE`]. The driver ends it (an `Abort(Busy)`).
+    Evicted {
+        /// The receiver.
+        to: SocketAddr,
+        /// The transfer.
+        transfer: TransferId,
+    },
+    /// The tracker refused a heartbeat.
+    HeartbeatRefused {
+        /// The tracker.
+        tracker: SocketAddr,
+        /// Its words.
+        reason: String,
+    },
+}
