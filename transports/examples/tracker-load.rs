@@ -19,7 +19,7 @@ use p2p_core::service::run_tracker_limited;
 use p2p_core::transport::SharedTransport;
 use p2p_proto::limits::RateConfig;
 use p2p_proto::tracker::RegistryConfig;
-use p2p_proto::wire::{decode, Message, RequestId, TransportKind};
+use p2p_proto::wire::{decode, Message, RequestId, Token, TransportKind};
 use p2p_transports::UdpTransport;
 use tokio::net::UdpSocket;
 
@@ -48,9 +48,9 @@ enum Kind {
     ListPeers,
 }
 
-fn request(kind: Kind, i: usize, id: u64, pages: u32) -> Vec<u8> {
+fn request(kind: Kind, i: usize, id: u64, pages: u32, token: Token) -> Vec<u8> {
     let request = RequestId(id);
-    match kind {
+    let msg = match kind {
         Kind::Heartbeat => Message::Heartbeat {
             request,
             name: name(i),
@@ -61,8 +61,29 @@ fn request(kind: Kind, i: usize, id: u64, pages: u32) -> Vec<u8> {
             request,
             page: (id % u64::from(pages.max(1))) as u32,
         },
-    }
-    .encode()
+    };
+    // With the token that proves this address (as the real clients send it).
+    msg.with_token(Some(token)).encode()
+}
+
+/// Sends `msg` from `s` as a real client does: asked for proof (a `Retry`), sends it again
+/// with the token. Returns the answer and the token.
+async fn ask(s: &UdpSocket, to: SocketAddr, msg: &Message) -> std::io::Result<(Message, Token)> {
+    let mut buf = vec![0u8; 2048];
+    s.send_to(&msg.encode(), to).await?;
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    let token = match decode(&buf[..n]) {
+        Ok(Message::Retry { token, .. }) => token,
+        other => return Err(std::io::Error::other(format!("expected Retry: {other:?}"))),
+    };
+    s.send_to(&msg.with_token(Some(token)).encode(), to).await?;
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    let reply = decode(&buf[..n]).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok((reply, token))
 }
 
 /// One sender: peer `i`'s address, DEPTH requests in flight, latencies collected.
@@ -74,6 +95,11 @@ async fn sender(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<Duration>> {
     let socket = UdpSocket::bind(SocketAddr::new(peer_ip(i), 0)).await?;
+    let probe = Message::ListPeers {
+        request: RequestId(u64::MAX),
+        page: 0,
+    };
+    let (_, token) = ask(&socket, tracker, &probe).await?;
     let mut sent_at = [Instant::now(); DEPTH];
     let mut lat = Vec::new();
     let mut next = 0u64;
@@ -81,7 +107,7 @@ async fn sender(
         *at = Instant::now();
         socket
             .send_to(
-                &request(kind, i, next * DEPTH as u64 + slot as u64, pages),
+                &request(kind, i, next * DEPTH as u64 + slot as u64, pages, token),
                 tracker,
             )
             .await?;
@@ -102,7 +128,7 @@ async fn sender(
                 let id = next * DEPTH as u64 + slot as u64;
                 next += 1;
                 socket
-                    .send_to(&request(kind, i, id, pages), tracker)
+                    .send_to(&request(kind, i, id, pages, token), tracker)
                     .await?;
             }
             Ok(Err(e)) => return Err(e),
@@ -112,7 +138,7 @@ async fn sender(
                     *at = Instant::now();
                     let id = next * DEPTH as u64 + slot as u64;
                     socket
-                        .send_to(&request(kind, i, id, pages), tracker)
+                        .send_to(&request(kind, i, id, pages, token), tracker)
                         .await?;
                 }
                 next += 1;
@@ -165,26 +191,22 @@ async fn register_all(tracker: SocketAddr, peers: usize) -> std::io::Result<u32>
     for _round in 0..20 {
         let mut failed = Vec::new();
         for chunk in pending.chunks(500) {
-            let mut socks = Vec::new();
+            // Each address proves itself (Retry, token), then registers.
+            let mut tasks = Vec::new();
             for &i in chunk {
-                let s = UdpSocket::bind(SocketAddr::new(peer_ip(i), 0)).await?;
-                let msg = Message::Register {
-                    request: RequestId(i as u64),
-                    name: name(i),
-                    port: 7000,
-                    transport: TransportKind::Udp,
-                }
-                .encode();
-                s.send_to(&msg, tracker).await?;
-                socks.push((i, s));
+                tasks.push(tokio::spawn(async move {
+                    let s = UdpSocket::bind(SocketAddr::new(peer_ip(i), 0)).await?;
+                    let msg = Message::Register {
+                        request: RequestId(i as u64),
+                        name: name(i),
+                        port: 7000,
+                        transport: TransportKind::Udp,
+                    };
+                    ask(&s, tracker, &msg).await
+                }));
             }
-            let mut buf = vec![0u8; 2048];
-            for (i, s) in socks {
-                let ok = matches!(
-                    tokio::time::timeout(Duration::from_secs(1), s.recv_from(&mut buf)).await,
-                    Ok(Ok(_))
-                );
-                if !ok {
+            for (&i, t) in chunk.iter().zip(tasks) {
+                if !matches!(t.await, Ok(Ok((Message::RegisterReply { .. }, _)))) {
                     failed.push(i);
                 }
             }
@@ -198,12 +220,8 @@ async fn register_all(tracker: SocketAddr, peers: usize) -> std::io::Result<u32>
     let list = Message::ListPeers {
         request: RequestId(1),
         page: 0,
-    }
-    .encode();
-    s.send_to(&list, tracker).await?;
-    let mut buf = vec![0u8; 2048];
-    let (n, _) = s.recv_from(&mut buf).await?;
-    match decode(&buf[..n]) {
+    };
+    match ask(&s, tracker, &list).await.map(|(m, _)| m) {
         Ok(Message::PeerList { pages, .. }) => Ok(pages),
         other => Err(std::io::Error::other(format!("no listing: {other:?}"))),
     }
