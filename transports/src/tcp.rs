@@ -138,6 +138,21 @@ impl Drop for TcpTransport {
     }
 }
 
+/// A listener on `addr` as std's (address reuse, a backlog of 1,024), and on `[::]`
+/// dual-stack whatever the system's default, as the UDP socket on the same port is.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
 impl TcpTransport {
     /// Connects to `to` from our listening IP when it is a specific one (a multi-homed host,
     /// or one of 127/8's addresses): the other side sees the address it can reach us at, and
@@ -158,7 +173,7 @@ impl TcpTransport {
 
     /// Listens on `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr, config: TcpConfig) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr)?;
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
@@ -174,6 +189,8 @@ impl TcpTransport {
                 let Ok((stream, remote)) = listener.accept().await else {
                     continue;
                 };
+                // A dual-stack listener (`[::]`) reports IPv4 peers as IPv4-mapped.
+                let remote = crate::udp::canonical(remote);
                 let full = accept_shared.conns.lock().expect("conns lock").len()
                     >= accept_shared.config.max_connections;
                 if full {
@@ -551,6 +568,32 @@ mod tests {
         // The transport closes the connection: read sees EOF (or a reset).
         let n = s.read(&mut buf).await.unwrap_or(0);
         assert_eq!(n, 0);
+    }
+
+    /// A listener on `[::]` accepts IPv4 peers and knows them by their plain IPv4 address,
+    /// so that its answer goes back over the same connection. Skipped where the machine has
+    /// no IPv6.
+    #[tokio::test]
+    async fn a_dual_stack_listener_speaks_plain_ipv4() {
+        let Ok(server) = TcpTransport::bind("[::]:0".parse().unwrap(), TcpConfig::default()).await
+        else {
+            eprintln!("skipped: this machine cannot bind [::]");
+            return;
+        };
+        let port = server.local_addr().unwrap().port();
+        let client = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
+            .await
+            .unwrap();
+        client
+            .send_to(SocketAddr::from(([127, 0, 0, 1], port)), b"ping")
+            .await
+            .unwrap();
+        let (from, msg) = server.recv_from().await.unwrap();
+        assert_eq!(&msg[..], b"ping");
+        assert!(from.is_ipv4(), "reported as {from}");
+        server.send_to(from, b"pong").await.unwrap();
+        let (_, msg) = client.recv_from().await.unwrap();
+        assert_eq!(&msg[..], b"pong");
     }
 
     /// A peer that reads nothing fills its connection's queue; the next send waits at most

@@ -85,6 +85,16 @@ pub struct UdpTransport {
     send_lock: StdMutex<()>,
     /// `sendfile` to this socket works (cleared at its first refusal).
     sendfile: AtomicBool,
+    /// An IPv6 socket, dual-stack when bound to `[::]`: IPv4 peers are written to as
+    /// IPv4-mapped addresses and reported as plain IPv4 ([`canonical`]).
+    v6: bool,
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`[::ffff:192.0.2.7]:p`, what a dual-stack
+/// socket reports for an IPv4 peer) as the plain IPv4 address: one peer, one address,
+/// whichever socket it came in on.
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Room for any datagram, and for the longest run receive offload merges (64 KiB).
@@ -153,19 +163,20 @@ impl Inbox {
     fn take(&mut self, i: usize, meta: &RecvMeta) {
         let len = meta.len.min(RECV_BLOCK);
         let stride = if meta.stride == 0 { len } else { meta.stride };
+        let from = canonical(meta.addr);
         if len == 0 {
-            self.ready.push_back((meta.addr, Bytes::new()));
+            self.ready.push_back((from, Bytes::new()));
             return;
         }
         if len < RECV_BLOCK / 2 {
             for d in self.blocks[i][..len].chunks(stride) {
-                self.ready.push_back((meta.addr, Bytes::copy_from_slice(d)));
+                self.ready.push_back((from, Bytes::copy_from_slice(d)));
             }
         } else {
             let whole = Bytes::from_owner(Block(self.blocks[i].clone()));
             for start in (0..len).step_by(stride) {
                 let msg = whole.slice(start..(start + stride).min(len));
-                self.ready.push_back((meta.addr, msg));
+                self.ready.push_back((from, msg));
             }
         }
     }
@@ -192,6 +203,10 @@ impl UdpTransport {
     /// Binds `addr` with `config`.
     pub fn bind_config(addr: SocketAddr, config: UdpConfig) -> io::Result<Self> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            // `[::]` serves IPv4 peers too, whatever the system's default.
+            let _ = socket.set_only_v6(false);
+        }
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
         force_buffers(&socket);
@@ -215,7 +230,18 @@ impl UdpTransport {
             reads: AtomicU64::new(0),
             send_lock: StdMutex::new(()),
             sendfile: AtomicBool::new(true),
+            v6: addr.is_ipv6(),
         })
+    }
+
+    /// `to` as this socket writes to it: an IPv4 address as IPv4-mapped on an IPv6 socket.
+    fn wire_addr(&self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V4(v4) if self.v6 => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => to,
+        }
     }
 
     /// True when the kernel may merge datagrams for this socket (receive offload).
@@ -291,7 +317,7 @@ impl UdpTransport {
     /// sends it again.
     fn try_send_file(&self, to: SocketAddr, head: &[u8], body: &FileRange) -> io::Result<()> {
         let _sending = self.send_lock();
-        let addr = SockaddrStorage::from(to);
+        let addr = SockaddrStorage::from(self.wire_addr(to));
         // nix names no MSG_MORE; the kernel's value.
         let more = MsgFlags::from_bits_retain(nix::libc::MSG_MORE) | MsgFlags::MSG_DONTWAIT;
         if let Some(segment) = self.whole_segment(to, head.len() + body.len) {
@@ -371,7 +397,7 @@ fn force_buffers(socket: &Socket) {
 impl Transport for UdpTransport {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
         self.check_size(to, msg.len())?;
-        let addr = SockaddrStorage::from(to);
+        let addr = SockaddrStorage::from(self.wire_addr(to));
         self.socket
             .async_io(Interest::WRITABLE, || {
                 let _sending = self.send_lock();
@@ -417,7 +443,7 @@ impl Transport for UdpTransport {
             return p2p_core::transport::send_each(self, to, msgs, segment).await;
         }
         let transmit = Transmit {
-            destination: to,
+            destination: self.wire_addr(to),
             ecn: None,
             contents: msgs,
             segment_size: Some(segment),
@@ -480,6 +506,30 @@ mod tests {
     /// A transport on a free loopback port, 1452-byte datagrams (60 KiB to loopback).
     fn local() -> UdpTransport {
         UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), 1452).unwrap()
+    }
+
+    /// A socket on `[::]` serves IPv4 peers too: they are reported as plain IPv4 addresses
+    /// (not `[::ffff:127.0.0.1]`), and an answer to that address reaches them. Skipped with
+    /// a note where the machine has no IPv6.
+    #[tokio::test]
+    async fn a_dual_stack_socket_speaks_plain_ipv4() {
+        let Ok(server) = UdpTransport::bind_with("[::]:0".parse().unwrap(), 1452) else {
+            eprintln!("skipped: this machine cannot bind [::]");
+            return;
+        };
+        let port = server.local_addr().unwrap().port();
+        let client = local();
+        client
+            .send_to(SocketAddr::from(([127, 0, 0, 1], port)), b"ping")
+            .await
+            .unwrap();
+        let (from, msg) = server.recv_from().await.unwrap();
+        assert_eq!(&msg[..], b"ping");
+        assert_eq!(from, client.local_addr().unwrap(), "reported as plain IPv4");
+        server.send_to(from, b"pong").await.unwrap();
+        let (back, msg) = client.recv_from().await.unwrap();
+        assert_eq!(&msg[..], b"pong");
+        assert_eq!(back.port(), port);
     }
 
     /// A batch leaves as separate datagrams, whole and in order, with segmentation offload
