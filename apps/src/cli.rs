@@ -1,12 +1,16 @@
 //! Command-line definitions. Names and flags are a contract with users and scripts.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use p2p_proto::wire::TransportKind;
+
+use crate::config;
 
 /// Peer-to-peer file sharing over UDP or TCP, with a tracker of live peers.
 #[derive(Parser, Debug)]
@@ -75,6 +79,24 @@ pub(crate) enum Command {
     /// Print the manual page (roff), of p2p or of one of its commands.
     #[command(after_help = MAN_EXAMPLES)]
     Man(ManArgs),
+    /// Show the settings in effect (tracker, name, share, downloads, transport), where each
+    /// comes from, and the config file's path.
+    #[command(after_help = CONFIG_EXAMPLES)]
+    Config(ConfigArgs),
+}
+
+/// Parses the command line, then fills the settings it leaves out from the `P2P_*`
+/// environment variables and the config file (see [`config`]). A setting that cannot be used
+/// is a usage error (exit code 2), as a bad flag is.
+pub(crate) fn parse() -> Result<Cli, clap::Error> {
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut Cli::command()))?;
+    if let Some((_, sub)) = matches.subcommand() {
+        config::apply(&mut cli.command, sub).map_err(|e| {
+            clap::Error::raw(ErrorKind::ValueValidation, format!("{e}\n")).with_cmd(&Cli::command())
+        })?;
+    }
+    Ok(cli)
 }
 
 const MAIN_EXAMPLES: &str = "\
@@ -89,12 +111,19 @@ Exit codes: 0 ok, 1 failed, 2 usage (bad flags, values or folders), 3 interrupte
 with the verified part kept (run it again to resume), 4 peer or file not found, 5 tracker or
 peer unreachable, 6 conflict (name refused, file exists, download running elsewhere, port in
 use). With --json, errors are {\"error\":{\"kind\":...,\"message\":...}} on stdout.
+
+Settings: a flag wins over its environment variable (P2P_TRACKER, P2P_NAME, P2P_SHARE,
+P2P_DOWNLOADS, P2P_TRANSPORT), which wins over the config file (~/.config/p2p/config.toml on
+Linux, or the file P2P_CONFIG names), which wins over the built-in default. `p2p config` shows
+what is in effect and where each setting comes from.
+
 `p2p COMMAND --help` for each command.";
 
 const TRACKER_EXAMPLES: &str = "\
 Examples:
   p2p tracker                                  # 0.0.0.0:9000, UDP and TCP
   p2p tracker --listen 127.0.0.1:9100          # another address or port
+  p2p tracker --listen [::]:9000               # IPv6 (and IPv4 where the system allows)
   p2p tracker --peer-ttl 1m --heartbeat 20s    # slower expiry";
 
 const PEER_EXAMPLES: &str = "\
@@ -136,6 +165,24 @@ Examples:
   p2p completions zsh > ~/.zfunc/_p2p          # with fpath+=(~/.zfunc) in ~/.zshrc
   p2p completions fish > ~/.config/fish/completions/p2p.fish";
 
+const CONFIG_EXAMPLES: &str = "\
+Examples:
+  p2p config                                   # each setting, its value and its source
+  p2p config --path                            # the config file p2p reads
+  P2P_TRACKER=tracker.lan:9000 p2p config      # what the variable changes
+  p2p config --json                            # the same, for scripts
+
+The config file (TOML; every key optional; `~/` is the home folder):
+  tracker = \"tracker.example.org:9000\"
+  name = \"alice\"
+  share = \"~/Music\"
+  downloads = \"~/Downloads\"
+  transport = \"udp\"
+
+A flag wins over the environment (P2P_TRACKER, P2P_NAME, P2P_SHARE, P2P_DOWNLOADS,
+P2P_TRANSPORT; empty counts as unset), the environment over the file, the file over the
+built-in default. P2P_CONFIG names another file.";
+
 const MAN_EXAMPLES: &str = "\
 Examples:
   p2p man | man -l -                           # read it now
@@ -173,6 +220,33 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok((n * mult) as u64)
 }
 
+/// Addresses as people write them (`IP:PORT`, `[IPv6]:PORT`, `HOST:PORT`), resolved when
+/// the command line is read; an error names the flag, what was written and what to do.
+#[derive(Clone)]
+struct AddressParser;
+
+impl TypedValueParser for AddressParser {
+    type Value = SocketAddr;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<SocketAddr, clap::Error> {
+        let flag = arg
+            .and_then(|a| a.get_long())
+            .map_or_else(|| "address".to_string(), |l| format!("--{l}"));
+        let refuse = |why: String| {
+            clap::Error::raw(ErrorKind::ValueValidation, format!("{flag} {why}\n")).with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("is not valid UTF-8: write HOST:PORT".into()))?;
+        crate::address::resolve(text).map_err(|e| refuse(e.to_string()))
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 30s or 500ms: {e}"))
@@ -181,8 +255,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Args, Debug)]
 #[command(after_help = TRACKER_EXAMPLES)]
 pub(crate) struct TrackerArgs {
-    /// Address to listen on (UDP and TCP).
-    #[arg(long, default_value = "0.0.0.0:9000")]
+    /// Address to listen on (UDP and TCP): IP:PORT, [IPv6]:PORT or HOST:PORT. 0.0.0.0 is
+    /// every IPv4 interface; a specific address listens on that interface only.
+    #[arg(long, default_value = "0.0.0.0:9000", value_parser = AddressParser)]
     pub listen: SocketAddr,
     /// How long a peer stays listed without a heartbeat.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -229,10 +304,12 @@ impl ServiceLimits {
 /// Options shared by the commands that talk to the tracker.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct TrackerOpts {
-    /// Tracker address.
-    #[arg(long, default_value = "127.0.0.1:9000")]
+    /// Tracker address: IP:PORT, [IPv6]:PORT or HOST:PORT (a name with several addresses:
+    /// its first IPv4 one). Else P2P_TRACKER, else the config file's `tracker`.
+    #[arg(long, default_value = DEFAULT_TRACKER, value_parser = AddressParser)]
     pub tracker: SocketAddr,
     /// Transport used to reach the tracker (a peer is reached over the one it registered).
+    /// Else P2P_TRANSPORT, else the config file's `transport`.
     #[arg(long, default_value = "udp", value_parser = transport_values())]
     pub transport: TransportKind,
 }
@@ -240,25 +317,29 @@ pub(crate) struct TrackerOpts {
 #[derive(Args, Debug)]
 #[command(after_help = PEER_EXAMPLES)]
 pub(crate) struct PeerArgs {
-    /// Name to register (asked for when missing).
+    /// Name to register. Else P2P_NAME, else the config file's `name`, else asked for.
     #[arg(long)]
     pub name: Option<String>,
-    /// Address to listen on.
-    #[arg(long, conflicts_with = "port")]
+    /// Address to listen on: IP:PORT, [IPv6]:PORT or HOST:PORT (one interface; --port
+    /// listens on every IPv4 interface).
+    #[arg(long, conflicts_with = "port", value_parser = AddressParser)]
     pub listen: Option<SocketAddr>,
     /// Port to listen on, all interfaces (asked for when missing).
     #[arg(long)]
     pub port: Option<u16>,
-    /// Tracker address.
-    #[arg(long, default_value = "127.0.0.1:9000")]
+    /// Tracker address: IP:PORT, [IPv6]:PORT or HOST:PORT. Else P2P_TRACKER, else the
+    /// config file's `tracker`.
+    #[arg(long, default_value = DEFAULT_TRACKER, value_parser = AddressParser)]
     pub tracker: SocketAddr,
-    /// Folder to share.
-    #[arg(long, default_value = "./shared")]
+    /// Folder to share. Else P2P_SHARE, else the config file's `share`.
+    #[arg(long, default_value = DEFAULT_SHARE)]
     pub share: PathBuf,
-    /// Folder for downloads made from the menu.
-    #[arg(long, default_value = "./downloads")]
+    /// Folder for downloads made from the menu. Else P2P_DOWNLOADS, else the config file's
+    /// `downloads`.
+    #[arg(long, default_value = DEFAULT_DOWNLOADS)]
     pub downloads: PathBuf,
-    /// Transport to listen on and to reach the tracker with.
+    /// Transport to listen on and to reach the tracker with. Else P2P_TRANSPORT, else the
+    /// config file's `transport`.
     #[arg(long, default_value = "udp", value_parser = transport_values())]
     pub transport: TransportKind,
     /// No interactive menu: serve until SIGINT/SIGTERM.
@@ -319,8 +400,8 @@ pub(crate) struct GetArgs {
     pub id: String,
     #[command(flatten)]
     pub tracker: TrackerOpts,
-    /// Folder to save into.
-    #[arg(long, default_value = "./downloads")]
+    /// Folder to save into. Else P2P_DOWNLOADS, else the config file's `downloads`.
+    #[arg(long, default_value = DEFAULT_DOWNLOADS)]
     pub out: PathBuf,
     /// Machine-readable output (and, on stderr, one JSON line per recorded checkpoint).
     #[arg(long)]
@@ -362,6 +443,42 @@ pub(crate) struct CompletionsArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ManArgs {
     /// A command whose page to print (default: the page of p2p itself).
-    #[arg(value_parser = ["tracker", "peer", "peers", "ls", "get", "demo", "completions", "man"])]
+    #[arg(value_parser = ["tracker", "peer", "peers", "ls", "get", "demo", "completions", "man", "config"])]
     pub command: Option<String>,
 }
+
+#[derive(Args, Debug)]
+pub(crate) struct ConfigArgs {
+    /// Print only the config file's path (whether the file exists or not).
+    #[arg(long, conflicts_with = "json")]
+    pub path: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// A tracker address, to see it win over the environment and the file.
+    #[arg(long, default_value = DEFAULT_TRACKER, value_parser = AddressParser)]
+    pub tracker: SocketAddr,
+    /// A peer name, likewise.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A folder to share, likewise.
+    #[arg(long, default_value = DEFAULT_SHARE)]
+    pub share: PathBuf,
+    /// A download folder, likewise.
+    #[arg(long, default_value = DEFAULT_DOWNLOADS)]
+    pub downloads: PathBuf,
+    /// A transport, likewise.
+    #[arg(long, default_value = "udp", value_parser = transport_values())]
+    pub transport: TransportKind,
+    /// Where each setting came from (filled after parsing).
+    #[arg(skip)]
+    pub origins: Vec<config::Origin>,
+    /// The config file that was read (filled after parsing).
+    #[arg(skip)]
+    pub file: config::FileStatus,
+}
+
+/// Built-in defaults, used when neither a flag, the environment nor the config file sets them.
+const DEFAULT_TRACKER: &str = "127.0.0.1:9000";
+const DEFAULT_SHARE: &str = "./shared";
+const DEFAULT_DOWNLOADS: &str = "./downloads";

@@ -1,20 +1,20 @@
 //! `p2p`: share files between peers through a tracker, over UDP or TCP.
 
+mod address;
 mod cli;
 mod commands;
+mod config;
 mod failure;
 mod output;
 mod session;
 mod signals;
 
-use clap::Parser;
-
-use cli::{Cli, Command};
+use cli::Command;
 use commands::{completions, demo, get, ls, man, peer, peers, tracker};
 use failure::Kind;
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
@@ -22,6 +22,7 @@ fn main() {
     let generated = match cli.command {
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),
+        Command::Config(args) => commands::config::run(args),
         command => run(command, cli.verbose, cli.color),
     };
     if let Err(e) = generated {
@@ -93,7 +94,9 @@ fn run(command: Command, verbose: u8, color: cli::Color) -> anyhow::Result<()> {
             Command::Ls(args) => ls::run(args).await,
             Command::Get(args) => get::run(args).await,
             Command::Demo(args) => demo::run(args).await,
-            Command::Completions(_) | Command::Man(_) => unreachable!("run without a runtime"),
+            Command::Completions(_) | Command::Man(_) | Command::Config(_) => {
+                unreachable!("run without a runtime")
+            }
         }
     });
     if let Err(e) = result {

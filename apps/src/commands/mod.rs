@@ -1,6 +1,7 @@
 //! One module per subcommand of `p2p`.
 
 pub(crate) mod completions;
+pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod get;
 pub(crate) mod ls;
