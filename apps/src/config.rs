@@ -149,7 +149,7 @@ pub(crate) fn file_path() -> FileStatus {
 /// The values the environment and the config file give, as written.
 pub(crate) struct Layers {
     env: BTreeMap<Key, String>,
-    file: BTreeMap<Key, (String, usize)>,
+    file: FileValuesByKey,
     status: FileStatus,
 }
 
@@ -228,6 +228,9 @@ fn file_place(path: &Path, line: usize, key: Option<&str>) -> String {
     }
 }
 
+/// The config file's values as written, each with its line.
+type FileValuesByKey = BTreeMap<Key, (String, usize)>;
+
 /// The keys of the config file, each with its line.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -241,10 +244,7 @@ struct FileValues {
 
 /// Reads and checks the config file at `path`; `None` when it does not exist and was not named
 /// by `P2P_CONFIG` (`named`).
-fn read_file(
-    path: &Path,
-    named: bool,
-) -> Result<Option<BTreeMap<Key, (String, usize)>>, ConfigError> {
+fn read_file(path: &Path, named: bool) -> Result<Option<FileValuesByKey>, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => return Ok(None),
@@ -266,7 +266,7 @@ fn read_file(
 
 /// The values of a config file's `text`, with their lines; an error names the file, the line
 /// and the key.
-fn parse_file(path: &Path, text: &str) -> Result<BTreeMap<Key, (String, usize)>, ConfigError> {
+fn parse_file(path: &Path, text: &str) -> Result<FileValuesByKey, ConfigError> {
     let values: FileValues = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
     let mut out = BTreeMap::new();
     let fields = [
@@ -480,7 +480,7 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<BTreeMap<Key, (String, usize)>, String> {
+    fn parse(text: &str) -> Result<FileValuesByKey, String> {
         parse_file(Path::new("/c/config.toml"), text).map_err(|e| e.to_string())
     }
 
