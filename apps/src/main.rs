@@ -3,6 +3,7 @@
 mod address;
 mod cli;
 mod commands;
+mod console;
 mod config;
 mod failure;
 mod output;

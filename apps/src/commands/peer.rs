@@ -1,12 +1,17 @@
 //! `p2p peer`: share a folder, register with the tracker, and offer the interactive menu
-//! (`i`, `c`, `r`, `q`) of the original program, with `d` for the downloads running.
+//! (`i`, `c`, `r`, `q`) of the original program, with `d` for the downloads and uploads
+//! running.
+//!
+//! On a terminal the menu is a console (`crate::console`): line editing, history, tab
+//! completion, and a live line per running download. With piped input it reads plain lines
+//! and prints exactly what scripts expect.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use p2p_core::index::hash_file;
@@ -17,8 +22,11 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::PeerArgs;
+use crate::console::{
+    self, download_line, Answer, Console, Known, KnownFile, Meter, Printer, ScreenMsg, Uploads,
+};
 use crate::failure::{describe, describe_service, fail, failure, kind_of, Kind, WithKind};
-use crate::output::{clean, human_bytes, nfc, print_index};
+use crate::output::{clean, human_bytes, id_width, nfc, print_index};
 use crate::session::{
     bind_error, check_folder, check_share, dest_for, endpoint, reach, Mode, Reached,
 };
@@ -30,8 +38,13 @@ type StdinLines = Lines<BufReader<Stdin>>;
 /// uploads).
 const UPLOAD_NOTICES: usize = 256;
 
-/// One line for an upload notice, for the sharer's terminal.
-fn upload_line(n: &UploadNotice) -> String {
+/// One line for an upload notice, for the sharer's terminal; `name` is the downloader's, when
+/// the menu's last listing of peers tells who listens at its address.
+fn upload_line(n: &UploadNotice, name: Option<String>) -> String {
+    let who = |peer: &SocketAddr| match &name {
+        Some(name) => format!("{} ({peer})", clean(name)),
+        None => peer.to_string(),
+    };
     match n {
         UploadNotice::Started {
             peer,
@@ -39,9 +52,10 @@ fn upload_line(n: &UploadNotice) -> String {
             size,
             offset: 0,
         } => format!(
-            "upload: sending {} ({}) to {peer}",
+            "upload: sending {} ({}) to {}",
             clean(path),
-            human_bytes(*size)
+            human_bytes(*size),
+            who(peer)
         ),
         UploadNotice::Started {
             peer,
@@ -49,8 +63,9 @@ fn upload_line(n: &UploadNotice) -> String {
             size,
             offset,
         } => format!(
-            "upload: sending {} to {peer}, resuming at {} of {}",
+            "upload: sending {} to {}, resuming at {} of {}",
             clean(path),
+            who(peer),
             human_bytes(*offset),
             human_bytes(*size)
         ),
@@ -62,31 +77,45 @@ fn upload_line(n: &UploadNotice) -> String {
         } => {
             let secs = elapsed.as_secs_f64().max(1e-3);
             format!(
-                "upload: sent {} to {peer}: {} in {secs:.1} s ({}/s)",
+                "upload: sent {} to {}: {} in {secs:.1} s ({}/s)",
                 clean(path),
+                who(peer),
                 human_bytes(*bytes),
                 human_bytes((*bytes as f64 / secs) as u64)
             )
         }
         UploadNotice::Failed { peer, path, reason } => format!(
-            "upload: {} to {peer} stopped: {}",
+            "upload: {} to {} stopped: {}",
             clean(path),
+            who(peer),
             clean(reason)
         ),
     }
 }
 
-/// Prints a line per upload notice; in the menu, above a fresh prompt.
-async fn print_uploads(mut rx: mpsc::Receiver<UploadNotice>, in_menu: bool) {
+/// Keeps the upload table of `d` and prints a line per upload notice (in the menu, above the
+/// prompt).
+async fn print_uploads(
+    mut rx: mpsc::Receiver<UploadNotice>,
+    printer: Printer,
+    uploads: Arc<Mutex<Uploads>>,
+    known: Arc<Mutex<Known>>,
+) {
     while let Some(n) = rx.recv().await {
-        if in_menu {
-            // Over the prompt line (its text is typed anew only when it was empty).
-            println!("\r{}", upload_line(&n));
-            prompt("Choose: ");
-        } else {
-            println!("{}", upload_line(&n));
-        }
+        locked(&uploads).record(Instant::now(), &n);
+        let peer = match &n {
+            UploadNotice::Started { peer, .. }
+            | UploadNotice::Finished { peer, .. }
+            | UploadNotice::Failed { peer, .. } => *peer,
+        };
+        let name = locked(&known).name_at(peer);
+        printer.line(upload_line(&n, name));
     }
+}
+
+/// The lock's contents, also after a panic elsewhere (the tables stay usable).
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn prompt(text: &str) {
@@ -94,18 +123,83 @@ fn prompt(text: &str) {
     let _ = std::io::stdout().flush();
 }
 
-async fn ask(lines: &mut StdinLines, question: &str) -> Result<String> {
-    prompt(question);
-    match lines.next_line().await? {
-        Some(l) => Ok(l.trim().to_string()),
-        None => bail!("no answer on standard input"),
+/// Where the menu's lines come from: the console on a terminal, else plain lines.
+enum Input {
+    /// Piped or redirected input: the prompt is printed, the line read as it comes.
+    Plain {
+        lines: StdinLines,
+        /// The prompt showing, for the lines printed over it (see [`Printer::Plain`]).
+        showing: Arc<Mutex<String>>,
+    },
+    Console(Console),
+}
+
+impl Input {
+    /// The console when input and output are a terminal and it starts; plain lines otherwise.
+    fn open(known: &Arc<Mutex<Known>>) -> Input {
+        if console::available() {
+            match Console::start(known.clone()) {
+                Ok(console) => return Input::Console(console),
+                Err(e) => eprintln!("warning: {e:#}; reading plain lines"),
+            }
+        }
+        Input::Plain {
+            lines: BufReader::new(tokio::io::stdin()).lines(),
+            showing: Arc::default(),
+        }
+    }
+
+    /// Where lines printed while a prompt shows go.
+    fn printer(&self) -> Printer {
+        match self {
+            Input::Plain { showing, .. } => Printer::Plain(showing.clone()),
+            Input::Console(console) => console.printer(),
+        }
+    }
+
+    /// Shows `question` and starts reading its answer; menu commands are `remember`ed in the
+    /// history.
+    fn ask(&mut self, question: &str, remember: bool) {
+        match self {
+            Input::Plain { showing, .. } => {
+                *locked(showing) = question.to_string();
+                prompt(question);
+            }
+            Input::Console(console) => console.ask(question, remember),
+        }
+    }
+
+    /// The answer to the last [`Input::ask`] (cancel-safe).
+    async fn answer(&mut self) -> Answer {
+        match self {
+            Input::Plain { lines, showing } => {
+                let line = lines.next_line().await;
+                locked(showing).clear();
+                match line {
+                    Ok(Some(line)) => Answer::Line(line),
+                    Ok(None) => Answer::Eof,
+                    Err(e) => Answer::Failed(e.to_string()),
+                }
+            }
+            Input::Console(console) => console.answer().await,
+        }
+    }
+}
+
+/// Asks `question` and returns the trimmed answer; fails when none comes.
+async fn ask(input: &mut Input, question: &str) -> Result<String> {
+    input.ask(question, false);
+    match input.answer().await {
+        Answer::Line(l) => Ok(l.trim().to_string()),
+        Answer::Eof => bail!("no answer on standard input"),
+        Answer::Interrupted => bail!("interrupted (Ctrl-C)"),
+        Answer::Failed(e) => bail!("cannot read the terminal: {e}"),
     }
 }
 
 pub(crate) async fn run(args: PeerArgs) -> Result<()> {
     let mut shutdown = Shutdown::install();
     let interactive = std::io::stdin().is_terminal();
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
     // What flags name is checked before any question: a mistake there never costs answers.
     check_share(&args.share, "--share")?;
     check_folder(&args.downloads, "--downloads")?;
@@ -115,6 +209,11 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
             .map_err(|e| failure(Kind::InvalidName, format!("{e}: choose another --name")))?;
     }
     let kind = args.transport;
+    let known = Arc::new(Mutex::new(Known::default()));
+    let mut input = match args.no_menu {
+        true => None,
+        false => Some(Input::open(&known)),
+    };
     // Uploads are told on the terminal, a line each (see `print_uploads`).
     let (notices, notices_rx) = mpsc::channel(UPLOAD_NOTICES);
     // Each answer is checked as soon as it is given, and asked again when it does not do:
@@ -140,7 +239,10 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
             .await?
         }
         (None, None) => loop {
-            let answer = ask(&mut lines, "Enter port number (e.g., 10001): ")
+            let Some(input) = input.as_mut() else {
+                fail!(Kind::Usage, "--no-menu needs --port PORT")
+            };
+            let answer = ask(input, "Enter port number (e.g., 10001): ")
                 .await
                 .context("no port given: pass --port PORT")?;
             let Ok(port) = answer.parse::<u16>() else {
@@ -169,8 +271,10 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
             register(&handle, &args, &name).await?;
             name
         }
-        None if args.no_menu => fail!(Kind::Usage, "--no-menu needs --name NAME"),
         None => {
+            let Some(input) = input.as_mut() else {
+                fail!(Kind::Usage, "--no-menu needs --name NAME")
+            };
             handle
                 .list_peers(args.tracker)
                 .await
@@ -181,7 +285,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
                     )
                 })?;
             loop {
-                let name = ask(&mut lines, "Enter peer name: ")
+                let name = ask(input, "Enter peer name: ")
                     .await
                     .context("no name given: pass --name NAME")?;
                 let name = nfc(&name);
@@ -199,55 +303,114 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
             }
         }
     };
-    let mut menu = Menu {
-        handle: handle.clone(),
-        tracker: args.tracker,
-        downloads: args.downloads.clone(),
-        me: name.clone(),
-        running: Default::default(),
-        next_download: 0,
-        confirming_quit: false,
-    };
-    let in_menu = !args.no_menu;
-    tokio::spawn(print_uploads(notices_rx, in_menu));
-    if args.no_menu {
+    let uploads = Arc::new(Mutex::new(Uploads::default()));
+    let printer = input.as_ref().map_or_else(Printer::plain, Input::printer);
+    tokio::spawn(print_uploads(
+        notices_rx,
+        printer.clone(),
+        uploads.clone(),
+        known.clone(),
+    ));
+    let Some(mut input) = input else {
         println!(
             "peer {name} listening on {local} ({kind}), sharing {}, registered with {}",
             args.share.display(),
             args.tracker
         );
         shutdown.wait().await;
-    } else {
-        println!("Hello, {name} (listening on port {})", local.port());
-        menu.print_peers().await;
-        print_commands();
-        prompt("Choose: ");
-        let mut reading = true;
-        loop {
-            tokio::select! {
-                line = lines.next_line(), if reading => match line {
-                    Ok(Some(line)) => match menu.handle_line(&line).await {
-                        Step::Stay => prompt("Choose: "),
-                        Step::Asked => {}
-                        Step::Quit => {
-                            leave(&handle, args.tracker, &name).await;
-                            println!("Leaving system. Goodbye!");
-                            return Ok(());
-                        }
-                    },
-                    // End of input: a terminal means the user left; a pipe or file just
-                    // ran out of commands, so keep serving until a signal.
-                    _ if interactive => break,
-                    _ => reading = false,
-                },
-                _ = shutdown.wait() => break,
-            }
-        }
+        leave(&handle, args.tracker, &name).await;
+        println!("Leaving system. Goodbye!");
+        return Ok(());
+    };
+    let mut menu = Menu {
+        handle: handle.clone(),
+        tracker: args.tracker,
+        downloads: args.downloads.clone(),
+        me: name.clone(),
+        running: Default::default(),
+        uploads,
+        known,
+        printer: printer.clone(),
+        next_download: 0,
+        confirming_quit: false,
+    };
+    tokio::spawn(show_progress(menu.running.clone(), printer));
+    println!("Hello, {name} (listening on port {})", local.port());
+    menu.print_peers().await;
+    print_commands();
+    let quit = menu_loop(&mut menu, &mut input, &mut shutdown, interactive).await;
+    if !quit {
         println!();
     }
     leave(&handle, args.tracker, &name).await;
     println!("Leaving system. Goodbye!");
     Ok(())
+}
+
+/// Runs menu commands until `q` (true), or until a signal or the end of a terminal's input
+/// (false). Input that runs out without a terminal (a script's commands) keeps the peer
+/// serving until a signal.
+async fn menu_loop(
+    menu: &mut Menu,
+    input: &mut Input,
+    shutdown: &mut Shutdown,
+    interactive: bool,
+) -> bool {
+    input.ask(CHOOSE, true);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            answer = input.answer(), if reading => {
+                let step = match answer {
+                    Answer::Line(line) => menu.handle_line(&line).await,
+                    // Ctrl-C is `q`: asks first when downloads run, and confirms when asked.
+                    Answer::Interrupted if menu.confirming_quit => Step::Quit,
+                    Answer::Interrupted => menu.handle_line("q").await,
+                    // End of input: a terminal means the user left; a pipe or file just
+                    // ran out of commands, so keep serving until a signal.
+                    Answer::Eof | Answer::Failed(_) if interactive => return false,
+                    Answer::Eof | Answer::Failed(_) => {
+                        reading = false;
+                        continue;
+                    }
+                };
+                match step {
+                    Step::Stay => input.ask(CHOOSE, true),
+                    Step::Asked => input.ask(QUIT_ANYWAY, false),
+                    Step::Quit => return true,
+                }
+            },
+            _ = shutdown.wait() => return false,
+        }
+    }
+}
+
+/// The menu's prompt.
+const CHOOSE: &str = "Choose: ";
+
+/// The question `q` asks when downloads run.
+const QUIT_ANYWAY: &str = "Quit anyway? [y/N] ";
+
+/// How often the downloads' meters are read (and their live lines refreshed on a console).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Samples every running download's progress each second (for the rates `d` shows) and, on
+/// a console whose prompt shows, prints their live lines above it.
+async fn show_progress(running: Arc<Mutex<BTreeMap<u64, Running>>>, printer: Printer) {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let lines: Vec<String> = locked(&running)
+            .values_mut()
+            .map(|r| format!("  ↓ {}", r.line(Instant::now())))
+            .collect();
+        if let Some(screen) = printer.screen() {
+            if screen.prompt_showing() && !lines.is_empty() {
+                screen.send(ScreenMsg::Status(lines));
+            }
+        }
+    }
 }
 
 /// Starts the endpoint on `bind` (named by `flag`, for the message when the port is taken).
@@ -330,7 +493,7 @@ fn print_commands() {
     println!("Available commands:");
     println!("  i -peer_name       : show the files a peer shares");
     println!("  c -peer_name -id   : download file <id> from that peer");
-    println!("  d                  : list the downloads running");
+    println!("  d                  : list the downloads running and the uploads");
     println!("  r                  : refresh the list of peers");
     println!("  ?                  : show these commands");
     println!("  q                  : quit");
@@ -343,6 +506,12 @@ struct Menu {
     me: String,
     /// The downloads running, by a number of their own.
     running: Arc<Mutex<BTreeMap<u64, Running>>>,
+    /// The uploads, from the endpoint's notices.
+    uploads: Arc<Mutex<Uploads>>,
+    /// The peers and files shown so far (for tab completion and to name downloaders).
+    known: Arc<Mutex<Known>>,
+    /// Where lines that come while the prompt shows go.
+    printer: Printer,
     next_download: u64,
     /// `q` was typed with downloads running: the next line answers "Quit anyway?".
     confirming_quit: bool,
@@ -354,7 +523,17 @@ struct Running {
     path: String,
     size: u64,
     progress: watch::Receiver<Progress>,
-    started: Instant,
+    meter: Meter,
+}
+
+impl Running {
+    /// Its line for `d` and the live status: bytes, percent, rate or "stalled", time.
+    fn line(&mut self, now: Instant) -> String {
+        let p = *self.progress.borrow();
+        let total = p.total.unwrap_or(self.size);
+        let reading = self.meter.observe(now, p.received, total);
+        download_line(&self.path, &self.peer, &reading)
+    }
 }
 
 /// What the menu does after a line.
@@ -372,9 +551,10 @@ impl Menu {
         match self.handle.list_peers(self.tracker).await {
             Ok(peers) => {
                 println!("Current Peers:");
-                for p in peers {
+                for p in &peers {
                     println!("  - {}", clean(&p.name));
                 }
+                locked(&self.known).set_listing(&peers);
             }
             Err(e) => println!(
                 "Cannot reach the tracker at {}: {}",
@@ -404,7 +584,7 @@ impl Menu {
             (Some("q" | "quit" | "exit"), []) => return self.quit(),
             (Some("r" | "refresh"), []) => self.print_peers().await,
             (Some("h" | "help" | "?"), []) => print_commands(),
-            (Some("d" | "downloads"), []) => self.print_downloads(),
+            (Some("d" | "downloads" | "uploads"), []) => self.print_transfers(),
             (Some("i"), [peer]) => self.show_index(peer).await,
             (Some("c"), [peer, id]) => match id.parse::<FileId>() {
                 Ok(id) => self.start_download(peer, id).await,
@@ -420,13 +600,10 @@ impl Menu {
 
     /// `q`: leaves at once, or first asks when downloads are running.
     fn quit(&mut self) -> Step {
-        let running: Vec<String> = {
-            let running = self.running.lock().expect("not poisoned");
-            running
-                .values()
-                .map(|r| format!("{} from {}", clean(&r.path), clean(&r.peer)))
-                .collect()
-        };
+        let running: Vec<String> = locked(&self.running)
+            .values()
+            .map(|r| format!("{} from {}", clean(&r.path), clean(&r.peer)))
+            .collect();
         if running.is_empty() {
             return Step::Quit;
         }
@@ -435,31 +612,26 @@ impl Menu {
             running.len(),
             running.join(", ")
         );
-        prompt("Quit anyway? [y/N] ");
         self.confirming_quit = true;
         Step::Asked
     }
 
-    /// `d`: one line per download running, with its progress.
-    fn print_downloads(&self) {
-        let running = self.running.lock().expect("not poisoned");
+    /// `d`: one line per download running, with its progress, then the uploads.
+    fn print_transfers(&self) {
+        let now = Instant::now();
+        let mut running = locked(&self.running);
         if running.is_empty() {
             println!("No downloads running.");
-            return;
+        } else {
+            println!("Downloads running:");
+            for r in running.values_mut() {
+                println!("  {}", r.line(now));
+            }
         }
-        println!("Downloads running:");
-        for r in running.values() {
-            let p = *r.progress.borrow();
-            let total = p.total.unwrap_or(r.size);
-            let percent = (p.received * 100).checked_div(total).unwrap_or(100);
-            println!(
-                "  {} from {}: {} of {} ({percent}%), {:.0} s",
-                clean(&r.path),
-                clean(&r.peer),
-                human_bytes(p.received),
-                human_bytes(total),
-                r.started.elapsed().as_secs_f64()
-            );
+        drop(running);
+        let known = locked(&self.known);
+        for line in locked(&self.uploads).lines(now, |a| known.name_at(a)) {
+            println!("{line}");
         }
     }
 
@@ -474,7 +646,18 @@ impl Menu {
             Err(e) => return println!("{}", describe(&e)),
         };
         match reached.index().await {
-            Ok((share, entries)) => print_index(&reached.info.name, &share, &entries),
+            Ok((share, entries)) => {
+                print_index(&reached.info.name, &share, &entries);
+                let width = id_width(&entries);
+                let files = entries
+                    .iter()
+                    .map(|e| KnownFile {
+                        id: format!("{:0width$}", e.id.0),
+                        path: e.path.clone(),
+                    })
+                    .collect();
+                locked(&self.known).set_files(&reached.info.name, files);
+            }
             Err(e) => println!("{}", describe(&e)),
         }
     }
@@ -498,14 +681,14 @@ impl Menu {
         let (tx, progress) = watch::channel(Progress::default());
         let number = self.next_download;
         self.next_download += 1;
-        self.running.lock().expect("not poisoned").insert(
+        locked(&self.running).insert(
             number,
             Running {
                 peer: peer.to_string(),
                 path: entry.path.clone(),
                 size: entry.size,
                 progress,
-                started: Instant::now(),
+                meter: Meter::new(Instant::now()),
             },
         );
         println!(
@@ -518,44 +701,51 @@ impl Menu {
         let me = self.me.clone();
         let hash = entry.hash;
         let running = self.running.clone();
+        let printer = self.printer.clone();
         tokio::spawn(async move {
             let result = via.download(addr, entry, dest, Some(tx)).await;
-            running.lock().expect("not poisoned").remove(&number);
-            match result {
-                Ok(r) => println!(
-                    "\n[{me}] Saved {} ({}, BLAKE3 verified) from {peer} in {:.2} s",
-                    r.path.display(),
-                    human_bytes(r.size),
-                    r.elapsed.as_secs_f64()
-                ),
-                Err(ServiceError::DestinationExists(path)) => {
-                    let same = {
-                        let path = path.clone();
-                        tokio::task::spawn_blocking(move || hash_file(&path).ok())
-                            .await
-                            .ok()
-                            .flatten()
-                            == Some(hash)
-                    };
-                    if same {
-                        println!(
-                            "\n[{me}] {} is already present (same content)",
-                            path.display()
-                        );
-                    } else {
-                        println!(
-                            "\n[{me}] {} already exists with other content; move it away to download it",
-                            path.display()
-                        );
-                    }
-                }
-                Err(e) => println!(
-                    "\n[{me}] Download from {} failed: {}",
-                    clean(&peer),
-                    clean(&describe_service(&e))
-                ),
-            }
-            prompt("Choose: ");
+            locked(&running).remove(&number);
+            printer.line(format!("[{me}] {}", outcome(result, &peer, hash).await));
         });
+    }
+}
+
+/// What a download from `peer` came to, in a sentence.
+async fn outcome(
+    result: Result<p2p_core::service::DownloadReport, ServiceError>,
+    peer: &str,
+    hash: p2p_proto::wire::ContentHash,
+) -> String {
+    match result {
+        Ok(r) => format!(
+            "Saved {} ({}, BLAKE3 verified) from {} in {:.2} s",
+            r.path.display(),
+            human_bytes(r.size),
+            clean(peer),
+            r.elapsed.as_secs_f64()
+        ),
+        Err(ServiceError::DestinationExists(path)) => {
+            let same = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || hash_file(&path).ok())
+                    .await
+                    .ok()
+                    .flatten()
+                    == Some(hash)
+            };
+            if same {
+                format!("{} is already present (same content)", path.display())
+            } else {
+                format!(
+                    "{} already exists with other content; move it away to download it",
+                    path.display()
+                )
+            }
+        }
+        Err(e) => format!(
+            "Download from {} failed: {}",
+            clean(peer),
+            clean(&describe_service(&e))
+        ),
     }
 }
