@@ -3,8 +3,8 @@
 mod address;
 mod cli;
 mod commands;
-mod console;
 mod config;
+mod console;
 mod failure;
 mod output;
 mod session;
