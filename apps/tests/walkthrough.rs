@@ -316,8 +316,14 @@ fn running_downloads_have_live_lines_and_the_sharer_lists_its_uploads() {
     for _ in 0..2 {
         bob.expect("[bob] Saved ./downloads/");
     }
-    assert_eq!(fs::read(m.home().join("downloads/album.flac")).unwrap(), album);
-    assert_eq!(fs::read(m.home().join("downloads/video.mkv")).unwrap(), video);
+    assert_eq!(
+        fs::read(m.home().join("downloads/album.flac")).unwrap(),
+        album
+    );
+    assert_eq!(
+        fs::read(m.home().join("downloads/video.mkv")).unwrap(),
+        video
+    );
     bob.enter("d");
     bob.expect("No downloads running.");
     // Ctrl-C is `q`: with nothing running, it leaves at once.
