@@ -257,7 +257,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub(crate) struct TrackerArgs {
     /// Address to listen on (UDP and TCP): IP:PORT, [IPv6]:PORT or HOST:PORT. 0.0.0.0 is
     /// every IPv4 interface; a specific address listens on that interface only.
-    #[arg(long, default_value = "0.0.0.0:9000", value_parser = AddressParser)]
+    #[arg(long, default_value = "0.0.0.0:9000", value_name = "ADDR", value_parser = AddressParser)]
     pub listen: SocketAddr,
     /// How long a peer stays listed without a heartbeat.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -306,7 +306,7 @@ impl ServiceLimits {
 pub(crate) struct TrackerOpts {
     /// Tracker address: IP:PORT, [IPv6]:PORT or HOST:PORT (a name with several addresses:
     /// its first IPv4 one). Else P2P_TRACKER, else the config file's `tracker`.
-    #[arg(long, default_value = DEFAULT_TRACKER, value_parser = AddressParser)]
+    #[arg(long, default_value = DEFAULT_TRACKER, value_name = "ADDR", value_parser = AddressParser)]
     pub tracker: SocketAddr,
     /// Transport used to reach the tracker (a peer is reached over the one it registered).
     /// Else P2P_TRANSPORT, else the config file's `transport`.
@@ -322,14 +322,14 @@ pub(crate) struct PeerArgs {
     pub name: Option<String>,
     /// Address to listen on: IP:PORT, [IPv6]:PORT or HOST:PORT (one interface; --port
     /// listens on every IPv4 interface).
-    #[arg(long, conflicts_with = "port", value_parser = AddressParser)]
+    #[arg(long, conflicts_with = "port", value_name = "ADDR", value_parser = AddressParser)]
     pub listen: Option<SocketAddr>,
     /// Port to listen on, all interfaces (asked for when missing).
     #[arg(long)]
     pub port: Option<u16>,
     /// Tracker address: IP:PORT, [IPv6]:PORT or HOST:PORT. Else P2P_TRACKER, else the
     /// config file's `tracker`.
-    #[arg(long, default_value = DEFAULT_TRACKER, value_parser = AddressParser)]
+    #[arg(long, default_value = DEFAULT_TRACKER, value_name = "ADDR", value_parser = AddressParser)]
     pub tracker: SocketAddr,
     /// Folder to share. Else P2P_SHARE, else the config file's `share`.
     #[arg(long, default_value = DEFAULT_SHARE)]
@@ -456,7 +456,7 @@ pub(crate) struct ConfigArgs {
     #[arg(long)]
     pub json: bool,
     /// A tracker address, to see it win over the environment and the file.
-    #[arg(long, default_value = DEFAULT_TRACKER, value_parser = AddressParser)]
+    #[arg(long, default_value = DEFAULT_TRACKER, value_name = "ADDR", value_parser = AddressParser)]
     pub tracker: SocketAddr,
     /// A peer name, likewise.
     #[arg(long)]
