@@ -107,11 +107,14 @@ impl Uploads {
             }
         }
         if self.finished + self.failed > 0 {
+            let stopped = match self.failed {
+                0 => String::new(),
+                n => format!(", {n} stopped early"),
+            };
             lines.push(format!(
-                "Uploads ended: {} finished ({} sent), {} stopped early.",
+                "Uploads ended: {} finished ({} sent){stopped}.",
                 self.finished,
                 human_bytes(self.sent),
-                self.failed
             ));
         }
         lines
