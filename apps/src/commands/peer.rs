@@ -7,10 +7,10 @@
 //! and prints exactly what scripts expect.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,12 +18,11 @@ use p2p_core::index::hash_file;
 use p2p_core::service::{EndpointHandle, Progress, ServiceError, UploadNotice};
 use p2p_proto::tracker::validate_name;
 use p2p_proto::wire::FileId;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::PeerArgs;
 use crate::console::{
-    self, download_line, Answer, Console, Known, KnownFile, Meter, Printer, ScreenMsg, Uploads,
+    ask, download_line, locked, Answer, Input, Known, KnownFile, Meter, Printer, ScreenMsg, Uploads,
 };
 use crate::failure::{describe, describe_service, fail, failure, kind_of, Kind, WithKind};
 use crate::output::{clean, human_bytes, id_width, nfc, print_index};
@@ -31,8 +30,6 @@ use crate::session::{
     bind_error, check_folder, check_share, dest_for, endpoint, reach, Mode, Reached,
 };
 use crate::signals::Shutdown;
-
-type StdinLines = Lines<BufReader<Stdin>>;
 
 /// Upload notices waiting to be printed (more are dropped: the terminal never holds up
 /// uploads).
@@ -110,90 +107,6 @@ async fn print_uploads(
         };
         let name = locked(&known).name_at(peer);
         printer.line(upload_line(&n, name));
-    }
-}
-
-/// The lock's contents, also after a panic elsewhere (the tables stay usable).
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn prompt(text: &str) {
-    print!("{text}");
-    let _ = std::io::stdout().flush();
-}
-
-/// Where the menu's lines come from: the console on a terminal, else plain lines.
-enum Input {
-    /// Piped or redirected input: the prompt is printed, the line read as it comes.
-    Plain {
-        lines: StdinLines,
-        /// The prompt showing, for the lines printed over it (see [`Printer::Plain`]).
-        showing: Arc<Mutex<String>>,
-    },
-    Console(Console),
-}
-
-impl Input {
-    /// The console when input and output are a terminal and it starts; plain lines otherwise.
-    fn open(known: &Arc<Mutex<Known>>) -> Input {
-        if console::available() {
-            match Console::start(known.clone()) {
-                Ok(console) => return Input::Console(console),
-                Err(e) => eprintln!("warning: {e:#}; reading plain lines"),
-            }
-        }
-        Input::Plain {
-            lines: BufReader::new(tokio::io::stdin()).lines(),
-            showing: Arc::default(),
-        }
-    }
-
-    /// Where lines printed while a prompt shows go.
-    fn printer(&self) -> Printer {
-        match self {
-            Input::Plain { showing, .. } => Printer::Plain(showing.clone()),
-            Input::Console(console) => console.printer(),
-        }
-    }
-
-    /// Shows `question` and starts reading its answer; menu commands are `remember`ed in the
-    /// history.
-    fn ask(&mut self, question: &str, remember: bool) {
-        match self {
-            Input::Plain { showing, .. } => {
-                *locked(showing) = question.to_string();
-                prompt(question);
-            }
-            Input::Console(console) => console.ask(question, remember),
-        }
-    }
-
-    /// The answer to the last [`Input::ask`] (cancel-safe).
-    async fn answer(&mut self) -> Answer {
-        match self {
-            Input::Plain { lines, showing } => {
-                let line = lines.next_line().await;
-                locked(showing).clear();
-                match line {
-                    Ok(Some(line)) => Answer::Line(line),
-                    Ok(None) => Answer::Eof,
-                    Err(e) => Answer::Failed(e.to_string()),
-                }
-            }
-            Input::Console(console) => console.answer().await,
-        }
-    }
-}
-
-/// Asks `question` and returns the trimmed answer; fails when none comes.
-async fn ask(input: &mut Input, question: &str) -> Result<String> {
-    input.ask(question, false);
-    match input.answer().await {
-        Answer::Line(l) => Ok(l.trim().to_string()),
-        Answer::Eof => bail!("no answer on standard input"),
-        Answer::Interrupted => bail!("interrupted (Ctrl-C)"),
-        Answer::Failed(e) => bail!("cannot read the terminal: {e}"),
     }
 }
 

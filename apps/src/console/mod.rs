@@ -8,6 +8,7 @@
 //! that pipe commands in see exactly what they always did.
 
 mod complete;
+mod input;
 mod screen;
 mod status;
 mod uploads;
@@ -25,6 +26,7 @@ use rustyline::{CompletionType, Config, Editor};
 use tokio::sync::mpsc;
 
 pub(crate) use complete::{Known, KnownFile};
+pub(crate) use input::{ask, locked, Input};
 pub(crate) use screen::{Printer, Screen, ScreenMsg};
 
 use screen::PromptState;
