@@ -9,9 +9,10 @@
 //! program prints, with a deadline; never a sleep.
 
 use std::fs;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use rexpect::reader::Options;
 use rexpect::session::{spawn_with_options, PtySession};
@@ -264,7 +265,7 @@ fn running_downloads_have_live_lines_and_the_sharer_lists_its_uploads() {
     let folder = m.home().join("seed");
     fs::create_dir_all(folder.join("shared")).unwrap();
     let album = noise(4 << 20, 1);
-    let video = noise(3 << 20, 2);
+    let video = noise(4 << 20, 2);
     fs::write(folder.join("shared/album.flac"), &album).unwrap();
     fs::write(folder.join("shared/video.mkv"), &video).unwrap();
     let _tracker = m.tracker();
@@ -272,7 +273,7 @@ fn running_downloads_have_live_lines_and_the_sharer_lists_its_uploads() {
         "alice",
         &folder,
         &format!(
-            "p2p peer --name alice --port {} --max-upload-rate 2MiB",
+            "p2p peer --name alice --port {} --max-upload-rate 1MiB",
             free_port()
         ),
     );
@@ -291,7 +292,19 @@ fn running_downloads_have_live_lines_and_the_sharer_lists_its_uploads() {
     bob.enter("c alice 001");
     bob.expect("Downloading album.flac (4.0 MiB) from alice in the background");
     bob.enter("c alice 002");
-    bob.expect("Downloading video.mkv (3.0 MiB) from alice in the background");
+    bob.expect("Downloading video.mkv (4.0 MiB) from alice in the background");
+    // Each file takes at least 3 s under alice's 1 MiB/s cap: both run for all that follows.
+    bob.enter("q");
+    bob.expect("2 download(s) running: album.flac from alice, video.mkv from alice.");
+    bob.expect("Quit anyway? [y/N] ");
+    bob.enter("n");
+    bob.expect("Not quitting: the downloads go on.");
+    alice.expect("upload: sending video.mkv (4.0 MiB) to bob");
+    alice.enter("d");
+    alice.expect("Uploads running:");
+    let to_bob = format!("to bob (127.0.0.1:{bob_port})");
+    alice.expect(&format!("album.flac (4.0 MiB) {to_bob}"));
+    alice.expect(&format!("video.mkv (4.0 MiB) {to_bob}"));
     // Nothing typed: the live lines come on their own, with a rate once measured (or a
     // stall, when the other upload has the whole rate cap).
     let pace = r"[0-9.]+ (B|KiB|MiB)/s|stalled \d+ s";
@@ -299,20 +312,9 @@ fn running_downloads_have_live_lines_and_the_sharer_lists_its_uploads() {
         r"album\.flac from alice: [0-9.]+ (B|KiB|MiB) of 4\.0 MiB \(\d+%\), ({pace}), \d+ s"
     ));
     bob.expect_regex(&format!(
-        r"video\.mkv from alice: [0-9.]+ (B|KiB|MiB) of 3\.0 MiB \(\d+%\), ({pace}), \d+ s"
+        r"video\.mkv from alice: [0-9.]+ (B|KiB|MiB) of 4\.0 MiB \(\d+%\), ({pace}), \d+ s"
     ));
 
-    alice.enter("d");
-    alice.expect("Uploads running:");
-    let to_bob = format!("to bob (127.0.0.1:{bob_port})");
-    alice.expect(&format!("album.flac (4.0 MiB) {to_bob}"));
-    alice.expect(&format!("video.mkv (3.0 MiB) {to_bob}"));
-
-    bob.enter("q");
-    bob.expect("2 download(s) running: album.flac from alice, video.mkv from alice.");
-    bob.expect("Quit anyway? [y/N] ");
-    bob.enter("n");
-    bob.expect("Not quitting: the downloads go on.");
     for _ in 0..2 {
         bob.expect("[bob] Saved ./downloads/");
     }
@@ -333,5 +335,64 @@ fn running_downloads_have_live_lines_and_the_sharer_lists_its_uploads() {
 
     alice.enter("d");
     alice.expect("No uploads running.");
-    alice.expect("Uploads ended: 2 finished (7.0 MiB sent).");
+    alice.expect("Uploads ended: 2 finished (8.0 MiB sent).");
+}
+
+/// With its output piped, the menu prints no live lines, even while a download runs for
+/// seconds: scripts read the lines they always did.
+#[test]
+fn piped_output_has_no_live_lines() {
+    let m = Machine::new();
+    let folder = m.home().join("seed");
+    fs::create_dir_all(folder.join("shared")).unwrap();
+    fs::write(folder.join("shared/big.bin"), noise(3 << 20, 3)).unwrap();
+    let _tracker = m.tracker();
+    let mut alice = m.terminal(
+        "alice",
+        &folder,
+        &format!(
+            "p2p peer --name alice --port {} --max-upload-rate 1MiB",
+            free_port()
+        ),
+    );
+    alice.expect("Choose: ");
+    let mut bob = Command::new(env!("CARGO_BIN_EXE_p2p"))
+        .args(["peer", "--name", "bob", "--port", "0", "--share", "."])
+        .current_dir(m.home())
+        .env("HOME", m.home())
+        .env("P2P_TRACKER", &m.tracker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bob");
+    let mut stdin = bob.stdin.take().expect("stdin");
+    writeln!(stdin, "c alice 001").unwrap();
+    stdin.flush().unwrap();
+    let stdout = BufReader::new(bob.stdout.take().expect("stdout"));
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Bob's output up to the saved file, each line within the deadline.
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("[bob] Saved ")) {
+        match lines.recv_timeout(std::time::Duration::from_millis(DEADLINE_MS)) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no `[bob] Saved` ({e}); saw {seen:#?}"),
+        }
+    }
+    let _ = bob.kill();
+    let _ = bob.wait();
+    let text = seen.join("\n");
+    assert!(text.contains("[bob] Saved "), "{text}");
+    assert!(!text.contains("big.bin from alice: "), "{text}");
+    assert!(
+        !text.contains('\u{2193}') && !text.contains('\x1b'),
+        "{text}"
+    );
 }
