@@ -8,7 +8,16 @@
 //!
 //! Registers PEERS names (default 10,000; 50 per /24, under the tracker's per-network limit
 //! of new names), then measures for SECONDS (default 5) each: Heartbeat, and ListPeers (every
-//! page of the listing in turn). Prints replies/s and p50/p99 latency per kind.
+//! page of the listing in turn). Prints replies/s and p50/p99 latency per kind, the tracker
+//! thread's CPU use, and replies per CPU-second of it: the rate one core sustains when the
+//! load generator does not share it (on a 2-core machine it does).
+//!
+//! ```text
+//! cargo run --release -p p2p-transports --example tracker-load -- PEERS SECONDS ADDR PID
+//! ```
+//!
+//! drives a tracker already running at ADDR (a `p2p tracker` process, PID) instead, with
+//! its default limits, and prints its resident memory at the end (SECONDS 0: register only).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,7 +164,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
-async fn measure(tracker: SocketAddr, kind: Kind, peers: usize, pages: u32, secs: u64) {
+/// CPU time (user + system) the thread with this `/proc` path has used so far.
+fn thread_cpu(task: &std::path::Path) -> Duration {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 14th field of
+    // the line, stime the 15th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
+async fn measure(
+    tracker: SocketAddr,
+    task: &std::path::Path,
+    kind: Kind,
+    peers: usize,
+    pages: u32,
+    secs: u64,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let senders = peers.min(SENDERS);
     let mut tasks = Vec::new();
@@ -165,9 +196,11 @@ async fn measure(tracker: SocketAddr, kind: Kind, peers: usize, pages: u32, secs
         tasks.push(tokio::spawn(sender(tracker, kind, i, pages, stop.clone())));
     }
     let started = Instant::now();
+    let cpu_before = thread_cpu(task);
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let cpu = thread_cpu(task).saturating_sub(cpu_before);
     let mut lat = Vec::new();
     for t in tasks {
         if let Ok(Ok(l)) = t.await {
@@ -175,13 +208,19 @@ async fn measure(tracker: SocketAddr, kind: Kind, peers: usize, pages: u32, secs
         }
     }
     lat.sort();
+    // The replies counted arrived within `elapsed` (a few in flight at the stop are lost to
+    // the count); the tracker thread's CPU time over the same span gives the rate one core
+    // would sustain with a load generator that does not share it.
+    let replies = lat.len() as f64;
     println!(
-        "{:<10} {:>6} peers  {:>9.0} replies/s  p50 {:>7.1?}  p99 {:>7.1?}",
+        "{:<10} {:>6} peers  {:>9.0} replies/s  p50 {:>7.1?}  p99 {:>7.1?}  tracker CPU {:>3.0}%  {:>9.0} replies per CPU-second",
         format!("{kind:?}"),
         peers,
-        lat.len() as f64 / elapsed.as_secs_f64(),
+        replies / elapsed.as_secs_f64(),
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
+        100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        replies / cpu.as_secs_f64().max(1e-3),
     );
 }
 
@@ -231,6 +270,57 @@ fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let peers: usize = args.next().map_or(10_000, |s| s.parse().expect("PEERS"));
     let secs: u64 = args.next().map_or(5, |s| s.parse().expect("SECONDS"));
+    let external: Option<(SocketAddr, u32)> = args.next().map(|addr| {
+        let pid = args.next().expect("PID of the tracker at ADDR");
+        (
+            addr.parse().expect("ADDR as IP:PORT"),
+            pid.parse().expect("PID"),
+        )
+    });
+    let (tracker, task) = match external {
+        Some((addr, pid)) => (addr, std::path::PathBuf::from(format!("/proc/{pid}"))),
+        None => spawn_tracker(peers),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let started = Instant::now();
+        let pages = register_all(tracker, peers).await?;
+        println!(
+            "registered {peers} peers in {:.2?} ({pages} listing pages); tracker on one thread, load on another",
+            started.elapsed()
+        );
+        if secs > 0 {
+            measure(tracker, &task, Kind::Heartbeat, peers, pages, secs).await;
+            measure(tracker, &task, Kind::ListPeers, peers, pages, secs).await;
+        }
+        if external.is_some() {
+            report_memory(&task);
+        }
+        Ok(())
+    })
+}
+
+/// Prints the resident memory (now and peak) of the process at `proc` (`/proc/PID`).
+fn report_memory(proc: &std::path::Path) {
+    let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or("?".to_string(), |v| v.trim().to_string())
+    };
+    println!(
+        "tracker RSS {} (peak {})",
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
+}
+
+/// Starts a tracker in this process on its own thread (one core, rate limit raised); returns
+/// its address and its thread's `/proc` path.
+fn spawn_tracker(peers: usize) -> (SocketAddr, std::path::PathBuf) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -241,8 +331,12 @@ fn main() -> std::io::Result<()> {
             let t = UdpTransport::bind("127.0.0.1:0".parse().unwrap())
                 .await
                 .expect("bind");
-            tx.send(p2p_core::transport::Transport::local_addr(&t).expect("addr"))
-                .expect("send");
+            let task = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+            tx.send((
+                p2p_core::transport::Transport::local_addr(&t).expect("addr"),
+                std::path::Path::new("/proc").join(task),
+            ))
+            .expect("send");
             let t: SharedTransport = Arc::new(t);
             let config = RegistryConfig {
                 max_peers: peers.max(10_000),
@@ -256,19 +350,5 @@ fn main() -> std::io::Result<()> {
             let _ = run_tracker_limited(vec![t], config, rate, None).await;
         });
     });
-    let tracker = rx.recv().expect("tracker address");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let started = Instant::now();
-        let pages = register_all(tracker, peers).await?;
-        println!(
-            "registered {peers} peers in {:.2?} ({pages} listing pages); tracker on one thread, load on another",
-            started.elapsed()
-        );
-        measure(tracker, Kind::Heartbeat, peers, pages, secs).await;
-        measure(tracker, Kind::ListPeers, peers, pages, secs).await;
-        Ok(())
-    })
+    rx.recv().expect("tracker address")
 }

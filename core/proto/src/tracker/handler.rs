@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{RegisterError, Registry, RegistryConfig};
+use crate::endpoint::NEXT_PAGE_COST;
 use crate::limits::{RateConfig, RateLimiter};
 use crate::validation::AddressValidator;
 use crate::wire::{paginate, BoundedVec, Message, PeerInfo, RegisterOutcome, TransportKind};
@@ -213,12 +214,22 @@ impl Tracker {
         msg: Message,
         addresses_proven: bool,
     ) -> (Option<Message>, Option<TrackerEvent>) {
-        if !self.limiter.allow(now, from.ip()) {
-            return (None, None); // flooding: dropped like a lost datagram
+        // Flooding is dropped like a lost datagram. The next page of a listing a proven
+        // requester walks costs a sixteenth of a request (a whole listing of 10,000 peers,
+        // 300-odd pages, counts about as 20 requests, as the peers' index pages do); what
+        // the message is shows only once it is opened, so the sixteenth is taken first and
+        // the rest once the message is known to be something else.
+        if !self.limiter.allow_cost(now, from.ip(), NEXT_PAGE_COST) {
+            return (None, None);
         }
         let Some((msg, proven)) = self.validator.open(now, from.ip(), msg) else {
             return (None, None);
         };
+        let next_page = matches!(msg, Message::ListPeers { page, .. } if page > 0)
+            && (proven || addresses_proven);
+        if !next_page && !self.limiter.allow_cost(now, from.ip(), 1.0 - NEXT_PAGE_COST) {
+            return (None, None);
+        }
         if !proven && !addresses_proven {
             let request = match &msg {
                 Message::Register { request, .. }
@@ -598,6 +609,37 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// A whole listing costs its requester about one request plus a sixteenth per further
+    /// page: a lister with a burst of 10 requests walks 2,000 peers (60-odd pages) twice,
+    /// while first pages still cost a whole request each (10 of them, then nothing).
+    #[test]
+    fn a_listing_counts_as_about_one_request() {
+        let rate = RateConfig {
+            per_second: 0.001,
+            burst: 10.0,
+            ..RateConfig::default()
+        };
+        let mut t = Tracker::new(RegistryConfig::default(), rate);
+        let now = Instant::now();
+        // Registered by a tracker without that limit, then listed by this one.
+        let mut open = Tracker::new(RegistryConfig::default(), RateConfig::default());
+        register_all(&mut open, now, (0..2000).map(|i| format!("peer{i:04}")));
+        t.registry = open.registry;
+        t.listings.dirty = true;
+        let lister: SocketAddr = "10.99.0.1:4000".parse().unwrap();
+        assert_eq!(list_all(&mut t, now, lister).len(), 2000);
+        assert_eq!(list_all(&mut t, now, lister).len(), 2000, "a second walk");
+        let other: SocketAddr = "10.99.0.2:4000".parse().unwrap();
+        let first = Message::ListPeers {
+            request: RequestId(1),
+            page: 0,
+        };
+        let answered = (0..20)
+            .filter(|_| t.handle_proven(now, other, first.clone()).0.is_some())
+            .count();
+        assert_eq!(answered, 10, "first pages cost a whole request");
     }
 
     /// A listing taken while peers join pages through the table as it was at its first page:
