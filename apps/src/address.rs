@@ -11,10 +11,6 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 
 use anyhow::Result;
-use p2p_core::service::{EndpointConfig, EndpointHandle};
-use p2p_proto::wire::TransportKind;
-
-use crate::session;
 
 /// An example of an address that works, for the hints.
 const EXAMPLE: &str = "192.0.2.7:9000";
@@ -261,31 +257,6 @@ pub(crate) fn client_bind(to: SocketAddr) -> SocketAddr {
         (false, false) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
     SocketAddr::new(ip, 0)
-}
-
-/// An endpoint of `kind` to reach `to` from (see [`client_bind`]).
-///
-/// `session::client` binds an IPv4 socket whatever `to` is, which cannot reach an IPv6
-/// address; until it binds in `to`'s family itself, IPv6 destinations get their socket here.
-pub(crate) async fn client_for(kind: TransportKind, to: SocketAddr) -> Result<EndpointHandle> {
-    match to {
-        SocketAddr::V4(_) => session::client(kind, to).await,
-        SocketAddr::V6(_) => client_for_with(kind, to, |_| {}).await,
-    }
-}
-
-/// [`client_for`], with the endpoint's configuration adjusted by `tune`.
-pub(crate) async fn client_for_with(
-    kind: TransportKind,
-    to: SocketAddr,
-    tune: impl FnOnce(&mut EndpointConfig),
-) -> Result<EndpointHandle> {
-    match to {
-        SocketAddr::V4(_) => session::client_with(kind, to, tune).await,
-        SocketAddr::V6(_) => {
-            session::endpoint(kind, client_bind(to), None, Default::default(), tune).await
-        }
-    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ pub(crate) async fn endpoint(
     Ok(handle)
 }
 
-/// An ephemeral client endpoint of `kind` on the loopback or any interface, as fits `to`.
+/// An ephemeral client endpoint of `kind` on the loopback or any interface, in `to`'s
+/// address family ([`client_bind`](crate::address::client_bind)).
 pub(crate) async fn client(kind: TransportKind, to: SocketAddr) -> Result<EndpointHandle> {
     client_with(kind, to, |_| {}).await
 }
@@ -53,11 +54,7 @@ pub(crate) async fn client_with(
     to: SocketAddr,
     tune: impl FnOnce(&mut EndpointConfig),
 ) -> Result<EndpointHandle> {
-    let bind: SocketAddr = if to.ip().is_loopback() {
-        "127.0.0.1:0".parse().expect("valid")
-    } else {
-        "0.0.0.0:0".parse().expect("valid")
-    };
+    let bind = crate::address::client_bind(to);
     endpoint(kind, bind, None, Default::default(), tune).await
 }
 
@@ -123,7 +120,9 @@ pub(crate) async fn reach(
     tune: impl FnOnce(&mut EndpointConfig),
 ) -> Result<Reached> {
     let info = find_peer(via, tracker, name, mode).await?;
-    let handle = if info.transport == via.kind() {
+    // `via` was opened to reach the tracker: it reaches the peer too if the peer listens on
+    // the same transport in the same address family (an IPv4 socket cannot reach IPv6).
+    let handle = if info.transport == via.kind() && info.addr.is_ipv4() == tracker.is_ipv4() {
         via.clone()
     } else {
         client_with(info.transport, info.addr, tune).await?

@@ -20,24 +20,11 @@ use common::*;
 use p2p_proto::wire::{decode, paginate, BoundedVec, Message, PeerInfo, RequestId, TransportKind};
 use p2p_proto::wire::{CONTROL_BUDGET, MAX_NAME_LEN};
 
-/// The variables p2p reads its settings from; cleared for every command here.
-const SETTINGS_ENV: [&str; 6] = [
-    "P2P_TRACKER",
-    "P2P_NAME",
-    "P2P_SHARE",
-    "P2P_DOWNLOADS",
-    "P2P_TRANSPORT",
-    "P2P_CONFIG",
-];
-
 /// A `p2p` command line with a controlled environment: `XDG_CONFIG_HOME` is `dir/xdg` (so the
 /// config file is `dir/xdg/p2p/config.toml`), no inherited `P2P_*`, plus `env`.
 fn isolated(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).current_dir(dir);
-    for var in SETTINGS_ENV {
-        cmd.env_remove(var);
-    }
+    let mut cmd = command(dir);
+    cmd.args(args);
     cmd.env("XDG_CONFIG_HOME", dir.join("xdg"));
     for (k, v) in env {
         cmd.env(k, v);
@@ -453,14 +440,20 @@ fn downloads_over_ipv6_are_byte_exact_on_udp_and_tcp() {
     let mut seeders = Vec::new();
     for transport in ["udp", "tcp"] {
         let name = format!("six-{transport}");
+        // The UDP seeder listens on every interface (`--port`): in the tracker's family,
+        // `[::]`, dual-stack.
+        let (flag, value) = match transport {
+            "udp" => ("--port", "0"),
+            _ => ("--listen", "[::1]:0"),
+        };
         let mut p = Proc::spawn(
             d,
             &[
                 "peer",
                 "--name",
                 &name,
-                "--listen",
-                "[::1]:0",
+                flag,
+                value,
                 "--tracker",
                 &addr,
                 "--share",

@@ -12,11 +12,10 @@ use p2p_proto::wire::{AbortReason, FileId, IndexEntry};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::address::{client_for, client_for_with};
 use crate::cli::GetArgs;
 use crate::failure::{fail, failure, Kind};
 use crate::output::{clean, human_bytes, mib_per_s};
-use crate::session::{check_folder, dest_for, find_peer, Mode, Reached};
+use crate::session::{self, check_folder, dest_for, find_peer, Mode, Reached};
 use crate::signals::Shutdown;
 
 pub(crate) async fn run(args: GetArgs) -> Result<()> {
@@ -28,12 +27,12 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         .map_err(|e: String| failure(Kind::Usage, e))?;
     check_folder(&args.out, "--out")?;
     let t = &args.tracker;
-    let via = client_for(t.transport, t.tracker).await?;
+    let via = session::client(t.transport, t.tracker).await?;
     let info = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
     let idle = args.idle_timeout;
     let fsync = !args.no_fsync;
     let preallocate = !args.no_preallocate;
-    let to_peer = client_for_with(info.transport, info.addr, |c| {
+    let to_peer = session::client_with(info.transport, info.addr, |c| {
         c.fsync = fsync;
         c.preallocate = preallocate;
         c.receiver.idle_timeout = idle

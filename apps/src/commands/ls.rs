@@ -3,22 +3,14 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::address::{client_for, client_for_with};
 use crate::cli::LsArgs;
 use crate::output::print_index;
-use crate::session::{find_peer, Mode, Reached};
+use crate::session::{self, reach, Mode};
 
 pub(crate) async fn run(args: LsArgs) -> Result<()> {
     let t = &args.tracker;
-    let via = client_for(t.transport, t.tracker).await?;
-    let info = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
-    // As `session::reach` does, with a socket of the peer's address family (IPv4 or IPv6).
-    let handle = if info.transport == via.kind() {
-        via
-    } else {
-        client_for_with(info.transport, info.addr, |_| {}).await?
-    };
-    let peer = Reached { handle, info };
+    let via = session::client(t.transport, t.tracker).await?;
+    let peer = reach(&via, t.tracker, &args.peer, Mode::Cli, |_| {}).await?;
     let (share, entries) = peer.index().await?;
     if args.json {
         let list: Vec<_> = entries

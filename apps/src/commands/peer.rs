@@ -134,22 +134,10 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
     let handle = match (args.listen, args.port) {
         (Some(addr), _) => listen(&args, &notices, addr, "--listen").await?,
         (None, Some(port)) => {
-            listen(
-                &args,
-                &notices,
-                SocketAddr::from(([0, 0, 0, 0], port)),
-                "--port",
-            )
-            .await?
+            listen(&args, &notices, any_interface(port, args.tracker), "--port").await?
         }
         (None, None) if args.no_menu => {
-            listen(
-                &args,
-                &notices,
-                SocketAddr::from(([0, 0, 0, 0], 0)),
-                "--port",
-            )
-            .await?
+            listen(&args, &notices, any_interface(0, args.tracker), "--port").await?
         }
         (None, None) => loop {
             let Some(input) = input.as_mut() else {
@@ -162,14 +150,7 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
                 println!("`{}` is not a port number (0-65535).", clean(&answer));
                 continue;
             };
-            match listen(
-                &args,
-                &notices,
-                SocketAddr::from(([0, 0, 0, 0], port)),
-                "--port",
-            )
-            .await
-            {
+            match listen(&args, &notices, any_interface(port, args.tracker), "--port").await {
                 Ok(handle) => break handle,
                 Err(e) if kind_of(&e) == Kind::PortInUse => {
                     println!("Another program listens on {port}: pick another port.")
@@ -327,6 +308,18 @@ async fn show_progress(running: Arc<Mutex<BTreeMap<u64, Running>>>, printer: Pri
 }
 
 /// Starts the endpoint on `bind` (named by `flag`, for the message when the port is taken).
+/// Every interface on `port`, in the tracker's address family: the tracker registers the
+/// address a peer's messages come from, so a peer of an IPv6 tracker must send from IPv6.
+/// (`[::]` serves IPv4 too: the transports listen dual-stack.)
+fn any_interface(port: u16, tracker: SocketAddr) -> SocketAddr {
+    let ip: std::net::IpAddr = if tracker.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    SocketAddr::new(ip, port)
+}
+
 async fn listen(
     args: &PeerArgs,
     notices: &mpsc::Sender<UploadNotice>,

@@ -3,14 +3,14 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::address::client_for;
 use crate::cli::PeersArgs;
 use crate::failure::{Kind, WithKind};
 use crate::output::clean;
+use crate::session;
 
 pub(crate) async fn run(args: PeersArgs) -> Result<()> {
     let t = &args.tracker;
-    let via = client_for(t.transport, t.tracker).await?;
+    let via = session::client(t.transport, t.tracker).await?;
     let peers = via.list_peers(t.tracker).await.with_kind(Kind::TrackerUnreachable, || {
         format!(
             "cannot reach the tracker at {} over {} (start one with `p2p tracker`, or pass --tracker ADDR)",

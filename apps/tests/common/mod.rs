@@ -32,11 +32,34 @@ pub struct Proc {
     pub stdin: Option<ChildStdin>,
 }
 
+/// The variables that set `p2p`'s defaults (see `p2p config`).
+pub const SETTINGS_ENV: &[&str] = &[
+    "P2P_TRACKER",
+    "P2P_NAME",
+    "P2P_SHARE",
+    "P2P_DOWNLOADS",
+    "P2P_TRANSPORT",
+    "P2P_CONFIG",
+];
+
+/// `p2p` in `dir`, in an environment of its own: no inherited `P2P_*` variables, and the
+/// config and data folders under `dir` (so that no config file or menu history of the
+/// machine's user changes what a test sees, nor a test what the user has).
+pub fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.current_dir(dir);
+    for var in SETTINGS_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("XDG_CONFIG_HOME", dir.join(".xdg-config"))
+        .env("XDG_DATA_HOME", dir.join(".xdg-data"));
+    cmd
+}
+
 impl Proc {
     pub fn spawn(dir: &Path, args: &[&str]) -> Proc {
-        let mut child = Command::new(bin())
+        let mut child = command(dir)
             .args(args)
-            .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -244,9 +267,8 @@ pub fn peer(
 
 /// Runs a one-shot command to completion; kills it and panics if it runs past [`DEADLINE`].
 pub fn run(dir: &Path, args: &[&str]) -> Output {
-    let child = Command::new(bin())
+    let child = command(dir)
         .args(args)
-        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
