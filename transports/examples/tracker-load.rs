@@ -311,11 +311,7 @@ fn report_memory(proc: &std::path::Path) {
             .find_map(|l| l.strip_prefix(name))
             .map_or("?".to_string(), |v| v.trim().to_string())
     };
-    println!(
-        "tracker RSS {} (peak {})",
-        field("VmRSS:"),
-        field("VmHWM:")
-    );
+    println!("tracker RSS {} (peak {})", field("VmRSS:"), field("VmHWM:"));
 }
 
 /// Starts a tracker in this process on its own thread (one core, rate limit raised); returns

@@ -555,6 +555,67 @@ async fn piece_table_pages_are_fetched_many_at_once_and_gaps_asked_again() {
     );
 }
 
+/// A peer's index of many pages comes whole and in order from a seeder that answers only
+/// once it holds 16 unanswered page requests (page 0 alone first): a client asking one page
+/// per round trip would wait forever (issue 20: `ls` of a 100,000-file share took a round
+/// trip per 16 files).
+#[tokio::test]
+async fn index_pages_are_fetched_many_at_once() {
+    use p2p_proto::wire::{decode, BoundedVec, Message};
+    const PAGES: u32 = 40;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let seeder = sock.local_addr().unwrap();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let most_held = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut held = Vec::new();
+        let mut most = 0;
+        loop {
+            // Held until 16 wait, or none came for a while (the last ones).
+            let quiet = tokio::time::sleep(Duration::from_millis(100));
+            let got = tokio::select! {
+                _ = &mut stopped => return most,
+                r = sock.recv_from(&mut buf) => Some(r.unwrap()),
+                _ = quiet, if !held.is_empty() => None,
+            };
+            if let Some((n, from)) = got {
+                if let Ok(Message::IndexRequest { request, page }) = decode(&buf[..n]) {
+                    held.push((request, page, from));
+                    most = most.max(held.len());
+                }
+                if held.len() < 16 && held.first().is_some_and(|h| h.1 != 0) {
+                    continue;
+                }
+            }
+            for (request, page, from) in held.drain(..) {
+                let reply = Message::IndexPage {
+                    request,
+                    page,
+                    pages: PAGES,
+                    share: "many".into(),
+                    entries: BoundedVec((0..3).map(|i| lying_entry(page * 3 + i)).collect()),
+                };
+                sock.send_to(&reply.encode(), from).await.unwrap();
+            }
+        }
+    });
+    let (leech, _task) = endpoint(None).await;
+    let (share, entries) = leech.index(seeder).await.unwrap();
+    assert_eq!(share, "many");
+    let ids: Vec<u32> = entries.iter().map(|e| e.id.0).collect();
+    assert_eq!(
+        ids,
+        (0..PAGES * 3).collect::<Vec<_>>(),
+        "whole and in order"
+    );
+    stop.send(()).unwrap();
+    let most = most_held.await.unwrap();
+    assert!(
+        most >= 16,
+        "at most {most} page requests were in flight at once"
+    );
+}
+
 /// The sharer hears of each upload: who, which file, from where, and how it ended.
 #[tokio::test]
 async fn the_sharer_is_told_of_each_upload() {

@@ -307,7 +307,7 @@ fn requests_for_our_share_are_rate_limited_per_ip() {
         .is_some());
 }
 
-/// A listing costs about one request of the rate limit: its next pages cost a sixteenth.
+/// A listing costs about one request of the rate limit: its next pages cost a 64th.
 #[test]
 fn a_whole_listing_costs_about_one_request() {
     let config = EndpointConfig {
@@ -326,10 +326,10 @@ fn a_whole_listing_costs_about_one_request() {
         page,
     };
     assert!(ep.handle_proven(now, from, page(0)).is_some());
-    let next = (1..=16)
+    let next = (1..=80)
         .filter(|&p| ep.handle_proven(now, from, page(p)).is_some())
         .count();
-    assert_eq!(next, 16, "sixteen more pages for the price of one");
+    assert_eq!(next, 64, "64 more pages for the price of one, then none");
 }
 
 /// A request without proof of its address gets a `Retry` at most 3 times its size, and takes

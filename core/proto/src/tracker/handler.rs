@@ -215,10 +215,10 @@ impl Tracker {
         addresses_proven: bool,
     ) -> (Option<Message>, Option<TrackerEvent>) {
         // Flooding is dropped like a lost datagram. The next page of a listing a proven
-        // requester walks costs a sixteenth of a request (a whole listing of 10,000 peers,
-        // 300-odd pages, counts about as 20 requests, as the peers' index pages do); what
-        // the message is shows only once it is opened, so the sixteenth is taken first and
-        // the rest once the message is known to be something else.
+        // requester walks costs a 64th of a request (`NEXT_PAGE_COST`: a whole listing of
+        // 10,000 peers, 300-odd pages, counts about as 6 requests, as the peers' index pages
+        // do); what the message is shows only once it is opened, so the 64th is taken first
+        // and the rest once the message is known to be something else.
         if !self.limiter.allow_cost(now, from.ip(), NEXT_PAGE_COST) {
             return (None, None);
         }
@@ -227,7 +227,11 @@ impl Tracker {
         };
         let next_page = matches!(msg, Message::ListPeers { page, .. } if page > 0)
             && (proven || addresses_proven);
-        if !next_page && !self.limiter.allow_cost(now, from.ip(), 1.0 - NEXT_PAGE_COST) {
+        if !next_page
+            && !self
+                .limiter
+                .allow_cost(now, from.ip(), 1.0 - NEXT_PAGE_COST)
+        {
             return (None, None);
         }
         if !proven && !addresses_proven {
@@ -611,8 +615,8 @@ mod tests {
         }
     }
 
-    /// A whole listing costs its requester about one request plus a sixteenth per further
-    /// page: a lister with a burst of 10 requests walks 2,000 peers (60-odd pages) twice,
+    /// A whole listing costs its requester about one request plus a 64th per further page: a
+    /// lister with a burst of 10 requests walks 2,000 peers (60-odd pages) twice,
     /// while first pages still cost a whole request each (10 of them, then nothing).
     #[test]
     fn a_listing_counts_as_about_one_request() {

@@ -7,7 +7,17 @@ use std::net::SocketAddr;
 use crate::transfer::PieceTable;
 use crate::wire::{ContentHash, FileId, IndexEntry, Message, PeerInfo, RequestId};
 
+use tokio::task::JoinSet;
+
 use super::{EndpointHandle, PiecePage, ServiceError};
+
+/// One page of a peer's index, as checked by `EndpointHandle::index_page`.
+struct IndexPage {
+    page: u32,
+    pages: u32,
+    share: String,
+    entries: Vec<IndexEntry>,
+}
 use super::{
     INDEX_RESTARTS, MAX_INDEX_ENTRIES, MAX_INDEX_PAGES, MAX_PIECES, PIECE_PAGES_IN_FLIGHT,
 };
@@ -59,59 +69,96 @@ impl EndpointHandle {
         }
     }
 
-    /// A peer's whole index, all pages, and the name of its share folder.
+    /// A peer's whole index: page 0 says how many pages there are, then up to
+    /// [`PIECE_PAGES_IN_FLIGHT`] of the others are asked for at once (a 100,000-file share is
+    /// 6,000-odd pages: one at a time, that many round trips). A lying peer's index must not
+    /// grow without end: the page count may not change between pages, and both it and the
+    /// entries are capped. A share rescanned mid-listing (for another client's page 0) may
+    /// change the count honestly: the listing starts over, a few times at most.
     pub async fn index(&self, peer: SocketAddr) -> Result<(String, Vec<IndexEntry>), ServiceError> {
-        let mut all = Vec::new();
-        let mut page = 0;
-        let mut announced = None;
-        let mut restarts = 0;
-        loop {
-            let msg = Message::IndexRequest {
-                request: RequestId(0),
-                page,
-            };
-            match self.rpc(peer, msg).await? {
-                Message::IndexPage {
-                    entries,
-                    pages,
-                    share,
-                    ..
-                } => {
-                    // A lying peer's index must not grow without end: the page count may not
-                    // change between pages, and both it and the entries are capped. (A share
-                    // rescanned mid-listing, for another client's first page, may change it
-                    // honestly: the listing starts over, a few times at most.)
-                    if *announced.get_or_insert(pages) != pages {
-                        if restarts == INDEX_RESTARTS {
-                            return Err(ServiceError::Protocol(peer));
-                        }
-                        restarts += 1;
-                        (all, page, announced) = (Vec::new(), 0, None);
-                        continue;
-                    }
-                    if pages > MAX_INDEX_PAGES {
-                        return Err(ServiceError::TooLarge {
-                            peer,
-                            what: "index pages",
-                            limit: u64::from(MAX_INDEX_PAGES),
-                        });
-                    }
-                    if all.len() + entries.0.len() > MAX_INDEX_ENTRIES {
-                        return Err(ServiceError::TooLarge {
-                            peer,
-                            what: "files in its index",
-                            limit: MAX_INDEX_ENTRIES as u64,
-                        });
-                    }
-                    all.extend(entries.0);
-                    page += 1;
-                    if page >= pages {
-                        return Ok((share, all));
-                    }
-                }
-                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
-                _ => return Err(ServiceError::Protocol(peer)),
+        for _ in 0..=INDEX_RESTARTS {
+            if let Some(listing) = self.index_walk(peer).await? {
+                return Ok(listing);
             }
+        }
+        Err(ServiceError::Protocol(peer))
+    }
+
+    /// One walk through a peer's index pages; `None` when the page count changed under it.
+    async fn index_walk(
+        &self,
+        peer: SocketAddr,
+    ) -> Result<Option<(String, Vec<IndexEntry>)>, ServiceError> {
+        let first = self.index_page(peer, 0).await?;
+        let pages = first.pages;
+        if pages > MAX_INDEX_PAGES {
+            return Err(ServiceError::TooLarge {
+                peer,
+                what: "index pages",
+                limit: u64::from(MAX_INDEX_PAGES),
+            });
+        }
+        let mut count = first.entries.len();
+        let mut held: BTreeMap<u32, Vec<IndexEntry>> = BTreeMap::new();
+        held.insert(0, first.entries);
+        let mut asked = JoinSet::new();
+        let mut next = 1;
+        while next < pages || !asked.is_empty() {
+            while asked.len() < PIECE_PAGES_IN_FLIGHT && next < pages {
+                asked.spawn(self.clone().owned_index_page(peer, next));
+                next += 1;
+            }
+            let Some(joined) = asked.join_next().await else {
+                break;
+            };
+            let page = joined.map_err(|_| ServiceError::Closed)??;
+            if page.pages != pages {
+                return Ok(None); // dropping `asked` cancels the rest
+            }
+            count += page.entries.len();
+            if count > MAX_INDEX_ENTRIES {
+                return Err(ServiceError::TooLarge {
+                    peer,
+                    what: "files in its index",
+                    limit: MAX_INDEX_ENTRIES as u64,
+                });
+            }
+            held.insert(page.page, page.entries);
+        }
+        let all = held.into_values().flatten().collect();
+        Ok(Some((first.share, all)))
+    }
+
+    /// [`EndpointHandle::index_page`] on owned arguments, for a task of its own.
+    async fn owned_index_page(
+        self,
+        peer: SocketAddr,
+        page: u32,
+    ) -> Result<IndexPage, ServiceError> {
+        self.index_page(peer, page).await
+    }
+
+    /// Page `page` of a peer's index, checked to be the page asked for.
+    async fn index_page(&self, peer: SocketAddr, page: u32) -> Result<IndexPage, ServiceError> {
+        let msg = Message::IndexRequest {
+            request: RequestId(0),
+            page,
+        };
+        match self.rpc(peer, msg).await? {
+            Message::IndexPage {
+                page: got,
+                pages,
+                share,
+                entries,
+                ..
+            } if got == page => Ok(IndexPage {
+                page,
+                pages,
+                share,
+                entries: entries.0,
+            }),
+            Message::Error { reason, .. } => Err(ServiceError::Refused(reason)),
+            _ => Err(ServiceError::Protocol(peer)),
         }
     }
 
@@ -127,7 +174,7 @@ impl EndpointHandle {
         let (piece_size, pieces) = (first.piece_size, first.pieces as usize);
         let mut hashes = first.hashes;
         let per_page = hashes.len().max(1);
-        let mut pages = tokio::task::JoinSet::new();
+        let mut pages = JoinSet::new();
         // Pages in hand that are not contiguous yet, and the starts asked for and pending.
         let mut held: BTreeMap<usize, Vec<ContentHash>> = BTreeMap::new();
         let mut pending: BTreeSet<usize> = BTreeSet::new();
