@@ -108,6 +108,9 @@ pub fn validate_name(name: &str) -> Result<(), RegisterError> {
 #[derive(Clone, Debug)]
 struct Entry {
     addr: SocketAddr,
+    /// Where its last `Register` or `Heartbeat` came from: behind a NAT, the NAT's public
+    /// mapping of the peer's socket (what hole punching aims at).
+    seen: SocketAddr,
     transport: TransportKind,
     valid_until: Instant,
 }
@@ -158,6 +161,7 @@ impl Registry {
             }
             *entry = Entry {
                 addr,
+                seen: source,
                 transport,
                 valid_until,
             };
@@ -173,6 +177,7 @@ impl Registry {
             name.to_string(),
             Entry {
                 addr,
+                seen: source,
                 transport,
                 valid_until,
             },
@@ -221,6 +226,15 @@ impl Registry {
                 transport: e.transport,
             })
             .collect()
+    }
+
+    /// Where the live peer `name`'s datagrams come from (its NAT's public mapping, if it is
+    /// behind one), and over which transport it registered.
+    pub fn seen(&self, name: &str, now: Instant) -> Option<(SocketAddr, TransportKind)> {
+        self.peers
+            .get(name)
+            .filter(|e| e.valid_until > now)
+            .map(|e| (e.seen, e.transport))
     }
 
     /// Number of entries held (live or not yet expired by [`Registry::expire`]).
@@ -314,6 +328,36 @@ mod tests {
             heartbeat: Duration::from_secs(10),
             max_peers: 2,
         })
+    }
+
+    #[test]
+    fn records_the_source_it_sees_besides_the_claimed_port() {
+        let mut r = registry();
+        let now = Instant::now();
+        // Behind a NAT that mapped port 10001 to 40000.
+        r.register(
+            now,
+            "alice",
+            addr("203.0.113.7:40000"),
+            10001,
+            TransportKind::Udp,
+        )
+        .unwrap();
+        assert_eq!(r.list(now)[0].addr, addr("203.0.113.7:10001"));
+        let seen = r.seen("alice", now).unwrap();
+        assert_eq!(seen, (addr("203.0.113.7:40000"), TransportKind::Udp));
+        // A heartbeat from a new mapping (the NAT's entry expired) updates it.
+        r.register(
+            now,
+            "alice",
+            addr("203.0.113.7:40001"),
+            10001,
+            TransportKind::Udp,
+        )
+        .unwrap();
+        assert_eq!(r.seen("alice", now).unwrap().0, addr("203.0.113.7:40001"));
+        assert_eq!(r.seen("alice", now + r.config().ttl), None, "expired");
+        assert_eq!(r.seen("bob", now), None);
     }
 
     #[test]
