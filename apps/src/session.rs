@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use p2p_core::index::safe_file_name;
-use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle, ServiceError};
+use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle, Punched, ServiceError};
 use p2p_core::transport::{SharedTransport, Transport};
 use p2p_proto::wire::{FileId, IndexEntry, PeerInfo, TransportKind};
 use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
@@ -104,6 +104,52 @@ pub(crate) async fn find_peer(
     }
 }
 
+/// How a peer is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// At the address the tracker lists.
+    Direct,
+    /// Through a hole punched in both NATs with the tracker's introduction.
+    Punched,
+}
+
+impl Route {
+    /// As `get --json` reports it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Punched => "punched",
+        }
+    }
+}
+
+/// Punches through the NATs between `handle` and the UDP peer `info` (see
+/// [`EndpointHandle::punch`]) before anything is sent to it, and points `info.addr` where
+/// the peer answered from. Peers on this machine (a loopback address) and TCP peers are
+/// reached directly, as are peers whose punch fails (a tracker or peer without
+/// introductions: the direct path is what is left).
+pub(crate) async fn punch(
+    handle: &EndpointHandle,
+    tracker: SocketAddr,
+    info: &mut PeerInfo,
+) -> Route {
+    if info.transport != TransportKind::Udp || info.addr.ip().is_loopback() {
+        return Route::Direct;
+    }
+    match handle.punch(tracker, &info.name).await {
+        Ok(Punched::Open(at)) => {
+            tracing::debug!(peer = %clean(&info.name), %at, "hole punched");
+            info.addr = at;
+            Route::Punched
+        }
+        Ok(Punched::NotListed) => Route::Direct,
+        Err(e) => {
+            tracing::info!(peer = %clean(&info.name), error = %e, "no hole punched; trying directly");
+            Route::Direct
+        }
+    }
+}
+
 /// A peer found through the tracker, and an endpoint that speaks its transport.
 pub(crate) struct Reached {
     pub(crate) handle: EndpointHandle,
@@ -119,7 +165,7 @@ pub(crate) async fn reach(
     mode: Mode,
     tune: impl FnOnce(&mut EndpointConfig),
 ) -> Result<Reached> {
-    let info = find_peer(via, tracker, name, mode).await?;
+    let mut info = find_peer(via, tracker, name, mode).await?;
     // `via` was opened to reach the tracker: it reaches the peer too if the peer listens on
     // the same transport in the same address family (an IPv4 socket cannot reach IPv6).
     let handle = if info.transport == via.kind() && info.addr.is_ipv4() == tracker.is_ipv4() {
@@ -127,6 +173,7 @@ pub(crate) async fn reach(
     } else {
         client_with(info.transport, info.addr, tune).await?
     };
+    punch(&handle, tracker, &mut info).await;
     Ok(Reached { handle, info })
 }
 

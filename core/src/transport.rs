@@ -22,6 +22,14 @@ pub trait Transport: Send + Sync + 'static {
     /// are refused with `InvalidInput`.
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()>;
 
+    /// [`send_to`](Self::send_to) with the IP TTL (hop limit) `ttl` on this one message: a
+    /// hole-punching probe that opens our own NAT and dies before the other side's. The
+    /// default sends it with the usual TTL (a transport without hops, or that cannot).
+    async fn send_to_ttl(&self, to: SocketAddr, msg: &[u8], ttl: u8) -> io::Result<()> {
+        let _ = ttl;
+        self.send_to(to, msg).await
+    }
+
     /// [`send_to`](Self::send_to) of a message the caller gives away, which a transport that
     /// queues messages (TCP) keeps instead of copying.
     async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {

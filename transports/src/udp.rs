@@ -408,6 +408,43 @@ impl Transport for UdpTransport {
             .await
     }
 
+    /// Sets the socket's TTL (and IPv6 hop limit) for this one datagram, under the send lock
+    /// so that no other datagram leaves with it, then puts the socket's own back.
+    async fn send_to_ttl(&self, to: SocketAddr, msg: &[u8], ttl: u8) -> io::Result<()> {
+        self.check_size(to, msg.len())?;
+        let addr = SockaddrStorage::from(self.wire_addr(to));
+        let sock = socket2::SockRef::from(&self.socket);
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                let _sending = self.send_lock();
+                let v4 = sock.ttl().ok();
+                let v6 = if self.v6 {
+                    sock.unicast_hops_v6().ok()
+                } else {
+                    None
+                };
+                // On a dual-stack socket, IPv4-mapped destinations take IP_TTL. Only what
+                // could be read is changed, so that it can be put back.
+                if v4.is_some() {
+                    let _ = sock.set_ttl(u32::from(ttl));
+                }
+                if v6.is_some() {
+                    let _ = sock.set_unicast_hops_v6(u32::from(ttl));
+                }
+                let sent = sendto(self.socket.as_raw_fd(), msg, &addr, MsgFlags::MSG_DONTWAIT)
+                    .map(|_| ())
+                    .map_err(io::Error::from);
+                if let Some(v4) = v4 {
+                    let _ = sock.set_ttl(v4);
+                }
+                if let Some(v6) = v6 {
+                    let _ = sock.set_unicast_hops_v6(v6);
+                }
+                sent
+            })
+            .await
+    }
+
     /// Sends the range from the page cache (the head corked, then `sendfile`); where
     /// `sendfile` does not work, reads it into the datagram.
     async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {

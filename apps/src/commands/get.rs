@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::cli::GetArgs;
 use crate::failure::{fail, failure, Kind};
 use crate::output::{clean, human_bytes, mib_per_s};
-use crate::session::{self, check_folder, dest_for, find_peer, Mode, Reached};
+use crate::session::{self, check_folder, dest_for, find_peer, Mode, Reached, Route};
 use crate::signals::Shutdown;
 
 pub(crate) async fn run(args: GetArgs) -> Result<()> {
@@ -28,7 +28,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     check_folder(&args.out, "--out")?;
     let t = &args.tracker;
     let via = session::client(t.transport, t.tracker).await?;
-    let info = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
+    let mut info = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
     let idle = args.idle_timeout;
     let fsync = !args.no_fsync;
     let preallocate = !args.no_preallocate;
@@ -38,6 +38,8 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         c.receiver.idle_timeout = idle
     })
     .await?;
+    // Through the NATs first, from the socket the download uses.
+    let route = session::punch(&to_peer, t.tracker, &mut info).await;
     let peer = Reached {
         handle: to_peer.clone(),
         info: info.clone(),
@@ -89,19 +91,24 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
                 AbortReason::Busy
             )))
         );
-        if !busy || interrupted || tokio::time::Instant::now() + wait > give_up {
+        let now = tokio::time::Instant::now();
+        if !busy || interrupted || now >= give_up {
             break result;
         }
+        // Jittered, so that gets refused together do not all come back together (100 gets
+        // started at once came back in lockstep: 8 served, then the seeder idle until the
+        // next round, 76 % of the time), and the last try lands at --busy-wait's end.
+        let pause = jitter(wait).min(give_up - now);
         if !args.json && std::io::stderr().is_terminal() {
             eprint!("\r\x1b[2K");
         }
         eprintln!(
-            "{} is busy (every upload slot taken); asking again in {} s",
+            "{} is busy (every upload slot taken); asking again in {:.1} s",
             clean(&info.name),
-            wait.as_secs_f64()
+            pause.as_secs_f64()
         );
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.wait() => {
                 interrupted = true;
                 break result;
@@ -172,6 +179,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         resumed_from: r.resumed_from,
         refetched: r.refetched,
         already: false,
+        route: Some(route),
     };
     report(&args, &r.path, &done);
     // The download finished on its last verified chunk: stay until the sender's FIN is
@@ -201,6 +209,7 @@ fn already_present(args: &GetArgs, dest: &Path, entry: &IndexEntry) -> Result<bo
         resumed_from: 0,
         refetched: 0,
         already: true,
+        route: None,
     };
     report(args, dest, &present);
     Ok(true)
@@ -216,6 +225,8 @@ struct Outcome {
     resumed_from: u64,
     refetched: u32,
     already: bool,
+    /// How the peer was reached (`None`: nothing was fetched).
+    route: Option<Route>,
 }
 
 fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
@@ -227,6 +238,7 @@ fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
         resumed_from,
         refetched,
         already,
+        route,
     } = o;
     let secs = elapsed.as_secs_f64();
     if args.json {
@@ -242,6 +254,7 @@ fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
                 "first_byte_ms": first_byte.map(|d| d.as_millis() as u64),
                 "mib_per_s": mib_per_s(received, secs),
                 "already_present": already,
+                "route": route.map(Route::as_str),
                 "verified": true,
             })
         );
@@ -276,9 +289,16 @@ fn checkpoints(mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()>
     })
 }
 
-/// First wait before a busy sender is asked again; it doubles up to [`MAX_BUSY_WAIT`].
-const FIRST_BUSY_WAIT: Duration = Duration::from_millis(500);
-const MAX_BUSY_WAIT: Duration = Duration::from_secs(8);
+/// First wait before a busy sender is asked again; it doubles up to [`MAX_BUSY_WAIT`], each
+/// wait [`jitter`]ed. Short: a slot frees as soon as any upload ends, and a refused `Request`
+/// costs the seeder one small message.
+const FIRST_BUSY_WAIT: Duration = Duration::from_millis(250);
+const MAX_BUSY_WAIT: Duration = Duration::from_secs(1);
+
+/// `wait` times a random factor in [0.5, 1.5).
+fn jitter(wait: Duration) -> Duration {
+    wait.mul_f64(0.5 + rand::random::<f64>())
+}
 
 /// No progress this long shows the bar as stalled (progress comes every 256 KiB: slower than
 /// about 50 KiB/s reads as stalled too).

@@ -182,6 +182,8 @@ pub struct Endpoint {
     round_trips: BTreeMap<SocketAddr, (Duration, Instant)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// Hole punching, as asker and as the peer asked for (see [`punch`]).
+    punching: punch::Punching,
 }
 
 impl Endpoint {
@@ -205,6 +207,7 @@ impl Endpoint {
             round_trips: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            punching: punch::Punching::default(),
         }
     }
 
@@ -367,12 +370,26 @@ impl Endpoint {
                 Some(Incoming::Download { transfer, msg })
             }
             Message::Validated { .. } => None, // opened above: never nested
+            Message::Introduced { request, peer }
+                if self.punch_answered(now, from, request, peer) =>
+            {
+                None
+            }
+            Message::Introduction { nonce, peer } => {
+                self.introduced(now, from, nonce, peer);
+                None
+            }
+            Message::Probe { nonce } => {
+                self.probed(from, nonce);
+                None
+            }
             Message::RegisterReply { request, .. }
             | Message::UnregisterReply { request }
             | Message::PeerList { request, .. }
             | Message::IndexPage { request, .. }
             | Message::EntryReply { request, .. }
             | Message::PieceHashes { request, .. }
+            | Message::Introduced { request, .. }
             | Message::Error { request, .. } => {
                 if self.requests.get(&request).is_some_and(|r| r.to == from) {
                     let pending = self.requests.remove(&request).expect("checked");
@@ -505,7 +522,8 @@ impl Endpoint {
             Message::Register { .. }
             | Message::Heartbeat { .. }
             | Message::Unregister { .. }
-            | Message::ListPeers { .. } => None,
+            | Message::ListPeers { .. }
+            | Message::Introduce { .. } => None,
         }
     }
 
@@ -531,11 +549,14 @@ impl Endpoint {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let requests = self.requests.values().map(|r| r.next_at);
         let heartbeat = self.registration.as_ref().map(|r| r.next_at);
-        requests.chain(heartbeat).min()
+        let punching = self.punching.next_timeout();
+        requests.chain(heartbeat).chain(punching).min()
     }
 
     /// Sends requests again or gives up on them, and sends the heartbeat when due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Punches first: one past its time takes its `Introduce` with it.
+        self.punch_timeout(now);
         let due: Vec<RequestId> = self
             .requests
             .iter()
@@ -644,15 +665,18 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
         | Message::ListPeers { request, .. }
         | Message::IndexRequest { request, .. }
         | Message::EntryRequest { request, .. }
-        | Message::PieceRequest { request, .. } => *request = id,
+        | Message::PieceRequest { request, .. }
+        | Message::Introduce { request, .. } => *request = id,
         _ => {}
     }
 }
 
 mod events;
+pub mod punch;
 mod transfers;
 
 pub use events::{Event, Incoming, Transmit};
+pub use punch::Probe;
 
 #[cfg(test)]
 mod tests;

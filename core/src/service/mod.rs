@@ -10,8 +10,8 @@ pub mod storage;
 pub mod tracker;
 
 pub use endpoint::{
-    spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress, ServiceError,
-    UploadNotice, PIECE_REFETCHES,
+    spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress, Punched,
+    ServiceError, UploadNotice, PIECE_REFETCHES,
 };
 pub use p2p_proto::wire::paginate;
 pub use tracker::{

@@ -63,9 +63,15 @@ pub async fn run_tracker_seeded(
             loop {
                 let (from, bytes) = t.recv_from().await?;
                 let proven = t.is_reliable();
-                if let Some(reply) = handle(&registry, &events, from, &bytes, proven) {
+                let (reply, others) = handle(&registry, &events, from, &bytes, proven);
+                if let Some(reply) = reply {
                     // A failed reply is the client's problem (it retries); keep serving.
                     let _ = t.send_to(from, &reply.encode()).await;
+                }
+                // Introductions, after the answer: its asker sends its low-TTL probes on
+                // the answer, before the introduced peer's probes can reach it.
+                for (to, msg) in others {
+                    let _ = t.send_to(to, &msg.encode()).await;
                 }
             }
         });
@@ -115,17 +121,18 @@ fn handle(
     from: SocketAddr,
     bytes: &[u8],
     addresses_proven: bool,
-) -> Option<Message> {
+) -> (Option<Message>, Vec<(SocketAddr, Message)>) {
     // Undecodable input is dropped silently: answering would let strangers make us talk.
-    let msg = decode(bytes).ok()?;
+    let Ok(msg) = decode(bytes) else {
+        return (None, Vec::new());
+    };
     let now = Instant::now().into_std();
-    let (reply, event) =
-        tracker
-            .lock()
-            .expect("registry lock")
-            .handle_on(now, from, msg, addresses_proven);
+    let mut tracker = tracker.lock().expect("registry lock");
+    let (reply, event) = tracker.handle_on(now, from, msg, addresses_proven);
+    let others = std::iter::from_fn(|| tracker.poll_transmit()).collect();
+    drop(tracker);
     if let Some(e) = event {
         emit(events, e);
     }
-    reply
+    (reply, others)
 }

@@ -105,6 +105,22 @@ pub enum Event {
         /// The transfer.
         transfer: TransferId,
     },
+    /// A punch ([`Endpoint::punch`](super::Endpoint::punch)) got through: a probe of the
+    /// peer's came from `peer`, whose NAT now lets us in. Talk to it there.
+    Punched {
+        /// The punch's `Introduce` request.
+        request: RequestId,
+        /// Where the peer's probe came from.
+        peer: SocketAddr,
+    },
+    /// A punch got nowhere within [`PUNCH_WAIT`](super::punch::PUNCH_WAIT): `silent` (the
+    /// tracker, or the peer's public address) did not answer.
+    PunchFailed {
+        /// The punch's `Introduce` request.
+        request: RequestId,
+        /// Who stayed silent.
+        silent: SocketAddr,
+    },
     /// The tracker refused a heartbeat.
     HeartbeatRefused {
         /// The tracker.

@@ -159,6 +159,24 @@ pub fn sample_messages() -> Vec<Message> {
             offset: 0,
         }
         .with_token(Some(crate::wire::Token(7))),
+        Message::Introduce {
+            request,
+            name: "bob".into(),
+        }
+        .with_token(Some(crate::wire::Token(7))),
+        Message::Introduced {
+            request,
+            peer: Some("203.0.113.2:40000".parse().expect("an address")),
+        },
+        Message::Introduced {
+            request,
+            peer: None,
+        },
+        Message::Introduction {
+            nonce: 7,
+            peer: "[2001:db8::1]:5555".parse().expect("an address"),
+        },
+        Message::Probe { nonce: 7 },
     ];
     out.extend((0..8).map(|b| Message::Abort {
         transfer,

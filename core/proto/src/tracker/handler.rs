@@ -59,7 +59,19 @@ pub struct Tracker {
     /// Requests prove their source address first (see [`crate::validation`]): a forged
     /// address can neither register, refresh nor remove a name, nor be sent a listing.
     validator: AddressValidator,
+    /// Introductions each introduced peer's IP is sent (see [`INTRODUCTIONS`]).
+    introductions: RateLimiter,
+    /// Messages to others than the requester (introductions), for [`Tracker::poll_transmit`].
+    outbox: VecDeque<(SocketAddr, Message)>,
 }
+
+/// Introductions sent to one peer's IP: a requester cannot make the tracker pester a peer
+/// (each introduction makes it send a few probes).
+pub const INTRODUCTIONS: RateConfig = RateConfig {
+    per_second: 8.0,
+    burst: 16.0,
+    max_sources: 4096,
+};
 
 /// The live peers cut into pages at one moment: a listing pages through one snapshot, so a
 /// listing taken while peers join or leave has each peer at most once, and a page costs a
@@ -179,6 +191,8 @@ impl Tracker {
             new_names: RateLimiter::new(NEW_NAMES),
             listings: Listings::default(),
             validator: AddressValidator::new(0),
+            introductions: RateLimiter::new(INTRODUCTIONS),
+            outbox: VecDeque::new(),
         }
     }
 
@@ -239,7 +253,8 @@ impl Tracker {
                 Message::Register { request, .. }
                 | Message::Heartbeat { request, .. }
                 | Message::Unregister { request, .. }
-                | Message::ListPeers { request, .. } => *request,
+                | Message::ListPeers { request, .. }
+                | Message::Introduce { request, .. } => *request,
                 _ => return (None, None),
             };
             let token = self.validator.issue(now, from.ip());
@@ -299,6 +314,23 @@ impl Tracker {
                 self.listings.dirty |= event.is_some();
                 (Some(Message::UnregisterReply { request }), event)
             }
+            Message::Introduce { request, name } => {
+                // UDP only: the asker's address must be the socket it will punch from, and
+                // a TCP source port is an ephemeral one.
+                let peer = match reg.seen(&name, now) {
+                    Some((seen, TransportKind::Udp)) if !addresses_proven => Some(seen),
+                    _ => None,
+                };
+                if let Some(seen) = peer {
+                    if !self.introductions.allow(now, seen.ip()) {
+                        return (None, None); // dropped like a lost datagram
+                    }
+                    let nonce = request.0;
+                    let intro = Message::Introduction { nonce, peer: from };
+                    self.outbox.push_back((seen, intro));
+                }
+                (Some(Message::Introduced { request, peer }), None)
+            }
             Message::ListPeers { request, page } => {
                 let snapshot = self.listings.snapshot(now, reg, from, page);
                 let n = snapshot.pages.len() as u32;
@@ -318,6 +350,13 @@ impl Tracker {
             }
             _ => (None, None),
         }
+    }
+
+    /// A message for someone other than the requester that [`Tracker::handle`] produced
+    /// (an `Introduction` for the peer asked for), to send on the transport the request
+    /// came on. Call after each `handle` until `None`.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Message)> {
+        self.outbox.pop_front()
     }
 
     /// When the next silent peer expires.
@@ -393,6 +432,94 @@ mod tests {
         let listed = t.registry().list(now);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].addr.port(), 10001, "alice untouched");
+    }
+
+    /// `Introduce` needs proof, answers the asker with the peer's seen address (no larger
+    /// than the request), and queues an `Introduction` naming the asker for the peer.
+    #[test]
+    fn introduce_answers_the_seen_address_and_tells_the_peer() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
+        let now = Instant::now();
+        // Bob behind a NAT that mapped his port 10001 to 40000.
+        let bob_seen: SocketAddr = "203.0.113.2:40000".parse().unwrap();
+        t.handle_proven(now, bob_seen, register("bob", 10001));
+        let alice: SocketAddr = "198.51.100.7:5555".parse().unwrap();
+        let ask = Message::Introduce {
+            request: RequestId(77),
+            name: "bob".into(),
+        };
+        assert!(matches!(
+            t.handle(now, alice, ask.clone()).0,
+            Some(Message::Retry { .. })
+        ));
+        assert_eq!(t.poll_transmit(), None, "no introduction without proof");
+        let token = t.validator.issue(now, alice.ip());
+        let request = ask.with_token(Some(token));
+        let reply = t.handle(now, alice, request.clone()).0.unwrap();
+        assert_eq!(
+            reply,
+            Message::Introduced {
+                request: RequestId(77),
+                peer: Some(bob_seen)
+            }
+        );
+        assert!(
+            reply.encode().len() <= request.encode().len(),
+            "no amplification"
+        );
+        assert_eq!(
+            t.poll_transmit(),
+            Some((
+                bob_seen,
+                Message::Introduction {
+                    nonce: 77,
+                    peer: alice
+                }
+            ))
+        );
+        assert_eq!(t.poll_transmit(), None);
+        // No such peer: `None`, and nobody is told anything.
+        let ask = Message::Introduce {
+            request: RequestId(78),
+            name: "carol".into(),
+        };
+        let (reply, _) = t.handle(now, alice, ask.with_token(Some(token)));
+        assert!(matches!(
+            reply,
+            Some(Message::Introduced { peer: None, .. })
+        ));
+        assert_eq!(t.poll_transmit(), None);
+        // Over TCP (a source port that is not the peer's socket): no introduction.
+        let ask = Message::Introduce {
+            request: RequestId(79),
+            name: "bob".into(),
+        };
+        let (reply, _) = t.handle_on(now, alice, ask, true);
+        assert!(matches!(
+            reply,
+            Some(Message::Introduced { peer: None, .. })
+        ));
+        assert_eq!(t.poll_transmit(), None);
+    }
+
+    /// However many introductions are asked for, one peer is sent a bounded number.
+    #[test]
+    fn introductions_to_one_peer_are_bounded() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
+        let now = Instant::now();
+        let bob: SocketAddr = "203.0.113.2:40000".parse().unwrap();
+        t.handle_proven(now, bob, register("bob", 10001));
+        let mut sent = 0;
+        for i in 0..100u8 {
+            let asker = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)), 5555);
+            let ask = Message::Introduce {
+                request: RequestId(u64::from(i)),
+                name: "bob".into(),
+            };
+            t.handle_proven(now, asker, ask);
+            sent += std::iter::from_fn(|| t.poll_transmit()).count();
+        }
+        assert_eq!(sent, INTRODUCTIONS.burst as usize);
     }
 
     fn register(name: &str, port: u16) -> Message {

@@ -5,7 +5,7 @@ mod handler;
 mod registry;
 
 pub use handler::{
-    network_of, Tracker, TrackerEvent, ALWAYS_FRESH, KEPT_SNAPSHOTS, LISTERS, NEW_NAMES,
-    SNAPSHOT_EVERY,
+    network_of, Tracker, TrackerEvent, ALWAYS_FRESH, INTRODUCTIONS, KEPT_SNAPSHOTS, LISTERS,
+    NEW_NAMES, SNAPSHOT_EVERY,
 };
 pub use registry::{validate_name, RegisterError, Registry, RegistryConfig};

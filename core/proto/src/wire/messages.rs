@@ -314,6 +314,36 @@ pub enum Message {
         /// The entry.
         entry: Option<IndexEntry>,
     },
+    /// Anyone → tracker: introduce me to the UDP peer `name` (hole punching: see
+    /// [`crate::punch`]). An extension of v1: a tracker that predates it does not answer.
+    Introduce {
+        /// Reply correlation; also the nonce of the punch's probes.
+        request: RequestId,
+        /// The peer to reach.
+        name: String,
+    },
+    /// Tracker → asker: the address the tracker sees `name`'s datagrams come from (its NAT's
+    /// public mapping), which was sent an [`Message::Introduction`]; `None`: no live UDP peer
+    /// of that name.
+    Introduced {
+        /// Correlation.
+        request: RequestId,
+        /// The peer's public address.
+        peer: Option<SocketAddr>,
+    },
+    /// Tracker → registered peer: `peer` (the address the tracker sees it at) wants to reach
+    /// you: send it a few [`Message::Probe`]s with `nonce`.
+    Introduction {
+        /// The asker's `Introduce` request id.
+        nonce: u64,
+        /// The asker's public address.
+        peer: SocketAddr,
+    },
+    /// Peer → peer: a hole-punching datagram (opens the sender's NAT toward the receiver).
+    Probe {
+        /// The `Introduce` request id it answers.
+        nonce: u64,
+    },
 }
 
 /// Largest request a [`Message::Validated`] carries.
@@ -333,6 +363,7 @@ impl Message {
                 | Message::PieceRequest { .. }
                 | Message::EntryRequest { .. }
                 | Message::Request { .. }
+                | Message::Introduce { .. }
         )
     }
 
@@ -374,7 +405,8 @@ impl Message {
         match self {
             Message::Register { name, .. }
             | Message::Heartbeat { name, .. }
-            | Message::Unregister { name, .. } => check(name.len() <= MAX_NAME_LEN, "name"),
+            | Message::Unregister { name, .. }
+            | Message::Introduce { name, .. } => check(name.len() <= MAX_NAME_LEN, "name"),
             Message::RegisterReply {
                 outcome: RegisterOutcome::Refused { reason },
                 ..

@@ -173,6 +173,11 @@ impl Driver {
                 progress,
                 reply,
             } => self.start_download(peer, entry, dest, table, progress, reply),
+            Command::Punch {
+                tracker,
+                name,
+                reply,
+            } => self.start_punch(tracker, name, reply).await,
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -257,6 +262,16 @@ impl Driver {
                     if let Some(up) = self.uploads.get_mut(&(to, transfer)) {
                         up.machine.abort(AbortReason::Busy);
                     }
+                }
+                Event::Punched { request, peer } => self.replies.answer(
+                    request,
+                    Message::Introduced {
+                        request,
+                        peer: Some(peer),
+                    },
+                ),
+                Event::PunchFailed { request, silent } => {
+                    self.replies.fail(request, ServiceError::NoAnswer(silent))
                 }
                 Event::HeartbeatRefused { tracker, reason } => {
                     tracing::warn!(%tracker, ?reason, "heartbeat refused")
@@ -536,6 +551,7 @@ impl Driver {
         while let Some(t) = self.proto.poll_transmit() {
             let _ = self.transport.send_to(t.to, &t.payload).await;
         }
+        self.send_probes().await;
     }
 }
 

@@ -34,6 +34,7 @@ mod driver;
 mod finish;
 mod hashing;
 mod listing;
+mod punch;
 mod rpc;
 mod upload;
 
@@ -43,6 +44,8 @@ use hashing::HashWorker;
 use p2p_proto::endpoint::{Endpoint, EndpointConfig as ProtoConfig};
 use rpc::Replies;
 use upload::Batch;
+
+pub use punch::Punched;
 
 /// Settings of an endpoint.
 #[derive(Clone, Debug)]
@@ -393,6 +396,11 @@ enum Command {
     },
     Shutdown {
         done: oneshot::Sender<()>,
+    },
+    Punch {
+        tracker: SocketAddr,
+        name: String,
+        reply: oneshot::Sender<Result<Message, ServiceError>>,
     },
 }
 

@@ -24,6 +24,15 @@ pub(super) const LINGER_ON_SHUTDOWN: Duration = Duration::from_secs(1);
 pub(super) struct Replies(BTreeMap<RequestId, oneshot::Sender<Result<Message, ServiceError>>>);
 
 impl Replies {
+    /// `reply` waits for the answer to request `id`.
+    pub(super) fn insert(
+        &mut self,
+        id: RequestId,
+        reply: oneshot::Sender<Result<Message, ServiceError>>,
+    ) {
+        self.0.insert(id, reply);
+    }
+
     /// Request `id` was answered.
     pub(super) fn answer(&mut self, id: RequestId, answer: Message) {
         if let Some(reply) = self.0.remove(&id) {
