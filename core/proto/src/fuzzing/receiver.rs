@@ -203,6 +203,9 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
         window_bytes: u64::MAX,
         offload_hashing: flags & 0x20 != 0,
         reack: flags & 0x80 == 0,
+        // A fuzzed link may stall for long: only the idle timeout ends it here.
+        min_rate: 0,
+        min_rate_window: Duration::from_secs(60),
     };
     let transfer = TransferId(7);
     let mut now = Instant::now();

@@ -101,8 +101,8 @@ use std::time::Duration;
 
 pub use pieces::{PieceHasher, PieceJob, PieceTable, MAX_OFFLOADED_PIECE, MIN_PIECE_SIZE};
 pub use receiver::{
-    ChunkReceiver, ReceiverConfig, ReceiverEvent, DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES,
-    MAX_RETRIES_FOLLOWED,
+    ChunkReceiver, ReceiverConfig, ReceiverEvent, DEFAULT_MIN_RATE, DEFAULT_MIN_RATE_WINDOW,
+    DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, MAX_RETRIES_FOLLOWED,
 };
 pub use sender::{ChunkSender, SenderConfig, SenderEvent, SenderStats, SenderTransmit};
 
@@ -151,15 +151,24 @@ pub enum TimeoutPhase {
     Data,
     /// A sender heard nothing from its receiver (no ACK, no FIN-ACK).
     Acks,
+    /// A receiver got less than `min_rate` new bytes per second from its sender over a
+    /// whole span ([`ReceiverConfig::min_rate`](crate::transfer::ReceiverConfig)).
+    TooSlow {
+        /// The minimum, in bytes per second.
+        min_rate: u64,
+    },
 }
 
 impl std::fmt::Display for TimeoutPhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TimeoutPhase::Request => "no answer from the peer",
-            TimeoutPhase::Data => "the peer stopped sending",
-            TimeoutPhase::Acks => "receiver silent",
-        })
+        match self {
+            TimeoutPhase::Request => f.write_str("no answer from the peer"),
+            TimeoutPhase::Data => f.write_str("the peer stopped sending"),
+            TimeoutPhase::Acks => f.write_str("receiver silent"),
+            TimeoutPhase::TooSlow { min_rate } => {
+                write!(f, "the peer sent less than {min_rate} bytes/s")
+            }
+        }
     }
 }
 

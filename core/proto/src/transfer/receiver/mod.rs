@@ -52,7 +52,21 @@ pub struct ReceiverConfig {
     /// off): a lost ACK may hold the sender's whole window. Pointless on a reliable
     /// transport, which loses nothing.
     pub reack: bool,
+    /// Least a sender must deliver, in new bytes per second averaged over
+    /// `min_rate_window`, once it has accepted (0: no minimum). Without it, a sender that
+    /// trickles one new chunk per idle timeout would hold a download (and its destination)
+    /// for ever.
+    pub min_rate: u64,
+    /// The span over which `min_rate` is measured (each span on its own, from the Accept).
+    pub min_rate_window: Duration,
 }
+
+/// Default [`ReceiverConfig::min_rate`]: 1 KiB/s, far below any real path (a 56 kbit/s modem
+/// moves 7 KiB/s), far above a sender dripping a chunk every few seconds.
+pub const DEFAULT_MIN_RATE: u64 = 1024;
+/// Default [`ReceiverConfig::min_rate_window`]: long enough for an outage the idle timeout
+/// allows, or a few seconds of retransmission backoff, to be made up.
+pub const DEFAULT_MIN_RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Default advertised window, in chunks, within [`DEFAULT_WINDOW_BYTES`]: about 12,000 chunks
 /// of 1,404 bytes, enough for 1 Gbit/s x 130 ms; the sender's congestion control decides how
@@ -75,6 +89,8 @@ impl Default for ReceiverConfig {
             ack_delay: Duration::from_millis(5),
             offload_hashing: false,
             reack: true,
+            min_rate: DEFAULT_MIN_RATE,
+            min_rate_window: DEFAULT_MIN_RATE_WINDOW,
         }
     }
 }
@@ -173,6 +189,10 @@ pub struct ChunkReceiver {
     finished: bool,
     /// Bytes received in order in this transfer.
     received: u64,
+    /// Bytes of new chunks (in order or not) received in this transfer.
+    fresh: u64,
+    /// Start of the current minimum-rate span, and `fresh` then (once accepted).
+    rate_span: Option<(Instant, u64)>,
     unacked: u32,
     ack_now: bool,
     ack_at: Option<Instant>,
@@ -261,6 +281,8 @@ impl ChunkReceiver {
             fin_seen: false,
             finished: false,
             received: 0,
+            fresh: 0,
+            rate_span: None,
             unacked: 0,
             ack_now: false,
             ack_at: None,
@@ -407,6 +429,9 @@ impl ChunkReceiver {
                 self.reack_after = (now.saturating_duration_since(self.requested_at) * 2)
                     .clamp(MIN_REACK, MAX_REACK);
                 self.state = State::Receiving;
+                if self.config.min_rate > 0 {
+                    self.rate_span = Some((now, self.fresh));
+                }
                 self.events.push_back(ReceiverEvent::Accepted {
                     size,
                     hash,
@@ -477,6 +502,7 @@ impl ChunkReceiver {
             return;
         }
         self.last_heard = now; // a chunk we did not have: progress
+        self.fresh += payload.len() as u64;
         if seq != self.next_seq {
             let payload = if payload.len() < COPY_EARLY_BELOW {
                 // It may wait a while: never let it pin a large receive block.
@@ -611,6 +637,7 @@ impl ChunkReceiver {
 
     /// Call when `poll_timeout` has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let too_slow = self.state == State::Receiving && self.too_slow(now);
         match self.state {
             State::Done => {}
             _ if now >= self.last_heard + self.config.idle_timeout => {
@@ -636,6 +663,17 @@ impl ChunkReceiver {
                 self.requested_at = now;
                 self.out.push_back(self.request());
             }
+            State::Receiving if too_slow => {
+                self.fail(
+                    TransferError::Timeout {
+                        phase: TimeoutPhase::TooSlow {
+                            min_rate: self.config.min_rate,
+                        },
+                        after: self.config.min_rate_window,
+                    },
+                    Some(AbortReason::Timeout),
+                );
+            }
             State::Receiving => {
                 if self.ack_at.is_some_and(|t| now >= t) {
                     self.ack_now = true;
@@ -654,13 +692,34 @@ impl ChunkReceiver {
         }
     }
 
+    /// At the end of a minimum-rate span: whether the sender delivered less than the
+    /// minimum over it; if not, the next span starts.
+    fn too_slow(&mut self, now: Instant) -> bool {
+        let Some((start, fresh)) = self.rate_span else {
+            return false;
+        };
+        let window = self.config.min_rate_window;
+        if now < start + window {
+            return false;
+        }
+        let needed = (self.config.min_rate as f64 * window.as_secs_f64()) as u64;
+        if self.fresh - fresh < needed {
+            return true;
+        }
+        self.rate_span = Some((now, self.fresh));
+        false
+    }
+
     /// The next moment `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let idle = self.last_heard + self.config.idle_timeout;
+        let span_end = self
+            .rate_span
+            .map(|(start, _)| start + self.config.min_rate_window);
         match self.state {
             State::Done => None,
             State::Requesting { next_retry, .. } => Some(next_retry.min(idle)),
-            State::Receiving => [self.ack_at, self.reack_at, Some(idle)]
+            State::Receiving => [self.ack_at, self.reack_at, Some(idle), span_end]
                 .into_iter()
                 .flatten()
                 .min(),

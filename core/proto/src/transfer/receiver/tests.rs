@@ -314,3 +314,66 @@ fn only_new_chunks_keep_a_transfer_alive() {
         "a transfer that made progress half an idle timeout ago was failed"
     );
 }
+
+/// A sender that delivers a new chunk just often enough to beat the idle timeout (one every
+/// 10 s: 100 bytes/s) is failed as too slow at the end of the first minimum-rate span; one
+/// that keeps above the minimum is not (issue 18: a trickling seeder held a `get` for ever).
+#[test]
+fn a_trickling_sender_fails_the_minimum_rate() {
+    let start = Instant::now();
+    let t = TransferId(11);
+    let size = 100_000u64;
+    let hash = ContentHash::of(&vec![1u8; size as usize]);
+    let config = ReceiverConfig {
+        offload_hashing: true,
+        ..ReceiverConfig::default()
+    };
+    let window = config.min_rate_window;
+    assert!(config.idle_timeout > Duration::from_secs(10));
+    let run = |every: Duration| {
+        let mut r = ChunkReceiver::new(start, t, FileId(1), Some((size, hash)), config.clone());
+        let accept = Message::Accept {
+            transfer: t,
+            size,
+            chunk_size: 1000,
+            hash,
+        };
+        r.handle_message(start, &accept);
+        let mut now = start;
+        let mut seq = 0;
+        while now < start + window * 2 && seq < 100 {
+            // Every timer due before the next chunk fires first, as a driver would.
+            let next = now + every;
+            while let Some(at) = r.poll_timeout().filter(|&at| at <= next) {
+                r.handle_timeout(at);
+                while r.poll_transmit(at).is_some() {} // the ACKs due
+            }
+            now = next;
+            r.handle_message(now, &data_msg(t, seq, Bytes::from(vec![1u8; 1000])));
+            seq += 1;
+            if let Some(e) = std::iter::from_fn(|| r.poll_event())
+                .find_map(|e| matches!(e, ReceiverEvent::Failed(_)).then_some(e))
+            {
+                return Some((now - start, e));
+            }
+        }
+        None
+    };
+    let (after, failed) = run(Duration::from_secs(10)).expect("the trickle was never failed");
+    assert!(
+        matches!(
+            failed,
+            ReceiverEvent::Failed(TransferError::Timeout {
+                phase: TimeoutPhase::TooSlow { .. },
+                ..
+            })
+        ),
+        "{failed:?}"
+    );
+    assert!(
+        after <= window + Duration::from_secs(10),
+        "failed only after {after:?}"
+    );
+    // 1,000 bytes every 0.5 s (2 KB/s), over two spans: kept.
+    assert!(run(Duration::from_millis(500)).is_none());
+}
