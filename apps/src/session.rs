@@ -93,7 +93,7 @@ pub(crate) async fn find_peer(
         ),
     })?;
     let wanted = nfc(name);
-    match peers.into_iter().find(|p| p.name == wanted) {
+    match peers.into_iter().find(|p| *p.name == *wanted) {
         Some(p) => Ok(p),
         None => fail!(
             Kind::UnknownPeer,

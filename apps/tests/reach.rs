@@ -524,7 +524,7 @@ fn tracker_messages_carry_ipv6_addresses() {
         .iter()
         .enumerate()
         .map(|(i, a)| PeerInfo {
-            name: format!("p{i}"),
+            name: format!("p{i}").into(),
             addr: a.parse().unwrap(),
             transport: TransportKind::Udp,
         })
@@ -539,7 +539,7 @@ fn tracker_messages_carry_ipv6_addresses() {
 
     let longest: Vec<PeerInfo> = (0..500)
         .map(|i| PeerInfo {
-            name: format!("{i:0>width$}", width = MAX_NAME_LEN),
+            name: format!("{i:0>width$}", width = MAX_NAME_LEN).into(),
             addr: format!("[2001:db8:ffff:ffff:ffff:ffff:ffff:{i:x}]:65535")
                 .parse()
                 .unwrap(),

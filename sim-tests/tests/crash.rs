@@ -198,7 +198,7 @@ seeded_tests! {
 /// Every name `via`'s tracker lists, or `None` when it does not answer.
 async fn listed(h: &p2p_core::service::EndpointHandle) -> Option<Vec<String>> {
     let peers = h.list_peers(tracker_addr()).await.ok()?;
-    Some(peers.into_iter().map(|p| p.name).collect())
+    Some(peers.into_iter().map(|p| p.name.to_string()).collect())
 }
 
 /// Polls the tracker (through `h`) until it lists exactly `want`, for at most `limit`.

@@ -46,8 +46,9 @@ fn busy_run(seed: u64, net: Net) -> turmoil::Result<(String, String)> {
             let checked = check_download(&res, &dest, &f)?;
             trace.record(l, format_args!("{path}: {checked:?}"));
             let peers = h.list_peers(p2p_sim_tests::tracker_addr()).await;
-            let names: Option<Vec<String>> =
-                peers.ok().map(|v| v.into_iter().map(|p| p.name).collect());
+            let names: Option<Vec<String>> = peers
+                .ok()
+                .map(|v| v.into_iter().map(|p| p.name.to_string()).collect());
             trace.record(l, format_args!("peers {names:?}"));
             Ok(())
         });

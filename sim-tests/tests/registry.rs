@@ -23,7 +23,7 @@ async fn names(h: &EndpointHandle) -> turmoil::Result<Vec<String>> {
     Ok(h.list_peers(tracker_addr())
         .await?
         .into_iter()
-        .map(|p| p.name)
+        .map(|p| p.name.to_string())
         .collect())
 }
 
@@ -51,7 +51,7 @@ fn conflicts(seed: u64, net: Net) -> turmoil::Result {
             .list_peers(tracker_addr())
             .await?
             .into_iter()
-            .find(|p| p.name == "alice")
+            .find(|p| &*p.name == "alice")
             .ok_or("alice is not listed")?
             .addr;
         let taken = RegisterError::NameTaken {
@@ -89,7 +89,7 @@ fn conflicts(seed: u64, net: Net) -> turmoil::Result {
         let ip = turmoil::lookup("mallory");
         if !listed
             .iter()
-            .any(|p| p.name == "alice" && p.addr.ip() == ip)
+            .any(|p| &*p.name == "alice" && p.addr.ip() == ip)
         {
             return Err(format!("alice should now be mallory: {listed:?}").into());
         }

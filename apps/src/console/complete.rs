@@ -52,8 +52,8 @@ pub(crate) struct Known {
 impl Known {
     /// A fresh listing of the tracker's peers.
     pub(crate) fn set_listing(&mut self, peers: &[PeerInfo]) {
-        self.set_peers(peers.iter().map(|p| p.name.clone()));
-        self.addrs = peers.iter().map(|p| (p.addr, p.name.clone())).collect();
+        self.set_peers(peers.iter().map(|p| p.name.to_string()));
+        self.addrs = peers.iter().map(|p| (p.addr, p.name.to_string())).collect();
     }
 
     /// The peer listening at `addr`, as the last listing had it.

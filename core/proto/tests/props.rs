@@ -199,7 +199,7 @@ fn message() -> impl Strategy<Value = Message> {
     let peer =
         (text(MAX_NAME_LEN), socket_addr(), transport()).prop_map(|(name, addr, transport)| {
             PeerInfo {
-                name,
+                name: name.into(),
                 addr,
                 transport,
             }
@@ -630,7 +630,7 @@ fn largest_peer_list() -> Message {
         peers: BoundedVec(
             (0..MAX_LIST_ITEMS)
                 .map(|i| PeerInfo {
-                    name: String::new(),
+                    name: "".into(),
                     addr: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), i as u16),
                     transport: TransportKind::Udp,
                 })

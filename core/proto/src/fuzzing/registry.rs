@@ -137,7 +137,7 @@ pub fn check_registry_ops(config: RegistryConfig, ops: &[RegistryOp]) {
         );
         for p in &list {
             let (a, t, until) = model
-                .get(&p.name)
+                .get(&*p.name)
                 .unwrap_or_else(|| panic!("listed `{}` never registered", p.name));
             assert!(*until > now, "listed the expired entry `{}`", p.name);
             assert_eq!((p.addr, p.transport), (*a, *t), "listed a stale address");

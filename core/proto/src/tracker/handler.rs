@@ -731,7 +731,7 @@ mod tests {
             };
             match t.handle_proven(now, from, list).0 {
                 Some(Message::PeerList { pages, peers, .. }) => {
-                    names.extend(peers.0.into_iter().map(|p| p.name));
+                    names.extend(peers.0.into_iter().map(|p| p.name.to_string()));
                     page += 1;
                     if page >= pages {
                         return names;
@@ -790,7 +790,7 @@ mod tests {
             panic!("no first page");
         };
         assert!(pages > 3, "{pages} pages");
-        let mut names: Vec<String> = peers.0.into_iter().map(|p| p.name).collect();
+        let mut names: Vec<String> = peers.0.into_iter().map(|p| p.name.to_string()).collect();
         // Newcomers that sort first would shift every later page of a fresh cut.
         let later = now + SNAPSHOT_EVERY;
         register_all(&mut t, later, (0..100).map(|i| format!("a-new{i:03}")));
@@ -804,7 +804,7 @@ mod tests {
                     peers, pages: n, ..
                 }) => {
                     assert_eq!(n, pages, "the page count of the listing's snapshot");
-                    names.extend(peers.0.into_iter().map(|p| p.name));
+                    names.extend(peers.0.into_iter().map(|p| p.name.to_string()));
                 }
                 other => panic!("{other:?}"),
             }

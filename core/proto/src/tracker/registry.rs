@@ -221,7 +221,7 @@ impl Registry {
             .iter()
             .filter(|(_, e)| e.valid_until > now)
             .map(|(name, e)| PeerInfo {
-                name: name.clone(),
+                name: name.as_str().into(),
                 addr: e.addr,
                 transport: e.transport,
             })

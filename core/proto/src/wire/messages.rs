@@ -22,8 +22,9 @@ pub const PIECE_SIZE: u32 = 256 * 1024;
 /// A live peer as the tracker lists it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The peer's unique name.
-    pub name: String,
+    /// The peer's unique name (shared: the tracker's listing pages hand out the entries of
+    /// one snapshot without copying a name per page).
+    pub name: std::sync::Arc<str>,
     /// Where it listens (IP seen by the tracker, port the peer announced).
     pub addr: SocketAddr,
     /// The transport it listens on.
