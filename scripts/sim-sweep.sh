@@ -41,6 +41,7 @@
 #   scripts/sim-sweep.sh                        # everything, seeds 0..1000
 #   scripts/sim-sweep.sh 0..20                  # a quick look
 #   SIM_SEEDS=0..200 scripts/sim-sweep.sh '' 'loss::|faults::'
+#   scripts/sim-sweep.sh 0..200 '^nat::'       # hole punching through simulated NATs
 
 set -euo pipefail
 export LC_ALL=C # `.` in numbers, byte order in sort

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::disk::SimDisk;
 use crate::faulty::{FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats, Targeted};
 use crate::harness::{check_download, Checked};
+use crate::nat::{BindPort, NatConfig, NatHandle, NatUdp};
 use crate::tcp::{SimTcp, SimTcpConfig};
 use crate::trace::Trace;
 use crate::udp::{SimUdp, SIM_UDP_MESSAGE};
@@ -255,6 +256,8 @@ pub struct PeerOpts {
     pub targeted: Targeted,
     /// Its disk, when simulated (see [`SimDisk`]); the real one otherwise.
     pub disk: Option<SimDisk>,
+    /// The NAT it sits behind, if any (UDP only; see [`NatUdp`]).
+    pub nat: Option<NatConfig>,
 }
 
 impl Default for PeerOpts {
@@ -266,6 +269,7 @@ impl Default for PeerOpts {
             tune: None,
             targeted: Targeted::default(),
             disk: None,
+            nat: None,
         }
     }
 }
@@ -312,6 +316,13 @@ impl PeerOpts {
         self
     }
 
+    /// Behind a NAT with `config` (see [`NatUdp`]): its transport's faults apply past the
+    /// router, on each mapping's socket (each with its own fault RNG and targeted counts).
+    pub fn behind(mut self, config: NatConfig) -> Self {
+        self.nat = Some(config);
+        self
+    }
+
     /// Without registering with the tracker.
     pub fn unregistered(mut self) -> Self {
         self.register = false;
@@ -349,6 +360,7 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     stats: BTreeMap<String, SharedStats>,
     files: BTreeMap<String, Vec<SharedFile>>,
+    nats: BTreeMap<String, NatHandle>,
 }
 
 impl Cluster {
@@ -363,6 +375,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("temporary folder"),
             stats: BTreeMap::new(),
             files: BTreeMap::new(),
+            nats: BTreeMap::new(),
         }
     }
 
@@ -450,6 +463,18 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The NAT `host` sits behind.
+    ///
+    /// # Panics
+    ///
+    /// When it sits behind none.
+    pub fn nat(&self, host: &str) -> NatHandle {
+        self.nats
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| panic!("{host} is behind no NAT"))
+    }
+
     fn fault_config(
         &self,
         host: &str,
@@ -470,9 +495,27 @@ impl Cluster {
         registry: RegistryConfig,
         faults: Option<(FaultRates, FaultRates)>,
     ) {
+        self.add_tracker_targeted(sim, registry, faults, Targeted::default());
+    }
+
+    /// [`Cluster::add_tracker`], with faults aimed at particular messages the tracker sends
+    /// (e.g. its first `Introduction`).
+    pub fn add_tracker_targeted(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        registry: RegistryConfig,
+        faults: Option<(FaultRates, FaultRates)>,
+        targeted: Targeted,
+    ) {
         let stats = SharedStats::default();
         self.stats.insert(TRACKER.into(), stats.clone());
-        let faults = self.fault_config(TRACKER, faults);
+        let mut faults = self.fault_config(TRACKER, faults);
+        if !targeted.is_none() {
+            let config = faults.get_or_insert_with(|| {
+                FaultConfig::send_side(mix(self.seed, TRACKER), FaultRates::NONE)
+            });
+            config.targeted = targeted;
+        }
         let (net, trace, seed) = (self.net, self.trace.clone(), self.seed);
         let log = self
             .log_messages
@@ -536,9 +579,16 @@ impl Cluster {
         let log = self
             .log_messages
             .then(|| (self.trace.clone(), name.clone()));
+        let nat = opts.nat.clone().map(|config| {
+            assert_eq!(net, Net::Udp, "{name}: a NAT is modelled for UDP only");
+            let nat = NatHandle::new(config, mix(self.seed, &format!("{name}/nat")));
+            self.nats.insert(name.clone(), nat.clone());
+            nat
+        });
         let boots = Arc::new(AtomicU64::new(0));
         sim.host(name.clone(), move || {
             let log = log.clone();
+            let nat = nat.clone();
             let boot = boots.fetch_add(1, Ordering::SeqCst) + 1;
             let mut config =
                 fast_endpoint(Some(share.clone()), mix(seed, &format!("{name}#{boot}")));
@@ -558,7 +608,13 @@ impl Cluster {
             );
             async move {
                 trace.record(&name, format_args!("boot {boot}"));
-                let t = net.bind(PEER_PORT, faults, stats, log).await?;
+                let t = match nat {
+                    None => net.bind(PEER_PORT, faults, stats, log).await?,
+                    Some(nat) => {
+                        let events = Some((trace.clone(), name.clone()));
+                        bind_behind_nat(nat, faults, stats, log, events).await?
+                    }
+                };
                 let (h, task) = spawn_endpoint(t, net.kind(), config)?;
                 handles.publish(&name, boot, h.clone());
                 if register {
@@ -599,6 +655,28 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A [`NatUdp`] at [`PEER_PORT`] behind `nat`: each mapping's socket is a [`SimUdp`],
+/// wrapped as [`Net::bind`] wraps a host's, with a fault seed of its own.
+async fn bind_behind_nat(
+    nat: NatHandle,
+    faults: Option<FaultConfig>,
+    stats: SharedStats,
+    log: Option<(Trace, String)>,
+    events: Option<(Trace, String)>,
+) -> io::Result<SharedTransport> {
+    let bind_port: BindPort = Arc::new(move |port| {
+        let faults = faults.clone().map(|mut f| {
+            f.seed = mix(f.seed, &format!("nat port {port}"));
+            f
+        });
+        let (stats, log) = (stats.clone(), log.clone());
+        Box::pin(async move { Net::Udp.bind(port, faults, stats, log).await })
+    });
+    let private = SocketAddr::from(([0, 0, 0, 0], PEER_PORT));
+    let t = NatUdp::bind(private, nat, bind_port, SIM_UDP_MESSAGE, events).await?;
+    Ok(Arc::new(t))
 }
 
 fn describe(e: &TrackerEvent) -> String {

@@ -7,6 +7,8 @@
 //!
 //! - [`SimUdp`] and [`SimTcp`]: the `Transport` trait over turmoil's UDP and TCP;
 //! - [`FaultyTransport`]: seeded per-message faults on either side, with counters;
+//! - [`NatUdp`]: a NAT (cone or symmetric mapping, filtering, timeouts, low-TTL probes) in
+//!   front of a peer's simulated UDP socket, for hole punching;
 //! - [`SimDisk`]: a disk with seeded faults (`EIO`, `ENOSPC`, failed syncs, slow syncs) and
 //!   crashes that lose or tear what was not synced;
 //! - [`seeds_from_env`]: the seeds to run (`SIM_SEEDS=1000..1100` or `7,42`);
@@ -24,6 +26,7 @@ pub mod cluster;
 pub mod disk;
 pub mod faulty;
 pub mod harness;
+pub mod nat;
 pub mod seeds;
 pub mod tcp;
 pub mod trace;
@@ -40,6 +43,10 @@ pub use faulty::{
 };
 pub use harness::{
     busy, check_download, run_for, run_scenario, run_seeds, run_sim, run_until, timed_out, Checked,
+};
+pub use nat::{
+    punch_fetch, Filtering, Mapping, NatConfig, NatHandle, NatStats, NatTable, NatUdp,
+    PunchedFetch, Route,
 };
 pub use seeds::{parse_seeds, seeds_from_env, DEFAULT_SEEDS};
 pub use tcp::{SimTcp, SimTcpConfig};

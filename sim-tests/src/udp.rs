@@ -15,6 +15,12 @@ use turmoil::net::UdpSocket;
 /// headers.
 pub const SIM_UDP_MESSAGE: usize = 1452;
 
+/// Routers between any two simulated hosts, as the IP TTL sees them: a datagram sent with a
+/// TTL of at most this many dies on the way ([`Transport::send_to_ttl`]). Four: a host's
+/// first-hop router (its NAT, if it has one: see [`NatUdp`](crate::NatUdp)) and
+/// [`HOPS_BEYOND`](crate::nat::HOPS_BEYOND) more, as across the internet.
+pub const SIM_HOPS: u8 = 1 + crate::nat::HOPS_BEYOND;
+
 /// A turmoil UDP socket as a [`Transport`]. Must be created and used inside a simulated host.
 #[derive(Debug)]
 pub struct SimUdp {
@@ -49,6 +55,16 @@ impl Transport for SimUdp {
             ));
         }
         self.socket.send_to(msg, to).await.map(|_| ())
+    }
+
+    /// A datagram whose TTL does not outlast [`SIM_HOPS`] routers dies on the way (sent
+    /// successfully, never delivered), as a hole-punching probe of TTL 2 from a host with a
+    /// public address does; with a larger TTL it is sent as any other.
+    async fn send_to_ttl(&self, to: SocketAddr, msg: &[u8], ttl: u8) -> io::Result<()> {
+        if ttl <= SIM_HOPS && msg.len() <= self.max_message.max(CONTROL_BUDGET) {
+            return Ok(());
+        }
+        self.send_to(to, msg).await
     }
 
     /// Cancel-safe: turmoil's `recv_from` keeps a datagram it has taken off the queue in the
