@@ -34,24 +34,7 @@ fn isolated(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// Runs [`isolated`] to completion; kills it and panics past [`DEADLINE`].
 fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let child = isolated(dir, args, env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run p2p");
-    let pid = child.id().to_string();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(out) => out.expect("run p2p"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            panic!("p2p {args:?} did not finish within {DEADLINE:?}")
-        }
-    }
+    run_command(isolated(dir, args, env), args)
 }
 
 /// The config file the commands of [`isolated`] read, written with `text`.

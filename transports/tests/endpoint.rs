@@ -482,6 +482,54 @@ async fn first_index_pages_come_from_a_fresh_scan_and_all_are_answered() {
     }
 }
 
+/// A seeder on a raw socket that answers the requests `answer` knows (with the position
+/// they ask from, and the reply) only once 16 wait, or none came for 100 ms (the last ones),
+/// but one for position 0 at once: a client asking one page per round trip would wait for
+/// ever. Returns its address, the switch that stops it, and then the most requests it held
+/// at once.
+async fn holding_seeder(
+    answer: impl Fn(&p2p_proto::wire::Message) -> Option<(u32, p2p_proto::wire::Message)>
+        + Send
+        + 'static,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<usize>,
+) {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let seeder = sock.local_addr().unwrap();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let most_held = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut held = Vec::new();
+        let mut most = 0;
+        loop {
+            let quiet = tokio::time::sleep(Duration::from_millis(100));
+            let got = tokio::select! {
+                _ = &mut stopped => return most,
+                r = sock.recv_from(&mut buf) => Some(r.unwrap()),
+                _ = quiet, if !held.is_empty() => None,
+            };
+            if let Some((n, from)) = got {
+                if let Some((at, reply)) = p2p_proto::wire::decode(&buf[..n])
+                    .ok()
+                    .and_then(|m| answer(&m))
+                {
+                    held.push((at, reply, from));
+                    most = most.max(held.len());
+                }
+                if held.len() < 16 && held.first().is_some_and(|h| h.0 != 0) {
+                    continue;
+                }
+            }
+            for (_, reply, from) in held.drain(..) {
+                sock.send_to(&reply.encode(), from).await.unwrap();
+            }
+        }
+    });
+    (seeder, stop, most_held)
+}
+
 /// A large file's piece table is fetched with many pages in flight: a seeder that answers
 /// only once it holds 16 unanswered page requests (a one-page-per-round-trip client would
 /// wait forever) gets them, and a page it answers short leaves a gap that is asked for
@@ -489,7 +537,7 @@ async fn first_index_pages_come_from_a_fresh_scan_and_all_are_answered() {
 /// 1 GiB download wait 13.5 s on a 100 ms path before its first byte).
 #[tokio::test]
 async fn piece_table_pages_are_fetched_many_at_once_and_gaps_asked_again() {
-    use p2p_proto::wire::{decode, BoundedVec, ContentHash, Message, MAX_PIECE_HASHES, PIECE_SIZE};
+    use p2p_proto::wire::{BoundedVec, ContentHash, Message, MAX_PIECE_HASHES, PIECE_SIZE};
     let pieces = 64 * MAX_PIECE_HASHES as u32; // 64 pages
     let table: Vec<ContentHash> = (0..pieces)
         .map(|i| ContentHash::of(&i.to_le_bytes()))
@@ -498,51 +546,31 @@ async fn piece_table_pages_are_fetched_many_at_once_and_gaps_asked_again() {
         size: u64::from(pieces) * u64::from(PIECE_SIZE),
         ..lying_entry(1)
     };
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let seeder = sock.local_addr().unwrap();
     let served = table.clone();
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let most_held = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        let mut held = Vec::new();
-        let mut most = 0;
-        loop {
-            // Requests are held until 16 wait, or none came for a while (the last ones).
-            let quiet = tokio::time::sleep(Duration::from_millis(100));
-            let got = tokio::select! {
-                _ = &mut stopped => return most,
-                r = sock.recv_from(&mut buf) => Some(r.unwrap()),
-                _ = quiet, if !held.is_empty() => None,
+    let (seeder, stop, most_held) = holding_seeder(move |m| match m {
+        Message::PieceRequest { request, first, .. } => {
+            let start = *first as usize;
+            // The fourth page comes back short.
+            let len = if start == 3 * MAX_PIECE_HASHES {
+                16
+            } else {
+                MAX_PIECE_HASHES
             };
-            if let Some((n, from)) = got {
-                if let Ok(Message::PieceRequest { request, first, .. }) = decode(&buf[..n]) {
-                    held.push((request, first, from));
-                    most = most.max(held.len());
-                }
-                if held.len() < 16 && held.first().is_some_and(|h| h.1 != 0) {
-                    continue;
-                }
-            }
-            for (request, first, from) in held.drain(..) {
-                let start = first as usize;
-                // The fourth page comes back short.
-                let len = if start == 3 * MAX_PIECE_HASHES {
-                    16
-                } else {
-                    MAX_PIECE_HASHES
-                };
-                let end = (start + len).min(served.len());
-                let reply = Message::PieceHashes {
-                    request,
+            let end = (start + len).min(served.len());
+            Some((
+                *first,
+                Message::PieceHashes {
+                    request: *request,
                     piece_size: PIECE_SIZE,
                     pieces,
-                    first,
+                    first: *first,
                     hashes: BoundedVec(served[start..end].to_vec()),
-                };
-                sock.send_to(&reply.encode(), from).await.unwrap();
-            }
+                },
+            ))
         }
-    });
+        _ => None,
+    })
+    .await;
     let (leech, _task) = endpoint(None).await;
     let got = leech.piece_table(seeder, &entry).await.unwrap();
     assert_eq!(got.piece_size, PIECE_SIZE);
@@ -561,44 +589,22 @@ async fn piece_table_pages_are_fetched_many_at_once_and_gaps_asked_again() {
 /// trip per 16 files).
 #[tokio::test]
 async fn index_pages_are_fetched_many_at_once() {
-    use p2p_proto::wire::{decode, BoundedVec, Message};
+    use p2p_proto::wire::{BoundedVec, Message};
     const PAGES: u32 = 40;
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let seeder = sock.local_addr().unwrap();
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let most_held = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        let mut held = Vec::new();
-        let mut most = 0;
-        loop {
-            // Held until 16 wait, or none came for a while (the last ones).
-            let quiet = tokio::time::sleep(Duration::from_millis(100));
-            let got = tokio::select! {
-                _ = &mut stopped => return most,
-                r = sock.recv_from(&mut buf) => Some(r.unwrap()),
-                _ = quiet, if !held.is_empty() => None,
-            };
-            if let Some((n, from)) = got {
-                if let Ok(Message::IndexRequest { request, page }) = decode(&buf[..n]) {
-                    held.push((request, page, from));
-                    most = most.max(held.len());
-                }
-                if held.len() < 16 && held.first().is_some_and(|h| h.1 != 0) {
-                    continue;
-                }
-            }
-            for (request, page, from) in held.drain(..) {
-                let reply = Message::IndexPage {
-                    request,
-                    page,
-                    pages: PAGES,
-                    share: "many".into(),
-                    entries: BoundedVec((0..3).map(|i| lying_entry(page * 3 + i)).collect()),
-                };
-                sock.send_to(&reply.encode(), from).await.unwrap();
-            }
-        }
-    });
+    let (seeder, stop, most_held) = holding_seeder(|m| match m {
+        Message::IndexRequest { request, page } => Some((
+            *page,
+            Message::IndexPage {
+                request: *request,
+                page: *page,
+                pages: PAGES,
+                share: "many".into(),
+                entries: BoundedVec((0..3).map(|i| lying_entry(page * 3 + i)).collect()),
+            },
+        )),
+        _ => None,
+    })
+    .await;
     let (leech, _task) = endpoint(None).await;
     let (share, entries) = leech.index(seeder).await.unwrap();
     assert_eq!(share, "many");

@@ -267,8 +267,15 @@ pub fn peer(
 
 /// Runs a one-shot command to completion; kills it and panics if it runs past [`DEADLINE`].
 pub fn run(dir: &Path, args: &[&str]) -> Output {
-    let child = command(dir)
-        .args(args)
+    let mut cmd = command(dir);
+    cmd.args(args);
+    run_command(cmd, args)
+}
+
+/// Runs `cmd` (`p2p args`, for the message) to completion, its output captured; kills it and
+/// panics if it runs past [`DEADLINE`].
+pub fn run_command(mut cmd: Command, args: &[&str]) -> Output {
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
