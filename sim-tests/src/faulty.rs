@@ -510,6 +510,12 @@ async fn sleep_until(at: Option<Instant>) {
 
 #[async_trait]
 impl<T: Transport> Transport for FaultyTransport<T> {
+    /// Low-TTL probes (hole punching) go straight to the inner transport, which lets them die
+    /// where their TTL ends: the faults here are the far network's, which they never reach.
+    async fn send_to_ttl(&self, to: SocketAddr, msg: &[u8], ttl: u8) -> io::Result<()> {
+        self.inner.send_to_ttl(to, msg, ttl).await
+    }
+
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
         if msg.len() > self.inner.max_message_size().max(CONTROL_BUDGET) {
             return Err(io::Error::new(
