@@ -423,6 +423,21 @@ pub(crate) struct GetArgs {
     /// failing; 0 fails at once.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub busy_wait: Duration,
+    /// Memory for data in flight, per download (what arrived out of order waits in it): with
+    /// the sender's own limit, it caps the bytes in flight, so the speed on a long path.
+    /// 16MiB covers 1 Gbit/s over a 130 ms round trip; give 32MiB for 1 Gbit/s x 250 ms
+    /// (1MiB..1GiB).
+    #[arg(long, default_value = "16MiB", value_parser = parse_window)]
+    pub window: u64,
+}
+
+/// A download's in-flight memory budget (`--window`): a size from 1 MiB to 1 GiB.
+fn parse_window(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s)?;
+    if !(1 << 20..=1 << 30).contains(&bytes) {
+        return Err(format!("`{s}` is outside 1MiB..1GiB"));
+    }
+    Ok(bytes)
 }
 
 #[derive(Args, Debug)]

@@ -295,6 +295,24 @@ fn gets_refused_as_busy_ask_again_until_served() {
     );
 }
 
+/// `get --window` takes a memory budget from 1 MiB to 1 GiB: the smallest still downloads
+/// a file three times its size byte-exact; one outside the range is a usage error that says
+/// the range.
+#[test]
+fn get_takes_a_window_budget_within_its_range() {
+    let mut net = Net::start();
+    let bytes = random_bytes(3 * 1024 * 1024 + 5, 14);
+    net.seeder("seed", "udp").file("w.bin", &bytes).start();
+    let o = net.get("seed", "1").args(&["--window", "1MiB"]).run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(net.path("downloads/w.bin")).unwrap() == bytes);
+    for bad in ["512k", "2G", "lots"] {
+        let o = net.get("seed", "1").args(&["--window", bad]).run();
+        assert_eq!(o.status.code(), Some(2), "--window {bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--window"), "{}", stderr(&o));
+    }
+}
+
 /// Every command: `--help` with examples, `--version`.
 const COMMANDS: [&str; 8] = [
     "tracker",

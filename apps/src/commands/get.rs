@@ -32,10 +32,14 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let idle = args.idle_timeout;
     let fsync = !args.no_fsync;
     let preallocate = !args.no_preallocate;
+    let window = args.window;
     let to_peer = session::client_with(info.transport, info.addr, |c| {
         c.fsync = fsync;
         c.preallocate = preallocate;
-        c.receiver.idle_timeout = idle
+        c.receiver.idle_timeout = idle;
+        c.receiver.window_bytes = window;
+        // The budget, not a chunk count, sets the window: room for it in chunks of 1 KiB.
+        c.receiver.window = c.receiver.window.max((window / 1024) as u32);
     })
     .await?;
     // Through the NATs first, from the socket the download uses.
