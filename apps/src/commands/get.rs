@@ -67,6 +67,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let result = loop {
         attempt_start = std::time::Instant::now();
         let (tx, rx) = watch::channel(Progress::default());
+        let queue_watcher = queue_notice(rx.clone(), info.name.to_string(), args.json);
         let watcher = if args.json {
             checkpoints(rx)
         } else if std::io::stderr().is_terminal() {
@@ -87,6 +88,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
             }
         };
         watcher.abort();
+        queue_watcher.abort();
         // A sender with every upload slot taken: wait (doubling) and ask again, within
         // --busy-wait; the verified part, if any, is kept meanwhile.
         let busy = matches!(
@@ -277,6 +279,31 @@ fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
 }
 
 /// In `--json` mode: one line on stderr per checkpoint recorded (what a resume would keep).
+/// Says once, on stderr, that the sender put the request in its line (every upload slot
+/// taken), and how many are ahead; a JSON line under `--json`.
+fn queue_notice(
+    mut rx: watch::Receiver<Progress>,
+    peer: String,
+    json: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(ahead) = rx.borrow().queued else {
+                continue;
+            };
+            if json {
+                eprintln!("{}", json!({ "queued_ahead": ahead }));
+            } else {
+                eprintln!(
+                    "{} is busy (every upload slot taken): waiting in line, {ahead} ahead",
+                    clean(&peer)
+                );
+            }
+            return;
+        }
+    })
+}
+
 fn checkpoints(mut rx: watch::Receiver<Progress>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = 0;

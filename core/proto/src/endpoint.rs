@@ -184,6 +184,8 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     /// Hole punching, as asker and as the peer asked for (see [`punch`]).
     punching: punch::Punching,
+    /// Requests waiting for an upload slot, in order (see [`queue`]).
+    waiting: VecDeque<queue::Waiting>,
 }
 
 impl Endpoint {
@@ -208,6 +210,7 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             punching: punch::Punching::default(),
+            waiting: VecDeque::new(),
         }
     }
 
@@ -470,8 +473,13 @@ impl Endpoint {
                 if !self.limiter.allow(now, from.ip()) {
                     return None; // flooding: dropped like a lost datagram
                 }
-                if !self.make_room(now, from) {
-                    self.refuse(from, transfer, AbortReason::Busy);
+                // First come, first served: behind those waiting, or when every slot is
+                // taken, in line (a full line: `Busy`).
+                if self.line_waiting(now) || !self.make_room(now, from) {
+                    if !self.wait_in_line(now, from, transfer, file, offset) {
+                        self.refuse(from, transfer, AbortReason::Busy);
+                    }
+                    self.admit_waiting(now);
                     return None;
                 }
                 Some(Incoming::NewUpload {
@@ -492,6 +500,7 @@ impl Endpoint {
             }
             Message::Accept { transfer, .. }
             | Message::Data { transfer, .. }
+            | Message::Queued { transfer, .. }
             | Message::Fin { transfer, .. } => match self.downloads.get(&transfer) {
                 Some(&peer) if peer == from => Some(Incoming::Download { transfer, msg }),
                 Some(_) => None,
@@ -557,6 +566,8 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         // Punches first: one past its time takes its `Introduce` with it.
         self.punch_timeout(now);
+        // Slots freed by evictions, or a line that moved on past those who left.
+        self.admit_waiting(now);
         let due: Vec<RequestId> = self
             .requests
             .iter()
@@ -673,6 +684,7 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
 
 mod events;
 pub mod punch;
+pub mod queue;
 mod transfers;
 
 pub use events::{Event, Incoming, Transmit};

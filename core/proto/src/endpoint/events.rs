@@ -121,6 +121,19 @@ pub enum Event {
         /// Who stayed silent.
         silent: SocketAddr,
     },
+    /// A `Request` that waited in line ([`Message::Queued`]) has its upload slot now (held
+    /// already: [`Endpoint::upload_started`](super::Endpoint::upload_started) is done). The
+    /// driver opens the file and serves it, or refuses it and ends the upload.
+    Admitted {
+        /// Who asked.
+        from: SocketAddr,
+        /// The transfer.
+        transfer: TransferId,
+        /// The file.
+        file: FileId,
+        /// From which byte.
+        offset: u64,
+    },
     /// The tracker refused a heartbeat.
     HeartbeatRefused {
         /// The tracker.

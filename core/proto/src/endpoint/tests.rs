@@ -213,8 +213,28 @@ fn lingering_downloads_are_bounded() {
     assert!(ep.poll_transmit().is_none(), "the oldest was forgotten");
 }
 
+/// Every transmit waiting, decoded.
+fn sent(ep: &mut Endpoint) -> Vec<(SocketAddr, Message)> {
+    std::iter::from_fn(|| ep.poll_transmit())
+        .map(|t| (t.to, decoded(&t)))
+        .collect()
+}
+
+/// The transfers admitted from the line since last asked, in order.
+fn admitted(ep: &mut Endpoint) -> Vec<u64> {
+    std::iter::from_fn(|| ep.poll_event())
+        .filter_map(|e| match e {
+            Event::Admitted { transfer, .. } => Some(transfer.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Uploads run up to the per-IP and total caps; past them a `Request` waits in line
+/// (`Queued`, with the number ahead of it) and is admitted in turn as slots free, an
+/// address at its cap letting the next in line pass.
 #[test]
-fn uploads_are_admitted_up_to_the_per_peer_and_total_caps() {
+fn uploads_are_admitted_up_to_the_caps_and_the_rest_wait_in_line() {
     let config = EndpointConfig {
         max_uploads: 3,
         max_uploads_per_peer: 2,
@@ -236,25 +256,36 @@ fn uploads_are_admitted_up_to_the_per_peer_and_total_caps() {
             other => panic!("{other:?}"),
         }
     }
-    // A third from the same IP (another port): refused as busy.
+    // A third from the same IP (another port): in line.
     assert!(ep.handle_proven(now, addr(2, 10002), request(3)).is_none());
-    let t = ep.poll_transmit().expect("refused");
-    assert_eq!(t.to, addr(2, 10002));
     assert_eq!(
-        decoded(&t),
-        Message::Abort {
-            transfer: TransferId(3),
-            reason: AbortReason::Busy
-        }
+        sent(&mut ep),
+        [(
+            addr(2, 10002),
+            Message::Queued {
+                transfer: TransferId(3),
+                ahead: 0
+            }
+        )]
     );
-    // Another IP gets the last slot; then the total cap refuses everyone.
+    // Another IP queues behind it, and passes it: its own address has room.
+    assert!(ep.handle_proven(now, addr(3, 1), request(4)).is_none());
     assert!(matches!(
-        ep.handle_proven(now, addr(3, 1), request(4)),
-        Some(Incoming::NewUpload { .. })
+        &sent(&mut ep)[..],
+        [(_, Message::Queued { ahead: 1, .. })]
     ));
-    ep.upload_started(now, addr(3, 1), TransferId(4));
+    assert_eq!(admitted(&mut ep), [4]);
+    // Every slot taken: the next waits, and asking again keeps its place.
     assert!(ep.handle_proven(now, addr(4, 1), request(5)).is_none());
-    assert!(ep.poll_transmit().is_some());
+    assert!(ep.handle_proven(now, addr(4, 1), request(5)).is_none());
+    assert!(matches!(
+        &sent(&mut ep)[..],
+        [
+            (_, Message::Queued { ahead: 1, .. }),
+            (_, Message::Queued { ahead: 1, .. })
+        ]
+    ));
+    assert!(admitted(&mut ep).is_empty());
     // A Request again for an upload in progress (its Accept was lost) goes to it, and its
     // ACKs too; an ACK for nothing is dropped.
     assert!(matches!(
@@ -268,12 +299,53 @@ fn uploads_are_admitted_up_to_the_per_peer_and_total_caps() {
     assert!(ep
         .handle_proven(now, addr(9, 1), final_ack(TransferId(1)))
         .is_none());
-    // Once one ends, there is room again.
+    // Once one ends, the first in line gets its slot.
     ep.upload_ended(a, TransferId(1));
+    ep.admit_waiting(now);
+    assert_eq!(admitted(&mut ep), [3]);
+    ep.upload_ended(addr(3, 1), TransferId(4));
+    ep.admit_waiting(now);
+    assert_eq!(admitted(&mut ep), [5]);
+}
+
+/// The line is bounded (per IP, then `Busy`) and forgets a request not repeated within
+/// WAITING_STALE (its receiver went away, or never existed).
+#[test]
+fn the_line_is_bounded_and_forgets_who_stops_asking() {
+    use super::queue::{MAX_WAITING_PER_IP, WAITING_STALE};
+    let config = EndpointConfig {
+        max_uploads: 1,
+        max_uploads_per_peer: 1,
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let now = Instant::now();
+    ep.upload_started(now, addr(2, 1), TransferId(1));
+    let from = addr(3, 1);
+    for t in 0..MAX_WAITING_PER_IP as u64 + 1 {
+        assert!(ep.handle_proven(now, from, request(100 + t)).is_none());
+    }
+    let replies = sent(&mut ep);
+    assert_eq!(replies.len(), MAX_WAITING_PER_IP + 1);
     assert!(matches!(
-        ep.handle_proven(now, addr(2, 10002), request(6)),
+        replies.last(),
+        Some((
+            _,
+            Message::Abort {
+                reason: AbortReason::Busy,
+                ..
+            }
+        ))
+    ));
+    // Nobody asks again: after WAITING_STALE the line is empty, and a slot that frees goes
+    // to a newcomer at once.
+    let later = now + WAITING_STALE;
+    ep.upload_ended(addr(2, 1), TransferId(1));
+    assert!(matches!(
+        ep.handle_proven(later, addr(4, 1), request(9)),
         Some(Incoming::NewUpload { .. })
     ));
+    assert!(admitted(&mut ep).is_empty());
 }
 
 #[test]
@@ -548,19 +620,16 @@ fn uploads_that_nobody_acknowledges_give_their_slots_to_new_requests() {
         ep.handle_proven(t0 + ms(20), real, final_ack(TransferId(1))),
         Some(Incoming::Upload { .. })
     ));
-    // Within the grace, a new request is refused.
+    // Within the grace, a new request waits in line.
     let newcomer = addr(3, 1);
     assert!(ep
         .handle_proven(t0 + ms(500), newcomer, request(3))
         .is_none());
-    assert!(ep.poll_transmit().is_some(), "refused as busy");
+    assert!(matches!(&sent(&mut ep)[..], [(_, Message::Queued { .. })]));
     assert!(ep.poll_event().is_none());
-    // Past it, the forged upload's slot goes to the newcomer.
+    // Past it (the newcomer asking again), the forged upload's slot goes to the newcomer.
     let later = t0 + UNPROVEN_GRACE;
-    assert!(matches!(
-        ep.handle_proven(later, newcomer, request(4)),
-        Some(Incoming::NewUpload { .. })
-    ));
+    assert!(ep.handle_proven(later, newcomer, request(3)).is_none());
     assert_eq!(
         ep.poll_event(),
         Some(Event::Evicted {
@@ -568,11 +637,14 @@ fn uploads_that_nobody_acknowledges_give_their_slots_to_new_requests() {
             transfer: TransferId(2)
         })
     );
-    ep.upload_started(later, newcomer, TransferId(4));
-    // Now both slots hold uploads: one proven, one young: the next is refused.
+    assert_eq!(admitted(&mut ep), [3]);
+    // Now both slots hold uploads: one proven, one young: the next waits, and nothing is
+    // evicted for it.
+    sent(&mut ep);
     assert!(ep
         .handle_proven(later + ms(10), addr(4, 1), request(5))
         .is_none());
+    assert!(matches!(&sent(&mut ep)[..], [(_, Message::Queued { .. })]));
     assert!(
         ep.poll_event().is_none(),
         "a proven upload is never evicted"

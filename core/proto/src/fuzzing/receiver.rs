@@ -87,6 +87,9 @@ impl ReceiverCheck {
                 "receiver event {e:?} after the transfer ended"
             );
             match e {
+                ReceiverEvent::Queued { .. } => {
+                    assert!(self.accepted.is_none(), "queued after the accept");
+                }
                 ReceiverEvent::Accepted {
                     size,
                     hash,

@@ -177,6 +177,10 @@ pub fn sample_messages() -> Vec<Message> {
             peer: "[2001:db8::1]:5555".parse().expect("an address"),
         },
         Message::Probe { nonce: 7 },
+        Message::Queued {
+            transfer: TransferId(8),
+            ahead: 41,
+        },
     ];
     out.extend((0..8).map(|b| Message::Abort {
         transfer,

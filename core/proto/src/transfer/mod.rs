@@ -102,7 +102,7 @@ use std::time::Duration;
 pub use pieces::{PieceHasher, PieceJob, PieceTable, MAX_OFFLOADED_PIECE, MIN_PIECE_SIZE};
 pub use receiver::{
     ChunkReceiver, ReceiverConfig, ReceiverEvent, DEFAULT_MIN_RATE, DEFAULT_MIN_RATE_WINDOW,
-    DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, MAX_RETRIES_FOLLOWED,
+    DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, MAX_RETRIES_FOLLOWED, QUEUED_RETRY,
 };
 pub use sender::{ChunkSender, SenderConfig, SenderEvent, SenderStats, SenderTransmit};
 

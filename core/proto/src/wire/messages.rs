@@ -345,6 +345,15 @@ pub enum Message {
         /// The `Introduce` request id it answers.
         nonce: u64,
     },
+    /// Sender → receiver: every upload slot is taken, and `transfer`'s `Request` waits in
+    /// line behind `ahead` others; it is served in turn (an `Accept`) while the receiver
+    /// keeps asking (its `Request` again, about every second). A full line is `Busy`.
+    Queued {
+        /// The transfer that waits.
+        transfer: TransferId,
+        /// Requests served before it.
+        ahead: u32,
+    },
 }
 
 /// Largest request a [`Message::Validated`] carries.

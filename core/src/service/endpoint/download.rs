@@ -237,7 +237,12 @@ impl Driver {
         }
         while let Some(event) = d.machine.poll_event() {
             match event {
-                ReceiverEvent::Accepted { .. } => {}
+                ReceiverEvent::Queued { ahead } => {
+                    d.progress.send_modify(|p| p.queued = Some(ahead));
+                }
+                ReceiverEvent::Accepted { .. } => {
+                    d.progress.send_modify(|p| p.queued = None);
+                }
                 ReceiverEvent::HashPiece(job) => {
                     // To the hashing thread, unless it is too far behind (or gone).
                     let job = match &self.hasher {

@@ -273,6 +273,16 @@ impl Driver {
                 Event::PunchFailed { request, silent } => {
                     self.replies.fail(request, ServiceError::NoAnswer(silent))
                 }
+                Event::Admitted {
+                    from,
+                    transfer,
+                    file,
+                    offset,
+                } => {
+                    // Served as a new request (which takes the slot again if the file opens).
+                    self.proto.upload_ended(from, transfer);
+                    self.serve_request(Instant::now().into_std(), from, transfer, file, offset);
+                }
                 Event::HeartbeatRefused { tracker, reason } => {
                     tracing::warn!(%tracker, ?reason, "heartbeat refused")
                 }
@@ -470,6 +480,7 @@ impl Driver {
         }
         self.batch = batch;
         let proto = &mut self.proto;
+        let before = self.uploads.len();
         self.uploads.retain(|&(to, transfer), u| {
             let keep = !u.machine.is_done();
             if !keep {
@@ -477,6 +488,11 @@ impl Driver {
             }
             keep
         });
+        if self.uploads.len() < before {
+            // Slots freed: the next in line are served.
+            self.proto.admit_waiting(now);
+            self.on_events();
+        }
         for (transfer, d) in self.downloads.iter_mut() {
             while let Some(m) = d.machine.poll_transmit(now) {
                 buf.clear();

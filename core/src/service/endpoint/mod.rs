@@ -270,6 +270,8 @@ pub struct Progress {
     pub saved: u64,
     /// Total bytes, once the sender accepted.
     pub total: Option<u64>,
+    /// Before that: the request waits in the sender's line behind this many others.
+    pub queued: Option<u32>,
 }
 
 /// A completed, verified download.

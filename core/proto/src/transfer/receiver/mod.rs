@@ -98,6 +98,12 @@ impl Default for ReceiverConfig {
 /// What happened, for the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReceiverEvent {
+    /// Every upload slot of the sender is taken: the request waits in its line, behind
+    /// `ahead` others (each time the sender says so).
+    Queued {
+        /// Requests to be served first.
+        ahead: u32,
+    },
     /// The sender accepted: this many bytes are coming, with this hash.
     Accepted {
         /// File size.
@@ -140,6 +146,8 @@ const MAX_REACK: Duration = Duration::from_secs(1);
 /// Longest wait between two sends of an unanswered `Request` (the first is
 /// `ReceiverConfig::request_retry`, doubled each time).
 const MAX_REQUEST_WAIT: Duration = Duration::from_secs(4);
+/// How often a `Request` waiting in the sender's line ([`Message::Queued`]) is sent again.
+pub const QUEUED_RETRY: Duration = Duration::from_secs(1);
 
 /// Most often a `Request` is sent again while chunks arrive whose `Accept` was lost.
 const REREQUEST_EVERY: Duration = Duration::from_millis(100);
@@ -477,6 +485,17 @@ impl ChunkReceiver {
                 // when they are (the sender repeats its FIN meanwhile, if need be).
                 self.fin_seen = true;
                 self.try_finish();
+            }
+            (State::Requesting { .. }, Message::Queued { ahead, .. }) => {
+                self.events
+                    .push_back(ReceiverEvent::Queued { ahead: *ahead });
+                // The sender is alive and will serve us in turn: keep asking, about every
+                // second (its line forgets those who stop), and keep waiting.
+                self.last_heard = now;
+                self.state = State::Requesting {
+                    next_retry: now + QUEUED_RETRY,
+                    wait: QUEUED_RETRY / 2,
+                };
             }
             (_, Message::Abort { reason, .. }) => {
                 self.fail(TransferError::Aborted(reason.clone()), None);

@@ -377,3 +377,61 @@ fn a_trickling_sender_fails_the_minimum_rate() {
     // 1,000 bytes every 0.5 s (2 KB/s), over two spans: kept.
     assert!(run(Duration::from_millis(500)).is_none());
 }
+
+/// A `Request` waiting in the sender's line (`Queued`) stays alive past the idle timeout as
+/// long as the answers come, asks again about every second, and proceeds at the `Accept`.
+#[test]
+fn a_queued_request_waits_its_turn() {
+    let start = Instant::now();
+    let t = TransferId(12);
+    let config = ReceiverConfig::default();
+    let idle = config.idle_timeout;
+    let mut r = ChunkReceiver::new(start, t, FileId(1), None, config);
+    assert!(matches!(
+        r.poll_transmit(start),
+        Some(Message::Request { .. })
+    ));
+    let queued = Message::Queued {
+        transfer: t,
+        ahead: 3,
+    };
+    let mut now = start;
+    let mut asked = 0;
+    while now < start + idle * 2 {
+        r.handle_message(now, &queued);
+        let next = r.poll_timeout().expect("a retry is due");
+        assert!(
+            next <= now + QUEUED_RETRY,
+            "the next ask after {:?}",
+            next - now
+        );
+        now = next;
+        r.handle_timeout(now);
+        while let Some(m) = r.poll_transmit(now) {
+            assert!(matches!(m, Message::Request { .. }), "{m:?}");
+            asked += 1;
+        }
+    }
+    assert!(
+        !std::iter::from_fn(|| r.poll_event()).any(|e| matches!(e, ReceiverEvent::Failed(_))),
+        "a queued request was given up"
+    );
+    assert!(
+        asked >= 25,
+        "asked again only {asked} times in {:?}",
+        idle * 2
+    );
+    let data = vec![4u8; 10];
+    r.handle_message(
+        now,
+        &Message::Accept {
+            transfer: t,
+            size: 10,
+            chunk_size: 10,
+            hash: ContentHash::of(&data),
+        },
+    );
+    assert!(
+        std::iter::from_fn(|| r.poll_event()).any(|e| matches!(e, ReceiverEvent::Accepted { .. }))
+    );
+}
