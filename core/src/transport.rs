@@ -30,6 +30,14 @@ pub trait Transport: Send + Sync + 'static {
         self.send_to(to, msg).await
     }
 
+    /// How many messages `to` takes now without [`send_to`](Self::send_to) waiting (a
+    /// stream transport's queue for that peer; unbounded for a datagram socket, whose sends
+    /// never wait on one peer). A sender of many chunks to many peers skips, for now, a peer
+    /// with no room, instead of waiting on it while the others starve.
+    fn send_room(&self, _to: SocketAddr) -> usize {
+        usize::MAX
+    }
+
     /// [`send_to`](Self::send_to) of a message the caller gives away, which a transport that
     /// queues messages (TCP) keeps instead of copying.
     async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {

@@ -207,6 +207,15 @@ impl TcpTransport {
         })
     }
 
+    /// Frames the connection to `to` takes now without waiting (unbounded: no connection
+    /// yet, or a closed one, which a send opens anew).
+    fn room(&self, to: SocketAddr) -> usize {
+        match self.shared.conns.lock().expect("conns lock").get(&to) {
+            Some(c) if !c.outbox.is_closed() => c.outbox.capacity(),
+            _ => usize::MAX,
+        }
+    }
+
     async fn queue(&self, to: SocketAddr, frame: Frame) -> io::Result<()> {
         let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "connection closed");
         let outbox = self.outbox(to).await?;
@@ -427,6 +436,10 @@ impl Transport for TcpTransport {
         self.send_owned(to, msg.to_vec()).await
     }
 
+    fn send_room(&self, to: SocketAddr) -> usize {
+        self.room(to)
+    }
+
     /// Queues `msg` itself, without a copy.
     async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
         check_size(msg.len(), self.shared.config.max_message)?;
@@ -568,6 +581,34 @@ mod tests {
         // The transport closes the connection: read sees EOF (or a reset).
         let n = s.read(&mut buf).await.unwrap_or(0);
         assert_eq!(n, 0);
+    }
+
+    /// `send_room` tells when a peer's queue is full, so that a sender can skip it instead
+    /// of waiting: a peer that reads nothing fills its queue (0 room) while one not connected
+    /// yet has room without bound.
+    #[tokio::test]
+    async fn send_room_falls_to_zero_for_a_peer_that_reads_nothing() {
+        let a = TcpTransport::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default())
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let deaf = listener.local_addr().unwrap();
+        let _accepted = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+        let other: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(a.send_room(deaf), usize::MAX, "not connected yet");
+        let big = vec![7u8; 60_000];
+        let mut sent = 0;
+        while a.send_room(deaf) > 0 {
+            // With room, a send never waits.
+            tokio::time::timeout(Duration::from_secs(1), a.send_to(deaf, &big))
+                .await
+                .expect("a send with room waited")
+                .unwrap();
+            sent += 1;
+            assert!(sent < 100_000, "the queue never filled");
+        }
+        assert!(sent >= 64, "full after {sent} messages");
+        assert_eq!(a.send_room(other), usize::MAX);
     }
 
     /// A listener on `[::]` accepts IPv4 peers and knows them by their plain IPv4 address,

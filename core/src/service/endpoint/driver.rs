@@ -46,6 +46,9 @@ pub(super) struct Driver {
     pub(super) tokens_at: Instant,
     /// Uploads wait until then for tokens.
     pub(super) throttled_until: Option<Instant>,
+    /// When to try again the uploads whose transport queue had no room (a stream peer that
+    /// reads slower than we send): they are skipped meanwhile, never waited on.
+    pub(super) blocked_until: Option<Instant>,
     /// A flush stopped at its burst limit: flush again once incoming messages are read.
     pub(super) more_to_send: bool,
     /// Datagrams of uploads gathered for one send; kept, empty, between flushes (its buffer
@@ -74,6 +77,9 @@ pub(super) struct Driver {
 pub(super) const BURST: usize = 64;
 /// Most messages one upload sends per flush before incoming messages are read again.
 pub(super) const UPLOAD_BURST: usize = 32;
+
+/// How soon an upload whose transport queue was full is tried again.
+const SEND_ROOM_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Driver {
     pub(super) async fn run(mut self) {
@@ -143,6 +149,7 @@ impl Driver {
             .chain(up)
             .chain(down)
             .chain(self.throttled_until)
+            .chain(self.blocked_until)
             .min()
     }
 
@@ -344,6 +351,7 @@ impl Driver {
         // Emptied after each upload, so one buffer serves them all, flush after flush.
         let mut batch = std::mem::take(&mut self.batch);
         let tokio_now = Instant::now();
+        self.blocked_until = None;
         if let Some(rate) = self.config.max_upload_rate {
             let rate = rate as f64;
             let elapsed = tokio_now.duration_since(self.tokens_at).as_secs_f64();
@@ -393,6 +401,12 @@ impl Driver {
                             Some(tokio_now + Duration::from_secs_f64(wait.max(0.001)));
                         break;
                     }
+                }
+                if transport.send_room(to) == 0 && !up.machine.is_done() {
+                    // This peer's queue is full: the others go first, and it is tried again
+                    // shortly (the event loop never waits on one peer).
+                    self.blocked_until = Some(tokio_now + SEND_ROOM_RETRY);
+                    break;
                 }
                 let Some(t) = up.machine.poll_transmit(now) else {
                     break;

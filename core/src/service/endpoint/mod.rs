@@ -463,6 +463,7 @@ pub fn spawn_endpoint(
         upload_tokens: 0.0,
         tokens_at: Instant::now(),
         throttled_until: None,
+        blocked_until: None,
         more_to_send: false,
         hasher,
         rescanning: None,
