@@ -6,14 +6,13 @@
 //! installable); elsewhere each test prints `skipped: ...` and passes. Waiting is for lines
 //! the processes print, with deadlines, never a sleep.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::channel;
+use std::time::Duration;
 
 mod common;
-use common::{random_bytes, SETTINGS_ENV};
+use common::{random_bytes, Proc, SETTINGS_ENV};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The tracker's address in the lab (on the public router's `lo`).
@@ -82,7 +81,7 @@ impl Lab {
     }
 
     fn spawn(&self, ns: &str, args: &[&str]) -> Proc {
-        Proc::spawn(self.command(ns, args))
+        Proc::spawn_command(self.command(ns, args))
     }
 
     /// Runs a one-shot `p2p` command in `ns` to its end (killed past the deadline).
@@ -159,66 +158,6 @@ impl Drop for Lab {
             .arg(script())
             .args(["down", &self.prefix])
             .status();
-    }
-}
-
-/// A running process whose output lines are collected.
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn p2p");
-        let (tx, lines) = channel();
-        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
-        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-        for stream in [out, err] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str) -> String {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!("no line with {needle:?} ({e}); saw {:#?}", self.seen),
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // `ip netns exec` execs p2p: this is p2p's own pid.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

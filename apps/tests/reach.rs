@@ -9,12 +9,9 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::Instant;
+use std::process::{Command, Output};
 
 use common::*;
 use p2p_proto::wire::{decode, paginate, BoundedVec, Message, PeerInfo, RequestId, TransportKind};
@@ -33,6 +30,11 @@ fn isolated(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
 }
 
 /// Runs [`isolated`] to completion; kills it and panics past [`DEADLINE`].
+/// A long-running [`isolated`] process whose output lines are read as they come.
+fn env_proc(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    Proc::spawn_command(isolated(dir, args, env))
+}
+
 fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     run_command(isolated(dir, args, env), args)
 }
@@ -43,58 +45,6 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(&path, text).unwrap();
     path
-}
-
-/// A long-running [`isolated`] process whose stdout lines are read as they come.
-struct EnvProc {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl EnvProc {
-    fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> EnvProc {
-        let mut child = isolated(dir, args, env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn p2p");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        EnvProc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (at most [`DEADLINE`]) for a line containing `needle`.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => self.seen.push(line),
-                Err(e) => panic!("no line with {needle:?} ({e}); saw {:#?}", self.seen),
-            }
-        }
-    }
-}
-
-impl Drop for EnvProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The names in a `peers --json` listing.
@@ -278,7 +228,7 @@ fn a_peer_takes_its_name_share_and_tracker_from_the_environment_and_the_file() {
             share.display()
         ),
     );
-    let mut carol = EnvProc::spawn(
+    let mut carol = env_proc(
         d,
         &["peer", "--listen", "127.0.0.1:0", "--no-menu"],
         &[("P2P_NAME", "carol")],

@@ -58,8 +58,15 @@ pub fn command(dir: &Path) -> Command {
 
 impl Proc {
     pub fn spawn(dir: &Path, args: &[&str]) -> Proc {
-        let mut child = command(dir)
-            .args(args)
+        let mut cmd = command(dir);
+        cmd.args(args);
+        Proc::spawn_command(cmd)
+    }
+
+    /// Starts `cmd` (a `p2p` command line, or one that execs it), its stdout and stderr read
+    /// line by line.
+    pub fn spawn_command(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
