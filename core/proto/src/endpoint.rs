@@ -43,6 +43,15 @@ use crate::wire::{AbortReason, Message, RegisterOutcome, RequestId, TransferId, 
 /// 200 per second, so that `ls` of it again at once is not held back).
 pub const NEXT_PAGE_COST: f64 = 1.0 / 64.0;
 
+/// What a request for a listing's page starting at `position` (0: its first page) costs.
+pub fn page_cost(position: u32) -> f64 {
+    if position == 0 {
+        1.0
+    } else {
+        NEXT_PAGE_COST
+    }
+}
+
 /// `Retry`s one request follows before it waits for its next attempt instead.
 pub const MAX_RETRIES: u32 = 3;
 
@@ -431,33 +440,29 @@ impl Endpoint {
                     request,
                     file,
                 }),
-            Message::IndexRequest { request, page } => {
-                let cost = if page == 0 { 1.0 } else { NEXT_PAGE_COST };
-                self.limiter
-                    .allow_cost(now, from.ip(), cost)
-                    .then_some(Incoming::IndexRequest {
-                        from,
-                        request,
-                        page,
-                    })
-            }
+            Message::IndexRequest { request, page } => self
+                .limiter
+                .allow_cost(now, from.ip(), page_cost(page))
+                .then_some(Incoming::IndexRequest {
+                    from,
+                    request,
+                    page,
+                }),
             Message::PieceRequest {
                 request,
                 file,
                 hash,
                 first,
-            } => {
-                let cost = if first == 0 { 1.0 } else { NEXT_PAGE_COST };
-                self.limiter
-                    .allow_cost(now, from.ip(), cost)
-                    .then_some(Incoming::PieceRequest {
-                        from,
-                        request,
-                        file,
-                        hash,
-                        first,
-                    })
-            }
+            } => self
+                .limiter
+                .allow_cost(now, from.ip(), page_cost(first))
+                .then_some(Incoming::PieceRequest {
+                    from,
+                    request,
+                    file,
+                    hash,
+                    first,
+                }),
             Message::Request {
                 transfer,
                 file,

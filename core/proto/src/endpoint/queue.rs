@@ -17,8 +17,9 @@ use crate::wire::{FileId, Message, TransferId};
 
 /// Requests waiting for a slot, in all.
 pub const MAX_WAITING: usize = 1024;
-/// Requests waiting for a slot from one IP address.
-pub const MAX_WAITING_PER_IP: usize = 256;
+/// Requests waiting for a slot from one IP address: fewer than the default per-IP request
+/// rate (200/s), so that their repeats, one a second each, are never rate-limited away.
+pub const MAX_WAITING_PER_IP: usize = 128;
 /// A waiting `Request` not repeated this long is forgotten (receivers repeat it every
 /// [`QUEUED_RETRY`](crate::transfer::QUEUED_RETRY), backing off to 4 s when the `Queued`
 /// answers are lost).
