@@ -172,6 +172,7 @@ fn sample_messages(s: &Services) -> Vec<Message> {
             transfer: TransferId(77),
             file: FileId(999),
             offset: 0,
+            end: None,
         },
         Message::Ack {
             transfer: TransferId(78),
@@ -224,6 +225,7 @@ fn malformed_envelopes(s: &Services) -> Vec<(String, Vec<u8>)> {
             transfer: TransferId(5),
             file: s.file_id(SMALL),
             offset: 0,
+            end: None,
         },
         Message::Ack {
             transfer: TransferId(6),
@@ -607,6 +609,7 @@ fn bad_id_cases(s: &Services) -> Vec<(&'static str, Message, Expect)> {
                 transfer: transfer(),
                 file: FileId(0),
                 offset: 0,
+                end: None,
             },
             |m| {
                 matches!(
@@ -624,6 +627,7 @@ fn bad_id_cases(s: &Services) -> Vec<(&'static str, Message, Expect)> {
                 transfer: transfer(),
                 file: FileId(u32::MAX),
                 offset: 0,
+                end: None,
             },
             |m| {
                 matches!(
@@ -641,6 +645,7 @@ fn bad_id_cases(s: &Services) -> Vec<(&'static str, Message, Expect)> {
                 transfer: transfer(),
                 file: FileId(4242),
                 offset: 0,
+                end: None,
             },
             |m| {
                 matches!(
@@ -658,6 +663,7 @@ fn bad_id_cases(s: &Services) -> Vec<(&'static str, Message, Expect)> {
                 transfer: transfer(),
                 file: small,
                 offset: size + 1,
+                end: None,
             },
             |m| {
                 matches!(
@@ -675,6 +681,7 @@ fn bad_id_cases(s: &Services) -> Vec<(&'static str, Message, Expect)> {
                 transfer: transfer(),
                 file: small,
                 offset: u64::MAX,
+                end: None,
             },
             |m| {
                 matches!(
@@ -1254,6 +1261,7 @@ fn bogus_acks_do_not_advance_a_real_transfer_and_the_sender_times_out() {
         transfer,
         file,
         offset: 0,
+        end: None,
     };
     let token = prove(&sock, peer, &request);
     sock.send_to(&request.with_token(Some(token)).encode(), peer)
@@ -1339,6 +1347,7 @@ fn uploads_to_one_ip_are_capped_and_the_rest_wait_in_line() {
         transfer: TransferId(0x5107_0000 + t),
         file,
         offset: 0,
+        end: None,
     };
     // Without proof of the address (what a forged source gets): a Retry each, no larger than
     // 3x the Request, no Accept, no chunk, no slot.
@@ -1631,6 +1640,7 @@ fn forged_source_addresses_get_nothing_but_a_small_retry() {
                 transfer: TransferId(0xF0_0001),
                 file,
                 offset: 0,
+                end: None,
             },
         ),
         (s.udp_addr, index_request(0)),

@@ -402,6 +402,8 @@ impl Endpoint {
             | Message::EntryReply { request, .. }
             | Message::PieceHashes { request, .. }
             | Message::Introduced { request, .. }
+            | Message::Announced { request, .. }
+            | Message::Holders { request, .. }
             | Message::Error { request, .. } => {
                 if self.requests.get(&request).is_some_and(|r| r.to == from) {
                     let pending = self.requests.remove(&request).expect("checked");
@@ -467,6 +469,7 @@ impl Endpoint {
                 transfer,
                 file,
                 offset,
+                end,
             } => {
                 if self.uploads.contains_key(&(from, transfer)) {
                     return Some(Incoming::Upload {
@@ -481,7 +484,7 @@ impl Endpoint {
                 // First come, first served: behind those waiting, or when every slot is
                 // taken, in line (a full line: `Busy`).
                 if self.line_waiting(now) || !self.make_room(now, from) {
-                    if !self.wait_in_line(now, from, transfer, file, offset) {
+                    if !self.wait_in_line(now, from, transfer, file, (offset, end)) {
                         self.refuse(from, transfer, AbortReason::Busy);
                     }
                     self.admit_waiting(now);
@@ -492,6 +495,7 @@ impl Endpoint {
                     transfer,
                     file,
                     offset,
+                    end,
                 })
             }
             Message::Ack { transfer, .. } | Message::FinAck { transfer } => {
@@ -537,7 +541,9 @@ impl Endpoint {
             | Message::Heartbeat { .. }
             | Message::Unregister { .. }
             | Message::ListPeers { .. }
-            | Message::Introduce { .. } => None,
+            | Message::Introduce { .. }
+            | Message::Announce { .. }
+            | Message::WhoHas { .. } => None,
         }
     }
 

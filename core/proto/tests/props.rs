@@ -301,6 +301,7 @@ fn message() -> impl Strategy<Value = Message> {
                 transfer,
                 file: FileId(file),
                 offset,
+                end: None,
             }
         }),
         (tid.clone(), any::<u64>(), 1..=MAX_CHUNK as u32, hash()).prop_map(
@@ -347,6 +348,7 @@ fn message() -> impl Strategy<Value = Message> {
                 transfer,
                 file: FileId(file),
                 offset: 0,
+                end: None,
             }
             .with_token(Some(Token(token)))
         }),
@@ -835,9 +837,10 @@ struct Setup {
     receiver_window: u32,
     max_window: u64,
     reliable: bool,
-    /// Verify pieces of this size, resuming at piece `.1` (the bytes before it are kept);
-    /// without, only the whole-file hash is checked.
-    pieces: Option<(u32, u64)>,
+    /// Verify pieces of this size, resuming at piece `.1` (the bytes before it are kept),
+    /// and, with `.2`, asking only for the pieces before that one (a range of a
+    /// multi-source download); without, only the whole-file hash is checked.
+    pieces: Option<(u32, u64, Option<u64>)>,
     /// The receiver knows the size and hash from the index.
     expected: bool,
     /// The sender's largest RTO (`SenderConfig::max_rto`).
@@ -865,9 +868,10 @@ fn pair(setup: Setup, schedule: Schedule) -> Pair {
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15) as u8
         })
         .collect();
-    let pieces = pieces.map(|(piece_size, piece)| Pieces {
+    let pieces = pieces.map(|(piece_size, piece, end)| Pieces {
         piece_size,
         offset: piece * u64::from(piece_size),
+        end: end.map(|end| end * u64::from(piece_size)),
     });
     let offset = pieces.map_or(0, |p| p.offset);
     assert!(offset <= file.len() as u64, "resume inside the file");
@@ -886,7 +890,7 @@ fn pair(setup: Setup, schedule: Schedule) -> Pair {
         },
         // A resume past byte 0 trusts its pieces, bound to the index's hash: it needs
         // `expected`, as the endpoint always passes it.
-        expected: expected || offset > 0,
+        expected: expected || offset > 0 || pieces.is_some_and(|p| p.end.is_some()),
         pieces,
         latency: Duration::from_millis(10),
         ..PairConfig::default()
@@ -921,7 +925,8 @@ fn setup(max_rto: Duration) -> impl Strategy<Value = Setup> {
             1 => Just(None),
             1 => (
                 prop_oneof![Just(1024u32), Just(2048u32)],
-                prop_oneof![Just(0u64), 0..8u64]
+                prop_oneof![Just(0u64), 0..8u64],
+                prop_oneof![3 => Just(None), 1 => (1..4u64).prop_map(Some)],
             )
                 .prop_map(Some),
         ],
@@ -947,9 +952,15 @@ fn setup(max_rto: Duration) -> impl Strategy<Value = Setup> {
                     receiver_window,
                     max_window,
                     reliable,
-                    // Resume only at a piece boundary inside the file.
-                    pieces: pieces
-                        .map(|(size, piece)| (size, piece.min(file_len as u64 / u64::from(size)))),
+                    // Resume only at a piece boundary inside the file; a range of `n` pieces
+                    // after it only where it ends inside the file.
+                    pieces: pieces.map(|(size, piece, n)| {
+                        let piece = piece.min(file_len as u64 / u64::from(size));
+                        let end = n
+                            .map(|n| piece + n)
+                            .filter(|&end| end * u64::from(size) < file_len as u64);
+                        (size, piece, end)
+                    }),
                     expected,
                     max_rto,
                 }
@@ -979,7 +990,7 @@ proptest! {
             matches!(h.receiver_end(), Some(ReceiverEvent::Finished { .. })),
             "receiver ended with {:?}", h.receiver_end()
         );
-        prop_assert_eq!(&h.written[..], h.file());
+        prop_assert_eq!(&h.written[..], h.wanted());
         prop_assert_eq!(h.sender_end(), Some(&SenderEvent::Finished));
         prop_assert!(h.receiver.is_done());
         prop_assert!(h.sender.as_ref().is_some_and(|s| s.is_done()));
@@ -1002,7 +1013,7 @@ proptest! {
         let mut h = pair(s, Schedule::Dies { fates, after, dir });
         h.drive(500_000);
         match h.receiver_end() {
-            Some(ReceiverEvent::Finished { .. }) => prop_assert_eq!(&h.written[..], h.file()),
+            Some(ReceiverEvent::Finished { .. }) => prop_assert_eq!(&h.written[..], h.wanted()),
             // Its own idle timer, or the sender's timeout reported in an Abort.
             Some(ReceiverEvent::Failed(
                 TransferError::Timeout { .. } | TransferError::Aborted(AbortReason::Timeout),

@@ -66,6 +66,8 @@ pub enum Incoming {
         file: FileId,
         /// Where to start.
         offset: u64,
+        /// Where to stop (exclusive; `None`: the file's end).
+        end: Option<u64>,
     },
     /// A message for the upload `(from, transfer)` in progress (`Request` again, `Ack`,
     /// `FinAck`, `Abort`).
@@ -133,6 +135,8 @@ pub enum Event {
         file: FileId,
         /// From which byte.
         offset: u64,
+        /// To which byte (exclusive; `None`: the file's end).
+        end: Option<u64>,
     },
     /// The tracker refused a heartbeat.
     HeartbeatRefused {

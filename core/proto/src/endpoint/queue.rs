@@ -32,6 +32,7 @@ pub(super) struct Waiting {
     transfer: TransferId,
     file: FileId,
     offset: u64,
+    end: Option<u64>,
     /// When its `Request` last came.
     seen: Instant,
 }
@@ -45,7 +46,7 @@ impl Endpoint {
         from: SocketAddr,
         transfer: TransferId,
         file: FileId,
-        offset: u64,
+        (offset, end): (u64, Option<u64>),
     ) -> bool {
         self.forget_stale(now);
         let at = match self
@@ -71,6 +72,7 @@ impl Endpoint {
                     transfer,
                     file,
                     offset,
+                    end,
                     seen: now,
                 });
                 self.waiting.len() - 1
@@ -116,6 +118,7 @@ impl Endpoint {
                 transfer: w.transfer,
                 file: w.file,
                 offset: w.offset,
+                end: w.end,
             });
         }
     }

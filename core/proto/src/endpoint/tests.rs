@@ -246,6 +246,7 @@ fn uploads_are_admitted_up_to_the_caps_and_the_rest_wait_in_line() {
         transfer: TransferId(t),
         file: FileId(1),
         offset: 0,
+        end: None,
     };
     let a = addr(2, 10001);
     for t in 1..=2 {
@@ -592,6 +593,7 @@ fn request(t: u64) -> Message {
         transfer: TransferId(t),
         file: FileId(1),
         offset: 0,
+        end: None,
     }
 }
 

@@ -358,6 +358,7 @@ pub fn receiver_run(data: &[u8]) -> RunSummary {
                     transfer,
                     file: FileId(1),
                     offset: 0,
+                    end: None,
                 },
                 1 => Message::FinAck { transfer },
                 2 => Message::Ack {

@@ -244,6 +244,7 @@ pub fn sender_run(data: &[u8]) -> RunSummary {
                     transfer,
                     file: FileId(1),
                     offset: u64::from(input.u8()),
+                    end: None,
                 })
             }
             6 => {

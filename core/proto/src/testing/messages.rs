@@ -108,11 +108,13 @@ pub fn sample_messages() -> Vec<Message> {
             transfer,
             file: FileId(1),
             offset: 0,
+            end: None,
         },
         Message::Request {
             transfer,
             file: FileId(1),
             offset: u64::from(crate::wire::PIECE_SIZE),
+            end: None,
         },
         Message::Accept {
             transfer,
@@ -157,6 +159,7 @@ pub fn sample_messages() -> Vec<Message> {
             transfer,
             file: FileId(1),
             offset: 0,
+            end: None,
         }
         .with_token(Some(crate::wire::Token(7))),
         Message::Introduce {

@@ -31,7 +31,7 @@ pub enum Carry {
 /// let file: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
 /// let config = PairConfig {
 ///     // The receiver kept the first two pieces; the driver (here the pair) hashes pieces.
-///     pieces: Some(Pieces { piece_size: 1024, offset: 2048 }),
+///     pieces: Some(Pieces { piece_size: 1024, offset: 2048, end: None }),
 ///     receiver: ReceiverConfig { offload_hashing: true, ..ReceiverConfig::default() },
 ///     ..PairConfig::default()
 /// };
@@ -52,6 +52,9 @@ pub struct Pieces {
     /// First byte the receiver asks for: a piece boundary whose prefix the receiver already
     /// has (0 for the whole file).
     pub offset: u64,
+    /// End of the bytes the receiver asks for: a piece boundary (a range of a multi-source
+    /// download), or `None` for the file's end.
+    pub end: Option<u64>,
 }
 
 /// How a [`Pair`] is set up.
@@ -224,6 +227,8 @@ pub struct Pair {
     hash: ContentHash,
     /// First byte the receiver asks for.
     offset: u64,
+    /// End of the bytes it asks for (`None`: the file's end).
+    end: Option<u64>,
     carry: Carry,
     burst: usize,
     keep_written: bool,
@@ -253,23 +258,39 @@ impl Pair {
         let now = Instant::now();
         let hash = ContentHash::of(&file);
         let expected = expected.then_some((file.len() as u64, hash));
-        let (receiver, offset) = match pieces {
+        let (receiver, offset, end) = match pieces {
             None => (
                 ChunkReceiver::new(now, transfer, FileId(1), expected, receiver),
                 0,
+                None,
             ),
-            Some(Pieces { piece_size, offset }) => {
+            Some(Pieces {
+                piece_size,
+                offset,
+                end,
+            }) => {
                 let table = PieceTable::of(&file, piece_size);
-                let r = ChunkReceiver::resume(
-                    now,
-                    transfer,
-                    FileId(1),
-                    expected,
-                    offset,
-                    table,
-                    receiver,
-                );
-                (r, offset)
+                let r = match (end, expected) {
+                    (Some(end), Some(expected)) => ChunkReceiver::range(
+                        now,
+                        transfer,
+                        FileId(1),
+                        expected,
+                        offset..end,
+                        table,
+                        receiver,
+                    ),
+                    _ => ChunkReceiver::resume(
+                        now,
+                        transfer,
+                        FileId(1),
+                        expected,
+                        offset,
+                        table,
+                        receiver,
+                    ),
+                };
+                (r, offset, end)
             }
         };
         let kept = file.get(..offset as usize).unwrap_or(&file);
@@ -296,6 +317,7 @@ impl Pair {
             file,
             hash,
             offset,
+            end,
             carry,
             burst,
             keep_written,
@@ -313,6 +335,12 @@ impl Pair {
     /// The sender's file.
     pub fn file(&self) -> &[u8] {
         &self.file
+    }
+
+    /// What the receiver has once it finished: the file up to the end it asked for.
+    pub fn wanted(&self) -> &[u8] {
+        let end = self.end.map_or(self.file.len(), |e| (e as usize).min(self.file.len()));
+        &self.file[..end]
     }
 
     /// Changes the sender's file (and its hash), as when it changes on disk after it was
@@ -600,18 +628,25 @@ impl Pair {
                 // The endpoint starts an upload for a `Request`; nothing else reaches it.
                 None => {
                     if let Message::Request {
-                        transfer, offset, ..
+                        transfer,
+                        offset,
+                        end,
+                        ..
                     } = msg
                     {
                         assert_eq!(offset, self.offset, "the receiver's first byte");
-                        self.sender = Some(ChunkSender::new(
+                        let sender = ChunkSender::new(
                             self.now,
                             transfer,
                             self.file.len() as u64,
                             self.hash,
                             offset,
                             self.sender_config.clone(),
-                        ));
+                        );
+                        self.sender = Some(match end {
+                            Some(end) => sender.ending_at(end),
+                            None => sender,
+                        });
                     }
                 }
             },

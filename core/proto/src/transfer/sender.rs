@@ -131,6 +131,9 @@ enum State {
 pub struct ChunkSender {
     transfer: TransferId,
     size: u64,
+    /// End of the bytes served (exclusive): the file's end, or a range's
+    /// ([`ChunkSender::ending_at`]).
+    end: u64,
     hash: ContentHash,
     config: SenderConfig,
     /// First byte served.
@@ -207,6 +210,7 @@ impl ChunkSender {
         ChunkSender {
             transfer,
             size,
+            end: size,
             hash,
             offset,
             total,
@@ -254,6 +258,14 @@ impl ChunkSender {
     /// True once finished or failed; the driver may drop it after draining transmits.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Serves only the bytes before `end` (clamped to the file; a multi-source download's
+    /// share of one source): chunks past it are never sent. Call before anything is sent.
+    pub fn ending_at(mut self, end: u64) -> Self {
+        self.end = end.clamp(self.offset, self.size);
+        self.total = chunk_count(self.end - self.offset, self.config.chunk_size);
+        self
     }
 
     /// Chunks acknowledged in order so far (counted from the start offset).
@@ -617,7 +629,7 @@ impl ChunkSender {
 
     fn chunk(&mut self, now: Instant, seq: u64) -> SenderTransmit {
         let offset = self.offset + seq * u64::from(self.config.chunk_size);
-        let len = (self.size - offset).min(u64::from(self.config.chunk_size)) as u32;
+        let len = (self.end - offset).min(u64::from(self.config.chunk_size)) as u32;
         self.stats.bytes_sent += u64::from(len);
         self.pacer.on_transmit();
         if self.rto_at.is_none() {

@@ -538,6 +538,7 @@ fn repeated_requests_neither_resend_the_window_each_time_nor_keep_an_upload_aliv
         transfer,
         file: FileId(1),
         offset: 0,
+        end: None,
     };
     let chunks = |s: &mut ChunkSender, now| {
         std::iter::from_fn(|| s.poll_transmit(now))
@@ -568,4 +569,50 @@ fn repeated_requests_neither_resend_the_window_each_time_nor_keep_an_upload_aliv
         s.is_done(),
         "the upload outlived its idle timeout on Requests alone"
     );
+}
+
+/// One source's share of a multi-source download: only the pieces of the range are sent,
+/// each verified, and both sides finish (on a clean and on a lossy link).
+#[test]
+fn a_range_is_sent_and_verified_alone() {
+    use crate::testing::{Odds, Pieces, RandomLink};
+    let file = sample(40_000);
+    for seed in 0..8 {
+        let config = PairConfig {
+            pieces: Some(Pieces {
+                piece_size: 4096,
+                offset: 8192,
+                end: Some(8192 + 3 * 4096),
+            }),
+            ..config(700)
+        };
+        let mut link = RandomLink::new(seed, Odds::LOSSY);
+        let mut pair = Pair::new(file.clone(), config).with_link(move |s| link.fate(s));
+        let outcome = pair.run(200_000);
+        assert!(outcome.finished(), "seed {seed}: {outcome:?}");
+        assert_eq!(pair.written, &file[..8192 + 3 * 4096], "seed {seed}");
+        let verified = pair.receiver_events.iter().filter_map(|e| match e {
+            ReceiverEvent::PieceVerified { verified } => Some(*verified),
+            _ => None,
+        });
+        assert_eq!(verified.last(), Some(8192 + 3 * 4096), "seed {seed}");
+    }
+}
+
+/// A range must end at a piece boundary (or the file's end) past its start.
+#[test]
+fn a_range_off_the_piece_grid_is_refused_before_asking() {
+    let file = sample(40_000);
+    for end in [8192 + 100, 8192, 4096, 50_000] {
+        let config = PairConfig {
+            pieces: Some(crate::testing::Pieces {
+                piece_size: 4096,
+                offset: 8192,
+                end: Some(end),
+            }),
+            ..config(700)
+        };
+        let pair = Pair::new(file.clone(), config);
+        assert!(pair.receiver.is_done(), "end {end}");
+    }
 }

@@ -222,6 +222,11 @@ pub enum Message {
         file: FileId,
         /// First byte wanted (0 for the whole file; a resume starts at a piece boundary).
         offset: u64,
+        /// End of the bytes wanted (exclusive; a piece boundary or the file's end): one
+        /// source's share of a multi-source download. `None`: to the end of the file (and
+        /// encoded exactly as before the field existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end: Option<u64>,
     },
     /// Sender → receiver: request accepted; this is what will come.
     Accept {
@@ -354,7 +359,55 @@ pub enum Message {
         /// Requests served before it.
         ahead: u32,
     },
+    /// Peer → tracker: the peer registered as `name` (from this address) shares content with
+    /// these BLAKE3 hashes. `first`: the first batch of a new announcement, which replaces
+    /// everything announced before; later batches add to it.
+    Announce {
+        /// Reply correlation.
+        request: RequestId,
+        /// Registered name.
+        name: String,
+        /// Starts a new announcement.
+        first: bool,
+        /// Content hashes.
+        hashes: BoundedVec<ContentHash, MAX_ANNOUNCE_HASHES>,
+    },
+    /// Tracker → peer: the announcement is taken; `held` hashes of it are kept (a tracker
+    /// keeps at most `limit` per peer).
+    Announced {
+        /// Correlation.
+        request: RequestId,
+        /// Hashes kept for this peer now.
+        held: u32,
+        /// Most hashes kept for one peer.
+        limit: u32,
+    },
+    /// Anyone → tracker: which live peers share content `hash`? Page `page` of them.
+    WhoHas {
+        /// Reply correlation.
+        request: RequestId,
+        /// The content.
+        hash: ContentHash,
+        /// Zero-based page.
+        page: u32,
+    },
+    /// Tracker → anyone: one page of the live peers that announced `hash`.
+    Holders {
+        /// Correlation.
+        request: RequestId,
+        /// The content.
+        hash: ContentHash,
+        /// This page.
+        page: u32,
+        /// Number of pages.
+        pages: u32,
+        /// The peers of this page.
+        peers: BoundedVec<PeerInfo, MAX_LIST_ITEMS>,
+    },
 }
+
+/// Most hashes in one [`Message::Announce`] (it must fit a [`Message::Validated`] body).
+pub const MAX_ANNOUNCE_HASHES: usize = 24;
 
 /// Largest request a [`Message::Validated`] carries.
 pub const MAX_VALIDATED_BODY: usize = 1024;
@@ -374,6 +427,8 @@ impl Message {
                 | Message::EntryRequest { .. }
                 | Message::Request { .. }
                 | Message::Introduce { .. }
+                | Message::Announce { .. }
+                | Message::WhoHas { .. }
         )
     }
 
@@ -416,7 +471,8 @@ impl Message {
             Message::Register { name, .. }
             | Message::Heartbeat { name, .. }
             | Message::Unregister { name, .. }
-            | Message::Introduce { name, .. } => check(name.len() <= MAX_NAME_LEN, "name"),
+            | Message::Introduce { name, .. }
+            | Message::Announce { name, .. } => check(name.len() <= MAX_NAME_LEN, "name"),
             Message::RegisterReply {
                 outcome: RegisterOutcome::Refused { reason },
                 ..
@@ -427,6 +483,9 @@ impl Message {
                 ..
             } => check(reason.len() <= MAX_REASON_LEN, "reason"),
             Message::PeerList {
+                page, pages, peers, ..
+            }
+            | Message::Holders {
                 page, pages, peers, ..
             } => {
                 check(page < pages || *pages == 0, "page")?;
@@ -449,6 +508,11 @@ impl Message {
                     "entries.path",
                 )
             }
+            Message::Request {
+                offset,
+                end: Some(end),
+                ..
+            } => check(offset < end, "end"),
             Message::Accept { chunk_size, .. } => check(
                 *chunk_size > 0 && *chunk_size as usize <= MAX_CHUNK,
                 "chunk_size",
@@ -495,6 +559,33 @@ mod tests {
         assert_eq!(
             decode(&m.encode()),
             Err(DecodeError::Limit { field: "name" })
+        );
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+    use crate::wire::decode;
+
+    /// A whole-file `Request` is encoded as before ranges existed (no fourth field), so
+    /// older peers still read it; a range round-trips.
+    #[test]
+    fn requests_without_an_end_keep_the_old_encoding() {
+        let request = |end| Message::Request {
+            transfer: TransferId(7),
+            file: FileId(3),
+            offset: 4096,
+            end,
+        };
+        let (whole, range) = (request(None), request(Some(8192)));
+        assert_eq!(decode(&whole.encode()), Ok(whole.clone()));
+        assert_eq!(decode(&range.encode()), Ok(range.clone()));
+        // The range's encoding is the whole request's plus the end (one u16 here).
+        assert_eq!(range.encode().len(), whole.encode().len() + 3);
+        assert_eq!(
+            decode(&request(Some(4096)).encode()),
+            Err(DecodeError::Limit { field: "end" })
         );
     }
 }

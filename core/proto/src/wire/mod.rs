@@ -43,6 +43,7 @@ pub use decode::{
 pub use envelope::{DATA_OVERHEAD, HEADER_LEN, MAGIC, PROTOCOL_VERSION, UNCHECKED_PAYLOAD};
 pub use ids::{ContentHash, FileId, RequestId, Token, TransferId, TransportKind};
 pub use messages::{
-    AbortReason, IndexEntry, Message, PeerInfo, RegisterOutcome, MAX_VALIDATED_BODY, PIECE_SIZE,
+    AbortReason, IndexEntry, Message, PeerInfo, RegisterOutcome, MAX_ANNOUNCE_HASHES,
+    MAX_VALIDATED_BODY, PIECE_SIZE,
 };
 pub use paging::paginate;

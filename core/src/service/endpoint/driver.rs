@@ -234,7 +234,8 @@ impl Driver {
                 transfer,
                 file,
                 offset,
-            }) => self.serve_request(now, from, transfer, file, offset),
+                end,
+            }) => self.serve_request(now, from, transfer, file, (offset, end)),
             Some(Incoming::Upload {
                 from,
                 transfer,
@@ -285,10 +286,12 @@ impl Driver {
                     transfer,
                     file,
                     offset,
+                    end,
                 } => {
                     // Served as a new request (which takes the slot again if the file opens).
                     self.proto.upload_ended(from, transfer);
-                    self.serve_request(Instant::now().into_std(), from, transfer, file, offset);
+                    let now = Instant::now().into_std();
+                    self.serve_request(now, from, transfer, file, (offset, end));
                 }
                 Event::HeartbeatRefused { tracker, reason } => {
                     tracing::warn!(%tracker, ?reason, "heartbeat refused")

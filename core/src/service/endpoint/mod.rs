@@ -29,6 +29,7 @@ use crate::wire::{
     MAX_CHUNK,
 };
 
+mod content;
 mod download;
 mod driver;
 mod finish;

@@ -292,14 +292,14 @@ impl Driver {
         from: SocketAddr,
         transfer: TransferId,
         file: FileId,
-        offset: u64,
+        (offset, end): (u64, Option<u64>),
     ) {
         // Admitted by the protocol logic (rate, upload slots); refusals go back as `Abort`s.
         let refuse = |proto: &mut Endpoint, reason| proto.refuse(from, transfer, reason);
         let Some(shared) = self.index.as_ref().and_then(|i| i.get(file)) else {
             return refuse(&mut self.proto, AbortReason::NoSuchFile);
         };
-        if offset > shared.entry.size {
+        if offset > shared.entry.size || end.is_some_and(|end| end <= offset) {
             return refuse(&mut self.proto, AbortReason::BadRequest);
         }
         let file = match self.config.storage.open_read(&shared.path) {
@@ -323,7 +323,11 @@ impl Driver {
             offset,
             config,
         );
-        tracing::debug!(%from, ?transfer, path = %shared.entry.path, offset, "serving");
+        let machine = match end {
+            Some(end) => machine.ending_at(end),
+            None => machine,
+        };
+        tracing::debug!(%from, ?transfer, path = %shared.entry.path, offset, ?end, "serving");
         let read_failed = Arc::new(AtomicBool::new(false));
         let on_read_error: OnReadError = {
             let (flag, alarm) = (read_failed.clone(), self.disk_alarm.clone());

@@ -169,6 +169,9 @@ pub struct ChunkReceiver {
     file: FileId,
     /// First byte of the file this transfer covers.
     offset: u64,
+    /// End of the bytes asked for (exclusive), when not the file's end: a range of a
+    /// multi-source download. Clamped to the file at `Accept`.
+    end: Option<u64>,
     pieces: Option<PieceTable>,
     expected: Option<(u64, ContentHash)>,
     config: ReceiverConfig,
@@ -231,7 +234,7 @@ impl ChunkReceiver {
         expected: Option<(u64, ContentHash)>,
         config: ReceiverConfig,
     ) -> Self {
-        Self::build(now, transfer, file, expected, 0, None, config)
+        Self::build(now, transfer, file, expected, 0, None, None, config)
     }
 
     /// Starts a download of `file` from byte `offset` (a piece boundary; 0 for the whole file),
@@ -246,15 +249,50 @@ impl ChunkReceiver {
         pieces: PieceTable,
         config: ReceiverConfig,
     ) -> Self {
-        Self::build(now, transfer, file, expected, offset, Some(pieces), config)
+        Self::build(now, transfer, file, expected, offset, None, Some(pieces), config)
     }
 
+    /// Starts a download of bytes `range` of `file` (both ends piece boundaries, or the end
+    /// the file's end), verifying every piece against `pieces`: one source's share of a
+    /// multi-source download. Finished once every piece of the range is verified.
+    pub fn range(
+        now: Instant,
+        transfer: TransferId,
+        file: FileId,
+        expected: (u64, ContentHash),
+        range: std::ops::Range<u64>,
+        pieces: PieceTable,
+        config: ReceiverConfig,
+    ) -> Self {
+        let piece = u64::from(pieces.piece_size.max(1));
+        let bad_end = range.end <= range.start
+            || range.end > expected.0
+            || (range.end < expected.0 && !range.end.is_multiple_of(piece));
+        let mut r = Self::build(
+            now,
+            transfer,
+            file,
+            Some(expected),
+            range.start,
+            Some(range.end),
+            Some(pieces),
+            config,
+        );
+        if bad_end && r.state != State::Done {
+            r.out.clear();
+            r.fail(TransferError::Protocol(Violation::ResumeOffBoundary), None);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)] // private: the three constructors' common part
     fn build(
         now: Instant,
         transfer: TransferId,
         file: FileId,
         expected: Option<(u64, ContentHash)>,
         offset: u64,
+        end: Option<u64>,
         pieces: Option<PieceTable>,
         config: ReceiverConfig,
     ) -> Self {
@@ -267,6 +305,7 @@ impl ChunkReceiver {
             transfer,
             file,
             offset,
+            end,
             pieces,
             expected,
             state: State::Requesting {
@@ -344,6 +383,7 @@ impl ChunkReceiver {
             transfer: self.transfer,
             file: self.file,
             offset: self.offset,
+            end: self.end,
         }
     }
 
@@ -433,7 +473,7 @@ impl ChunkReceiver {
                 self.size = size;
                 self.chunk_size = chunk_size;
                 self.hash = hash;
-                self.total = chunk_count(size - self.offset, chunk_size);
+                self.total = chunk_count(self.end() - self.offset, chunk_size);
                 self.reack_after = (now.saturating_duration_since(self.requested_at) * 2)
                     .clamp(MIN_REACK, MAX_REACK);
                 self.state = State::Receiving;
@@ -594,7 +634,12 @@ impl ChunkReceiver {
 
     fn chunk_len(&self, seq: u64) -> u64 {
         let offset = self.offset + seq * u64::from(self.chunk_size);
-        (self.size - offset).min(u64::from(self.chunk_size))
+        (self.end() - offset).min(u64::from(self.chunk_size))
+    }
+
+    /// End of the bytes this transfer covers (once accepted: the file's size is known).
+    fn end(&self) -> u64 {
+        self.end.map_or(self.size, |end| end.min(self.size))
     }
 
     fn ack(&mut self) -> Message {
