@@ -258,6 +258,9 @@ pub struct PeerOpts {
     pub disk: Option<SimDisk>,
     /// The NAT it sits behind, if any (UDP only; see [`NatUdp`]).
     pub nat: Option<NatConfig>,
+    /// Generate its files as those of every peer with the same label (the same content at the
+    /// same paths: sources of one download); `None`, content of its own.
+    pub content: Option<String>,
 }
 
 impl Default for PeerOpts {
@@ -270,6 +273,7 @@ impl Default for PeerOpts {
             targeted: Targeted::default(),
             disk: None,
             nat: None,
+            content: None,
         }
     }
 }
@@ -286,6 +290,12 @@ impl PeerOpts {
     /// With these faults on the send and receive sides.
     pub fn faults(mut self, send: FaultRates, recv: FaultRates) -> Self {
         self.faults = Some((send, recv));
+        self
+    }
+
+    /// With the same content as every peer of this `label` (see [`PeerOpts::content`]).
+    pub fn same_content(mut self, label: &str) -> Self {
+        self.content = Some(label.to_string());
         self
     }
 
@@ -557,7 +567,10 @@ impl Cluster {
         let files = opts
             .files
             .iter()
-            .map(|(p, s)| generate_file(&share, p, *s, mix(self.seed, name)).expect("generate"))
+            .map(|(p, s)| {
+                let label = opts.content.as_deref().unwrap_or(name);
+                generate_file(&share, p, *s, mix(self.seed, label)).expect("generate")
+            })
             .collect();
         self.files.insert(name.to_string(), files);
         let stats = SharedStats::default();

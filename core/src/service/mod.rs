@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod lock;
 pub mod resume;
 pub mod storage;
+pub mod swarm;
 pub mod tracker;
 
 pub use endpoint::{

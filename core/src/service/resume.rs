@@ -27,8 +27,9 @@ use super::storage::{Disk, Entry, FileHandle, Storage};
 use crate::index::{PARTIAL_SUFFIX, STATE_SUFFIX, STATE_TMP_SUFFIX};
 use crate::wire::ContentHash;
 
-/// Largest state file read back (it is a few dozen bytes).
-const MAX_STATE_FILE: u64 = 4096;
+/// Largest state file read back (a few dozen bytes, plus a multi-source download's piece
+/// bitmap: 128 KiB for the largest file a download takes, `MAX_PIECES` pieces).
+const MAX_STATE_FILE: u64 = 256 * 1024;
 
 /// What a state file records.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -48,6 +49,11 @@ pub struct DownloadState {
     /// holds them), and worthless after a restart.
     #[serde(default)]
     pub unsynced_boot: Option<String>,
+    /// A multi-source download's verified pieces, one bit each (bit `i % 8` of byte `i / 8`
+    /// for piece `i`), beyond the prefix; `None` for a single-source download (whose state
+    /// files stay as they were). A single-source resume of it keeps the prefix only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<serde_bytes::ByteBuf>,
 }
 
 /// The temporary file a download of `dest` is written to.
@@ -501,6 +507,7 @@ mod tests {
             piece_size: 100,
             verified,
             unsynced_boot: None,
+            pieces: None,
         }
     }
 

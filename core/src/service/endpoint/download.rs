@@ -4,11 +4,16 @@
 use super::driver::Driver;
 use super::finish::Finish;
 use super::hashing::MAX_HASH_BACKLOG;
-use super::{partial_path, DownloadReport, IoFailure, IoOp, Progress, ServiceError, SAVE_INTERVAL};
+use super::{
+    partial_path, DownloadReport, IoFailure, IoOp, Progress, RangeJob, ServiceError,
+    SAVE_INTERVAL,
+};
 use p2p_proto::endpoint::request_retry_after;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,6 +60,10 @@ pub(super) struct Download {
     pub(super) storage: SharedStorage,
     /// When the first byte came.
     pub(super) first_byte: Option<Instant>,
+    /// One range of a multi-source download ([`Driver::start_range`]), with its caller's
+    /// cancel flag: no destination, no state file, no rename; answered when the range is
+    /// verified (or failed), with every verified byte written.
+    pub(super) range: Option<Arc<AtomicBool>>,
 }
 
 /// Reserves the space of bytes `from..size` of the download's `partial` file
@@ -159,25 +168,7 @@ impl Driver {
         let transfer = self.proto.new_transfer_id();
         let now = Instant::now();
         let piece_size = table.piece_size;
-        let mut receiver_config = self.config.receiver.clone();
-        let rtt = self.proto.round_trip(peer, now.into_std());
-        if let Some(rtt) = rtt.filter(|_| !self.transport.is_reliable()) {
-            // The piece table just came from this peer: a `Request` unanswered for a few of
-            // its round trips was lost (or its answer was), and waiting the default half
-            // second for it would be most of a small download's time on a lossy path. (A
-            // reliable transport loses nothing: there, asking again would only add noise.)
-            receiver_config.request_retry =
-                request_retry_after(rtt, self.config.receiver.request_retry);
-        }
-        // Pieces go to the driver to hash: the hashing thread's, or, without one, hashed right
-        // here in `pump_download` (the same path, so simulations cover it).
-        receiver_config.offload_hashing = true;
-        if self.transport.is_reliable() {
-            // Nothing is lost on a reliable stream: ACKs only pace the window, and fewer of
-            // them spare both sides a message each.
-            receiver_config.ack_every = receiver_config.ack_every.max(RELIABLE_ACK_EVERY);
-            receiver_config.reack = false;
-        }
+        let receiver_config = self.download_receiver_config(peer, now);
         let machine = ChunkReceiver::resume(
             now.into_std(),
             transfer,
@@ -217,9 +208,134 @@ impl Driver {
                 lock: Some(lock),
                 storage,
                 first_byte: None,
+                range: None,
             },
         );
         self.pump_download(transfer);
+    }
+
+    /// Starts fetching one range of a multi-source download into its shared partial file.
+    pub(super) fn start_range(
+        &mut self,
+        job: RangeJob,
+        progress: watch::Sender<Progress>,
+        reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
+    ) {
+        let RangeJob {
+            peer,
+            entry,
+            table,
+            file,
+            range,
+            cancel,
+        } = job;
+        let transfer = self.proto.new_transfer_id();
+        let now = Instant::now();
+        let piece_size = table.piece_size;
+        let receiver_config = self.download_receiver_config(peer, now);
+        let machine = ChunkReceiver::range(
+            now.into_std(),
+            transfer,
+            entry.id,
+            (entry.size, entry.hash),
+            range.clone(),
+            table,
+            receiver_config,
+        );
+        progress.send_modify(|p| {
+            p.total = Some(entry.size);
+            p.received = range.start;
+            p.verified = range.start;
+        });
+        let storage = self.config.storage.clone();
+        // Never started: a range records nothing (its caller keeps the state).
+        let checkpoints = Checkpointer::new(
+            storage.clone(),
+            file.clone(),
+            PathBuf::new(),
+            false,
+            false,
+        );
+        self.proto.download_started(transfer, peer);
+        self.downloads.insert(
+            transfer,
+            Download {
+                peer,
+                machine,
+                dest: PathBuf::new(),
+                partial: PathBuf::from("(multi-source partial file)"),
+                writer: Some(PartialWriter::new(file, range.start)),
+                checkpoints,
+                size: entry.size,
+                hash: entry.hash,
+                piece_size,
+                offset: range.start,
+                verified: range.start,
+                saved: 0,
+                saved_at: now,
+                discarded: None,
+                started: now,
+                progress,
+                reply: Some(reply),
+                finishing: false,
+                shown: range.start,
+                lock: None,
+                storage,
+                first_byte: None,
+                range: Some(cancel),
+            },
+        );
+        self.pump_download(transfer);
+    }
+
+    /// The receiver settings of a new download from `peer`.
+    fn download_receiver_config(
+        &self,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> crate::transfer::ReceiverConfig {
+        let mut receiver_config = self.config.receiver.clone();
+        let rtt = self.proto.round_trip(peer, now.into_std());
+        if let Some(rtt) = rtt.filter(|_| !self.transport.is_reliable()) {
+            // The piece table just came from this peer: a `Request` unanswered for a few of
+            // its round trips was lost (or its answer was), and waiting the default half
+            // second for it would be most of a small download's time on a lossy path. (A
+            // reliable transport loses nothing: there, asking again would only add noise.)
+            receiver_config.request_retry =
+                request_retry_after(rtt, self.config.receiver.request_retry);
+        }
+        // Pieces go to the driver to hash: the hashing thread's, or, without one, hashed right
+        // here in `pump_download` (the same path, so simulations cover it).
+        receiver_config.offload_hashing = true;
+        if self.transport.is_reliable() {
+            // Nothing is lost on a reliable stream: ACKs only pace the window, and fewer of
+            // them spare both sides a message each.
+            receiver_config.ack_every = receiver_config.ack_every.max(RELIABLE_ACK_EVERY);
+            receiver_config.reack = false;
+        }
+        receiver_config
+    }
+
+    /// Stops the ranges whose caller cancelled them (or stopped waiting for them).
+    pub(super) fn cancel_ranges(&mut self) {
+        let cancelled: Vec<TransferId> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| {
+                d.range.as_ref().is_some_and(|flag| {
+                    flag.load(Ordering::Relaxed)
+                        || d.reply.as_ref().is_some_and(|r| r.is_closed())
+                })
+            })
+            .map(|(&t, _)| t)
+            .collect();
+        for t in cancelled {
+            if let Some(d) = self.downloads.get_mut(&t) {
+                d.machine
+                    .abort(AbortReason::Other("not needed any more".into()));
+            }
+            self.pump_download(t);
+        }
     }
 
     /// Applies a download's events: write bytes, record verified pieces, publish progress,
@@ -274,6 +390,21 @@ impl Driver {
                         d.progress.send_modify(|p| p.received = received);
                     }
                 }
+                ReceiverEvent::PieceVerified { verified } if d.range.is_some() => {
+                    // Its bytes leave our buffer before the caller hears of them: the caller
+                    // may record them (after a sync of the file) at once.
+                    d.verified = verified;
+                    if let Some(Err(e)) = d.writer.as_mut().map(|w| w.flush()) {
+                        d.machine.abort(AbortReason::DiskError);
+                        outcome.get_or_insert(Err(ServiceError::Io(IoFailure::new(
+                            IoOp::Write,
+                            &d.partial,
+                            &e,
+                        ))));
+                    } else {
+                        d.progress.send_modify(|p| p.verified = verified);
+                    }
+                }
                 ReceiverEvent::PieceVerified { verified } => {
                     d.verified = verified;
                     let due =
@@ -297,7 +428,30 @@ impl Driver {
                 }
             }
         }
-        if let Some(result) = outcome {
+        if d.range.is_some() && (outcome.is_some() || finished.is_some()) {
+            // A range: its verified bytes are written (flushed at each piece); nothing else
+            // to keep or publish.
+            let result = match (outcome, finished) {
+                (Some(Err(e)), _) => Err(e),
+                (_, Some((received, hash))) => Ok(DownloadReport {
+                    path: PathBuf::new(),
+                    size: d.size,
+                    received,
+                    hash,
+                    elapsed: d.started.elapsed(),
+                    first_byte: d.first_byte.map(|t| t.duration_since(d.started)),
+                    resumed_from: d.offset,
+                    discarded: None,
+                    refetched: 0,
+                }),
+                (Some(Ok(r)), None) => Ok(r),
+                (None, None) => unreachable!("checked"),
+            };
+            d.writer = None;
+            if let Some(reply) = d.reply.take() {
+                let _ = reply.send(result);
+            }
+        } else if let Some(result) = outcome {
             let result = match result {
                 Ok(r) => Ok(r),
                 Err(e) => Err(d.keep_partial(e)),
@@ -333,6 +487,7 @@ impl Download {
             piece_size: self.piece_size,
             verified,
             unsynced_boot: None,
+            pieces: None,
         }
     }
 

@@ -180,6 +180,12 @@ impl Driver {
                 progress,
                 reply,
             } => self.start_download(peer, entry, dest, table, progress, reply),
+            Command::Range {
+                job,
+                progress,
+                reply,
+            } => self.start_range(job, progress, reply),
+            Command::Poke => self.cancel_ranges(),
             Command::Punch {
                 tracker,
                 name,
@@ -309,6 +315,8 @@ impl Driver {
     }
 
     pub(super) fn on_timeout(&mut self) {
+        // Ranges nobody waits for any more end here at the latest.
+        self.cancel_ranges();
         let now = Instant::now();
         // Requests: resend or give up; the heartbeat.
         self.proto.handle_timeout(now.into_std());

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,7 +41,7 @@ mod punch;
 mod rpc;
 mod upload;
 
-use super::storage::{Disk, SharedStorage};
+use super::storage::{Disk, FileHandle, SharedStorage};
 use driver::Driver;
 use hashing::HashWorker;
 use p2p_proto::endpoint::{Endpoint, EndpointConfig as ProtoConfig};
@@ -273,6 +275,9 @@ pub struct Progress {
     pub total: Option<u64>,
     /// Before that: the request waits in the sender's line behind this many others.
     pub queued: Option<u32>,
+    /// End of the verified prefix of this transfer's bytes (absolute; written to the file,
+    /// not necessarily synced). Kept up to date for a range ([`EndpointHandle::fetch_range`]).
+    pub verified: u64,
 }
 
 /// A completed, verified download.
@@ -397,6 +402,13 @@ enum Command {
         progress: watch::Sender<Progress>,
         reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
     },
+    Range {
+        job: RangeJob,
+        progress: watch::Sender<Progress>,
+        reply: oneshot::Sender<Result<DownloadReport, ServiceError>>,
+    },
+    /// Looks at the ranges whose caller cancelled them (nothing else to do).
+    Poke,
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -407,12 +419,35 @@ enum Command {
     },
 }
 
+/// One source's share of a multi-source download ([`EndpointHandle::fetch_range`]): bytes
+/// `range` of `entry` (as `peer` lists it), checked against `table`, written into `file` at
+/// their own offsets.
+#[derive(Clone, Debug)]
+pub struct RangeJob {
+    /// The source.
+    pub peer: SocketAddr,
+    /// The file, as the source lists it (its id there; size and hash are the content's).
+    pub entry: IndexEntry,
+    /// The content's piece table (checked against its hash).
+    pub table: PieceTable,
+    /// The partial file, shared by every range of the download.
+    pub file: FileHandle,
+    /// The bytes wanted: piece boundaries (or the file's end).
+    pub range: std::ops::Range<u64>,
+    /// Set (then [`EndpointHandle::poke`]) to stop the transfer; its answer then comes soon,
+    /// and no byte of it is written after that answer.
+    pub cancel: Arc<AtomicBool>,
+}
+
 /// A cloneable handle to a running endpoint.
 #[derive(Clone, Debug)]
 pub struct EndpointHandle {
     tx: mpsc::Sender<Command>,
     local: SocketAddr,
     kind: TransportKind,
+    storage: SharedStorage,
+    fsync: bool,
+    checkpoint_thread: bool,
 }
 
 /// Starts an endpoint on `transport` and returns its handle. The endpoint stops when
@@ -476,8 +511,16 @@ pub fn spawn_endpoint(
         upload_turn: 0,
         config,
     };
+    let handle = EndpointHandle {
+        tx,
+        local,
+        kind,
+        storage: driver.config.storage.clone(),
+        fsync: driver.config.fsync,
+        checkpoint_thread: driver.config.checkpoint_thread,
+    };
     let task = tokio::spawn(driver.run());
-    Ok((EndpointHandle { tx, local, kind }, task))
+    Ok((handle, task))
 }
 
 impl EndpointHandle {
@@ -601,6 +644,36 @@ impl EndpointHandle {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Fetches `job`'s bytes into its file: the pieces are verified as they come and written
+    /// at their own offsets; [`Progress::verified`] follows the verified prefix (whose bytes
+    /// are written, not synced). No destination, state file or rename: the caller (a
+    /// multi-source download) owns those. On failure the bytes before `verified` stay good.
+    pub async fn fetch_range(
+        &self,
+        job: RangeJob,
+        progress: watch::Sender<Progress>,
+    ) -> Result<DownloadReport, ServiceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Range {
+            job,
+            progress,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ServiceError::Closed)?
+    }
+
+    /// Makes the endpoint look at cancelled ranges now ([`RangeJob::cancel`]).
+    pub async fn poke(&self) {
+        let _ = self.send(Command::Poke).await;
+    }
+
+    /// Where this endpoint's downloads are stored, and how ([`EndpointConfig::fsync`],
+    /// [`EndpointConfig::checkpoint_thread`]).
+    pub fn storage(&self) -> (&SharedStorage, bool, bool) {
+        (&self.storage, self.fsync, self.checkpoint_thread)
     }
 
     /// Aborts every transfer (the other sides are told) and stops the endpoint.
