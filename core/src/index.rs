@@ -80,11 +80,34 @@ impl ShareIndex {
         &self.root
     }
 
+    /// The folder the entries' paths are relative to: the share folder, or the folder of a
+    /// shared single file.
+    fn base(&self) -> &Path {
+        if self.single_file() {
+            self.root.parent().unwrap_or(Path::new("."))
+        } else {
+            &self.root
+        }
+    }
+
+    /// The share is one file (`p2p share FILE`), not a folder.
+    fn single_file(&self) -> bool {
+        fs::symlink_metadata(&self.root).is_ok_and(|m| m.is_file())
+    }
+
     /// Rescans the folder: new files get new IDs, changed files are re-hashed, removed files
-    /// leave the index. Fails only when the folder itself cannot be read.
+    /// leave the index. Fails only when the folder itself cannot be read. A share that is a
+    /// single file lists that file alone, under its name.
     pub fn refresh(&mut self) -> io::Result<()> {
         let mut found = Vec::new();
-        walk(&self.root, &self.root, 0, &mut found)?;
+        if self.single_file() {
+            let meta = fs::symlink_metadata(&self.root)?;
+            let name = relative_name(self.base(), &self.root)
+                .ok_or_else(|| io::Error::other("the shared file's name is not valid UTF-8"))?;
+            found.push((name, meta.len(), meta.modified().ok()));
+        } else {
+            walk(&self.root, &self.root, 0, &mut found)?;
+        }
         // The walk stops one file past the cap: that one only says that there are more.
         if found.len() > MAX_FILES {
             found.truncate(MAX_FILES);
@@ -100,7 +123,7 @@ impl ShareIndex {
             let entry = match known {
                 Some(old) if old.entry.size == size && old.modified == modified => old,
                 other => {
-                    let Ok((hash, pieces)) = hash_pieces(&self.root.join(&rel), PIECE_SIZE) else {
+                    let Ok((hash, pieces)) = hash_pieces(&self.base().join(&rel), PIECE_SIZE) else {
                         continue;
                     };
                     let id = match other {
@@ -143,7 +166,7 @@ impl ShareIndex {
             .find(|i| i.entry.id == id)
             .map(|i| SharedFile {
                 entry: i.entry.clone(),
-                path: self.root.join(&i.entry.path),
+                path: self.base().join(&i.entry.path),
                 modified: i.modified,
                 pieces: i.pieces.clone(),
             })
@@ -301,6 +324,21 @@ mod tests {
         assert_eq!(e[3].path, "0.txt");
         assert_eq!(e[3].id, FileId(4));
         assert_eq!(e[3].hash, ContentHash::of(b"zero"));
+    }
+
+    #[test]
+    fn a_single_file_share_lists_that_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("one.txt"), b"one").unwrap();
+        fs::write(dir.path().join("other.txt"), b"other").unwrap();
+        let mut idx = ShareIndex::new(dir.path().join("one.txt"));
+        idx.refresh().unwrap();
+        let e = idx.entries();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].path.as_str(), e[0].size), ("one.txt", 3));
+        assert_eq!(e[0].hash, ContentHash::of(b"one"));
+        let shared = idx.get(e[0].id).unwrap();
+        assert_eq!(shared.path, dir.path().join("one.txt"));
     }
 
     #[test]
