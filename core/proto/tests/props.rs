@@ -231,15 +231,22 @@ fn message() -> impl Strategy<Value = Message> {
                 transport
             }
         ),
-        (req.clone(), any::<u64>(), any::<u64>()).prop_map(|(request, ttl_ms, heartbeat_ms)| {
-            Message::RegisterReply {
-                request,
-                outcome: RegisterOutcome::Accepted {
-                    ttl_ms,
-                    heartbeat_ms,
-                },
-            }
-        }),
+        (
+            req.clone(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<Option<u32>>()
+        )
+            .prop_map(
+                |(request, ttl_ms, heartbeat_ms, held)| Message::RegisterReply {
+                    request,
+                    outcome: RegisterOutcome::Accepted {
+                        ttl_ms,
+                        heartbeat_ms,
+                        held,
+                    },
+                }
+            ),
         (req.clone(), text(MAX_REASON_LEN)).prop_map(|(request, reason)| {
             Message::RegisterReply {
                 request,

@@ -59,6 +59,7 @@ pub fn sample_messages() -> Vec<Message> {
             outcome: crate::wire::RegisterOutcome::Accepted {
                 ttl_ms: 30_000,
                 heartbeat_ms: 10_000,
+                held: None,
             },
         },
         Message::RegisterReply {

@@ -1,13 +1,13 @@
-//! The tracker's answers to register, heartbeat, unregister and list requests, as a function
-//! of its state and the time: the async service only receives, calls
-//! [`Tracker::handle`] and sends.
+//! The tracker's answers to register, heartbeat, unregister, list, introduce, announce and
+//! who-has requests, as a function of its state and the time: the async service only
+//! receives, calls [`Tracker::handle`] and sends.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{RegisterError, Registry, RegistryConfig};
+use super::{HoldersConfig, RegisterError, Registry, RegistryConfig};
 use crate::endpoint::NEXT_PAGE_COST;
 use crate::limits::{RateConfig, RateLimiter};
 use crate::validation::AddressValidator;
@@ -203,6 +203,15 @@ impl Tracker {
         self
     }
 
+    /// With the content index (`Announce`, `WhoHas`) bounded by `holders` instead of
+    /// [`HoldersConfig::default`].
+    pub fn with_holders(self, holders: HoldersConfig) -> Self {
+        Tracker {
+            registry: self.registry.with_holders(holders),
+            ..self
+        }
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -231,16 +240,20 @@ impl Tracker {
         // Flooding is dropped like a lost datagram. The next page of a listing a proven
         // requester walks costs a 64th of a request (`NEXT_PAGE_COST`: a whole listing of
         // 10,000 peers, 300-odd pages, counts about as 6 requests, as the peers' index pages
-        // do); what the message is shows only once it is opened, so the 64th is taken first
-        // and the rest once the message is known to be something else.
+        // do), and so does the next batch of an announcement (20,000 hashes, 834 batches,
+        // count as 14 requests); what the message is shows only once it is opened, so the
+        // 64th is taken first and the rest once the message is known to be something else.
         if !self.limiter.allow_cost(now, from.ip(), NEXT_PAGE_COST) {
             return (None, None);
         }
         let Some((msg, proven)) = self.validator.open(now, from.ip(), msg) else {
             return (None, None);
         };
-        let next_page = matches!(msg, Message::ListPeers { page, .. } if page > 0)
-            && (proven || addresses_proven);
+        let next_page = match &msg {
+            Message::ListPeers { page, .. } | Message::WhoHas { page, .. } => *page > 0,
+            Message::Announce { first, .. } => !first,
+            _ => false,
+        } && (proven || addresses_proven);
         if !next_page
             && !self
                 .limiter
@@ -254,7 +267,9 @@ impl Tracker {
                 | Message::Heartbeat { request, .. }
                 | Message::Unregister { request, .. }
                 | Message::ListPeers { request, .. }
-                | Message::Introduce { request, .. } => *request,
+                | Message::Introduce { request, .. }
+                | Message::Announce { request, .. }
+                | Message::WhoHas { request, .. } => *request,
                 _ => return (None, None),
             };
             let token = self.validator.issue(now, from.ip());
@@ -288,6 +303,10 @@ impl Tracker {
                         RegisterOutcome::Accepted {
                             ttl_ms: reg.config().ttl.as_millis() as u64,
                             heartbeat_ms: reg.config().heartbeat.as_millis() as u64,
+                            // Only to a peer that announced (`None` keeps the reply as older
+                            // peers decode it): a peer that finds a count other than its
+                            // announcement's announces again.
+                            held: reg.held(&name),
                         },
                         new.then(|| TrackerEvent::Registered {
                             name,
@@ -330,6 +349,45 @@ impl Tracker {
                     self.outbox.push_back((seen, intro));
                 }
                 (Some(Message::Introduced { request, peer }), None)
+            }
+            Message::Announce {
+                request,
+                name,
+                first,
+                hashes,
+            } => {
+                let reply = match reg.announce(now, &name, from, request, first, &hashes.0) {
+                    Ok(held) => Message::Announced {
+                        request,
+                        held,
+                        limit: u32::try_from(reg.holders_config().per_peer).unwrap_or(u32::MAX),
+                    },
+                    Err(e) => Message::Error {
+                        request,
+                        reason: e.to_string(),
+                    },
+                };
+                (Some(reply), None)
+            }
+            Message::WhoHas {
+                request,
+                hash,
+                page,
+            } => {
+                let reply = match reg.holders(now, &hash, page) {
+                    (pages, Some(peers)) => Message::Holders {
+                        request,
+                        hash,
+                        page,
+                        pages,
+                        peers: BoundedVec(peers),
+                    },
+                    (pages, None) => Message::Error {
+                        request,
+                        reason: format!("no page {page} (there are {pages})"),
+                    },
+                };
+                (Some(reply), None)
             }
             Message::ListPeers { request, page } => {
                 let snapshot = self.listings.snapshot(now, reg, from, page);
@@ -375,7 +433,8 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::RequestId;
+    use crate::tracker::AnnounceError;
+    use crate::wire::{ContentHash, RequestId};
     use std::time::Duration;
 
     impl Tracker {
@@ -858,5 +917,177 @@ mod tests {
         let (reply, event) = t.handle_on(now, from, register("alice", 10001), true);
         assert!(matches!(reply, Some(Message::RegisterReply { .. })));
         assert!(matches!(event, Some(TrackerEvent::Registered { .. })));
+    }
+
+    fn announce(name: &str, request: u64, first: bool, hashes: &[ContentHash]) -> Message {
+        Message::Announce {
+            request: RequestId(request),
+            name: name.into(),
+            first,
+            hashes: BoundedVec(hashes.to_vec()),
+        }
+    }
+
+    fn who_has(hash: ContentHash, page: u32) -> Message {
+        Message::WhoHas {
+            request: RequestId(5),
+            hash,
+            page,
+        }
+    }
+
+    /// The `held` of the reply to a heartbeat of `name` from `from`.
+    fn heartbeat_held(t: &mut Tracker, now: Instant, from: SocketAddr, name: &str) -> Option<u32> {
+        let beat = Message::Heartbeat {
+            request: RequestId(3),
+            name: name.into(),
+            port: 10001,
+            transport: TransportKind::Udp,
+        };
+        match t.handle_proven(now, from, beat).0 {
+            Some(Message::RegisterReply {
+                outcome: RegisterOutcome::Accepted { held, .. },
+                ..
+            }) => held,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Announce and WhoHas need proof; the registered address announces (answered with the
+    /// count kept and the cap), a forger is refused with a reason and changes nothing, and
+    /// anyone asks who has a hash.
+    #[test]
+    fn the_holder_announces_a_forger_is_refused_and_anyone_asks() {
+        let holders = HoldersConfig {
+            per_peer: 30,
+            total: 1000,
+        };
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default())
+            .with_key_seed(5)
+            .with_holders(holders);
+        let now = Instant::now();
+        let alice: SocketAddr = "203.0.113.2:40000".parse().unwrap();
+        let mallory: SocketAddr = "198.51.100.66:40000".parse().unwrap();
+        t.handle_proven(now, alice, register("alice", 10001));
+        let h: Vec<ContentHash> = (0..24u32)
+            .map(|i| ContentHash::of(&i.to_le_bytes()))
+            .collect();
+        // Without proof: a retry, and nothing kept.
+        for msg in [announce("alice", 1, true, &h), who_has(h[0], 0)] {
+            assert!(matches!(
+                t.handle(now, alice, msg).0,
+                Some(Message::Retry { .. })
+            ));
+        }
+        assert_eq!(t.registry().hash_entries(), 0);
+        // The forger, proven at its own address.
+        let (reply, _) = t.handle_proven(now, mallory, announce("alice", 2, true, &h));
+        let reason = AnnounceError::NotFromHolder("alice".into()).to_string();
+        assert_eq!(
+            reply,
+            Some(Message::Error {
+                request: RequestId(2),
+                reason
+            })
+        );
+        assert_eq!(t.registry().hash_entries(), 0);
+        assert_eq!(heartbeat_held(&mut t, now, alice, "alice"), None);
+        // The holder: 24, then 6 more of the next 24 (the cap is 30).
+        let (reply, _) = t.handle_proven(now, alice, announce("alice", 3, true, &h));
+        assert_eq!(
+            reply,
+            Some(Message::Announced {
+                request: RequestId(3),
+                held: 24,
+                limit: 30
+            })
+        );
+        let more: Vec<ContentHash> = (24..48u32)
+            .map(|i| ContentHash::of(&i.to_le_bytes()))
+            .collect();
+        let (reply, _) = t.handle_proven(now, alice, announce("alice", 4, false, &more));
+        assert!(matches!(reply, Some(Message::Announced { held: 30, .. })));
+        assert_eq!(heartbeat_held(&mut t, now, alice, "alice"), Some(30));
+        // Anyone asks.
+        match t.handle_proven(now, mallory, who_has(h[3], 0)).0 {
+            Some(Message::Holders {
+                hash,
+                page: 0,
+                pages: 1,
+                peers,
+                ..
+            }) => {
+                assert_eq!(hash, h[3]);
+                assert_eq!(peers.0.len(), 1);
+                assert_eq!(&*peers.0[0].name, "alice");
+                assert_eq!(peers.0[0].addr, SocketAddr::new(alice.ip(), 10001));
+            }
+            other => panic!("{other:?}"),
+        }
+        let unknown = ContentHash::of(b"nobody has this");
+        assert!(matches!(
+            t.handle_proven(now, mallory, who_has(unknown, 0)).0,
+            Some(Message::Holders { pages: 1, peers, .. }) if peers.0.is_empty()
+        ));
+        assert!(matches!(
+            t.handle_proven(now, mallory, who_has(unknown, 1)).0,
+            Some(Message::Error { .. })
+        ));
+    }
+
+    /// A tracker that forgot a peer (it expired, or the tracker restarted) says so in the
+    /// heartbeat reply that registers it again: `held: None`.
+    #[test]
+    fn a_forgotten_peers_heartbeat_reply_holds_nothing() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default());
+        let now = Instant::now();
+        let alice: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        t.handle_proven(now, alice, register("alice", 10001));
+        let h = [ContentHash::of(b"a")];
+        t.handle_proven(now, alice, announce("alice", 1, true, &h));
+        assert_eq!(heartbeat_held(&mut t, now, alice, "alice"), Some(1));
+        let later = now + RegistryConfig::default().ttl;
+        assert_eq!(t.expire(later), vec!["alice".to_string()]);
+        assert_eq!(heartbeat_held(&mut t, later, alice, "alice"), None);
+        assert_eq!(t.registry().hash_entries(), 0);
+        // An empty announcement is one too.
+        t.handle_proven(later, alice, announce("alice", 2, true, &[]));
+        assert_eq!(heartbeat_held(&mut t, later, alice, "alice"), Some(0));
+    }
+
+    /// The later batches of an announcement and the later pages of a who-has cost a 64th of
+    /// a request, as the next pages of a listing do; first batches and first pages a whole one.
+    #[test]
+    fn later_batches_and_pages_cost_a_64th() {
+        let rate = RateConfig {
+            per_second: 0.001,
+            burst: 4.0,
+            ..RateConfig::default()
+        };
+        let mut t = Tracker::new(RegistryConfig::default(), rate);
+        let now = Instant::now();
+        let alice: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        t.handle_proven(now, alice, register("alice", 10001));
+        let h = [ContentHash::of(b"a")];
+        assert!(t
+            .handle_proven(now, alice, announce("alice", 1, true, &h))
+            .0
+            .is_some());
+        // 2 of the burst of 4 spent; 60 + 49 64ths of the rest.
+        let batches = (0..60)
+            .filter(|i| {
+                let msg = announce("alice", 10 + i, false, &h);
+                t.handle_proven(now, alice, msg).0.is_some()
+            })
+            .count();
+        assert_eq!(batches, 60);
+        let pages = (1..50)
+            .filter(|&page| t.handle_proven(now, alice, who_has(h[0], page)).0.is_some())
+            .count();
+        assert_eq!(pages, 49, "answered: Error, past the one page");
+        let firsts = (0..10)
+            .filter(|_| t.handle_proven(now, alice, who_has(h[0], 0)).0.is_some())
+            .count();
+        assert_eq!(firsts, 0, "less than one request left");
     }
 }

@@ -1,11 +1,16 @@
-//! The tracker: which peers are live, under which names, until when ([`Registry`]), and the
-//! answers to their requests ([`Tracker`]), without I/O.
+//! The tracker: which peers are live, under which names, until when ([`Registry`]), what
+//! content they announced ([`HoldersConfig`]), and the answers to their requests
+//! ([`Tracker`]), without I/O.
 
 mod handler;
+mod holders;
 mod registry;
 
 pub use handler::{
     network_of, Tracker, TrackerEvent, ALWAYS_FRESH, INTRODUCTIONS, KEPT_SNAPSHOTS, LISTERS,
     NEW_NAMES, SNAPSHOT_EVERY,
 };
-pub use registry::{validate_name, RegisterError, Registry, RegistryConfig};
+pub use holders::{HoldersConfig, MAX_HASHES_PER_PEER, MAX_HASH_ENTRIES};
+pub use registry::{
+    validate_name, AnnounceError, RegisterError, Registry, RegistryConfig, HOLDERS_PER_PAGE,
+};

@@ -3,12 +3,16 @@
 //! Each entry holds a `valid_until`; heartbeats push it forward, [`Registry::expire`] drops the
 //! entries whose time has passed. The peer's IP always comes from the source address the
 //! transport reports; only the port comes from the message.
+//!
+//! The registry also keeps the content its peers announced (see [`super::holders`]): a peer's
+//! hashes live exactly as long as its entry.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::wire::{PeerInfo, TransportKind, MAX_NAME_LEN};
+use super::holders::{Holders, HoldersConfig};
+use crate::wire::{ContentHash, PeerInfo, RequestId, TransportKind, MAX_NAME_LEN};
 
 /// Limits and timings of a [`Registry`].
 #[derive(Clone, Debug)]
@@ -55,6 +59,26 @@ pub enum RegisterError {
     #[error("too many new names registered from your network lately; try again in a minute")]
     TooManyNew,
 }
+
+/// Why an announcement was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum AnnounceError {
+    /// No live peer holds the name.
+    #[error("`{0}` is not registered here (or its registration lapsed): register, then announce")]
+    NotRegistered(String),
+    /// The name is registered from another address: only its holder announces for it.
+    #[error("`{0}` is registered from another address: only that address may announce for it")]
+    NotFromHolder(String),
+    /// A later batch, but the tracker holds no announcement of that peer (it forgot it since
+    /// the first batch).
+    #[error("no announcement of `{0}` is in progress: send its first batch again")]
+    NotStarted(String),
+}
+
+/// Holders listed per `Holders` page: a page of peers with the longest names and IPv6
+/// addresses still fits [`CONTROL_BUDGET`](crate::wire::CONTROL_BUDGET), so that page `n` is
+/// found without cutting the pages before it.
+pub const HOLDERS_PER_PAGE: usize = 9;
 
 /// Checks that `name` can be registered and typed in the menu: 1 to [`MAX_NAME_LEN`] bytes
 /// of Unicode letters, digits and combining marks (`héllo`, `ανθή`, `名前`, `नमस्ते`) and `-`,
@@ -120,6 +144,8 @@ struct Entry {
 pub struct Registry {
     config: RegistryConfig,
     peers: BTreeMap<String, Entry>,
+    /// What the peers announced.
+    holders: Holders,
 }
 
 impl Registry {
@@ -128,7 +154,20 @@ impl Registry {
         Registry {
             config,
             peers: BTreeMap::new(),
+            holders: Holders::new(HoldersConfig::default()),
         }
+    }
+
+    /// With the content index bounded by `holders` (instead of [`HoldersConfig::default`]).
+    pub fn with_holders(mut self, holders: HoldersConfig) -> Self {
+        debug_assert_eq!(self.holders.entries(), 0, "set before any announcement");
+        self.holders = Holders::new(holders);
+        self
+    }
+
+    /// The bounds of the content index.
+    pub fn holders_config(&self) -> &HoldersConfig {
+        self.holders.config()
     }
 
     /// The configuration.
@@ -159,12 +198,18 @@ impl Registry {
                     holder: entry.addr,
                 });
             }
+            let lapsed = entry.valid_until <= now;
             *entry = Entry {
                 addr,
                 seen: source,
                 transport,
                 valid_until,
             };
+            if lapsed {
+                // Gone as far as anyone could tell (expiry just had not run): what it
+                // announced went with it, and is not handed to whoever has the name now.
+                self.holders.forget(name);
+            }
             return Ok(false);
         }
         if self.peers.len() >= self.config.max_peers {
@@ -196,6 +241,7 @@ impl Registry {
         match self.peers.get(name) {
             Some(entry) if entry.addr.ip() == source_ip => {
                 self.peers.remove(name);
+                self.holders.forget(name);
                 true
             }
             _ => false,
@@ -212,7 +258,84 @@ impl Registry {
             }
             live
         });
+        for name in &gone {
+            self.holders.forget(name);
+        }
         gone
+    }
+
+    /// Takes one batch of an announcement by `name` (`first`: it starts a new one, which
+    /// replaces what `name` announced before; `request` is its request id) that came from
+    /// `source`: only the address the live peer `name` registers from (its last `Register` or
+    /// `Heartbeat` came from there) may announce for it. Returns the hashes kept for it now:
+    /// past [`HoldersConfig::per_peer`] for the peer or [`HoldersConfig::total`] in all, the
+    /// rest of the batch is dropped.
+    pub fn announce(
+        &mut self,
+        now: Instant,
+        name: &str,
+        source: SocketAddr,
+        request: RequestId,
+        first: bool,
+        hashes: &[ContentHash],
+    ) -> Result<u32, AnnounceError> {
+        match self.peers.get(name) {
+            Some(e) if e.valid_until > now && e.seen == source => {}
+            Some(e) if e.valid_until > now => {
+                return Err(AnnounceError::NotFromHolder(name.to_string()))
+            }
+            _ => return Err(AnnounceError::NotRegistered(name.to_string())),
+        }
+        self.holders
+            .announce(name, request, first, hashes)
+            .ok_or_else(|| AnnounceError::NotStarted(name.to_string()))
+    }
+
+    /// The hashes kept for `name` (`None`: it announced nothing since it registered, or the
+    /// tracker forgot it).
+    pub fn held(&self, name: &str) -> Option<u32> {
+        self.holders.held(name)
+    }
+
+    /// (peer, hash) entries in the content index.
+    pub fn hash_entries(&self) -> usize {
+        self.holders.entries()
+    }
+
+    /// Page `page` of the live peers that announced `hash`, [`HOLDERS_PER_PAGE`] entries of
+    /// the holders list a page (fewer peers when some of those are no longer live), and the
+    /// number of pages (at least 1: an unknown hash has one empty page). `None` past the
+    /// last page. Each peer is at most once in the list; a walk through the pages while
+    /// peers leave may miss one that moved onto a page already seen, but never sees one
+    /// twice (newcomers are added at the end).
+    pub fn holders(
+        &self,
+        now: Instant,
+        hash: &ContentHash,
+        page: u32,
+    ) -> (u32, Option<Vec<PeerInfo>>) {
+        let names = self.holders.of(hash);
+        let pages = names.len().div_ceil(HOLDERS_PER_PAGE).max(1);
+        let pages = u32::try_from(pages).unwrap_or(u32::MAX);
+        if page >= pages {
+            return (pages, None);
+        }
+        let start = page as usize * HOLDERS_PER_PAGE;
+        let end = (start + HOLDERS_PER_PAGE).min(names.len());
+        let peers = names
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|name| {
+                let e = self.peers.get(&**name).filter(|e| e.valid_until > now)?;
+                Some(PeerInfo {
+                    name: name.clone(),
+                    addr: e.addr,
+                    transport: e.transport,
+                })
+            })
+            .collect();
+        (pages, Some(peers))
     }
 
     /// Live peers, sorted by name.
@@ -463,5 +586,247 @@ mod tests {
                 Err(RegisterError::BadName(_))
             ));
         }
+    }
+
+    fn hash(i: u32) -> ContentHash {
+        ContentHash::of(&i.to_le_bytes())
+    }
+
+    fn hashes(range: std::ops::Range<u32>) -> Vec<ContentHash> {
+        range.map(hash).collect()
+    }
+
+    fn capped(per_peer: usize, total: usize) -> Registry {
+        Registry::new(RegistryConfig {
+            max_peers: 100,
+            ..RegistryConfig::default()
+        })
+        .with_holders(HoldersConfig { per_peer, total })
+    }
+
+    /// Registers `name` from `source` (its port as the listening one).
+    fn join(r: &mut Registry, now: Instant, name: &str, source: SocketAddr) {
+        r.register(now, name, source, source.port(), TransportKind::Udp)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_peer_keeps_at_most_its_cap_and_all_peers_the_total() {
+        let mut r = capped(50, 120);
+        let now = Instant::now();
+        let (a, b, c) = (addr("10.0.0.1:1"), addr("10.0.0.2:1"), addr("10.0.0.3:1"));
+        join(&mut r, now, "a", a);
+        join(&mut r, now, "b", b);
+        join(&mut r, now, "c", c);
+        // Over the per-peer cap: the rest dropped, not refused; a hash counts once.
+        let batch = hashes(0..40);
+        assert_eq!(r.announce(now, "a", a, RequestId(1), true, &batch), Ok(40));
+        assert_eq!(r.announce(now, "a", a, RequestId(2), false, &batch), Ok(40));
+        assert_eq!(
+            r.announce(now, "a", a, RequestId(3), false, &hashes(40..80)),
+            Ok(50)
+        );
+        assert_eq!(r.held("a"), Some(50));
+        assert_eq!(r.held("b"), None, "announced nothing");
+        // The total: 50 + 50 + 20 of c's.
+        assert_eq!(
+            r.announce(now, "b", b, RequestId(4), true, &hashes(0..60)),
+            Ok(50)
+        );
+        assert_eq!(
+            r.announce(now, "c", c, RequestId(5), true, &hashes(0..60)),
+            Ok(20)
+        );
+        assert_eq!(r.hash_entries(), 120);
+        r.holders.check();
+        // A new announcement replaces the old one (and frees its room).
+        assert_eq!(
+            r.announce(now, "a", a, RequestId(6), true, &hashes(100..105)),
+            Ok(5)
+        );
+        assert_eq!(r.hash_entries(), 75);
+        assert_eq!(r.holders(now, &hash(0), 0).1.unwrap().len(), 2, "b and c");
+        r.holders.check();
+    }
+
+    /// The first batch sent again (or duplicated on the way) after later ones does not wipe
+    /// them; a later batch without a first is refused, so that the peer starts over.
+    #[test]
+    fn a_first_batch_counts_once_and_later_batches_need_one() {
+        let mut r = capped(100, 1000);
+        let now = Instant::now();
+        let a = addr("10.0.0.1:1");
+        join(&mut r, now, "a", a);
+        assert_eq!(
+            r.announce(now, "a", a, RequestId(9), false, &hashes(0..3)),
+            Err(AnnounceError::NotStarted("a".into()))
+        );
+        assert_eq!(r.held("a"), None);
+        r.announce(now, "a", a, RequestId(10), true, &hashes(0..3))
+            .unwrap();
+        r.announce(now, "a", a, RequestId(11), false, &hashes(3..6))
+            .unwrap();
+        assert_eq!(
+            r.announce(now, "a", a, RequestId(10), true, &hashes(0..3)),
+            Ok(6),
+            "the same first batch again"
+        );
+        assert_eq!(
+            r.announce(now, "a", a, RequestId(12), true, &hashes(0..3)),
+            Ok(3),
+            "a new announcement"
+        );
+    }
+
+    /// Only the address a live peer registers from announces for it.
+    #[test]
+    fn only_the_registered_address_announces_for_a_name() {
+        let mut r = capped(100, 1000);
+        let now = Instant::now();
+        let a = addr("203.0.113.7:40000");
+        join(&mut r, now, "a", a);
+        for forger in [addr("198.51.100.9:40000"), addr("203.0.113.7:40001")] {
+            assert_eq!(
+                r.announce(now, "a", forger, RequestId(1), true, &hashes(0..3)),
+                Err(AnnounceError::NotFromHolder("a".into()))
+            );
+        }
+        assert_eq!(
+            r.announce(now, "nobody", a, RequestId(1), true, &hashes(0..3)),
+            Err(AnnounceError::NotRegistered("nobody".into()))
+        );
+        assert_eq!(r.hash_entries(), 0);
+        let later = now + r.config().ttl;
+        assert_eq!(
+            r.announce(later, "a", a, RequestId(1), true, &hashes(0..3)),
+            Err(AnnounceError::NotRegistered("a".into())),
+            "lapsed"
+        );
+    }
+
+    /// A peer's hashes go with it: expired, unregistered, or its lapsed name taken over
+    /// (before expiry ran) by someone else, who must not inherit them.
+    #[test]
+    fn hashes_go_with_their_peer() {
+        let mut r = capped(100, 1000);
+        let now = Instant::now();
+        let (a, b, c) = (addr("10.0.0.1:1"), addr("10.0.0.2:1"), addr("10.0.0.3:1"));
+        join(&mut r, now, "a", a);
+        join(&mut r, now, "b", b);
+        r.announce(now, "a", a, RequestId(1), true, &hashes(0..10))
+            .unwrap();
+        r.announce(now, "b", b, RequestId(2), true, &hashes(5..15))
+            .unwrap();
+        assert_eq!(r.hash_entries(), 20);
+        // b keeps heartbeating; a goes silent and is listed no more, even before expiry.
+        let later = now + r.config().ttl;
+        join(&mut r, later - Duration::from_secs(1), "b", b);
+        let live = |r: &Registry, at, h| {
+            let (_, peers) = r.holders(at, &hash(h), 0);
+            let peers = peers.unwrap();
+            peers.iter().map(|p| p.name.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(live(&r, now, 7), vec!["a", "b"]);
+        assert_eq!(live(&r, later, 7), vec!["b"]);
+        assert_eq!(r.expire(later), vec!["a".to_string()]);
+        assert_eq!(r.hash_entries(), 10);
+        assert!(live(&r, later, 1).is_empty());
+        r.holders.check();
+        // Unregistered: gone.
+        assert!(r.unregister("b", b.ip()));
+        assert_eq!(r.hash_entries(), 0);
+        // A lapsed name taken over before expiry ran: the newcomer starts with nothing.
+        join(&mut r, later, "a", a);
+        r.announce(later, "a", a, RequestId(3), true, &hashes(0..10))
+            .unwrap();
+        let much_later = later + r.config().ttl;
+        join(&mut r, much_later, "a", c);
+        assert_eq!(r.held("a"), None);
+        assert_eq!(r.hash_entries(), 0);
+        assert!(live(&r, much_later, 1).is_empty());
+        // The same peer back after lapsing: it announces again too (its heartbeat reply
+        // says `None`).
+        r.announce(much_later, "a", c, RequestId(4), true, &hashes(0..10))
+            .unwrap();
+        let ttl = r.config().ttl;
+        join(&mut r, much_later + ttl, "a", c);
+        assert_eq!(r.held("a"), None);
+        r.holders.check();
+    }
+
+    /// Pages of holders: each live holder once over all pages, in the order they
+    /// announced, O(page) per page; an unknown hash has one empty page.
+    #[test]
+    fn holders_page_through_each_live_holder_once() {
+        let mut r = capped(100, 10_000);
+        let now = Instant::now();
+        let n = 3 * HOLDERS_PER_PAGE + 2;
+        let names: Vec<String> = (0..n).map(|i| format!("p{i:02}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            let from = SocketAddr::from(([10, 0, 1, i as u8], 4000));
+            join(&mut r, now, name, from);
+            // Every holder announces the hash twice (two batches): listed once.
+            r.announce(now, name, from, RequestId(1), true, &[hash(7), hash(8)])
+                .unwrap();
+            r.announce(now, name, from, RequestId(2), false, &[hash(7)])
+                .unwrap();
+        }
+        let walk = |r: &Registry| {
+            let (pages, first) = r.holders(now, &hash(7), 0);
+            let mut all = first.unwrap();
+            for page in 1..pages {
+                let (n, peers) = r.holders(now, &hash(7), page);
+                assert_eq!(n, pages);
+                let peers = peers.unwrap();
+                assert!(peers.len() <= HOLDERS_PER_PAGE);
+                all.extend(peers);
+            }
+            assert_eq!(r.holders(now, &hash(7), pages).1, None, "past the end");
+            all.into_iter()
+                .map(|p| p.name.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(r.holders(now, &hash(7), 0).0, 4);
+        assert_eq!(walk(&r), names);
+        // One leaves mid-walk: no one is seen twice.
+        let (_, first) = r.holders(now, &hash(7), 0);
+        let mut seen: Vec<String> = first.unwrap().iter().map(|p| p.name.to_string()).collect();
+        assert!(r.unregister("p03", addr("10.0.1.3:1").ip()));
+        for page in 1..4 {
+            let peers = r.holders(now, &hash(7), page).1.unwrap_or_default();
+            seen.extend(peers.iter().map(|p| p.name.to_string()));
+        }
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "{seen:?}");
+        // Unknown: one empty page.
+        assert_eq!(r.holders(now, &hash(99), 0), (1, Some(Vec::new())));
+        assert_eq!(r.holders(now, &hash(99), 1), (1, None));
+    }
+
+    /// A page of the longest names at IPv6 addresses fits a control message.
+    #[test]
+    fn a_full_page_of_holders_fits_the_budget() {
+        use crate::wire::{BoundedVec, Message, CONTROL_BUDGET};
+        use std::net::{Ipv6Addr, SocketAddrV6};
+        let name: String = "名".repeat(MAX_NAME_LEN / 3) + &"a".repeat(MAX_NAME_LEN % 3);
+        assert_eq!(name.len(), MAX_NAME_LEN);
+        let ip = Ipv6Addr::from([0xffff; 8]);
+        let peer = PeerInfo {
+            name: name.as_str().into(),
+            addr: SocketAddr::V6(SocketAddrV6::new(ip, u16::MAX, 0, 0)),
+            transport: TransportKind::Tcp,
+        };
+        let page = Message::Holders {
+            request: RequestId(u64::MAX),
+            hash: ContentHash([0xff; 32]),
+            page: u32::MAX - 1,
+            pages: u32::MAX,
+            peers: BoundedVec(vec![peer; HOLDERS_PER_PAGE]),
+        };
+        let len = page.encode().len();
+        assert!(len <= CONTROL_BUDGET, "{len} bytes");
+        assert_eq!(crate::wire::decode(&page.encode()), Ok(page));
     }
 }

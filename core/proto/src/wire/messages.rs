@@ -53,6 +53,11 @@ pub enum RegisterOutcome {
         ttl_ms: u64,
         /// Suggested heartbeat period.
         heartbeat_ms: u64,
+        /// Content hashes the tracker holds for this peer ([`Message::Announce`]); `None`:
+        /// it announced nothing since it registered, or the tracker forgot it (encoded
+        /// exactly as before the field existed, so that older peers still read the reply).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held: Option<u32>,
     },
     /// Not registered, with a reason meant for the user.
     Refused {
@@ -560,6 +565,53 @@ mod tests {
             decode(&m.encode()),
             Err(DecodeError::Limit { field: "name" })
         );
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+    use crate::wire::decode;
+
+    /// An `Accepted` without `held` is encoded as before the field existed (older peers read
+    /// it, and a reply from an older tracker decodes as `held: None`); with it, it
+    /// round-trips.
+    #[test]
+    fn accepted_without_held_keeps_the_old_encoding() {
+        let reply = |held| Message::RegisterReply {
+            request: RequestId(9),
+            outcome: RegisterOutcome::Accepted {
+                ttl_ms: 30_000,
+                heartbeat_ms: 10_000,
+                held,
+            },
+        };
+        let (old, new) = (reply(None), reply(Some(20_000)));
+        assert_eq!(decode(&old.encode()), Ok(old.clone()));
+        assert_eq!(decode(&new.encode()), Ok(new.clone()));
+        // The old encoding, as a tracker without the field wrote it: a two-field array.
+        #[derive(Serialize)]
+        enum OldOutcome {
+            Accepted { ttl_ms: u64, heartbeat_ms: u64 },
+        }
+        let old_outcome = OldOutcome::Accepted {
+            ttl_ms: 30_000,
+            heartbeat_ms: 10_000,
+        };
+        let outcome = match &old {
+            Message::RegisterReply { outcome, .. } => outcome,
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            rmp_serde::to_vec(outcome).unwrap(),
+            rmp_serde::to_vec(&old_outcome).unwrap(),
+            "byte for byte"
+        );
+        let read: RegisterOutcome =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&old_outcome).unwrap()).unwrap();
+        assert_eq!(&read, outcome);
+        // `held` adds its value (a u16 here) to the reply.
+        assert_eq!(new.encode().len(), old.encode().len() + 3);
     }
 }
 
