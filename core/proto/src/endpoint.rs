@@ -1,6 +1,7 @@
 //! The peer endpoint's protocol logic, without I/O: which machine an incoming message belongs
-//! to, requests with their retries, the registration heartbeat, upload admission and rate
-//! limits, the answers a finished download still owes its sender, and round trips per peer.
+//! to, requests with their retries, the registration heartbeat, the content hashes announced
+//! to the tracker ([`announce`]), upload admission and rate limits, the answers a finished
+//! download still owes its sender, and round trips per peer.
 //!
 //! Like quinn-proto's `Endpoint`, it is driven from outside with the time passed in:
 //! [`Endpoint::handle`] takes a decoded message and says where it goes ([`Incoming`]),
@@ -133,6 +134,8 @@ struct Registration {
     /// The id of the last heartbeat sent: only its answer is taken (a refusal anyone could
     /// forge would otherwise be logged at will).
     last_heartbeat: Option<RequestId>,
+    /// The announcement generation when it was sent (see [`announce`]).
+    heartbeat_generation: u64,
     tracker: SocketAddr,
     name: String,
     port: u16,
@@ -195,6 +198,8 @@ pub struct Endpoint {
     punching: punch::Punching,
     /// Requests waiting for an upload slot, in order (see [`queue`]).
     waiting: VecDeque<queue::Waiting>,
+    /// The content hashes announced to the tracker (see [`announce`]).
+    announcer: announce::Announcer,
 }
 
 impl Endpoint {
@@ -220,6 +225,7 @@ impl Endpoint {
             events: VecDeque::new(),
             punching: punch::Punching::default(),
             waiting: VecDeque::new(),
+            announcer: announce::Announcer::default(),
         }
     }
 
@@ -258,6 +264,7 @@ impl Endpoint {
                 // `register` whose reply is still on its way.
                 if self.registration.as_ref().is_some_and(|r| &r.name == name) {
                     self.registration = None;
+                    self.stop_announcing();
                 }
                 self.left.insert(name.clone());
             }
@@ -296,7 +303,8 @@ impl Endpoint {
     }
 
     /// Keeps `name` registered at `tracker` with a heartbeat every `every` (unless `name`
-    /// was unregistered since its `Register` was sent).
+    /// was unregistered since its `Register` was sent), and announces to it the content
+    /// hashes given to [`Endpoint::set_announced`].
     pub fn keep_registered(
         &mut self,
         now: Instant,
@@ -311,6 +319,7 @@ impl Endpoint {
         }
         self.registration = Some(Registration {
             last_heartbeat: None,
+            heartbeat_generation: 0,
             tracker,
             name,
             port,
@@ -318,6 +327,7 @@ impl Endpoint {
             every,
             next_at: now + every,
         });
+        self.announce_registered(now);
     }
 
     /// Routes a message from `from`. `None`: answered here (see [`Endpoint::poll_transmit`])
@@ -395,6 +405,14 @@ impl Endpoint {
                 self.probed(from, nonce);
                 None
             }
+            Message::Announced {
+                request,
+                held,
+                limit,
+            } if self.announce_answered(now, from, request, Some((held, limit))) => None,
+            Message::Error { request, .. } if self.announce_answered(now, from, request, None) => {
+                None
+            }
             Message::RegisterReply { request, .. }
             | Message::UnregisterReply { request }
             | Message::PeerList { request, .. }
@@ -416,20 +434,25 @@ impl Endpoint {
                         answer: msg,
                     });
                 }
-                if let (
-                    Some(reg),
-                    Message::RegisterReply {
-                        request,
-                        outcome: RegisterOutcome::Refused { reason },
-                    },
-                ) = (&mut self.registration, msg)
-                {
-                    if reg.tracker == from && reg.last_heartbeat == Some(request) {
+                let (Some(reg), Message::RegisterReply { request, outcome }) =
+                    (&mut self.registration, msg)
+                else {
+                    return None;
+                };
+                if reg.tracker != from || reg.last_heartbeat != Some(request) {
+                    return None;
+                }
+                match outcome {
+                    RegisterOutcome::Refused { reason } => {
                         reg.last_heartbeat = None;
                         self.events.push_back(Event::HeartbeatRefused {
                             tracker: from,
                             reason,
                         });
+                    }
+                    RegisterOutcome::Accepted { held, .. } => {
+                        let generation = reg.heartbeat_generation;
+                        self.heartbeat_held(now, generation, held);
                     }
                 }
                 None
@@ -570,10 +593,16 @@ impl Endpoint {
         let requests = self.requests.values().map(|r| r.next_at);
         let heartbeat = self.registration.as_ref().map(|r| r.next_at);
         let punching = self.punching.next_timeout();
-        requests.chain(heartbeat).chain(punching).min()
+        let announcing = self.announcer.next_timeout();
+        requests
+            .chain(heartbeat)
+            .chain(punching)
+            .chain(announcing)
+            .min()
     }
 
-    /// Sends requests again or gives up on them, and sends the heartbeat when due.
+    /// Sends requests again or gives up on them, sends the heartbeat when due, and starts
+    /// again an announcement that failed.
     pub fn handle_timeout(&mut self, now: Instant) {
         // Punches first: one past its time takes its `Introduce` with it.
         self.punch_timeout(now);
@@ -588,6 +617,9 @@ impl Endpoint {
         for id in due {
             let r = self.requests.get_mut(&id).expect("listed");
             if r.attempts >= self.config.rpc_attempts {
+                if self.announce_unanswered(now, id) {
+                    continue; // ours: the announcement starts again later
+                }
                 let r = self.requests.remove(&id).expect("listed");
                 self.events.push_back(Event::NoAnswer {
                     request: id,
@@ -603,9 +635,12 @@ impl Endpoint {
                 payload: self.tokens.wrap(r.to.ip(), &r.msg).encode(),
             });
         }
+        self.announce_timeout(now);
+        let generation = self.announcer.generation();
         let heartbeat = match self.registration.as_mut() {
             Some(reg) if reg.next_at <= now => {
                 reg.next_at = now + reg.every;
+                reg.heartbeat_generation = generation;
                 Some((
                     reg.tracker,
                     Message::Heartbeat {
@@ -688,11 +723,14 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
         | Message::IndexRequest { request, .. }
         | Message::EntryRequest { request, .. }
         | Message::PieceRequest { request, .. }
-        | Message::Introduce { request, .. } => *request = id,
+        | Message::Introduce { request, .. }
+        | Message::Announce { request, .. }
+        | Message::WhoHas { request, .. } => *request = id,
         _ => {}
     }
 }
 
+pub mod announce;
 mod events;
 pub mod punch;
 pub mod queue;

@@ -740,3 +740,309 @@ fn entry_requests_are_validated_and_routed() {
         Some(Incoming::Answer { request, .. }) if request == id
     ));
 }
+
+/// What a sans-IO tracker and endpoint said to each other.
+#[derive(Default)]
+struct Exchanged {
+    /// The `Announce` batches the tracker got (opened): `(first, hashes)`.
+    batches: Vec<(bool, usize)>,
+    /// What came back to the driver.
+    incoming: Vec<Incoming>,
+}
+
+/// Moves every datagram between `ep` (at `peer`) and the tracker `t` (at `tracker`) until
+/// both are quiet, all at `now`.
+fn exchange(
+    ep: &mut Endpoint,
+    t: &mut crate::tracker::Tracker,
+    now: Instant,
+    (peer, tracker): (SocketAddr, SocketAddr),
+) -> Exchanged {
+    let mut seen = Exchanged::default();
+    while let Some(sent) = ep.poll_transmit() {
+        assert_eq!(sent.to, tracker);
+        let msg = decoded(&sent);
+        let opened = match &msg {
+            Message::Validated { body, .. } => Message::open_validated(body).unwrap(),
+            other => other.clone(),
+        };
+        if let Message::Announce { first, hashes, .. } = &opened {
+            seen.batches.push((*first, hashes.0.len()));
+        }
+        if let (Some(reply), _) = t.handle(now, peer, msg) {
+            seen.incoming.extend(ep.handle(now, tracker, reply));
+        }
+    }
+    seen
+}
+
+fn hashes(range: std::ops::Range<u32>) -> Vec<ContentHash> {
+    range.map(|i| ContentHash::of(&i.to_le_bytes())).collect()
+}
+
+/// Registers `name` through the tracker, then keeps it registered, as the driver does.
+fn register_with(
+    ep: &mut Endpoint,
+    t: &mut crate::tracker::Tracker,
+    now: Instant,
+    ends: (SocketAddr, SocketAddr),
+    every: Duration,
+) -> Exchanged {
+    let register = Message::Register {
+        request: RequestId(0),
+        name: "alice".into(),
+        port: ends.0.port(),
+        transport: TransportKind::Udp,
+    };
+    let (id, first) = ep.request(now, ends.1, register);
+    ep.transmits.push_front(first);
+    let seen = exchange(ep, t, now, ends);
+    assert!(
+        matches!(
+            seen.incoming.as_slice(),
+            [Incoming::Answer { request, answer: Message::RegisterReply { outcome: RegisterOutcome::Accepted { .. }, .. } }] if *request == id
+        ),
+        "{:?}",
+        seen.incoming
+    );
+    ep.keep_registered(
+        now,
+        ends.1,
+        "alice".into(),
+        ends.0.port(),
+        TransportKind::Udp,
+        every,
+    );
+    exchange(ep, t, now, ends)
+}
+
+/// The hashes go to the tracker once the registration is accepted (the first batch alone,
+/// then the rest), are not sent again while the tracker's heartbeat replies hold as many, and
+/// are announced again, from a first batch, once a reply says the tracker forgot them (here a
+/// restarted tracker); a changed set is announced at once, the same set not again.
+#[test]
+fn announcements_follow_the_registration_and_the_trackers_memory() {
+    use crate::tracker::{RegistryConfig, Tracker};
+    let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(1);
+    let mut ep = Endpoint::new(EndpointConfig::default(), 3);
+    let ends = (addr(2, 10001), addr(1, 9000));
+    let (t0, every) = (Instant::now(), Duration::from_secs(10));
+    // 60 hashes, some twice: counted once.
+    let mut wanted = hashes(0..60);
+    wanted.extend(hashes(10..20));
+    ep.set_announced(t0, wanted);
+    assert!(ep.poll_transmit().is_none(), "not registered yet");
+    let seen = register_with(&mut ep, &mut t, t0, ends, every);
+    assert_eq!(seen.batches, vec![(true, 24), (false, 24), (false, 12)]);
+    assert!(seen.incoming.is_empty(), "the driver hears nothing of it");
+    assert_eq!(t.registry().held("alice"), Some(60));
+    assert_eq!(ep.announced_held(), Some(60));
+    assert!(!ep.announcing());
+    // Heartbeats that find the count: nothing more.
+    let mut now = t0;
+    for _ in 0..3 {
+        now += every;
+        ep.handle_timeout(now);
+        assert!(exchange(&mut ep, &mut t, now, ends).batches.is_empty());
+    }
+    // The tracker restarts (forgets everything): the next heartbeat registers us again (after
+    // its new token), its reply holds nothing, and the hashes go again.
+    let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(2);
+    now += every;
+    ep.handle_timeout(now); // a heartbeat without a valid token: a Retry, sent again at once
+    assert!(exchange(&mut ep, &mut t, now, ends).batches.is_empty());
+    ep.handle_timeout(now);
+    let seen = exchange(&mut ep, &mut t, now, ends);
+    assert_eq!(seen.batches, vec![(true, 24), (false, 24), (false, 12)]);
+    assert_eq!(t.registry().held("alice"), Some(60));
+    // A changed set goes at once; the same one again sends nothing.
+    ep.set_announced(now, hashes(100..105));
+    assert_eq!(
+        exchange(&mut ep, &mut t, now, ends).batches,
+        vec![(true, 5)]
+    );
+    assert_eq!(t.registry().held("alice"), Some(5));
+    ep.set_announced(now, hashes(100..105));
+    assert!(ep.poll_transmit().is_none());
+    // An emptied set clears what the tracker holds.
+    ep.set_announced(now, Vec::new());
+    assert_eq!(
+        exchange(&mut ep, &mut t, now, ends).batches,
+        vec![(true, 0)]
+    );
+    assert_eq!(t.registry().held("alice"), Some(0));
+}
+
+fn announced(request: RequestId, held: u32, limit: u32) -> Message {
+    Message::Announced {
+        request,
+        held,
+        limit,
+    }
+}
+
+/// The announce batches in `sent`: `(request, first, hashes)`.
+fn batches(sent: &[(SocketAddr, Message)]) -> Vec<(RequestId, bool, usize)> {
+    sent.iter()
+        .filter_map(|(_, m)| match m {
+            Message::Announce {
+                request,
+                first,
+                hashes,
+                ..
+            } => Some((*request, *first, hashes.0.len())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Registered with a tracker that this test plays by hand.
+fn registered(now: Instant) -> (Endpoint, SocketAddr) {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 5);
+    let tracker = addr(1, 9000);
+    ep.keep_registered(
+        now,
+        tracker,
+        "alice".into(),
+        10001,
+        TransportKind::Udp,
+        Duration::from_secs(10),
+    );
+    (ep, tracker)
+}
+
+/// The first batch goes alone; then at most ANNOUNCE_IN_FLIGHT batches wait for answers, and
+/// no more hashes than the tracker's cap go at all.
+#[test]
+fn an_announcement_keeps_a_few_batches_in_flight_within_the_trackers_cap() {
+    use super::announce::ANNOUNCE_IN_FLIGHT;
+    let now = Instant::now();
+    let (mut ep, tracker) = registered(now);
+    ep.set_announced(now, hashes(0..1000));
+    let first = batches(&sent(&mut ep));
+    assert_eq!(first.len(), 1);
+    assert!(first[0].1, "first");
+    // The cap: 200 hashes, so 176 after the first 24, in batches of 24 (7 more, the last 8).
+    assert!(ep
+        .handle(now, tracker, announced(first[0].0, 24, 200))
+        .is_none());
+    let mut wave = batches(&sent(&mut ep));
+    assert_eq!(wave.len(), ANNOUNCE_IN_FLIGHT);
+    let mut total = 24;
+    let mut held = 24;
+    while !wave.is_empty() {
+        assert!(wave.iter().all(|b| !b.1), "later batches");
+        let mut next = Vec::new();
+        for (id, _, n) in wave {
+            total += n;
+            held += n as u32;
+            assert!(ep.handle(now, tracker, announced(id, held, 200)).is_none());
+            let more = batches(&sent(&mut ep));
+            assert!(more.len() <= 1, "one answer, at most one more batch");
+            next.extend(more);
+        }
+        wave = next;
+    }
+    assert_eq!(total, 200);
+    assert_eq!(ep.announced_held(), Some(200));
+    assert!(!ep.announcing());
+    assert_eq!(
+        ep.poll_timeout(),
+        Some(now + Duration::from_secs(10)),
+        "the heartbeat only"
+    );
+}
+
+/// A refused batch (or one never answered) ends the announcement; it starts again, from a
+/// first batch, after ANNOUNCE_RETRY, then waits doubling while it keeps failing.
+#[test]
+fn a_failed_announcement_starts_again_later() {
+    use super::announce::{ANNOUNCE_RETRY, ANNOUNCE_RETRY_MAX};
+    let t0 = Instant::now();
+    let (mut ep, tracker) = registered(t0);
+    ep.set_announced(t0, hashes(0..30));
+    let first = batches(&sent(&mut ep))[0].0;
+    let refusal = Message::Error {
+        request: first,
+        reason: "`alice` is registered from another address".into(),
+    };
+    // From elsewhere: not an answer.
+    assert!(ep.handle(t0, addr(66, 9000), refusal.clone()).is_none());
+    assert!(ep.announcing());
+    assert!(ep.handle(t0, tracker, refusal).is_none());
+    assert!(!ep.announcing());
+    assert!(ep.poll_event().is_none(), "nothing for the driver");
+    assert_eq!(ep.poll_timeout(), Some(t0 + ANNOUNCE_RETRY));
+    ep.handle_timeout(t0 + ANNOUNCE_RETRY);
+    let again = batches(&sent(&mut ep));
+    assert!(matches!(again.as_slice(), [(_, true, 24)]), "{again:?}");
+    // Never answered: every attempt, then the next wait, twice as long.
+    let mut now = t0 + ANNOUNCE_RETRY;
+    while ep.announcing() {
+        now = ep.poll_timeout().unwrap();
+        ep.handle_timeout(now);
+        sent(&mut ep);
+    }
+    assert!(ep.poll_event().is_none(), "no NoAnswer for the driver");
+    assert_eq!(ep.announcer.next_timeout(), Some(now + ANNOUNCE_RETRY * 2));
+    assert!(
+        ANNOUNCE_RETRY * 64 > ANNOUNCE_RETRY_MAX,
+        "the waits are bounded"
+    );
+}
+
+/// Only replies to heartbeats sent after the last announcement completed are compared: one
+/// that overtook it starts nothing; after unregistering nothing is announced.
+#[test]
+fn heartbeat_replies_from_before_an_announcement_do_not_restart_it() {
+    let every = Duration::from_secs(10);
+    let t0 = Instant::now();
+    let (mut ep, tracker) = registered(t0);
+    ep.set_announced(t0, hashes(0..5));
+    let first = batches(&sent(&mut ep))[0].0;
+    // A heartbeat goes while the announcement is in flight...
+    ep.handle_timeout(t0 + every);
+    let beat = sent(&mut ep)
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Heartbeat { request, .. } => Some(request),
+            _ => None,
+        })
+        .expect("a heartbeat");
+    // ... the announcement completes, then the heartbeat's older reply comes.
+    assert!(ep
+        .handle(t0 + every, tracker, announced(first, 5, 100))
+        .is_none());
+    let reply = |request, held| Message::RegisterReply {
+        request,
+        outcome: RegisterOutcome::Accepted {
+            ttl_ms: 30_000,
+            heartbeat_ms: 10_000,
+            held,
+        },
+    };
+    assert!(ep.handle(t0 + every, tracker, reply(beat, None)).is_none());
+    assert!(batches(&sent(&mut ep)).is_empty(), "an older reply");
+    // The next heartbeat's reply counts.
+    ep.handle_timeout(t0 + every * 2);
+    let beat = sent(&mut ep)
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Heartbeat { request, .. } => Some(request),
+            _ => None,
+        })
+        .expect("a heartbeat");
+    assert!(ep
+        .handle(t0 + every * 2, tracker, reply(beat, Some(3)))
+        .is_none());
+    assert!(matches!(batches(&sent(&mut ep)).as_slice(), [(_, true, 5)]));
+    // Unregistering drops the announcement and stops them.
+    let bye = Message::Unregister {
+        request: RequestId(0),
+        name: "alice".into(),
+    };
+    ep.request(t0 + every * 2, tracker, bye);
+    assert!(!ep.announcing());
+    ep.set_announced(t0 + every * 2, hashes(0..9));
+    assert!(batches(&sent(&mut ep)).is_empty());
+}
