@@ -1,5 +1,5 @@
 //! The tracker service: runs one [`Tracker`] (the answers, without I/O) on any number of
-//! transports, and expires silent peers on time.
+//! transports, and expires silent peers on time (and with them the content they announced).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::limits::RateConfig;
 pub use crate::tracker::TrackerEvent;
-use crate::tracker::{RegistryConfig, Tracker};
+use crate::tracker::{HoldersConfig, RegistryConfig, Tracker};
 use crate::transport::SharedTransport;
 use crate::wire::{decode, Message};
 
@@ -54,6 +54,30 @@ pub async fn run_tracker_seeded(
     events: Option<mpsc::Sender<TrackerEvent>>,
 ) -> std::io::Result<()> {
     let tracker = Tracker::new(config, rate).with_key_seed(key_seed);
+    serve(transports, tracker, events).await
+}
+
+/// [`run_tracker_limited`] with the content index (`Announce`, `WhoHas`) bounded by
+/// `holders`: hashes kept per peer and in all.
+pub async fn run_tracker_with_holders(
+    transports: Vec<SharedTransport>,
+    config: RegistryConfig,
+    holders: HoldersConfig,
+    rate: RateConfig,
+    events: Option<mpsc::Sender<TrackerEvent>>,
+) -> std::io::Result<()> {
+    let tracker = Tracker::new(config, rate)
+        .with_key_seed(random_seed())
+        .with_holders(holders);
+    serve(transports, tracker, events).await
+}
+
+/// Runs `tracker` on `transports`, with its expiry timer.
+async fn serve(
+    transports: Vec<SharedTransport>,
+    tracker: Tracker,
+    events: Option<mpsc::Sender<TrackerEvent>>,
+) -> std::io::Result<()> {
     let registry = Arc::new(Mutex::new(tracker));
     let mut tasks = tokio::task::JoinSet::new();
     for t in transports {

@@ -1,4 +1,6 @@
-//! Serving the share: index pages, piece tables, and files as chunk senders read ahead from disk.
+//! Serving the share: index pages, piece tables, and files as chunk senders read ahead from
+//! disk; after each scan of the share, its content hashes go to the protocol logic, which
+//! announces them to the tracker.
 
 use super::driver::Driver;
 use super::{chunk_size_for, UploadNotice};
@@ -151,6 +153,13 @@ impl Batch {
     }
 }
 
+/// The content hashes of `index`'s files, to announce (the protocol logic sorts them and
+/// drops duplicates). Empty files are left out: everyone has their content.
+fn content_hashes(index: &ShareIndex) -> Vec<ContentHash> {
+    let entries = index.entries().into_iter();
+    entries.filter(|e| e.size > 0).map(|e| e.hash).collect()
+}
+
 /// The last component of the share folder, as shown to other peers (at most 255 bytes).
 pub(super) fn share_name(root: &Path) -> String {
     let name = root
@@ -184,6 +193,8 @@ impl Driver {
                     tracing::warn!("cannot rescan the share folder: {e}");
                 }
                 self.index_pages = paginate(index.entries());
+                let now = Instant::now().into_std();
+                self.proto.set_announced(now, content_hashes(index));
             } else {
                 // Off the I/O task: requests wait for the next scan, which begins as soon
                 // as none is running; one scan answers every request that came before it.
@@ -227,12 +238,23 @@ impl Driver {
         if let Some(index) = index {
             self.index_pages = paginate(index.entries());
             self.index = Some(index);
+            self.announce_index();
         }
         for (from, request) in std::mem::take(&mut self.index_scanning) {
             let reply = self.index_page(request, 0);
             self.queue_stateless(from, reply);
         }
         self.start_rescan();
+    }
+
+    /// Hands the content hashes of the index as last scanned to the protocol logic, which
+    /// announces them to the tracker while registered (again only when they changed; see
+    /// `p2p_proto::endpoint::announce`).
+    pub(super) fn announce_index(&mut self) {
+        if let Some(index) = self.index.as_ref() {
+            let now = Instant::now().into_std();
+            self.proto.set_announced(now, content_hashes(index));
+        }
     }
 
     /// Page `page` of the index as last scanned.
