@@ -69,8 +69,12 @@ pub(crate) enum Command {
     Peers(PeersArgs),
     /// List the files a peer shares.
     Ls(LsArgs),
-    /// Download a file from a peer.
+    /// Download a file from a peer (and every other peer with the same content), by content
+    /// hash, or from a share ticket.
     Get(GetArgs),
+    /// Share one file or folder and print a ticket for `p2p get` on another machine.
+    #[command(after_help = SHARE_EXAMPLES)]
+    Share(ShareArgs),
     /// Start a tracker and two peers on 127.0.0.1 and transfer shared/ over UDP and TCP.
     Demo(DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -369,6 +373,23 @@ pub(crate) struct PeerArgs {
     pub limits: ServiceLimits,
 }
 
+/// `p2p share PATH`: a peer without a menu whose share is PATH.
+#[derive(Args, Debug)]
+pub(crate) struct ShareArgs {
+    /// The file or folder to share.
+    pub path: PathBuf,
+    /// Every flag of `p2p peer` but --share (PATH is the share) and --no-menu (there is
+    /// none); the name defaults to `share-` and four random hex digits.
+    #[command(flatten)]
+    pub peer: PeerArgs,
+}
+
+const SHARE_EXAMPLES: &str = "\
+Examples:
+  p2p share ~/video.mkv --tracker tracker.example.org:9000
+      # prints a ticket; on another machine: p2p get p2p1...
+  p2p share ./photos --name bob --port 10002    # a folder: one ticket per file";
+
 #[derive(Args, Debug)]
 #[command(after_help = PEERS_EXAMPLES)]
 pub(crate) struct PeersArgs {
@@ -377,6 +398,10 @@ pub(crate) struct PeersArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Only the peers that share this content (`blake3:HEX`, as `p2p ls --json` shows a
+    /// file's hash): those a `p2p get blake3:HEX` fetches from.
+    #[arg(long, value_name = "blake3:HEX")]
+    pub has: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -394,10 +419,11 @@ pub(crate) struct LsArgs {
 #[derive(Args, Debug)]
 #[command(after_help = GET_EXAMPLES)]
 pub(crate) struct GetArgs {
-    /// Name of the peer.
+    /// Name of the peer; or the content's hash, `blake3:HEX`, or a ticket from `p2p share`
+    /// (`p2p1...`): then no ID, the content comes from whoever has it.
     pub peer: String,
-    /// File ID as `p2p ls` shows it (e.g. 001).
-    pub id: String,
+    /// File ID as `p2p ls` shows it (e.g. 001), or its path there (e.g. sub/a.txt).
+    pub id: Option<String>,
     #[command(flatten)]
     pub tracker: TrackerOpts,
     /// Folder to save into. Else P2P_DOWNLOADS, else the config file's `downloads`.
@@ -429,6 +455,10 @@ pub(crate) struct GetArgs {
     /// (1MiB..1GiB).
     #[arg(long, default_value = "16MiB", value_parser = parse_window)]
     pub window: u64,
+    /// Fetch from the named peer only. By default every other peer the tracker says has the
+    /// same content sends a share of it too.
+    #[arg(long)]
+    pub one_source: bool,
 }
 
 /// A download's in-flight memory budget (`--window`): a size from 1 MiB to 1 GiB.

@@ -435,7 +435,11 @@ impl Filler<'_> {
 pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), ConfigError> {
     // `p2p config --path` must work when the file is broken: it says where to fix it.
     let reads_settings = match command {
-        Command::Peer(_) | Command::Peers(_) | Command::Ls(_) | Command::Get(_) => true,
+        Command::Peer(_)
+        | Command::Share(_)
+        | Command::Peers(_)
+        | Command::Ls(_)
+        | Command::Get(_) => true,
         Command::Config(a) => !a.path,
         _ => false,
     };
@@ -453,6 +457,19 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
             f.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
             f.fill(&mut a.name, "name", Key::Name, name)?;
             f.fill(&mut a.share, "share", Key::Share, folder)?;
+            f.fill(&mut a.downloads, "downloads", Key::Downloads, folder)?;
+            f.fill(&mut a.transport, "transport", Key::Transport, transport)?;
+        }
+        Command::Share(a) => {
+            // PATH is the share: a --share flag would be ignored, so it is refused.
+            if matches.value_source("share") == Some(clap::parser::ValueSource::CommandLine) {
+                return Err(ConfigError(
+                    "`p2p share PATH` shares PATH: drop --share".into(),
+                ));
+            }
+            let a = &mut a.peer;
+            f.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
+            f.fill(&mut a.name, "name", Key::Name, name)?;
             f.fill(&mut a.downloads, "downloads", Key::Downloads, folder)?;
             f.fill(&mut a.transport, "transport", Key::Transport, transport)?;
         }

@@ -9,6 +9,7 @@ mod failure;
 mod output;
 mod session;
 mod signals;
+mod ticket;
 
 use cli::Command;
 use commands::{completions, demo, get, ls, man, peer, peers, tracker};
@@ -91,6 +92,7 @@ fn run(command: Command, verbose: u8, color: cli::Color) -> anyhow::Result<()> {
         match command {
             Command::Tracker(args) => tracker::run(args).await,
             Command::Peer(args) => peer::run(args).await,
+            Command::Share(args) => commands::share::run(args).await,
             Command::Peers(args) => peers::run(args).await,
             Command::Ls(args) => ls::run(args).await,
             Command::Get(args) => get::run(args).await,

@@ -123,7 +123,8 @@ impl ShareIndex {
             let entry = match known {
                 Some(old) if old.entry.size == size && old.modified == modified => old,
                 other => {
-                    let Ok((hash, pieces)) = hash_pieces(&self.base().join(&rel), PIECE_SIZE) else {
+                    let Ok((hash, pieces)) = hash_pieces(&self.base().join(&rel), PIECE_SIZE)
+                    else {
                         continue;
                     };
                     let id = match other {

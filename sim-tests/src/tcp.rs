@@ -160,43 +160,69 @@ impl SimTcp {
                 return Ok(o.clone());
             }
         }
-        let stream =
-            tokio::time::timeout(self.shared.config.connect_timeout, TcpStream::connect(to))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connecting to {to} timed out"),
-                    )
-                })??;
-        Ok(start_connection(&self.shared, stream, to))
+        Ok(connect_in_background(&self.shared, to))
     }
 }
 
-fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) -> Outbox {
+/// As the real transport: the connection is listed at once and its frames wait while a task
+/// connects; a peer that is gone costs its own frames, never the sender's time.
+fn connect_in_background(shared: &Arc<Shared>, to: SocketAddr) -> Outbox {
+    let (tx, rx) = mpsc::channel(256);
+    shared
+        .conns
+        .lock()
+        .expect("conns lock")
+        .insert(to, tx.clone());
+    let task_shared = shared.clone();
+    let task_tx = tx.clone();
+    tokio::spawn(async move {
+        let timeout = task_shared.config.connect_timeout;
+        match tokio::time::timeout(timeout, TcpStream::connect(to)).await {
+            Ok(Ok(stream)) => run_connection(task_shared, stream, to, task_tx, rx).await,
+            _ => forget_conn(&task_shared, to, &task_tx),
+        }
+    });
+    tx
+}
+
+/// Removes the connection to `remote` if it is still the one of `outbox`.
+fn forget_conn(shared: &Shared, remote: SocketAddr, outbox: &Outbox) {
+    let mut conns = shared.conns.lock().expect("conns lock");
+    if conns.get(&remote).is_some_and(|o| o.same_channel(outbox)) {
+        conns.remove(&remote);
+    }
+}
+
+/// Reads and writes an established connection until its reader ends.
+async fn run_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    outbox: Outbox,
+    rx: mpsc::Receiver<Frame>,
+) {
     let (read, write) = stream.into_split();
+    let writer = tokio::spawn(write_frames(write, rx, CopyFile));
+    let _ = read_frames(&shared, read, remote).await;
+    forget_conn(&shared, remote, &outbox);
+    // A dead stream in turmoil never drains: stop writing on it too.
+    writer.abort();
+}
+
+fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) -> Outbox {
     let (tx, rx) = mpsc::channel(256);
     shared
         .conns
         .lock()
         .expect("conns lock")
         .insert(remote, tx.clone());
-    let reader_shared = shared.clone();
-    let reader_tx = tx.clone();
-    let writer = tokio::spawn(write_frames(write, rx, CopyFile));
-    tokio::spawn(async move {
-        let _ = read_frames(&reader_shared, read, remote).await;
-        let mut conns = reader_shared.conns.lock().expect("conns lock");
-        if conns
-            .get(&remote)
-            .is_some_and(|o| o.same_channel(&reader_tx))
-        {
-            conns.remove(&remote);
-        }
-        drop(conns);
-        // A dead stream in turmoil never drains: stop writing on it too.
-        writer.abort();
-    });
+    tokio::spawn(run_connection(
+        shared.clone(),
+        stream,
+        remote,
+        tx.clone(),
+        rx,
+    ));
     tx
 }
 

@@ -154,23 +154,6 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 impl TcpTransport {
-    /// Connects to `to` from our listening IP when it is a specific one (a multi-homed host,
-    /// or one of 127/8's addresses): the other side sees the address it can reach us at, and
-    /// the tracker registers that one, not whichever address the route picks.
-    async fn connect(&self, to: SocketAddr) -> io::Result<TcpStream> {
-        let ip = self.local.ip();
-        if ip.is_unspecified() || ip.is_ipv4() != to.is_ipv4() {
-            return TcpStream::connect(to).await;
-        }
-        let socket = if ip.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.bind(SocketAddr::new(ip, 0))?;
-        socket.connect(to).await
-    }
-
     /// Listens on `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr, config: TcpConfig) -> io::Result<Self> {
         let listener = listen(addr)?;
@@ -249,15 +232,86 @@ impl TcpTransport {
         if full {
             self.shared.evict_idlest();
         }
-        let stream = tokio::time::timeout(self.shared.config.connect_timeout, self.connect(to))
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting to {to} timed out"),
-                )
-            })??;
-        Ok(start_connection(&self.shared, stream, to))
+        Ok(connect_in_background(&self.shared, self.local, to))
+    }
+}
+
+/// Connects to `to` from our listening IP when it is a specific one (a multi-homed host,
+/// or one of 127/8's addresses): the other side sees the address it can reach us at, and
+/// the tracker registers that one, not whichever address the route picks.
+async fn connect_from(local: SocketAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let ip = local.ip();
+    if ip.is_unspecified() || ip.is_ipv4() != to.is_ipv4() {
+        return TcpStream::connect(to).await;
+    }
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(to).await
+}
+
+/// A connection to `to`, listed at once, whose frames wait in its outbox while a task of its
+/// own connects (within `connect_timeout`), then reads and writes. The sender never waits
+/// for the handshake: a peer that is gone (a connect that times out) costs its own frames,
+/// never the caller's time (the endpoint's loop sends to every peer from one task).
+fn connect_in_background(shared: &Arc<Shared>, local: SocketAddr, to: SocketAddr) -> Outbox {
+    let (tx, rx) = mpsc::channel(64);
+    let last_active = Arc::new(AtomicU64::new(shared.now_ms()));
+    let task_shared = shared.clone();
+    let task_tx = tx.clone();
+    let task_active = last_active.clone();
+    // Hold the lock while the task starts, so that it cannot finish before it is listed.
+    let mut conns = shared.conns.lock().expect("conns lock");
+    let task = tokio::spawn(async move {
+        let connect_timeout = task_shared.config.connect_timeout;
+        match tokio::time::timeout(connect_timeout, connect_from(local, to)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let (read, write) = stream.into_split();
+                task_active.store(task_shared.now_ms(), Ordering::Relaxed);
+                let reader = async {
+                    let _ = read_frames(&task_shared, read, to, &task_active).await;
+                    forget_conn(&task_shared, to, &task_tx);
+                    drop(task_tx);
+                };
+                tokio::join!(reader, write_frames(write, rx, SendFile));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%to, error = %e, "connect failed");
+                forget_conn(&task_shared, to, &task_tx);
+            }
+            Err(_) => {
+                tracing::debug!(%to, "connect timed out");
+                forget_conn(&task_shared, to, &task_tx);
+            }
+        }
+    });
+    let abort = task.abort_handle();
+    if let Some(old) = conns.insert(
+        to,
+        Conn {
+            outbox: tx.clone(),
+            last_active,
+            reader: abort.clone(),
+            writer: abort,
+        },
+    ) {
+        old.close();
+    }
+    tx
+}
+
+/// Removes the connection to `remote` from the cache if it is still the one of `outbox`.
+fn forget_conn(shared: &Shared, remote: SocketAddr, outbox: &Outbox) {
+    let mut conns = shared.conns.lock().expect("conns lock");
+    if conns
+        .get(&remote)
+        .is_some_and(|c| c.outbox.same_channel(outbox))
+    {
+        conns.remove(&remote);
     }
 }
 
@@ -273,13 +327,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr)
     let mut conns = shared.conns.lock().expect("conns lock");
     let reader = tokio::spawn(async move {
         let _ = read_frames(&reader_shared, read, remote, &reader_active).await;
-        let mut conns = reader_shared.conns.lock().expect("conns lock");
-        if conns
-            .get(&remote)
-            .is_some_and(|c| c.outbox.same_channel(&reader_tx))
-        {
-            conns.remove(&remote);
-        }
+        forget_conn(&reader_shared, remote, &reader_tx);
     });
     let writer = tokio::spawn(write_frames(write, rx, SendFile));
     if let Some(old) = conns.insert(

@@ -1,4 +1,7 @@
-//! `p2p get NAME ID`: download one file from a peer, verified, resumable, with progress.
+//! `p2p get NAME ID`: download one file, verified, resumable, with progress: from that peer,
+//! and from every other peer the tracker says has the same content (see [`super::swarm_get`];
+//! `--one-source` keeps to the named peer). `p2p get blake3:HEX` fetches content by its hash
+//! from whoever has it.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -12,19 +15,63 @@ use p2p_proto::wire::{AbortReason, FileId, IndexEntry};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::swarm_get;
 use crate::cli::GetArgs;
-use crate::failure::{fail, failure, Kind};
+use crate::failure::{fail, failure, Kind, WithKind};
 use crate::output::{clean, human_bytes, mib_per_s};
 use crate::session::{self, check_folder, dest_for, find_peer, Mode, Reached, Route};
 use crate::signals::Shutdown;
+use crate::ticket::Ticket;
+use p2p_core::service::swarm::Source;
 
 pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let command_start = std::time::Instant::now();
     let mut shutdown = Shutdown::install();
-    let id: FileId = args
-        .id
-        .parse()
-        .map_err(|e: String| failure(Kind::Usage, e))?;
+    if Ticket::looks_like(&args.peer) {
+        let ticket = Ticket::parse(&args.peer).map_err(|e| failure(Kind::Usage, e.to_string()))?;
+        if let Some(extra) = &args.id {
+            fail!(
+                Kind::Usage,
+                "`{}` after a ticket: `p2p get TICKET` takes nothing else",
+                clean(extra)
+            );
+        }
+        let tracker = crate::address::resolve(&ticket.tracker).map_err(|e| {
+            failure(
+                Kind::TrackerUnreachable,
+                format!("the ticket's tracker `{}`: {e}", clean(&ticket.tracker)),
+            )
+        })?;
+        return by_hash(&args, tracker, ticket.hash, &mut shutdown).await;
+    }
+    if let Some(hash) = swarm_get::parse_hash(&args.peer) {
+        let hash = hash.map_err(|e| failure(Kind::Usage, e))?;
+        if let Some(extra) = &args.id {
+            fail!(
+                Kind::Usage,
+                "`{}` after a content hash: `p2p get blake3:HEX` takes nothing else",
+                clean(extra)
+            );
+        }
+        return by_hash(&args, args.tracker.tracker, hash, &mut shutdown).await;
+    }
+    let Some(id) = args.id.as_deref() else {
+        fail!(
+            Kind::Usage,
+            "which file of `{}`? give its ID: `p2p get {} ID` (`p2p ls {}` lists them)",
+            clean(&args.peer),
+            clean(&args.peer),
+            clean(&args.peer)
+        );
+    };
+    // An ID (`003`), or a path as `p2p ls` lists it (`sub/a.txt`).
+    let wanted = match id.parse::<FileId>() {
+        Ok(id) => Wanted::Id(id),
+        Err(_) if !id.trim().is_empty() && !id.trim().starts_with('-') => {
+            Wanted::Path(id.to_string())
+        }
+        Err(e) => return Err(failure(Kind::Usage, e)),
+    };
     check_folder(&args.out, "--out")?;
     let t = &args.tracker;
     let via = session::client(t.transport, t.tracker).await?;
@@ -48,17 +95,57 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         handle: to_peer.clone(),
         info: info.clone(),
     };
-    let Some(entry) = peer.entry(id).await? else {
+    let found = match &wanted {
+        Wanted::Id(id) => peer.entry(*id).await?,
+        Wanted::Path(path) => {
+            let (_, entries) = peer.index().await?;
+            entries.into_iter().find(|e| e.path == *path)
+        }
+    };
+    let Some(entry) = found else {
         fail!(
             Kind::UnknownFile,
-            "peer `{}` has no file {id}: run `p2p ls {}` to see its files",
-            info.name,
-            info.name
+            "peer `{}` has no file {}: run `p2p ls {}` to see its files",
+            clean(&info.name),
+            match &wanted {
+                Wanted::Id(id) => id.to_string(),
+                Wanted::Path(path) => format!("`{}`", clean(path)),
+            },
+            clean(&info.name)
         );
     };
     let dest = dest_for(&args.out, &entry.path)?;
     if already_present(&args, &dest, &entry)? {
         return Ok(());
+    }
+    if !args.one_source {
+        // Other peers with the same content send their share too. A tracker that does not
+        // know (an older one) or is slow costs at most a moment, then the named peer alone.
+        let others = tokio::time::timeout(
+            OTHERS_WAIT,
+            swarm_get::holders(&to_peer, t.tracker, entry.hash),
+        )
+        .await;
+        if let Ok(Ok(holders)) = others {
+            let others = swarm_get::sources(&to_peer, holders, entry.hash, &[info.addr]).await;
+            if !others.is_empty() {
+                let first = Source {
+                    name: info.name.to_string(),
+                    addr: info.addr,
+                    entry: entry.clone(),
+                };
+                return swarm_get::run(
+                    &args,
+                    to_peer,
+                    t.tracker,
+                    entry.hash,
+                    Some(first),
+                    others,
+                    &mut shutdown,
+                )
+                .await;
+            }
+        }
     }
     let mut interrupted = false;
     let mut wait = FIRST_BUSY_WAIT;
@@ -186,6 +273,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         refetched: r.refetched,
         already: false,
         route: Some(route),
+        sources: None,
     };
     report(&args, &r.path, &done);
     // The download finished on its last verified chunk: stay until the sender's FIN is
@@ -194,9 +282,58 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     Ok(())
 }
 
+/// Which file of the peer: by the ID or the path `p2p ls` shows.
+enum Wanted {
+    Id(FileId),
+    Path(String),
+}
+
+/// How long `get PEER ID` waits for the tracker to name other sources of the content.
+const OTHERS_WAIT: Duration = Duration::from_secs(1);
+
+/// `p2p get blake3:HEX`: the content from every peer the tracker says has it.
+async fn by_hash(
+    args: &GetArgs,
+    tracker: std::net::SocketAddr,
+    hash: p2p_proto::wire::ContentHash,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
+    check_folder(&args.out, "--out")?;
+    let t = &crate::cli::TrackerOpts {
+        tracker,
+        transport: args.tracker.transport,
+    };
+    let (idle, fsync, preallocate, window) = (
+        args.idle_timeout,
+        !args.no_fsync,
+        !args.no_preallocate,
+        args.window,
+    );
+    let handle = session::client_with(t.transport, t.tracker, |c| {
+        c.fsync = fsync;
+        c.preallocate = preallocate;
+        c.receiver.idle_timeout = idle;
+        c.receiver.window_bytes = window;
+        c.receiver.window = c.receiver.window.max((window / 1024) as u32);
+    })
+    .await?;
+    let holders = swarm_get::holders(&handle, t.tracker, hash)
+        .await
+        .with_kind(Kind::TrackerUnreachable, || {
+            format!(
+                "cannot ask the tracker at {} who has {}{} (start one with `p2p tracker`, or pass --tracker ADDR)",
+                t.tracker,
+                swarm_get::HASH_PREFIX,
+                hash.to_hex()
+            )
+        })?;
+    let found = swarm_get::sources(&handle, holders, hash, &[]).await;
+    swarm_get::run(args, handle, t.tracker, hash, None, found, shutdown).await
+}
+
 /// When `dest` exists: reports it and returns `true` if it holds `entry`'s content, fails if
 /// it holds anything else. `false`: nothing is there.
-fn already_present(args: &GetArgs, dest: &Path, entry: &IndexEntry) -> Result<bool> {
+pub(super) fn already_present(args: &GetArgs, dest: &Path, entry: &IndexEntry) -> Result<bool> {
     if std::fs::symlink_metadata(dest).is_err() {
         return Ok(false);
     }
@@ -216,26 +353,29 @@ fn already_present(args: &GetArgs, dest: &Path, entry: &IndexEntry) -> Result<bo
         refetched: 0,
         already: true,
         route: None,
+        sources: None,
     };
     report(args, dest, &present);
     Ok(true)
 }
 
 /// What `get` reports of a file it fetched (or found already present).
-struct Outcome {
-    size: u64,
-    received: u64,
-    elapsed: Duration,
+pub(super) struct Outcome {
+    pub(super) size: u64,
+    pub(super) received: u64,
+    pub(super) elapsed: Duration,
     /// Time from the command's start to the first byte of the file.
-    first_byte: Option<Duration>,
-    resumed_from: u64,
-    refetched: u32,
-    already: bool,
+    pub(super) first_byte: Option<Duration>,
+    pub(super) resumed_from: u64,
+    pub(super) refetched: u32,
+    pub(super) already: bool,
     /// How the peer was reached (`None`: nothing was fetched).
-    route: Option<Route>,
+    pub(super) route: Option<Route>,
+    /// A multi-source download: each source and what it sent (`--json`'s `sources`).
+    pub(super) sources: Option<Vec<serde_json::Value>>,
 }
 
-fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
+pub(super) fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
     let &Outcome {
         size,
         received,
@@ -245,6 +385,7 @@ fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
         refetched,
         already,
         route,
+        ref sources,
     } = o;
     let secs = elapsed.as_secs_f64();
     if args.json {
@@ -261,6 +402,7 @@ fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
                 "mib_per_s": mib_per_s(received, secs),
                 "already_present": already,
                 "route": route.map(Route::as_str),
+                "sources": sources,
                 "verified": true,
             })
         );

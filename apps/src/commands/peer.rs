@@ -111,10 +111,21 @@ async fn print_uploads(
 }
 
 pub(crate) async fn run(args: PeerArgs) -> Result<()> {
+    run_as(args, false).await
+}
+
+/// `run`, or with `ticket`, `p2p share`: no menu, and once registered, a ticket per shared
+/// file for `p2p get` (the share may be a single file).
+pub(crate) async fn run_as(mut args: PeerArgs, ticket: bool) -> Result<()> {
     let mut shutdown = Shutdown::install();
-    let interactive = std::io::stdin().is_terminal();
+    let interactive = std::io::stdin().is_terminal() && !ticket;
     // What flags name is checked before any question: a mistake there never costs answers.
-    check_share(&args.share, "--share")?;
+    if ticket {
+        args.no_menu = true;
+        super::share::check_path(&args.share)?;
+    } else {
+        check_share(&args.share, "--share")?;
+    }
     check_folder(&args.downloads, "--downloads")?;
     let given_name = args.name.as_deref().map(nfc);
     if let Some(name) = &given_name {
@@ -211,6 +222,9 @@ pub(crate) async fn run(args: PeerArgs) -> Result<()> {
             args.share.display(),
             args.tracker
         );
+        if ticket {
+            super::share::print_tickets(&handle, args.tracker, &name).await?;
+        }
         shutdown.wait().await;
         leave(&handle, args.tracker, &name).await;
         println!("Leaving system. Goodbye!");

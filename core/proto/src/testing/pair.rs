@@ -339,7 +339,9 @@ impl Pair {
 
     /// What the receiver has once it finished: the file up to the end it asked for.
     pub fn wanted(&self) -> &[u8] {
-        let end = self.end.map_or(self.file.len(), |e| (e as usize).min(self.file.len()));
+        let end = self
+            .end
+            .map_or(self.file.len(), |e| (e as usize).min(self.file.len()));
         &self.file[..end]
     }
 

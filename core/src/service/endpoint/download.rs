@@ -5,16 +5,15 @@ use super::driver::Driver;
 use super::finish::Finish;
 use super::hashing::MAX_HASH_BACKLOG;
 use super::{
-    partial_path, DownloadReport, IoFailure, IoOp, Progress, RangeJob, ServiceError,
-    SAVE_INTERVAL,
+    partial_path, DownloadReport, IoFailure, IoOp, Progress, RangeJob, ServiceError, SAVE_INTERVAL,
 };
 use p2p_proto::endpoint::request_retry_after;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -249,13 +248,8 @@ impl Driver {
         });
         let storage = self.config.storage.clone();
         // Never started: a range records nothing (its caller keeps the state).
-        let checkpoints = Checkpointer::new(
-            storage.clone(),
-            file.clone(),
-            PathBuf::new(),
-            false,
-            false,
-        );
+        let checkpoints =
+            Checkpointer::new(storage.clone(), file.clone(), PathBuf::new(), false, false);
         self.proto.download_started(transfer, peer);
         self.downloads.insert(
             transfer,
@@ -323,8 +317,7 @@ impl Driver {
             .iter()
             .filter(|(_, d)| {
                 d.range.as_ref().is_some_and(|flag| {
-                    flag.load(Ordering::Relaxed)
-                        || d.reply.as_ref().is_some_and(|r| r.is_closed())
+                    flag.load(Ordering::Relaxed) || d.reply.as_ref().is_some_and(|r| r.is_closed())
                 })
             })
             .map(|(&t, _)| t)

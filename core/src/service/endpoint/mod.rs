@@ -475,7 +475,7 @@ pub fn spawn_endpoint(
         sender.reliable = true;
         sender.min_rto = sender.min_rto.max(Duration::from_secs(1));
     }
-    let driver = Driver {
+    let mut driver = Driver {
         transport,
         sender_config: sender,
         rx,
@@ -511,6 +511,8 @@ pub fn spawn_endpoint(
         upload_turn: 0,
         config,
     };
+    // The first scan's content hashes, announced once registered.
+    driver.announce_index();
     let handle = EndpointHandle {
         tx,
         local,
@@ -574,6 +576,7 @@ impl EndpointHandle {
                     RegisterOutcome::Accepted {
                         heartbeat_ms,
                         ttl_ms,
+                        ..
                     },
                 ..
             } => {

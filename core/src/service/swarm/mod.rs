@@ -104,6 +104,8 @@ pub struct SourceReport {
     pub bytes: u64,
     /// Runs being fetched from it now.
     pub active: usize,
+    /// Times it failed (a run that stalled or broke off; failures of one outage count once).
+    pub failures: u32,
     /// Whether it is still used.
     pub state: SourceState,
 }
@@ -208,6 +210,10 @@ struct SourceSlot {
     rate: Option<f64>,
     /// Failures in a row.
     strikes: u32,
+    /// When the last one was counted.
+    struck_at: Option<Instant>,
+    /// Strikes in all (for the report).
+    failures: u32,
     /// Not asked again before this.
     backoff: Option<Instant>,
 }
@@ -257,6 +263,8 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 const STRIKES: u32 = 2;
 /// Wait before a busy or failing source is asked again.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// Failures of a source this close to its last strike are part of the same one.
+const STRIKE_EPISODE: Duration = Duration::from_secs(2);
 /// Piece tables tried (from different sources) before the download fails.
 const TABLE_TRIES: usize = 4;
 
@@ -276,15 +284,22 @@ impl Swarm {
             bytes: 0,
             rate: None,
             strikes: 0,
+            struck_at: None,
+            failures: 0,
             backoff: None,
         });
     }
 
+    /// Drops source `i` for the rest of the download; its runs in flight are cancelled (the
+    /// caller pokes the endpoint).
     fn drop_source(&mut self, i: usize, why: String) {
         let slot = &mut self.sources[i];
         if slot.state == SourceState::Active {
             tracing::info!(source = %slot.source.name, addr = %slot.source.addr, %why, "source dropped");
             slot.state = SourceState::Dropped(why);
+        }
+        for f in self.fetches.values().filter(|f| f.source == i) {
+            f.cancel.store(true, Ordering::Relaxed);
         }
     }
 
@@ -295,11 +310,17 @@ impl Swarm {
             if self.sources[i].state != SourceState::Active || i >= TABLE_TRIES {
                 continue;
             }
-            let (addr, entry) = (self.sources[i].source.addr, self.sources[i].source.entry.clone());
+            let (addr, entry) = (
+                self.sources[i].source.addr,
+                self.sources[i].source.entry.clone(),
+            );
             match self.handle.piece_table(addr, &entry).await {
                 Ok(t) if t.root(self.size) == Some(self.hash) => return Ok(t),
                 Ok(_) => {
-                    self.drop_source(i, "its piece table does not add up to the content hash".into());
+                    self.drop_source(
+                        i,
+                        "its piece table does not add up to the content hash".into(),
+                    );
                     last = Some(ServiceError::Protocol(addr));
                 }
                 Err(e) => {
@@ -335,12 +356,16 @@ impl Swarm {
             if plan.complete() && self.fetches.is_empty() {
                 // Pieces two fetches wrote are read back: a bad twin may have written over
                 // what the good one verified.
-                let bad = recheck(&file, &table, self.size, plan.take_contested())
-                    .map_err(|e| ServiceError::Io(IoFailure::new(IoOp::Finish, &self.partial(), &e)));
+                let bad = recheck(&file, &table, self.size, plan.take_contested()).map_err(|e| {
+                    ServiceError::Io(IoFailure::new(IoOp::Finish, &self.partial(), &e))
+                });
                 match bad {
                     Ok(bad) if bad.is_empty() => break Ok(()),
                     Ok(bad) => {
-                        tracing::warn!(pieces = bad.len(), "pieces written twice failed on reading back; fetching them again");
+                        tracing::warn!(
+                            pieces = bad.len(),
+                            "pieces written twice failed on reading back; fetching them again"
+                        );
                         refetched += bad.len() as u64;
                         for i in bad {
                             plan.lost(i);
@@ -364,9 +389,10 @@ impl Swarm {
                 if self.fetches.is_empty() {
                     // Nothing running and nobody to ask, now or after a wait: what sources
                     // join later would be found by a new run (which resumes).
-                    let waiting = self.sources.iter().any(|s| {
-                        s.state == SourceState::Active && s.backoff.is_some()
-                    });
+                    let waiting = self
+                        .sources
+                        .iter()
+                        .any(|s| s.state == SourceState::Active && s.backoff.is_some());
                     if !waiting {
                         break Err(self.no_sources_left());
                     }
@@ -378,7 +404,9 @@ impl Swarm {
                     break Err(e);
                 }
             }
+            // Biased, in a fixed order: a simulation replays exactly from its seed.
             tokio::select! {
+                biased;
                 Some(joined) = self.running.join_next() => {
                     let Ok((id, result)) = joined else { continue };
                     if let Err(e) = self.ended(&mut plan, piece, id, result).await {
@@ -452,7 +480,9 @@ impl Swarm {
             .sources
             .iter()
             .map(|s| match &s.state {
-                SourceState::Dropped(why) => format!("{} ({}): {why}", s.source.name, s.source.addr),
+                SourceState::Dropped(why) => {
+                    format!("{} ({}): {why}", s.source.name, s.source.addr)
+                }
                 SourceState::Active => format!("{} ({}): idle", s.source.name, s.source.addr),
             })
             .collect();
@@ -471,8 +501,11 @@ impl Swarm {
         let storage = &*self.storage;
         let partial = self.partial();
         let pieces = self.size.div_ceil(u64::from(piece_size));
-        let write_failed = |e: std::io::Error| ServiceError::Io(IoFailure::new(IoOp::Write, &partial, &e));
-        let kept = resumable(storage, &self.dest, self.size, self.hash, piece_size, pieces);
+        let write_failed =
+            |e: std::io::Error| ServiceError::Io(IoFailure::new(IoOp::Write, &partial, &e));
+        let kept = resumable(
+            storage, &self.dest, self.size, self.hash, piece_size, pieces,
+        );
         let (have, discarded) = match kept {
             Ok(have) => (have, None),
             Err(why) => {
@@ -517,7 +550,11 @@ impl Swarm {
                 }
                 .clamp(1, self.config.max_run)
                 // The tail is shared out, not taken by the first to ask.
-                .min(plan.free_count().div_ceil(usable_sources * self.config.per_source as u64).max(1));
+                .min(
+                    plan.free_count()
+                        .div_ceil(usable_sources * self.config.per_source as u64)
+                        .max(1),
+                );
                 let (pieces, twin) = match plan.take_run(want) {
                     Some(run) => (run, None),
                     None => match self.endgame_pick(i) {
@@ -540,7 +577,12 @@ impl Swarm {
             .iter()
             .filter(|(_, f)| f.source != source && f.twin.is_none())
             .filter(|(_, f)| f.pieces.start + f.verified_to < f.pieces.end)
-            .max_by_key(|(_, f)| (f.pieces.end - f.pieces.start - f.verified_to, std::cmp::Reverse(f.started)))
+            .max_by_key(|(_, f)| {
+                (
+                    f.pieces.end - f.pieces.start - f.verified_to,
+                    std::cmp::Reverse(f.started),
+                )
+            })
             .map(|(&id, f)| (id, f.pieces.start + f.verified_to..f.pieces.end))
     }
 
@@ -657,10 +699,16 @@ impl Swarm {
                     None => rate,
                 });
                 slot.strikes = 0;
+                slot.struck_at = None;
                 Ok(())
             }
             Err(_) if cancelled => Ok(()),
-            Err(e) => self.judge(f.source, e),
+            Err(e) => {
+                let verdict = self.judge(f.source, e);
+                // A dropped source's other runs were cancelled: the endpoint ends them now.
+                self.handle.poke().await;
+                verdict
+            }
         }
     }
 
@@ -671,7 +719,8 @@ impl Swarm {
         match e.cause() {
             ServiceError::Io(_) | ServiceError::NoSpace { .. } | ServiceError::Closed => Err(e),
             ServiceError::Transfer(T::PieceMismatch { piece }) => {
-                let why = format!("sent piece {piece}, which fails its hash: banned from this download");
+                let why =
+                    format!("sent piece {piece}, which fails its hash: banned from this download");
                 self.drop_source(i, why);
                 Ok(())
             }
@@ -688,14 +737,28 @@ impl Swarm {
                 Ok(())
             }
             other => {
-                slot.strikes += 1;
-                slot.backoff = Some(Instant::now() + BACKOFF);
-                if slot.strikes >= STRIKES {
-                    let why = other.to_string();
-                    self.drop_source(i, why);
-                }
+                let why = other.to_string();
+                self.strike(i, why);
                 Ok(())
             }
+        }
+    }
+
+    /// A failure of source `i`: it is asked again after [`BACKOFF`], and dropped at its
+    /// [`STRIKES`]th. Failures within [`STRIKE_EPISODE`] of the last strike (its runs in
+    /// flight failing together, one outage) are one strike.
+    fn strike(&mut self, i: usize, why: String) {
+        let now = Instant::now();
+        let slot = &mut self.sources[i];
+        slot.backoff = Some(now + BACKOFF);
+        if slot.struck_at.is_some_and(|t| now < t + STRIKE_EPISODE) {
+            return;
+        }
+        slot.struck_at = Some(now);
+        slot.strikes += 1;
+        slot.failures += 1;
+        if slot.strikes >= STRIKES {
+            self.drop_source(i, why);
         }
     }
 
@@ -711,18 +774,16 @@ impl Swarm {
                 stalled.push(f.source);
             }
         }
+        // One silence of a source is one strike, however many of its runs it stalled.
+        stalled.sort_unstable();
+        stalled.dedup();
         if stalled.is_empty() {
             return;
         }
         for i in stalled {
             // A stalled run counts as a failure of its source.
             tracing::info!(source = %self.sources[i].source.name, "run stalled: taken back");
-            let slot = &mut self.sources[i];
-            slot.strikes += 1;
-            slot.backoff = Some(Instant::now() + BACKOFF);
-            if slot.strikes >= STRIKES {
-                self.drop_source(i, format!("sent nothing for {} s", stall.as_secs()));
-            }
+            self.strike(i, format!("sent nothing for {} s", stall.as_secs()));
         }
         self.handle.poke().await;
     }
@@ -737,6 +798,7 @@ impl Swarm {
                 addr: s.source.addr,
                 bytes: s.bytes,
                 active: s.active,
+                failures: s.failures,
                 state: s.state.clone(),
             })
             .collect();
@@ -777,7 +839,12 @@ impl Swarm {
             pieces: Some(serde_bytes::ByteBuf::from(plan.bitmap())),
         };
         let have = bytes_of(plan, piece, self.size);
-        let (storage, dest, file, fsync) = (self.storage.clone(), self.dest.clone(), file.clone(), self.fsync);
+        let (storage, dest, file, fsync) = (
+            self.storage.clone(),
+            self.dest.clone(),
+            file.clone(),
+            self.fsync,
+        );
         let record = move || -> std::io::Result<()> {
             if fsync {
                 file.sync_data()?;
@@ -794,7 +861,9 @@ impl Swarm {
         };
         self.saved_at = Instant::now();
         self.dirty = false;
-        res.map_err(|e| ServiceError::Io(IoFailure::new(IoOp::RecordProgress, &self.partial(), &e)))?;
+        res.map_err(|e| {
+            ServiceError::Io(IoFailure::new(IoOp::RecordProgress, &self.partial(), &e))
+        })?;
         self.saved = have;
         Ok(())
     }
@@ -819,7 +888,13 @@ impl Swarm {
                     return Err(ServiceError::DestinationDiffers(self.dest.clone()));
                 }
             }
-            Err(e) => return Err(ServiceError::Io(IoFailure::new(IoOp::Publish, &self.dest, &e))),
+            Err(e) => {
+                return Err(ServiceError::Io(IoFailure::new(
+                    IoOp::Publish,
+                    &self.dest,
+                    &e,
+                )))
+            }
         }
         resume::discard_state(storage, &self.dest);
         Ok(())
@@ -843,7 +918,12 @@ fn bytes_of(plan: &Plan, piece: u64, size: u64) -> u64 {
     let n = plan.pieces();
     let last_have = n > 0 && plan.have()[(n - 1) as usize];
     let full = plan.have_count() - u64::from(last_have);
-    full * piece + if last_have { piece_len(n - 1, piece, size) } else { 0 }
+    full * piece
+        + if last_have {
+            piece_len(n - 1, piece, size)
+        } else {
+            0
+        }
 }
 
 /// The verified pieces of a partial download of `dest` that a state file vouches for
@@ -873,7 +953,10 @@ fn resumable(
         return Err(Some(Discarded::UnknownFormat));
     }
     if st.size != size {
-        return Err(Some(Discarded::SizeChanged { now: size, was: st.size }));
+        return Err(Some(Discarded::SizeChanged {
+            now: size,
+            was: st.size,
+        }));
     }
     if st.hash != hash {
         return Err(Some(Discarded::ContentChanged));
@@ -893,7 +976,10 @@ fn resumable(
         *h = true;
     }
     // Every verified piece must lie within what the partial holds.
-    let last = have.iter().rposition(|&h| h).map_or(0, |i| (i as u64 + 1) * piece);
+    let last = have
+        .iter()
+        .rposition(|&h| h)
+        .map_or(0, |i| (i as u64 + 1) * piece);
     if len < last.min(size) {
         return Err(Some(Discarded::Truncated));
     }

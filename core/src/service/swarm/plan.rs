@@ -87,9 +87,8 @@ impl Plan {
             self.returned.remove(&end);
             end += 1;
         }
-        if end > self.cursor && start >= self.cursor {
-            self.cursor = end;
-        }
+        // Every piece up to `end` is now taken, verified or returned.
+        self.cursor = self.cursor.max(end);
         Some(start..end)
     }
 
@@ -155,18 +154,26 @@ impl Plan {
         std::mem::take(&mut self.contested)
     }
 
-    /// Verified pieces as a bitmap (bit `i % 8` of byte `i / 8`).
+    /// Whether piece `i` is verified and not contested: what a checkpoint may vouch for (a
+    /// contested piece is trusted only once read back, at the end).
+    fn recordable(&self, i: usize) -> bool {
+        self.have[i] && !self.contested.contains(&(i as u64))
+    }
+
+    /// Recordable pieces as a bitmap (bit `i % 8` of byte `i / 8`).
     pub(crate) fn bitmap(&self) -> Vec<u8> {
         let mut bits = vec![0u8; self.have.len().div_ceil(8)];
-        for (i, _) in self.have.iter().enumerate().filter(|(_, &h)| h) {
+        for i in (0..self.have.len()).filter(|&i| self.recordable(i)) {
             bits[i / 8] |= 1 << (i % 8);
         }
         bits
     }
 
-    /// Pieces verified from piece 0 on, without a gap.
+    /// Recordable pieces from piece 0 on, without a gap.
     pub(crate) fn prefix(&self) -> u64 {
-        self.have.iter().take_while(|&&h| h).count() as u64
+        (0..self.have.len())
+            .take_while(|&i| self.recordable(i))
+            .count() as u64
     }
 }
 
@@ -216,9 +223,15 @@ mod tests {
         p.verified(1);
         p.release(run);
         assert_eq!(p.free_count(), 6);
-        assert_eq!(p.take_run(8), Some(2..4), "the returned pieces first");
+        assert_eq!(p.take_run(2), Some(2..4), "the returned pieces first");
         assert_eq!(p.take_run(8), Some(4..8));
         assert_eq!(p.take_run(8), None);
+        // A returned run goes on into the untouched pieces after it.
+        let mut p = Plan::new(vec![false; 8]);
+        let run = p.take_run(4).unwrap();
+        p.release(run);
+        assert_eq!(p.take_run(6), Some(0..6));
+        assert_eq!(p.take_run(6), Some(6..8));
     }
 
     #[test]
@@ -231,7 +244,14 @@ mod tests {
         assert_eq!(p.take_run(4), None, "the twin still holds 1..4");
         p.release(1..4);
         assert_eq!(p.take_run(4), Some(1..4));
+        for i in 1..4 {
+            p.verified(i);
+        }
+        // Until read back, contested pieces are not recorded.
+        assert_eq!(p.bitmap(), vec![0b0001]);
+        assert_eq!(p.prefix(), 1);
         assert_eq!(p.take_contested(), BTreeSet::from([1, 2, 3]));
+        assert_eq!(p.bitmap(), vec![0b1111]);
     }
 
     #[test]

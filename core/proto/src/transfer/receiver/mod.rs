@@ -249,7 +249,16 @@ impl ChunkReceiver {
         pieces: PieceTable,
         config: ReceiverConfig,
     ) -> Self {
-        Self::build(now, transfer, file, expected, offset, None, Some(pieces), config)
+        Self::build(
+            now,
+            transfer,
+            file,
+            expected,
+            offset,
+            None,
+            Some(pieces),
+            config,
+        )
     }
 
     /// Starts a download of bytes `range` of `file` (both ends piece boundaries, or the end

@@ -1,0 +1,172 @@
+//! Share tickets: what `p2p share` prints for someone else to paste into `p2p get`. A ticket
+//! names the tracker to ask, the content's BLAKE3 hash and size, and a file name to save it
+//! under: `p2p1` (the format's version) then those fields in base32, lower case, unpadded,
+//! so that it survives a chat message, a terminal and a shell without quoting.
+//!
+//! Layout of the bytes (before base32): version `1`; the hash (32 bytes); the size (u64, little
+//! endian); the tracker as text (`HOST:PORT`, a length byte then UTF-8); the name (the same).
+
+use std::fmt;
+
+use data_encoding::BASE32_NOPAD;
+use p2p_proto::wire::ContentHash;
+
+/// What every ticket starts with (the format's name and version).
+pub(crate) const PREFIX: &str = "p2p1";
+
+/// Longest tracker address or name a ticket carries.
+const MAX_TEXT: usize = 255;
+
+/// A decoded ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    /// The tracker to ask who has the content, as `HOST:PORT`.
+    pub(crate) tracker: String,
+    /// The content.
+    pub(crate) hash: ContentHash,
+    /// Its size in bytes.
+    pub(crate) size: u64,
+    /// The file name it was shared under.
+    pub(crate) name: String,
+}
+
+/// Why a string is not a ticket.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TicketError {
+    /// A `p2p` ticket of a later format.
+    #[error("this ticket is of a newer format (`{0}`): update p2p to use it")]
+    Newer(String),
+    /// Not base32, cut short, or inconsistent.
+    #[error("this ticket is damaged (copied only in part?): {0}")]
+    Damaged(&'static str),
+}
+
+impl Ticket {
+    /// Whether `s` looks like a ticket (any version), not a peer name.
+    pub(crate) fn looks_like(s: &str) -> bool {
+        s.len() > 40 && s.starts_with("p2p") && s[3..].starts_with(|c: char| c.is_ascii_digit())
+    }
+
+    /// Reads a ticket.
+    pub(crate) fn parse(s: &str) -> Result<Ticket, TicketError> {
+        let s = s.trim();
+        let Some(body) = s.strip_prefix(PREFIX) else {
+            let version: String = s.chars().take(4).collect();
+            return Err(TicketError::Newer(version));
+        };
+        let bytes = BASE32_NOPAD
+            .decode(body.to_ascii_uppercase().as_bytes())
+            .map_err(|_| TicketError::Damaged("not base32"))?;
+        let mut r = Reader(&bytes);
+        if r.take(1)? != [1] {
+            return Err(TicketError::Damaged("unknown layout"));
+        }
+        let hash = ContentHash(r.take(32)?.try_into().expect("32 bytes"));
+        let size = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let tracker = r.text()?;
+        let name = r.text()?;
+        if !r.0.is_empty() {
+            return Err(TicketError::Damaged("trailing bytes"));
+        }
+        Ok(Ticket {
+            tracker,
+            hash,
+            size,
+            name,
+        })
+    }
+}
+
+impl fmt::Display for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&self.hash.0);
+        bytes.extend_from_slice(&self.size.to_le_bytes());
+        for text in [&self.tracker, &self.name] {
+            let t = truncate(text);
+            bytes.push(t.len() as u8);
+            bytes.extend_from_slice(t.as_bytes());
+        }
+        write!(
+            f,
+            "{PREFIX}{}",
+            BASE32_NOPAD.encode(&bytes).to_ascii_lowercase()
+        )
+    }
+}
+
+/// `text` cut to at most [`MAX_TEXT`] bytes, on a character boundary.
+fn truncate(text: &str) -> &str {
+    let mut end = text.len().min(MAX_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], TicketError> {
+        if self.0.len() < n {
+            return Err(TicketError::Damaged("cut short"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn text(&mut self) -> Result<String, TicketError> {
+        let len = self.take(1)?[0] as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| TicketError::Damaged("not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Ticket {
+        Ticket {
+            tracker: "tracker.example.org:9000".into(),
+            hash: ContentHash::of(b"hello"),
+            size: 5,
+            name: "hello wörld.txt".into(),
+        }
+    }
+
+    #[test]
+    fn tickets_round_trip_and_look_like_tickets() {
+        let t = sample();
+        let text = t.to_string();
+        assert!(text.starts_with("p2p1"));
+        assert!(text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(Ticket::looks_like(&text));
+        assert!(!Ticket::looks_like("alice"));
+        assert_eq!(Ticket::parse(&text), Ok(t.clone()));
+        // Pasted with spaces around, or in upper case, it still reads.
+        assert_eq!(Ticket::parse(&format!("  {text}\n")), Ok(t.clone()));
+        let upper = format!("p2p1{}", text[4..].to_ascii_uppercase());
+        assert_eq!(Ticket::parse(&upper), Ok(t));
+    }
+
+    #[test]
+    fn damaged_or_newer_tickets_say_so() {
+        let text = sample().to_string();
+        assert!(matches!(
+            Ticket::parse(&text[..text.len() - 10]),
+            Err(TicketError::Damaged(_))
+        ));
+        assert!(matches!(
+            Ticket::parse(&format!("{text}a")),
+            Err(TicketError::Damaged(_))
+        ));
+        assert!(matches!(
+            Ticket::parse(&format!("p2p2{}", &text[4..])),
+            Err(TicketError::Newer(_))
+        ));
+    }
+}

@@ -1,0 +1,170 @@
+//! Multi-source downloads with the real binary on 127.0.0.1: `p2p get blake3:HEX` from every
+//! peer that shares the content, `p2p get PEER ID` joined by the others (and `--one-source`
+//! keeping to one), `p2p share FILE` and its ticket, `p2p peers --has`, and what a hash
+//! nobody shares gets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+const SIZE: usize = 12 * MIB + 1234;
+
+/// A tracker and three seeders `s0`..`s2` of the same `big.bin`, each capped at 16 MiB/s so
+/// that one alone cannot take the whole file before the others start; returns the net and
+/// the content's hash (`blake3:HEX`) once the tracker lists all three for it.
+fn three_seeders(transport: &str, seed: u64) -> (Net, String) {
+    let mut net = Net::start();
+    let bytes = random_bytes(SIZE, seed);
+    for i in 0..3 {
+        net.seeder(&format!("s{i}"), transport)
+            .share(&format!("share{i}"))
+            .file("big.bin", &bytes)
+            .args(&["--max-upload-rate", "16MiB"])
+            .start();
+    }
+    let listing = net.ls("s0").transport(transport).run_json();
+    let hash = format!("blake3:{}", listing[0]["hash"].as_str().unwrap());
+    wait_holders(&net, transport, &hash, 3);
+    (net, hash)
+}
+
+/// Polls `p2p peers --has HASH` until it lists `n` peers (their announcements reached the
+/// tracker), within [`DEADLINE`].
+fn wait_holders(net: &Net, transport: &str, hash: &str, n: usize) -> Vec<String> {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let listed = net
+            .peers()
+            .args(&["--has", hash])
+            .transport(transport)
+            .run_json();
+        let names: Vec<String> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        if names.len() >= n {
+            return names;
+        }
+        assert!(
+            Instant::now() < until,
+            "the tracker lists {names:?} for {hash}, not {n} peers"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling a process's view, not a sync
+    }
+}
+
+/// `report["sources"]`: each source's name and bytes; every one of them sent some.
+fn sources(report: &serde_json::Value) -> Vec<(String, u64)> {
+    report["sources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sources in {report}"))
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn check_file(net: &Net, out: &str) {
+    let got = std::fs::read(net.path(out).join("big.bin")).unwrap();
+    assert!(got == net.bytes("big.bin"), "{out}/big.bin differs");
+    let left: Vec<_> = std::fs::read_dir(net.path(out))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["big.bin"], "left behind in {out}");
+}
+
+fn by_hash(transport: &str) {
+    let (net, hash) = three_seeders(transport, 22);
+    let report = net
+        .cmd(&["get", &hash])
+        .transport(transport)
+        .out("out")
+        .run_json();
+    check_file(&net, "out");
+    let got = sources(&report);
+    assert_eq!(got.len(), 3, "{report}");
+    assert!(
+        got.iter().all(|(_, b)| *b > 0),
+        "a source sent nothing: {got:?}"
+    );
+    assert_eq!(got.iter().map(|(_, b)| b).sum::<u64>(), SIZE as u64);
+}
+
+#[test]
+fn get_by_hash_takes_every_seeder_udp() {
+    by_hash("udp");
+}
+
+#[test]
+fn get_by_hash_takes_every_seeder_tcp() {
+    by_hash("tcp");
+}
+
+#[test]
+fn get_peer_id_is_joined_by_the_other_seeders_unless_one_source() {
+    let (net, _) = three_seeders("udp", 23);
+    let report = net.get("s1", "1").out("many").run_json();
+    check_file(&net, "many");
+    let got = sources(&report);
+    assert_eq!(got.len(), 3, "{report}");
+    assert_eq!(got[0].0, "s1", "the named peer comes first: {got:?}");
+
+    let one = net.get("s1", "1").out("one").arg("--one-source").run_json();
+    check_file(&net, "one");
+    assert!(one["sources"].is_null(), "{one}");
+}
+
+#[test]
+fn a_shared_file_gets_a_ticket_that_fetches_it() {
+    let net = Net::start();
+    let bytes = random_bytes(3 * MIB + 5, 24);
+    let file = write_file(&net.path("mine"), "photo.raw", &bytes);
+    let mut sharer = net
+        .cmd(&["share", file.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .spawn();
+    let line = sharer.wait_for("p2p get p2p1");
+    let ticket = line.split_whitespace().last().unwrap().to_string();
+    // The ticket names the tracker: no --tracker needed (a wrong one is ignored).
+    let out = run(
+        net.dir(),
+        &[
+            "get",
+            &ticket,
+            "--out",
+            "fetched",
+            "--json",
+            "--tracker",
+            "127.0.0.1:9",
+        ],
+    );
+    let report = json(&out);
+    let got = std::fs::read(net.path("fetched").join("photo.raw")).unwrap();
+    assert!(got == bytes, "the ticket fetched other bytes");
+    assert_eq!(report["size"].as_u64(), Some(bytes.len() as u64));
+    // A damaged ticket says so.
+    let cut = run(net.dir(), &["get", &ticket[..ticket.len() - 7]]);
+    assert_eq!(cut.status.code(), Some(2), "{}", stderr(&cut));
+    assert!(stderr(&cut).contains("damaged"), "{}", stderr(&cut));
+}
+
+#[test]
+fn a_hash_nobody_shares_is_not_found() {
+    let net = Net::start();
+    let hash = format!("blake3:{}", "ab".repeat(32));
+    let out = net.cmd(&["get", &hash]).out("out").run();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nobody"), "{}", stderr(&out));
+    let bad = net.cmd(&["get", "blake3:12"]).run();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
