@@ -129,6 +129,7 @@ fn get_peer_id_is_joined_by_the_other_seeders_unless_one_source() {
 fn a_shared_file_gets_a_ticket_that_fetches_it() {
     let net = Net::start();
     let bytes = random_bytes(3 * MIB + 5, 24);
+    std::fs::create_dir_all(net.path("mine")).unwrap();
     let file = write_file(&net.path("mine"), "photo.raw", &bytes);
     let mut sharer = net
         .cmd(&["share", file.to_str().unwrap(), "--listen", "127.0.0.1:0"])
