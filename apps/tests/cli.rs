@@ -227,9 +227,13 @@ fn clear_errors_for_unknown_peer_id_and_unreachable_tracker() {
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
+    // Not a number: a path as `p2p ls` lists it, which p does not have.
     let o = net.get("p", "abc").run();
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("not a file id"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("has no file `abc`"), "{}", stderr(&o));
+    let o = net.cmd(&["get", "p"]).run();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("give its ID"), "{}", stderr(&o));
 }
 
 #[test]
@@ -451,7 +455,8 @@ fn json_errors_carry_a_stable_kind_and_exit_codes_follow_it() {
         (net.get("nobody", "1"), "unknown_peer", 4),
         (net.ls("nobody"), "unknown_peer", 4),
         (net.get("p", "42"), "unknown_file", 4),
-        (net.get("p", "abc"), "usage", 2),
+        (net.get("p", "abc"), "unknown_file", 4),
+        (net.cmd(&["get", "p"]), "usage", 2),
         (net.peers().tracker(&dead), "tracker_unreachable", 5),
         (net.peers().transport("quic"), "usage", 2),
         (net.get("p", "1").arg("--no-such-flag"), "usage", 2),

@@ -641,3 +641,47 @@ mod range_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod compat_tests {
+    use serde::{Deserialize, Serialize};
+
+    /// What the wire's optional trailing fields (`Request::end`, `Accepted::held`) rely on, on
+    /// two stand-in enums: absent, the field is not encoded (the bytes of the older type);
+    /// present, an older decoder refuses the message instead of misreading it.
+    #[test]
+    fn an_optional_trailing_field_is_invisible_when_absent_and_refused_by_old_decoders() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        enum Old {
+            Request { transfer: u64, offset: u64 },
+        }
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        enum New {
+            Request {
+                transfer: u64,
+                offset: u64,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                end: Option<u64>,
+            },
+        }
+        let old = rmp_serde::to_vec(&Old::Request {
+            transfer: 7,
+            offset: 9,
+        })
+        .unwrap();
+        let whole = New::Request {
+            transfer: 7,
+            offset: 9,
+            end: None,
+        };
+        assert_eq!(rmp_serde::to_vec(&whole).unwrap(), old);
+        assert_eq!(rmp_serde::from_slice::<New>(&old).unwrap(), whole);
+        let ranged = rmp_serde::to_vec(&New::Request {
+            transfer: 7,
+            offset: 9,
+            end: Some(11),
+        })
+        .unwrap();
+        assert!(rmp_serde::from_slice::<Old>(&ranged).is_err());
+    }
+}
