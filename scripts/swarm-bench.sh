@@ -7,7 +7,8 @@
 #                              random bytes (each in its own share folder), then per run:
 #                                (a) `p2p get seed0 001 --one-source`: one capped seeder
 #                                (b) `p2p get blake3:HASH`: every seeder at once
-#                              both `--json --no-fsync`; goodput = size / command time.
+#                              both `--json --no-fsync`; goodput = size / command time;
+#                              also each get's peak RSS.
 #
 # Env:
 #   SEEDERS    seeders (default 4)
@@ -141,7 +142,11 @@ one() { # LABEL ARGS...: runs one get into a fresh folder; prints "LABEL seconds
     mkdir -p "$out"
     local t0 t1
     t0=$(date +%s.%N)
-    if ! "$BIN" get "$@" --tracker "$TRACKER" --transport "$TRANSPORT" --out "$out" --json --no-fsync >"$out.json" 2>"$out.err"; then
+    # Through python, for the get's peak RSS (ru_maxrss of the child, KiB).
+    if ! python3 -c 'import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc)' "$out.rss" "$BIN" get "$@" --tracker "$TRACKER" --transport "$TRANSPORT" --out "$out" --json --no-fsync >"$out.json" 2>"$out.err"; then
         echo "swarm-bench: $label failed:" >&2
         sed 's/^/  | /' "$out.json" "$out.err" >&2
         FAILED=1
@@ -152,14 +157,14 @@ one() { # LABEL ARGS...: runs one get into a fresh folder; prints "LABEL seconds
         echo "swarm-bench: $label: the copy differs from the source" >&2
         FAILED=1
     fi
-    python3 - "$label" "$t0" "$t1" "$out.json" "$SIZE_MIB" <<'PY' | tee -a "$W/runs.txt"
+    python3 - "$label" "$t0" "$t1" "$out.json" "$SIZE_MIB" "$(cat "$out.rss")" <<'PY' | tee -a "$W/runs.txt"
 import json, sys
-label, t0, t1, path, size = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+label, t0, t1, path, size, rss = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 r = json.load(open(path))
 secs = t1 - t0
 srcs = r.get("sources") or []
 per = " ".join("%s=%.0fMiB" % (s["name"], s["bytes"] / 1048576) for s in srcs)
-print("%s %.3f %.1f %d %s" % (label, secs, size / secs, max(len(srcs), 1), per))
+print("%s %.3f %.1f %d %.0fMiB-rss %s" % (label, secs, size / secs, max(len(srcs), 1), rss / 1024, per))
 PY
     rm -rf "$out"
 }
@@ -170,11 +175,13 @@ done
 python3 - "$W/runs.txt" "$SEEDERS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-def med(label):
-    xs = [float(r[2]) for r in rows if r[0] == label]
+def med(label, col=2):
+    xs = [float(r[col].replace("MiB-rss", "")) for r in rows if r[0] == label]
     return statistics.median(xs) if xs else float("nan")
 s, m = med("single"), med("swarm")
 print("median goodput: one seeder %.1f MiB/s, %s seeders %.1f MiB/s: %.2fx (target >= %.1fx)"
       % (s, sys.argv[2], m, m / s, 0.9 * int(sys.argv[2])))
+print("median peak RSS of get: one seeder %.0f MiB, %s seeders %.0f MiB"
+      % (med("single", 4), sys.argv[2], med("swarm", 4)))
 PY
 exit "$FAILED"

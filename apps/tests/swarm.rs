@@ -169,3 +169,16 @@ fn a_hash_nobody_shares_is_not_found() {
     let bad = net.cmd(&["get", "blake3:12"]).run();
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
+
+#[test]
+fn the_menu_downloads_from_every_holder_too() {
+    let (net, _) = three_seeders("udp", 25);
+    let mut menu = net.menu().name("m").share("mine").downloads("dl").spawn();
+    menu.wait_for("q                  : quit");
+    menu.send("c s2 1");
+    menu.wait_for("Downloading big.bin");
+    let line = menu.wait_for("Saved ");
+    assert!(line.contains("from s2 and 2 more"), "{line}");
+    check_file(&net, "dl");
+    menu.send("q");
+}

@@ -289,7 +289,7 @@ enum Wanted {
 }
 
 /// How long `get PEER ID` waits for the tracker to name other sources of the content.
-const OTHERS_WAIT: Duration = Duration::from_secs(1);
+pub(super) const OTHERS_WAIT: Duration = Duration::from_secs(1);
 
 /// `p2p get blake3:HEX`: the content from every peer the tracker says has it.
 async fn by_hash(

@@ -20,6 +20,7 @@ use p2p_proto::tracker::validate_name;
 use p2p_proto::wire::FileId;
 use tokio::sync::{mpsc, watch};
 
+use super::swarm_get;
 use crate::cli::PeerArgs;
 use crate::console::{
     ask, download_line, locked, Answer, Input, Known, KnownFile, Meter, Printer, ScreenMsg, Uploads,
@@ -30,6 +31,7 @@ use crate::session::{
     bind_error, check_folder, check_share, dest_for, endpoint, reach, Mode, Reached,
 };
 use crate::signals::Shutdown;
+use p2p_core::service::swarm::{swarm_download, Source, SwarmConfig, SwarmProgress};
 
 /// Upload notices waiting to be printed (more are dropped: the terminal never holds up
 /// uploads).
@@ -622,12 +624,84 @@ impl Menu {
         let hash = entry.hash;
         let running = self.running.clone();
         let printer = self.printer.clone();
+        let tracker = self.tracker;
         tokio::spawn(async move {
-            let result = via.download(addr, entry, dest, Some(tx)).await;
+            // Every other peer the tracker says has the content sends its share too.
+            let others = match tokio::time::timeout(
+                super::get::OTHERS_WAIT,
+                swarm_get::holders(&via, tracker, hash),
+            )
+            .await
+            {
+                Ok(Ok(holders)) => swarm_get::sources(&via, holders, hash, &[addr]).await,
+                _ => Vec::new(),
+            };
+            let (result, from) = if others.is_empty() {
+                (
+                    via.download(addr, entry, dest, Some(tx)).await,
+                    peer.clone(),
+                )
+            } else {
+                let from = format!("{} and {} more", clean(&peer), others.len());
+                let first = Source {
+                    name: peer.clone(),
+                    addr,
+                    entry: entry.clone(),
+                };
+                (swarm_into(&via, first, others, dest, tx).await, from)
+            };
             locked(&running).remove(&number);
-            printer.line(format!("[{me}] {}", outcome(result, &peer, hash).await));
+            printer.line(format!("[{me}] {}", outcome(result, &from, hash).await));
         });
     }
+}
+
+/// A multi-source download from `first` and `others`, its progress published as a single
+/// download's (for `d` and the live line), its report as one.
+async fn swarm_into(
+    via: &EndpointHandle,
+    first: Source,
+    others: Vec<Source>,
+    dest: PathBuf,
+    tx: watch::Sender<Progress>,
+) -> Result<p2p_core::service::DownloadReport, ServiceError> {
+    let (hash, size) = (first.entry.hash, first.entry.size);
+    let (stx, mut srx) = watch::channel(SwarmProgress::default());
+    let forward = tokio::spawn(async move {
+        while srx.changed().await.is_ok() {
+            let p = srx.borrow().clone();
+            tx.send_modify(|q| {
+                q.total = Some(size);
+                q.received = p.have;
+                q.saved = p.saved;
+            });
+        }
+    });
+    let mut sources = vec![first];
+    sources.extend(others);
+    let result = swarm_download(
+        via,
+        hash,
+        size,
+        sources,
+        None,
+        dest,
+        stx,
+        SwarmConfig::default(),
+    )
+    .await;
+    forward.abort();
+    result.map(|r| p2p_core::service::DownloadReport {
+        path: r.path,
+        size: r.size,
+        received: r.size - r.resumed_from,
+        hash: r.hash,
+        elapsed: r.elapsed,
+        first_byte: None,
+        resumed_from: r.resumed_from,
+        discarded: r.discarded,
+        refetched: 0,
+    })
 }
 
 /// What a download from `peer` came to, in a sentence.
