@@ -19,6 +19,7 @@
 #   NO_BUILD=1 skip `cargo build --release -p p2p-apps`
 #   BIN        p2p binary (default target/release/p2p)
 #   KEEP=1     keep the temporary directory (logs)
+#   GET_FLAGS  extra flags for every get (e.g. -v for its log on stderr)
 #
 # Exit status: 0 when every copy is byte-exact, 1 when one differs or a get fails, 2 on a
 # set-up error.
@@ -146,7 +147,7 @@ one() { # LABEL ARGS...: runs one get into a fresh folder; prints "LABEL seconds
     if ! python3 -c 'import resource, subprocess, sys
 rc = subprocess.call(sys.argv[2:])
 open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-sys.exit(rc)' "$out.rss" "$BIN" get "$@" --tracker "$TRACKER" --transport "$TRANSPORT" --out "$out" --json --no-fsync >"$out.json" 2>"$out.err"; then
+sys.exit(rc)' "$out.rss" "$BIN" get "$@" ${GET_FLAGS:-} --tracker "$TRACKER" --transport "$TRANSPORT" --out "$out" --json --no-fsync >"$out.json" 2>"$out.err"; then
         echo "swarm-bench: $label failed:" >&2
         sed 's/^/  | /' "$out.json" "$out.err" >&2
         FAILED=1

@@ -275,7 +275,7 @@ impl Endpoint {
         }
         let id = self.new_request_id();
         set_request_id(&mut msg, id);
-        let payload = self.tokens.wrap(to.ip(), &msg).encode();
+        let payload = self.tokens.wrap(to, &msg).encode();
         let wait = self.config.rpc_retry;
         self.requests.insert(
             id,
@@ -364,13 +364,13 @@ impl Endpoint {
                     .filter(|r| r.to == from && r.retries < MAX_RETRIES)
                 {
                     // Asked for proof: again, at once, with it.
-                    self.tokens.insert(from.ip(), token);
+                    self.tokens.insert(from, token);
                     r.retries += 1;
                     r.sent_at = now;
                     r.next_at = now + r.wait;
                     self.transmits.push_back(Transmit {
                         to: from,
-                        payload: self.tokens.wrap(from.ip(), &r.msg).encode(),
+                        payload: self.tokens.wrap(from, &r.msg).encode(),
                     });
                 } else if let Some(reg) = self
                     .registration
@@ -378,7 +378,7 @@ impl Endpoint {
                     .filter(|reg| reg.tracker == from && reg.last_heartbeat == Some(request))
                 {
                     // A heartbeat without a (valid) token: the next one goes at once, with it.
-                    self.tokens.insert(from.ip(), token);
+                    self.tokens.insert(from, token);
                     reg.last_heartbeat = None;
                     reg.next_at = now;
                 }
@@ -388,7 +388,7 @@ impl Endpoint {
                 if self.downloads.get(&transfer) != Some(&from) {
                     return None;
                 }
-                self.tokens.insert(from.ip(), token);
+                self.tokens.insert(from, token);
                 Some(Incoming::Download { transfer, msg })
             }
             Message::Validated { .. } => None, // opened above: never nested
@@ -632,7 +632,7 @@ impl Endpoint {
             r.next_at = now + r.wait;
             self.transmits.push_back(Transmit {
                 to: r.to,
-                payload: self.tokens.wrap(r.to.ip(), &r.msg).encode(),
+                payload: self.tokens.wrap(r.to, &r.msg).encode(),
             });
         }
         self.announce_timeout(now);
@@ -662,7 +662,7 @@ impl Endpoint {
             }
             self.transmits.push_back(Transmit {
                 to: tracker,
-                payload: self.tokens.wrap(tracker.ip(), &msg).encode(),
+                payload: self.tokens.wrap(tracker, &msg).encode(),
             });
         }
     }
@@ -670,7 +670,7 @@ impl Endpoint {
     /// `msg` as it goes to `to`: with the token `to` gave us, if it needs one (the driver
     /// sends a download's `Request` through this).
     pub fn wrap(&self, to: SocketAddr, msg: &Message) -> Message {
-        self.tokens.wrap(to.ip(), msg)
+        self.tokens.wrap(to, msg)
     }
 
     /// Sends `msg` to `from` if the rate limit allows: the answer to a request whose sender

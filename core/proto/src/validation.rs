@@ -12,7 +12,7 @@
 //! register, refresh or remove a name.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::wire::{Message, Token};
@@ -87,30 +87,32 @@ impl AddressValidator {
 /// Most tokens a [`TokenCache`] keeps.
 pub const MAX_TOKENS: usize = 4096;
 
-/// The tokens a requester was given, by the IP that gave them (bounded: cleared when full,
-/// which costs each peer one `Retry` more).
+/// The tokens a requester was given, by the address (IP and port) of the server that gave
+/// them: each server keys its own tokens, and several may listen on one IP (peers on one
+/// machine, or behind one NAT), so a token from one is worthless to the next. Bounded:
+/// cleared when full, which costs each server one `Retry` more.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    tokens: HashMap<IpAddr, Token>,
+    tokens: HashMap<SocketAddr, Token>,
 }
 
 impl TokenCache {
-    /// The token for requests to `ip`, if any.
-    pub fn get(&self, ip: IpAddr) -> Option<Token> {
-        self.tokens.get(&ip).copied()
+    /// The token for requests to `server`, if any.
+    pub fn get(&self, server: SocketAddr) -> Option<Token> {
+        self.tokens.get(&server).copied()
     }
 
-    /// Keeps `token` for requests to `ip`.
-    pub fn insert(&mut self, ip: IpAddr, token: Token) {
-        if self.tokens.len() >= MAX_TOKENS && !self.tokens.contains_key(&ip) {
+    /// Keeps `token` for requests to `server`.
+    pub fn insert(&mut self, server: SocketAddr, token: Token) {
+        if self.tokens.len() >= MAX_TOKENS && !self.tokens.contains_key(&server) {
             self.tokens.clear();
         }
-        self.tokens.insert(ip, token);
+        self.tokens.insert(server, token);
     }
 
-    /// `msg` as it goes to `ip`: with the token for `ip`, if any and if it needs one.
-    pub fn wrap(&self, ip: IpAddr, msg: &Message) -> Message {
-        msg.with_token(self.get(ip))
+    /// `msg` as it goes to `server`: with its token, if any and if it needs one.
+    pub fn wrap(&self, server: SocketAddr, msg: &Message) -> Message {
+        msg.with_token(self.get(server))
     }
 }
 
@@ -202,11 +204,48 @@ mod tests {
         assert!(decode(&huge.encode()).is_err(), "over the limit");
     }
 
+    /// Two servers on one IP (peers on one machine, behind one NAT) key their own tokens: the
+    /// one from each goes back to it, never to the other (which would refuse it, and a client
+    /// alternating between them would never be served: seen with 8 seeders on 127.0.0.1).
+    #[test]
+    fn tokens_are_kept_per_server_not_per_ip() {
+        let now = Instant::now();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:7001".parse().unwrap(),
+            "10.0.0.1:7002".parse().unwrap(),
+        );
+        let (mut va, mut vb) = (AddressValidator::new(1), AddressValidator::new(2));
+        let me = ip("10.0.0.9");
+        let mut cache = TokenCache::default();
+        cache.insert(a, va.issue(now, me));
+        cache.insert(b, vb.issue(now, me));
+        let ask = Message::IndexRequest {
+            request: RequestId(1),
+            page: 0,
+        };
+        assert!(matches!(
+            va.open(now, me, cache.wrap(a, &ask)),
+            Some((_, true))
+        ));
+        assert!(matches!(
+            vb.open(now, me, cache.wrap(b, &ask)),
+            Some((_, true))
+        ));
+        // The other server's token proves nothing here.
+        assert!(matches!(
+            va.open(now, me, cache.wrap(b, &ask)),
+            Some((_, false))
+        ));
+    }
+
     #[test]
     fn the_cache_is_bounded() {
         let mut c = TokenCache::default();
         for n in 0..(MAX_TOKENS as u32 + 10) {
-            c.insert(IpAddr::from(n.to_be_bytes()), Token(u64::from(n)));
+            c.insert(
+                SocketAddr::new(IpAddr::from(n.to_be_bytes()), 9),
+                Token(u64::from(n)),
+            );
             assert!(c.tokens.len() <= MAX_TOKENS);
         }
     }

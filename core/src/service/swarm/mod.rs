@@ -193,6 +193,7 @@ pub async fn swarm_download(
         saved: 0,
         saved_at: Instant::now(),
         dirty: false,
+        poke: false,
     };
     for s in sources {
         swarm.add_source(s);
@@ -253,6 +254,8 @@ struct Swarm {
     saved_at: Instant,
     /// Pieces verified since the last checkpoint.
     dirty: bool,
+    /// A run was cancelled: the endpoint is to look at it.
+    poke: bool,
 }
 
 /// How often progress is sampled and stalls looked for.
@@ -265,6 +268,8 @@ const STRIKES: u32 = 2;
 const BACKOFF: Duration = Duration::from_secs(1);
 /// Failures of a source this close to its last strike are part of the same one.
 const STRIKE_EPISODE: Duration = Duration::from_secs(2);
+/// In the endgame, a twin run that verified nothing for this long gives way to another.
+const ENDGAME_PATIENCE: Duration = Duration::from_secs(1);
 /// Piece tables tried (from different sources) before the download fails.
 const TABLE_TRIES: usize = 4;
 
@@ -386,6 +391,9 @@ impl Swarm {
                 }
             } else {
                 self.assign(&mut plan, &table, &file, piece);
+                if std::mem::take(&mut self.poke) {
+                    self.handle.poke().await;
+                }
                 if self.fetches.is_empty() {
                     // Nothing running and nobody to ask, now or after a wait: what sources
                     // join later would be found by a new run (which resumes).
@@ -528,7 +536,13 @@ impl Swarm {
     fn assign(&mut self, plan: &mut Plan, table: &PieceTable, file: &FileHandle, piece: u64) {
         let now = Instant::now();
         let in_use = self.sources.iter().filter(|s| s.active > 0).count();
-        for i in 0..self.sources.len() {
+        // Fastest first: in the endgame the first idle source takes the twin run.
+        let mut order: Vec<usize> = (0..self.sources.len()).collect();
+        order.sort_by(|&a, &b| {
+            let rate = |i: usize| self.sources[i].rate.unwrap_or(0.0);
+            rate(b).total_cmp(&rate(a))
+        });
+        for i in order {
             loop {
                 let s = &self.sources[i];
                 let usable = s.state == SourceState::Active
@@ -557,8 +571,13 @@ impl Swarm {
                 );
                 let (pieces, twin) = match plan.take_run(want) {
                     Some(run) => (run, None),
-                    None => match self.endgame_pick(i) {
-                        Some((twin, run)) => {
+                    None => match self.endgame_pick(i, now) {
+                        Some((twin, run, replaced)) => {
+                            if let Some(old) = replaced.and_then(|t| self.fetches.get(&t)) {
+                                // Its twin made no progress either: a third source tries.
+                                old.cancel.store(true, Ordering::Relaxed);
+                                self.poke = true;
+                            }
                             plan.duplicate(run.clone());
                             (run, Some(twin))
                         }
@@ -570,12 +589,21 @@ impl Swarm {
         }
     }
 
-    /// The endgame: the run (of another source, not duplicated yet) with the most pieces left,
-    /// and those pieces.
-    fn endgame_pick(&self, source: usize) -> Option<(u64, Range<u64>)> {
+    /// The endgame: the run of another source with the most pieces left that has no twin, or
+    /// only one that verified nothing for [`ENDGAME_PATIENCE`]; those pieces; and that stale
+    /// twin, to cancel.
+    fn endgame_pick(&self, source: usize, now: Instant) -> Option<(u64, Range<u64>, Option<u64>)> {
+        let stale = |t: &u64| {
+            self.fetches.get(t).is_none_or(|t| {
+                t.source != source
+                    && !t.cancel.load(Ordering::Relaxed)
+                    && now >= t.moved_at + ENDGAME_PATIENCE
+            })
+        };
         self.fetches
             .iter()
-            .filter(|(_, f)| f.source != source && f.twin.is_none())
+            .filter(|(_, f)| f.source != source && !f.cancel.load(Ordering::Relaxed))
+            .filter(|(_, f)| f.twin.as_ref().is_none_or(stale))
             .filter(|(_, f)| f.pieces.start + f.verified_to < f.pieces.end)
             .max_by_key(|(_, f)| {
                 (
@@ -583,7 +611,7 @@ impl Swarm {
                     std::cmp::Reverse(f.started),
                 )
             })
-            .map(|(&id, f)| (id, f.pieces.start + f.verified_to..f.pieces.end))
+            .map(|(&id, f)| (id, f.pieces.start + f.verified_to..f.pieces.end, f.twin))
     }
 
     fn start(
@@ -680,16 +708,27 @@ impl Swarm {
             return Ok(());
         };
         plan.release(f.pieces.start + f.verified_to..f.pieces.end);
-        let slot = &mut self.sources[f.source];
-        slot.active -= 1;
+        self.sources[f.source].active -= 1;
         if let Some(t) = f.twin.and_then(|t| self.fetches.get_mut(&t)) {
-            t.twin = None;
+            if t.twin == Some(id) {
+                t.twin = None;
+            }
             if result.is_ok() {
                 t.cancel.store(true, Ordering::Relaxed);
                 self.handle.poke().await;
             }
         }
         let cancelled = f.cancel.load(Ordering::Relaxed);
+        tracing::debug!(
+            source = %self.sources[f.source].source.name,
+            pieces = ?f.pieces,
+            verified = f.verified_to,
+            took = ?f.started.elapsed(),
+            cancelled,
+            result = ?result.as_ref().map(|r| r.received),
+            "run ended"
+        );
+        let slot = &mut self.sources[f.source];
         match result {
             Ok(report) => {
                 let secs = report.elapsed.as_secs_f64().max(1e-3);
