@@ -160,6 +160,17 @@ impl ShareIndex {
         v
     }
 
+    /// A shared file with content `hash`, if any (the lowest ID of those).
+    pub fn find_hash(&self, hash: ContentHash) -> Option<SharedFile> {
+        let id = self
+            .by_path
+            .values()
+            .filter(|i| i.entry.hash == hash)
+            .map(|i| i.entry.id)
+            .min()?;
+        self.get(id)
+    }
+
     /// The file with `id`, if shared.
     pub fn get(&self, id: FileId) -> Option<SharedFile> {
         self.by_path

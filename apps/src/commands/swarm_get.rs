@@ -28,8 +28,10 @@ pub(crate) const HASH_PREFIX: &str = "blake3:";
 
 /// Most sources looked up and used for one download.
 const MAX_SOURCES: usize = 16;
-/// How long a source's listing may take before the download goes on without it.
+/// How long a source's lookup may take before the download goes on without it.
 const LOOKUP_WAIT: Duration = Duration::from_secs(3);
+/// How long its answer to `EntryByHash` is waited for before its listing is asked for.
+const ASK_WAIT: Duration = Duration::from_secs(1);
 /// How often the tracker is asked again for sources while a download runs.
 const REFRESH_SOURCES: Duration = Duration::from_secs(5);
 
@@ -77,10 +79,19 @@ pub(crate) async fn sources(
     {
         let h = handle.clone();
         lookups.spawn(async move {
-            let listing = tokio::time::timeout(LOOKUP_WAIT, h.index(p.addr)).await;
-            let entry = match listing {
-                Ok(Ok((_, entries))) => entries.into_iter().find(|e| e.hash == hash),
-                _ => None,
+            // One round trip; a peer that predates `EntryByHash` does not answer it, and is
+            // looked up in its listing instead.
+            let asked = tokio::time::timeout(ASK_WAIT, h.entry_by_hash(p.addr, hash)).await;
+            let entry = match asked {
+                Ok(Ok(entry)) => entry,
+                _ => {
+                    let listing =
+                        tokio::time::timeout(LOOKUP_WAIT - ASK_WAIT, h.index(p.addr)).await;
+                    match listing {
+                        Ok(Ok((_, entries))) => entries.into_iter().find(|e| e.hash == hash),
+                        _ => None,
+                    }
+                }
             };
             entry.map(|entry| Source {
                 name: p.name.to_string(),

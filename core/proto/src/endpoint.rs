@@ -340,6 +340,7 @@ impl Endpoint {
             Message::IndexRequest { request, .. }
             | Message::PieceRequest { request, .. }
             | Message::EntryRequest { request, .. }
+            | Message::EntryByHash { request, .. }
                 if !proven =>
             {
                 self.retry(now, from, |token| Message::Retry { request, token });
@@ -465,6 +466,15 @@ impl Endpoint {
                     request,
                     file,
                 }),
+            Message::EntryByHash { request, hash } => {
+                self.limiter
+                    .allow(now, from.ip())
+                    .then_some(Incoming::EntryByHash {
+                        from,
+                        request,
+                        hash,
+                    })
+            }
             Message::IndexRequest { request, page } => self
                 .limiter
                 .allow_cost(now, from.ip(), page_cost(page))
@@ -722,6 +732,7 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
         | Message::ListPeers { request, .. }
         | Message::IndexRequest { request, .. }
         | Message::EntryRequest { request, .. }
+        | Message::EntryByHash { request, .. }
         | Message::PieceRequest { request, .. }
         | Message::Introduce { request, .. }
         | Message::Announce { request, .. }

@@ -33,6 +33,16 @@ pub enum Incoming {
         /// The file.
         file: FileId,
     },
+    /// The index entry of the file with some content is asked for (within the sender's rate
+    /// limit).
+    EntryByHash {
+        /// Who asks.
+        from: SocketAddr,
+        /// Its request id, for the answer.
+        request: RequestId,
+        /// The content.
+        hash: ContentHash,
+    },
     /// A page of our index is asked for (within the sender's rate limit).
     IndexRequest {
         /// Who asks.

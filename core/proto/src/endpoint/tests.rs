@@ -741,6 +741,28 @@ fn entry_requests_are_validated_and_routed() {
     ));
 }
 
+/// A lookup by content is served, like one by ID, once its sender proved its address.
+#[test]
+fn entry_by_hash_is_validated_and_routed() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let now = Instant::now();
+    let from = addr(7, 2);
+    let hash = crate::wire::ContentHash::of(b"content");
+    let ask = Message::EntryByHash {
+        request: RequestId(6),
+        hash,
+    };
+    assert!(ep.handle(now, from, ask.clone()).is_none());
+    assert!(matches!(
+        decoded(&ep.poll_transmit().unwrap()),
+        Message::Retry { .. }
+    ));
+    assert!(matches!(
+        ep.handle_proven(now, from, ask),
+        Some(Incoming::EntryByHash { hash: h, .. }) if h == hash
+    ));
+}
+
 /// What a sans-IO tracker and endpoint said to each other.
 #[derive(Default)]
 struct Exchanged {

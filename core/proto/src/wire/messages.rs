@@ -409,6 +409,15 @@ pub enum Message {
         /// The peers of this page.
         peers: BoundedVec<PeerInfo, MAX_LIST_ITEMS>,
     },
+    /// Anyone → peer: the index entry of the file with content `hash` (what a multi-source
+    /// download needs of each source, without its listing); answered with `EntryReply`
+    /// (`None`: no such content shared now). An extension of v1.
+    EntryByHash {
+        /// Reply correlation.
+        request: RequestId,
+        /// The content.
+        hash: ContentHash,
+    },
 }
 
 /// Most hashes in one [`Message::Announce`] (it must fit a [`Message::Validated`] body).
@@ -434,6 +443,7 @@ impl Message {
                 | Message::Introduce { .. }
                 | Message::Announce { .. }
                 | Message::WhoHas { .. }
+                | Message::EntryByHash { .. }
         )
     }
 

@@ -228,6 +228,24 @@ impl Driver {
                     .map(|s| s.entry);
                 self.queue_stateless(from, Message::EntryReply { request, entry });
             }
+            Some(Incoming::EntryByHash {
+                from,
+                request,
+                hash,
+            }) => {
+                // As for `EntryRequest`: from the index as it is, if the file is unchanged.
+                let entry = self
+                    .index
+                    .as_ref()
+                    .and_then(|i| i.find_hash(hash))
+                    .filter(|s| {
+                        fs::metadata(&s.path).is_ok_and(|m| {
+                            m.len() == s.entry.size && m.modified().ok() == s.modified
+                        })
+                    })
+                    .map(|s| s.entry);
+                self.queue_stateless(from, Message::EntryReply { request, entry });
+            }
             Some(Incoming::PieceRequest {
                 from,
                 request,

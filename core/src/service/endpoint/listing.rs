@@ -69,6 +69,23 @@ impl EndpointHandle {
         }
     }
 
+    /// The index entry of a peer's file with content `hash` (`None`: it shares none now).
+    pub async fn entry_by_hash(
+        &self,
+        peer: SocketAddr,
+        hash: ContentHash,
+    ) -> Result<Option<IndexEntry>, ServiceError> {
+        let msg = Message::EntryByHash {
+            request: RequestId(0),
+            hash,
+        };
+        match self.rpc(peer, msg).await? {
+            Message::EntryReply { entry, .. } => Ok(entry.filter(|e| e.hash == hash)),
+            Message::Error { reason, .. } => Err(ServiceError::Refused(reason)),
+            _ => Err(ServiceError::Protocol(peer)),
+        }
+    }
+
     /// A peer's whole index: page 0 says how many pages there are, then up to
     /// [`PIECE_PAGES_IN_FLIGHT`] of the others are asked for at once (a 100,000-file share is
     /// 6,000-odd pages: one at a time, that many round trips). A lying peer's index must not
