@@ -78,7 +78,7 @@ pub fn sample_messages() -> Vec<Message> {
             request,
             page: 0,
             pages: 1,
-            peers: BoundedVec(vec![peer, peer6]),
+            peers: BoundedVec(vec![peer.clone(), peer6]),
         },
         Message::IndexRequest { request, page: 0 },
         Message::IndexPage {
@@ -185,6 +185,37 @@ pub fn sample_messages() -> Vec<Message> {
             transfer: TransferId(8),
             ahead: 41,
         },
+        Message::Request {
+            transfer,
+            file: FileId(1),
+            offset: u64::from(crate::wire::PIECE_SIZE),
+            end: Some(3 * u64::from(crate::wire::PIECE_SIZE)),
+        },
+        Message::Announce {
+            request,
+            name: "alice".into(),
+            first: true,
+            hashes: BoundedVec(vec![hash, ContentHash([9; 32])]),
+        }
+        .with_token(Some(crate::wire::Token(7))),
+        Message::Announced {
+            request,
+            held: 2,
+            limit: 20_000,
+        },
+        Message::WhoHas {
+            request,
+            hash,
+            page: 0,
+        },
+        Message::Holders {
+            request,
+            hash,
+            page: 0,
+            pages: 1,
+            peers: BoundedVec(vec![peer]),
+        },
+        Message::EntryByHash { request, hash },
     ];
     out.extend((0..8).map(|b| Message::Abort {
         transfer,
