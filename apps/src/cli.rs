@@ -416,7 +416,7 @@ pub(crate) struct LsArgs {
     pub json: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 #[command(after_help = GET_EXAMPLES)]
 pub(crate) struct GetArgs {
     /// Name of the peer; or the content's hash, `blake3:HEX`, or a ticket from `p2p share`

@@ -182,3 +182,34 @@ fn the_menu_downloads_from_every_holder_too() {
     check_file(&net, "dl");
     menu.send("q");
 }
+
+#[test]
+fn a_folder_comes_with_its_tree() {
+    let mut net = Net::start();
+    let (a, b, c) = (
+        random_bytes(5000, 1),
+        random_bytes(300_000, 2),
+        random_bytes(77, 3),
+    );
+    net.seeder("s", "udp")
+        .file("pics/a.txt", &a)
+        .file("pics/sub/b.bin", &b)
+        .file("pics2/a.txt", &c)
+        .start();
+    let out = net.get("s", "pics").out("out").run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(net.path("out/pics/a.txt")).unwrap(), a);
+    assert_eq!(std::fs::read(net.path("out/pics/sub/b.bin")).unwrap(), b);
+    assert!(!net.path("out/pics2").exists(), "pics2 is another folder");
+    // Again: everything is there already, nothing is fetched.
+    let again = net.get("s", "pics/").out("out").run();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("already present"),
+        "{}",
+        stdout(&again)
+    );
+    // A folder nobody has.
+    let none = net.get("s", "nope").out("out").run();
+    assert_eq!(none.status.code(), Some(4), "{}", stderr(&none));
+}

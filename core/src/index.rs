@@ -302,6 +302,28 @@ pub fn safe_file_name(path: &str) -> Option<String> {
     (!bad).then(|| name.to_string())
 }
 
+/// The relative path a file of a downloaded folder may be saved under: `path` (as a peer
+/// announced it, `/`-separated) below `folder`, each component a [`safe_file_name`] (so no
+/// `..`, no absolute path, no separators but `/`, no control characters), at most
+/// `MAX_DEPTH` deep. `None` when `path` is not below `folder/` or any component is unsafe.
+pub fn safe_relative_path(folder: &str, path: &str) -> Option<PathBuf> {
+    let folder = folder.trim_end_matches('/');
+    let rest = path.strip_prefix(folder)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.is_empty() || parts.len() > MAX_DEPTH {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for part in parts {
+        // Each component alone: `safe_file_name` of it must be itself (nothing cut off).
+        if safe_file_name(part).as_deref() != Some(part) || part.contains('\\') {
+            return None;
+        }
+        out.push(part);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +358,29 @@ mod tests {
         assert_eq!(e[3].path, "0.txt");
         assert_eq!(e[3].id, FileId(4));
         assert_eq!(e[3].hash, ContentHash::of(b"zero"));
+    }
+
+    #[test]
+    fn folder_paths_keep_their_tree_and_never_escape() {
+        let ok = |f: &str, p: &str| safe_relative_path(f, p);
+        assert_eq!(ok("sub", "sub/a.txt"), Some(PathBuf::from("a.txt")));
+        assert_eq!(
+            ok("sub/", "sub/x/y/b.bin"),
+            Some(PathBuf::from("x/y/b.bin"))
+        );
+        assert_eq!(ok("sub", "sub2/a.txt"), None, "another folder");
+        assert_eq!(ok("sub", "sub"), None);
+        for bad in [
+            "sub/../etc/passwd",
+            "sub/./a",
+            "sub//a",
+            "sub/a/",
+            "sub/a\\b",
+            "sub/.a.txt.p2p-part",
+            "sub/a\u{1b}[2J",
+        ] {
+            assert_eq!(ok("sub", bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -102,20 +102,127 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
             entries.into_iter().find(|e| e.path == *path)
         }
     };
-    let Some(entry) = found else {
+    let result = match found {
+        Some(entry) => {
+            let at = Fetching {
+                to_peer: &to_peer,
+                tracker: t.tracker,
+                info: &info,
+                route,
+                command_start,
+            };
+            fetch_file(&args, &at, entry, &mut shutdown).await
+        }
+        None => match &wanted {
+            Wanted::Path(folder) => {
+                let at = Fetching {
+                    to_peer: &to_peer,
+                    tracker: t.tracker,
+                    info: &info,
+                    route,
+                    command_start,
+                };
+                fetch_folder(&args, &at, &peer, folder, &mut shutdown).await
+            }
+            Wanted::Id(id) => Err(failure(
+                Kind::UnknownFile,
+                format!(
+                    "peer `{}` has no file {id}: run `p2p ls {}` to see its files",
+                    clean(&info.name),
+                    clean(&info.name)
+                ),
+            )),
+        },
+    };
+    // The download finished on its last verified chunk: stay until the sender's FIN is
+    // answered (a round trip; at most 1 s), so that it does not retry until its timeout.
+    to_peer.shutdown().await;
+    result
+}
+
+/// What a download from the named peer needs besides its entry.
+struct Fetching<'a> {
+    to_peer: &'a p2p_core::service::EndpointHandle,
+    tracker: std::net::SocketAddr,
+    info: &'a p2p_proto::wire::PeerInfo,
+    route: Route,
+    command_start: std::time::Instant,
+}
+
+/// `p2p get PEER FOLDER`: every file the peer lists below `FOLDER/`, in path order, each
+/// into the same place below `--out/FOLDER-NAME/` (folders created; a path from the peer that
+/// would leave it is refused), each as `get PEER ID` would fetch it (from every holder,
+/// resumable). A rerun skips the files already there and resumes the one that stopped.
+async fn fetch_folder(
+    args: &GetArgs,
+    at: &Fetching<'_>,
+    peer: &Reached,
+    folder: &str,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
+    let (_, entries) = peer.index().await?;
+    let folder = folder.trim_end_matches('/');
+    let mut files: Vec<IndexEntry> = entries
+        .into_iter()
+        .filter(|e| e.path.starts_with(folder) && e.path[folder.len()..].starts_with('/'))
+        .collect();
+    if files.is_empty() || folder.is_empty() {
         fail!(
             Kind::UnknownFile,
-            "peer `{}` has no file {}: run `p2p ls {}` to see its files",
-            clean(&info.name),
-            match &wanted {
-                Wanted::Id(id) => id.to_string(),
-                Wanted::Path(path) => format!("`{}`", clean(path)),
-            },
-            clean(&info.name)
+            "peer `{}` has no file or folder `{}`: run `p2p ls {}` to see its files",
+            clean(&at.info.name),
+            clean(folder),
+            clean(&at.info.name)
+        );
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let Some(name) = p2p_core::index::safe_file_name(folder) else {
+        fail!(
+            Kind::Failed,
+            "the peer's folder name `{}` is unsafe; refusing",
+            clean(folder)
         );
     };
+    let root = args.out.join(name);
+    let count = files.len();
+    if !args.json {
+        eprintln!(
+            "{}: {count} file{} from {}",
+            clean(folder),
+            if count == 1 { "" } else { "s" },
+            clean(&at.info.name)
+        );
+    }
+    for entry in files {
+        let Some(rel) = p2p_core::index::safe_relative_path(folder, &entry.path) else {
+            eprintln!(
+                "skipped `{}`: an unsafe path from the peer",
+                clean(&entry.path)
+            );
+            continue;
+        };
+        let dir = match rel.parent() {
+            Some(p) => root.join(p),
+            None => root.clone(),
+        };
+        let mut one = args.clone();
+        one.out = dir;
+        fetch_file(&one, at, entry, shutdown).await?;
+    }
+    Ok(())
+}
+
+/// Fetches `entry` of the peer into `args.out` (from every holder unless `--one-source`),
+/// and reports it.
+async fn fetch_file(
+    args: &GetArgs,
+    at: &Fetching<'_>,
+    entry: IndexEntry,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
+    let (to_peer, info, route, command_start) = (at.to_peer, at.info, at.route, at.command_start);
     let dest = dest_for(&args.out, &entry.path)?;
-    if already_present(&args, &dest, &entry)? {
+    if already_present(args, &dest, &entry)? {
         return Ok(());
     }
     if !args.one_source {
@@ -123,11 +230,11 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         // know (an older one) or is slow costs at most a moment, then the named peer alone.
         let others = tokio::time::timeout(
             OTHERS_WAIT,
-            swarm_get::holders(&to_peer, t.tracker, entry.hash),
+            swarm_get::holders(to_peer, at.tracker, entry.hash),
         )
         .await;
         if let Ok(Ok(holders)) = others {
-            let others = swarm_get::sources(&to_peer, holders, entry.hash, &[info.addr]).await;
+            let others = swarm_get::sources(to_peer, holders, entry.hash, &[info.addr]).await;
             if !others.is_empty() {
                 let first = Source {
                     name: info.name.to_string(),
@@ -135,13 +242,13 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
                     entry: entry.clone(),
                 };
                 return swarm_get::run(
-                    &args,
+                    args,
                     to_peer,
-                    t.tracker,
+                    at.tracker,
                     entry.hash,
                     Some(first),
                     others,
-                    &mut shutdown,
+                    shutdown,
                 )
                 .await;
             }
@@ -231,7 +338,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     }
     if let Err(ServiceError::DestinationExists(_)) = &result {
         // Another download (another `get`, a menu) finished it while this one looked it up.
-        if already_present(&args, &dest, &entry)? {
+        if already_present(args, &dest, &entry)? {
             return Ok(());
         }
     }
@@ -275,10 +382,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         route: Some(route),
         sources: None,
     };
-    report(&args, &r.path, &done);
-    // The download finished on its last verified chunk: stay until the sender's FIN is
-    // answered (a round trip; at most 1 s), so that it does not retry until its timeout.
-    to_peer.shutdown().await;
+    report(args, &r.path, &done);
     Ok(())
 }
 
@@ -328,7 +432,9 @@ async fn by_hash(
             )
         })?;
     let found = swarm_get::sources(&handle, holders, hash, &[]).await;
-    swarm_get::run(args, handle, t.tracker, hash, None, found, shutdown).await
+    let result = swarm_get::run(args, &handle, t.tracker, hash, None, found, shutdown).await;
+    handle.shutdown().await;
+    result
 }
 
 /// When `dest` exists: reports it and returns `true` if it holds `entry`'s content, fails if

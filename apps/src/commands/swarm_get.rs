@@ -115,7 +115,7 @@ pub(crate) async fn sources(
 /// `handle` (a client endpoint tuned for the download).
 pub(crate) async fn run(
     args: &GetArgs,
-    handle: EndpointHandle,
+    handle: &EndpointHandle,
     tracker: SocketAddr,
     hash: ContentHash,
     first: Option<Source>,
@@ -168,7 +168,7 @@ pub(crate) async fn run(
         tokio::spawn(async {})
     };
     let download = swarm_download(
-        &handle,
+        handle,
         hash,
         lead.entry.size,
         found,
@@ -246,7 +246,6 @@ pub(crate) async fn run(
         sources: Some(r.sources.iter().map(source_json).collect()),
     };
     super::get::report(args, &r.path, &done);
-    handle.shutdown().await;
     Ok(())
 }
 
