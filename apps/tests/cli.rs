@@ -230,7 +230,11 @@ fn clear_errors_for_unknown_peer_id_and_unreachable_tracker() {
     // Not a number: a path as `p2p ls` lists it, which p does not have.
     let o = net.get("p", "abc").run();
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("has no file or folder `abc`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("has no file or folder `abc`"),
+        "{}",
+        stderr(&o)
+    );
     let o = net.cmd(&["get", "p"]).run();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("give its ID"), "{}", stderr(&o));

@@ -76,19 +76,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let t = &args.tracker;
     let via = session::client(t.transport, t.tracker).await?;
     let mut info = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
-    let idle = args.idle_timeout;
-    let fsync = !args.no_fsync;
-    let preallocate = !args.no_preallocate;
-    let window = args.window;
-    let to_peer = session::client_with(info.transport, info.addr, |c| {
-        c.fsync = fsync;
-        c.preallocate = preallocate;
-        c.receiver.idle_timeout = idle;
-        c.receiver.window_bytes = window;
-        // The budget, not a chunk count, sets the window: room for it in chunks of 1 KiB.
-        c.receiver.window = c.receiver.window.max((window / 1024) as u32);
-    })
-    .await?;
+    let to_peer = download_client(&args, info.transport, info.addr).await?;
     // Through the NATs first, from the socket the download uses.
     let route = session::punch(&to_peer, t.tracker, &mut info).await;
     let peer = Reached {
@@ -319,22 +307,11 @@ async fn fetch_file(
     if !args.json && std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
     }
-    if interrupted {
-        // The user stopped it (Ctrl-C, SIGTERM): say so, and what a rerun resumes from.
-        match &result {
-            Err(ServiceError::Incomplete { kept, partial, .. }) => fail!(
-                Kind::Interrupted,
-                "interrupted: {} verified of {} kept in {}; run the same get again to resume",
-                human_bytes(*kept),
-                human_bytes(entry.size),
-                partial.display()
-            ),
-            Err(_) => fail!(
-                Kind::Interrupted,
-                "interrupted before anything was verified; nothing was kept"
-            ),
-            Ok(_) => {} // finished just as the signal came
-        }
+    if let Some(e) = interrupted
+        .then(|| self::interrupted(&result, entry.size))
+        .flatten()
+    {
+        return Err(e);
     }
     if let Err(ServiceError::DestinationExists(_)) = &result {
         // Another download (another `get`, a menu) finished it while this one looked it up.
@@ -395,6 +372,51 @@ enum Wanted {
 /// How long `get PEER ID` waits for the tracker to name other sources of the content.
 pub(super) const OTHERS_WAIT: Duration = Duration::from_secs(1);
 
+/// A client endpoint of `kind` (in `to`'s address family) set up for downloads as `args`
+/// say: fsync, preallocation, idle timeout, window budget.
+async fn download_client(
+    args: &GetArgs,
+    kind: p2p_proto::wire::TransportKind,
+    to: std::net::SocketAddr,
+) -> Result<p2p_core::service::EndpointHandle> {
+    let (idle, fsync, preallocate, window) = (
+        args.idle_timeout,
+        !args.no_fsync,
+        !args.no_preallocate,
+        args.window,
+    );
+    session::client_with(kind, to, |c| {
+        c.fsync = fsync;
+        c.preallocate = preallocate;
+        c.receiver.idle_timeout = idle;
+        c.receiver.window_bytes = window;
+        // The budget, not a chunk count, sets the window: room for it in chunks of 1 KiB.
+        c.receiver.window = c.receiver.window.max((window / 1024) as u32);
+    })
+    .await
+}
+
+/// The error of a download the user stopped (Ctrl-C, SIGTERM), saying what a rerun resumes
+/// from; `None` when it finished just as the signal came.
+pub(super) fn interrupted<T>(result: &Result<T, ServiceError>, size: u64) -> Option<anyhow::Error> {
+    match result {
+        Err(ServiceError::Incomplete { kept, partial, .. }) => Some(failure(
+            Kind::Interrupted,
+            format!(
+                "interrupted: {} verified of {} kept in {}; run the same get again to resume",
+                human_bytes(*kept),
+                human_bytes(size),
+                partial.display()
+            ),
+        )),
+        Err(_) => Some(failure(
+            Kind::Interrupted,
+            "interrupted before anything was verified; nothing was kept",
+        )),
+        Ok(_) => None,
+    }
+}
+
 /// `p2p get blake3:HEX`: the content from every peer the tracker says has it.
 async fn by_hash(
     args: &GetArgs,
@@ -407,20 +429,7 @@ async fn by_hash(
         tracker,
         transport: args.tracker.transport,
     };
-    let (idle, fsync, preallocate, window) = (
-        args.idle_timeout,
-        !args.no_fsync,
-        !args.no_preallocate,
-        args.window,
-    );
-    let handle = session::client_with(t.transport, t.tracker, |c| {
-        c.fsync = fsync;
-        c.preallocate = preallocate;
-        c.receiver.idle_timeout = idle;
-        c.receiver.window_bytes = window;
-        c.receiver.window = c.receiver.window.max((window / 1024) as u32);
-    })
-    .await?;
+    let handle = download_client(args, t.transport, t.tracker).await?;
     let holders = swarm_get::holders(&handle, t.tracker, hash)
         .await
         .with_kind(Kind::TrackerUnreachable, || {

@@ -192,21 +192,11 @@ pub(crate) async fn run(
     if !args.json && std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
     }
-    if interrupted {
-        match &result {
-            Err(ServiceError::Incomplete { kept, partial, .. }) => fail!(
-                Kind::Interrupted,
-                "interrupted: {} verified of {} kept in {}; run the same get again to resume",
-                human_bytes(*kept),
-                human_bytes(lead.entry.size),
-                partial.display()
-            ),
-            Err(_) => fail!(
-                Kind::Interrupted,
-                "interrupted before anything was verified; nothing was kept"
-            ),
-            Ok(_) => {}
-        }
+    if let Some(e) = interrupted
+        .then(|| super::get::interrupted(&result, lead.entry.size))
+        .flatten()
+    {
+        return Err(e);
     }
     if let Err(ServiceError::DestinationExists(_)) = &result {
         if super::get::already_present(args, &dest, &lead.entry)? {

@@ -220,11 +220,7 @@ impl Driver {
                     .index
                     .as_ref()
                     .and_then(|i| i.get(file))
-                    .filter(|s| {
-                        fs::metadata(&s.path).is_ok_and(|m| {
-                            m.len() == s.entry.size && m.modified().ok() == s.modified
-                        })
-                    })
+                    .filter(unchanged)
                     .map(|s| s.entry);
                 self.queue_stateless(from, Message::EntryReply { request, entry });
             }
@@ -238,11 +234,7 @@ impl Driver {
                     .index
                     .as_ref()
                     .and_then(|i| i.find_hash(hash))
-                    .filter(|s| {
-                        fs::metadata(&s.path).is_ok_and(|m| {
-                            m.len() == s.entry.size && m.modified().ok() == s.modified
-                        })
-                    })
+                    .filter(unchanged)
                     .map(|s| s.entry);
                 self.queue_stateless(from, Message::EntryReply { request, entry });
             }
@@ -612,6 +604,11 @@ impl Driver {
         }
         self.send_probes().await;
     }
+}
+
+/// Whether a shared file is still as indexed (size and mtime).
+fn unchanged(s: &crate::index::SharedFile) -> bool {
+    fs::metadata(&s.path).is_ok_and(|m| m.len() == s.entry.size && m.modified().ok() == s.modified)
 }
 
 /// The index a rescan made (`None`: the rescan failed); never, without one running.
