@@ -320,7 +320,7 @@ impl Driver {
         let transport = self.transport.clone();
         let bytes = msg.encode();
         tokio::spawn(async move {
-            let _ = transport.send_to(to, &bytes).await;
+            send_unless_full(&transport, to, &bytes).await;
         });
     }
 
@@ -437,7 +437,7 @@ impl Driver {
                         batch.send(&transport, to).await;
                         buf.clear();
                         m.encode_into(&mut buf);
-                        let _ = transport.send_to(to, &buf).await;
+                        send_unless_full(&transport, to, &buf).await;
                     }
                     SenderTransmit::Chunk { seq, offset, len } => {
                         self.upload_tokens -= f64::from(len);
@@ -538,7 +538,7 @@ impl Driver {
                 } else {
                     m.encode_into(&mut buf);
                 }
-                let _ = transport.send_to(d.peer, &buf).await;
+                send_unless_full(&transport, d.peer, &buf).await;
             }
         }
         let proto = &mut self.proto;
@@ -600,10 +600,22 @@ impl Driver {
     /// refusals.
     pub(super) async fn send_proto_transmits(&mut self) {
         while let Some(t) = self.proto.poll_transmit() {
-            let _ = self.transport.send_to(t.to, &t.payload).await;
+            send_unless_full(&self.transport, t.to, &t.payload).await;
         }
         self.send_probes().await;
     }
+}
+
+/// Sends a control message (an ACK, a request, an answer, an `Abort`) to `to`, unless its
+/// queue is full (a TCP peer that reads nothing): then it is dropped, as a datagram would be
+/// lost, and the protocol's timers repair it (a later ACK covers it, a request is sent
+/// again, a transfer times out). The event loop never waits on one peer's queue.
+async fn send_unless_full(transport: &SharedTransport, to: SocketAddr, bytes: &[u8]) {
+    if transport.send_room(to) == 0 {
+        tracing::debug!(%to, "control message dropped: the peer's queue is full");
+        return;
+    }
+    let _ = transport.send_to(to, bytes).await;
 }
 
 /// Whether a shared file is still as indexed (size and mtime).
