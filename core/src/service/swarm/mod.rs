@@ -193,7 +193,6 @@ pub async fn swarm_download(
         saved: 0,
         saved_at: Instant::now(),
         dirty: false,
-        poke: false,
     };
     for s in sources {
         swarm.add_source(s);
@@ -254,8 +253,6 @@ struct Swarm {
     saved_at: Instant,
     /// Pieces verified since the last checkpoint.
     dirty: bool,
-    /// A run was cancelled: the endpoint is to look at it.
-    poke: bool,
 }
 
 /// How often progress is sampled and stalls looked for.
@@ -268,8 +265,6 @@ const STRIKES: u32 = 2;
 const BACKOFF: Duration = Duration::from_secs(1);
 /// Failures of a source this close to its last strike are part of the same one.
 const STRIKE_EPISODE: Duration = Duration::from_secs(2);
-/// In the endgame, a twin run that verified nothing for this long gives way to another.
-const ENDGAME_PATIENCE: Duration = Duration::from_secs(1);
 /// Piece tables tried (from different sources) before the download fails.
 const TABLE_TRIES: usize = 4;
 
@@ -391,9 +386,6 @@ impl Swarm {
                 }
             } else {
                 self.assign(&mut plan, &table, &file, piece);
-                if std::mem::take(&mut self.poke) {
-                    self.handle.poke().await;
-                }
                 if self.fetches.is_empty() {
                     // Nothing running and nobody to ask, now or after a wait: what sources
                     // join later would be found by a new run (which resumes).
@@ -571,13 +563,8 @@ impl Swarm {
                 );
                 let (pieces, twin) = match plan.take_run(want) {
                     Some(run) => (run, None),
-                    None => match self.endgame_pick(i, now) {
-                        Some((twin, run, replaced)) => {
-                            if let Some(old) = replaced.and_then(|t| self.fetches.get(&t)) {
-                                // Its twin made no progress either: a third source tries.
-                                old.cancel.store(true, Ordering::Relaxed);
-                                self.poke = true;
-                            }
+                    None => match self.endgame_pick(i) {
+                        Some((twin, run)) => {
                             plan.duplicate(run.clone());
                             (run, Some(twin))
                         }
@@ -589,21 +576,15 @@ impl Swarm {
         }
     }
 
-    /// The endgame: the run of another source with the most pieces left that has no twin, or
-    /// only one that verified nothing for [`ENDGAME_PATIENCE`]; those pieces; and that stale
-    /// twin, to cancel.
-    fn endgame_pick(&self, source: usize, now: Instant) -> Option<(u64, Range<u64>, Option<u64>)> {
-        let stale = |t: &u64| {
-            self.fetches.get(t).is_none_or(|t| {
-                t.source != source
-                    && !t.cancel.load(Ordering::Relaxed)
-                    && now >= t.moved_at + ENDGAME_PATIENCE
-            })
-        };
+    /// The endgame: the run of another source with the most pieces left that has no twin yet,
+    /// and those pieces. (A twin is never replaced while it runs: with slow sources, twins
+    /// replaced before their first piece would be replaced again, for ever; a twin that makes
+    /// no progress at all is taken back at `stall`, which frees its run for another.)
+    fn endgame_pick(&self, source: usize) -> Option<(u64, Range<u64>)> {
         self.fetches
             .iter()
-            .filter(|(_, f)| f.source != source && !f.cancel.load(Ordering::Relaxed))
-            .filter(|(_, f)| f.twin.as_ref().is_none_or(stale))
+            .filter(|(_, f)| f.source != source && f.twin.is_none())
+            .filter(|(_, f)| !f.cancel.load(Ordering::Relaxed))
             .filter(|(_, f)| f.pieces.start + f.verified_to < f.pieces.end)
             .max_by_key(|(_, f)| {
                 (
@@ -611,7 +592,7 @@ impl Swarm {
                     std::cmp::Reverse(f.started),
                 )
             })
-            .map(|(&id, f)| (id, f.pieces.start + f.verified_to..f.pieces.end, f.twin))
+            .map(|(&id, f)| (id, f.pieces.start + f.verified_to..f.pieces.end))
     }
 
     fn start(
