@@ -175,7 +175,10 @@ pub(crate) async fn run(
         Some(more_rx),
         dest.clone(),
         tx,
-        SwarmConfig::default(),
+        SwarmConfig {
+            window_bytes: args.window,
+            ..SwarmConfig::default()
+        },
     );
     tokio::pin!(download);
     let mut interrupted = false;

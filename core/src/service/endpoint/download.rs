@@ -227,11 +227,15 @@ impl Driver {
             file,
             range,
             cancel,
+            window_bytes,
         } = job;
         let transfer = self.proto.new_transfer_id();
         let now = Instant::now();
         let piece_size = table.piece_size;
-        let receiver_config = self.download_receiver_config(peer, now);
+        let mut receiver_config = self.download_receiver_config(peer, now);
+        if let Some(budget) = window_bytes {
+            receiver_config.window_bytes = receiver_config.window_bytes.min(budget);
+        }
         let machine = ChunkReceiver::range(
             now.into_std(),
             transfer,

@@ -437,6 +437,9 @@ pub struct RangeJob {
     /// Set (then [`EndpointHandle::poke`]) to stop the transfer; its answer then comes soon,
     /// and no byte of it is written after that answer.
     pub cancel: Arc<AtomicBool>,
+    /// Memory for this run's data in flight, at most (`None`: the endpoint's receive window
+    /// budget): a download of many runs at once shares its budget among them.
+    pub window_bytes: Option<u64>,
 }
 
 /// A cloneable handle to a running endpoint.

@@ -69,6 +69,9 @@ pub struct SwarmConfig {
     pub max_run: u64,
     /// First run of a source, in pieces.
     pub first_run: u64,
+    /// Memory for data in flight of the whole download, shared among its runs (as
+    /// `ReceiverConfig::window_bytes` is for a single-source one).
+    pub window_bytes: u64,
 }
 
 impl Default for SwarmConfig {
@@ -80,6 +83,7 @@ impl Default for SwarmConfig {
             run_time: Duration::from_secs(2),
             max_run: 64,
             first_run: 4,
+            window_bytes: crate::transfer::DEFAULT_WINDOW_BYTES,
         }
     }
 }
@@ -265,6 +269,8 @@ const STRIKES: u32 = 2;
 const BACKOFF: Duration = Duration::from_secs(1);
 /// Failures of a source this close to its last strike are part of the same one.
 const STRIKE_EPISODE: Duration = Duration::from_secs(2);
+/// Least memory for data in flight of one run.
+const MIN_RUN_WINDOW: u64 = 2 << 20;
 /// Piece tables tried (from different sources) before the download fails.
 const TABLE_TRIES: usize = 4;
 
@@ -292,6 +298,12 @@ impl Swarm {
 
     /// Drops source `i` for the rest of the download; its runs in flight are cancelled (the
     /// caller pokes the endpoint).
+    /// Runs that may be in flight at once: two per source in use, the twins of the endgame.
+    fn max_runs(&self) -> usize {
+        let usable = self.sources.len().min(self.config.max_sources).max(1);
+        usable * self.config.per_source
+    }
+
     fn drop_source(&mut self, i: usize, why: String) {
         let slot = &mut self.sources[i];
         if slot.state == SourceState::Active {
@@ -616,6 +628,11 @@ impl Swarm {
             file: file.clone(),
             range,
             cancel: cancel.clone(),
+            // The download's budget shared among the runs it may have at once (at least
+            // `MIN_RUN_WINDOW` each): many sources do not multiply its memory.
+            window_bytes: Some(
+                (self.config.window_bytes / self.max_runs() as u64).max(MIN_RUN_WINDOW),
+            ),
         };
         let handle = self.handle.clone();
         self.running
