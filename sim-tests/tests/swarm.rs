@@ -359,17 +359,18 @@ seeded_tests! {
     four_sources_share_the_work_tcp => |s| four_sources(&mut Cluster::new(s, Net::Tcp));
 }
 
-/// Flips a byte in the middle of every odd piece of `path`, then puts its modification time
-/// back: its peer, which checks size and mtime only, goes on listing and serving it under the
-/// hash it indexed.
-fn corrupt_odd_pieces(path: &Path) -> std::io::Result<()> {
+/// Flips a byte in the middle of every odd piece of `path` (of every piece, with `all`), then
+/// puts its modification time back: its peer, which checks size and mtime only, goes on
+/// listing and serving it under the hash it indexed.
+fn corrupt_pieces(path: &Path, all: bool) -> std::io::Result<()> {
     let mtime = std::fs::metadata(path)?.modified()?;
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)?;
     let size = file.metadata()?.len();
-    for i in (1..size.div_ceil(PIECE)).step_by(2) {
+    let (first, step) = if all { (0, 1) } else { (1, 2) };
+    for i in (first..size.div_ceil(PIECE)).step_by(step) {
         let at = (i * PIECE + PIECE / 2).min(size - 1);
         let mut b = [0u8];
         file.seek(SeekFrom::Start(at))?;
@@ -388,16 +389,18 @@ fn corrupt_odd_pieces(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One of four sources lies: its file was changed behind its index (every odd piece), so the
-/// bytes it sends do not match the hash it lists. It is banned at its first bad piece, having
-/// sent at most a run's worth of good pieces before; the others finish the exact file.
-fn lying_source(cl: &mut Cluster) -> turmoil::Result {
+/// One of four sources lies: its file was changed behind its index (every odd piece, or with
+/// `all` every piece), so the bytes it sends do not match the hash it lists. It is banned at
+/// its first bad piece, having sent at most a run's worth of good pieces before; the others
+/// finish the exact file. Lying from its first piece, it costs one piece: a source is given
+/// one run of one piece until it has sent a verified one.
+fn lying_source(cl: &mut Cluster, all: bool) -> turmoil::Result {
     let net = cl.net;
     const SIZE: usize = 6 << 20;
     let mut sim = cl.builder(Duration::from_secs(120)).build();
     cl.add_tracker(&mut sim, fast_registry(), None);
-    let all = names(&["seed0", "liar", "seed2", "seed3"]);
-    for n in &all {
+    let names = names(&["seed0", "liar", "seed2", "seed3"]);
+    for n in &names {
         cl.add_peer(&mut sim, n, seeder(net, SIZE));
     }
     cl.add_peer(&mut sim, "leecher", PeerOpts::default());
@@ -407,12 +410,12 @@ fn lying_source(cl: &mut Cluster) -> turmoil::Result {
     let (handles, trace) = (cl.handles.clone(), cl.trace.clone());
     sim.client("ctl", async move {
         let h = handles.get("leecher").await;
-        for n in &all {
+        for n in &names {
             handles.get(n).await;
         }
         // The listing indexes the liar's file as it is (honest); then it changes.
-        let found = sources(&h, &all).await?;
-        corrupt_odd_pieces(&lie)?;
+        let found = sources(&h, &names).await?;
+        corrupt_pieces(&lie, all)?;
         let listed = find_entry(&h, peer_addr("liar"), FILE).await?;
         if listed != found[1].entry {
             return Err(format!("the liar lists {listed:?} now, not {:?}", found[1].entry).into());
@@ -436,7 +439,15 @@ fn lying_source(cl: &mut Cluster) -> turmoil::Result {
             )
             .into());
         }
-        let honest: Vec<String> = all.iter().filter(|n| *n != "liar").cloned().collect();
+        if all && (liar.runs != 1 || liar.bytes != 0) {
+            return Err(format!(
+                "a liar from the first piece had {} runs and {} verified bytes (one run of one \
+                 piece expected)",
+                liar.runs, liar.bytes
+            )
+            .into());
+        }
+        let honest: Vec<String> = names.iter().filter(|n| *n != "liar").cloned().collect();
         all_active(&report.sources, &honest)?;
         Ok(())
     });
@@ -444,8 +455,9 @@ fn lying_source(cl: &mut Cluster) -> turmoil::Result {
 }
 
 seeded_tests! {
-    lying_source_is_banned_udp => |s| lying_source(&mut Cluster::new(s, Net::Udp));
-    lying_source_is_banned_tcp => |s| lying_source(&mut Cluster::new(s, Net::Tcp));
+    lying_source_is_banned_udp => |s| lying_source(&mut Cluster::new(s, Net::Udp), false);
+    lying_source_is_banned_tcp => |s| lying_source(&mut Cluster::new(s, Net::Tcp), false);
+    lying_from_the_first_piece_costs_one_piece_udp => |s| lying_source(&mut Cluster::new(s, Net::Udp), true);
 }
 
 /// A shorter stall than the default (10 s), so that a dead source is found out while the
@@ -813,7 +825,7 @@ fn replays(
 
 seeded_tests! {
     same_seed_same_swarm_run_udp => |s| replays(s, Net::Udp, churn);
-    same_seed_same_swarm_run_tcp => |s| replays(s, Net::Tcp, lying_source);
+    same_seed_same_swarm_run_tcp => |s| replays(s, Net::Tcp, |cl| lying_source(cl, false));
     /// A TCP run with a crash does not replay exactly after other runs in the same process
     /// (seed 1 twice in one thread: the resumed download took 6.122 s, then 6.222 s). Not the
     /// swarm's doing: a crash drops the host's tokio runtime, whose tasks (TCP streams among

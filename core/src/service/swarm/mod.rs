@@ -110,6 +110,8 @@ pub struct SourceReport {
     pub active: usize,
     /// Times it failed (a run that stalled or broke off; failures of one outage count once).
     pub failures: u32,
+    /// Runs it was given.
+    pub runs: u32,
     /// Whether it is still used.
     pub state: SourceState,
 }
@@ -218,6 +220,8 @@ struct SourceSlot {
     struck_at: Option<Instant>,
     /// Strikes in all (for the report).
     failures: u32,
+    /// Runs given to it.
+    runs: u32,
     /// Not asked again before this.
     backoff: Option<Instant>,
 }
@@ -292,6 +296,7 @@ impl Swarm {
             strikes: 0,
             struck_at: None,
             failures: 0,
+            runs: 0,
             backoff: None,
         });
     }
@@ -549,9 +554,13 @@ impl Swarm {
         for i in order {
             loop {
                 let s = &self.sources[i];
+                // On probation until its first verified piece: one run of one piece, so that
+                // a source lying from the start costs one piece, not runs of them.
+                let proven = s.bytes > 0;
+                let per_source = if proven { self.config.per_source } else { 1 };
                 let usable = s.state == SourceState::Active
                     && s.backoff.is_none_or(|t| t <= now)
-                    && s.active < self.config.per_source
+                    && s.active < per_source
                     && (s.active > 0 || in_use < self.config.max_sources);
                 if !usable {
                     break;
@@ -563,6 +572,7 @@ impl Swarm {
                     .count()
                     .max(1) as u64;
                 let want = match s.rate {
+                    _ if !proven => 1,
                     Some(rate) => (rate * self.config.run_time.as_secs_f64() / piece as f64) as u64,
                     None => self.config.first_run,
                 }
@@ -656,6 +666,7 @@ impl Swarm {
             },
         );
         self.sources[source].active += 1;
+        self.sources[source].runs += 1;
     }
 
     /// Takes in the pieces every running fetch verified since the last look.
@@ -836,6 +847,7 @@ impl Swarm {
                 bytes: s.bytes,
                 active: s.active,
                 failures: s.failures,
+                runs: s.runs,
                 state: s.state.clone(),
             })
             .collect();
