@@ -83,44 +83,35 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         handle: to_peer.clone(),
         info: info.clone(),
     };
-    let found = match &wanted {
-        Wanted::Id(id) => peer.entry(*id).await?,
+    // A path may name a file or a folder: one listing answers both.
+    let (found, listing) = match &wanted {
+        Wanted::Id(id) => (peer.entry(*id).await?, Vec::new()),
         Wanted::Path(path) => {
             let (_, entries) = peer.index().await?;
-            entries.into_iter().find(|e| e.path == *path)
+            let found = entries.iter().find(|e| e.path == *path).cloned();
+            (found, entries)
         }
     };
-    let result = match found {
-        Some(entry) => {
-            let at = Fetching {
-                to_peer: &to_peer,
-                tracker: t.tracker,
-                info: &info,
-                route,
-                command_start,
-            };
-            fetch_file(&args, &at, entry, &mut shutdown).await
+    let at = Fetching {
+        to_peer: &to_peer,
+        tracker: t.tracker,
+        info: &info,
+        route,
+        command_start,
+    };
+    let result = match (found, &wanted) {
+        (Some(entry), _) => fetch_file(&args, &at, entry, &mut shutdown).await,
+        (None, Wanted::Path(folder)) => {
+            fetch_folder(&args, &at, listing, folder, &mut shutdown).await
         }
-        None => match &wanted {
-            Wanted::Path(folder) => {
-                let at = Fetching {
-                    to_peer: &to_peer,
-                    tracker: t.tracker,
-                    info: &info,
-                    route,
-                    command_start,
-                };
-                fetch_folder(&args, &at, &peer, folder, &mut shutdown).await
-            }
-            Wanted::Id(id) => Err(failure(
-                Kind::UnknownFile,
-                format!(
-                    "peer `{}` has no file {id}: run `p2p ls {}` to see its files",
-                    clean(&info.name),
-                    clean(&info.name)
-                ),
-            )),
-        },
+        (None, Wanted::Id(id)) => Err(failure(
+            Kind::UnknownFile,
+            format!(
+                "peer `{}` has no file {id}: run `p2p ls {}` to see its files",
+                clean(&info.name),
+                clean(&info.name)
+            ),
+        )),
     };
     // The download finished on its last verified chunk: stay until the sender's FIN is
     // answered (a round trip; at most 1 s), so that it does not retry until its timeout.
@@ -137,18 +128,17 @@ struct Fetching<'a> {
     command_start: std::time::Instant,
 }
 
-/// `p2p get PEER FOLDER`: every file the peer lists below `FOLDER/`, in path order, each
+/// `p2p get PEER FOLDER`: every file the peer lists (`entries`) below `FOLDER/`, in path order, each
 /// into the same place below `--out/FOLDER-NAME/` (folders created; a path from the peer that
 /// would leave it is refused), each as `get PEER ID` would fetch it (from every holder,
 /// resumable). A rerun skips the files already there and resumes the one that stopped.
 async fn fetch_folder(
     args: &GetArgs,
     at: &Fetching<'_>,
-    peer: &Reached,
+    entries: Vec<IndexEntry>,
     folder: &str,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
-    let (_, entries) = peer.index().await?;
     let folder = folder.trim_end_matches('/');
     let mut files: Vec<IndexEntry> = entries
         .into_iter()
