@@ -305,9 +305,19 @@ fn drive(sim: &mut turmoil::Sim<'_>, acts: &Acts) -> turmoil::Result {
 
 /// Four sources and a downloader: the file is exact, and every source sent a share of it.
 fn four_sources(cl: &mut Cluster) -> turmoil::Result {
+    four_sources_at(cl, None)
+}
+
+/// [`four_sources`] with every message taking `one_way` (a long path: with 50 ms, a 100 ms
+/// round trip on top of the 2 % loss of UDP), or turmoil's default latency.
+fn four_sources_at(cl: &mut Cluster, one_way: Option<Duration>) -> turmoil::Result {
     let net = cl.net;
     const SIZE: usize = 6 << 20;
-    let mut sim = cl.builder(Duration::from_secs(120)).build();
+    let mut builder = cl.builder(Duration::from_secs(120));
+    if let Some(d) = one_way {
+        builder.min_message_latency(d).max_message_latency(d);
+    }
+    let mut sim = builder.build();
     cl.add_tracker(&mut sim, fast_registry(), None);
     let names: Vec<String> = (0..4).map(|i| format!("seed{i}")).collect();
     for n in &names {
@@ -357,6 +367,9 @@ fn four_sources(cl: &mut Cluster) -> turmoil::Result {
 seeded_tests! {
     four_sources_share_the_work_udp => |s| four_sources(&mut Cluster::new(s, Net::Udp));
     four_sources_share_the_work_tcp => |s| four_sources(&mut Cluster::new(s, Net::Tcp));
+    four_sources_over_a_100_ms_lossy_path_udp => |s| {
+        four_sources_at(&mut Cluster::new(s, Net::Udp), Some(Duration::from_millis(50)))
+    };
 }
 
 /// Flips a byte in the middle of every odd piece of `path` (of every piece, with `all`), then
