@@ -16,13 +16,18 @@ const SIZE: usize = 12 * MIB + 1234;
 /// that one alone cannot take the whole file before the others start; returns the net and
 /// the content's hash (`blake3:HEX`) once the tracker lists all three for it.
 fn three_seeders(transport: &str, seed: u64) -> (Net, String) {
+    three_seeders_at(transport, seed, "16MiB")
+}
+
+/// [`three_seeders`], each capped at `rate`.
+fn three_seeders_at(transport: &str, seed: u64, rate: &str) -> (Net, String) {
     let mut net = Net::start();
     let bytes = random_bytes(SIZE, seed);
     for i in 0..3 {
         net.seeder(&format!("s{i}"), transport)
             .share(&format!("share{i}"))
             .file("big.bin", &bytes)
-            .args(&["--max-upload-rate", "16MiB"])
+            .args(&["--max-upload-rate", rate])
             .start();
     }
     let listing = net.ls("s0").transport(transport).run_json();
@@ -212,4 +217,23 @@ fn a_folder_comes_with_its_tree() {
     // A folder nobody has.
     let none = net.get("s", "nope").out("out").run();
     assert_eq!(none.status.code(), Some(4), "{}", stderr(&none));
+}
+
+/// Two processes, one destination: a second multi-source `get` of a file another one is
+/// writing is refused at once (exit 6, named), and the first one's file is exact.
+#[test]
+fn a_second_process_on_the_same_destination_is_refused() {
+    // 12 MiB at 3 x 2 MiB/s: about 2 s, long enough for a checkpoint (every second).
+    let (net, hash) = three_seeders_at("udp", 26, "2MiB");
+    let mut first = net.cmd(&["get", &hash]).out("out").json().spawn();
+    first.wait_checkpoint(1);
+    let second = net.cmd(&["get", &hash]).out("out").run();
+    assert_eq!(second.status.code(), Some(6), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("already being downloaded"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(first.wait_exit().success());
+    check_file(&net, "out");
 }
