@@ -232,7 +232,7 @@ async fn fetch_file(
             }
         }
     }
-    let mut interrupted = false;
+    let mut interrupted;
     let mut wait = FIRST_BUSY_WAIT;
     let give_up = tokio::time::Instant::now() + args.busy_wait;
     let mut attempt_start;
@@ -248,17 +248,8 @@ async fn fetch_file(
             tokio::spawn(async {})
         };
         let download = to_peer.download(info.addr, entry.clone(), dest.clone(), Some(tx));
-        tokio::pin!(download);
-        let result = tokio::select! {
-            r = &mut download => r,
-            _ = shutdown.wait() => {
-                // Stop cleanly: the endpoint aborts the transfer, records the verified prefix
-                // and answers the pending download with what was kept.
-                interrupted = true;
-                to_peer.shutdown().await;
-                download.await
-            }
-        };
+        let (result, stopped) = until_stopped(download, to_peer, shutdown).await;
+        interrupted = stopped;
         watcher.abort();
         queue_watcher.abort();
         // A sender with every upload slot taken: wait (doubling) and ask again, within
@@ -384,6 +375,24 @@ async fn download_client(
         c.receiver.window = c.receiver.window.max((window / 1024) as u32);
     })
     .await
+}
+
+/// Runs `download` to its end; on a signal first, stops the endpoint cleanly (it aborts the
+/// transfers, records what is verified and answers with what was kept) and waits for that
+/// answer. `true` with it: the user stopped it.
+pub(super) async fn until_stopped<T>(
+    download: impl std::future::Future<Output = T>,
+    handle: &p2p_core::service::EndpointHandle,
+    shutdown: &mut Shutdown,
+) -> (T, bool) {
+    tokio::pin!(download);
+    tokio::select! {
+        r = &mut download => (r, false),
+        _ = shutdown.wait() => {
+            handle.shutdown().await;
+            (download.await, true)
+        }
+    }
 }
 
 /// The error of a download the user stopped (Ctrl-C, SIGTERM), saying what a rerun resumes

@@ -180,16 +180,7 @@ pub(crate) async fn run(
             ..SwarmConfig::default()
         },
     );
-    tokio::pin!(download);
-    let mut interrupted = false;
-    let result = tokio::select! {
-        r = &mut download => r,
-        _ = shutdown.wait() => {
-            interrupted = true;
-            handle.shutdown().await;
-            download.await
-        }
-    };
+    let (result, interrupted) = super::get::until_stopped(download, handle, shutdown).await;
     finder.abort();
     watcher.abort();
     if !args.json && std::io::stderr().is_terminal() {
