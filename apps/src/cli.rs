@@ -459,6 +459,17 @@ pub(crate) struct GetArgs {
     /// same content sends a share of it too.
     #[arg(long)]
     pub one_source: bool,
+    /// While downloading from many sources, serve the pieces verified so far to the other
+    /// downloaders of the same content, as BitTorrent clients do: registers with the tracker
+    /// as NAME (default get-XXXX) until the download ends. Off by default: a plain `get`
+    /// tells nobody what it fetches.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "", conflicts_with = "one_source")]
+    pub serve: Option<String>,
+    /// Address this download listens on (what `--serve` registers; e.g. 0.0.0.0:7001 to be
+    /// reached from other machines). Default: an ephemeral port on the loopback for a
+    /// tracker on the loopback, else on every interface.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// A download's in-flight memory budget (`--window`): a size from 1 MiB to 1 GiB.

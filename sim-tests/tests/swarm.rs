@@ -25,8 +25,8 @@ use p2p_core::service::{EndpointHandle, ServiceError};
 use p2p_proto::wire::PIECE_SIZE;
 use p2p_sim_tests::harness::run_sim;
 use p2p_sim_tests::{
-    fast_registry, find_entry, peer_addr, run_until, seeded_tests, Cluster, FaultRates, Net,
-    PeerOpts, SharedFile, Trace,
+    fast_registry, find_entry, peer_addr, run_until, seeded_tests, tracker_addr, Cluster,
+    FaultRates, Net, PeerOpts, SharedFile, Trace,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -59,6 +59,7 @@ async fn sources(via: &EndpointHandle, names: &[String]) -> Result<Vec<Source>, 
             name: name.clone(),
             addr,
             entry,
+            partial: false,
         });
     }
     Ok(out)
@@ -848,4 +849,87 @@ seeded_tests! {
     /// `crash.rs`'s `crash_tracker_tcp` does the same (`SIM_SEEDS=5,5`: 2.476 s, then 2.426 s).
     #[ignore = "TCP runs with a crash do not replay after other runs in the process: a crashed runtime drops its tasks in an order set by tokio's global task ids (most seeds; which ones depends on what ran before; crash_tracker_tcp too)"]
     same_seed_same_swarm_run_after_crash_tcp => |s| replays(s, Net::Tcp, |cl| resume_from_others(cl, true));
+}
+
+/// Downloaders serve: `first` and `second` fetch one file from a capped seeder, each serving
+/// what it verified (`SwarmConfig::serve`). `second` starts when `first` is 40 % done, finds
+/// `first` through the tracker as a download in progress (`WhoHas`, then `EntryByHash`
+/// marked partial) and takes from it the pieces it has, asking as it goes which it has
+/// (`HaveRequest`). Both files are exact; `first` sent `second` at least a quarter of the
+/// file, so the seeder sent that much less than two copies.
+fn downloader_serves(cl: &mut Cluster) -> turmoil::Result {
+    let net = cl.net;
+    const SIZE: usize = 8 << 20;
+    const RATE: u64 = 1 << 20;
+    let mut sim = cl.builder(Duration::from_secs(120)).build();
+    cl.add_tracker(&mut sim, fast_registry(), None);
+    cl.add_peer(&mut sim, "seed", capped(net, SIZE, RATE));
+    cl.add_peer(&mut sim, "first", PeerOpts::default());
+    cl.add_peer(&mut sim, "second", PeerOpts::default());
+    let f = cl.file("seed", FILE);
+    let dest1 = cl.download_dir("first").join(FILE);
+    let dest2 = cl.download_dir("second").join(FILE);
+    let (handles, trace) = (cl.handles.clone(), cl.trace.clone());
+    sim.client("ctl", async move {
+        let h1 = handles.get("first").await;
+        let h2 = handles.get("second").await;
+        handles.get("seed").await;
+        let seed = sources(&h1, &names(&["seed"])).await?;
+        let hash = seed[0].entry.hash;
+        let config = SwarmConfig {
+            serve: true,
+            ..SwarmConfig::default()
+        };
+        let mut run1 = spawn_swarm(&h1, seed.clone(), None, &dest1, config.clone());
+        let at = reach(&mut run1, Duration::from_secs(60), "40 %", past(40)).await?;
+        trace.record("ctl", format_args!("second starts at {}", at.have));
+        // Whoever the tracker says has the content, as `p2p get` finds them: `first` among
+        // them once its announcement is in (a few heartbeats at most).
+        let mut holders = Vec::new();
+        for _ in 0..20 {
+            holders = h2.who_has(tracker_addr(), hash).await?;
+            if holders.iter().any(|p| &*p.name == "first") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let first = holders
+            .iter()
+            .find(|p| &*p.name == "first")
+            .ok_or_else(|| format!("the tracker does not list first as a holder: {holders:?}"))?;
+        let held = h2
+            .entry_by_hash(first.addr, hash)
+            .await?
+            .ok_or("first does not answer for the content it downloads")?;
+        if !held.partial {
+            return Err("first's entry is not marked as a download in progress".into());
+        }
+        let mut found = seed;
+        found.push(Source {
+            name: "first".into(),
+            addr: first.addr,
+            entry: held.entry,
+            partial: true,
+        });
+        let run2 = spawn_swarm(&h2, found, None, &dest2, config);
+        let (res1, res2) = (run1.task.await?, run2.task.await?);
+        exact(&trace, res1, &dest1, &f)?;
+        let report = exact(&trace, res2, &dest2, &f)?;
+        adds_up(&report.sources, f.size)?;
+        let from_first = report_of(&report.sources, "first")?;
+        if from_first.bytes < f.size / 4 {
+            return Err(format!(
+                "first sent second only {} bytes of {}: {:?}",
+                from_first.bytes, f.size, report.sources
+            )
+            .into());
+        }
+        Ok(())
+    });
+    run_sim(&mut sim)
+}
+
+seeded_tests! {
+    downloader_serves_what_it_verified_udp => |s| downloader_serves(&mut Cluster::new(s, Net::Udp));
+    downloader_serves_what_it_verified_tcp => |s| downloader_serves(&mut Cluster::new(s, Net::Tcp));
 }

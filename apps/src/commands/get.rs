@@ -218,6 +218,7 @@ async fn fetch_file(
                     name: info.name.to_string(),
                     addr: info.addr,
                     entry: entry.clone(),
+                    partial: false,
                 };
                 return swarm_get::run(
                     args,
@@ -366,7 +367,10 @@ async fn download_client(
         !args.no_preallocate,
         args.window,
     );
-    session::client_with(kind, to, |c| {
+    let bind = args
+        .listen
+        .unwrap_or_else(|| crate::address::client_bind(to));
+    session::endpoint(kind, bind, None, Default::default(), |c| {
         c.fsync = fsync;
         c.preallocate = preallocate;
         c.receiver.idle_timeout = idle;

@@ -647,6 +647,7 @@ impl Menu {
                     name: peer.clone(),
                     addr,
                     entry: entry.clone(),
+                    partial: false,
                 };
                 (swarm_into(&via, first, others, dest, tx).await, from)
             };
@@ -687,7 +688,11 @@ async fn swarm_into(
         None,
         dest,
         stx,
-        SwarmConfig::default(),
+        // The peer is registered: others downloading the same content get what it verified.
+        SwarmConfig {
+            serve: true,
+            ..SwarmConfig::default()
+        },
     )
     .await;
     forward.abort();

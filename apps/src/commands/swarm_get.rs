@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use p2p_core::service::swarm::{
     swarm_download, Source, SourceReport, SourceState, SwarmConfig, SwarmProgress,
 };
-use p2p_core::service::{EndpointHandle, ServiceError};
+use p2p_core::service::{EndpointHandle, HeldEntry, ServiceError};
 use p2p_proto::wire::{ContentHash, PeerInfo, TransportKind};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -32,8 +32,10 @@ const MAX_SOURCES: usize = 16;
 const LOOKUP_WAIT: Duration = Duration::from_secs(3);
 /// How long its answer to `EntryByHash` is waited for before its listing is asked for.
 const ASK_WAIT: Duration = Duration::from_secs(1);
-/// How often the tracker is asked again for sources while a download runs.
+/// How often the tracker is asked again for sources while a download runs: soon after it
+/// starts (downloaders starting together find each other), then every 5 s.
 const REFRESH_SOURCES: Duration = Duration::from_secs(5);
+const REFRESH_FIRST: Duration = Duration::from_millis(500);
 
 /// `blake3:` and 64 hex digits, as `p2p ls --json` and the share tickets write a hash.
 pub(crate) fn parse_hash(s: &str) -> Option<Result<ContentHash, String>> {
@@ -82,21 +84,29 @@ pub(crate) async fn sources(
             // One round trip; a peer that predates `EntryByHash` does not answer it, and is
             // looked up in its listing instead.
             let asked = tokio::time::timeout(ASK_WAIT, h.entry_by_hash(p.addr, hash)).await;
-            let entry = match asked {
-                Ok(Ok(entry)) => entry,
-                _ => {
-                    let listing =
-                        tokio::time::timeout(LOOKUP_WAIT - ASK_WAIT, h.index(p.addr)).await;
-                    match listing {
-                        Ok(Ok((_, entries))) => entries.into_iter().find(|e| e.hash == hash),
-                        _ => None,
+            let held =
+                match asked {
+                    Ok(Ok(held)) => held,
+                    _ => {
+                        let listing =
+                            tokio::time::timeout(LOOKUP_WAIT - ASK_WAIT, h.index(p.addr)).await;
+                        match listing {
+                            Ok(Ok((_, entries))) => entries
+                                .into_iter()
+                                .find(|e| e.hash == hash)
+                                .map(|entry| HeldEntry {
+                                    entry,
+                                    partial: false,
+                                }),
+                            _ => None,
+                        }
                     }
-                }
-            };
-            entry.map(|entry| Source {
+                };
+            held.map(|held| Source {
                 name: p.name.to_string(),
                 addr: p.addr,
-                entry,
+                entry: held.entry,
+                partial: held.partial,
             })
         });
     }
@@ -137,19 +147,28 @@ pub(crate) async fn run(
     if super::get::already_present(args, &dest, &lead.entry)? {
         return Ok(());
     }
+    let serving = match &args.serve {
+        Some(name) => serve_as(args, handle, tracker, name).await,
+        None => None,
+    };
     // New sources found while it runs join in.
     let (more_tx, more_rx) = mpsc::unbounded_channel();
     let finder = {
-        let (handle, mut known) = (
+        let (handle, mut known, me) = (
             handle.clone(),
             found.iter().map(|s| s.addr).collect::<Vec<_>>(),
+            serving.clone(),
         );
         tokio::spawn(async move {
+            let mut every = REFRESH_FIRST;
             loop {
-                tokio::time::sleep(REFRESH_SOURCES).await;
-                let Ok(peers) = handle.who_has(tracker, hash).await else {
+                tokio::time::sleep(every).await;
+                every = (every * 2).min(REFRESH_SOURCES);
+                let Ok(mut peers) = handle.who_has(tracker, hash).await else {
                     continue;
                 };
+                // Serving, this download is a holder too.
+                peers.retain(|p| Some(&*p.name) != me.as_deref());
                 for s in sources(&handle, peers, hash, &known).await {
                     known.push(s.addr);
                     if more_tx.send(s).is_err() {
@@ -177,11 +196,15 @@ pub(crate) async fn run(
         tx,
         SwarmConfig {
             window_bytes: args.window,
+            serve: serving.is_some(),
             ..SwarmConfig::default()
         },
     );
     let (result, interrupted) = super::get::until_stopped(download, handle, shutdown).await;
     finder.abort();
+    if let Some(name) = serving {
+        let _ = handle.unregister(tracker, &name).await;
+    }
     watcher.abort();
     if !args.json && std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
@@ -231,6 +254,45 @@ pub(crate) async fn run(
     };
     super::get::report(args, &r.path, &done);
     Ok(())
+}
+
+/// `--serve [NAME]`: registers the download's endpoint with the tracker as NAME (or
+/// `get-XXXX`), so that other downloaders find the pieces it verified; the name registered,
+/// or `None` (with a warning: the download goes on without serving) if the tracker refused.
+async fn serve_as(
+    args: &GetArgs,
+    handle: &EndpointHandle,
+    tracker: SocketAddr,
+    name: &str,
+) -> Option<String> {
+    let name = match name {
+        "" => format!("get-{:04x}", rand::random::<u16>()),
+        name => name.to_string(),
+    };
+    let port = handle.local_addr().port();
+    match handle
+        .register(tracker, &name, port, handle.kind(), None)
+        .await
+    {
+        Ok(()) => {
+            if !args.json {
+                eprintln!(
+                    "serving the verified pieces to other downloaders as {} on {}",
+                    clean(&name),
+                    handle.local_addr()
+                );
+            }
+            Some(name)
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: not serving while downloading: the tracker at {tracker} refused `{}`: {} (pick another name with --serve NAME)",
+                clean(&name),
+                clean(&e.to_string())
+            );
+            None
+        }
+    }
 }
 
 fn transport_name(kind: TransportKind) -> &'static str {

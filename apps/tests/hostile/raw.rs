@@ -372,6 +372,7 @@ pub fn fake_peer(
                             hash: ContentHash::of(content),
                         },
                     ),
+                    partial: false,
                 }),
                 Message::PieceRequest { request, file, .. } => {
                     if let Some(content) = find(file) {

@@ -341,6 +341,7 @@ impl Endpoint {
             | Message::PieceRequest { request, .. }
             | Message::EntryRequest { request, .. }
             | Message::EntryByHash { request, .. }
+            | Message::HaveRequest { request, .. }
                 if !proven =>
             {
                 self.retry(now, from, |token| Message::Retry { request, token });
@@ -419,6 +420,7 @@ impl Endpoint {
             | Message::PeerList { request, .. }
             | Message::IndexPage { request, .. }
             | Message::EntryReply { request, .. }
+            | Message::Have { request, .. }
             | Message::PieceHashes { request, .. }
             | Message::Introduced { request, .. }
             | Message::Announced { request, .. }
@@ -475,6 +477,19 @@ impl Endpoint {
                         hash,
                     })
             }
+            Message::HaveRequest {
+                request,
+                hash,
+                first,
+            } => self
+                .limiter
+                .allow(now, from.ip())
+                .then_some(Incoming::HaveRequest {
+                    from,
+                    request,
+                    hash,
+                    first,
+                }),
             Message::IndexRequest { request, page } => self
                 .limiter
                 .allow_cost(now, from.ip(), page_cost(page))
@@ -733,6 +748,7 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
         | Message::IndexRequest { request, .. }
         | Message::EntryRequest { request, .. }
         | Message::EntryByHash { request, .. }
+        | Message::HaveRequest { request, .. }
         | Message::PieceRequest { request, .. }
         | Message::Introduce { request, .. }
         | Message::Announce { request, .. }

@@ -29,7 +29,8 @@ use p2p_proto::transfer::{
 use p2p_proto::wire::{
     decode, AbortReason, BoundedVec, ContentHash, DecodeError, FileId, IndexEntry, Message,
     PeerInfo, RegisterOutcome, RequestId, Token, TransferId, TransportKind, HEADER_LEN, MAX_CHUNK,
-    MAX_LIST_ITEMS, MAX_NAME_LEN, MAX_PATH_LEN, MAX_PIECE_HASHES, MAX_REASON_LEN, MAX_SACK_RANGES,
+    MAX_HAVE_BYTES, MAX_LIST_ITEMS, MAX_NAME_LEN, MAX_PATH_LEN, MAX_PIECE_HASHES, MAX_REASON_LEN,
+    MAX_SACK_RANGES,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -363,12 +364,36 @@ fn message() -> impl Strategy<Value = Message> {
             request: RequestId(request),
             file: FileId(file),
         }),
-        (any::<u64>(), proptest::option::of(entry())).prop_map(|(request, entry)| {
-            Message::EntryReply {
+        (any::<u64>(), proptest::option::of(entry()), any::<bool>()).prop_map(
+            |(request, entry, partial)| Message::EntryReply {
                 request: RequestId(request),
                 entry,
+                partial,
+            }
+        ),
+        (any::<u64>(), any::<[u8; 32]>(), 0u32..1 << 20).prop_map(|(request, hash, first)| {
+            Message::HaveRequest {
+                request: RequestId(request),
+                hash: ContentHash(hash),
+                first: first / 8 * 8,
             }
         }),
+        (
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            0u32..1 << 20,
+            proptest::collection::vec(any::<u8>(), 0..=MAX_HAVE_BYTES)
+        )
+            .prop_map(|(request, hash, first, bits)| {
+                let first = first / 8 * 8;
+                Message::Have {
+                    request: RequestId(request),
+                    hash: ContentHash(hash),
+                    pieces: first + 8 * bits.len() as u32,
+                    first,
+                    bits,
+                }
+            }),
     ]
 }
 
@@ -406,6 +431,17 @@ fn over_limit_message() -> impl Strategy<Value = (Message, &'static str)> {
                 }]),
             },
             "entries.path"
+        )),
+        (MAX_HAVE_BYTES + 1..MAX_HAVE_BYTES + 40, any::<bool>()).prop_map(|(n, long)| (
+            Message::Have {
+                request: RequestId(1),
+                hash: ContentHash([0; 32]),
+                // Either too many bytes, or bits past the last piece.
+                pieces: if long { u32::MAX } else { 8 },
+                first: 0,
+                bits: vec![0; if long { n } else { 2 }],
+            },
+            "have bits"
         )),
         (1..u32::MAX).prop_map(|pages| (
             Message::PeerList {

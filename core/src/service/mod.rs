@@ -11,8 +11,8 @@ pub mod swarm;
 pub mod tracker;
 
 pub use endpoint::{
-    spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress, Punched,
-    ServiceError, UploadNotice, PIECE_REFETCHES,
+    spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, HeldEntry, PartialServed,
+    Progress, Punched, ServiceError, UploadNotice, NOT_HELD, PIECE_REFETCHES,
 };
 pub use p2p_proto::wire::paginate;
 pub use tracker::{

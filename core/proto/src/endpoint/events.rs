@@ -43,6 +43,17 @@ pub enum Incoming {
         /// The content.
         hash: ContentHash,
     },
+    /// Which pieces of some content we serve is asked for (within the sender's rate limit).
+    HaveRequest {
+        /// Who asks.
+        from: SocketAddr,
+        /// Its request id, for the answer.
+        request: RequestId,
+        /// The content.
+        hash: ContentHash,
+        /// First piece asked about.
+        first: u32,
+    },
     /// A page of our index is asked for (within the sender's rate limit).
     IndexRequest {
         /// Who asks.

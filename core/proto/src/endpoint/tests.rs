@@ -734,6 +734,7 @@ fn entry_requests_are_validated_and_routed() {
     let reply = Message::EntryReply {
         request: id,
         entry: None,
+        partial: false,
     };
     assert!(matches!(
         ep.handle(now, peer, reply),

@@ -155,6 +155,7 @@ pub fn sample_messages() -> Vec<Message> {
         Message::EntryReply {
             request,
             entry: None,
+            partial: false,
         },
         Message::Request {
             transfer,
@@ -216,6 +217,18 @@ pub fn sample_messages() -> Vec<Message> {
             peers: BoundedVec(vec![peer]),
         },
         Message::EntryByHash { request, hash },
+        Message::HaveRequest {
+            request,
+            hash,
+            first: 8,
+        },
+        Message::Have {
+            request,
+            hash,
+            pieces: 20,
+            first: 8,
+            bits: vec![0b1010_0101, 0b0000_1111],
+        },
     ];
     out.extend((0..8).map(|b| Message::Abort {
         transfer,

@@ -324,6 +324,10 @@ pub enum Message {
         request: RequestId,
         /// The entry.
         entry: Option<IndexEntry>,
+        /// The entry is a download in progress: only the pieces a [`Message::Have`] names are
+        /// served. `false` (a whole file) is encoded exactly as before the field existed.
+        #[serde(default, skip_serializing_if = "is_false")]
+        partial: bool,
     },
     /// Anyone → tracker: introduce me to the UDP peer `name` (hole punching: see
     /// [`crate::punch`]). An extension of v1: a tracker that predates it does not answer.
@@ -418,6 +422,41 @@ pub enum Message {
         /// The content.
         hash: ContentHash,
     },
+    /// Anyone → peer: which pieces of content `hash` do you serve, from piece `first` on?
+    /// (What a multi-source download asks of a source that is itself downloading.) Answered
+    /// with [`Message::Have`]. An extension of v1.
+    HaveRequest {
+        /// Reply correlation.
+        request: RequestId,
+        /// The content.
+        hash: ContentHash,
+        /// First piece asked about (a multiple of 8).
+        first: u32,
+    },
+    /// Peer → anyone: the pieces of content `hash` it serves, one bit per piece from piece
+    /// `first` on (bit `i % 8` of byte `i / 8` is piece `first + i`), at most
+    /// [`MAX_HAVE_BYTES`] bytes; a whole file's holder sets them all.
+    Have {
+        /// Correlation.
+        request: RequestId,
+        /// The content.
+        hash: ContentHash,
+        /// Number of pieces of the content.
+        pieces: u32,
+        /// The piece of the first bit.
+        first: u32,
+        /// The bits.
+        #[serde(with = "serde_bytes")]
+        bits: Vec<u8>,
+    },
+}
+
+/// Most bytes of piece bits in one [`Message::Have`] (4,096 pieces: 1 GiB of 256 KiB pieces).
+pub const MAX_HAVE_BYTES: usize = 512;
+
+/// Whether `b` is false (a trailing flag left out of the encoding when it is).
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Most hashes in one [`Message::Announce`] (it must fit a [`Message::Validated`] body).
@@ -444,6 +483,7 @@ impl Message {
                 | Message::Announce { .. }
                 | Message::WhoHas { .. }
                 | Message::EntryByHash { .. }
+                | Message::HaveRequest { .. }
         )
     }
 
@@ -547,6 +587,17 @@ impl Message {
             Message::EntryReply {
                 entry: Some(entry), ..
             } => check(entry.path.len() <= MAX_PATH_LEN, "entry.path"),
+            Message::Have {
+                pieces,
+                first,
+                bits,
+                ..
+            } => check(
+                bits.len() <= MAX_HAVE_BYTES
+                    && first.is_multiple_of(8)
+                    && u64::from(*first) + 8 * bits.len() as u64 <= u64::from(*pieces) + 7,
+                "have bits",
+            ),
             Message::Ack {
                 cumulative, sack, ..
             } => check(

@@ -71,6 +71,8 @@ pub(super) struct Driver {
     pub(super) disk_alarm: Arc<Notify>,
     /// Which upload a flush serves first (see `flush`).
     pub(super) upload_turn: usize,
+    /// Downloads in progress served to others (see `partials.rs`).
+    pub(super) partials: super::Partials,
 }
 
 /// Most messages handled from one burst before the endpoint answers.
@@ -186,6 +188,7 @@ impl Driver {
                 reply,
             } => self.start_range(job, progress, reply),
             Command::Poke => self.cancel_ranges(),
+            Command::Reannounce => self.announce_index(),
             Command::Punch {
                 tracker,
                 name,
@@ -222,7 +225,19 @@ impl Driver {
                     .and_then(|i| i.get(file))
                     .filter(unchanged)
                     .map(|s| s.entry);
-                self.queue_stateless(from, Message::EntryReply { request, entry });
+                let reply = match (entry, self.partials.by_id(file)) {
+                    (None, Some(p)) => Message::EntryReply {
+                        request,
+                        entry: Some(p.entry.clone()),
+                        partial: true,
+                    },
+                    (entry, _) => Message::EntryReply {
+                        request,
+                        entry,
+                        partial: false,
+                    },
+                };
+                self.queue_stateless(from, reply);
             }
             Some(Incoming::EntryByHash {
                 from,
@@ -230,14 +245,33 @@ impl Driver {
                 hash,
             }) => {
                 // As for `EntryRequest`: from the index as it is, if the file is unchanged.
+                // A download in progress of that content answers when no whole file does.
                 let entry = self
                     .index
                     .as_ref()
                     .and_then(|i| i.find_hash(hash))
                     .filter(unchanged)
                     .map(|s| s.entry);
-                self.queue_stateless(from, Message::EntryReply { request, entry });
+                let reply = match (entry, self.partials.by_hash(hash)) {
+                    (None, Some(p)) => Message::EntryReply {
+                        request,
+                        entry: Some(p.entry.clone()),
+                        partial: true,
+                    },
+                    (entry, _) => Message::EntryReply {
+                        request,
+                        entry,
+                        partial: false,
+                    },
+                };
+                self.queue_stateless(from, reply);
             }
+            Some(Incoming::HaveRequest {
+                from,
+                request,
+                hash,
+                first,
+            }) => self.serve_have(from, request, hash, first),
             Some(Incoming::PieceRequest {
                 from,
                 request,
@@ -391,7 +425,7 @@ impl Driver {
             let Some(up) = self.uploads.get_mut(&(to, transfer)) else {
                 continue;
             };
-            if tokio_now >= up.next_check {
+            if !up.partial && tokio_now >= up.next_check {
                 up.next_check = tokio_now + CHANGE_CHECK;
                 let meta = fs::metadata(&up.path).ok();
                 let same =

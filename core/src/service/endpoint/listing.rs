@@ -11,6 +11,15 @@ use tokio::task::JoinSet;
 
 use super::{EndpointHandle, PiecePage, ServiceError};
 
+/// A peer's entry for some content ([`EndpointHandle::entry_by_hash`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldEntry {
+    /// The entry (its id there; the content's size and hash).
+    pub entry: IndexEntry,
+    /// A download in progress: only some pieces are served ([`EndpointHandle::have`]).
+    pub partial: bool,
+}
+
 /// One page of a peer's index, as checked by `EndpointHandle::index_page`.
 struct IndexPage {
     page: u32,
@@ -69,21 +78,72 @@ impl EndpointHandle {
         }
     }
 
-    /// The index entry of a peer's file with content `hash` (`None`: it shares none now).
+    /// The index entry of a peer's file with content `hash` (`None`: it shares none now), or
+    /// of its download in progress of that content.
     pub async fn entry_by_hash(
         &self,
         peer: SocketAddr,
         hash: ContentHash,
-    ) -> Result<Option<IndexEntry>, ServiceError> {
+    ) -> Result<Option<HeldEntry>, ServiceError> {
         let msg = Message::EntryByHash {
             request: RequestId(0),
             hash,
         };
         match self.rpc(peer, msg).await? {
-            Message::EntryReply { entry, .. } => Ok(entry.filter(|e| e.hash == hash)),
+            Message::EntryReply { entry, partial, .. } => Ok(entry
+                .filter(|e| e.hash == hash)
+                .map(|entry| HeldEntry { entry, partial })),
             Message::Error { reason, .. } => Err(ServiceError::Refused(reason)),
             _ => Err(ServiceError::Protocol(peer)),
         }
+    }
+
+    /// Which of the `pieces` pieces of content `hash` a peer serves (all of them for a whole
+    /// file; those verified so far for a download in progress), one page of bits at a time.
+    /// A reply that does not fit the content (another piece count, a page out of place) is
+    /// the peer's fault.
+    pub async fn have(
+        &self,
+        peer: SocketAddr,
+        hash: ContentHash,
+        pieces: u64,
+    ) -> Result<Vec<bool>, ServiceError> {
+        let mut have = vec![false; pieces as usize];
+        let mut next = 0u64;
+        while next < pieces {
+            let msg = Message::HaveRequest {
+                request: RequestId(0),
+                hash,
+                first: next as u32,
+            };
+            let (first, bits) = match self.rpc(peer, msg).await? {
+                Message::Have {
+                    hash: got,
+                    pieces: count,
+                    first,
+                    bits,
+                    ..
+                } if got == hash && u64::from(count) == pieces && u64::from(first) == next => {
+                    (first, bits)
+                }
+                Message::Error { reason, .. } => return Err(ServiceError::Refused(reason)),
+                _ => return Err(ServiceError::Protocol(peer)),
+            };
+            if bits.is_empty() {
+                return Err(ServiceError::Protocol(peer));
+            }
+            for (i, h) in have
+                .iter_mut()
+                .enumerate()
+                .skip(first as usize)
+                .take(8 * bits.len())
+            {
+                let bit = i - first as usize;
+                *h = bits[bit / 8] & (1 << (bit % 8)) != 0;
+            }
+            next += 8 * bits.len() as u64;
+        }
+        Ok(have)
     }
 
     /// A peer's whole index: page 0 says how many pages there are, then up to

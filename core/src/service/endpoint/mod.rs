@@ -37,6 +37,7 @@ mod driver;
 mod finish;
 mod hashing;
 mod listing;
+mod partials;
 mod punch;
 mod rpc;
 mod upload;
@@ -48,6 +49,9 @@ use p2p_proto::endpoint::{Endpoint, EndpointConfig as ProtoConfig};
 use rpc::Replies;
 use upload::Batch;
 
+pub use listing::HeldEntry;
+use partials::Partials;
+pub use partials::{PartialServed, NOT_HELD};
 pub use punch::Punched;
 
 /// Settings of an endpoint.
@@ -409,6 +413,8 @@ enum Command {
     },
     /// Looks at the ranges whose caller cancelled them (nothing else to do).
     Poke,
+    /// The downloads in progress served changed: announce the content hashes again.
+    Reannounce,
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -451,6 +457,8 @@ pub struct EndpointHandle {
     storage: SharedStorage,
     fsync: bool,
     checkpoint_thread: bool,
+    /// Downloads in progress served to others.
+    partials: Partials,
 }
 
 /// Starts an endpoint on `transport` and returns its handle. The endpoint stops when
@@ -512,6 +520,7 @@ pub fn spawn_endpoint(
         finishing: tokio::task::JoinSet::new(),
         disk_alarm: Default::default(),
         upload_turn: 0,
+        partials: Partials::default(),
         config,
     };
     // The first scan's content hashes, announced once registered.
@@ -523,6 +532,7 @@ pub fn spawn_endpoint(
         storage: driver.config.storage.clone(),
         fsync: driver.config.fsync,
         checkpoint_thread: driver.config.checkpoint_thread,
+        partials: driver.partials.clone(),
     };
     let task = tokio::spawn(driver.run());
     Ok((handle, task))

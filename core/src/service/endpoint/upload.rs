@@ -3,6 +3,7 @@
 //! announces them to the tracker.
 
 use super::driver::Driver;
+use super::partials::{self, NOT_HELD};
 use super::{chunk_size_for, UploadNotice};
 use crate::index::ShareIndex;
 use p2p_proto::endpoint::Endpoint;
@@ -21,8 +22,8 @@ use crate::transfer::ChunkSender;
 use crate::transport::{OnReadError, SharedTransport};
 use crate::wire::paginate;
 use crate::wire::{
-    AbortReason, BoundedVec, ContentHash, DatagramBuf, FileId, Message, RequestId, TransferId,
-    MAX_PIECE_HASHES, PIECE_SIZE,
+    AbortReason, BoundedVec, ContentHash, DatagramBuf, FileId, IndexEntry, Message, RequestId,
+    TransferId, MAX_PIECE_HASHES, PIECE_SIZE,
 };
 
 pub(super) struct Upload {
@@ -43,6 +44,36 @@ pub(super) struct Upload {
     /// First byte sent.
     pub(super) offset: u64,
     pub(super) started: Instant,
+    /// A download in progress (its file changes as it is written; its served pieces never
+    /// do, and the open file stays valid when it takes its final name).
+    pub(super) partial: bool,
+}
+
+/// What an admitted request is served from.
+struct Served {
+    entry: IndexEntry,
+    file: FileHandle,
+    path: PathBuf,
+    modified: Option<SystemTime>,
+    partial: bool,
+}
+
+/// The piece hashes of `pieces` from `first` on, as many as one message takes.
+fn piece_hashes(
+    request: RequestId,
+    pieces: &[ContentHash],
+    piece_size: u32,
+    first: u32,
+) -> Message {
+    let start = (first as usize).min(pieces.len());
+    let end = (start + MAX_PIECE_HASHES).min(pieces.len());
+    Message::PieceHashes {
+        request,
+        piece_size,
+        pieces: pieces.len() as u32,
+        first: start as u32,
+        hashes: BoundedVec(pieces[start..end].to_vec()),
+    }
 }
 
 /// Reads small chunks of an upload from a block read ahead: a run of 1,404-byte chunks (a
@@ -193,8 +224,7 @@ impl Driver {
                     tracing::warn!("cannot rescan the share folder: {e}");
                 }
                 self.index_pages = paginate(index.entries());
-                let now = Instant::now().into_std();
-                self.proto.set_announced(now, content_hashes(index));
+                self.announce_index();
             } else {
                 // Off the I/O task: requests wait for the next scan, which begins as soon
                 // as none is running; one scan answers every request that came before it.
@@ -205,7 +235,7 @@ impl Driver {
                 return;
             }
         }
-        if self.index_pages.is_empty() {
+        if let (true, Some(index)) = (self.index_pages.is_empty(), self.index.as_ref()) {
             self.index_pages = paginate(index.entries());
         }
         let reply = self.index_page(request, page);
@@ -251,10 +281,10 @@ impl Driver {
     /// announces them to the tracker while registered (again only when they changed; see
     /// `p2p_proto::endpoint::announce`).
     pub(super) fn announce_index(&mut self) {
-        if let Some(index) = self.index.as_ref() {
-            let now = Instant::now().into_std();
-            self.proto.set_announced(now, content_hashes(index));
-        }
+        let mut hashes = self.index.as_ref().map(content_hashes).unwrap_or_default();
+        hashes.extend(self.partials.hashes());
+        let now = Instant::now().into_std();
+        self.proto.set_announced(now, hashes);
     }
 
     /// Page `page` of the index as last scanned.
@@ -283,6 +313,16 @@ impl Driver {
         hash: ContentHash,
         first: u32,
     ) {
+        if let Some(p) = self.partials.by_id(file) {
+            let reply = match p.entry.hash == hash {
+                true => piece_hashes(request, &p.table.hashes, p.table.piece_size, first),
+                false => Message::Error {
+                    request,
+                    reason: format!("file {file} changed since it was listed"),
+                },
+            };
+            return self.queue_stateless(from, reply);
+        }
         let shared = self.index.as_ref().and_then(|i| i.get(file));
         let reply = match shared {
             None => Message::Error {
@@ -293,16 +333,42 @@ impl Driver {
                 request,
                 reason: format!("file {file} changed since it was listed"),
             },
-            Some(f) => {
-                let start = (first as usize).min(f.pieces.len());
-                let end = (start + MAX_PIECE_HASHES).min(f.pieces.len());
-                Message::PieceHashes {
-                    request,
-                    piece_size: PIECE_SIZE,
-                    pieces: f.pieces.len() as u32,
-                    first: start as u32,
-                    hashes: BoundedVec(f.pieces[start..end].to_vec()),
-                }
+            Some(f) => piece_hashes(request, &f.pieces, PIECE_SIZE, first),
+        };
+        self.queue_stateless(from, reply);
+    }
+
+    /// Which pieces of content `hash` are served, from piece `first` on: those verified of a
+    /// download in progress, all of a shared file.
+    pub(super) fn serve_have(
+        &mut self,
+        from: SocketAddr,
+        request: RequestId,
+        hash: ContentHash,
+        first: u32,
+    ) {
+        let reply = if let Some(p) = self.partials.by_hash(hash) {
+            let (first, bits) = p.bits(first);
+            Message::Have {
+                request,
+                hash,
+                pieces: p.table.hashes.len() as u32,
+                first,
+                bits,
+            }
+        } else if let Some(f) = self.index.as_ref().and_then(|i| i.find_hash(hash)) {
+            let (first, bits) = partials::bits_of(f.pieces.len(), first, |_| true);
+            Message::Have {
+                request,
+                hash,
+                pieces: f.pieces.len() as u32,
+                first,
+                bits,
+            }
+        } else {
+            Message::Error {
+                request,
+                reason: format!("no content {}", hash.to_hex()),
             }
         };
         self.queue_stateless(from, reply);
@@ -318,6 +384,20 @@ impl Driver {
     ) {
         // Admitted by the protocol logic (rate, upload slots); refusals go back as `Abort`s.
         let refuse = |proto: &mut Endpoint, reason| proto.refuse(from, transfer, reason);
+        if let Some(p) = self.partials.by_id(file) {
+            let wanted = offset..end.unwrap_or(p.entry.size);
+            if !p.holds(wanted) {
+                return refuse(&mut self.proto, AbortReason::Other(NOT_HELD.into()));
+            }
+            let served = Served {
+                entry: p.entry.clone(),
+                file: p.file.clone(),
+                path: p.path.clone(),
+                modified: None,
+                partial: true,
+            };
+            return self.start_upload(now, from, transfer, served, (offset, end));
+        }
         let Some(shared) = self.index.as_ref().and_then(|i| i.get(file)) else {
             return refuse(&mut self.proto, AbortReason::NoSuchFile);
         };
@@ -335,6 +415,25 @@ impl Driver {
                 return refuse(&mut self.proto, AbortReason::DiskError);
             }
         };
+        let served = Served {
+            entry: shared.entry,
+            file,
+            path: shared.path,
+            modified: shared.modified,
+            partial: false,
+        };
+        self.start_upload(now, from, transfer, served, (offset, end));
+    }
+
+    /// Starts sending bytes `offset..end` of `shared` (admitted, opened) to `from`.
+    fn start_upload(
+        &mut self,
+        now: std::time::Instant,
+        from: SocketAddr,
+        transfer: TransferId,
+        shared: Served,
+        (offset, end): (u64, Option<u64>),
+    ) {
         let mut config = self.sender_config.clone();
         config.chunk_size = chunk_size_for(self.transport.max_message_size_to(from));
         let machine = ChunkSender::new(
@@ -363,7 +462,7 @@ impl Driver {
             (from, transfer),
             Upload {
                 machine,
-                file,
+                file: shared.file,
                 reader: ReadAhead::default(),
                 path: shared.path,
                 size: shared.entry.size,
@@ -374,6 +473,7 @@ impl Driver {
                 listed: shared.entry.path.clone(),
                 offset,
                 started: Instant::now(),
+                partial: shared.partial,
             },
         );
         self.notify_upload(UploadNotice::Started {

@@ -35,7 +35,8 @@ use tokio::time::Instant;
 
 use self::plan::{from_bitmap, Plan};
 use super::endpoint::{
-    DownloadReport, EndpointHandle, IoFailure, IoOp, Progress, RangeJob, ServiceError,
+    DownloadReport, EndpointHandle, IoFailure, IoOp, PartialServed, Progress, RangeJob,
+    ServiceError, NOT_HELD,
 };
 use super::resume::{self, partial_path, read_state, save_state, Discarded, DownloadState};
 use super::storage::{Entry, FileHandle, SharedStorage, Storage};
@@ -51,6 +52,9 @@ pub struct Source {
     pub addr: SocketAddr,
     /// The file as it lists it (its id there; the size and hash are the content's).
     pub entry: IndexEntry,
+    /// A download in progress: it serves only the pieces it verified so far, which are
+    /// asked for ([`EndpointHandle::have`]) as it goes.
+    pub partial: bool,
 }
 
 /// Tunables of a multi-source download.
@@ -72,6 +76,11 @@ pub struct SwarmConfig {
     /// Memory for data in flight of the whole download, shared among its runs (as
     /// `ReceiverConfig::window_bytes` is for a single-source one).
     pub window_bytes: u64,
+    /// Serve the verified pieces to others while downloading (see
+    /// [`EndpointHandle::serve_partial`]), and fetch them in an order of this endpoint's own
+    /// (from a point set by its address) rather than from the start, so that downloaders
+    /// that start together hold different pieces to trade.
+    pub serve: bool,
 }
 
 impl Default for SwarmConfig {
@@ -84,6 +93,7 @@ impl Default for SwarmConfig {
             max_run: 64,
             first_run: 4,
             window_bytes: crate::transfer::DEFAULT_WINDOW_BYTES,
+            serve: false,
         }
     }
 }
@@ -199,6 +209,11 @@ pub async fn swarm_download(
         saved: 0,
         saved_at: Instant::now(),
         dirty: false,
+        lookups: JoinSet::new(),
+        avail: Vec::new(),
+        grew_at: Instant::now(),
+        origin: 0,
+        served: None,
     };
     for s in sources {
         swarm.add_source(s);
@@ -224,6 +239,12 @@ struct SourceSlot {
     runs: u32,
     /// Not asked again before this.
     backoff: Option<Instant>,
+    /// The pieces it serves, as it last said (`None`: a whole file, all of them).
+    has: Option<Vec<bool>>,
+    /// Its pieces are being asked for.
+    asking: bool,
+    /// When they were last asked for.
+    asked_at: Option<Instant>,
 }
 
 struct Fetch {
@@ -261,6 +282,16 @@ struct Swarm {
     saved_at: Instant,
     /// Pieces verified since the last checkpoint.
     dirty: bool,
+    /// Lookups of the pieces partial sources serve.
+    lookups: JoinSet<(usize, Result<Vec<bool>, ServiceError>)>,
+    /// Partial sources (in use) that serve each piece.
+    avail: Vec<u16>,
+    /// When a piece was last verified or newly offered by a partial source.
+    grew_at: Instant,
+    /// Where runs start looking for free pieces ([`SwarmConfig::serve`]).
+    origin: u64,
+    /// This download, served to others ([`SwarmConfig::serve`]).
+    served: Option<PartialServed>,
 }
 
 /// How often progress is sampled and stalls looked for.
@@ -277,6 +308,8 @@ const STRIKE_EPISODE: Duration = Duration::from_secs(2);
 const MIN_RUN_WINDOW: u64 = 2 << 20;
 /// Piece tables tried (from different sources) before the download fails.
 const TABLE_TRIES: usize = 4;
+/// How often a partial source is asked which pieces it serves.
+const HAVE_REFRESH: Duration = Duration::from_secs(1);
 
 impl Swarm {
     fn add_source(&mut self, source: Source) {
@@ -284,9 +317,15 @@ impl Swarm {
             .sources
             .iter()
             .any(|s| s.source.addr == source.addr && s.source.entry.id == source.entry.id);
-        if known || source.entry.hash != self.hash || source.entry.size != self.size {
+        if known
+            || source.entry.hash != self.hash
+            || source.entry.size != self.size
+            || is_me(self.handle.local_addr(), source.addr)
+        {
             return;
         }
+        // A partial source serves nothing until it says which pieces.
+        let has = source.partial.then(Vec::new);
         self.sources.push(SourceSlot {
             source,
             state: SourceState::Active,
@@ -298,6 +337,9 @@ impl Swarm {
             failures: 0,
             runs: 0,
             backoff: None,
+            has,
+            asking: false,
+            asked_at: None,
         });
     }
 
@@ -314,6 +356,11 @@ impl Swarm {
         if slot.state == SourceState::Active {
             tracing::info!(source = %slot.source.name, addr = %slot.source.addr, %why, "source dropped");
             slot.state = SourceState::Dropped(why);
+            if let Some(has) = slot.has.take() {
+                for (a, _) in self.avail.iter_mut().zip(has).filter(|(_, h)| *h) {
+                    *a = a.saturating_sub(1);
+                }
+            }
         }
         for f in self.fetches.values().filter(|f| f.source == i) {
             f.cancel.store(true, Ordering::Relaxed);
@@ -357,6 +404,29 @@ impl Swarm {
         let piece = u64::from(table.piece_size);
         let (file, have, discarded) = self.open_partial(table.piece_size)?;
         let mut plan = Plan::new(have);
+        self.avail = vec![0; plan.pieces() as usize];
+        if self.config.serve {
+            self.origin = origin(self.handle.local_addr(), self.hash, plan.pieces());
+            let name = self
+                .dest
+                .file_name()
+                .map_or_else(|| "download".into(), |n| n.to_string_lossy().into_owned());
+            let have = (0..plan.pieces() as usize)
+                .map(|i| plan.recordable(i))
+                .collect();
+            self.served = self
+                .handle
+                .serve_partial(
+                    name,
+                    self.hash,
+                    self.size,
+                    table.clone(),
+                    file.clone(),
+                    self.partial(),
+                    have,
+                )
+                .await;
+        }
         let resumed = bytes_of(&plan, piece, self.size);
         self.saved = resumed;
         self.progress.send_modify(|p| {
@@ -370,6 +440,7 @@ impl Swarm {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome: Result<(), ServiceError> = loop {
             self.sample(&mut plan, piece);
+            self.refresh_haves(plan.pieces());
             if plan.complete() && self.fetches.is_empty() {
                 // Pieces two fetches wrote are read back: a bad twin may have written over
                 // what the good one verified.
@@ -406,10 +477,13 @@ impl Swarm {
                 if self.fetches.is_empty() {
                     // Nothing running and nobody to ask, now or after a wait: what sources
                     // join later would be found by a new run (which resumes).
-                    let waiting = self
-                        .sources
-                        .iter()
-                        .any(|s| s.state == SourceState::Active && s.backoff.is_some());
+                    // Partial sources may yet verify what is missing (for `stall` after
+                    // the last sign of it).
+                    let waiting = self.sources.iter().any(|s| {
+                        s.state == SourceState::Active
+                            && (s.backoff.is_some()
+                                || (s.has.is_some() && self.grew_at.elapsed() < self.config.stall))
+                    });
                     if !waiting {
                         break Err(self.no_sources_left());
                     }
@@ -428,6 +502,11 @@ impl Swarm {
                     let Ok((id, result)) = joined else { continue };
                     if let Err(e) = self.ended(&mut plan, piece, id, result).await {
                         break Err(e);
+                    }
+                }
+                Some(joined) = self.lookups.join_next() => {
+                    if let Ok((i, result)) = joined {
+                        self.have_answered(&plan, i, result);
                     }
                 }
                 got = recv_source(&mut more) => match got {
@@ -500,6 +579,10 @@ impl Swarm {
                 SourceState::Dropped(why) => {
                     format!("{} ({}): {why}", s.source.name, s.source.addr)
                 }
+                SourceState::Active if s.has.is_some() => format!(
+                    "{} ({}): downloading too, without the pieces still missing",
+                    s.source.name, s.source.addr
+                ),
                 SourceState::Active => format!("{} ({}): idle", s.source.name, s.source.addr),
             })
             .collect();
@@ -583,7 +666,7 @@ impl Swarm {
                         .div_ceil(usable_sources * self.config.per_source as u64)
                         .max(1),
                 );
-                let (pieces, twin) = match plan.take_run(want) {
+                let (pieces, twin) = match self.take_for(plan, i, want) {
                     Some(run) => (run, None),
                     None => match self.endgame_pick(i) {
                         Some((twin, run)) => {
@@ -598,6 +681,80 @@ impl Swarm {
         }
     }
 
+    /// A run of at most `want` free pieces for source `i`: of those it serves, from
+    /// `origin`. A whole source is given first the pieces no partial source serves (those
+    /// only it can give), in order from the start unless this download spreads its order
+    /// ([`SwarmConfig::serve`]).
+    fn take_for(&self, plan: &mut Plan, i: usize, want: u64) -> Option<Range<u64>> {
+        match &self.sources[i].has {
+            Some(has) => plan.take_run_where(want, self.origin, |p| {
+                has.get(p as usize).copied().unwrap_or(false)
+            }),
+            None if !self.config.serve && !self.partials_offer() => plan.take_run(want),
+            None => plan
+                .take_run_where(want, self.origin, |p| self.avail[p as usize] == 0)
+                .or_else(|| plan.take_run_where(want, self.origin, |_| true)),
+        }
+    }
+
+    /// Whether a partial source in use serves any piece.
+    fn partials_offer(&self) -> bool {
+        self.sources.iter().any(|s| {
+            s.state == SourceState::Active && s.has.as_ref().is_some_and(|h| h.contains(&true))
+        })
+    }
+
+    /// Asks each partial source in use which pieces it serves, every [`HAVE_REFRESH`] (one
+    /// question at a time).
+    fn refresh_haves(&mut self, pieces: u64) {
+        let now = Instant::now();
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let due = s.asked_at.is_none_or(|t| now >= t + HAVE_REFRESH);
+            if s.state != SourceState::Active || s.has.is_none() || s.asking || !due {
+                continue;
+            }
+            s.asking = true;
+            let (handle, addr, hash) = (self.handle.clone(), s.source.addr, self.hash);
+            self.lookups
+                .spawn(async move { (i, handle.have(addr, hash, pieces).await) });
+        }
+    }
+
+    /// A partial source said which pieces it serves (or failed to).
+    fn have_answered(&mut self, plan: &Plan, i: usize, result: Result<Vec<bool>, ServiceError>) {
+        let slot = &mut self.sources[i];
+        slot.asking = false;
+        slot.asked_at = Some(Instant::now());
+        if slot.state != SourceState::Active {
+            return;
+        }
+        match result {
+            Ok(new) => {
+                let Some(old) = slot.has.as_mut() else {
+                    return;
+                };
+                old.resize(new.len(), false);
+                let mut grew = false;
+                for (p, (was, now)) in old.iter_mut().zip(&new).enumerate() {
+                    if *now && !*was {
+                        self.avail[p] = self.avail[p].saturating_add(1);
+                        grew |= !plan.have()[p];
+                    } else if *was && !*now {
+                        self.avail[p] = self.avail[p].saturating_sub(1);
+                    }
+                    *was = *now;
+                }
+                if grew {
+                    self.grew_at = Instant::now();
+                }
+            }
+            Err(ServiceError::Refused(_)) => {
+                self.drop_source(i, "no longer has this content".into());
+            }
+            Err(e) => self.strike(i, e.to_string()),
+        }
+    }
+
     /// The endgame: the run of another source with the most pieces left that has no twin yet,
     /// and those pieces. (A twin is never replaced while it runs: with slow sources, twins
     /// replaced before their first piece would be replaced again, for ever; a twin that makes
@@ -608,6 +765,11 @@ impl Swarm {
             .filter(|(_, f)| f.source != source && f.twin.is_none())
             .filter(|(_, f)| !f.cancel.load(Ordering::Relaxed))
             .filter(|(_, f)| f.pieces.start + f.verified_to < f.pieces.end)
+            .filter(|(_, f)| match &self.sources[source].has {
+                None => true,
+                Some(has) => (f.pieces.start + f.verified_to..f.pieces.end)
+                    .all(|p| has.get(p as usize).copied().unwrap_or(false)),
+            })
             .max_by_key(|(_, f)| {
                 (
                     f.pieces.end - f.pieces.start - f.verified_to,
@@ -695,7 +857,11 @@ impl Swarm {
                     bytes += piece_len(i, piece, self.size);
                 }
                 plan.verified(i);
+                if let Some(served) = self.served.as_ref().filter(|_| plan.recordable(i as usize)) {
+                    served.mark(i);
+                }
             }
+            self.grew_at = Instant::now();
             f.verified_to = upto - start;
             f.moved_at = Instant::now();
             self.sources[f.source].bytes += bytes;
@@ -782,6 +948,13 @@ impl Swarm {
             }
             ServiceError::Transfer(T::Aborted(AbortReason::Busy)) => {
                 slot.backoff = Some(Instant::now() + BACKOFF);
+                Ok(())
+            }
+            // A partial source without those pieces after all (it started again, say): its
+            // pieces are asked for again; not a failure.
+            ServiceError::Transfer(T::Aborted(AbortReason::Other(why))) if why == NOT_HELD => {
+                slot.backoff = Some(Instant::now() + BACKOFF);
+                slot.asked_at = None;
                 Ok(())
             }
             other => {
@@ -955,6 +1128,24 @@ async fn recv_source(more: &mut Option<mpsc::UnboundedReceiver<Source>>) -> Opti
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether a source at `addr` is this endpoint, listening on `local` (it finds itself among
+/// the holders once it serves the download): the same address, or the same port on the
+/// loopback when it listens on every interface.
+fn is_me(local: SocketAddr, addr: SocketAddr) -> bool {
+    addr == local
+        || (local.ip().is_unspecified() && addr.ip().is_loopback() && addr.port() == local.port())
+}
+
+/// Where a download that spreads its order ([`SwarmConfig::serve`]) starts looking for
+/// pieces: a point of the file set by the endpoint's address and the content, so that
+/// downloaders starting together start apart (and a simulation replays it exactly).
+fn origin(local: SocketAddr, hash: ContentHash, pieces: u64) -> u64 {
+    let seed = ContentHash::of(format!("{local} {}", hash.to_hex()).as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&seed.0[..8]);
+    u64::from_le_bytes(first) % pieces.max(1)
 }
 
 /// Bytes of piece `i`.

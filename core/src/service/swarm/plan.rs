@@ -92,6 +92,31 @@ impl Plan {
         Some(start..end)
     }
 
+    /// Takes a run of free pieces for which `ok` holds (those a source has, those nobody
+    /// else has yet), at most `max` long: from the first such piece at or after `origin`
+    /// (wrapping round), up to a piece that is not, or the end of the file.
+    pub(crate) fn take_run_where(
+        &mut self,
+        max: u64,
+        origin: u64,
+        ok: impl Fn(u64) -> bool,
+    ) -> Option<Range<u64>> {
+        let n = self.pieces();
+        let origin = if n == 0 { 0 } else { origin % n };
+        let start = (origin..n)
+            .chain(0..origin)
+            .find(|&i| self.free(i) && ok(i))?;
+        let mut end = start;
+        while end < n && end - start < max.max(1) && self.free(end) && ok(end) {
+            self.taken[end as usize] = 1;
+            self.busy += 1;
+            // Below the cursor, a free piece is in `returned`; above it, the cursor finds it.
+            self.returned.remove(&end);
+            end += 1;
+        }
+        Some(start..end)
+    }
+
     /// A second fetch of `pieces` (the endgame): they are contested from now on.
     pub(crate) fn duplicate(&mut self, pieces: Range<u64>) {
         for i in pieces {
@@ -156,7 +181,7 @@ impl Plan {
 
     /// Whether piece `i` is verified and not contested: what a checkpoint may vouch for (a
     /// contested piece is trusted only once read back, at the end).
-    fn recordable(&self, i: usize) -> bool {
+    pub(crate) fn recordable(&self, i: usize) -> bool {
         self.have[i] && !self.contested.contains(&(i as u64))
     }
 
@@ -192,6 +217,27 @@ pub(crate) fn from_bitmap(bits: &[u8], pieces: u64) -> Option<Vec<bool>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs taken where a condition holds start at the origin, wrap round, stop at a piece
+    /// that fails it, and mix with in-order runs without handing a piece out twice.
+    #[test]
+    fn runs_where_a_source_has_the_pieces() {
+        let mut p = Plan::new(vec![false; 10]);
+        let odd_gap = |i: u64| i != 7;
+        assert_eq!(p.take_run_where(4, 5, odd_gap), Some(5..7));
+        assert_eq!(p.take_run_where(4, 5, odd_gap), Some(8..10));
+        assert_eq!(p.take_run_where(4, 5, odd_gap), Some(0..4));
+        assert_eq!(p.take_run(4), Some(4..5));
+        assert_eq!(p.take_run(4), Some(7..8));
+        assert_eq!(p.take_run(4), None);
+        assert_eq!(p.take_run_where(4, 0, |_| true), None);
+        // Given back, a piece is found by both ways of taking, once.
+        p.release(5..7);
+        assert_eq!(p.take_run_where(1, 9, |i| i == 6), Some(6..7));
+        assert_eq!(p.take_run(4), Some(5..6));
+        assert_eq!(p.take_run(4), None);
+        assert_eq!(p.free_count(), 0);
+    }
 
     #[test]
     fn runs_are_handed_out_in_order_and_never_twice() {
