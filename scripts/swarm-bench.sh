@@ -9,9 +9,18 @@
 #                                (b) `p2p get blake3:HASH`: every seeder at once
 #                              both `--json --no-fsync`; goodput = size / command time;
 #                              also each get's peak RSS.
+#   DOWNLOADERS=8 scripts/swarm-bench.sh
+#                              downloaders serve (issue 22: "1 seeder capped at 40 MiB/s and
+#                              8 downloaders starting together on a 256 MiB file: the last
+#                              one finishes within 2.5x the time one download alone takes"):
+#                              per run, (a) one `p2p get blake3:HASH --serve` alone, then
+#                              (c) DOWNLOADERS of them started together, each listening on
+#                              its own 127.0.1.N address; the ratio is the time the last of
+#                              (c) took over the time of (a). Use with SEEDERS=1.
 #
 # Env:
 #   SEEDERS    seeders (default 4)
+#   DOWNLOADERS  downloaders started together (default 0: the seeders comparison)
 #   RATE       each seeder's --max-upload-rate (default 40MiB)
 #   SIZE_MIB   file size in MiB (default 256)
 #   RUNS       runs of (a)+(b); the summary shows medians (default 3)
@@ -169,6 +178,65 @@ print("%s %.3f %.1f %d %.0fMiB-rss %s" % (label, secs, size / secs, max(len(srcs
 PY
     rm -rf "$out"
 }
+DOWNLOADERS=${DOWNLOADERS:-0}
+crowd() { # N downloaders started together; prints "crowd SECONDS-OF-THE-LAST ..."
+    local n=$1 k pids=() t0 out
+    rm -f "$W"/crowd.*
+    t0=$(date +%s.%N)
+    for ((k = 0; k < n; k++)); do
+        out=$W/crowd.$k
+        mkdir -p "$out"
+        (
+            "$BIN" get "blake3:$HASH" --serve "dl$k" --listen "127.0.1.$((k + 1)):0" ${GET_FLAGS:-} \
+                --tracker "$TRACKER" --transport "$TRANSPORT" --out "$out" --json --no-fsync \
+                >"$out.json" 2>"$out.err"
+            echo "$? $(date +%s.%N)" >"$out.end"
+        ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    python3 - "$W" "$n" "$t0" "$SIZE_MIB" <<'PY' | tee -a "$W/runs.txt"
+import json, os, sys
+w, n, t0, size = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+ends, fromseed = [], 0
+for k in range(n):
+    rc, t = open("%s/crowd.%d.end" % (w, k)).read().split()
+    if rc != "0":
+        print("crowd FAILED dl%d rc=%s" % (k, rc)); sys.exit(0)
+    ends.append(float(t) - t0)
+    for s in json.load(open("%s/crowd.%d.json" % (w, k))).get("sources") or []:
+        if s["name"].startswith("seed"):
+            fromseed += s["bytes"]
+print("crowd %.3f first=%.3f seeder-sent=%.0fMiB(%.1f copies)" % (max(ends), min(ends), fromseed / 1048576, fromseed / 1048576 / size))
+PY
+    for ((k = 0; k < n; k++)); do
+        if ! cmp -s "$SRC" "$W/crowd.$k/swarm.bin"; then
+            echo "swarm-bench: downloader $k: the copy is missing or differs:" >&2
+            sed 's/^/  | /' "$W/crowd.$k.err" >&2
+            FAILED=1
+        fi
+    done
+    if [ "${KEEP:-0}" = 1 ]; then
+        mkdir -p "$W/kept.$RANDOM" && mv "$W"/crowd.* "$_"/
+    else
+        rm -rf "$W"/crowd.*
+    fi
+}
+if [ "$DOWNLOADERS" -gt 0 ]; then
+    for ((run = 1; run <= RUNS; run++)); do
+        one alone "blake3:$HASH" --serve alone
+        crowd "$DOWNLOADERS"
+    done
+    python3 - "$W/runs.txt" "$DOWNLOADERS" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+alone = statistics.median(float(r[1]) for r in rows if r[0] == "alone")
+last = statistics.median(float(r[1]) for r in rows if r[0] == "crowd")
+print("median: one download alone %.2f s; the last of %s started together %.2f s: %.2fx (target <= 2.5x)"
+      % (alone, sys.argv[2], last, last / alone))
+PY
+    exit "$FAILED"
+fi
 for ((run = 1; run <= RUNS; run++)); do
     one single seed0 001 --one-source
     one swarm "blake3:$HASH"

@@ -691,9 +691,17 @@ impl Swarm {
                 has.get(p as usize).copied().unwrap_or(false)
             }),
             None if !self.config.serve && !self.partials_offer() => plan.take_run(want),
-            None => plan
-                .take_run_where(want, self.origin, |p| self.avail[p as usize] == 0)
-                .or_else(|| plan.take_run_where(want, self.origin, |_| true)),
+            // From a point of its own for each run: downloaders that all look for the pieces
+            // nobody has would otherwise converge on the same ones, and the seeder send them
+            // twice.
+            None => {
+                let from = match self.config.serve {
+                    true => spread(self.origin, self.next_id, plan.pieces()),
+                    false => 0,
+                };
+                plan.take_run_where(want, from, |p| self.avail[p as usize] == 0)
+                    .or_else(|| plan.take_run_where(want, from, |_| true))
+            }
         }
     }
 
@@ -1146,6 +1154,16 @@ fn origin(local: SocketAddr, hash: ContentHash, pieces: u64) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&seed.0[..8]);
     u64::from_le_bytes(first) % pieces.max(1)
+}
+
+/// A pseudo-random piece of `pieces` for run `run` of a download whose order starts at
+/// `origin`.
+fn spread(origin: u64, run: u64, pieces: u64) -> u64 {
+    // SplitMix64: cheap, and the same from the same origin (a simulation replays).
+    let mut z = origin.wrapping_add(run.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % pieces.max(1)
 }
 
 /// Bytes of piece `i`.
