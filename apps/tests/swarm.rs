@@ -237,3 +237,55 @@ fn a_second_process_on_the_same_destination_is_refused() {
     assert!(first.wait_exit().success());
     check_file(&net, "out");
 }
+
+/// Downloaders serve: `get --serve` registers the download, and a second downloader of the
+/// same content finds it through the tracker and takes from it pieces it verified. One
+/// seeder capped at 4 MiB/s (12 MiB: about 3 s alone); the second `get` starts once the
+/// first has a checkpoint and the tracker lists it as a holder. Both copies are exact, the
+/// second's report names the first as a source that sent bytes, and the first is gone from
+/// the tracker's list once it is done.
+fn downloaders_serve(transport: &str) {
+    let mut net = Net::start();
+    let bytes = random_bytes(SIZE, 27);
+    net.seeder("s0", transport)
+        .share("share0")
+        .file("big.bin", &bytes)
+        .args(&["--max-upload-rate", "4MiB"])
+        .start();
+    let listing = net.ls("s0").transport(transport).run_json();
+    let hash = format!("blake3:{}", listing[0]["hash"].as_str().unwrap());
+    wait_holders(&net, transport, &hash, 1);
+    let mut first = net
+        .cmd(&["get", &hash, "--serve", "first"])
+        .transport(transport)
+        .out("out1")
+        .json()
+        .spawn();
+    first.wait_checkpoint(1);
+    let holders = wait_holders(&net, transport, &hash, 2);
+    assert!(holders.contains(&"first".to_string()), "{holders:?}");
+    let report = net
+        .cmd(&["get", &hash, "--serve", "second"])
+        .transport(transport)
+        .out("out2")
+        .run_json();
+    check_file(&net, "out2");
+    let got = sources(&report);
+    let from_first = got.iter().find(|(n, _)| n == "first").map_or(0, |s| s.1);
+    assert!(from_first > 0, "the first downloader sent nothing: {got:?}");
+    assert_eq!(got.iter().map(|(_, b)| b).sum::<u64>(), SIZE as u64);
+    assert!(first.wait_exit().success());
+    check_file(&net, "out1");
+    let left = wait_holders(&net, transport, &hash, 1);
+    assert!(!left.contains(&"first".to_string()), "{left:?}");
+}
+
+#[test]
+fn a_downloader_serves_what_it_verified_udp() {
+    downloaders_serve("udp");
+}
+
+#[test]
+fn a_downloader_serves_what_it_verified_tcp() {
+    downloaders_serve("tcp");
+}
