@@ -421,6 +421,7 @@ impl Endpoint {
             | Message::IndexPage { request, .. }
             | Message::EntryReply { request, .. }
             | Message::Have { request, .. }
+            | Message::RelayOpened { request, .. }
             | Message::PieceHashes { request, .. }
             | Message::Introduced { request, .. }
             | Message::Announced { request, .. }
@@ -591,7 +592,11 @@ impl Endpoint {
             | Message::ListPeers { .. }
             | Message::Introduce { .. }
             | Message::Announce { .. }
-            | Message::WhoHas { .. } => None,
+            | Message::WhoHas { .. }
+            | Message::RelayOpen { .. } => None,
+            // A relayed datagram is unwrapped by the endpoint's transport (see
+            // `p2p_core::relay`) before it gets here; one that gets here is stray.
+            Message::Relayed { .. } => None,
         }
     }
 
@@ -749,6 +754,7 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
         | Message::EntryRequest { request, .. }
         | Message::EntryByHash { request, .. }
         | Message::HaveRequest { request, .. }
+        | Message::RelayOpen { request, .. }
         | Message::PieceRequest { request, .. }
         | Message::Introduce { request, .. }
         | Message::Announce { request, .. }

@@ -394,6 +394,20 @@ fn message() -> impl Strategy<Value = Message> {
                     bits,
                 }
             }),
+        (any::<u64>(), "[a-z]{1,12}").prop_map(|(request, name)| Message::RelayOpen {
+            request: RequestId(request),
+            name,
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(request, session)| Message::RelayOpened {
+            request: RequestId(request),
+            session,
+        }),
+        (any::<u64>(), vec(any::<u8>(), 0..2000)).prop_map(|(session, payload)| {
+            Message::Relayed {
+                session,
+                payload: bytes::Bytes::from(payload),
+            }
+        }),
     ]
 }
 

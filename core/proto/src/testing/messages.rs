@@ -229,6 +229,18 @@ pub fn sample_messages() -> Vec<Message> {
             first: 8,
             bits: vec![0b1010_0101, 0b0000_1111],
         },
+        Message::RelayOpen {
+            request,
+            name: "bob".into(),
+        },
+        Message::RelayOpened {
+            request,
+            session: 0x5eed_0f5e_5511_0011,
+        },
+        Message::Relayed {
+            session: 0x5eed_0f5e_5511_0011,
+            payload: bytes::Bytes::from(Message::EntryByHash { request, hash }.encode()),
+        },
     ];
     out.extend((0..8).map(|b| Message::Abort {
         transfer,

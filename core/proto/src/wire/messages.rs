@@ -449,7 +449,37 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         bits: Vec<u8>,
     },
+    /// Anyone → tracker: relay my datagrams to the peer `name`, and its to me (for a peer
+    /// that cannot be reached otherwise: behind a symmetric NAT, UDP blocked, a TCP peer
+    /// behind a NAT). Answered with [`Message::RelayOpened`] or an `Error` saying why not
+    /// (no such peer, the relay is off or full). An extension of v1.
+    RelayOpen {
+        /// Reply correlation.
+        request: RequestId,
+        /// The peer.
+        name: String,
+    },
+    /// Tracker → asker: the relay session to `name`: send it [`Message::Relayed`] datagrams
+    /// with `session`; the tracker forwards them to the peer, and the peer's back.
+    RelayOpened {
+        /// Correlation.
+        request: RequestId,
+        /// The session (chosen by the relay, unguessable).
+        session: u64,
+    },
+    /// Either end ↔ relay: one datagram of relay session `session` (`payload`, an encoded
+    /// message). The relay forwards it to the other end, from its own address.
+    Relayed {
+        /// The session.
+        session: u64,
+        /// The datagram carried.
+        #[serde(with = "super::decode::payload")]
+        payload: Bytes,
+    },
 }
+
+/// Bytes a [`Message::Relayed`] adds around the datagram it carries, at most.
+pub const RELAY_OVERHEAD: usize = 32;
 
 /// Most bytes of piece bits in one [`Message::Have`] (4,096 pieces: 1 GiB of 256 KiB pieces).
 pub const MAX_HAVE_BYTES: usize = 512;
@@ -484,6 +514,7 @@ impl Message {
                 | Message::WhoHas { .. }
                 | Message::EntryByHash { .. }
                 | Message::HaveRequest { .. }
+                | Message::RelayOpen { .. }
         )
     }
 
@@ -527,6 +558,7 @@ impl Message {
             | Message::Heartbeat { name, .. }
             | Message::Unregister { name, .. }
             | Message::Introduce { name, .. }
+            | Message::RelayOpen { name, .. }
             | Message::Announce { name, .. } => check(name.len() <= MAX_NAME_LEN, "name"),
             Message::RegisterReply {
                 outcome: RegisterOutcome::Refused { reason },
@@ -583,6 +615,10 @@ impl Message {
                 "piece hashes",
             ),
             Message::Data { payload, .. } => check(payload.len() <= MAX_CHUNK, "payload"),
+            Message::Relayed { payload, .. } => check(
+                payload.len() <= crate::wire::MAX_MESSAGE - RELAY_OVERHEAD,
+                "relayed payload",
+            ),
             Message::Validated { body, .. } => check(body.len() <= MAX_VALIDATED_BODY, "body"),
             Message::EntryReply {
                 entry: Some(entry), ..
@@ -744,5 +780,38 @@ mod compat_tests {
         })
         .unwrap();
         assert!(rmp_serde::from_slice::<Old>(&ranged).is_err());
+    }
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use super::*;
+    use crate::wire::{decode, MAX_MESSAGE};
+
+    /// A relayed datagram of the largest size a transport carries still fits one message
+    /// with [`RELAY_OVERHEAD`] to spare, and one byte more is refused by name.
+    #[test]
+    fn a_relayed_datagram_costs_at_most_the_overhead() {
+        for len in [0, 1, 200, 1_452, 65_000, MAX_MESSAGE - RELAY_OVERHEAD] {
+            let m = Message::Relayed {
+                session: u64::MAX,
+                payload: Bytes::from(vec![7u8; len]),
+            };
+            let bytes = m.encode();
+            assert!(
+                bytes.len() <= len + RELAY_OVERHEAD,
+                "{len}: {}",
+                bytes.len()
+            );
+            assert_eq!(decode(&bytes), Ok(m));
+        }
+        let over = Message::Relayed {
+            session: 1,
+            payload: Bytes::from(vec![0u8; MAX_MESSAGE - RELAY_OVERHEAD + 1]),
+        };
+        assert!(matches!(
+            decode(&over.encode()),
+            Err(DecodeError::Limit { .. }) | Err(DecodeError::TooLarge(_))
+        ));
     }
 }

@@ -44,6 +44,6 @@ pub use envelope::{DATA_OVERHEAD, HEADER_LEN, MAGIC, PROTOCOL_VERSION, UNCHECKED
 pub use ids::{ContentHash, FileId, RequestId, Token, TransferId, TransportKind};
 pub use messages::{
     AbortReason, IndexEntry, Message, PeerInfo, RegisterOutcome, MAX_ANNOUNCE_HASHES,
-    MAX_HAVE_BYTES, MAX_VALIDATED_BODY, PIECE_SIZE,
+    MAX_HAVE_BYTES, MAX_VALIDATED_BODY, PIECE_SIZE, RELAY_OVERHEAD,
 };
 pub use paging::paginate;
