@@ -20,5 +20,6 @@
 use p2p_proto::{limits, tracker, transfer, wire};
 
 pub mod index;
+pub mod relay;
 pub mod service;
 pub mod transport;

@@ -120,6 +120,19 @@ pub(super) struct Opened<'a> {
     unchecked_payload: bool,
 }
 
+/// The first bytes of a [`Message::Relayed`] body: a one-entry map keyed by the variant's
+/// name.
+const RELAYED_TAG: &[u8] = b"\x81\xa7Relayed";
+
+/// Whether `bytes` look like a [`Message::Relayed`] (envelope magic and the variant's tag,
+/// nothing checked further): what a transport that unwraps relayed datagrams looks at in
+/// every datagram before decoding the few that are.
+pub fn is_relayed(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_LEN + RELAYED_TAG.len()
+        && bytes.starts_with(&MAGIC)
+        && bytes[HEADER_LEN..].starts_with(RELAYED_TAG)
+}
+
 /// Checks the envelope of `bytes` (size, magic, version) and, unless it carries
 /// [`UNCHECKED_PAYLOAD`], the checksum of the body.
 pub(super) fn open(bytes: &[u8]) -> Result<Opened<'_>, DecodeError> {

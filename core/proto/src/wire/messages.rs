@@ -805,6 +805,19 @@ mod relay_tests {
             );
             assert_eq!(decode(&bytes), Ok(m));
         }
+        // Told apart from every other message by a look at its first bytes.
+        let relayed = Message::Relayed {
+            session: 3,
+            payload: Bytes::from_static(b"x"),
+        };
+        assert!(crate::wire::is_relayed(&relayed.encode()));
+        for other in crate::testing::sample_messages() {
+            assert_eq!(
+                crate::wire::is_relayed(&other.encode()),
+                matches!(other, Message::Relayed { .. }),
+                "{other:?}"
+            );
+        }
         let over = Message::Relayed {
             session: 1,
             payload: Bytes::from(vec![0u8; MAX_MESSAGE - RELAY_OVERHEAD + 1]),

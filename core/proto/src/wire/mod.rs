@@ -40,7 +40,9 @@ pub use decode::{
     MAX_LIST_ITEMS, MAX_MESSAGE, MAX_NAME_LEN, MAX_PATH_LEN, MAX_PIECE_HASHES, MAX_REASON_LEN,
     MAX_SACK_RANGES,
 };
-pub use envelope::{DATA_OVERHEAD, HEADER_LEN, MAGIC, PROTOCOL_VERSION, UNCHECKED_PAYLOAD};
+pub use envelope::{
+    is_relayed, DATA_OVERHEAD, HEADER_LEN, MAGIC, PROTOCOL_VERSION, UNCHECKED_PAYLOAD,
+};
 pub use ids::{ContentHash, FileId, RequestId, Token, TransferId, TransportKind};
 pub use messages::{
     AbortReason, IndexEntry, Message, PeerInfo, RegisterOutcome, MAX_ANNOUNCE_HASHES,

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::index::ShareIndex;
+use crate::relay::RelayTransport;
 use crate::transfer::{SenderConfig, SenderEvent, SenderTransmit};
 use crate::transport::{FileRange, FileReadError, SharedTransport};
 
@@ -73,6 +74,8 @@ pub(super) struct Driver {
     pub(super) upload_turn: usize,
     /// Downloads in progress served to others (see `partials.rs`).
     pub(super) partials: super::Partials,
+    /// The transport, as the relaying wrapper it is (`transport` is the same one).
+    pub(super) relay: Arc<RelayTransport>,
 }
 
 /// Most messages handled from one burst before the endpoint answers.
@@ -165,6 +168,8 @@ impl Driver {
                 transport,
                 every,
             } => {
+                // The tracker may relay others to us (`crate::relay`).
+                self.relay.allow(tracker);
                 self.proto.keep_registered(
                     Instant::now().into_std(),
                     tracker,

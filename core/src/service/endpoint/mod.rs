@@ -24,6 +24,7 @@ use super::lock::LockError;
 pub use super::resume::{partial_path, Discarded};
 use crate::index::ShareIndex;
 use crate::limits::RateConfig;
+use crate::relay::RelayTransport;
 use crate::transfer::{PieceTable, ReceiverConfig, SenderConfig, TransferError};
 use crate::transport::SharedTransport;
 use crate::wire::{
@@ -459,6 +460,8 @@ pub struct EndpointHandle {
     checkpoint_thread: bool,
     /// Downloads in progress served to others.
     partials: Partials,
+    /// The transport's relaying wrapper.
+    relay: Arc<RelayTransport>,
 }
 
 /// Starts an endpoint on `transport` and returns its handle. The endpoint stops when
@@ -469,6 +472,9 @@ pub fn spawn_endpoint(
     config: EndpointConfig,
 ) -> io::Result<(EndpointHandle, tokio::task::JoinHandle<()>)> {
     let local = transport.local_addr()?;
+    // Every endpoint can reach peers through a relay, and be reached through one.
+    let relay = RelayTransport::new(transport);
+    let transport: SharedTransport = relay.clone();
     let mut index = config.share.as_ref().map(ShareIndex::new);
     if let Some(idx) = index.as_mut() {
         idx.refresh()?;
@@ -521,6 +527,7 @@ pub fn spawn_endpoint(
         disk_alarm: Default::default(),
         upload_turn: 0,
         partials: Partials::default(),
+        relay: relay.clone(),
         config,
     };
     // The first scan's content hashes, announced once registered.
@@ -533,6 +540,7 @@ pub fn spawn_endpoint(
         fsync: driver.config.fsync,
         checkpoint_thread: driver.config.checkpoint_thread,
         partials: driver.partials.clone(),
+        relay,
     };
     let task = tokio::spawn(driver.run());
     Ok((handle, task))

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::driver::Driver;
 use super::{Command, EndpointHandle, ServiceError};
-use crate::wire::Message;
+use crate::wire::{Message, RequestId};
 
 /// What a punch found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,25 @@ impl EndpointHandle {
                 peer: Some(peer), ..
             } => Ok(Punched::Open(peer)),
             Message::Introduced { peer: None, .. } => Ok(Punched::NotListed),
+            _ => Err(ServiceError::Protocol(tracker)),
+        }
+    }
+}
+
+impl EndpointHandle {
+    /// Asks `tracker` to relay between this endpoint and the peer `name` (for a peer that
+    /// cannot be reached directly or through a punched hole): returns the address to talk
+    /// to it at, a virtual one that this endpoint's transport wraps for the relay (see
+    /// [`crate::relay`]). The tracker's refusal (no such peer, no relay, relay full) is
+    /// [`ServiceError::Refused`] with its reason.
+    pub async fn relay(&self, tracker: SocketAddr, name: &str) -> Result<SocketAddr, ServiceError> {
+        let ask = Message::RelayOpen {
+            request: RequestId(0),
+            name: name.to_string(),
+        };
+        match self.rpc(tracker, ask).await? {
+            Message::RelayOpened { session, .. } => Ok(self.relay.open(tracker, session)),
+            Message::Error { reason, .. } => Err(ServiceError::Refused(reason)),
             _ => Err(ServiceError::Protocol(tracker)),
         }
     }
