@@ -229,13 +229,13 @@ impl Driver {
                 request,
                 hash,
             }) => {
-                // As for `EntryRequest`: from the index as it is, if the file is unchanged.
-                let entry = self
-                    .index
-                    .as_ref()
-                    .and_then(|i| i.find_hash(hash))
-                    .filter(unchanged)
-                    .map(|s| s.entry);
+                // As for `EntryRequest`: from the index as it is, if the file is unchanged;
+                // else a collection (a folder) of that hash, as last scanned (the client
+                // checks the folder against the hash in a fresh listing).
+                let entry = self.index.as_ref().and_then(|i| {
+                    let file = i.find_hash(hash).filter(unchanged).map(|s| s.entry);
+                    file.or_else(|| i.find_collection(hash))
+                });
                 self.queue_stateless(from, Message::EntryReply { request, entry });
             }
             Some(Incoming::PieceRequest {
