@@ -221,6 +221,16 @@ fn ls_marks_folders_and_get_fetches_them_by_path_id_and_hash() {
     let out = net.cmd(&["get", &hash]).out("by-hash").run();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_tree(&net.path("by-hash/sub"), &pics_tree("sub/"));
+    // The whole share: `/`, saved under the share's name.
+    let out = net.get("s", "/").out("whole").run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut whole: Vec<(String, Vec<u8>)> = sample_tree()
+        .into_iter()
+        .map(|(p, b)| (format!("pics/{p}"), b))
+        .collect();
+    whole.push(("beside.txt".into(), b"not in pics".to_vec()));
+    let whole: Vec<(&str, Vec<u8>)> = whole.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+    assert_tree(&net.path("whole/share"), &whole);
 }
 
 #[test]

@@ -89,7 +89,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         info: info.clone(),
     };
     // A path may name a file or a folder: one listing answers both.
-    let (found, mut listing) = match &wanted {
+    let (mut found, mut listing) = match &wanted {
         Wanted::Id(id) => (peer.entry(*id).await?, None),
         Wanted::Path(path) => {
             let listing = peer.index().await?;
@@ -97,9 +97,16 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
             (found, Some(listing))
         }
     };
-    if found.as_ref().is_some_and(is_collection) && listing.is_none() {
-        // A folder's entry: its files are in the listing.
-        listing = Some(peer.index().await?);
+    if let Some(folder) = found
+        .as_ref()
+        .filter(|e| is_collection(e) && listing.is_none())
+    {
+        // A folder's entry: its files are in the listing, checked against the entry as
+        // that same listing has it.
+        let fresh = peer.index().await?;
+        let id = folder.id;
+        found = fresh.1.iter().find(|e| e.id == id).cloned();
+        listing = Some(fresh);
     }
     let (share, listing) = listing.unwrap_or_default();
     let at = Fetching {

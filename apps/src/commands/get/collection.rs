@@ -119,8 +119,10 @@ pub(crate) fn folder_name(path: &str, share: &str, hint: Option<&str>) -> Result
     }
 }
 
-/// `get` of the collection entry `entry` of the peer `at` names, whose listing is `listing`
-/// (and share name `share`): checks it against the entry's hash, then fetches the tree.
+/// `get` of the collection entry `entry` of the peer `at` names, from the listing `listing`
+/// (and share name `share`) it comes from: checks the files against the entry's hash, then
+/// fetches the tree. An entry its own listing's files do not back is refused, as the file
+/// with an unsafe name (ending with `/`) it then is.
 pub(super) async fn fetch_listed(
     args: &GetArgs,
     at: &Fetching<'_>,
@@ -128,17 +130,14 @@ pub(super) async fn fetch_listed(
     entry: &IndexEntry,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
-    let peer = clean(&at.info.name);
     let plan = match plan(listing, &entry.path, Some(entry.hash)) {
         Ok(plan) => plan,
-        Err(PlanError::Changed { .. }) => fail!(
-            Kind::UnknownFile,
-            "the folder `{}` of peer `{peer}` changed while it was listed; run the same get again",
-            clean(&entry.path)
-        ),
+        // The entry and the files come from one listing: a peer whose folder entry its own
+        // files do not back lists a file under a name that ends with `/`.
         Err(e) => fail!(
-            Kind::UnknownFile,
-            "cannot fetch the folder `{}` of peer `{peer}`: {e}",
+            Kind::Failed,
+            "peer `{}` announced an unsafe file name `{}` (listed as a folder, but {e}); refusing",
+            clean(&at.info.name),
             clean(&entry.path)
         ),
     };
