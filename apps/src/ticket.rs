@@ -5,6 +5,12 @@
 //!
 //! Layout of the bytes (before base32): version `1`; the hash (32 bytes); the size (u64, little
 //! endian); the tracker as text (`HOST:PORT`, a length byte then UTF-8); the name (the same).
+//!
+//! A ticket for a folder (a collection, see `p2p_core::collection`) has the same layout: its
+//! hash is the collection hash, its size the total of the files, and its name the folder's
+//! with a trailing `/` (as a folder's entry in a listing), which tells `p2p get` that a
+//! missing holder may mean a changed folder. A build from before collections reads such a
+//! ticket, finds the folder's entry and fails cleanly: a collection has no bytes to download.
 
 use std::fmt;
 
@@ -26,7 +32,7 @@ pub(crate) struct Ticket {
     pub(crate) hash: ContentHash,
     /// Its size in bytes.
     pub(crate) size: u64,
-    /// The file name it was shared under.
+    /// The file name it was shared under; a folder's ends with `/`.
     pub(crate) name: String,
 }
 
@@ -42,6 +48,23 @@ pub(crate) enum TicketError {
 }
 
 impl Ticket {
+    /// A ticket for the folder `folder` (its name, without `/`), whose collection hash is
+    /// `hash` and whose files add up to `size` bytes.
+    pub(crate) fn for_folder(tracker: String, hash: ContentHash, size: u64, folder: &str) -> Self {
+        let name = format!("{}/", truncate_to(folder, MAX_TEXT - 1));
+        Ticket {
+            tracker,
+            hash,
+            size,
+            name,
+        }
+    }
+
+    /// The folder's name (with its trailing `/`), when the ticket is a folder's.
+    pub(crate) fn folder(&self) -> Option<&str> {
+        self.name.ends_with('/').then_some(self.name.as_str())
+    }
+
     /// Whether `s` looks like a ticket (any version), not a peer name.
     pub(crate) fn looks_like(s: &str) -> bool {
         s.len() > 40 && s.starts_with("p2p") && s[3..].starts_with(|c: char| c.is_ascii_digit())
@@ -97,7 +120,12 @@ impl fmt::Display for Ticket {
 
 /// `text` cut to at most [`MAX_TEXT`] bytes, on a character boundary.
 fn truncate(text: &str) -> &str {
-    let mut end = text.len().min(MAX_TEXT);
+    truncate_to(text, MAX_TEXT)
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate_to(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
@@ -151,6 +179,23 @@ mod tests {
         assert_eq!(Ticket::parse(&format!("  {text}\n")), Ok(t.clone()));
         let upper = format!("p2p1{}", text[4..].to_ascii_uppercase());
         assert_eq!(Ticket::parse(&upper), Ok(t));
+    }
+
+    #[test]
+    fn folder_tickets_say_so_and_round_trip() {
+        let long = "é".repeat(200);
+        for name in ["photos", long.as_str()] {
+            let t = Ticket::for_folder("127.0.0.1:9000".into(), ContentHash::of(b"m"), 7, name);
+            let back = Ticket::parse(&t.to_string()).unwrap();
+            let folder = back.folder().expect("a folder's ticket");
+            assert!(
+                folder.ends_with('/') && folder.len() <= MAX_TEXT,
+                "{folder}"
+            );
+            assert!(name.starts_with(folder.trim_end_matches('/')));
+            assert_eq!(back, t);
+        }
+        assert_eq!(sample().folder(), None);
     }
 
     #[test]

@@ -5,6 +5,18 @@
 //! order of relative path at the first scan; files that appear later get the next free IDs,
 //! and a path keeps its ID while the peer runs. Hashes are recomputed only when a file's size or
 //! modification time changes.
+//!
+//! Each folder of the share that holds files (at any depth), the share's top folder too, is
+//! also a *collection* (see [`crate::collection`]): an entry whose path is the folder's with a
+//! trailing `/` (`photos/`, `photos/2024/`; the top folder's is `/`), whose size is the total
+//! of its files and whose hash is its manifest's. Collections of subfolders are listed after
+//! the files of the scan that found them, with IDs of their own (stable while the folder
+//! holds files); the top folder's, with ID `000`, is not listed (a listing of a flat share
+//! stays as it was) but is found by its hash and announced like the others. A collection has
+//! no bytes: [`ShareIndex::get`] knows files only, so a request to download one is refused
+//! as for a file that does not exist. At most [`MAX_COLLECTIONS`] folders (the first in path
+//! order) get a collection, so that a listing stays within what a client takes (files and
+//! collections together at most 200,000 entries); the others are still fetched by path.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -14,6 +26,7 @@ use std::time::SystemTime;
 
 use std::sync::Arc;
 
+use crate::collection::{collection_path, ManifestHasher, MAX_MANIFEST_FILES, ROOT_PATH};
 use crate::transfer::{PieceHasher, PieceTable};
 use crate::wire::{ContentHash, FileId, IndexEntry, MAX_PATH_LEN, PIECE_SIZE};
 
@@ -36,6 +49,11 @@ pub fn is_download_file(name: &str) -> bool {
 const MAX_DEPTH: usize = 32;
 /// Most files indexed.
 const MAX_FILES: usize = 100_000;
+/// Most folders given a collection entry: with [`MAX_FILES`] files, a listing holds at most
+/// 200,000 entries, what a client takes (`MAX_INDEX_ENTRIES`).
+pub const MAX_COLLECTIONS: usize = 100_000;
+/// The ID of the collection of the share's top folder (never a file's: those start at 1).
+pub const ROOT_COLLECTION_ID: FileId = FileId(0);
 
 #[derive(Clone, Debug)]
 struct Indexed {
@@ -63,6 +81,8 @@ pub struct ShareIndex {
     root: PathBuf,
     by_path: BTreeMap<String, Indexed>,
     next_id: u32,
+    /// The collection entries, by path (`photos/`; the top folder's is `/`).
+    collections: BTreeMap<String, IndexEntry>,
 }
 
 impl ShareIndex {
@@ -72,6 +92,7 @@ impl ShareIndex {
             root: root.into(),
             by_path: BTreeMap::new(),
             next_id: 1,
+            collections: BTreeMap::new(),
         }
     }
 
@@ -118,11 +139,14 @@ impl ShareIndex {
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         let mut next = BTreeMap::new();
+        // Whether any file came, went or changed: only then are the collections hashed again.
+        let mut changed = false;
         for (rel, size, modified) in found {
             let known = self.by_path.remove(&rel);
             let entry = match known {
                 Some(old) if old.entry.size == size && old.modified == modified => old,
                 other => {
+                    changed = true;
                     let Ok((hash, pieces)) = hash_pieces(&self.base().join(&rel), PIECE_SIZE)
                     else {
                         continue;
@@ -149,15 +173,96 @@ impl ShareIndex {
             };
             next.insert(rel, entry);
         }
+        changed |= !self.by_path.is_empty();
         self.by_path = next;
+        if changed {
+            self.collections = self.hash_collections();
+        }
         Ok(())
     }
 
-    /// All entries, in ID order.
+    /// All listed entries, files and collections of subfolders, in ID order (the top
+    /// folder's collection is not listed: see the [module documentation](self)).
     pub fn entries(&self) -> Vec<IndexEntry> {
-        let mut v: Vec<IndexEntry> = self.by_path.values().map(|i| i.entry.clone()).collect();
+        let files = self.by_path.values().map(|i| i.entry.clone());
+        let folders = self.collections.values().filter(|c| c.path != ROOT_PATH);
+        let mut v: Vec<IndexEntry> = files.chain(folders.cloned()).collect();
         v.sort_by_key(|e| e.id);
         v
+    }
+
+    /// The collection entry with content `hash` (the top folder's included), if any (the
+    /// lowest ID of those): its entry as of the last scan.
+    pub fn find_collection(&self, hash: ContentHash) -> Option<IndexEntry> {
+        let found = self.collections.values().filter(|c| c.hash == hash);
+        found.min_by_key(|c| c.id).cloned()
+    }
+
+    /// The content hashes to announce to the tracker: the files' (but empty files, whose
+    /// content everyone has) and every collection's, the top folder's included.
+    pub fn content_hashes(&self) -> Vec<ContentHash> {
+        let files = self.by_path.values().map(|i| &i.entry);
+        let files = files.filter(|e| e.size > 0).map(|e| e.hash);
+        files
+            .chain(self.collections.values().map(|c| c.hash))
+            .collect()
+    }
+
+    /// The collection entries of the folders that hold files, in one pass over the files in
+    /// path order: the files below a folder come together in that order, so each folder's
+    /// manifest is hashed as its files pass, with one hasher per folder of the current path.
+    /// A folder keeps its ID; a new one takes the next free ID.
+    fn hash_collections(&mut self) -> BTreeMap<String, IndexEntry> {
+        let mut done = BTreeMap::new();
+        if self.single_file() || self.by_path.is_empty() {
+            return done;
+        }
+        let mut open: Vec<OpenFolder> = Vec::new();
+        let mut opened = 0;
+        for (path, file) in &self.by_path {
+            while open.last().is_some_and(|f| !path.starts_with(&f.prefix)) {
+                close_folder(open.pop().expect("checked"), &mut done);
+            }
+            // Every folder of the path not open yet, the top one first.
+            let mut from = open.last().map_or(0, |f| f.prefix.len());
+            if open.is_empty() {
+                open.push(OpenFolder::new(String::new(), &mut opened));
+            }
+            while let Some(slash) = path[from..].find('/') {
+                from += slash + 1;
+                open.push(OpenFolder::new(path[..from].to_string(), &mut opened));
+            }
+            for folder in &mut open {
+                folder.add(&path[folder.prefix.len()..], &file.entry);
+            }
+        }
+        while let Some(folder) = open.pop() {
+            close_folder(folder, &mut done);
+        }
+        if opened > MAX_COLLECTIONS {
+            tracing::warn!(
+                root = %self.root.display(),
+                "the share has more than {MAX_COLLECTIONS} folders; only the first {MAX_COLLECTIONS} (in path order) are listed as collections"
+            );
+        }
+        self.give_ids(&mut done);
+        done
+    }
+
+    /// IDs for `fresh` collections: a folder's old one, else the next free one (in path
+    /// order); the top folder's is [`ROOT_COLLECTION_ID`].
+    fn give_ids(&mut self, fresh: &mut BTreeMap<String, IndexEntry>) {
+        for (path, entry) in fresh.iter_mut() {
+            entry.id = if path == ROOT_PATH {
+                ROOT_COLLECTION_ID
+            } else if let Some(old) = self.collections.get(path) {
+                old.id
+            } else {
+                let id = FileId(self.next_id);
+                self.next_id += 1;
+                id
+            };
+        }
     }
 
     /// A shared file with content `hash`, if any (the lowest ID of those).
@@ -171,7 +276,7 @@ impl ShareIndex {
         self.get(id)
     }
 
-    /// The file with `id`, if shared.
+    /// The file with `id`, if shared. Files only: a collection has no bytes to serve.
     pub fn get(&self, id: FileId) -> Option<SharedFile> {
         self.by_path
             .values()
@@ -183,6 +288,52 @@ impl ShareIndex {
                 pieces: i.pieces.clone(),
             })
     }
+}
+
+/// A folder whose files are being hashed into its manifest (see
+/// [`ShareIndex::hash_collections`]).
+struct OpenFolder {
+    /// What the paths of its files start with: `""` for the top folder, else `path/`.
+    prefix: String,
+    /// `None`: past [`MAX_COLLECTIONS`], or past [`MAX_MANIFEST_FILES`] files: no collection.
+    hasher: Option<ManifestHasher>,
+}
+
+impl OpenFolder {
+    /// The folder `prefix`, the `opened`-th in path order (counted here).
+    fn new(prefix: String, opened: &mut usize) -> Self {
+        *opened += 1;
+        let hasher = (*opened <= MAX_COLLECTIONS).then(ManifestHasher::new);
+        OpenFolder { prefix, hasher }
+    }
+
+    /// Adds `file`, whose path below the folder is `rel`, unless `rel` is unsafe (a client
+    /// rebuilding the manifest leaves it out the same way: `Manifest::from_listing`).
+    fn add(&mut self, rel: &str, file: &IndexEntry) {
+        let Some(hasher) = self.hasher.as_mut() else {
+            return;
+        };
+        if hasher.files() == MAX_MANIFEST_FILES {
+            self.hasher = None;
+        } else if safe_relative(rel).is_some() {
+            hasher.add(rel, file.size, file.hash);
+        }
+    }
+}
+
+/// Records `folder`'s collection entry in `done` (ID given later), if it has one and files.
+fn close_folder(folder: OpenFolder, done: &mut BTreeMap<String, IndexEntry>) {
+    let Some(hasher) = folder.hasher.filter(|h| h.files() > 0) else {
+        return;
+    };
+    let path = collection_path(folder.prefix.trim_end_matches('/'));
+    let entry = IndexEntry {
+        id: ROOT_COLLECTION_ID,
+        path: path.clone(),
+        size: hasher.size(),
+        hash: hasher.finish(),
+    };
+    done.insert(path, entry);
 }
 
 /// BLAKE3 of a file's content, read in 64 KiB blocks.
@@ -309,6 +460,12 @@ pub fn safe_file_name(path: &str) -> Option<String> {
 pub fn safe_relative_path(folder: &str, path: &str) -> Option<PathBuf> {
     let folder = folder.trim_end_matches('/');
     let rest = path.strip_prefix(folder)?.strip_prefix('/')?;
+    safe_relative(rest)
+}
+
+/// `rest` (a `/`-separated path relative to a folder) as a path that stays below that folder:
+/// the rules of [`safe_relative_path`], which a collection's manifest follows too.
+pub fn safe_relative(rest: &str) -> Option<PathBuf> {
     let parts: Vec<&str> = rest.split('/').collect();
     if parts.is_empty() || parts.len() > MAX_DEPTH {
         return None;
@@ -347,17 +504,107 @@ mod tests {
             vec![
                 ("001".into(), "a.txt".into()),
                 ("002".into(), "b.txt".into()),
-                ("003".into(), "sub/c.txt".into())
+                ("003".into(), "sub/c.txt".into()),
+                ("004".into(), "sub/".into())
             ]
         );
-        // A new file that sorts first still gets the next ID; old IDs do not move.
+        // A new file that sorts first still gets the next ID; old IDs do not move (`sub/`,
+        // a collection, took 004).
         fs::write(dir.path().join("0.txt"), b"zero").unwrap();
         idx.refresh().unwrap();
         let e = idx.entries();
         assert_eq!(e[0].path, "a.txt");
-        assert_eq!(e[3].path, "0.txt");
-        assert_eq!(e[3].id, FileId(4));
-        assert_eq!(e[3].hash, ContentHash::of(b"zero"));
+        assert_eq!((e[3].id, e[3].path.as_str()), (FileId(4), "sub/"));
+        assert_eq!(e[4].path, "0.txt");
+        assert_eq!(e[4].id, FileId(5));
+        assert_eq!(e[4].hash, ContentHash::of(b"zero"));
+    }
+
+    /// A tree with a nested folder, two files of one name and an empty file.
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, bytes) in [
+            ("top.txt", &b"top"[..]),
+            ("pics/a.txt", b"one"),
+            ("pics/empty", b""),
+            ("pics/sub/a.txt", b"two"),
+            ("pics/sub/deeper/b.bin", b"three"),
+            ("other/a.txt", b"four"),
+        ] {
+            let p = dir.path().join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, bytes).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn each_folder_with_files_is_a_collection_a_listing_can_check() {
+        use crate::collection::{is_collection, Manifest};
+        let dir = tree();
+        let mut idx = ShareIndex::new(dir.path());
+        idx.refresh().unwrap();
+        let entries = idx.entries();
+        let listed: Vec<_> = entries.iter().map(|e| (e.id.0, e.path.as_str())).collect();
+        assert_eq!(
+            listed,
+            [
+                (1, "other/a.txt"),
+                (2, "pics/a.txt"),
+                (3, "pics/empty"),
+                (4, "pics/sub/a.txt"),
+                (5, "pics/sub/deeper/b.bin"),
+                (6, "top.txt"),
+                (7, "other/"),
+                (8, "pics/"),
+                (9, "pics/sub/"),
+                (10, "pics/sub/deeper/"),
+            ]
+        );
+        // Each collection is what a client rebuilds from the listing.
+        for c in entries.iter().filter(|e| is_collection(e)) {
+            let (m, skipped) = Manifest::from_listing(&c.path, &entries).unwrap();
+            assert!(skipped.is_empty());
+            assert_eq!((c.hash, c.size), (m.hash(), m.size()), "{}", c.path);
+            // Found by its hash; never served as a file.
+            assert_eq!(idx.find_collection(c.hash).as_ref(), Some(c));
+            assert!(idx.get(c.id).is_none());
+        }
+        let (all, _) = Manifest::from_listing("", &entries).unwrap();
+        assert_eq!(all.files().len(), 6);
+        let root = idx.find_collection(all.hash()).expect("the top folder's");
+        assert_eq!((root.id, root.path.as_str()), (ROOT_COLLECTION_ID, "/"));
+        assert_eq!(root.size, 3 + 3 + 3 + 5 + 4);
+        let announced = idx.content_hashes();
+        assert!(announced.contains(&root.hash));
+        assert_eq!(announced.len(), 5 + 5, "non-empty files and collections");
+    }
+
+    #[test]
+    fn a_changed_file_changes_its_folders_hashes_not_their_ids() {
+        let dir = tree();
+        let mut idx = ShareIndex::new(dir.path());
+        idx.refresh().unwrap();
+        let before = idx.entries();
+        fs::write(dir.path().join("pics/sub/a.txt"), b"TWO!").unwrap();
+        idx.refresh().unwrap();
+        let after = idx.entries();
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!((b.id, &b.path), (a.id, &a.path));
+            let should_change = ["pics/sub/a.txt", "pics/", "pics/sub/"].contains(&a.path.as_str());
+            assert_eq!(b.hash != a.hash, should_change, "{}", a.path);
+        }
+        // A folder emptied of files is no collection any more; the others keep their IDs.
+        fs::remove_file(dir.path().join("other/a.txt")).unwrap();
+        idx.refresh().unwrap();
+        let paths: Vec<_> = idx.entries().into_iter().map(|e| e.path).collect();
+        assert!(!paths.contains(&"other/".to_string()), "{paths:?}");
+        let pics = idx
+            .entries()
+            .into_iter()
+            .find(|e| e.path == "pics/")
+            .unwrap();
+        assert_eq!(pics.id, FileId(8));
     }
 
     #[test]
@@ -391,7 +638,8 @@ mod tests {
         let mut idx = ShareIndex::new(dir.path().join("one.txt"));
         idx.refresh().unwrap();
         let e = idx.entries();
-        assert_eq!(e.len(), 1);
+        assert_eq!(e.len(), 1, "a single file is no collection");
+        assert!(idx.content_hashes() == [ContentHash::of(b"one")]);
         assert_eq!((e[0].path.as_str(), e[0].size), ("one.txt", 3));
         assert_eq!(e[0].hash, ContentHash::of(b"one"));
         let shared = idx.get(e[0].id).unwrap();

@@ -6,7 +6,8 @@
 //! - [`transport`]: the message-oriented [`Transport`](transport::Transport) trait the UDP and
 //!   TCP adapters (and the simulations' sockets) implement;
 //! - [`index`]: the share folder's index (stable IDs, sizes, BLAKE3 hashes of files and
-//!   pieces), read from disk;
+//!   pieces, and of each folder as a collection), read from disk;
+//! - [`collection`]: folders as collections: the manifest of a folder's files and its hash;
 //! - [`service`]: the tokio services: the tracker, and the peer endpoint (serve files,
 //!   download, list), with partial files, checkpoints and destination locks.
 //!
@@ -19,6 +20,7 @@
 // The protocol modules, under the paths the driver's code uses.
 use p2p_proto::{limits, tracker, transfer, wire};
 
+pub mod collection;
 pub mod index;
 pub mod relay;
 pub mod service;

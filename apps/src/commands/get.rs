@@ -1,7 +1,8 @@
 //! `p2p get NAME ID`: download one file, verified, resumable, with progress: from that peer,
 //! and from every other peer the tracker says has the same content (see [`super::swarm_get`];
 //! `--one-source` keeps to the named peer). `p2p get blake3:HEX` fetches content by its hash
-//! from whoever has it.
+//! from whoever has it. A folder comes as a collection (see [`collection`]): `p2p get PEER
+//! FOLDER`, `PEER ID` of a folder's entry, or a ticket or hash of one recreate its tree.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -22,7 +23,10 @@ use crate::output::{clean, human_bytes, mib_per_s};
 use crate::session::{self, check_folder, dest_for, find_peer, Mode, Reached, Route};
 use crate::signals::Shutdown;
 use crate::ticket::Ticket;
+use p2p_core::collection::is_collection;
 use p2p_core::service::swarm::Source;
+
+pub(crate) mod collection;
 
 pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let command_start = std::time::Instant::now();
@@ -42,7 +46,8 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
                 format!("the ticket's tracker `{}`: {e}", clean(&ticket.tracker)),
             )
         })?;
-        return by_hash(&args, tracker, ticket.hash, &mut shutdown).await;
+        let folder = ticket.folder();
+        return by_hash(&args, tracker, ticket.hash, folder, &mut shutdown).await;
     }
     if let Some(hash) = swarm_get::parse_hash(&args.peer) {
         let hash = hash.map_err(|e| failure(Kind::Usage, e))?;
@@ -53,7 +58,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
                 clean(extra)
             );
         }
-        return by_hash(&args, args.tracker.tracker, hash, &mut shutdown).await;
+        return by_hash(&args, args.tracker.tracker, hash, None, &mut shutdown).await;
     }
     let Some(id) = args.id.as_deref() else {
         fail!(
@@ -84,14 +89,26 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         info: info.clone(),
     };
     // A path may name a file or a folder: one listing answers both.
-    let (found, listing) = match &wanted {
-        Wanted::Id(id) => (peer.entry(*id).await?, Vec::new()),
+    let (mut found, mut listing) = match &wanted {
+        Wanted::Id(id) => (peer.entry(*id).await?, None),
         Wanted::Path(path) => {
-            let (_, entries) = peer.index().await?;
-            let found = entries.iter().find(|e| e.path == *path).cloned();
-            (found, entries)
+            let listing = peer.index().await?;
+            let found = listing.1.iter().find(|e| e.path == *path).cloned();
+            (found, Some(listing))
         }
     };
+    if let Some(folder) = found
+        .as_ref()
+        .filter(|e| is_collection(e) && listing.is_none())
+    {
+        // A folder's entry: its files are in the listing, checked against the entry as
+        // that same listing has it.
+        let fresh = peer.index().await?;
+        let id = folder.id;
+        found = fresh.1.iter().find(|e| e.id == id).cloned();
+        listing = Some(fresh);
+    }
+    let (share, listing) = listing.unwrap_or_default();
     let at = Fetching {
         to_peer: &to_peer,
         tracker: t.tracker,
@@ -99,10 +116,14 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         route,
         command_start,
     };
+    let listed = (share.as_str(), listing.as_slice());
     let result = match (found, &wanted) {
+        (Some(entry), _) if is_collection(&entry) => {
+            collection::fetch_listed(&args, &at, listed, &entry, &mut shutdown).await
+        }
         (Some(entry), _) => fetch_file(&args, &at, entry, &mut shutdown).await,
         (None, Wanted::Path(folder)) => {
-            fetch_folder(&args, &at, listing, folder, &mut shutdown).await
+            collection::fetch_folder(&args, &at, listed, folder, &mut shutdown).await
         }
         (None, Wanted::Id(id)) => Err(failure(
             Kind::UnknownFile,
@@ -126,68 +147,6 @@ struct Fetching<'a> {
     info: &'a p2p_proto::wire::PeerInfo,
     route: Route,
     command_start: std::time::Instant,
-}
-
-/// `p2p get PEER FOLDER`: every file the peer lists (`entries`) below `FOLDER/`, in path order, each
-/// into the same place below `--out/FOLDER-NAME/` (folders created; a path from the peer that
-/// would leave it is refused), each as `get PEER ID` would fetch it (from every holder,
-/// resumable). A rerun skips the files already there and resumes the one that stopped.
-async fn fetch_folder(
-    args: &GetArgs,
-    at: &Fetching<'_>,
-    entries: Vec<IndexEntry>,
-    folder: &str,
-    shutdown: &mut Shutdown,
-) -> Result<()> {
-    let folder = folder.trim_end_matches('/');
-    let mut files: Vec<IndexEntry> = entries
-        .into_iter()
-        .filter(|e| e.path.starts_with(folder) && e.path[folder.len()..].starts_with('/'))
-        .collect();
-    if files.is_empty() || folder.is_empty() {
-        fail!(
-            Kind::UnknownFile,
-            "peer `{}` has no file or folder `{}`: run `p2p ls {}` to see its files",
-            clean(&at.info.name),
-            clean(folder),
-            clean(&at.info.name)
-        );
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    let Some(name) = p2p_core::index::safe_file_name(folder) else {
-        fail!(
-            Kind::Failed,
-            "the peer's folder name `{}` is unsafe; refusing",
-            clean(folder)
-        );
-    };
-    let root = args.out.join(name);
-    let count = files.len();
-    if !args.json {
-        eprintln!(
-            "{}: {count} file{} from {}",
-            clean(folder),
-            if count == 1 { "" } else { "s" },
-            clean(&at.info.name)
-        );
-    }
-    for entry in files {
-        let Some(rel) = p2p_core::index::safe_relative_path(folder, &entry.path) else {
-            eprintln!(
-                "skipped `{}`: an unsafe path from the peer",
-                clean(&entry.path)
-            );
-            continue;
-        };
-        let dir = match rel.parent() {
-            Some(p) => root.join(p),
-            None => root.clone(),
-        };
-        let mut one = args.clone();
-        one.out = dir;
-        fetch_file(&one, at, entry, shutdown).await?;
-    }
-    Ok(())
 }
 
 /// Fetches `entry` of the peer into `args.out` (from every holder unless `--one-source`),
@@ -420,11 +379,14 @@ pub(super) fn interrupted<T>(result: &Result<T, ServiceError>, size: u64) -> Opt
     }
 }
 
-/// `p2p get blake3:HEX`: the content from every peer the tracker says has it.
+/// `p2p get blake3:HEX`: the content from every peer the tracker says has it; a collection's
+/// tree when the holders list the hash as a folder's. `folder`: the folder's name from a
+/// ticket of one.
 async fn by_hash(
     args: &GetArgs,
     tracker: std::net::SocketAddr,
     hash: p2p_proto::wire::ContentHash,
+    folder: Option<&str>,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
     check_folder(&args.out, "--out")?;
@@ -444,7 +406,13 @@ async fn by_hash(
             )
         })?;
     let found = swarm_get::sources(&handle, holders, hash, &[]).await;
-    let result = swarm_get::run(args, &handle, t.tracker, hash, None, found, shutdown).await;
+    let result = match folder {
+        _ if found.iter().any(|s| is_collection(&s.entry)) => {
+            collection::fetch_by_hash(args, &handle, t.tracker, hash, found, folder, shutdown).await
+        }
+        Some(folder) if found.is_empty() => Err(collection::nobody_has(hash, t.tracker, folder)),
+        _ => swarm_get::run(args, &handle, t.tracker, hash, None, found, shutdown).await,
+    };
     handle.shutdown().await;
     result
 }

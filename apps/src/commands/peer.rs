@@ -9,17 +9,19 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use p2p_core::collection::is_collection;
 use p2p_core::index::hash_file;
 use p2p_core::service::{EndpointHandle, Progress, ServiceError, UploadNotice};
 use p2p_proto::tracker::validate_name;
-use p2p_proto::wire::FileId;
+use p2p_proto::wire::{FileId, IndexEntry};
 use tokio::sync::{mpsc, watch};
 
+use super::get::collection;
 use super::swarm_get;
 use crate::cli::PeerArgs;
 use crate::console::{
@@ -584,19 +586,25 @@ impl Menu {
         }
     }
 
+    /// `c PEER ID`: downloads the file (or, for a folder's entry, every file of the folder
+    /// into `--downloads/FOLDER-NAME/`) in the background, from every holder.
     async fn start_download(&mut self, peer: &str, id: FileId) {
         let prepared = async {
             let reached = self.reach(peer).await?;
             let (_, entries) = reached.index().await?;
             let (via, addr) = (reached.handle, reached.info.addr);
-            let entry = entries.into_iter().find(|e| e.id == id).with_context(|| {
-                format!("{peer} has no file {id}: type `i {peer}` to list its files")
-            })?;
-            let dest = dest_for(&self.downloads, &entry.path)?;
-            Ok::<_, anyhow::Error>((via, addr, entry, dest))
+            let entry = entries
+                .iter()
+                .find(|e| e.id == id)
+                .cloned()
+                .with_context(|| {
+                    format!("{peer} has no file {id}: type `i {peer}` to list its files")
+                })?;
+            let target = target_of(&self.downloads, &entries, &entry)?;
+            Ok::<_, anyhow::Error>((via, addr, entry, target))
         }
         .await;
-        let (via, addr, entry, dest) = match prepared {
+        let (via, addr, entry, target) = match prepared {
             Ok(p) => p,
             Err(e) => return println!("{}", describe(&e)),
         };
@@ -613,47 +621,211 @@ impl Menu {
                 meter: Meter::new(Instant::now()),
             },
         );
+        let what = match &target {
+            Target::File(_) => String::new(),
+            Target::Folder { plan, .. } => format!("folder {} files, ", plan.files.len()),
+        };
         println!(
-            "Downloading {} ({}) from {} in the background (`d` shows its progress)...",
+            "Downloading {} ({what}{}) from {} in the background (`d` shows its progress)...",
             clean(&entry.path),
             human_bytes(entry.size),
             clean(peer)
         );
-        let peer = peer.to_string();
+        let from = Origin {
+            via,
+            tracker: self.tracker,
+            peer: peer.to_string(),
+            addr,
+        };
         let me = self.me.clone();
-        let hash = entry.hash;
         let running = self.running.clone();
         let printer = self.printer.clone();
-        let tracker = self.tracker;
         tokio::spawn(async move {
-            // Every other peer the tracker says has the content sends its share too.
-            let others = match tokio::time::timeout(
-                super::get::OTHERS_WAIT,
-                swarm_get::holders(&via, tracker, hash),
-            )
-            .await
-            {
-                Ok(Ok(holders)) => swarm_get::sources(&via, holders, hash, &[addr]).await,
-                _ => Vec::new(),
-            };
-            let (result, from) = if others.is_empty() {
-                (
-                    via.download(addr, entry, dest, Some(tx)).await,
-                    peer.clone(),
-                )
-            } else {
-                let from = format!("{} and {} more", clean(&peer), others.len());
-                let first = Source {
-                    name: peer.clone(),
-                    addr,
-                    entry: entry.clone(),
-                    partial: false,
-                };
-                (swarm_into(&via, first, others, dest, tx).await, from)
+            let line = match target {
+                Target::File(dest) => {
+                    let hash = entry.hash;
+                    let (result, peers) = from.fetch(entry, dest, tx).await;
+                    outcome(result, &peers, hash).await
+                }
+                Target::Folder { root, plan } => from.fetch_tree(root, plan, tx).await,
             };
             locked(&running).remove(&number);
-            printer.line(format!("[{me}] {}", outcome(result, &from, hash).await));
+            printer.line(format!("[{me}] {line}"));
         });
+    }
+}
+
+/// Where `c` puts `entry` of a listing (`entries`): a file's destination in `downloads`, or
+/// for a folder's entry (a collection), its files checked against its hash and the folder
+/// they go in.
+fn target_of(downloads: &Path, entries: &[IndexEntry], entry: &IndexEntry) -> Result<Target> {
+    if !is_collection(entry) {
+        return Ok(Target::File(dest_for(downloads, &entry.path)?));
+    }
+    let plan = collection::plan(entries, &entry.path, Some(entry.hash)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot download the folder {}: {e}; type `i` and `c` again",
+            clean(&entry.path)
+        )
+    })?;
+    let name = collection::folder_name(&entry.path, "", None)?;
+    Ok(Target::Folder {
+        root: downloads.join(name),
+        plan,
+    })
+}
+
+/// What `c` downloads.
+enum Target {
+    /// One file, to this destination.
+    File(PathBuf),
+    /// A folder's files, below `root`.
+    Folder {
+        root: PathBuf,
+        plan: collection::Plan,
+    },
+}
+
+/// The peer a `c` downloads from, and how to reach it and the tracker.
+struct Origin {
+    via: EndpointHandle,
+    tracker: SocketAddr,
+    peer: String,
+    addr: SocketAddr,
+}
+
+impl Origin {
+    /// Downloads `entry` of the peer to `dest`, joined by every other peer the tracker says
+    /// has the content; returns the result and who sent it (for the sentence).
+    async fn fetch(
+        &self,
+        entry: IndexEntry,
+        dest: PathBuf,
+        tx: watch::Sender<Progress>,
+    ) -> (
+        Result<p2p_core::service::DownloadReport, ServiceError>,
+        String,
+    ) {
+        let (via, hash) = (&self.via, entry.hash);
+        let others = match tokio::time::timeout(
+            super::get::OTHERS_WAIT,
+            swarm_get::holders(via, self.tracker, hash),
+        )
+        .await
+        {
+            Ok(Ok(holders)) => swarm_get::sources(via, holders, hash, &[self.addr]).await,
+            _ => Vec::new(),
+        };
+        if others.is_empty() {
+            let result = via.download(self.addr, entry, dest, Some(tx)).await;
+            return (result, self.peer.clone());
+        }
+        let from = format!("{} and {} more", clean(&self.peer), others.len());
+        let first = Source {
+            name: self.peer.clone(),
+            addr: self.addr,
+            entry,
+            partial: false,
+        };
+        (swarm_into(via, first, others, dest, tx).await, from)
+    }
+
+    /// Downloads the files of a folder (`plan`) below `root`, one after the other, each as
+    /// [`Origin::fetch`] does; its progress is published as one download of the folder's total.
+    /// Returns the sentence to print.
+    async fn fetch_tree(
+        &self,
+        root: PathBuf,
+        plan: collection::Plan,
+        tx: watch::Sender<Progress>,
+    ) -> String {
+        let started = Instant::now();
+        let (count, total) = (plan.files.len(), plan.size);
+        tx.send_modify(|p| p.total = Some(total));
+        let mut done = 0;
+        for (entry, rel) in plan.files {
+            let dir = rel.parent().map_or(root.clone(), |p| root.join(p));
+            let path = entry.path.clone();
+            let size = entry.size;
+            if let Err(why) = self.fetch_tree_file(entry, &dir, &tx, done).await {
+                return format!(
+                    "Download of the folder {} from {} stopped at {}: {why}. The same `c` resumes it.",
+                    root.display(),
+                    clean(&self.peer),
+                    clean(&path)
+                );
+            }
+            done += size;
+        }
+        format!(
+            "Saved folder {} ({count} file{}, {}, each BLAKE3 verified) from {} in {:.2} s",
+            root.display(),
+            if count == 1 { "" } else { "s" },
+            human_bytes(total),
+            clean(&self.peer),
+            started.elapsed().as_secs_f64()
+        )
+    }
+
+    /// One file of a folder into `dir`: skipped if there with the same content, created if
+    /// empty, else fetched; its progress added to the folder's (`done` bytes before it).
+    async fn fetch_tree_file(
+        &self,
+        entry: IndexEntry,
+        dir: &Path,
+        tx: &watch::Sender<Progress>,
+        done: u64,
+    ) -> Result<(), String> {
+        let dest = dest_for(dir, &entry.path).map_err(|e| describe(&e))?;
+        if present(&dest, entry.hash).await? {
+            tx.send_modify(|p| p.received = done + entry.size);
+            return Ok(());
+        }
+        if entry.size == 0 && entry.hash == p2p_proto::wire::ContentHash::of(b"") {
+            return std::fs::File::create_new(&dest)
+                .map(drop)
+                .map_err(|e| format!("cannot create {}: {e}", dest.display()));
+        }
+        let (ftx, mut frx) = watch::channel(Progress::default());
+        let folder = tx.clone();
+        let forward = tokio::spawn(async move {
+            while frx.changed().await.is_ok() {
+                let p = *frx.borrow();
+                folder.send_modify(|q| {
+                    q.received = done + p.received;
+                    q.saved = done + p.saved;
+                });
+            }
+        });
+        let hash = entry.hash;
+        let (result, _) = self.fetch(entry, dest.clone(), ftx).await;
+        forward.abort();
+        match result {
+            Ok(_) => Ok(()),
+            Err(ServiceError::DestinationExists(_)) if present(&dest, hash).await? => Ok(()),
+            Err(e) => Err(describe_service(&e)),
+        }
+    }
+}
+
+/// Whether `dest` holds content `hash` already (`false`: nothing there); other content there
+/// is an error, which says so.
+async fn present(dest: &Path, hash: p2p_proto::wire::ContentHash) -> Result<bool, String> {
+    if std::fs::symlink_metadata(dest).is_err() {
+        return Ok(false);
+    }
+    let path = dest.to_path_buf();
+    let same = tokio::task::spawn_blocking(move || hash_file(&path).ok())
+        .await
+        .ok()
+        .flatten()
+        == Some(hash);
+    match same {
+        true => Ok(true),
+        false => Err(format!(
+            "{} already exists with other content; move it away",
+            dest.display()
+        )),
     }
 }
 

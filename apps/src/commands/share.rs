@@ -1,11 +1,15 @@
-//! `p2p share PATH`: share one file or folder as a peer without a menu, and print a ticket
-//! for each file: on another machine, `p2p get TICKET` fetches it from whoever has it.
+//! `p2p share PATH`: share one file or folder as a peer without a menu, and print a ticket:
+//! on another machine, `p2p get TICKET` fetches it from whoever has it. A folder gets one
+//! ticket for the whole folder (its collection hash: `p2p get` recreates the tree), then one
+//! per file (the first [`MAX_TICKETS`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Result;
+use p2p_core::collection::{is_collection, Manifest};
 use p2p_core::service::EndpointHandle;
+use p2p_proto::wire::IndexEntry;
 
 use crate::cli::ShareArgs;
 use crate::failure::{fail, Kind, WithKind};
@@ -36,8 +40,9 @@ pub(crate) fn check_path(path: &Path) -> Result<()> {
     }
 }
 
-/// Prints a ticket for each shared file (the first [`MAX_TICKETS`] of a folder), asking the
-/// peer's own endpoint for its index, as another peer would see it.
+/// Prints the tickets of what this peer shares, asking its own endpoint for its index as
+/// another peer would see it: for a folder, first the folder's (its collection, which the
+/// endpoint must know by hash), then each file's (the first [`MAX_TICKETS`]).
 pub(crate) async fn print_tickets(
     handle: &EndpointHandle,
     tracker: SocketAddr,
@@ -56,7 +61,7 @@ pub(crate) async fn print_tickets(
     } else {
         local
     };
-    let (_, entries) = handle
+    let (share, entries) = handle
         .index(me)
         .await
         .with_kind(Kind::Failed, || "cannot list what this peer shares".into())?;
@@ -70,7 +75,12 @@ pub(crate) async fn print_tickets(
              for other machines, run a tracker they reach and pass --tracker HOST:PORT"
         );
     }
-    for e in entries.iter().take(MAX_TICKETS) {
+    let folder = print_folder_ticket(handle, me, tracker, &share, &entries).await;
+    let files: Vec<&IndexEntry> = entries.iter().filter(|e| !is_collection(e)).collect();
+    if folder {
+        println!("each file alone:");
+    }
+    for e in files.iter().take(MAX_TICKETS) {
         let ticket = Ticket {
             tracker: tracker.to_string(),
             hash: e.hash,
@@ -80,13 +90,49 @@ pub(crate) async fn print_tickets(
         println!("{} ({}):", clean(&e.path), human_bytes(e.size));
         println!("  p2p get {ticket}");
     }
-    if entries.len() > MAX_TICKETS {
+    if files.len() > MAX_TICKETS {
         println!(
             "... and {} more files: `p2p ls {}` lists them, `p2p get {} ID` fetches one",
-            entries.len() - MAX_TICKETS,
+            files.len() - MAX_TICKETS,
             clean(name),
             clean(name)
         );
     }
     Ok(())
+}
+
+/// For a folder share, prints the ticket of the whole folder and returns `true`: the
+/// collection of every file listed (`entries`), whose hash this peer's endpoint (at `me`)
+/// must answer for. A single shared file has no collection: `false`, nothing printed.
+async fn print_folder_ticket(
+    handle: &EndpointHandle,
+    me: SocketAddr,
+    tracker: SocketAddr,
+    share: &str,
+    entries: &[IndexEntry],
+) -> bool {
+    let Ok((manifest, skipped)) = Manifest::from_listing("", entries) else {
+        return false;
+    };
+    let hash = manifest.hash();
+    let known = handle.entry_by_hash(me, hash).await;
+    if !known.is_ok_and(|e| e.is_some_and(|e| is_collection(&e.entry))) {
+        return false;
+    }
+    let count = manifest.files().len();
+    println!(
+        "{}/ ({count} file{}, {}), the whole folder:",
+        clean(share),
+        if count == 1 { "" } else { "s" },
+        human_bytes(manifest.size())
+    );
+    let ticket = Ticket::for_folder(tracker.to_string(), hash, manifest.size(), share);
+    println!("  p2p get {ticket}");
+    for path in skipped {
+        println!(
+            "  (without `{}`: its name cannot be recreated safely elsewhere)",
+            clean(&path)
+        );
+    }
+    true
 }

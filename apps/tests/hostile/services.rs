@@ -123,6 +123,8 @@ impl Services {
         v.as_array()
             .unwrap()
             .iter()
+            // Files only: a folder's collection entry (`sub/`) is no file to fetch.
+            .filter(|e| e["collection"] != true)
             .map(|e| {
                 (
                     e["id"].as_str().unwrap().to_string(),

@@ -249,14 +249,14 @@ impl Driver {
                 request,
                 hash,
             }) => {
-                // As for `EntryRequest`: from the index as it is, if the file is unchanged.
-                // A download in progress of that content answers when no whole file does.
-                let entry = self
-                    .index
-                    .as_ref()
-                    .and_then(|i| i.find_hash(hash))
-                    .filter(unchanged)
-                    .map(|s| s.entry);
+                // As for `EntryRequest`: from the index as it is, if the file is unchanged;
+                // else a collection (a folder) of that hash, as last scanned (the client
+                // checks the folder against the hash in a fresh listing); else a download in
+                // progress of that content.
+                let entry = self.index.as_ref().and_then(|i| {
+                    let file = i.find_hash(hash).filter(unchanged).map(|s| s.entry);
+                    file.or_else(|| i.find_collection(hash))
+                });
                 let reply = match (entry, self.partials.by_hash(hash)) {
                     (None, Some(p)) => Message::EntryReply {
                         request,

@@ -184,11 +184,11 @@ impl Batch {
     }
 }
 
-/// The content hashes of `index`'s files, to announce (the protocol logic sorts them and
-/// drops duplicates). Empty files are left out: everyone has their content.
+/// The content hashes of `index`'s files and collections, to announce (the protocol logic
+/// sorts them and drops duplicates). Empty files are left out: everyone has their content.
+/// See [`ShareIndex::content_hashes`].
 fn content_hashes(index: &ShareIndex) -> Vec<ContentHash> {
-    let entries = index.entries().into_iter();
-    entries.filter(|e| e.size > 0).map(|e| e.hash).collect()
+    index.content_hashes()
 }
 
 /// The last component of the share folder, as shown to other peers (at most 255 bytes).
