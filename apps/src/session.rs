@@ -111,6 +111,8 @@ pub(crate) enum Route {
     Direct,
     /// Through a hole punched in both NATs with the tracker's introduction.
     Punched,
+    /// Through the tracker's relay: every datagram goes to the tracker and back out.
+    Relayed,
 }
 
 impl Route {
@@ -119,35 +121,67 @@ impl Route {
         match self {
             Route::Direct => "direct",
             Route::Punched => "punched",
+            Route::Relayed => "relayed",
         }
     }
 }
 
-/// Punches through the NATs between `handle` and the UDP peer `info` (see
-/// [`EndpointHandle::punch`]) before anything is sent to it, and points `info.addr` where
-/// the peer answered from. Peers on this machine (a loopback address) and TCP peers are
-/// reached directly, as are peers whose punch fails (a tracker or peer without
-/// introductions: the direct path is what is left).
-pub(crate) async fn punch(
+/// How long the listed address of a peer no hole was punched to is given to answer before
+/// the tracker's relay is asked for.
+const DIRECT_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Finds a way from `handle` to the peer `info` before anything else is sent to it, and
+/// points `info.addr` at it. Peers on this machine (a loopback address) are reached
+/// directly. A UDP peer: through a hole punched in both NATs (see
+/// [`EndpointHandle::punch`]). If that fails, and for a TCP peer: at its listed address if
+/// it answers there within [`DIRECT_WAIT`], else through the tracker's relay
+/// ([`EndpointHandle::relay`]: a symmetric NAT, UDP blocked, a TCP peer behind a NAT). When
+/// the relay refuses too, the listed address is what is left (and the error of the
+/// download says it does not answer).
+pub(crate) async fn route_to(
     handle: &EndpointHandle,
     tracker: SocketAddr,
     info: &mut PeerInfo,
 ) -> Route {
-    if info.transport != TransportKind::Udp || info.addr.ip().is_loopback() {
+    if info.addr.ip().is_loopback() {
         return Route::Direct;
     }
-    match handle.punch(tracker, &info.name).await {
-        Ok(Punched::Open(at)) => {
-            tracing::debug!(peer = %clean(&info.name), %at, "hole punched");
-            info.addr = at;
-            Route::Punched
+    if info.transport == TransportKind::Udp {
+        match handle.punch(tracker, &info.name).await {
+            Ok(Punched::Open(at)) => {
+                tracing::debug!(peer = %clean(&info.name), %at, "hole punched");
+                info.addr = at;
+                return Route::Punched;
+            }
+            Ok(Punched::NotListed) => return Route::Direct,
+            Err(e) => {
+                tracing::info!(peer = %clean(&info.name), error = %e, "no hole punched");
+            }
         }
-        Ok(Punched::NotListed) => Route::Direct,
+    }
+    if answers(handle, info.addr).await {
+        return Route::Direct;
+    }
+    match handle.relay(tracker, &info.name).await {
+        Ok(at) => {
+            tracing::info!(peer = %clean(&info.name), "reached through the tracker's relay");
+            info.addr = at;
+            Route::Relayed
+        }
         Err(e) => {
-            tracing::info!(peer = %clean(&info.name), error = %e, "no hole punched; trying directly");
+            tracing::info!(peer = %clean(&info.name), error = %e, "no relay; trying directly");
             Route::Direct
         }
     }
+}
+
+/// Whether the peer at `addr` answers a request (any answer) within [`DIRECT_WAIT`].
+async fn answers(handle: &EndpointHandle, addr: SocketAddr) -> bool {
+    let ask = handle.entry(addr, p2p_proto::wire::FileId(0));
+    matches!(
+        tokio::time::timeout(DIRECT_WAIT, ask).await,
+        Ok(Ok(_) | Err(ServiceError::Refused(_)))
+    )
 }
 
 /// A peer found through the tracker, and an endpoint that speaks its transport.
@@ -173,7 +207,7 @@ pub(crate) async fn reach(
     } else {
         client_with(info.transport, info.addr, tune).await?
     };
-    punch(&handle, tracker, &mut info).await;
+    route_to(&handle, tracker, &mut info).await;
     Ok(Reached { handle, info })
 }
 

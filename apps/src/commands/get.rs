@@ -83,7 +83,13 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let mut info = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
     let to_peer = download_client(&args, info.transport, info.addr).await?;
     // Through the NATs first, from the socket the download uses.
-    let route = session::punch(&to_peer, t.tracker, &mut info).await;
+    let route = session::route_to(&to_peer, t.tracker, &mut info).await;
+    if route == Route::Relayed && !args.json {
+        eprintln!(
+            "peer `{}` cannot be reached directly: going through the tracker's relay (slower)",
+            clean(&info.name)
+        );
+    }
     let peer = Reached {
         handle: to_peer.clone(),
         info: info.clone(),
