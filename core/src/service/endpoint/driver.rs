@@ -230,18 +230,7 @@ impl Driver {
                     .and_then(|i| i.get(file))
                     .filter(unchanged)
                     .map(|s| s.entry);
-                let reply = match (entry, self.partials.by_id(file)) {
-                    (None, Some(p)) => Message::EntryReply {
-                        request,
-                        entry: Some(p.entry.clone()),
-                        partial: true,
-                    },
-                    (entry, _) => Message::EntryReply {
-                        request,
-                        entry,
-                        partial: false,
-                    },
-                };
+                let reply = entry_reply(request, entry, || self.partials.by_id(file));
                 self.queue_stateless(from, reply);
             }
             Some(Incoming::EntryByHash {
@@ -257,18 +246,7 @@ impl Driver {
                     let file = i.find_hash(hash).filter(unchanged).map(|s| s.entry);
                     file.or_else(|| i.find_collection(hash))
                 });
-                let reply = match (entry, self.partials.by_hash(hash)) {
-                    (None, Some(p)) => Message::EntryReply {
-                        request,
-                        entry: Some(p.entry.clone()),
-                        partial: true,
-                    },
-                    (entry, _) => Message::EntryReply {
-                        request,
-                        entry,
-                        partial: false,
-                    },
-                };
+                let reply = entry_reply(request, entry, || self.partials.by_hash(hash));
                 self.queue_stateless(from, reply);
             }
             Some(Incoming::HaveRequest {
@@ -655,6 +633,30 @@ async fn send_unless_full(transport: &SharedTransport, to: SocketAddr, bytes: &[
         return;
     }
     let _ = transport.send_to(to, bytes).await;
+}
+
+/// The answer to an entry lookup: `entry` from the share, else the entry of a download in
+/// progress that `partial` finds (marked as such), else none.
+fn entry_reply(
+    request: RequestId,
+    entry: Option<IndexEntry>,
+    partial: impl FnOnce() -> Option<Arc<super::partials::PartialShare>>,
+) -> Message {
+    match entry {
+        Some(entry) => Message::EntryReply {
+            request,
+            entry: Some(entry),
+            partial: false,
+        },
+        None => {
+            let found = partial();
+            Message::EntryReply {
+                request,
+                partial: found.is_some(),
+                entry: found.map(|p| p.entry.clone()),
+            }
+        }
+    }
 }
 
 /// Whether a shared file is still as indexed (size and mtime).
