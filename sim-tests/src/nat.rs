@@ -809,13 +809,15 @@ pub enum Route {
     /// Through a hole punched with the tracker's introduction, at the address the peer's
     /// probe came from.
     Punched(SocketAddr),
+    /// Through the tracker's relay, at the session's virtual address.
+    Relayed(SocketAddr),
 }
 
 impl Route {
     /// Where the peer was talked to.
     pub fn addr(self) -> SocketAddr {
         match self {
-            Route::Direct(a) | Route::Punched(a) => a,
+            Route::Direct(a) | Route::Punched(a) | Route::Relayed(a) => a,
         }
     }
 }
@@ -831,10 +833,16 @@ pub struct PunchedFetch {
     pub result: Result<DownloadReport, ServiceError>,
 }
 
-/// `p2p get` as the CLI does it (`apps/src/session.rs`): punches through the NATs toward
-/// the UDP peer `seeder` with the tracker's introduction, then looks `path` up in its index
-/// and downloads it into `dest` at the address the peer's probe came from; when the punch
-/// fails (or the peer is not listed), at the address the tracker lists (`peer_addr`).
+/// How long the listed address is given to answer when the punch failed, before the relay
+/// is asked for (as `p2p get` does: `apps/src/session.rs`, `DIRECT_WAIT`).
+const DIRECT_WAIT: Duration = Duration::from_millis(1500);
+
+/// `p2p get` as the CLI does it (`apps/src/session.rs`, `route_to`): punches through the
+/// NATs toward the UDP peer `seeder` with the tracker's introduction, then looks `path` up in
+/// its index and downloads it into `dest` at the address the peer's probe came from; when
+/// the punch fails, at the address the tracker lists (`peer_addr`) if the peer answers there
+/// within [`DIRECT_WAIT`], else through the tracker's relay, else at the listed address
+/// anyway; when the peer is not listed, at the listed address.
 pub async fn punch_fetch(
     via: &EndpointHandle,
     seeder: &str,
@@ -842,9 +850,24 @@ pub async fn punch_fetch(
     dest: &Path,
 ) -> PunchedFetch {
     let punch = via.punch(tracker_addr(), seeder).await;
+    let listed = peer_addr(seeder);
     let route = match punch {
         Ok(Punched::Open(at)) => Route::Punched(at),
-        Ok(Punched::NotListed) | Err(_) => Route::Direct(peer_addr(seeder)),
+        Ok(Punched::NotListed) => Route::Direct(listed),
+        Err(_) => {
+            let ask = via.entry(listed, p2p_proto::wire::FileId(0));
+            let answered = matches!(
+                tokio::time::timeout(DIRECT_WAIT, ask).await,
+                Ok(Ok(_) | Err(ServiceError::Refused(_)))
+            );
+            match answered {
+                true => Route::Direct(listed),
+                false => match via.relay(tracker_addr(), seeder).await {
+                    Ok(at) => Route::Relayed(at),
+                    Err(_) => Route::Direct(listed),
+                },
+            }
+        }
     };
     let result = match find_entry(via, route.addr(), path).await {
         Ok(entry) => {
