@@ -96,7 +96,7 @@ fn describe_relay(relay: &RelayConfig) -> String {
 /// `bytes` per second, in MiB/s or KiB/s.
 fn rate(bytes: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB/s", bytes / MIB)
     } else if bytes >= MIB {
         format!("{:.1} MiB/s", bytes as f64 / MIB as f64)
