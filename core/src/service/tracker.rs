@@ -166,7 +166,8 @@ async fn receive(
         return;
     };
     if let Message::Relayed { session, .. } = msg {
-        if let Some(to) = relay_to(tracker, log, from, session, bytes.len()) {
+        let proven = t.is_reliable();
+        if let Some(to) = relay_to(tracker, log, from, session, bytes.len(), proven) {
             // Over a full stream to `to`, dropped as over a cap: never waited for.
             if t.send_room(to) > 0 {
                 let _ = t.send_to(to, &bytes).await;
@@ -227,17 +228,19 @@ fn relay_events(tracker: &mut Tracker) -> Vec<RelayEvent> {
     std::iter::from_fn(|| tracker.poll_relay_event()).collect()
 }
 
-/// Where a `Relayed` datagram of `session`, `len` bytes, from `from` goes (`None`: drop it).
+/// Where a `Relayed` datagram of `session`, `len` bytes, from `from` (on a transport that
+/// proves addresses when `addresses_proven`) goes (`None`: drop it).
 fn relay_to(
     tracker: &Mutex<Tracker>,
     log: &Log,
     from: SocketAddr,
     session: u64,
     len: usize,
+    addresses_proven: bool,
 ) -> Option<SocketAddr> {
     let now = Instant::now().into_std();
     let mut t = tracker.lock().expect("registry lock");
-    let to = t.relay(now, from, session, len);
+    let to = t.relay_on(now, from, session, len, addresses_proven);
     let relayed = relay_events(&mut t);
     drop(t);
     for e in relayed {

@@ -187,6 +187,16 @@ pub fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The transport a message came on: a stream transport (the only kind that proves source
+/// addresses itself) is TCP, any other UDP.
+fn transport_of(addresses_proven: bool) -> TransportKind {
+    if addresses_proven {
+        TransportKind::Tcp
+    } else {
+        TransportKind::Udp
+    }
+}
+
 impl Tracker {
     /// An empty tracker; requests beyond `rate` per source IP are dropped.
     pub fn new(config: RegistryConfig, rate: RateConfig) -> Self {
@@ -242,7 +252,23 @@ impl Tracker {
         session: u64,
         len: usize,
     ) -> Option<SocketAddr> {
-        self.relay.forward(now, &self.registry, from, session, len)
+        self.relay_on(now, from, session, len, false)
+    }
+
+    /// [`Tracker::relay`] of a datagram that came on a transport which proves source
+    /// addresses itself when `addresses_proven` (TCP), as [`Tracker::handle_on`] takes it: a
+    /// session forwards only on the transport its peer registered on.
+    pub fn relay_on(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        session: u64,
+        len: usize,
+        addresses_proven: bool,
+    ) -> Option<SocketAddr> {
+        let via = transport_of(addresses_proven);
+        self.relay
+            .forward(now, &self.registry, from, via, session, len)
     }
 
     /// The next thing the relay did (a session opened, refused or ended), for the log. Call
@@ -443,12 +469,7 @@ impl Tracker {
                 (Some(reply), None)
             }
             Message::RelayOpen { request, name } => {
-                // A stream transport (the only one that proves addresses itself) is TCP.
-                let via = if addresses_proven {
-                    TransportKind::Tcp
-                } else {
-                    TransportKind::Udp
-                };
+                let via = transport_of(addresses_proven);
                 let reply = match self.relay.open(now, reg, from, via, request, &name) {
                     Ok(session) => Message::RelayOpened { request, session },
                     Err(e) => Message::Error {
@@ -692,6 +713,7 @@ mod tests {
         assert_eq!(t.relay(now, bob, session, 100), Some(alice));
         let stranger: SocketAddr = "192.0.2.1:5555".parse().unwrap();
         assert_eq!(t.relay(now, stranger, session, 100), None);
+        assert_eq!(t.relay_on(now, alice, session, 100, true), None, "over TCP");
         // Over TCP to a UDP peer: refused with the reason.
         let (reply, _) = t.handle_on(now, alice, relay_open(3, "bob"), true);
         assert_eq!(

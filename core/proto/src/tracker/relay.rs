@@ -394,18 +394,23 @@ impl Relay {
     }
 
     /// Where to forward a `Relayed` datagram of `session`, `len` bytes as received, that
-    /// came from `from` at `now`: the session's other end, or `None` (drop it: no such
-    /// session, a stranger's, or over a rate cap). B's address is the one the registry sees
-    /// now (followed when B's NAT mapping changes); a session whose B left ends here.
+    /// came from `from` over `via` at `now`: the session's other end, or `None` (drop it: no
+    /// such session, a stranger's, another transport's, or over a rate cap). B's address is
+    /// the one the registry sees now (followed when B's NAT mapping changes); a session
+    /// whose B left ends here.
     pub fn forward(
         &mut self,
         now: Instant,
         reg: &Registry,
         from: SocketAddr,
+        via: TransportKind,
         session: u64,
         len: usize,
     ) -> Option<SocketAddr> {
         let s = self.sessions.get_mut(&session)?;
+        if s.transport != via {
+            return None;
+        }
         match reg.seen(&s.name, now) {
             Some((seen, transport)) if transport == s.transport => s.b = seen,
             _ => {
@@ -542,15 +547,39 @@ mod tests {
             Some(RelayEvent::Opened { session, name, to, .. })
                 if session == id && name == "bob" && to == addr(B)
         ));
-        assert_eq!(relay.forward(now, &reg, addr(A), id, 100), Some(addr(B)));
-        assert_eq!(relay.forward(now, &reg, addr(B), id, 100), Some(addr(A)));
-        // A stranger with the right id, A's IP on another port, an unknown id: dropped.
-        assert_eq!(relay.forward(now, &reg, addr("192.0.2.9:1"), id, 100), None);
         assert_eq!(
-            relay.forward(now, &reg, addr("198.51.100.7:5556"), id, 1),
+            relay.forward(now, &reg, addr(A), TransportKind::Udp, id, 100),
+            Some(addr(B))
+        );
+        assert_eq!(
+            relay.forward(now, &reg, addr(B), TransportKind::Udp, id, 100),
+            Some(addr(A))
+        );
+        // A stranger with the right id, A's IP on another port, an unknown id: dropped.
+        assert_eq!(
+            relay.forward(now, &reg, addr("192.0.2.9:1"), TransportKind::Udp, id, 100),
             None
         );
-        assert_eq!(relay.forward(now, &reg, addr(A), id ^ 1, 100), None);
+        assert_eq!(
+            relay.forward(
+                now,
+                &reg,
+                addr("198.51.100.7:5556"),
+                TransportKind::Udp,
+                id,
+                1
+            ),
+            None
+        );
+        assert_eq!(
+            relay.forward(now, &reg, addr(A), TransportKind::Udp, id ^ 1, 100),
+            None
+        );
+        // The right id and address over the other transport: dropped.
+        assert_eq!(
+            relay.forward(now, &reg, addr(A), TransportKind::Tcp, id, 100),
+            None
+        );
         assert_eq!(relay.len(), 1);
     }
 
@@ -684,7 +713,11 @@ mod tests {
         let two = open(&mut relay, &reg, now, "198.51.100.8:5555", 2);
         let send = |relay: &mut Relay, at: Instant, from: &str, id: u64, n: usize| {
             (0..n)
-                .filter(|_| relay.forward(at, &reg, addr(from), id, 1000).is_some())
+                .filter(|_| {
+                    relay
+                        .forward(at, &reg, addr(from), TransportKind::Udp, id, 1000)
+                        .is_some()
+                })
                 .count()
         };
         // A burst of half a second of the session's rate passes, the rest is dropped.
@@ -715,7 +748,9 @@ mod tests {
         let busy = open(&mut relay, &reg, now, A, 2);
         assert_eq!(relay.next_expiry(), Some(now + idle));
         let mid = now + idle / 2;
-        assert!(relay.forward(mid, &reg, addr(B), busy, 10).is_some());
+        assert!(relay
+            .forward(mid, &reg, addr(B), TransportKind::Udp, busy, 10)
+            .is_some());
         relay.expire(now + idle, &reg);
         assert_eq!(relay.len(), 1);
         while let Some(e) = relay.poll_event() {
@@ -726,7 +761,10 @@ mod tests {
                 assert_eq!((session, reason), (quiet, CloseReason::Idle));
             }
         }
-        assert_eq!(relay.forward(now + idle, &reg, addr(A), quiet, 10), None);
+        assert_eq!(
+            relay.forward(now + idle, &reg, addr(A), TransportKind::Udp, quiet, 10),
+            None
+        );
         assert_eq!(relay.next_expiry(), Some(mid + idle));
     }
 
@@ -740,7 +778,10 @@ mod tests {
         let id2 = open(&mut relay, &reg, now, A, 2);
         assert_ne!(id, id2);
         let lapsed = now + RegistryConfig::default().ttl;
-        assert_eq!(relay.forward(lapsed, &reg, addr(A), id2, 10), None);
+        assert_eq!(
+            relay.forward(lapsed, &reg, addr(A), TransportKind::Udp, id2, 10),
+            None
+        );
         assert!(relay.is_empty());
         // By the expiry: unregistered behind the relay's back.
         let id3 = open(&mut relay, &reg, now, A, 3);
@@ -775,9 +816,18 @@ mod tests {
         let later = now + Duration::from_secs(31);
         reg.register(later, "bob", moved, 10001, TransportKind::Udp)
             .unwrap();
-        assert_eq!(relay.forward(later, &reg, addr(A), id, 10), Some(moved));
-        assert_eq!(relay.forward(later, &reg, moved, id, 10), Some(addr(A)));
-        assert_eq!(relay.forward(later, &reg, addr(B), id, 10), None);
+        assert_eq!(
+            relay.forward(later, &reg, addr(A), TransportKind::Udp, id, 10),
+            Some(moved)
+        );
+        assert_eq!(
+            relay.forward(later, &reg, moved, TransportKind::Udp, id, 10),
+            Some(addr(A))
+        );
+        assert_eq!(
+            relay.forward(later, &reg, addr(B), TransportKind::Udp, id, 10),
+            None
+        );
     }
 
     #[test]
