@@ -272,8 +272,29 @@ pub(crate) struct TrackerArgs {
     /// Most peers listed at once.
     #[arg(long, default_value_t = 10_000)]
     pub max_peers: usize,
+    /// Do not relay between peers that cannot reach each other (RelayOpen is refused with
+    /// "this tracker does not relay").
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Cap on the bytes the relay forwards per second, all sessions together (e.g. 64MiB);
+    /// over it, relayed datagrams are dropped.
+    #[arg(long, default_value = "64MiB", value_name = "RATE", value_parser = parse_relay_rate)]
+    pub relay_rate: u64,
+    /// Most relay sessions open at once (each costs a few hundred bytes; none buffers).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub relay_sessions: usize,
     #[command(flatten)]
     pub limits: ServiceLimits,
+}
+
+/// `--relay-rate`: a rate as `--max-upload-rate` takes it, more than 0.
+fn parse_relay_rate(s: &str) -> Result<u64, String> {
+    match parse_bytes(s)? {
+        0 => {
+            Err("the relay rate must be more than 0 (use --no-relay to turn the relay off)".into())
+        }
+        rate => Ok(rate),
+    }
 }
 
 /// Limits shared by the tracker and peers.

@@ -1,8 +1,8 @@
 //! `p2p tracker`: the registry of live peers, on UDP and TCP at the same port.
 
 use anyhow::{Context, Result};
-use p2p_core::service::{run_tracker_limited, TrackerEvent};
-use p2p_proto::tracker::RegistryConfig;
+use p2p_core::service::{run_tracker_with, RelayConfig, RelayEvent, TrackerEvent, TrackerSettings};
+use p2p_proto::tracker::{CloseReason, RegistryConfig};
 use tokio::sync::mpsc;
 
 use crate::cli::TrackerArgs;
@@ -24,6 +24,8 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
         humantime::format_duration(config.ttl),
         humantime::format_duration(config.heartbeat)
     );
+    let relay = relay_config(&args);
+    println!("{}", describe_relay(&relay));
     // Events are printed on a thread of their own: if nobody reads our stdout, only that
     // thread waits, its queue fills, and the tracker drops events instead of stalling.
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
@@ -43,8 +45,16 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
             }
         }
     });
+    let (relay_tx, relay_rx) = mpsc::channel(EVENT_QUEUE);
+    std::thread::spawn(move || print_relay_events(relay_rx));
+    let settings = TrackerSettings {
+        registry: config,
+        rate: args.limits.rate(),
+        relay,
+        ..TrackerSettings::default()
+    };
     tokio::select! {
-        r = run_tracker_limited(vec![udp, tcp], config, args.limits.rate(), Some(tx)) => {
+        r = run_tracker_with(vec![udp, tcp], settings, Some(tx), Some(relay_tx)) => {
             r.context("tracker stopped")?
         }
         _ = shutdown.wait() => println!("tracker stopping"),
@@ -54,3 +64,97 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
 
 /// Events waiting to be printed, at most.
 const EVENT_QUEUE: usize = 1024;
+
+/// The relay's caps from the command line.
+fn relay_config(args: &TrackerArgs) -> RelayConfig {
+    let defaults = RelayConfig::default();
+    RelayConfig {
+        enabled: !args.no_relay,
+        total_rate: args.relay_rate,
+        // A session may take the whole rate when it is lower than the default's share.
+        session_rate: defaults.session_rate.min(args.relay_rate),
+        max_sessions: args.relay_sessions,
+        ..defaults
+    }
+}
+
+/// The startup line that says whether, and how much, the tracker relays.
+fn describe_relay(relay: &RelayConfig) -> String {
+    if !relay.enabled {
+        return "relay off (--no-relay)".to_string();
+    }
+    format!(
+        "relay on: {} in all, {} per session, {} sessions at most ({} per peer, {} per IP)",
+        rate(relay.total_rate),
+        rate(relay.session_rate),
+        relay.max_sessions,
+        relay.per_peer,
+        relay.per_ip
+    )
+}
+
+/// `bytes` per second, in MiB/s or KiB/s.
+fn rate(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB/s", bytes / MIB)
+    } else if bytes >= MIB {
+        format!("{:.1} MiB/s", bytes as f64 / MIB as f64)
+    } else {
+        format!("{:.0} KiB/s", bytes as f64 / 1024.0)
+    }
+}
+
+/// Prints the relay's events until the tracker stops (on a thread of its own, as the
+/// peers' events are). Session ids are secrets: never printed.
+fn print_relay_events(mut rx: mpsc::Receiver<RelayEvent>) {
+    while let Some(e) = rx.blocking_recv() {
+        match e {
+            RelayEvent::Opened { from, name, to, .. } => {
+                println!("relay opened {from} <-> {} at {to}", clean(&name))
+            }
+            RelayEvent::Refused { name, from, reason } => {
+                println!(
+                    "relay refused {from} -> {}: {}",
+                    clean(&name),
+                    clean(&reason)
+                )
+            }
+            RelayEvent::Closed {
+                name,
+                reason,
+                forwarded,
+                dropped,
+                ..
+            } => {
+                let why = match reason {
+                    CloseReason::Idle => "idle",
+                    CloseReason::PeerLeft => "peer left",
+                };
+                println!(
+                    "relay closed to {} ({why}): {forwarded} bytes forwarded, {dropped} datagrams dropped over the caps",
+                    clean(&name)
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_line_says_what_the_caps_are() {
+        assert_eq!(
+            describe_relay(&RelayConfig::default()),
+            "relay on: 64 MiB/s in all, 16 MiB/s per session, 256 sessions at most (16 per peer, 16 per IP)"
+        );
+        assert_eq!(
+            describe_relay(&RelayConfig::off()),
+            "relay off (--no-relay)"
+        );
+        assert_eq!(rate(1536 * 1024), "1.5 MiB/s");
+        assert_eq!(rate(512 * 1024), "512 KiB/s");
+    }
+}

@@ -16,5 +16,6 @@ pub use endpoint::{
 };
 pub use p2p_proto::wire::paginate;
 pub use tracker::{
-    random_seed, run_tracker, run_tracker_limited, run_tracker_seeded, TrackerEvent,
+    random_seed, run_tracker, run_tracker_limited, run_tracker_seeded, run_tracker_with,
+    RelayConfig, RelayEvent, TrackerEvent, TrackerSettings,
 };

@@ -1,13 +1,16 @@
-//! The tracker's answers to register, heartbeat, unregister, list, introduce, announce and
-//! who-has requests, as a function of its state and the time: the async service only
-//! receives, calls [`Tracker::handle`] and sends.
+//! The tracker's answers to register, heartbeat, unregister, list, introduce, announce,
+//! who-has and relay-open requests, as a function of its state and the time: the async
+//! service only receives, calls [`Tracker::handle`] (or [`Tracker::relay`] for a relayed
+//! datagram) and sends.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{HoldersConfig, RegisterError, Registry, RegistryConfig};
+use super::{
+    HoldersConfig, RegisterError, Registry, RegistryConfig, Relay, RelayConfig, RelayEvent,
+};
 use crate::endpoint::NEXT_PAGE_COST;
 use crate::limits::{RateConfig, RateLimiter};
 use crate::validation::AddressValidator;
@@ -63,6 +66,8 @@ pub struct Tracker {
     introductions: RateLimiter,
     /// Messages to others than the requester (introductions), for [`Tracker::poll_transmit`].
     outbox: VecDeque<(SocketAddr, Message)>,
+    /// Relay sessions (see [`super::relay`]).
+    relay: Relay,
 }
 
 /// Introductions sent to one peer's IP: a requester cannot make the tracker pester a peer
@@ -182,6 +187,16 @@ pub fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The transport a message came on: a stream transport (the only kind that proves source
+/// addresses itself) is TCP, any other UDP.
+fn transport_of(addresses_proven: bool) -> TransportKind {
+    if addresses_proven {
+        TransportKind::Tcp
+    } else {
+        TransportKind::Udp
+    }
+}
+
 impl Tracker {
     /// An empty tracker; requests beyond `rate` per source IP are dropped.
     pub fn new(config: RegistryConfig, rate: RateConfig) -> Self {
@@ -193,14 +208,74 @@ impl Tracker {
             validator: AddressValidator::new(0),
             introductions: RateLimiter::new(INTRODUCTIONS),
             outbox: VecDeque::new(),
+            relay: Relay::new(RelayConfig::default(), 0),
         }
     }
 
-    /// With address tokens keyed from `seed` (pass something random: whoever knows it can
-    /// forge tokens; simulations pass their seed).
+    /// With address tokens and relay session ids keyed from `seed` (pass something random:
+    /// whoever knows it can forge tokens and guess session ids; simulations pass their seed).
     pub fn with_key_seed(mut self, seed: u64) -> Self {
         self.validator = AddressValidator::new(seed);
+        self.relay = Relay::new(*self.relay.config(), seed);
         self
+    }
+
+    /// With the relay capped by `relay` instead of [`RelayConfig::default`] (or turned off:
+    /// [`RelayConfig::off`]). Call after [`Tracker::with_key_seed`] or before, either way.
+    pub fn with_relay(self, relay: RelayConfig) -> Self {
+        Tracker {
+            relay: self.relay.with_config(relay),
+            ..self
+        }
+    }
+
+    /// The relay's caps.
+    pub fn relay_config(&self) -> &RelayConfig {
+        self.relay.config()
+    }
+
+    /// Relay sessions open now.
+    pub fn relay_sessions(&self) -> usize {
+        self.relay.len()
+    }
+
+    /// Where to forward a [`Message::Relayed`] datagram of `session`, `len` bytes as
+    /// received, that came from `from` at `now`: the session's other end, to send the very
+    /// bytes received to, on the transport they came in on. `None`: drop it (no such session,
+    /// not from one of its two ends, or over a rate cap). Relayed datagrams are neither
+    /// token-validated nor counted by the per-IP request limiter: the session id, told only
+    /// to the asker at its validated address, is the proof.
+    pub fn relay(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        session: u64,
+        len: usize,
+    ) -> Option<SocketAddr> {
+        self.relay_on(now, from, session, len, false)
+    }
+
+    /// [`Tracker::relay`] of a datagram that came on a transport which proves source
+    /// addresses itself when `addresses_proven` (TCP), as [`Tracker::handle_on`] takes it: a
+    /// session forwards only on the transport its peer registered on.
+    pub fn relay_on(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        session: u64,
+        len: usize,
+        addresses_proven: bool,
+    ) -> Option<SocketAddr> {
+        let via = transport_of(addresses_proven);
+        self.relay
+            .forward(now, &self.registry, from, via, session, len)
+    }
+
+    /// The next thing the relay did (a session opened, refused or ended), for the log. Call
+    /// after [`Tracker::handle`], [`Tracker::relay`] and [`Tracker::expire`] until `None`;
+    /// at most [`RELAY_EVENTS`](super::RELAY_EVENTS) wait, later ones are dropped.
+    pub fn poll_relay_event(&mut self) -> Option<RelayEvent> {
+        self.relay.poll_event()
     }
 
     /// With the content index (`Announce`, `WhoHas`) bounded by `holders` instead of
@@ -269,7 +344,8 @@ impl Tracker {
                 | Message::ListPeers { request, .. }
                 | Message::Introduce { request, .. }
                 | Message::Announce { request, .. }
-                | Message::WhoHas { request, .. } => *request,
+                | Message::WhoHas { request, .. }
+                | Message::RelayOpen { request, .. } => *request,
                 _ => return (None, None),
             };
             let token = self.validator.issue(now, from.ip());
@@ -330,6 +406,9 @@ impl Tracker {
                 let event = reg
                     .unregister(&name, from.ip())
                     .then_some(TrackerEvent::Unregistered { name });
+                if let Some(TrackerEvent::Unregistered { name }) = &event {
+                    self.relay.peer_left(name);
+                }
                 self.listings.dirty |= event.is_some();
                 (Some(Message::UnregisterReply { request }), event)
             }
@@ -389,6 +468,17 @@ impl Tracker {
                 };
                 (Some(reply), None)
             }
+            Message::RelayOpen { request, name } => {
+                let via = transport_of(addresses_proven);
+                let reply = match self.relay.open(now, reg, from, via, request, &name) {
+                    Ok(session) => Message::RelayOpened { request, session },
+                    Err(e) => Message::Error {
+                        request,
+                        reason: e.to_string(),
+                    },
+                };
+                (Some(reply), None)
+            }
             Message::ListPeers { request, page } => {
                 let snapshot = self.listings.snapshot(now, reg, from, page);
                 let n = snapshot.pages.len() as u32;
@@ -417,15 +507,21 @@ impl Tracker {
         self.outbox.pop_front()
     }
 
-    /// When the next silent peer expires.
+    /// When the next silent peer expires, or the next relay session falls idle.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.registry.next_expiry()
+        match (self.registry.next_expiry(), self.relay.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Drops the peers silent for their whole lifetime at `now`; returns their names.
+    /// Drops the peers silent for their whole lifetime at `now` and returns their names;
+    /// ends the relay sessions idle at `now` and those of peers no longer live (see
+    /// [`Tracker::poll_relay_event`]).
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
         let gone = self.registry.expire(now);
         self.listings.dirty |= !gone.is_empty();
+        self.relay.expire(now, &self.registry);
         gone
     }
 }
@@ -579,6 +675,95 @@ mod tests {
             sent += std::iter::from_fn(|| t.poll_transmit()).count();
         }
         assert_eq!(sent, INTRODUCTIONS.burst as usize);
+    }
+
+    fn relay_open(request: u64, name: &str) -> Message {
+        Message::RelayOpen {
+            request: RequestId(request),
+            name: name.into(),
+        }
+    }
+
+    /// `RelayOpen` needs proof, answers a session that forwards between the asker and the
+    /// peer's seen address (and nobody else); its events tell the log; unregistering the
+    /// peer ends it; a refusal is an `Error` with the reason; the relay can be turned off.
+    #[test]
+    fn relay_open_needs_proof_and_the_session_forwards_between_its_ends() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
+        let now = Instant::now();
+        let bob: SocketAddr = "203.0.113.2:40000".parse().unwrap();
+        let alice: SocketAddr = "198.51.100.7:5555".parse().unwrap();
+        t.handle_proven(now, bob, register("bob", 10001));
+        assert!(matches!(
+            t.handle(now, alice, relay_open(1, "bob")).0,
+            Some(Message::Retry { .. })
+        ));
+        assert_eq!(t.relay_sessions(), 0, "no session without proof");
+        let Some(Message::RelayOpened { request, session }) =
+            t.handle_proven(now, alice, relay_open(2, "bob")).0
+        else {
+            panic!("no session");
+        };
+        assert_eq!(request, RequestId(2));
+        assert!(matches!(
+            t.poll_relay_event(),
+            Some(RelayEvent::Opened { from, to, .. }) if from == alice && to == bob
+        ));
+        assert_eq!(t.relay(now, alice, session, 100), Some(bob));
+        assert_eq!(t.relay(now, bob, session, 100), Some(alice));
+        let stranger: SocketAddr = "192.0.2.1:5555".parse().unwrap();
+        assert_eq!(t.relay(now, stranger, session, 100), None);
+        assert_eq!(t.relay_on(now, alice, session, 100, true), None, "over TCP");
+        // Over TCP to a UDP peer: refused with the reason.
+        let (reply, _) = t.handle_on(now, alice, relay_open(3, "bob"), true);
+        assert_eq!(
+            reply,
+            Some(Message::Error {
+                request: RequestId(3),
+                reason: "peer bob listens on UDP; ask over UDP".into()
+            })
+        );
+        // Bob leaves: the session ends.
+        let bye = Message::Unregister {
+            request: RequestId(4),
+            name: "bob".into(),
+        };
+        t.handle_proven(now, bob, bye);
+        assert_eq!(t.relay_sessions(), 0);
+        assert_eq!(t.relay(now, alice, session, 100), None);
+        // Turned off.
+        let mut off = Tracker::new(RegistryConfig::default(), RateConfig::default())
+            .with_relay(crate::tracker::RelayConfig::off())
+            .with_key_seed(5);
+        assert!(!off.relay_config().enabled, "kept across with_key_seed");
+        off.handle_proven(now, bob, register("bob", 10001));
+        assert!(matches!(
+            off.handle_proven(now, alice, relay_open(5, "bob")).0,
+            Some(Message::Error { reason, .. }) if reason == "this tracker does not relay"
+        ));
+    }
+
+    /// Idle sessions end with the tracker's expiry, whose next deadline covers them.
+    #[test]
+    fn idle_relay_sessions_end_with_the_expiry() {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default());
+        let now = Instant::now();
+        let bob: SocketAddr = "203.0.113.2:40000".parse().unwrap();
+        let alice: SocketAddr = "198.51.100.7:5555".parse().unwrap();
+        t.handle_proven(now, bob, register("bob", 10001));
+        let later = now + Duration::from_secs(20);
+        t.handle_proven(later, alice, relay_open(1, "bob"));
+        assert_eq!(t.relay_sessions(), 1);
+        let idle = t.relay_config().idle;
+        // Bob keeps beating; the session's deadline comes after his first one.
+        let mut at = later;
+        while at < later + idle {
+            at += Duration::from_secs(10);
+            t.handle_proven(at, bob, register("bob", 10001));
+        }
+        assert_eq!(t.next_expiry(), Some(later + idle));
+        t.expire(later + idle);
+        assert_eq!(t.relay_sessions(), 0);
     }
 
     fn register(name: &str, port: u16) -> Message {

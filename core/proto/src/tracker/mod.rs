@@ -1,10 +1,11 @@
 //! The tracker: which peers are live, under which names, until when ([`Registry`]), what
-//! content they announced ([`HoldersConfig`]), and the answers to their requests
-//! ([`Tracker`]), without I/O.
+//! content they announced ([`HoldersConfig`]), the answers to their requests ([`Tracker`]),
+//! and the relay between peers that cannot reach each other ([`Relay`]), without I/O.
 
 mod handler;
 mod holders;
 mod registry;
+mod relay;
 
 pub use handler::{
     network_of, Tracker, TrackerEvent, ALWAYS_FRESH, INTRODUCTIONS, KEPT_SNAPSHOTS, LISTERS,
@@ -13,4 +14,7 @@ pub use handler::{
 pub use holders::{HoldersConfig, MAX_HASHES_PER_PEER, MAX_HASH_ENTRIES};
 pub use registry::{
     validate_name, AnnounceError, RegisterError, Registry, RegistryConfig, HOLDERS_PER_PAGE,
+};
+pub use relay::{
+    CloseReason, Relay, RelayConfig, RelayError, RelayEvent, RELAY_EVENTS, SESSION_BYTES,
 };
