@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2p_core::service::{
-    run_tracker_seeded, spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress,
-    ServiceError, TrackerEvent,
+    run_tracker_with, spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, Progress,
+    RelayConfig, RelayEvent, ServiceError, TrackerEvent, TrackerSettings,
 };
 use p2p_core::transport::SharedTransport;
-use p2p_proto::limits::RateConfig;
 use p2p_proto::tracker::RegistryConfig;
 use p2p_proto::transfer::{ReceiverConfig, SenderConfig};
 use p2p_proto::wire::{IndexEntry, Message, TransportKind, DATA_OVERHEAD};
@@ -367,6 +366,8 @@ pub struct Cluster {
     /// Record every message of every host in the trace (see [`FaultyTransport::with_log`]);
     /// set before adding hosts. Also switched on by the environment variable `SIM_LOG=1`.
     pub log_messages: bool,
+    /// The tracker's relay (on, with the defaults, unless changed before it is added).
+    pub relay: RelayConfig,
     dir: tempfile::TempDir,
     stats: BTreeMap<String, SharedStats>,
     files: BTreeMap<String, Vec<SharedFile>>,
@@ -382,6 +383,7 @@ impl Cluster {
             trace: Trace::new(),
             handles: Handles::default(),
             log_messages: std::env::var("SIM_LOG").is_ok_and(|v| v == "1"),
+            relay: RelayConfig::default(),
             dir: tempfile::tempdir().expect("temporary folder"),
             stats: BTreeMap::new(),
             files: BTreeMap::new(),
@@ -526,7 +528,7 @@ impl Cluster {
             });
             config.targeted = targeted;
         }
-        let (net, trace, seed) = (self.net, self.trace.clone(), self.seed);
+        let (net, trace, seed, relay) = (self.net, self.trace.clone(), self.seed, self.relay);
         let log = self
             .log_messages
             .then(|| (trace.clone(), TRACKER.to_string()));
@@ -550,8 +552,20 @@ impl Cluster {
                         log.record(TRACKER, describe(&e));
                     }
                 });
-                let (rate, key) = (RateConfig::default(), mix(seed, "tracker tokens"));
-                run_tracker_seeded(vec![t], registry, rate, key, Some(tx)).await?;
+                let (relay_tx, mut relay_rx) = tokio::sync::mpsc::channel(1024);
+                let log = trace.clone();
+                tokio::spawn(async move {
+                    while let Some(e) = relay_rx.recv().await {
+                        log.record(TRACKER, describe_relay(&e));
+                    }
+                });
+                let settings = TrackerSettings {
+                    registry,
+                    relay,
+                    key_seed: Some(mix(seed, "tracker tokens")),
+                    ..TrackerSettings::default()
+                };
+                run_tracker_with(vec![t], settings, Some(tx), Some(relay_tx)).await?;
                 Ok(())
             }
         });
@@ -690,6 +704,20 @@ async fn bind_behind_nat(
     let private = SocketAddr::from(([0, 0, 0, 0], PEER_PORT));
     let t = NatUdp::bind(private, nat, bind_port, SIM_UDP_MESSAGE, events).await?;
     Ok(Arc::new(t))
+}
+
+/// A relay event as the trace records it (without the session id, a secret).
+fn describe_relay(e: &RelayEvent) -> String {
+    match e {
+        RelayEvent::Opened { from, name, .. } => format!("relay opened: {from} to {name}"),
+        RelayEvent::Refused { name, reason, .. } => format!("relay refused {name}: {reason}"),
+        RelayEvent::Closed {
+            name,
+            reason,
+            forwarded,
+            ..
+        } => format!("relay to {name} closed ({reason:?}) after {forwarded} bytes"),
+    }
 }
 
 fn describe(e: &TrackerEvent) -> String {

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use p2p_core::service::ServiceError;
-use p2p_proto::tracker::RegistryConfig;
+use p2p_proto::tracker::{RegistryConfig, RelayConfig};
 use p2p_proto::wire::Message;
 use p2p_sim_tests::faulty::Targeted;
 use p2p_sim_tests::harness::run_sim;
@@ -51,6 +51,9 @@ struct Setup {
     /// Latency of every datagram: (least, most); `None`: turmoil's default.
     latency: Option<(Duration, Duration)>,
     duration: Duration,
+    /// The tracker's relay: off unless a scenario is about it, so that a failed punch shows
+    /// as a failed download.
+    relay: RelayConfig,
 }
 
 impl Setup {
@@ -69,11 +72,19 @@ impl Setup {
             tracker_targeted: Targeted::default(),
             latency: Some((Duration::from_millis(10), Duration::from_millis(30))),
             duration: Duration::from_secs(120),
+            relay: RelayConfig::off(),
         }
+    }
+
+    /// With the tracker's relay on.
+    fn relaying(mut self) -> Self {
+        self.relay = RelayConfig::default();
+        self
     }
 
     fn build(self, seed: u64) -> (Cluster, turmoil::Sim<'static>) {
         let mut cl = Cluster::new(seed, Net::Udp);
+        cl.relay = self.relay;
         let mut b = cl.builder(self.duration);
         if let Some((least, most)) = self.latency {
             b.min_message_latency(least).max_message_latency(most);
@@ -316,9 +327,9 @@ fn mapping_expires(seed: u64) -> turmoil::Result {
     run_sim(&mut sim)
 }
 
-/// One side behind a symmetric NAT: the peer's probes come from a port the other NAT never
-/// sent to (or go to one that was not opened toward them): the get fails clearly, in
-/// bounded time, with nothing on disk.
+/// One side behind a symmetric NAT, the tracker not relaying (`--no-relay`): the peer's
+/// probes come from a port the other NAT never sent to (or go to one that was not opened
+/// toward them): the get fails clearly, in bounded time, with nothing on disk.
 fn symmetric(seed: u64, seeder_symmetric: bool) -> turmoil::Result {
     let (s, l) = if seeder_symmetric {
         (NatConfig::symmetric(), NatConfig::cone())
@@ -342,6 +353,45 @@ fn symmetric(seed: u64, seeder_symmetric: bool) -> turmoil::Result {
         let symmetric = if seeder_symmetric { &s } else { &l };
         if l.filtered == 0 || symmetric.mappings < 2 {
             return Err(format!("seeder NAT {s:?}, leech NAT {l:?}").into());
+        }
+        Ok(())
+    });
+    run_sim(&mut sim)
+}
+
+/// One side behind a symmetric NAT, the tracker relaying: the punch fails, the listed
+/// address does not answer, and the download goes through the tracker's relay, byte-exact;
+/// the tracker opened one session to the seeder and forwarded the file's bytes.
+fn symmetric_relayed(seed: u64, seeder_symmetric: bool) -> turmoil::Result {
+    let (s, l) = if seeder_symmetric {
+        (NatConfig::symmetric(), NatConfig::cone())
+    } else {
+        (NatConfig::cone(), NatConfig::symmetric())
+    };
+    let (cl, mut sim) = Setup::new(Some(s), Some(l)).relaying().build(seed);
+    let c = Client::of(&cl);
+    let dest = cl.download_dir(LEECH).join(FILE);
+    sim.client("ctl", async move {
+        registered(&c).await?;
+        let g = get(&c, &dest).await?;
+        if !matches!(
+            (&g.checked, g.out.route),
+            (Checked::Complete, Route::Relayed(_))
+        ) {
+            return Err(format!(
+                "expected a relayed download, got punch {:?}, route {:?}, {:?}",
+                g.out.punch, g.out.route, g.checked
+            )
+            .into());
+        }
+        let opened = c
+            .trace
+            .events()
+            .iter()
+            .filter(|e| e.what.starts_with("relay opened") && e.what.ends_with(SEEDER))
+            .count();
+        if opened != 1 {
+            return Err(format!("{opened} relay sessions opened to the seeder, not 1").into());
         }
         Ok(())
     });
@@ -486,6 +536,8 @@ seeded_tests! {
     mapping_expires_and_comes_back_after_heartbeat => |seed| mapping_expires(seed);
     symmetric_seeder_fails_clearly => |seed| symmetric(seed, true);
     symmetric_leech_fails_clearly => |seed| symmetric(seed, false);
+    symmetric_seeder_relayed => |seed| symmetric_relayed(seed, true);
+    symmetric_leech_relayed => |seed| symmetric_relayed(seed, false);
     introduction_lost_fails_clearly_then_punches => |seed| introduction_lost(seed);
     two_full_probes_lost_third_punches => |seed| probes_lost(seed, 2);
     all_full_probes_lost_fails_clearly_then_punches => |seed| probes_lost(seed, 3);
