@@ -123,13 +123,25 @@ impl Lab {
 
     /// The tracker in the public namespace.
     fn tracker(&self) -> Proc {
-        let mut t = self.spawn("pub", &["tracker", "--listen", TRACKER]);
+        self.tracker_with(&[])
+    }
+
+    /// The tracker in the public namespace, with `extra` flags.
+    fn tracker_with(&self, extra: &[&str]) -> Proc {
+        let mut args = vec!["tracker", "--listen", TRACKER];
+        args.extend(extra);
+        let mut t = self.spawn("pub", &args);
         t.wait_for("tracker listening on");
         t
     }
 
     /// A seeder named `name` in namespace `ns`, sharing `share`, registered over UDP.
     fn seeder(&self, ns: &str, name: &str, share: &str) -> Proc {
+        self.seeder_on(ns, name, share, "udp")
+    }
+
+    /// A seeder named `name` in namespace `ns`, sharing `share`, registered over `transport`.
+    fn seeder_on(&self, ns: &str, name: &str, share: &str, transport: &str) -> Proc {
         let mut p = self.spawn(
             ns,
             &[
@@ -143,7 +155,7 @@ impl Lab {
                 "--share",
                 share,
                 "--transport",
-                "udp",
+                transport,
                 "--no-menu",
             ],
         );
@@ -173,6 +185,11 @@ fn json(o: &Output) -> serde_json::Value {
 
 /// `get NAME 001 --json` in `ns` into `out`.
 fn get(lab: &Lab, ns: &str, name: &str, out: &Path) -> Output {
+    get_on(lab, ns, name, out, "udp")
+}
+
+/// `get NAME 001 --json --transport TRANSPORT` in `ns` into `out`.
+fn get_on(lab: &Lab, ns: &str, name: &str, out: &Path, transport: &str) -> Output {
     lab.run(
         ns,
         &[
@@ -181,6 +198,8 @@ fn get(lab: &Lab, ns: &str, name: &str, out: &Path) -> Output {
             "001",
             "--tracker",
             TRACKER,
+            "--transport",
+            transport,
             "--out",
             out.to_str().unwrap(),
             "--json",
@@ -240,14 +259,15 @@ fn peers_behind_two_cone_nats_download_from_each_other_through_a_punched_hole() 
 }
 
 /// Behind a symmetric-like NAT (`--random-fully`: a new port for every destination), the
-/// mapping the tracker sees is not the one toward the other peer: punching fails, and `get`
-/// says the peer does not answer (a relay is what would help there).
+/// mapping the tracker sees is not the one toward the other peer: punching fails, and with a
+/// tracker that does not relay, `get` says the peer does not answer.
 #[test]
-fn a_symmetric_nat_defeats_punching() {
-    let Some(lab) = Lab::up("a_symmetric_nat_defeats_punching", &["--symmetric", "a"]) else {
+fn without_a_relay_a_symmetric_nat_defeats_punching() {
+    let test = "without_a_relay_a_symmetric_nat_defeats_punching";
+    let Some(lab) = Lab::up(test, &["--symmetric", "a"]) else {
         return;
     };
-    let _tracker = lab.tracker();
+    let _tracker = lab.tracker_with(&["--no-relay"]);
     let share = lab.share("alice", "file.bin", &random_bytes(100_000, 1));
     let _alice = lab.seeder("a", "alice", &share);
     let out = lab.path("out-b");
@@ -256,4 +276,56 @@ fn a_symmetric_nat_defeats_punching() {
     assert!(!get.status.success(), "{stderr}");
     assert!(stderr.contains("does not answer"), "{stderr}");
     assert!(!out.join("file.bin").exists());
+}
+
+/// Alice behind a symmetric-like NAT, bob behind a cone NAT, the tracker relaying (its
+/// default): no hole can be punched, so each `get` goes through the tracker's relay, and
+/// both downloads are byte-exact over UDP, reported as `"route": "relayed"`.
+#[test]
+fn a_symmetric_nat_is_crossed_through_the_relay_both_ways() {
+    let test = "a_symmetric_nat_is_crossed_through_the_relay_both_ways";
+    let Some(lab) = Lab::up(test, &["--symmetric", "a"]) else {
+        return;
+    };
+    let _tracker = lab.tracker();
+    let alice_bytes = random_bytes(2_000_000, 3);
+    let bob_bytes = random_bytes(700_000, 4);
+    let _alice = lab.seeder(
+        "a",
+        "alice",
+        &lab.share("alice", "from-alice.bin", &alice_bytes),
+    );
+    let _bob = lab.seeder("b", "bob", &lab.share("bob", "from-bob.bin", &bob_bytes));
+    let out_b = lab.path("out-b");
+    let report = json(&get(&lab, "b", "alice", &out_b));
+    assert_eq!(report["route"], "relayed", "{report}");
+    assert_eq!(
+        std::fs::read(out_b.join("from-alice.bin")).unwrap(),
+        alice_bytes
+    );
+    let out_a = lab.path("out-a");
+    let report = json(&get(&lab, "a", "bob", &out_a));
+    assert_eq!(report["route"], "relayed", "{report}");
+    assert_eq!(
+        std::fs::read(out_a.join("from-bob.bin")).unwrap(),
+        bob_bytes
+    );
+}
+
+/// Alice shares over TCP behind a NAT (nothing forwarded): her listed address takes no
+/// connection, so bob's `get --transport tcp` goes through the tracker's relay (over the
+/// connection alice keeps to the tracker) and is byte-exact.
+#[test]
+fn a_tcp_peer_behind_a_nat_is_reached_through_the_relay() {
+    let test = "a_tcp_peer_behind_a_nat_is_reached_through_the_relay";
+    let Some(lab) = Lab::up(test, &[]) else {
+        return;
+    };
+    let _tracker = lab.tracker();
+    let bytes = random_bytes(1_500_000, 5);
+    let _alice = lab.seeder_on("a", "alice", &lab.share("alice", "tcp.bin", &bytes), "tcp");
+    let out = lab.path("out-b");
+    let report = json(&get_on(&lab, "b", "alice", &out, "tcp"));
+    assert_eq!(report["route"], "relayed", "{report}");
+    assert_eq!(std::fs::read(out.join("tcp.bin")).unwrap(), bytes);
 }
