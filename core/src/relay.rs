@@ -97,16 +97,38 @@ impl Sessions {
 /// A transport that also reaches peers through relays (see the [module](self) docs).
 pub struct RelayTransport {
     inner: SharedTransport,
-    sessions: Mutex<Sessions>,
+    table: Arc<RelaySessions>,
 }
 
-impl std::fmt::Debug for RelayTransport {
+/// The relay sessions of a [`RelayTransport`], shared with whoever opens or allows them
+/// (an endpoint's handle), without keeping its socket open.
+#[derive(Default)]
+pub struct RelaySessions(Mutex<Sessions>);
+
+impl std::fmt::Debug for RelaySessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "RelayTransport({} sessions)",
-            self.sessions().order.len()
-        )
+        write!(f, "RelaySessions({})", self.lock().order.len())
+    }
+}
+
+impl RelaySessions {
+    fn lock(&self) -> MutexGuard<'_, Sessions> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Session `session` of `relay` (one this endpoint opened): the virtual address its peer
+    /// is reached at.
+    pub fn open(&self, relay: SocketAddr, session: u64) -> SocketAddr {
+        self.lock().address(relay, session)
+    }
+
+    /// Takes sessions `relay` starts (this endpoint registered with it: it may relay others
+    /// to us).
+    pub fn allow(&self, relay: SocketAddr) {
+        let mut s = self.lock();
+        if s.allowed.len() < MAX_RELAY_SESSIONS {
+            s.allowed.insert(relay);
+        }
     }
 }
 
@@ -115,27 +137,17 @@ impl RelayTransport {
     pub fn new(inner: SharedTransport) -> Arc<Self> {
         Arc::new(RelayTransport {
             inner,
-            sessions: Mutex::new(Sessions::default()),
+            table: Arc::default(),
         })
     }
 
-    fn sessions(&self) -> MutexGuard<'_, Sessions> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    /// Its sessions.
+    pub fn sessions(&self) -> Arc<RelaySessions> {
+        self.table.clone()
     }
 
-    /// Session `session` of `relay` (one this endpoint opened): the virtual address its peer
-    /// is reached at.
-    pub fn open(&self, relay: SocketAddr, session: u64) -> SocketAddr {
-        self.sessions().address(relay, session)
-    }
-
-    /// Takes sessions `relay` starts (this endpoint registered with it: it may relay others
-    /// to us).
-    pub fn allow(&self, relay: SocketAddr) {
-        let mut s = self.sessions();
-        if s.allowed.len() < MAX_RELAY_SESSIONS {
-            s.allowed.insert(relay);
-        }
+    fn table(&self) -> MutexGuard<'_, Sessions> {
+        self.table.lock()
     }
 
     /// The relay and session of virtual address `to`, if it is one still known.
@@ -143,7 +155,7 @@ impl RelayTransport {
         if !is_virtual(to) {
             return None;
         }
-        self.sessions().by_virtual.get(&to).copied()
+        self.table().by_virtual.get(&to).copied()
     }
 
     /// `msg` for virtual address `to`, wrapped for its relay; an error if the session is
@@ -168,7 +180,7 @@ impl RelayTransport {
         let Ok(Message::Relayed { session, payload }) = decode_bytes(&bytes) else {
             return None;
         };
-        let mut s = self.sessions();
+        let mut s = self.table();
         let known = s.by_session.get(&(from, session)).copied();
         let v = match known {
             Some(v) => v,

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::index::ShareIndex;
-use crate::relay::RelayTransport;
+use crate::relay::RelaySessions;
 use crate::transfer::{SenderConfig, SenderEvent, SenderTransmit};
 use crate::transport::{FileRange, FileReadError, SharedTransport};
 
@@ -74,8 +74,8 @@ pub(super) struct Driver {
     pub(super) upload_turn: usize,
     /// Downloads in progress served to others (see `partials.rs`).
     pub(super) partials: super::Partials,
-    /// The transport, as the relaying wrapper it is (`transport` is the same one).
-    pub(super) relay: Arc<RelayTransport>,
+    /// The relay sessions of the transport (a relaying wrapper).
+    pub(super) relay: Arc<RelaySessions>,
 }
 
 /// Most messages handled from one burst before the endpoint answers.

@@ -24,7 +24,7 @@ use super::lock::LockError;
 pub use super::resume::{partial_path, Discarded};
 use crate::index::ShareIndex;
 use crate::limits::RateConfig;
-use crate::relay::RelayTransport;
+use crate::relay::{RelaySessions, RelayTransport};
 use crate::transfer::{PieceTable, ReceiverConfig, SenderConfig, TransferError};
 use crate::transport::SharedTransport;
 use crate::wire::{
@@ -460,8 +460,9 @@ pub struct EndpointHandle {
     checkpoint_thread: bool,
     /// Downloads in progress served to others.
     partials: Partials,
-    /// The transport's relaying wrapper.
-    relay: Arc<RelayTransport>,
+    /// The relay sessions of the endpoint's transport (not the transport: a handle never
+    /// keeps the socket open).
+    relay: Arc<RelaySessions>,
 }
 
 /// Starts an endpoint on `transport` and returns its handle. The endpoint stops when
@@ -527,7 +528,7 @@ pub fn spawn_endpoint(
         disk_alarm: Default::default(),
         upload_turn: 0,
         partials: Partials::default(),
-        relay: relay.clone(),
+        relay: relay.sessions(),
         config,
     };
     // The first scan's content hashes, announced once registered.
@@ -540,7 +541,7 @@ pub fn spawn_endpoint(
         fsync: driver.config.fsync,
         checkpoint_thread: driver.config.checkpoint_thread,
         partials: driver.partials.clone(),
-        relay,
+        relay: relay.sessions(),
     };
     let task = tokio::spawn(driver.run());
     Ok((handle, task))
