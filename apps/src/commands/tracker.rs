@@ -71,8 +71,8 @@ fn relay_config(args: &TrackerArgs) -> RelayConfig {
     RelayConfig {
         enabled: !args.no_relay,
         total_rate: args.relay_rate,
-        // A session may take the whole rate when it is lower than the default's share.
-        session_rate: defaults.session_rate.min(args.relay_rate),
+        // A session may take at most the whole rate.
+        session_rate: args.relay_session_rate.min(args.relay_rate),
         max_sessions: args.relay_sessions,
         ..defaults
     }
