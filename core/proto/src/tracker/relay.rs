@@ -54,7 +54,7 @@ impl Default for RelayConfig {
             per_peer: 16,
             per_ip: 16,
             idle: Duration::from_secs(60),
-            burst: Duration::from_millis(50),
+            burst: Duration::from_millis(200),
         }
     }
 }
