@@ -294,7 +294,8 @@ impl Driver {
     ) -> crate::transfer::ReceiverConfig {
         let mut receiver_config = self.config.receiver.clone();
         let rtt = self.proto.round_trip(peer, now.into_std());
-        if let Some(rtt) = rtt.filter(|_| !self.transport.is_reliable()) {
+        let reliable = self.reliable_to(peer);
+        if let Some(rtt) = rtt.filter(|_| !reliable) {
             // The piece table just came from this peer: a `Request` unanswered for a few of
             // its round trips was lost (or its answer was), and waiting the default half
             // second for it would be most of a small download's time on a lossy path. (A
@@ -305,7 +306,7 @@ impl Driver {
         // Pieces go to the driver to hash: the hashing thread's, or, without one, hashed right
         // here in `pump_download` (the same path, so simulations cover it).
         receiver_config.offload_hashing = true;
-        if self.transport.is_reliable() {
+        if reliable {
             // Nothing is lost on a reliable stream: ACKs only pace the window, and fewer of
             // them spare both sides a message each.
             receiver_config.ack_every = receiver_config.ack_every.max(RELIABLE_ACK_EVERY);

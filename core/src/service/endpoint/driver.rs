@@ -635,6 +635,14 @@ async fn send_unless_full(transport: &SharedTransport, to: SocketAddr, bytes: &[
     let _ = transport.send_to(to, bytes).await;
 }
 
+impl Driver {
+    /// Whether nothing sent to `peer` is lost on the way: a reliable transport (TCP), and
+    /// not through a relay (which drops what exceeds its rate, as a router would).
+    pub(super) fn reliable_to(&self, peer: SocketAddr) -> bool {
+        self.transport.is_reliable() && !crate::relay::is_virtual(peer)
+    }
+}
+
 /// The answer to an entry lookup: `entry` from the share, else the entry of a download in
 /// progress that `partial` finds (marked as such), else none.
 fn entry_reply(

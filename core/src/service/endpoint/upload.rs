@@ -436,6 +436,11 @@ impl Driver {
     ) {
         let mut config = self.sender_config.clone();
         config.chunk_size = chunk_size_for(self.transport.max_message_size_to(from));
+        if !self.reliable_to(from) {
+            // A relayed peer: the relay drops what exceeds its rate, even over TCP.
+            config.reliable = false;
+            config.min_rto = self.config.sender.min_rto;
+        }
         let machine = ChunkSender::new(
             now,
             transfer,
