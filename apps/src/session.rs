@@ -169,7 +169,13 @@ pub(crate) async fn route_to(
             Route::Relayed
         }
         Err(e) => {
-            tracing::info!(peer = %clean(&info.name), error = %e, "no relay; trying directly");
+            // Said before the failure it most likely leads to, which names the address.
+            eprintln!(
+                "note: peer `{}` answers neither directly nor through a punched hole, and the \
+                 tracker did not relay: {}",
+                clean(&info.name),
+                clean(&e.to_string())
+            );
             Route::Direct
         }
     }

@@ -275,6 +275,7 @@ fn without_a_relay_a_symmetric_nat_defeats_punching() {
     let stderr = String::from_utf8_lossy(&get.stderr);
     assert!(!get.status.success(), "{stderr}");
     assert!(stderr.contains("does not answer"), "{stderr}");
+    assert!(stderr.contains("this tracker does not relay"), "{stderr}");
     assert!(!out.join("file.bin").exists());
 }
 
