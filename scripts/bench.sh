@@ -4,7 +4,7 @@
 #   scripts/bench.sh            loopback 127.0.0.1: raw TCP (socat -b 131072), our UDP, our TCP;
 #                               MiB/s, ratio to raw TCP, peak RSS of sender and receiver
 #   scripts/bench.sh impaired   two network namespaces joined by linkem (user-space delay / loss /
-#                               reorder relay, ../shared/tools/baseline/linkem.c), 1 ms each way,
+#                               reorder relay, scripts/linkem.c), 1 ms each way,
 #                               loss 0 / 1 / 5 % and reordering: our UDP and TCP against raw TCP
 #                               with bbr and with cubic
 #
@@ -14,7 +14,7 @@
 #   CAP        seconds allowed per transfer before it counts as "timeout" (default 300 / 120)
 #   NO_BUILD=1 skip `cargo build --release -p p2p-apps`
 #   BIN        p2p binary (default target/release/p2p)
-#   LINKEM_C   linkem source (default ../shared/tools/baseline/linkem.c beside the repo)
+#   LINKEM_C   linkem source (default scripts/linkem.c: the project's own)
 #   CEILING=1  impaired mode: also a case with no delay and no loss (the emulator's ceiling)
 #   DELAY_MS=N impaired mode: delay each way (default 1); with LINKEM_RATE_MBIT and
 #              LINKEM_QUEUE_MS in the environment, linkem adds a bottleneck (see linkem.c),
@@ -85,7 +85,7 @@ else
 fi
 RUNS=${RUNS:-1}
 BIN=${BIN:-$REPO/target/release/p2p}
-LINKEM_C=${LINKEM_C:-$REPO/../shared/tools/baseline/linkem.c}
+LINKEM_C=${LINKEM_C:-$HERE/linkem.c}
 CC_TWEAK=${CC_TWEAK:-1}
 VFLAG=()
 if [ "${VERBOSE:-0}" = 1 ]; then VFLAG=(-v); fi
