@@ -7,6 +7,10 @@
 #                               reorder relay, scripts/linkem.c), 1 ms each way,
 #                               loss 0 / 1 / 5 % and reordering: our UDP and TCP against raw TCP
 #                               with bbr and with cubic
+#   scripts/bench.sh wan        the same namespaces, internet-like paths: round trips of
+#                               20 / 100 / 200 ms (WAN_RTTS) x loss 0 / 1 / 3 % (WAN_LOSSES)
+#                               through a 200 Mbit/s bottleneck with a 100 ms drop-tail queue
+#                               (LINKEM_RATE_MBIT, LINKEM_QUEUE_MS), 100 MiB by default
 #
 # Env:
 #   SIZE_MIB   file size (default 1024 loopback, 10 impaired)
@@ -64,12 +68,20 @@ export LC_ALL=C
 MODE=${1:-loopback}
 case "$MODE" in
     loopback | impaired) ;;
+    wan)
+        # The impaired mode's machinery, on the grid of paths below.
+        MODE=impaired
+        WAN=1
+        export LINKEM_RATE_MBIT=${LINKEM_RATE_MBIT:-200} LINKEM_QUEUE_MS=${LINKEM_QUEUE_MS:-100}
+        SIZE_MIB=${SIZE_MIB:-100}
+        CAP=${CAP:-300}
+        ;;
     -h | --help)
         sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "usage: $0 [loopback|impaired]" >&2
+        echo "usage: $0 [loopback|impaired|wan]" >&2
         exit 2
         ;;
 esac
@@ -643,14 +655,27 @@ impaired() {
         cases+=("d0 l0% (ceiling)")
     fi
     local d=${DELAY_MS:-1}
-    impaired_case "d${d}ms l0%" "$d" 0
-    impaired_case "d${d}ms l1%" "$d" 1
-    impaired_case "d${d}ms l5%" "$d" 5
-    impaired_case "d${d}ms reorder25%/50%" "$d" 0 25 50
-    cases+=("d${d}ms l0%" "d${d}ms l1%" "d${d}ms l5%" "d${d}ms reorder25%/50%")
+    if [ "${WAN:-0}" = 1 ]; then
+        local rtt loss
+        for rtt in ${WAN_RTTS:-20 100 200}; do
+            for loss in ${WAN_LOSSES:-0 1 3}; do
+                impaired_case "rtt${rtt}ms l${loss}%" "$((rtt / 2))" "$loss"
+                cases+=("rtt${rtt}ms l${loss}%")
+            done
+        done
+    else
+        impaired_case "d${d}ms l0%" "$d" 0
+        impaired_case "d${d}ms l1%" "$d" 1
+        impaired_case "d${d}ms l5%" "$d" 5
+        impaired_case "d${d}ms reorder25%/50%" "$d" 0 25 50
+        cases+=("d${d}ms l0%" "d${d}ms l1%" "d${d}ms l5%" "d${d}ms reorder25%/50%")
+    fi
 
     echo
     header
+    if [ "${LINKEM_RATE_MBIT:-0}" != 0 ]; then
+        echo "# bottleneck: ${LINKEM_RATE_MBIT} Mbit/s each way, drop-tail queue of ${LINKEM_QUEUE_MS:-100} ms"
+    fi
     echo "# link: linkem (TUN relay) between namespaces $NS_A ($ADDR_A: tracker, seeders, raw TCP sender)"
     echo "#       and $NS_B ($ADDR_B: p2p get, raw TCP receiver); delay each way, loss each way,"
     echo "#       reorder = share of packets that skip the delay queue / correlation"
