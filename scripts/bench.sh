@@ -10,7 +10,11 @@
 #   scripts/bench.sh wan        the same namespaces, internet-like paths: round trips of
 #                               20 / 100 / 200 ms (WAN_RTTS) x loss 0 / 1 / 3 % (WAN_LOSSES)
 #                               through a 200 Mbit/s bottleneck with a 100 ms drop-tail queue
-#                               (LINKEM_RATE_MBIT, LINKEM_QUEUE_MS), 100 MiB by default
+#                               (LINKEM_RATE_MBIT, LINKEM_QUEUE_MS), 100 MiB by default; then
+#                               coexistence at 100 ms: one `p2p get` (UDP) and one raw TCP flow
+#                               (cubic, then bbr) through the bottleneck at once, and the UDP
+#                               transfer's share of the bytes both moved while it ran
+#                               (WAN_COEXIST=0 to skip)
 #
 # Env:
 #   SIZE_MIB   file size (default 1024 loopback, 10 impaired)
@@ -571,6 +575,48 @@ set_cc() {
 }
 ns_cc() { ip netns exec "$NS_A" sysctl -n net.ipv4.tcp_congestion_control 2>/dev/null || echo '?'; }
 
+# coexist_case LABEL DELAY_MS CC: our UDP get and a raw TCP flow (CC) start together; when
+# the get ends, the bytes the TCP flow delivered meanwhile are counted: the get's share is
+# its bytes over both. Recorded as the path "UDP share" (in percent, column 5).
+coexist_case() {
+    local label=$1 d=$2 cc=$3 port=5002
+    echo "-- $label" >&2
+    link_up "$d" 0
+    start_tracker "$NS_A" "$ADDR_A:0"
+    local tracker=$TRACKER_ADDR tpid=$TRACKER_PID
+    start_seed "$NS_A" seed-udp "$ADDR_A:0" udp "$tracker"
+    local spid=$SEED_PID out=$W/out.coexist outdir=$W/out.udp run
+    for ((run = 1; run <= RUNS; run++)); do
+        rm -rf "$out" "$outdir"
+        ip netns exec "$NS_B" socat -u -b "$SOCAT_BUF" "TCP-LISTEN:$port,bind=$ADDR_B,reuseaddr" \
+            "OPEN:$out,creat,trunc" 2>>"$W/socat.log" &
+        local rp=$!
+        PIDS+=("$rp")
+        wait_listen "$NS_B" "$port" || echo "bench: coexist listener did not come up" >&2
+        ip netns exec "$NS_A" socat -u -b "$SOCAT_BUF" /dev/zero \
+            "TCP:$ADDR_B:$port,setsockopt-string=6:13:$cc" 2>>"$W/socat.log" &
+        local tp=$!
+        PIDS+=("$tp")
+        local rc=0 st share
+        ip netns exec "$NS_B" timeout -k 5 "$CAP" "$BIN" get seed-udp 001 --tracker "$tracker" \
+            --transport udp --out "$outdir" --json --no-fsync >"$W/get.json" 2>>"$W/get.log" || rc=$?
+        local tcp_bytes
+        tcp_bytes=$(stat -c %s "$out" 2>/dev/null || echo 0)
+        stop_pid "$tp"
+        stop_pid "$rp"
+        st=$(status_of_rc "$rc")
+        [ -n "$st" ] || st=$(verify "$outdir/$FILE_NAME" "$SRC")
+        share=$(awk -v u="$((SIZE_MIB * 1048576))" -v t="$tcp_bytes" 'BEGIN { printf "%.1f", 100 * u / (u + t) }')
+        echo "      UDP share $share % (TCP $cc moved $((tcp_bytes / 1048576)) MiB meanwhile)" >&2
+        record "$label" "UDP share" "$run" "$st" "$share" "$share" - - - -
+        settle "$outdir"
+        rm -f "$out"
+    done
+    stop_pid "$spid"
+    stop_pid "$tpid"
+    link_down
+}
+
 CC_NOTES=()
 impaired_case() { # LABEL DELAY_MS LOSS_PCT [REORDER_PCT CORR_PCT]
     local label=$1
@@ -663,6 +709,15 @@ impaired() {
                 cases+=("rtt${rtt}ms l${loss}%")
             done
         done
+        if [ "${WAN_COEXIST:-1}" = 1 ]; then
+            local cc
+            for cc in cubic bbr; do
+                [ "$cc" = bbr ] && [ "$HAVE_BBR" != 1 ] && continue
+                if [ -z "${CASES:-}" ] || [[ "coexist $cc" =~ $CASES ]]; then
+                    coexist_case "coexist $cc" 50 "$cc"
+                fi
+            done
+        fi
     else
         impaired_case "d${d}ms l0%" "$d" 0
         impaired_case "d${d}ms l1%" "$d" 1
@@ -696,6 +751,13 @@ impaired() {
         printf '%-21s %9s %9s %9s %10s %10s %8s %8s %8s %8s\n' "$c" "$rb" "$rc" "$u" "$tb" "$tc" \
             "$(ratio "$u" "$rb")" "$(ratio "$u" "$rc")" "$(ratio "$tb" "$rb")" "$(ratio "$tc" "$rc")"
     done
+    if [ "${WAN:-0}" = 1 ] && [ "${WAN_COEXIST:-1}" = 1 ]; then
+        for c in "coexist cubic" "coexist bbr"; do
+            if [ -n "${CASES:-}" ] && ! [[ "$c" =~ $CASES ]]; then continue; fi
+            printf '%-21s UDP share of the bottleneck while both ran: %s %% (target 33-67)\n' \
+                "$c (rtt 100 ms)" "$(cell "$c" "UDP share" 5)"
+        done
+    fi
     echo
     echo "goodput: file size / transfer time (p2p: get --json elapsed_ms; raw TCP: sender start to receiver exit)."
     echo "TCP/bbr = p2p TCP (bbr) / raw bbr; TCP/cub = p2p TCP (cubic) / raw cubic; n/a: not run."
