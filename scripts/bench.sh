@@ -92,6 +92,9 @@ esac
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+ME=bench
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 if [ "$MODE" = impaired ]; then
     SIZE_MIB=${SIZE_MIB:-10}
     CAP=${CAP:-120}
@@ -210,21 +213,6 @@ mibs() { # bytes seconds
 kib_to_mib() { awk -v k="$1" 'BEGIN { if (k == "" || k == "-") print "-"; else printf "%.1f", k / 1024 }'; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-# wait_line FILE REGEX PID [SECONDS]: until FILE has a line matching REGEX; fails if PID died
-wait_line() {
-    local file=$1 re=$2 pid=$3 limit=${4:-60} i
-    for ((i = 0; i < limit * 50; i++)); do
-        grep -qE "$re" "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || {
-            echo "bench: process $pid exited before printing /$re/; its output:" >&2
-            sed 's/^/  | /' "$file" >&2
-            return 1
-        }
-        sleep 0.02
-    done
-    echo "bench: no /$re/ in $file after ${limit}s" >&2
-    return 1
-}
 # wait_listen NS PORT: a TCP listener on PORT (NS: a namespace name or "" for this one)
 wait_listen() {
     local ns=$1 port=$2 i pre=()

@@ -71,6 +71,9 @@ esac
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+ME=many-gets
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 N=${N:-100}
 SIZE_MIB=${SIZE_MIB:-64}
 RUNS=${RUNS:-1}
@@ -123,36 +126,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-wait_line() { # FILE REGEX PID [SECONDS]: until FILE has a line matching REGEX; fails if PID died
-    local file=$1 re=$2 pid=$3 limit=${4:-60} i
-    for ((i = 0; i < limit * 50; i++)); do
-        grep -qE "$re" "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || {
-            echo "many-gets: process $pid exited before printing /$re/; its output:" >&2
-            sed 's/^/  | /' "$file" >&2
-            return 1
-        }
-        sleep 0.02
-    done
-    echo "many-gets: no /$re/ in $file after ${limit}s" >&2
-    return 1
-}
-free_port() { # a port nobody uses on 127.0.0.1, UDP and TCP
-    python3 - <<'EOF'
-import socket
-while True:
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    t.bind(("127.0.0.1", 0))
-    p = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    print(p)
-    break
-EOF
-}
 
 # ------------------------------------------------------------------ the launcher and the arithmetic
 cat >"$W/many.py" <<'PY'

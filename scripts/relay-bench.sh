@@ -39,6 +39,9 @@ esac
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+ME=relay-bench
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 SIZE_MIB=${SIZE_MIB:-64}
 RATE=${RATE:-16MiB}
 RUNS=${RUNS:-3}
@@ -73,15 +76,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_line() { # FILE REGEX PID
-    local i
-    for ((i = 0; i < 1500; i++)); do
-        grep -qE "$2" "$1" 2>/dev/null && return 0
-        kill -0 "$3" 2>/dev/null || { sed 's/^/  | /' "$1" >&2; return 1; }
-        sleep 0.02
-    done
-    return 1
-}
 
 head -c $((SIZE_MIB * 1048576)) /dev/urandom >"$W/src.bin"
 mkdir -p "$W/share"

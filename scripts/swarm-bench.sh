@@ -49,6 +49,9 @@ esac
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+ME=swarm-bench
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 SEEDERS=${SEEDERS:-4}
 RATE=${RATE:-40MiB}
 SIZE_MIB=${SIZE_MIB:-256}
@@ -80,36 +83,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_line() { # FILE REGEX PID [SECONDS]
-    local file=$1 re=$2 pid=$3 limit=${4:-60} i
-    for ((i = 0; i < limit * 50; i++)); do
-        grep -qE "$re" "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || {
-            echo "swarm-bench: process $pid exited before printing /$re/:" >&2
-            sed 's/^/  | /' "$file" >&2
-            return 1
-        }
-        sleep 0.02
-    done
-    echo "swarm-bench: no /$re/ in $file after ${limit}s" >&2
-    return 1
-}
-free_port() {
-    python3 - <<'EOF'
-import socket
-while True:
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    t.bind(("127.0.0.1", 0))
-    p = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    print(p)
-    break
-EOF
-}
 
 # ------------------------------------------------------------------ the file, the tracker, the seeders
 SRC=$W/src.bin
