@@ -72,6 +72,8 @@ pub struct EndpointConfig {
     /// The transport proves source addresses itself (TCP's handshake): requests need no
     /// token (see [`crate::validation`]).
     pub addresses_proven: bool,
+    /// The peer's identity: its name requests go signed ([`crate::identity`]).
+    pub identity: Option<crate::identity::Identity>,
 }
 
 impl Default for EndpointConfig {
@@ -83,6 +85,7 @@ impl Default for EndpointConfig {
             max_uploads: 32,
             max_uploads_per_peer: 8,
             addresses_proven: false,
+            identity: None,
         }
     }
 }
@@ -275,7 +278,7 @@ impl Endpoint {
         }
         let id = self.new_request_id();
         set_request_id(&mut msg, id);
-        let payload = self.tokens.wrap(to, &msg).encode();
+        let payload = self.seal(to, &msg).encode();
         let wait = self.config.rpc_retry;
         self.requests.insert(
             id,
@@ -372,7 +375,8 @@ impl Endpoint {
                     r.next_at = now + r.wait;
                     self.transmits.push_back(Transmit {
                         to: from,
-                        payload: self.tokens.wrap(from, &r.msg).encode(),
+                        payload: seal(self.config.identity.as_ref(), &self.tokens, from, &r.msg)
+                            .encode(),
                     });
                 } else if let Some(reg) = self
                     .registration
@@ -593,7 +597,8 @@ impl Endpoint {
             | Message::Introduce { .. }
             | Message::Announce { .. }
             | Message::WhoHas { .. }
-            | Message::RelayOpen { .. } => None,
+            | Message::RelayOpen { .. }
+            | Message::Signed { .. } => None,
             // A relayed datagram is unwrapped by the endpoint's transport (see
             // `p2p_core::relay`) before it gets here; one that gets here is stray.
             Message::Relayed { .. } => None,
@@ -662,7 +667,7 @@ impl Endpoint {
             r.next_at = now + r.wait;
             self.transmits.push_back(Transmit {
                 to: r.to,
-                payload: self.tokens.wrap(r.to, &r.msg).encode(),
+                payload: seal(self.config.identity.as_ref(), &self.tokens, r.to, &r.msg).encode(),
             });
         }
         self.announce_timeout(now);
@@ -692,7 +697,7 @@ impl Endpoint {
             }
             self.transmits.push_back(Transmit {
                 to: tracker,
-                payload: self.tokens.wrap(tracker, &msg).encode(),
+                payload: self.seal(tracker, &msg).encode(),
             });
         }
     }
@@ -700,7 +705,12 @@ impl Endpoint {
     /// `msg` as it goes to `to`: with the token `to` gave us, if it needs one (the driver
     /// sends a download's `Request` through this).
     pub fn wrap(&self, to: SocketAddr, msg: &Message) -> Message {
-        self.tokens.wrap(to, msg)
+        self.seal(to, msg)
+    }
+
+    /// `msg` as it goes to `to` ([`seal`]).
+    fn seal(&self, to: SocketAddr, msg: &Message) -> Message {
+        seal(self.config.identity.as_ref(), &self.tokens, to, msg)
     }
 
     /// Sends `msg` to `from` if the rate limit allows: the answer to a request whose sender
@@ -742,6 +752,24 @@ impl Endpoint {
 /// open the file), at least [`MIN_REQUEST_RETRY`], at most `default`.
 pub fn request_retry_after(rtt: Duration, default: Duration) -> Duration {
     (rtt * 4).max(MIN_REQUEST_RETRY).min(default)
+}
+
+/// `msg` as it goes to `to`: a name request signed with `identity` (over the token `to`
+/// gave us, if any: without one the tracker answers with a `Retry`), then with that token if
+/// it needs one.
+fn seal(
+    identity: Option<&crate::identity::Identity>,
+    tokens: &TokenCache,
+    to: SocketAddr,
+    msg: &Message,
+) -> Message {
+    match identity {
+        Some(id) if crate::identity::is_name_request(msg) => {
+            let token = tokens.get(to);
+            id.sign(token, msg).with_token(token)
+        }
+        _ => tokens.wrap(to, msg),
+    }
 }
 
 fn set_request_id(msg: &mut Message, id: RequestId) {

@@ -27,6 +27,7 @@
 pub mod endpoint;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
+pub mod identity;
 pub mod limits;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

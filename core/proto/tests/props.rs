@@ -394,6 +394,15 @@ fn message() -> impl Strategy<Value = Message> {
                     bits,
                 }
             }),
+        (any::<[u8; 32]>(), any::<u64>(), "[a-z]{1,12}").prop_map(|(secret, token, name)| {
+            p2p_proto::identity::Identity::from_secret(secret).sign(
+                Some(Token(token)),
+                &Message::Unregister {
+                    request: RequestId(token),
+                    name,
+                },
+            )
+        }),
         (any::<u64>(), "[a-z]{1,12}").prop_map(|(request, name)| Message::RelayOpen {
             request: RequestId(request),
             name,

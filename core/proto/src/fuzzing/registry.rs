@@ -107,6 +107,9 @@ pub fn check_registry_ops(config: RegistryConfig, ops: &[RegistryOp]) {
                     Err(RegisterError::TooManyNew) => {
                         panic!("the registry alone never limits new names (the tracker does)")
                     }
+                    Err(RegisterError::NameBound { .. }) => {
+                        panic!("an unsigned register never meets a binding it did not make")
+                    }
                 }
             }
             RegistryOp::Unregister { name, ip } => {

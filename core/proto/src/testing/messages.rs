@@ -237,6 +237,13 @@ pub fn sample_messages() -> Vec<Message> {
             request,
             session: 0x5eed_0f5e_5511_0011,
         },
+        crate::identity::Identity::from_secret([9; 32]).sign(
+            Some(crate::wire::Token(77)),
+            &Message::Unregister {
+                request,
+                name: "alice".into(),
+            },
+        ),
         Message::Relayed {
             session: 0x5eed_0f5e_5511_0011,
             payload: bytes::Bytes::from(Message::EntryByHash { request, hash }.encode()),

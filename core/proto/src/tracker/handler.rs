@@ -321,8 +321,28 @@ impl Tracker {
         if !self.limiter.allow_cost(now, from.ip(), NEXT_PAGE_COST) {
             return (None, None);
         }
+        let token = match &msg {
+            Message::Validated { token, .. } => Some(*token),
+            _ => None,
+        };
         let Some((msg, proven)) = self.validator.open(now, from.ip(), msg) else {
             return (None, None);
+        };
+        // A signed name request holds only with a token valid for its sender's address, on
+        // TCP too (the signature covers the token: a request seen on the path cannot be
+        // replayed from elsewhere); without one it is asked for one.
+        let (msg, signer, must_prove) = match msg {
+            Message::Signed { key, sig, body } => match token {
+                Some(_) => match crate::identity::open(token, &key, &sig, &body) {
+                    Some((inner, key)) => (inner, Some(key), !proven),
+                    None => return (None, None), // a bad signature: dropped
+                },
+                None => match Message::open_validated(&body) {
+                    Ok(inner) if crate::identity::is_name_request(&inner) => (inner, None, true),
+                    _ => return (None, None),
+                },
+            },
+            other => (other, None, false),
         };
         let next_page = match &msg {
             Message::ListPeers { page, .. } | Message::WhoHas { page, .. } => *page > 0,
@@ -336,7 +356,7 @@ impl Tracker {
         {
             return (None, None);
         }
-        if !proven && !addresses_proven {
+        if must_prove || (!proven && !addresses_proven) {
             let request = match &msg {
                 Message::Register { request, .. }
                 | Message::Heartbeat { request, .. }
@@ -369,7 +389,7 @@ impl Tracker {
                 let result = if fresh && !self.new_names.allow(now, network_of(from.ip())) {
                     Err(RegisterError::TooManyNew)
                 } else {
-                    reg.register(now, &name, from, port, transport)
+                    reg.register_as(now, &name, from, port, transport, signer)
                 };
                 if fresh || result == Ok(true) {
                     self.listings.dirty = true;
@@ -404,7 +424,7 @@ impl Tracker {
             }
             Message::Unregister { request, name } => {
                 let event = reg
-                    .unregister(&name, from.ip())
+                    .unregister_as(now, &name, from.ip(), signer)
                     .then_some(TrackerEvent::Unregistered { name });
                 if let Some(TrackerEvent::Unregistered { name }) = &event {
                     self.relay.peer_left(name);
@@ -544,6 +564,100 @@ mod tests {
             let token = self.validator.issue(now, from.ip());
             self.handle(now, from, msg.with_token(Some(token)))
         }
+    }
+
+    /// What `id` sends for `msg` with a valid token for `from`: the request signed over it.
+    fn signed(
+        t: &mut Tracker,
+        now: Instant,
+        from: SocketAddr,
+        id: &crate::identity::Identity,
+        msg: &Message,
+    ) -> Message {
+        let token = t.validator.issue(now, from.ip());
+        id.sign(Some(token), msg).with_token(Some(token))
+    }
+
+    fn refused(reply: Option<Message>) -> Option<String> {
+        match reply {
+            Some(Message::RegisterReply {
+                outcome: RegisterOutcome::Refused { reason },
+                ..
+            }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// A name signed for by a key is bound to it: another key, and unsigned requests, are
+    /// refused the name (even once its peer left), from any address and over TCP too; the
+    /// key's holder takes it at once from a new address, and alone may remove it. A bare
+    /// signed request is asked for a token, and a signature over another address's token
+    /// does not hold.
+    #[test]
+    fn a_name_signed_for_is_bound_to_its_key() {
+        use crate::identity::Identity;
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
+        let now = Instant::now();
+        let (alice, mallory) = (
+            Identity::from_secret([1; 32]),
+            Identity::from_secret([2; 32]),
+        );
+        let home: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        let evil: SocketAddr = "10.0.0.66:5555".parse().unwrap();
+        let reg = register("alice", 10001);
+        // Bare: a Retry, nothing registered; then signed over its token: registered, bound.
+        let (reply, _) = t.handle(now, home, alice.sign(None, &reg));
+        assert!(matches!(reply, Some(Message::Retry { .. })), "{reply:?}");
+        assert_eq!(t.registry().len(), 0);
+        let msg = signed(&mut t, now, home, &alice, &reg);
+        assert_eq!(refused(t.handle(now, home, msg.clone()).0), None);
+        assert_eq!(t.registry().key_of("alice"), Some(alice.public()));
+        // The same bytes replayed from elsewhere: the token is not the replayer's; over TCP
+        // (addresses proven) too.
+        assert!(matches!(
+            t.handle(now, evil, msg.clone()).0,
+            Some(Message::Retry { .. })
+        ));
+        assert!(matches!(
+            t.handle_on(now, evil, msg, true).0,
+            Some(Message::Retry { .. })
+        ));
+        // Another key, or no key, even after alice unregistered: refused, by name.
+        let later = now + Duration::from_secs(3600);
+        let unreg = Message::Unregister {
+            request: RequestId(9),
+            name: "alice".into(),
+        };
+        let msg = signed(&mut t, later, home, &alice, &unreg);
+        t.handle(later, home, msg);
+        assert_eq!(t.registry().len(), 0, "alice left");
+        let msg = signed(&mut t, later, evil, &mallory, &reg);
+        let why = refused(t.handle(later, evil, msg).0).expect("refused to mallory");
+        assert!(why.contains("belongs to another peer"), "{why}");
+        let why = refused(t.handle_proven(later, evil, reg.clone()).0).expect("refused unsigned");
+        assert!(why.contains("belongs to another peer"), "{why}");
+        // Alice again, from a new address, while her old entry is live: hers at once.
+        let msg = signed(&mut t, later, home, &alice, &reg);
+        t.handle(later, home, msg);
+        let moved: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let msg = signed(&mut t, later, moved, &alice, &register("alice", 10002));
+        assert_eq!(refused(t.handle(later, moved, msg).0), None);
+        let listed = t.registry().list(later);
+        assert_eq!(
+            listed[0].addr,
+            "192.0.2.7:10002".parse::<SocketAddr>().unwrap()
+        );
+        // Unsigned Unregister from her old IP, or Mallory's signed one: nothing removed.
+        t.handle_proven(later, home, unreg.clone());
+        let msg = signed(&mut t, later, moved, &mallory, &unreg);
+        t.handle(later, moved, msg);
+        assert_eq!(t.registry().len(), 1);
+        // The binding lapses a day after the last proof: the name is free again.
+        let gone = later + crate::tracker::BINDING_KEEP + t.registry().config().ttl;
+        t.expire(gone);
+        let msg = signed(&mut t, gone, evil, &mallory, &reg);
+        assert_eq!(refused(t.handle(gone, evil, msg).0), None);
+        assert_eq!(t.registry().key_of("alice"), Some(mallory.public()));
     }
 
     /// A request from a forged address (it never sees its token) gets a `Retry` and changes

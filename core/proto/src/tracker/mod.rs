@@ -13,7 +13,8 @@ pub use handler::{
 };
 pub use holders::{HoldersConfig, MAX_HASHES_PER_PEER, MAX_HASH_ENTRIES};
 pub use registry::{
-    validate_name, AnnounceError, RegisterError, Registry, RegistryConfig, HOLDERS_PER_PAGE,
+    validate_name, AnnounceError, RegisterError, Registry, RegistryConfig, BINDING_KEEP,
+    HOLDERS_PER_PAGE,
 };
 pub use relay::{
     CloseReason, Relay, RelayConfig, RelayError, RelayEvent, RELAY_EVENTS, SESSION_BYTES,

@@ -7,11 +7,12 @@
 //! The registry also keeps the content its peers announced (see [`super::holders`]): a peer's
 //! hashes live exactly as long as its entry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::holders::{Holders, HoldersConfig};
+use crate::identity::PublicKey;
 use crate::wire::{ContentHash, PeerInfo, RequestId, TransportKind, MAX_NAME_LEN};
 
 /// Limits and timings of a [`Registry`].
@@ -58,6 +59,25 @@ pub enum RegisterError {
     /// Too many new names registered from one network (a /24, or a /48 in IPv6) lately.
     #[error("too many new names registered from your network lately; try again in a minute")]
     TooManyNew,
+    /// The name is bound to another identity key.
+    #[error("name `{name}` belongs to another peer (key {key}); pick another name")]
+    NameBound {
+        /// The wanted name.
+        name: String,
+        /// The fingerprint of the key it is bound to.
+        key: String,
+    },
+}
+
+/// How long a name stays bound to the identity key that last proved it
+/// ([`crate::identity`]), registered or not.
+pub const BINDING_KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// A name's identity key, and when it last proved it.
+#[derive(Clone, Debug)]
+struct Binding {
+    key: PublicKey,
+    last: Instant,
 }
 
 /// Why an announcement was refused.
@@ -146,6 +166,9 @@ pub struct Registry {
     peers: BTreeMap<String, Entry>,
     /// What the peers announced.
     holders: Holders,
+    /// Names bound to identity keys, for [`BINDING_KEEP`] after their last proof; at most
+    /// four times `max_peers` (the oldest forgotten first).
+    bindings: HashMap<String, Binding>,
 }
 
 impl Registry {
@@ -155,6 +178,7 @@ impl Registry {
             config,
             peers: BTreeMap::new(),
             holders: Holders::new(HoldersConfig::default()),
+            bindings: HashMap::new(),
         }
     }
 
@@ -228,6 +252,109 @@ impl Registry {
             },
         );
         Ok(true)
+    }
+
+    /// [`Registry::register`] of a request signed by identity `key` (`None`: unsigned). A
+    /// name bound to a key is refused to any other key and to unsigned requests; its own key
+    /// takes it at once, from any address (the peer moved or restarted). An unbound name is
+    /// bound to the first key that registers it.
+    pub fn register_as(
+        &mut self,
+        now: Instant,
+        name: &str,
+        source: SocketAddr,
+        port: u16,
+        transport: TransportKind,
+        key: Option<PublicKey>,
+    ) -> Result<bool, RegisterError> {
+        validate_name(name)?;
+        let owner = self.check_binding(now, name, key.as_ref())?;
+        if owner {
+            // Its key proves it: whatever address held the name before gives way.
+            let moved = self.peers.get(name).is_some_and(|e| {
+                e.addr != SocketAddr::new(source.ip(), port) || e.transport != transport
+            });
+            if moved {
+                self.peers.remove(name);
+            }
+        }
+        let fresh = self.register(now, name, source, port, transport)?;
+        if let Some(key) = key {
+            self.bind(now, name, key);
+        }
+        Ok(fresh)
+    }
+
+    /// Whether `key` owns `name` (`Ok(false)`: the name is bound to no key, or unsigned
+    /// requests are fine for it); an error when the name is bound to another key, or the
+    /// request is unsigned and the name is bound.
+    fn check_binding(
+        &mut self,
+        now: Instant,
+        name: &str,
+        key: Option<&PublicKey>,
+    ) -> Result<bool, RegisterError> {
+        if self
+            .bindings
+            .get(name)
+            .is_some_and(|b| now.saturating_duration_since(b.last) >= BINDING_KEEP)
+        {
+            self.bindings.remove(name);
+        }
+        match (self.bindings.get(name), key) {
+            (None, _) => Ok(false),
+            (Some(b), Some(key)) if b.key == *key => Ok(true),
+            (Some(b), _) => Err(RegisterError::NameBound {
+                name: name.to_string(),
+                key: crate::identity::fingerprint(&b.key),
+            }),
+        }
+    }
+
+    /// Binds `name` to `key` (or refreshes the binding), forgetting the oldest binding when
+    /// the table is full.
+    fn bind(&mut self, now: Instant, name: &str, key: PublicKey) {
+        let cap = self.config.max_peers.saturating_mul(4).max(16);
+        if !self.bindings.contains_key(name) && self.bindings.len() >= cap {
+            if let Some(oldest) = self
+                .bindings
+                .iter()
+                .min_by_key(|(_, b)| b.last)
+                .map(|(n, _)| n.clone())
+            {
+                self.bindings.remove(&oldest);
+            }
+        }
+        self.bindings
+            .insert(name.to_string(), Binding { key, last: now });
+    }
+
+    /// The identity key `name` is bound to, if any.
+    pub fn key_of(&self, name: &str) -> Option<PublicKey> {
+        self.bindings.get(name).map(|b| b.key)
+    }
+
+    /// [`Registry::unregister`] of a request signed by `key` (`None`: unsigned): a name bound
+    /// to a key leaves only on that key's request (from any address); others as before,
+    /// only from the IP that registered them. The binding stays.
+    pub fn unregister_as(
+        &mut self,
+        now: Instant,
+        name: &str,
+        source_ip: IpAddr,
+        key: Option<PublicKey>,
+    ) -> bool {
+        match self.check_binding(now, name, key.as_ref()) {
+            Ok(true) => {
+                let gone = self.peers.remove(name).is_some();
+                if gone {
+                    self.holders.forget(name);
+                }
+                gone
+            }
+            Ok(false) => self.unregister(name, source_ip),
+            Err(_) => false,
+        }
     }
 
     /// Whether `name` is held by a live peer at `now`.

@@ -459,6 +459,22 @@ pub enum Message {
         /// The peer.
         name: String,
     },
+    /// Peer → tracker: a name request (`Register`, `Heartbeat`, `Unregister`, encoded without
+    /// envelope in `body`) signed with the peer's identity key `key` (Ed25519) over the
+    /// address token it travels with (see [`crate::identity`]): only the key's holder can
+    /// take, keep or give up a name bound to it. Sent inside [`Message::Validated`]; a bare
+    /// one is answered with a `Retry`. An extension of v1.
+    Signed {
+        /// The Ed25519 public key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The signature of the token and `body`.
+        #[serde(with = "serde_bytes")]
+        sig: Vec<u8>,
+        /// The request.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
     /// Tracker → asker: the relay session to `name`: send it [`Message::Relayed`] datagrams
     /// with `session`; the tracker forwards them to the peer, and the peer's back.
     RelayOpened {
@@ -515,6 +531,7 @@ impl Message {
                 | Message::EntryByHash { .. }
                 | Message::HaveRequest { .. }
                 | Message::RelayOpen { .. }
+                | Message::Signed { .. }
         )
     }
 
@@ -620,6 +637,10 @@ impl Message {
                 "relayed payload",
             ),
             Message::Validated { body, .. } => check(body.len() <= MAX_VALIDATED_BODY, "body"),
+            Message::Signed { key, sig, body } => check(
+                key.len() == 32 && sig.len() == 64 && body.len() <= MAX_VALIDATED_BODY,
+                "signed",
+            ),
             Message::EntryReply {
                 entry: Some(entry), ..
             } => check(entry.path.len() <= MAX_PATH_LEN, "entry.path"),
