@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod console;
 mod failure;
+mod identity;
 mod output;
 mod session;
 mod signals;

@@ -335,6 +335,11 @@ async fn download_client(
     let bind = args
         .listen
         .unwrap_or_else(|| crate::address::client_bind(to));
+    // `--serve` registers: the name is bound to the user's key, as a peer's is.
+    let identity = match args.serve {
+        Some(_) => crate::identity::load_or_create()?,
+        None => None,
+    };
     session::endpoint(kind, bind, None, Default::default(), |c| {
         c.fsync = fsync;
         c.preallocate = preallocate;
@@ -342,6 +347,7 @@ async fn download_client(
         c.receiver.window_bytes = window;
         // The budget, not a chunk count, sets the window: room for it in chunks of 1 KiB.
         c.receiver.window = c.receiver.window.max((window / 1024) as u32);
+        c.identity = identity;
     })
     .await
 }

@@ -344,6 +344,8 @@ async fn listen(
     bind: SocketAddr,
     flag: &str,
 ) -> Result<EndpointHandle> {
+    // The names this peer registers are bound to the user's key at the tracker.
+    let identity = crate::identity::load_or_create()?;
     endpoint(
         args.transport,
         bind,
@@ -366,6 +368,7 @@ async fn listen(
             c.sender.idle_timeout = args.idle_timeout;
             c.receiver.idle_timeout = args.idle_timeout;
             c.upload_notices = Some(notices.clone());
+            c.identity = identity;
         },
     )
     .await

@@ -40,6 +40,7 @@ pub const SETTINGS_ENV: &[&str] = &[
     "P2P_DOWNLOADS",
     "P2P_TRANSPORT",
     "P2P_CONFIG",
+    "P2P_IDENTITY",
 ];
 
 /// `p2p` in `dir`, in an environment of its own: no inherited `P2P_*` variables, and the

@@ -372,6 +372,8 @@ impl Tracker {
             return (Some(Message::Retry { request, token }), None);
         }
         let reg = &mut self.registry;
+        // A key's `Register` may take its name over from another IP; a heartbeat never does.
+        let take_over = matches!(msg, Message::Register { .. });
         match msg {
             Message::Register {
                 request,
@@ -389,7 +391,7 @@ impl Tracker {
                 let result = if fresh && !self.new_names.allow(now, network_of(from.ip())) {
                     Err(RegisterError::TooManyNew)
                 } else {
-                    reg.register_as(now, &name, from, port, transport, signer)
+                    reg.register_as(now, &name, from, port, transport, signer, take_over)
                 };
                 if fresh || result == Ok(true) {
                     self.listings.dirty = true;
@@ -646,6 +648,22 @@ mod tests {
         assert_eq!(
             listed[0].addr,
             "192.0.2.7:10002".parse::<SocketAddr>().unwrap()
+        );
+        // A second process of the same key on that machine, on another port: the name is
+        // taken while the first lives (as for anyone); the old address's heartbeat too.
+        let msg = signed(&mut t, later, moved, &alice, &register("alice", 10003));
+        let why = refused(t.handle(later, moved, msg).0).expect("refused on one machine");
+        assert!(why.contains("already used"), "{why}");
+        let beat = Message::Heartbeat {
+            request: RequestId(11),
+            name: "alice".into(),
+            port: 10001,
+            transport: TransportKind::Udp,
+        };
+        let msg = signed(&mut t, later, home, &alice, &beat);
+        assert!(
+            refused(t.handle(later, home, msg).0).is_some(),
+            "the old address lost it"
         );
         // Unsigned Unregister from her old IP, or Mallory's signed one: nothing removed.
         t.handle_proven(later, home, unreg.clone());

@@ -255,9 +255,13 @@ impl Registry {
     }
 
     /// [`Registry::register`] of a request signed by identity `key` (`None`: unsigned). A
-    /// name bound to a key is refused to any other key and to unsigned requests; its own key
-    /// takes it at once, from any address (the peer moved or restarted). An unbound name is
-    /// bound to the first key that registers it.
+    /// name bound to a key is refused to any other key and to unsigned requests. With
+    /// `take_over` (a `Register`, not a `Heartbeat`), its own key takes it at once from
+    /// another IP (the peer moved to another network): the old entry gives way, and the old
+    /// address's next heartbeat is refused. From the same IP (a second process on the same
+    /// machine) the name stays taken while its entry lives, as for unsigned peers. An unbound
+    /// name is bound to the first key that registers it.
+    #[allow(clippy::too_many_arguments)]
     pub fn register_as(
         &mut self,
         now: Instant,
@@ -266,14 +270,15 @@ impl Registry {
         port: u16,
         transport: TransportKind,
         key: Option<PublicKey>,
+        take_over: bool,
     ) -> Result<bool, RegisterError> {
         validate_name(name)?;
         let owner = self.check_binding(now, name, key.as_ref())?;
-        if owner {
-            // Its key proves it: whatever address held the name before gives way.
-            let moved = self.peers.get(name).is_some_and(|e| {
-                e.addr != SocketAddr::new(source.ip(), port) || e.transport != transport
-            });
+        if owner && take_over {
+            let moved = self
+                .peers
+                .get(name)
+                .is_some_and(|e| e.addr.ip() != source.ip());
             if moved {
                 self.peers.remove(name);
             }

@@ -93,6 +93,10 @@ pub struct EndpointConfig {
     /// Seed of transfer and request ids, so that a restarted endpoint does not reuse the ids
     /// of its previous life (pass something random; simulations pass their seed).
     pub id_seed: u64,
+    /// The peer's identity key: its name requests to trackers go signed, so that the name it
+    /// registers is bound to it (see [`p2p_proto::identity`]). `None`: unsigned, as peers
+    /// without one always were.
+    pub identity: Option<p2p_proto::identity::Identity>,
     /// Downloads hash their pieces on a thread of the endpoint's own, so that the I/O task
     /// (receive, write) and the hashing run on two cores. Off, pieces are hashed on the I/O
     /// task; simulations turn it off, as a thread's timing is not the simulated clock's.
@@ -170,6 +174,7 @@ impl Default for EndpointConfig {
             rpc_retry: Duration::from_millis(250),
             rpc_attempts: 5,
             id_seed: 0,
+            identity: None,
             hash_thread: true,
             finish_thread: true,
             rescan_thread: true,
@@ -507,6 +512,7 @@ pub fn spawn_endpoint(
                 max_uploads_per_peer: config.max_uploads_per_peer,
                 // A stream's source address is proven by its handshake.
                 addresses_proven: reliable,
+                identity: config.identity.clone(),
             },
             config.id_seed,
         ),

@@ -1,0 +1,73 @@
+//! Peer identities with the real binary on 127.0.0.1: a peer's name is bound at the tracker
+//! to the identity key in the user's data folder (`identity.key`, made on first use, 0600),
+//! so that a peer with another key cannot take it, even after its peer left, while the
+//! key's holder registers it again at once.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// `p2p peer --name NAME` against `tracker`, sharing `share`, with the identity key file
+/// `key` (`P2P_IDENTITY`).
+fn peer_with_key(dir: &Path, tracker: &str, name: &str, share: &Path, key: &Path) -> Command {
+    let mut cmd = command(dir);
+    cmd.args([
+        "peer",
+        "--name",
+        name,
+        "--listen",
+        "127.0.0.1:0",
+        "--tracker",
+        tracker,
+    ])
+    .arg("--share")
+    .arg(share)
+    .arg("--no-menu")
+    .env("P2P_IDENTITY", key);
+    cmd
+}
+
+#[test]
+fn a_name_belongs_to_the_key_that_registered_it() {
+    let net = Net::start();
+    let (dir, addr) = (net.dir().to_path_buf(), net.addr().to_string());
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let (alice_key, mallory_key) = (dir.join("alice.key"), dir.join("mallory.key"));
+    // Alice's first start makes her key, private to her, and registers.
+    let mut alice = Proc::spawn_command(peer_with_key(&dir, &addr, "alice", &share, &alice_key));
+    alice.wait_for("registered with");
+    let text = std::fs::read_to_string(&alice_key).unwrap();
+    assert_eq!(text.trim().len(), 64, "{text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&alice_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let refused = |what: &str| {
+        let out = run_command(
+            peer_with_key(&dir, &addr, "alice", &share, &mallory_key),
+            &[],
+        );
+        let err = stderr(&out);
+        assert!(
+            !out.status.success(),
+            "{what}: mallory registered alice: {err}"
+        );
+        assert!(err.contains("belongs to another peer"), "{what}: {err}");
+    };
+    refused("while alice runs");
+    // Alice leaves (she unregisters): the name stays hers.
+    alice.interrupt();
+    assert!(alice.wait_exit().success());
+    refused("after alice left");
+    // Alice, again with her key: registered at once.
+    let mut again = Proc::spawn_command(peer_with_key(&dir, &addr, "alice", &share, &alice_key));
+    again.wait_for("registered with");
+    let listed = run(&dir, &["peers", "--tracker", &addr, "--json"]);
+    assert!(stdout(&listed).contains("\"alice\""), "{}", stdout(&listed));
+}
