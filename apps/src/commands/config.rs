@@ -46,6 +46,14 @@ impl Row {
             Key::Share => Some(args.share.display().to_string()),
             Key::Downloads => Some(args.downloads.display().to_string()),
             Key::Transport => Some(args.transport.to_string()),
+            Key::DhtBootstrap => Some(match args.dht_bootstrap.as_slice() {
+                [] => crate::dht::DEFAULT_BOOTSTRAP.join(","),
+                given => given
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            }),
         };
         let written = origin
             .and_then(|o: &Origin| o.written.clone())
@@ -54,7 +62,11 @@ impl Row {
             key,
             value,
             // Without an origin the setting was not looked up: only `--path` skips that.
-            source: origin.map_or(Source::Default, |o| o.source.clone()),
+            source: match origin.map(|o| &o.source) {
+                // No built-in value in the flag's definition: the defaults are the DHT's.
+                None | Some(Source::Unset) => Source::Default,
+                Some(source) => source.clone(),
+            },
             written: if key == Key::Tracker { written } else { None },
         }
     }

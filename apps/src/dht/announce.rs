@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use p2p_core::collection::is_collection;
+use p2p_core::collection::{is_collection, Manifest};
 use p2p_core::service::EndpointHandle;
 use p2p_proto::wire::{ContentHash, TransportKind};
 use tokio::task::JoinSet;
@@ -73,19 +73,28 @@ pub(crate) async fn announce_all(
     }
 }
 
-/// The content hashes `endpoint` shares, as another peer's listing of it shows them: every
-/// file's but empty ones (everyone has that content) and every folder's collection; sorted,
-/// each once. `me`: the endpoint's own address, reachable from itself.
+/// The content hashes `endpoint` shares, as it announces them to a tracker: every file's but
+/// empty ones (everyone has that content), every subfolder's collection (both as its listing
+/// shows them) and the share's own collection (not listed: the manifest of the listing, if the
+/// endpoint answers for its hash as a folder's); sorted, each once. `me`: the endpoint's own
+/// address, reachable from itself.
 pub(crate) async fn shared_hashes(
     endpoint: &EndpointHandle,
     me: SocketAddr,
 ) -> Result<Vec<ContentHash>, p2p_core::service::ServiceError> {
     let (_, entries) = endpoint.index(me).await?;
-    let set: BTreeSet<[u8; 32]> = entries
+    let mut set: BTreeSet<[u8; 32]> = entries
         .iter()
         .filter(|e| e.size > 0 || is_collection(e))
         .map(|e| e.hash.0)
         .collect();
+    if let Ok((manifest, _)) = Manifest::from_listing("", &entries) {
+        let top = manifest.hash();
+        let held = endpoint.entry_by_hash(me, top).await;
+        if held.is_ok_and(|h| h.is_some_and(|h| is_collection(&h.entry))) {
+            set.insert(top.0);
+        }
+    }
     Ok(set.into_iter().map(ContentHash).collect())
 }
 

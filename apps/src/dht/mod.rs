@@ -94,11 +94,6 @@ impl DhtNode {
         self.dht.to_bootstrap().await.len()
     }
 
-    /// The address its UDP socket listens on.
-    pub(crate) async fn local_addr(&self) -> SocketAddrV4 {
-        self.dht.info().await.local_addr()
-    }
-
     /// The crate's async node, for [`announce`] and [`lookup`].
     fn inner(&self) -> &mainline::async_dht::AsyncDht {
         &self.dht
