@@ -61,11 +61,12 @@ impl Row {
         Row {
             key,
             value,
-            // Without an origin the setting was not looked up: only `--path` skips that.
-            source: match origin.map(|o| &o.source) {
+            source: match (key, origin.map(|o| &o.source)) {
                 // No built-in value in the flag's definition: the defaults are the DHT's.
-                None | Some(Source::Unset) => Source::Default,
-                Some(source) => source.clone(),
+                (Key::DhtBootstrap, Some(Source::Unset)) => Source::Default,
+                (_, Some(source)) => source.clone(),
+                // Without an origin the setting was not looked up: only `--path` skips that.
+                (_, None) => Source::Default,
             },
             written: if key == Key::Tracker { written } else { None },
         }
