@@ -233,7 +233,7 @@ fn hash_nobody_announced_fails_clearly_within_the_bound() {
         said.contains(&format!("nobody announced {wanted} on the DHT (")),
         "{said}"
     );
-    assert!(said.contains("nodes asked"), "{said}");
+    assert!(said.contains("DHT nodes known)"), "{said}");
     assert_eq!(json_error_kind(&out), "unknown_file");
     assert!(!dir.path().join("out").join("big.bin").exists());
 }

@@ -535,7 +535,7 @@ async fn dht_candidates(
             "no DHT node answered within {secs} s (bootstrap: {bootstrap}): check --dht-bootstrap"
         ),
         (0, n) => format!(
-            "nobody announced {}{hex} on the DHT ({n} nodes asked, {secs} s)",
+            "nobody announced {}{hex} on the DHT (looked up for up to {secs} s; {n} DHT nodes known)",
             swarm_get::HASH_PREFIX
         ),
         (k, _) => format!(
