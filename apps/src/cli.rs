@@ -117,7 +117,7 @@ peer unreachable, 6 conflict (name refused, file exists, download running elsewh
 use). With --json, errors are {\"error\":{\"kind\":...,\"message\":...}} on stdout.
 
 Settings: a flag wins over its environment variable (P2P_TRACKER, P2P_NAME, P2P_SHARE,
-P2P_DOWNLOADS, P2P_TRANSPORT), which wins over the config file (~/.config/p2p/config.toml on
+P2P_DOWNLOADS, P2P_TRANSPORT, P2P_DHT_BOOTSTRAP), which wins over the config file (~/.config/p2p/config.toml on
 Linux, or the file P2P_CONFIG names), which wins over the built-in default. `p2p config` shows
 what is in effect and where each setting comes from.
 
@@ -136,6 +136,7 @@ Examples:
   p2p peer --name bob --port 10002 --share ~/Music --downloads ~/Downloads
   p2p peer --name seeder --port 10003 --no-menu &   # serve until SIGINT/SIGTERM
   p2p peer --name t --port 10004 --transport tcp --tracker 192.0.2.7:9000
+  p2p peer --port 10005 --no-menu --dht        # no tracker: announce ./shared on the DHT
 
 Menu commands: i NAME (files), c NAME ID (download), d (downloads), r (peers), ? (help), q (quit).";
 
@@ -155,6 +156,7 @@ Examples:
   p2p get alice 3 --out ~/Downloads            # IDs may drop their leading zeros
   p2p get alice 003 --json                     # one JSON object: path, size, received, ...
   p2p get alice 003 --busy-wait 0              # fail at once if alice is busy
+  p2p get blake3:HEX --dht                     # sources from the DHT (and the tracker, if given)
 
 Interrupted (Ctrl-C, peer gone), the verified part is kept: run the same get again to resume.";
 
@@ -182,9 +184,10 @@ The config file (TOML; every key optional; `~/` is the home folder):
   share = \"~/Music\"
   downloads = \"~/Downloads\"
   transport = \"udp\"
+  dht-bootstrap = \"router.bittorrent.com:6881,dht.transmissionbt.com:6881\"
 
 A flag wins over the environment (P2P_TRACKER, P2P_NAME, P2P_SHARE, P2P_DOWNLOADS,
-P2P_TRANSPORT; empty counts as unset), the environment over the file, the file over the
+P2P_TRANSPORT, P2P_DHT_BOOTSTRAP; empty counts as unset), the environment over the file, the file over the
 built-in default. P2P_CONFIG names another file.";
 
 const MAN_EXAMPLES: &str = "\
@@ -341,6 +344,53 @@ pub(crate) struct TrackerOpts {
     /// Else P2P_TRANSPORT, else the config file's `transport`.
     #[arg(long, default_value = "udp", value_parser = transport_values())]
     pub transport: TransportKind,
+    /// Whether the tracker was given (flag, environment or config file) rather than left at
+    /// its default (filled after parsing; `get --dht` without one uses the DHT alone).
+    #[arg(skip)]
+    pub tracker_given: bool,
+}
+
+/// Finding sources by content on the BitTorrent Mainline DHT (docs/DHT.md).
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct DhtOpts {
+    /// Use the BitTorrent Mainline DHT: a peer announces what it shares there, `get` looks
+    /// sources up there. With no tracker given (--tracker, P2P_TRACKER or the config file's
+    /// `tracker`), the DHT alone; with one, both, the tracker first.
+    #[arg(long)]
+    pub dht: bool,
+    /// A DHT node to join the DHT through, HOST:PORT (IPv4; repeatable). Else
+    /// P2P_DHT_BOOTSTRAP, else the config file's `dht-bootstrap` (comma-separated), else the
+    /// public nodes router.bittorrent.com:6881, dht.transmissionbt.com:6881 and
+    /// router.utorrent.com:6881.
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = Ipv4AddressParser, requires = "dht")]
+    pub dht_bootstrap: Vec<SocketAddr>,
+}
+
+/// [`AddressParser`], refusing IPv6: the Mainline DHT is reached over IPv4 here.
+#[derive(Clone)]
+struct Ipv4AddressParser;
+
+impl TypedValueParser for Ipv4AddressParser {
+    type Value = SocketAddr;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<SocketAddr, clap::Error> {
+        let addr = AddressParser.parse_ref(cmd, arg, value)?;
+        if addr.is_ipv6() {
+            return Err(clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!(
+                    "--dht-bootstrap {addr}: the DHT is reached over IPv4: give an IPv4 address or a name with one\n"
+                ),
+            )
+            .with_cmd(cmd));
+        }
+        Ok(addr)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -396,6 +446,13 @@ pub(crate) struct PeerArgs {
     pub max_datagram: Option<u16>,
     #[command(flatten)]
     pub limits: ServiceLimits,
+    #[command(flatten)]
+    pub dht: DhtOpts,
+    /// Whether the tracker was given (flag, environment or config file) rather than left at
+    /// its default: with --dht and none given, the peer uses the DHT alone (filled after
+    /// parsing).
+    #[arg(skip)]
+    pub tracker_given: bool,
 }
 
 /// `p2p share PATH`: a peer without a menu whose share is PATH.
@@ -495,6 +552,8 @@ pub(crate) struct GetArgs {
     /// tracker on the loopback, else on every interface.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub dht: DhtOpts,
 }
 
 /// A download's in-flight memory budget (`--window`): a size from 1 MiB to 1 GiB.
@@ -551,6 +610,9 @@ pub(crate) struct ConfigArgs {
     /// A transport, likewise.
     #[arg(long, default_value = "udp", value_parser = transport_values())]
     pub transport: TransportKind,
+    /// DHT bootstrap nodes, likewise (repeatable).
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = Ipv4AddressParser)]
+    pub dht_bootstrap: Vec<SocketAddr>,
     /// Where each setting came from (filled after parsing).
     #[arg(skip)]
     pub origins: Vec<config::Origin>,

@@ -12,6 +12,7 @@
 //! share = "~/Music"
 //! downloads = "~/Downloads"
 //! transport = "udp"
+//! dht-bootstrap = "router.bittorrent.com:6881,dht.transmissionbt.com:6881"
 //! ```
 
 use std::collections::BTreeMap;
@@ -40,16 +41,19 @@ pub(crate) enum Key {
     Downloads,
     /// UDP or TCP (`--transport`).
     Transport,
+    /// The DHT nodes to join the Mainline DHT through (`--dht-bootstrap`).
+    DhtBootstrap,
 }
 
 impl Key {
     /// Every key, in the order `p2p config` lists them.
-    pub(crate) const ALL: [Key; 5] = [
+    pub(crate) const ALL: [Key; 6] = [
         Key::Tracker,
         Key::Name,
         Key::Share,
         Key::Downloads,
         Key::Transport,
+        Key::DhtBootstrap,
     ];
 
     /// Its name in the config file.
@@ -60,6 +64,7 @@ impl Key {
             Key::Share => "share",
             Key::Downloads => "downloads",
             Key::Transport => "transport",
+            Key::DhtBootstrap => "dht-bootstrap",
         }
     }
 
@@ -71,6 +76,7 @@ impl Key {
             Key::Share => "P2P_SHARE",
             Key::Downloads => "P2P_DOWNLOADS",
             Key::Transport => "P2P_TRANSPORT",
+            Key::DhtBootstrap => "P2P_DHT_BOOTSTRAP",
         }
     }
 }
@@ -240,6 +246,8 @@ struct FileValues {
     share: Option<toml::Spanned<String>>,
     downloads: Option<toml::Spanned<String>>,
     transport: Option<toml::Spanned<String>>,
+    #[serde(rename = "dht-bootstrap")]
+    dht_bootstrap: Option<toml::Spanned<String>>,
 }
 
 /// Reads and checks the config file at `path`; `None` when it does not exist and was not named
@@ -275,6 +283,7 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValuesByKey, ConfigError> {
         (Key::Share, values.share),
         (Key::Downloads, values.downloads),
         (Key::Transport, values.transport),
+        (Key::DhtBootstrap, values.dht_bootstrap),
     ];
     for (key, value) in fields {
         let Some(value) = value else { continue };
@@ -364,6 +373,21 @@ fn folder(text: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// DHT bootstrap nodes: `HOST:PORT`s separated by commas or spaces, each resolved as
+/// `--dht-bootstrap` is (IPv4).
+fn dht_bootstrap(text: &str) -> Result<Vec<SocketAddr>, String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| match crate::address::resolve(t) {
+            Ok(a) if a.is_ipv4() => Ok(a),
+            Ok(a) => Err(format!(
+                "`{t}` ({a}): the DHT is reached over IPv4: give an IPv4 address or a name with one"
+            )),
+            Err(e) => Err(format!("`{t}`: {e}")),
+        })
+        .collect()
+}
+
 fn transport(text: &str) -> Result<TransportKind, String> {
     text.parse()
         .map_err(|_| format!("`{text}` is not a transport: use udp or tcp"))
@@ -426,7 +450,24 @@ impl Filler<'_> {
 
     fn tracker_opts(&mut self, t: &mut crate::cli::TrackerOpts) -> Result<(), ConfigError> {
         self.fill(&mut t.tracker, "tracker", Key::Tracker, tracker)?;
+        t.tracker_given = self.given(Key::Tracker);
         self.fill(&mut t.transport, "transport", Key::Transport, transport)
+    }
+
+    /// Whether `key` was set by a flag, the environment or the config file (not a default).
+    fn given(&self, key: Key) -> bool {
+        self.origins.iter().any(|o| {
+            o.key == key && matches!(o.source, Source::Flag | Source::Env | Source::File { .. })
+        })
+    }
+
+    fn dht_opts(&mut self, d: &mut crate::cli::DhtOpts) -> Result<(), ConfigError> {
+        self.fill(
+            &mut d.dht_bootstrap,
+            "dht_bootstrap",
+            Key::DhtBootstrap,
+            dht_bootstrap,
+        )
     }
 }
 
@@ -455,6 +496,8 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
     match command {
         Command::Peer(a) => {
             f.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
+            a.tracker_given = f.given(Key::Tracker);
+            f.dht_opts(&mut a.dht)?;
             f.fill(&mut a.name, "name", Key::Name, name)?;
             f.fill(&mut a.share, "share", Key::Share, folder)?;
             f.fill(&mut a.downloads, "downloads", Key::Downloads, folder)?;
@@ -469,6 +512,8 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
             }
             let a = &mut a.peer;
             f.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
+            a.tracker_given = f.given(Key::Tracker);
+            f.dht_opts(&mut a.dht)?;
             f.fill(&mut a.name, "name", Key::Name, name)?;
             f.fill(&mut a.downloads, "downloads", Key::Downloads, folder)?;
             f.fill(&mut a.transport, "transport", Key::Transport, transport)?;
@@ -477,6 +522,7 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
         Command::Ls(a) => f.tracker_opts(&mut a.tracker)?,
         Command::Get(a) => {
             f.tracker_opts(&mut a.tracker)?;
+            f.dht_opts(&mut a.dht)?;
             f.fill(&mut a.out, "out", Key::Downloads, folder)?;
         }
         Command::Config(a) => {
@@ -485,6 +531,12 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
             f.fill(&mut a.share, "share", Key::Share, folder)?;
             f.fill(&mut a.downloads, "downloads", Key::Downloads, folder)?;
             f.fill(&mut a.transport, "transport", Key::Transport, transport)?;
+            f.fill(
+                &mut a.dht_bootstrap,
+                "dht_bootstrap",
+                Key::DhtBootstrap,
+                dht_bootstrap,
+            )?;
             a.origins = std::mem::take(&mut f.origins);
             a.file = layers.status().clone();
         }
@@ -531,7 +583,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("the keys are tracker, name, share, downloads, transport"),
+            e.contains("the keys are tracker, name, share, downloads, transport, dht-bootstrap"),
             "{e}"
         );
 
@@ -552,6 +604,15 @@ mod tests {
         assert!(tracker("localhost").unwrap_err().contains("has no port"));
         assert_eq!(transport("TCP"), Ok(TransportKind::Tcp));
         assert!(transport("quic").unwrap_err().contains("use udp or tcp"));
+        assert_eq!(
+            dht_bootstrap("127.0.0.1:6881, 127.0.0.2:6882"),
+            Ok(vec![
+                "127.0.0.1:6881".parse().unwrap(),
+                "127.0.0.2:6882".parse().unwrap()
+            ])
+        );
+        assert!(dht_bootstrap("[::1]:6881").unwrap_err().contains("IPv4"));
+        assert!(dht_bootstrap("nowhere").unwrap_err().contains("nowhere"));
         assert_eq!(name("alice"), Ok(Some("alice".into())));
         assert!(name("a b").is_err());
         assert_eq!(folder("dl"), Ok(PathBuf::from("dl")));

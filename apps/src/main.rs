@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod config;
 mod console;
+mod dht;
 mod failure;
 mod identity;
 mod output;

@@ -46,6 +46,14 @@ impl Row {
             Key::Share => Some(args.share.display().to_string()),
             Key::Downloads => Some(args.downloads.display().to_string()),
             Key::Transport => Some(args.transport.to_string()),
+            Key::DhtBootstrap => Some(match args.dht_bootstrap.as_slice() {
+                [] => crate::dht::DEFAULT_BOOTSTRAP.join(","),
+                given => given
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            }),
         };
         let written = origin
             .and_then(|o: &Origin| o.written.clone())
@@ -53,8 +61,13 @@ impl Row {
         Row {
             key,
             value,
-            // Without an origin the setting was not looked up: only `--path` skips that.
-            source: origin.map_or(Source::Default, |o| o.source.clone()),
+            source: match (key, origin.map(|o| &o.source)) {
+                // No built-in value in the flag's definition: the defaults are the DHT's.
+                (Key::DhtBootstrap, Some(Source::Unset)) => Source::Default,
+                (_, Some(source)) => source.clone(),
+                // Without an origin the setting was not looked up: only `--path` skips that.
+                (_, None) => Source::Default,
+            },
             written: if key == Key::Tracker { written } else { None },
         }
     }

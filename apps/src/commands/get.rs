@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::swarm_get;
 use crate::cli::GetArgs;
-use crate::failure::{fail, failure, Kind, WithKind};
+use crate::failure::{describe, fail, failure, Kind, WithKind};
 use crate::output::{clean, human_bytes, mib_per_s};
 use crate::session::{self, check_folder, dest_for, find_peer, Mode, Reached, Route};
 use crate::signals::Shutdown;
@@ -40,12 +40,20 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
                 clean(extra)
             );
         }
-        let tracker = crate::address::resolve(&ticket.tracker).map_err(|e| {
-            failure(
-                Kind::TrackerUnreachable,
-                format!("the ticket's tracker `{}`: {e}", clean(&ticket.tracker)),
-            )
-        })?;
+        // A ticket of a peer on the DHT alone names no tracker.
+        let tracker = match ticket.tracker.as_str() {
+            "" if args.dht.dht => None,
+            "" => fail!(
+                Kind::Usage,
+                "this ticket names no tracker: its content is announced on the DHT; add --dht"
+            ),
+            named => Some(crate::address::resolve(named).map_err(|e| {
+                failure(
+                    Kind::TrackerUnreachable,
+                    format!("the ticket's tracker `{}`: {e}", clean(named)),
+                )
+            })?),
+        };
         let folder = ticket.folder();
         return by_hash(&args, tracker, ticket.hash, folder, &mut shutdown).await;
     }
@@ -58,7 +66,9 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
                 clean(extra)
             );
         }
-        return by_hash(&args, args.tracker.tracker, hash, None, &mut shutdown).await;
+        // With --dht, a tracker left at its default is not asked: the DHT alone.
+        let tracker = (!args.dht.dht || args.tracker.tracker_given).then_some(args.tracker.tracker);
+        return by_hash(&args, tracker, hash, None, &mut shutdown).await;
     }
     let Some(id) = args.id.as_deref() else {
         fail!(
@@ -188,7 +198,7 @@ async fn fetch_file(
                 return swarm_get::run(
                     args,
                     to_peer,
-                    at.tracker,
+                    &swarm_get::Finders::tracker(at.tracker),
                     entry.hash,
                     Some(first),
                     others,
@@ -391,42 +401,182 @@ pub(super) fn interrupted<T>(result: &Result<T, ServiceError>, size: u64) -> Opt
     }
 }
 
-/// `p2p get blake3:HEX`: the content from every peer the tracker says has it; a collection's
-/// tree when the holders list the hash as a folder's. `folder`: the folder's name from a
-/// ticket of one.
+/// `p2p get blake3:HEX`: the content from every peer the tracker (if any) says has it, and
+/// with `--dht` every peer announced on the DHT; a collection's tree when the holders list
+/// the hash as a folder's. `folder`: the folder's name from a ticket of one.
+///
+/// The tracker is the fast path: when it names sources, the download starts with them and
+/// the DHT's finds join while it runs; when it names none (or is unreachable, or none was
+/// given), the DHT lookup is waited for, at most [`LOOKUP_WAIT`](crate::dht::lookup::LOOKUP_WAIT).
 async fn by_hash(
     args: &GetArgs,
-    tracker: std::net::SocketAddr,
+    tracker: Option<std::net::SocketAddr>,
     hash: p2p_proto::wire::ContentHash,
     folder: Option<&str>,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
     check_folder(&args.out, "--out")?;
-    let t = &crate::cli::TrackerOpts {
-        tracker,
-        transport: args.tracker.transport,
+    let kind = args.tracker.transport;
+    let reach = tracker.or(args.dht.dht_bootstrap.first().copied());
+    let handle = download_client(args, kind, reach.unwrap_or(ANY_IPV4)).await?;
+    // The DHT lookup starts at once, beside the tracker's answer.
+    let (node, first_lookup) = match args.dht.dht {
+        true => start_lookup(args, &handle, hash).await,
+        false => (Err(String::new()), None),
     };
-    let handle = download_client(args, t.transport, t.tracker).await?;
-    let holders = swarm_get::holders(&handle, t.tracker, hash)
-        .await
-        .with_kind(Kind::TrackerUnreachable, || {
-            format!(
-                "cannot ask the tracker at {} who has {}{} (start one with `p2p tracker`, or pass --tracker ADDR)",
-                t.tracker,
-                swarm_get::HASH_PREFIX,
-                hash.to_hex()
-            )
-        })?;
-    let found = swarm_get::sources(&handle, holders, hash, &[]).await;
+    let (mut tracker_failed, mut dht_said) = (None, String::new());
+    let asked = match tracker {
+        Some(t) => Some(
+            swarm_get::holders(&handle, t, hash)
+                .await
+                .with_kind(Kind::TrackerUnreachable, || {
+                    format!(
+                        "cannot ask the tracker at {t} who has {}{} (start one with `p2p tracker`, or pass --tracker ADDR)",
+                        swarm_get::HASH_PREFIX,
+                        hash.to_hex()
+                    )
+                }),
+        ),
+        None => None,
+    };
+    let holders = match asked {
+        Some(Ok(holders)) => holders,
+        // Without the DHT, as before it: the tracker's error is the answer.
+        Some(Err(e)) if !args.dht.dht => return Err(e),
+        Some(Err(e)) => {
+            tracker_failed = Some(e);
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    let mut found = swarm_get::sources(&handle, holders, hash, &[]).await;
+    if let (Some(lookup), true) = (first_lookup, found.is_empty()) {
+        let (peers, said) = dht_candidates(lookup, kind, hash).await;
+        found = swarm_get::sources(&handle, peers, hash, &[]).await;
+        dht_said = said;
+    }
+    if found.is_empty() && args.dht.dht {
+        handle.shutdown().await;
+        let why = match node {
+            Err(e) => e,
+            Ok(_) => dht_said,
+        };
+        return Err(nobody_found(tracker_failed, why, folder));
+    }
+    let finders = swarm_get::Finders {
+        tracker,
+        dht: node.ok(),
+    };
+    // A collection fetched through the DHT alone takes each file from the holder that
+    // listed the folder: `Fetching` needs a tracker address (none answers there).
+    let tracker_or_default = tracker.unwrap_or(args.tracker.tracker);
     let result = match folder {
         _ if found.iter().any(|s| is_collection(&s.entry)) => {
-            collection::fetch_by_hash(args, &handle, t.tracker, hash, found, folder, shutdown).await
+            collection::fetch_by_hash(
+                args,
+                &handle,
+                tracker_or_default,
+                hash,
+                found,
+                folder,
+                shutdown,
+            )
+            .await
         }
-        Some(folder) if found.is_empty() => Err(collection::nobody_has(hash, t.tracker, folder)),
-        _ => swarm_get::run(args, &handle, t.tracker, hash, None, found, shutdown).await,
+        Some(folder) if found.is_empty() => {
+            Err(collection::nobody_has(hash, tracker_or_default, folder))
+        }
+        _ => swarm_get::run(args, &handle, &finders, hash, None, found, shutdown).await,
     };
     handle.shutdown().await;
     result
+}
+
+/// Where a download client binds when neither a tracker nor a DHT bootstrap node was given
+/// (the public bootstrap nodes): any IPv4 interface.
+const ANY_IPV4: std::net::SocketAddr = std::net::SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+    0,
+);
+
+/// Starts `get --dht`'s DHT node (bound beside `handle`) and its first lookup of `hash`, in a
+/// task of its own; or why the DHT cannot be used.
+async fn start_lookup(
+    args: &GetArgs,
+    handle: &p2p_core::service::EndpointHandle,
+    hash: p2p_proto::wire::ContentHash,
+) -> (
+    Result<crate::dht::DhtNode, String>,
+    Option<tokio::task::JoinHandle<(crate::dht::lookup::Lookup, String)>>,
+) {
+    let bind = crate::dht::bind_for(handle.local_addr());
+    match crate::dht::DhtNode::start(&args.dht.dht_bootstrap, bind).await {
+        Ok(node) => {
+            let (n, kind) = (node.clone(), handle.kind());
+            let task = tokio::spawn(async move {
+                let wait = crate::dht::lookup::LOOKUP_WAIT;
+                let found = crate::dht::lookup::lookup(&n, &hash, kind, wait).await;
+                (found, n.bootstrap())
+            });
+            (Ok(node), Some(task))
+        }
+        Err(e) => (Err(e.to_string()), None),
+    }
+}
+
+/// The candidates the first DHT lookup found, as peers to ask, and what to say if none of
+/// them has the content.
+async fn dht_candidates(
+    lookup: tokio::task::JoinHandle<(crate::dht::lookup::Lookup, String)>,
+    kind: p2p_proto::wire::TransportKind,
+    hash: p2p_proto::wire::ContentHash,
+) -> (Vec<p2p_proto::wire::PeerInfo>, String) {
+    let Ok((found, bootstrap)) = lookup.await else {
+        return (Vec::new(), "the DHT lookup stopped".into());
+    };
+    let hex = hash.to_hex();
+    let secs = crate::dht::lookup::LOOKUP_WAIT.as_secs();
+    let said = match (found.found.len(), found.nodes_known) {
+        (0, 0) => format!(
+            "no DHT node answered within {secs} s (bootstrap: {bootstrap}): check --dht-bootstrap"
+        ),
+        (0, n) => format!(
+            "nobody announced {}{hex} on the DHT (looked up for up to {secs} s; {n} DHT nodes known)",
+            swarm_get::HASH_PREFIX
+        ),
+        (k, _) => format!(
+            "the DHT named {k} address{} for {}{hex}, and none of them answered for it",
+            if k == 1 { "" } else { "es" },
+            swarm_get::HASH_PREFIX
+        ),
+    };
+    (
+        crate::dht::plan::merge(Vec::new(), &found.found, kind),
+        said,
+    )
+}
+
+/// The error of a `get --dht` by hash that found no source: what the DHT said (`dht`), after
+/// the tracker's error if it could not be asked; for a folder's ticket, naming the folder.
+fn nobody_found(
+    tracker_failed: Option<anyhow::Error>,
+    dht: String,
+    folder: Option<&str>,
+) -> anyhow::Error {
+    let dht = match folder {
+        Some(folder) => format!(
+            "nobody reachable shares the folder `{}`: {dht}",
+            clean(folder.trim_end_matches('/'))
+        ),
+        None => dht,
+    };
+    match tracker_failed {
+        Some(e) => failure(
+            Kind::TrackerUnreachable,
+            format!("{}; and {dht}", describe(&e)),
+        ),
+        None => failure(Kind::UnknownFile, dht),
+    }
 }
 
 /// When `dest` exists: reports it and returns `true` if it holds `entry`'s content, fails if

@@ -137,6 +137,16 @@ pub(crate) async fn run_as(mut args: PeerArgs, ticket: bool) -> Result<()> {
             .map_err(|e| failure(Kind::InvalidName, format!("{e}: choose another --name")))?;
     }
     let kind = args.transport;
+    // `--dht` with no tracker given: the DHT alone; nothing registers, and the menu, whose
+    // commands ask the tracker, is not offered.
+    let dht_only = args.dht.dht && !args.tracker_given;
+    if dht_only && !args.no_menu {
+        fail!(
+            Kind::Usage,
+            "the menu needs a tracker (`i`, `c` and `r` ask it): with --dht and no tracker, pass \
+             --no-menu (the peer then serves and announces on the DHT), or give --tracker ADDR"
+        );
+    }
     let known = Arc::new(Mutex::new(Known::default()));
     let mut input = match args.no_menu {
         true => None,
@@ -176,6 +186,7 @@ pub(crate) async fn run_as(mut args: PeerArgs, ticket: bool) -> Result<()> {
     };
     let local = handle.local_addr();
     let name = match given_name {
+        _ if dht_only => given_name.unwrap_or_else(|| format!("dht-{:04x}", rand::random::<u16>())),
         Some(name) => {
             register(&handle, &args, &name).await?;
             name
@@ -220,17 +231,30 @@ pub(crate) async fn run_as(mut args: PeerArgs, ticket: bool) -> Result<()> {
         uploads.clone(),
         known.clone(),
     ));
+    if args.dht.dht {
+        start_dht(&args, &handle, printer.clone(), dht_only).await?;
+    }
     let Some(mut input) = input else {
-        println!(
-            "peer {name} listening on {local} ({kind}), sharing {}, registered with {}",
-            args.share.display(),
-            args.tracker
-        );
+        match dht_only {
+            true => println!(
+                "peer {name} listening on {local} ({kind}), sharing {}, on the DHT (no tracker)",
+                args.share.display(),
+            ),
+            false => println!(
+                "peer {name} listening on {local} ({kind}), sharing {}, registered with {}",
+                args.share.display(),
+                args.tracker
+            ),
+        }
         if ticket {
-            super::share::print_tickets(&handle, args.tracker, &name).await?;
+            let tracker = (!dht_only).then_some(args.tracker);
+            super::share::print_tickets(&handle, tracker, &name).await?;
         }
         shutdown.wait().await;
-        leave(&handle, args.tracker, &name).await;
+        match dht_only {
+            true => handle.shutdown().await,
+            false => leave(&handle, args.tracker, &name).await,
+        }
         println!("Leaving system. Goodbye!");
         return Ok(());
     };
@@ -373,6 +397,60 @@ async fn listen(
     )
     .await
     .map_err(|e| bind_error(e, bind, flag))
+}
+
+/// Reports of announce rounds waiting to be printed (more are dropped).
+const DHT_REPORTS: usize = 4;
+
+/// `--dht`: starts a DHT node beside the endpoint (on its IPv4 address) and keeps what the
+/// endpoint shares announced there with its port (see `crate::dht::announce`), printing a
+/// line after each round. A node that cannot start fails the peer when the DHT is all it has
+/// (`dht_only`), else is a warning.
+async fn start_dht(
+    args: &PeerArgs,
+    handle: &EndpointHandle,
+    printer: Printer,
+    dht_only: bool,
+) -> Result<()> {
+    let bind = crate::dht::bind_for(handle.local_addr());
+    let node = match crate::dht::DhtNode::start(&args.dht.dht_bootstrap, bind).await {
+        Ok(node) => node,
+        Err(e) if dht_only => return Err(failure(Kind::Failed, e.to_string())),
+        Err(e) => {
+            eprintln!("warning: not on the DHT: {e}");
+            return Ok(());
+        }
+    };
+    let (reports, mut rx) = mpsc::channel(DHT_REPORTS);
+    let me = super::share::own_address(handle);
+    let port = handle.local_addr().port();
+    let announcer = crate::dht::announce::keep_announced(
+        node.clone(),
+        handle.clone(),
+        me,
+        args.transport,
+        port,
+        reports,
+    );
+    tokio::spawn(announcer);
+    tokio::spawn(async move {
+        while let Some((done, deferred)) = rx.recv().await {
+            let nodes = node.nodes_known().await;
+            let mut line = format!(
+                "dht: announced {} content hash{} on port {port} ({nodes} DHT nodes known)",
+                done.stored,
+                if done.stored == 1 { "" } else { "es" }
+            );
+            if done.failed > 0 {
+                line += &format!("; {} failed (run with -v for why)", done.failed);
+            }
+            if deferred > 0 {
+                line += &format!("; {deferred} more in the next rounds");
+            }
+            printer.line(line);
+        }
+    });
+    Ok(())
 }
 
 /// Registers `name` with the tracker.

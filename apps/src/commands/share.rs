@@ -1,5 +1,7 @@
 //! `p2p share PATH`: share one file or folder as a peer without a menu, and print a ticket:
-//! on another machine, `p2p get TICKET` fetches it from whoever has it. A folder gets one
+//! on another machine, `p2p get TICKET` fetches it from whoever has it. With `--dht` it also
+//! announces the content on the DHT (`p2p peer --dht`); with `--dht` and no tracker given, on
+//! the DHT alone, and its tickets name no tracker. A folder gets one
 //! ticket for the whole folder (its collection hash: `p2p get` recreates the tree), then one
 //! per file (the first [`MAX_TICKETS`]).
 
@@ -40,16 +42,10 @@ pub(crate) fn check_path(path: &Path) -> Result<()> {
     }
 }
 
-/// Prints the tickets of what this peer shares, asking its own endpoint for its index as
-/// another peer would see it: for a folder, first the folder's (its collection, which the
-/// endpoint must know by hash), then each file's (the first [`MAX_TICKETS`]).
-pub(crate) async fn print_tickets(
-    handle: &EndpointHandle,
-    tracker: SocketAddr,
-    name: &str,
-) -> Result<()> {
+/// Where `handle`'s endpoint reaches itself: its address, the loopback for an unspecified one.
+pub(crate) fn own_address(handle: &EndpointHandle) -> SocketAddr {
     let local = handle.local_addr();
-    let me = if local.ip().is_unspecified() {
+    if local.ip().is_unspecified() {
         SocketAddr::new(
             if local.is_ipv4() {
                 std::net::Ipv4Addr::LOCALHOST.into()
@@ -60,7 +56,20 @@ pub(crate) async fn print_tickets(
         )
     } else {
         local
-    };
+    }
+}
+
+/// Prints the tickets of what this peer shares, asking its own endpoint for its index as
+/// another peer would see it: for a folder, first the folder's (its collection, which the
+/// endpoint must know by hash), then each file's (the first [`MAX_TICKETS`]). `tracker`: the
+/// tracker the tickets name; `None` for a peer on the DHT alone (its tickets name none, and
+/// `p2p get TICKET --dht` looks the content up on the DHT).
+pub(crate) async fn print_tickets(
+    handle: &EndpointHandle,
+    tracker: Option<SocketAddr>,
+    name: &str,
+) -> Result<()> {
+    let me = own_address(handle);
     let (share, entries) = handle
         .index(me)
         .await
@@ -69,20 +78,25 @@ pub(crate) async fn print_tickets(
         println!("nothing to share yet: the folder holds no file");
         return Ok(());
     }
-    if tracker.ip().is_loopback() {
-        eprintln!(
-            "note: the tickets name the tracker at {tracker}, which only this machine reaches; \
+    match tracker {
+        Some(t) if t.ip().is_loopback() => eprintln!(
+            "note: the tickets name the tracker at {t}, which only this machine reaches; \
              for other machines, run a tracker they reach and pass --tracker HOST:PORT"
-        );
+        ),
+        Some(_) => {}
+        None => eprintln!(
+            "note: the tickets name no tracker: `p2p get TICKET --dht` finds the content on the DHT"
+        ),
     }
-    let folder = print_folder_ticket(handle, me, tracker, &share, &entries).await;
+    let tracker = tracker.map(|t| t.to_string()).unwrap_or_default();
+    let folder = print_folder_ticket(handle, me, &tracker, &share, &entries).await;
     let files: Vec<&IndexEntry> = entries.iter().filter(|e| !is_collection(e)).collect();
     if folder {
         println!("each file alone:");
     }
     for e in files.iter().take(MAX_TICKETS) {
         let ticket = Ticket {
-            tracker: tracker.to_string(),
+            tracker: tracker.clone(),
             hash: e.hash,
             size: e.size,
             name: e.path.rsplit('/').next().unwrap_or(&e.path).to_string(),
@@ -107,7 +121,7 @@ pub(crate) async fn print_tickets(
 async fn print_folder_ticket(
     handle: &EndpointHandle,
     me: SocketAddr,
-    tracker: SocketAddr,
+    tracker: &str,
     share: &str,
     entries: &[IndexEntry],
 ) -> bool {

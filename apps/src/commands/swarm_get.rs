@@ -2,6 +2,11 @@
 //! tracker knows other peers with the same content. Every source sends a share of the
 //! pieces at once (see `p2p_core::service::swarm`); the terminal shows one bar with the total
 //! rate and the number of sources, `--json` the bytes each source sent.
+//!
+//! Sources come from the tracker (`WhoHas`) and, with `--dht`, from the Mainline DHT
+//! (`crate::dht`): the addresses announced under the content's key, named `dht:ADDR`. Every
+//! candidate, wherever it came from, is asked for its entry of the hash before it is used,
+//! and every piece it sends is checked against the hash.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -18,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::cli::GetArgs;
+use crate::dht::{lookup::lookup, plan::merge, DhtNode};
 use crate::failure::{fail, Kind};
 use crate::output::{clean, human_bytes};
 use crate::session::dest_for;
@@ -36,6 +42,10 @@ const ASK_WAIT: Duration = Duration::from_secs(1);
 /// starts (downloaders starting together find each other), then every 5 s.
 const REFRESH_SOURCES: Duration = Duration::from_secs(5);
 const REFRESH_FIRST: Duration = Duration::from_millis(500);
+/// How often the DHT is asked again for sources while a download runs (each lookup a few
+/// dozen small datagrams), and how long each may take.
+const REFRESH_DHT: Duration = Duration::from_secs(30);
+const DHT_REFRESH_WAIT: Duration = Duration::from_secs(5);
 
 /// `blake3:` and 64 hex digits, as `p2p ls --json` and the share tickets write a hash.
 pub(crate) fn parse_hash(s: &str) -> Option<Result<ContentHash, String>> {
@@ -121,12 +131,54 @@ pub(crate) async fn sources(
     found
 }
 
-/// Downloads `hash` from `first` (if given) and every other source the tracker knows, with
-/// `handle` (a client endpoint tuned for the download).
+/// Where a download finds sources: the tracker (none with `--dht` and no tracker given) and
+/// the DHT (with `--dht`).
+#[derive(Clone, Debug)]
+pub(crate) struct Finders {
+    /// The tracker to ask `WhoHas`.
+    pub(crate) tracker: Option<SocketAddr>,
+    /// The DHT node to look the content up with.
+    pub(crate) dht: Option<DhtNode>,
+}
+
+impl Finders {
+    /// The tracker alone (today's behaviour without `--dht`).
+    pub(crate) fn tracker(tracker: SocketAddr) -> Finders {
+        Finders {
+            tracker: Some(tracker),
+            dht: None,
+        }
+    }
+
+    /// The candidates they know now: the tracker's holders, then the DHT's finds (within
+    /// `dht_wait`) that the tracker did not name; an unreachable tracker counts as none.
+    async fn candidates(
+        &self,
+        handle: &EndpointHandle,
+        hash: ContentHash,
+        dht_wait: Duration,
+    ) -> Vec<PeerInfo> {
+        let holders = match self.tracker {
+            Some(t) => handle.who_has(t, hash).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        match &self.dht {
+            Some(node) => {
+                let found = lookup(node, &hash, handle.kind(), dht_wait).await;
+                merge(holders, &found.found, handle.kind())
+            }
+            None => holders,
+        }
+    }
+}
+
+/// Downloads `hash` from `first` (if given) and every other source the tracker or the DHT
+/// knows (`finders`), with `handle` (a client endpoint tuned for the download).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     args: &GetArgs,
     handle: &EndpointHandle,
-    tracker: SocketAddr,
+    finders: &Finders,
     hash: ContentHash,
     first: Option<Source>,
     others: Vec<Source>,
@@ -135,38 +187,56 @@ pub(crate) async fn run(
     let mut found: Vec<Source> = first.into_iter().collect();
     found.extend(others);
     let Some(lead) = found.first().cloned() else {
+        let tracker = finders
+            .tracker
+            .map_or("no tracker was given".to_string(), |t| {
+                format!(
+                    "the tracker at {t} knows no live {} peer with it",
+                    transport_name(handle.kind())
+                )
+            });
         fail!(
             Kind::UnknownFile,
-            "nobody reachable shares {HASH_PREFIX}{}: the tracker at {tracker} knows no live \
-             {} peer with it (`p2p peers` shows who is online)",
+            "nobody reachable shares {HASH_PREFIX}{}: {tracker} (`p2p peers` shows who is online)",
             hash.to_hex(),
-            transport_name(handle.kind())
         );
     };
     let dest = dest_for(&args.out, &lead.entry.path)?;
     if super::get::already_present(args, &dest, &lead.entry)? {
         return Ok(());
     }
-    let serving = match &args.serve {
-        Some(name) => serve_as(args, handle, tracker, name).await,
-        None => None,
+    let serving = match (&args.serve, finders.tracker) {
+        (Some(name), Some(tracker)) => serve_as(args, handle, tracker, name).await,
+        (Some(_), None) => {
+            eprintln!("warning: not serving while downloading: --serve registers with a tracker, and none was given");
+            None
+        }
+        (None, _) => None,
     };
     // New sources found while it runs join in.
     let (more_tx, more_rx) = mpsc::unbounded_channel();
     let finder = {
-        let (handle, mut known, me) = (
+        let (handle, mut known, me, finders) = (
             handle.clone(),
             found.iter().map(|s| s.addr).collect::<Vec<_>>(),
             serving.clone(),
+            finders.clone(),
         );
         tokio::spawn(async move {
             let mut every = REFRESH_FIRST;
+            let mut dht_due = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(every).await;
                 every = (every * 2).min(REFRESH_SOURCES);
-                let Ok(mut peers) = handle.who_has(tracker, hash).await else {
-                    continue;
-                };
+                // The DHT every REFRESH_DHT (the first time at once: with a tracker's holders
+                // the download started without waiting for it), the tracker every time.
+                let mut asked = finders.clone();
+                if tokio::time::Instant::now() < dht_due {
+                    asked.dht = None;
+                } else {
+                    dht_due = tokio::time::Instant::now() + REFRESH_DHT;
+                }
+                let mut peers = asked.candidates(&handle, hash, DHT_REFRESH_WAIT).await;
                 // Serving, this download is a holder too.
                 peers.retain(|p| Some(&*p.name) != me.as_deref());
                 for s in sources(&handle, peers, hash, &known).await {
@@ -202,7 +272,7 @@ pub(crate) async fn run(
     );
     let (result, interrupted) = super::get::until_stopped(download, handle, shutdown).await;
     finder.abort();
-    if let Some(name) = serving {
+    if let (Some(name), Some(tracker)) = (serving, finders.tracker) {
         let _ = handle.unregister(tracker, &name).await;
     }
     watcher.abort();

@@ -39,6 +39,7 @@ pub const SETTINGS_ENV: &[&str] = &[
     "P2P_SHARE",
     "P2P_DOWNLOADS",
     "P2P_TRANSPORT",
+    "P2P_DHT_BOOTSTRAP",
     "P2P_CONFIG",
     "P2P_IDENTITY",
 ];
