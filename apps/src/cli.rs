@@ -287,6 +287,10 @@ pub(crate) struct TrackerArgs {
     /// at most --relay-rate.
     #[arg(long, default_value = "16MiB", value_name = "RATE", value_parser = parse_relay_rate)]
     pub relay_session_rate: u64,
+    /// Cap on the bytes the relay forwards per second to and from one relayed peer, all its
+    /// sessions together; at most --relay-rate.
+    #[arg(long, default_value = "32MiB", value_name = "RATE", value_parser = parse_relay_rate)]
+    pub relay_peer_rate: u64,
     /// Most relay sessions open at once (each costs a few hundred bytes; none buffers).
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub relay_sessions: usize,

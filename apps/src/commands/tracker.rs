@@ -73,6 +73,7 @@ fn relay_config(args: &TrackerArgs) -> RelayConfig {
         total_rate: args.relay_rate,
         // A session may take at most the whole rate.
         session_rate: args.relay_session_rate.min(args.relay_rate),
+        peer_rate: args.relay_peer_rate.min(args.relay_rate),
         max_sessions: args.relay_sessions,
         ..defaults
     }
@@ -84,8 +85,9 @@ fn describe_relay(relay: &RelayConfig) -> String {
         return "relay off (--no-relay)".to_string();
     }
     format!(
-        "relay on: {} in all, {} per session, {} sessions at most ({} per peer, {} per IP)",
+        "relay on: {} in all, {} per relayed peer, {} per session, {} sessions at most ({} per peer, {} per IP)",
         rate(relay.total_rate),
+        rate(relay.peer_rate),
         rate(relay.session_rate),
         relay.max_sessions,
         relay.per_peer,
@@ -148,7 +150,7 @@ mod tests {
     fn the_relay_line_says_what_the_caps_are() {
         assert_eq!(
             describe_relay(&RelayConfig::default()),
-            "relay on: 64 MiB/s in all, 16 MiB/s per session, 256 sessions at most (16 per peer, 16 per IP)"
+            "relay on: 64 MiB/s in all, 32 MiB/s per relayed peer, 16 MiB/s per session, 256 sessions at most (16 per peer, 16 per IP)"
         );
         assert_eq!(
             describe_relay(&RelayConfig::off()),

@@ -15,7 +15,7 @@
 //! leaves the registry (unregisters, expires, or registers again on another transport):
 //! [`Relay::expire`] (run with the tracker's expiry) and [`Relay::forward`] (lazily) end it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ pub struct RelayConfig {
     pub total_rate: u64,
     /// Bytes per second forwarded by one session, both ways together.
     pub session_rate: u64,
+    /// Bytes per second forwarded to and from one relayed peer (B), all its sessions
+    /// together.
+    pub peer_rate: u64,
     /// Most sessions open at once.
     pub max_sessions: usize,
     /// Most sessions open at once to one relayed peer (B, by name).
@@ -50,6 +53,7 @@ impl Default for RelayConfig {
             enabled: true,
             total_rate: 64 * 1024 * 1024,
             session_rate: 16 * 1024 * 1024,
+            peer_rate: 32 * 1024 * 1024,
             max_sessions: 256,
             per_peer: 16,
             per_ip: 16,
@@ -233,6 +237,8 @@ pub struct Relay {
     sessions: BTreeMap<u64, Session>,
     /// All sessions' bytes together.
     total: ByteBucket,
+    /// Each relayed peer's bytes, all its sessions together (while it has one).
+    peers: HashMap<Box<str>, ByteBucket>,
     events: VecDeque<RelayEvent>,
 }
 
@@ -246,6 +252,7 @@ impl Relay {
             counter: 0,
             sessions: BTreeMap::new(),
             total: ByteBucket::full(config.total_rate, config.burst),
+            peers: HashMap::new(),
             events: VecDeque::new(),
         }
     }
@@ -426,13 +433,19 @@ impl Relay {
             return None; // a stranger: not counted, as it costs the session nothing
         };
         let (cfg, len_f) = (&self.config, len as f64);
+        let peer = self
+            .peers
+            .entry(s.name.clone())
+            .or_insert_with(|| ByteBucket::full(cfg.peer_rate, cfg.burst));
         s.bucket.refill(now, cfg.session_rate, cfg.burst);
+        peer.refill(now, cfg.peer_rate, cfg.burst);
         self.total.refill(now, cfg.total_rate, cfg.burst);
-        if s.bucket.tokens < len_f || self.total.tokens < len_f {
+        if s.bucket.tokens < len_f || peer.tokens < len_f || self.total.tokens < len_f {
             s.dropped += 1;
             return None;
         }
         s.bucket.tokens -= len_f;
+        peer.tokens -= len_f;
         self.total.tokens -= len_f;
         s.forwarded += len as u64;
         s.last_active = now;
@@ -487,6 +500,9 @@ impl Relay {
 
     fn close(&mut self, id: u64, reason: CloseReason) {
         if let Some(s) = self.sessions.remove(&id) {
+            if !self.sessions.values().any(|o| o.name == s.name) {
+                self.peers.remove(&s.name);
+            }
             self.push_event(RelayEvent::Closed {
                 session: id,
                 name: s.name.into(),
@@ -735,6 +751,34 @@ mod tests {
             passed += send(&mut relay, at, A, one, 2);
         }
         assert!((1900..=2100).contains(&passed), "{passed} KB in 2 s");
+    }
+
+    /// The per-peer rate cuts all the sessions to one relayed peer together, whatever each
+    /// session's own cap.
+    #[test]
+    fn a_relayed_peers_sessions_share_its_rate() {
+        let config = RelayConfig {
+            session_rate: 1_000_000,
+            peer_rate: 600_000,
+            total_rate: 10_000_000,
+            burst: Duration::from_millis(500),
+            ..RelayConfig::default()
+        };
+        let (reg, mut relay, now) = setup(config);
+        let one = open(&mut relay, &reg, now, A, 1);
+        let two = open(&mut relay, &reg, now, "198.51.100.8:5555", 2);
+        let mut send = |from: &str, id: u64| {
+            (0..400)
+                .filter(|_| {
+                    relay
+                        .forward(now, &reg, addr(from), TransportKind::Udp, id, 1000)
+                        .is_some()
+                })
+                .count()
+        };
+        // Half a second of bob's 600 KB/s: 300 KB between his two sessions.
+        assert_eq!(send(A, one), 300);
+        assert_eq!(send("198.51.100.8:5555", two), 0);
     }
 
     #[test]
