@@ -190,6 +190,9 @@ pub struct Endpoint {
     validator: AddressValidator,
     /// Tokens others gave us.
     tokens: TokenCache,
+    /// Trackers that never answered a signed name request (they predate `Signed`): ours go
+    /// to them unsigned. At most [`MAX_UNSIGNED_TRACKERS`].
+    unsigned: Vec<SocketAddr>,
     uploads: BTreeMap<(SocketAddr, TransferId), UploadSlot>,
     downloads: BTreeMap<TransferId, SocketAddr>,
     lingering: VecDeque<Lingering>,
@@ -214,6 +217,7 @@ impl Endpoint {
             limiter: RateLimiter::new(config.rate),
             validator: AddressValidator::new(id_seed),
             tokens: TokenCache::default(),
+            unsigned: Vec::new(),
             config,
             id_key: blake3::derive_key("p2p endpoint ids v1", &id_seed.to_le_bytes()),
             ids: 0,
@@ -375,8 +379,13 @@ impl Endpoint {
                     r.next_at = now + r.wait;
                     self.transmits.push_back(Transmit {
                         to: from,
-                        payload: seal(self.config.identity.as_ref(), &self.tokens, from, &r.msg)
-                            .encode(),
+                        payload: seal(
+                            signer(&self.config, &self.unsigned, from),
+                            &self.tokens,
+                            from,
+                            &r.msg,
+                        )
+                        .encode(),
                     });
                 } else if let Some(reg) = self
                     .registration
@@ -655,6 +664,25 @@ impl Endpoint {
                 if self.announce_unanswered(now, id) {
                     continue; // ours: the announcement starts again later
                 }
+                let r = self.requests.get_mut(&id).expect("listed");
+                let signed = self.config.identity.is_some()
+                    && crate::identity::is_name_request(&r.msg)
+                    && !self.unsigned.contains(&r.to);
+                if signed && self.unsigned.len() < MAX_UNSIGNED_TRACKERS {
+                    // A tracker older than `Signed` drops it without a word: the same
+                    // request again, unsigned, as such a tracker expects.
+                    self.unsigned.push(r.to);
+                    r.attempts = 1;
+                    r.retries = 0;
+                    r.wait = self.config.rpc_retry;
+                    r.sent_at = now;
+                    r.next_at = now + r.wait;
+                    self.transmits.push_back(Transmit {
+                        to: r.to,
+                        payload: self.tokens.wrap(r.to, &r.msg).encode(),
+                    });
+                    continue;
+                }
                 let r = self.requests.remove(&id).expect("listed");
                 self.events.push_back(Event::NoAnswer {
                     request: id,
@@ -667,7 +695,13 @@ impl Endpoint {
             r.next_at = now + r.wait;
             self.transmits.push_back(Transmit {
                 to: r.to,
-                payload: seal(self.config.identity.as_ref(), &self.tokens, r.to, &r.msg).encode(),
+                payload: seal(
+                    signer(&self.config, &self.unsigned, r.to),
+                    &self.tokens,
+                    r.to,
+                    &r.msg,
+                )
+                .encode(),
             });
         }
         self.announce_timeout(now);
@@ -710,7 +744,12 @@ impl Endpoint {
 
     /// `msg` as it goes to `to` ([`seal`]).
     fn seal(&self, to: SocketAddr, msg: &Message) -> Message {
-        seal(self.config.identity.as_ref(), &self.tokens, to, msg)
+        seal(
+            signer(&self.config, &self.unsigned, to),
+            &self.tokens,
+            to,
+            msg,
+        )
     }
 
     /// Sends `msg` to `from` if the rate limit allows: the answer to a request whose sender
@@ -752,6 +791,18 @@ impl Endpoint {
 /// open the file), at least [`MIN_REQUEST_RETRY`], at most `default`.
 pub fn request_retry_after(rtt: Duration, default: Duration) -> Duration {
     (rtt * 4).max(MIN_REQUEST_RETRY).min(default)
+}
+
+/// Most trackers remembered as predating `Signed`.
+const MAX_UNSIGNED_TRACKERS: usize = 16;
+
+/// The identity that signs name requests to `to`: ours, unless `to` predates `Signed`.
+fn signer<'a>(
+    config: &'a EndpointConfig,
+    unsigned: &[SocketAddr],
+    to: SocketAddr,
+) -> Option<&'a crate::identity::Identity> {
+    config.identity.as_ref().filter(|_| !unsigned.contains(&to))
 }
 
 /// `msg` as it goes to `to`: a name request signed with `identity` (over the token `to`

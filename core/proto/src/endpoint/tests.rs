@@ -1069,3 +1069,45 @@ fn heartbeat_replies_from_before_an_announcement_do_not_restart_it() {
     ep.set_announced(t0 + every * 2, hashes(0..9));
     assert!(batches(&sent(&mut ep)).is_empty());
 }
+
+/// With an identity, name requests go signed; a tracker that never answers them (one that
+/// predates `Signed` and drops it) gets the same request again unsigned before the request
+/// fails, and from then on unsigned ones; a tracker that answers keeps getting signed ones.
+#[test]
+fn signed_name_requests_fall_back_to_unsigned_for_an_older_tracker() {
+    let config = EndpointConfig {
+        identity: Some(crate::identity::Identity::from_secret([4; 32])),
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 1);
+    let (old, now) = (addr(9, 9000), Instant::now());
+    let register = Message::Register {
+        request: RequestId(0),
+        name: "alice".into(),
+        port: 7000,
+        transport: crate::wire::TransportKind::Udp,
+    };
+    let (id, first) = ep.request(now, old, register.clone());
+    assert!(matches!(decoded(&first), Message::Signed { .. }));
+    // Every attempt unanswered: the retries go signed, then the same request unsigned.
+    let mut t = now;
+    let mut sent = Vec::new();
+    while sent.iter().all(|m| matches!(m, Message::Signed { .. })) {
+        t += ms(10_000);
+        ep.handle_timeout(t);
+        assert!(ep.poll_event().is_none(), "failed before trying unsigned");
+        while let Some(tx) = ep.poll_transmit() {
+            sent.push(decoded(&tx));
+        }
+        assert!(sent.len() < 20, "never tried unsigned: {sent:?}");
+    }
+    assert!(
+        matches!(sent.last(), Some(Message::Register { request, .. }) if *request == id),
+        "{sent:?}"
+    );
+    // The next name request to it goes unsigned at once; to another tracker, signed.
+    let (_, next) = ep.request(t, old, register.clone());
+    assert!(matches!(decoded(&next), Message::Register { .. }));
+    let (_, other) = ep.request(t, addr(8, 9000), register);
+    assert!(matches!(decoded(&other), Message::Signed { .. }));
+}
