@@ -502,3 +502,59 @@ fn tracker_messages_carry_ipv6_addresses() {
     }
     assert_eq!(back, longest);
 }
+
+/// A peer listening on one address of a host with several (here 127.0.0.7 of the loopback's
+/// 127/8, the tracker on 127.0.0.1) is listed at that address, not at another of the
+/// machine's, and serves from it: over UDP and over TCP, whose registration comes from a
+/// connection of its own (issue 20: "on a multi-homed host the TCP registration must not
+/// take the connection's source address blindly").
+#[test]
+fn a_peer_on_one_address_of_many_is_listed_and_reached_there() {
+    for transport in ["udp", "tcp"] {
+        let net = Net::start();
+        let bytes = random_bytes(300_000, 7);
+        let share = net.path("share-multi");
+        fs::create_dir_all(&share).unwrap();
+        fs::write(share.join("f.bin"), &bytes).unwrap();
+        let mut peer = Proc::spawn(
+            net.dir(),
+            &[
+                "peer",
+                "--name",
+                "multi",
+                "--listen",
+                "127.0.0.7:0",
+                "--tracker",
+                net.addr(),
+                "--share",
+                share.to_str().unwrap(),
+                "--transport",
+                transport,
+                "--no-menu",
+            ],
+        );
+        peer.wait_for("registered with");
+        let listed = net.peers().transport(transport).run_json();
+        let addr = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "multi")
+            .map(|p| p["addr"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{transport}: multi not listed: {listed}"));
+        assert!(
+            addr.starts_with("127.0.0.7:"),
+            "{transport}: listed at {addr}"
+        );
+        let report = net
+            .get("multi", "001")
+            .transport(transport)
+            .out("out")
+            .run_json();
+        assert_eq!(
+            std::fs::read(net.path("out").join("f.bin")).unwrap(),
+            bytes,
+            "{transport}: {report}"
+        );
+    }
+}
