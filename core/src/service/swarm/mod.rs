@@ -211,6 +211,7 @@ pub async fn swarm_download(
         dirty: false,
         lookups: JoinSet::new(),
         avail: Vec::new(),
+        offered: 0,
         grew_at: Instant::now(),
         origin: 0,
         served: None,
@@ -286,6 +287,8 @@ struct Swarm {
     lookups: JoinSet<(usize, Result<Vec<bool>, ServiceError>)>,
     /// Partial sources (in use) that serve each piece.
     avail: Vec<u16>,
+    /// The sum of `avail`: pieces offered by partial sources, counted once per source.
+    offered: u64,
     /// When a piece was last verified or newly offered by a partial source.
     grew_at: Instant,
     /// Where runs start looking for free pieces ([`SwarmConfig::serve`]).
@@ -359,6 +362,7 @@ impl Swarm {
             if let Some(has) = slot.has.take() {
                 for (a, _) in self.avail.iter_mut().zip(has).filter(|(_, h)| *h) {
                     *a = a.saturating_sub(1);
+                    self.offered = self.offered.saturating_sub(1);
                 }
             }
         }
@@ -707,9 +711,7 @@ impl Swarm {
 
     /// Whether a partial source in use serves any piece.
     fn partials_offer(&self) -> bool {
-        self.sources.iter().any(|s| {
-            s.state == SourceState::Active && s.has.as_ref().is_some_and(|h| h.contains(&true))
-        })
+        self.offered > 0
     }
 
     /// Asks each partial source in use which pieces it serves, every [`HAVE_REFRESH`] (one
@@ -746,9 +748,11 @@ impl Swarm {
                 for (p, (was, now)) in old.iter_mut().zip(&new).enumerate() {
                     if *now && !*was {
                         self.avail[p] = self.avail[p].saturating_add(1);
+                        self.offered += 1;
                         grew |= !plan.have()[p];
                     } else if *was && !*now {
                         self.avail[p] = self.avail[p].saturating_sub(1);
+                        self.offered = self.offered.saturating_sub(1);
                     }
                     *was = *now;
                 }
