@@ -43,6 +43,18 @@ pub(crate) fn load_or_create() -> Result<Option<Identity>> {
     }
 }
 
+/// Where the identity file is and, if it exists and reads as one, its key's fingerprint
+/// (for `p2p config`; nothing is made).
+pub(crate) fn describe() -> (Option<PathBuf>, Option<String>) {
+    let path = path();
+    let key = path
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| parse(&text).ok())
+        .map(|id| fingerprint(&id.public()));
+    (path, key)
+}
+
 /// A key file's text: 64 hex digits (and a newline).
 fn parse(text: &str) -> Result<Identity> {
     let hex = text.trim();

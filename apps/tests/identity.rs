@@ -61,6 +61,21 @@ fn a_name_belongs_to_the_key_that_registered_it() {
         assert!(err.contains("belongs to another peer"), "{what}: {err}");
     };
     refused("while alice runs");
+    // `p2p config` shows where her key is and its fingerprint, the one the refusal names.
+    let mut config = command(&dir);
+    config
+        .args(["config", "--json"])
+        .env("P2P_IDENTITY", &alice_key);
+    let shown = json(&run_command(config, &[]));
+    assert_eq!(shown["identity"]["path"], alice_key.display().to_string());
+    let fingerprint = shown["identity"]["key"]
+        .as_str()
+        .expect("a key")
+        .to_string();
+    let mut mallory = peer_with_key(&dir, &addr, "alice", &share, &mallory_key);
+    mallory.stdin(std::process::Stdio::null());
+    let err = stderr(&run_command(mallory, &[]));
+    assert!(err.contains(&format!("(key {fingerprint})")), "{err}");
     // Alice leaves (she unregisters): the name stays hers.
     alice.interrupt();
     assert!(alice.wait_exit().success());

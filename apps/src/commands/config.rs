@@ -111,8 +111,21 @@ fn file_line(status: &FileStatus) -> String {
     format!("config file: {} ({state}{named})", path.display())
 }
 
+/// The line about the identity key (`crate::identity`).
+fn identity_line() -> String {
+    match crate::identity::describe() {
+        (None, _) => "identity key: none (no data folder; P2P_IDENTITY can name a file)".into(),
+        (Some(path), Some(key)) => format!("identity key: {} (key {key})", path.display()),
+        (Some(path), None) => format!(
+            "identity key: {} (not made yet: the first `p2p peer` makes it)",
+            path.display()
+        ),
+    }
+}
+
 fn print_text(status: &FileStatus, rows: &[Row]) {
     println!("{}", file_line(status));
+    println!("{}", identity_line());
     for row in rows {
         let mut value = match &row.value {
             Some(v) => clean(v),
@@ -149,5 +162,13 @@ fn print_json(status: &FileStatus, rows: &[Row]) {
         "exists": status.read,
         "from_env": status.from_env,
     });
-    println!("{}", json!({"file": file, "settings": settings}));
+    let (path, key) = crate::identity::describe();
+    let identity = json!({
+        "path": path.map(|p| p.display().to_string()),
+        "key": key,
+    });
+    println!(
+        "{}",
+        json!({"file": file, "identity": identity, "settings": settings})
+    );
 }
