@@ -288,6 +288,11 @@ impl Transport for RelayTransport {
         self.inner.is_reliable()
     }
 
+    /// Never for a relayed peer: the relay drops what exceeds its rate, even over TCP.
+    fn is_reliable_to(&self, to: SocketAddr) -> bool {
+        !is_virtual(to) && self.inner.is_reliable_to(to)
+    }
+
     fn forget(&self, to: SocketAddr) {
         if !is_virtual(to) {
             self.inner.forget(to);

@@ -109,6 +109,12 @@ pub trait Transport: Send + Sync + 'static {
         false
     }
 
+    /// [`is_reliable`](Self::is_reliable) for messages to `to`: a transport that carries some
+    /// destinations over a lossy hop (a relay) says so here.
+    fn is_reliable_to(&self, _to: SocketAddr) -> bool {
+        self.is_reliable()
+    }
+
     /// Closes every connection to `to` that this transport caches (no-op for datagrams).
     fn forget(&self, _to: SocketAddr) {}
 }

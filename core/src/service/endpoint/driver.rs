@@ -636,10 +636,10 @@ async fn send_unless_full(transport: &SharedTransport, to: SocketAddr, bytes: &[
 }
 
 impl Driver {
-    /// Whether nothing sent to `peer` is lost on the way: a reliable transport (TCP), and
-    /// not through a relay (which drops what exceeds its rate, as a router would).
+    /// Whether nothing sent to `peer` is lost on the way (the transport says, per destination:
+    /// TCP, but not through a relay).
     pub(super) fn reliable_to(&self, peer: SocketAddr) -> bool {
-        self.transport.is_reliable() && !crate::relay::is_virtual(peer)
+        self.transport.is_reliable_to(peer)
     }
 }
 
