@@ -294,6 +294,11 @@ pub(crate) struct TrackerArgs {
     /// Most relay sessions open at once (each costs a few hundred bytes; none buffers).
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub relay_sessions: usize,
+    /// Keep the names' identity-key bindings in FILE across restarts (read at start,
+    /// written within 5 s of a change): a restarted tracker then refuses a name to anyone
+    /// but its key, as before the restart. Without it, bindings live in memory only.
+    #[arg(long, value_name = "FILE")]
+    pub bindings: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub limits: ServiceLimits,
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use p2p_core::index::safe_file_name;
-use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle, Punched, ServiceError};
+use p2p_core::service::{
+    spawn_endpoint, EndpointConfig, EndpointHandle, FoundPeer, Punched, ServiceError,
+};
 use p2p_core::transport::{SharedTransport, Transport};
 use p2p_proto::wire::{FileId, IndexEntry, PeerInfo, TransportKind};
 use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
@@ -77,23 +79,40 @@ impl Mode {
     }
 }
 
-/// Looks `name` up in the tracker's list.
+/// Looks `name` up at the tracker (`Lookup`: one round trip), or, from a tracker too old
+/// to answer that, in its whole list; with the identity key the tracker bound the name to.
 pub(crate) async fn find_peer(
     via: &EndpointHandle,
     tracker: SocketAddr,
     name: &str,
     mode: Mode,
-) -> Result<PeerInfo> {
-    let peers = via.list_peers(tracker).await.with_kind(Kind::TrackerUnreachable, || match mode {
+) -> Result<FoundPeer> {
+    let unreachable = || {
+        match mode {
         Mode::Cli => format!(
             "cannot reach the tracker at {tracker} (start one with `p2p tracker`, or pass --tracker ADDR)"
         ),
         Mode::Menu => format!(
             "cannot reach the tracker at {tracker} (is it still running? this peer was started with --tracker {tracker})"
         ),
-    })?;
+    }
+    };
     let wanted = nfc(name);
-    match peers.into_iter().find(|p| *p.name == *wanted) {
+    let found = match via.lookup(tracker, &wanted).await {
+        Ok(found) => found,
+        Err(ServiceError::NoAnswer(_) | ServiceError::Protocol(_)) => {
+            let peers = via
+                .list_peers(tracker)
+                .await
+                .with_kind(Kind::TrackerUnreachable, unreachable)?;
+            peers
+                .into_iter()
+                .find(|p| *p.name == *wanted)
+                .map(|info| FoundPeer { info, key: None })
+        }
+        Err(e) => return Err(e).with_kind(Kind::TrackerUnreachable, unreachable),
+    };
+    match found {
         Some(p) => Ok(p),
         None => fail!(
             Kind::UnknownPeer,
@@ -205,7 +224,7 @@ pub(crate) async fn reach(
     mode: Mode,
     tune: impl FnOnce(&mut EndpointConfig),
 ) -> Result<Reached> {
-    let mut info = find_peer(via, tracker, name, mode).await?;
+    let FoundPeer { mut info, .. } = find_peer(via, tracker, name, mode).await?;
     // `via` was opened to reach the tracker: it reaches the peer too if the peer listens on
     // the same transport in the same address family (an IPv4 socket cannot reach IPv6).
     let handle = if info.transport == via.kind() && info.addr.is_ipv4() == tracker.is_ipv4() {

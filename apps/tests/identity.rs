@@ -86,3 +86,63 @@ fn a_name_belongs_to_the_key_that_registered_it() {
     let listed = run(&dir, &["peers", "--tracker", &addr, "--json"]);
     assert!(stdout(&listed).contains("\"alice\""), "{}", stdout(&listed));
 }
+
+/// With `--bindings FILE`, a restarted tracker still knows whose names are whose: the
+/// binding is written to the file within seconds, read back at the next start, and the name
+/// is refused to another key there, while its own key registers at once. A file that cannot
+/// be read stops the tracker with the reason.
+#[test]
+fn a_restarted_tracker_keeps_its_name_bindings() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let file = dir.join("bindings.txt");
+    let file_arg = file.to_str().unwrap();
+    let (alice_key, mallory_key) = (dir.join("alice.key"), dir.join("mallory.key"));
+    let (mut first, addr) = tracker(dir, &["--bindings", file_arg]);
+    first.wait_for("name bindings kept in");
+    let mut alice = Proc::spawn_command(peer_with_key(dir, &addr, "alice", &share, &alice_key));
+    alice.wait_for("registered with");
+    // Written within BINDINGS_SAVE_EVERY (5 s) of the binding; bounded wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&file).is_ok_and(|t| t.contains(" alice\n")) {
+        assert!(std::time::Instant::now() < deadline, "never saved");
+        std::thread::sleep(std::time::Duration::from_millis(50)); // polling a file, not a sync
+    }
+    alice.kill();
+    first.kill();
+    // A new tracker (another port) with the same file: alice's name is still hers.
+    let (mut second, addr) = tracker(dir, &["--bindings", file_arg]);
+    let line = second.wait_for("name bindings kept in");
+    assert!(line.contains("1 restored"), "{line}");
+    let out = run_command(
+        peer_with_key(dir, &addr, "alice", &share, &mallory_key),
+        &[],
+    );
+    assert!(!out.status.success(), "mallory took alice after a restart");
+    assert!(
+        stderr(&out).contains("belongs to another peer"),
+        "{}",
+        stderr(&out)
+    );
+    let mut again = Proc::spawn_command(peer_with_key(dir, &addr, "alice", &share, &alice_key));
+    again.wait_for("registered with");
+    // A bindings path that cannot be read (a folder): the tracker says so and stops.
+    let out = run(
+        dir,
+        &[
+            "tracker",
+            "--listen",
+            "127.0.0.1:0",
+            "--bindings",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot read --bindings"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 // The protocol modules, under the paths the driver's code uses.
-use p2p_proto::{limits, tracker, transfer, wire};
+use p2p_proto::{identity, limits, tracker, transfer, wire};
 
 pub mod collection;
 pub mod index;

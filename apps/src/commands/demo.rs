@@ -63,7 +63,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             seeder.local_addr(),
             leecher.local_addr()
         );
-        let info = find_peer(&leecher, tracker, &seeder_name, Mode::Cli).await?;
+        let info = find_peer(&leecher, tracker, &seeder_name, Mode::Cli)
+            .await?
+            .info;
         let (_, entries) = leecher.index(info.addr).await?;
         let dir = out.path().join(kind.to_string());
         std::fs::create_dir_all(&dir)?;

@@ -90,7 +90,9 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     check_folder(&args.out, "--out")?;
     let t = &args.tracker;
     let via = session::client(t.transport, t.tracker).await?;
-    let mut info = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
+    let mut info = find_peer(&via, t.tracker, &args.peer, Mode::Cli)
+        .await?
+        .info;
     let to_peer = download_client(&args, info.transport, info.addr).await?;
     // Through the NATs first, from the socket the download uses.
     let route = session::route_to(&to_peer, t.tracker, &mut info).await;

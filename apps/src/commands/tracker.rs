@@ -1,7 +1,9 @@
 //! `p2p tracker`: the registry of live peers, on UDP and TCP at the same port.
 
 use anyhow::{Context, Result};
-use p2p_core::service::{run_tracker_with, RelayConfig, RelayEvent, TrackerEvent, TrackerSettings};
+use p2p_core::service::{
+    run_tracker_with, BindingsFile, RelayConfig, RelayEvent, TrackerEvent, TrackerSettings,
+};
 use p2p_proto::tracker::{CloseReason, RegistryConfig};
 use tokio::sync::mpsc;
 
@@ -47,10 +49,33 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
     });
     let (relay_tx, relay_rx) = mpsc::channel(EVENT_QUEUE);
     std::thread::spawn(move || print_relay_events(relay_rx));
+    let bindings = match &args.bindings {
+        Some(path) => {
+            let max = config.max_peers.saturating_mul(4).max(16);
+            let (file, skipped) = BindingsFile::load(path.clone(), max).with_context(|| {
+                format!(
+                    "cannot read --bindings {}: fix its permissions, or pass another file",
+                    path.display()
+                )
+            })?;
+            let skipped = match skipped {
+                0 => String::new(),
+                n => format!(" ({n} unreadable lines skipped)"),
+            };
+            println!(
+                "name bindings kept in {}: {} restored{skipped}",
+                path.display(),
+                file.restored.len()
+            );
+            Some(file)
+        }
+        None => None,
+    };
     let settings = TrackerSettings {
         registry: config,
         rate: args.limits.rate(),
         relay,
+        bindings,
         ..TrackerSettings::default()
     };
     tokio::select! {

@@ -435,6 +435,7 @@ impl Endpoint {
             | Message::EntryReply { request, .. }
             | Message::Have { request, .. }
             | Message::RelayOpened { request, .. }
+            | Message::Found { request, .. }
             | Message::PieceHashes { request, .. }
             | Message::Introduced { request, .. }
             | Message::Announced { request, .. }
@@ -607,6 +608,7 @@ impl Endpoint {
             | Message::Announce { .. }
             | Message::WhoHas { .. }
             | Message::RelayOpen { .. }
+            | Message::Lookup { .. }
             | Message::Signed { .. } => None,
             // A relayed datagram is unwrapped by the endpoint's transport (see
             // `p2p_core::relay`) before it gets here; one that gets here is stray.
@@ -834,6 +836,7 @@ fn set_request_id(msg: &mut Message, id: RequestId) {
         | Message::EntryByHash { request, .. }
         | Message::HaveRequest { request, .. }
         | Message::RelayOpen { request, .. }
+        | Message::Lookup { request, .. }
         | Message::PieceRequest { request, .. }
         | Message::Introduce { request, .. }
         | Message::Announce { request, .. }

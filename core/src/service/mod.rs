@@ -11,11 +11,12 @@ pub mod swarm;
 pub mod tracker;
 
 pub use endpoint::{
-    spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, HeldEntry, PartialServed,
-    Progress, Punched, ServiceError, UploadNotice, NOT_HELD, PIECE_REFETCHES,
+    spawn_endpoint, DownloadReport, EndpointConfig, EndpointHandle, FoundPeer, HeldEntry,
+    PartialServed, Progress, Punched, ServiceError, UploadNotice, NOT_HELD, PIECE_REFETCHES,
 };
 pub use p2p_proto::wire::paginate;
 pub use tracker::{
     random_seed, run_tracker, run_tracker_limited, run_tracker_seeded, run_tracker_with,
-    RelayConfig, RelayEvent, TrackerEvent, TrackerSettings,
+    BindingsFile, RelayConfig, RelayEvent, TrackerEvent, TrackerSettings, BINDINGS_REFRESH,
+    BINDINGS_SAVE_EVERY,
 };

@@ -4,14 +4,18 @@
 //! ask the tracker where to, send the very bytes received on the transport they came on).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::limits::RateConfig;
-use crate::tracker::{HoldersConfig, RegistryConfig, Tracker};
+use crate::tracker::{
+    decode_bindings, encode_bindings, HoldersConfig, RegistryConfig, SavedBinding, Tracker,
+};
 pub use crate::tracker::{RelayConfig, RelayEvent, TrackerEvent};
 use crate::transport::{SharedTransport, Transport};
 use crate::wire::{decode_bytes, Message};
@@ -40,6 +44,96 @@ pub struct TrackerSettings {
     /// Key of the address tokens and relay session ids: `None` for a random one;
     /// simulations pass theirs, to replay exactly.
     pub key_seed: Option<u64>,
+    /// Where the names' key bindings are kept across restarts (`None`: in memory only).
+    pub bindings: Option<BindingsFile>,
+}
+
+/// A tracker's name bindings on disk (the format: [`p2p_proto::tracker::encode_bindings`]):
+/// read with [`BindingsFile::load`] before the tracker starts, restored into it, and written
+/// again (whole, to a temporary file renamed over it) within [`BINDINGS_SAVE_EVERY`] of a
+/// name being bound to a new key, and every [`BINDINGS_REFRESH`] for the times of the
+/// proofs. A binding made less than [`BINDINGS_SAVE_EVERY`] before the tracker stops is
+/// lost.
+#[derive(Clone, Debug)]
+pub struct BindingsFile {
+    /// The file.
+    pub path: PathBuf,
+    /// The bindings read from it.
+    pub restored: Vec<SavedBinding>,
+}
+
+/// How soon a new binding is saved.
+pub const BINDINGS_SAVE_EVERY: Duration = Duration::from_secs(5);
+/// How often the bindings are saved when none is new (their proofs' times move on).
+pub const BINDINGS_REFRESH: Duration = Duration::from_secs(600);
+
+impl BindingsFile {
+    /// The bindings in `path` (none if it does not exist yet), at most `max`, and how many
+    /// lines of it were skipped as unreadable.
+    pub fn load(path: PathBuf, max: usize) -> std::io::Result<(BindingsFile, usize)> {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let (restored, skipped) = if text.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            decode_bindings(&text, unix_now(), max)
+        };
+        Ok((BindingsFile { path, restored }, skipped))
+    }
+
+    /// Writes `bindings` to the file: to a temporary file beside it first, renamed over it,
+    /// so that a crash leaves the old file or the new one.
+    fn save(&self, bindings: &[SavedBinding]) -> std::io::Result<()> {
+        let text = encode_bindings(bindings, unix_now());
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Saves the tracker's bindings to `file` when they change (see [`BindingsFile`]). A failed
+/// write is tried again at the next change or refresh; it never stops the tracker.
+async fn keep_bindings(tracker: Arc<Mutex<Tracker>>, file: BindingsFile) -> std::io::Result<()> {
+    let mut saved_gen = tracker
+        .lock()
+        .expect("registry lock")
+        .registry()
+        .bindings_changed();
+    let mut saved_at = Instant::now();
+    let file = Arc::new(file);
+    loop {
+        tokio::time::sleep(BINDINGS_SAVE_EVERY).await;
+        let (gen, bindings) = {
+            let t = tracker.lock().expect("registry lock");
+            let reg = t.registry();
+            (
+                reg.bindings_changed(),
+                reg.bindings(Instant::now().into_std()),
+            )
+        };
+        if gen == saved_gen && saved_at.elapsed() < BINDINGS_REFRESH {
+            continue;
+        }
+        let to = file.clone();
+        let written = tokio::task::spawn_blocking(move || to.save(&bindings)).await;
+        if let Ok(Ok(())) = written {
+            saved_gen = gen;
+            saved_at = Instant::now();
+        } else {
+            tracing::warn!(file = %file.path.display(), "could not save the name bindings");
+        }
+    }
 }
 
 /// Runs the tracker on `transports` until one of them fails, with the default per-source
@@ -116,25 +210,37 @@ pub async fn run_tracker_with(
     events: Option<mpsc::Sender<TrackerEvent>>,
     relay_events: Option<mpsc::Sender<RelayEvent>>,
 ) -> std::io::Result<()> {
-    let tracker = Tracker::new(settings.registry, settings.rate)
+    let mut tracker = Tracker::new(settings.registry, settings.rate)
         .with_key_seed(settings.key_seed.unwrap_or_else(random_seed))
         .with_holders(settings.holders)
         .with_relay(settings.relay);
+    if let Some(file) = &settings.bindings {
+        let now = Instant::now().into_std();
+        for (name, key, age) in &file.restored {
+            tracker
+                .registry_mut()
+                .restore_binding(now, name, *key, *age);
+        }
+    }
     let log = Log {
         events,
         relay: relay_events,
     };
-    serve(transports, tracker, log).await
+    serve(transports, tracker, log, settings.bindings).await
 }
 
-/// Runs `tracker` on `transports`, with its expiry timer.
+/// Runs `tracker` on `transports`, with its expiry timer (and the keeper of its bindings).
 async fn serve(
     transports: Vec<SharedTransport>,
     tracker: Tracker,
     log: Log,
+    bindings: Option<BindingsFile>,
 ) -> std::io::Result<()> {
     let registry = Arc::new(Mutex::new(tracker));
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(file) = bindings {
+        tasks.spawn(keep_bindings(registry.clone(), file));
+    }
     for t in transports {
         let (registry, log) = (registry.clone(), log.clone());
         tasks.spawn(async move {

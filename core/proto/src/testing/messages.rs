@@ -214,7 +214,7 @@ pub fn sample_messages() -> Vec<Message> {
             hash,
             page: 0,
             pages: 1,
-            peers: BoundedVec(vec![peer]),
+            peers: BoundedVec(vec![peer.clone()]),
         },
         Message::EntryByHash { request, hash },
         Message::HaveRequest {
@@ -244,6 +244,20 @@ pub fn sample_messages() -> Vec<Message> {
                 name: "alice".into(),
             },
         ),
+        Message::Lookup {
+            request,
+            name: "alice".into(),
+        },
+        Message::Found {
+            request,
+            peer: Some(peer.clone()),
+            key: Some(vec![7; 32]),
+        },
+        Message::Found {
+            request,
+            peer: None,
+            key: None,
+        },
         Message::Relayed {
             session: 0x5eed_0f5e_5511_0011,
             payload: bytes::Bytes::from(Message::EntryByHash { request, hash }.encode()),

@@ -292,6 +292,11 @@ impl Tracker {
         &self.registry
     }
 
+    /// The registry, to change (restoring saved bindings).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The answer to `msg` from `from` at `now` (`None`: nothing to answer: not a tracker
     /// request, or over the sender's rate limit), and what happened, for the log.
     pub fn handle(
@@ -365,6 +370,7 @@ impl Tracker {
                 | Message::Introduce { request, .. }
                 | Message::Announce { request, .. }
                 | Message::WhoHas { request, .. }
+                | Message::Lookup { request, .. }
                 | Message::RelayOpen { request, .. } => *request,
                 _ => return (None, None),
             };
@@ -500,6 +506,11 @@ impl Tracker {
                     },
                 };
                 (Some(reply), None)
+            }
+            Message::Lookup { request, name } => {
+                let peer = reg.live(now, &name);
+                let key = peer.as_ref().and_then(|_| reg.key_of(&name)).map(Vec::from);
+                (Some(Message::Found { request, peer, key }), None)
             }
             Message::ListPeers { request, page } => {
                 let snapshot = self.listings.snapshot(now, reg, from, page);
@@ -676,6 +687,63 @@ mod tests {
         let msg = signed(&mut t, gone, evil, &mallory, &reg);
         assert_eq!(refused(t.handle(gone, evil, msg).0), None);
         assert_eq!(t.registry().key_of("alice"), Some(mallory.public()));
+    }
+
+    /// `Lookup` names one live peer with the key its name is bound to (none for an unsigned
+    /// peer), nobody for a name not live, and needs an address proof like a listing.
+    #[test]
+    fn a_lookup_names_the_peer_and_its_key() {
+        use crate::identity::Identity;
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
+        let now = Instant::now();
+        let alice = Identity::from_secret([1; 32]);
+        let home: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+        let msg = signed(&mut t, now, home, &alice, &register("alice", 10001));
+        assert_eq!(refused(t.handle(now, home, msg).0), None);
+        let bob: SocketAddr = "10.0.0.2:5555".parse().unwrap();
+        assert_eq!(
+            refused(t.handle_proven(now, bob, register("bob", 10002)).0),
+            None
+        );
+        let asker: SocketAddr = "10.9.9.9:4000".parse().unwrap();
+        let lookup = |name: &str| Message::Lookup {
+            request: RequestId(7),
+            name: name.into(),
+        };
+        let (reply, _) = t.handle(now, asker, lookup("alice"));
+        assert!(matches!(reply, Some(Message::Retry { .. })), "{reply:?}");
+        match t.handle_proven(now, asker, lookup("alice")).0 {
+            Some(Message::Found {
+                request: RequestId(7),
+                peer: Some(p),
+                key: Some(key),
+            }) => {
+                assert_eq!(&*p.name, "alice");
+                assert_eq!(p.addr, "10.0.0.1:10001".parse::<SocketAddr>().unwrap());
+                assert_eq!(key, alice.public().to_vec());
+            }
+            other => panic!("{other:?}"),
+        }
+        match t.handle_proven(now, asker, lookup("bob")).0 {
+            Some(Message::Found {
+                peer: Some(p),
+                key: None,
+                ..
+            }) => assert_eq!(&*p.name, "bob"),
+            other => panic!("{other:?}"),
+        }
+        // Gone (expired), or never there: nobody, and no key either.
+        let later = now + t.registry().config().ttl + Duration::from_secs(1);
+        for name in ["alice", "carol"] {
+            match t.handle_proven(later, asker, lookup(name)).0 {
+                Some(Message::Found {
+                    peer: None,
+                    key: None,
+                    ..
+                }) => {}
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 
     /// A request from a forged address (it never sees its token) gets a `Retry` and changes

@@ -2,11 +2,13 @@
 //! content they announced ([`HoldersConfig`]), the answers to their requests ([`Tracker`]),
 //! and the relay between peers that cannot reach each other ([`Relay`]), without I/O.
 
+mod bindings;
 mod handler;
 mod holders;
 mod registry;
 mod relay;
 
+pub use bindings::{decode_bindings, encode_bindings, SavedBinding, BINDINGS_HEADER};
 pub use handler::{
     network_of, Tracker, TrackerEvent, ALWAYS_FRESH, INTRODUCTIONS, KEPT_SNAPSHOTS, LISTERS,
     NEW_NAMES, SNAPSHOT_EVERY,

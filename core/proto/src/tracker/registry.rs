@@ -169,6 +169,8 @@ pub struct Registry {
     /// Names bound to identity keys, for [`BINDING_KEEP`] after their last proof; at most
     /// four times `max_peers` (the oldest forgotten first).
     bindings: HashMap<String, Binding>,
+    /// See [`Registry::bindings_changed`].
+    bindings_changed: u64,
 }
 
 impl Registry {
@@ -179,6 +181,7 @@ impl Registry {
             peers: BTreeMap::new(),
             holders: Holders::new(HoldersConfig::default()),
             bindings: HashMap::new(),
+            bindings_changed: 0,
         }
     }
 
@@ -330,8 +333,48 @@ impl Registry {
                 self.bindings.remove(&oldest);
             }
         }
+        let new = self.bindings.get(name).is_none_or(|b| b.key != key);
         self.bindings
             .insert(name.to_string(), Binding { key, last: now });
+        if new {
+            self.bindings_changed += 1;
+        }
+    }
+
+    /// Every name bound to a key, with its key and how long ago it last proved it (for a
+    /// tracker that keeps its bindings across restarts: see [`Registry::restore_binding`]).
+    pub fn bindings(&self, now: Instant) -> Vec<(String, PublicKey, Duration)> {
+        self.bindings
+            .iter()
+            .map(|(name, b)| (name.clone(), b.key, now.saturating_duration_since(b.last)))
+            .filter(|(_, _, age)| *age < BINDING_KEEP)
+            .collect()
+    }
+
+    /// How many times a name was bound to a new key (or another key) since this registry
+    /// started: a keeper of [`Registry::bindings`] saves them again when this changes.
+    pub fn bindings_changed(&self) -> u64 {
+        self.bindings_changed
+    }
+
+    /// Binds `name` to `key` as proven `age` ago (a binding saved before a restart): refused
+    /// (`false`) for a name that is not valid, an age past [`BINDING_KEEP`], or a name
+    /// already bound here since.
+    pub fn restore_binding(
+        &mut self,
+        now: Instant,
+        name: &str,
+        key: PublicKey,
+        age: Duration,
+    ) -> bool {
+        let Some(last) = now.checked_sub(age) else {
+            return false;
+        };
+        if age >= BINDING_KEEP || validate_name(name).is_err() || self.bindings.contains_key(name) {
+            return false;
+        }
+        self.bind(last, name, key);
+        true
     }
 
     /// The identity key `name` is bound to, if any.
@@ -481,6 +524,16 @@ impl Registry {
                 transport: e.transport,
             })
             .collect()
+    }
+
+    /// The live peer `name`, as a listing shows it.
+    pub fn live(&self, now: Instant, name: &str) -> Option<PeerInfo> {
+        let (name, e) = self.peers.get_key_value(name)?;
+        (e.valid_until > now).then(|| PeerInfo {
+            name: name.as_str().into(),
+            addr: e.addr,
+            transport: e.transport,
+        })
     }
 
     /// Where the live peer `name`'s datagrams come from (its NAT's public mapping, if it is
@@ -682,6 +735,22 @@ mod tests {
         assert!(!r.unregister("a", addr("10.0.0.9:1").ip()));
         assert!(r.unregister("a", addr("10.0.0.1:7").ip()));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn restored_bindings_hold_until_they_lapse() {
+        let mut r = registry();
+        let now = Instant::now() + BINDING_KEEP;
+        let hour = Duration::from_secs(3600);
+        assert!(r.restore_binding(now, "alice", [1; 32], hour));
+        assert!(!r.restore_binding(now, "alice", [2; 32], hour), "already bound");
+        assert!(!r.restore_binding(now, "bob", [2; 32], BINDING_KEEP), "lapsed");
+        assert!(!r.restore_binding(now, "bad name", [2; 32], hour), "not a name");
+        assert_eq!(r.key_of("alice"), Some([1; 32]));
+        assert_eq!(r.bindings(now), vec![("alice".to_string(), [1; 32], hour)]);
+        // It lapses BINDING_KEEP after the proof it was saved with, not after its restoring.
+        assert!(r.bindings(now + BINDING_KEEP - hour).is_empty());
+        assert_eq!(r.bindings_changed(), 1);
     }
 
     #[test]

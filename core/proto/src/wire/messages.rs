@@ -492,6 +492,26 @@ pub enum Message {
         #[serde(with = "super::decode::payload")]
         payload: Bytes,
     },
+    /// Anyone → tracker: the live peer `name` and the identity key its name is bound to
+    /// (what `get NAME ID` needs, without paging through the whole listing). Answered with
+    /// [`Message::Found`]. An extension of v1.
+    Lookup {
+        /// Reply correlation.
+        request: RequestId,
+        /// The peer's name.
+        name: String,
+    },
+    /// Tracker → asker: the peer asked for (`None`: nobody of that name is live) and the
+    /// Ed25519 key its name is bound to (`None`: it proved no key, or the binding expired).
+    Found {
+        /// Correlation.
+        request: RequestId,
+        /// The peer, as a listing shows it.
+        peer: Option<PeerInfo>,
+        /// The key (32 bytes).
+        #[serde(with = "serde_bytes")]
+        key: Option<Vec<u8>>,
+    },
 }
 
 /// Bytes a [`Message::Relayed`] adds around the datagram it carries, at most.
@@ -531,6 +551,7 @@ impl Message {
                 | Message::EntryByHash { .. }
                 | Message::HaveRequest { .. }
                 | Message::RelayOpen { .. }
+                | Message::Lookup { .. }
                 | Message::Signed { .. }
         )
     }
@@ -576,7 +597,15 @@ impl Message {
             | Message::Unregister { name, .. }
             | Message::Introduce { name, .. }
             | Message::RelayOpen { name, .. }
+            | Message::Lookup { name, .. }
             | Message::Announce { name, .. } => check(name.len() <= MAX_NAME_LEN, "name"),
+            Message::Found { peer, key, .. } => {
+                check(
+                    peer.as_ref().is_none_or(|p| p.name.len() <= MAX_NAME_LEN),
+                    "peer.name",
+                )?;
+                check(key.as_ref().is_none_or(|k| k.len() == 32), "key")
+            }
             Message::RegisterReply {
                 outcome: RegisterOutcome::Refused { reason },
                 ..

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
+use crate::identity::PublicKey;
 use crate::transfer::PieceTable;
 use crate::wire::{ContentHash, FileId, IndexEntry, Message, PeerInfo, RequestId};
 
@@ -31,7 +32,43 @@ use super::{
     INDEX_RESTARTS, MAX_INDEX_ENTRIES, MAX_INDEX_PAGES, MAX_PIECES, PIECE_PAGES_IN_FLIGHT,
 };
 
+/// A live peer as the tracker's [`EndpointHandle::lookup`] names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundPeer {
+    /// The peer, as a listing shows it.
+    pub info: PeerInfo,
+    /// The identity key its name is bound to at the tracker (`None`: it proved none).
+    pub key: Option<PublicKey>,
+}
+
 impl EndpointHandle {
+    /// The live peer `name` at `tracker`, and the key its name is bound to (`None`: nobody of
+    /// that name is live): one round trip, whatever the size of the table. An older tracker
+    /// does not answer (`NoAnswer`); [`list_peers`](Self::list_peers) is then the way.
+    pub async fn lookup(
+        &self,
+        tracker: SocketAddr,
+        name: &str,
+    ) -> Result<Option<FoundPeer>, ServiceError> {
+        let msg = Message::Lookup {
+            request: RequestId(0),
+            name: name.to_string(),
+        };
+        match self.rpc(tracker, msg).await? {
+            Message::Found { peer: None, .. } => Ok(None),
+            Message::Found {
+                peer: Some(info),
+                key,
+                ..
+            } if *info.name == *name => Ok(Some(FoundPeer {
+                info,
+                key: key.and_then(|k| k.try_into().ok()),
+            })),
+            Message::Error { reason, .. } => Err(ServiceError::Refused(reason)),
+            _ => Err(ServiceError::Protocol(tracker)),
+        }
+    }
+
     /// Every live peer the tracker knows, all pages.
     pub async fn list_peers(&self, tracker: SocketAddr) -> Result<Vec<PeerInfo>, ServiceError> {
         let mut all = Vec::new();

@@ -50,7 +50,7 @@ use p2p_proto::endpoint::{Endpoint, EndpointConfig as ProtoConfig};
 use rpc::Replies;
 use upload::Batch;
 
-pub use listing::HeldEntry;
+pub use listing::{FoundPeer, HeldEntry};
 use partials::Partials;
 pub use partials::{PartialServed, NOT_HELD};
 pub use punch::Punched;
