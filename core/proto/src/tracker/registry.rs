@@ -743,9 +743,18 @@ mod tests {
         let now = Instant::now() + BINDING_KEEP;
         let hour = Duration::from_secs(3600);
         assert!(r.restore_binding(now, "alice", [1; 32], hour));
-        assert!(!r.restore_binding(now, "alice", [2; 32], hour), "already bound");
-        assert!(!r.restore_binding(now, "bob", [2; 32], BINDING_KEEP), "lapsed");
-        assert!(!r.restore_binding(now, "bad name", [2; 32], hour), "not a name");
+        assert!(
+            !r.restore_binding(now, "alice", [2; 32], hour),
+            "already bound"
+        );
+        assert!(
+            !r.restore_binding(now, "bob", [2; 32], BINDING_KEEP),
+            "lapsed"
+        );
+        assert!(
+            !r.restore_binding(now, "bad name", [2; 32], hour),
+            "not a name"
+        );
         assert_eq!(r.key_of("alice"), Some([1; 32]));
         assert_eq!(r.bindings(now), vec![("alice".to_string(), [1; 32], hour)]);
         // It lapses BINDING_KEEP after the proof it was saved with, not after its restoring.
