@@ -30,7 +30,7 @@
 //! assert!(ep.poll_event().is_none() && ep.poll_timeout().is_none());
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -190,6 +190,9 @@ pub struct Endpoint {
     validator: AddressValidator,
     /// Tokens others gave us.
     tokens: TokenCache,
+    /// Requests that came as [`Message::Initial`] and await their answer, with the bytes
+    /// they came with ([`Endpoint::answer_for`]).
+    initials: HashMap<(SocketAddr, RequestId), usize>,
     /// Trackers that never answered a signed name request (they predate `Signed`): ours go
     /// to them unsigned. At most [`MAX_UNSIGNED_TRACKERS`].
     unsigned: Vec<SocketAddr>,
@@ -217,6 +220,7 @@ impl Endpoint {
             limiter: RateLimiter::new(config.rate),
             validator: AddressValidator::new(id_seed),
             tokens: TokenCache::default(),
+            initials: HashMap::new(),
             unsigned: Vec::new(),
             config,
             id_key: blake3::derive_key("p2p endpoint ids v1", &id_seed.to_le_bytes()),
@@ -282,7 +286,16 @@ impl Endpoint {
         }
         let id = self.new_request_id();
         set_request_id(&mut msg, id);
-        let payload = self.seal(to, &msg).encode();
+        // To a server we hold no token of, a lookup goes padded, to be answered at once
+        // (its next attempt goes as usual: a server older than `Initial` drops it).
+        let initial = self.tokens.get(to).is_none()
+            && !self.config.addresses_proven
+            && msg.answerable_at_once();
+        let payload = if initial {
+            msg.initial().encode()
+        } else {
+            self.seal(to, &msg).encode()
+        };
         let wait = self.config.rpc_retry;
         self.requests.insert(
             id,
@@ -340,9 +353,36 @@ impl Endpoint {
     /// Routes a message from `from`. `None`: answered here (see [`Endpoint::poll_transmit`])
     /// or dropped (unknown, from the wrong address, over the rate limit).
     pub fn handle(&mut self, now: Instant, from: SocketAddr, msg: Message) -> Option<Incoming> {
+        // A lookup may come as an `Initial`: answered at once, within three times its size
+        // (`answer_for`). An `Answer` is the answer to ours, and a token.
+        let (msg, initial) = match msg {
+            Message::Initial { body, pad } => {
+                let (inner, size) = Message::open_initial(&body, &pad).ok()?;
+                if !self.limiter.allow(now, from.ip()) {
+                    return None;
+                }
+                (inner, Some(size))
+            }
+            Message::Answer { token, body } => {
+                let inner = Message::open_answer(&body).ok()?;
+                let id = inner.answered_request()?;
+                if self.requests.get(&id).is_none_or(|r| r.to != from) {
+                    return None;
+                }
+                self.tokens.insert(from, token);
+                return self.handle(now, from, inner);
+            }
+            msg => (msg, None),
+        };
         // A request proves its sender's address with a token, or is answered with a `Retry`.
         let (msg, proven) = self.validator.open(now, from.ip(), msg)?;
-        let proven = proven || self.config.addresses_proven;
+        let proven = proven || self.config.addresses_proven || initial.is_some();
+        if let (Some(size), Some(id)) = (initial, msg.request_id()) {
+            if self.initials.len() >= MAX_INITIALS {
+                self.initials.clear(); // their answers then go without the wrapper: dropped
+            }
+            self.initials.insert((from, id), size);
+        }
         match msg {
             Message::IndexRequest { request, .. }
             | Message::PieceRequest { request, .. }
@@ -406,7 +446,8 @@ impl Endpoint {
                 self.tokens.insert(from, token);
                 Some(Incoming::Download { transfer, msg })
             }
-            Message::Validated { .. } => None, // opened above: never nested
+            // Opened above: never nested.
+            Message::Validated { .. } | Message::Initial { .. } | Message::Answer { .. } => None,
             Message::Introduced { request, peer }
                 if self.punch_answered(now, from, request, peer) =>
             {
@@ -754,6 +795,21 @@ impl Endpoint {
         )
     }
 
+    /// `reply` as it goes to `to`: the answer to a request that came as an `Initial` goes as
+    /// an [`Message::Answer`] with `to`'s token, or, if that would be more than three times
+    /// the `Initial`'s size, as a `Retry` (then `to` asks again with the token). Others as
+    /// they are.
+    pub fn answer_for(&mut self, now: Instant, to: SocketAddr, reply: Message) -> Message {
+        let Some(size) = reply
+            .answered_request()
+            .and_then(|id| self.initials.remove(&(to, id)))
+        else {
+            return reply;
+        };
+        let token = self.validator.issue(now, to.ip());
+        reply.answer_initial_or_retry(token, size)
+    }
+
     /// Sends `msg` to `from` if the rate limit allows: the answer to a request whose sender
     /// has not proven its address, no larger than the request.
     fn retry(
@@ -824,6 +880,9 @@ fn seal(
         _ => tokens.wrap(to, msg),
     }
 }
+
+/// Most requests that came as `Initial` whose answers are awaited.
+const MAX_INITIALS: usize = 1024;
 
 fn set_request_id(msg: &mut Message, id: RequestId) {
     match msg {

@@ -71,7 +71,17 @@ fn a_request_is_sent_again_with_doubling_waits_then_fails() {
     let (to, t0) = (addr(1, 9000), Instant::now());
     let (id, first) = ep.request(t0, to, list_peers());
     assert_eq!(first.to, to);
-    assert!(matches!(decoded(&first), Message::ListPeers { request, .. } if request == id));
+    // No token from `to` yet: padded, to be answered at once.
+    match decoded(&first) {
+        Message::Initial { body, pad } => match Message::open_initial(&body, &pad) {
+            Ok((Message::ListPeers { request, .. }, size)) => {
+                assert_eq!(request, id);
+                assert!(size >= crate::wire::INITIAL_SIZE, "{size}");
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
     let mut now = t0;
     let mut wait = config.rpc_retry;
     for attempt in 2..=config.rpc_attempts {
@@ -79,7 +89,11 @@ fn a_request_is_sent_again_with_doubling_waits_then_fails() {
         now += wait;
         ep.handle_timeout(now);
         let again = ep.poll_transmit().expect("sent again");
-        assert_eq!(again, first, "the same request, same id");
+        // Later attempts as a server older than `Initial` expects.
+        assert!(
+            matches!(decoded(&again), Message::ListPeers { request, .. } if request == id),
+            "the same request, same id"
+        );
         assert!(ep.poll_transmit().is_none());
         wait = (wait * 2).min(MAX_RPC_WAIT);
     }
@@ -457,7 +471,7 @@ fn a_retry_is_followed_with_the_token() {
     let now = Instant::now();
     let tracker = addr(1, 9000);
     let (id, first) = ep.request(now, tracker, list_peers());
-    assert!(matches!(decoded(&first), Message::ListPeers { .. }));
+    assert!(matches!(decoded(&first), Message::Initial { .. }));
     let token = crate::wire::Token(42);
     let retry = Message::Retry { request: id, token };
     assert!(ep.handle(now, addr(66, 9000), retry.clone()).is_none());
@@ -1110,4 +1124,121 @@ fn signed_name_requests_fall_back_to_unsigned_for_an_older_tracker() {
     assert!(matches!(decoded(&next), Message::Register { .. }));
     let (_, other) = ep.request(t, addr(8, 9000), register);
     assert!(matches!(decoded(&other), Message::Signed { .. }));
+}
+
+/// A lookup from an address that proved nothing yet, padded as an `Initial`, is served at
+/// once: its answer goes with a token for the asker's next requests, no more than three
+/// times the bytes that came; an answer too large for that goes as a `Retry` instead. What
+/// may not be answered before proof (a transfer, a name) is dropped when it comes that way.
+#[test]
+fn an_initial_lookup_is_answered_at_once_within_three_times_its_size() {
+    let mut server = Endpoint::new(EndpointConfig::default(), 3);
+    let now = Instant::now();
+    let asker = addr(9, 4000);
+    let ask = Message::EntryRequest {
+        request: RequestId(5),
+        file: crate::wire::FileId(1),
+    }
+    .initial();
+    let came = ask.encode().len();
+    match server.handle(now, asker, ask) {
+        Some(Incoming::EntryRequest { request, .. }) => assert_eq!(request, RequestId(5)),
+        other => panic!("{other:?}"),
+    }
+    assert!(server.poll_transmit().is_none(), "no Retry");
+    let reply = Message::EntryReply {
+        request: RequestId(5),
+        entry: None,
+        partial: false,
+    };
+    let sent = server.answer_for(now, asker, reply.clone());
+    assert!(sent.encode().len() <= 3 * came);
+    let Message::Answer { token, body } = &sent else {
+        panic!("{sent:?}");
+    };
+    assert_eq!(Message::open_answer(body), Ok(reply.clone()));
+    // The token proves the asker's address from then on.
+    let next = Message::IndexRequest {
+        request: RequestId(6),
+        page: 0,
+    };
+    assert!(matches!(
+        server.handle(now, asker, next.with_token(Some(*token))),
+        Some(Incoming::IndexRequest { .. })
+    ));
+    // Answered once: a second reply to that request goes as it is.
+    assert_eq!(server.answer_for(now, asker, reply.clone()), reply);
+    // Too large an answer: a Retry.
+    server.handle(
+        now,
+        asker,
+        Message::HaveRequest {
+            request: RequestId(7),
+            hash: crate::wire::ContentHash::of(b"x"),
+            first: 0,
+        }
+        .initial(),
+    );
+    let big = Message::Error {
+        request: RequestId(7),
+        reason: "x".repeat(crate::wire::INITIAL_SIZE * 3),
+    };
+    assert!(matches!(
+        server.answer_for(now, asker, big),
+        Message::Retry {
+            request: RequestId(7),
+            ..
+        }
+    ));
+    // A transfer's Request or a name request cannot come that way.
+    for not_at_once in [
+        Message::Request {
+            transfer: TransferId(1),
+            file: crate::wire::FileId(1),
+            offset: 0,
+            end: None,
+        },
+        Message::Unregister {
+            request: RequestId(8),
+            name: "alice".into(),
+        },
+    ] {
+        assert!(!not_at_once.answerable_at_once());
+        let body = rmp_serde::to_vec(&not_at_once).unwrap();
+        let msg = Message::Initial {
+            body,
+            pad: vec![0; 400],
+        };
+        assert!(server.handle(now, asker, msg).is_none(), "{not_at_once:?}");
+        assert!(server.poll_transmit().is_none(), "{not_at_once:?}");
+    }
+}
+
+/// An `Answer` to our `Initial` is taken as the answer, and its token kept for the next
+/// requests; from another address, or for no request of ours, it is ignored.
+#[test]
+fn an_answer_answers_and_gives_a_token() {
+    let mut ep = Endpoint::new(EndpointConfig::default(), 0);
+    let now = Instant::now();
+    let tracker = addr(1, 9000);
+    let (id, _) = ep.request(now, tracker, list_peers());
+    let answer = Message::Answer {
+        token: crate::wire::Token(42),
+        body: rmp_serde::to_vec(&peer_list(id)).unwrap(),
+    };
+    assert!(ep.handle(now, addr(66, 9000), answer.clone()).is_none());
+    let stray = Message::Answer {
+        token: crate::wire::Token(43),
+        body: rmp_serde::to_vec(&peer_list(RequestId(id.0 ^ 1))).unwrap(),
+    };
+    assert!(ep.handle(now, tracker, stray).is_none());
+    match ep.handle(now, tracker, answer) {
+        Some(Incoming::Answer { request, .. }) => assert_eq!(request, id),
+        other => panic!("{other:?}"),
+    }
+    let (_, next) = ep.request(now, tracker, list_peers());
+    match decoded(&next) {
+        Message::Validated { token, .. } => assert_eq!(token, crate::wire::Token(42)),
+        other => panic!("{other:?}"),
+    }
 }

@@ -86,7 +86,7 @@ pub fn sample_messages() -> Vec<Message> {
             page: 0,
             pages: 2,
             share: "shared".into(),
-            entries: BoundedVec(vec![entry]),
+            entries: BoundedVec(vec![entry.clone()]),
         },
         Message::Error {
             request,
@@ -257,6 +257,20 @@ pub fn sample_messages() -> Vec<Message> {
             request,
             peer: None,
             key: None,
+        },
+        Message::EntryRequest {
+            request,
+            file: FileId(1),
+        }
+        .initial(),
+        Message::Answer {
+            token: crate::wire::Token(77),
+            body: rmp_serde::to_vec(&Message::EntryReply {
+                request,
+                entry: Some(entry.clone()),
+                partial: false,
+            })
+            .expect("encodes"),
         },
         Message::Relayed {
             session: 0x5eed_0f5e_5511_0011,

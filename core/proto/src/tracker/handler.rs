@@ -326,6 +326,27 @@ impl Tracker {
         if !self.limiter.allow_cost(now, from.ip(), NEXT_PAGE_COST) {
             return (None, None);
         }
+        // A lookup without a token, padded: answered at once, within three times its size
+        // (as a `Retry` if its answer would be larger).
+        if let Message::Initial { body, pad } = &msg {
+            let Ok((inner, size)) = Message::open_initial(body, pad) else {
+                return (None, None);
+            };
+            let (reply, event) = self.handle_opened(now, from, inner, true);
+            let token = self.validator.issue(now, from.ip());
+            return (reply.map(|r| r.answer_initial_or_retry(token, size)), event);
+        }
+        self.handle_opened(now, from, msg, addresses_proven)
+    }
+
+    /// [`Tracker::handle_on`] of a message past the rate limit's first cost, not an `Initial`.
+    fn handle_opened(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        msg: Message,
+        addresses_proven: bool,
+    ) -> (Option<Message>, Option<TrackerEvent>) {
         let token = match &msg {
             Message::Validated { token, .. } => Some(*token),
             _ => None,
@@ -732,6 +753,40 @@ mod tests {
             }) => assert_eq!(&*p.name, "bob"),
             other => panic!("{other:?}"),
         }
+        // Padded as an `Initial` by an asker with no token: answered at once, with one,
+        // within three times the bytes that came; a name request cannot come that way.
+        let initial = lookup("alice").initial();
+        let came = initial.encode().len();
+        let stranger: SocketAddr = "10.9.9.10:4000".parse().unwrap();
+        match t.handle(now, stranger, initial).0 {
+            Some(answer @ Message::Answer { .. }) => {
+                assert!(answer.encode().len() <= 3 * came);
+                let Message::Answer { token, body } = answer else {
+                    unreachable!()
+                };
+                assert!(matches!(
+                    Message::open_answer(&body),
+                    Ok(Message::Found {
+                        peer: Some(_),
+                        key: Some(_),
+                        ..
+                    })
+                ));
+                assert!(matches!(
+                    t.handle(now, stranger, lookup("bob").with_token(Some(token)))
+                        .0,
+                    Some(Message::Found { .. })
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = rmp_serde::to_vec(&register("mallory", 1)).unwrap();
+        let sneaky = Message::Initial {
+            body,
+            pad: vec![0; 400],
+        };
+        assert_eq!(t.handle(now, stranger, sneaky).0, None);
+        assert_eq!(t.registry().len(), 2);
         // Gone (expired), or never there: nobody, and no key either.
         let later = now + t.registry().config().ttl + Duration::from_secs(1);
         for name in ["alice", "carol"] {

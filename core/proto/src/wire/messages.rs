@@ -512,7 +512,38 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         key: Option<Vec<u8>>,
     },
+    /// Requester → server it holds no token of: a request that may be answered before the
+    /// requester proved its address ([`Message::answerable_at_once`]), padded so that the
+    /// answer is at most three times its size (QUIC's anti-amplification rule). Answered with
+    /// [`Message::Answer`], or with a `Retry` when the answer would be larger. An extension
+    /// of v1: a server that predates it drops it, and the requester's next attempt goes
+    /// without it.
+    Initial {
+        /// The request, encoded without envelope.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+        /// Zeros, to [`INITIAL_SIZE`] bytes in all.
+        #[serde(with = "serde_bytes")]
+        pad: Vec<u8>,
+    },
+    /// Server → requester: the answer to its [`Message::Initial`], and a token for its next
+    /// requests (as a `Retry` would have given it).
+    Answer {
+        /// The requester's token.
+        token: Token,
+        /// The answer, encoded without envelope.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
 }
+
+/// Bytes of the body and padding of a [`Message::Initial`] at least: three times this holds
+/// any answer that fits a control message ([`CONTROL_BUDGET`](super::CONTROL_BUDGET)) with
+/// its envelope.
+pub const INITIAL_SIZE: usize = 420;
+
+/// Largest answer a [`Message::Answer`] carries.
+pub const MAX_ANSWER_BODY: usize = 2048;
 
 /// Bytes a [`Message::Relayed`] adds around the datagram it carries, at most.
 pub const RELAY_OVERHEAD: usize = 32;
@@ -554,6 +585,122 @@ impl Message {
                 | Message::Lookup { .. }
                 | Message::Signed { .. }
         )
+    }
+
+    /// Whether a server answers this request, sent as [`Message::Initial`], before its sender
+    /// proved its address: the lookups whose answer is one control message, and that take
+    /// no slot, name or third party's attention.
+    pub fn answerable_at_once(&self) -> bool {
+        matches!(
+            self,
+            Message::ListPeers { .. }
+                | Message::Lookup { .. }
+                | Message::WhoHas { .. }
+                | Message::IndexRequest { .. }
+                | Message::PieceRequest { .. }
+                | Message::EntryRequest { .. }
+                | Message::EntryByHash { .. }
+                | Message::HaveRequest { .. }
+        )
+    }
+
+    /// The id of this request (`None`: not a request that carries one).
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Message::Register { request, .. }
+            | Message::Heartbeat { request, .. }
+            | Message::Unregister { request, .. }
+            | Message::ListPeers { request, .. }
+            | Message::IndexRequest { request, .. }
+            | Message::EntryRequest { request, .. }
+            | Message::EntryByHash { request, .. }
+            | Message::HaveRequest { request, .. }
+            | Message::RelayOpen { request, .. }
+            | Message::Lookup { request, .. }
+            | Message::PieceRequest { request, .. }
+            | Message::Introduce { request, .. }
+            | Message::Announce { request, .. }
+            | Message::WhoHas { request, .. } => Some(*request),
+            _ => None,
+        }
+    }
+
+    /// This request as a padded [`Message::Initial`].
+    pub fn initial(&self) -> Message {
+        let body = rmp_serde::to_vec(self).expect("encoding to a Vec never fails");
+        let pad = vec![0; INITIAL_SIZE.saturating_sub(body.len())];
+        Message::Initial { body, pad }
+    }
+
+    /// The request a [`Message::Initial`] carries (one [`answerable_at_once`](Self::answerable_at_once)),
+    /// and the size of the body and padding that came with it.
+    pub fn open_initial(body: &[u8], pad: &[u8]) -> Result<(Message, usize), DecodeError> {
+        let msg = Message::open_validated(body)?;
+        if !msg.answerable_at_once() {
+            return Err(DecodeError::Limit { field: "body" });
+        }
+        Ok((msg, body.len() + pad.len()))
+    }
+
+    /// The answer to an [`Message::Initial`] of `initial` bytes, with `token`: `None` when it
+    /// would be more than three times that.
+    pub fn answer_initial(&self, token: Token, initial: usize) -> Option<Message> {
+        let body = rmp_serde::to_vec(self).expect("encoding to a Vec never fails");
+        let answer = Message::Answer { token, body };
+        (answer.encode().len() <= 3 * initial).then_some(answer)
+    }
+
+    /// [`answer_initial`](Self::answer_initial), or a `Retry` with `token` when the answer is
+    /// too large (the requester then asks again with the token).
+    pub fn answer_initial_or_retry(&self, token: Token, initial: usize) -> Message {
+        match (self.answer_initial(token, initial), self.answered_request()) {
+            (Some(answer), _) => answer,
+            (None, Some(request)) => Message::Retry { request, token },
+            (None, None) => self.clone(), // not an answer: never wrapped
+        }
+    }
+
+    /// The request this message answers, if it is an answer to one.
+    pub fn answered_request(&self) -> Option<RequestId> {
+        match self {
+            Message::RegisterReply { request, .. }
+            | Message::UnregisterReply { request }
+            | Message::PeerList { request, .. }
+            | Message::IndexPage { request, .. }
+            | Message::EntryReply { request, .. }
+            | Message::Have { request, .. }
+            | Message::RelayOpened { request, .. }
+            | Message::Found { request, .. }
+            | Message::PieceHashes { request, .. }
+            | Message::Introduced { request, .. }
+            | Message::Announced { request, .. }
+            | Message::Holders { request, .. }
+            | Message::Error { request, .. } => Some(*request),
+            _ => None,
+        }
+    }
+
+    /// The answer a [`Message::Answer`] carries: a message that answers a request (not
+    /// another wrapper), within the limits.
+    pub fn open_answer(body: &[u8]) -> Result<Message, DecodeError> {
+        if body.len() > MAX_ANSWER_BODY {
+            return Err(DecodeError::Limit { field: "body" });
+        }
+        let msg: Message =
+            rmp_serde::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if msg.needs_proof()
+            || matches!(
+                msg,
+                Message::Validated { .. }
+                    | Message::Initial { .. }
+                    | Message::Answer { .. }
+                    | Message::Relayed { .. }
+            )
+        {
+            return Err(DecodeError::Limit { field: "body" });
+        }
+        msg.validate()?;
+        Ok(msg)
     }
 
     /// This request, [`Message::Validated`] with `token` (as is without one).
@@ -666,6 +813,11 @@ impl Message {
                 "relayed payload",
             ),
             Message::Validated { body, .. } => check(body.len() <= MAX_VALIDATED_BODY, "body"),
+            Message::Initial { body, pad } => check(
+                body.len() <= MAX_VALIDATED_BODY && pad.len() <= INITIAL_SIZE,
+                "initial",
+            ),
+            Message::Answer { body, .. } => check(body.len() <= MAX_ANSWER_BODY, "body"),
             Message::Signed { key, sig, body } => check(
                 key.len() == 32 && sig.len() == 64 && body.len() <= MAX_VALIDATED_BODY,
                 "signed",

@@ -45,7 +45,7 @@ pub use envelope::{
 };
 pub use ids::{ContentHash, FileId, RequestId, Token, TransferId, TransportKind};
 pub use messages::{
-    AbortReason, IndexEntry, Message, PeerInfo, RegisterOutcome, MAX_ANNOUNCE_HASHES,
-    MAX_HAVE_BYTES, MAX_VALIDATED_BODY, PIECE_SIZE, RELAY_OVERHEAD,
+    AbortReason, IndexEntry, Message, PeerInfo, RegisterOutcome, INITIAL_SIZE, MAX_ANNOUNCE_HASHES,
+    MAX_ANSWER_BODY, MAX_HAVE_BYTES, MAX_VALIDATED_BODY, PIECE_SIZE, RELAY_OVERHEAD,
 };
 pub use paging::paginate;

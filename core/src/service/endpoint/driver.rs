@@ -335,6 +335,9 @@ impl Driver {
 
     pub(super) fn queue_stateless(&mut self, to: SocketAddr, msg: Message) {
         let transport = self.transport.clone();
+        // The answer to a request that came as an `Initial` goes with a token, or as a
+        // `Retry` if it is too large to go before the asker proved its address.
+        let msg = self.proto.answer_for(Instant::now().into_std(), to, msg);
         let bytes = msg.encode();
         tokio::spawn(async move {
             send_unless_full(&transport, to, &bytes).await;

@@ -259,9 +259,11 @@ pub const MAX_INDEX_ENTRIES: usize = 200_000;
 /// Most pieces a download takes (32 MiB of hashes: a 256 GiB file at 256 KiB pieces).
 pub const MAX_PIECES: u64 = 1 << 20;
 
-/// Pages of a piece table asked for at once (within the sender's default rate limit even
-/// at a few milliseconds' round trip).
-pub const PIECE_PAGES_IN_FLIGHT: usize = 16;
+/// Pages of a piece table (or an index, or a list of holders) asked for at once: a 1 GiB
+/// file's table (4,096 pieces, 114 pages) in two round trips, however long they are. The
+/// pages after the first cost a 64th of a request of the sender's per-address rate limit,
+/// so 64 in flight stay within its burst.
+pub const PIECE_PAGES_IN_FLIGHT: usize = 64;
 
 /// One page of a piece table, as checked by `EndpointHandle::piece_page`.
 struct PiecePage {
