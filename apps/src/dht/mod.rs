@@ -6,12 +6,16 @@
 //!
 //! The DHT node runs on a thread of its own (the crate's actor, with its own UDP socket): the
 //! endpoint's event loop never waits on it. [`DhtNode`] is the async face of that thread;
-//! [`announce`] keeps a peer's hashes announced, [`lookup`] finds the holders of one.
+//! [`announce`] keeps a peer's hashes announced, [`lookup`] finds the holders of one;
+//! [`publish`] keeps a peer's signed [`record`] (where the peers of its identity key listen)
+//! on the DHT, and resolves a key's record.
 
 pub(crate) mod announce;
 pub(crate) mod key;
 pub(crate) mod lookup;
 pub(crate) mod plan;
+pub(crate) mod publish;
+pub(crate) mod record;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::time::Duration;

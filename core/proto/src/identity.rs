@@ -41,6 +41,12 @@ impl Identity {
         }
     }
 
+    /// The 32 secret bytes, for signing with another library's Ed25519 types (the DHT's
+    /// BEP 44 records, whose signed bytes never start with [`CONTEXT`]). Keep them private.
+    pub fn secret(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     /// The public key.
     pub fn public(&self) -> PublicKey {
         self.key.verifying_key().to_bytes()
