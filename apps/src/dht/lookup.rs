@@ -29,6 +29,8 @@ pub(crate) struct Lookup {
     /// The DHT nodes the node knew when the lookup ended (for the message when nothing was
     /// found: 0 means the DHT was not reached at all).
     pub(crate) nodes_known: usize,
+    /// How long the first address took to come (when `get` can start), if one came.
+    pub(crate) first_after: Option<Duration>,
 }
 
 /// Looks `hash` up on the DHT under the key of `transport` (the peers a download over it can
@@ -41,8 +43,10 @@ pub(crate) async fn lookup(
 ) -> Lookup {
     let key = DhtKey::of(hash, transport);
     let mut answers = node.inner().get_peers(key.id());
-    let deadline = Instant::now() + wait;
+    let started = Instant::now();
+    let deadline = started + wait;
     let mut settle: Option<Instant> = None;
+    let mut first_after = None;
     let mut seen = BTreeSet::new();
     let mut found = Vec::new();
     loop {
@@ -58,11 +62,13 @@ pub(crate) async fn lookup(
         }
         if !found.is_empty() && settle.is_none() {
             settle = Some(Instant::now() + SETTLE);
+            first_after = Some(started.elapsed());
         }
     }
     tracing::debug!(%key, found = found.len(), "DHT lookup done");
     Lookup {
         found,
         nodes_known: node.nodes_known().await,
+        first_after,
     }
 }

@@ -88,6 +88,15 @@ impl DhtNode {
         })
     }
 
+    /// A node of a local test DHT (a `Testnet`'s), as a peer's node.
+    #[cfg(test)]
+    pub(crate) fn of_testnet(dht: &mainline::Dht) -> Self {
+        DhtNode {
+            dht: dht.clone().as_async(),
+            bootstrap: Vec::new(),
+        }
+    }
+
     /// The bootstrap nodes it was given, for messages (`a:1, b:2`).
     pub(crate) fn bootstrap(&self) -> String {
         self.bootstrap.join(", ")

@@ -59,8 +59,19 @@ pub(crate) async fn resolve(
     key: &PublicKey,
     wait: Duration,
 ) -> Result<Signed, ResolveError> {
+    resolve_timed(node, key, wait).await.0
+}
+
+/// [`resolve`], and how long the first valid record took to come, if one came.
+pub(crate) async fn resolve_timed(
+    node: &DhtNode,
+    key: &PublicKey,
+    wait: Duration,
+) -> (Result<Signed, ResolveError>, Option<Duration>) {
     let mut items = node.inner().get_mutable(key, Some(SALT), None);
-    let deadline = Instant::now() + wait;
+    let started = Instant::now();
+    let deadline = started + wait;
+    let mut first_after = None;
     let mut settle: Option<Instant> = None;
     let mut best: Option<Signed> = None;
     let mut invalid: Option<RecordError> = None;
@@ -74,7 +85,10 @@ pub(crate) async fn resolve(
                 if best.as_ref().is_none_or(|b| signed.seq > b.seq) {
                     best = Some(signed);
                 }
-                settle.get_or_insert(Instant::now() + SETTLE);
+                if settle.is_none() {
+                    settle = Some(Instant::now() + SETTLE);
+                    first_after = Some(started.elapsed());
+                }
             }
             Err(e) => {
                 tracing::debug!(key = %hex(key), error = %e, "a DHT node gave an invalid record");
@@ -82,7 +96,7 @@ pub(crate) async fn resolve(
             }
         }
     }
-    match (best, invalid) {
+    let result = match (best, invalid) {
         (Some(best), _) => Ok(best),
         (None, Some(source)) => Err(ResolveError::Invalid {
             key: hex(key),
@@ -93,7 +107,8 @@ pub(crate) async fn resolve(
             secs: wait.as_secs(),
             nodes: node.nodes_known().await,
         }),
-    }
+    };
+    (result, first_after)
 }
 
 /// What a publish came to.
