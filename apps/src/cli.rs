@@ -72,6 +72,9 @@ pub(crate) enum Command {
     /// Download a file from a peer (and every other peer with the same content), by content
     /// hash, or from a share ticket.
     Get(GetArgs),
+    /// Print the signed record of an identity key on the DHT: where its peers listen.
+    #[command(after_help = RESOLVE_EXAMPLES)]
+    Resolve(ResolveArgs),
     /// Share one file or folder and print a ticket for `p2p get` on another machine.
     #[command(after_help = SHARE_EXAMPLES)]
     Share(ShareArgs),
@@ -157,8 +160,21 @@ Examples:
   p2p get alice 003 --json                     # one JSON object: path, size, received, ...
   p2p get alice 003 --busy-wait 0              # fail at once if alice is busy
   p2p get blake3:HEX --dht                     # sources from the DHT (and the tracker, if given)
+  p2p get KEY 003 --dht                        # from the peer of identity key KEY (64 hex
+                                               # digits), found by its record on the DHT
+  p2p get alice@KEY 003 --dht                  # the same, when the key has several peers
 
 Interrupted (Ctrl-C, peer gone), the verified part is kept: run the same get again to resume.";
+
+const RESOLVE_EXAMPLES: &str = "\
+Examples:
+  p2p resolve KEY                              # KEY: 64 hex digits, as `p2p peer --dht` prints it
+  p2p resolve alice@KEY --json                 # one peer of the key, as JSON
+  p2p resolve KEY --dht-bootstrap 192.0.2.7:6881
+
+Prints each peer of the key's record (name, transport, addresses, when it last published).
+Exit 4 when the DHT has no record of the key within 10 s, 1 when the record found is not
+valid (bad signature or fields).";
 
 const DEMO_EXAMPLES: &str = "\
 Examples:
@@ -574,6 +590,24 @@ fn parse_window(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// `p2p resolve KEY`: a key's record on the DHT.
+#[derive(Args, Debug)]
+pub(crate) struct ResolveArgs {
+    /// The identity key: 64 hex digits (as `p2p peer --dht` prints it), or NAME@KEY for one
+    /// peer of the key.
+    pub key: String,
+    /// Accepted, and implied: a record is looked up on the DHT.
+    #[arg(long, hide = true)]
+    pub dht: bool,
+    /// A DHT node to join the DHT through, HOST:PORT (IPv4; repeatable). Else
+    /// P2P_DHT_BOOTSTRAP, else the config file's `dht-bootstrap`, else the public nodes.
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = Ipv4AddressParser)]
+    pub dht_bootstrap: Vec<SocketAddr>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Args, Debug)]
 #[command(after_help = DEMO_EXAMPLES)]
 pub(crate) struct DemoArgs {
@@ -592,7 +626,7 @@ pub(crate) struct CompletionsArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ManArgs {
     /// A command whose page to print (default: the page of p2p itself).
-    #[arg(value_parser = ["tracker", "peer", "peers", "ls", "get", "demo", "completions", "man", "config"])]
+    #[arg(value_parser = ["tracker", "peer", "peers", "ls", "get", "resolve", "demo", "completions", "man", "config"])]
     pub command: Option<String>,
 }
 

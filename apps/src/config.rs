@@ -480,7 +480,8 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
         | Command::Share(_)
         | Command::Peers(_)
         | Command::Ls(_)
-        | Command::Get(_) => true,
+        | Command::Get(_)
+        | Command::Resolve(_) => true,
         Command::Config(a) => !a.path,
         _ => false,
     };
@@ -525,6 +526,12 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
             f.dht_opts(&mut a.dht)?;
             f.fill(&mut a.out, "out", Key::Downloads, folder)?;
         }
+        Command::Resolve(a) => f.fill(
+            &mut a.dht_bootstrap,
+            "dht_bootstrap",
+            Key::DhtBootstrap,
+            dht_bootstrap,
+        )?,
         Command::Config(a) => {
             f.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
             f.fill(&mut a.name, "name", Key::Name, name)?;

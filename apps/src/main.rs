@@ -14,7 +14,7 @@ mod signals;
 mod ticket;
 
 use cli::Command;
-use commands::{completions, demo, get, ls, man, peer, peers, tracker};
+use commands::{completions, demo, get, ls, man, peer, peers, resolve, tracker};
 use failure::Kind;
 
 fn main() {
@@ -75,13 +75,14 @@ fn run(command: Command, verbose: u8, color: cli::Color) -> anyhow::Result<()> {
         Command::Get(a) => a.json,
         Command::Peers(a) => a.json,
         Command::Ls(a) => a.json,
+        Command::Resolve(a) => a.json,
         _ => false,
     };
     // A one-shot command runs one transfer at a time: on one thread, its socket reads and
     // its protocol work never wait for each other across cores (pieces are still hashed on a
     // thread of their own). Peers, trackers and the demo serve many at once.
     let mut builder = match command {
-        Command::Get(_) | Command::Peers(_) | Command::Ls(_) => {
+        Command::Get(_) | Command::Peers(_) | Command::Ls(_) | Command::Resolve(_) => {
             tokio::runtime::Builder::new_current_thread()
         }
         _ => tokio::runtime::Builder::new_multi_thread(),
@@ -98,6 +99,7 @@ fn run(command: Command, verbose: u8, color: cli::Color) -> anyhow::Result<()> {
             Command::Peers(args) => peers::run(args).await,
             Command::Ls(args) => ls::run(args).await,
             Command::Get(args) => get::run(args).await,
+            Command::Resolve(args) => resolve::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Completions(_) | Command::Man(_) | Command::Config(_) => {
                 unreachable!("run without a runtime")

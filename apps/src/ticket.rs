@@ -6,6 +6,13 @@
 //! Layout of the bytes (before base32): version `1`; the hash (32 bytes); the size (u64, little
 //! endian); the tracker as text (`HOST:PORT`, a length byte then UTF-8); the name (the same).
 //!
+//! A sharer that publishes a signed record on the DHT (`p2p share --dht`, see
+//! `crate::dht::record`) prints `p2p2` tickets instead: version byte `2`, the same fields,
+//! then the sharer's identity key (32 bytes) and its peer name (text), so that `p2p get
+//! TICKET --dht` can find the sharer by its record when neither a tracker nor the content's
+//! announce does. A build from before them refuses a `p2p2` ticket cleanly ("of a newer
+//! format: update p2p"); tickets without a key stay `p2p1`, byte for byte as before.
+//!
 //! A ticket for a folder (a collection, see `p2p_core::collection`) has the same layout: its
 //! hash is the collection hash, its size the total of the files, and its name the folder's
 //! with a trailing `/` (as a folder's entry in a listing), which tells `p2p get` that a
@@ -17,8 +24,10 @@ use std::fmt;
 use data_encoding::BASE32_NOPAD;
 use p2p_proto::wire::ContentHash;
 
-/// What every ticket starts with (the format's name and version).
+/// What every ticket without a sharer's key starts with (the format's name and version).
 pub(crate) const PREFIX: &str = "p2p1";
+/// What a ticket with the sharer's key starts with.
+pub(crate) const PREFIX_WITH_KEY: &str = "p2p2";
 
 /// Longest tracker address or name a ticket carries.
 const MAX_TEXT: usize = 255;
@@ -33,6 +42,17 @@ pub(crate) struct Ticket {
     /// Its size in bytes.
     pub(crate) size: u64,
     /// The file name it was shared under; a folder's ends with `/`.
+    pub(crate) name: String,
+    /// The sharer, when it publishes a record on the DHT (a `p2p2` ticket).
+    pub(crate) sharer: Option<Sharer>,
+}
+
+/// Who shared a ticket's content: a peer whose record the DHT has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Sharer {
+    /// Its identity key.
+    pub(crate) key: p2p_proto::identity::PublicKey,
+    /// Its peer name (its entry in the key's record).
     pub(crate) name: String,
 }
 
@@ -57,6 +77,7 @@ impl Ticket {
             hash,
             size,
             name,
+            sharer: None,
         }
     }
 
@@ -73,21 +94,32 @@ impl Ticket {
     /// Reads a ticket.
     pub(crate) fn parse(s: &str) -> Result<Ticket, TicketError> {
         let s = s.trim();
-        let Some(body) = s.strip_prefix(PREFIX) else {
-            let version: String = s.chars().take(4).collect();
-            return Err(TicketError::Newer(version));
+        let (body, layout) = match (s.strip_prefix(PREFIX), s.strip_prefix(PREFIX_WITH_KEY)) {
+            (Some(body), _) => (body, 1),
+            (_, Some(body)) => (body, 2),
+            _ => {
+                let version: String = s.chars().take(4).collect();
+                return Err(TicketError::Newer(version));
+            }
         };
         let bytes = BASE32_NOPAD
             .decode(body.to_ascii_uppercase().as_bytes())
             .map_err(|_| TicketError::Damaged("not base32"))?;
         let mut r = Reader(&bytes);
-        if r.take(1)? != [1] {
+        if r.take(1)? != [layout] {
             return Err(TicketError::Damaged("unknown layout"));
         }
         let hash = ContentHash(r.take(32)?.try_into().expect("32 bytes"));
         let size = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
         let tracker = r.text()?;
         let name = r.text()?;
+        let sharer = match layout {
+            2 => Some(Sharer {
+                key: r.take(32)?.try_into().expect("32 bytes"),
+                name: r.text()?,
+            }),
+            _ => None,
+        };
         if !r.0.is_empty() {
             return Err(TicketError::Damaged("trailing bytes"));
         }
@@ -96,23 +128,34 @@ impl Ticket {
             hash,
             size,
             name,
+            sharer,
         })
     }
 }
 
 impl fmt::Display for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut bytes = vec![1u8];
+        let (layout, prefix) = match self.sharer {
+            None => (1u8, PREFIX),
+            Some(_) => (2u8, PREFIX_WITH_KEY),
+        };
+        let mut bytes = vec![layout];
         bytes.extend_from_slice(&self.hash.0);
         bytes.extend_from_slice(&self.size.to_le_bytes());
-        for text in [&self.tracker, &self.name] {
+        let push_text = |bytes: &mut Vec<u8>, text: &str| {
             let t = truncate(text);
             bytes.push(t.len() as u8);
             bytes.extend_from_slice(t.as_bytes());
+        };
+        push_text(&mut bytes, &self.tracker);
+        push_text(&mut bytes, &self.name);
+        if let Some(sharer) = &self.sharer {
+            bytes.extend_from_slice(&sharer.key);
+            push_text(&mut bytes, &sharer.name);
         }
         write!(
             f,
-            "{PREFIX}{}",
+            "{prefix}{}",
             BASE32_NOPAD.encode(&bytes).to_ascii_lowercase()
         )
     }
@@ -161,7 +204,54 @@ mod tests {
             hash: ContentHash::of(b"hello"),
             size: 5,
             name: "hello wörld.txt".into(),
+            sharer: None,
         }
+    }
+
+    /// A ticket printed before sharer keys existed still reads the same (the `p2p1` layout
+    /// is unchanged).
+    #[test]
+    fn an_old_ticket_still_reads() {
+        // `sample()` as a build from before sharer keys printed it.
+        let old = sample().to_string();
+        assert!(old.starts_with("p2p1"));
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&ContentHash::of(b"hello").0);
+        bytes.extend_from_slice(&5u64.to_le_bytes());
+        for t in ["tracker.example.org:9000", "hello wörld.txt"] {
+            bytes.push(t.len() as u8);
+            bytes.extend_from_slice(t.as_bytes());
+        }
+        let built = format!("p2p1{}", BASE32_NOPAD.encode(&bytes).to_ascii_lowercase());
+        assert_eq!(old, built);
+        assert_eq!(Ticket::parse(&built), Ok(sample()));
+    }
+
+    #[test]
+    fn tickets_with_the_sharers_key_round_trip() {
+        let t = Ticket {
+            tracker: String::new(),
+            sharer: Some(Sharer {
+                key: [9; 32],
+                name: "alice".into(),
+            }),
+            ..sample()
+        };
+        let text = t.to_string();
+        assert!(text.starts_with("p2p2"), "{text}");
+        assert!(Ticket::looks_like(&text));
+        assert_eq!(Ticket::parse(&text), Ok(t.clone()));
+        // Cut inside the key: damaged, not misread.
+        assert!(matches!(
+            Ticket::parse(&text[..text.len() - 12]),
+            Err(TicketError::Damaged(_))
+        ));
+        // A `p2p2` prefix on a layout-1 body (or the reverse) is damaged.
+        let swapped = format!("p2p2{}", &sample().to_string()[4..]);
+        assert_eq!(
+            Ticket::parse(&swapped),
+            Err(TicketError::Damaged("unknown layout"))
+        );
     }
 
     #[test]
@@ -210,7 +300,7 @@ mod tests {
             Err(TicketError::Damaged(_))
         ));
         assert!(matches!(
-            Ticket::parse(&format!("p2p2{}", &text[4..])),
+            Ticket::parse(&format!("p2p3{}", &text[4..])),
             Err(TicketError::Newer(_))
         ));
     }

@@ -22,7 +22,7 @@ use crate::failure::{describe, fail, failure, Kind, WithKind};
 use crate::output::{clean, human_bytes, mib_per_s};
 use crate::session::{self, check_folder, dest_for, find_peer, Mode, Reached, Route};
 use crate::signals::Shutdown;
-use crate::ticket::Ticket;
+use crate::ticket::{Sharer, Ticket};
 use p2p_core::collection::is_collection;
 use p2p_core::service::swarm::Source;
 
@@ -55,7 +55,8 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
             })?),
         };
         let folder = ticket.folder();
-        return by_hash(&args, tracker, ticket.hash, folder, &mut shutdown).await;
+        let sharer = ticket.sharer.as_ref();
+        return by_hash(&args, tracker, ticket.hash, folder, sharer, &mut shutdown).await;
     }
     if let Some(hash) = swarm_get::parse_hash(&args.peer) {
         let hash = hash.map_err(|e| failure(Kind::Usage, e))?;
@@ -68,25 +69,23 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         }
         // With --dht, a tracker left at its default is not asked: the DHT alone.
         let tracker = (!args.dht.dht || args.tracker.tracker_given).then_some(args.tracker.tracker);
-        return by_hash(&args, tracker, hash, None, &mut shutdown).await;
+        return by_hash(&args, tracker, hash, None, None, &mut shutdown).await;
     }
-    let Some(id) = args.id.as_deref() else {
-        fail!(
-            Kind::Usage,
-            "which file of `{}`? give its ID: `p2p get {} ID` (`p2p ls {}` lists them)",
-            clean(&args.peer),
-            clean(&args.peer),
-            clean(&args.peer)
-        );
-    };
-    // An ID (`003`), or a path as `p2p ls` lists it (`sub/a.txt`).
-    let wanted = match id.parse::<FileId>() {
-        Ok(id) => Wanted::Id(id),
-        Err(_) if !id.trim().is_empty() && !id.trim().starts_with('-') => {
-            Wanted::Path(id.to_string())
+    // A peer named by its identity key (`KEY` or `NAME@KEY`): found by its record on the DHT.
+    // (Without --dht, 64 hex digits stay a peer name, as before.)
+    if let Some((name, key)) = crate::dht::record::parse_peer_key(&args.peer) {
+        if args.dht.dht {
+            return by_key(&args, name, key, command_start, &mut shutdown).await;
         }
-        Err(e) => return Err(failure(Kind::Usage, e)),
-    };
+        if name.is_some() {
+            fail!(
+                Kind::Usage,
+                "`{}` names a peer by its key: its record is on the DHT; add --dht",
+                clean(&args.peer)
+            );
+        }
+    }
+    let wanted = wanted(&args)?;
     check_folder(&args.out, "--out")?;
     let t = &args.tracker;
     let via = session::client(t.transport, t.tracker).await?;
@@ -102,12 +101,52 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
             clean(&info.name)
         );
     }
+    let at = Fetching {
+        to_peer: &to_peer,
+        tracker: t.tracker,
+        info: &info,
+        route,
+        command_start,
+    };
+    from_peer(&args, &at, &wanted, &mut shutdown).await
+}
+
+/// Which file `args` asks for of a named peer: its ID or path (`args.id`).
+fn wanted(args: &GetArgs) -> Result<Wanted> {
+    let Some(id) = args.id.as_deref() else {
+        fail!(
+            Kind::Usage,
+            "which file of `{}`? give its ID: `p2p get {} ID` (`p2p ls {}` lists them)",
+            clean(&args.peer),
+            clean(&args.peer),
+            clean(&args.peer)
+        );
+    };
+    // An ID (`003`), or a path as `p2p ls` lists it (`sub/a.txt`).
+    match id.parse::<FileId>() {
+        Ok(id) => Ok(Wanted::Id(id)),
+        Err(_) if !id.trim().is_empty() && !id.trim().starts_with('-') => {
+            Ok(Wanted::Path(id.to_string()))
+        }
+        Err(e) => Err(failure(Kind::Usage, e)),
+    }
+}
+
+/// Fetches `wanted` of the peer `at` names (reached at `at.info.addr` through `at.to_peer`),
+/// then lets the endpoint finish.
+async fn from_peer(
+    args: &GetArgs,
+    at: &Fetching<'_>,
+    wanted: &Wanted,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
+    let (to_peer, info) = (at.to_peer, at.info);
     let peer = Reached {
         handle: to_peer.clone(),
         info: info.clone(),
     };
     // A path may name a file or a folder: one listing answers both.
-    let (mut found, mut listing) = match &wanted {
+    let (mut found, mut listing) = match wanted {
         Wanted::Id(id) => (peer.entry(*id).await?, None),
         Wanted::Path(path) => {
             let listing = peer.index().await?;
@@ -127,21 +166,14 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         listing = Some(fresh);
     }
     let (share, listing) = listing.unwrap_or_default();
-    let at = Fetching {
-        to_peer: &to_peer,
-        tracker: t.tracker,
-        info: &info,
-        route,
-        command_start,
-    };
     let listed = (share.as_str(), listing.as_slice());
-    let result = match (found, &wanted) {
+    let result = match (found, wanted) {
         (Some(entry), _) if is_collection(&entry) => {
-            collection::fetch_listed(&args, &at, listed, &entry, &mut shutdown).await
+            collection::fetch_listed(args, at, listed, &entry, shutdown).await
         }
-        (Some(entry), _) => fetch_file(&args, &at, entry, &mut shutdown).await,
+        (Some(entry), _) => fetch_file(args, at, entry, shutdown).await,
         (None, Wanted::Path(folder)) => {
-            collection::fetch_folder(&args, &at, listed, folder, &mut shutdown).await
+            collection::fetch_folder(args, at, listed, folder, shutdown).await
         }
         (None, Wanted::Id(id)) => Err(failure(
             Kind::UnknownFile,
@@ -415,16 +447,28 @@ async fn by_hash(
     tracker: Option<std::net::SocketAddr>,
     hash: p2p_proto::wire::ContentHash,
     folder: Option<&str>,
+    sharer: Option<&Sharer>,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
     check_folder(&args.out, "--out")?;
     let kind = args.tracker.transport;
     let reach = tracker.or(args.dht.dht_bootstrap.first().copied());
     let handle = download_client(args, kind, reach.unwrap_or(ANY_IPV4)).await?;
-    // The DHT lookup starts at once, beside the tracker's answer.
+    // The DHT lookup starts at once, beside the tracker's answer; so does the resolution of
+    // the sharer's record, for a ticket that names its key.
     let (node, first_lookup) = match args.dht.dht {
         true => start_lookup(args, &handle, hash).await,
         false => (Err(String::new()), None),
+    };
+    let record = match (&node, sharer) {
+        (Ok(node), Some(sharer)) => {
+            let (node, key) = (node.clone(), sharer.key);
+            let wait = crate::dht::publish::RESOLVE_WAIT;
+            Some(tokio::spawn(async move {
+                crate::dht::publish::resolve(&node, &key, wait).await
+            }))
+        }
+        _ => None,
     };
     let (mut tracker_failed, mut dht_said) = (None, String::new());
     let asked = match tracker {
@@ -452,10 +496,37 @@ async fn by_hash(
         None => Vec::new(),
     };
     let mut found = swarm_get::sources(&handle, holders, hash, &[]).await;
-    if let (Some(lookup), true) = (first_lookup, found.is_empty()) {
-        let (peers, said) = dht_candidates(lookup, kind, hash).await;
-        found = swarm_get::sources(&handle, peers, hash, &[]).await;
-        dht_said = said;
+    if found.is_empty() && args.dht.dht {
+        // The sharer's own record first (its peers named as it names them), then whoever
+        // announced the content.
+        let mut peers = Vec::new();
+        let mut record_said = None;
+        if let (Some(task), Some(sharer)) = (record, sharer) {
+            match task.await {
+                Ok(Ok(signed)) => peers = record_candidates(&signed.record, sharer),
+                Ok(Err(e)) => record_said = Some(format!("the sharer's record: {e}")),
+                Err(_) => record_said = Some("the sharer's record: the lookup stopped".into()),
+            }
+        }
+        if let Some(lookup) = first_lookup {
+            let (announced, said) = dht_candidates(lookup, kind, hash).await;
+            for p in announced {
+                if !peers.iter().any(|q: &p2p_proto::wire::PeerInfo| q.addr == p.addr) {
+                    peers.push(p);
+                }
+            }
+            dht_said = said;
+        }
+        if peers.iter().any(|p| p.transport != kind) && !peers.iter().any(|p| p.transport == kind) {
+            record_said = Some(format!(
+                "the sharer listens on {}: add --transport {}",
+                peers[0].transport, peers[0].transport
+            ));
+        }
+        found = one_per_peer(swarm_get::sources(&handle, peers, hash, &[]).await);
+        if let Some(said) = record_said {
+            dht_said = format!("{dht_said}; {said}");
+        }
     }
     if found.is_empty() && args.dht.dht {
         handle.shutdown().await;
@@ -492,6 +563,121 @@ async fn by_hash(
     };
     handle.shutdown().await;
     result
+}
+
+/// The peers a ticket's sharer record names as candidates: the sharer's own entry when the
+/// record has it, else every peer of the key (the sharer may have restarted under another
+/// name; the content hash checks whatever they send).
+fn record_candidates(
+    record: &crate::dht::record::PeerRecord,
+    sharer: &Sharer,
+) -> Vec<p2p_proto::wire::PeerInfo> {
+    let named: Vec<_> = record
+        .peers
+        .iter()
+        .filter(|p| p.name == sharer.name)
+        .collect();
+    let entries = match named.is_empty() {
+        true => record.peers.iter().collect(),
+        false => named,
+    };
+    entries
+        .into_iter()
+        .flat_map(|p| {
+            p.addrs.iter().map(|addr| p2p_proto::wire::PeerInfo {
+                name: std::sync::Arc::from(p.name.as_str()),
+                addr: *addr,
+                transport: p.transport,
+            })
+        })
+        .collect()
+}
+
+/// `sources` with one address per named peer (a record lists several addresses of a peer:
+/// the first that answered is kept); sources named by their address (`dht:...`) all stay.
+fn one_per_peer(sources: Vec<Source>) -> Vec<Source> {
+    let mut seen = std::collections::HashSet::new();
+    sources
+        .into_iter()
+        .filter(|s| s.name.starts_with("dht:") || seen.insert(s.name.clone()))
+        .collect()
+}
+
+/// `p2p get KEY ID --dht` (or `NAME@KEY ID`): resolves the key's record on the DHT, picks the
+/// peer (the one named, or the record's only one), reaches it at the first of its addresses
+/// that answers, then fetches as `p2p get NAME ID` does. Other holders of the content join
+/// from a tracker only when one was given.
+async fn by_key(
+    args: &GetArgs,
+    name: Option<String>,
+    key: p2p_proto::identity::PublicKey,
+    command_start: std::time::Instant,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
+    use crate::dht::{publish, record};
+    let wanted = wanted(args)?;
+    check_folder(&args.out, "--out")?;
+    let reach = args.dht.dht_bootstrap.first().copied().unwrap_or(ANY_IPV4);
+    let bind = crate::dht::bind_for(crate::address::client_bind(reach));
+    let node = crate::dht::DhtNode::start(&args.dht.dht_bootstrap, bind)
+        .await
+        .map_err(|e| failure(Kind::Failed, e.to_string()))?;
+    let signed = match publish::resolve(&node, &key, publish::RESOLVE_WAIT).await {
+        Ok(signed) => signed,
+        Err(e @ publish::ResolveError::NotFound { nodes: 0, .. }) => {
+            return Err(failure(
+                Kind::UnknownPeer,
+                format!("{e}: no DHT node answered (bootstrap: {}): check --dht-bootstrap", node.bootstrap()),
+            ))
+        }
+        Err(e @ publish::ResolveError::NotFound { .. }) => {
+            return Err(failure(Kind::UnknownPeer, e.to_string()))
+        }
+        Err(e @ publish::ResolveError::Invalid { .. }) => {
+            return Err(failure(Kind::Failed, e.to_string()))
+        }
+    };
+    let peer = record::pick(&signed.record, &key, name.as_deref())
+        .map_err(|e| failure(Kind::UnknownPeer, e.to_string()))?
+        .clone();
+    let age = publish::unix_now().saturating_sub(peer.at);
+    let to_peer = download_client(args, peer.transport, peer.addrs[0]).await?;
+    // The first address that answers (a cheap request: one entry).
+    let mut reached = None;
+    for addr in &peer.addrs {
+        if to_peer.entry(*addr, FileId(1)).await.is_ok() {
+            reached = Some(*addr);
+            break;
+        }
+    }
+    let Some(addr) = reached else {
+        to_peer.shutdown().await;
+        let addrs: Vec<String> = peer.addrs.iter().map(|a| a.to_string()).collect();
+        fail!(
+            Kind::PeerUnreachable,
+            "peer `{}` of key {} does not answer at {} (its record was refreshed {} ago)",
+            clean(&peer.name),
+            record::hex(&key),
+            addrs.join(", "),
+            humantime::format_duration(Duration::from_secs(age))
+        );
+    };
+    let info = p2p_proto::wire::PeerInfo {
+        name: std::sync::Arc::from(peer.name.as_str()),
+        addr,
+        transport: peer.transport,
+    };
+    // Without a tracker given, nobody to ask for other holders: the named peer alone.
+    let mut args = args.clone();
+    args.one_source |= !args.tracker.tracker_given;
+    let at = Fetching {
+        to_peer: &to_peer,
+        tracker: args.tracker.tracker,
+        info: &info,
+        route: Route::Direct,
+        command_start,
+    };
+    from_peer(&args, &at, &wanted, shutdown).await
 }
 
 /// Where a download client binds when neither a tracker nor a DHT bootstrap node was given

@@ -8,6 +8,7 @@ pub(crate) mod ls;
 pub(crate) mod man;
 pub(crate) mod peer;
 pub(crate) mod peers;
+pub(crate) mod resolve;
 pub(crate) mod share;
 pub(crate) mod swarm_get;
 pub(crate) mod tracker;

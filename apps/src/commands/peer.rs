@@ -18,6 +18,7 @@ use p2p_core::collection::is_collection;
 use p2p_core::index::hash_file;
 use p2p_core::service::{EndpointHandle, Progress, ServiceError, UploadNotice};
 use p2p_proto::tracker::validate_name;
+use crate::dht::record;
 use p2p_proto::wire::{FileId, IndexEntry};
 use tokio::sync::{mpsc, watch};
 
@@ -231,9 +232,10 @@ pub(crate) async fn run_as(mut args: PeerArgs, ticket: bool) -> Result<()> {
         uploads.clone(),
         known.clone(),
     ));
-    if args.dht.dht {
-        start_dht(&args, &handle, printer.clone(), dht_only).await?;
-    }
+    let sharer = match args.dht.dht {
+        true => start_dht(&args, &handle, printer.clone(), dht_only, &name).await?,
+        false => None,
+    };
     let Some(mut input) = input else {
         match dht_only {
             true => println!(
@@ -248,7 +250,7 @@ pub(crate) async fn run_as(mut args: PeerArgs, ticket: bool) -> Result<()> {
         }
         if ticket {
             let tracker = (!dht_only).then_some(args.tracker);
-            super::share::print_tickets(&handle, tracker, &name).await?;
+            super::share::print_tickets(&handle, tracker, &name, sharer).await?;
         }
         shutdown.wait().await;
         match dht_only {
@@ -404,23 +406,27 @@ const DHT_REPORTS: usize = 4;
 
 /// `--dht`: starts a DHT node beside the endpoint (on its IPv4 address) and keeps what the
 /// endpoint shares announced there with its port (see `crate::dht::announce`), printing a
-/// line after each round. A node that cannot start fails the peer when the DHT is all it has
-/// (`dht_only`), else is a warning.
+/// line after each round; and keeps this peer's entry (`name`) in its key's signed record
+/// (see `crate::dht::publish`), printing a line after each publish. A node that cannot start
+/// fails the peer when the DHT is all it has (`dht_only`), else is a warning. Returns the
+/// sharer its tickets name (its key and name) when it publishes a record.
 async fn start_dht(
     args: &PeerArgs,
     handle: &EndpointHandle,
     printer: Printer,
     dht_only: bool,
-) -> Result<()> {
+    name: &str,
+) -> Result<Option<crate::ticket::Sharer>> {
     let bind = crate::dht::bind_for(handle.local_addr());
     let node = match crate::dht::DhtNode::start(&args.dht.dht_bootstrap, bind).await {
         Ok(node) => node,
         Err(e) if dht_only => return Err(failure(Kind::Failed, e.to_string())),
         Err(e) => {
             eprintln!("warning: not on the DHT: {e}");
-            return Ok(());
+            return Ok(None);
         }
     };
+    let sharer = start_record(args, handle, &node, printer.clone(), name)?;
     let (reports, mut rx) = mpsc::channel(DHT_REPORTS);
     let me = super::share::own_address(handle);
     let port = handle.local_addr().port();
@@ -450,7 +456,71 @@ async fn start_dht(
             printer.line(line);
         }
     });
-    Ok(())
+    Ok(sharer)
+}
+
+/// Publishes of the peer record waiting to be printed (more are dropped).
+const RECORD_REPORTS: usize = 4;
+
+/// Starts keeping this peer's entry (`name`, its endpoint's addresses and transport) in the
+/// signed record of the user's identity key on the DHT, printing a line after each publish;
+/// the sharer tickets name. None (with a warning) without an identity key.
+fn start_record(
+    args: &PeerArgs,
+    handle: &EndpointHandle,
+    node: &crate::dht::DhtNode,
+    printer: Printer,
+    name: &str,
+) -> Result<Option<crate::ticket::Sharer>> {
+    use crate::dht::record::hex;
+    let Some(identity) = crate::identity::load_or_create()? else {
+        eprintln!("warning: no identity key: no peer record is published on the DHT");
+        return Ok(None);
+    };
+    let key = identity.public();
+    let (reports, mut rx) = mpsc::channel(RECORD_REPORTS);
+    tokio::spawn(crate::dht::publish::keep_published(
+        node.clone(),
+        identity,
+        name.to_string(),
+        args.transport,
+        handle.local_addr(),
+        reports,
+    ));
+    let me = name.to_string();
+    tokio::spawn(async move {
+        while let Some(report) = rx.recv().await {
+            let line = match report {
+                Ok(done) => {
+                    let addrs = record::pick(&done.record.record, &key, Some(&me))
+                        .map(|p| {
+                            p.addrs
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "dht: record published: {} at {addrs} under key {} (stored on {} DHT \
+                         node{}; `p2p get {}@{} ID --dht` reaches this peer)",
+                        clean(&me),
+                        hex(&key),
+                        done.stored_at,
+                        if done.stored_at == 1 { "" } else { "s" },
+                        clean(&me),
+                        hex(&key),
+                    )
+                }
+                Err(e) => format!("dht: the peer record was not published ({e}); trying again"),
+            };
+            printer.line(line);
+        }
+    });
+    Ok(Some(crate::ticket::Sharer {
+        key,
+        name: name.to_string(),
+    }))
 }
 
 /// Registers `name` with the tracker.

@@ -16,7 +16,7 @@ use p2p_proto::wire::IndexEntry;
 use crate::cli::ShareArgs;
 use crate::failure::{fail, Kind, WithKind};
 use crate::output::{clean, human_bytes};
-use crate::ticket::Ticket;
+use crate::ticket::{Sharer, Ticket};
 
 /// Tickets printed for a folder; the rest are listed by `p2p ls NAME`.
 const MAX_TICKETS: usize = 20;
@@ -63,11 +63,13 @@ pub(crate) fn own_address(handle: &EndpointHandle) -> SocketAddr {
 /// another peer would see it: for a folder, first the folder's (its collection, which the
 /// endpoint must know by hash), then each file's (the first [`MAX_TICKETS`]). `tracker`: the
 /// tracker the tickets name; `None` for a peer on the DHT alone (its tickets name none, and
-/// `p2p get TICKET --dht` looks the content up on the DHT).
+/// `p2p get TICKET --dht` looks the content up on the DHT). `sharer`: this peer's key and
+/// name when it publishes a record on the DHT (`p2p2` tickets, which carry them).
 pub(crate) async fn print_tickets(
     handle: &EndpointHandle,
     tracker: Option<SocketAddr>,
     name: &str,
+    sharer: Option<Sharer>,
 ) -> Result<()> {
     let me = own_address(handle);
     let (share, entries) = handle
@@ -89,7 +91,7 @@ pub(crate) async fn print_tickets(
         ),
     }
     let tracker = tracker.map(|t| t.to_string()).unwrap_or_default();
-    let folder = print_folder_ticket(handle, me, &tracker, &share, &entries).await;
+    let folder = print_folder_ticket(handle, me, &tracker, &share, &entries, &sharer).await;
     let files: Vec<&IndexEntry> = entries.iter().filter(|e| !is_collection(e)).collect();
     if folder {
         println!("each file alone:");
@@ -100,6 +102,7 @@ pub(crate) async fn print_tickets(
             hash: e.hash,
             size: e.size,
             name: e.path.rsplit('/').next().unwrap_or(&e.path).to_string(),
+            sharer: sharer.clone(),
         };
         println!("{} ({}):", clean(&e.path), human_bytes(e.size));
         println!("  p2p get {ticket}");
@@ -124,6 +127,7 @@ async fn print_folder_ticket(
     tracker: &str,
     share: &str,
     entries: &[IndexEntry],
+    sharer: &Option<Sharer>,
 ) -> bool {
     let Ok((manifest, skipped)) = Manifest::from_listing("", entries) else {
         return false;
@@ -140,7 +144,10 @@ async fn print_folder_ticket(
         if count == 1 { "" } else { "s" },
         human_bytes(manifest.size())
     );
-    let ticket = Ticket::for_folder(tracker.to_string(), hash, manifest.size(), share);
+    let ticket = Ticket {
+        sharer: sharer.clone(),
+        ..Ticket::for_folder(tracker.to_string(), hash, manifest.size(), share)
+    };
     println!("  p2p get {ticket}");
     for path in skipped {
         println!(
