@@ -3,7 +3,9 @@
 //! a seeder `p2p peer --dht` announces its share there, and `p2p get blake3:HEX --dht` (or
 //! `get TICKET --dht`) finds it and downloads it byte-exact; also after DHT nodes that stored
 //! the announce stop, beside a tracker that knows no holder, and with a clear error when
-//! nobody announced the content.
+//! nobody announced the content. Signed peer records: a peer's record resolves (`p2p
+//! resolve`), and a peer named by its key (`get KEY ID --dht`), or the sharer a `p2p2`
+//! ticket names, is reached through it with no tracker.
 
 mod common;
 
@@ -131,8 +133,10 @@ fn share_ticket_without_tracker_is_fetched_through_the_dht() {
             "127.0.0.1:0",
         ],
     );
-    let line = share.wait_for("p2p get p2p1");
+    // With --dht the sharer publishes its record: its tickets carry its key (`p2p2`).
+    let line = share.wait_for("p2p get p2p");
     let ticket = line.split_whitespace().nth(2).unwrap().to_string();
+    assert!(ticket.starts_with("p2p2"), "{ticket}");
     share.wait_for("dht: announced");
 
     // Without --dht, a ticket that names no tracker says what to add.
@@ -242,4 +246,179 @@ fn hash_nobody_announced_fails_clearly_within_the_bound() {
 fn json_error_kind(o: &std::process::Output) -> String {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a JSON error");
     v["error"]["kind"].as_str().unwrap().to_string()
+}
+
+/// The key a peer's "dht: record published" line names (64 hex digits after "under key").
+fn published_key(line: &str) -> String {
+    let key = line
+        .split("under key ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no key in {line}"));
+    assert_eq!(key.len(), 64, "{line}");
+    key.to_string()
+}
+
+/// A peer on the DHT alone named `name`, sharing `share/` of `dir` with `bytes` as
+/// `big.bin`, once its record is published; the key it published it under.
+fn dht_peer_with_record(
+    dir: &std::path::Path,
+    boot: &str,
+    name: &str,
+    bytes: &[u8],
+) -> (Proc, String) {
+    std::fs::create_dir_all(dir.join("share")).unwrap();
+    write_file(&dir.join("share"), "big.bin", bytes);
+    let mut peer = Proc::spawn(
+        dir,
+        &[
+            "peer",
+            "--dht",
+            "--dht-bootstrap",
+            boot,
+            "--listen",
+            "127.0.0.1:0",
+            "--share",
+            "share",
+            "--name",
+            name,
+            "--no-menu",
+        ],
+    );
+    let line = peer.wait_for("dht: record published");
+    assert!(line.contains(&format!("{name} at 127.0.0.1:")), "{line}");
+    (peer, published_key(&line))
+}
+
+#[test]
+fn peer_named_by_its_key_is_reached_through_its_record() {
+    let net = testnet();
+    let boot = net.bootstrap[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = random_bytes(2 * 1024 * 1024 + 5, 29);
+    let (_peer, key) = dht_peer_with_record(dir.path(), &boot, "alice", &bytes);
+
+    // The record, as `p2p resolve` prints it.
+    let out = run(
+        dir.path(),
+        &["resolve", &key, "--dht-bootstrap", &boot, "--json"],
+    );
+    let record = json(&out);
+    assert_eq!(record["key"], key.as_str());
+    assert_eq!(record["peers"][0]["name"], "alice");
+    assert_eq!(record["peers"][0]["transport"], "udp");
+    let addr = record["peers"][0]["addrs"][0].as_str().unwrap().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    // No tracker runs: the peer is found by its key alone, and the file comes byte-exact.
+    let out = run(
+        dir.path(),
+        &[
+            "get", &key, "001", "--dht", "--dht-bootstrap", &boot, "--out", "out", "--json",
+        ],
+    );
+    let report = json(&out);
+    assert_eq!(report["verified"], true);
+    assert_eq!(
+        std::fs::read(dir.path().join("out/big.bin")).unwrap(),
+        bytes
+    );
+    // NAME@KEY: the same peer; another name is refused, saying which the record has.
+    let out = run(
+        dir.path(),
+        &[
+            "get",
+            &format!("bob@{key}"),
+            "001",
+            "--dht",
+            "--dht-bootstrap",
+            &boot,
+            "--out",
+            "out2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("the record of key {key} names `alice`, not `bob`")),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "get",
+            &format!("alice@{key}"),
+            "001",
+            "--dht",
+            "--dht-bootstrap",
+            &boot,
+            "--out",
+            "out3",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(dir.path().join("out3/big.bin")).unwrap(),
+        bytes
+    );
+}
+
+#[test]
+fn key_without_a_record_fails_clearly_within_the_bound() {
+    let net = testnet();
+    let boot = net.bootstrap[1].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let key = "ab".repeat(32);
+    let started = std::time::Instant::now();
+    let out = run(dir.path(), &["resolve", &key, "--dht-bootstrap", &boot]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "no record for key {key} on the DHT (looked up for up to 10 s"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    // A key's form without --dht: a usage error that says what to add.
+    let out = run(dir.path(), &["get", &format!("alice@{key}"), "001"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("add --dht"), "{}", stderr(&out));
+}
+
+/// A `p2p2` ticket names its sharer's key: with no tracker, the sharer is found by its record
+/// (the source is named as the record names it, not `dht:ADDR` as an announce's would be).
+#[test]
+fn ticket_with_the_sharers_key_is_fetched_through_its_record() {
+    let net = testnet();
+    let boot = net.bootstrap[2].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = random_bytes(900_000, 30);
+    let file = write_file(dir.path(), "clip.bin", &bytes);
+    let mut share = Proc::spawn(
+        dir.path(),
+        &[
+            "share",
+            file.to_str().unwrap(),
+            "--dht",
+            "--dht-bootstrap",
+            &boot,
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "sharer",
+        ],
+    );
+    let line = share.wait_for("p2p get p2p");
+    let ticket = line.split_whitespace().nth(2).unwrap().to_string();
+    assert!(ticket.starts_with("p2p2"), "{ticket}");
+    share.wait_for("dht: record published");
+
+    let out = dht_get(dir.path(), &boot, &ticket);
+    let report = json(&out);
+    assert_eq!(
+        std::fs::read(dir.path().join("out/clip.bin")).unwrap(),
+        bytes
+    );
+    assert_eq!(source_names(&report), ["sharer"]);
 }
