@@ -13,10 +13,19 @@
 //!
 //! Outside such a namespace the traffic figures include whatever else uses the loopback.
 //! Keys are derived as `p2p` derives them (`apps/src/dht/key.rs`, compiled in).
+//!
+//! It also measures a signed peer record (`apps/src/dht/record.rs`, compiled in: a record of
+//! one peer with one IPv4 address): one publish as a peer makes it (a read of the key's
+//! current record, then the put), and one resolution (to its first valid item, which is when
+//! `get KEY --dht` can go on, and to the query's end).
 
 #[allow(dead_code)]
 #[path = "../src/dht/key.rs"]
 mod key;
+
+#[allow(dead_code)]
+#[path = "../src/dht/record.rs"]
+mod record;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -84,6 +93,9 @@ fn main() {
     rt.block_on(async {
         let (mut first, mut done) = (Vec::new(), Vec::new());
         let (mut announce_traffic, mut lookup_traffic) = (Vec::new(), Vec::new());
+        let (mut publish_traffic, mut resolve_traffic) = (Vec::new(), Vec::new());
+        let (mut resolve_first, mut resolve_done) = (Vec::new(), Vec::new());
+        let mut value_len = 0;
         for round in 0..rounds {
             let seeder = node(&net);
             let leecher = node(&net);
@@ -112,6 +124,39 @@ fn main() {
             done.push(started.elapsed());
             lookup_traffic.push(traffic(before, loopback()));
             first.push(got_first.expect("the announced hash is found"));
+
+            // A peer record: published by the seeder's node, resolved by the leecher's.
+            let secret = ContentHash::of(format!("dht-bench key {round}").as_bytes()).0;
+            let public = p2p_proto::identity::Identity::from_secret(secret).public();
+            let peer = record::RecordPeer {
+                name: "bench-peer".into(),
+                transport: TransportKind::Udp,
+                addrs: vec!["192.0.2.7:7000".parse().expect("an address")],
+                at: 1_765_000_000,
+            };
+            let rec = record::PeerRecord { peers: vec![peer] };
+            value_len = rec.encode().len();
+            let before = loopback();
+            let current = seeder
+                .get_mutable_most_recent(&public, Some(record::SALT))
+                .await;
+            assert!(current.is_none());
+            let item = record::seal(secret, &rec, 1_765_000_000_000).expect("sealed");
+            seeder.put_mutable(item, None).await.expect("published");
+            publish_traffic.push(traffic(before, loopback()));
+
+            let before = loopback();
+            let started = Instant::now();
+            let mut items = leecher.get_mutable(&public, Some(record::SALT), None);
+            let mut got_first = None;
+            while let Some(item) = items.next().await {
+                if got_first.is_none() && record::open(&item, &public).is_ok() {
+                    got_first = Some(started.elapsed());
+                }
+            }
+            resolve_done.push(started.elapsed());
+            resolve_traffic.push(traffic(before, loopback()));
+            resolve_first.push(got_first.expect("the record is found"));
         }
         let mid = |v: &mut Vec<(u64, u64)>| {
             v.sort();
@@ -128,6 +173,20 @@ fn main() {
         println!(
             "one announce: {a_bytes} bytes in {a_packets} datagrams (requests and answers, \
              UDP payload); one lookup: {l_bytes} bytes in {l_packets} datagrams"
+        );
+        let (p_bytes, p_packets) = mid(&mut publish_traffic);
+        let (r_bytes, r_packets) = mid(&mut resolve_traffic);
+        println!(
+            "peer record ({value_len}-byte value): resolved to its first valid item after \
+             {:.1} ms, query done after {:.1} ms",
+            median(&mut resolve_first).as_secs_f64() * 1e3,
+            median(&mut resolve_done).as_secs_f64() * 1e3
+        );
+        println!(
+            "one record publish (read, then put): {p_bytes} bytes in {p_packets} datagrams; \
+             one resolution: {r_bytes} bytes in {r_packets} datagrams; publishing every 30 min: \
+             {:.1} KiB/hour",
+            (p_bytes * 2) as f64 / 1024.0
         );
         for hashes in [10u64, 1_000] {
             // Every hash announced 4 times an hour (every 15 min).
