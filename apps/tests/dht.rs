@@ -314,7 +314,15 @@ fn peer_named_by_its_key_is_reached_through_its_record() {
     let out = run(
         dir.path(),
         &[
-            "get", &key, "001", "--dht", "--dht-bootstrap", &boot, "--out", "out", "--json",
+            "get",
+            &key,
+            "001",
+            "--dht",
+            "--dht-bootstrap",
+            &boot,
+            "--out",
+            "out",
+            "--json",
         ],
     );
     let report = json(&out);

@@ -511,7 +511,10 @@ async fn by_hash(
         if let Some(lookup) = first_lookup {
             let (announced, said) = dht_candidates(lookup, kind, hash).await;
             for p in announced {
-                if !peers.iter().any(|q: &p2p_proto::wire::PeerInfo| q.addr == p.addr) {
+                if !peers
+                    .iter()
+                    .any(|q: &p2p_proto::wire::PeerInfo| q.addr == p.addr)
+                {
                     peers.push(p);
                 }
             }
@@ -627,7 +630,10 @@ async fn by_key(
         Err(e @ publish::ResolveError::NotFound { nodes: 0, .. }) => {
             return Err(failure(
                 Kind::UnknownPeer,
-                format!("{e}: no DHT node answered (bootstrap: {}): check --dht-bootstrap", node.bootstrap()),
+                format!(
+                    "{e}: no DHT node answered (bootstrap: {}): check --dht-bootstrap",
+                    node.bootstrap()
+                ),
             ))
         }
         Err(e @ publish::ResolveError::NotFound { .. }) => {

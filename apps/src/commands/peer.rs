@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::dht::record;
 use anyhow::{bail, Context, Result};
 use p2p_core::collection::is_collection;
 use p2p_core::index::hash_file;
 use p2p_core::service::{EndpointHandle, Progress, ServiceError, UploadNotice};
 use p2p_proto::tracker::validate_name;
-use crate::dht::record;
 use p2p_proto::wire::{FileId, IndexEntry};
 use tokio::sync::{mpsc, watch};
 

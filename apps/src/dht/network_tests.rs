@@ -160,7 +160,10 @@ fn published_record_is_resolved_by_another_node() {
         let wait = Duration::from_secs(3);
         let started = tokio::time::Instant::now();
         let e = resolve(&bob_node, &nobody, wait).await.unwrap_err();
-        assert!(matches!(e, ResolveError::NotFound { nodes, .. } if nodes > 0), "{e}");
+        assert!(
+            matches!(e, ResolveError::NotFound { nodes, .. } if nodes > 0),
+            "{e}"
+        );
         assert!(
             e.to_string().starts_with(&format!(
                 "no record for key {} on the DHT (looked up for up to 3 s",
@@ -245,10 +248,16 @@ fn two_peers_of_one_key_share_its_record() {
     runtime().block_on(async {
         let (one, two, reader) = (client(&net).await, client(&net).await, client(&net).await);
         let user = Identity::from_secret([41; 32]);
-        let a = publish(&one, &user, entry("laptop", 7401), 0).await.unwrap();
-        let b = publish(&two, &user, entry("desktop", 7402), 0).await.unwrap();
+        let a = publish(&one, &user, entry("laptop", 7401), 0)
+            .await
+            .unwrap();
+        let b = publish(&two, &user, entry("desktop", 7402), 0)
+            .await
+            .unwrap();
         assert!(b.record.seq > a.record.seq);
-        let got = resolve(&reader, &user.public(), RESOLVE_WAIT).await.unwrap();
+        let got = resolve(&reader, &user.public(), RESOLVE_WAIT)
+            .await
+            .unwrap();
         let names: Vec<&str> = got.record.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["desktop", "laptop"]);
         let laptop = record::pick(&got.record, &user.public(), Some("laptop")).unwrap();
@@ -297,7 +306,9 @@ fn simulate(nodes: usize, peers: usize) {
             set.spawn(async move {
                 let done = announce_all(&node, &[h], TransportKind::Udp, p).await;
                 let name = format!("peer-{i}");
-                publish(&node, &id, entry(&name, p), 0).await.expect("published");
+                publish(&node, &id, entry(&name, p), 0)
+                    .await
+                    .expect("published");
                 done.stored
             });
         }
@@ -314,12 +325,12 @@ fn simulate(nodes: usize, peers: usize) {
             lookups.push(l);
             records.push(r);
         };
-        for i in 0..peers {
+        for (i, node) in at.iter().enumerate().take(peers) {
             while set.len() >= AT_ONCE {
                 collect(set.join_next().await.unwrap().unwrap());
             }
             let next = (i + 1) % peers;
-            let (node, key) = (at[i].clone(), ids[next].public());
+            let (node, key) = (node.clone(), ids[next].public());
             let (h, p) = (hash(next), port(next));
             set.spawn(async move {
                 let found = lookup(&node, &h, TransportKind::Udp, LOOKUP_WAIT).await;

@@ -160,7 +160,10 @@ impl PeerRecord {
                     WirePeer(
                         p.name.clone(),
                         transport_code(p.transport),
-                        p.addrs.iter().map(|a| ByteBuf::from(addr_bytes(a))).collect(),
+                        p.addrs
+                            .iter()
+                            .map(|a| ByteBuf::from(addr_bytes(a)))
+                            .collect(),
                         p.at,
                     )
                 })
@@ -215,10 +218,8 @@ impl PeerRecord {
                     Some(a) => parsed.push(a),
                     None => {
                         return Err(RecordError::BadAddress {
-                            addr: addr_of(raw).map_or_else(
-                                || format!("{} bytes", raw.len()),
-                                |a| a.to_string(),
-                            ),
+                            addr: addr_of(raw)
+                                .map_or_else(|| format!("{} bytes", raw.len()), |a| a.to_string()),
                             name,
                         })
                     }
@@ -318,7 +319,7 @@ pub(crate) fn merged(current: Option<&PeerRecord>, me: RecordPeer, now: u64) -> 
         .filter(|p| p.name != me.name && now.saturating_sub(p.at) <= ENTRY_LIFETIME)
         .cloned()
         .collect();
-    others.sort_by(|a, b| b.at.cmp(&a.at));
+    others.sort_by_key(|p| std::cmp::Reverse(p.at));
     let mut peers = vec![me];
     peers.extend(others.into_iter().take(MAX_PEERS - 1));
     let mut record = PeerRecord { peers };
@@ -514,7 +515,10 @@ mod tests {
         RecordPeer {
             name: "alice".into(),
             transport: TransportKind::Udp,
-            addrs: vec!["192.0.2.7:7000".parse().unwrap(), "[2001:db8::1]:7000".parse().unwrap()],
+            addrs: vec![
+                "192.0.2.7:7000".parse().unwrap(),
+                "[2001:db8::1]:7000".parse().unwrap(),
+            ],
             at,
         }
     }
@@ -669,7 +673,10 @@ mod tests {
             43,
             Some(SALT),
         );
-        assert_eq!(open(&replayed_seq, &alice_key), Err(RecordError::BadSignature));
+        assert_eq!(
+            open(&replayed_seq, &alice_key),
+            Err(RecordError::BadSignature)
+        );
         let other_salt = MutableItem::new(
             mainline::SigningKey::from_bytes(&SECRET),
             real.value(),
@@ -678,7 +685,12 @@ mod tests {
         );
         assert_eq!(open(&other_salt, &alice_key), Err(RecordError::WrongSalt));
         // Signed properly over a value that is not a record: the fields are checked too.
-        let junk = MutableItem::new(mainline::SigningKey::from_bytes(&SECRET), b"junk", 3, Some(SALT));
+        let junk = MutableItem::new(
+            mainline::SigningKey::from_bytes(&SECRET),
+            b"junk",
+            3,
+            Some(SALT),
+        );
         assert_eq!(open(&junk, &alice_key), Err(RecordError::Undecodable));
     }
 
@@ -748,10 +760,16 @@ mod tests {
     fn addresses_follow_the_listening_address() {
         let here: SocketAddr = "192.0.2.5:7000".parse().unwrap();
         assert_eq!(addresses_for(here, None, &[]), [here]);
-        let ifs: Vec<IpAddr> = ["127.0.0.1", "10.0.0.2", "169.254.1.1", "2001:db8::2", "fe80::1"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let ifs: Vec<IpAddr> = [
+            "127.0.0.1",
+            "10.0.0.2",
+            "169.254.1.1",
+            "2001:db8::2",
+            "fe80::1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let any4: SocketAddr = "0.0.0.0:7000".parse().unwrap();
         let public = Some(Ipv4Addr::new(203, 0, 113, 9));
         let got: Vec<String> = addresses_for(any4, public, &ifs)
