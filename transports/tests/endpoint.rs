@@ -306,9 +306,9 @@ async fn a_finished_download_answers_its_sender_after_the_receiver_is_gone() {
     leech.shutdown().await;
 }
 
-/// A lying seeder played over a raw socket: it answers every request it gets with what
-/// `answer` makes of it (the request, and how many came before), until the test ends; counts
-/// the requests.
+/// A lying seeder played over a raw socket: it answers every request it gets (opening a
+/// padded `Initial`; its answers go plain) with what `answer` makes of it (the request, and
+/// how many came before), until the test ends; counts the requests.
 async fn liar(
     answer: impl Fn(p2p_proto::wire::Message, u32) -> Option<p2p_proto::wire::Message> + Send + 'static,
 ) -> (
@@ -323,8 +323,16 @@ async fn liar(
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
         while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-            let Ok(msg) = p2p_proto::wire::decode(&buf[..n]) else {
-                continue;
+            let msg = match p2p_proto::wire::decode(&buf[..n]) {
+                // A first request comes padded (anti-amplification): the liar reads it.
+                Ok(p2p_proto::wire::Message::Initial { body, pad }) => {
+                    match p2p_proto::wire::Message::open_initial(&body, &pad) {
+                        Ok((msg, _)) => msg,
+                        Err(_) => continue,
+                    }
+                }
+                Ok(msg) => msg,
+                Err(_) => continue,
             };
             let k = seen.fetch_add(1, Ordering::SeqCst);
             if let Some(reply) = answer(msg, k) {
