@@ -212,14 +212,20 @@ async fn fetch_file(
     if already_present(args, &dest, &entry)? {
         return Ok(());
     }
+    // The named peer's piece table comes while the tracker is asked for other sources:
+    // one round trip for both.
+    let mut table = None;
     if !args.one_source {
         // Other peers with the same content send their share too. A tracker that does not
         // know (an older one) or is slow costs at most a moment, then the named peer alone.
-        let others = tokio::time::timeout(
-            OTHERS_WAIT,
-            swarm_get::holders(to_peer, at.tracker, entry.hash),
-        )
-        .await;
+        let (others, own) = tokio::join!(
+            tokio::time::timeout(
+                OTHERS_WAIT,
+                swarm_get::holders(to_peer, at.tracker, entry.hash),
+            ),
+            to_peer.piece_table(info.addr, &entry)
+        );
+        table = Some(own);
         if let Ok(Ok(holders)) = others {
             let others = swarm_get::sources(to_peer, holders, entry.hash, &[info.addr]).await;
             if !others.is_empty() {
@@ -257,7 +263,17 @@ async fn fetch_file(
         } else {
             tokio::spawn(async {})
         };
-        let download = to_peer.download(info.addr, entry.clone(), dest.clone(), Some(tx));
+        let download = async {
+            // The table fetched above, the first time; fetched again after a busy refusal.
+            let table = match table.take() {
+                Some(table) => table?,
+                None => to_peer.piece_table(info.addr, &entry).await?,
+            };
+            let (peer, entry, dest) = (info.addr, entry.clone(), dest.clone());
+            to_peer
+                .download_with_table(peer, entry, table, dest, Some(tx))
+                .await
+        };
         let (result, stopped) = until_stopped(download, to_peer, shutdown).await;
         interrupted = stopped;
         watcher.abort();

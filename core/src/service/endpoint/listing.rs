@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use crate::identity::PublicKey;
 use crate::transfer::PieceTable;
-use crate::wire::{ContentHash, FileId, IndexEntry, Message, PeerInfo, RequestId};
+use crate::wire::{
+    ContentHash, FileId, IndexEntry, Message, PeerInfo, RequestId, MAX_PIECE_HASHES, PIECE_SIZE,
+};
 
 use tokio::task::JoinSet;
 
@@ -276,25 +278,49 @@ impl EndpointHandle {
         }
     }
 
-    /// The piece hashes of `entry` on `peer`, all pages: the first page says how many there
-    /// are and how many a page holds, then up to [`PIECE_PAGES_IN_FLIGHT`] pages are asked
-    /// for at once, so that a large file's table costs a few round trips, not one per page.
+    /// The piece hashes of `entry` on `peer`, all pages. Peers cut files into
+    /// [`PIECE_SIZE`] pieces, [`MAX_PIECE_HASHES`] a page, so the pages the listed size
+    /// needs are asked for with the first one, up to [`PIECE_PAGES_IN_FLIGHT`] at once: a
+    /// table of that many pages costs one round trip, not two. The first page says how the
+    /// table really is (a peer may cut otherwise); a guessed page that does not fit it is
+    /// dropped, and what is missing is asked for, so a large file's table costs a few round
+    /// trips, not one per page.
     pub async fn piece_table(
         &self,
         peer: SocketAddr,
         entry: &IndexEntry,
     ) -> Result<PieceTable, ServiceError> {
+        let mut pages = JoinSet::new();
+        // Pages asked for on the guess: their failures are not the download's.
+        let mut guessed: BTreeSet<usize> = BTreeSet::new();
+        // None past the pieces a file may have: that size is refused at the first page.
+        let guess = match entry.size.div_ceil(u64::from(PIECE_SIZE)) {
+            n if n <= MAX_PIECES => n as usize,
+            _ => 0,
+        };
+        for start in (MAX_PIECE_HASHES..guess)
+            .step_by(MAX_PIECE_HASHES)
+            .take(PIECE_PAGES_IN_FLIGHT - 1)
+        {
+            guessed.insert(start);
+            pages.spawn(self.clone().owned_piece_page(peer, entry.clone(), start));
+        }
         let first = self.piece_page(peer, entry, 0).await?;
         let (piece_size, pieces) = (first.piece_size, first.pieces as usize);
         let mut hashes = first.hashes;
         let per_page = hashes.len().max(1);
-        let mut pages = JoinSet::new();
         // Pages in hand that are not contiguous yet, and the starts asked for and pending.
         let mut held: BTreeMap<usize, Vec<ContentHash>> = BTreeMap::new();
-        let mut pending: BTreeSet<usize> = BTreeSet::new();
-        let mut next = hashes.len();
+        let mut pending: BTreeSet<usize> = guessed.clone();
+        let mut next = match guessed.last() {
+            Some(&last) if piece_size == PIECE_SIZE && per_page == MAX_PIECE_HASHES => {
+                last + per_page
+            }
+            _ => hashes.len(),
+        };
         while hashes.len() < pieces {
-            // A short page leaves a gap no pending page covers: ask from its start.
+            // A short page (or a dropped guess) leaves a gap no pending page covers: ask
+            // from its start.
             let have = hashes.len();
             if pending.range(..=have).next().is_none() && !held.contains_key(&have) {
                 next = next.max(have);
@@ -311,11 +337,16 @@ impl EndpointHandle {
             let Some(joined) = pages.join_next().await else {
                 return Err(ServiceError::Protocol(peer));
             };
-            let page = joined.map_err(|_| ServiceError::Closed)??;
-            if page.piece_size != piece_size || page.pieces as usize != pieces {
-                return Err(ServiceError::Protocol(peer));
-            }
-            pending.remove(&(page.first as usize));
+            let (at, page) = joined.map_err(|_| ServiceError::Closed)?;
+            pending.remove(&at);
+            let page = match page {
+                Ok(page) if page.piece_size == piece_size && page.pieces as usize == pieces => page,
+                // A guess past the table's end, or cut otherwise: asked again if needed.
+                _ if guessed.remove(&at) => continue,
+                Ok(_) => return Err(ServiceError::Protocol(peer)),
+                Err(e) => return Err(e),
+            };
+            guessed.remove(&at);
             held.insert(page.first as usize, page.hashes);
             // Take in order what joins on, past overlaps.
             loop {
@@ -337,8 +368,8 @@ impl EndpointHandle {
         peer: SocketAddr,
         entry: IndexEntry,
         first: usize,
-    ) -> Result<PiecePage, ServiceError> {
-        self.piece_page(peer, &entry, first as u32).await
+    ) -> (usize, Result<PiecePage, ServiceError>) {
+        (first, self.piece_page(peer, &entry, first as u32).await)
     }
 
     /// One page of `entry`'s piece hashes on `peer`, from piece `first`, checked against the

@@ -259,11 +259,11 @@ pub const MAX_INDEX_ENTRIES: usize = 200_000;
 /// Most pieces a download takes (32 MiB of hashes: a 256 GiB file at 256 KiB pieces).
 pub const MAX_PIECES: u64 = 1 << 20;
 
-/// Pages of a piece table (or an index, or a list of holders) asked for at once: a 1 GiB
-/// file's table (4,096 pieces, 114 pages) in two round trips, however long they are. The
-/// pages after the first cost a 64th of a request of the sender's per-address rate limit,
-/// so 64 in flight stay within its burst.
-pub const PIECE_PAGES_IN_FLIGHT: usize = 64;
+/// Pages of a piece table (or an index, or a list of holders) asked for at once: the table
+/// of a file up to 1 GiB (4,096 pieces, 128 pages) in one round trip, however long it is.
+/// The pages after the first cost a 64th of a request of the sender's per-address rate
+/// limit, so 128 in flight cost two requests of its burst (about 140 KB of answers).
+pub const PIECE_PAGES_IN_FLIGHT: usize = 128;
 
 /// One page of a piece table, as checked by `EndpointHandle::piece_page`.
 struct PiecePage {
@@ -652,6 +652,21 @@ impl EndpointHandle {
         progress: Option<watch::Sender<Progress>>,
     ) -> Result<DownloadReport, ServiceError> {
         let table = self.piece_table(peer, &entry).await?;
+        self.download_with_table(peer, entry, table, dest, progress)
+            .await
+    }
+
+    /// [`EndpointHandle::download`] with `entry`'s piece table in hand (fetched with
+    /// [`EndpointHandle::piece_table`] while the caller asked something else: a round trip
+    /// saved on a long path).
+    pub async fn download_with_table(
+        &self,
+        peer: SocketAddr,
+        entry: IndexEntry,
+        table: PieceTable,
+        dest: PathBuf,
+        progress: Option<watch::Sender<Progress>>,
+    ) -> Result<DownloadReport, ServiceError> {
         let progress = progress.unwrap_or_else(|| watch::channel(Progress::default()).0);
         let mut refetched = 0;
         loop {
