@@ -88,11 +88,21 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let wanted = wanted(&args)?;
     check_folder(&args.out, "--out")?;
     let t = &args.tracker;
-    let via = session::client(t.transport, t.tracker).await?;
+    // The tracker is asked from the socket the download will most likely use: the token it
+    // gives with its answer saves the punch's introduction a round trip.
+    let via = download_client(&args, t.transport, t.tracker).await?;
     let mut info = find_peer(&via, t.tracker, &args.peer, Mode::Cli)
         .await?
         .info;
-    let to_peer = download_client(&args, info.transport, info.addr).await?;
+    let reusable = info.transport == t.transport
+        && crate::address::client_bind(info.addr) == crate::address::client_bind(t.tracker);
+    let to_peer = match reusable {
+        true => via,
+        false => {
+            via.shutdown().await;
+            download_client(&args, info.transport, info.addr).await?
+        }
+    };
     // Through the NATs first, from the socket the download uses.
     let route = session::route_to(&to_peer, t.tracker, &mut info).await;
     if route == Route::Relayed && !args.json {
