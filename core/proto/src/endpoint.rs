@@ -885,22 +885,8 @@ fn seal(
 const MAX_INITIALS: usize = 1024;
 
 fn set_request_id(msg: &mut Message, id: RequestId) {
-    match msg {
-        Message::Register { request, .. }
-        | Message::Heartbeat { request, .. }
-        | Message::Unregister { request, .. }
-        | Message::ListPeers { request, .. }
-        | Message::IndexRequest { request, .. }
-        | Message::EntryRequest { request, .. }
-        | Message::EntryByHash { request, .. }
-        | Message::HaveRequest { request, .. }
-        | Message::RelayOpen { request, .. }
-        | Message::Lookup { request, .. }
-        | Message::PieceRequest { request, .. }
-        | Message::Introduce { request, .. }
-        | Message::Announce { request, .. }
-        | Message::WhoHas { request, .. } => *request = id,
-        _ => {}
+    if let Some(request) = msg.request_id_mut() {
+        *request = id;
     }
 }
 

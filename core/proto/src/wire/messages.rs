@@ -562,6 +562,31 @@ pub const MAX_ANNOUNCE_HASHES: usize = 24;
 /// Largest request a [`Message::Validated`] carries.
 pub const MAX_VALIDATED_BODY: usize = 1024;
 
+/// `$then` with `$id` bound to the `request` field of a request message `$msg` (by reference
+/// or mutably, as `$msg` is), `None` for any other message: the one list of the requests
+/// that carry an id.
+macro_rules! request_field {
+    ($msg:expr, $id:ident => $then:expr) => {
+        match $msg {
+            Message::Register { request: $id, .. }
+            | Message::Heartbeat { request: $id, .. }
+            | Message::Unregister { request: $id, .. }
+            | Message::ListPeers { request: $id, .. }
+            | Message::IndexRequest { request: $id, .. }
+            | Message::EntryRequest { request: $id, .. }
+            | Message::EntryByHash { request: $id, .. }
+            | Message::HaveRequest { request: $id, .. }
+            | Message::RelayOpen { request: $id, .. }
+            | Message::Lookup { request: $id, .. }
+            | Message::PieceRequest { request: $id, .. }
+            | Message::Introduce { request: $id, .. }
+            | Message::Announce { request: $id, .. }
+            | Message::WhoHas { request: $id, .. } => $then,
+            _ => None,
+        }
+    };
+}
+
 impl Message {
     /// Whether a sender must prove its address before this request is served: requests
     /// whose answer is larger than themselves, or that take a slot or a name.
@@ -606,23 +631,12 @@ impl Message {
 
     /// The id of this request (`None`: not a request that carries one).
     pub fn request_id(&self) -> Option<RequestId> {
-        match self {
-            Message::Register { request, .. }
-            | Message::Heartbeat { request, .. }
-            | Message::Unregister { request, .. }
-            | Message::ListPeers { request, .. }
-            | Message::IndexRequest { request, .. }
-            | Message::EntryRequest { request, .. }
-            | Message::EntryByHash { request, .. }
-            | Message::HaveRequest { request, .. }
-            | Message::RelayOpen { request, .. }
-            | Message::Lookup { request, .. }
-            | Message::PieceRequest { request, .. }
-            | Message::Introduce { request, .. }
-            | Message::Announce { request, .. }
-            | Message::WhoHas { request, .. } => Some(*request),
-            _ => None,
-        }
+        request_field!(self, request => Some(*request))
+    }
+
+    /// The id of this request, to set (`None`: not a request that carries one).
+    pub fn request_id_mut(&mut self) -> Option<&mut RequestId> {
+        request_field!(self, request => Some(request))
     }
 
     /// This request as a padded [`Message::Initial`].
