@@ -23,7 +23,9 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::watch;
 
 use crate::disk::SimDisk;
-use crate::faulty::{FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats, Targeted};
+use crate::faulty::{
+    Bottleneck, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats, Targeted,
+};
 use crate::harness::{check_download, Checked};
 use crate::nat::{BindPort, NatConfig, NatHandle, NatUdp};
 use crate::tcp::{SimTcp, SimTcpConfig};
@@ -260,6 +262,8 @@ pub struct PeerOpts {
     /// Generate its files as those of every peer with the same label (the same content at the
     /// same paths: sources of one download); `None`, content of its own.
     pub content: Option<String>,
+    /// A bottleneck on what it sends (UDP only; see [`Bottleneck`]).
+    pub bottleneck: Option<Bottleneck>,
 }
 
 impl Default for PeerOpts {
@@ -273,6 +277,7 @@ impl Default for PeerOpts {
             disk: None,
             nat: None,
             content: None,
+            bottleneck: None,
         }
     }
 }
@@ -284,6 +289,12 @@ impl PeerOpts {
             files: files.iter().map(|(p, s)| (p.to_string(), *s)).collect(),
             ..Self::default()
         }
+    }
+
+    /// Sending through `link` (UDP only).
+    pub fn bottleneck(mut self, link: Bottleneck) -> Self {
+        self.bottleneck = Some(link);
+        self
     }
 
     /// With these faults on the send and receive sides.
@@ -410,6 +421,16 @@ impl Cluster {
         self.builder(duration)
             .min_message_latency(Duration::from_millis(10))
             .max_message_latency(Duration::from_millis(10))
+            .build()
+    }
+
+    /// A simulation for `duration` whose messages all take `one_way` (a path of twice that
+    /// round trip), with room in the UDP queues for a window of a long path.
+    pub fn long_path(&self, duration: Duration, one_way: Duration) -> turmoil::Sim<'static> {
+        self.builder(duration)
+            .min_message_latency(one_way)
+            .max_message_latency(one_way)
+            .udp_capacity(1 << 16)
             .build()
     }
 
@@ -595,6 +616,14 @@ impl Cluster {
                 FaultConfig::send_side(mix(self.seed, name), FaultRates::NONE)
             });
             config.targeted = opts.targeted;
+        }
+        if let Some(link) = opts.bottleneck {
+            assert_eq!(self.net, Net::Udp, "{name}: a bottleneck drops: UDP only");
+            faults
+                .get_or_insert_with(|| {
+                    FaultConfig::send_side(mix(self.seed, name), FaultRates::NONE)
+                })
+                .bottleneck = Some(link);
         }
         let (net, trace, handles, seed) = (
             self.net,

@@ -135,6 +135,34 @@ pub struct FaultConfig {
     pub reorder_hold: Duration,
     /// Faults aimed at particular messages, whatever the rates.
     pub targeted: Targeted,
+    /// A bottleneck link on the send side (datagram transports only), if any.
+    pub bottleneck: Option<Bottleneck>,
+}
+
+/// Bytes a datagram takes on the bottleneck's link besides its payload (IPv4 and UDP
+/// headers).
+const LINK_OVERHEAD: u64 = 28;
+
+/// A bottleneck router on the way out: messages leave at most `bytes_per_sec` (each waits
+/// for those before it, as on a serial link), and one that would wait longer than `queue`
+/// is dropped (a drop-tail queue of that many seconds of the link). Turmoil's latency comes
+/// on top: a long path with a narrow link, where a sender that overruns it loses messages.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bottleneck {
+    /// The link's rate.
+    pub bytes_per_sec: u64,
+    /// The longest a message waits in the router's queue.
+    pub queue: Duration,
+}
+
+impl Bottleneck {
+    /// A link of `mbit` Mbit/s with a queue of `queue`.
+    pub fn mbit(mbit: u64, queue: Duration) -> Self {
+        Bottleneck {
+            bytes_per_sec: mbit * 1_000_000 / 8,
+            queue,
+        }
+    }
 }
 
 impl FaultConfig {
@@ -147,6 +175,7 @@ impl FaultConfig {
             max_delay: Duration::from_millis(200),
             reorder_hold: Duration::from_millis(50),
             targeted: Targeted::default(),
+            bottleneck: None,
         }
     }
 
@@ -184,6 +213,8 @@ pub struct DirectionStats {
     pub corrupted: u64,
     /// Messages cut short.
     pub truncated: u64,
+    /// Messages dropped by a full bottleneck queue (see [`Bottleneck`]).
+    pub queue_dropped: u64,
 }
 
 /// Counters of a [`FaultyTransport`]; share them with [`FaultyTransport::with_stats`] to read
@@ -227,6 +258,8 @@ struct State {
     dropped_first: u32,
     /// Messages corrupted so far by [`Targeted::corrupt_first`].
     corrupted_first: u32,
+    /// When the bottleneck's link has sent everything queued so far.
+    link_free_at: Option<Instant>,
 }
 
 /// What to do with one message, decided under the lock.
@@ -282,6 +315,7 @@ impl<T: Transport> FaultyTransport<T> {
                 seen: BTreeSet::new(),
                 dropped_first: 0,
                 corrupted_first: 0,
+                link_free_at: None,
             })),
             config,
             stats,
@@ -532,7 +566,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
                 m => m,
             });
             self.count_data(&mut st, to, decoded.as_ref());
-            let plan = {
+            let mut plan = {
                 let mut stats = self.stats.lock().expect("stats lock");
                 match self.targeted(&mut st, decoded.as_ref(), msg.len()) {
                     Some(plan) => {
@@ -547,6 +581,24 @@ impl<T: Transport> Transport for FaultyTransport<T> {
                     }
                 }
             };
+            // Through the bottleneck (plain sends only: a held or delayed message is another
+            // fault's), after the faults of the path before it.
+            if let Some(link) = self.config.bottleneck {
+                if !plan.drop && !plan.hold && plan.delay.is_none() {
+                    let now = Instant::now();
+                    let start = st.link_free_at.map_or(now, |t| t.max(now));
+                    if start - now > link.queue {
+                        plan.drop = true;
+                        self.stats.lock().expect("stats lock").send.queue_dropped += 1;
+                    } else {
+                        let wire = msg.len() as u64 + LINK_OVERHEAD;
+                        let sent =
+                            start + Duration::from_nanos(wire * 1_000_000_000 / link.bytes_per_sec);
+                        st.link_free_at = Some(sent);
+                        plan.delay = Some(sent - now);
+                    }
+                }
+            }
             let hold = plan.hold && !plan.drop && st.send_held.is_none();
             // A held message is released right after the next one goes out.
             let release = if hold { None } else { st.send_held.take() };

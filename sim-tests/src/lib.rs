@@ -39,7 +39,7 @@ pub use cluster::{
 };
 pub use disk::{DiskFault, SimDisk};
 pub use faulty::{
-    DirectionStats, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats,
+    Bottleneck, DirectionStats, FaultConfig, FaultRates, FaultStats, FaultyTransport, SharedStats,
 };
 pub use harness::{
     busy, check_download, run_for, run_scenario, run_seeds, run_sim, run_until, timed_out, Checked,
