@@ -1623,6 +1623,80 @@ fn a_tracker_whose_output_nobody_reads_keeps_answering() {
     drop(out);
 }
 
+/// Forged `Initial`s (first requests sent padded to 420 bytes, answered at once) from a raw
+/// socket at a victim's address: what reaches the victim is an `Answer` (the reply with a
+/// token) or a `Retry`, each at most three times the forged datagram, over the tracker's
+/// `Lookup` and `ListPeers` and a peer's first index page and an entry (its largest answer).
+#[test]
+fn forged_initials_are_answered_within_three_times_their_size() {
+    let Some(raw) = spoofer() else {
+        eprintln!("SKIPPED: opening a raw socket needs CAP_NET_RAW (run as root)");
+        return;
+    };
+    let s = Services::start();
+    let victim = udp_from(67);
+    let victim_addr = victim.local_addr().unwrap();
+    let file = s.file_id(BIG);
+    let forged = [
+        (s.udp_addr, index_request(0)),
+        (
+            s.udp_addr,
+            Message::EntryRequest {
+                request: rid(90),
+                file,
+            },
+        ),
+        (s.tracker_addr, list_peers(0)),
+        (
+            s.tracker_addr,
+            Message::Lookup {
+                request: rid(91),
+                name: "udp-seeder".into(),
+            },
+        ),
+    ];
+    let (mut sent, mut smallest) = (0, usize::MAX);
+    for _ in 0..5 {
+        for (to, msg) in &forged {
+            let bytes = msg.initial().encode();
+            sent += bytes.len();
+            smallest = smallest.min(bytes.len());
+            send_spoofed(&raw, victim_addr, *to, &bytes);
+        }
+    }
+    let got = drain_udp(&victim, QUIET, Duration::from_secs(3));
+    let sizes: Vec<usize> = got.iter().map(|m| m.encode().len()).collect();
+    let got_bytes: usize = sizes.iter().sum();
+    assert!(
+        got.len() >= 10,
+        "only {} answers reached the victim",
+        got.len()
+    );
+    assert!(
+        got.iter()
+            .all(|m| matches!(m, Message::Answer { .. } | Message::Retry { .. })),
+        "the victim got more than Answer or Retry: {got:?}"
+    );
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(
+        largest <= 3 * smallest,
+        "one answer of {largest} bytes for a forged Initial of {smallest}"
+    );
+    assert!(
+        got_bytes <= 3 * sent,
+        "amplified: {got_bytes} bytes at the victim for {sent} forged"
+    );
+    s.assert_real_peers_listed("udp");
+    s.note(format!(
+        "forged Initials (raw socket): 20 Lookup/ListPeers/IndexRequest/EntryRequest from the \
+         victim's address ({sent} bytes, {smallest} each at least) -> {} Answer/Retry at the \
+         victim ({got_bytes} bytes, {largest} the largest: {:.2}x)",
+        got.len(),
+        got_bytes as f64 / sent as f64
+    ));
+    s.assert_unharmed();
+}
+
 /// Forged source addresses, sent from a raw socket (as an off-path attacker can): a forged
 /// `Request` and `IndexRequest` draw only a small `Retry` at the victim (never the window of
 /// chunks or a listing: at most 3x what was sent); a forged `Unregister` of a live peer,

@@ -30,6 +30,7 @@
 //! assert!(ep.poll_event().is_none() && ep.poll_timeout().is_none());
 //! ```
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -192,7 +193,7 @@ pub struct Endpoint {
     tokens: TokenCache,
     /// Requests that came as [`Message::Initial`] and await their answer, with the bytes
     /// they came with ([`Endpoint::answer_for`]).
-    initials: HashMap<(SocketAddr, RequestId), usize>,
+    initials: HashMap<(SocketAddr, RequestId), AwaitedInitial>,
     /// Trackers that never answered a signed name request (they predate `Signed`): ours go
     /// to them unsigned. At most [`MAX_UNSIGNED_TRACKERS`].
     unsigned: Vec<SocketAddr>,
@@ -378,10 +379,30 @@ impl Endpoint {
         let (msg, proven) = self.validator.open(now, from.ip(), msg)?;
         let proven = proven || self.config.addresses_proven || initial.is_some();
         if let (Some(size), Some(id)) = (initial, msg.request_id()) {
+            // Each one answered once, as an `Answer` (the same id sent again counts again).
+            // Too many awaiting answers: dropped like a lost datagram, never answered plain.
             if self.initials.len() >= MAX_INITIALS {
-                self.initials.clear(); // their answers then go without the wrapper: dropped
+                // Those never answered (refused, dropped) make room after a while.
+                self.initials
+                    .retain(|_, i| now.saturating_duration_since(i.at) < INITIAL_ANSWER_WAIT);
             }
-            self.initials.insert((from, id), size);
+            let full = self.initials.len() >= MAX_INITIALS;
+            match self.initials.entry((from, id)) {
+                Entry::Occupied(mut i) => {
+                    let i = i.get_mut();
+                    i.size = i.size.min(size);
+                    i.waiting += 1;
+                    i.at = now;
+                }
+                Entry::Vacant(_) if full => return None,
+                Entry::Vacant(v) => {
+                    v.insert(AwaitedInitial {
+                        size,
+                        waiting: 1,
+                        at: now,
+                    });
+                }
+            }
         }
         match msg {
             Message::IndexRequest { request, .. }
@@ -800,12 +821,17 @@ impl Endpoint {
     /// the `Initial`'s size, as a `Retry` (then `to` asks again with the token). Others as
     /// they are.
     pub fn answer_for(&mut self, now: Instant, to: SocketAddr, reply: Message) -> Message {
-        let Some(size) = reply
-            .answered_request()
-            .and_then(|id| self.initials.remove(&(to, id)))
-        else {
+        let Some(key) = reply.answered_request().map(|id| (to, id)) else {
             return reply;
         };
+        let Some(i) = self.initials.get_mut(&key) else {
+            return reply;
+        };
+        let size = i.size;
+        i.waiting -= 1;
+        if i.waiting == 0 {
+            self.initials.remove(&key);
+        }
         let token = self.validator.issue(now, to.ip());
         reply.answer_initial_or_retry(token, size)
     }
@@ -883,6 +909,20 @@ fn seal(
 
 /// Most requests that came as `Initial` whose answers are awaited.
 const MAX_INITIALS: usize = 1024;
+/// How long an `Initial`'s answer is awaited before its place may go to another (a first
+/// index page waits for a rescan of the share: seconds at 100,000 files).
+const INITIAL_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// Requests of one id from one address that came as `Initial`s and await their answers.
+#[derive(Debug)]
+struct AwaitedInitial {
+    /// The smallest of their sizes (what an `Answer` may be three times of).
+    size: usize,
+    /// Answers still to give.
+    waiting: u32,
+    /// When the last came.
+    at: Instant,
+}
 
 fn set_request_id(msg: &mut Message, id: RequestId) {
     if let Some(request) = msg.request_id_mut() {

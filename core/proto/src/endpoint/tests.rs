@@ -1130,6 +1130,57 @@ fn signed_name_requests_fall_back_to_unsigned_for_an_older_tracker() {
 /// once: its answer goes with a token for the asker's next requests, no more than three
 /// times the bytes that came; an answer too large for that goes as a `Retry` instead. What
 /// may not be answered before proof (a transfer, a name) is dropped when it comes that way.
+/// The same `Initial` sent again (a forged source repeating one datagram, found by the
+/// raw-socket test: answers after the first went plain) is answered as an `Answer` each
+/// time; with [`MAX_INITIALS`] awaiting answers, a new one is dropped, never answered
+/// plain, until the unanswered ones have waited [`INITIAL_ANSWER_WAIT`].
+#[test]
+fn every_initial_is_answered_wrapped_and_their_table_is_bounded() {
+    let mut server = Endpoint::new(EndpointConfig::default(), 3);
+    let now = Instant::now();
+    let asker = addr(9, 4000);
+    let ask = |id| {
+        Message::EntryRequest {
+            request: RequestId(id),
+            file: crate::wire::FileId(1),
+        }
+        .initial()
+    };
+    let reply = |id| Message::EntryReply {
+        request: RequestId(id),
+        entry: None,
+        partial: false,
+    };
+    for _ in 0..3 {
+        assert!(server.handle(now, asker, ask(5)).is_some());
+    }
+    for _ in 0..3 {
+        let sent = server.answer_for(now, asker, reply(5));
+        assert!(matches!(sent, Message::Answer { .. }), "{sent:?}");
+    }
+    assert_eq!(
+        server.answer_for(now, asker, reply(5)),
+        reply(5),
+        "three asked"
+    );
+    // Fill the table from many addresses (under the rate limit: one each).
+    for n in 0..MAX_INITIALS as u16 {
+        let from = SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 4000));
+        assert!(server.handle(now, from, ask(1)).is_some(), "{n}");
+    }
+    let late = addr(9, 4001);
+    assert!(server.handle(now, late, ask(6)).is_none(), "full: dropped");
+    assert_eq!(
+        server.answer_for(now, late, reply(6)),
+        reply(6),
+        "not awaited"
+    );
+    let later = now + INITIAL_ANSWER_WAIT;
+    assert!(server.handle(later, late, ask(7)).is_some(), "room again");
+    let sent = server.answer_for(later, late, reply(7));
+    assert!(matches!(sent, Message::Answer { .. }), "{sent:?}");
+}
+
 #[test]
 fn an_initial_lookup_is_answered_at_once_within_three_times_its_size() {
     let mut server = Endpoint::new(EndpointConfig::default(), 3);
