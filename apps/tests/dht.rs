@@ -58,6 +58,31 @@ fn dht_seeder(dir: &std::path::Path, boot: &str, bytes: &[u8]) -> (Proc, String)
     (seeder, round)
 }
 
+/// `p2p share FILE --dht` on loopback (with `extra` flags), and the ticket it prints: a
+/// `p2p2` ticket, which carries the sharer's key.
+fn dht_share(
+    dir: &std::path::Path,
+    boot: &str,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> (Proc, String) {
+    let mut args = vec![
+        "share",
+        file.to_str().unwrap(),
+        "--dht",
+        "--dht-bootstrap",
+        boot,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let mut share = Proc::spawn(dir, &args);
+    let line = share.wait_for("p2p get p2p");
+    let ticket = line.split_whitespace().nth(2).unwrap().to_string();
+    assert!(ticket.starts_with("p2p2"), "{ticket}");
+    (share, ticket)
+}
+
 fn hash_arg(bytes: &[u8]) -> String {
     format!("blake3:{}", ContentHash::of(bytes).to_hex())
 }
@@ -121,22 +146,8 @@ fn share_ticket_without_tracker_is_fetched_through_the_dht() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = random_bytes(700_000, 26);
     let file = write_file(dir.path(), "song.ogg", &bytes);
-    let mut share = Proc::spawn(
-        dir.path(),
-        &[
-            "share",
-            file.to_str().unwrap(),
-            "--dht",
-            "--dht-bootstrap",
-            &boot,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    );
     // With --dht the sharer publishes its record: its tickets carry its key (`p2p2`).
-    let line = share.wait_for("p2p get p2p");
-    let ticket = line.split_whitespace().nth(2).unwrap().to_string();
-    assert!(ticket.starts_with("p2p2"), "{ticket}");
+    let (mut share, ticket) = dht_share(dir.path(), &boot, &file, &[]);
     share.wait_for("dht: announced");
 
     // Without --dht, a ticket that names no tracker says what to add.
@@ -403,23 +414,7 @@ fn ticket_with_the_sharers_key_is_fetched_through_its_record() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = random_bytes(900_000, 30);
     let file = write_file(dir.path(), "clip.bin", &bytes);
-    let mut share = Proc::spawn(
-        dir.path(),
-        &[
-            "share",
-            file.to_str().unwrap(),
-            "--dht",
-            "--dht-bootstrap",
-            &boot,
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "sharer",
-        ],
-    );
-    let line = share.wait_for("p2p get p2p");
-    let ticket = line.split_whitespace().nth(2).unwrap().to_string();
-    assert!(ticket.starts_with("p2p2"), "{ticket}");
+    let (mut share, ticket) = dht_share(dir.path(), &boot, &file, &["--name", "sharer"]);
     share.wait_for("dht: record published");
 
     let out = dht_get(dir.path(), &boot, &ticket);
