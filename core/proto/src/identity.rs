@@ -52,6 +52,13 @@ impl Identity {
         self.key.verifying_key().to_bytes()
     }
 
+    /// The X25519 secret of this identity (the Ed25519 secret scalar, unreduced): the static
+    /// key of its secure channels, whose public half is
+    /// [`x25519_public`](crate::secure::x25519_public) of [`public`](Self::public).
+    pub(crate) fn x25519_secret(&self) -> [u8; 32] {
+        self.key.to_scalar_bytes()
+    }
+
     /// `msg` signed over `token` (0 without one).
     pub fn sign(&self, token: Option<Token>, msg: &Message) -> Message {
         let body = rmp_serde::to_vec(msg).expect("encoding to a Vec never fails");

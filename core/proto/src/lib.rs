@@ -8,6 +8,8 @@
 //!   control, pacing and round-trip estimate;
 //! - [`tracker`]: the registry of live peers (names, addresses, expiry);
 //! - [`limits`]: per-source rate limiting;
+//! - [`secure`]: the encrypted, authenticated channel between peers (Noise handshakes,
+//!   sealed frames with explicit nonces, replay window);
 //! - [`validation`]: address validation (tokens, `Retry`) before anything larger than a
 //!   request goes to an address;
 //! - `fuzzing` (feature `testing`): the programs the fuzz targets, the property tests and the
@@ -17,8 +19,9 @@
 //!
 //! Time is an argument (`now: Instant`) everywhere; file bytes are ranges the caller reads
 //! (`SenderTransmit::Chunk`) or writes. The dependencies (serde, rmp-serde, bytes, blake3,
-//! crc32fast, thiserror) cannot reach tokio, a socket or a file: `cargo tree -p p2p-proto`
-//! shows it. The async driver that runs these machines on real or simulated sockets is
+//! crc32fast, thiserror, ed25519-dalek, snow) cannot reach tokio, a socket or a file:
+//! `cargo tree -p p2p-proto` shows it (snow's getrandom reads the system's randomness for
+//! ephemeral keys, unless a seed is given). The async driver that runs these machines on real or simulated sockets is
 //! `p2p-core`.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -29,6 +32,7 @@ pub mod endpoint;
 pub mod fuzzing;
 pub mod identity;
 pub mod limits;
+pub mod secure;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tracker;

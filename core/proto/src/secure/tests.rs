@@ -1,0 +1,420 @@
+//! Handshakes and sessions between two tables on a fake clock, with frames lost, reordered,
+//! duplicated, tampered with, or garbage.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::identity::Identity;
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n], 7000))
+}
+
+fn table(secret: u8, seed: u8) -> SessionTable {
+    SessionTable::new(
+        &Identity::from_secret([secret; 32]),
+        SecureConfig {
+            seed: Some([seed; 32]),
+            ..SecureConfig::default()
+        },
+    )
+}
+
+/// Two tables, `a` at `addr(1)` and `b` at `addr(2)`, and what each has sent.
+struct Pair {
+    a: SessionTable,
+    b: SessionTable,
+    now: Instant,
+    /// Frames from a to b, and from b to a, not yet delivered.
+    to_b: Vec<Vec<u8>>,
+    to_a: Vec<Vec<u8>>,
+    events_a: Vec<SecureEvent>,
+    events_b: Vec<SecureEvent>,
+}
+
+impl Pair {
+    fn new() -> Self {
+        Pair {
+            a: table(1, 11),
+            b: table(2, 22),
+            now: Instant::now(),
+            to_b: vec![],
+            to_a: vec![],
+            events_a: vec![],
+            events_b: vec![],
+        }
+    }
+
+    fn collect(&mut self) {
+        while let Some((to, f)) = self.a.poll_transmit() {
+            assert_eq!(to, addr(2));
+            self.to_b.push(f);
+        }
+        while let Some((to, f)) = self.b.poll_transmit() {
+            assert_eq!(to, addr(1));
+            self.to_a.push(f);
+        }
+        self.events_a
+            .extend(std::iter::from_fn(|| self.a.poll_event()));
+        self.events_b
+            .extend(std::iter::from_fn(|| self.b.poll_event()));
+    }
+
+    /// Delivers everything in flight, both ways, until nothing moves.
+    fn deliver(&mut self) {
+        for _ in 0..10 {
+            self.collect();
+            if self.to_a.is_empty() && self.to_b.is_empty() {
+                return;
+            }
+            for f in std::mem::take(&mut self.to_b) {
+                self.b.handle(self.now, addr(1), &f);
+            }
+            for f in std::mem::take(&mut self.to_a) {
+                self.a.handle(self.now, addr(2), &f);
+            }
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.a.handle_timeout(self.now);
+        self.b.handle_timeout(self.now);
+        self.collect();
+    }
+
+    fn b_key(&self) -> PublicKey {
+        self.b.public()
+    }
+}
+
+fn handshake(expected: Option<PublicKey>) -> Pair {
+    let mut p = Pair::new();
+    let now = p.now;
+    assert_eq!(p.a.connect(now, addr(2), expected), Ok(Connect::Pending));
+    p.deliver();
+    p
+}
+
+/// IK: one round trip; each side knows the other's key, and a message sealed by one opens
+/// at the other as itself.
+#[test]
+fn ik_handshake_then_messages_both_ways() {
+    let mut p = Pair::new();
+    let key = p.b_key();
+    p.a.connect(p.now, addr(2), Some(key)).unwrap();
+    p.collect();
+    assert_eq!(p.to_b.len(), 1);
+    let init_len = p.to_b[0].len();
+    p.deliver();
+    assert_eq!(
+        p.events_a,
+        [SecureEvent::Connected {
+            addr: addr(2),
+            peer: key
+        }]
+    );
+    assert_eq!(
+        p.events_b,
+        [SecureEvent::Accepted {
+            addr: addr(1),
+            peer: p.a.public()
+        }]
+    );
+    assert_eq!(p.a.peer_key(addr(2)), Some(key));
+    assert_eq!(
+        p.a.connect(p.now, addr(2), Some(key)),
+        Ok(Connect::Established(key))
+    );
+    assert!(init_len > 0);
+    exchange(&mut p);
+}
+
+/// XX: the initiator learns the responder's key without knowing it before.
+#[test]
+fn xx_handshake_then_messages_both_ways() {
+    let mut p = handshake(None);
+    let key = p.b_key();
+    assert_eq!(
+        p.events_a,
+        [SecureEvent::Connected {
+            addr: addr(2),
+            peer: key
+        }]
+    );
+    assert_eq!(p.b.peer_key(addr(1)), Some(p.a.public()));
+    exchange(&mut p);
+}
+
+/// A message each way, opened as sealed, with the sender's key.
+fn exchange(p: &mut Pair) {
+    let s = p.a.session_to(addr(2)).expect("a has a session");
+    let frame = s.seal(b"hello b").unwrap();
+    assert_eq!(
+        p.b.handle(p.now, addr(1), &frame),
+        Received::Opened {
+            plaintext: b"hello b".to_vec(),
+            peer: p.a.public()
+        }
+    );
+    let s = p.b.session_to(addr(1)).expect("b has a session");
+    let frame = s.seal(b"hello a").unwrap();
+    assert_eq!(
+        p.a.handle(p.now, addr(2), &frame),
+        Received::Opened {
+            plaintext: b"hello a".to_vec(),
+            peer: p.b.public()
+        }
+    );
+}
+
+/// An initiator expecting another key than the responder's refuses it, naming both.
+#[test]
+fn a_wrong_key_is_refused() {
+    let mallory = Identity::from_secret([9; 32]).public();
+    // IK toward the wrong key: the responder cannot even read the initiation.
+    let p = handshake(Some(mallory));
+    assert!(p.a.session_to(addr(2)).is_none());
+    assert!(p.b.session_to(addr(1)).is_none());
+    // XX, then the key checked: refused with both keys named.
+    let mut p = handshake(None);
+    let got = p.b_key();
+    assert_eq!(
+        p.a.connect(p.now, addr(2), Some(mallory)),
+        Err(SecureError::WrongKey {
+            expected: mallory,
+            got
+        })
+    );
+    let text = SecureError::WrongKey {
+        expected: mallory,
+        got,
+    }
+    .to_string();
+    assert!(text.contains(&fingerprint(&mallory)) && text.contains(&fingerprint(&got)));
+    p.deliver();
+}
+
+/// An IK initiation toward a key the responder does not hold times out after its tries.
+#[test]
+fn an_unanswered_initiation_is_sent_again_then_fails() {
+    let mut p = Pair::new();
+    let mallory = Identity::from_secret([9; 32]).public();
+    p.a.connect(p.now, addr(2), Some(mallory)).unwrap();
+    p.collect();
+    let mut sent = p.to_b.len();
+    p.to_b.clear();
+    for _ in 0..20 {
+        let at = p.a.poll_timeout().expect("a timer while connecting");
+        p.now = p.now.max(at);
+        p.advance(Duration::ZERO);
+        sent += p.to_b.len();
+        p.to_b.clear();
+        if !p.events_a.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(sent, 5);
+    assert_eq!(
+        p.events_a,
+        [SecureEvent::Failed {
+            addr: addr(2),
+            error: SecureError::Timeout { attempts: 5 }
+        }]
+    );
+    assert!(!p.a.is_connecting(addr(2)));
+}
+
+/// A lost response: the initiation goes again, and the responder answers the repeat with
+/// the same response (no new session, no new work).
+#[test]
+fn a_lost_response_is_repaired_without_new_work() {
+    let mut p = Pair::new();
+    let key = p.b_key();
+    p.a.connect(p.now, addr(2), Some(key)).unwrap();
+    p.collect();
+    let init = p.to_b.pop().unwrap();
+    p.b.handle(p.now, addr(1), &init);
+    p.collect();
+    let first = p.to_a.pop().expect("a response");
+    assert_eq!(p.b.sessions(), 1);
+    p.advance(Duration::from_millis(300));
+    let again = p.to_b.pop().expect("the initiation again");
+    assert_eq!(again, init);
+    p.b.handle(p.now, addr(1), &again);
+    p.collect();
+    assert_eq!(p.to_a.pop(), Some(first.clone()));
+    assert_eq!(p.b.sessions(), 1);
+    p.a.handle(p.now, addr(2), &first);
+    exchange(&mut p);
+}
+
+/// XX with the finish lost: the initiator sends it again until the responder's first frame.
+#[test]
+fn a_lost_finish_is_sent_again() {
+    let mut p = Pair::new();
+    p.a.connect(p.now, addr(2), None).unwrap();
+    p.collect();
+    let init = p.to_b.pop().unwrap();
+    p.b.handle(p.now, addr(1), &init);
+    p.collect();
+    let resp = p.to_a.pop().unwrap();
+    p.a.handle(p.now, addr(2), &resp);
+    p.collect();
+    assert_eq!(p.to_b.len(), 1, "the finish");
+    p.to_b.clear();
+    assert!(p.b.session_to(addr(1)).is_none());
+    p.advance(Duration::from_millis(300));
+    assert_eq!(p.to_b.len(), 1, "the finish again");
+    p.deliver();
+    exchange(&mut p);
+    // Once b's frame came, no more finishes.
+    p.advance(Duration::from_secs(5));
+    assert!(p.to_b.is_empty());
+}
+
+/// Data frames lost, reordered and duplicated: every one opens once, duplicates are refused.
+#[test]
+fn reordered_frames_open_and_duplicates_do_not() {
+    let mut p = handshake(None);
+    let s = p.a.session_to(addr(2)).unwrap();
+    let frames: Vec<Vec<u8>> = (0..100u32)
+        .map(|i| s.seal(&i.to_le_bytes()).unwrap())
+        .collect();
+    let mut order: Vec<usize> = (0..100).rev().collect();
+    order.retain(|i| i % 7 != 3); // lost
+    for &i in &order {
+        match p.b.handle(p.now, addr(1), &frames[i]) {
+            Received::Opened { plaintext, .. } => assert_eq!(plaintext, (i as u32).to_le_bytes()),
+            other => panic!("frame {i}: {other:?}"),
+        }
+    }
+    for &i in &order {
+        assert_eq!(
+            p.b.handle(p.now, addr(1), &frames[i]),
+            Received::Dropped(SecureError::Replayed(i as u64))
+        );
+    }
+}
+
+/// Any flipped bit of a data frame, or a frame from another address, is refused.
+#[test]
+fn tampered_frames_are_refused() {
+    let mut p = handshake(None);
+    let s = p.a.session_to(addr(2)).unwrap();
+    let frame = s.seal(b"secret bytes").unwrap();
+    for i in 0..frame.len() {
+        for bit in [0x01, 0x80] {
+            let mut bad = frame.clone();
+            bad[i] ^= bit;
+            assert!(
+                !matches!(p.b.handle(p.now, addr(1), &bad), Received::Opened { .. }),
+                "byte {i} bit {bit:#x}"
+            );
+        }
+    }
+    assert_eq!(
+        p.b.handle(p.now, addr(3), &frame),
+        Received::Dropped(SecureError::WrongAddress)
+    );
+    // The genuine frame still opens: the forgeries used up nothing.
+    assert!(matches!(
+        p.b.handle(p.now, addr(1), &frame),
+        Received::Opened { .. }
+    ));
+}
+
+/// The plaintext is nowhere in the frame.
+#[test]
+fn sealed_frames_do_not_carry_the_plaintext() {
+    let p = handshake(None);
+    let s = p.a.session_to(addr(2)).unwrap();
+    let secret = b"the contents of a private file, long enough to find";
+    let frame = s.seal(secret).unwrap();
+    assert!(!frame.windows(8).any(|w| secret.windows(8).any(|x| x == w)));
+}
+
+/// Idle sessions expire; an initiation flood from one IP is cut by its rate limit.
+#[test]
+fn idle_sessions_expire_and_floods_are_limited() {
+    let mut p = handshake(None);
+    assert_eq!(p.a.sessions(), 1);
+    p.advance(Duration::from_secs(181));
+    p.advance(Duration::from_secs(1));
+    assert_eq!(p.a.sessions(), 0);
+    assert_eq!(p.b.sessions(), 0);
+
+    let mut b = table(2, 22);
+    let key = b.public();
+    let now = Instant::now();
+    let mut answered = 0;
+    for n in 0..100u8 {
+        let mut a = table(1, n);
+        a.connect(now, addr(2), Some(key)).unwrap();
+        let (_, init) = a.poll_transmit().unwrap();
+        if b.handle(now, addr(1), &init) == Received::Handshake {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 40, "the per-IP burst");
+    assert!(b.sessions() <= SESSIONS_PER_ADDR);
+}
+
+/// The session table stays within its bound when many peers connect.
+#[test]
+fn the_session_table_is_bounded() {
+    let mut b = SessionTable::new(
+        &Identity::from_secret([2; 32]),
+        SecureConfig {
+            seed: Some([2; 32]),
+            max_sessions: 8,
+            max_handshakes: 4,
+            ..SecureConfig::default()
+        },
+    );
+    let key = b.public();
+    let now = Instant::now();
+    for n in 0..30u8 {
+        let mut a = table(1, n);
+        a.connect(now, addr(n), Some(key)).unwrap();
+        let (_, init) = a.poll_transmit().unwrap();
+        b.handle(now, addr(n), &init);
+        let mut x = table(1, n + 100);
+        x.connect(now, addr(n), None).unwrap();
+        let (_, init) = x.poll_transmit().unwrap();
+        b.handle(now, addr(n), &init);
+        assert!(b.sessions() <= 8 && b.handshakes() <= 4);
+    }
+}
+
+proptest! {
+    /// Garbage, and damaged real frames, never panic, never open, never grow the table
+    /// beyond what real initiations may.
+    #[test]
+    fn garbage_never_panics(
+        bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        typ in 1u8..6,
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+    ) {
+        let mut p = handshake(None);
+        let now = p.now;
+        let _ = p.b.handle(now, addr(1), &bytes);
+        let mut framed = FRAME_MAGIC.to_vec();
+        framed.push(typ);
+        framed.extend_from_slice(&bytes);
+        let opened = matches!(p.b.handle(now, addr(1), &framed), Received::Opened { .. });
+        prop_assert!(!opened);
+        let s = p.a.session_to(addr(2)).unwrap();
+        let mut frame = s.seal(&bytes).unwrap();
+        for (at, x) in flips {
+            let i = at % frame.len();
+            frame[i] ^= x.max(1);
+        }
+        let opened = matches!(p.b.handle(now, addr(1), &frame), Received::Opened { .. });
+        prop_assert!(!opened);
+        prop_assert!(p.b.sessions() <= 2);
+    }
+}
