@@ -7,6 +7,8 @@
 //!   TCP adapters (and the simulations' sockets) implement;
 //! - [`index`]: the share folder's index (stable IDs, sizes, BLAKE3 hashes of files and
 //!   pieces, and of each folder as a collection), read from disk;
+//! - [`secure`]: end-to-end encrypted, authenticated peer traffic: a transport wrapper
+//!   running `p2p_proto::secure`'s Noise sessions;
 //! - [`collection`]: folders as collections: the manifest of a folder's files and its hash;
 //! - [`service`]: the tokio services: the tracker, and the peer endpoint (serve files,
 //!   download, list), with partial files, checkpoints and destination locks.
@@ -23,5 +25,6 @@ use p2p_proto::{identity, limits, tracker, transfer, wire};
 pub mod collection;
 pub mod index;
 pub mod relay;
+pub mod secure;
 pub mod service;
 pub mod transport;

@@ -57,6 +57,9 @@ pub struct SecureConfig {
     pub retransmit: Duration,
     /// Initiations sent before a handshake fails ([`SecureError::Timeout`]).
     pub attempts: u32,
+    /// IK initiations sent (of `attempts`) before the initiator falls back to XX, which
+    /// tells a peer holding another key apart from a silent one.
+    pub ik_attempts: u32,
     /// Seed of every random choice (ephemeral keys, indices): tests and simulations replay
     /// with one; `None` takes the operating system's randomness (what real peers must do:
     /// ephemeral keys from a known seed give no forward secrecy).
@@ -79,6 +82,7 @@ impl Default for SecureConfig {
             handshake_timeout: Duration::from_secs(10),
             retransmit: Duration::from_millis(300),
             attempts: 5,
+            ik_attempts: 3,
             seed: None,
         }
     }
@@ -141,6 +145,8 @@ pub enum Connect {
 enum Role {
     Initiator {
         expected: Option<PublicKey>,
+        /// IK (else XX).
+        ik: bool,
         /// The initiation, sent again on timeout.
         frame: Vec<u8>,
         attempts: u32,
@@ -154,6 +160,14 @@ enum Role {
         response: Vec<u8>,
         init_digest: [u8; 32],
     },
+}
+
+/// Where an initiation is in its retransmissions.
+struct Schedule {
+    attempts: u32,
+    next_at: Instant,
+    backoff: Duration,
+    started: Instant,
 }
 
 struct Handshake {
@@ -309,11 +323,29 @@ impl SessionTable {
         if self.connecting.contains_key(&addr) {
             return Ok(Connect::Pending);
         }
-        let remote = match expected {
+        let schedule = Schedule {
+            attempts: 1,
+            next_at: now + self.config.retransmit,
+            backoff: self.config.retransmit,
+            started: now,
+        };
+        self.initiate(addr, expected, expected.is_some(), schedule)?;
+        Ok(Connect::Pending)
+    }
+
+    /// Sends an initiation to `addr` (IK toward `expected` if `ik`, XX otherwise) and
+    /// records the handshake with `schedule`.
+    fn initiate(
+        &mut self,
+        addr: SocketAddr,
+        expected: Option<PublicKey>,
+        ik: bool,
+        schedule: Schedule,
+    ) -> Result<(), SecureError> {
+        let remote = match expected.filter(|_| ik) {
             Some(key) => Some(x25519_public(&key).ok_or(SecureError::InvalidKey)?),
             None => None,
         };
-        let ik = remote.is_some();
         let resolver = self.entropy.resolver();
         let builder = Builder::with_resolver(params(ik), resolver)
             .prologue(PROLOGUE)
@@ -352,16 +384,17 @@ impl SessionTable {
                 addr,
                 role: Role::Initiator {
                     expected,
+                    ik,
                     frame,
-                    attempts: 1,
-                    next_at: now + self.config.retransmit,
-                    backoff: self.config.retransmit,
+                    attempts: schedule.attempts,
+                    next_at: schedule.next_at,
+                    backoff: schedule.backoff,
                 },
-                started: now,
+                started: schedule.started,
             },
         );
         self.connecting.insert(addr, index);
-        Ok(Connect::Pending)
+        Ok(())
     }
 
     /// Handles a message received from `from`: plaintext (not a frame) is left to the
@@ -540,10 +573,7 @@ impl SessionTable {
         }
         let ik = matches!(
             &self.handshakes[&receiver].role,
-            Role::Initiator {
-                expected: Some(_),
-                ..
-            }
+            Role::Initiator { ik: true, .. }
         );
         let want = if ik {
             IK_RESPONSE_NOISE
@@ -684,7 +714,7 @@ impl SessionTable {
     }
 
     /// A forged or damaged response broke initiation `index`'s state: start it over with a
-    /// new one (fresh ephemeral key), sent at its next retransmission time.
+    /// new one (fresh ephemeral key), sent now, on the same schedule.
     fn restart_initiation(&mut self, now: Instant, index: u32) {
         let Some(h) = self.handshakes.remove(&index) else {
             return;
@@ -692,6 +722,7 @@ impl SessionTable {
         self.connecting.remove(&h.addr);
         let Role::Initiator {
             expected,
+            ik,
             attempts,
             next_at,
             backoff,
@@ -700,27 +731,17 @@ impl SessionTable {
         else {
             return;
         };
-        if self.connect(now, h.addr, expected).is_ok() {
-            // The new initiation went out now; keep the old schedule's count.
-            if let Some(&new) = self.connecting.get(&h.addr) {
-                if let Some(Handshake {
-                    role:
-                        Role::Initiator {
-                            attempts: a,
-                            next_at: t,
-                            backoff: b,
-                            ..
-                        },
-                    started,
-                    ..
-                }) = self.handshakes.get_mut(&new)
-                {
-                    *a = attempts + 1;
-                    *t = next_at.max(now + backoff);
-                    *b = backoff;
-                    *started = h.started;
-                }
-            }
+        let schedule = Schedule {
+            attempts: attempts + 1,
+            next_at: next_at.max(now + backoff),
+            backoff,
+            started: h.started,
+        };
+        if let Err(error) = self.initiate(h.addr, expected, ik, schedule) {
+            self.events.push_back(SecureEvent::Failed {
+                addr: h.addr,
+                error,
+            });
         }
     }
 
@@ -867,9 +888,11 @@ impl SessionTable {
     pub fn handle_timeout(&mut self, now: Instant) {
         let cfg = self.config.clone();
         let mut failed = Vec::new();
+        let mut fallback = Vec::new();
         for (&i, h) in self.handshakes.iter_mut() {
             if let Role::Initiator {
                 frame,
+                ik,
                 attempts,
                 next_at,
                 backoff,
@@ -883,6 +906,10 @@ impl SessionTable {
                     failed.push(i);
                     continue;
                 }
+                if *ik && *attempts >= cfg.ik_attempts {
+                    fallback.push(i);
+                    continue;
+                }
                 *attempts += 1;
                 *backoff *= 2;
                 *next_at = now + *backoff;
@@ -892,6 +919,9 @@ impl SessionTable {
         for i in failed {
             let attempts = self.config.attempts;
             self.drop_handshake(i, Some(SecureError::Timeout { attempts }));
+        }
+        for i in fallback {
+            self.fall_back_to_xx(now, i);
         }
         for e in self.sessions.values_mut() {
             let Some(f) = &mut e.finish else { continue };
@@ -909,6 +939,38 @@ impl SessionTable {
         }
         if self.next_sweep.is_some_and(|t| t <= now) {
             self.sweep(now);
+        }
+    }
+
+    /// IK initiation `index` went unanswered [`SecureConfig::ik_attempts`] times: the peer
+    /// may hold another key than the one expected (it cannot read an IK initiation then, and
+    /// must not answer what it cannot read). Go on with XX, which names the key it holds:
+    /// the handshake then ends in [`SecureError::WrongKey`] rather than a timeout.
+    fn fall_back_to_xx(&mut self, now: Instant, index: u32) {
+        let Some(h) = self.handshakes.remove(&index) else {
+            return;
+        };
+        self.connecting.remove(&h.addr);
+        let Role::Initiator {
+            expected,
+            attempts,
+            backoff,
+            ..
+        } = h.role
+        else {
+            return;
+        };
+        let schedule = Schedule {
+            attempts: attempts + 1,
+            next_at: now + backoff * 2,
+            backoff: backoff * 2,
+            started: h.started,
+        };
+        if let Err(error) = self.initiate(h.addr, expected, false, schedule) {
+            self.events.push_back(SecureEvent::Failed {
+                addr: h.addr,
+                error,
+            });
         }
     }
 

@@ -175,10 +175,31 @@ fn exchange(p: &mut Pair) {
 #[test]
 fn a_wrong_key_is_refused() {
     let mallory = Identity::from_secret([9; 32]).public();
-    // IK toward the wrong key: the responder cannot even read the initiation.
-    let p = handshake(Some(mallory));
+    // IK toward the wrong key: the responder cannot read the initiation and says nothing;
+    // after the IK tries, XX names the key it holds, and the handshake fails with both.
+    let mut p = handshake(Some(mallory));
     assert!(p.a.session_to(addr(2)).is_none());
     assert!(p.b.session_to(addr(1)).is_none());
+    for _ in 0..10 {
+        let at = p.a.poll_timeout().expect("a timer while connecting");
+        p.now = p.now.max(at);
+        p.advance(Duration::ZERO);
+        p.deliver();
+        if !p.events_a.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        p.events_a,
+        [SecureEvent::Failed {
+            addr: addr(2),
+            error: SecureError::WrongKey {
+                expected: mallory,
+                got: p.b_key()
+            }
+        }]
+    );
+    assert!(p.a.session_to(addr(2)).is_none());
     // XX, then the key checked: refused with both keys named.
     let mut p = handshake(None);
     let got = p.b_key();

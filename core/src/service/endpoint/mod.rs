@@ -25,12 +25,14 @@ pub use super::resume::{partial_path, Discarded};
 use crate::index::ShareIndex;
 use crate::limits::RateConfig;
 use crate::relay::{RelaySessions, RelayTransport};
+use crate::secure::{SecureError, SecureSettings, SecureTransport};
 use crate::transfer::{PieceTable, ReceiverConfig, SenderConfig, TransferError};
 use crate::transport::SharedTransport;
 use crate::wire::{
     ContentHash, IndexEntry, Message, RegisterOutcome, RequestId, TransportKind, DATA_OVERHEAD,
     MAX_CHUNK,
 };
+use p2p_proto::identity::PublicKey;
 
 mod content;
 mod download;
@@ -97,6 +99,12 @@ pub struct EndpointConfig {
     /// registers is bound to it (see [`p2p_proto::identity`]). `None`: unsigned, as peers
     /// without one always were.
     pub identity: Option<p2p_proto::identity::Identity>,
+    /// Encrypted, authenticated traffic with peers ([`crate::secure`]): `Some`, the
+    /// endpoint's transport is wrapped in a [`SecureTransport`], and the client side makes
+    /// a secure session with a peer (a handshake, see [`EndpointHandle::connect`]) before its
+    /// first peer-to-peer request to it; peers that start one are answered. `None` (the
+    /// default): everything plaintext, as before.
+    pub secure: Option<SecureSettings>,
     /// Downloads hash their pieces on a thread of the endpoint's own, so that the I/O task
     /// (receive, write) and the hashing run on two cores. Off, pieces are hashed on the I/O
     /// task; simulations turn it off, as a thread's timing is not the simulated clock's.
@@ -175,6 +183,7 @@ impl Default for EndpointConfig {
             rpc_attempts: 5,
             id_seed: 0,
             identity: None,
+            secure: None,
             hash_thread: true,
             finish_thread: true,
             rescan_thread: true,
@@ -247,6 +256,15 @@ pub enum ServiceError {
     /// The endpoint has stopped.
     #[error("the endpoint has stopped")]
     Closed,
+    /// No secure session with a peer: its handshake failed, or it proved another key than
+    /// the one expected ([`SecureError::WrongKey`]).
+    #[error("secure channel to {peer}: {error}")]
+    Secure {
+        /// The peer.
+        peer: SocketAddr,
+        /// Why.
+        error: SecureError,
+    },
 }
 
 /// Most pages of one peer's index a listing takes (a share of 100,000 files is a few
@@ -470,6 +488,9 @@ pub struct EndpointHandle {
     /// The relay sessions of the endpoint's transport (not the transport: a handle never
     /// keeps the socket open).
     relay: Arc<RelaySessions>,
+    /// The secure wrapper of the endpoint's transport, if [`EndpointConfig::secure`] (weak:
+    /// a handle never keeps the socket open).
+    secure: Option<std::sync::Weak<SecureTransport>>,
 }
 
 /// Starts an endpoint on `transport` and returns its handle. The endpoint stops when
@@ -483,6 +504,15 @@ pub fn spawn_endpoint(
     // Every endpoint can reach peers through a relay, and be reached through one.
     let relay = RelayTransport::new(transport);
     let transport: SharedTransport = relay.clone();
+    // Above the relay: a relayed peer's traffic is sealed end to end.
+    let secure = config
+        .secure
+        .as_ref()
+        .map(|s| SecureTransport::new(transport.clone(), s));
+    let transport: SharedTransport = match &secure {
+        Some(s) => s.clone(),
+        None => transport,
+    };
     let mut index = config.share.as_ref().map(ShareIndex::new);
     if let Some(idx) = index.as_mut() {
         idx.refresh()?;
@@ -550,6 +580,7 @@ pub fn spawn_endpoint(
         checkpoint_thread: driver.config.checkpoint_thread,
         partials: driver.partials.clone(),
         relay: relay.sessions(),
+        secure: secure.as_ref().map(Arc::downgrade),
     };
     let task = tokio::spawn(driver.run());
     Ok((handle, task))
@@ -566,6 +597,31 @@ impl EndpointHandle {
         self.kind
     }
 
+    /// Makes sure a secure session with `peer` exists (a handshake if there is none, see
+    /// [`SecureTransport::connect`]) and returns the key it proved; `expected` (a listing's
+    /// key) refuses any other with [`SecureError::WrongKey`]. `Ok(None)`: this endpoint runs
+    /// without [`EndpointConfig::secure`]. Peer-to-peer requests call it themselves (with no
+    /// expected key, so that an existing session is reused); call it first to check a key.
+    pub async fn connect(
+        &self,
+        peer: SocketAddr,
+        expected: Option<PublicKey>,
+    ) -> Result<Option<PublicKey>, ServiceError> {
+        let Some(weak) = &self.secure else {
+            return Ok(None);
+        };
+        let secure = weak.upgrade().ok_or(ServiceError::Closed)?;
+        match secure.connect(peer, expected).await {
+            Ok(key) => Ok(Some(key)),
+            Err(error) => Err(ServiceError::Secure { peer, error }),
+        }
+    }
+
+    /// The identity key of `peer` proven by a secure session with it, if there is one.
+    pub fn peer_key(&self, peer: SocketAddr) -> Option<PublicKey> {
+        self.secure.as_ref()?.upgrade()?.peer_key(peer)
+    }
+
     async fn send(&self, cmd: Command) -> Result<(), ServiceError> {
         self.tx.send(cmd).await.map_err(|_| ServiceError::Closed)
     }
@@ -573,6 +629,9 @@ impl EndpointHandle {
     /// Sends `msg` (its request id is replaced) to `to` and waits for the matching reply,
     /// retrying on silence.
     pub async fn rpc(&self, to: SocketAddr, msg: Message) -> Result<Message, ServiceError> {
+        if p2p_proto::secure::is_peer_message(&msg) {
+            self.connect(to, None).await?;
+        }
         let (reply, rx) = oneshot::channel();
         self.send(Command::Rpc { to, msg, reply }).await?;
         rx.await.map_err(|_| ServiceError::Closed)?
@@ -651,6 +710,7 @@ impl EndpointHandle {
         dest: PathBuf,
         progress: Option<watch::Sender<Progress>>,
     ) -> Result<DownloadReport, ServiceError> {
+        self.connect(peer, None).await?;
         let table = self.piece_table(peer, &entry).await?;
         self.download_with_table(peer, entry, table, dest, progress)
             .await
@@ -703,6 +763,7 @@ impl EndpointHandle {
         job: RangeJob,
         progress: watch::Sender<Progress>,
     ) -> Result<DownloadReport, ServiceError> {
+        self.connect(job.peer, None).await?;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Range {
             job,
