@@ -9,7 +9,16 @@
 //! - [`SecureTransport::connect`] makes (or finds) a session with an address and returns the
 //!   peer's identity key; with an expected key (a listing's), another key is refused with
 //!   [`SecureError::WrongKey`]. It waits for the handshake's answer, which the task that
-//!   receives (`recv_from`) hands in, and retransmits on silence.
+//!   receives (`recv_from`) hands in.
+//! - A task of the wrapper's own, spawned where it is made, starts the handshakes `connect`
+//!   asks for, sends every handshake frame (each on a task of its own, so that one peer's full
+//!   queue holds up no other) and runs the table's timers (retransmissions, expiry): frames
+//!   leave from, and time is read on, the runtime the transport belongs to (a simulated
+//!   host's, in turmoil, whatever task calls `connect`). It sleeps until the next deadline or
+//!   a wake-up, and ends once the transport is dropped.
+//! - An XX initiator's session that has not heard from the peer yet sends its finish again
+//!   just before a message sealed to the peer (at most once a retransmission interval), so
+//!   that finishes all lost on the way leave no dead session while there is traffic.
 //! - Sends to an address with a session are sealed; sends to one without go as they are
 //!   (trackers, hole-punching probes, peers without encryption).
 //! - Received frames are opened and handed up as coming from their address; handshake
@@ -24,12 +33,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant as StdInstant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use p2p_proto::identity::{Identity, PublicKey};
@@ -72,10 +81,15 @@ pub struct SecureStats {
     pub dropped_plaintext: u64,
 }
 
+type Reply = oneshot::Sender<Result<PublicKey, SecureError>>;
+
 struct State {
     table: SessionTable,
+    /// Calls of `connect` for the handshake task to start (on its clock: a caller may run
+    /// on another, a simulated client's).
+    connects: Vec<(SocketAddr, Option<PublicKey>, Reply)>,
     /// Callers of `connect` waiting for a handshake with an address.
-    waiters: Vec<(SocketAddr, oneshot::Sender<Result<PublicKey, SecureError>>)>,
+    waiters: Vec<(SocketAddr, Reply)>,
     stats: SecureStats,
 }
 
@@ -87,6 +101,15 @@ pub struct SecureTransport {
     require_sealed: bool,
     /// The clock's origin for the sans-IO table (tokio's clock, turmoil's in simulations).
     epoch: (Instant, StdInstant),
+    /// Wakes the task that sends handshake frames and runs the table's timers.
+    wake: Arc<Notify>,
+}
+
+impl Drop for SecureTransport {
+    fn drop(&mut self) {
+        // The timer task holds a weak reference only: let it see that it is gone.
+        self.wake.notify_one();
+    }
 }
 
 impl std::fmt::Debug for SecureTransport {
@@ -98,25 +121,34 @@ impl std::fmt::Debug for SecureTransport {
 }
 
 impl SecureTransport {
-    /// Wraps `inner` with `settings`.
+    /// Wraps `inner` with `settings`, and starts the task that sends handshake frames and
+    /// runs the handshakes' timers (on the current tokio runtime, so that every frame leaves
+    /// from the task context the transport was made in: a simulated host's, in turmoil).
     pub fn new(inner: SharedTransport, settings: &SecureSettings) -> Arc<Self> {
-        Arc::new(SecureTransport {
+        let wake = Arc::new(Notify::new());
+        let t = Arc::new(SecureTransport {
             inner,
             state: Mutex::new(State {
                 table: SessionTable::new(&settings.identity, settings.config.clone()),
+                connects: Vec::new(),
                 waiters: Vec::new(),
                 stats: SecureStats::default(),
             }),
             require_sealed: settings.require_sealed,
             epoch: (Instant::now(), StdInstant::now()),
-        })
+            wake: wake.clone(),
+        });
+        tokio::spawn(run_handshakes(Arc::downgrade(&t), wake));
+        t
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Now, on tokio's clock, as the `std` instant the sans-IO table takes.
+    /// Now, on tokio's clock, as the `std` instant the sans-IO table takes. Only the tasks
+    /// of the runtime the transport was made on call it (its driver, the handshake task): in
+    /// a simulation each host has a clock of its own.
     fn now(&self) -> StdInstant {
         self.epoch.1 + Instant::now().saturating_duration_since(self.epoch.0)
     }
@@ -155,43 +187,40 @@ impl SecureTransport {
     ) -> Result<PublicKey, SecureError> {
         let rx = {
             let mut s = self.lock();
-            let now = self.now();
-            match s.table.connect(now, addr, expected)? {
-                Connect::Established(key) => return Ok(key),
-                Connect::Pending => {
-                    let (tx, rx) = oneshot::channel();
-                    s.waiters.push((addr, tx));
-                    rx
-                }
+            if let Some(got) = s.table.peer_key(addr) {
+                return match expected {
+                    Some(e) if e != got => Err(SecureError::WrongKey { expected: e, got }),
+                    _ => Ok(got),
+                };
             }
+            // The handshake task starts it, on the transport's own clock.
+            let (tx, rx) = oneshot::channel();
+            s.connects.push((addr, expected, tx));
+            rx
         };
-        self.flush().await;
-        let mut rx = rx;
-        let got = loop {
-            let next = self.lock().table.poll_timeout();
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(self.deadline(at)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = &mut rx => break r.unwrap_or(Err(SecureError::Forgotten))?,
-                _ = sleep => {
-                    self.drive(self.now());
-                    self.flush().await;
-                }
-            }
-        };
+        self.wake.notify_one();
+        let got = rx.await.unwrap_or(Err(SecureError::Forgotten))?;
         match expected {
             Some(e) if e != got => Err(SecureError::WrongKey { expected: e, got }),
             _ => Ok(got),
         }
     }
 
-    /// Runs the table's timers if due, and hands out its events.
+    /// Starts the handshakes `connect` asked for, runs the table's timers if due, and hands
+    /// out its events.
     fn drive(&self, now: StdInstant) {
         let mut s = self.lock();
+        for (addr, expected, reply) in std::mem::take(&mut s.connects) {
+            match s.table.connect(now, addr, expected) {
+                Ok(Connect::Established(key)) => {
+                    let _ = reply.send(Ok(key));
+                }
+                Ok(Connect::Pending) => s.waiters.push((addr, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
         if s.table.poll_timeout().is_some_and(|t| t <= now) {
             s.table.handle_timeout(now);
         }
@@ -228,41 +257,20 @@ impl SecureTransport {
         std::iter::from_fn(|| s.table.poll_transmit()).collect()
     }
 
-    /// Sends the handshake frames the table has (a failed send is a loss: the handshake's
-    /// retransmission repairs it).
-    async fn flush(&self) {
-        for (to, frame) in self.transmits() {
+    /// The session to seal messages to `to` with, after sending the XX finish first if the
+    /// peer has not been heard from (see [`SessionTable::finish_along`]).
+    async fn session_to(&self, to: SocketAddr) -> Option<Arc<p2p_proto::secure::Session>> {
+        let now = self.now();
+        let (session, finish) = {
+            let mut s = self.lock();
+            let session = s.table.session_to(to)?;
+            (session, s.table.finish_along(now, to))
+        };
+        if let Some(frame) = finish {
+            // A lost finish is repaired by the next one.
             let _ = self.inner.send_owned(to, frame).await;
         }
-    }
-
-    /// Sends the handshake frames without waiting here (from the receive path, which must
-    /// not wait on one peer's send).
-    fn flush_later(&self) {
-        let frames = self.transmits();
-        if frames.is_empty() {
-            return;
-        }
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            for (to, frame) in frames {
-                let _ = inner.send_owned(to, frame).await;
-            }
-        });
-    }
-
-    /// The session to seal messages to `to` with (timers run on the way).
-    fn session_to(&self, to: SocketAddr) -> Option<Arc<p2p_proto::secure::Session>> {
-        let now = self.now();
-        let mut s = self.lock();
-        if s.table.poll_timeout().is_some_and(|t| t <= now) {
-            s.table.handle_timeout(now);
-            Self::dispatch(&mut s);
-            drop(s);
-            self.flush_later();
-            s = self.lock();
-        }
-        s.table.session_to(to)
+        Some(session)
     }
 
     /// A received message: handed up (opened, or plaintext let through), or `None` (a
@@ -277,22 +285,25 @@ impl SecureTransport {
         }
         let now = self.now();
         let mut s = self.lock();
-        if s.table.poll_timeout().is_some_and(|t| t <= now) {
-            s.table.handle_timeout(now);
-        }
         let r = s.table.handle(now, from, &bytes);
         Self::dispatch(&mut s);
         drop(s);
         match r {
             Received::Opened { plaintext, .. } => Some((from, Bytes::from(plaintext))),
             Received::Handshake => {
-                self.flush_later();
+                self.wake.notify_one();
                 None
             }
             Received::Dropped(e) => {
                 tracing::trace!(%from, error = %e, "secure frame dropped");
-                self.lock().stats.dropped_frames += 1;
-                self.flush_later();
+                let mut s = self.lock();
+                s.stats.dropped_frames += 1;
+                // A damaged response restarts its handshake: the new initiation goes out
+                // (other drops leave nothing to send, and wake nobody).
+                if s.table.has_transmit() {
+                    drop(s);
+                    self.wake.notify_one();
+                }
                 None
             }
             Received::Plaintext => Some((from, bytes)),
@@ -310,7 +321,7 @@ impl SecureTransport {
 #[async_trait]
 impl Transport for SecureTransport {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
-        match self.session_to(to) {
+        match self.session_to(to).await {
             Some(s) => self.inner.send_owned(to, Self::seal(&s, msg)?).await,
             None => self.inner.send_to(to, msg).await,
         }
@@ -326,7 +337,7 @@ impl Transport for SecureTransport {
     }
 
     async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
-        match self.session_to(to) {
+        match self.session_to(to).await {
             Some(s) => self.inner.send_owned(to, Self::seal(&s, &msg)?).await,
             None => self.inner.send_owned(to, msg).await,
         }
@@ -334,7 +345,7 @@ impl Transport for SecureTransport {
 
     /// With a session, the range is read and sealed with its head (no `sendfile`).
     async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
-        match self.session_to(to) {
+        match self.session_to(to).await {
             Some(s) => {
                 let msg = body.after(head)?;
                 self.inner.send_owned(to, Self::seal(&s, &msg)?).await
@@ -354,7 +365,7 @@ impl Transport for SecureTransport {
     /// With a session, each segment is sealed (and grows by [`SEAL_OVERHEAD`]); the sealed
     /// segments go in one batch.
     async fn send_batch(&self, to: SocketAddr, msgs: &[u8], segment: usize) -> io::Result<()> {
-        let Some(s) = self.session_to(to) else {
+        let Some(s) = self.session_to(to).await else {
             return self.inner.send_batch(to, msgs, segment).await;
         };
         let segment = segment.max(1);
@@ -418,9 +429,120 @@ impl Transport for SecureTransport {
     }
 }
 
+/// The task of a [`SecureTransport`] that sends its handshake frames and runs its timers
+/// (retransmissions, expiry). It holds the transport weakly, and only between two waits:
+/// dropping the transport wakes it, and it ends.
+///
+/// Each frame goes out on a task of its own, so that one peer's full queue never holds up
+/// another's handshake (a failed send is a loss: the retransmission repairs it). Those tasks
+/// are spawned from this one, so they run where the transport was made.
+async fn run_handshakes(weak: Weak<SecureTransport>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(t) = weak.upgrade() else { return };
+            t.drive(t.now());
+            for (to, frame) in t.transmits() {
+                let inner = t.inner.clone();
+                tokio::spawn(async move {
+                    let _ = inner.send_owned(to, frame).await;
+                });
+            }
+            let next = t.lock().table.poll_timeout();
+            next.map(|at| t.deadline(at))
+        };
+        match next {
+            Some(at) => {
+                // Biased: tokio's random branch order is not the simulation's seed.
+                tokio::select! {
+                    biased;
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
 /// The largest plaintext that fits a message of `inner` bytes once sealed.
 fn sealed_limit(inner: usize) -> usize {
     inner
         .saturating_sub(SEAL_OVERHEAD)
         .min(MAX_SEALED_PLAINTEXT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A transport that records what is sent and never receives anything.
+    #[derive(Default)]
+    struct Silent {
+        sent: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+    }
+
+    #[async_trait]
+    impl Transport for Silent {
+        async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
+            self.sent.lock().unwrap().push((to, msg.to_vec()));
+            Ok(())
+        }
+
+        async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
+            std::future::pending().await
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([10, 0, 0, 1], 7000)))
+        }
+
+        fn max_message_size(&self) -> usize {
+            65_507
+        }
+    }
+
+    fn settings() -> SecureSettings {
+        SecureSettings {
+            config: SecureConfig {
+                seed: Some([5; 32]),
+                ..SecureConfig::default()
+            },
+            ..SecureSettings::new(Identity::from_secret([4; 32]))
+        }
+    }
+
+    /// Tasks alive on this runtime once the ones that can run have run (bounded: a task
+    /// that never settles fails the test rather than hanging it).
+    async fn alive_after_settling() -> usize {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        metrics.num_alive_tasks()
+    }
+
+    /// A peer that never answers: the transport's own task sends the initiation again on
+    /// its schedule (nobody else drives it), the caller gets `Timeout` after every try, and
+    /// once the transport is dropped its task ends.
+    #[tokio::test(start_paused = true)]
+    async fn the_handshake_task_retransmits_then_ends_with_the_transport() {
+        let inner = Arc::new(Silent::default());
+        let t = SecureTransport::new(inner.clone(), &settings());
+        assert_eq!(alive_after_settling().await, 1, "the handshake task");
+        let peer = SocketAddr::from(([10, 0, 0, 2], 7000));
+        let started = Instant::now();
+        let r = t.connect(peer, None).await;
+        let attempts = SecureConfig::default().attempts;
+        assert_eq!(r, Err(SecureError::Timeout { attempts }));
+        let sent = inner.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), attempts as usize);
+        assert!(sent.iter().all(|(to, f)| *to == peer && f == &sent[0].1));
+        // 300 ms, doubling: the last try's wait ends the handshake.
+        assert!(started.elapsed() >= Duration::from_millis(300 * (1 << attempts) - 300));
+        // Idle now: no timer left, the task waits without waking.
+        assert_eq!(alive_after_settling().await, 1);
+        drop(t);
+        assert_eq!(alive_after_settling().await, 0, "the task ended");
+    }
 }

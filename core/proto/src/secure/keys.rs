@@ -61,6 +61,24 @@ impl Entropy {
             rng: std::sync::Mutex::new(Some(self.next())),
         })
     }
+
+    /// A fresh seed for one handshake's randomness (see [`seeded_resolver`]), so that the
+    /// handshake can be built again from it; `None` if the system's generator fails (a
+    /// handshake must then not start: an all-zero seed would reuse ephemeral keys).
+    pub(super) fn handshake_seed(&mut self) -> Option<[u8; 32]> {
+        let mut seed = [0; 32];
+        self.next().try_fill_bytes(&mut seed).ok()?;
+        Some(seed)
+    }
+}
+
+/// A resolver whose randomness is the stream of `seed` (one handshake's, from
+/// [`Entropy::handshake_seed`]): the same seed gives the same ephemeral key.
+pub(super) fn seeded_resolver(seed: &[u8; 32]) -> Box<dyn CryptoResolver + Send> {
+    let stream = blake3::Hasher::new_keyed(seed).finalize_xof();
+    Box::new(Resolver {
+        rng: std::sync::Mutex::new(Some(Box::new(SeededRandom(stream)))),
+    })
 }
 
 struct SystemRandom;

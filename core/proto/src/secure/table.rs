@@ -14,7 +14,7 @@
 //! IP and one in a bucket shared by all; a repeated initiation gets the same response again
 //! without new work.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use super::frame::{
     Frame, IK_INIT_NOISE, IK_RESPONSE_NOISE, XX_FINISH_NOISE, XX_INIT_NOISE, XX_PADDING,
     XX_RESPONSE_NOISE,
 };
-use super::keys::{x25519_public, Entropy, NOISE_IK, NOISE_XX, PROLOGUE};
+use super::keys::{seeded_resolver, x25519_public, Entropy, NOISE_IK, NOISE_XX, PROLOGUE};
 use super::{SecureError, Session};
 use crate::identity::{Identity, PublicKey};
 use crate::limits::{RateConfig, RateLimiter};
@@ -53,7 +53,8 @@ pub struct SecureConfig {
     /// A responder's handshake (or session not yet confirmed by a data frame) is dropped
     /// after this long.
     pub handshake_timeout: Duration,
-    /// First retransmission of an unanswered initiation; doubles each time.
+    /// First retransmission of an unanswered initiation; doubles each time. At least 1 ms
+    /// (a zero would make every retransmission due at once, forever).
     pub retransmit: Duration,
     /// Initiations sent before a handshake fails ([`SecureError::Timeout`]).
     pub attempts: u32,
@@ -159,6 +160,11 @@ enum Role {
         /// The response, sent again for a repeated initiation.
         response: Vec<u8>,
         init_digest: [u8; 32],
+        /// The initiation's Noise message and the seed of this side's randomness: what
+        /// builds the state again after a damaged finish (snow leaves a state that failed
+        /// to read a message unusable).
+        init_noise: Vec<u8>,
+        seed: [u8; 32],
     },
 }
 
@@ -191,27 +197,37 @@ struct Entry {
     finish: Option<Finish>,
 }
 
+/// An XX initiator's finish, until the peer's first frame shows it arrived: the timer sends
+/// it again [`SecureConfig::attempts`] times, and after that it goes along with the
+/// messages sealed to the peer ([`SessionTable::finish_along`]), so that a session whose
+/// finishes were all lost is not a dead one while there is traffic.
 struct Finish {
     frame: Vec<u8>,
     attempts: u32,
-    next_at: Instant,
+    /// When the timer sends it again; `None` once its tries are spent.
+    next_at: Option<Instant>,
     backoff: Duration,
+    /// When it was last sent (by the timer or along with a message).
+    sent_at: Instant,
 }
 
 /// Every secure session and handshake of one endpoint (see the [module](self) docs).
+///
+/// Its maps are ordered ones: timers that fire together send their frames in one order
+/// every run, so a seeded simulation replays exactly.
 pub struct SessionTable {
     config: SecureConfig,
     static_secret: [u8; 32],
     public: PublicKey,
     entropy: Entropy,
-    sessions: HashMap<u32, Entry>,
+    sessions: BTreeMap<u32, Entry>,
     /// The session to seal with, per address: the newest confirmed one.
-    by_addr: HashMap<SocketAddr, u32>,
-    handshakes: HashMap<u32, Handshake>,
+    by_addr: BTreeMap<SocketAddr, u32>,
+    handshakes: BTreeMap<u32, Handshake>,
     /// Initiations in progress, per address.
-    connecting: HashMap<SocketAddr, u32>,
+    connecting: BTreeMap<SocketAddr, u32>,
     /// Responder state by the digest of the initiation that made it (repeats answered again).
-    by_init: HashMap<[u8; 32], u32>,
+    by_init: BTreeMap<[u8; 32], u32>,
     per_ip: RateLimiter,
     total: RateLimiter,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -244,7 +260,8 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 impl SessionTable {
     /// A table for `identity`, with no session.
-    pub fn new(identity: &Identity, config: SecureConfig) -> Self {
+    pub fn new(identity: &Identity, mut config: SecureConfig) -> Self {
+        config.retransmit = config.retransmit.max(Duration::from_millis(1));
         let entropy = match config.seed {
             Some(seed) => Entropy::Seeded { seed, counter: 0 },
             None => Entropy::System,
@@ -253,11 +270,11 @@ impl SessionTable {
             static_secret: identity.x25519_secret(),
             public: identity.public(),
             entropy,
-            sessions: HashMap::new(),
-            by_addr: HashMap::new(),
-            handshakes: HashMap::new(),
-            connecting: HashMap::new(),
-            by_init: HashMap::new(),
+            sessions: BTreeMap::new(),
+            by_addr: BTreeMap::new(),
+            handshakes: BTreeMap::new(),
+            connecting: BTreeMap::new(),
+            by_init: BTreeMap::new(),
             per_ip: RateLimiter::new(config.per_ip),
             total: RateLimiter::new(RateConfig {
                 per_second: config.total_per_second,
@@ -488,12 +505,11 @@ impl SessionTable {
             return Err(SecureError::RateLimited);
         }
         self.sweep(now);
-        let resolver = self.entropy.resolver();
-        let mut state = Builder::with_resolver(params(ik), resolver)
-            .prologue(PROLOGUE)
-            .and_then(|b| b.local_private_key(&self.static_secret))
-            .and_then(|b| b.build_responder())
-            .map_err(|_| SecureError::Handshake("cannot start"))?;
+        let seed = self
+            .entropy
+            .handshake_seed()
+            .ok_or(SecureError::Handshake("no randomness"))?;
+        let mut state = self.responder(ik, &seed)?;
         let mut payload = [0u8; 64];
         let n = state
             .read_message(noise, &mut payload)
@@ -551,6 +567,8 @@ impl SessionTable {
                         remote_index: sender,
                         response,
                         init_digest: d,
+                        init_noise: noise.to_vec(),
+                        seed,
                     },
                     started: now,
                 },
@@ -591,7 +609,7 @@ impl SessionTable {
         let n = match h.state.read_message(noise, &mut payload) {
             Ok(n) => n,
             Err(_) => {
-                self.restart_initiation(now, receiver);
+                self.restart_initiation(receiver);
                 return Err(SecureError::Unauthentic);
             }
         };
@@ -638,8 +656,9 @@ impl SessionTable {
             finish = Some(Finish {
                 frame,
                 attempts: 1,
-                next_at: now + self.config.retransmit,
+                next_at: Some(now + self.config.retransmit),
                 backoff: self.config.retransmit,
+                sent_at: now,
             });
         }
         let cipher = state
@@ -664,12 +683,23 @@ impl SessionTable {
         receiver: u32,
         noise: &[u8],
     ) -> Result<(), SecureError> {
-        match self.handshakes.get(&receiver) {
-            Some(h) if h.addr == from && matches!(h.role, Role::Responder { .. }) => {}
+        let h = match self.handshakes.get_mut(&receiver) {
+            Some(h) if h.addr == from && matches!(h.role, Role::Responder { .. }) => h,
             // A repeated finish of a session already made, or a stranger's.
             _ => return Err(SecureError::UnknownSession),
-        }
-        let mut h = self.handshakes.remove(&receiver).expect("checked above");
+        };
+        let mut payload = [0u8; 64];
+        let n = match h.state.read_message(noise, &mut payload) {
+            Ok(n) => n,
+            Err(_) => {
+                // A damaged or forged finish: the genuine one (sent again by the initiator
+                // until this side's first frame) must still complete the handshake, but
+                // snow does not undo what a failed read did to its state. Build it again.
+                self.rebuild_responder(receiver);
+                return Err(SecureError::Unauthentic);
+            }
+        };
+        let h = self.handshakes.remove(&receiver).expect("checked above");
         let Role::Responder {
             remote_index,
             init_digest,
@@ -679,11 +709,6 @@ impl SessionTable {
             unreachable!("checked above")
         };
         self.by_init.remove(&init_digest);
-        let mut payload = [0u8; 64];
-        let n = h
-            .state
-            .read_message(noise, &mut payload)
-            .map_err(|_| SecureError::Unauthentic)?;
         let peer = self.check_peer_key(&h.state, &payload[..n])?;
         let cipher = h
             .state
@@ -694,6 +719,50 @@ impl SessionTable {
         self.events
             .push_back(SecureEvent::Accepted { addr: from, peer });
         Ok(())
+    }
+
+    /// A responder's handshake state for pattern IK (`ik`) or XX, its randomness from `seed`.
+    fn responder(&self, ik: bool, seed: &[u8; 32]) -> Result<HandshakeState, SecureError> {
+        Builder::with_resolver(params(ik), seeded_resolver(seed))
+            .prologue(PROLOGUE)
+            .and_then(|b| b.local_private_key(&self.static_secret))
+            .and_then(|b| b.build_responder())
+            .map_err(|_| SecureError::Handshake("cannot start"))
+    }
+
+    /// Builds XX responder `index`'s state again, as it was once its response was written
+    /// (same initiation, same randomness, so the same response); drops the handshake if
+    /// that fails.
+    fn rebuild_responder(&mut self, index: u32) {
+        let Some(Handshake {
+            role:
+                Role::Responder {
+                    response,
+                    init_noise,
+                    seed,
+                    ..
+                },
+            ..
+        }) = self.handshakes.get(&index)
+        else {
+            return;
+        };
+        let rebuilt = self.responder(false, seed).ok().and_then(|mut state| {
+            let mut payload = [0u8; 64];
+            state.read_message(init_noise, &mut payload).ok()?;
+            let mut out = [0u8; XX_RESPONSE_NOISE];
+            let n = state.write_message(&self.public, &mut out).ok()?;
+            // The response holds this noise message at its end.
+            response.ends_with(&out[..n]).then_some(state)
+        });
+        match rebuilt {
+            Some(state) => {
+                if let Some(h) = self.handshakes.get_mut(&index) {
+                    *h.state = state;
+                }
+            }
+            None => self.drop_handshake(index, None),
+        }
     }
 
     /// The Ed25519 key in a handshake payload, checked against the X25519 static key the
@@ -714,8 +783,10 @@ impl SessionTable {
     }
 
     /// A forged or damaged response broke initiation `index`'s state: start it over with a
-    /// new one (fresh ephemeral key), sent now, on the same schedule.
-    fn restart_initiation(&mut self, now: Instant, index: u32) {
+    /// new one (fresh ephemeral key), sent now, on the same schedule. The restart is no try
+    /// of its own (damaged responses must not use up the tries that silence would) and does
+    /// not move the schedule (forged ones must not hold the handshake off its timeout).
+    fn restart_initiation(&mut self, index: u32) {
         let Some(h) = self.handshakes.remove(&index) else {
             return;
         };
@@ -732,8 +803,8 @@ impl SessionTable {
             return;
         };
         let schedule = Schedule {
-            attempts: attempts + 1,
-            next_at: next_at.max(now + backoff),
+            attempts,
+            next_at,
             backoff,
             started: h.started,
         };
@@ -925,16 +996,17 @@ impl SessionTable {
         }
         for e in self.sessions.values_mut() {
             let Some(f) = &mut e.finish else { continue };
-            if f.next_at > now {
+            if f.next_at.is_none_or(|at| at > now) {
                 continue;
             }
             if f.attempts >= cfg.attempts {
-                e.finish = None;
+                f.next_at = None;
                 continue;
             }
             f.attempts += 1;
             f.backoff *= 2;
-            f.next_at = now + f.backoff;
+            f.next_at = Some(now + f.backoff);
+            f.sent_at = now;
             self.transmits.push_back((e.addr, f.frame.clone()));
         }
         if self.next_sweep.is_some_and(|t| t <= now) {
@@ -985,7 +1057,10 @@ impl SessionTable {
             .iter()
             .filter(|(_, e)| {
                 let idle = now.saturating_duration_since(e.last_received);
-                idle >= cfg.idle_timeout || (!e.confirmed && idle >= cfg.handshake_timeout)
+                // Unconfirmed (an IK responder's), or never heard from (an XX initiator's,
+                // whose finish the peer dropped with its handshake by now): dead.
+                let unheard = !e.confirmed || e.finish.is_some();
+                idle >= cfg.idle_timeout || (unheard && idle >= cfg.handshake_timeout)
             })
             .map(|(&i, _)| i)
             .collect();
@@ -1017,8 +1092,27 @@ impl SessionTable {
         let finishes = self
             .sessions
             .values()
-            .filter_map(|e| e.finish.as_ref().map(|f| f.next_at));
+            .filter_map(|e| e.finish.as_ref().and_then(|f| f.next_at));
         retransmits.chain(finishes).chain(self.next_sweep).min()
+    }
+
+    /// The XX finish to send to `addr` just before a message sealed to it, if the session
+    /// with it has not heard from the peer yet (so the finish may have been lost every time)
+    /// and the finish did not go out in the last [`SecureConfig::retransmit`]; `None`
+    /// otherwise (almost always).
+    pub fn finish_along(&mut self, now: Instant, addr: SocketAddr) -> Option<Vec<u8>> {
+        let index = self.by_addr.get(&addr)?;
+        let f = self.sessions.get_mut(index)?.finish.as_mut()?;
+        if now < f.sent_at + self.config.retransmit {
+            return None;
+        }
+        f.sent_at = now;
+        Some(f.frame.clone())
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has a frame to give.
+    pub fn has_transmit(&self) -> bool {
+        !self.transmits.is_empty()
     }
 
     /// The next handshake frame to send: (to, bytes).

@@ -79,6 +79,18 @@ impl Pair {
         }
     }
 
+    /// Delivers the initiation to b and b's answer to a, nothing more.
+    fn deliver_once_each_way(&mut self) {
+        self.collect();
+        for f in std::mem::take(&mut self.to_b) {
+            self.b.handle(self.now, addr(1), &f);
+        }
+        self.collect();
+        for f in std::mem::take(&mut self.to_a) {
+            self.a.handle(self.now, addr(2), &f);
+        }
+    }
+
     fn advance(&mut self, by: Duration) {
         self.now += by;
         self.a.handle_timeout(self.now);
@@ -295,6 +307,115 @@ fn a_lost_finish_is_sent_again() {
     // Once b's frame came, no more finishes.
     p.advance(Duration::from_secs(5));
     assert!(p.to_b.is_empty());
+}
+
+/// XX with the finish damaged on the way (any byte): the responder refuses it, and the
+/// genuine finish sent again still completes the handshake (snow leaves a state that failed
+/// to read unusable: the responder builds its state again).
+#[test]
+fn a_damaged_finish_does_not_kill_the_handshake() {
+    let mut p = Pair::new();
+    p.a.connect(p.now, addr(2), None).unwrap();
+    p.collect();
+    let init = p.to_b.pop().unwrap();
+    p.b.handle(p.now, addr(1), &init);
+    p.collect();
+    let resp = p.to_a.pop().unwrap();
+    p.a.handle(p.now, addr(2), &resp);
+    p.collect();
+    let finish = p.to_b.pop().expect("the finish");
+    for i in 0..finish.len() {
+        let mut bad = finish.clone();
+        bad[i] ^= 0x40;
+        // Dropped, or (its magic damaged) no frame at all.
+        assert!(
+            matches!(
+                p.b.handle(p.now, addr(1), &bad),
+                Received::Dropped(_) | Received::Plaintext
+            ),
+            "byte {i}"
+        );
+        assert!(p.b.session_to(addr(1)).is_none(), "byte {i}");
+    }
+    assert_eq!(p.b.handshakes(), 1, "still waiting for the finish");
+    p.advance(Duration::from_millis(300));
+    assert_eq!(p.to_b.len(), 1, "the finish again");
+    p.deliver();
+    assert!(p.b.session_to(addr(1)).is_some());
+    exchange(&mut p);
+}
+
+/// XX with every finish the timer sends lost: the finish goes along with the next message
+/// sealed to the peer (at most once a retransmission interval) until the peer's first
+/// frame, so the session is not a dead one.
+#[test]
+fn a_finish_lost_every_time_goes_along_with_messages() {
+    let mut p = Pair::new();
+    p.a.connect(p.now, addr(2), None).unwrap();
+    p.deliver_once_each_way();
+    // The timer's tries: at 0, 0.3, 0.9, 2.1 and 4.5 s, all lost; spent at 9.3 s, before
+    // b drops its handshake (10 s).
+    for _ in 0..95 {
+        p.to_b.clear();
+        p.advance(Duration::from_millis(100));
+    }
+    assert!(p.to_b.is_empty());
+    assert!(p.b.session_to(addr(1)).is_none());
+    let finish = p.a.finish_along(p.now, addr(2)).expect("the finish, along");
+    assert_eq!(p.a.finish_along(p.now, addr(2)), None, "once an interval");
+    p.b.handle(p.now, addr(1), &finish);
+    exchange(&mut p);
+    p.now += Duration::from_secs(1);
+    assert_eq!(p.a.finish_along(p.now, addr(2)), None, "b was heard from");
+}
+
+/// XX with every finish lost and nothing else sent: once the peer has surely dropped its
+/// handshake, the initiator's session, never heard from, is dropped too (a new `connect`
+/// makes a new one).
+#[test]
+fn a_session_never_heard_from_is_dropped() {
+    let mut p = Pair::new();
+    p.a.connect(p.now, addr(2), None).unwrap();
+    p.deliver_once_each_way();
+    for _ in 0..12 {
+        p.to_b.clear();
+        p.advance(Duration::from_secs(1));
+    }
+    assert!(p.a.session_to(addr(2)).is_none());
+    assert_eq!(p.a.connect(p.now, addr(2), None), Ok(Connect::Pending));
+}
+
+/// Damaged responses restart the initiation (a failed read spoils snow's state), but use up
+/// none of its tries: more of them than there are tries, and the handshake still completes.
+#[test]
+fn damaged_responses_use_up_no_tries() {
+    let mut p = Pair::new();
+    p.a.connect(p.now, addr(2), None).unwrap();
+    for _ in 0..SecureConfig::default().attempts + 2 {
+        p.collect();
+        let init = p.to_b.pop().expect("an initiation");
+        p.b.handle(p.now, addr(1), &init);
+        p.collect();
+        let mut resp = p.to_a.pop().expect("a response");
+        let last = resp.len() - 1;
+        resp[last] ^= 1;
+        assert_eq!(
+            p.a.handle(p.now, addr(2), &resp),
+            Received::Dropped(SecureError::Unauthentic)
+        );
+    }
+    // The last restart's initiation is lost; the timer's next try sends it again.
+    p.collect();
+    p.to_b.clear();
+    p.advance(Duration::from_millis(300));
+    assert_eq!(p.to_b.len(), 1);
+    p.deliver();
+    assert!(p
+        .events_a
+        .iter()
+        .all(|e| matches!(e, SecureEvent::Connected { .. })));
+    assert_eq!(p.events_a.len(), 1);
+    exchange(&mut p);
 }
 
 /// Data frames lost, reordered and duplicated: every one opens once, duplicates are refused.
