@@ -140,6 +140,7 @@ Examples:
   p2p peer --name seeder --port 10003 --no-menu &   # serve until SIGINT/SIGTERM
   p2p peer --name t --port 10004 --transport tcp --tracker 192.0.2.7:9000
   p2p peer --port 10005 --no-menu --dht        # no tracker: announce ./shared on the DHT
+  p2p peer --name carol --port 10006 --secure-only   # serve sealed sessions only
 
 Menu commands: i NAME (files), c NAME ID (download), d (downloads), r (peers), ? (help), q (quit).";
 
@@ -163,6 +164,7 @@ Examples:
   p2p get KEY 003 --dht                        # from the peer of identity key KEY (64 hex
                                                # digits), found by its record on the DHT
   p2p get alice@KEY 003 --dht                  # the same, when the key has several peers
+  p2p get alice 003 --secure                   # sealed: encrypted, alice's key proven
 
 Interrupted (Ctrl-C, peer gone), the verified part is kept: run the same get again to resume.";
 
@@ -469,6 +471,16 @@ pub(crate) struct PeerArgs {
     /// 9000-byte jumbo frames.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1200..=65507))]
     pub max_datagram: Option<u16>,
+    /// Accept sealed sessions (end-to-end encrypted and authenticated, proving this peer's
+    /// identity key: `p2p get --secure`) as well as plaintext ones. The menu's own
+    /// downloads stay plaintext.
+    #[arg(long)]
+    pub secure: bool,
+    /// Take sealed sessions only: a plaintext request from a peer is refused ("sealed
+    /// sessions only"), and the menu's own downloads are sealed too (a peer that does not
+    /// accept sealed sessions cannot be downloaded from). Implies --secure.
+    #[arg(long)]
+    pub secure_only: bool,
     #[command(flatten)]
     pub limits: ServiceLimits,
     #[command(flatten)]
@@ -577,6 +589,12 @@ pub(crate) struct GetArgs {
     /// tracker on the loopback, else on every interface.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Seal the session with the peer (`p2p peer --secure`): every message both ways
+    /// encrypted and authenticated, and the peer's identity key proven (the one the tracker
+    /// binds its name to, when it binds one). Fails when the peer does not accept sealed
+    /// sessions. A named peer only, and from it alone (implies --one-source).
+    #[arg(long, conflicts_with = "serve")]
+    pub secure: bool,
     #[command(flatten)]
     pub dht: DhtOpts,
 }

@@ -6,6 +6,9 @@ use std::fmt;
 
 use p2p_core::service::lock::LockError;
 use p2p_core::service::ServiceError;
+use p2p_proto::secure::SEALED_ONLY;
+use p2p_proto::transfer::TransferError;
+use p2p_proto::wire::AbortReason;
 
 use crate::output::{clean, human_bytes};
 
@@ -43,6 +46,10 @@ pub(crate) enum Kind {
     Locked,
     /// Another program listens on the port (exit 6).
     PortInUse,
+    /// No sealed session: `get --secure` from a peer that does not accept them (or proves
+    /// another key than the tracker binds its name to), or a plain `get` from a peer that
+    /// takes them only (exit 1).
+    Secure,
 }
 
 impl Kind {
@@ -64,13 +71,14 @@ impl Kind {
             Kind::DestinationExists => "destination_exists",
             Kind::Locked => "locked",
             Kind::PortInUse => "port_in_use",
+            Kind::Secure => "secure",
         }
     }
 
     /// The process's exit code.
     pub(crate) fn exit_code(self) -> i32 {
         match self {
-            Kind::Failed | Kind::NoSpace => 1,
+            Kind::Failed | Kind::NoSpace | Kind::Secure => 1,
             Kind::Usage | Kind::InvalidName | Kind::NotAFolder => 2,
             Kind::Interrupted | Kind::Incomplete => 3,
             Kind::UnknownPeer | Kind::UnknownFile => 4,
@@ -161,6 +169,12 @@ fn service_kind(e: &ServiceError) -> Kind {
         }
         ServiceError::Locked(LockError::Held { .. }) => Kind::Locked,
         ServiceError::NoAnswer(_) => Kind::PeerUnreachable,
+        ServiceError::Refused(r) if r == SEALED_ONLY => Kind::Secure,
+        ServiceError::Transfer(TransferError::Aborted(AbortReason::Other(r)))
+            if r == SEALED_ONLY =>
+        {
+            Kind::Secure
+        }
         _ => Kind::Failed,
     }
 }
@@ -228,6 +242,16 @@ mod tests {
         assert_eq!(Kind::Usage.exit_code(), 2);
         assert_eq!(Kind::Interrupted.exit_code(), 3);
         assert_eq!(Kind::Failed.exit_code(), 1);
+        assert_eq!(Kind::Secure.name(), "secure");
+        assert_eq!(Kind::Secure.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_sealed_only_refusal_is_of_kind_secure() {
+        let refused = ServiceError::Refused(SEALED_ONLY.into());
+        assert_eq!(kind_of(&anyhow::Error::new(refused)), Kind::Secure);
+        let refused = ServiceError::Refused("no".into());
+        assert_eq!(kind_of(&anyhow::Error::new(refused)), Kind::Failed);
     }
 
     #[test]

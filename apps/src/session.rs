@@ -11,6 +11,7 @@ use p2p_core::service::{
     spawn_endpoint, EndpointConfig, EndpointHandle, FoundPeer, Punched, ServiceError,
 };
 use p2p_core::transport::{SharedTransport, Transport};
+use p2p_proto::secure::SEALED_ONLY;
 use p2p_proto::wire::{FileId, IndexEntry, PeerInfo, TransportKind};
 use p2p_transports::{TcpConfig, TcpTransport, UdpTransport};
 
@@ -200,6 +201,31 @@ pub(crate) async fn route_to(
     }
 }
 
+/// Whether the peer at `addr` answers a plaintext request (any answer) within
+/// [`DIRECT_WAIT`], asked from a plain client endpoint of its own (`--secure` wants to know
+/// whether a peer that does not answer a handshake answers at all).
+pub(crate) async fn answers_plaintext(kind: TransportKind, addr: SocketAddr) -> bool {
+    match client(kind, addr).await {
+        Ok(plain) => {
+            let answered = answers(&plain, addr).await;
+            plain.shutdown().await;
+            answered
+        }
+        Err(_) => false,
+    }
+}
+
+/// The error of a peer that takes sealed sessions only, for a plain client: what to do.
+fn sealed_only(name: &str) -> anyhow::Error {
+    failure(
+        Kind::Secure,
+        format!(
+            "peer `{}` accepts sealed sessions only: add --secure",
+            clean(name)
+        ),
+    )
+}
+
 /// Whether the peer at `addr` answers a request (any answer) within [`DIRECT_WAIT`].
 async fn answers(handle: &EndpointHandle, addr: SocketAddr) -> bool {
     let ask = handle.entry(addr, p2p_proto::wire::FileId(0));
@@ -243,6 +269,9 @@ impl Reached {
     pub(crate) async fn entry(&self, id: FileId) -> Result<Option<IndexEntry>> {
         match self.handle.entry(self.info.addr, id).await {
             Ok(Some(entry)) if entry.id == id => return Ok(Some(entry)),
+            Err(ServiceError::Refused(r)) if r == SEALED_ONLY => {
+                return Err(sealed_only(&self.info.name))
+            }
             // No answer: the listing would get none either.
             Err(e @ ServiceError::NoAnswer(_)) => {
                 return Err(e).with_kind(Kind::PeerUnreachable, || {
@@ -261,16 +290,17 @@ impl Reached {
 
     /// The peer's share name and index.
     pub(crate) async fn index(&self) -> Result<(String, Vec<IndexEntry>)> {
-        self.handle
-            .index(self.info.addr)
-            .await
-            .with_kind(Kind::PeerUnreachable, || {
-                format!(
-                    "peer `{}` at {} does not answer; it may have just left",
-                    clean(&self.info.name),
-                    self.info.addr
-                )
-            })
+        let listing = self.handle.index(self.info.addr).await;
+        if matches!(&listing, Err(ServiceError::Refused(r)) if r == SEALED_ONLY) {
+            return Err(sealed_only(&self.info.name));
+        }
+        listing.with_kind(Kind::PeerUnreachable, || {
+            format!(
+                "peer `{}` at {} does not answer; it may have just left",
+                clean(&self.info.name),
+                self.info.addr
+            )
+        })
     }
 }
 

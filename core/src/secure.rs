@@ -26,7 +26,11 @@
 //!   [`SecureSettings::require_sealed`] a peer-to-peer message
 //!   ([`p2p_proto::secure::is_peer_message`]) that arrives in plaintext is dropped:
 //!   then every listing, entry, piece table and transfer message handed up came sealed
-//!   from the key [`SecureTransport::peer_key`] names for its address.
+//!   from the key [`SecureTransport::peer_key`] names for its address. A plaintext request
+//!   dropped so is answered, in plaintext, with a refusal saying
+//!   [`SEALED_ONLY`](p2p_proto::secure::SEALED_ONLY) (rate-limited per source IP, and no
+//!   larger than three times the request), so that a client without encryption reads why
+//!   rather than silence.
 //! - Each sealed message is 32 bytes longer ([`SEAL_OVERHEAD`]): the largest message the
 //!   wrapper takes is that much smaller than its inner transport's, and at most
 //!   [`MAX_SEALED_PLAINTEXT`]. Chunks sent from a file are read and sealed (no `sendfile`).
@@ -42,7 +46,10 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use p2p_proto::identity::{Identity, PublicKey};
-use p2p_proto::secure::{is_frame, is_peer_message, Connect, Received, SecureEvent, SessionTable};
+use p2p_proto::limits::{RateConfig, RateLimiter};
+use p2p_proto::secure::{
+    is_frame, is_peer_message, sealed_only_refusal, Connect, Received, SecureEvent, SessionTable,
+};
 pub use p2p_proto::secure::{SecureConfig, SecureError, MAX_SEALED_PLAINTEXT, SEAL_OVERHEAD};
 
 use crate::transport::{FileRange, SharedTransport, Transport};
@@ -56,17 +63,22 @@ pub struct SecureSettings {
     /// Drop peer-to-peer messages that arrive in plaintext (see the [module](self) docs).
     /// Off, a peer without encryption is still served, in plaintext.
     pub require_sealed: bool,
+    /// This side's own peer-to-peer requests make a secure session with the peer first (a
+    /// handshake if there is none) and fail without one. Off, they go in plaintext to a peer
+    /// with no session (a peer that accepts sealed sessions, but asks for none itself).
+    pub seal_requests: bool,
     /// Limits, timers and (for simulations) the seed of the handshakes' randomness.
     pub config: SecureConfig,
 }
 
 impl SecureSettings {
-    /// Settings for `identity`: plaintext peers still served, default limits, the system's
-    /// randomness.
+    /// Settings for `identity`: plaintext peers still served, own requests sealed, default
+    /// limits, the system's randomness.
     pub fn new(identity: Identity) -> Self {
         SecureSettings {
             identity,
             require_sealed: false,
+            seal_requests: true,
             config: SecureConfig::default(),
         }
     }
@@ -79,6 +91,8 @@ pub struct SecureStats {
     pub dropped_frames: u64,
     /// Peer-to-peer messages dropped for arriving in plaintext.
     pub dropped_plaintext: u64,
+    /// Refusals ([`SEALED_ONLY`](p2p_proto::secure::SEALED_ONLY)) sent for them.
+    pub refusals: u64,
 }
 
 type Reply = oneshot::Sender<Result<PublicKey, SecureError>>;
@@ -90,8 +104,18 @@ struct State {
     connects: Vec<(SocketAddr, Option<PublicKey>, Reply)>,
     /// Callers of `connect` waiting for a handshake with an address.
     waiters: Vec<(SocketAddr, Reply)>,
+    /// Refusals of plaintext requests, per source IP.
+    refusals: RateLimiter,
     stats: SecureStats,
 }
+
+/// Refusals of plaintext requests a source IP gets: a few a second (a client retries a
+/// request a handful of times; one refusal is enough for it).
+const REFUSALS: RateConfig = RateConfig {
+    per_second: 2.0,
+    burst: 4.0,
+    max_sources: 1024,
+};
 
 /// A transport whose traffic with peers it has sessions with is sealed (see the
 /// [module](self) docs).
@@ -132,6 +156,7 @@ impl SecureTransport {
                 table: SessionTable::new(&settings.identity, settings.config.clone()),
                 connects: Vec::new(),
                 waiters: Vec::new(),
+                refusals: RateLimiter::new(REFUSALS),
                 stats: SecureStats::default(),
             }),
             require_sealed: settings.require_sealed,
@@ -277,11 +302,16 @@ impl SecureTransport {
     /// handshake frame handled, or a message dropped).
     fn receive(&self, from: SocketAddr, bytes: Bytes) -> Option<(SocketAddr, Bytes)> {
         if !is_frame(&bytes) {
-            if self.require_sealed && decode_bytes(&bytes).is_ok_and(|m| is_peer_message(&m)) {
-                self.lock().stats.dropped_plaintext += 1;
-                return None;
+            if !self.require_sealed {
+                return Some((from, bytes));
             }
-            return Some((from, bytes));
+            return match decode_bytes(&bytes) {
+                Ok(m) if is_peer_message(&m) => {
+                    self.refuse(from, &m, bytes.len());
+                    None
+                }
+                _ => Some((from, bytes)),
+            };
         }
         let now = self.now();
         let mut s = self.lock();
@@ -308,6 +338,30 @@ impl SecureTransport {
             }
             Received::Plaintext => Some((from, bytes)),
         }
+    }
+
+    /// A plaintext peer-to-peer message `msg` of `len` bytes from `from`, dropped: counted,
+    /// and a request answered with its refusal if the source's rate allows and the refusal
+    /// is no larger than three times the request. Sent without waiting here (the receive
+    /// path must not wait on one peer's send).
+    fn refuse(&self, from: SocketAddr, msg: &p2p_proto::wire::Message, len: usize) {
+        let now = self.now();
+        let refusal = {
+            let mut s = self.lock();
+            s.stats.dropped_plaintext += 1;
+            let Some(refusal) = sealed_only_refusal(msg).map(|m| m.encode()) else {
+                return;
+            };
+            if refusal.len() > 3 * len || !s.refusals.allow(now, from.ip()) {
+                return;
+            }
+            s.stats.refusals += 1;
+            refusal
+        };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let _ = inner.send_owned(from, refusal).await;
+        });
     }
 
     /// `msg` sealed for `session`.

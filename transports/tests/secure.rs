@@ -16,8 +16,8 @@ use p2p_core::secure::{SecureError, SecureSettings};
 use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle, ServiceError};
 use p2p_core::transport::{FileRange, SharedTransport, Transport};
 use p2p_proto::identity::{fingerprint, Identity};
-use p2p_proto::secure::SecureConfig;
-use p2p_proto::wire::TransportKind;
+use p2p_proto::secure::{SecureConfig, SEALED_ONLY};
+use p2p_proto::wire::{FileId, TransportKind};
 
 /// Every message sent through it, recorded.
 struct Tap {
@@ -261,9 +261,11 @@ async fn a_peer_with_another_key_is_refused() {
     );
 }
 
-/// A seeder that requires sealed traffic answers a plaintext client nothing.
+/// A seeder that requires sealed traffic serves a plaintext client nothing: its requests
+/// are refused with [`SEALED_ONLY`], in plaintext, so that it knows why (and a download's
+/// transfer request is aborted with the same reason).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sealed_only_peer_ignores_plaintext_requests() {
+async fn a_sealed_only_peer_refuses_plaintext_requests() {
     let share = tempfile::tempdir().unwrap();
     std::fs::write(share.path().join("a.bin"), content(1000)).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -271,5 +273,33 @@ async fn a_sealed_only_peer_ignores_plaintext_requests() {
     let seeder = endpoint(kind, Some(share.path()), Some(settings(1, true)), &seen).await;
     let plain = endpoint(kind, None, None, &seen).await;
     let err = plain.index(seeder.local_addr()).await.unwrap_err();
-    assert!(matches!(err, ServiceError::NoAnswer(_)), "{err}");
+    assert_eq!(err, ServiceError::Refused(SEALED_ONLY.into()));
+    let err = plain
+        .entry(seeder.local_addr(), FileId(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err, ServiceError::Refused(SEALED_ONLY.into()));
+    // A client that seals (without requiring it) is served as before.
+    let sealed = endpoint(kind, None, Some(settings(2, false)), &seen).await;
+    let (_, entries) = sealed.index(seeder.local_addr()).await.unwrap();
+    assert_eq!(entries.len(), 1);
+}
+
+/// A peer that accepts sealed sessions but does not seal its own requests
+/// ([`SecureSettings::seal_requests`] off) still fetches from a plaintext peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_accepting_sealed_sessions_still_asks_plaintext_peers() {
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("a.bin"), content(1000)).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kind = TransportKind::Udp;
+    let plain = endpoint(kind, Some(share.path()), None, &seen).await;
+    let accepting = SecureSettings {
+        seal_requests: false,
+        ..settings(3, false)
+    };
+    let client = endpoint(kind, None, Some(accepting), &seen).await;
+    let (_, entries) = client.index(plain.local_addr()).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(client.peer_key(plain.local_addr()), None);
 }

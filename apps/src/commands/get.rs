@@ -28,9 +28,23 @@ use p2p_core::service::swarm::Source;
 
 pub(crate) mod collection;
 
-pub(crate) async fn run(args: GetArgs) -> Result<()> {
+pub(crate) async fn run(mut args: GetArgs) -> Result<()> {
     let command_start = std::time::Instant::now();
     let mut shutdown = Shutdown::install();
+    if args.secure {
+        let named = !Ticket::looks_like(&args.peer)
+            && swarm_get::parse_hash(&args.peer).is_none()
+            && !(args.dht.dht && crate::dht::record::parse_peer_key(&args.peer).is_some());
+        if !named {
+            fail!(
+                Kind::Usage,
+                "--secure needs a peer the tracker names: `p2p get NAME ID --secure` (tickets, \
+                 content hashes and keys on the DHT are not sealed yet)"
+            );
+        }
+        // Other holders of the content are not sealed to: the named peer alone.
+        args.one_source = true;
+    }
     if Ticket::looks_like(&args.peer) {
         let ticket = Ticket::parse(&args.peer).map_err(|e| failure(Kind::Usage, e.to_string()))?;
         if let Some(extra) = &args.id {
@@ -91,9 +105,8 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     // The tracker is asked from the socket the download will most likely use: the token it
     // gives with its answer saves the punch's introduction a round trip.
     let via = download_client(&args, t.transport, t.tracker).await?;
-    let mut info = find_peer(&via, t.tracker, &args.peer, Mode::Cli)
-        .await?
-        .info;
+    let found = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
+    let (mut info, key) = (found.info, found.key);
     let reusable = info.transport == t.transport
         && crate::address::client_bind(info.addr) == crate::address::client_bind(t.tracker);
     let to_peer = match reusable {
@@ -111,6 +124,9 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
             clean(&info.name)
         );
     }
+    if args.secure {
+        seal(&args, &to_peer, &info, key).await?;
+    }
     let at = Fetching {
         to_peer: &to_peer,
         tracker: t.tracker,
@@ -119,6 +135,69 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         command_start,
     };
     from_peer(&args, &at, &wanted, &mut shutdown).await
+}
+
+/// `--secure`: makes the sealed session with the peer `info` (IK toward `key`, the one the
+/// tracker binds its name to, else XX), or fails saying why: the peer does not accept sealed
+/// sessions (it answers plaintext), does not answer at all, or proves another key.
+async fn seal(
+    args: &GetArgs,
+    to_peer: &p2p_core::service::EndpointHandle,
+    info: &p2p_proto::wire::PeerInfo,
+    key: Option<p2p_proto::identity::PublicKey>,
+) -> Result<()> {
+    use p2p_core::secure::SecureError;
+    use p2p_proto::identity::fingerprint;
+    let name = clean(&info.name);
+    match to_peer.connect(info.addr, key).await {
+        Ok(Some(proved)) => {
+            if !args.json {
+                let how = match key {
+                    Some(_) => "the key the tracker binds its name to",
+                    None => "the tracker binds no key to its name",
+                };
+                eprintln!(
+                    "sealed session with `{name}`: identity key {} ({how})",
+                    fingerprint(&proved)
+                );
+            }
+            Ok(())
+        }
+        Ok(None) => unreachable!("a --secure client runs the secure channel"),
+        Err(ServiceError::Secure {
+            error: SecureError::WrongKey { expected, got },
+            ..
+        }) => fail!(
+            Kind::Secure,
+            "peer `{name}` at {} proves identity key {}, but the tracker binds the name to {}: \
+             refusing (someone may be in the way)",
+            info.addr,
+            fingerprint(&got),
+            fingerprint(&expected)
+        ),
+        Err(ServiceError::Secure {
+            error: SecureError::Timeout { .. },
+            ..
+        }) => {
+            // Silence: a peer without --secure (it drops what it cannot read), or none at
+            // all. A plaintext request from another socket tells which.
+            if session::answers_plaintext(info.transport, info.addr).await {
+                fail!(
+                    Kind::Secure,
+                    "peer `{name}` does not accept sealed sessions (start it with --secure), \
+                     or get without --secure"
+                );
+            }
+            fail!(
+                Kind::PeerUnreachable,
+                "peer `{name}` at {} does not answer; it may have just left",
+                info.addr
+            )
+        }
+        Err(e) => Err(e).with_kind(Kind::Secure, || {
+            format!("no sealed session with peer `{name}` at {}", info.addr)
+        }),
+    }
 }
 
 /// Which file `args` asks for of a named peer: its ID or path (`args.id`).
@@ -410,6 +489,15 @@ async fn download_client(
         Some(_) => crate::identity::load_or_create()?,
         None => None,
     };
+    // `--secure`: a fresh key of its own for each download (the peer learns nothing that
+    // ties two of them together); every peer message must come sealed.
+    let secure = args.secure.then(|| p2p_core::secure::SecureSettings {
+        require_sealed: true,
+        seal_requests: true,
+        ..p2p_core::secure::SecureSettings::new(p2p_proto::identity::Identity::from_secret(
+            rand::random(),
+        ))
+    });
     session::endpoint(kind, bind, None, Default::default(), |c| {
         c.fsync = fsync;
         c.preallocate = preallocate;
@@ -418,6 +506,7 @@ async fn download_client(
         // The budget, not a chunk count, sets the window: room for it in chunks of 1 KiB.
         c.receiver.window = c.receiver.window.max((window / 1024) as u32);
         c.identity = identity;
+        c.secure = secure;
     })
     .await
 }
@@ -871,6 +960,7 @@ pub(super) fn report(args: &GetArgs, path: &std::path::Path, o: &Outcome) {
                 "already_present": already,
                 "route": route.map(Route::as_str),
                 "sources": sources,
+                "sealed": args.secure,
                 "verified": true,
             })
         );

@@ -17,6 +17,7 @@ use crate::dht::record;
 use anyhow::{bail, Context, Result};
 use p2p_core::collection::is_collection;
 use p2p_core::index::hash_file;
+use p2p_core::secure::SecureSettings;
 use p2p_core::service::{EndpointHandle, Progress, ServiceError, UploadNotice};
 use p2p_proto::tracker::validate_name;
 use p2p_proto::wire::{FileId, IndexEntry};
@@ -248,6 +249,7 @@ pub(crate) async fn run_as(mut args: PeerArgs, ticket: bool) -> Result<()> {
                 args.tracker
             ),
         }
+        print_secure(&args);
         if ticket {
             let tracker = (!dht_only).then_some(args.tracker);
             super::share::print_tickets(&handle, tracker, &name, sharer).await?;
@@ -274,6 +276,7 @@ pub(crate) async fn run_as(mut args: PeerArgs, ticket: bool) -> Result<()> {
     };
     tokio::spawn(show_progress(menu.running.clone(), printer));
     println!("Hello, {name} (listening on port {})", local.port());
+    print_secure(&args);
     menu.print_peers().await;
     print_commands();
     let quit = menu_loop(&mut menu, &mut input, &mut shutdown, interactive).await;
@@ -352,6 +355,20 @@ async fn show_progress(running: Arc<Mutex<BTreeMap<u64, Running>>>, printer: Pri
 }
 
 /// Starts the endpoint on `bind` (named by `flag`, for the message when the port is taken).
+/// With --secure or --secure-only, says so, with the identity key the sessions prove (what
+/// a downloader may check it against).
+fn print_secure(args: &PeerArgs) {
+    let what = match (args.secure_only, args.secure) {
+        (true, _) => "sealed sessions only",
+        (false, true) => "sealed sessions accepted (plaintext too)",
+        (false, false) => return,
+    };
+    match crate::identity::describe().1 {
+        Some(key) => println!("{what}, proving identity key {key}"),
+        None => println!("{what}"),
+    }
+}
+
 /// Every interface on `port`, in the tracker's address family: the tracker registers the
 /// address a peer's messages come from, so a peer of an IPv6 tracker must send from IPv6.
 /// (`[::]` serves IPv4 too: the transports listen dual-stack.)
@@ -370,8 +387,23 @@ async fn listen(
     bind: SocketAddr,
     flag: &str,
 ) -> Result<EndpointHandle> {
-    // The names this peer registers are bound to the user's key at the tracker.
+    // The names this peer registers are bound to the user's key at the tracker; with
+    // --secure, the sealed sessions prove that same key.
     let identity = crate::identity::load_or_create()?;
+    let secure = match (args.secure || args.secure_only, &identity) {
+        (false, _) => None,
+        (true, Some(identity)) => Some(SecureSettings {
+            require_sealed: args.secure_only,
+            seal_requests: args.secure_only,
+            ..SecureSettings::new(identity.clone())
+        }),
+        (true, None) => fail!(
+            Kind::Usage,
+            "--secure needs an identity key, and there is no data folder to keep one in: set \
+             {}=FILE",
+            crate::identity::IDENTITY_ENV
+        ),
+    };
     endpoint(
         args.transport,
         bind,
@@ -395,6 +427,7 @@ async fn listen(
             c.receiver.idle_timeout = args.idle_timeout;
             c.upload_notices = Some(notices.clone());
             c.identity = identity;
+            c.secure = secure;
         },
     )
     .await

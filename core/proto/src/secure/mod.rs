@@ -35,7 +35,7 @@ pub use frame::{
     TAG_LEN,
 };
 pub use keys::{x25519_public, NOISE_IK, NOISE_XX, PROLOGUE};
-pub use policy::is_peer_message;
+pub use policy::{is_peer_message, sealed_only_refusal, SEALED_ONLY};
 pub use replay::{ReplayWindow, WINDOW as REPLAY_WINDOW};
 pub use session::Session;
 pub use table::{Connect, Received, SecureConfig, SecureEvent, SessionTable, SESSIONS_PER_ADDR};

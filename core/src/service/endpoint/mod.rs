@@ -100,10 +100,10 @@ pub struct EndpointConfig {
     /// without one always were.
     pub identity: Option<p2p_proto::identity::Identity>,
     /// Encrypted, authenticated traffic with peers ([`crate::secure`]): `Some`, the
-    /// endpoint's transport is wrapped in a [`SecureTransport`], and the client side makes
-    /// a secure session with a peer (a handshake, see [`EndpointHandle::connect`]) before its
-    /// first peer-to-peer request to it; peers that start one are answered. `None` (the
-    /// default): everything plaintext, as before.
+    /// endpoint's transport is wrapped in a [`SecureTransport`], peers that start a secure
+    /// session are answered, and (with [`SecureSettings::seal_requests`]) the client side
+    /// makes one with a peer (a handshake, see [`EndpointHandle::connect`]) before its first
+    /// peer-to-peer request to it. `None` (the default): everything plaintext, as before.
     pub secure: Option<SecureSettings>,
     /// Downloads hash their pieces on a thread of the endpoint's own, so that the I/O task
     /// (receive, write) and the hashing run on two cores. Off, pieces are hashed on the I/O
@@ -491,6 +491,8 @@ pub struct EndpointHandle {
     /// The secure wrapper of the endpoint's transport, if [`EndpointConfig::secure`] (weak:
     /// a handle never keeps the socket open).
     secure: Option<std::sync::Weak<SecureTransport>>,
+    /// [`SecureSettings::seal_requests`]: peer-to-peer requests make a session first.
+    seal_requests: bool,
 }
 
 /// Starts an endpoint on `transport` and returns its handle. The endpoint stops when
@@ -581,6 +583,11 @@ pub fn spawn_endpoint(
         partials: driver.partials.clone(),
         relay: relay.sessions(),
         secure: secure.as_ref().map(Arc::downgrade),
+        seal_requests: driver
+            .config
+            .secure
+            .as_ref()
+            .is_some_and(|s| s.seal_requests),
     };
     let task = tokio::spawn(driver.run());
     Ok((handle, task))
@@ -600,8 +607,9 @@ impl EndpointHandle {
     /// Makes sure a secure session with `peer` exists (a handshake if there is none, see
     /// [`SecureTransport::connect`]) and returns the key it proved; `expected` (a listing's
     /// key) refuses any other with [`SecureError::WrongKey`]. `Ok(None)`: this endpoint runs
-    /// without [`EndpointConfig::secure`]. Peer-to-peer requests call it themselves (with no
-    /// expected key, so that an existing session is reused); call it first to check a key.
+    /// without [`EndpointConfig::secure`]. Peer-to-peer requests call it themselves when
+    /// [`SecureSettings::seal_requests`] (with no expected key, so that an existing session
+    /// is reused); call it first to check a key, or to seal to one peer without it.
     pub async fn connect(
         &self,
         peer: SocketAddr,
@@ -617,6 +625,15 @@ impl EndpointHandle {
         }
     }
 
+    /// [`connect`](Self::connect) before a peer-to-peer request to `peer`, when this
+    /// endpoint seals its requests ([`SecureSettings::seal_requests`]).
+    async fn seal_to(&self, peer: SocketAddr) -> Result<(), ServiceError> {
+        if self.seal_requests {
+            self.connect(peer, None).await?;
+        }
+        Ok(())
+    }
+
     /// The identity key of `peer` proven by a secure session with it, if there is one.
     pub fn peer_key(&self, peer: SocketAddr) -> Option<PublicKey> {
         self.secure.as_ref()?.upgrade()?.peer_key(peer)
@@ -630,7 +647,7 @@ impl EndpointHandle {
     /// retrying on silence.
     pub async fn rpc(&self, to: SocketAddr, msg: Message) -> Result<Message, ServiceError> {
         if p2p_proto::secure::is_peer_message(&msg) {
-            self.connect(to, None).await?;
+            self.seal_to(to).await?;
         }
         let (reply, rx) = oneshot::channel();
         self.send(Command::Rpc { to, msg, reply }).await?;
@@ -710,7 +727,7 @@ impl EndpointHandle {
         dest: PathBuf,
         progress: Option<watch::Sender<Progress>>,
     ) -> Result<DownloadReport, ServiceError> {
-        self.connect(peer, None).await?;
+        self.seal_to(peer).await?;
         let table = self.piece_table(peer, &entry).await?;
         self.download_with_table(peer, entry, table, dest, progress)
             .await
@@ -763,7 +780,7 @@ impl EndpointHandle {
         job: RangeJob,
         progress: watch::Sender<Progress>,
     ) -> Result<DownloadReport, ServiceError> {
-        self.connect(job.peer, None).await?;
+        self.seal_to(job.peer).await?;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Range {
             job,

@@ -1,0 +1,137 @@
+//! Sealed sessions with the real binary on 127.0.0.1: `p2p get --secure` from a peer started
+//! with `--secure-only` gets the exact bytes over a session that proved the key the tracker
+//! binds the peer's name to (IK), over UDP and TCP; a plain `get` from that peer fails at
+//! once, saying what to do; `get --secure` from a peer without `--secure` fails saying that
+//! peer does not accept sealed sessions; a peer with `--secure` serves both kinds of client.
+
+mod common;
+
+use common::*;
+
+/// The identity key fingerprint a `--secure` peer printed (`..., proving identity key FP`).
+fn proved_key(line: &str) -> String {
+    line.rsplit(' ').next().unwrap().to_string()
+}
+
+/// The fingerprint a `get --secure` printed on stderr for the session it made.
+fn sealed_key(err: &str) -> String {
+    let line = err
+        .lines()
+        .find(|l| l.contains("sealed session with"))
+        .unwrap_or_else(|| panic!("no sealed session reported: {err}"));
+    let after = line.split("identity key ").nth(1).unwrap();
+    after.split_whitespace().next().unwrap().to_string()
+}
+
+fn secure_get_is_exact(transport: &str) {
+    let mut net = Net::start();
+    let bytes = random_bytes(3 << 20, 7);
+    let seeder = net
+        .seeder("alice", transport)
+        .file("a.bin", &bytes)
+        .args(&["--secure-only"])
+        .start();
+    let key = proved_key(&seeder.wait_for("sealed sessions only, proving identity key"));
+    // Exact bytes, reported sealed.
+    let report = net
+        .get("alice", "1")
+        .transport(transport)
+        .out("out")
+        .arg("--secure")
+        .run_json();
+    assert_eq!(report["sealed"], true, "{report}");
+    assert_eq!(report["verified"], true, "{report}");
+    assert!(std::fs::read(net.path("out/a.bin")).unwrap() == net.bytes("a.bin"));
+    // The session proved the peer's own key, the one the tracker binds `alice` to.
+    let out = net
+        .get("alice", "1")
+        .transport(transport)
+        .out("out2")
+        .arg("--secure")
+        .run();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(sealed_key(&err), key, "{err}");
+    assert!(
+        err.contains("the key the tracker binds its name to"),
+        "{err}"
+    );
+    assert!(std::fs::read(net.path("out2/a.bin")).unwrap() == net.bytes("a.bin"));
+}
+
+#[test]
+fn a_secure_get_from_a_sealed_only_peer_is_exact_udp() {
+    secure_get_is_exact("udp");
+}
+
+#[test]
+fn a_secure_get_from_a_sealed_only_peer_is_exact_tcp() {
+    secure_get_is_exact("tcp");
+}
+
+#[test]
+fn a_plain_get_from_a_sealed_only_peer_fails_clearly() {
+    let mut net = Net::start();
+    net.seeder("alice", "udp")
+        .file("a.bin", &random_bytes(10_000, 8))
+        .args(&["--secure-only"])
+        .start();
+    let out = net.get("alice", "1").out("out").run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("peer `alice` accepts sealed sessions only: add --secure"),
+        "{err}"
+    );
+    assert!(!net.path("out/a.bin").exists());
+    // For scripts: the kind.
+    let out = net.get("alice", "1").out("out").json().run();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "secure", "{v}");
+    // `ls` says the same.
+    let out = net.ls("alice").run();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("accepts sealed sessions only"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_secure_get_from_a_plain_peer_fails_clearly() {
+    let mut net = Net::start();
+    net.seeder("bob", "udp")
+        .file("b.bin", &random_bytes(10_000, 9))
+        .start();
+    let out = net.get("bob", "1").out("out").arg("--secure").run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("peer `bob` does not accept sealed sessions (start it with --secure)"),
+        "{err}"
+    );
+    assert!(!net.path("out/b.bin").exists());
+}
+
+#[test]
+fn a_peer_with_secure_serves_sealed_and_plain_clients() {
+    let mut net = Net::start();
+    net.seeder("carol", "udp")
+        .file("c.bin", &random_bytes(200_000, 10))
+        .args(&["--secure"])
+        .start()
+        .wait_for("sealed sessions accepted");
+    let sealed = net
+        .get("carol", "1")
+        .out("sealed")
+        .arg("--secure")
+        .run_json();
+    assert_eq!(sealed["sealed"], true, "{sealed}");
+    let plain = net.get("carol", "1").out("plain").run_json();
+    assert_eq!(plain["sealed"], false, "{plain}");
+    for dir in ["sealed", "plain"] {
+        let got = std::fs::read(net.path(format!("{dir}/c.bin"))).unwrap();
+        assert!(got == net.bytes("c.bin"), "{dir}");
+    }
+}
