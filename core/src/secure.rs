@@ -20,7 +20,10 @@
 //!   just before a message sealed to the peer (at most once a retransmission interval), so
 //!   that finishes all lost on the way leave no dead session while there is traffic.
 //! - Sends to an address with a session are sealed; sends to one without go as they are
-//!   (trackers, hole-punching probes, peers without encryption).
+//!   (trackers, hole-punching probes, peers without encryption), except peer-to-peer
+//!   messages to an address whose session ended after the peer was heard from in it
+//!   ([`SessionTable::ended_with`]): those are withheld, never sent in plaintext (a session
+//!   evicted by a flood of handshakes must not let the rest of a transfer go in the clear).
 //! - Received frames are opened and handed up as coming from their address; handshake
 //!   initiations are answered here. Plaintext passes through, but with
 //!   [`SecureSettings::require_sealed`] a peer-to-peer message
@@ -93,6 +96,9 @@ pub struct SecureStats {
     pub dropped_plaintext: u64,
     /// Refusals ([`SEALED_ONLY`](p2p_proto::secure::SEALED_ONLY)) sent for them.
     pub refusals: u64,
+    /// Peer-to-peer messages not sent, to a peer whose sealed session ended, rather than
+    /// sent in plaintext.
+    pub withheld: u64,
 }
 
 type Reply = oneshot::Sender<Result<PublicKey, SecureError>>;
@@ -340,6 +346,23 @@ impl SecureTransport {
         }
     }
 
+    /// Whether a message to `to`, which has no session, is withheld rather than sent in
+    /// plaintext: `to` had a session that ended ([`SessionTable::ended_with`]) and the
+    /// message is a peer-to-peer one (`None`: a file's chunks, which are). Counted; the
+    /// transfer's own retransmissions and timeouts see a loss.
+    fn withheld(&self, to: SocketAddr, msg: Option<&[u8]>) -> bool {
+        if !self.lock().table.ended_with(to) {
+            return false;
+        }
+        let peer =
+            msg.is_none_or(|m| p2p_proto::wire::decode(m).is_ok_and(|m| is_peer_message(&m)));
+        if peer {
+            tracing::debug!(%to, "withheld: its sealed session ended, and it goes in no plaintext");
+            self.lock().stats.withheld += 1;
+        }
+        peer
+    }
+
     /// A plaintext peer-to-peer message `msg` of `len` bytes from `from`, dropped: counted,
     /// and a request answered with its refusal if the source's rate allows and the refusal
     /// is no larger than three times the request. Sent without waiting here (the receive
@@ -377,6 +400,7 @@ impl Transport for SecureTransport {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
         match self.session_to(to).await {
             Some(s) => self.inner.send_owned(to, Self::seal(&s, msg)?).await,
+            None if self.withheld(to, Some(msg)) => Ok(()),
             None => self.inner.send_to(to, msg).await,
         }
     }
@@ -393,6 +417,7 @@ impl Transport for SecureTransport {
     async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
         match self.session_to(to).await {
             Some(s) => self.inner.send_owned(to, Self::seal(&s, &msg)?).await,
+            None if self.withheld(to, Some(&msg)) => Ok(()),
             None => self.inner.send_owned(to, msg).await,
         }
     }
@@ -404,6 +429,8 @@ impl Transport for SecureTransport {
                 let msg = body.after(head)?;
                 self.inner.send_owned(to, Self::seal(&s, &msg)?).await
             }
+            // A chunk of a file.
+            None if self.withheld(to, None) => Ok(()),
             None => self.inner.send_file(to, head, body).await,
         }
     }
@@ -420,6 +447,10 @@ impl Transport for SecureTransport {
     /// segments go in one batch.
     async fn send_batch(&self, to: SocketAddr, msgs: &[u8], segment: usize) -> io::Result<()> {
         let Some(s) = self.session_to(to).await else {
+            // Chunks of a file.
+            if self.withheld(to, None) {
+                return Ok(());
+            }
             return self.inner.send_batch(to, msgs, segment).await;
         };
         let segment = segment.max(1);

@@ -303,3 +303,63 @@ async fn a_peer_accepting_sealed_sessions_still_asks_plaintext_peers() {
     assert_eq!(entries.len(), 1);
     assert_eq!(client.peer_key(plain.local_addr()), None);
 }
+
+/// A seeder's session with a downloader evicted mid-transfer (its table full: here one
+/// session, taken by another client's handshake) never lets the rest of the file go in
+/// plaintext: the chunks are withheld, the download fails, and the tap under the seeder sees
+/// no run of the file in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_session_does_not_fall_back_to_plaintext() {
+    let share = tempfile::tempdir().unwrap();
+    let file = content(4 << 20);
+    std::fs::write(share.path().join("private.bin"), &file).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kind = TransportKind::Udp;
+    let spawn = |secure: SecureSettings, share: Option<&Path>, seen: &Arc<Mutex<Vec<Vec<u8>>>>| {
+        let (share, seen) = (share.map(Path::to_path_buf), seen.clone());
+        async move {
+            let inner = p2p_transports::bind(kind, "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let tap: SharedTransport = Arc::new(Tap { inner, seen });
+            let mut config = EndpointConfig {
+                share,
+                fsync: false,
+                rpc_attempts: 3,
+                // 4 MiB in about 8 s: time for a second client to come in mid-transfer.
+                max_upload_rate: Some(512 << 10),
+                secure: Some(secure),
+                ..EndpointConfig::default()
+            };
+            config.receiver.idle_timeout = std::time::Duration::from_secs(2);
+            spawn_endpoint(tap, kind, config).unwrap().0
+        }
+    };
+    let mut seeder_settings = settings(1, false);
+    seeder_settings.config.max_sessions = 1;
+    let seeder = spawn(seeder_settings, Some(share.path()), &seen).await;
+    let elsewhere = Arc::new(Mutex::new(Vec::new()));
+    let leech = spawn(settings(2, false), None, &elsewhere).await;
+    let other = spawn(settings(3, false), None, &elsewhere).await;
+    let from = seeder.local_addr();
+    let (_, entries) = leech.index(from).await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::watch::channel(Default::default());
+    let download = {
+        let (leech, entry, dest) = (leech.clone(), entries[0].clone(), out.path().join("p.bin"));
+        tokio::spawn(async move { leech.download(from, entry, dest, Some(tx)).await })
+    };
+    // Some bytes arrived: the transfer runs. Another client's session takes the table's
+    // only place.
+    while rx.borrow_and_update().received == 0 {
+        rx.changed().await.unwrap();
+    }
+    assert_eq!(
+        other.connect(from, None).await.unwrap(),
+        Some(identity(1).public())
+    );
+    let result = download.await.unwrap();
+    assert!(result.is_err(), "the download cannot go on: {result:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(leaks(&seen, &file), 0, "file bytes in the clear");
+}

@@ -228,6 +228,9 @@ pub struct SessionTable {
     connecting: BTreeMap<SocketAddr, u32>,
     /// Responder state by the digest of the initiation that made it (repeats answered again).
     by_init: BTreeMap<[u8; 32], u32>,
+    /// Addresses whose last session ended after the peer was heard from in it, and when it
+    /// was last heard from: what [`ended_with`](Self::ended_with) answers.
+    ended: BTreeMap<SocketAddr, Instant>,
     per_ip: RateLimiter,
     total: RateLimiter,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
@@ -275,6 +278,7 @@ impl SessionTable {
             handshakes: BTreeMap::new(),
             connecting: BTreeMap::new(),
             by_init: BTreeMap::new(),
+            ended: BTreeMap::new(),
             per_ip: RateLimiter::new(config.per_ip),
             total: RateLimiter::new(RateConfig {
                 per_second: config.total_per_second,
@@ -874,6 +878,16 @@ impl SessionTable {
         if let Some((_, d)) = e.response {
             self.by_init.remove(&d);
         }
+        let heard = e.confirmed && e.finish.is_none();
+        if heard && !self.sessions.values().any(|o| o.addr == e.addr) {
+            if self.ended.len() >= self.config.max_sessions && !self.ended.contains_key(&e.addr) {
+                let oldest = self.ended.iter().min_by_key(|(_, &t)| t).map(|(&a, _)| a);
+                if let Some(a) = oldest {
+                    self.ended.remove(&a);
+                }
+            }
+            self.ended.insert(e.addr, e.last_received);
+        }
         if self.by_addr.get(&e.addr) == Some(&index) {
             self.by_addr.remove(&e.addr);
             // Another session with the address, if any, takes over (the newest confirmed).
@@ -931,6 +945,15 @@ impl SessionTable {
         }
     }
 
+    /// Whether `addr` had a session in which the peer was heard from, now ended (idle,
+    /// dropped for room), within the last two [`SecureConfig::idle_timeout`]s since it was
+    /// last heard from: a driver must not fall back to plaintext toward it (an attacker who
+    /// floods the table to evict a session must not get the rest of a transfer in the clear).
+    /// [`forget`](Self::forget) clears it.
+    pub fn ended_with(&self, addr: SocketAddr) -> bool {
+        self.ended.contains_key(&addr)
+    }
+
     /// Forgets every session and handshake with `addr` (the peer is gone, or the caller
     /// wants a new handshake).
     pub fn forget(&mut self, addr: SocketAddr) {
@@ -952,6 +975,7 @@ impl SessionTable {
         for i in gone {
             self.drop_handshake(i, Some(SecureError::Forgotten));
         }
+        self.ended.remove(&addr);
     }
 
     /// Retransmits unanswered initiations (and XX finishes), fails handshakes out of tries,
@@ -1079,8 +1103,12 @@ impl SessionTable {
         for i in stale {
             self.drop_handshake(i, None);
         }
+        let keep = cfg.idle_timeout * 2;
+        self.ended
+            .retain(|_, heard| now.saturating_duration_since(*heard) < keep);
         self.next_sweep =
-            (!self.sessions.is_empty() || !self.handshakes.is_empty()).then_some(now + SWEEP);
+            (!self.sessions.is_empty() || !self.handshakes.is_empty() || !self.ended.is_empty())
+                .then_some(now + SWEEP);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.

@@ -418,6 +418,47 @@ fn damaged_responses_use_up_no_tries() {
     exchange(&mut p);
 }
 
+/// A session in which the peer was heard from leaves its address marked when it ends (so
+/// that a driver does not fall back to plaintext toward it), for two idle timeouts; one
+/// that never heard from the peer (an IK responder's unconfirmed session, which a forged
+/// initiation from any address can make) leaves nothing; `forget` clears the mark.
+#[test]
+fn ended_sessions_are_remembered_when_the_peer_was_heard_from() {
+    let mut p = handshake(None);
+    exchange(&mut p);
+    let idle = SecureConfig::default().idle_timeout;
+    for _ in 0..idle.as_secs() + 2 {
+        p.advance(Duration::from_secs(1));
+    }
+    assert!(p.a.session_to(addr(2)).is_none() && p.b.session_to(addr(1)).is_none());
+    assert!(p.a.ended_with(addr(2)) && p.b.ended_with(addr(1)));
+    assert!(!p.a.ended_with(addr(3)));
+    for _ in 0..idle.as_secs() {
+        p.advance(Duration::from_secs(1));
+    }
+    assert!(!p.a.ended_with(addr(2)) && !p.b.ended_with(addr(1)));
+    // An IK initiation nobody follows up: b's unconfirmed session goes, unmarked.
+    let mut q = Pair::new();
+    let key = q.b_key();
+    q.a.connect(q.now, addr(2), Some(key)).unwrap();
+    q.collect();
+    let init = q.to_b.pop().unwrap();
+    q.b.handle(q.now, addr(1), &init);
+    assert_eq!(q.b.sessions(), 1);
+    for _ in 0..12 {
+        q.to_b.clear();
+        q.advance(Duration::from_secs(1));
+    }
+    assert_eq!(q.b.sessions(), 0);
+    assert!(!q.b.ended_with(addr(1)));
+    // Forgetting an address clears its mark.
+    let mut r = handshake(None);
+    exchange(&mut r);
+    r.a.forget(addr(2));
+    assert!(r.a.session_to(addr(2)).is_none());
+    assert!(!r.a.ended_with(addr(2)));
+}
+
 /// Data frames lost, reordered and duplicated: every one opens once, duplicates are refused.
 #[test]
 fn reordered_frames_open_and_duplicates_do_not() {
