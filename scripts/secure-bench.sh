@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cost of sealed sessions: `p2p get` of one file over loopback from a `peer --secure` (which
-# serves sealed and plaintext clients alike), with and without `--secure`, runs alternating;
-# prints each run and the medians.
+# serves sealed and plaintext clients alike), with and without `--secure`, and the same file
+# through raw TCP (`socat -b 131072`) and TLS over TCP (`socat OPENSSL`, a self-signed
+# certificate, TLS 1.3 as OpenSSL negotiates it) as baselines; runs alternating; prints each
+# run, the medians and the ratios.
 #
 # Env:
 #   SIZE_MIB   file size (default 64)
@@ -13,11 +15,21 @@
 # `get` runs with --no-fsync (the page cache, as scripts/bench.sh does). "xfer" is the
 # transfer's own rate (`mib_per_s` of `get --json`: request to verified file); "cmd" is the
 # whole command, start to exit (tracker lookup, handshake, entry, piece table included).
+# For the socat baselines both figures are the receiving command's wall time (connection,
+# TLS handshake and all bytes to the page cache).
 set -euo pipefail
 ME=secure-bench
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 source "$HERE/lib.sh"
+need=()
+for pair in socat:socat openssl:openssl cmp:diffutils; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
+done
+if ((${#need[@]})); then
+    [[ $(id -u) == 0 ]] || { echo "$ME: missing ${need[*]}: apt-get install ${need[*]}" >&2; exit 2; }
+    apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 SIZE_MIB=${SIZE_MIB:-64}
 RUNS=${RUNS:-5}
 TRANSPORT=${TRANSPORT:-udp}
@@ -45,11 +57,49 @@ wait_line "$DIR/tracker.log" "tracker listening on" "${PIDS[-1]}"
 PIDS+=($!)
 wait_line "$DIR/peer.log" "sealed sessions accepted" "${PIDS[-1]}"
 
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench \
+    -keyout "$DIR/key.pem" -out "$DIR/cert.pem" >/dev/null 2>&1
+
+# socat_run CASE: one transfer of the file through socat, plain TCP or TLS; prints the
+# receiver's wall time in seconds.
+socat_run() {
+    local c=$1 port listen connect
+    port=$(free_port)
+    if [[ $c == tcp ]]; then
+        listen="TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr"
+        connect="TCP:127.0.0.1:$port"
+    else
+        listen="OPENSSL-LISTEN:$port,bind=127.0.0.1,reuseaddr,cert=$DIR/cert.pem,key=$DIR/key.pem,verify=0"
+        connect="OPENSSL:127.0.0.1:$port,verify=0"
+    fi
+    socat -u -b 131072 "OPEN:$DIR/share/big.bin" "$listen" 2>>"$DIR/socat.log" &
+    local sender=$!
+    while ! ss -ltn "sport = :$port" | grep -q LISTEN; do
+        kill -0 "$sender" 2>/dev/null || { echo "$ME: socat $c did not listen" >&2; exit 1; }
+    done
+    local start end
+    start=$(date +%s.%N)
+    socat -u -b 131072 "$connect" "OPEN:$DIR/out-$c.bin,creat,trunc" 2>>"$DIR/socat.log"
+    end=$(date +%s.%N)
+    wait "$sender" || true
+    cmp -s "$DIR/out-$c.bin" "$DIR/share/big.bin" || { echo "$ME: $c: the copy differs" >&2; exit 1; }
+    rm -f "$DIR/out-$c.bin"
+    python3 -c "print($end - $start)"
+}
+
 declare -A XFER CMD
 for ((r = 1; r <= RUNS; r++)); do
     # Alternate which case goes first, round by round.
-    if ((r % 2)); then cases=(plain secure); else cases=(secure plain); fi
+    if ((r % 2)); then cases=(plain secure tcp tls); else cases=(tls tcp secure plain); fi
     for c in "${cases[@]}"; do
+        if [[ $c == tcp || $c == tls ]]; then
+            secs=$(socat_run "$c")
+            rate=$(python3 -c "print('%.1f' % ($SIZE_MIB / $secs))")
+            printf '%-7s run %d: %7s MiB/s (socat)\n' "$c" "$r" "$rate"
+            XFER[$c]+="$rate "
+            CMD[$c]+="$rate "
+            continue
+        fi
         flags=(--no-fsync --json --out "$DIR/out-$c" --tracker "127.0.0.1:$PORT" --transport "$TRANSPORT")
         [[ $c == secure ]] && flags+=(--secure)
         start=$(date +%s.%N)
@@ -70,6 +120,14 @@ for ((r = 1; r <= RUNS; r++)); do
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 echo "$SIZE_MIB MiB over loopback ($TRANSPORT), $RUNS runs each, $(nproc) cores; medians:"
-for c in plain secure; do
-    printf '  %-7s xfer %7s MiB/s, cmd %7s MiB/s\n' "$c" "$(echo "${XFER[$c]}" | median)" "$(echo "${CMD[$c]}" | median)"
+declare -A MED
+for c in plain secure tcp tls; do
+    MED[$c]=$(echo "${XFER[$c]}" | median)
+    printf '  %-7s xfer %7s MiB/s, cmd %7s MiB/s\n' "$c" "${MED[$c]}" "$(echo "${CMD[$c]}" | median)"
 done
+python3 - "${MED[plain]}" "${MED[secure]}" "${MED[tcp]}" "${MED[tls]}" <<'PY'
+import sys
+plain, secure, tcp, tls = map(float, sys.argv[1:])
+print(f"ratios (xfer): secure/plain {secure / plain:.2f}, secure/raw TCP {secure / tcp:.2f}, "
+      f"secure/TLS {secure / tls:.2f}, TLS/raw TCP {tls / tcp:.2f}")
+PY

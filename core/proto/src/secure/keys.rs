@@ -5,15 +5,15 @@
 
 use ed25519_dalek::VerifyingKey;
 use snow::params::{CipherChoice, DHChoice, HashChoice};
-use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::resolvers::{CryptoResolver, DefaultResolver, RingResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 
 use crate::identity::PublicKey;
 
 /// The Noise protocol when the initiator knows the responder's key.
-pub const NOISE_IK: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_IK: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
 /// The Noise protocol when it does not.
-pub const NOISE_XX: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_XX: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// Bound into every handshake (Noise's prologue): this protocol, version 1.
 pub const PROLOGUE: &[u8] = b"p2p secure channel v1";
 
@@ -101,7 +101,10 @@ impl Random for SeededRandom {
     }
 }
 
-/// snow's default primitives, with our randomness.
+/// snow's default primitives (X25519, BLAKE2s), with our randomness; the cipher from
+/// `ring`, whose AES-256-GCM uses the CPU's AES and carry-less multiply instructions
+/// (`cargo bench -p p2p-proto --bench secure`: 6.4 GiB/s sealing 60 KiB messages here,
+/// against 2.1 for `ring`'s ChaCha20-Poly1305 and 1.1 for snow's default, portable one).
 struct Resolver {
     rng: std::sync::Mutex<Option<Box<dyn Random>>>,
 }
@@ -120,7 +123,9 @@ impl CryptoResolver for Resolver {
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(choice)
+        RingResolver
+            .resolve_cipher(choice)
+            .or_else(|| DefaultResolver.resolve_cipher(choice))
     }
 }
 

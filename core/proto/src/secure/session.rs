@@ -102,9 +102,11 @@ impl Session {
         if !self.window().may_take(nonce) {
             return Err(SecureError::Replayed(nonce));
         }
-        let mut plain = vec![0; ciphertext.len() - TAG_LEN];
+        // Room for the tag too: the cipher then opens in place in `plain` instead of in a
+        // copy of its own.
+        let mut plain = vec![0; ciphertext.len()];
         match self.cipher.read_message(nonce, ciphertext, &mut plain) {
-            Ok(n) if n == plain.len() => {}
+            Ok(n) if n == ciphertext.len() - TAG_LEN => plain.truncate(n),
             _ => return Err(SecureError::Unauthentic),
         }
         // Taken only now that the frame proved authentic: a forged frame cannot use up a
