@@ -75,14 +75,15 @@ pub struct SharedFile {
     pub pieces: Arc<Vec<ContentHash>>,
 }
 
-/// The share folder's index.
+/// The share folder's index. A clone is cheap (the maps are shared until a scan finds a
+/// change), so that a scan can run on another thread beside the index it compares with.
 #[derive(Clone, Debug)]
 pub struct ShareIndex {
     root: PathBuf,
-    by_path: BTreeMap<String, Indexed>,
+    by_path: Arc<BTreeMap<String, Indexed>>,
     next_id: u32,
     /// The collection entries, by path (`photos/`; the top folder's is `/`).
-    collections: BTreeMap<String, IndexEntry>,
+    collections: Arc<BTreeMap<String, IndexEntry>>,
 }
 
 impl ShareIndex {
@@ -90,9 +91,9 @@ impl ShareIndex {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         ShareIndex {
             root: root.into(),
-            by_path: BTreeMap::new(),
+            by_path: Arc::default(),
             next_id: 1,
-            collections: BTreeMap::new(),
+            collections: Arc::default(),
         }
     }
 
@@ -118,8 +119,10 @@ impl ShareIndex {
 
     /// Rescans the folder: new files get new IDs, changed files are re-hashed, removed files
     /// leave the index. Fails only when the folder itself cannot be read. A share that is a
-    /// single file lists that file alone, under its name.
-    pub fn refresh(&mut self) -> io::Result<()> {
+    /// single file lists that file alone, under its name. Returns whether anything changed
+    /// (a file came, went, or changed size or modification time): a scan that finds the
+    /// folder as it was costs its directory reads and one `stat` per file, nothing more.
+    pub fn refresh(&mut self) -> io::Result<bool> {
         let mut found = Vec::new();
         if self.single_file() {
             let meta = fs::symlink_metadata(&self.root)?;
@@ -127,7 +130,7 @@ impl ShareIndex {
                 .ok_or_else(|| io::Error::other("the shared file's name is not valid UTF-8"))?;
             found.push((name, meta.len(), meta.modified().ok()));
         } else {
-            walk(&self.root, &self.root, 0, &mut found)?;
+            walk(&self.root, "", 0, &mut found)?;
         }
         // The walk stops one file past the cap: that one only says that there are more.
         if found.len() > MAX_FILES {
@@ -138,13 +141,26 @@ impl ShareIndex {
             );
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
+        let same = found.len() == self.by_path.len()
+            && found
+                .iter()
+                .zip(self.by_path.iter())
+                .all(|((rel, size, modified), (path, i))| {
+                    rel == path && *size == i.entry.size && *modified == i.modified
+                });
+        if same {
+            return Ok(false);
+        }
         let mut next = BTreeMap::new();
         // Whether any file came, went or changed: only then are the collections hashed again.
         let mut changed = false;
+        // Files of the old index found again (changed or not); fewer than it holds: some went.
+        let mut kept = 0;
         for (rel, size, modified) in found {
-            let known = self.by_path.remove(&rel);
+            let known = self.by_path.get(&rel);
+            kept += usize::from(known.is_some());
             let entry = match known {
-                Some(old) if old.entry.size == size && old.modified == modified => old,
+                Some(old) if old.entry.size == size && old.modified == modified => old.clone(),
                 other => {
                     changed = true;
                     let Ok((hash, pieces)) = hash_pieces(&self.base().join(&rel), PIECE_SIZE)
@@ -173,12 +189,12 @@ impl ShareIndex {
             };
             next.insert(rel, entry);
         }
-        changed |= !self.by_path.is_empty();
-        self.by_path = next;
+        changed |= kept < self.by_path.len();
+        self.by_path = Arc::new(next);
         if changed {
-            self.collections = self.hash_collections();
+            self.collections = Arc::new(self.hash_collections());
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// All listed entries, files and collections of subfolders, in ID order (the top
@@ -219,7 +235,7 @@ impl ShareIndex {
         }
         let mut open: Vec<OpenFolder> = Vec::new();
         let mut opened = 0;
-        for (path, file) in &self.by_path {
+        for (path, file) in self.by_path.iter() {
             while open.last().is_some_and(|f| !path.starts_with(&f.prefix)) {
                 close_folder(open.pop().expect("checked"), &mut done);
             }
@@ -390,9 +406,17 @@ pub fn hash_pieces(path: &Path, piece_size: u32) -> io::Result<(ContentHash, Vec
     }
 }
 
+/// Appends to `out` the files below `dir`, whose path relative to the share is `prefix`
+/// (`""` for the top folder), in path order: their `/`-separated relative paths (valid
+/// UTF-8, at most [`MAX_PATH_LEN`] bytes; others are left out), sizes and modification times.
+///
+/// The kind of an entry comes from the directory listing, and a file's size and time from
+/// `fstatat` relative to its directory, without following links (a link is never followed,
+/// in or out of the share), so that no full path is resolved again for each of 100,000
+/// files.
 fn walk(
-    root: &Path,
     dir: &Path,
+    prefix: &str,
     depth: usize,
     out: &mut Vec<(String, u64, Option<SystemTime>)>,
 ) -> io::Result<()> {
@@ -405,20 +429,23 @@ fn walk(
         if out.len() > MAX_FILES {
             return Ok(());
         }
-        let path = entry.path();
-        // symlink_metadata: a link is never followed, in or out of the share.
-        let Ok(meta) = fs::symlink_metadata(&path) else {
+        let (Ok(kind), Some(name)) = (
+            entry.file_type(),
+            entry.file_name().to_str().map(str::to_owned),
+        ) else {
             continue;
         };
-        if meta.is_dir() {
-            let _ = walk(root, &path, depth + 1, out);
-        } else if meta.is_file() {
-            let Some(rel) = relative_name(root, &path) else {
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if kind.is_dir() {
+            let _ = walk(&entry.path(), &rel, depth + 1, out);
+        } else if kind.is_file() && rel.len() <= MAX_PATH_LEN && !is_download_file(&rel) {
+            let Ok(meta) = entry.metadata() else {
                 continue;
             };
-            if is_download_file(&rel) {
-                continue;
-            }
             out.push((rel, meta.len(), meta.modified().ok()));
         }
     }
@@ -580,14 +607,25 @@ mod tests {
         assert_eq!(announced.len(), 5 + 5, "non-empty files and collections");
     }
 
+    /// `refresh` says whether anything changed; a scan of a folder as it was keeps the maps
+    /// it shares with a copy (nothing rebuilt).
     #[test]
     fn a_changed_file_changes_its_folders_hashes_not_their_ids() {
         let dir = tree();
         let mut idx = ShareIndex::new(dir.path());
-        idx.refresh().unwrap();
+        assert!(idx.refresh().unwrap(), "the first scan finds every file");
         let before = idx.entries();
+        let copy = idx.clone();
+        assert!(!idx.refresh().unwrap(), "nothing changed");
+        assert!(Arc::ptr_eq(&copy.by_path, &idx.by_path));
+        assert!(Arc::ptr_eq(&copy.collections, &idx.collections));
         fs::write(dir.path().join("pics/sub/a.txt"), b"TWO!").unwrap();
-        idx.refresh().unwrap();
+        assert!(idx.refresh().unwrap(), "a file changed");
+        assert_eq!(
+            copy.entries(),
+            before,
+            "a copy keeps the index it was made of"
+        );
         let after = idx.entries();
         for (b, a) in before.iter().zip(&after) {
             assert_eq!((b.id, &b.path), (a.id, &a.path));
@@ -596,7 +634,7 @@ mod tests {
         }
         // A folder emptied of files is no collection any more; the others keep their IDs.
         fs::remove_file(dir.path().join("other/a.txt")).unwrap();
-        idx.refresh().unwrap();
+        assert!(idx.refresh().unwrap(), "a file went");
         let paths: Vec<_> = idx.entries().into_iter().map(|e| e.path).collect();
         assert!(!paths.contains(&"other/".to_string()), "{paths:?}");
         let pics = idx

@@ -58,8 +58,9 @@ pub(super) struct Driver {
     /// Hashes the pieces of downloads (`EndpointConfig::hash_thread`).
     pub(super) hasher: Option<HashWorker>,
     /// A rescan of the share folder running on a blocking thread
-    /// (`EndpointConfig::rescan_thread`); its index replaces ours when done.
-    pub(super) rescanning: Option<tokio::task::JoinHandle<ShareIndex>>,
+    /// (`EndpointConfig::rescan_thread`); its index (if it found a change) replaces ours
+    /// when done.
+    pub(super) rescanning: Option<tokio::task::JoinHandle<Option<ShareIndex>>>,
     /// Requests for the first index page waiting for the next scan, and those the running
     /// scan will answer.
     pub(super) index_waiting: Vec<(SocketAddr, RequestId)>,
@@ -675,10 +676,13 @@ fn unchanged(s: &crate::index::SharedFile) -> bool {
     fs::metadata(&s.path).is_ok_and(|m| m.len() == s.entry.size && m.modified().ok() == s.modified)
 }
 
-/// The index a rescan made (`None`: the rescan failed); never, without one running.
-async fn rescanned(rescan: &mut Option<tokio::task::JoinHandle<ShareIndex>>) -> Option<ShareIndex> {
+/// The index a rescan made (`None`: it found no change, or failed); never, without one
+/// running.
+async fn rescanned(
+    rescan: &mut Option<tokio::task::JoinHandle<Option<ShareIndex>>>,
+) -> Option<ShareIndex> {
     match rescan {
-        Some(job) => job.await.ok(),
+        Some(job) => job.await.ok().flatten(),
         None => std::future::pending().await,
     }
 }

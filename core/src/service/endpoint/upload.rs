@@ -220,11 +220,14 @@ impl Driver {
             // The first page is answered from a scan of the folder begun after the request
             // came, so that a listing shows the folder as it is.
             if !self.config.rescan_thread {
-                if let Err(e) = index.refresh() {
-                    tracing::warn!("cannot rescan the share folder: {e}");
+                match index.refresh() {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        self.index_pages = paginate(index.entries());
+                        self.announce_index();
+                    }
+                    Err(e) => tracing::warn!("cannot rescan the share folder: {e}"),
                 }
-                self.index_pages = paginate(index.entries());
-                self.announce_index();
             } else {
                 // Off the I/O task: requests wait for the next scan, which begins as soon
                 // as none is running; one scan answers every request that came before it.
@@ -235,9 +238,7 @@ impl Driver {
                 return;
             }
         }
-        if let (true, Some(index)) = (self.index_pages.is_empty(), self.index.as_ref()) {
-            self.index_pages = paginate(index.entries());
-        }
+        self.paginate_once();
         let reply = self.index_page(request, page);
         self.queue_stateless(from, reply);
     }
@@ -251,18 +252,22 @@ impl Driver {
         let Some(index) = self.index.as_ref() else {
             return;
         };
+        // Cheap: the copy shares the index's maps until the scan finds a change.
         let mut copy = index.clone();
-        self.rescanning = Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = copy.refresh() {
+        self.rescanning = Some(tokio::task::spawn_blocking(move || match copy.refresh() {
+            Ok(true) => Some(copy),
+            Ok(false) => None,
+            Err(e) => {
                 tracing::warn!("cannot rescan the share folder: {e}");
+                None
             }
-            copy
         }));
         self.index_scanning = std::mem::take(&mut self.index_waiting);
     }
 
-    /// A scan ended: its index replaces ours, the requests that waited for it get their
-    /// first page, and those that came meanwhile start the next scan.
+    /// A scan ended: its index replaces ours if it found a change (`index`), the requests
+    /// that waited for it get their first page, and those that came meanwhile start the
+    /// next scan. A scan that found the folder as it was leaves the pages as they are.
     pub(super) fn rescan_done(&mut self, index: Option<ShareIndex>) {
         self.rescanning = None;
         if let Some(index) = index {
@@ -270,11 +275,20 @@ impl Driver {
             self.index = Some(index);
             self.announce_index();
         }
+        self.paginate_once();
         for (from, request) in std::mem::take(&mut self.index_scanning) {
             let reply = self.index_page(request, 0);
             self.queue_stateless(from, reply);
         }
         self.start_rescan();
+    }
+
+    /// Splits the index into pages if it was not yet (pages are kept until a scan finds a
+    /// change).
+    fn paginate_once(&mut self) {
+        if let (true, Some(index)) = (self.index_pages.is_empty(), self.index.as_ref()) {
+            self.index_pages = paginate(index.entries());
+        }
     }
 
     /// Hands the content hashes of the index as last scanned to the protocol logic, which
