@@ -26,6 +26,14 @@ fn testnet() -> Testnet {
         .expect("a local DHT")
 }
 
+/// A local DHT ([`testnet`]), the address of its bootstrap node `n`, and an empty folder for
+/// the test's files.
+fn dht_setup(n: usize) -> (Testnet, String, tempfile::TempDir) {
+    let net = testnet();
+    let boot = net.bootstrap[n].clone();
+    (net, boot, tempfile::tempdir().unwrap())
+}
+
 /// The DHT key of `hash` for UDP peers, derived here as docs/DHT.md writes it (a check of
 /// the documented derivation): the first 20 bytes of BLAKE3("p2p-dht-v1:udp:" || hash).
 fn udp_key(hash: &ContentHash) -> [u8; 20] {
@@ -34,25 +42,30 @@ fn udp_key(hash: &ContentHash) -> [u8; 20] {
     ContentHash::of(&preimage).0[..20].try_into().unwrap()
 }
 
+/// `p2p peer` on the DHT alone (no tracker), with `extra` flags, sharing `share/` of `dir`
+/// with `bytes` as `big.bin`.
+fn dht_peer(dir: &std::path::Path, boot: &str, bytes: &[u8], extra: &[&str]) -> Proc {
+    std::fs::create_dir_all(dir.join("share")).unwrap();
+    write_file(&dir.join("share"), "big.bin", bytes);
+    let mut args = vec![
+        "peer",
+        "--dht",
+        "--dht-bootstrap",
+        boot,
+        "--listen",
+        "127.0.0.1:0",
+        "--share",
+        "share",
+    ];
+    args.extend_from_slice(extra);
+    args.push("--no-menu");
+    Proc::spawn(dir, &args)
+}
+
 /// A seeder on the DHT alone (no tracker) sharing `share/` of `dir` with `bytes` as
 /// `big.bin`, once its first announce round is done; the line it printed for the round.
 fn dht_seeder(dir: &std::path::Path, boot: &str, bytes: &[u8]) -> (Proc, String) {
-    std::fs::create_dir_all(dir.join("share")).unwrap();
-    write_file(&dir.join("share"), "big.bin", bytes);
-    let mut seeder = Proc::spawn(
-        dir,
-        &[
-            "peer",
-            "--dht",
-            "--dht-bootstrap",
-            boot,
-            "--listen",
-            "127.0.0.1:0",
-            "--share",
-            "share",
-            "--no-menu",
-        ],
-    );
+    let mut seeder = dht_peer(dir, boot, bytes, &[]);
     seeder.wait_for("on the DHT (no tracker)");
     let round = seeder.wait_for("dht: announced");
     (seeder, round)
@@ -89,19 +102,28 @@ fn hash_arg(bytes: &[u8]) -> String {
 
 /// `get` of `what` from the DHT alone into `dir/out`, with `--json`.
 fn dht_get(dir: &std::path::Path, boot: &str, what: &str) -> std::process::Output {
-    run(
-        dir,
-        &[
-            "get",
-            what,
-            "--dht",
-            "--dht-bootstrap",
-            boot,
-            "--out",
-            "out",
-            "--json",
-        ],
-    )
+    dht_get_into(dir, boot, &[what], "out", &["--json"])
+}
+
+/// `get` of `what` (a hash or a ticket, or a peer's key and a file's ID) from the DHT alone
+/// into `dir/out`, with `extra` flags.
+fn dht_get_into(
+    dir: &std::path::Path,
+    boot: &str,
+    what: &[&str],
+    out: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["--dht", "--dht-bootstrap", boot, "--out", out]);
+    args.extend_from_slice(extra);
+    run(dir, &args)
+}
+
+/// `rel` (below `dir`) came whole: it holds `bytes`, byte for byte.
+fn assert_fetched(dir: &std::path::Path, rel: &str, bytes: &[u8]) {
+    assert_eq!(std::fs::read(dir.join(rel)).unwrap(), bytes, "{rel}");
 }
 
 /// The names of the sources a `get --json` report lists (each sent some bytes).
@@ -117,9 +139,7 @@ fn source_names(report: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn get_by_hash_finds_a_seeder_on_the_dht_without_tracker() {
-    let net = testnet();
-    let boot = net.bootstrap[0].clone();
-    let dir = tempfile::tempdir().unwrap();
+    let (_net, boot, dir) = dht_setup(0);
     let bytes = random_bytes(3 * 1024 * 1024 + 77, 25);
     let (_seeder, round) = dht_seeder(dir.path(), &boot, &bytes);
     // The file and the share's collection.
@@ -127,10 +147,7 @@ fn get_by_hash_finds_a_seeder_on_the_dht_without_tracker() {
 
     let out = dht_get(dir.path(), &boot, &hash_arg(&bytes));
     let report = json(&out);
-    assert_eq!(
-        std::fs::read(dir.path().join("out/big.bin")).unwrap(),
-        bytes
-    );
+    assert_fetched(dir.path(), "out/big.bin", &bytes);
     assert_eq!(report["verified"], true);
     let names = source_names(&report);
     assert!(
@@ -141,9 +158,7 @@ fn get_by_hash_finds_a_seeder_on_the_dht_without_tracker() {
 
 #[test]
 fn share_ticket_without_tracker_is_fetched_through_the_dht() {
-    let net = testnet();
-    let boot = net.bootstrap[1].clone();
-    let dir = tempfile::tempdir().unwrap();
+    let (_net, boot, dir) = dht_setup(1);
     let bytes = random_bytes(700_000, 26);
     let file = write_file(dir.path(), "song.ogg", &bytes);
     // With --dht the sharer publishes its record: its tickets carry its key (`p2p2`).
@@ -161,17 +176,12 @@ fn share_ticket_without_tracker_is_fetched_through_the_dht() {
 
     let out = dht_get(dir.path(), &boot, &ticket);
     json(&out);
-    assert_eq!(
-        std::fs::read(dir.path().join("out/song.ogg")).unwrap(),
-        bytes
-    );
+    assert_fetched(dir.path(), "out/song.ogg", &bytes);
 }
 
 #[test]
 fn dht_finds_the_seeder_after_nodes_that_stored_its_announce_stop() {
-    let mut net = testnet();
-    let boot = net.bootstrap[0].clone();
-    let dir = tempfile::tempdir().unwrap();
+    let (mut net, boot, dir) = dht_setup(0);
     let bytes = random_bytes(1024 * 1024, 27);
     let (_seeder, _) = dht_seeder(dir.path(), &boot, &bytes);
 
@@ -197,17 +207,12 @@ fn dht_finds_the_seeder_after_nodes_that_stored_its_announce_stop() {
 
     let out = dht_get(dir.path(), &boot, &hash_arg(&bytes));
     json(&out);
-    assert_eq!(
-        std::fs::read(dir.path().join("out/big.bin")).unwrap(),
-        bytes
-    );
+    assert_fetched(dir.path(), "out/big.bin", &bytes);
 }
 
 #[test]
 fn tracker_without_holders_is_joined_by_the_dht() {
-    let net = testnet();
-    let boot = net.bootstrap[2].clone();
-    let dir = tempfile::tempdir().unwrap();
+    let (_net, boot, dir) = dht_setup(2);
     let (_tracker, tracker) = tracker(dir.path(), &[]);
     let bytes = random_bytes(500_000, 28);
     let (_seeder, _) = dht_seeder(dir.path(), &boot, &bytes);
@@ -229,17 +234,12 @@ fn tracker_without_holders_is_joined_by_the_dht() {
         ],
     );
     json(&out);
-    assert_eq!(
-        std::fs::read(dir.path().join("out/big.bin")).unwrap(),
-        bytes
-    );
+    assert_fetched(dir.path(), "out/big.bin", &bytes);
 }
 
 #[test]
 fn hash_nobody_announced_fails_clearly_within_the_bound() {
-    let net = testnet();
-    let boot = net.bootstrap[0].clone();
-    let dir = tempfile::tempdir().unwrap();
+    let (_net, boot, dir) = dht_setup(0);
     let wanted = hash_arg(b"nobody shares this");
     let out = dht_get(dir.path(), &boot, &wanted);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
@@ -278,24 +278,7 @@ fn dht_peer_with_record(
     name: &str,
     bytes: &[u8],
 ) -> (Proc, String) {
-    std::fs::create_dir_all(dir.join("share")).unwrap();
-    write_file(&dir.join("share"), "big.bin", bytes);
-    let mut peer = Proc::spawn(
-        dir,
-        &[
-            "peer",
-            "--dht",
-            "--dht-bootstrap",
-            boot,
-            "--listen",
-            "127.0.0.1:0",
-            "--share",
-            "share",
-            "--name",
-            name,
-            "--no-menu",
-        ],
-    );
+    let mut peer = dht_peer(dir, boot, bytes, &["--name", name]);
     let line = peer.wait_for("dht: record published");
     assert!(line.contains(&format!("{name} at 127.0.0.1:")), "{line}");
     (peer, published_key(&line))
@@ -303,9 +286,7 @@ fn dht_peer_with_record(
 
 #[test]
 fn peer_named_by_its_key_is_reached_through_its_record() {
-    let net = testnet();
-    let boot = net.bootstrap[0].clone();
-    let dir = tempfile::tempdir().unwrap();
+    let (_net, boot, dir) = dht_setup(0);
     let bytes = random_bytes(2 * 1024 * 1024 + 5, 29);
     let (_peer, key) = dht_peer_with_record(dir.path(), &boot, "alice", &bytes);
 
@@ -322,71 +303,28 @@ fn peer_named_by_its_key_is_reached_through_its_record() {
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
     // No tracker runs: the peer is found by its key alone, and the file comes byte-exact.
-    let out = run(
-        dir.path(),
-        &[
-            "get",
-            &key,
-            "001",
-            "--dht",
-            "--dht-bootstrap",
-            &boot,
-            "--out",
-            "out",
-            "--json",
-        ],
-    );
+    let out = dht_get_into(dir.path(), &boot, &[&key, "001"], "out", &["--json"]);
     let report = json(&out);
     assert_eq!(report["verified"], true);
-    assert_eq!(
-        std::fs::read(dir.path().join("out/big.bin")).unwrap(),
-        bytes
-    );
+    assert_fetched(dir.path(), "out/big.bin", &bytes);
     // NAME@KEY: the same peer; another name is refused, saying which the record has.
-    let out = run(
-        dir.path(),
-        &[
-            "get",
-            &format!("bob@{key}"),
-            "001",
-            "--dht",
-            "--dht-bootstrap",
-            &boot,
-            "--out",
-            "out2",
-        ],
-    );
+    let bob = format!("bob@{key}");
+    let out = dht_get_into(dir.path(), &boot, &[&bob, "001"], "out2", &[]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("the record of key {key} names `alice`, not `bob`")),
         "{}",
         stderr(&out)
     );
-    let out = run(
-        dir.path(),
-        &[
-            "get",
-            &format!("alice@{key}"),
-            "001",
-            "--dht",
-            "--dht-bootstrap",
-            &boot,
-            "--out",
-            "out3",
-        ],
-    );
+    let alice = format!("alice@{key}");
+    let out = dht_get_into(dir.path(), &boot, &[&alice, "001"], "out3", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read(dir.path().join("out3/big.bin")).unwrap(),
-        bytes
-    );
+    assert_fetched(dir.path(), "out3/big.bin", &bytes);
 }
 
 #[test]
 fn key_without_a_record_fails_clearly_within_the_bound() {
-    let net = testnet();
-    let boot = net.bootstrap[1].clone();
-    let dir = tempfile::tempdir().unwrap();
+    let (_net, boot, dir) = dht_setup(1);
     let key = "ab".repeat(32);
     let started = std::time::Instant::now();
     let out = run(dir.path(), &["resolve", &key, "--dht-bootstrap", &boot]);
@@ -409,9 +347,7 @@ fn key_without_a_record_fails_clearly_within_the_bound() {
 /// (the source is named as the record names it, not `dht:ADDR` as an announce's would be).
 #[test]
 fn ticket_with_the_sharers_key_is_fetched_through_its_record() {
-    let net = testnet();
-    let boot = net.bootstrap[2].clone();
-    let dir = tempfile::tempdir().unwrap();
+    let (_net, boot, dir) = dht_setup(2);
     let bytes = random_bytes(900_000, 30);
     let file = write_file(dir.path(), "clip.bin", &bytes);
     let (mut share, ticket) = dht_share(dir.path(), &boot, &file, &["--name", "sharer"]);
@@ -419,9 +355,6 @@ fn ticket_with_the_sharers_key_is_fetched_through_its_record() {
 
     let out = dht_get(dir.path(), &boot, &ticket);
     let report = json(&out);
-    assert_eq!(
-        std::fs::read(dir.path().join("out/clip.bin")).unwrap(),
-        bytes
-    );
+    assert_fetched(dir.path(), "out/clip.bin", &bytes);
     assert_eq!(source_names(&report), ["sharer"]);
 }

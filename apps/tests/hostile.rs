@@ -1623,19 +1623,67 @@ fn a_tracker_whose_output_nobody_reads_keeps_answering() {
     drop(out);
 }
 
+/// A raw socket to forge source addresses with, the services under attack, and a victim: a
+/// socket at `udp_from(n)` that asks for nothing (it only counts what it gets). `None`, once
+/// it said that the test is skipped, without CAP_NET_RAW.
+fn spoofing(n: u8) -> Option<(socket2::Socket, Services, UdpSocket)> {
+    let Some(raw) = spoofer() else {
+        eprintln!("SKIPPED: opening a raw socket needs CAP_NET_RAW (run as root)");
+        return None;
+    };
+    let s = Services::start();
+    Some((raw, s, udp_from(n)))
+}
+
+/// Sends each of `forged` (to, datagram) `rounds` times from `raw` as if from `victim`, and
+/// collects what reaches the victim: the messages, their encoded bytes and the bytes forged,
+/// in all. Asserts that the forged datagrams did arrive (10 answers at the victim at least:
+/// a test that saw none would prove nothing), that every answer is one `allowed` accepts
+/// (`allowed`: the kinds' names, for the failure message, and the test of a message) and
+/// that nothing was amplified (at most 3 times the forged bytes came back).
+fn forge_from(
+    raw: &socket2::Socket,
+    victim: &UdpSocket,
+    forged: &[(SocketAddr, Vec<u8>)],
+    rounds: usize,
+    allowed: (&str, fn(&Message) -> bool),
+) -> (Vec<Message>, usize, usize) {
+    let victim_addr = victim.local_addr().unwrap();
+    let mut sent = 0;
+    for _ in 0..rounds {
+        for (to, bytes) in forged {
+            sent += bytes.len();
+            send_spoofed(raw, victim_addr, *to, bytes);
+        }
+    }
+    let got = drain_udp(victim, QUIET, Duration::from_secs(3));
+    let got_bytes: usize = got.iter().map(|m| m.encode().len()).sum();
+    assert!(
+        got.len() >= 10,
+        "only {} answers reached the victim",
+        got.len()
+    );
+    let (kinds, is_allowed) = allowed;
+    assert!(
+        got.iter().all(is_allowed),
+        "the victim got more than {kinds}: {got:?}"
+    );
+    assert!(
+        got_bytes <= 3 * sent,
+        "amplified: {got_bytes} bytes at the victim for {sent} forged"
+    );
+    (got, got_bytes, sent)
+}
+
 /// Forged `Initial`s (first requests sent padded to 420 bytes, answered at once) from a raw
 /// socket at a victim's address: what reaches the victim is an `Answer` (the reply with a
 /// token) or a `Retry`, each at most three times the forged datagram, over the tracker's
 /// `Lookup` and `ListPeers` and a peer's first index page and an entry (its largest answer).
 #[test]
 fn forged_initials_are_answered_within_three_times_their_size() {
-    let Some(raw) = spoofer() else {
-        eprintln!("SKIPPED: opening a raw socket needs CAP_NET_RAW (run as root)");
+    let Some((raw, s, victim)) = spoofing(67) else {
         return;
     };
-    let s = Services::start();
-    let victim = udp_from(67);
-    let victim_addr = victim.local_addr().unwrap();
     let file = s.file_id(BIG);
     let forged = [
         (s.udp_addr, index_request(0)),
@@ -1654,37 +1702,20 @@ fn forged_initials_are_answered_within_three_times_their_size() {
                 name: "udp-seeder".into(),
             },
         ),
-    ];
-    let (mut sent, mut smallest) = (0, usize::MAX);
-    for _ in 0..5 {
-        for (to, msg) in &forged {
-            let bytes = msg.initial().encode();
-            sent += bytes.len();
-            smallest = smallest.min(bytes.len());
-            send_spoofed(&raw, victim_addr, *to, &bytes);
-        }
-    }
-    let got = drain_udp(&victim, QUIET, Duration::from_secs(3));
-    let sizes: Vec<usize> = got.iter().map(|m| m.encode().len()).collect();
-    let got_bytes: usize = sizes.iter().sum();
-    assert!(
-        got.len() >= 10,
-        "only {} answers reached the victim",
-        got.len()
-    );
-    assert!(
-        got.iter()
-            .all(|m| matches!(m, Message::Answer { .. } | Message::Retry { .. })),
-        "the victim got more than Answer or Retry: {got:?}"
-    );
-    let largest = sizes.iter().copied().max().unwrap_or(0);
+    ]
+    .map(|(to, msg)| (to, msg.initial().encode()));
+    let smallest = forged
+        .iter()
+        .map(|(_, b)| b.len())
+        .min()
+        .unwrap_or(usize::MAX);
+    let answers = |m: &Message| matches!(m, Message::Answer { .. } | Message::Retry { .. });
+    let (got, got_bytes, sent) =
+        forge_from(&raw, &victim, &forged, 5, ("Answer or Retry", answers));
+    let largest = got.iter().map(|m| m.encode().len()).max().unwrap_or(0);
     assert!(
         largest <= 3 * smallest,
         "one answer of {largest} bytes for a forged Initial of {smallest}"
-    );
-    assert!(
-        got_bytes <= 3 * sent,
-        "amplified: {got_bytes} bytes at the victim for {sent} forged"
     );
     s.assert_real_peers_listed("udp");
     s.note(format!(
@@ -1704,13 +1735,10 @@ fn forged_initials_are_answered_within_three_times_their_size() {
 /// the tracker.
 #[test]
 fn forged_source_addresses_get_nothing_but_a_small_retry() {
-    let Some(raw) = spoofer() else {
-        eprintln!("SKIPPED: opening a raw socket needs CAP_NET_RAW (run as root)");
+    // The victim: an address that asked for nothing (a socket only to count what it gets).
+    let Some((raw, s, victim)) = spoofing(66) else {
         return;
     };
-    let s = Services::start();
-    // The victim: an address that asked for nothing (a socket only to count what it gets).
-    let victim = udp_from(66);
     let victim_addr = victim.local_addr().unwrap();
     let file = s.file_id(BIG);
     let forged = [
@@ -1729,32 +1757,11 @@ fn forged_source_addresses_get_nothing_but_a_small_retry() {
             s.tracker_addr,
             register("victim-name", victim_addr.port(), TransportKind::Udp),
         ),
-    ];
-    let mut sent = 0;
-    for _ in 0..10 {
-        for (to, msg) in &forged {
-            let bytes = msg.encode();
-            sent += bytes.len();
-            send_spoofed(&raw, victim_addr, *to, &bytes);
-        }
-    }
-    let got = drain_udp(&victim, QUIET, Duration::from_secs(3));
-    let got_bytes: usize = got.iter().map(|m| m.encode().len()).sum();
+    ]
+    .map(|(to, msg)| (to, msg.encode()));
     // The forged datagrams did arrive: each answered with a Retry, sent to the victim.
-    assert!(
-        got.len() >= 10,
-        "only {} answers reached the victim",
-        got.len()
-    );
-    assert!(
-        got.iter()
-            .all(|m| matches!(m, Message::Retry { .. } | Message::RetryTransfer { .. })),
-        "the victim got more than Retry: {got:?}"
-    );
-    assert!(
-        got_bytes <= 3 * sent,
-        "amplified: {got_bytes} bytes at the victim for {sent} forged"
-    );
+    let retries = |m: &Message| matches!(m, Message::Retry { .. } | Message::RetryTransfer { .. });
+    let (got, got_bytes, sent) = forge_from(&raw, &victim, &forged, 10, ("Retry", retries));
     // The real peer's name, forged from its own address: not removed, not moved.
     let seeder_ip = SocketAddr::new(s.udp_addr.ip(), 40_000);
     let bye = Message::Unregister {

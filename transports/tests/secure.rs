@@ -155,6 +155,14 @@ fn content(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A share folder holding one small file, `a.bin`, and an empty record for the taps of the
+/// endpoints a test makes.
+fn small_share() -> (tempfile::TempDir, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("a.bin"), content(1000)).unwrap();
+    (share, Arc::new(Mutex::new(Vec::new())))
+}
+
 const WINDOW: usize = 32;
 
 /// How many messages in `seen` carry some 32-byte run of `file`.
@@ -229,9 +237,7 @@ async fn an_encrypted_tcp_transfer_is_exact_and_shows_nothing() {
 /// and gets nothing from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_with_another_key_is_refused() {
-    let share = tempfile::tempdir().unwrap();
-    std::fs::write(share.path().join("a.bin"), content(1000)).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (share, seen) = small_share();
     let kind = TransportKind::Udp;
     let seeder = endpoint(kind, Some(share.path()), Some(settings(1, true)), &seen).await;
     let leech = endpoint(kind, None, Some(settings(2, false)), &seen).await;
@@ -266,9 +272,7 @@ async fn a_peer_with_another_key_is_refused() {
 /// transfer request is aborted with the same reason).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_only_peer_refuses_plaintext_requests() {
-    let share = tempfile::tempdir().unwrap();
-    std::fs::write(share.path().join("a.bin"), content(1000)).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (share, seen) = small_share();
     let kind = TransportKind::Udp;
     let seeder = endpoint(kind, Some(share.path()), Some(settings(1, true)), &seen).await;
     let plain = endpoint(kind, None, None, &seen).await;
@@ -289,9 +293,7 @@ async fn a_sealed_only_peer_refuses_plaintext_requests() {
 /// ([`SecureSettings::seal_requests`] off) still fetches from a plaintext peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_accepting_sealed_sessions_still_asks_plaintext_peers() {
-    let share = tempfile::tempdir().unwrap();
-    std::fs::write(share.path().join("a.bin"), content(1000)).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (share, seen) = small_share();
     let kind = TransportKind::Udp;
     let plain = endpoint(kind, Some(share.path()), None, &seen).await;
     let accepting = SecureSettings {

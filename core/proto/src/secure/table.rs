@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use snow::params::NoiseParams;
-use snow::{Builder, HandshakeState};
+use snow::{Builder, HandshakeState, StatelessTransportState};
 
 use super::frame::{
     Frame, IK_INIT_NOISE, IK_RESPONSE_NOISE, XX_FINISH_NOISE, XX_INIT_NOISE, XX_PADDING,
@@ -259,6 +259,22 @@ fn params(ik: bool) -> NoiseParams {
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
     *blake3::hash(bytes).as_bytes()
+}
+
+/// The indices of the entries of `map` that `pick` chooses, collected (so that the caller
+/// may then remove them from the table that holds `map`).
+fn keys_where<V>(map: &BTreeMap<u32, V>, pick: impl Fn(&V) -> bool) -> Vec<u32> {
+    map.iter()
+        .filter(|(_, v)| pick(v))
+        .map(|(&i, _)| i)
+        .collect()
+}
+
+/// The transport state of a finished handshake (what a [`Session`] seals and opens with).
+fn transport_mode(state: HandshakeState) -> Result<StatelessTransportState, SecureError> {
+    state
+        .into_stateless_transport_mode()
+        .map_err(|_| SecureError::Handshake("not finished"))
 }
 
 impl SessionTable {
@@ -519,25 +535,11 @@ impl SessionTable {
             .read_message(noise, &mut payload)
             .map_err(|_| SecureError::Unauthentic)?;
         let index = self.free_index();
-        let mut out = [0u8; XX_RESPONSE_NOISE];
         if ik {
             // e, es, s, ss: the initiator's key is known now.
             let peer = self.check_peer_key(&state, &payload[..n])?;
-            let wrote = state
-                .write_message(&self.public, &mut out)
-                .map_err(|_| SecureError::Handshake("cannot write the response"))?;
-            if wrote != IK_RESPONSE_NOISE {
-                return Err(SecureError::Handshake("cannot write the response"));
-            }
-            let response = Frame::Response {
-                sender: index,
-                receiver: sender,
-                noise: &out[..wrote],
-            }
-            .encode();
-            let cipher = state
-                .into_stateless_transport_mode()
-                .map_err(|_| SecureError::Handshake("not finished"))?;
+            let response = self.write_response(&mut state, IK_RESPONSE_NOISE, index, sender)?;
+            let cipher = transport_mode(state)?;
             self.transmits.push_back((from, response.clone()));
             let session = Session::new(cipher, peer, index, sender);
             self.insert_session(now, from, session, false, Some((response, d)));
@@ -547,18 +549,7 @@ impl SessionTable {
             if n != XX_PADDING || payload[..n].iter().any(|&b| b != 0) {
                 return Err(SecureError::Malformed("XX padding"));
             }
-            let wrote = state
-                .write_message(&self.public, &mut out)
-                .map_err(|_| SecureError::Handshake("cannot write the response"))?;
-            if wrote != XX_RESPONSE_NOISE {
-                return Err(SecureError::Handshake("cannot write the response"));
-            }
-            let response = Frame::Response {
-                sender: index,
-                receiver: sender,
-                noise: &out[..wrote],
-            }
-            .encode();
+            let response = self.write_response(&mut state, XX_RESPONSE_NOISE, index, sender)?;
             self.transmits.push_back((from, response.clone()));
             self.make_room_for_handshake();
             self.by_init.insert(d, index);
@@ -589,9 +580,8 @@ impl SessionTable {
         receiver: u32,
         noise: &[u8],
     ) -> Result<(), SecureError> {
-        match self.handshakes.get(&receiver) {
-            Some(h) if h.addr == from && matches!(h.role, Role::Initiator { .. }) => {}
-            _ => return Err(SecureError::UnknownSession),
+        if !self.is_handshake_with(receiver, from, true) {
+            return Err(SecureError::UnknownSession);
         }
         let ik = matches!(
             &self.handshakes[&receiver].role,
@@ -605,45 +595,35 @@ impl SessionTable {
         if noise.len() != want {
             return Err(SecureError::Malformed("wrong length for its handshake"));
         }
-        let h = self.handshakes.get_mut(&receiver).expect("checked above");
-        let mut payload = [0u8; 64];
         // A failed read leaves snow's state unusable: a forged response would kill the
         // handshake, so it is read on a copy... which snow does not offer; instead the
-        // handshake is restarted by the next retransmission (see below).
-        let n = match h.state.read_message(noise, &mut payload) {
-            Ok(n) => n,
-            Err(_) => {
-                self.restart_initiation(receiver);
-                return Err(SecureError::Unauthentic);
-            }
-        };
+        // initiation is restarted (see `restart_initiation`).
+        let (payload, n) = self.read_handshake(receiver, noise, Self::restart_initiation)?;
         let h = self.handshakes.remove(&receiver).expect("checked above");
         self.connecting.remove(&from);
         let Role::Initiator { expected, .. } = h.role else {
             unreachable!("checked above")
         };
         let mut state = h.state;
-        let peer = match self.check_peer_key(&state, &payload[..n]) {
+        let peer = self
+            .check_peer_key(&state, &payload[..n])
+            .and_then(|peer| match expected {
+                Some(e) if e != peer => Err(SecureError::WrongKey {
+                    expected: e,
+                    got: peer,
+                }),
+                _ => Ok(peer),
+            });
+        let peer = match peer {
             Ok(p) => p,
-            Err(e) => {
+            Err(error) => {
                 self.events.push_back(SecureEvent::Failed {
                     addr: from,
-                    error: e.clone(),
+                    error: error.clone(),
                 });
-                return Err(e);
+                return Err(error);
             }
         };
-        if let Some(e) = expected.filter(|&e| e != peer) {
-            let error = SecureError::WrongKey {
-                expected: e,
-                got: peer,
-            };
-            self.events.push_back(SecureEvent::Failed {
-                addr: from,
-                error: error.clone(),
-            });
-            return Err(error);
-        }
         let mut finish = None;
         if !ik {
             let mut out = [0u8; XX_FINISH_NOISE];
@@ -665,9 +645,7 @@ impl SessionTable {
                 sent_at: now,
             });
         }
-        let cipher = state
-            .into_stateless_transport_mode()
-            .map_err(|_| SecureError::Handshake("not finished"))?;
+        let cipher = transport_mode(*state)?;
         let session = Session::new(cipher, peer, receiver, sender);
         self.insert_session(now, from, session, true, None);
         if let Some(f) = finish {
@@ -687,22 +665,14 @@ impl SessionTable {
         receiver: u32,
         noise: &[u8],
     ) -> Result<(), SecureError> {
-        let h = match self.handshakes.get_mut(&receiver) {
-            Some(h) if h.addr == from && matches!(h.role, Role::Responder { .. }) => h,
+        if !self.is_handshake_with(receiver, from, false) {
             // A repeated finish of a session already made, or a stranger's.
-            _ => return Err(SecureError::UnknownSession),
-        };
-        let mut payload = [0u8; 64];
-        let n = match h.state.read_message(noise, &mut payload) {
-            Ok(n) => n,
-            Err(_) => {
-                // A damaged or forged finish: the genuine one (sent again by the initiator
-                // until this side's first frame) must still complete the handshake, but
-                // snow does not undo what a failed read did to its state. Build it again.
-                self.rebuild_responder(receiver);
-                return Err(SecureError::Unauthentic);
-            }
-        };
+            return Err(SecureError::UnknownSession);
+        }
+        // A damaged or forged finish: the genuine one (sent again by the initiator until
+        // this side's first frame) must still complete the handshake, but snow does not undo
+        // what a failed read did to its state. Build it again.
+        let (payload, n) = self.read_handshake(receiver, noise, Self::rebuild_responder)?;
         let h = self.handshakes.remove(&receiver).expect("checked above");
         let Role::Responder {
             remote_index,
@@ -714,15 +684,41 @@ impl SessionTable {
         };
         self.by_init.remove(&init_digest);
         let peer = self.check_peer_key(&h.state, &payload[..n])?;
-        let cipher = h
-            .state
-            .into_stateless_transport_mode()
-            .map_err(|_| SecureError::Handshake("not finished"))?;
+        let cipher = transport_mode(*h.state)?;
         let session = Session::new(cipher, peer, receiver, remote_index);
         self.insert_session(now, from, session, true, None);
         self.events
             .push_back(SecureEvent::Accepted { addr: from, peer });
         Ok(())
+    }
+
+    /// Whether `index` is a handshake in progress with `from` in which this side is the
+    /// initiator (`initiator`) or the responder: what a response, or a finish, must name
+    /// as its receiver (anything else is a stranger's, or late).
+    fn is_handshake_with(&self, index: u32, from: SocketAddr, initiator: bool) -> bool {
+        self.handshakes.get(&index).is_some_and(|h| {
+            h.addr == from && matches!(h.role, Role::Initiator { .. }) == initiator
+        })
+    }
+
+    /// Reads `noise` into handshake `index`'s state (which must exist): the payload and its
+    /// length. A failed read leaves the state unusable, so `repair` puts the handshake right
+    /// (or drops it) before the read's [`SecureError::Unauthentic`] goes back.
+    fn read_handshake(
+        &mut self,
+        index: u32,
+        noise: &[u8],
+        repair: fn(&mut Self, u32),
+    ) -> Result<([u8; 64], usize), SecureError> {
+        let h = self.handshakes.get_mut(&index).expect("checked above");
+        let mut payload = [0u8; 64];
+        match h.state.read_message(noise, &mut payload) {
+            Ok(n) => Ok((payload, n)),
+            Err(_) => {
+                repair(self, index);
+                Err(SecureError::Unauthentic)
+            }
+        }
     }
 
     /// A responder's handshake state for pattern IK (`ik`) or XX, its randomness from `seed`.
@@ -732,6 +728,32 @@ impl SessionTable {
             .and_then(|b| b.local_private_key(&self.static_secret))
             .and_then(|b| b.build_responder())
             .map_err(|_| SecureError::Handshake("cannot start"))
+    }
+
+    /// Writes a responder's Noise message (this side's key as payload) with `state`, which
+    /// must come to exactly `want` bytes (the size its pattern fixes: a frame of any other
+    /// size would be refused by the initiator's parser), and frames it as the response
+    /// from `index` to the initiator's `sender`.
+    fn write_response(
+        &self,
+        state: &mut HandshakeState,
+        want: usize,
+        index: u32,
+        sender: u32,
+    ) -> Result<Vec<u8>, SecureError> {
+        let mut out = [0u8; XX_RESPONSE_NOISE];
+        let wrote = state
+            .write_message(&self.public, &mut out)
+            .map_err(|_| SecureError::Handshake("cannot write the response"))?;
+        if wrote != want {
+            return Err(SecureError::Handshake("cannot write the response"));
+        }
+        Ok(Frame::Response {
+            sender: index,
+            receiver: sender,
+            noise: &out[..wrote],
+        }
+        .encode())
     }
 
     /// Builds XX responder `index`'s state again, as it was once its response was written
@@ -791,6 +813,13 @@ impl SessionTable {
     /// of its own (damaged responses must not use up the tries that silence would) and does
     /// not move the schedule (forged ones must not hold the handshake off its timeout).
     fn restart_initiation(&mut self, index: u32) {
+        self.reinitiate(index, |ik, schedule| (ik, schedule));
+    }
+
+    /// Replaces initiation `index` with a new one to the same address, toward the same
+    /// expected key: `next` gives the new one's pattern (IK if true) and schedule from the
+    /// old one's. A new one that cannot start fails the handshake ([`SecureEvent::Failed`]).
+    fn reinitiate(&mut self, index: u32, next: impl FnOnce(bool, Schedule) -> (bool, Schedule)) {
         let Some(h) = self.handshakes.remove(&index) else {
             return;
         };
@@ -806,12 +835,15 @@ impl SessionTable {
         else {
             return;
         };
-        let schedule = Schedule {
-            attempts,
-            next_at,
-            backoff,
-            started: h.started,
-        };
+        let (ik, schedule) = next(
+            ik,
+            Schedule {
+                attempts,
+                next_at,
+                backoff,
+                started: h.started,
+            },
+        );
         if let Err(error) = self.initiate(h.addr, expected, ik, schedule) {
             self.events.push_back(SecureEvent::Failed {
                 addr: h.addr,
@@ -957,21 +989,11 @@ impl SessionTable {
     /// Forgets every session and handshake with `addr` (the peer is gone, or the caller
     /// wants a new handshake).
     pub fn forget(&mut self, addr: SocketAddr) {
-        let gone: Vec<u32> = self
-            .sessions
-            .iter()
-            .filter(|(_, e)| e.addr == addr)
-            .map(|(&i, _)| i)
-            .collect();
+        let gone = keys_where(&self.sessions, |e| e.addr == addr);
         for i in gone {
             self.remove_session(i);
         }
-        let gone: Vec<u32> = self
-            .handshakes
-            .iter()
-            .filter(|(_, h)| h.addr == addr)
-            .map(|(&i, _)| i)
-            .collect();
+        let gone = keys_where(&self.handshakes, |h| h.addr == addr);
         for i in gone {
             self.drop_handshake(i, Some(SecureError::Forgotten));
         }
@@ -1043,31 +1065,15 @@ impl SessionTable {
     /// must not answer what it cannot read). Go on with XX, which names the key it holds:
     /// the handshake then ends in [`SecureError::WrongKey`] rather than a timeout.
     fn fall_back_to_xx(&mut self, now: Instant, index: u32) {
-        let Some(h) = self.handshakes.remove(&index) else {
-            return;
-        };
-        self.connecting.remove(&h.addr);
-        let Role::Initiator {
-            expected,
-            attempts,
-            backoff,
-            ..
-        } = h.role
-        else {
-            return;
-        };
-        let schedule = Schedule {
-            attempts: attempts + 1,
-            next_at: now + backoff * 2,
-            backoff: backoff * 2,
-            started: h.started,
-        };
-        if let Err(error) = self.initiate(h.addr, expected, false, schedule) {
-            self.events.push_back(SecureEvent::Failed {
-                addr: h.addr,
-                error,
-            });
-        }
+        self.reinitiate(index, |_, old| {
+            let schedule = Schedule {
+                attempts: old.attempts + 1,
+                next_at: now + old.backoff * 2,
+                backoff: old.backoff * 2,
+                started: old.started,
+            };
+            (false, schedule)
+        });
     }
 
     /// Drops idle sessions and stale responder state (at most once a [`SWEEP`]).
@@ -1076,30 +1082,20 @@ impl SessionTable {
             return;
         }
         let cfg = self.config.clone();
-        let stale: Vec<u32> = self
-            .sessions
-            .iter()
-            .filter(|(_, e)| {
-                let idle = now.saturating_duration_since(e.last_received);
-                // Unconfirmed (an IK responder's), or never heard from (an XX initiator's,
-                // whose finish the peer dropped with its handshake by now): dead.
-                let unheard = !e.confirmed || e.finish.is_some();
-                idle >= cfg.idle_timeout || (unheard && idle >= cfg.handshake_timeout)
-            })
-            .map(|(&i, _)| i)
-            .collect();
+        let stale = keys_where(&self.sessions, |e| {
+            let idle = now.saturating_duration_since(e.last_received);
+            // Unconfirmed (an IK responder's), or never heard from (an XX initiator's, whose
+            // finish the peer dropped with its handshake by now): dead.
+            let unheard = !e.confirmed || e.finish.is_some();
+            idle >= cfg.idle_timeout || (unheard && idle >= cfg.handshake_timeout)
+        });
         for i in stale {
             self.remove_session(i);
         }
-        let stale: Vec<u32> = self
-            .handshakes
-            .iter()
-            .filter(|(_, h)| {
-                matches!(h.role, Role::Responder { .. })
-                    && now.saturating_duration_since(h.started) >= cfg.handshake_timeout
-            })
-            .map(|(&i, _)| i)
-            .collect();
+        let stale = keys_where(&self.handshakes, |h| {
+            matches!(h.role, Role::Responder { .. })
+                && now.saturating_duration_since(h.started) >= cfg.handshake_timeout
+        });
         for i in stale {
             self.drop_handshake(i, None);
         }

@@ -23,6 +23,14 @@ fn table(secret: u8, seed: u8) -> SessionTable {
     )
 }
 
+/// The initiation a fresh table (identity secret 1, randomness seeded with `seed`) sends to
+/// `to` (IK toward `expected`, else XX): one more initiator, as a flood brings them.
+fn initiation(seed: u8, now: Instant, to: SocketAddr, expected: Option<PublicKey>) -> Vec<u8> {
+    let mut a = table(1, seed);
+    a.connect(now, to, expected).unwrap();
+    a.poll_transmit().unwrap().1
+}
+
 /// Two tables, `a` at `addr(1)` and `b` at `addr(2)`, and what each has sent.
 struct Pair {
     a: SessionTable,
@@ -79,16 +87,35 @@ impl Pair {
         }
     }
 
-    /// Delivers the initiation to b and b's answer to a, nothing more.
-    fn deliver_once_each_way(&mut self) {
+    /// a starts a handshake with b (IK toward `expected`, else XX); its initiation waits in
+    /// `to_b`.
+    fn start(&mut self, expected: Option<PublicKey>) {
+        self.a.connect(self.now, addr(2), expected).unwrap();
         self.collect();
-        for f in std::mem::take(&mut self.to_b) {
-            self.b.handle(self.now, addr(1), &f);
-        }
+    }
+
+    /// Delivers a's initiation (the one in flight) to b, and returns it.
+    fn deliver_initiation(&mut self) -> Vec<u8> {
         self.collect();
-        for f in std::mem::take(&mut self.to_a) {
-            self.a.handle(self.now, addr(2), &f);
-        }
+        let init = self.to_b.pop().expect("an initiation");
+        self.b.handle(self.now, addr(1), &init);
+        init
+    }
+
+    /// Takes b's response (the one in flight) off the wire, undelivered.
+    fn take_response(&mut self) -> Vec<u8> {
+        self.collect();
+        self.to_a.pop().expect("a response")
+    }
+
+    /// Starts XX and delivers the initiation to b and b's response to a, nothing more: a's
+    /// finish waits in `to_b`.
+    fn xx_until_finish(&mut self) {
+        self.start(None);
+        self.deliver_initiation();
+        let resp = self.take_response();
+        self.a.handle(self.now, addr(2), &resp);
+        self.collect();
     }
 
     fn advance(&mut self, by: Duration) {
@@ -96,6 +123,22 @@ impl Pair {
         self.a.handle_timeout(self.now);
         self.b.handle_timeout(self.now);
         self.collect();
+    }
+
+    /// Moves the clock to a's next timer (unless past it already) and fires what is due.
+    fn advance_to_a_timer(&mut self) {
+        let at = self.a.poll_timeout().expect("a timer while connecting");
+        self.now = self.now.max(at);
+        self.advance(Duration::ZERO);
+    }
+
+    /// Advances the clock `steps` times by `by`, losing everything a sends to b meanwhile
+    /// (and what was in flight before).
+    fn advance_losing_to_b(&mut self, steps: u32, by: Duration) {
+        for _ in 0..steps {
+            self.to_b.clear();
+            self.advance(by);
+        }
     }
 
     fn b_key(&self) -> PublicKey {
@@ -117,8 +160,7 @@ fn handshake(expected: Option<PublicKey>) -> Pair {
 fn ik_handshake_then_messages_both_ways() {
     let mut p = Pair::new();
     let key = p.b_key();
-    p.a.connect(p.now, addr(2), Some(key)).unwrap();
-    p.collect();
+    p.start(Some(key));
     assert_eq!(p.to_b.len(), 1);
     let init_len = p.to_b[0].len();
     p.deliver();
@@ -163,22 +205,30 @@ fn xx_handshake_then_messages_both_ways() {
 
 /// A message each way, opened as sealed, with the sender's key.
 fn exchange(p: &mut Pair) {
-    let s = p.a.session_to(addr(2)).expect("a has a session");
-    let frame = s.seal(b"hello b").unwrap();
+    let now = p.now;
+    sealed_arrives(&p.a, addr(1), &mut p.b, addr(2), now, b"hello b");
+    sealed_arrives(&p.b, addr(2), &mut p.a, addr(1), now, b"hello a");
+}
+
+/// `msg`, sealed by `from` (at `from_addr`) to `to` (at `to_addr`), opens there as itself,
+/// with `from`'s key.
+fn sealed_arrives(
+    from: &SessionTable,
+    from_addr: SocketAddr,
+    to: &mut SessionTable,
+    to_addr: SocketAddr,
+    now: Instant,
+    msg: &[u8],
+) {
+    let s = from
+        .session_to(to_addr)
+        .unwrap_or_else(|| panic!("{from_addr} has a session to {to_addr}"));
+    let frame = s.seal(msg).unwrap();
     assert_eq!(
-        p.b.handle(p.now, addr(1), &frame),
+        to.handle(now, from_addr, &frame),
         Received::Opened {
-            plaintext: b"hello b".to_vec(),
-            peer: p.a.public()
-        }
-    );
-    let s = p.b.session_to(addr(1)).expect("b has a session");
-    let frame = s.seal(b"hello a").unwrap();
-    assert_eq!(
-        p.a.handle(p.now, addr(2), &frame),
-        Received::Opened {
-            plaintext: b"hello a".to_vec(),
-            peer: p.b.public()
+            plaintext: msg.to_vec(),
+            peer: from.public()
         }
     );
 }
@@ -193,9 +243,7 @@ fn a_wrong_key_is_refused() {
     assert!(p.a.session_to(addr(2)).is_none());
     assert!(p.b.session_to(addr(1)).is_none());
     for _ in 0..10 {
-        let at = p.a.poll_timeout().expect("a timer while connecting");
-        p.now = p.now.max(at);
-        p.advance(Duration::ZERO);
+        p.advance_to_a_timer();
         p.deliver();
         if !p.events_a.is_empty() {
             break;
@@ -236,14 +284,11 @@ fn a_wrong_key_is_refused() {
 fn an_unanswered_initiation_is_sent_again_then_fails() {
     let mut p = Pair::new();
     let mallory = Identity::from_secret([9; 32]).public();
-    p.a.connect(p.now, addr(2), Some(mallory)).unwrap();
-    p.collect();
+    p.start(Some(mallory));
     let mut sent = p.to_b.len();
     p.to_b.clear();
     for _ in 0..20 {
-        let at = p.a.poll_timeout().expect("a timer while connecting");
-        p.now = p.now.max(at);
-        p.advance(Duration::ZERO);
+        p.advance_to_a_timer();
         sent += p.to_b.len();
         p.to_b.clear();
         if !p.events_a.is_empty() {
@@ -267,12 +312,9 @@ fn an_unanswered_initiation_is_sent_again_then_fails() {
 fn a_lost_response_is_repaired_without_new_work() {
     let mut p = Pair::new();
     let key = p.b_key();
-    p.a.connect(p.now, addr(2), Some(key)).unwrap();
-    p.collect();
-    let init = p.to_b.pop().unwrap();
-    p.b.handle(p.now, addr(1), &init);
-    p.collect();
-    let first = p.to_a.pop().expect("a response");
+    p.start(Some(key));
+    let init = p.deliver_initiation();
+    let first = p.take_response();
     assert_eq!(p.b.sessions(), 1);
     p.advance(Duration::from_millis(300));
     let again = p.to_b.pop().expect("the initiation again");
@@ -289,14 +331,7 @@ fn a_lost_response_is_repaired_without_new_work() {
 #[test]
 fn a_lost_finish_is_sent_again() {
     let mut p = Pair::new();
-    p.a.connect(p.now, addr(2), None).unwrap();
-    p.collect();
-    let init = p.to_b.pop().unwrap();
-    p.b.handle(p.now, addr(1), &init);
-    p.collect();
-    let resp = p.to_a.pop().unwrap();
-    p.a.handle(p.now, addr(2), &resp);
-    p.collect();
+    p.xx_until_finish();
     assert_eq!(p.to_b.len(), 1, "the finish");
     p.to_b.clear();
     assert!(p.b.session_to(addr(1)).is_none());
@@ -315,14 +350,7 @@ fn a_lost_finish_is_sent_again() {
 #[test]
 fn a_damaged_finish_does_not_kill_the_handshake() {
     let mut p = Pair::new();
-    p.a.connect(p.now, addr(2), None).unwrap();
-    p.collect();
-    let init = p.to_b.pop().unwrap();
-    p.b.handle(p.now, addr(1), &init);
-    p.collect();
-    let resp = p.to_a.pop().unwrap();
-    p.a.handle(p.now, addr(2), &resp);
-    p.collect();
+    p.xx_until_finish();
     let finish = p.to_b.pop().expect("the finish");
     for i in 0..finish.len() {
         let mut bad = finish.clone();
@@ -351,14 +379,10 @@ fn a_damaged_finish_does_not_kill_the_handshake() {
 #[test]
 fn a_finish_lost_every_time_goes_along_with_messages() {
     let mut p = Pair::new();
-    p.a.connect(p.now, addr(2), None).unwrap();
-    p.deliver_once_each_way();
+    p.xx_until_finish();
     // The timer's tries: at 0, 0.3, 0.9, 2.1 and 4.5 s, all lost; spent at 9.3 s, before
     // b drops its handshake (10 s).
-    for _ in 0..95 {
-        p.to_b.clear();
-        p.advance(Duration::from_millis(100));
-    }
+    p.advance_losing_to_b(95, Duration::from_millis(100));
     assert!(p.to_b.is_empty());
     assert!(p.b.session_to(addr(1)).is_none());
     let finish = p.a.finish_along(p.now, addr(2)).expect("the finish, along");
@@ -375,12 +399,8 @@ fn a_finish_lost_every_time_goes_along_with_messages() {
 #[test]
 fn a_session_never_heard_from_is_dropped() {
     let mut p = Pair::new();
-    p.a.connect(p.now, addr(2), None).unwrap();
-    p.deliver_once_each_way();
-    for _ in 0..12 {
-        p.to_b.clear();
-        p.advance(Duration::from_secs(1));
-    }
+    p.xx_until_finish();
+    p.advance_losing_to_b(12, Duration::from_secs(1));
     assert!(p.a.session_to(addr(2)).is_none());
     assert_eq!(p.a.connect(p.now, addr(2), None), Ok(Connect::Pending));
 }
@@ -390,13 +410,10 @@ fn a_session_never_heard_from_is_dropped() {
 #[test]
 fn damaged_responses_use_up_no_tries() {
     let mut p = Pair::new();
-    p.a.connect(p.now, addr(2), None).unwrap();
+    p.start(None);
     for _ in 0..SecureConfig::default().attempts + 2 {
-        p.collect();
-        let init = p.to_b.pop().expect("an initiation");
-        p.b.handle(p.now, addr(1), &init);
-        p.collect();
-        let mut resp = p.to_a.pop().expect("a response");
+        p.deliver_initiation();
+        let mut resp = p.take_response();
         let last = resp.len() - 1;
         resp[last] ^= 1;
         assert_eq!(
@@ -440,15 +457,10 @@ fn ended_sessions_are_remembered_when_the_peer_was_heard_from() {
     // An IK initiation nobody follows up: b's unconfirmed session goes, unmarked.
     let mut q = Pair::new();
     let key = q.b_key();
-    q.a.connect(q.now, addr(2), Some(key)).unwrap();
-    q.collect();
-    let init = q.to_b.pop().unwrap();
-    q.b.handle(q.now, addr(1), &init);
+    q.start(Some(key));
+    q.deliver_initiation();
     assert_eq!(q.b.sessions(), 1);
-    for _ in 0..12 {
-        q.to_b.clear();
-        q.advance(Duration::from_secs(1));
-    }
+    q.advance_losing_to_b(12, Duration::from_secs(1));
     assert_eq!(q.b.sessions(), 0);
     assert!(!q.b.ended_with(addr(1)));
     // Forgetting an address clears its mark.
@@ -535,9 +547,7 @@ fn idle_sessions_expire_and_floods_are_limited() {
     let now = Instant::now();
     let mut answered = 0;
     for n in 0..100u8 {
-        let mut a = table(1, n);
-        a.connect(now, addr(2), Some(key)).unwrap();
-        let (_, init) = a.poll_transmit().unwrap();
+        let init = initiation(n, now, addr(2), Some(key));
         if b.handle(now, addr(1), &init) == Received::Handshake {
             answered += 1;
         }
@@ -561,14 +571,8 @@ fn the_session_table_is_bounded() {
     let key = b.public();
     let now = Instant::now();
     for n in 0..30u8 {
-        let mut a = table(1, n);
-        a.connect(now, addr(n), Some(key)).unwrap();
-        let (_, init) = a.poll_transmit().unwrap();
-        b.handle(now, addr(n), &init);
-        let mut x = table(1, n + 100);
-        x.connect(now, addr(n), None).unwrap();
-        let (_, init) = x.poll_transmit().unwrap();
-        b.handle(now, addr(n), &init);
+        b.handle(now, addr(n), &initiation(n, now, addr(n), Some(key)));
+        b.handle(now, addr(n), &initiation(n + 100, now, addr(n), None));
         assert!(b.sessions() <= 8 && b.handshakes() <= 4);
     }
 }
