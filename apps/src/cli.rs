@@ -317,8 +317,27 @@ pub(crate) struct TrackerArgs {
     /// but its key, as before the restart. Without it, bindings live in memory only.
     #[arg(long, value_name = "FILE")]
     pub bindings: Option<std::path::PathBuf>,
+    /// Prove this tracker's identity key (the user's, as a peer's) in sealed sessions to
+    /// clients that ask for one (`--tracker-key KEY`, the key printed at start): their
+    /// requests and its answers are then encrypted and authenticated. Plaintext clients are
+    /// still served.
+    #[arg(long)]
+    pub secure: bool,
     #[command(flatten)]
     pub limits: ServiceLimits,
+}
+
+/// `--tracker-key`: an identity key, 64 hex digits.
+pub(crate) fn parse_tracker_key(s: &str) -> Result<p2p_proto::identity::PublicKey, String> {
+    match crate::dht::record::parse_key(s) {
+        Some(key) if p2p_proto::secure::x25519_public(&key).is_some() => Ok(key),
+        Some(_) => {
+            Err("not a valid identity key: copy the key `p2p tracker --secure` printed".into())
+        }
+        None => Err(
+            "expected the tracker's key as 64 hex digits (`p2p tracker --secure` prints it)".into(),
+        ),
+    }
 }
 
 /// `--relay-rate`: a rate as `--max-upload-rate` takes it, more than 0.
@@ -371,6 +390,11 @@ pub(crate) struct TrackerOpts {
     /// Else P2P_TRANSPORT, else the config file's `transport`.
     #[arg(long, default_value = "udp", value_parser = transport_values())]
     pub transport: TransportKind,
+    /// The tracker's identity key (64 hex digits, printed by `p2p tracker --secure`): talk
+    /// to the tracker in a sealed session that proves this key, and take no answer that is
+    /// not sealed in it (a forged or rewritten answer is dropped; another key is refused).
+    #[arg(long, value_name = "KEY", value_parser = parse_tracker_key)]
+    pub tracker_key: Option<p2p_proto::identity::PublicKey>,
     /// Whether the tracker was given (flag, environment or config file) rather than left at
     /// its default (filled after parsing; `get --dht` without one uses the DHT alone).
     #[arg(skip)]
@@ -437,6 +461,10 @@ pub(crate) struct PeerArgs {
     /// config file's `tracker`.
     #[arg(long, default_value = DEFAULT_TRACKER, value_name = "ADDR", value_parser = AddressParser)]
     pub tracker: SocketAddr,
+    /// The tracker's identity key (64 hex digits, printed by `p2p tracker --secure`):
+    /// register, heartbeat and look up in a sealed session that proves this key.
+    #[arg(long, value_name = "KEY", value_parser = parse_tracker_key)]
+    pub tracker_key: Option<p2p_proto::identity::PublicKey>,
     /// Folder to share. Else P2P_SHARE, else the config file's `share`.
     #[arg(long, default_value = DEFAULT_SHARE)]
     pub share: PathBuf,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use p2p_core::index::safe_file_name;
+use p2p_core::secure::{SecureError, SecureSettings};
 use p2p_core::service::{
     spawn_endpoint, EndpointConfig, EndpointHandle, FoundPeer, Punched, ServiceError,
 };
@@ -40,15 +41,69 @@ pub(crate) async fn endpoint(
         ..EndpointConfig::default()
     };
     tune(&mut config);
+    let pinned = config
+        .secure
+        .as_ref()
+        .map(|s| s.pinned.clone())
+        .unwrap_or_default();
     let (handle, _task) =
         spawn_endpoint(transport, kind, config).context("cannot read the share folder")?;
+    // A tracker whose key was given: its session first, so that a wrong key or a tracker
+    // without --secure is told as such (the requests would wait for it anyway).
+    for (tracker, key) in pinned {
+        if let Err(e) = handle.connect(tracker, Some(key)).await {
+            let why = match e {
+                ServiceError::Secure {
+                    error: SecureError::Timeout { .. },
+                    ..
+                } => format!(
+                    "the tracker at {tracker} does not answer a sealed session: is it running \
+                     with --secure? (without --tracker-key it is asked in plaintext)"
+                ),
+                ServiceError::Secure {
+                    error: SecureError::WrongKey { got, .. },
+                    ..
+                } => format!(
+                    "the tracker at {tracker} proves the key {} where --tracker-key names {}: \
+                     check the key it printed at start",
+                    crate::dht::record::hex(&got),
+                    crate::dht::record::hex(&key)
+                ),
+                other => format!("no sealed session with the tracker at {tracker}: {other}"),
+            };
+            handle.shutdown().await;
+            return Err(failure(Kind::Secure, why));
+        }
+    }
     Ok(handle)
+}
+
+/// Has `config` talk to `tracker` in a sealed session proving `key` only (`--tracker-key`),
+/// with its secure settings if it has some, else with a fresh key of its own that seals
+/// nothing else.
+pub(crate) fn pin_tracker(
+    config: &mut EndpointConfig,
+    tracker: SocketAddr,
+    key: Option<p2p_proto::identity::PublicKey>,
+) {
+    let Some(key) = key else { return };
+    let secure = config.secure.get_or_insert_with(|| SecureSettings {
+        seal_requests: false,
+        ..SecureSettings::new(p2p_proto::identity::Identity::from_secret(rand::random()))
+    });
+    secure.pinned.push((tracker, key));
 }
 
 /// An ephemeral client endpoint of `kind` on the loopback or any interface, in `to`'s
 /// address family ([`client_bind`](crate::address::client_bind)).
 pub(crate) async fn client(kind: TransportKind, to: SocketAddr) -> Result<EndpointHandle> {
     client_with(kind, to, |_| {}).await
+}
+
+/// A client endpoint for talking to the tracker `t` names (sealed, with `--tracker-key`).
+pub(crate) async fn tracker_client(t: &crate::cli::TrackerOpts) -> Result<EndpointHandle> {
+    let (tracker, key) = (t.tracker, t.tracker_key);
+    client_with(t.transport, tracker, |c| pin_tracker(c, tracker, key)).await
 }
 
 /// [`client`], with its configuration adjusted by `tune`.

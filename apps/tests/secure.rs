@@ -135,3 +135,76 @@ fn a_peer_with_secure_serves_sealed_and_plain_clients() {
         assert!(got == net.bytes("c.bin"), "{dir}");
     }
 }
+
+/// The key a `p2p tracker --secure` printed (`... tracker key HEX (clients: ...)`).
+fn tracker_key(net: &mut Net) -> String {
+    let line = net
+        .tracker()
+        .wait_for("sealed sessions accepted: tracker key");
+    let key = line.split("tracker key ").nth(1).unwrap();
+    key.split_whitespace().next().unwrap().to_string()
+}
+
+/// `p2p tracker --secure` and `--tracker-key` on a peer and on `get`, `ls` and `peers`: the
+/// peer registers and the clients find it in sealed sessions (over UDP and TCP), and the
+/// download is exact.
+#[test]
+fn a_secure_tracker_serves_clients_that_know_its_key() {
+    for transport in ["udp", "tcp"] {
+        let mut net = Net::start_with(&["--secure"]);
+        let key = tracker_key(&mut net);
+        let bytes = random_bytes(100_000, 9);
+        net.seeder("alice", transport)
+            .file("a.bin", &bytes)
+            .args(&["--tracker-key", &key])
+            .start();
+        let report = net
+            .get("alice", "1")
+            .transport(transport)
+            .out("out")
+            .args(&["--tracker-key", &key])
+            .run_json();
+        assert_eq!(report["verified"], true, "{report}");
+        assert!(std::fs::read(net.path("out/a.bin")).unwrap() == bytes);
+        let out = net.peers().args(&["--tracker-key", &key]).run();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("alice"));
+        let out = net.ls("alice").args(&["--tracker-key", &key]).run();
+        assert!(out.status.success(), "{}", stderr(&out));
+        // Plaintext clients are still served.
+        assert!(net.ls("alice").run().status.success());
+    }
+}
+
+/// A key that is not the tracker's is refused naming both keys; a tracker without --secure
+/// is said to be one; a key that is no key is a usage error.
+#[test]
+fn a_wrong_tracker_key_fails_clearly() {
+    let mut net = Net::start_with(&["--secure"]);
+    let key = tracker_key(&mut net);
+    let other: String = p2p_proto::identity::Identity::from_secret([7; 32])
+        .public()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = net.peers().args(&["--tracker-key", &other]).run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "proves the key {key} where --tracker-key names {other}"
+        )),
+        "{err}"
+    );
+    let out = net.peers().args(&["--tracker-key", "abc"]).run();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("64 hex digits"), "{}", stderr(&out));
+    let plain = Net::start();
+    let out = plain.peers().args(&["--tracker-key", &key]).run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("does not answer a sealed session: is it running with --secure?"),
+        "{err}"
+    );
+}

@@ -34,10 +34,17 @@
 //!   [`SEALED_ONLY`](p2p_proto::secure::SEALED_ONLY) (rate-limited per source IP, and no
 //!   larger than three times the request), so that a client without encryption reads why
 //!   rather than silence.
+//! - A *pinned* address ([`SecureSettings::pinned`]: a tracker run with `--secure`, whose
+//!   key the user gave) talks sealed only, under its key: what is sent there before a
+//!   session exists is held (a few messages) while the handshake the first send starts runs,
+//!   then sealed and sent (dropped if the handshake fails); plaintext from there, and sealed
+//!   frames of a session with another key, are dropped. So every answer handed up as the
+//!   tracker's came from the holder of its key.
 //! - Each sealed message is 32 bytes longer ([`SEAL_OVERHEAD`]): the largest message the
 //!   wrapper takes is that much smaller than its inner transport's, and at most
 //!   [`MAX_SEALED_PLAINTEXT`]. Chunks sent from a file are read and sealed (no `sendfile`).
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -72,6 +79,9 @@ pub struct SecureSettings {
     pub seal_requests: bool,
     /// Limits, timers and (for simulations) the seed of the handshakes' randomness.
     pub config: SecureConfig,
+    /// Addresses that talk sealed only, each under its key (a tracker run with `--secure`):
+    /// see the [module](self) docs.
+    pub pinned: Vec<(SocketAddr, PublicKey)>,
 }
 
 impl SecureSettings {
@@ -83,6 +93,7 @@ impl SecureSettings {
             require_sealed: false,
             seal_requests: true,
             config: SecureConfig::default(),
+            pinned: Vec::new(),
         }
     }
 }
@@ -99,7 +110,19 @@ pub struct SecureStats {
     /// Peer-to-peer messages not sent, to a peer whose sealed session ended, rather than
     /// sent in plaintext.
     pub withheld: u64,
+    /// Messages to a pinned address dropped unsent: held while its handshake failed, or
+    /// pushed out of its full hold.
+    pub held_dropped: u64,
 }
+
+/// Messages held for one pinned address while its handshake runs; a newer one pushes the
+/// oldest out (the protocol above retransmits what matters).
+pub const HELD_PER_ADDR: usize = 16;
+
+/// A pinned address silent this long in its session (a tracker restarted, which forgot the
+/// session and drops its frames unanswered) gets a new handshake at the next send: twice a
+/// tracker's default heartbeat period, so a live one is never taken for dead.
+pub const PINNED_SILENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
 type Reply = oneshot::Sender<Result<PublicKey, SecureError>>;
 
@@ -113,6 +136,13 @@ struct State {
     /// Refusals of plaintext requests, per source IP.
     refusals: RateLimiter,
     stats: SecureStats,
+    /// Messages for pinned addresses waiting for their handshake.
+    held: BTreeMap<SocketAddr, VecDeque<Vec<u8>>>,
+    /// Held messages whose session is there now, to seal and send.
+    ready: Vec<(SocketAddr, VecDeque<Vec<u8>>)>,
+    /// When each pinned address last sent a sealed message, or its session was made (on
+    /// tokio's clock); every pinned address has an entry, `None` until then.
+    heard: BTreeMap<SocketAddr, Option<Instant>>,
 }
 
 /// Refusals of plaintext requests a source IP gets: a few a second (a client retries a
@@ -129,6 +159,8 @@ pub struct SecureTransport {
     inner: SharedTransport,
     state: Mutex<State>,
     require_sealed: bool,
+    /// Addresses that talk sealed only, and their keys ([`SecureSettings::pinned`]).
+    pinned: BTreeMap<SocketAddr, PublicKey>,
     /// The clock's origin for the sans-IO table (tokio's clock, turmoil's in simulations).
     epoch: (Instant, StdInstant),
     /// Wakes the task that sends handshake frames and runs the table's timers.
@@ -164,8 +196,12 @@ impl SecureTransport {
                 waiters: Vec::new(),
                 refusals: RateLimiter::new(REFUSALS),
                 stats: SecureStats::default(),
+                held: BTreeMap::new(),
+                ready: Vec::new(),
+                heard: settings.pinned.iter().map(|&(a, _)| (a, None)).collect(),
             }),
             require_sealed: settings.require_sealed,
+            pinned: settings.pinned.iter().copied().collect(),
             epoch: (Instant::now(), StdInstant::now()),
             wake: wake.clone(),
         });
@@ -262,8 +298,22 @@ impl SecureTransport {
     fn dispatch(s: &mut State) {
         while let Some(ev) = s.table.poll_event() {
             let (addr, result) = match ev {
-                SecureEvent::Connected { addr, peer } => (addr, Ok(peer)),
-                SecureEvent::Failed { addr, error } => (addr, Err(error)),
+                SecureEvent::Connected { addr, peer } => {
+                    if let Some(held) = s.held.remove(&addr) {
+                        s.ready.push((addr, held));
+                    }
+                    if let Some(heard) = s.heard.get_mut(&addr) {
+                        *heard = Some(Instant::now());
+                    }
+                    (addr, Ok(peer))
+                }
+                SecureEvent::Failed { addr, error } => {
+                    if let Some(held) = s.held.remove(&addr) {
+                        tracing::warn!(%addr, %error, dropped = held.len(), "no sealed session with a pinned address");
+                        s.stats.held_dropped += held.len() as u64;
+                    }
+                    (addr, Err(error))
+                }
                 SecureEvent::Accepted { addr, peer } => {
                     tracing::debug!(%addr, peer = %p2p_proto::identity::fingerprint(&peer), "secure session accepted");
                     continue;
@@ -282,6 +332,56 @@ impl SecureTransport {
         s.waiters.retain(|(_, tx)| !tx.is_closed());
     }
 
+    /// Holds `msg` for pinned address `to`, which has no session (as its caller found),
+    /// and has the handshake task start one toward its key unless one is on its way;
+    /// `false` (nothing held) when `to` is not pinned.
+    fn hold(&self, to: SocketAddr, msg: Vec<u8>) -> bool {
+        let Some(&key) = self.pinned.get(&to) else {
+            return false;
+        };
+        {
+            let mut s = self.lock();
+            let s = &mut *s;
+            let held = s.held.entry(to).or_default();
+            if held.len() >= HELD_PER_ADDR {
+                held.pop_front();
+                s.stats.held_dropped += 1;
+            }
+            held.push_back(msg);
+            if s.table.session_to(to).is_some() {
+                // Made since the caller looked: send at once.
+                let held = s.held.remove(&to).unwrap_or_default();
+                s.ready.push((to, held));
+            } else if !s.table.is_connecting(to) && !s.connects.iter().any(|c| c.0 == to) {
+                // Nobody waits on this handshake's answer but the held messages.
+                let (tx, _) = oneshot::channel();
+                s.connects.push((to, Some(key), tx));
+            }
+        }
+        self.flush_ready();
+        self.wake.notify_one();
+        true
+    }
+
+    /// Seals and sends the held messages whose session is there (each address's on a task
+    /// of its own: the caller never waits on one peer's queue).
+    fn flush_ready(&self) {
+        let ready = std::mem::take(&mut self.lock().ready);
+        for (to, held) in ready {
+            let Some(session) = self.lock().table.session_to(to) else {
+                continue;
+            };
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                for msg in held {
+                    if let Ok(frame) = session.seal(&msg) {
+                        let _ = inner.send_owned(to, frame).await;
+                    }
+                }
+            });
+        }
+    }
+
     /// The handshake frames the table has to send.
     fn transmits(&self) -> Vec<(SocketAddr, Vec<u8>)> {
         let mut s = self.lock();
@@ -289,11 +389,21 @@ impl SecureTransport {
     }
 
     /// The session to seal messages to `to` with, after sending the XX finish first if the
-    /// peer has not been heard from (see [`SessionTable::finish_along`]).
+    /// peer has not been heard from (see [`SessionTable::finish_along`]). A pinned address
+    /// silent for [`PINNED_SILENCE`] has none: its session is dropped, for a new handshake.
     async fn session_to(&self, to: SocketAddr) -> Option<Arc<p2p_proto::secure::Session>> {
         let now = self.now();
         let (session, finish) = {
             let mut s = self.lock();
+            let heard = s.heard.get_mut(&to);
+            if let Some(heard) =
+                heard.filter(|at| at.is_some_and(|at| at.elapsed() >= PINNED_SILENCE))
+            {
+                tracing::debug!(%to, "pinned address silent in its session: a new handshake");
+                *heard = None;
+                s.table.forget(to);
+                Self::dispatch(&mut s);
+            }
             let session = s.table.session_to(to)?;
             (session, s.table.finish_along(now, to))
         };
@@ -308,6 +418,11 @@ impl SecureTransport {
     /// handshake frame handled, or a message dropped).
     fn receive(&self, from: SocketAddr, bytes: Bytes) -> Option<(SocketAddr, Bytes)> {
         if !is_frame(&bytes) {
+            if self.pinned.contains_key(&from) {
+                tracing::trace!(%from, "plaintext from a pinned address dropped");
+                self.lock().stats.dropped_plaintext += 1;
+                return None;
+            }
             if !self.require_sealed {
                 return Some((from, bytes));
             }
@@ -323,9 +438,25 @@ impl SecureTransport {
         let mut s = self.lock();
         let r = s.table.handle(now, from, &bytes);
         Self::dispatch(&mut s);
+        let flush = !s.ready.is_empty();
         drop(s);
+        if flush {
+            self.flush_ready();
+        }
         match r {
-            Received::Opened { plaintext, .. } => Some((from, Bytes::from(plaintext))),
+            Received::Opened { peer, .. }
+                if self.pinned.get(&from).is_some_and(|&key| key != peer) =>
+            {
+                tracing::debug!(%from, "sealed under another key than the pinned one: dropped");
+                self.lock().stats.dropped_frames += 1;
+                None
+            }
+            Received::Opened { plaintext, .. } => {
+                if let Some(heard) = self.lock().heard.get_mut(&from) {
+                    *heard = Some(Instant::now());
+                }
+                Some((from, Bytes::from(plaintext)))
+            }
             Received::Handshake => {
                 self.wake.notify_one();
                 None
@@ -400,6 +531,10 @@ impl Transport for SecureTransport {
     async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
         match self.session_to(to).await {
             Some(s) => self.inner.send_owned(to, Self::seal(&s, msg)?).await,
+            None if self.pinned.contains_key(&to) => {
+                self.hold(to, msg.to_vec());
+                Ok(())
+            }
             None if self.withheld(to, Some(msg)) => Ok(()),
             None => self.inner.send_to(to, msg).await,
         }
@@ -417,6 +552,10 @@ impl Transport for SecureTransport {
     async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
         match self.session_to(to).await {
             Some(s) => self.inner.send_owned(to, Self::seal(&s, &msg)?).await,
+            None if self.pinned.contains_key(&to) => {
+                self.hold(to, msg);
+                Ok(())
+            }
             None if self.withheld(to, Some(&msg)) => Ok(()),
             None => self.inner.send_owned(to, msg).await,
         }
@@ -526,6 +665,7 @@ async fn run_handshakes(weak: Weak<SecureTransport>, wake: Arc<Notify>) {
         let next = {
             let Some(t) = weak.upgrade() else { return };
             t.drive(t.now());
+            t.flush_ready();
             for (to, frame) in t.transmits() {
                 let inner = t.inner.clone();
                 tokio::spawn(async move {

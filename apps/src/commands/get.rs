@@ -104,7 +104,7 @@ pub(crate) async fn run(mut args: GetArgs) -> Result<()> {
     let t = &args.tracker;
     // The tracker is asked from the socket the download will most likely use: the token it
     // gives with its answer saves the punch's introduction a round trip.
-    let via = download_client(&args, t.transport, t.tracker).await?;
+    let via = download_client(&args, t.transport, t.tracker, t.tracker_key).await?;
     let found = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
     let (mut info, key) = (found.info, found.key);
     let reusable = info.transport == t.transport
@@ -113,7 +113,7 @@ pub(crate) async fn run(mut args: GetArgs) -> Result<()> {
         true => via,
         false => {
             via.shutdown().await;
-            download_client(&args, info.transport, info.addr).await?
+            download_client(&args, info.transport, info.addr, t.tracker_key).await?
         }
     };
     // Through the NATs first, from the socket the download uses.
@@ -469,12 +469,15 @@ enum Wanted {
 pub(super) const OTHERS_WAIT: Duration = Duration::from_secs(1);
 
 /// A client endpoint of `kind` (in `to`'s address family) set up for downloads as `args`
-/// say: fsync, preallocation, idle timeout, window budget.
+/// say: fsync, preallocation, idle timeout, window budget; talking to the tracker in a
+/// sealed session that proves `tracker_key`, if given.
 async fn download_client(
     args: &GetArgs,
     kind: p2p_proto::wire::TransportKind,
     to: std::net::SocketAddr,
+    tracker_key: Option<p2p_proto::identity::PublicKey>,
 ) -> Result<p2p_core::service::EndpointHandle> {
+    let tracker = args.tracker.tracker;
     let (idle, fsync, preallocate, window) = (
         args.idle_timeout,
         !args.no_fsync,
@@ -507,6 +510,7 @@ async fn download_client(
         c.receiver.window = c.receiver.window.max((window / 1024) as u32);
         c.identity = identity;
         c.secure = secure;
+        session::pin_tracker(c, tracker, tracker_key);
     })
     .await
 }
@@ -568,7 +572,13 @@ async fn by_hash(
     check_folder(&args.out, "--out")?;
     let kind = args.tracker.transport;
     let reach = tracker.or(args.dht.dht_bootstrap.first().copied());
-    let handle = download_client(args, kind, reach.unwrap_or(ANY_IPV4)).await?;
+    let handle = download_client(
+        args,
+        kind,
+        reach.unwrap_or(ANY_IPV4),
+        tracker.and(args.tracker.tracker_key),
+    )
+    .await?;
     // The DHT lookup starts at once, beside the tracker's answer; so does the resolution of
     // the sharer's record, for a ticket that names its key.
     let (node, first_lookup) = match args.dht.dht {
@@ -762,7 +772,7 @@ async fn by_key(
         .map_err(|e| failure(Kind::UnknownPeer, e.to_string()))?
         .clone();
     let age = publish::unix_now().saturating_sub(peer.at);
-    let to_peer = download_client(args, peer.transport, peer.addrs[0]).await?;
+    let to_peer = download_client(args, peer.transport, peer.addrs[0], None).await?;
     // The first address that answers (a cheap request: one entry).
     let mut reached = None;
     for addr in &peer.addrs {

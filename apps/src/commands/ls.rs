@@ -14,7 +14,7 @@ use crate::session::{self, reach, Mode};
 
 pub(crate) async fn run(args: LsArgs) -> Result<()> {
     let t = &args.tracker;
-    let via = session::client(t.transport, t.tracker).await?;
+    let via = session::tracker_client(t).await?;
     let peer = reach(&via, t.tracker, &args.peer, Mode::Cli, |_| {}).await?;
     let (share, entries) = peer.index().await?;
     let counts = file_counts(&entries);

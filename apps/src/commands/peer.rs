@@ -391,6 +391,11 @@ async fn listen(
     // --secure, the sealed sessions prove that same key.
     let identity = crate::identity::load_or_create()?;
     let secure = match (args.secure || args.secure_only, &identity) {
+        // Sealed with the tracker only (`--tracker-key`), under the same key.
+        (false, Some(identity)) if args.tracker_key.is_some() => Some(SecureSettings {
+            seal_requests: false,
+            ..SecureSettings::new(identity.clone())
+        }),
         (false, _) => None,
         (true, Some(identity)) => Some(SecureSettings {
             require_sealed: args.secure_only,
@@ -428,6 +433,7 @@ async fn listen(
             c.upload_notices = Some(notices.clone());
             c.identity = identity;
             c.secure = secure;
+            crate::session::pin_tracker(c, args.tracker, args.tracker_key);
         },
     )
     .await

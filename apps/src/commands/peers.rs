@@ -23,7 +23,7 @@ pub(crate) async fn run(args: PeersArgs) -> Result<()> {
         Some(Err(e)) => return Err(failure(Kind::Usage, e)),
         None => None,
     };
-    let via = session::client(t.transport, t.tracker).await?;
+    let via = session::tracker_client(t).await?;
     let peers = match has {
         Some(hash) => via.who_has(t.tracker, hash).await,
         None => via.list_peers(t.tracker).await,

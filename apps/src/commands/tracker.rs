@@ -1,6 +1,7 @@
 //! `p2p tracker`: the registry of live peers, on UDP and TCP at the same port.
 
 use anyhow::{Context, Result};
+use p2p_core::secure::SecureSettings;
 use p2p_core::service::{
     run_tracker_with, BindingsFile, RelayConfig, RelayEvent, TrackerEvent, TrackerSettings,
 };
@@ -71,11 +72,16 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
         }
         None => None,
     };
+    let secure = match args.secure {
+        true => Some(secure_settings(config.max_peers)?),
+        false => None,
+    };
     let settings = TrackerSettings {
         registry: config,
         rate: args.limits.rate(),
         relay,
         bindings,
+        secure,
         ..TrackerSettings::default()
     };
     tokio::select! {
@@ -85,6 +91,31 @@ pub(crate) async fn run(args: TrackerArgs) -> Result<()> {
         _ = shutdown.wait() => println!("tracker stopping"),
     }
     Ok(())
+}
+
+/// `--secure`: sealed sessions proving the user's identity key (the one `p2p peer` uses),
+/// room for a session per listed peer and then some; prints the key clients pass as
+/// `--tracker-key`.
+fn secure_settings(max_peers: usize) -> Result<SecureSettings> {
+    let Some(identity) = crate::identity::load_or_create()? else {
+        crate::failure::fail!(
+            crate::failure::Kind::Usage,
+            "--secure needs an identity key, and there is no data folder to keep one in: set \
+             {}=FILE",
+            crate::identity::IDENTITY_ENV
+        );
+    };
+    let key = crate::dht::record::hex(&identity.public());
+    println!("sealed sessions accepted: tracker key {key} (clients: --tracker-key {key})");
+    let mut settings = SecureSettings {
+        seal_requests: false,
+        ..SecureSettings::new(identity)
+    };
+    settings.config.max_sessions = settings
+        .config
+        .max_sessions
+        .max(max_peers.saturating_mul(2));
+    Ok(settings)
 }
 
 /// Events waiting to be printed, at most.

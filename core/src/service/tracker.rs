@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::limits::RateConfig;
+use crate::secure::{SecureSettings, SecureTransport};
 use crate::tracker::{
     decode_bindings, encode_bindings, HoldersConfig, RegistryConfig, SavedBinding, Tracker,
 };
@@ -46,6 +47,12 @@ pub struct TrackerSettings {
     pub key_seed: Option<u64>,
     /// Where the names' key bindings are kept across restarts (`None`: in memory only).
     pub bindings: Option<BindingsFile>,
+    /// Sealed sessions with clients (`p2p tracker --secure`): the tracker proves its key
+    /// to a client that asks for a session (clients that know the key seal everything and
+    /// take sealed answers only), and answers plaintext requests in plaintext as before.
+    /// Relayed datagrams are forwarded as they came (they are between peers: sealed by them
+    /// if at all).
+    pub secure: Option<SecureSettings>,
 }
 
 /// A tracker's name bindings on disk (the format: [`p2p_proto::tracker::encode_bindings`]):
@@ -226,7 +233,7 @@ pub async fn run_tracker_with(
         events,
         relay: relay_events,
     };
-    serve(transports, tracker, log, settings.bindings).await
+    serve(transports, tracker, log, settings.bindings, settings.secure).await
 }
 
 /// Runs `tracker` on `transports`, with its expiry timer (and the keeper of its bindings).
@@ -235,18 +242,24 @@ async fn serve(
     tracker: Tracker,
     log: Log,
     bindings: Option<BindingsFile>,
+    secure: Option<SecureSettings>,
 ) -> std::io::Result<()> {
     let registry = Arc::new(Mutex::new(tracker));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(file) = bindings {
         tasks.spawn(keep_bindings(registry.clone(), file));
     }
-    for t in transports {
+    for plain in transports {
         let (registry, log) = (registry.clone(), log.clone());
+        // Requests and answers through the sealing wrapper; relayed datagrams straight.
+        let t: SharedTransport = match &secure {
+            Some(s) => SecureTransport::new(plain.clone(), s),
+            None => plain.clone(),
+        };
         tasks.spawn(async move {
             loop {
                 let (from, bytes) = t.recv_from().await?;
-                receive(&*t, &registry, &log, from, bytes).await;
+                receive(&*t, &*plain, &registry, &log, from, bytes).await;
             }
         });
     }
@@ -259,9 +272,11 @@ async fn serve(
     }
 }
 
-/// Serves one message `bytes` that came from `from` on `t`.
+/// Serves one message `bytes` that came from `from` on `t` (answered on `t`; a relayed
+/// datagram is forwarded on `plain`, `t` without its sealing wrapper if it has one).
 async fn receive(
     t: &dyn Transport,
+    plain: &dyn Transport,
     tracker: &Mutex<Tracker>,
     log: &Log,
     from: SocketAddr,
@@ -275,8 +290,8 @@ async fn receive(
         let proven = t.is_reliable();
         if let Some(to) = relay_to(tracker, log, from, session, bytes.len(), proven) {
             // Over a full stream to `to`, dropped as over a cap: never waited for.
-            if t.send_room(to) > 0 {
-                let _ = t.send_to(to, &bytes).await;
+            if plain.send_room(to) > 0 {
+                let _ = plain.send_to(to, &bytes).await;
             }
         }
         return;

@@ -639,6 +639,11 @@ impl EndpointHandle {
         self.secure.as_ref()?.upgrade()?.peer_key(peer)
     }
 
+    /// What the secure channel dropped so far (`None`: no secure channel).
+    pub fn secure_stats(&self) -> Option<crate::secure::SecureStats> {
+        Some(self.secure.as_ref()?.upgrade()?.stats())
+    }
+
     async fn send(&self, cmd: Command) -> Result<(), ServiceError> {
         self.tx.send(cmd).await.map_err(|_| ServiceError::Closed)
     }
