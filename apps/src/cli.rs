@@ -393,6 +393,7 @@ pub(crate) struct TrackerOpts {
     /// The tracker's identity key (64 hex digits, printed by `p2p tracker --secure`): talk
     /// to the tracker in a sealed session that proves this key, and take no answer that is
     /// not sealed in it (a forged or rewritten answer is dropped; another key is refused).
+    /// Else P2P_TRACKER_KEY, else the config file's `tracker-key`.
     #[arg(long, value_name = "KEY", value_parser = parse_tracker_key)]
     pub tracker_key: Option<p2p_proto::identity::PublicKey>,
     /// Whether the tracker was given (flag, environment or config file) rather than left at
@@ -462,7 +463,8 @@ pub(crate) struct PeerArgs {
     #[arg(long, default_value = DEFAULT_TRACKER, value_name = "ADDR", value_parser = AddressParser)]
     pub tracker: SocketAddr,
     /// The tracker's identity key (64 hex digits, printed by `p2p tracker --secure`):
-    /// register, heartbeat and look up in a sealed session that proves this key.
+    /// register, heartbeat and look up in a sealed session that proves this key. Else
+    /// P2P_TRACKER_KEY, else the config file's `tracker-key`.
     #[arg(long, value_name = "KEY", value_parser = parse_tracker_key)]
     pub tracker_key: Option<p2p_proto::identity::PublicKey>,
     /// Folder to share. Else P2P_SHARE, else the config file's `share`.
@@ -702,6 +704,9 @@ pub(crate) struct ConfigArgs {
     /// DHT bootstrap nodes, likewise (repeatable).
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = Ipv4AddressParser)]
     pub dht_bootstrap: Vec<SocketAddr>,
+    /// A tracker key, likewise.
+    #[arg(long, value_name = "KEY", value_parser = parse_tracker_key)]
+    pub tracker_key: Option<p2p_proto::identity::PublicKey>,
     /// Where each setting came from (filled after parsing).
     #[arg(skip)]
     pub origins: Vec<config::Origin>,

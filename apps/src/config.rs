@@ -13,6 +13,7 @@
 //! downloads = "~/Downloads"
 //! transport = "udp"
 //! dht-bootstrap = "router.bittorrent.com:6881,dht.transmissionbt.com:6881"
+//! tracker-key = "6f8c27ba3755dde3776881ce89312419fd4340228a0c796e72f6b6eeb27fe007"
 //! ```
 
 use std::collections::BTreeMap;
@@ -43,17 +44,20 @@ pub(crate) enum Key {
     Transport,
     /// The DHT nodes to join the Mainline DHT through (`--dht-bootstrap`).
     DhtBootstrap,
+    /// The tracker's identity key, to talk to it sealed (`--tracker-key`).
+    TrackerKey,
 }
 
 impl Key {
     /// Every key, in the order `p2p config` lists them.
-    pub(crate) const ALL: [Key; 6] = [
+    pub(crate) const ALL: [Key; 7] = [
         Key::Tracker,
         Key::Name,
         Key::Share,
         Key::Downloads,
         Key::Transport,
         Key::DhtBootstrap,
+        Key::TrackerKey,
     ];
 
     /// Its name in the config file.
@@ -65,6 +69,7 @@ impl Key {
             Key::Downloads => "downloads",
             Key::Transport => "transport",
             Key::DhtBootstrap => "dht-bootstrap",
+            Key::TrackerKey => "tracker-key",
         }
     }
 
@@ -77,6 +82,7 @@ impl Key {
             Key::Downloads => "P2P_DOWNLOADS",
             Key::Transport => "P2P_TRANSPORT",
             Key::DhtBootstrap => "P2P_DHT_BOOTSTRAP",
+            Key::TrackerKey => "P2P_TRACKER_KEY",
         }
     }
 }
@@ -248,6 +254,8 @@ struct FileValues {
     transport: Option<toml::Spanned<String>>,
     #[serde(rename = "dht-bootstrap")]
     dht_bootstrap: Option<toml::Spanned<String>>,
+    #[serde(rename = "tracker-key")]
+    tracker_key: Option<toml::Spanned<String>>,
 }
 
 /// Reads and checks the config file at `path`; `None` when it does not exist and was not named
@@ -284,6 +292,7 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValuesByKey, ConfigError> {
         (Key::Downloads, values.downloads),
         (Key::Transport, values.transport),
         (Key::DhtBootstrap, values.dht_bootstrap),
+        (Key::TrackerKey, values.tracker_key),
     ];
     for (key, value) in fields {
         let Some(value) = value else { continue };
@@ -388,6 +397,10 @@ fn dht_bootstrap(text: &str) -> Result<Vec<SocketAddr>, String> {
         .collect()
 }
 
+fn tracker_key(text: &str) -> Result<Option<p2p_proto::identity::PublicKey>, String> {
+    crate::cli::parse_tracker_key(text).map(Some)
+}
+
 fn transport(text: &str) -> Result<TransportKind, String> {
     text.parse()
         .map_err(|_| format!("`{text}` is not a transport: use udp or tcp"))
@@ -451,6 +464,12 @@ impl Filler<'_> {
     fn tracker_opts(&mut self, t: &mut crate::cli::TrackerOpts) -> Result<(), ConfigError> {
         self.fill(&mut t.tracker, "tracker", Key::Tracker, tracker)?;
         t.tracker_given = self.given(Key::Tracker);
+        self.fill(
+            &mut t.tracker_key,
+            "tracker_key",
+            Key::TrackerKey,
+            tracker_key,
+        )?;
         self.fill(&mut t.transport, "transport", Key::Transport, transport)
     }
 
@@ -498,6 +517,12 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
         Command::Peer(a) => {
             f.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
             a.tracker_given = f.given(Key::Tracker);
+            f.fill(
+                &mut a.tracker_key,
+                "tracker_key",
+                Key::TrackerKey,
+                tracker_key,
+            )?;
             f.dht_opts(&mut a.dht)?;
             f.fill(&mut a.name, "name", Key::Name, name)?;
             f.fill(&mut a.share, "share", Key::Share, folder)?;
@@ -514,6 +539,12 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
             let a = &mut a.peer;
             f.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
             a.tracker_given = f.given(Key::Tracker);
+            f.fill(
+                &mut a.tracker_key,
+                "tracker_key",
+                Key::TrackerKey,
+                tracker_key,
+            )?;
             f.dht_opts(&mut a.dht)?;
             f.fill(&mut a.name, "name", Key::Name, name)?;
             f.fill(&mut a.downloads, "downloads", Key::Downloads, folder)?;
@@ -543,6 +574,12 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
                 "dht_bootstrap",
                 Key::DhtBootstrap,
                 dht_bootstrap,
+            )?;
+            f.fill(
+                &mut a.tracker_key,
+                "tracker_key",
+                Key::TrackerKey,
+                tracker_key,
             )?;
             a.origins = std::mem::take(&mut f.origins);
             a.file = layers.status().clone();

@@ -199,6 +199,23 @@ fn a_wrong_tracker_key_fails_clearly() {
     let out = net.peers().args(&["--tracker-key", "abc"]).run();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("64 hex digits"), "{}", stderr(&out));
+    // From the config file, as from the flag; the flag wins.
+    let config = net.path(".xdg-config/p2p");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.toml"),
+        format!("tracker-key = \"{other}\"\n"),
+    )
+    .unwrap();
+    let out = net.peers().run();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("where --tracker-key names {other}")));
+    assert!(net
+        .peers()
+        .args(&["--tracker-key", &key])
+        .run()
+        .status
+        .success());
     let plain = Net::start();
     let out = plain.peers().args(&["--tracker-key", &key]).run();
     let err = stderr(&out);

@@ -41,6 +41,7 @@ pub const SETTINGS_ENV: &[&str] = &[
     "P2P_TRANSPORT",
     "P2P_DHT_BOOTSTRAP",
     "P2P_CONFIG",
+    "P2P_TRACKER_KEY",
     "P2P_IDENTITY",
 ];
 
