@@ -45,7 +45,7 @@ pub(crate) enum Key {
     /// The DHT nodes to join the Mainline DHT through (`--dht-bootstrap`).
     DhtBootstrap,
     /// The tracker's identity key, to talk to it sealed (`--tracker-key`).
-    TrackerKey,
+    TrackerIdentity,
 }
 
 impl Key {
@@ -57,7 +57,7 @@ impl Key {
         Key::Downloads,
         Key::Transport,
         Key::DhtBootstrap,
-        Key::TrackerKey,
+        Key::TrackerIdentity,
     ];
 
     /// Its name in the config file.
@@ -69,7 +69,7 @@ impl Key {
             Key::Downloads => "downloads",
             Key::Transport => "transport",
             Key::DhtBootstrap => "dht-bootstrap",
-            Key::TrackerKey => "tracker-key",
+            Key::TrackerIdentity => "tracker-key",
         }
     }
 
@@ -82,7 +82,7 @@ impl Key {
             Key::Downloads => "P2P_DOWNLOADS",
             Key::Transport => "P2P_TRANSPORT",
             Key::DhtBootstrap => "P2P_DHT_BOOTSTRAP",
-            Key::TrackerKey => "P2P_TRACKER_KEY",
+            Key::TrackerIdentity => "P2P_TRACKER_KEY",
         }
     }
 }
@@ -292,7 +292,7 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValuesByKey, ConfigError> {
         (Key::Downloads, values.downloads),
         (Key::Transport, values.transport),
         (Key::DhtBootstrap, values.dht_bootstrap),
-        (Key::TrackerKey, values.tracker_key),
+        (Key::TrackerIdentity, values.tracker_key),
     ];
     for (key, value) in fields {
         let Some(value) = value else { continue };
@@ -467,7 +467,7 @@ impl Filler<'_> {
         self.fill(
             &mut t.tracker_key,
             "tracker_key",
-            Key::TrackerKey,
+            Key::TrackerIdentity,
             tracker_key,
         )?;
         self.fill(&mut t.transport, "transport", Key::Transport, transport)
@@ -520,7 +520,7 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
             f.fill(
                 &mut a.tracker_key,
                 "tracker_key",
-                Key::TrackerKey,
+                Key::TrackerIdentity,
                 tracker_key,
             )?;
             f.dht_opts(&mut a.dht)?;
@@ -542,7 +542,7 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
             f.fill(
                 &mut a.tracker_key,
                 "tracker_key",
-                Key::TrackerKey,
+                Key::TrackerIdentity,
                 tracker_key,
             )?;
             f.dht_opts(&mut a.dht)?;
@@ -578,7 +578,7 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
             f.fill(
                 &mut a.tracker_key,
                 "tracker_key",
-                Key::TrackerKey,
+                Key::TrackerIdentity,
                 tracker_key,
             )?;
             a.origins = std::mem::take(&mut f.origins);

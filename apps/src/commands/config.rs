@@ -54,7 +54,7 @@ impl Row {
                     .collect::<Vec<_>>()
                     .join(","),
             }),
-            Key::TrackerKey => args.tracker_key.map(|k| crate::dht::record::hex(&k)),
+            Key::TrackerIdentity => args.tracker_key.map(|k| crate::dht::record::hex(&k)),
         };
         let written = origin
             .and_then(|o: &Origin| o.written.clone())
