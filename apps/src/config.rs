@@ -480,6 +480,22 @@ impl Filler<'_> {
         })
     }
 
+    /// The settings of `p2p peer` and `p2p share` but the share.
+    fn peer_opts(&mut self, a: &mut crate::cli::PeerArgs) -> Result<(), ConfigError> {
+        self.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
+        a.tracker_given = self.given(Key::Tracker);
+        self.fill(
+            &mut a.tracker_key,
+            "tracker_key",
+            Key::TrackerIdentity,
+            tracker_key,
+        )?;
+        self.dht_opts(&mut a.dht)?;
+        self.fill(&mut a.name, "name", Key::Name, name)?;
+        self.fill(&mut a.downloads, "downloads", Key::Downloads, folder)?;
+        self.fill(&mut a.transport, "transport", Key::Transport, transport)
+    }
+
     fn dht_opts(&mut self, d: &mut crate::cli::DhtOpts) -> Result<(), ConfigError> {
         self.fill(
             &mut d.dht_bootstrap,
@@ -515,19 +531,8 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
     };
     match command {
         Command::Peer(a) => {
-            f.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
-            a.tracker_given = f.given(Key::Tracker);
-            f.fill(
-                &mut a.tracker_key,
-                "tracker_key",
-                Key::TrackerIdentity,
-                tracker_key,
-            )?;
-            f.dht_opts(&mut a.dht)?;
-            f.fill(&mut a.name, "name", Key::Name, name)?;
+            f.peer_opts(a)?;
             f.fill(&mut a.share, "share", Key::Share, folder)?;
-            f.fill(&mut a.downloads, "downloads", Key::Downloads, folder)?;
-            f.fill(&mut a.transport, "transport", Key::Transport, transport)?;
         }
         Command::Share(a) => {
             // PATH is the share: a --share flag would be ignored, so it is refused.
@@ -536,19 +541,7 @@ pub(crate) fn apply(command: &mut Command, matches: &ArgMatches) -> Result<(), C
                     "`p2p share PATH` shares PATH: drop --share".into(),
                 ));
             }
-            let a = &mut a.peer;
-            f.fill(&mut a.tracker, "tracker", Key::Tracker, tracker)?;
-            a.tracker_given = f.given(Key::Tracker);
-            f.fill(
-                &mut a.tracker_key,
-                "tracker_key",
-                Key::TrackerIdentity,
-                tracker_key,
-            )?;
-            f.dht_opts(&mut a.dht)?;
-            f.fill(&mut a.name, "name", Key::Name, name)?;
-            f.fill(&mut a.downloads, "downloads", Key::Downloads, folder)?;
-            f.fill(&mut a.transport, "transport", Key::Transport, transport)?;
+            f.peer_opts(&mut a.peer)?;
         }
         Command::Peers(a) => f.tracker_opts(&mut a.tracker)?,
         Command::Ls(a) => f.tracker_opts(&mut a.tracker)?,

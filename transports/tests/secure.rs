@@ -4,104 +4,19 @@
 //! would); a peer proving another key than the one expected is refused, naming both; a
 //! peer that requires sealed traffic does not serve a plaintext client.
 
-use std::collections::HashSet;
-use std::io;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use async_trait::async_trait;
-use bytes::Bytes;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{messages, Seen, Tap};
 use p2p_core::secure::{SecureError, SecureSettings};
 use p2p_core::service::{spawn_endpoint, EndpointConfig, EndpointHandle, ServiceError};
-use p2p_core::transport::{FileRange, SharedTransport, Transport};
+use p2p_core::transport::SharedTransport;
 use p2p_proto::identity::{fingerprint, Identity};
 use p2p_proto::secure::{SecureConfig, SEALED_ONLY};
 use p2p_proto::wire::{FileId, TransportKind};
-
-/// Every message sent through it, recorded.
-struct Tap {
-    inner: SharedTransport,
-    seen: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Tap {
-    fn record(&self, msg: &[u8]) {
-        self.seen.lock().unwrap().push(msg.to_vec());
-    }
-}
-
-#[async_trait]
-impl Transport for Tap {
-    async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
-        self.record(msg);
-        self.inner.send_to(to, msg).await
-    }
-
-    async fn send_to_ttl(&self, to: SocketAddr, msg: &[u8], ttl: u8) -> io::Result<()> {
-        self.record(msg);
-        self.inner.send_to_ttl(to, msg, ttl).await
-    }
-
-    fn send_room(&self, to: SocketAddr) -> usize {
-        self.inner.send_room(to)
-    }
-
-    async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
-        self.record(&msg);
-        self.inner.send_owned(to, msg).await
-    }
-
-    async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
-        self.record(&body.after(head.clone())?);
-        self.inner.send_file(to, head, body).await
-    }
-
-    fn sends_file(&self, to: SocketAddr, len: usize) -> bool {
-        self.inner.sends_file(to, len)
-    }
-
-    fn max_batch(&self, to: SocketAddr, len: usize) -> usize {
-        self.inner.max_batch(to, len)
-    }
-
-    async fn send_batch(&self, to: SocketAddr, msgs: &[u8], segment: usize) -> io::Result<()> {
-        self.record(msgs);
-        self.inner.send_batch(to, msgs, segment).await
-    }
-
-    async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
-        self.inner.recv_from().await
-    }
-
-    fn try_recv_from(&self) -> Option<(SocketAddr, Bytes)> {
-        self.inner.try_recv_from()
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn max_message_size(&self) -> usize {
-        self.inner.max_message_size()
-    }
-
-    fn max_message_size_to(&self, to: SocketAddr) -> usize {
-        self.inner.max_message_size_to(to)
-    }
-
-    fn is_reliable(&self) -> bool {
-        self.inner.is_reliable()
-    }
-
-    fn is_reliable_to(&self, to: SocketAddr) -> bool {
-        self.inner.is_reliable_to(to)
-    }
-
-    fn forget(&self, to: SocketAddr) {
-        self.inner.forget(to)
-    }
-}
 
 fn identity(n: u8) -> Identity {
     Identity::from_secret([n; 32])
@@ -123,7 +38,7 @@ async fn endpoint(
     kind: TransportKind,
     share: Option<&Path>,
     secure: Option<SecureSettings>,
-    seen: &Arc<Mutex<Vec<Vec<u8>>>>,
+    seen: &Seen,
 ) -> EndpointHandle {
     let inner = p2p_transports::bind(kind, "127.0.0.1:0".parse().unwrap())
         .await
@@ -157,10 +72,10 @@ fn content(len: usize) -> Vec<u8> {
 
 /// A share folder holding one small file, `a.bin`, and an empty record for the taps of the
 /// endpoints a test makes.
-fn small_share() -> (tempfile::TempDir, Arc<Mutex<Vec<Vec<u8>>>>) {
+fn small_share() -> (tempfile::TempDir, Seen) {
     let share = tempfile::tempdir().unwrap();
     std::fs::write(share.path().join("a.bin"), content(1000)).unwrap();
-    (share, Arc::new(Mutex::new(Vec::new())))
+    (share, Seen::default())
 }
 
 const WINDOW: usize = 32;
@@ -179,7 +94,7 @@ async fn transfer(kind: TransportKind, encrypted: bool) -> (Vec<u8>, Vec<Vec<u8>
     let share = tempfile::tempdir().unwrap();
     let file = content(700_000);
     std::fs::write(share.path().join("private.bin"), &file).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Seen::default();
     let seeder = endpoint(
         kind,
         Some(share.path()),
@@ -204,8 +119,7 @@ async fn transfer(kind: TransportKind, encrypted: bool) -> (Vec<u8>, Vec<Vec<u8>
     }
     leech.shutdown().await;
     seeder.shutdown().await;
-    let seen = seen.lock().unwrap().clone();
-    (file, seen)
+    (file, messages(&seen))
 }
 
 async fn encrypted_transfer_leaks_nothing(kind: TransportKind) {
@@ -315,9 +229,9 @@ async fn an_evicted_session_does_not_fall_back_to_plaintext() {
     let share = tempfile::tempdir().unwrap();
     let file = content(4 << 20);
     std::fs::write(share.path().join("private.bin"), &file).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Seen::default();
     let kind = TransportKind::Udp;
-    let spawn = |secure: SecureSettings, share: Option<&Path>, seen: &Arc<Mutex<Vec<Vec<u8>>>>| {
+    let spawn = |secure: SecureSettings, share: Option<&Path>, seen: &Seen| {
         let (share, seen) = (share.map(Path::to_path_buf), seen.clone());
         async move {
             let inner = p2p_transports::bind(kind, "127.0.0.1:0".parse().unwrap())
@@ -340,7 +254,7 @@ async fn an_evicted_session_does_not_fall_back_to_plaintext() {
     let mut seeder_settings = settings(1, false);
     seeder_settings.config.max_sessions = 1;
     let seeder = spawn(seeder_settings, Some(share.path()), &seen).await;
-    let elsewhere = Arc::new(Mutex::new(Vec::new()));
+    let elsewhere = Seen::default();
     let leech = spawn(settings(2, false), None, &elsewhere).await;
     let other = spawn(settings(3, false), None, &elsewhere).await;
     let from = seeder.local_addr();
@@ -362,6 +276,5 @@ async fn an_evicted_session_does_not_fall_back_to_plaintext() {
     );
     let result = download.await.unwrap();
     assert!(result.is_err(), "the download cannot go on: {result:?}");
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(leaks(&seen, &file), 0, "file bytes in the clear");
+    assert_eq!(leaks(&messages(&seen), &file), 0, "file bytes in the clear");
 }

@@ -5,58 +5,21 @@
 //! nothing from it in plaintext (a forged answer is dropped), and a key other than the pinned
 //! one is refused, naming both.
 
-use std::io;
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
+use common::{Seen, Tap};
 use p2p_core::secure::{SecureError, SecureSettings};
 use p2p_core::service::{
     run_tracker_with, spawn_endpoint, EndpointConfig, EndpointHandle, ServiceError, TrackerSettings,
 };
-use p2p_core::transport::{SharedTransport, Transport};
+use p2p_core::transport::SharedTransport;
 use p2p_proto::identity::Identity;
 use p2p_proto::secure::{is_frame, SecureConfig};
 use p2p_proto::wire::{Message, RequestId, TransportKind};
-
-/// Every message sent through it, recorded with its destination.
-struct Tap {
-    inner: SharedTransport,
-    seen: Seen,
-}
-
-#[async_trait]
-impl Transport for Tap {
-    async fn send_to(&self, to: SocketAddr, msg: &[u8]) -> io::Result<()> {
-        self.seen.lock().unwrap().push((to, msg.to_vec()));
-        self.inner.send_to(to, msg).await
-    }
-
-    async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
-        self.seen.lock().unwrap().push((to, msg.clone()));
-        self.inner.send_owned(to, msg).await
-    }
-
-    async fn recv_from(&self) -> io::Result<(SocketAddr, Bytes)> {
-        self.inner.recv_from().await
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn max_message_size(&self) -> usize {
-        self.inner.max_message_size()
-    }
-
-    fn is_reliable(&self) -> bool {
-        self.inner.is_reliable()
-    }
-}
-
-type Seen = Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>;
 
 fn settings(n: u8) -> SecureSettings {
     SecureSettings {
