@@ -568,8 +568,9 @@ impl Transport for SecureTransport {
                 let msg = body.after(head)?;
                 self.inner.send_owned(to, Self::seal(&s, &msg)?).await
             }
-            // A chunk of a file.
-            None if self.withheld(to, None) => Ok(()),
+            // A chunk of a file: never in plaintext to a pinned address, nor to a peer whose
+            // session ended.
+            None if self.pinned.contains_key(&to) || self.withheld(to, None) => Ok(()),
             None => self.inner.send_file(to, head, body).await,
         }
     }
@@ -587,7 +588,7 @@ impl Transport for SecureTransport {
     async fn send_batch(&self, to: SocketAddr, msgs: &[u8], segment: usize) -> io::Result<()> {
         let Some(s) = self.session_to(to).await else {
             // Chunks of a file.
-            if self.withheld(to, None) {
+            if self.pinned.contains_key(&to) || self.withheld(to, None) {
                 return Ok(());
             }
             return self.inner.send_batch(to, msgs, segment).await;
