@@ -622,7 +622,10 @@ pub(crate) struct GetArgs {
     /// Seal the session with the peer (`p2p peer --secure`): every message both ways
     /// encrypted and authenticated, and the peer's identity key proven (the one the tracker
     /// binds its name to, when it binds one). Fails when the peer does not accept sealed
-    /// sessions. A named peer only, and from it alone (implies --one-source).
+    /// sessions. A named peer only. Other holders of the content serve their share in
+    /// sealed sessions too (each proving a key of its own, its bytes checked against the
+    /// named peer's piece table); a holder that does not accept sealed sessions is left out
+    /// (after up to 3 s).
     #[arg(long, conflicts_with = "serve")]
     pub secure: bool,
     #[command(flatten)]

@@ -225,3 +225,46 @@ fn a_wrong_tracker_key_fails_clearly() {
         "{err}"
     );
 }
+
+/// `get NAME ID --secure` takes the other holders of the content too, each in a sealed
+/// session of its own, and leaves out a holder that does not accept sealed sessions: the
+/// bytes are exact, the sealed holders each sent some, the plain one none.
+#[test]
+fn a_secure_get_takes_every_sealed_holder_and_no_plain_one() {
+    let mut net = Net::start();
+    let bytes = random_bytes(8 << 20, 10);
+    // Capped, so that one source cannot finish before the other starts.
+    let capped = ["--max-upload-rate", "2MiB"];
+    for (name, extra) in [
+        ("alice", "--secure-only"),
+        ("bob", "--secure-only"),
+        ("carol", ""),
+    ] {
+        let mut args = capped.to_vec();
+        if !extra.is_empty() {
+            args.push(extra);
+        }
+        net.seeder(name, "udp")
+            .share(&format!("share-{name}"))
+            .file("a.bin", &bytes)
+            .args(&args)
+            .start();
+    }
+    let report = net.get("alice", "1").out("out").arg("--secure").run_json();
+    assert_eq!(report["sealed"], true, "{report}");
+    assert!(std::fs::read(net.path("out/a.bin")).unwrap() == bytes);
+    let sent: Vec<(String, u64)> = report["sources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a single source: {report}"))
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let of = |n: &str| sent.iter().find(|(name, _)| name == n).map_or(0, |s| s.1);
+    assert!(of("alice") > 0 && of("bob") > 0, "{sent:?}");
+    assert_eq!(of("carol"), 0, "{sent:?}");
+}

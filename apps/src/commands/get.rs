@@ -28,10 +28,11 @@ use p2p_core::service::swarm::Source;
 
 pub(crate) mod collection;
 
-pub(crate) async fn run(mut args: GetArgs) -> Result<()> {
+pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let command_start = std::time::Instant::now();
     let mut shutdown = Shutdown::install();
     if args.secure {
+        // Other holders are asked in sealed sessions too (seal_requests), or left out.
         let named = !Ticket::looks_like(&args.peer)
             && swarm_get::parse_hash(&args.peer).is_none()
             && !(args.dht.dht && crate::dht::record::parse_peer_key(&args.peer).is_some());
@@ -42,8 +43,6 @@ pub(crate) async fn run(mut args: GetArgs) -> Result<()> {
                  content hashes and keys on the DHT are not sealed yet)"
             );
         }
-        // Other holders of the content are not sealed to: the named peer alone.
-        args.one_source = true;
     }
     if Ticket::looks_like(&args.peer) {
         let ticket = Ticket::parse(&args.peer).map_err(|e| failure(Kind::Usage, e.to_string()))?;
