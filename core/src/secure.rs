@@ -280,6 +280,10 @@ impl SecureTransport {
         for (addr, expected, reply) in std::mem::take(&mut s.connects) {
             match s.table.connect(now, addr, expected) {
                 Ok(Connect::Established(key)) => {
+                    // Messages held for a pinned address go now (no `Connected` will come).
+                    if let Some(held) = s.held.remove(&addr) {
+                        s.ready.push((addr, held));
+                    }
                     let _ = reply.send(Ok(key));
                 }
                 Ok(Connect::Pending) => s.waiters.push((addr, reply)),
