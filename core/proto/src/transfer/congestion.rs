@@ -54,6 +54,12 @@ pub enum CongestionKind {
 pub trait CongestionController: std::fmt::Debug + Send {
     /// Chunks allowed in flight.
     fn window(&self) -> u64;
+    /// The window the pacer spreads over a smoothed RTT of `srtt` (see
+    /// [`Pacer::delay`](super::pacing::Pacer::delay)): by default the congestion window
+    /// itself; a rate-based controller paces at the rate it measured instead.
+    fn pacing_window(&self, _srtt: Duration) -> u64 {
+        self.window()
+    }
     /// An ACK acknowledged `sample.acked` new chunks.
     fn on_ack(&mut self, sample: AckSample);
     /// A chunk sent as transmission number `tx` was declared lost; `next_tx` is the number the
@@ -141,6 +147,11 @@ const CWND_GAIN: f64 = 2.0;
 const MAX_AGGREGATION: Duration = Duration::from_millis(100);
 /// Every this many rounds, one round probes for more bandwidth.
 const PROBE_EVERY: u64 = 8;
+/// Share of a start-up round's chunks lost above which start-up ends (BBRv2's 2 %).
+const STARTUP_LOSS: f64 = 0.02;
+/// Fewest chunks a start-up round must lose for [`STARTUP_LOSS`] to count (BBRv2's 8): a
+/// random loss or two of a small window is no overflow.
+const STARTUP_LOSS_EVENTS: u64 = 8;
 /// Extra gain of a probing round.
 const PROBE_GAIN: f64 = 1.25;
 /// Gain of the round after a probe, which drains what the probe queued.
@@ -196,6 +207,10 @@ pub struct Bbr {
     /// A retransmission timeout emptied the pipe: the next ACK restamps the minimum RTT
     /// instead of probing for it.
     restamp: bool,
+    /// The gain of the current round of the steady gain cycle (probe, drain, cruise).
+    pacing_gain: f64,
+    /// Chunks declared lost in this round (start-up only).
+    round_lost: u64,
 }
 
 impl Bbr {
@@ -219,6 +234,8 @@ impl Bbr {
             full_bw: 0.0,
             full_bw_rounds: 0,
             restamp: false,
+            pacing_gain: 1.0,
+            round_lost: 0,
         }
     }
 
@@ -261,9 +278,17 @@ impl Bbr {
         }
         self.extra_acked.push_back(0);
         self.rounds += 1;
+        // Start-up also ends on a round that lost more than a random loss would (BBRv2's
+        // exit): the window has outgrown the router's queue, and another doubling would only
+        // lose more (at 200 ms, a 100 ms queue overflows long before the rate stops growing).
+        let lost = std::mem::take(&mut self.round_lost);
+        let overflowed = lost >= STARTUP_LOSS_EVENTS
+            && lost as f64 > STARTUP_LOSS * (self.round_delivered + lost) as f64;
         self.round_delivered = 0;
         self.round_start = Some(now);
-        if self.mode == Mode::Startup {
+        if self.mode == Mode::Startup && overflowed && self.max_bw() > 0.0 {
+            self.mode = Mode::Steady;
+        } else if self.mode == Mode::Startup {
             let bw = self.max_bw();
             if bw > self.full_bw * 1.25 {
                 self.full_bw = bw;
@@ -281,6 +306,22 @@ impl Bbr {
 impl CongestionController for Bbr {
     fn window(&self) -> u64 {
         self.cwnd
+    }
+
+    /// In the steady state, BBR paces at the measured bandwidth times the cycle's gain, and
+    /// the window (twice the bandwidth-delay product) is only a cap: a sender that paced
+    /// the whole window over an RTT would send twice what the bottleneck drains, and fill
+    /// any router queue shorter than a round trip until it drops (measured in the long-path
+    /// simulation: a third of the datagrams lost in a 100 ms queue at 200 ms). In start-up,
+    /// and before a rate is known, the window sets the pace.
+    fn pacing_window(&self, srtt: Duration) -> u64 {
+        let bw = self.max_bw();
+        if self.mode != Mode::Steady || bw <= 0.0 {
+            return self.cwnd;
+        }
+        // The pacer adds its own gain on top of the window's rate: take it out.
+        let w = self.pacing_gain * bw * srtt.as_secs_f64() / super::pacing::GAIN;
+        (w.ceil() as u64).clamp(self.min, self.cwnd)
     }
 
     fn on_ack(&mut self, s: AckSample) {
@@ -362,6 +403,7 @@ impl CongestionController for Bbr {
                     1 => DRAIN_GAIN,
                     _ => 1.0,
                 };
+                self.pacing_gain = gain;
                 let bw = self.max_bw();
                 let bdp = bw * min_rtt.as_secs_f64();
                 // On a reordering path, what keeps the best measured rate going at the mean
@@ -380,7 +422,11 @@ impl CongestionController for Bbr {
     }
 
     fn on_loss(&mut self, _tx: u64, _next_tx: u64) {
-        // Random loss says nothing about the bottleneck: the delivery rate will.
+        // Random loss says nothing about the bottleneck: the delivery rate will. Only
+        // start-up counts it, to stop growing once a round loses more than random loss.
+        if self.mode == Mode::Startup {
+            self.round_lost += 1;
+        }
     }
 
     fn on_timeout(&mut self) {

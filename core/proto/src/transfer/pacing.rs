@@ -19,7 +19,7 @@ pub const MIN_BURST: u64 = 10;
 pub const MAX_BURST: u64 = 256;
 /// Tokens refill this much faster than one window per RTT, so that pacing never becomes the
 /// bottleneck itself.
-const GAIN: f64 = 1.25;
+pub(super) const GAIN: f64 = 1.25;
 
 /// Token bucket of one sender (see the module docs).
 #[derive(Clone, Debug)]

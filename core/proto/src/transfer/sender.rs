@@ -618,7 +618,8 @@ impl ChunkSender {
             return None;
         }
         let srtt = self.rtt.srtt()?;
-        self.pacer.delay(srtt, cwnd, now)
+        let pace = self.cc.pacing_window(srtt).min(cwnd);
+        self.pacer.delay(srtt, pace, now)
     }
 
     fn take_tx(&mut self) -> u64 {
