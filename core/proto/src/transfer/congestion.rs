@@ -147,6 +147,8 @@ const CWND_GAIN: f64 = 2.0;
 const MAX_AGGREGATION: Duration = Duration::from_millis(100);
 /// Every this many rounds, one round probes for more bandwidth.
 const PROBE_EVERY: u64 = 8;
+/// Start-up's window as a multiple of the measured bandwidth-delay product (BBR's 2/ln 2).
+const STARTUP_GAIN: f64 = 2.89;
 /// Share of a start-up round's chunks lost above which start-up ends (BBRv2's 2 %).
 const STARTUP_LOSS: f64 = 0.02;
 /// Fewest chunks a start-up round must lose for [`STARTUP_LOSS`] to count (BBRv2's 8): a
@@ -262,6 +264,24 @@ impl Bbr {
         match self.extra_acked.back_mut() {
             Some(last) => *last = (*last).max(extra),
             None => self.extra_acked.push_back(extra),
+        }
+    }
+
+    /// The bandwidth-delay product the window is sized from, in chunks (0 before a rate and
+    /// an RTT are measured): bandwidth x minimum RTT; on a reordering path at least
+    /// bandwidth x smoothed RTT, what keeps the best measured rate going at the mean RTT
+    /// (Little's law). Only there: elsewhere the smoothed RTT includes the queue the window
+    /// itself builds, and a floor on it would feed on itself.
+    fn bdp(&self, srtt: Option<Duration>) -> f64 {
+        let Some((min_rtt, _)) = self.min_rtt else {
+            return 0.0;
+        };
+        let bw = self.max_bw();
+        let bdp = bw * min_rtt.as_secs_f64();
+        if self.reordering {
+            bdp.max(bw * srtt.unwrap_or(min_rtt).as_secs_f64() / CWND_GAIN)
+        } else {
+            bdp
         }
     }
 
@@ -391,11 +411,26 @@ impl CongestionController for Bbr {
         }
         match self.mode {
             Mode::ProbeRtt { .. } => {} // returned above
-            Mode::Startup => self.cwnd = (self.cwnd + s.acked).min(self.max),
-            Mode::Steady => {
-                let Some((min_rtt, _)) = self.min_rtt else {
-                    return;
+            Mode::Startup => {
+                // Doubling per round, but never past the start-up gain times the measured
+                // bandwidth-delay product (BBR's start-up target): the delivery rate lags a
+                // round behind, and unbounded doubling overran a 100 ms router queue by
+                // three times its size before the loss exit saw it (the long-path
+                // simulation).
+                let grown = self.cwnd + s.acked;
+                let bdp = self.bdp(s.srtt);
+                let cap = if bdp > 0.0 {
+                    (STARTUP_GAIN * bdp).ceil() as u64
+                        + self.extra_acked.iter().copied().max().unwrap_or(0)
+                } else {
+                    u64::MAX
                 };
+                self.cwnd = grown.min(cap.max(self.cwnd)).min(self.max);
+            }
+            Mode::Steady => {
+                if self.min_rtt.is_none() {
+                    return;
+                }
                 // BBR's gain cycle: one round probes for more bandwidth, the next drains
                 // the queue that probe may have left, the others cruise.
                 let gain = match self.rounds % PROBE_EVERY {
@@ -404,18 +439,8 @@ impl CongestionController for Bbr {
                     _ => 1.0,
                 };
                 self.pacing_gain = gain;
-                let bw = self.max_bw();
-                let bdp = bw * min_rtt.as_secs_f64();
-                // On a reordering path, what keeps the best measured rate going at the mean
-                // RTT (Little's law). Only there: elsewhere the smoothed RTT includes the
-                // queue the window itself builds, and a floor on it would feed on itself.
-                let sustain = if self.reordering {
-                    bw * s.srtt.unwrap_or(min_rtt).as_secs_f64()
-                } else {
-                    0.0
-                };
                 let extra = self.extra_acked.iter().copied().max().unwrap_or(0);
-                let target = ((bdp * CWND_GAIN).max(sustain) * gain).ceil() as u64 + extra;
+                let target = (self.bdp(s.srtt) * CWND_GAIN * gain).ceil() as u64 + extra;
                 self.cwnd = target.clamp(self.min, self.max);
             }
         }
@@ -432,9 +457,11 @@ impl CongestionController for Bbr {
     fn on_timeout(&mut self) {
         // Nothing came back for a whole RTO: start over gently, keep what was learned.
         self.cwnd = self.min;
-        self.mode = Mode::Startup;
-        self.full_bw = 0.0;
-        self.full_bw_rounds = 0;
+        if !matches!(self.mode, Mode::Steady) {
+            self.mode = Mode::Startup;
+            self.full_bw = 0.0;
+            self.full_bw_rounds = 0;
+        }
         // Nothing is queued after a timeout, as after a ProbeRTT phase (which this also ends):
         // the minimum RTT counts as measured now, or the first ACK after an outage would
         // start a probe, at the floor, while the sender recovers from the timeout.
@@ -707,7 +734,8 @@ mod tests {
         let t = Instant::now();
         let mut bbr = Bbr::new(10, 1024);
         let ms = |n: u64| t + Duration::from_millis(n);
-        bbr.on_ack(ack(ms(0), 10, 1));
+        // (The 40 ms minimum is never seen again: 10 s old at 12 s.)
+        bbr.on_ack(ack(ms(0), 10, 40));
         for n in 1..9_000u64 {
             bbr.on_ack(ack(ms(n), 10, 50));
         }
