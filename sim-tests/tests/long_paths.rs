@@ -15,12 +15,15 @@ const ONE_WAY: Duration = Duration::from_millis(100);
 const RTT: Duration = Duration::from_millis(200);
 const LINK_MBIT: u64 = 40;
 const FILE: usize = 12 * 1024 * 1024;
-/// The share of the link's rate a download must reach. Today's sender reaches 48 % without
-/// loss and 50-51 % with 1 % loss (seeds 1-2), and overruns the 100 ms queue: in start-up
-/// the window doubles past it, and in the steady state the pacer spreads twice the
-/// bandwidth-delay product over a round trip (7,469 of 21,226 datagrams dropped by the queue
-/// without loss). This floor guards what is; the aim (issue 19) is 90 %.
-const FLOOR: f64 = 0.4;
+/// The share of the link's rate a download must reach. Today's sender reaches 58 % without
+/// loss and at least 49 % with 1 % loss (seeds 1-40): BBR's start-up doubles the window each
+/// round up to 2.89 times the measured bandwidth-delay product and ends on a round that lost
+/// over 2 % to the 100 ms queue; the steady state paces at the measured rate, and a
+/// retransmission timeout keeps the model (the window is back at twice the BDP on the next
+/// ACK). The 12 MiB file is short for the path: start-up alone takes about six round trips.
+/// (Before those changes: 48 % and 37 % for seed 1, with 7,469 of 21,226 datagrams dropped
+/// by the queue without loss.) The aim (issue 19) is 90 %.
+const FLOOR: f64 = 0.45;
 
 /// The link's rate in bytes per second of payload (before the headers of each datagram).
 fn link_bytes_per_sec() -> f64 {
@@ -81,7 +84,7 @@ fn the_window_grows_to_fill_a_long_narrow_path() {
                 );
                 if rate < FLOOR * link_bytes_per_sec() {
                     return Err(format!(
-                        "{:.2} MB/s: under 40 % of the link's {:.2}",
+                        "{:.2} MB/s: under 45 % of the link's {:.2}",
                         rate / 1e6,
                         link_bytes_per_sec() / 1e6
                     ));
@@ -117,7 +120,7 @@ fn loss_on_a_long_narrow_path_is_repaired_without_stalling() {
                 );
                 if rate < FLOOR * link_bytes_per_sec() {
                     return Err(format!(
-                        "{:.2} MB/s under 1 % loss: under 40 % of the link's {:.2}",
+                        "{:.2} MB/s under 1 % loss: under 45 % of the link's {:.2}",
                         rate / 1e6,
                         link_bytes_per_sec() / 1e6
                     ));

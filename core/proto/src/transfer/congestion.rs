@@ -723,6 +723,53 @@ mod tests {
         assert_one_probe_at_10_s(&floor_ms);
     }
 
+    /// Start-up on a path of 10 chunks per ms and 20 ms (BDP 200) whose queue holds far
+    /// more: the window doubles each round but stops at 2.89 times the measured BDP (plus
+    /// the aggregation allowance), instead of doubling until the queue overflows.
+    #[test]
+    fn bbr_start_up_stops_at_its_gain_times_the_measured_bdp() {
+        let t = Instant::now();
+        let mut bbr = Bbr::new(10, 100_000);
+        let mut largest = 0;
+        for ms in 0..400u64 {
+            let now = t + Duration::from_millis(ms);
+            // The path delivers at most 10 per ms; the window's surplus waits in the queue
+            // (no loss), so it sets no limit on what start-up would grow to.
+            let delivered = 10.min(bbr.window() / 20).max(1);
+            bbr.on_ack(ack(now, delivered, 20));
+            largest = largest.max(bbr.window());
+        }
+        // (Unbounded, start-up reached 930 before three rounds without growth ended it.)
+        assert!(
+            (200..=700).contains(&largest),
+            "largest window {largest}: BDP 200, cap 578 + aggregation"
+        );
+    }
+
+    /// A retransmission timeout in the steady state keeps what was measured: the window is
+    /// at its floor until the next ACK, then at twice the BDP again (not a start-up from
+    /// the floor, which took eight 300 ms rounds to refill a long path).
+    #[test]
+    fn bbr_keeps_its_model_across_a_timeout_in_steady_state() {
+        let t = Instant::now();
+        let mut bbr = Bbr::new(10, 100_000);
+        let ms = |n: u64| t + Duration::from_millis(n);
+        for n in 0..2_000u64 {
+            let delivered = 10.min(bbr.window() / 20).max(1);
+            bbr.on_ack(ack(ms(n), delivered, 20));
+        }
+        let before = bbr.window();
+        assert!(before >= 400, "steady window {before}");
+        bbr.on_timeout();
+        assert_eq!(bbr.window(), 4);
+        bbr.on_ack(ack(ms(2_500), 1, 20));
+        let after = bbr.window();
+        assert!(
+            after >= 400,
+            "window {after} on the first ACK after the timeout"
+        );
+    }
+
     /// After an outage: the minimum RTT is 10 s old, one late sample made the smoothed RTT
     /// seconds long, and the retransmission timer fired. The ACKs that follow (of resent
     /// chunks: no RTT samples) must let the window grow back from the floor, not start a
