@@ -18,7 +18,7 @@
 //! order) get a collection, so that a listing stays within what a client takes (files and
 //! collections together at most 200,000 entries); the others are still fetched by path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -75,12 +75,25 @@ pub struct SharedFile {
     pub pieces: Arc<Vec<ContentHash>>,
 }
 
+/// How [`ShareIndex`] hashes a file into its content hash and piece hashes.
+type HashFile = fn(&Path, u32) -> io::Result<(ContentHash, Vec<ContentHash>)>;
+
 /// The share folder's index. A clone is cheap (the maps are shared until a scan finds a
 /// change), so that a scan can run on another thread beside the index it compares with.
 #[derive(Clone, Debug)]
 pub struct ShareIndex {
     root: PathBuf,
     by_path: Arc<BTreeMap<String, Indexed>>,
+    /// Each file's path by ID, and the lowest ID by content hash: a request's lookup costs
+    /// O(1), not a scan of 100,000 entries. Rebuilt with `by_path`.
+    by_id: Arc<HashMap<FileId, String>>,
+    by_hash: Arc<HashMap<ContentHash, FileId>>,
+    /// Files that could not be read when last seen (size, modification time): tried again
+    /// only once they change, so that one unreadable file does not make every rescan a
+    /// change (and re-hash every folder's manifest).
+    unreadable: Arc<BTreeMap<String, (u64, Option<SystemTime>)>>,
+    /// Hashes one file ([`hash_pieces`]; tests make it fail).
+    hash_file: HashFile,
     next_id: u32,
     /// The collection entries, by path (`photos/`; the top folder's is `/`).
     collections: Arc<BTreeMap<String, IndexEntry>>,
@@ -92,6 +105,10 @@ impl ShareIndex {
         ShareIndex {
             root: root.into(),
             by_path: Arc::default(),
+            by_id: Arc::default(),
+            by_hash: Arc::default(),
+            unreadable: Arc::default(),
+            hash_file: hash_pieces,
             next_id: 1,
             collections: Arc::default(),
         }
@@ -141,31 +158,52 @@ impl ShareIndex {
             );
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
-        let same = found.len() == self.by_path.len()
-            && found
-                .iter()
+        // Unreadable as before: as if not there (tried again when they change).
+        let still_unreadable = |rel: &String, size: u64, modified: Option<SystemTime>| {
+            self.unreadable.get(rel) == Some(&(size, modified))
+        };
+        let readable = found
+            .iter()
+            .filter(|(rel, size, modified)| !still_unreadable(rel, *size, *modified));
+        let same = found.len() == self.by_path.len() + self.unreadable.len()
+            && readable
                 .zip(self.by_path.iter())
                 .all(|((rel, size, modified), (path, i))| {
                     rel == path && *size == i.entry.size && *modified == i.modified
-                });
+                })
+            && found
+                .iter()
+                .filter(|(rel, size, modified)| still_unreadable(rel, *size, *modified))
+                .count()
+                == self.unreadable.len();
         if same {
             return Ok(false);
         }
         let mut next = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
         // Whether any file came, went or changed: only then are the collections hashed again.
         let mut changed = false;
         // Files of the old index found again (changed or not); fewer than it holds: some went.
         let mut kept = 0;
         for (rel, size, modified) in found {
+            if still_unreadable(&rel, size, modified) {
+                unreadable.insert(rel, (size, modified));
+                continue;
+            }
             let known = self.by_path.get(&rel);
             kept += usize::from(known.is_some());
             let entry = match known {
                 Some(old) if old.entry.size == size && old.modified == modified => old.clone(),
                 other => {
                     changed = true;
-                    let Ok((hash, pieces)) = hash_pieces(&self.base().join(&rel), PIECE_SIZE)
-                    else {
-                        continue;
+                    let (hash, pieces) = match (self.hash_file)(&self.base().join(&rel), PIECE_SIZE)
+                    {
+                        Ok(hashed) => hashed,
+                        Err(e) => {
+                            tracing::warn!(path = %rel, error = %e, "not shared: the file cannot be read (tried again when it changes)");
+                            unreadable.insert(rel, (size, modified));
+                            continue;
+                        }
                     };
                     let id = match other {
                         Some(old) => old.entry.id,
@@ -190,6 +228,18 @@ impl ShareIndex {
             next.insert(rel, entry);
         }
         changed |= kept < self.by_path.len();
+        let mut by_hash = HashMap::with_capacity(next.len());
+        for i in next.values() {
+            let lowest = by_hash.entry(i.entry.hash).or_insert(i.entry.id);
+            *lowest = (*lowest).min(i.entry.id);
+        }
+        self.by_id = Arc::new(
+            next.values()
+                .map(|i| (i.entry.id, i.entry.path.clone()))
+                .collect(),
+        );
+        self.by_hash = Arc::new(by_hash);
+        self.unreadable = Arc::new(unreadable);
         self.by_path = Arc::new(next);
         if changed {
             self.collections = Arc::new(self.hash_collections());
@@ -283,26 +333,18 @@ impl ShareIndex {
 
     /// A shared file with content `hash`, if any (the lowest ID of those).
     pub fn find_hash(&self, hash: ContentHash) -> Option<SharedFile> {
-        let id = self
-            .by_path
-            .values()
-            .filter(|i| i.entry.hash == hash)
-            .map(|i| i.entry.id)
-            .min()?;
-        self.get(id)
+        self.get(*self.by_hash.get(&hash)?)
     }
 
     /// The file with `id`, if shared. Files only: a collection has no bytes to serve.
     pub fn get(&self, id: FileId) -> Option<SharedFile> {
-        self.by_path
-            .values()
-            .find(|i| i.entry.id == id)
-            .map(|i| SharedFile {
-                entry: i.entry.clone(),
-                path: self.base().join(&i.entry.path),
-                modified: i.modified,
-                pieces: i.pieces.clone(),
-            })
+        let path = self.by_id.get(&id)?;
+        self.by_path.get(path).map(|i| SharedFile {
+            entry: i.entry.clone(),
+            path: self.base().join(&i.entry.path),
+            modified: i.modified,
+            pieces: i.pieces.clone(),
+        })
     }
 }
 
@@ -643,6 +685,58 @@ mod tests {
             .find(|e| e.path == "pics/")
             .unwrap();
         assert_eq!(pics.id, FileId(8));
+    }
+
+    /// A file that cannot be read is left out, and left alone by later scans until it
+    /// changes: a scan that finds the folder as it was is no change (it was: every rescan
+    /// hashed every folder's manifest again). Lookups by ID and by hash find every file.
+    #[test]
+    fn an_unreadable_file_is_left_out_until_it_changes() {
+        fn fails_on_b(path: &Path, piece: u32) -> io::Result<(ContentHash, Vec<ContentHash>)> {
+            if path.ends_with("b.bin") {
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, "test"));
+            }
+            hash_pieces(path, piece)
+        }
+        let dir = tree();
+        let mut idx = ShareIndex::new(dir.path());
+        idx.hash_file = fails_on_b;
+        assert!(idx.refresh().unwrap());
+        let files: Vec<_> = idx
+            .entries()
+            .into_iter()
+            .filter(|e| !e.path.ends_with('/'))
+            .collect();
+        assert_eq!(files.len(), 5, "{files:?}");
+        assert!(files.iter().all(|e| !e.path.ends_with("b.bin")));
+        for e in &files {
+            let got = idx.get(e.id).expect("found by ID");
+            assert_eq!(got.entry, *e);
+            assert_eq!(got.path, dir.path().join(&e.path));
+            if e.size > 0 {
+                assert_eq!(
+                    idx.find_hash(e.hash).expect("found by hash").entry.hash,
+                    e.hash
+                );
+            }
+        }
+        let copy = idx.clone();
+        assert!(
+            !idx.refresh().unwrap(),
+            "the unreadable file, unchanged, is no change"
+        );
+        assert!(Arc::ptr_eq(&copy.collections, &idx.collections));
+        // Changed and readable now: shared.
+        idx.hash_file = hash_pieces;
+        fs::write(dir.path().join("pics/sub/deeper/b.bin"), b"three!").unwrap();
+        assert!(idx.refresh().unwrap());
+        let b = idx
+            .entries()
+            .into_iter()
+            .find(|e| e.path.ends_with("b.bin"))
+            .expect("shared");
+        assert_eq!(idx.get(b.id).expect("by ID").entry, b);
+        assert!(idx.get(FileId(999)).is_none());
     }
 
     #[test]
