@@ -521,7 +521,7 @@ impl Driver {
                         }
                     }
                     SenderEvent::Failed(err) => {
-                        tracing::debug!(%to, ?transfer, "upload failed: {err}");
+                        tracing::debug!(%to, ?transfer, stats = ?up.machine.stats(), "upload failed: {err}");
                         UploadNotice::Failed {
                             peer: to,
                             path: up.listed.clone(),
