@@ -426,6 +426,7 @@ async fn listen(
         |c| {
             c.max_uploads = args.max_uploads;
             c.max_uploads_per_peer = args.max_uploads_per_peer;
+            c.upload_turn = args.upload_turn;
             c.max_upload_rate = args.max_upload_rate;
             c.rate = args.limits.rate();
             c.sender.idle_timeout = args.idle_timeout;

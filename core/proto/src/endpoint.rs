@@ -70,6 +70,10 @@ pub struct EndpointConfig {
     pub max_uploads: usize,
     /// Most transfers served at once to one IP address.
     pub max_uploads_per_peer: usize,
+    /// With requests waiting in line, how long an upload holds its slot before it gives it
+    /// to the next in line and waits for another turn (processor sharing of the slots;
+    /// zero: an upload holds its slot to the end).
+    pub upload_turn: Duration,
     /// The transport proves source addresses itself (TCP's handshake): requests need no
     /// token (see [`crate::validation`]).
     pub addresses_proven: bool,
@@ -85,6 +89,7 @@ impl Default for EndpointConfig {
             rate: RateConfig::default(),
             max_uploads: 32,
             max_uploads_per_peer: 8,
+            upload_turn: DEFAULT_UPLOAD_TURN,
             addresses_proven: false,
             identity: None,
         }
@@ -164,6 +169,7 @@ struct Lingering {
 
 /// An upload slot: taken when a transfer is admitted, kept while the upload runs.
 struct UploadSlot {
+    /// When it got its slot (this turn).
     started: Instant,
     /// An ACK came from the receiver's address: it receives there (a forged `Request`'s
     /// victim never acknowledges anything).
@@ -174,6 +180,12 @@ struct UploadSlot {
 /// `Request` once every slot is taken (a real receiver acknowledges within a round trip or
 /// two; a forged `Request`'s victim never does).
 pub const UNPROVEN_GRACE: Duration = Duration::from_secs(1);
+
+/// Default [`EndpointConfig::upload_turn`]: a few round trips of a long path, and short
+/// against a large file's time in a slot when 100 downloads share 8 slots, so that their
+/// rates come out even (one slot each to the end ran the last ones alone, 9x faster than
+/// the first).
+pub const DEFAULT_UPLOAD_TURN: Duration = Duration::from_millis(500);
 
 /// See the [module documentation](self).
 pub struct Endpoint {
@@ -198,6 +210,9 @@ pub struct Endpoint {
     /// to them unsigned. At most [`MAX_UNSIGNED_TRACKERS`].
     unsigned: Vec<SocketAddr>,
     uploads: BTreeMap<(SocketAddr, TransferId), UploadSlot>,
+    /// Uploads that gave their slot to the line for a turn (see [`queue`]): waiting in it
+    /// to resume, holding no slot.
+    paused: BTreeMap<(SocketAddr, TransferId), UploadSlot>,
     downloads: BTreeMap<TransferId, SocketAddr>,
     lingering: VecDeque<Lingering>,
     /// The last round trip measured to each address, and when.
@@ -230,6 +245,7 @@ impl Endpoint {
             registration: None,
             left: BTreeSet::new(),
             uploads: BTreeMap::new(),
+            paused: BTreeMap::new(),
             downloads: BTreeMap::new(),
             lingering: VecDeque::new(),
             round_trips: BTreeMap::new(),
@@ -415,9 +431,7 @@ impl Endpoint {
                 self.retry(now, from, |token| Message::Retry { request, token });
                 return None;
             }
-            Message::Request { transfer, .. }
-                if !proven && !self.uploads.contains_key(&(from, transfer)) =>
-            {
+            Message::Request { transfer, .. } if !proven && !self.is_upload(from, transfer) => {
                 self.retry(now, from, |token| Message::RetryTransfer {
                     transfer,
                     token,
@@ -596,7 +610,7 @@ impl Endpoint {
                 offset,
                 end,
             } => {
-                if self.uploads.contains_key(&(from, transfer)) {
+                if self.is_upload(from, transfer) {
                     return Some(Incoming::Upload {
                         from,
                         transfer,
@@ -624,7 +638,11 @@ impl Endpoint {
                 })
             }
             Message::Ack { transfer, .. } | Message::FinAck { transfer } => {
-                let slot = self.uploads.get_mut(&(from, transfer))?;
+                let key = (from, transfer);
+                let slot = match self.uploads.get_mut(&key) {
+                    Some(slot) => slot,
+                    None => self.paused.get_mut(&key)?,
+                };
                 slot.proven = true;
                 Some(Incoming::Upload {
                     from,
@@ -649,7 +667,7 @@ impl Endpoint {
                 }
             },
             Message::Abort { transfer, .. } => {
-                if self.uploads.contains_key(&(from, transfer)) {
+                if self.is_upload(from, transfer) {
                     Some(Incoming::Upload {
                         from,
                         transfer,
@@ -702,10 +720,12 @@ impl Endpoint {
         let heartbeat = self.registration.as_ref().map(|r| r.next_at);
         let punching = self.punching.next_timeout();
         let announcing = self.announcer.next_timeout();
+        let turns = self.next_turn_timeout();
         requests
             .chain(heartbeat)
             .chain(punching)
             .chain(announcing)
+            .chain(turns)
             .min()
     }
 
@@ -714,8 +734,11 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         // Punches first: one past its time takes its `Introduce` with it.
         self.punch_timeout(now);
-        // Slots freed by evictions, or a line that moved on past those who left.
+        // Slots freed by evictions, or a line that moved on past those who left; uploads
+        // whose turn is over give theirs to the line; paused ones hear that they wait.
         self.admit_waiting(now);
+        self.rotate(now);
+        self.remind_paused(now);
         let due: Vec<RequestId> = self
             .requests
             .iter()

@@ -128,6 +128,24 @@ pub enum Event {
         /// The transfer.
         transfer: TransferId,
     },
+    /// Upload `transfer` to `to` gave its slot to the line for a turn (see the endpoint's
+    /// queue): the driver pauses its sender ([`ChunkSender::pause`]) until
+    /// [`Event::Resumed`], or until it ends.
+    ///
+    /// [`ChunkSender::pause`]: crate::transfer::ChunkSender::pause
+    Paused {
+        /// The receiver.
+        to: SocketAddr,
+        /// The transfer.
+        transfer: TransferId,
+    },
+    /// A paused upload has its slot again: the driver resumes its sender.
+    Resumed {
+        /// The receiver.
+        to: SocketAddr,
+        /// The transfer.
+        transfer: TransferId,
+    },
     /// A punch ([`Endpoint::punch`](super::Endpoint::punch)) got through: a probe of the
     /// peer's came from `peer`, whose NAT now lets us in. Talk to it there.
     Punched {

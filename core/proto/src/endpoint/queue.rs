@@ -8,11 +8,20 @@
 //! line answers `Busy`), and forgets a `Request` not repeated for [`WAITING_STALE`] (its
 //! receiver repeats it about every second while queued), so a receiver that went away, or a
 //! forger (who never holds a token for the address it forges), holds no place for long.
+//!
+//! Slots are shared in turns (processor sharing): while someone waits who could take its
+//! slot, an upload whose receiver has acknowledged it gives the slot up after
+//! [`EndpointConfig::upload_turn`](super::EndpointConfig::upload_turn)
+//! ([`Event::Paused`]: its sender stops, keeping its state) and goes to the back of the line;
+//! in turn it is [`Event::Resumed`]. Its receiver hears `Queued` about every second
+//! meanwhile, which keeps it waiting. With one slot each to the end, 100 downloads from 8
+//! slots ran at rates 9x apart: the last ones ran alone.
 
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{Endpoint, Event, Transmit};
+use super::{Endpoint, Event, Transmit, UploadSlot};
 use crate::wire::{FileId, Message, TransferId};
 
 /// Requests waiting for a slot, in all.
@@ -33,8 +42,11 @@ pub(super) struct Waiting {
     file: FileId,
     offset: u64,
     end: Option<u64>,
-    /// When its `Request` last came.
+    /// When its `Request` last came (a paused upload: when its receiver was last told
+    /// `Queued`).
     seen: Instant,
+    /// A paused upload waiting for its next turn (not a new `Request`).
+    paused: bool,
 }
 
 impl Endpoint {
@@ -74,6 +86,7 @@ impl Endpoint {
                     offset,
                     end,
                     seen: now,
+                    paused: false,
                 });
                 self.waiting.len() - 1
             }
@@ -111,6 +124,18 @@ impl Endpoint {
                 continue;
             }
             let w = self.waiting.remove(i).expect("in range");
+            if w.paused {
+                let key = (w.from, w.transfer);
+                if let Some(mut slot) = self.paused.remove(&key) {
+                    slot.started = now;
+                    self.uploads.insert(key, slot);
+                    self.events.push_back(Event::Resumed {
+                        to: w.from,
+                        transfer: w.transfer,
+                    });
+                }
+                continue;
+            }
             // The slot is held from now on: what is admitted next counts it.
             self.upload_started(now, w.from, w.transfer);
             self.events.push_back(Event::Admitted {
@@ -124,6 +149,127 @@ impl Endpoint {
     }
 
     fn forget_stale(&mut self, now: Instant) {
-        self.waiting.retain(|w| now < w.seen + WAITING_STALE);
+        // (A paused upload leaves the line when it ends: `upload_ended`.)
+        self.waiting
+            .retain(|w| w.paused || now < w.seen + WAITING_STALE);
+    }
+
+    /// Removes a paused upload's place in line.
+    pub(super) fn leave_line(&mut self, from: SocketAddr, transfer: TransferId) {
+        self.waiting
+            .retain(|w| !(w.paused && w.from == from && w.transfer == transfer));
+    }
+
+    /// The uploads whose turn is over or will be, with someone in line who could take
+    /// their slot (within the total cap and that one's address cap, once the slot is
+    /// free), and when their turn ends. O((uploads + line) log), no pairs.
+    fn turns_over(&self) -> Vec<((SocketAddr, TransferId), Instant)> {
+        let turn = self.config.upload_turn;
+        if turn.is_zero() || self.waiting.is_empty() || self.uploads.is_empty() {
+            return Vec::new();
+        }
+        // Freeing one slot leaves the total below its cap.
+        if self.uploads.len() > self.config.max_uploads {
+            return Vec::new();
+        }
+        let mut held: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        for (a, _) in self.uploads.keys() {
+            *held.entry(a.ip()).or_default() += 1;
+        }
+        let in_line: BTreeSet<IpAddr> = self.waiting.iter().map(|w| w.from.ip()).collect();
+        // Addresses in line with room under their cap now: any slot freed serves them.
+        let cap = self.config.max_uploads_per_peer;
+        let with_room: Vec<IpAddr> = in_line
+            .iter()
+            .filter(|ip| held.get(ip).copied().unwrap_or(0) < cap)
+            .copied()
+            .collect();
+        self.uploads
+            .iter()
+            .filter(|(_, u)| u.proven)
+            .filter(|((a, _), _)| {
+                // Someone of its own address (one slot fewer held), or another with room.
+                in_line.contains(&a.ip()) || with_room.iter().any(|ip| *ip != a.ip())
+            })
+            .map(|(k, u)| (*k, u.started + turn))
+            .collect()
+    }
+
+    /// When the next upload's turn ends (someone in line could take its slot).
+    pub(super) fn next_turn_timeout(&self) -> Option<Instant> {
+        let turns = self.turns_over().into_iter().map(|(_, at)| at).min();
+        let reminders = self
+            .waiting
+            .iter()
+            .filter(|w| w.paused)
+            .map(|w| w.seen + crate::transfer::QUEUED_RETRY)
+            .min();
+        turns.into_iter().chain(reminders).min()
+    }
+
+    /// Pauses the uploads whose turn is over (longest in their slot first), each to the back
+    /// of the line, and admits who can come in.
+    pub(super) fn rotate(&mut self, now: Instant) {
+        loop {
+            let Some((key, _)) = self
+                .turns_over()
+                .into_iter()
+                .filter(|(_, at)| *at <= now)
+                .min_by_key(|(_, at)| *at)
+            else {
+                return;
+            };
+            let slot: UploadSlot = self.uploads.remove(&key).expect("listed");
+            self.paused.insert(key, slot);
+            let (from, transfer) = key;
+            self.waiting.push_back(Waiting {
+                from,
+                transfer,
+                file: crate::wire::FileId(0),
+                offset: 0,
+                end: None,
+                seen: now,
+                paused: true,
+            });
+            self.events.push_back(Event::Paused { to: from, transfer });
+            self.admit_waiting(now);
+            // Its receiver hears where it waits (unless its turn came again at once).
+            if let Some(ahead) = self
+                .waiting
+                .iter()
+                .position(|w| w.paused && (w.from, w.transfer) == key)
+            {
+                self.queued_notice(from, transfer, ahead);
+            }
+        }
+    }
+
+    /// Tells each paused upload's receiver, about every second, that it waits in line (its
+    /// download would time out in the silence otherwise).
+    pub(super) fn remind_paused(&mut self, now: Instant) {
+        let due: Vec<(usize, SocketAddr, TransferId)> = self
+            .waiting
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, w)| w.paused && now >= w.seen + crate::transfer::QUEUED_RETRY)
+            .map(|(i, w)| {
+                w.seen = now;
+                (i, w.from, w.transfer)
+            })
+            .collect();
+        for (ahead, to, transfer) in due {
+            self.queued_notice(to, transfer, ahead);
+        }
+    }
+
+    fn queued_notice(&mut self, to: SocketAddr, transfer: TransferId, ahead: usize) {
+        self.transmits.push_back(Transmit {
+            to,
+            payload: Message::Queued {
+                transfer,
+                ahead: ahead as u32,
+            }
+            .encode(),
+        });
     }
 }

@@ -1293,3 +1293,126 @@ fn an_answer_answers_and_gives_a_token() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The uploads' events since last asked: (kind, transfer) for pauses, resumptions and
+/// admissions.
+fn turns(ep: &mut Endpoint) -> Vec<(&'static str, u64)> {
+    std::iter::from_fn(|| ep.poll_event())
+        .filter_map(|e| match e {
+            Event::Paused { transfer, .. } => Some(("paused", transfer.0)),
+            Event::Resumed { transfer, .. } => Some(("resumed", transfer.0)),
+            Event::Admitted { transfer, .. } => Some(("admitted", transfer.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// With someone in line who could take it, an acknowledged upload gives its slot up when
+/// its turn is over, waits at the back of the line (its receiver told `Queued` about every
+/// second), and resumes in turn; with nobody in line, uploads keep their slots.
+#[test]
+fn uploads_take_turns_while_others_wait() {
+    let turn = ms(2000);
+    let config = EndpointConfig {
+        max_uploads: 32,
+        max_uploads_per_peer: 1,
+        upload_turn: turn,
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let t0 = Instant::now();
+    let request = |t: u64| Message::Request {
+        transfer: TransferId(t),
+        file: FileId(1),
+        offset: 0,
+        end: None,
+    };
+    let a = |port: u16| addr(2, port);
+    match ep.handle_proven(t0, a(1), request(1)) {
+        Some(Incoming::NewUpload { from, transfer, .. }) => ep.upload_started(t0, from, transfer),
+        other => panic!("{other:?}"),
+    }
+    assert!(ep
+        .handle_proven(t0, a(1), final_ack(TransferId(1)))
+        .is_some());
+    assert_eq!(ep.poll_timeout(), None, "nobody waits: no turns");
+    assert!(ep.handle_proven(t0, a(2), request(2)).is_none());
+    sent(&mut ep);
+    assert_eq!(ep.poll_timeout(), Some(t0 + turn));
+    ep.handle_timeout(t0 + turn - ms(1));
+    assert_eq!(turns(&mut ep), []);
+    ep.handle_timeout(t0 + turn);
+    assert_eq!(turns(&mut ep), [("paused", 1), ("admitted", 2)]);
+    let queued = |t: u64| {
+        (
+            a(t as u16),
+            Message::Queued {
+                transfer: TransferId(t),
+                ahead: 0,
+            },
+        )
+    };
+    assert_eq!(sent(&mut ep), [queued(1)]);
+    // A paused upload still takes its receiver's ACKs (and its Abort).
+    assert!(matches!(
+        ep.handle_proven(t0 + turn, a(1), final_ack(TransferId(1))),
+        Some(Incoming::Upload { .. })
+    ));
+    // Upload 2 is acknowledged (an unacknowledged one has no turns: it may be a forged
+    // Request's, and is evicted, not paused).
+    assert!(ep
+        .handle_proven(t0 + turn + ms(100), a(2), final_ack(TransferId(2)))
+        .is_some());
+    // The paused one's receiver hears every second that it waits.
+    assert_eq!(ep.poll_timeout(), Some(t0 + turn + ms(1000)));
+    ep.handle_timeout(t0 + turn + ms(999));
+    assert!(sent(&mut ep).is_empty());
+    ep.handle_timeout(t0 + turn + ms(1000));
+    assert_eq!(sent(&mut ep), [queued(1)]);
+    assert_eq!(turns(&mut ep), []);
+    // Upload 2's turn ends: 1 resumes.
+    ep.handle_timeout(t0 + turn + turn);
+    assert_eq!(turns(&mut ep), [("paused", 2), ("resumed", 1)]);
+    assert_eq!(sent(&mut ep), [queued(2)]);
+    // A paused upload that ends leaves the line; then nobody waits and nobody yields.
+    ep.upload_ended(a(2), TransferId(2));
+    assert!(ep.poll_timeout().is_none());
+    ep.handle_timeout(t0 + ms(9000));
+    assert_eq!(turns(&mut ep), []);
+    assert!(sent(&mut ep).is_empty(), "no reminder for an ended upload");
+}
+
+/// Turns are per address cap: an upload yields only to someone who could take its slot
+/// (a waiter whose own address is at its cap, from another address, could not).
+#[test]
+fn an_upload_yields_only_to_someone_who_could_take_its_slot() {
+    let config = EndpointConfig {
+        max_uploads: 32,
+        max_uploads_per_peer: 1,
+        upload_turn: ms(500),
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let t0 = Instant::now();
+    let request = |t: u64| Message::Request {
+        transfer: TransferId(t),
+        file: FileId(1),
+        offset: 0,
+        end: None,
+    };
+    for (t, from) in [(1, addr(2, 1)), (2, addr(3, 1))] {
+        match ep.handle_proven(t0, from, request(t)) {
+            Some(Incoming::NewUpload { from, transfer, .. }) => {
+                ep.upload_started(t0, from, transfer);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ep
+            .handle_proven(t0, from, final_ack(TransferId(t)))
+            .is_some());
+    }
+    // A second request from 10.0.0.2 waits: only upload 1 (same address) may yield to it.
+    assert!(ep.handle_proven(t0, addr(2, 2), request(3)).is_none());
+    ep.handle_timeout(t0 + ms(500));
+    assert_eq!(turns(&mut ep), [("paused", 1), ("admitted", 3)]);
+}

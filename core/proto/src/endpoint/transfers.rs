@@ -63,6 +63,15 @@ impl Endpoint {
     /// Upload `(from, transfer)` is over.
     pub fn upload_ended(&mut self, from: SocketAddr, transfer: TransferId) {
         self.uploads.remove(&(from, transfer));
+        if self.paused.remove(&(from, transfer)).is_some() {
+            self.leave_line(from, transfer);
+        }
+    }
+
+    /// Whether `(from, transfer)` is an upload of ours, in its slot or paused.
+    pub(super) fn is_upload(&self, from: SocketAddr, transfer: TransferId) -> bool {
+        let key = (from, transfer);
+        self.uploads.contains_key(&key) || self.paused.contains_key(&key)
     }
 
     /// Our download `transfer` from `peer` runs from now on.

@@ -178,6 +178,9 @@ pub struct ChunkSender {
     last_heard: Instant,
     /// A repeated `Request` had the chunks in flight sent again (done at most once).
     resent_window: bool,
+    /// Another transfer has the upload slot for now ([`ChunkSender::pause`]): nothing is
+    /// sent, and neither the idle timer nor the retransmission timer runs.
+    paused: bool,
     send_accept: bool,
     send_fin: bool,
     fin_at: Option<Instant>,
@@ -234,6 +237,7 @@ impl ChunkSender {
             pace_at: None,
             last_heard: now,
             resent_window: false,
+            paused: false,
             send_accept: true,
             send_fin: false,
             fin_at: None,
@@ -258,6 +262,38 @@ impl ChunkSender {
     /// True once finished or failed; the driver may drop it after draining transmits.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Stops sending until [`ChunkSender::resume`]: the seeder gave the upload slot to
+    /// another transfer for a while (processor sharing of the slots, see the endpoint's
+    /// queue). ACKs of the chunks in flight are still taken; the idle and retransmission
+    /// timers stop (the receiver is told `Queued`, not silence). An `Abort` still goes out.
+    pub fn pause(&mut self) {
+        self.paused = true;
+        self.probe_at = None;
+        self.pace_at = None;
+    }
+
+    /// Sends again after [`ChunkSender::pause`]: the receiver counts as heard from now, and
+    /// chunks still unacknowledged get a fresh retransmission timer. The congestion
+    /// controller keeps what it measured.
+    pub fn resume(&mut self, now: Instant) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        self.last_heard = now;
+        self.rto_at =
+            (!self.in_flight.is_empty() || !self.lost.is_empty()).then(|| now + self.rtt.rto());
+        if self.fin_at.is_some() {
+            self.fin_at = Some(now);
+        }
+        self.arm_probe(now);
+    }
+
+    /// Whether the sender is paused ([`ChunkSender::pause`]).
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// Serves only the bytes before `end` (clamped to the file; a multi-source download's
@@ -462,6 +498,14 @@ impl ChunkSender {
         if self.state == State::Done {
             return;
         }
+        if self.paused {
+            // Only what ACKs of the chunks in flight showed: no idle or retransmission
+            // timer while another transfer has the slot.
+            if self.loss_at.is_some_and(|t| now >= t) {
+                self.detect_losses(now);
+            }
+            return;
+        }
         if self.pace_at.is_some_and(|t| now >= t) {
             // The pacer's wait is over; the next `poll_transmit` asks it again. (Cleared here
             // too: a driver that does not poll, e.g. while rate-limited, must not be woken by
@@ -508,6 +552,9 @@ impl ChunkSender {
         if self.state == State::Done {
             return None;
         }
+        if self.paused {
+            return self.loss_at;
+        }
         [
             self.rto_at,
             self.loss_at,
@@ -529,7 +576,7 @@ impl ChunkSender {
                 reason,
             }));
         }
-        if self.state == State::Done {
+        if self.state == State::Done || self.paused {
             return None;
         }
         if self.send_accept {

@@ -616,3 +616,61 @@ fn a_range_off_the_piece_grid_is_refused_before_asking() {
         assert!(pair.receiver.is_done(), "end {end}");
     }
 }
+
+/// A sender paused far longer than both idle timeouts (its upload slot lent to others in
+/// turn), its receiver told `Queued` every second meanwhile: neither side gives up, and the
+/// transfer completes byte-exact once resumed. Without the reminders the receiver gives up.
+#[test]
+fn a_paused_transfer_outlives_the_idle_timeouts_and_completes_when_resumed() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    for remind in [true, false] {
+        let cut = Rc::new(Cell::new(false));
+        let link_cut = cut.clone();
+        let mut pair = Pair::new(sample(200_000), config(1000)).with_link(move |_| {
+            if link_cut.get() {
+                Fate::Drop
+            } else {
+                Fate::Deliver
+            }
+        });
+        while pair.receiver.received() < 50_000 {
+            assert!(pair.step());
+        }
+        pair.sender.as_mut().expect("requested").pause();
+        // What was in flight is lost, and the receiver's ACKs go nowhere.
+        cut.set(true);
+        let transfer = pair.receiver.transfer();
+        let paused_at = pair.now;
+        let mut told = paused_at;
+        while pair.now < paused_at + Duration::from_secs(40) && pair.receiver_end().is_none() {
+            if remind && pair.now >= told + Duration::from_secs(1) {
+                told = pair.now;
+                let queued = Message::Queued { transfer, ahead: 3 };
+                pair.receiver.handle_message(pair.now, &queued);
+            }
+            if !pair.step() {
+                break; // nothing due: the receiver has ended
+            }
+        }
+        assert!(pair.sender_end().is_none(), "{:?}", pair.sender_end());
+        if !remind {
+            assert!(
+                matches!(
+                    pair.receiver_end(),
+                    Some(ReceiverEvent::Failed(TransferError::Timeout { .. }))
+                ),
+                "{:?}",
+                pair.receiver_end()
+            );
+            continue;
+        }
+        assert!(pair.receiver_end().is_none(), "{:?}", pair.receiver_end());
+        cut.set(false);
+        let now = pair.now;
+        pair.sender.as_mut().expect("requested").resume(now);
+        pair.drive(100_000);
+        assert!(pair.finished(), "{:?}", pair.receiver_events);
+        assert_eq!(pair.written, pair.file());
+    }
+}

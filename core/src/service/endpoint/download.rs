@@ -352,7 +352,12 @@ impl Driver {
         while let Some(event) = d.machine.poll_event() {
             match event {
                 ReceiverEvent::Queued { ahead } => {
-                    d.progress.send_modify(|p| p.queued = Some(ahead));
+                    // Before the Accept: in the sender's line. After it: the sender shares
+                    // its slots in turns and this one waits for its next (a short pause,
+                    // not news for the terminal).
+                    if !d.machine.is_accepted() {
+                        d.progress.send_modify(|p| p.queued = Some(ahead));
+                    }
                 }
                 ReceiverEvent::Accepted { .. } => {
                     d.progress.send_modify(|p| p.queued = None);

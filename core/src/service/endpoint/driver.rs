@@ -305,6 +305,17 @@ impl Driver {
                         up.machine.abort(AbortReason::Busy);
                     }
                 }
+                Event::Paused { to, transfer } => {
+                    if let Some(up) = self.uploads.get_mut(&(to, transfer)) {
+                        up.machine.pause();
+                    }
+                }
+                Event::Resumed { to, transfer } => {
+                    if let Some(up) = self.uploads.get_mut(&(to, transfer)) {
+                        up.machine.resume(Instant::now().into_std());
+                        self.more_to_send = true;
+                    }
+                }
                 Event::Punched { request, peer } => self.replies.answer(
                     request,
                     Message::Introduced {

@@ -70,6 +70,9 @@ pub struct EndpointConfig {
     pub max_uploads: usize,
     /// Most transfers served at once to one IP address.
     pub max_uploads_per_peer: usize,
+    /// With requests waiting for a slot, how long an upload holds its slot before it lends
+    /// it to the next in line and waits for another turn (zero: to the end).
+    pub upload_turn: Duration,
     /// Rate limit of requests (index, piece hashes, new transfers) per source IP.
     pub rate: RateConfig,
     /// A download records its verified prefix (flush, sync, state file) every this many bytes
@@ -174,6 +177,7 @@ impl Default for EndpointConfig {
             receiver: ReceiverConfig::default(),
             max_uploads: 32,
             max_uploads_per_peer: 8,
+            upload_turn: p2p_proto::endpoint::DEFAULT_UPLOAD_TURN,
             rate: RateConfig::default(),
             save_every: 64 * 1024 * 1024,
             fsync: true,
@@ -544,6 +548,7 @@ pub fn spawn_endpoint(
                 rate: config.rate,
                 max_uploads: config.max_uploads,
                 max_uploads_per_peer: config.max_uploads_per_peer,
+                upload_turn: config.upload_turn,
                 // A stream's source address is proven by its handshake.
                 addresses_proven: reliable,
                 identity: config.identity.clone(),

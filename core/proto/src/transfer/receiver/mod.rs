@@ -99,7 +99,8 @@ impl Default for ReceiverConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReceiverEvent {
     /// Every upload slot of the sender is taken: the request waits in its line, behind
-    /// `ahead` others (each time the sender says so).
+    /// `ahead` others (each time the sender says so); after the `Accept`, the transfer
+    /// gave its slot to another for a turn and waits for its next.
     Queued {
         /// Requests to be served first.
         ahead: u32,
@@ -372,6 +373,11 @@ impl ChunkReceiver {
         self.transfer
     }
 
+    /// The sender accepted (the transfer is past its `Request`).
+    pub fn is_accepted(&self) -> bool {
+        !matches!(self.state, State::Requesting { .. })
+    }
+
     /// True once finished or failed.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
@@ -545,6 +551,14 @@ impl ChunkReceiver {
                     next_retry: now + QUEUED_RETRY,
                     wait: QUEUED_RETRY / 2,
                 };
+            }
+            (State::Receiving, Message::Queued { ahead, .. }) => {
+                // The sender gave our upload slot to another transfer for a while (its
+                // slots are shared in turns): alive, and back in turn. The minimum rate
+                // still holds, so a forger repeating this cannot keep a download for ever.
+                self.events
+                    .push_back(ReceiverEvent::Queued { ahead: *ahead });
+                self.last_heard = now;
             }
             (_, Message::Abort { reason, .. }) => {
                 self.fail(TransferError::Aborted(reason.clone()), None);
