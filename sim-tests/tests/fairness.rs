@@ -71,3 +71,76 @@ seeded_tests! {
     two_capped_uploads_share_the_rate_udp => |s| two_capped_uploads(s, Net::Udp);
     two_capped_uploads_share_the_rate_tcp => |s| two_capped_uploads(s, Net::Tcp);
 }
+
+/// One upload slot, three downloads asking at once: the slot is lent in turns
+/// (`upload_turn`), so when the first download completes the other two have each come a
+/// good part of the way (first come, first served to the end, they had not started), and
+/// all three end byte-exact.
+fn three_downloads_share_one_slot(seed: u64, net: Net) -> turmoil::Result {
+    let mut cl = Cluster::new(seed, net);
+    let mut sim = cl.builder(Duration::from_secs(120)).build();
+    cl.add_tracker(&mut sim, fast_registry(), None);
+    cl.add_peer(
+        &mut sim,
+        "seeder",
+        PeerOpts::sharing(&[("big.bin", SIZE)]).tune(|c| {
+            c.max_uploads = 1;
+            c.max_upload_rate = Some(RATE);
+            c.upload_turn = Duration::from_millis(300);
+        }),
+    );
+    let names = ["alice", "bob", "carol"];
+    for name in names {
+        cl.add_peer(&mut sim, name, PeerOpts::default());
+    }
+    let f = cl.file("seeder", "big.bin");
+    let dests: Vec<_> = names
+        .iter()
+        .map(|n| cl.download_dir(n).join("big.bin"))
+        .collect();
+    let handles = cl.handles.clone();
+    sim.client("ctl", async move {
+        let mut fetches = Vec::new();
+        for (name, dest) in names.iter().zip(&dests) {
+            let h = handles.get(name).await;
+            fetches.push(spawn_fetch(&h, "seeder", "big.bin", dest).await?);
+        }
+        let (tasks, progress): (Vec<_>, Vec<_>) = fetches.into_iter().unzip();
+        let [mut ta, mut tb, mut tc] = <[_; 3]>::try_from(tasks).expect("three");
+        let mut results = [None, None, None];
+        let done = tokio::select! {
+            r = &mut ta => { results[0] = Some(r?); 0 }
+            r = &mut tb => { results[1] = Some(r?); 1 }
+            r = &mut tc => { results[2] = Some(r?); 2 }
+        };
+        // The two still running: each a quarter of the way at least (in turns of three,
+        // about two thirds).
+        for (i, p) in progress.iter().enumerate().filter(|(i, _)| *i != done) {
+            let got = p.borrow().received;
+            if got < SIZE as u64 / 4 {
+                return Err(format!(
+                    "download {i} had {got} of {SIZE} bytes when the first ended: no turns"
+                )
+                .into());
+            }
+        }
+        for (i, t) in [ta, tb, tc].into_iter().enumerate() {
+            if i != done {
+                results[i] = Some(t.await?);
+            }
+        }
+        for (res, dest) in results.iter().zip(&dests) {
+            let res = res.as_ref().expect("every download ended");
+            if check_download(res, dest, &f)? != Checked::Complete {
+                return Err(format!("a download failed: {res:?}").into());
+            }
+        }
+        Ok(())
+    });
+    run_sim(&mut sim)
+}
+
+seeded_tests! {
+    one_slot_is_lent_in_turns_udp => |s| three_downloads_share_one_slot(s, Net::Udp);
+    one_slot_is_lent_in_turns_tcp => |s| three_downloads_share_one_slot(s, Net::Tcp);
+}
