@@ -492,8 +492,9 @@ pub(crate) struct PeerArgs {
     pub max_uploads_per_peer: usize,
     /// While downloads wait for an upload slot, how long one upload holds its slot before
     /// it lends it to the next in line and waits for another turn, so that all progress
-    /// at even rates (0: each upload keeps its slot to the end).
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    /// at even rates (at least 4 round trips of that upload; 0: each upload keeps its slot
+    /// to the end).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub upload_turn: Duration,
     /// Cap on upload bandwidth, all uploads together (e.g. 20MiB); default: none.
     #[arg(long, value_parser = parse_bytes)]

@@ -171,6 +171,11 @@ struct Lingering {
 struct UploadSlot {
     /// When it got its slot (this turn).
     started: Instant,
+    /// The smallest RTT the sender measured to its receiver, as the driver last reported
+    /// it ([`Endpoint::upload_rtt`]): a turn lasts a few of them at least (the smallest, not
+    /// the smoothed: 100 downloads on one machine inflate the smoothed RTT with queues, and
+    /// turns as long made the rates 10x apart).
+    rtt: Duration,
     /// An ACK came from the receiver's address: it receives there (a forged `Request`'s
     /// victim never acknowledges anything).
     proven: bool,
@@ -181,11 +186,16 @@ struct UploadSlot {
 /// two; a forged `Request`'s victim never does).
 pub const UNPROVEN_GRACE: Duration = Duration::from_secs(1);
 
-/// Default [`EndpointConfig::upload_turn`]: a few round trips of a long path, and short
-/// against a large file's time in a slot when 100 downloads share 8 slots, so that their
-/// rates come out even (one slot each to the end ran the last ones alone, 9x faster than
-/// the first).
-pub const DEFAULT_UPLOAD_TURN: Duration = Duration::from_millis(500);
+/// Default [`EndpointConfig::upload_turn`]: short against a large file's time in a slot
+/// when 100 downloads share 8 slots, so that their rates come out even (measured with
+/// `scripts/many-gets.sh`: one slot each to the end, rates 9x apart; turns of 500 ms, 28x,
+/// as the first downloads ended within their first turn; 100 ms, 2.9x). A turn also lasts
+/// [`TURN_RTTS`] round trips of its upload at least.
+pub const DEFAULT_UPLOAD_TURN: Duration = Duration::from_millis(100);
+/// A turn lasts at least this many of the upload's smallest RTTs: on a long path the
+/// chunks of a turn take a round trip to be acknowledged, and a turn of one would spend
+/// most of itself filling the pipe.
+pub const TURN_RTTS: u32 = 4;
 
 /// See the [module documentation](self).
 pub struct Endpoint {

@@ -191,7 +191,7 @@ impl Endpoint {
                 // Someone of its own address (one slot fewer held), or another with room.
                 in_line.contains(&a.ip()) || with_room.iter().any(|ip| *ip != a.ip())
             })
-            .map(|(k, u)| (*k, u.started + turn))
+            .map(|(k, u)| (*k, u.started + turn.max(u.rtt * super::TURN_RTTS)))
             .collect()
     }
 

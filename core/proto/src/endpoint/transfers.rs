@@ -2,7 +2,7 @@
 //! uploads nobody acknowledges), and the answers a finished download still owes its sender.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{
     Endpoint, Event, Lingering, Transmit, UploadSlot, LINGER, MAX_LINGERING, UNPROVEN_GRACE,
@@ -25,6 +25,7 @@ impl Endpoint {
             UploadSlot {
                 started: now,
                 proven: false,
+                rtt: Duration::ZERO,
             },
         );
     }
@@ -65,6 +66,17 @@ impl Endpoint {
         self.uploads.remove(&(from, transfer));
         if self.paused.remove(&(from, transfer)).is_some() {
             self.leave_line(from, transfer);
+        }
+    }
+
+    /// The sender of upload `(from, transfer)` measures `rtt` to its receiver now: its
+    /// turns last [`TURN_RTTS`](super::TURN_RTTS) of those at least.
+    pub fn upload_rtt(&mut self, from: SocketAddr, transfer: TransferId, rtt: Duration) {
+        let key = (from, transfer);
+        if let Some(slot) = self.uploads.get_mut(&key) {
+            slot.rtt = rtt;
+        } else if let Some(slot) = self.paused.get_mut(&key) {
+            slot.rtt = rtt;
         }
     }
 

@@ -291,6 +291,12 @@ impl ChunkSender {
         self.arm_probe(now);
     }
 
+    /// The smallest RTT measured to the receiver (the path's, without the queues a load
+    /// builds), once a sample came.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
     /// Whether the sender is paused ([`ChunkSender::pause`]).
     pub fn is_paused(&self) -> bool {
         self.paused

@@ -280,6 +280,9 @@ impl Driver {
                 }
                 if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
                     up.machine.handle_message(now, &msg);
+                    if let Some(rtt) = up.machine.min_rtt() {
+                        self.proto.upload_rtt(from, transfer, rtt);
+                    }
                 }
             }
             Some(Incoming::Download { transfer, msg }) => {
