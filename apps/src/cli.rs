@@ -490,11 +490,11 @@ pub(crate) struct PeerArgs {
     /// Most uploads served at once to one IP address.
     #[arg(long, default_value_t = 8)]
     pub max_uploads_per_peer: usize,
-    /// While downloads wait for an upload slot, how long one upload holds its slot before
-    /// it lends it to the next in line and waits for another turn, so that all progress
-    /// at even rates (at least 4 round trips of that upload; 0: each upload keeps its slot
-    /// to the end).
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    /// While downloads wait for an upload slot, the longest one upload holds its slot
+    /// before it lends it to the next in line and waits for another turn (a turn ends
+    /// sooner once 4 MiB more are acknowledged), so that all progress at even rates
+    /// (0: each upload keeps its slot to the end).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub upload_turn: Duration,
     /// Cap on upload bandwidth, all uploads together (e.g. 20MiB); default: none.
     #[arg(long, value_parser = parse_bytes)]

@@ -176,6 +176,10 @@ struct UploadSlot {
     /// the smoothed: 100 downloads on one machine inflate the smoothed RTT with queues, and
     /// turns as long made the rates 10x apart).
     rtt: Duration,
+    /// Bytes its receiver acknowledged so far, as last reported, and at the start of this
+    /// turn: a turn ends once [`UPLOAD_QUANTUM`] more are acknowledged.
+    acked: u64,
+    turn_from: u64,
     /// An ACK came from the receiver's address: it receives there (a forged `Request`'s
     /// victim never acknowledges anything).
     proven: bool,
@@ -186,12 +190,16 @@ struct UploadSlot {
 /// two; a forged `Request`'s victim never does).
 pub const UNPROVEN_GRACE: Duration = Duration::from_secs(1);
 
-/// Default [`EndpointConfig::upload_turn`]: short against a large file's time in a slot
-/// when 100 downloads share 8 slots, so that their rates come out even (measured with
-/// `scripts/many-gets.sh`: one slot each to the end, rates 9x apart; turns of 500 ms, 28x,
-/// as the first downloads ended within their first turn; 100 ms, 2.9x). A turn also lasts
-/// [`TURN_RTTS`] round trips of its upload at least.
-pub const DEFAULT_UPLOAD_TURN: Duration = Duration::from_millis(100);
+/// Default [`EndpointConfig::upload_turn`], the longest turn: most end sooner, at
+/// [`UPLOAD_QUANTUM`] bytes. Measured with `scripts/many-gets.sh` (100 downloads, 8 slots):
+/// one slot each to the end, rates 9x apart; turns of 500 ms, 28x (the first downloads
+/// ended within their first turn); 100 ms, 3-10x.
+pub const DEFAULT_UPLOAD_TURN: Duration = Duration::from_secs(1);
+/// A turn ends once the upload's receiver acknowledged this many bytes more (and
+/// [`TURN_RTTS`] round trips passed), or after [`EndpointConfig::upload_turn`]: equal
+/// bytes per turn (deficit round robin), so that the downloads sharing the slots progress at
+/// equal rates whatever each sender's pace (turns of equal time gave a fast sender more).
+pub const UPLOAD_QUANTUM: u64 = 4 << 20;
 /// A turn lasts at least this many of the upload's smallest RTTs: on a long path the
 /// chunks of a turn take a round trip to be acknowledged, and a turn of one would spend
 /// most of itself filling the pipe.

@@ -1416,3 +1416,48 @@ fn an_upload_yields_only_to_someone_who_could_take_its_slot() {
     ep.handle_timeout(t0 + ms(500));
     assert_eq!(turns(&mut ep), [("paused", 1), ("admitted", 3)]);
 }
+
+/// A turn ends once the receiver acknowledged a quantum of bytes (and a few round trips
+/// passed), long before the longest turn: equal bytes per turn.
+#[test]
+fn a_turn_ends_at_its_quantum_of_bytes() {
+    use super::UPLOAD_QUANTUM;
+    let config = EndpointConfig {
+        max_uploads: 1,
+        upload_turn: ms(5000),
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let t0 = Instant::now();
+    let request = |t: u64| Message::Request {
+        transfer: TransferId(t),
+        file: FileId(1),
+        offset: 0,
+        end: None,
+    };
+    match ep.handle_proven(t0, addr(2, 1), request(1)) {
+        Some(Incoming::NewUpload { from, transfer, .. }) => ep.upload_started(t0, from, transfer),
+        other => panic!("{other:?}"),
+    }
+    assert!(ep
+        .handle_proven(t0, addr(2, 1), final_ack(TransferId(1)))
+        .is_some());
+    assert!(ep.handle_proven(t0, addr(3, 1), request(2)).is_none());
+    let key = (addr(2, 1), TransferId(1));
+    // Most of a quantum: the turn goes on (to the longest turn's end).
+    ep.upload_progress(t0 + ms(10), key, Some(ms(1)), UPLOAD_QUANTUM - 1);
+    assert_eq!(turns(&mut ep), []);
+    assert_eq!(ep.poll_timeout(), Some(t0 + ms(5000)));
+    // The quantum: over now.
+    ep.upload_progress(t0 + ms(20), key, Some(ms(1)), UPLOAD_QUANTUM);
+    assert_eq!(turns(&mut ep), [("paused", 1), ("admitted", 2)]);
+    // Its next turn counts from what was acknowledged at its start.
+    ep.upload_ended(addr(3, 1), TransferId(2));
+    ep.handle_timeout(t0 + ms(30));
+    assert_eq!(turns(&mut ep), [("resumed", 1)]);
+    assert!(ep.handle_proven(t0, addr(4, 1), request(3)).is_none());
+    ep.upload_progress(t0 + ms(40), key, Some(ms(1)), UPLOAD_QUANTUM + 10);
+    assert_eq!(turns(&mut ep), []);
+    ep.upload_progress(t0 + ms(50), key, Some(ms(1)), 2 * UPLOAD_QUANTUM);
+    assert_eq!(turns(&mut ep), [("paused", 1), ("admitted", 3)]);
+}

@@ -26,6 +26,8 @@ impl Endpoint {
                 started: now,
                 proven: false,
                 rtt: Duration::ZERO,
+                acked: 0,
+                turn_from: 0,
             },
         );
     }
@@ -69,14 +71,26 @@ impl Endpoint {
         }
     }
 
-    /// The sender of upload `(from, transfer)` measures `rtt` to its receiver now: its
-    /// turns last [`TURN_RTTS`](super::TURN_RTTS) of those at least.
-    pub fn upload_rtt(&mut self, from: SocketAddr, transfer: TransferId, rtt: Duration) {
+    /// How upload `(from, transfer)` goes: its receiver acknowledged `acked` bytes, and its
+    /// sender's smallest RTT is `rtt` (its turns last [`TURN_RTTS`](super::TURN_RTTS) of
+    /// those at least). A turn that reached [`UPLOAD_QUANTUM`](super::UPLOAD_QUANTUM)
+    /// bytes ends here, if someone waits.
+    pub fn upload_progress(
+        &mut self,
+        now: Instant,
+        (from, transfer): (SocketAddr, TransferId),
+        rtt: Option<Duration>,
+        acked: u64,
+    ) {
         let key = (from, transfer);
-        if let Some(slot) = self.uploads.get_mut(&key) {
-            slot.rtt = rtt;
-        } else if let Some(slot) = self.paused.get_mut(&key) {
-            slot.rtt = rtt;
+        let Some(slot) = self.uploads.get_mut(&key).or(self.paused.get_mut(&key)) else {
+            return;
+        };
+        slot.rtt = rtt.unwrap_or(slot.rtt);
+        slot.acked = slot.acked.max(acked);
+        let over = slot.acked - slot.turn_from >= super::UPLOAD_QUANTUM;
+        if over && !self.waiting.is_empty() && self.uploads.contains_key(&key) {
+            self.rotate(now);
         }
     }
 

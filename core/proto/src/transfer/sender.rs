@@ -291,6 +291,11 @@ impl ChunkSender {
         self.arm_probe(now);
     }
 
+    /// Bytes the receiver acknowledged in order so far (from the start offset).
+    pub fn acked_bytes(&self) -> u64 {
+        (self.cumulative * u64::from(self.config.chunk_size)).min(self.end - self.offset)
+    }
+
     /// The smallest RTT measured to the receiver (the path's, without the queues a load
     /// builds), once a sample came.
     pub fn min_rtt(&self) -> Option<Duration> {

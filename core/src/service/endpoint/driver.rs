@@ -280,9 +280,10 @@ impl Driver {
                 }
                 if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
                     up.machine.handle_message(now, &msg);
-                    if let Some(rtt) = up.machine.min_rtt() {
-                        self.proto.upload_rtt(from, transfer, rtt);
-                    }
+                    let acked = up.machine.acked_bytes();
+                    let rtt = up.machine.min_rtt();
+                    self.proto
+                        .upload_progress(now, (from, transfer), rtt, acked);
                 }
             }
             Some(Incoming::Download { transfer, msg }) => {
