@@ -180,6 +180,8 @@ struct UploadSlot {
     /// turn: a turn ends once [`UPLOAD_QUANTUM`] more are acknowledged.
     acked: u64,
     turn_from: u64,
+    /// Everything is acknowledged: it only waits for its `FinAck`, and is never paused.
+    done: bool,
     /// An ACK came from the receiver's address: it receives there (a forged `Request`'s
     /// victim never acknowledges anything).
     proven: bool,

@@ -191,7 +191,7 @@ impl Endpoint {
             .collect();
         self.uploads
             .iter()
-            .filter(|(_, u)| u.proven)
+            .filter(|(_, u)| u.proven && !u.done)
             .filter(|((a, _), _)| {
                 // Someone of its own address (one slot fewer held), or another with room.
                 in_line.contains(&a.ip()) || with_room.iter().any(|ip| *ip != a.ip())

@@ -1445,19 +1445,28 @@ fn a_turn_ends_at_its_quantum_of_bytes() {
     assert!(ep.handle_proven(t0, addr(3, 1), request(2)).is_none());
     let key = (addr(2, 1), TransferId(1));
     // Most of a quantum: the turn goes on (to the longest turn's end).
-    ep.upload_progress(t0 + ms(10), key, Some(ms(1)), UPLOAD_QUANTUM - 1);
+    ep.upload_progress(t0 + ms(10), key, Some(ms(1)), UPLOAD_QUANTUM - 1, false);
     assert_eq!(turns(&mut ep), []);
     assert_eq!(ep.poll_timeout(), Some(t0 + ms(5000)));
     // The quantum: over now.
-    ep.upload_progress(t0 + ms(20), key, Some(ms(1)), UPLOAD_QUANTUM);
+    ep.upload_progress(t0 + ms(20), key, Some(ms(1)), UPLOAD_QUANTUM, false);
     assert_eq!(turns(&mut ep), [("paused", 1), ("admitted", 2)]);
     // Its next turn counts from what was acknowledged at its start.
     ep.upload_ended(addr(3, 1), TransferId(2));
     ep.handle_timeout(t0 + ms(30));
     assert_eq!(turns(&mut ep), [("resumed", 1)]);
     assert!(ep.handle_proven(t0, addr(4, 1), request(3)).is_none());
-    ep.upload_progress(t0 + ms(40), key, Some(ms(1)), UPLOAD_QUANTUM + 10);
+    ep.upload_progress(t0 + ms(40), key, Some(ms(1)), UPLOAD_QUANTUM + 10, false);
     assert_eq!(turns(&mut ep), []);
-    ep.upload_progress(t0 + ms(50), key, Some(ms(1)), 2 * UPLOAD_QUANTUM);
+    ep.upload_progress(t0 + ms(50), key, Some(ms(1)), 2 * UPLOAD_QUANTUM, false);
     assert_eq!(turns(&mut ep), [("paused", 1), ("admitted", 3)]);
+    // An upload with everything acknowledged keeps its slot for its FIN exchange (paused,
+    // it would hold the FIN its receiver waits for).
+    let three = (addr(4, 1), TransferId(3));
+    assert!(ep
+        .handle_proven(t0, addr(4, 1), final_ack(TransferId(3)))
+        .is_some());
+    ep.upload_progress(t0 + ms(60), three, Some(ms(1)), 3 * UPLOAD_QUANTUM, true);
+    ep.handle_timeout(t0 + ms(9000));
+    assert_eq!(turns(&mut ep), []);
 }

@@ -28,6 +28,7 @@ impl Endpoint {
                 rtt: Duration::ZERO,
                 acked: 0,
                 turn_from: 0,
+                done: false,
             },
         );
     }
@@ -71,8 +72,9 @@ impl Endpoint {
         }
     }
 
-    /// How upload `(from, transfer)` goes: its receiver acknowledged `acked` bytes, and its
-    /// sender's smallest RTT is `rtt` (its turns last [`TURN_RTTS`](super::TURN_RTTS) of
+    /// How upload `(from, transfer)` goes: its receiver acknowledged `acked` bytes (`done`:
+    /// all of them; such an upload keeps its slot for its FIN), and its sender's smallest
+    /// RTT is `rtt` (its turns last [`TURN_RTTS`](super::TURN_RTTS) of
     /// those at least). A turn that reached [`UPLOAD_QUANTUM`](super::UPLOAD_QUANTUM)
     /// bytes ends here, if someone waits.
     pub fn upload_progress(
@@ -81,6 +83,7 @@ impl Endpoint {
         (from, transfer): (SocketAddr, TransferId),
         rtt: Option<Duration>,
         acked: u64,
+        done: bool,
     ) {
         let key = (from, transfer);
         let Some(slot) = self.uploads.get_mut(&key).or(self.paused.get_mut(&key)) else {
@@ -88,6 +91,7 @@ impl Endpoint {
         };
         slot.rtt = rtt.unwrap_or(slot.rtt);
         slot.acked = slot.acked.max(acked);
+        slot.done |= done;
         let over = slot.acked - slot.turn_from >= super::UPLOAD_QUANTUM;
         if over && !self.waiting.is_empty() && self.uploads.contains_key(&key) {
             self.rotate(now);

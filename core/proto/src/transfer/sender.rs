@@ -181,6 +181,8 @@ pub struct ChunkSender {
     /// Another transfer has the upload slot for now ([`ChunkSender::pause`]): nothing is
     /// sent, and neither the idle timer nor the retransmission timer runs.
     paused: bool,
+    /// When the pause began.
+    paused_at: Instant,
     send_accept: bool,
     send_fin: bool,
     fin_at: Option<Instant>,
@@ -238,6 +240,7 @@ impl ChunkSender {
             last_heard: now,
             resent_window: false,
             paused: false,
+            paused_at: now,
             send_accept: true,
             send_fin: false,
             fin_at: None,
@@ -268,13 +271,18 @@ impl ChunkSender {
     /// another transfer for a while (processor sharing of the slots, see the endpoint's
     /// queue). ACKs of the chunks in flight are still taken; the idle and retransmission
     /// timers stop (the receiver is told `Queued`, not silence). An `Abort` still goes out.
-    pub fn pause(&mut self) {
-        self.paused = true;
+    pub fn pause(&mut self, now: Instant) {
+        if !self.paused {
+            self.paused = true;
+            self.paused_at = now;
+        }
         self.probe_at = None;
         self.pace_at = None;
     }
 
-    /// Sends again after [`ChunkSender::pause`]: the receiver counts as heard from now, and
+    /// Sends again after [`ChunkSender::pause`]: the silence before the pause still counts
+    /// toward the idle timeout (the pause itself does not), so a receiver that went away
+    /// ends the upload after that much time in its slot, however many turns it takes;
     /// chunks still unacknowledged get a fresh retransmission timer. The congestion
     /// controller keeps what it measured.
     pub fn resume(&mut self, now: Instant) {
@@ -282,13 +290,20 @@ impl ChunkSender {
             return;
         }
         self.paused = false;
-        self.last_heard = now;
+        self.last_heard =
+            (self.last_heard + now.saturating_duration_since(self.paused_at)).min(now);
         self.rto_at =
             (!self.in_flight.is_empty() || !self.lost.is_empty()).then(|| now + self.rtt.rto());
         if self.fin_at.is_some() {
             self.fin_at = Some(now);
         }
         self.arm_probe(now);
+    }
+
+    /// Every chunk is acknowledged: only the FIN exchange is left (an upload then keeps its
+    /// slot: a pause would hold the FIN its receiver waits for).
+    pub fn all_acked(&self) -> bool {
+        self.cumulative == self.total
     }
 
     /// Bytes the receiver acknowledged in order so far (from the start offset).

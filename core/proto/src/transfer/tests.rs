@@ -637,7 +637,8 @@ fn a_paused_transfer_outlives_the_idle_timeouts_and_completes_when_resumed() {
         while pair.receiver.received() < 50_000 {
             assert!(pair.step());
         }
-        pair.sender.as_mut().expect("requested").pause();
+        let now = pair.now;
+        pair.sender.as_mut().expect("requested").pause(now);
         // What was in flight is lost, and the receiver's ACKs go nowhere.
         cut.set(true);
         let transfer = pair.receiver.transfer();

@@ -282,8 +282,9 @@ impl Driver {
                     up.machine.handle_message(now, &msg);
                     let acked = up.machine.acked_bytes();
                     let rtt = up.machine.min_rtt();
+                    let done = up.machine.all_acked();
                     self.proto
-                        .upload_progress(now, (from, transfer), rtt, acked);
+                        .upload_progress(now, (from, transfer), rtt, acked, done);
                 }
             }
             Some(Incoming::Download { transfer, msg }) => {
@@ -311,7 +312,7 @@ impl Driver {
                 }
                 Event::Paused { to, transfer } => {
                     if let Some(up) = self.uploads.get_mut(&(to, transfer)) {
-                        up.machine.pause();
+                        up.machine.pause(Instant::now().into_std());
                     }
                 }
                 Event::Resumed { to, transfer } => {
