@@ -1294,6 +1294,14 @@ fn an_answer_answers_and_gives_a_token() {
     }
 }
 
+/// Transfer `t` from `from` asks and is admitted at once (the driver starts it).
+fn start_upload(ep: &mut Endpoint, now: Instant, from: SocketAddr, t: u64) {
+    match ep.handle_proven(now, from, request(t)) {
+        Some(Incoming::NewUpload { from, transfer, .. }) => ep.upload_started(now, from, transfer),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// The uploads' events since last asked: (kind, transfer) for pauses, resumptions and
 /// admissions.
 fn turns(ep: &mut Endpoint) -> Vec<(&'static str, u64)> {
@@ -1321,17 +1329,8 @@ fn uploads_take_turns_while_others_wait() {
     };
     let mut ep = Endpoint::new(config, 0);
     let t0 = Instant::now();
-    let request = |t: u64| Message::Request {
-        transfer: TransferId(t),
-        file: FileId(1),
-        offset: 0,
-        end: None,
-    };
     let a = |port: u16| addr(2, port);
-    match ep.handle_proven(t0, a(1), request(1)) {
-        Some(Incoming::NewUpload { from, transfer, .. }) => ep.upload_started(t0, from, transfer),
-        other => panic!("{other:?}"),
-    }
+    start_upload(&mut ep, t0, a(1), 1);
     assert!(ep
         .handle_proven(t0, a(1), final_ack(TransferId(1)))
         .is_some());
@@ -1394,19 +1393,8 @@ fn an_upload_yields_only_to_someone_who_could_take_its_slot() {
     };
     let mut ep = Endpoint::new(config, 0);
     let t0 = Instant::now();
-    let request = |t: u64| Message::Request {
-        transfer: TransferId(t),
-        file: FileId(1),
-        offset: 0,
-        end: None,
-    };
     for (t, from) in [(1, addr(2, 1)), (2, addr(3, 1))] {
-        match ep.handle_proven(t0, from, request(t)) {
-            Some(Incoming::NewUpload { from, transfer, .. }) => {
-                ep.upload_started(t0, from, transfer);
-            }
-            other => panic!("{other:?}"),
-        }
+        start_upload(&mut ep, t0, from, t);
         assert!(ep
             .handle_proven(t0, from, final_ack(TransferId(t)))
             .is_some());
@@ -1429,16 +1417,7 @@ fn a_turn_ends_at_its_quantum_of_bytes() {
     };
     let mut ep = Endpoint::new(config, 0);
     let t0 = Instant::now();
-    let request = |t: u64| Message::Request {
-        transfer: TransferId(t),
-        file: FileId(1),
-        offset: 0,
-        end: None,
-    };
-    match ep.handle_proven(t0, addr(2, 1), request(1)) {
-        Some(Incoming::NewUpload { from, transfer, .. }) => ep.upload_started(t0, from, transfer),
-        other => panic!("{other:?}"),
-    }
+    start_upload(&mut ep, t0, addr(2, 1), 1);
     assert!(ep
         .handle_proven(t0, addr(2, 1), final_ack(TransferId(1)))
         .is_some());
