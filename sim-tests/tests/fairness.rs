@@ -2,11 +2,13 @@
 //! with `max_upload_rate` progress at about the same pace (one used to take nearly all of it:
 //! each flush served the uploads in the same order, and the first drained the tokens).
 
+use std::path::Path;
 use std::time::Duration;
 
+use p2p_core::service::{DownloadReport, ServiceError};
 use p2p_sim_tests::{
     check_download, fast_registry, run_sim, seeded_tests, spawn_fetch, Checked, Cluster, Net,
-    PeerOpts,
+    PeerOpts, SharedFile,
 };
 
 const SIZE: usize = 2 << 20;
@@ -19,6 +21,19 @@ fn fair(behind: u64) -> Result<(), String> {
         return Err(format!(
             "unfair: one download done while the other had {behind} of {SIZE} bytes"
         ));
+    }
+    Ok(())
+}
+
+/// Every download ended complete, with the source's exact bytes at its destination.
+fn all_complete<'a>(
+    downloads: impl IntoIterator<Item = (&'a Result<DownloadReport, ServiceError>, &'a Path)>,
+    source: &SharedFile,
+) -> Result<(), String> {
+    for (res, dest) in downloads {
+        if check_download(res, dest, source)? != Checked::Complete {
+            return Err(format!("a download failed: {res:?}"));
+        }
     }
     Ok(())
 }
@@ -57,11 +72,7 @@ fn two_capped_uploads(seed: u64, net: Net) -> turmoil::Result {
                 (ta.await?, r?)
             }
         };
-        for (res, dest) in [(&ra, &da), (&rb, &db)] {
-            if check_download(res, dest, &f)? != Checked::Complete {
-                return Err(format!("a download failed: {res:?}").into());
-            }
-        }
+        all_complete([(&ra, da.as_path()), (&rb, db.as_path())], &f)?;
         Ok(())
     });
     run_sim(&mut sim)
@@ -129,12 +140,10 @@ fn three_downloads_share_one_slot(seed: u64, net: Net) -> turmoil::Result {
                 results[i] = Some(t.await?);
             }
         }
-        for (res, dest) in results.iter().zip(&dests) {
-            let res = res.as_ref().expect("every download ended");
-            if check_download(res, dest, &f)? != Checked::Complete {
-                return Err(format!("a download failed: {res:?}").into());
-            }
-        }
+        let results = results
+            .iter()
+            .map(|r| r.as_ref().expect("every download ended"));
+        all_complete(results.zip(dests.iter().map(|d| d.as_path())), &f)?;
         Ok(())
     });
     run_sim(&mut sim)
