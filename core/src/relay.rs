@@ -293,6 +293,10 @@ impl Transport for RelayTransport {
         !is_virtual(to) && self.inner.is_reliable_to(to)
     }
 
+    async fn flush(&self, within: std::time::Duration) {
+        self.inner.flush(within).await
+    }
+
     fn forget(&self, to: SocketAddr) {
         if !is_virtual(to) {
             self.inner.forget(to);

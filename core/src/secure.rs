@@ -648,6 +648,10 @@ impl Transport for SecureTransport {
     }
 
     /// Also drops the sessions with `to`.
+    async fn flush(&self, within: std::time::Duration) {
+        self.inner.flush(within).await
+    }
+
     fn forget(&self, to: SocketAddr) {
         {
             let mut s = self.lock();

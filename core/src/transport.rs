@@ -117,6 +117,13 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Closes every connection to `to` that this transport caches (no-op for datagrams).
     fn forget(&self, _to: SocketAddr) {}
+
+    /// Waits until every message sent so far has been handed to the operating system, or
+    /// `within` has passed. A datagram is handed over by `send_to` itself (no-op); a stream
+    /// transport queues messages for its connections' writers, and a process that exits
+    /// right after its last `send_to` (a `get` answering its sender's FIN) would take them
+    /// along unsent.
+    async fn flush(&self, _within: std::time::Duration) {}
 }
 
 /// Sends `msgs`, consecutive messages of `segment` bytes each (the last may be shorter), one

@@ -721,6 +721,10 @@ impl<T: Transport> Transport for FaultyTransport<T> {
                 .is_some_and(|min| len >= min)
     }
 
+    async fn flush(&self, within: std::time::Duration) {
+        self.inner.flush(within).await
+    }
+
     fn forget(&self, to: SocketAddr) {
         self.inner.forget(to)
     }

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use p2p_core::transport::{FileRange, Transport};
 use p2p_transports::framing::{
-    check_size, write_frames, BlockPool, CopyFile, Frame, FrameReader, DEFAULT_MAX_MESSAGE,
+    check_size, flush_queues, write_frames, BlockPool, CopyFile, Frame, FrameReader, DEFAULT_MAX_MESSAGE,
 };
 use tokio::sync::{mpsc, Mutex};
 use turmoil::net::tcp::OwnedReadHalf;
@@ -250,6 +250,15 @@ impl Transport for SimTcp {
     async fn send_owned(&self, to: SocketAddr, msg: Vec<u8>) -> io::Result<()> {
         check_size(msg.len(), self.shared.config.max_message)?;
         self.queue(to, Frame::Message(msg)).await
+    }
+
+    /// As the real transport: a [`Frame::Flushed`] marker behind each connection's queue.
+    async fn flush(&self, within: std::time::Duration) {
+        let outboxes: Vec<Outbox> = {
+            let conns = self.shared.conns.lock().expect("conns lock");
+            conns.values().cloned().collect()
+        };
+        flush_queues(outboxes, within).await;
     }
 
     /// Queues `head` and the file range as one file frame, as the real transport does; the

@@ -53,6 +53,9 @@ pub enum Frame {
         /// The payload.
         body: FileRange,
     },
+    /// Nothing to send: the writer answers once every frame queued before it is written to
+    /// the stream (a flush before the process exits).
+    Flushed(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Bytes read per block.
@@ -264,6 +267,11 @@ where
             let written = match frame {
                 Frame::Message(m) => write_message(&mut w, &m).await,
                 Frame::File { head, body } => files.send_file(&mut w, &head, &body).await,
+                Frame::Flushed(done) => {
+                    let flushed = w.flush().await;
+                    let _ = done.send(());
+                    flushed
+                }
             };
             if written.is_err() {
                 return;
@@ -275,6 +283,24 @@ where
             return;
         }
     }
+}
+
+/// Queues a [`Frame::Flushed`] marker behind each of `queues` and waits until their writers
+/// reach them, `within` in all (a queue whose writer is gone answers at once).
+pub async fn flush_queues(queues: Vec<mpsc::Sender<Frame>>, within: std::time::Duration) {
+    let mut waits = tokio::task::JoinSet::new();
+    for queue in queues {
+        waits.spawn(async move {
+            let (done, flushed) = tokio::sync::oneshot::channel();
+            if queue.send(Frame::Flushed(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+        });
+    }
+    let _ = tokio::time::timeout(within, async {
+        while waits.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Writes the frame of message `m`.

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::framing::{
-    check_size, file_frame_prefix, write_frames, BlockPool, FileSender, Frame, FrameReader,
+    check_size, file_frame_prefix, flush_queues, write_frames, BlockPool, FileSender, Frame, FrameReader,
     DEFAULT_MAX_MESSAGE,
 };
 
@@ -526,6 +526,16 @@ impl Transport for TcpTransport {
         true
     }
 
+    /// Queues a [`Frame::Flushed`] marker behind what each connection has queued, and
+    /// waits for the writers to reach them (all at once, `within` in all).
+    async fn flush(&self, within: Duration) {
+        let outboxes: Vec<Outbox> = {
+            let conns = self.shared.conns.lock().expect("conns lock");
+            conns.values().map(|c| c.outbox.clone()).collect()
+        };
+        flush_queues(outboxes, within).await;
+    }
+
     fn forget(&self, to: SocketAddr) {
         if let Some(c) = self.shared.conns.lock().expect("conns lock").remove(&to) {
             c.close();
@@ -556,6 +566,29 @@ mod tests {
         let (from_b, msg) = a.recv_from().await.unwrap();
         assert_eq!(msg, &b"back"[..]);
         assert_eq!(from_b, b.local_addr().unwrap());
+    }
+
+    /// `send_to` only queues a frame for the connection's writer; a transport dropped right
+    /// after (a process exiting after its last answer) takes what is queued along, unless
+    /// it was flushed first.
+    #[tokio::test]
+    async fn a_flush_before_the_drop_delivers_every_queued_frame() {
+        let a = local().await;
+        let b = local().await;
+        let to = b.local_addr().unwrap();
+        let frames = 48u8;
+        for i in 0..frames {
+            a.send_owned(to, vec![i; 60_000]).await.unwrap();
+        }
+        a.flush(Duration::from_secs(10)).await;
+        drop(a);
+        for i in 0..frames {
+            let (_, msg) = tokio::time::timeout(Duration::from_secs(5), b.recv_from())
+                .await
+                .unwrap_or_else(|_| panic!("frame {i} of {frames} never arrived"))
+                .unwrap();
+            assert_eq!((msg.len(), msg[0]), (60_000, i));
+        }
     }
 
     #[tokio::test]

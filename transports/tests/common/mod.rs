@@ -102,6 +102,10 @@ impl Transport for Tap {
         self.inner.is_reliable_to(to)
     }
 
+    async fn flush(&self, within: std::time::Duration) {
+        self.inner.flush(within).await
+    }
+
     fn forget(&self, to: SocketAddr) {
         self.inner.forget(to)
     }

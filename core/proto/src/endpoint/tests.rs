@@ -1449,3 +1449,55 @@ fn a_turn_ends_at_its_quantum_of_bytes() {
     ep.handle_timeout(t0 + ms(9000));
     assert_eq!(turns(&mut ep), []);
 }
+
+/// A paused upload whose receiver then acknowledges everything (what was in flight when it
+/// paused was the rest of the file: on a stream, a socket buffer's worth) is resumed at
+/// once for its FIN: its receiver, with every byte and no FIN, would otherwise wait a whole
+/// round of the line, and one that waited past its minimum rate failed.
+#[test]
+fn a_paused_upload_acknowledged_to_its_end_resumes_for_its_fin() {
+    use super::UPLOAD_QUANTUM;
+    let config = EndpointConfig {
+        max_uploads: 1,
+        upload_turn: ms(5000),
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new(config, 0);
+    let t0 = Instant::now();
+    start_upload(&mut ep, t0, addr(2, 1), 1);
+    assert!(ep
+        .handle_proven(t0, addr(2, 1), final_ack(TransferId(1)))
+        .is_some());
+    assert!(ep.handle_proven(t0, addr(3, 1), request(2)).is_none());
+    assert!(ep.handle_proven(t0, addr(4, 1), request(3)).is_none());
+    sent(&mut ep);
+    let key = (addr(2, 1), TransferId(1));
+    ep.upload_progress(t0 + ms(10), key, Some(ms(1)), UPLOAD_QUANTUM, false);
+    assert_eq!(turns(&mut ep), [("paused", 1), ("admitted", 2)]);
+    assert_eq!(
+        sent(&mut ep),
+        [(
+            key.0,
+            Message::Queued {
+                transfer: key.1,
+                ahead: 1
+            }
+        )]
+    );
+    // Acknowledged to its end while it waits behind 3.
+    ep.upload_progress(t0 + ms(20), key, Some(ms(1)), 3 * UPLOAD_QUANTUM, true);
+    assert_eq!(turns(&mut ep), [("resumed", 1)]);
+    assert!(ep.is_upload(key.0, key.1));
+    // It left the line: no more reminders, and 3 is next.
+    ep.handle_timeout(t0 + ms(2000));
+    assert!(
+        !sent(&mut ep)
+            .iter()
+            .any(|(to, m)| *to == key.0 && matches!(m, Message::Queued { .. })),
+        "no Queued for an upload out of the line"
+    );
+    ep.upload_ended(key.0, key.1);
+    ep.upload_ended(addr(3, 1), TransferId(2));
+    ep.handle_timeout(t0 + ms(2001));
+    assert_eq!(turns(&mut ep), [("admitted", 3)]);
+}

@@ -93,6 +93,16 @@ impl Endpoint {
         slot.acked = slot.acked.max(acked);
         slot.done |= done;
         let over = slot.acked - slot.turn_from >= super::UPLOAD_QUANTUM;
+        if done && self.paused.contains_key(&key) {
+            // What it had sent before pausing all arrived (on a stream, the whole socket
+            // buffer): only its FIN is left, which its receiver waits for, and which costs
+            // no slot's worth of sending. It takes its slot back at once, even past the cap.
+            let slot = self.paused.remove(&key).expect("checked");
+            self.leave_line(from, transfer);
+            self.uploads.insert(key, slot);
+            self.events.push_back(Event::Resumed { to: from, transfer });
+            return;
+        }
         if over && !self.waiting.is_empty() && self.uploads.contains_key(&key) {
             self.rotate(now);
         }

@@ -311,11 +311,13 @@ impl Driver {
                     }
                 }
                 Event::Paused { to, transfer } => {
+                    tracing::debug!(%to, ?transfer, "upload paused: its turn is over");
                     if let Some(up) = self.uploads.get_mut(&(to, transfer)) {
                         up.machine.pause(Instant::now().into_std());
                     }
                 }
                 Event::Resumed { to, transfer } => {
+                    tracing::debug!(%to, ?transfer, "upload resumed");
                     if let Some(up) = self.uploads.get_mut(&(to, transfer)) {
                         up.machine.resume(Instant::now().into_std());
                         self.more_to_send = true;
@@ -631,6 +633,9 @@ impl Driver {
             let _ = self.proto.handle(Instant::now().into_std(), from, msg);
             self.send_proto_transmits().await;
         }
+        // On a stream, what was just sent (the FIN answers, the downloads' last ACKs) waits
+        // in the connections' queues: out before the process may exit.
+        self.transport.flush(LINGER_ON_SHUTDOWN).await;
     }
 
     /// Sends what the protocol logic queued: answers owed, requests again, heartbeats,

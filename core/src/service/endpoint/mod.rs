@@ -548,14 +548,7 @@ pub fn spawn_endpoint(
                 rate: config.rate,
                 max_uploads: config.max_uploads,
                 max_uploads_per_peer: config.max_uploads_per_peer,
-                // Not on a stream transport yet: with turns, TCP uploads stalled near their
-                // end (8 of 100 gets of `scripts/many-gets.sh` failed after 60 s below the
-                // minimum rate), not understood yet; UDP's are fair (1.2) and complete.
-                upload_turn: if reliable {
-                    Duration::ZERO
-                } else {
-                    config.upload_turn
-                },
+                upload_turn: config.upload_turn,
                 // A stream's source address is proven by its handshake.
                 addresses_proven: reliable,
                 identity: config.identity.clone(),
