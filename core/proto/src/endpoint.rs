@@ -176,9 +176,10 @@ struct UploadSlot {
     /// the smoothed: 100 downloads on one machine inflate the smoothed RTT with queues, and
     /// turns as long made the rates 10x apart).
     rtt: Duration,
-    /// Bytes its receiver acknowledged so far, as last reported, and at the start of this
-    /// turn: a turn ends once [`UPLOAD_QUANTUM`] more are acknowledged.
-    acked: u64,
+    /// Bytes delivered so far ([`ChunkSender::delivered_bytes`](crate::transfer::ChunkSender::delivered_bytes):
+    /// acknowledged, or taken by a stream), as last reported, and at the start of this
+    /// turn: a turn ends once [`UPLOAD_QUANTUM`] more are delivered.
+    delivered: u64,
     turn_from: u64,
     /// Everything is acknowledged: it only waits for its `FinAck`, and is never paused.
     done: bool,
@@ -197,7 +198,8 @@ pub const UNPROVEN_GRACE: Duration = Duration::from_secs(1);
 /// one slot each to the end, rates 9x apart; turns of 500 ms, 28x (the first downloads
 /// ended within their first turn); 100 ms, 3-10x.
 pub const DEFAULT_UPLOAD_TURN: Duration = Duration::from_secs(1);
-/// A turn ends once the upload's receiver acknowledged this many bytes more (and
+/// A turn ends once this many bytes more of the upload are delivered (acknowledged; on a
+/// stream, sent) (and
 /// [`TURN_RTTS`] round trips passed), or after [`EndpointConfig::upload_turn`]: equal
 /// bytes per turn (deficit round robin), so that the downloads sharing the slots progress at
 /// equal rates whatever each sender's pace (turns of equal time gave a fast sender more).

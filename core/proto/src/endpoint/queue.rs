@@ -128,11 +128,11 @@ impl Endpoint {
                 let key = (w.from, w.transfer);
                 if let Some(mut slot) = self.paused.remove(&key) {
                     slot.started = now;
-                    // What was acknowledged past the last turn's quantum (the window in
+                    // What was delivered past the last turn's quantum (the window in
                     // flight when it paused, a head start before anyone waited) counts
                     // toward this turn: equal bytes per turn in the long run, whatever
                     // each sender's window.
-                    slot.turn_from = slot.acked.min(slot.turn_from + super::UPLOAD_QUANTUM);
+                    slot.turn_from = slot.delivered.min(slot.turn_from + super::UPLOAD_QUANTUM);
                     self.uploads.insert(key, slot);
                     self.events.push_back(Event::Resumed {
                         to: w.from,
@@ -198,7 +198,7 @@ impl Endpoint {
             })
             .map(|(k, u)| {
                 let least = u.rtt * super::TURN_RTTS;
-                let served = u.acked - u.turn_from >= super::UPLOAD_QUANTUM;
+                let served = u.delivered - u.turn_from >= super::UPLOAD_QUANTUM;
                 let len = if served { least } else { turn.max(least) };
                 (*k, u.started + len)
             })

@@ -26,7 +26,7 @@ impl Endpoint {
                 started: now,
                 proven: false,
                 rtt: Duration::ZERO,
-                acked: 0,
+                delivered: 0,
                 turn_from: 0,
                 done: false,
             },
@@ -72,8 +72,10 @@ impl Endpoint {
         }
     }
 
-    /// How upload `(from, transfer)` goes: its receiver acknowledged `acked` bytes (`done`:
-    /// all of them; such an upload keeps its slot for its FIN), and its sender's smallest
+    /// How upload `(from, transfer)` goes: `delivered` bytes are on their way for good
+    /// ([`ChunkSender::delivered_bytes`](crate::transfer::ChunkSender::delivered_bytes)),
+    /// `done` when all are acknowledged (such an upload keeps its slot for its FIN, and
+    /// one paused resumes at once: its receiver waits for that FIN), and its sender's smallest
     /// RTT is `rtt` (its turns last [`TURN_RTTS`](super::TURN_RTTS) of
     /// those at least). A turn that reached [`UPLOAD_QUANTUM`](super::UPLOAD_QUANTUM)
     /// bytes ends here, if someone waits.
@@ -82,7 +84,7 @@ impl Endpoint {
         now: Instant,
         (from, transfer): (SocketAddr, TransferId),
         rtt: Option<Duration>,
-        acked: u64,
+        delivered: u64,
         done: bool,
     ) {
         let key = (from, transfer);
@@ -90,9 +92,9 @@ impl Endpoint {
             return;
         };
         slot.rtt = rtt.unwrap_or(slot.rtt);
-        slot.acked = slot.acked.max(acked);
+        slot.delivered = slot.delivered.max(delivered);
         slot.done |= done;
-        let over = slot.acked - slot.turn_from >= super::UPLOAD_QUANTUM;
+        let over = slot.delivered - slot.turn_from >= super::UPLOAD_QUANTUM;
         if done && self.paused.contains_key(&key) {
             // What it had sent before pausing all arrived (on a stream, the whole socket
             // buffer): only its FIN is left, which its receiver waits for, and which costs

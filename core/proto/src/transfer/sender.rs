@@ -311,6 +311,18 @@ impl ChunkSender {
         (self.cumulative * u64::from(self.config.chunk_size)).min(self.end - self.offset)
     }
 
+    /// Bytes on their way to the receiver for good: acknowledged, or on a reliable transport
+    /// sent (the stream delivers what it took). A turn in an upload slot is measured in
+    /// these: a stream's queues hold megabytes that a pause does not stop, and counting them
+    /// when acknowledged gave the uploads with the deepest queues the largest turns.
+    pub fn delivered_bytes(&self) -> u64 {
+        if self.config.reliable {
+            (self.next_new * u64::from(self.config.chunk_size)).min(self.end - self.offset)
+        } else {
+            self.acked_bytes()
+        }
+    }
+
     /// The smallest RTT measured to the receiver (the path's, without the queues a load
     /// builds), once a sample came.
     pub fn min_rtt(&self) -> Option<Duration> {
