@@ -23,7 +23,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use p2p_core::transport::{FileRange, Transport};
 use p2p_transports::framing::{
-    check_size, flush_queues, write_frames, BlockPool, CopyFile, Frame, FrameReader, DEFAULT_MAX_MESSAGE,
+    check_size, flush_queues, write_frames, BlockPool, CopyFile, Frame, FrameReader,
+    DEFAULT_MAX_MESSAGE,
 };
 use tokio::sync::{mpsc, Mutex};
 use turmoil::net::tcp::OwnedReadHalf;

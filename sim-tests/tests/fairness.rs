@@ -149,8 +149,7 @@ fn three_downloads_share_one_slot(seed: u64, net: Net) -> turmoil::Result {
     run_sim(&mut sim)
 }
 
-// UDP only: turns are off on stream transports for now (TCP uploads stalled with them on
-// the real loopback, not in the simulation).
 seeded_tests! {
     one_slot_is_lent_in_turns_udp => |s| three_downloads_share_one_slot(s, Net::Udp);
+    one_slot_is_lent_in_turns_tcp => |s| three_downloads_share_one_slot(s, Net::Tcp);
 }

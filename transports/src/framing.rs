@@ -297,10 +297,8 @@ pub async fn flush_queues(queues: Vec<mpsc::Sender<Frame>>, within: std::time::D
             }
         });
     }
-    let _ = tokio::time::timeout(within, async {
-        while waits.join_next().await.is_some() {}
-    })
-    .await;
+    let _ =
+        tokio::time::timeout(within, async { while waits.join_next().await.is_some() {} }).await;
 }
 
 /// Writes the frame of message `m`.

@@ -29,8 +29,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::framing::{
-    check_size, file_frame_prefix, flush_queues, write_frames, BlockPool, FileSender, Frame, FrameReader,
-    DEFAULT_MAX_MESSAGE,
+    check_size, file_frame_prefix, flush_queues, write_frames, BlockPool, FileSender, Frame,
+    FrameReader, DEFAULT_MAX_MESSAGE,
 };
 
 /// Settings of a [`TcpTransport`].

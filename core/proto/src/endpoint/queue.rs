@@ -34,19 +34,34 @@ pub const MAX_WAITING_PER_IP: usize = 128;
 /// answers are lost).
 pub const WAITING_STALE: Duration = Duration::from_secs(6);
 
-/// One `Request` in line.
+/// One place in line.
 #[derive(Clone, Debug)]
 pub(super) struct Waiting {
     from: SocketAddr,
     transfer: TransferId,
-    file: FileId,
-    offset: u64,
-    end: Option<u64>,
     /// When its `Request` last came (a paused upload: when its receiver was last told
     /// `Queued`).
     seen: Instant,
-    /// A paused upload waiting for its next turn (not a new `Request`).
-    paused: bool,
+    what: InLine,
+}
+
+/// What waits in a place in line.
+#[derive(Clone, Debug)]
+enum InLine {
+    /// A new `Request`, for bytes `offset..end` of `file`.
+    Request {
+        file: FileId,
+        offset: u64,
+        end: Option<u64>,
+    },
+    /// A paused upload, waiting for its next turn.
+    Paused,
+}
+
+impl Waiting {
+    fn is_paused(&self) -> bool {
+        matches!(self.what, InLine::Paused)
+    }
 }
 
 impl Endpoint {
@@ -82,11 +97,8 @@ impl Endpoint {
                 self.waiting.push_back(Waiting {
                     from,
                     transfer,
-                    file,
-                    offset,
-                    end,
                     seen: now,
-                    paused: false,
+                    what: InLine::Request { file, offset, end },
                 });
                 self.waiting.len() - 1
             }
@@ -124,31 +136,37 @@ impl Endpoint {
                 continue;
             }
             let w = self.waiting.remove(i).expect("in range");
-            if w.paused {
-                let key = (w.from, w.transfer);
-                if let Some(mut slot) = self.paused.remove(&key) {
-                    slot.started = now;
-                    // What was delivered past the last turn's quantum (the window in
-                    // flight when it paused, a head start before anyone waited) counts
-                    // toward this turn: equal bytes per turn in the long run, whatever
-                    // each sender's window.
-                    slot.turn_from = slot.delivered.min(slot.turn_from + super::UPLOAD_QUANTUM);
-                    self.uploads.insert(key, slot);
-                    self.events.push_back(Event::Resumed {
-                        to: w.from,
-                        transfer: w.transfer,
-                    });
+            let (file, offset, end) = match w.what {
+                InLine::Request { file, offset, end } => (file, offset, end),
+                InLine::Paused => {
+                    self.resume_paused(now, (w.from, w.transfer));
+                    continue;
                 }
-                continue;
-            }
+            };
             // The slot is held from now on: what is admitted next counts it.
             self.upload_started(now, w.from, w.transfer);
             self.events.push_back(Event::Admitted {
                 from: w.from,
                 transfer: w.transfer,
-                file: w.file,
-                offset: w.offset,
-                end: w.end,
+                file,
+                offset,
+                end,
+            });
+        }
+    }
+
+    /// Gives paused upload `key` its slot back for a turn ([`Event::Resumed`]).
+    pub(super) fn resume_paused(&mut self, now: Instant, key: (SocketAddr, TransferId)) {
+        if let Some(mut slot) = self.paused.remove(&key) {
+            slot.started = now;
+            // What was delivered past the last turn's quantum (the window in flight when
+            // it paused, a head start before anyone waited) counts toward this turn: equal
+            // bytes per turn in the long run, whatever each sender's window.
+            slot.turn_from = slot.delivered.min(slot.turn_from + super::UPLOAD_QUANTUM);
+            self.uploads.insert(key, slot);
+            self.events.push_back(Event::Resumed {
+                to: key.0,
+                transfer: key.1,
             });
         }
     }
@@ -156,13 +174,13 @@ impl Endpoint {
     fn forget_stale(&mut self, now: Instant) {
         // (A paused upload leaves the line when it ends: `upload_ended`.)
         self.waiting
-            .retain(|w| w.paused || now < w.seen + WAITING_STALE);
+            .retain(|w| w.is_paused() || now < w.seen + WAITING_STALE);
     }
 
     /// Removes a paused upload's place in line.
     pub(super) fn leave_line(&mut self, from: SocketAddr, transfer: TransferId) {
         self.waiting
-            .retain(|w| !(w.paused && w.from == from && w.transfer == transfer));
+            .retain(|w| !(w.is_paused() && w.from == from && w.transfer == transfer));
     }
 
     /// The uploads whose turn is over or will be, with someone in line who could take
@@ -211,7 +229,7 @@ impl Endpoint {
         let reminders = self
             .waiting
             .iter()
-            .filter(|w| w.paused)
+            .filter(|w| w.is_paused())
             .map(|w| w.seen + crate::transfer::QUEUED_RETRY)
             .min();
         turns.into_iter().chain(reminders).min()
@@ -235,11 +253,8 @@ impl Endpoint {
             self.waiting.push_back(Waiting {
                 from,
                 transfer,
-                file: crate::wire::FileId(0),
-                offset: 0,
-                end: None,
                 seen: now,
-                paused: true,
+                what: InLine::Paused,
             });
             self.events.push_back(Event::Paused { to: from, transfer });
             self.admit_waiting(now);
@@ -247,7 +262,7 @@ impl Endpoint {
             if let Some(ahead) = self
                 .waiting
                 .iter()
-                .position(|w| w.paused && (w.from, w.transfer) == key)
+                .position(|w| w.is_paused() && (w.from, w.transfer) == key)
             {
                 self.queued_notice(from, transfer, ahead);
             }
@@ -261,7 +276,7 @@ impl Endpoint {
             .waiting
             .iter_mut()
             .enumerate()
-            .filter(|(_, w)| w.paused && now >= w.seen + crate::transfer::QUEUED_RETRY)
+            .filter(|(_, w)| w.is_paused() && now >= w.seen + crate::transfer::QUEUED_RETRY)
             .map(|(i, w)| {
                 w.seen = now;
                 (i, w.from, w.transfer)

@@ -99,10 +99,8 @@ impl Endpoint {
             // What it had sent before pausing all arrived (on a stream, the whole socket
             // buffer): only its FIN is left, which its receiver waits for, and which costs
             // no slot's worth of sending. It takes its slot back at once, even past the cap.
-            let slot = self.paused.remove(&key).expect("checked");
             self.leave_line(from, transfer);
-            self.uploads.insert(key, slot);
-            self.events.push_back(Event::Resumed { to: from, transfer });
+            self.resume_paused(now, key);
             return;
         }
         if over && !self.waiting.is_empty() && self.uploads.contains_key(&key) {

@@ -314,14 +314,14 @@ impl Driver {
                     }
                 }
                 Event::Paused { to, transfer } => {
-                    tracing::debug!(%to, ?transfer, "upload paused: its turn is over");
                     if let Some(up) = self.uploads.get_mut(&(to, transfer)) {
+                        tracing::debug!(%to, ?transfer, delivered = up.machine.delivered_bytes(), "upload paused: its turn is over");
                         up.machine.pause(Instant::now().into_std());
                     }
                 }
                 Event::Resumed { to, transfer } => {
-                    tracing::debug!(%to, ?transfer, "upload resumed");
                     if let Some(up) = self.uploads.get_mut(&(to, transfer)) {
+                        tracing::debug!(%to, ?transfer, delivered = up.machine.delivered_bytes(), "upload resumed");
                         up.machine.resume(Instant::now().into_std());
                         self.more_to_send = true;
                     }
