@@ -35,6 +35,9 @@
 #              "d0 l0% (ceiling)", "d1ms l0%", "d1ms l1%", "d1ms l5%", "d1ms reorder25%/50%";
 #              loopback: "p2p UDP", "p2p TCP", "p2p UDP 1452 B", "p2p UDP fsync" (raw TCP,
 #              the baseline, always runs)
+#   ONLY=RE    impaired and wan modes: run only the transfers whose column matches this bash
+#              regex ("raw TCP bbr", "raw TCP cubic", "p2p UDP", "p2p TCP (bbr)", ...), e.g.
+#              ONLY='^p2p UDP$' for the first byte of a 1 GiB file alone
 #   REPORTING=keep  leave the guest's free page reporting on (see below)
 #   KEEP=1     keep the temporary directory (logs) on exit
 #   VERBOSE=1  pass -v to the seeding peers and to p2p get (debug logs in the kept logs)
@@ -282,6 +285,7 @@ record() { # CASE PATH RUN STATUS XFER_S CMD_S RSS_TX RSS_RX [CPU_TX CPU_RX]
 # raw_tcp CASE PATH RX_NS TX_NS ADDR PORT [CC]   socat -b 131072, sender TX_NS -> receiver RX_NS
 raw_tcp() {
     local case=$1 path=$2 rxns=$3 txns=$4 addr=$5 port=$6 cc=${7:-} run rxp=() txp=() opt=""
+    if [ -n "${ONLY:-}" ] && ! [[ "$path" =~ $ONLY ]]; then return 0; fi
     [ -n "$rxns" ] && rxp=(ip netns exec "$rxns")
     [ -n "$txns" ] && txp=(ip netns exec "$txns")
     # IPPROTO_TCP=6, TCP_CONGESTION=13: the sender's algorithm, per socket
@@ -323,6 +327,7 @@ settle() {
 # p2p_get CASE PATH RX_NS TRANSPORT SEED_NAME SEED_PID TRACKER [GET FLAGS...]
 p2p_get() {
     local case=$1 path=$2 rxns=$3 transport=$4 seed=$5 spid=$6 tracker=$7 run rxp=()
+    if [ -n "${ONLY:-}" ] && ! [[ "$path" =~ $ONLY ]]; then return 0; fi
     local flags=("${@:8}")
     [ -n "$rxns" ] && rxp=(ip netns exec "$rxns")
     local outdir=$W/out.$transport
