@@ -114,6 +114,11 @@ impl Endpoint {
         true
     }
 
+    /// How many wait in line (new requests and paused uploads).
+    pub fn line_len(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Whether requests wait in line (a new one then queues behind them).
     pub(super) fn line_waiting(&mut self, now: Instant) -> bool {
         self.forget_stale(now);

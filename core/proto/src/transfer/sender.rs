@@ -181,6 +181,8 @@ pub struct ChunkSender {
     /// Another transfer has the upload slot for now ([`ChunkSender::pause`]): nothing is
     /// sent, and neither the idle timer nor the retransmission timer runs.
     paused: bool,
+    /// Most bytes in flight whatever the windows ([`ChunkSender::cap_in_flight`]).
+    in_flight_cap: u64,
     /// When the pause began.
     paused_at: Instant,
     send_accept: bool,
@@ -240,6 +242,7 @@ impl ChunkSender {
             last_heard: now,
             resent_window: false,
             paused: false,
+            in_flight_cap: u64::MAX,
             paused_at: now,
             send_accept: true,
             send_fin: false,
@@ -327,6 +330,15 @@ impl ChunkSender {
     /// builds), once a sample came.
     pub fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt
+    }
+
+    /// Keeps at most `bytes` in flight (at least one chunk), whatever the congestion and
+    /// receive windows allow; `u64::MAX` lifts the cap. An upload slot lent in turns caps
+    /// it while others wait: what is in flight when a turn ends arrives during the pause,
+    /// and an uncapped window on loopback (up to 14.5 MiB measured) handed some downloads
+    /// several turns' worth at once.
+    pub fn cap_in_flight(&mut self, bytes: u64) {
+        self.in_flight_cap = bytes;
     }
 
     /// Whether the sender is paused ([`ChunkSender::pause`]).
@@ -636,7 +648,8 @@ impl ChunkSender {
             }));
         }
         self.pace_at = None;
-        let cwnd = self.cc.window().min(self.config.max_window);
+        let cap = (self.in_flight_cap / u64::from(self.config.chunk_size)).max(1);
+        let cwnd = self.cc.window().min(self.config.max_window).min(cap);
         if self.in_flight.len() as u64 >= cwnd {
             return None;
         }

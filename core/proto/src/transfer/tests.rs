@@ -675,3 +675,43 @@ fn a_paused_transfer_outlives_the_idle_timeouts_and_completes_when_resumed() {
         assert_eq!(pair.written, pair.file());
     }
 }
+
+/// `cap_in_flight` bounds the chunks in flight below what the windows allow (at least one),
+/// and lifting it lets the window fill again.
+#[test]
+fn a_cap_on_bytes_in_flight_holds_below_the_window() {
+    let t0 = Instant::now();
+    let transfer = TransferId(9);
+    let config = SenderConfig {
+        chunk_size: 1000,
+        pacing: false,
+        ..SenderConfig::default()
+    };
+    let mut s = ChunkSender::new(t0, transfer, 1_000_000, ContentHash::of(b"x"), 0, config);
+    let chunks = |s: &mut ChunkSender| {
+        std::iter::from_fn(|| s.poll_transmit(t0))
+            .filter(|t| matches!(t, SenderTransmit::Chunk { .. }))
+            .count()
+    };
+    s.handle_message(
+        t0,
+        &Message::Request {
+            transfer,
+            file: FileId(1),
+            offset: 0,
+            end: None,
+        },
+    );
+    let window = s.congestion_window() as usize;
+    assert!(window > 5, "the initial window is {window} chunks");
+    s.cap_in_flight(5_500);
+    assert_eq!(chunks(&mut s), 5, "5 whole chunks fit in 5,500 bytes");
+    s.cap_in_flight(10);
+    assert_eq!(
+        chunks(&mut s),
+        0,
+        "5 in flight, over a cap of less than a chunk"
+    );
+    s.cap_in_flight(u64::MAX);
+    assert_eq!(chunks(&mut s), window - 5, "the window again");
+}

@@ -426,6 +426,12 @@ impl Driver {
         // Round robin: a flush starts with the upload after the last one that sent a chunk,
         // so that under a rate cap, where the first served takes what is left, each gets
         // its turn.
+        // While others wait for a slot, no upload has more than a turn's quantum in flight
+        // (a turn ends on what is delivered; the rest arrives during the pause).
+        let in_flight_cap = match self.proto.line_len() {
+            0 => u64::MAX,
+            _ => p2p_proto::endpoint::UPLOAD_QUANTUM,
+        };
         let order: Vec<(SocketAddr, TransferId)> = self.uploads.keys().copied().collect();
         let first = self.upload_turn % order.len().max(1);
         let turns = order[first..].iter().chain(&order[..first]);
@@ -433,6 +439,7 @@ impl Driver {
             let Some(up) = self.uploads.get_mut(&(to, transfer)) else {
                 continue;
             };
+            up.machine.cap_in_flight(in_flight_cap);
             if !up.partial && tokio_now >= up.next_check {
                 up.next_check = tokio_now + CHANGE_CHECK;
                 let meta = fs::metadata(&up.path).ok();
