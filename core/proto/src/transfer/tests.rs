@@ -715,3 +715,41 @@ fn a_cap_on_bytes_in_flight_holds_below_the_window() {
     s.cap_in_flight(u64::MAX);
     assert_eq!(chunks(&mut s), window - 5, "the window again");
 }
+
+/// On a reliable transport a retransmission timeout sends the oldest chunk again, not the
+/// whole window: the stream still delivers what it took (a slow, lossy path), and only a cut
+/// connection loses anything.
+#[test]
+fn a_timeout_on_a_stream_resends_one_chunk_not_the_window() {
+    let t0 = Instant::now();
+    let transfer = TransferId(11);
+    let config = SenderConfig {
+        chunk_size: 1000,
+        reliable: true,
+        ..SenderConfig::default()
+    };
+    let mut s = ChunkSender::new(t0, transfer, 1_000_000, ContentHash::of(b"x"), 0, config);
+    let sent = |s: &mut ChunkSender, now| -> Vec<u64> {
+        std::iter::from_fn(|| s.poll_transmit(now))
+            .filter_map(|t| match t {
+                SenderTransmit::Chunk { seq, .. } => Some(seq),
+                _ => None,
+            })
+            .collect()
+    };
+    s.handle_message(
+        t0,
+        &Message::Request {
+            transfer,
+            file: FileId(1),
+            offset: 0,
+            end: None,
+        },
+    );
+    let first = sent(&mut s, t0);
+    assert!(first.len() > 10, "a window's worth: {}", first.len());
+    let rto = s.poll_timeout().expect("a timer runs");
+    s.handle_timeout(rto);
+    assert_eq!(sent(&mut s, rto), [0], "the oldest chunk only");
+    assert_eq!(s.stats().chunks_retransmitted, 1);
+}
