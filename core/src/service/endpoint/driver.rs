@@ -652,6 +652,7 @@ impl Driver {
     /// refusals.
     pub(super) async fn send_proto_transmits(&mut self) {
         while let Some(t) = self.proto.poll_transmit() {
+            tracing::trace!(to = %t.to, len = t.payload.len(), head = ?&t.payload[..t.payload.len().min(4)], "transmit");
             send_unless_full(&self.transport, t.to, &t.payload).await;
         }
         self.send_probes().await;
