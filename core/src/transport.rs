@@ -13,6 +13,13 @@ use bytes::Bytes;
 
 use crate::service::storage::FileHandle;
 
+/// Frames of a stream transport's queue to one peer that chunks may take (64 KiB chunks:
+/// 4 MiB); the queue holds [`CONTROL_FRAMES`] more, for control messages only.
+pub const CHUNK_FRAMES: usize = 64;
+/// Frames of a stream transport's queue kept for control messages (answers, ACKs, requests):
+/// a chunk is queued only while more than this many are free.
+pub const CONTROL_FRAMES: usize = 128;
+
 /// A message-oriented transport: whole messages in, whole messages out.
 ///
 /// `recv_from` must be cancel-safe (services call it inside `tokio::select!`).
@@ -36,6 +43,12 @@ pub trait Transport: Send + Sync + 'static {
     /// with no room, instead of waiting on it while the others starve.
     fn send_room(&self, _to: SocketAddr) -> usize {
         usize::MAX
+    }
+
+    /// Whether a chunk may be queued for `to` now: while more than the room kept for
+    /// control messages is free ([`CHUNK_FRAMES`] of a stream's queue are for chunks).
+    fn chunk_room(&self, to: SocketAddr) -> bool {
+        self.send_room(to) > CONTROL_FRAMES
     }
 
     /// [`send_to`](Self::send_to) of a message the caller gives away, which a transport that

@@ -67,6 +67,13 @@ impl Default for TcpConfig {
 /// Frames queued for one connection.
 type Outbox = mpsc::Sender<Frame>;
 
+/// Frames one connection's queue holds: [`CHUNK_FRAMES`](p2p_core::transport::CHUNK_FRAMES)
+/// for a sender's chunks, the rest kept for control messages, so that a burst of answers
+/// (a 1 GiB file's 128 piece-table pages, asked at once) fits beside them. With 64 in all,
+/// a seeder dropped 40 such answers in one `get` (a full queue drops a control message),
+/// and the `get` waited 250 ms to ask again (1 in 15 back-to-back TCP gets).
+const QUEUE_FRAMES: usize = p2p_core::transport::CHUNK_FRAMES + p2p_core::transport::CONTROL_FRAMES;
+
 struct Conn {
     outbox: Outbox,
     /// Milliseconds since the transport started, at the last complete frame (or connect).
@@ -258,7 +265,7 @@ async fn connect_from(local: SocketAddr, to: SocketAddr) -> io::Result<TcpStream
 /// for the handshake: a peer that is gone (a connect that times out) costs its own frames,
 /// never the caller's time (the endpoint's loop sends to every peer from one task).
 fn connect_in_background(shared: &Arc<Shared>, local: SocketAddr, to: SocketAddr) -> Outbox {
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let last_active = Arc::new(AtomicU64::new(shared.now_ms()));
     let task_shared = shared.clone();
     let task_tx = tx.clone();
@@ -318,7 +325,7 @@ fn forget_conn(shared: &Shared, remote: SocketAddr, outbox: &Outbox) {
 fn start_connection(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr) -> Outbox {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let last_active = Arc::new(AtomicU64::new(shared.now_ms()));
     let reader_shared = shared.clone();
     let reader_tx = tx.clone();

@@ -472,7 +472,7 @@ impl Driver {
                         break;
                     }
                 }
-                if transport.send_room(to) == 0 && !up.machine.is_done() {
+                if !transport.chunk_room(to) && !up.machine.is_done() {
                     // This peer's queue is full: the others go first, and it is tried again
                     // shortly (the event loop never waits on one peer).
                     self.blocked_until = Some(tokio_now + SEND_ROOM_RETRY);
