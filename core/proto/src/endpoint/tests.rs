@@ -1405,11 +1405,9 @@ fn an_upload_yields_only_to_someone_who_could_take_its_slot() {
     assert_eq!(turns(&mut ep), [("paused", 1), ("admitted", 3)]);
 }
 
-/// A turn ends once the receiver acknowledged a quantum of bytes (and a few round trips
-/// passed), long before the longest turn: equal bytes per turn.
-#[test]
-fn a_turn_ends_at_its_quantum_of_bytes() {
-    use super::UPLOAD_QUANTUM;
+/// One upload slot (turns of 5 s at most), taken by upload 1 from `addr(2, 1)`, whose
+/// receiver acknowledged it; `Request` 2 from `addr(3, 1)` waits in line.
+fn one_slot_taken_and_one_waiting() -> (Endpoint, Instant) {
     let config = EndpointConfig {
         max_uploads: 1,
         upload_turn: ms(5000),
@@ -1422,6 +1420,15 @@ fn a_turn_ends_at_its_quantum_of_bytes() {
         .handle_proven(t0, addr(2, 1), final_ack(TransferId(1)))
         .is_some());
     assert!(ep.handle_proven(t0, addr(3, 1), request(2)).is_none());
+    (ep, t0)
+}
+
+/// A turn ends once the receiver acknowledged a quantum of bytes (and a few round trips
+/// passed), long before the longest turn: equal bytes per turn.
+#[test]
+fn a_turn_ends_at_its_quantum_of_bytes() {
+    use super::UPLOAD_QUANTUM;
+    let (mut ep, t0) = one_slot_taken_and_one_waiting();
     let key = (addr(2, 1), TransferId(1));
     // Most of a quantum: the turn goes on (to the longest turn's end).
     ep.upload_progress(t0 + ms(10), key, Some(ms(1)), UPLOAD_QUANTUM - 1, false);
@@ -1457,18 +1464,7 @@ fn a_turn_ends_at_its_quantum_of_bytes() {
 #[test]
 fn a_paused_upload_acknowledged_to_its_end_resumes_for_its_fin() {
     use super::UPLOAD_QUANTUM;
-    let config = EndpointConfig {
-        max_uploads: 1,
-        upload_turn: ms(5000),
-        ..EndpointConfig::default()
-    };
-    let mut ep = Endpoint::new(config, 0);
-    let t0 = Instant::now();
-    start_upload(&mut ep, t0, addr(2, 1), 1);
-    assert!(ep
-        .handle_proven(t0, addr(2, 1), final_ack(TransferId(1)))
-        .is_some());
-    assert!(ep.handle_proven(t0, addr(3, 1), request(2)).is_none());
+    let (mut ep, t0) = one_slot_taken_and_one_waiting();
     assert!(ep.handle_proven(t0, addr(4, 1), request(3)).is_none());
     sent(&mut ep);
     let key = (addr(2, 1), TransferId(1));

@@ -521,6 +521,38 @@ fn reordering_costs_retransmissions_in_the_first_flight_only() {
     assert!(pair.stats().chunks_retransmitted <= 4, "{:?}", pair.stats());
 }
 
+/// A sender of transfer `transfer` (a 1,000,000-byte file in 1,000-byte chunks, `config`
+/// otherwise) that took its `Request` at `t0`.
+fn requested_sender(t0: Instant, transfer: TransferId, config: SenderConfig) -> ChunkSender {
+    let config = SenderConfig {
+        chunk_size: 1000,
+        ..config
+    };
+    let mut s = ChunkSender::new(t0, transfer, 1_000_000, ContentHash::of(b"x"), 0, config);
+    s.handle_message(t0, &file_request(transfer));
+    s
+}
+
+/// The `Request` of transfer `transfer` for all of file 1.
+fn file_request(transfer: TransferId) -> Message {
+    Message::Request {
+        transfer,
+        file: FileId(1),
+        offset: 0,
+        end: None,
+    }
+}
+
+/// The sequence numbers of the chunks `s` sends now.
+fn chunks_sent(s: &mut ChunkSender, now: Instant) -> Vec<u64> {
+    std::iter::from_fn(|| s.poll_transmit(now))
+        .filter_map(|t| match t {
+            SenderTransmit::Chunk { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A forged `Request` repeated every half second (its "receiver" never acknowledges) gets the
 /// window sent again once, not each time, and does not keep the upload alive: it ends at the
 /// idle timeout (issue 18's amplification).
@@ -528,24 +560,10 @@ fn reordering_costs_retransmissions_in_the_first_flight_only() {
 fn repeated_requests_neither_resend_the_window_each_time_nor_keep_an_upload_alive() {
     let t0 = Instant::now();
     let transfer = TransferId(5);
-    let config = SenderConfig {
-        chunk_size: 1000,
-        ..SenderConfig::default()
-    };
-    let idle = config.idle_timeout;
-    let mut s = ChunkSender::new(t0, transfer, 1_000_000, ContentHash::of(b"x"), 0, config);
-    let request = Message::Request {
-        transfer,
-        file: FileId(1),
-        offset: 0,
-        end: None,
-    };
-    let chunks = |s: &mut ChunkSender, now| {
-        std::iter::from_fn(|| s.poll_transmit(now))
-            .filter(|t| matches!(t, SenderTransmit::Chunk { .. }))
-            .count()
-    };
-    s.handle_message(t0, &request);
+    let idle = SenderConfig::default().idle_timeout;
+    let mut s = requested_sender(t0, transfer, SenderConfig::default());
+    let request = file_request(transfer);
+    let chunks = |s: &mut ChunkSender, now| chunks_sent(s, now).len();
     let first = chunks(&mut s, t0);
     assert!(first > 0);
     let mut now = t0;
@@ -681,27 +699,12 @@ fn a_paused_transfer_outlives_the_idle_timeouts_and_completes_when_resumed() {
 #[test]
 fn a_cap_on_bytes_in_flight_holds_below_the_window() {
     let t0 = Instant::now();
-    let transfer = TransferId(9);
     let config = SenderConfig {
-        chunk_size: 1000,
         pacing: false,
         ..SenderConfig::default()
     };
-    let mut s = ChunkSender::new(t0, transfer, 1_000_000, ContentHash::of(b"x"), 0, config);
-    let chunks = |s: &mut ChunkSender| {
-        std::iter::from_fn(|| s.poll_transmit(t0))
-            .filter(|t| matches!(t, SenderTransmit::Chunk { .. }))
-            .count()
-    };
-    s.handle_message(
-        t0,
-        &Message::Request {
-            transfer,
-            file: FileId(1),
-            offset: 0,
-            end: None,
-        },
-    );
+    let mut s = requested_sender(t0, TransferId(9), config);
+    let chunks = |s: &mut ChunkSender| chunks_sent(s, t0).len();
     let window = s.congestion_window() as usize;
     assert!(window > 5, "the initial window is {window} chunks");
     s.cap_in_flight(5_500);
@@ -722,30 +725,12 @@ fn a_cap_on_bytes_in_flight_holds_below_the_window() {
 #[test]
 fn a_timeout_on_a_stream_resends_one_chunk_not_the_window() {
     let t0 = Instant::now();
-    let transfer = TransferId(11);
     let config = SenderConfig {
-        chunk_size: 1000,
         reliable: true,
         ..SenderConfig::default()
     };
-    let mut s = ChunkSender::new(t0, transfer, 1_000_000, ContentHash::of(b"x"), 0, config);
-    let sent = |s: &mut ChunkSender, now| -> Vec<u64> {
-        std::iter::from_fn(|| s.poll_transmit(now))
-            .filter_map(|t| match t {
-                SenderTransmit::Chunk { seq, .. } => Some(seq),
-                _ => None,
-            })
-            .collect()
-    };
-    s.handle_message(
-        t0,
-        &Message::Request {
-            transfer,
-            file: FileId(1),
-            offset: 0,
-            end: None,
-        },
-    );
+    let mut s = requested_sender(t0, TransferId(11), config);
+    let sent = chunks_sent;
     let first = sent(&mut s, t0);
     assert!(first.len() > 10, "a window's worth: {}", first.len());
     let rto = s.poll_timeout().expect("a timer runs");
