@@ -281,13 +281,13 @@ impl Driver {
                 let stream = self.reliable_to(from);
                 if let Some(up) = self.uploads.get_mut(&(from, transfer)) {
                     up.machine.handle_message(now, &msg);
-                    let acked = up.machine.delivered_bytes();
+                    let delivered = up.machine.delivered_bytes();
                     // A stream's RTT is mostly its queues (megabytes on loopback): turns of a
                     // few of those let some uploads take 30 MiB a turn and others 4.
                     let rtt = if stream { None } else { up.machine.min_rtt() };
                     let done = up.machine.all_acked();
                     self.proto
-                        .upload_progress(now, (from, transfer), rtt, acked, done);
+                        .upload_progress(now, (from, transfer), rtt, delivered, done);
                 }
             }
             Some(Incoming::Download { transfer, msg }) => {
@@ -423,15 +423,15 @@ impl Driver {
             self.tokens_at = tokio_now;
             self.throttled_until = None;
         }
-        // Round robin: a flush starts with the upload after the last one that sent a chunk,
-        // so that under a rate cap, where the first served takes what is left, each gets
-        // its turn.
         // While others wait for a slot, no upload has more than a turn's quantum in flight
         // (a turn ends on what is delivered; the rest arrives during the pause).
         let in_flight_cap = match self.proto.line_len() {
             0 => u64::MAX,
             _ => p2p_proto::endpoint::UPLOAD_QUANTUM,
         };
+        // Round robin: a flush starts with the upload after the last one that sent a chunk,
+        // so that under a rate cap, where the first served takes what is left, each gets
+        // its turn.
         let order: Vec<(SocketAddr, TransferId)> = self.uploads.keys().copied().collect();
         let first = self.upload_turn % order.len().max(1);
         let turns = order[first..].iter().chain(&order[..first]);
