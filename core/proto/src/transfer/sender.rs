@@ -587,18 +587,7 @@ impl ChunkSender {
             self.stats.timeouts += 1;
             self.rtt.on_timeout();
             self.cc.on_timeout();
-            if self.config.reliable {
-                // A stream loses nothing unless its connection was cut (a new one then
-                // carries what is sent next), and is often only slow (its own recovery on a
-                // lossy path): the oldest chunk again, as a probe, not the whole window on
-                // top of what the stream is still delivering. The ACK it draws shows the
-                // rest of a cut connection's gap.
-                if let Some((_, seq)) = self.in_flight.pop_first() {
-                    self.lost.insert(seq);
-                }
-            } else {
-                self.lost.extend(self.in_flight.take_all());
-            }
+            self.lost.extend(self.in_flight.take_all());
             self.rto_at = Some(now + self.rtt.rto());
         }
         if self.fin_at.is_some_and(|t| now >= t) {

@@ -718,23 +718,3 @@ fn a_cap_on_bytes_in_flight_holds_below_the_window() {
     s.cap_in_flight(u64::MAX);
     assert_eq!(chunks(&mut s), window - 5, "the window again");
 }
-
-/// On a reliable transport a retransmission timeout sends the oldest chunk again, not the
-/// whole window: the stream still delivers what it took (a slow, lossy path), and only a cut
-/// connection loses anything.
-#[test]
-fn a_timeout_on_a_stream_resends_one_chunk_not_the_window() {
-    let t0 = Instant::now();
-    let config = SenderConfig {
-        reliable: true,
-        ..SenderConfig::default()
-    };
-    let mut s = requested_sender(t0, TransferId(11), config);
-    let sent = chunks_sent;
-    let first = sent(&mut s, t0);
-    assert!(first.len() > 10, "a window's worth: {}", first.len());
-    let rto = s.poll_timeout().expect("a timer runs");
-    s.handle_timeout(rto);
-    assert_eq!(sent(&mut s, rto), [0], "the oldest chunk only");
-    assert_eq!(s.stats().chunks_retransmitted, 1);
-}
