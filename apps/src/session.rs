@@ -179,6 +179,39 @@ pub(crate) async fn find_peer(
     }
 }
 
+/// A punch asked for in the same flight as the lookup (see [`find_and_punch`]): what it
+/// found, from the endpoint it was asked from.
+pub(crate) struct EarlyPunch {
+    from: EndpointHandle,
+    found: Result<Punched, ServiceError>,
+}
+
+/// [`find_peer`] through `via`, and, over UDP to a tracker on another host, the hole punch
+/// toward `name` asked for at the same time (`Introduce` goes padded, like the lookup, and
+/// is answered at once): the punch costs no round trip of its own. [`route_to`] takes it
+/// when it routes from `via`. Toward a tracker on this host the peers are most likely here
+/// too (reached directly): no introduction is asked for.
+pub(crate) async fn find_and_punch(
+    via: &EndpointHandle,
+    tracker: SocketAddr,
+    name: &str,
+    mode: Mode,
+) -> Result<(FoundPeer, Option<EarlyPunch>)> {
+    if via.kind() != TransportKind::Udp || tracker.ip().is_loopback() {
+        return Ok((find_peer(via, tracker, name, mode).await?, None));
+    }
+    let wanted = nfc(name);
+    let punch = async {
+        Ok(EarlyPunch {
+            from: via.clone(),
+            found: via.punch(tracker, &wanted).await,
+        })
+    };
+    // A failed lookup ends it at once: the punch is not waited for.
+    let (found, early) = tokio::try_join!(find_peer(via, tracker, name, mode), punch)?;
+    Ok((found, Some(early)))
+}
+
 /// How a peer is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -213,16 +246,25 @@ const DIRECT_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 /// ([`EndpointHandle::relay`]: a symmetric NAT, UDP blocked, a TCP peer behind a NAT). When
 /// the relay refuses too, the listed address is what is left (and the error of the
 /// download says it does not answer).
+///
+/// `early`: a punch already asked for with the lookup ([`find_and_punch`]), taken if it was
+/// asked from `handle`.
 pub(crate) async fn route_to(
     handle: &EndpointHandle,
     tracker: SocketAddr,
     info: &mut PeerInfo,
+    early: Option<EarlyPunch>,
 ) -> Route {
     if info.addr.ip().is_loopback() {
         return Route::Direct;
     }
     if info.transport == TransportKind::Udp {
-        match handle.punch(tracker, &info.name).await {
+        let early = early.filter(|e| e.from.same_endpoint(handle));
+        let punched = match early {
+            Some(e) => e.found,
+            None => handle.punch(tracker, &info.name).await,
+        };
+        match punched {
             Ok(Punched::Open(at)) => {
                 tracing::debug!(peer = %clean(&info.name), %at, "hole punched");
                 info.addr = at;
@@ -305,7 +347,7 @@ pub(crate) async fn reach(
     mode: Mode,
     tune: impl FnOnce(&mut EndpointConfig),
 ) -> Result<Reached> {
-    let FoundPeer { mut info, .. } = find_peer(via, tracker, name, mode).await?;
+    let (FoundPeer { mut info, .. }, early) = find_and_punch(via, tracker, name, mode).await?;
     // `via` was opened to reach the tracker: it reaches the peer too if the peer listens on
     // the same transport in the same address family (an IPv4 socket cannot reach IPv6).
     let handle = if info.transport == via.kind() && info.addr.is_ipv4() == tracker.is_ipv4() {
@@ -313,7 +355,7 @@ pub(crate) async fn reach(
     } else {
         client_with(info.transport, info.addr, tune).await?
     };
-    route_to(&handle, tracker, &mut info).await;
+    route_to(&handle, tracker, &mut info, early).await;
     Ok(Reached { handle, info })
 }
 

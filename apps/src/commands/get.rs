@@ -20,7 +20,7 @@ use super::swarm_get;
 use crate::cli::GetArgs;
 use crate::failure::{describe, fail, failure, Kind, WithKind};
 use crate::output::{clean, human_bytes, mib_per_s};
-use crate::session::{self, check_folder, dest_for, find_peer, Mode, Reached, Route};
+use crate::session::{self, check_folder, dest_for, Mode, Reached, Route};
 use crate::signals::Shutdown;
 use crate::ticket::{Sharer, Ticket};
 use p2p_core::collection::is_collection;
@@ -104,7 +104,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     // The tracker is asked from the socket the download will most likely use: the token it
     // gives with its answer saves the punch's introduction a round trip.
     let via = download_client(&args, t.transport, t.tracker, t.tracker_key).await?;
-    let found = find_peer(&via, t.tracker, &args.peer, Mode::Cli).await?;
+    let (found, early) = session::find_and_punch(&via, t.tracker, &args.peer, Mode::Cli).await?;
     let (mut info, key) = (found.info, found.key);
     let reusable = info.transport == t.transport
         && crate::address::client_bind(info.addr) == crate::address::client_bind(t.tracker);
@@ -116,7 +116,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
         }
     };
     // Through the NATs first, from the socket the download uses.
-    let route = session::route_to(&to_peer, t.tracker, &mut info).await;
+    let route = session::route_to(&to_peer, t.tracker, &mut info, early).await;
     if route == Route::Relayed && !args.json {
         eprintln!(
             "peer `{}` cannot be reached directly: going through the tracker's relay (slower)",

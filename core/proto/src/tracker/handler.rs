@@ -332,20 +332,25 @@ impl Tracker {
             let Ok((inner, size)) = Message::open_initial(body, pad) else {
                 return (None, None);
             };
-            let (reply, event) = self.handle_opened(now, from, inner, true);
+            // Its padding stands for the proof: the answer and what it sets off (an
+            // `Introduction`'s few probes toward the asker) stay within three times its size.
+            let (reply, event) = self.handle_opened(now, from, inner, true, addresses_proven);
             let token = self.validator.issue(now, from.ip());
             return (reply.map(|r| r.answer_initial_or_retry(token, size)), event);
         }
-        self.handle_opened(now, from, msg, addresses_proven)
+        self.handle_opened(now, from, msg, addresses_proven, addresses_proven)
     }
 
-    /// [`Tracker::handle_on`] of a message past the rate limit's first cost, not an `Initial`.
+    /// [`Tracker::handle_on`] of a message past the rate limit's first cost, not an `Initial`
+    /// (an `Initial`'s request, opened). `addresses_proven`: it needs no token (a stream's, or
+    /// a padded `Initial`'s); `stream`: it came on a stream transport (TCP).
     fn handle_opened(
         &mut self,
         now: Instant,
         from: SocketAddr,
         msg: Message,
         addresses_proven: bool,
+        stream: bool,
     ) -> (Option<Message>, Option<TrackerEvent>) {
         let token = match &msg {
             Message::Validated { token, .. } => Some(*token),
@@ -465,7 +470,7 @@ impl Tracker {
                 // UDP only: the asker's address must be the socket it will punch from, and
                 // a TCP source port is an ephemeral one.
                 let peer = match reg.seen(&name, now) {
-                    Some((seen, TransportKind::Udp)) if !addresses_proven => Some(seen),
+                    Some((seen, TransportKind::Udp)) if !stream => Some(seen),
                     _ => None,
                 };
                 if let Some(seen) = peer {
@@ -518,7 +523,7 @@ impl Tracker {
                 (Some(reply), None)
             }
             Message::RelayOpen { request, name } => {
-                let via = transport_of(addresses_proven);
+                let via = transport_of(stream);
                 let reply = match self.relay.open(now, reg, from, via, request, &name) {
                     Ok(session) => Message::RelayOpened { request, session },
                     Err(e) => Message::Error {
@@ -908,6 +913,62 @@ mod tests {
         assert!(matches!(
             reply,
             Some(Message::Introduced { peer: None, .. })
+        ));
+        assert_eq!(t.poll_transmit(), None);
+    }
+
+    /// An `Introduce` padded as an `Initial` (sent with the lookup, before any token) is
+    /// answered and the peer introduced at once: the answer and the peer's probes toward
+    /// the asker stay within three times the request. Over TCP it introduces nobody.
+    #[test]
+    fn a_padded_introduce_is_answered_and_introduced_at_once() {
+        use crate::endpoint::punch::PROBES_PER_INTRODUCTION;
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
+        let now = Instant::now();
+        let bob_seen: SocketAddr = "203.0.113.2:40000".parse().unwrap();
+        t.handle_proven(now, bob_seen, register("bob", 10001));
+        let alice: SocketAddr = "198.51.100.7:5555".parse().unwrap();
+        let ask = Message::Introduce {
+            request: RequestId(91),
+            name: "bob".into(),
+        };
+        let initial = ask.initial();
+        let Some(answer @ Message::Answer { .. }) = t.handle(now, alice, initial.clone()).0 else {
+            panic!("a padded introduce is answered at once");
+        };
+        let Message::Answer { body, .. } = &answer else {
+            unreachable!()
+        };
+        assert_eq!(
+            Message::open_answer(body).unwrap(),
+            Message::Introduced {
+                request: RequestId(91),
+                peer: Some(bob_seen)
+            }
+        );
+        assert_eq!(
+            t.poll_transmit(),
+            Some((
+                bob_seen,
+                Message::Introduction {
+                    nonce: 91,
+                    peer: alice
+                }
+            ))
+        );
+        let probe = Message::Probe { nonce: 91 }.encode().len();
+        assert!(
+            answer.encode().len() + PROBES_PER_INTRODUCTION * probe <= 3 * initial.encode().len(),
+            "within three times the request"
+        );
+        // On TCP the source port is not the asker's socket: nobody is introduced.
+        let (reply, _) = t.handle_on(now, alice, initial, true);
+        let Some(Message::Answer { body, .. }) = reply else {
+            panic!("answered");
+        };
+        assert!(matches!(
+            Message::open_answer(&body),
+            Ok(Message::Introduced { peer: None, .. })
         ));
         assert_eq!(t.poll_transmit(), None);
     }

@@ -614,12 +614,16 @@ impl Message {
 
     /// Whether a server answers this request, sent as [`Message::Initial`], before its sender
     /// proved its address: the lookups whose answer is one control message, and that take
-    /// no slot, name or third party's attention.
+    /// no slot or name; and `Introduce`, whose third party (the peer introduced, within its
+    /// limits) sends the asker [`PROBES_PER_INTRODUCTION`](crate::endpoint::punch::PROBES_PER_INTRODUCTION)
+    /// probes of a few dozen bytes: with the answer, still within three times the padded
+    /// request. Asked with the lookup, it saves a hole punch its round trip.
     pub fn answerable_at_once(&self) -> bool {
         matches!(
             self,
             Message::ListPeers { .. }
                 | Message::Lookup { .. }
+                | Message::Introduce { .. }
                 | Message::WhoHas { .. }
                 | Message::IndexRequest { .. }
                 | Message::PieceRequest { .. }

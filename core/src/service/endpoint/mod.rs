@@ -609,6 +609,11 @@ impl EndpointHandle {
         self.kind
     }
 
+    /// Whether `other` is a handle of this same endpoint (a clone of this one).
+    pub fn same_endpoint(&self, other: &EndpointHandle) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
     /// Makes sure a secure session with `peer` exists (a handshake if there is none, see
     /// [`SecureTransport::connect`]) and returns the key it proved; `expected` (a listing's
     /// key) refuses any other with [`SecureError::WrongKey`]. `Ok(None)`: this endpoint runs
