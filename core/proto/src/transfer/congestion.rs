@@ -38,6 +38,8 @@ pub struct AckSample {
     /// A chunk it acknowledged was sent before one acknowledged earlier, and not resent:
     /// the path reorders.
     pub reordered: bool,
+    /// Chunks in flight once it is counted.
+    pub in_flight: u64,
 }
 
 /// Which controller a sender uses.
@@ -157,10 +159,18 @@ const STARTUP_QUEUE_RTT: f64 = 1.25;
 /// Fewest chunks a start-up round must lose for [`STARTUP_LOSS`] to count (BBRv2's 8): a
 /// random loss or two of a small window is no overflow.
 const STARTUP_LOSS_EVENTS: u64 = 8;
+/// Start-up's delay exit: this many RTT samples in a row this far above the minimum (an
+/// eighth of it, within these bounds: HyStart++'s).
+const DELAY_EXIT_MIN: Duration = Duration::from_millis(4);
+const DELAY_EXIT_MAX: Duration = Duration::from_millis(16);
+const DELAY_EXIT_SAMPLES: u32 = 8;
 /// Extra gain of a probing round.
 const PROBE_GAIN: f64 = 1.25;
 /// Gain of the round after a probe, which drains what the probe queued.
 const DRAIN_GAIN: f64 = 0.75;
+/// Pacing gain after start-up until what is in flight is back to the bandwidth-delay
+/// product (BBR's Drain: the inverse of start-up's gain).
+const STARTUP_DRAIN_GAIN: f64 = 1.0 / STARTUP_GAIN;
 /// How long ProbeRTT holds the window at its floor, after a round trip for the queue to drain.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// Longest wait for the queue to drain before ProbeRTT's floor counts: a smoothed RTT, but no
@@ -171,6 +181,9 @@ const PROBE_RTT_MAX_DRAIN: Duration = Duration::from_secs(1);
 enum Mode {
     /// Exponential growth until the delivery rate stops growing.
     Startup,
+    /// Start-up is over: sending slowly until the queue it built has drained (what is in
+    /// flight is down to the bandwidth-delay product), then [`Mode::Steady`].
+    Drain,
     /// Window follows the measured bandwidth-delay product.
     Steady,
     /// Window at its floor until then, to measure the minimum RTT afresh; then back to the
@@ -218,6 +231,8 @@ pub struct Bbr {
     round_lost: u64,
     /// Largest RTT sample of this round (start-up only).
     round_max_rtt: Duration,
+    /// RTT samples in a row that showed a queue (start-up's delay exit).
+    queued_samples: u32,
 }
 
 impl Bbr {
@@ -244,6 +259,7 @@ impl Bbr {
             pacing_gain: 1.0,
             round_lost: 0,
             round_max_rtt: Duration::ZERO,
+            queued_samples: 0,
         }
     }
 
@@ -291,6 +307,30 @@ impl Bbr {
         }
     }
 
+    /// Start-up's delay exit (after HyStart++): RTT samples in a row that show a queue of
+    /// an eighth of the minimum RTT (4 to 16 ms) say the bottleneck is full: the rate
+    /// measured is its rate, and each doubling from here only fills its queue until it
+    /// overflows. Start-up ends at once (not at the round's end: by then what the window
+    /// sent meanwhile is on its way to the queue). On the long path's 100 ms queue at 200 ms
+    /// a fifth of what start-up sent was lost before the loss exit saw it.
+    fn delay_exit(&mut self, rtt: Duration) {
+        let Some((m, _)) = self.min_rtt else {
+            return;
+        };
+        if self.mode != Mode::Startup {
+            return;
+        }
+        if rtt >= m + (m / 8).clamp(DELAY_EXIT_MIN, DELAY_EXIT_MAX) {
+            self.queued_samples += 1;
+        } else {
+            self.queued_samples = 0;
+        }
+        if self.queued_samples >= DELAY_EXIT_SAMPLES && self.max_bw() > 0.0 {
+            self.mode = Mode::Drain;
+            self.queued_samples = 0;
+        }
+    }
+
     fn end_round(&mut self, now: Instant, start: Instant) {
         let secs = now.duration_since(start).as_secs_f64();
         if secs > 0.0 {
@@ -309,6 +349,7 @@ impl Bbr {
         // lose more (at 200 ms, a 100 ms queue overflows long before the rate stops growing).
         let lost = std::mem::take(&mut self.round_lost);
         let max_rtt = std::mem::take(&mut self.round_max_rtt);
+
         // ... and only when the round's RTT shows a queue: random loss (a lossy radio link)
         // at 3 % would end start-up at a few hundred chunks otherwise, and the steady state
         // grows by a quarter every eight rounds (measured: 3.4 MiB/s at 100 ms, 3 % loss,
@@ -322,7 +363,7 @@ impl Bbr {
         self.round_delivered = 0;
         self.round_start = Some(now);
         if self.mode == Mode::Startup && overflowed && self.max_bw() > 0.0 {
-            self.mode = Mode::Steady;
+            self.mode = Mode::Drain;
         } else if self.mode == Mode::Startup {
             let bw = self.max_bw();
             if bw > self.full_bw * 1.25 {
@@ -331,7 +372,7 @@ impl Bbr {
             } else {
                 self.full_bw_rounds += 1;
                 if self.full_bw_rounds >= 3 {
-                    self.mode = Mode::Steady;
+                    self.mode = Mode::Drain;
                 }
             }
         }
@@ -351,7 +392,7 @@ impl CongestionController for Bbr {
     /// and before a rate is known, the window sets the pace.
     fn pacing_window(&self, srtt: Duration) -> u64 {
         let bw = self.max_bw();
-        if self.mode != Mode::Steady || bw <= 0.0 {
+        if !matches!(self.mode, Mode::Steady | Mode::Drain) || bw <= 0.0 {
             return self.cwnd;
         }
         // The pacer adds its own gain on top of the window's rate: take it out.
@@ -377,7 +418,7 @@ impl CongestionController for Bbr {
                 then: if self.mode == Mode::Startup {
                     ProbeFrom::Startup
                 } else {
-                    ProbeFrom::Steady
+                    ProbeFrom::Steady // from Drain too: what drains, ProbeRTT's floor drains
                 },
             };
         }
@@ -414,6 +455,7 @@ impl CongestionController for Bbr {
         self.round_delivered += s.acked;
         if let Some(rtt) = s.rtt {
             self.round_max_rtt = self.round_max_rtt.max(rtt);
+            self.delay_exit(rtt);
         }
         let start = *self.round_start.get_or_insert(s.now);
         // A round lasts one smoothed RTT (at least a millisecond, so that loopback rounds
@@ -445,6 +487,23 @@ impl CongestionController for Bbr {
                 };
                 self.cwnd = grown.min(cap.max(self.cwnd)).min(self.max);
             }
+            Mode::Drain => {
+                // Start-up left up to its gain times the path's product in flight, the rest
+                // in the bottleneck's queue: paced slowly until it drained (left there, the
+                // steady state paces at the rate the link drains, so a full queue stays full
+                // and every probe overflows it).
+                self.pacing_gain = STARTUP_DRAIN_GAIN;
+                let bdp = self.bdp(s.srtt);
+                let extra = self.extra_acked.iter().copied().max().unwrap_or(0);
+                let target = (bdp * CWND_GAIN).ceil() as u64 + extra;
+                self.cwnd = target.clamp(self.min, self.max);
+                if bdp > 0.0 && s.in_flight as f64 <= bdp {
+                    self.mode = Mode::Steady;
+                    self.pacing_gain = 1.0;
+                    // The gain cycle starts at a cruising round, not with a probe.
+                    self.rounds = self.rounds - self.rounds % PROBE_EVERY + 2;
+                }
+            }
             Mode::Steady => {
                 if self.min_rtt.is_none() {
                     return;
@@ -475,7 +534,9 @@ impl CongestionController for Bbr {
     fn on_timeout(&mut self) {
         // Nothing came back for a whole RTO: start over gently, keep what was learned.
         self.cwnd = self.min;
-        if !matches!(self.mode, Mode::Steady) {
+        if self.mode == Mode::Drain {
+            self.mode = Mode::Steady; // the timeout emptied the queue
+        } else if self.mode != Mode::Steady {
             self.mode = Mode::Startup;
             self.full_bw = 0.0;
             self.full_bw_rounds = 0;
@@ -514,6 +575,7 @@ mod tests {
             rtt,
             srtt: rtt,
             reordered: false,
+            in_flight: 0,
         }
     }
 
@@ -537,6 +599,7 @@ mod tests {
                 rtt: Some(rtt),
                 srtt: self.0.srtt(),
                 reordered,
+                in_flight: 0,
             }
         }
     }
@@ -733,6 +796,7 @@ mod tests {
                 rtt,
                 srtt: Some(Duration::from_millis(40)),
                 reordered: false,
+                in_flight: 0,
             });
             if ms > 1_000 && bbr.window() == 4 {
                 floor_ms.push(ms);
@@ -781,6 +845,47 @@ mod tests {
             }
             assert_eq!(bbr.mode == Mode::Startup, !queued, "queue: {queued}");
         }
+    }
+
+    /// After start-up (here ended by the queue's overflow) the sender drains the queue it
+    /// built: paced at a 2.89th of the measured rate while more than the bandwidth-delay
+    /// product is in flight, at the rate itself once it is down to it.
+    #[test]
+    fn bbr_drains_the_start_up_queue_before_its_steady_state() {
+        let t = Instant::now();
+        let mut bbr = Bbr::new(10, 100_000);
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let sample = |n: u64, rtt: u64, in_flight: u64| AckSample {
+            in_flight,
+            ..ack(ms(n), 10, rtt)
+        };
+        // 10 chunks a ms over 20 ms (BDP 200), the queue showing and 5 % lost: start-up ends.
+        for n in 0..=35u64 {
+            bbr.on_ack(sample(n, if n > 0 { 30 } else { 20 }, 500));
+            if n % 2 == 0 {
+                bbr.on_loss(n, n + 1);
+            }
+        }
+        assert_eq!(bbr.mode, Mode::Drain);
+        let srtt = Duration::from_millis(20);
+        let paced = |bbr: &Bbr| bbr.pacing_window(srtt) as f64 * super::super::pacing::GAIN;
+        // 500 in flight: paced at about 200 / 2.89 a round.
+        bbr.on_ack(sample(36, 30, 500));
+        assert_eq!(bbr.mode, Mode::Drain);
+        assert!(
+            (60.0..=80.0).contains(&paced(&bbr)),
+            "draining at {} a round",
+            paced(&bbr)
+        );
+        // Down to the product: steady, paced at the rate (a cruising round, not a probe).
+        bbr.on_ack(sample(37, 20, 150));
+        assert_eq!(bbr.mode, Mode::Steady);
+        bbr.on_ack(sample(38, 20, 150));
+        assert!(
+            (190.0..=215.0).contains(&paced(&bbr)),
+            "steady at {} a round",
+            paced(&bbr)
+        );
     }
 
     /// A retransmission timeout in the steady state keeps what was measured: the window is
@@ -833,6 +938,7 @@ mod tests {
                 rtt: None,
                 srtt: Some(Duration::from_millis(5_500)),
                 reordered: false,
+                in_flight: 0,
             });
         }
         assert!(

@@ -472,6 +472,7 @@ impl ChunkSender {
                 rtt,
                 srtt: self.rtt.srtt(),
                 reordered,
+                in_flight: self.in_flight.len() as u64,
             });
         }
         self.detect_losses(now);
