@@ -16,23 +16,18 @@ const RTT: Duration = Duration::from_millis(200);
 const LINK_MBIT: u64 = 40;
 const FILE: usize = 12 * 1024 * 1024;
 /// The share of the link's rate a download must reach without loss ([`LOSS_FLOOR`] with 1 %
-/// loss). Today's sender reaches 64 % without loss and 60-62 % with 1 % loss (seeds 1-40;
-/// one at 48 %): BBR's start-up doubles the window each round
-/// up to 2.89 times the measured bandwidth-delay product and ends once 8 RTT samples in a
-/// row show a queue (or on a round that lost over 2 % with its RTT showing one), then drains
-/// that queue; the steady state paces at the measured rate, and a retransmission timeout
-/// keeps the model. The 12 MiB file is short for the path: start-up alone takes about seven
-/// round trips. (Before the delay exit and the drain: 61 % and 57 %, with 1,725 of 11,248
-/// datagrams dropped by the queue without loss; before the loss exit, 48 % and 37 %.) The aim
-/// (issue 19) is 90 %.
-const FLOOR: f64 = 0.60;
+/// loss). Today's sender reaches 61 % without loss and 48 % or more with 1 % loss (seeds
+/// 1-40): BBR's start-up doubles the window each round up to 2.89 times the measured
+/// bandwidth-delay product and ends on a round that lost over 2 % to the 100 ms queue (with
+/// its RTT showing one), then drains for at most two rounds; the steady state paces at the
+/// measured rate, and a retransmission timeout keeps the model. The 12 MiB file is short
+/// for the path: start-up alone takes about seven round trips. The queue still drops about
+/// a sixth of what start-up sends (1,725 of 11,248 datagrams): ending start-up on the
+/// queue's delay (HyStart++) cut that to 122, but left a flow sharing the link with one TCP
+/// flow a tenth of it, and was dropped. The aim (issue 19) is 90 %.
+const FLOOR: f64 = 0.55;
 /// The share of the link's rate a download must reach with 1 % loss.
 const LOSS_FLOOR: f64 = 0.45;
-
-/// The share of the seeder's datagrams the bottleneck's queue may drop without other loss:
-/// start-up must stop before it overflows the queue (122 of 9,085 today, 1.3 %; 15 % when
-/// only the loss exit ended it).
-const MAX_QUEUE_DROPS: f64 = 0.04;
 
 /// The link's rate in bytes per second of payload (before the headers of each datagram).
 fn link_bytes_per_sec() -> f64 {
@@ -70,13 +65,6 @@ fn long_path(
         "seed {seed}: the bottleneck's queue dropped {dropped} datagrams; data sent {} resent {}",
         st.data_sent, st.data_resent
     );
-    if loss == 0.0 && dropped as f64 > MAX_QUEUE_DROPS * st.data_sent as f64 {
-        return Err(format!(
-            "seed {seed}: the queue dropped {dropped} of {} datagrams: start-up overflowed it",
-            st.data_sent
-        )
-        .into());
-    }
     Ok(())
 }
 
@@ -100,7 +88,7 @@ fn the_window_grows_to_fill_a_long_narrow_path() {
                 );
                 if rate < FLOOR * link_bytes_per_sec() {
                     return Err(format!(
-                        "{:.2} MB/s: under 60 % of the link's {:.2}",
+                        "{:.2} MB/s: under 55 % of the link's {:.2}",
                         rate / 1e6,
                         link_bytes_per_sec() / 1e6
                     ));

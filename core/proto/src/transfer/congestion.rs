@@ -159,11 +159,6 @@ const STARTUP_QUEUE_RTT: f64 = 1.25;
 /// Fewest chunks a start-up round must lose for [`STARTUP_LOSS`] to count (BBRv2's 8): a
 /// random loss or two of a small window is no overflow.
 const STARTUP_LOSS_EVENTS: u64 = 8;
-/// Start-up's delay exit: this many RTT samples in a row this far above the minimum (an
-/// eighth of it, within these bounds: HyStart++'s).
-const DELAY_EXIT_MIN: Duration = Duration::from_millis(4);
-const DELAY_EXIT_MAX: Duration = Duration::from_millis(16);
-const DELAY_EXIT_SAMPLES: u32 = 8;
 /// Extra gain of a probing round.
 const PROBE_GAIN: f64 = 1.25;
 /// Gain of the round after a probe, which drains what the probe queued.
@@ -171,6 +166,10 @@ const DRAIN_GAIN: f64 = 0.75;
 /// Pacing gain after start-up until what is in flight is back to the bandwidth-delay
 /// product (BBR's Drain: the inverse of start-up's gain).
 const STARTUP_DRAIN_GAIN: f64 = 1.0 / STARTUP_GAIN;
+/// Rounds Drain lasts at most: a queue that another flow keeps full never drains below the
+/// product, and a drain that waited for it starved this flow (its rate measured at a third,
+/// the filter forgetting the rest: 9 % of a link shared with one TCP flow).
+const MAX_DRAIN_ROUNDS: u64 = 2;
 /// How long ProbeRTT holds the window at its floor, after a round trip for the queue to drain.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// Longest wait for the queue to drain before ProbeRTT's floor counts: a smoothed RTT, but no
@@ -231,8 +230,8 @@ pub struct Bbr {
     round_lost: u64,
     /// Largest RTT sample of this round (start-up only).
     round_max_rtt: Duration,
-    /// RTT samples in a row that showed a queue (start-up's delay exit).
-    queued_samples: u32,
+    /// The round Drain began in: it lasts [`MAX_DRAIN_ROUNDS`] at most.
+    drain_from: u64,
 }
 
 impl Bbr {
@@ -259,7 +258,7 @@ impl Bbr {
             pacing_gain: 1.0,
             round_lost: 0,
             round_max_rtt: Duration::ZERO,
-            queued_samples: 0,
+            drain_from: 0,
         }
     }
 
@@ -307,28 +306,16 @@ impl Bbr {
         }
     }
 
-    /// Start-up's delay exit (after HyStart++): RTT samples in a row that show a queue of
-    /// an eighth of the minimum RTT (4 to 16 ms) say the bottleneck is full: the rate
-    /// measured is its rate, and each doubling from here only fills its queue until it
-    /// overflows. Start-up ends at once (not at the round's end: by then what the window
-    /// sent meanwhile is on its way to the queue). On the long path's 100 ms queue at 200 ms
-    /// a fifth of what start-up sent was lost before the loss exit saw it.
-    fn delay_exit(&mut self, rtt: Duration) {
-        let Some((m, _)) = self.min_rtt else {
-            return;
-        };
-        if self.mode != Mode::Startup {
-            return;
-        }
-        if rtt >= m + (m / 8).clamp(DELAY_EXIT_MIN, DELAY_EXIT_MAX) {
-            self.queued_samples += 1;
-        } else {
-            self.queued_samples = 0;
-        }
-        if self.queued_samples >= DELAY_EXIT_SAMPLES && self.max_bw() > 0.0 {
-            self.mode = Mode::Drain;
-            self.queued_samples = 0;
-        }
+    fn start_drain(&mut self) {
+        self.mode = Mode::Drain;
+        self.drain_from = self.rounds;
+    }
+
+    fn end_drain(&mut self) {
+        self.mode = Mode::Steady;
+        self.pacing_gain = 1.0;
+        // The gain cycle starts at a cruising round, not with a probe.
+        self.rounds = self.rounds - self.rounds % PROBE_EVERY + 2;
     }
 
     fn end_round(&mut self, now: Instant, start: Instant) {
@@ -362,8 +349,10 @@ impl Bbr {
             && queued;
         self.round_delivered = 0;
         self.round_start = Some(now);
-        if self.mode == Mode::Startup && overflowed && self.max_bw() > 0.0 {
-            self.mode = Mode::Drain;
+        if self.mode == Mode::Drain && self.rounds >= self.drain_from + MAX_DRAIN_ROUNDS {
+            self.end_drain();
+        } else if self.mode == Mode::Startup && overflowed && self.max_bw() > 0.0 {
+            self.start_drain();
         } else if self.mode == Mode::Startup {
             let bw = self.max_bw();
             if bw > self.full_bw * 1.25 {
@@ -372,7 +361,7 @@ impl Bbr {
             } else {
                 self.full_bw_rounds += 1;
                 if self.full_bw_rounds >= 3 {
-                    self.mode = Mode::Drain;
+                    self.start_drain();
                 }
             }
         }
@@ -455,7 +444,6 @@ impl CongestionController for Bbr {
         self.round_delivered += s.acked;
         if let Some(rtt) = s.rtt {
             self.round_max_rtt = self.round_max_rtt.max(rtt);
-            self.delay_exit(rtt);
         }
         let start = *self.round_start.get_or_insert(s.now);
         // A round lasts one smoothed RTT (at least a millisecond, so that loopback rounds
@@ -498,10 +486,7 @@ impl CongestionController for Bbr {
                 let target = (bdp * CWND_GAIN).ceil() as u64 + extra;
                 self.cwnd = target.clamp(self.min, self.max);
                 if bdp > 0.0 && s.in_flight as f64 <= bdp {
-                    self.mode = Mode::Steady;
-                    self.pacing_gain = 1.0;
-                    // The gain cycle starts at a cruising round, not with a probe.
-                    self.rounds = self.rounds - self.rounds % PROBE_EVERY + 2;
+                    self.end_drain();
                 }
             }
             Mode::Steady => {
