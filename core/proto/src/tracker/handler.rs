@@ -849,20 +849,30 @@ mod tests {
         assert_eq!(listed[0].addr.port(), 10001, "alice untouched");
     }
 
+    /// A tracker with bob registered from behind a NAT (his port 10001 mapped to 40000):
+    /// the tracker, the time, where it sees bob, and alice, who asks for him.
+    fn bob_registered_alice_asking() -> (Tracker, Instant, SocketAddr, SocketAddr) {
+        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
+        let now = Instant::now();
+        let bob_seen: SocketAddr = "203.0.113.2:40000".parse().unwrap();
+        t.handle_proven(now, bob_seen, register("bob", 10001));
+        (t, now, bob_seen, "198.51.100.7:5555".parse().unwrap())
+    }
+
+    /// Alice's `Introduce` to bob, as request `id`.
+    fn introduce(id: u64) -> Message {
+        Message::Introduce {
+            request: RequestId(id),
+            name: "bob".into(),
+        }
+    }
+
     /// `Introduce` needs proof, answers the asker with the peer's seen address (no larger
     /// than the request), and queues an `Introduction` naming the asker for the peer.
     #[test]
     fn introduce_answers_the_seen_address_and_tells_the_peer() {
-        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
-        let now = Instant::now();
-        // Bob behind a NAT that mapped his port 10001 to 40000.
-        let bob_seen: SocketAddr = "203.0.113.2:40000".parse().unwrap();
-        t.handle_proven(now, bob_seen, register("bob", 10001));
-        let alice: SocketAddr = "198.51.100.7:5555".parse().unwrap();
-        let ask = Message::Introduce {
-            request: RequestId(77),
-            name: "bob".into(),
-        };
+        let (mut t, now, bob_seen, alice) = bob_registered_alice_asking();
+        let ask = introduce(77);
         assert!(matches!(
             t.handle(now, alice, ask.clone()).0,
             Some(Message::Retry { .. })
@@ -923,16 +933,8 @@ mod tests {
     #[test]
     fn a_padded_introduce_is_answered_and_introduced_at_once() {
         use crate::endpoint::punch::PROBES_PER_INTRODUCTION;
-        let mut t = Tracker::new(RegistryConfig::default(), RateConfig::default()).with_key_seed(5);
-        let now = Instant::now();
-        let bob_seen: SocketAddr = "203.0.113.2:40000".parse().unwrap();
-        t.handle_proven(now, bob_seen, register("bob", 10001));
-        let alice: SocketAddr = "198.51.100.7:5555".parse().unwrap();
-        let ask = Message::Introduce {
-            request: RequestId(91),
-            name: "bob".into(),
-        };
-        let initial = ask.initial();
+        let (mut t, now, bob_seen, alice) = bob_registered_alice_asking();
+        let initial = introduce(91).initial();
         let Some(answer @ Message::Answer { .. }) = t.handle(now, alice, initial.clone()).0 else {
             panic!("a padded introduce is answered at once");
         };
