@@ -314,8 +314,8 @@ impl Bbr {
     fn end_drain(&mut self) {
         self.mode = Mode::Steady;
         self.pacing_gain = 1.0;
-        // The gain cycle starts at a cruising round, not with a probe.
-        self.rounds = self.rounds - self.rounds % PROBE_EVERY + 2;
+        // The gain cycle goes on from a cruising round, not with a probe.
+        self.rounds += (PROBE_EVERY + 2 - self.rounds % PROBE_EVERY) % PROBE_EVERY;
     }
 
     fn end_round(&mut self, now: Instant, start: Instant) {
@@ -336,7 +336,6 @@ impl Bbr {
         // lose more (at 200 ms, a 100 ms queue overflows long before the rate stops growing).
         let lost = std::mem::take(&mut self.round_lost);
         let max_rtt = std::mem::take(&mut self.round_max_rtt);
-
         // ... and only when the round's RTT shows a queue: random loss (a lossy radio link)
         // at 3 % would end start-up at a few hundred chunks otherwise, and the steady state
         // grows by a quarter every eight rounds (measured: 3.4 MiB/s at 100 ms, 3 % loss,
