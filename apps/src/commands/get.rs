@@ -101,8 +101,8 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let wanted = wanted(&args)?;
     check_folder(&args.out, "--out")?;
     let t = &args.tracker;
-    // The tracker is asked from the socket the download will most likely use: the token it
-    // gives with its answer saves the punch's introduction a round trip.
+    // The tracker is asked from the socket the download will most likely use: the hole
+    // punch's introduction goes with the lookup, from the socket that then punches.
     let via = download_client(&args, t.transport, t.tracker, t.tracker_key).await?;
     let (found, early) = session::find_and_punch(&via, t.tracker, &args.peer, Mode::Cli).await?;
     let (mut info, key) = (found.info, found.key);
