@@ -42,7 +42,8 @@
 //!   tracker's came from the holder of its key.
 //! - Each sealed message is 32 bytes longer ([`SEAL_OVERHEAD`]): the largest message the
 //!   wrapper takes is that much smaller than its inner transport's, and at most
-//!   [`MAX_SEALED_PLAINTEXT`]. Chunks sent from a file are read and sealed (no `sendfile`).
+//!   [`MAX_SEALED_PLAINTEXT`]. Chunks sent from a file are read into their frame and sealed
+//!   in place (no `sendfile`); received frames are opened in one copy.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -57,6 +58,7 @@ use tokio::time::Instant;
 
 use p2p_proto::identity::{Identity, PublicKey};
 use p2p_proto::limits::{RateConfig, RateLimiter};
+use p2p_proto::secure::SEALED_HEAD;
 use p2p_proto::secure::{
     is_frame, is_peer_message, sealed_only_refusal, Connect, Received, SecureEvent, SessionTable,
 };
@@ -565,12 +567,18 @@ impl Transport for SecureTransport {
         }
     }
 
-    /// With a session, the range is read and sealed with its head (no `sendfile`).
+    /// With a session, the range is read (no `sendfile`) into the frame, after room for
+    /// the frame's head and the message's, and sealed where it lies.
     async fn send_file(&self, to: SocketAddr, head: Vec<u8>, body: FileRange) -> io::Result<()> {
         match self.session_to(to).await {
             Some(s) => {
-                let msg = body.after(head)?;
-                self.inner.send_owned(to, Self::seal(&s, &msg)?).await
+                let mut frame = Vec::with_capacity(SEAL_OVERHEAD + head.len() + body.len);
+                frame.extend_from_slice(&[0; SEALED_HEAD]);
+                frame.extend_from_slice(&head);
+                let mut frame = body.after(frame)?;
+                s.seal_in_place(&mut frame, 0)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                self.inner.send_owned(to, frame).await
             }
             // A chunk of a file: never in plaintext to a pinned address, nor to a peer whose
             // session ended.

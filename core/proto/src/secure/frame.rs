@@ -173,7 +173,7 @@ impl<'a> Frame<'a> {
             ciphertext,
         } = *self
         {
-            push_sealed_head(out, receiver, nonce);
+            out.extend_from_slice(&sealed_head(receiver, nonce));
             out.extend_from_slice(ciphertext);
             return;
         }
@@ -211,12 +211,14 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// Appends the head of a `Sealed` frame (everything before the ciphertext).
-pub(super) fn push_sealed_head(out: &mut Vec<u8>, receiver: u32, nonce: u64) {
-    out.extend_from_slice(&FRAME_MAGIC);
-    out.push(TYPE_SEALED);
-    out.extend_from_slice(&receiver.to_le_bytes());
-    out.extend_from_slice(&nonce.to_le_bytes());
+/// The head of a `Sealed` frame (everything before the ciphertext).
+pub(super) fn sealed_head(receiver: u32, nonce: u64) -> [u8; SEALED_HEAD] {
+    let mut head = [0; SEALED_HEAD];
+    head[..3].copy_from_slice(&FRAME_MAGIC);
+    head[3] = TYPE_SEALED;
+    head[4..8].copy_from_slice(&receiver.to_le_bytes());
+    head[8..].copy_from_slice(&nonce.to_le_bytes());
+    head
 }
 
 #[cfg(test)]

@@ -1,6 +1,12 @@
-//! One established session: the two transport ciphers of a finished Noise handshake, used
-//! with explicit nonces (snow's `StatelessTransportState`), the peer's identity key, the
-//! index each side chose, the send counter and the replay window.
+//! One established session: the two transport keys of a finished Noise handshake, used
+//! with explicit nonces, the peer's identity key, the index each side chose, the send
+//! counter and the replay window.
+//!
+//! The keys are Noise's own (the handshake's split, [`SessionKeys::split`]) and the cipher
+//! is the one the protocol names, AES-256-GCM from `ring`, nonce and empty associated data
+//! as Noise lays them out: a frame is what snow's `StatelessTransportState` would seal (a
+//! test holds the two to the same bytes). `ring` is called directly only because it seals
+//! and opens in place, where snow copies every message into a second buffer.
 //!
 //! A session is shared (`Arc`): sealing needs only `&self` (the counter is atomic), so a
 //! driver seals outside any lock on the table; opening takes the replay window's lock only
@@ -9,16 +15,58 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use snow::StatelessTransportState;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use snow::HandshakeState;
 
-use super::frame::{push_sealed_head, MAX_SEALED_PLAINTEXT, TAG_LEN};
+use super::frame::{sealed_head, MAX_SEALED_PLAINTEXT, SEALED_HEAD, TAG_LEN};
 use super::replay::ReplayWindow;
 use super::SecureError;
 use crate::identity::PublicKey;
 
+/// The transport keys of a finished handshake: one to seal with, one to open with.
+pub(super) struct SessionKeys {
+    send: LessSafeKey,
+    recv: LessSafeKey,
+}
+
+impl SessionKeys {
+    /// The keys `state`, a finished handshake, splits into (Noise's `Split()`): the
+    /// initiator seals with the first and opens with the second, the responder the other
+    /// way round.
+    pub(super) fn split(state: &mut HandshakeState) -> Result<SessionKeys, SecureError> {
+        if !state.is_handshake_finished() {
+            return Err(SecureError::Handshake("not finished"));
+        }
+        let (mut first, mut second) = state.dangerously_get_raw_split();
+        let key = |k: &[u8; 32]| {
+            UnboundKey::new(&AES_256_GCM, k)
+                .map(LessSafeKey::new)
+                .map_err(|_| SecureError::Handshake("no AES-256-GCM key"))
+        };
+        let keys = if state.is_initiator() {
+            (key(&first), key(&second))
+        } else {
+            (key(&second), key(&first))
+        };
+        first.fill(0);
+        second.fill(0);
+        Ok(SessionKeys {
+            send: keys.0?,
+            recv: keys.1?,
+        })
+    }
+}
+
+/// Noise's AES-GCM nonce: 4 zero bytes, then the counter big-endian.
+fn noise_nonce(counter: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::assume_unique_for_key(bytes)
+}
+
 /// An established secure session with one peer.
 pub struct Session {
-    cipher: StatelessTransportState,
+    keys: SessionKeys,
     peer: PublicKey,
     local_index: u32,
     remote_index: u32,
@@ -38,13 +86,13 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub(super) fn new(
-        cipher: StatelessTransportState,
+        keys: SessionKeys,
         peer: PublicKey,
         local_index: u32,
         remote_index: u32,
     ) -> Self {
         Session {
-            cipher,
+            keys,
             peer,
             local_index,
             remote_index,
@@ -69,20 +117,46 @@ impl Session {
         if plaintext.len() > MAX_SEALED_PLAINTEXT {
             return Err(SecureError::TooLarge(plaintext.len()));
         }
+        let start = out.len();
+        out.reserve(SEALED_HEAD + plaintext.len() + TAG_LEN);
+        out.extend_from_slice(&[0; SEALED_HEAD]);
+        out.extend_from_slice(plaintext);
+        self.seal_in_place(out, start)
+    }
+
+    /// Seals in place the frame that starts at `frame[start]`: [`SEALED_HEAD`] bytes of
+    /// room for its head (whatever they hold), then the plaintext (at most
+    /// [`MAX_SEALED_PLAINTEXT`] bytes), which is encrypted where it lies; the tag is appended.
+    /// A sender that reads a chunk straight into such a buffer seals it without a copy. On
+    /// an error, `frame` is cut back to `start`.
+    pub fn seal_in_place(&self, frame: &mut Vec<u8>, start: usize) -> Result<(), SecureError> {
+        let at = start + SEALED_HEAD;
+        let refuse = |frame: &mut Vec<u8>, e: SecureError| {
+            frame.truncate(start);
+            Err(e)
+        };
+        let Some(len) = frame.len().checked_sub(at) else {
+            return refuse(frame, SecureError::Malformed("no room for the head"));
+        };
+        if len > MAX_SEALED_PLAINTEXT {
+            return refuse(frame, SecureError::TooLarge(len));
+        }
         let nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
         if nonce >= u64::MAX - 1 {
-            return Err(SecureError::Exhausted);
+            return refuse(frame, SecureError::Exhausted);
         }
-        let start = out.len();
-        push_sealed_head(out, self.remote_index, nonce);
-        let at = out.len();
-        out.resize(at + plaintext.len() + TAG_LEN, 0);
-        match self.cipher.write_message(nonce, plaintext, &mut out[at..]) {
-            Ok(n) if n == plaintext.len() + TAG_LEN => Ok(()),
-            _ => {
-                out.truncate(start);
-                Err(SecureError::Handshake("cipher refused to seal"))
+        frame[start..at].copy_from_slice(&sealed_head(self.remote_index, nonce));
+        let sealed = self.keys.send.seal_in_place_separate_tag(
+            noise_nonce(nonce),
+            Aad::empty(),
+            &mut frame[at..],
+        );
+        match sealed {
+            Ok(tag) => {
+                frame.extend_from_slice(tag.as_ref());
+                Ok(())
             }
+            Err(_) => refuse(frame, SecureError::Handshake("cipher refused to seal")),
         }
     }
 
@@ -96,25 +170,34 @@ impl Session {
     /// The plaintext of a `Sealed` frame's `ciphertext` under `nonce`: refused if it fails
     /// authentication, or if the nonce was taken before or is too old (replay window).
     pub fn open(&self, nonce: u64, ciphertext: &[u8]) -> Result<Vec<u8>, SecureError> {
-        if ciphertext.len() < TAG_LEN {
+        let mut plain = ciphertext.to_vec();
+        let n = self.open_in_place(nonce, &mut plain)?;
+        plain.truncate(n);
+        Ok(plain)
+    }
+
+    /// Opens `in_out` (a `Sealed` frame's ciphertext and tag under `nonce`) where it lies:
+    /// the plaintext's length, its bytes at the start of `in_out`. Refused as
+    /// [`open`](Self::open) refuses; then `in_out` holds nothing of use.
+    pub fn open_in_place(&self, nonce: u64, in_out: &mut [u8]) -> Result<usize, SecureError> {
+        if in_out.len() < TAG_LEN {
             return Err(SecureError::Malformed("shorter than a tag"));
         }
-        if !self.window().may_take(nonce) {
+        if nonce >= u64::MAX - 1 || !self.window().may_take(nonce) {
             return Err(SecureError::Replayed(nonce));
         }
-        // Room for the tag too: the cipher then opens in place in `plain` instead of in a
-        // copy of its own.
-        let mut plain = vec![0; ciphertext.len()];
-        match self.cipher.read_message(nonce, ciphertext, &mut plain) {
-            Ok(n) if n == ciphertext.len() - TAG_LEN => plain.truncate(n),
-            _ => return Err(SecureError::Unauthentic),
-        }
+        let n = self
+            .keys
+            .recv
+            .open_in_place(noise_nonce(nonce), Aad::empty(), in_out)
+            .map_err(|_| SecureError::Unauthentic)?
+            .len();
         // Taken only now that the frame proved authentic: a forged frame cannot use up a
         // nonce.
         if !self.window().take(nonce) {
             return Err(SecureError::Replayed(nonce));
         }
-        Ok(plain)
+        Ok(n)
     }
 
     fn window(&self) -> std::sync::MutexGuard<'_, ReplayWindow> {

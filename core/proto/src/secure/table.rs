@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use snow::params::NoiseParams;
-use snow::{Builder, HandshakeState, StatelessTransportState};
+use snow::{Builder, HandshakeState};
 
 use super::frame::{
     Frame, IK_INIT_NOISE, IK_RESPONSE_NOISE, XX_FINISH_NOISE, XX_INIT_NOISE, XX_PADDING,
     XX_RESPONSE_NOISE,
 };
 use super::keys::{seeded_resolver, x25519_public, Entropy, NOISE_IK, NOISE_XX, PROLOGUE};
+use super::session::SessionKeys;
 use super::{SecureError, Session};
 use crate::identity::{Identity, PublicKey};
 use crate::limits::{RateConfig, RateLimiter};
@@ -271,11 +272,6 @@ fn keys_where<V>(map: &BTreeMap<u32, V>, pick: impl Fn(&V) -> bool) -> Vec<u32> 
 }
 
 /// The transport state of a finished handshake (what a [`Session`] seals and opens with).
-fn transport_mode(state: HandshakeState) -> Result<StatelessTransportState, SecureError> {
-    state
-        .into_stateless_transport_mode()
-        .map_err(|_| SecureError::Handshake("not finished"))
-}
 
 impl SessionTable {
     /// A table for `identity`, with no session.
@@ -539,7 +535,7 @@ impl SessionTable {
             // e, es, s, ss: the initiator's key is known now.
             let peer = self.check_peer_key(&state, &payload[..n])?;
             let response = self.write_response(&mut state, IK_RESPONSE_NOISE, index, sender)?;
-            let cipher = transport_mode(state)?;
+            let cipher = SessionKeys::split(&mut state)?;
             self.transmits.push_back((from, response.clone()));
             let session = Session::new(cipher, peer, index, sender);
             self.insert_session(now, from, session, false, Some((response, d)));
@@ -645,7 +641,7 @@ impl SessionTable {
                 sent_at: now,
             });
         }
-        let cipher = transport_mode(*state)?;
+        let cipher = SessionKeys::split(&mut state)?;
         let session = Session::new(cipher, peer, receiver, sender);
         self.insert_session(now, from, session, true, None);
         if let Some(f) = finish {
@@ -684,7 +680,8 @@ impl SessionTable {
         };
         self.by_init.remove(&init_digest);
         let peer = self.check_peer_key(&h.state, &payload[..n])?;
-        let cipher = transport_mode(*h.state)?;
+        let mut state = h.state;
+        let cipher = SessionKeys::split(&mut state)?;
         let session = Session::new(cipher, peer, receiver, remote_index);
         self.insert_session(now, from, session, true, None);
         self.events

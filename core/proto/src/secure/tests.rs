@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::session::SessionKeys;
 use super::*;
 use crate::identity::Identity;
 
@@ -530,6 +531,96 @@ fn sealed_frames_do_not_carry_the_plaintext() {
     let secret = b"the contents of a private file, long enough to find";
     let frame = s.seal(secret).unwrap();
     assert!(!frame.windows(8).any(|w| secret.windows(8).any(|x| x == w)));
+}
+
+/// A session's frames are Noise's transport messages: what snow's own transport state
+/// seals under the same handshake and nonce, byte for byte, and each side opens the other's.
+#[test]
+fn sealed_frames_are_noise_transport_messages() {
+    let build = |seed: u8, initiator: bool| {
+        let b = snow::Builder::with_resolver(
+            "Noise_NN_25519_AESGCM_BLAKE2s".parse().unwrap(),
+            super::keys::seeded_resolver(&[seed; 32]),
+        );
+        if initiator {
+            b.build_initiator().unwrap()
+        } else {
+            b.build_responder().unwrap()
+        }
+    };
+    let (mut hi, mut hr) = (build(1, true), build(2, false));
+    let (mut m, mut p) = ([0u8; 256], [0u8; 256]);
+    let n = hi.write_message(&[], &mut m).unwrap();
+    hr.read_message(&m[..n], &mut p).unwrap();
+    let n = hr.write_message(&[], &mut m).unwrap();
+    hi.read_message(&m[..n], &mut p).unwrap();
+    let ours_i = Session::new(SessionKeys::split(&mut hi).unwrap(), [0; 32], 1, 2);
+    let ours_r = Session::new(SessionKeys::split(&mut hr).unwrap(), [0; 32], 2, 1);
+    let (snow_i, snow_r) = (
+        hi.into_stateless_transport_mode().unwrap(),
+        hr.into_stateless_transport_mode().unwrap(),
+    );
+    let plaintext: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    for (ours, theirs, peer) in [(&ours_i, &snow_i, &snow_r), (&ours_r, &snow_r, &snow_i)] {
+        for nonce in 0..3u64 {
+            let frame = ours.seal(&plaintext).unwrap();
+            let Ok(Frame::Sealed {
+                nonce: got,
+                ciphertext,
+                ..
+            }) = Frame::parse(&frame)
+            else {
+                panic!("not a sealed frame")
+            };
+            assert_eq!(got, nonce);
+            let mut expected = vec![0; plaintext.len() + TAG_LEN];
+            theirs
+                .write_message(nonce, &plaintext, &mut expected)
+                .unwrap();
+            assert_eq!(ciphertext, &expected[..], "nonce {nonce}");
+            let mut opened = vec![0; ciphertext.len()];
+            let n = peer.read_message(nonce, ciphertext, &mut opened).unwrap();
+            assert_eq!(&opened[..n], &plaintext[..]);
+        }
+    }
+    // And the other way: snow seals, ours opens (in place), once per nonce.
+    let mut frame = vec![0; plaintext.len() + TAG_LEN];
+    snow_r.write_message(9, &plaintext, &mut frame).unwrap();
+    let n = ours_i.open_in_place(9, &mut frame.clone()).unwrap();
+    assert_eq!(n, plaintext.len());
+    assert_eq!(ours_i.open(9, &frame), Err(SecureError::Replayed(9)));
+    assert_eq!(
+        ours_i.open(10, &frame),
+        Err(SecureError::Unauthentic),
+        "a nonce other than the sealer's"
+    );
+}
+
+/// Sealing in place: the frame begins where the caller's buffer left off, with room for
+/// its head; what the buffer held before stays; a frame too large is refused and cut back.
+#[test]
+fn frames_are_sealed_in_place_after_what_the_buffer_holds() {
+    let mut p = handshake(None);
+    let s = p.a.session_to(addr(2)).unwrap();
+    let mut buf = b"before".to_vec();
+    buf.extend_from_slice(&[0xAA; SEALED_HEAD]);
+    buf.extend_from_slice(b"a chunk read from a file");
+    s.seal_in_place(&mut buf, 6).unwrap();
+    assert_eq!(&buf[..6], b"before");
+    assert_eq!(buf.len(), 6 + SEAL_OVERHEAD + 24);
+    match p.b.handle(p.now, addr(1), &buf[6..]) {
+        Received::Opened { plaintext, .. } => assert_eq!(plaintext, b"a chunk read from a file"),
+        other => panic!("not opened: {other:?}"),
+    }
+    let mut big = vec![0; 3 + SEALED_HEAD + MAX_SEALED_PLAINTEXT + 1];
+    assert_eq!(
+        s.seal_in_place(&mut big, 3),
+        Err(SecureError::TooLarge(MAX_SEALED_PLAINTEXT + 1))
+    );
+    assert_eq!(big.len(), 3);
+    let mut short = vec![0; SEALED_HEAD - 1];
+    assert!(s.seal_in_place(&mut short, 0).is_err());
+    assert!(short.is_empty());
 }
 
 /// Idle sessions expire; an initiation flood from one IP is cut by its rate limit.
