@@ -58,9 +58,9 @@ use tokio::time::Instant;
 
 use p2p_proto::identity::{Identity, PublicKey};
 use p2p_proto::limits::{RateConfig, RateLimiter};
-use p2p_proto::secure::SEALED_HEAD;
 use p2p_proto::secure::{
     is_frame, is_peer_message, sealed_only_refusal, Connect, Received, SecureEvent, SessionTable,
+    SEALED_HEAD,
 };
 pub use p2p_proto::secure::{SecureConfig, SecureError, MAX_SEALED_PLAINTEXT, SEAL_OVERHEAD};
 
@@ -167,6 +167,8 @@ pub struct SecureTransport {
     epoch: (Instant, StdInstant),
     /// Wakes the task that sends handshake frames and runs the table's timers.
     wake: Arc<Notify>,
+    /// Buffers large frames are opened in.
+    buffers: FramePool,
 }
 
 impl Drop for SecureTransport {
@@ -206,6 +208,7 @@ impl SecureTransport {
             pinned: settings.pinned.iter().copied().collect(),
             epoch: (Instant::now(), StdInstant::now()),
             wake: wake.clone(),
+            buffers: FramePool::default(),
         });
         tokio::spawn(run_handshakes(Arc::downgrade(&t), wake));
         t
@@ -441,31 +444,28 @@ impl SecureTransport {
             };
         }
         let now = self.now();
+        // A large frame is opened in place in a pooled buffer, a small one in a copy.
+        let mut pooled = (bytes.len() >= POOLED_FRAME).then(|| self.buffers.filled(&bytes));
         let mut s = self.lock();
-        let r = s.table.handle(now, from, &bytes);
+        let r = match pooled.as_mut() {
+            Some(buf) => s.table.handle_in_place(now, from, buf.as_mut()),
+            None => s.table.handle(now, from, &bytes),
+        };
         Self::dispatch(&mut s);
         let flush = !s.ready.is_empty();
         drop(s);
         if flush {
             self.flush_ready();
         }
-        match r {
-            Received::Opened { peer, .. }
-                if self.pinned.get(&from).is_some_and(|&key| key != peer) =>
-            {
-                tracing::debug!(%from, "sealed under another key than the pinned one: dropped");
-                self.lock().stats.dropped_frames += 1;
-                None
-            }
-            Received::Opened { plaintext, .. } => {
-                if let Some(heard) = self.lock().heard.get_mut(&from) {
-                    *heard = Some(Instant::now());
-                }
-                Some((from, Bytes::from(plaintext)))
+        let (plaintext, peer) = match r {
+            Received::Opened { plaintext, peer } => (Bytes::from(plaintext), peer),
+            Received::OpenedInPlace { len, peer } => {
+                let buf = pooled.take().expect("opened in the pooled buffer");
+                (buf.into_bytes(SEALED_HEAD, len), peer)
             }
             Received::Handshake => {
                 self.wake.notify_one();
-                None
+                return None;
             }
             Received::Dropped(e) => {
                 tracing::trace!(%from, error = %e, "secure frame dropped");
@@ -477,10 +477,19 @@ impl SecureTransport {
                     drop(s);
                     self.wake.notify_one();
                 }
-                None
+                return None;
             }
-            Received::Plaintext => Some((from, bytes)),
+            Received::Plaintext => return Some((from, bytes)),
+        };
+        if self.pinned.get(&from).is_some_and(|&key| key != peer) {
+            tracing::debug!(%from, "sealed under another key than the pinned one: dropped");
+            self.lock().stats.dropped_frames += 1;
+            return None;
         }
+        if let Some(heard) = self.lock().heard.get_mut(&from) {
+            *heard = Some(Instant::now());
+        }
+        Some((from, plaintext))
     }
 
     /// Whether a message to `to`, which has no session, is withheld rather than sent in
@@ -706,6 +715,72 @@ async fn run_handshakes(weak: Weak<SecureTransport>, wake: Arc<Notify>) {
     }
 }
 
+/// Frames of at least this many bytes are opened in a pooled buffer of their own ([`FramePool`]);
+/// smaller ones (ACKs, chunks on real paths) in a copy of their size. A held message so pins
+/// at most twice its bytes.
+const POOLED_FRAME: usize = 32 * 1024;
+/// Buffers a [`FramePool`] keeps for reuse (at most 4 MiB).
+const POOLED_BUFFERS: usize = 64;
+
+/// Buffers that large frames are opened in, each taken back when the message handed up in it
+/// is dropped: allocated fresh for every frame, a 60 KiB buffer cost a page fault per 4 KiB
+/// (the allocator gave each freed one back to the kernel), a tenth of a sealed transfer's
+/// receiving thread.
+#[derive(Default)]
+struct FramePool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl FramePool {
+    /// A buffer holding a copy of `frame`.
+    fn filled(&self, frame: &[u8]) -> PooledFrame {
+        let spare = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut buf = spare.unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        PooledFrame {
+            buf,
+            shown: 0..0,
+            pool: Arc::downgrade(&self.0),
+        }
+    }
+}
+
+/// A buffer of a [`FramePool`], back in the pool when dropped.
+struct PooledFrame {
+    buf: Vec<u8>,
+    /// What [`as_ref`](AsRef::as_ref) shows, once handed up.
+    shown: std::ops::Range<usize>,
+    pool: Weak<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl PooledFrame {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// The `len` bytes at `at`, as a message that gives the buffer back when dropped.
+    fn into_bytes(mut self, at: usize, len: usize) -> Bytes {
+        self.shown = at..at + len;
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for PooledFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.shown.clone()]
+    }
+}
+
+impl Drop for PooledFrame {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOLED_BUFFERS {
+                pool.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+}
+
 /// The largest plaintext that fits a message of `inner` bytes once sealed.
 fn sealed_limit(inner: usize) -> usize {
     inner
@@ -762,6 +837,31 @@ mod tests {
             tokio::task::yield_now().await;
         }
         metrics.num_alive_tasks()
+    }
+
+    /// A frame's buffer goes back to the pool when the message cut from it is dropped, and
+    /// the next frame is opened in it; the pool keeps no more than its bound.
+    #[test]
+    fn frame_buffers_are_reused_once_their_message_is_dropped() {
+        let pool = FramePool::default();
+        let mut frame = pool.filled(&[7; 40_000]);
+        frame.as_mut()[16] = 9;
+        let msg = frame.into_bytes(16, 100);
+        assert_eq!(msg.len(), 100);
+        assert_eq!((msg[0], msg[1]), (9, 7));
+        let at = msg.as_ptr();
+        let copy = msg.clone();
+        drop(msg);
+        assert!(pool.0.lock().unwrap().is_empty(), "a clone still holds it");
+        drop(copy);
+        let again = pool.filled(&[8; 40_000]);
+        assert_eq!(again.buf.as_ptr().wrapping_add(16), at, "the same buffer");
+        drop(again);
+        let held: Vec<_> = (0..POOLED_BUFFERS + 10)
+            .map(|_| pool.filled(&[1; 10]))
+            .collect();
+        drop(held);
+        assert_eq!(pool.0.lock().unwrap().len(), POOLED_BUFFERS);
     }
 
     /// A peer that never answers: the transport's own task sends the initiation again on

@@ -23,8 +23,8 @@ use snow::params::NoiseParams;
 use snow::{Builder, HandshakeState};
 
 use super::frame::{
-    Frame, IK_INIT_NOISE, IK_RESPONSE_NOISE, XX_FINISH_NOISE, XX_INIT_NOISE, XX_PADDING,
-    XX_RESPONSE_NOISE,
+    Frame, IK_INIT_NOISE, IK_RESPONSE_NOISE, SEALED_HEAD, XX_FINISH_NOISE, XX_INIT_NOISE,
+    XX_PADDING, XX_RESPONSE_NOISE,
 };
 use super::keys::{seeded_resolver, x25519_public, Entropy, NOISE_IK, NOISE_XX, PROLOGUE};
 use super::session::SessionKeys;
@@ -125,6 +125,14 @@ pub enum Received {
     Opened {
         /// The message it carried.
         plaintext: Vec<u8>,
+        /// Who sealed it.
+        peer: PublicKey,
+    },
+    /// A data frame opened where it lay ([`SessionTable::handle_in_place`]): its
+    /// plaintext is the `len` bytes after the frame's head ([`SEALED_HEAD`]).
+    OpenedInPlace {
+        /// Bytes of the plaintext.
+        len: usize,
         /// Who sealed it.
         peer: PublicKey,
     },
@@ -446,7 +454,16 @@ impl SessionTable {
                 receiver,
                 nonce,
                 ciphertext,
-            } => return self.open(now, from, receiver, nonce, ciphertext),
+            } => {
+                let mut plaintext = ciphertext.to_vec();
+                return match self.open(now, from, receiver, nonce, &mut plaintext) {
+                    Ok((len, peer)) => {
+                        plaintext.truncate(len);
+                        Received::Opened { plaintext, peer }
+                    }
+                    Err(e) => Received::Dropped(e),
+                };
+            }
             Frame::Init { ik, sender, noise } => self.on_init(now, from, ik, sender, noise, bytes),
             Frame::Response {
                 sender,
@@ -461,24 +478,45 @@ impl SessionTable {
         }
     }
 
+    /// As [`handle`](Self::handle), for a message in a buffer the caller lends: a data
+    /// frame is opened where it lies (no copy) and comes back as
+    /// [`Received::OpenedInPlace`]; anything else as `handle` answers it (a frame dropped
+    /// may leave `bytes` changed).
+    pub fn handle_in_place(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &mut [u8],
+    ) -> Received {
+        let (receiver, nonce) = match Frame::parse(bytes) {
+            Ok(Frame::Sealed {
+                receiver, nonce, ..
+            }) => (receiver, nonce),
+            _ => return self.handle(now, from, bytes),
+        };
+        match self.open(now, from, receiver, nonce, &mut bytes[SEALED_HEAD..]) {
+            Ok((len, peer)) => Received::OpenedInPlace { len, peer },
+            Err(e) => Received::Dropped(e),
+        }
+    }
+
+    /// Opens `ciphertext` in place: the plaintext's length (its bytes at the start of
+    /// `ciphertext`) and who sealed it.
     fn open(
         &mut self,
         now: Instant,
         from: SocketAddr,
         receiver: u32,
         nonce: u64,
-        ciphertext: &[u8],
-    ) -> Received {
+        ciphertext: &mut [u8],
+    ) -> Result<(usize, PublicKey), SecureError> {
         let Some(entry) = self.sessions.get_mut(&receiver) else {
-            return Received::Dropped(SecureError::UnknownSession);
+            return Err(SecureError::UnknownSession);
         };
         if entry.addr != from {
-            return Received::Dropped(SecureError::WrongAddress);
+            return Err(SecureError::WrongAddress);
         }
-        let plaintext = match entry.session.open(nonce, ciphertext) {
-            Ok(p) => p,
-            Err(e) => return Received::Dropped(e),
-        };
+        let len = entry.session.open_in_place(nonce, ciphertext)?;
         entry.last_received = now;
         entry.finish = None;
         let peer = entry.session.peer();
@@ -489,7 +527,7 @@ impl SessionTable {
             }
             self.by_addr.insert(from, receiver);
         }
-        Received::Opened { plaintext, peer }
+        Ok((len, peer))
     }
 
     fn on_init(
