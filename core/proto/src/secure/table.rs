@@ -279,8 +279,6 @@ fn keys_where<V>(map: &BTreeMap<u32, V>, pick: impl Fn(&V) -> bool) -> Vec<u32> 
         .collect()
 }
 
-/// The transport state of a finished handshake (what a [`Session`] seals and opens with).
-
 impl SessionTable {
     /// A table for `identity`, with no session.
     pub fn new(identity: &Identity, mut config: SecureConfig) -> Self {
