@@ -508,15 +508,19 @@ pub(crate) struct PeerArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1200..=65507))]
     pub max_datagram: Option<u16>,
     /// Accept sealed sessions (end-to-end encrypted and authenticated, proving this peer's
-    /// identity key: `p2p get --secure`) as well as plaintext ones. The menu's own
-    /// downloads stay plaintext.
+    /// identity key: `p2p get --secure`) as well as plaintext ones: the default (the flag
+    /// is kept for scripts that pass it). The menu's own downloads stay plaintext.
     #[arg(long)]
     pub secure: bool,
     /// Take sealed sessions only: a plaintext request from a peer is refused ("sealed
     /// sessions only"), and the menu's own downloads are sealed too (a peer that does not
-    /// accept sealed sessions cannot be downloaded from). Implies --secure.
+    /// accept sealed sessions cannot be downloaded from).
     #[arg(long)]
     pub secure_only: bool,
+    /// Plaintext only: sealed handshakes go unanswered (`p2p get --secure` of this peer
+    /// fails), and no identity key is needed for the transfers.
+    #[arg(long, conflicts_with_all = ["secure", "secure_only"])]
+    pub no_secure: bool,
     #[command(flatten)]
     pub limits: ServiceLimits,
     #[command(flatten)]

@@ -1,8 +1,9 @@
 //! Sealed sessions with the real binary on 127.0.0.1: `p2p get --secure` from a peer started
 //! with `--secure-only` gets the exact bytes over a session that proved the key the tracker
 //! binds the peer's name to (IK), over UDP and TCP; a plain `get` from that peer fails at
-//! once, saying what to do; `get --secure` from a peer without `--secure` fails saying that
-//! peer does not accept sealed sessions; a peer with `--secure` serves both kinds of client.
+//! once, saying what to do; `get --secure` from a peer with `--no-secure` fails saying that
+//! peer does not accept sealed sessions; a peer started with no flag serves both kinds of
+//! client.
 
 mod common;
 
@@ -103,25 +104,27 @@ fn a_secure_get_from_a_plain_peer_fails_clearly() {
     let mut net = Net::start();
     net.seeder("bob", "udp")
         .file("b.bin", &random_bytes(10_000, 9))
+        .args(&["--no-secure"])
         .start();
     let out = net.get("bob", "1").out("out").arg("--secure").run();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("peer `bob` does not accept sealed sessions (start it with --secure)"),
+        err.contains("peer `bob` does not accept sealed sessions (it runs with --no-secure"),
         "{err}"
     );
     assert!(!net.path("out/b.bin").exists());
 }
 
+/// A peer started with no flag accepts sealed sessions (the default) and serves plaintext
+/// clients too.
 #[test]
-fn a_peer_with_secure_serves_sealed_and_plain_clients() {
+fn a_default_peer_serves_sealed_and_plain_clients() {
     let mut net = Net::start();
     net.seeder("carol", "udp")
         .file("c.bin", &random_bytes(200_000, 10))
-        .args(&["--secure"])
         .start()
-        .wait_for("sealed sessions accepted");
+        .wait_for("sealed sessions accepted (plaintext too), proving identity key");
     let sealed = net
         .get("carol", "1")
         .out("sealed")
@@ -238,7 +241,7 @@ fn a_secure_get_takes_every_sealed_holder_and_no_plain_one() {
     for (name, extra) in [
         ("alice", "--secure-only"),
         ("bob", "--secure-only"),
-        ("carol", ""),
+        ("carol", "--no-secure"),
     ] {
         let mut args = capped.to_vec();
         if !extra.is_empty() {

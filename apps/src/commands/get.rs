@@ -183,8 +183,8 @@ async fn seal(
             if session::answers_plaintext(info.transport, info.addr).await {
                 fail!(
                     Kind::Secure,
-                    "peer `{name}` does not accept sealed sessions (start it with --secure), \
-                     or get without --secure"
+                    "peer `{name}` does not accept sealed sessions (it runs with --no-secure, \
+                     or an older build), or get without --secure"
                 );
             }
             fail!(

@@ -354,18 +354,18 @@ async fn show_progress(running: Arc<Mutex<BTreeMap<u64, Running>>>, printer: Pri
     }
 }
 
-/// Starts the endpoint on `bind` (named by `flag`, for the message when the port is taken).
-/// With --secure or --secure-only, says so, with the identity key the sessions prove (what
-/// a downloader may check it against).
+/// Says whether sealed sessions are accepted (the default) or required, with the identity
+/// key the sessions prove (what a downloader may check it against); nothing with
+/// --no-secure.
 fn print_secure(args: &PeerArgs) {
-    let what = match (args.secure_only, args.secure) {
+    let what = match (args.secure_only, args.no_secure) {
         (true, _) => "sealed sessions only",
-        (false, true) => "sealed sessions accepted (plaintext too)",
-        (false, false) => return,
+        (false, false) => "sealed sessions accepted (plaintext too)",
+        (false, true) => return,
     };
-    match crate::identity::describe().1 {
-        Some(key) => println!("{what}, proving identity key {key}"),
-        None => println!("{what}"),
+    // Without a key (no data folder: warned at start) there are no sealed sessions.
+    if let Some(key) = crate::identity::describe().1 {
+        println!("{what}, proving identity key {key}");
     }
 }
 
@@ -387,10 +387,11 @@ async fn listen(
     bind: SocketAddr,
     flag: &str,
 ) -> Result<EndpointHandle> {
-    // The names this peer registers are bound to the user's key at the tracker; with
-    // --secure, the sealed sessions prove that same key.
+    // The names this peer registers are bound to the user's key at the tracker; the sealed
+    // sessions (accepted unless --no-secure) prove that same key.
     let identity = crate::identity::load_or_create()?;
-    let secure = match (args.secure || args.secure_only, &identity) {
+    let accept = !args.no_secure && (identity.is_some() || args.secure || args.secure_only);
+    let secure = match (accept, &identity) {
         // Sealed with the tracker only (`--tracker-key`), under the same key.
         (false, Some(identity)) if args.tracker_key.is_some() => Some(SecureSettings {
             seal_requests: false,
