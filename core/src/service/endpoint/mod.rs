@@ -826,9 +826,36 @@ impl EndpointHandle {
     }
 }
 
-/// Payload bytes per chunk for messages of at most `max_message` bytes.
+/// Payload bytes per chunk for messages of at most `max_message` bytes: a whole number of
+/// 4 KiB pages when that is 16 KiB or more (a sealed message's 32 bytes less would
+/// otherwise make every chunk straddle a page, and the pieces' boundaries, of the file).
 fn chunk_size_for(max_message: usize) -> u32 {
-    max_message
+    let size = max_message
         .saturating_sub(DATA_OVERHEAD)
-        .clamp(64, MAX_CHUNK) as u32
+        .clamp(64, MAX_CHUNK);
+    match size >= 16 * 1024 {
+        true => (size & !(PAGE - 1)) as u32,
+        false => size as u32,
+    }
+}
+
+/// Bytes of a page, what large chunks are a multiple of.
+const PAGE: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Large chunks are whole pages, whatever the seal takes off the message; small ones
+    /// (a real path's datagrams) keep every byte.
+    #[test]
+    fn large_chunks_are_whole_pages() {
+        assert_eq!(chunk_size_for(64 * 1024 + DATA_OVERHEAD), 64 * 1024);
+        assert_eq!(chunk_size_for(64 * 1024 + DATA_OVERHEAD - 32), 60 * 1024);
+        assert_eq!(chunk_size_for(60 * 1024 + DATA_OVERHEAD - 32), 56 * 1024);
+        assert_eq!(chunk_size_for(1452), 1404);
+        assert_eq!(chunk_size_for(1452 - 32), 1372);
+        assert_eq!(chunk_size_for(10), 64);
+        assert_eq!(chunk_size_for(usize::MAX), MAX_CHUNK as u32);
+    }
 }
