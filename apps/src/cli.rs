@@ -629,13 +629,15 @@ pub(crate) struct GetArgs {
     /// tracker on the loopback, else on every interface.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
-    /// Seal the session with the peer (`p2p peer --secure`): every message both ways
-    /// encrypted and authenticated, and the peer's identity key proven (the one the tracker
-    /// binds its name to, when it binds one). Fails when the peer does not accept sealed
-    /// sessions. A named peer only. Other holders of the content serve their share in
-    /// sealed sessions too (each proving a key of its own, its bytes checked against the
-    /// named peer's piece table); a holder that does not accept sealed sessions is left out
-    /// (after up to 3 s).
+    /// Seal the session with the peer (every peer accepts sealed sessions unless run with
+    /// --no-secure): every message both ways encrypted and authenticated, and the peer's
+    /// identity key proven (the one the tracker binds its name to, when it binds one). Fails
+    /// when the peer does not accept sealed sessions. Other holders of the content serve
+    /// their share in sealed sessions too (each proving a key of its own, its bytes checked
+    /// against the named peer's piece table); a holder that does not accept sealed sessions
+    /// is left out (after up to 3 s). With a ticket or `blake3:HEX`, every holder is asked
+    /// in a sealed session of its own (the content hash checks every byte), and fails when
+    /// none accepts one. Not for a peer found by its key on the DHT.
     #[arg(long, conflicts_with = "serve")]
     pub secure: bool,
     #[command(flatten)]

@@ -116,6 +116,48 @@ fn get_by_hash_takes_every_seeder_tcp() {
     by_hash("tcp");
 }
 
+/// `get blake3:HEX --secure` asks every holder in a sealed session of its own: with only a
+/// holder that takes none (`--no-secure`), it fails saying so; with two default peers beside
+/// it, the file comes sealed from those two, exact, and the plaintext-only one sends nothing.
+#[test]
+fn a_secure_get_by_hash_takes_the_sealed_holders_only() {
+    let mut net = Net::start();
+    let bytes = random_bytes(SIZE, 24);
+    net.seeder("plain", "udp")
+        .share("share-plain")
+        .file("big.bin", &bytes)
+        .args(&["--no-secure"])
+        .start();
+    let listing = net.ls("plain").run_json();
+    let hash = format!("blake3:{}", listing[0]["hash"].as_str().unwrap());
+    wait_holders(&net, "udp", &hash, 1);
+    let out = net.cmd(&["get", &hash]).out("none").arg("--secure").run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("but none accepts sealed sessions (they run with --no-secure"),
+        "{err}"
+    );
+    for i in 0..2 {
+        net.seeder(&format!("s{i}"), "udp")
+            .share(&format!("share{i}"))
+            .file("big.bin", &bytes)
+            .args(&["--max-upload-rate", "16MiB"])
+            .start();
+    }
+    wait_holders(&net, "udp", &hash, 3);
+    let report = net
+        .cmd(&["get", &hash])
+        .out("out")
+        .arg("--secure")
+        .run_json();
+    assert_eq!(report["sealed"], true, "{report}");
+    check_file(&net, "out");
+    let mut names: Vec<String> = sources(&report).into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    assert_eq!(names, ["s0", "s1"], "{report}");
+}
+
 #[test]
 fn get_peer_id_is_joined_by_the_other_seeders_unless_one_source() {
     let (net, _) = three_seeders("udp", 23);

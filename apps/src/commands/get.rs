@@ -31,18 +31,14 @@ pub(crate) mod collection;
 pub(crate) async fn run(args: GetArgs) -> Result<()> {
     let command_start = std::time::Instant::now();
     let mut shutdown = Shutdown::install();
-    if args.secure {
-        // Other holders are asked in sealed sessions too (seal_requests), or left out.
-        let named = !Ticket::looks_like(&args.peer)
-            && swarm_get::parse_hash(&args.peer).is_none()
-            && !(args.dht.dht && crate::dht::record::parse_peer_key(&args.peer).is_some());
-        if !named {
-            fail!(
-                Kind::Usage,
-                "--secure needs a peer the tracker names: `p2p get NAME ID --secure` (tickets, \
-                 content hashes and keys on the DHT are not sealed yet)"
-            );
-        }
+    if args.secure && args.dht.dht && crate::dht::record::parse_peer_key(&args.peer).is_some() {
+        // Holders are asked in sealed sessions (seal_requests), or left out: by name, by
+        // ticket or by content hash; not yet a peer found by its key on the DHT.
+        fail!(
+            Kind::Usage,
+            "--secure needs a peer the tracker names, a ticket or a content hash (a peer's key \
+             on the DHT is not sealed yet)"
+        );
     }
     if Ticket::looks_like(&args.peer) {
         let ticket = Ticket::parse(&args.peer).map_err(|e| failure(Kind::Usage, e.to_string()))?;
@@ -619,7 +615,19 @@ async fn by_hash(
         }
         None => Vec::new(),
     };
+    let named = holders.len();
     let mut found = swarm_get::sources(&handle, holders, hash, &[]).await;
+    if found.is_empty() && named > 0 && args.secure && !args.dht.dht {
+        // Each was asked in a sealed session, and none answered in one.
+        handle.shutdown().await;
+        fail!(
+            Kind::Secure,
+            "the tracker names {named} peer(s) with {}{}, but none accepts sealed sessions \
+             (they run with --no-secure, or an older build): get without --secure",
+            swarm_get::HASH_PREFIX,
+            hash.to_hex()
+        );
+    }
     if found.is_empty() && args.dht.dht {
         // The sharer's own record first (its peers named as it names them), then whoever
         // announced the content.
