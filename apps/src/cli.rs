@@ -400,6 +400,9 @@ pub(crate) struct TrackerOpts {
     /// its default (filled after parsing; `get --dht` without one uses the DHT alone).
     #[arg(skip)]
     pub tracker_given: bool,
+    /// Where `tracker_key` came from (a ticket's replaces the flag's: `get TICKET`).
+    #[arg(skip = crate::session::KeyFrom::Flag)]
+    pub key_from: crate::session::KeyFrom,
 }
 
 /// Finding sources by content on the BitTorrent Mainline DHT (docs/DHT.md).

@@ -24,12 +24,33 @@ pub(crate) fn random_seed() -> u64 {
     rand::random::<u64>() >> 1
 }
 
+/// Where the tracker's key a client pins came from: what a wrong key's error names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyFrom {
+    /// `--tracker-key` (or its variable or config entry).
+    Flag,
+    /// A `p2p3` ticket.
+    Ticket,
+}
+
 /// Starts an endpoint of `kind` on `bind`, sharing `share` if given.
 pub(crate) async fn endpoint(
     kind: TransportKind,
     bind: SocketAddr,
     share: Option<PathBuf>,
     net: p2p_transports::NetConfig,
+    tune: impl FnOnce(&mut EndpointConfig),
+) -> Result<EndpointHandle> {
+    endpoint_keyed(kind, bind, share, net, KeyFrom::Flag, tune).await
+}
+
+/// [`endpoint`], its tracker's key (if `tune` pins one) taken from `key_from`.
+pub(crate) async fn endpoint_keyed(
+    kind: TransportKind,
+    bind: SocketAddr,
+    share: Option<PathBuf>,
+    net: p2p_transports::NetConfig,
+    key_from: KeyFrom,
     tune: impl FnOnce(&mut EndpointConfig),
 ) -> Result<EndpointHandle> {
     let transport = p2p_transports::bind_with(kind, bind, net)
@@ -63,12 +84,22 @@ pub(crate) async fn endpoint(
                 ServiceError::Secure {
                     error: SecureError::WrongKey { got, .. },
                     ..
-                } => format!(
-                    "the tracker at {tracker} proves the key {} where --tracker-key names {}: \
-                     check the key it printed at start",
-                    crate::dht::record::hex(&got),
-                    crate::dht::record::hex(&key)
-                ),
+                } => {
+                    let (named_by, hint) = match key_from {
+                        KeyFrom::Flag => ("--tracker-key", "check the key it printed at start"),
+                        KeyFrom::Ticket => (
+                            "the ticket",
+                            "the ticket is stale (a tracker set up anew) or forged: ask the \
+                             sharer for a new one",
+                        ),
+                    };
+                    format!(
+                        "the tracker at {tracker} proves the key {} where {named_by} names {}: \
+                         {hint}",
+                        crate::dht::record::hex(&got),
+                        crate::dht::record::hex(&key)
+                    )
+                }
                 other => format!("no sealed session with the tracker at {tracker}: {other}"),
             };
             handle.shutdown().await;

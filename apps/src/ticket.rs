@@ -13,6 +13,13 @@
 //! announce does. A build from before them refuses a `p2p2` ticket cleanly ("of a newer
 //! format: update p2p"); tickets without a key stay `p2p1`, byte for byte as before.
 //!
+//! A sharer that talks to its tracker sealed (`--tracker-key`, a tracker run with
+//! `--secure`) prints `p2p3` tickets: version byte `3`, the `p2p1` fields, then a flags
+//! byte (bit 0: the sharer's key and name follow, as in `p2p2`; bit 1: the tracker's identity
+//! key follows, 32 bytes). `p2p get` of such a ticket talks to the tracker sealed under that
+//! key, as with `--tracker-key`, so that nobody on the path can forge who holds the content.
+//! Builds from before refuse it as of a newer format.
+//!
 //! A ticket for a folder (a collection, see `p2p_core::collection`) has the same layout: its
 //! hash is the collection hash, its size the total of the files, and its name the folder's
 //! with a trailing `/` (as a folder's entry in a listing), which tells `p2p get` that a
@@ -28,6 +35,13 @@ use p2p_proto::wire::ContentHash;
 pub(crate) const PREFIX: &str = "p2p1";
 /// What a ticket with the sharer's key starts with.
 pub(crate) const PREFIX_WITH_KEY: &str = "p2p2";
+/// What a ticket with the tracker's key starts with (and maybe the sharer's).
+pub(crate) const PREFIX_WITH_TRACKER_KEY: &str = "p2p3";
+
+/// `p2p3` flags: the sharer's key and name follow.
+const HAS_SHARER: u8 = 1;
+/// `p2p3` flags: the tracker's identity key follows.
+const HAS_TRACKER_KEY: u8 = 2;
 
 /// Longest tracker address or name a ticket carries.
 const MAX_TEXT: usize = 255;
@@ -43,8 +57,10 @@ pub(crate) struct Ticket {
     pub(crate) size: u64,
     /// The file name it was shared under; a folder's ends with `/`.
     pub(crate) name: String,
-    /// The sharer, when it publishes a record on the DHT (a `p2p2` ticket).
+    /// The sharer, when it publishes a record on the DHT (a `p2p2` or `p2p3` ticket).
     pub(crate) sharer: Option<Sharer>,
+    /// The tracker's identity key, when the sharer talks to it sealed (a `p2p3` ticket).
+    pub(crate) tracker_key: Option<p2p_proto::identity::PublicKey>,
 }
 
 /// Who shared a ticket's content: a peer whose record the DHT has.
@@ -78,6 +94,7 @@ impl Ticket {
             size,
             name,
             sharer: None,
+            tracker_key: None,
         }
     }
 
@@ -94,13 +111,17 @@ impl Ticket {
     /// Reads a ticket.
     pub(crate) fn parse(s: &str) -> Result<Ticket, TicketError> {
         let s = s.trim();
-        let (body, layout) = match (s.strip_prefix(PREFIX), s.strip_prefix(PREFIX_WITH_KEY)) {
-            (Some(body), _) => (body, 1),
-            (_, Some(body)) => (body, 2),
-            _ => {
-                let version: String = s.chars().take(4).collect();
-                return Err(TicketError::Newer(version));
-            }
+        let layouts = [
+            (PREFIX, 1),
+            (PREFIX_WITH_KEY, 2),
+            (PREFIX_WITH_TRACKER_KEY, 3),
+        ];
+        let Some((body, layout)) = layouts
+            .iter()
+            .find_map(|&(prefix, layout)| s.strip_prefix(prefix).map(|body| (body, layout)))
+        else {
+            let version: String = s.chars().take(4).collect();
+            return Err(TicketError::Newer(version));
         };
         let bytes = BASE32_NOPAD
             .decode(body.to_ascii_uppercase().as_bytes())
@@ -113,12 +134,24 @@ impl Ticket {
         let size = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
         let tracker = r.text()?;
         let name = r.text()?;
-        let sharer = match layout {
-            2 => Some(Sharer {
+        let flags = match layout {
+            1 => 0,
+            2 => HAS_SHARER,
+            _ => match r.take(1)?[0] {
+                f if f & !(HAS_SHARER | HAS_TRACKER_KEY) == 0 => f,
+                _ => return Err(TicketError::Damaged("unknown flags")),
+            },
+        };
+        let sharer = match flags & HAS_SHARER {
+            0 => None,
+            _ => Some(Sharer {
                 key: r.take(32)?.try_into().expect("32 bytes"),
                 name: r.text()?,
             }),
-            _ => None,
+        };
+        let tracker_key = match flags & HAS_TRACKER_KEY {
+            0 => None,
+            _ => Some(r.take(32)?.try_into().expect("32 bytes")),
         };
         if !r.0.is_empty() {
             return Err(TicketError::Damaged("trailing bytes"));
@@ -129,15 +162,17 @@ impl Ticket {
             size,
             name,
             sharer,
+            tracker_key,
         })
     }
 }
 
 impl fmt::Display for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (layout, prefix) = match self.sharer {
-            None => (1u8, PREFIX),
-            Some(_) => (2u8, PREFIX_WITH_KEY),
+        let (layout, prefix) = match (&self.sharer, self.tracker_key) {
+            (None, None) => (1u8, PREFIX),
+            (Some(_), None) => (2u8, PREFIX_WITH_KEY),
+            (_, Some(_)) => (3u8, PREFIX_WITH_TRACKER_KEY),
         };
         let mut bytes = vec![layout];
         bytes.extend_from_slice(&self.hash.0);
@@ -149,9 +184,16 @@ impl fmt::Display for Ticket {
         };
         push_text(&mut bytes, &self.tracker);
         push_text(&mut bytes, &self.name);
+        if layout == 3 {
+            let sharer = if self.sharer.is_some() { HAS_SHARER } else { 0 };
+            bytes.push(sharer | HAS_TRACKER_KEY);
+        }
         if let Some(sharer) = &self.sharer {
             bytes.extend_from_slice(&sharer.key);
             push_text(&mut bytes, &sharer.name);
+        }
+        if let Some(key) = &self.tracker_key {
+            bytes.extend_from_slice(key);
         }
         write!(
             f,
@@ -205,6 +247,7 @@ mod tests {
             size: 5,
             name: "hello wörld.txt".into(),
             sharer: None,
+            tracker_key: None,
         }
     }
 
@@ -300,8 +343,55 @@ mod tests {
             Err(TicketError::Damaged(_))
         ));
         assert!(matches!(
-            Ticket::parse(&format!("p2p3{}", &text[4..])),
+            Ticket::parse(&format!("p2p4{}", &text[4..])),
             Err(TicketError::Newer(_))
         ));
+    }
+
+    /// A ticket carries the tracker's key (`p2p3`), with or without the sharer's; damage
+    /// and unknown flags are refused, never misread.
+    #[test]
+    fn tickets_with_the_trackers_key_round_trip() {
+        let sharer = Some(Sharer {
+            key: [9; 32],
+            name: "alice".into(),
+        });
+        for sharer in [None, sharer] {
+            let t = Ticket {
+                tracker_key: Some([7; 32]),
+                sharer,
+                ..sample()
+            };
+            let text = t.to_string();
+            assert!(text.starts_with("p2p3"), "{text}");
+            assert!(Ticket::looks_like(&text));
+            assert_eq!(Ticket::parse(&text), Ok(t.clone()));
+            assert!(matches!(
+                Ticket::parse(&text[..text.len() - 8]),
+                Err(TicketError::Damaged(_))
+            ));
+        }
+        // The flags byte of a `p2p3` ticket of `sample()`: after the layout, hash, size and
+        // the two texts.
+        let mut bytes = vec![3u8];
+        bytes.extend_from_slice(&ContentHash::of(b"hello").0);
+        bytes.extend_from_slice(&5u64.to_le_bytes());
+        for t in ["tracker.example.org:9000", "hello wörld.txt"] {
+            bytes.push(t.len() as u8);
+            bytes.extend_from_slice(t.as_bytes());
+        }
+        let encode = |b: &[u8]| format!("p2p3{}", BASE32_NOPAD.encode(b).to_ascii_lowercase());
+        let mut good = bytes.clone();
+        good.push(HAS_TRACKER_KEY);
+        good.extend_from_slice(&[7; 32]);
+        let parsed = Ticket::parse(&encode(&good)).unwrap();
+        assert_eq!(parsed.tracker_key, Some([7; 32]));
+        let mut unknown = bytes;
+        unknown.push(HAS_TRACKER_KEY | 4);
+        unknown.extend_from_slice(&[7; 32]);
+        assert_eq!(
+            Ticket::parse(&encode(&unknown)),
+            Err(TicketError::Damaged("unknown flags"))
+        );
     }
 }

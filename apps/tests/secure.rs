@@ -271,3 +271,60 @@ fn a_secure_get_takes_every_sealed_holder_and_no_plain_one() {
     assert!(of("alice") > 0 && of("bob") > 0, "{sent:?}");
     assert_eq!(of("carol"), 0, "{sent:?}");
 }
+
+/// A sharer that talks to its tracker sealed (`--tracker-key`) prints `p2p3` tickets, which
+/// carry the tracker's key: `get TICKET`, given no key, talks to that tracker sealed under
+/// it and gets the exact file; the same ticket with another key in it is refused, naming
+/// both keys (the key in the ticket is what the tracker must prove).
+#[test]
+fn a_ticket_carries_the_trackers_key() {
+    let mut net = Net::start_with(&["--secure"]);
+    let key = tracker_key(&mut net);
+    let bytes = random_bytes(150_000, 12);
+    std::fs::create_dir_all(net.path("to-share")).unwrap();
+    write_file(&net.path("to-share"), "t.bin", &bytes);
+    let folder = net.path("to-share/t.bin");
+    let mut sharer = net
+        .cmd(&[
+            "share",
+            folder.to_str().unwrap(),
+            "--name",
+            "tina",
+            "--listen",
+            "127.0.0.1:0",
+            "--tracker-key",
+            &key,
+        ])
+        .spawn();
+    let line = sharer.wait_for("p2p get p2p");
+    let ticket = line.split_whitespace().last().unwrap().to_string();
+    assert!(ticket.starts_with("p2p3"), "{line}");
+    let report = net.cmd(&["get", &ticket]).out("out").run_json();
+    assert_eq!(report["verified"], true, "{report}");
+    assert!(std::fs::read(net.path("out/t.bin")).unwrap() == bytes);
+
+    // The tracker's key is the ticket's last 32 bytes: put another one there.
+    let mut raw = data_encoding::BASE32_NOPAD
+        .decode(ticket[4..].to_ascii_uppercase().as_bytes())
+        .unwrap();
+    let n = raw.len();
+    let other = p2p_proto::identity::Identity::from_secret([8; 32]).public();
+    raw[n - 32..].copy_from_slice(&other);
+    let forged = format!(
+        "p2p3{}",
+        data_encoding::BASE32_NOPAD
+            .encode(&raw)
+            .to_ascii_lowercase()
+    );
+    let out = net.cmd(&["get", &forged]).out("forged").run();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let other: String = other.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        err.contains(&format!(
+            "proves the key {key} where the ticket names {other}"
+        )),
+        "{err}"
+    );
+    assert!(!net.path("forged/t.bin").exists());
+}

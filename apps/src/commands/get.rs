@@ -28,7 +28,7 @@ use p2p_core::service::swarm::Source;
 
 pub(crate) mod collection;
 
-pub(crate) async fn run(args: GetArgs) -> Result<()> {
+pub(crate) async fn run(mut args: GetArgs) -> Result<()> {
     let command_start = std::time::Instant::now();
     let mut shutdown = Shutdown::install();
     if args.secure && args.dht.dht && crate::dht::record::parse_peer_key(&args.peer).is_some() {
@@ -63,6 +63,12 @@ pub(crate) async fn run(args: GetArgs) -> Result<()> {
                 )
             })?),
         };
+        // A ticket that carries its tracker's key: that tracker is talked to sealed, under
+        // that key, as with --tracker-key (which would name another tracker's key here).
+        if let Some(key) = ticket.tracker_key {
+            args.tracker.tracker_key = Some(key);
+            args.tracker.key_from = session::KeyFrom::Ticket;
+        }
         let folder = ticket.folder();
         let sharer = ticket.sharer.as_ref();
         return by_hash(&args, tracker, ticket.hash, folder, sharer, &mut shutdown).await;
@@ -496,7 +502,8 @@ async fn download_client(
             rand::random(),
         ))
     });
-    session::endpoint(kind, bind, None, Default::default(), |c| {
+    let key_from = args.tracker.key_from;
+    session::endpoint_keyed(kind, bind, None, Default::default(), key_from, |c| {
         c.fsync = fsync;
         c.preallocate = preallocate;
         c.receiver.idle_timeout = idle;

@@ -252,7 +252,7 @@ pub(crate) async fn run_as(mut args: PeerArgs, ticket: bool) -> Result<()> {
         print_secure(&args);
         if ticket {
             let tracker = (!dht_only).then_some(args.tracker);
-            super::share::print_tickets(&handle, tracker, &name, sharer).await?;
+            super::share::print_tickets(&handle, tracker, &name, sharer, args.tracker_key).await?;
         }
         shutdown.wait().await;
         match dht_only {

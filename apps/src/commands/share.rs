@@ -70,6 +70,7 @@ pub(crate) async fn print_tickets(
     tracker: Option<SocketAddr>,
     name: &str,
     sharer: Option<Sharer>,
+    tracker_key: Option<p2p_proto::identity::PublicKey>,
 ) -> Result<()> {
     let me = own_address(handle);
     let (share, entries) = handle
@@ -90,8 +91,12 @@ pub(crate) async fn print_tickets(
             "note: the tickets name no tracker: `p2p get TICKET --dht` finds the content on the DHT"
         ),
     }
+    // The tracker's key rides along when this peer talks to it sealed: a `get` of the
+    // ticket then does too.
+    let tracker_key = tracker.and(tracker_key);
     let tracker = tracker.map(|t| t.to_string()).unwrap_or_default();
-    let folder = print_folder_ticket(handle, me, &tracker, &share, &entries, &sharer).await;
+    let ids = (&sharer, tracker_key);
+    let folder = print_folder_ticket(handle, me, &tracker, &share, &entries, ids).await;
     let files: Vec<&IndexEntry> = entries.iter().filter(|e| !is_collection(e)).collect();
     if folder {
         println!("each file alone:");
@@ -103,6 +108,7 @@ pub(crate) async fn print_tickets(
             size: e.size,
             name: e.path.rsplit('/').next().unwrap_or(&e.path).to_string(),
             sharer: sharer.clone(),
+            tracker_key,
         };
         println!("{} ({}):", clean(&e.path), human_bytes(e.size));
         println!("  p2p get {ticket}");
@@ -121,13 +127,14 @@ pub(crate) async fn print_tickets(
 /// For a folder share, prints the ticket of the whole folder and returns `true`: the
 /// collection of every file listed (`entries`), whose hash this peer's endpoint (at `me`)
 /// must answer for. A single shared file has no collection: `false`, nothing printed.
+/// `ids`: the sharer and the tracker's key the ticket carries.
 async fn print_folder_ticket(
     handle: &EndpointHandle,
     me: SocketAddr,
     tracker: &str,
     share: &str,
     entries: &[IndexEntry],
-    sharer: &Option<Sharer>,
+    (sharer, tracker_key): (&Option<Sharer>, Option<p2p_proto::identity::PublicKey>),
 ) -> bool {
     let Ok((manifest, skipped)) = Manifest::from_listing("", entries) else {
         return false;
@@ -146,6 +153,7 @@ async fn print_folder_ticket(
     );
     let ticket = Ticket {
         sharer: sharer.clone(),
+        tracker_key,
         ..Ticket::for_folder(tracker.to_string(), hash, manifest.size(), share)
     };
     println!("  p2p get {ticket}");
