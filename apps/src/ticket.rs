@@ -251,6 +251,32 @@ mod tests {
         }
     }
 
+    /// The bytes of `sample()`'s fields under layout byte `layout`, written out by hand:
+    /// layout, hash, size, the tracker and the name (a length byte, then UTF-8).
+    fn sample_fields(layout: u8) -> Vec<u8> {
+        let mut bytes = vec![layout];
+        bytes.extend_from_slice(&ContentHash::of(b"hello").0);
+        bytes.extend_from_slice(&5u64.to_le_bytes());
+        for t in ["tracker.example.org:9000", "hello wörld.txt"] {
+            bytes.push(t.len() as u8);
+            bytes.extend_from_slice(t.as_bytes());
+        }
+        bytes
+    }
+
+    /// `t` prints with `prefix`, looks like a ticket and reads back the same; cut inside its
+    /// last key, it is damaged, not misread.
+    fn round_trips(t: &Ticket, prefix: &str) {
+        let text = t.to_string();
+        assert!(text.starts_with(prefix), "{text}");
+        assert!(Ticket::looks_like(&text));
+        assert_eq!(Ticket::parse(&text).as_ref(), Ok(t));
+        assert!(matches!(
+            Ticket::parse(&text[..text.len() - 12]),
+            Err(TicketError::Damaged(_))
+        ));
+    }
+
     /// A ticket printed before sharer keys existed still reads the same (the `p2p1` layout
     /// is unchanged).
     #[test]
@@ -258,14 +284,10 @@ mod tests {
         // `sample()` as a build from before sharer keys printed it.
         let old = sample().to_string();
         assert!(old.starts_with("p2p1"));
-        let mut bytes = vec![1u8];
-        bytes.extend_from_slice(&ContentHash::of(b"hello").0);
-        bytes.extend_from_slice(&5u64.to_le_bytes());
-        for t in ["tracker.example.org:9000", "hello wörld.txt"] {
-            bytes.push(t.len() as u8);
-            bytes.extend_from_slice(t.as_bytes());
-        }
-        let built = format!("p2p1{}", BASE32_NOPAD.encode(&bytes).to_ascii_lowercase());
+        let built = format!(
+            "p2p1{}",
+            BASE32_NOPAD.encode(&sample_fields(1)).to_ascii_lowercase()
+        );
         assert_eq!(old, built);
         assert_eq!(Ticket::parse(&built), Ok(sample()));
     }
@@ -280,15 +302,7 @@ mod tests {
             }),
             ..sample()
         };
-        let text = t.to_string();
-        assert!(text.starts_with("p2p2"), "{text}");
-        assert!(Ticket::looks_like(&text));
-        assert_eq!(Ticket::parse(&text), Ok(t.clone()));
-        // Cut inside the key: damaged, not misread.
-        assert!(matches!(
-            Ticket::parse(&text[..text.len() - 12]),
-            Err(TicketError::Damaged(_))
-        ));
+        round_trips(&t, "p2p2");
         // A `p2p2` prefix on a layout-1 body (or the reverse) is damaged.
         let swapped = format!("p2p2{}", &sample().to_string()[4..]);
         assert_eq!(
@@ -362,24 +376,11 @@ mod tests {
                 sharer,
                 ..sample()
             };
-            let text = t.to_string();
-            assert!(text.starts_with("p2p3"), "{text}");
-            assert!(Ticket::looks_like(&text));
-            assert_eq!(Ticket::parse(&text), Ok(t.clone()));
-            assert!(matches!(
-                Ticket::parse(&text[..text.len() - 8]),
-                Err(TicketError::Damaged(_))
-            ));
+            round_trips(&t, "p2p3");
         }
         // The flags byte of a `p2p3` ticket of `sample()`: after the layout, hash, size and
         // the two texts.
-        let mut bytes = vec![3u8];
-        bytes.extend_from_slice(&ContentHash::of(b"hello").0);
-        bytes.extend_from_slice(&5u64.to_le_bytes());
-        for t in ["tracker.example.org:9000", "hello wörld.txt"] {
-            bytes.push(t.len() as u8);
-            bytes.extend_from_slice(t.as_bytes());
-        }
+        let bytes = sample_fields(3);
         let encode = |b: &[u8]| format!("p2p3{}", BASE32_NOPAD.encode(b).to_ascii_lowercase());
         let mut good = bytes.clone();
         good.push(HAS_TRACKER_KEY);
