@@ -622,7 +622,12 @@ async fn by_hash(
         }
         None => Vec::new(),
     };
-    let named = holders.len();
+    // Holders the client can reach: its transport, its address family (what `sources` asks).
+    let local = handle.local_addr();
+    let named = holders
+        .iter()
+        .filter(|p| p.transport == kind && p.addr.is_ipv4() == local.is_ipv4())
+        .count();
     let mut found = swarm_get::sources(&handle, holders, hash, &[]).await;
     if found.is_empty() && named > 0 && args.secure && !args.dht.dht {
         // Each was asked in a sealed session, and none answered in one.
