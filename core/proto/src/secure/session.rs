@@ -167,18 +167,10 @@ impl Session {
         Ok(out)
     }
 
-    /// The plaintext of a `Sealed` frame's `ciphertext` under `nonce`: refused if it fails
-    /// authentication, or if the nonce was taken before or is too old (replay window).
-    pub fn open(&self, nonce: u64, ciphertext: &[u8]) -> Result<Vec<u8>, SecureError> {
-        let mut plain = ciphertext.to_vec();
-        let n = self.open_in_place(nonce, &mut plain)?;
-        plain.truncate(n);
-        Ok(plain)
-    }
-
     /// Opens `in_out` (a `Sealed` frame's ciphertext and tag under `nonce`) where it lies:
-    /// the plaintext's length, its bytes at the start of `in_out`. Refused as
-    /// [`open`](Self::open) refuses; then `in_out` holds nothing of use.
+    /// the plaintext's length, its bytes at the start of `in_out`. Refused if it fails
+    /// authentication, or if the nonce was taken before or is too old (replay window); then
+    /// `in_out` holds nothing of use.
     pub fn open_in_place(&self, nonce: u64, in_out: &mut [u8]) -> Result<usize, SecureError> {
         if in_out.len() < TAG_LEN {
             return Err(SecureError::Malformed("shorter than a tag"));

@@ -453,6 +453,10 @@ impl SessionTable {
                 nonce,
                 ciphertext,
             } => {
+                // A frame of no session here is dropped before it costs a copy.
+                if let Err(e) = self.session_at(receiver, from) {
+                    return Received::Dropped(e);
+                }
                 let mut plaintext = ciphertext.to_vec();
                 return match self.open(now, from, receiver, nonce, &mut plaintext) {
                     Ok((len, peer)) => {
@@ -508,12 +512,7 @@ impl SessionTable {
         nonce: u64,
         ciphertext: &mut [u8],
     ) -> Result<(usize, PublicKey), SecureError> {
-        let Some(entry) = self.sessions.get_mut(&receiver) else {
-            return Err(SecureError::UnknownSession);
-        };
-        if entry.addr != from {
-            return Err(SecureError::WrongAddress);
-        }
+        let entry = self.session_at(receiver, from)?;
         let len = entry.session.open_in_place(nonce, ciphertext)?;
         entry.last_received = now;
         entry.finish = None;
@@ -526,6 +525,15 @@ impl SessionTable {
             self.by_addr.insert(from, receiver);
         }
         Ok((len, peer))
+    }
+
+    /// The session `receiver` names, if `from` is its address.
+    fn session_at(&mut self, receiver: u32, from: SocketAddr) -> Result<&mut Entry, SecureError> {
+        match self.sessions.get_mut(&receiver) {
+            None => Err(SecureError::UnknownSession),
+            Some(entry) if entry.addr != from => Err(SecureError::WrongAddress),
+            Some(entry) => Ok(entry),
+        }
     }
 
     fn on_init(
